@@ -1,0 +1,3 @@
+from usedge.cli import main
+
+main()

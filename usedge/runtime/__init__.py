@@ -1,0 +1,1 @@
+"""The lean bedside runtime: numpy, opencv, onnxruntime, pydicom. Never imports torch."""

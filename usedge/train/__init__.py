@@ -1,0 +1,1 @@
+"""Training (torch): model, loss, augmentation, search, cross-validation, metrics, CAM."""
