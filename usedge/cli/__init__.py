@@ -14,6 +14,7 @@ from usedge.errors import UsedgeError
 
 # Importing a command module registers its commands on `app`.
 from usedge.cli import (  # noqa: E402,F401
+    augment_cmd,
     bench_cmd,
     crop_cmd,
     demo_cmd,

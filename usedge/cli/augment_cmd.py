@@ -1,0 +1,3 @@
+"""usedge augment commands."""
+
+from usedge.cli.app import app  # noqa: F401
