@@ -93,7 +93,8 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
 
 
 def scan_image_folder(root: Path) -> Dataset:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # "masks" holds lesion masks beside the class folders (usedge synth cohort), never a class
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "masks")
     samples = []
     for i, name in enumerate(classes):
         for f in sorted((root / name).rglob("*")):

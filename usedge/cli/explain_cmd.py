@@ -1,3 +1,46 @@
 """usedge explain commands."""
 
-from usedge.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from usedge.cli.app import app
+
+
+@app.command()
+def explain(
+    model: Path = typer.Argument(..., help="Checkpoint (.pt) written by usedge train."),
+    data: Path = typer.Argument(..., help="Data set folder (with manifest.csv for lesion masks) or a manifest .csv."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for overlays, sheets, explain.json/.md."),
+    maps: str = typer.Option("cam,gradcam,att1,att2", help="Comma-separated maps: cam, gradcam, att1, att2."),
+    target: str = typer.Option("pred", help="Explain the predicted class (pred) or the true class (label)."),
+    weighting: str = typer.Option("paper", help="CAM weighting: paper (branch heads) or exact (final layer folded in)."),
+    topk: str = typer.Option("mask", help="Top-k region for IoU: 'mask' (lesion's own area) or a fraction."),
+    overlays: str = typer.Option("all", help="all: overlay per image + sheets; sheets: contact sheets only; none."),
+    sheet_rows: int = typer.Option(12, help="Images per class on a contact sheet."),
+    limit: int = typer.Option(0, help="Use only the first N images (0 = all)."),
+    seed: int = typer.Option(0, help="Seed of the permutation baseline."),
+    threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
+) -> None:
+    """Explanation maps (CAM, Grad-CAM, attention) per image, contact sheets, and measured localisation."""
+    from rich.console import Console
+
+    from usedge.train.explain import ExplainConfig, run_explain
+
+    cfg = ExplainConfig(maps=tuple(m.strip() for m in maps.split(",") if m.strip()), target=target,
+                        weighting=weighting, topk=topk, overlays=overlays, sheet_rows=sheet_rows,
+                        limit=limit, seed=seed, threads=threads)
+    summary = run_explain(model, data, out, cfg)
+    console = Console()
+    d = summary["data"]
+    console.print(f"explained {d['n_images']} images ({d['n_with_lesion']} with a lesion) -> {out}")
+    for name, res in summary["localisation"].items():
+        parts = []
+        for s, st in res["scores"].items():
+            t = res["tests"].get("centre", {}).get(s, {})
+            parts.append(f"{s} {st['mean']:.3f} (centre {t.get('mean_baseline', float('nan')):.3f}, "
+                         f"p={t.get('p_value', float('nan')):.2g})")
+        console.print(f"  {name}: " + "; ".join(parts))
+    console.print(f"  report: {out / 'explain.md'}")

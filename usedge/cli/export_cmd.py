@@ -1,3 +1,76 @@
-"""usedge export commands."""
+"""usedge export: checkpoint -> model.onnx (+ model.fp16.onnx, model.int8.onnx, TensorRT engine, Triton).
 
-from usedge.cli.app import app  # noqa: F401
+    usedge export runs/NAME/model.pt --out models/NAME --data DATA            # fp32 + fp16 + int8 + checks
+    usedge export runs/NAME/model.pt --out models/NAME --engine              # on the GPU machine
+    usedge export runs/NAME/model.pt --out models/NAME --triton triton_repo  # + Triton model repository
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from usedge.cli.app import app
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint written by `usedge train` (.pt)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for model.onnx, model.fp16.onnx, model.int8.onnx, engine, report."),
+    fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="Write model.fp16.onnx (FP16 compute, FP32 I/O; the engine's input)."),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="Write model.int8.onnx (QDQ static quantisation for CPUs; needs images)."),
+    engine: bool = typer.Option(False, "--engine", help="Build a TensorRT FP16 engine (on a machine with an NVIDIA GPU and TensorRT)."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton Inference Server model repository here."),
+    cam: bool = typer.Option(False, "--cam", help="Add the multi-branch CAM as a second output `cam` (N x C x H/8 x W/8)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Images for parity checks and INT8 calibration (default: the data path the checkpoint recorded)."),
+    calib_count: int = typer.Option(64, "--calib-count", help="INT8 calibration images (training part, split by patient)."),
+    calib_method: str = typer.Option("minmax", "--calib-method", help="INT8 calibration: minmax | entropy | percentile."),
+    activations: str = typer.Option("uint8", "--activations", help="INT8 activation type: uint8 (fast on AVX2 CPUs) | int8."),
+    parity_count: int = typer.Option(64, "--parity-count", help="Held-out images for the parity and INT8 accuracy checks."),
+    reference_count: int = typer.Option(2, "--reference-count", help="Images for the onnx.reference cross-check (slow; 0 = skip)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (18: what the dynamo exporter emits; TensorRT 10/11 and onnxruntime run it)."),
+    max_batch: int = typer.Option(8, "--max-batch", help="TensorRT profile maximum batch and Triton max_batch_size."),
+    opt_batch: int = typer.Option(1, "--opt-batch", help="TensorRT profile batch to optimise for (1: one scanner, lowest latency)."),
+    opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimisation level 0..5."),
+    workspace_mib: int = typer.Option(1024, "--workspace-mib", help="TensorRT workspace memory pool limit, MiB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file (default OUT/trt_timing.cache)."),
+    triton_name: str = typer.Option("usedge", "--triton-name", help="Model name in the Triton repository."),
+    triton_model: str = typer.Option("auto", "--triton-model", help="What Triton serves: auto (engine if built, else fp32) | fp32 | fp16 | int8 | engine."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 2 when a check misses its aim."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Export a checkpoint to ONNX (+ FP16, INT8, TensorRT, Triton) and check every artifact."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from usedge.export.pipeline import ExportOptions, run_export
+
+    console = Console(stderr=True, quiet=quiet)
+    opts = ExportOptions(fp16=fp16, int8=int8, engine=engine, triton=triton, cam=cam, data=data,
+                         calib_count=calib_count, calib_method=calib_method, activations=activations,
+                         parity_count=parity_count, reference_count=reference_count, opset=opset,
+                         max_batch=max_batch, opt_batch=opt_batch, optimization_level=opt_level,
+                         workspace_mib=workspace_mib, timing_cache=timing_cache, triton_name=triton_name,
+                         triton_model=triton_model)
+    with console.status("exporting") as status:
+        report = run_export(checkpoint, out, opts, progress=lambda msg: status.update(msg))
+
+    out_console = Console()
+    table = Table(title=f"usedge export -> {out}", show_lines=False)
+    for col in ("check", "artifact", "result", "figures"):
+        table.add_column(col)
+    for c in report.checks:
+        figs = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.figures.items())
+        result = "[green]ok[/]" if c.passed else f"[red]missed[/] ({escape(c.aim)})"
+        table.add_row(escape(c.name), escape(Path(c.artifact).name), result, escape(figs))
+    out_console.print(table)
+    for name, a in report.artifacts.items():
+        out_console.print(f"  {name}  {a.get('precision', '')}  {a['bytes']} bytes  sha256 {a['sha256'][:12]}")
+    for name, why in report.skipped.items():
+        out_console.print(f"  [yellow]{escape(name)} not built[/]: {escape(why)}")
+    out_console.print(f"report: {out / 'export_report.md'}")
+    if strict and report.failed:
+        raise typer.Exit(code=2)

@@ -1,3 +1,130 @@
-"""usedge serve commands."""
+"""usedge serve: a local web page and HTTP API around one model, optionally with a live stream."""
 
-from usedge.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from usedge.cli.app import app
+
+LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail fast, before loading a model, when another program already listens on host:port."""
+    import socket
+
+    from usedge.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror})",
+                              hint="pick another --port, or stop the program using it") from exc
+
+
+def _serve_packages():
+    """Import the serve extra, or say which package is missing."""
+    from usedge.errors import MissingDependency
+
+    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart"),
+                            ("prometheus_client", "prometheus-client")):
+        try:
+            __import__(module)
+        except ImportError as exc:
+            raise MissingDependency(package, "usedge serve", extra="serve") from exc
+    import uvicorn
+
+    return uvicorn
+
+
+@app.command()
+def serve(
+    model: Path = typer.Argument(..., help="model.onnx / model.int8.onnx / model.fp16.onnx or a TensorRT .engine"),
+    stream: Optional[str] = typer.Option(None, "--stream", help="Live source for /v1/live and /v1/latest: camera "
+                                         "index, /dev/videoN, rtsp:// URL, GStreamer pipeline, video file, DICOM cine."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Loopback by default; 0.0.0.0 exposes "
+                             "the server to the network (use --token)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="USEDGE_TOKEN", show_envvar=True,
+                                        help="Require 'Authorization: Bearer TOKEN' (browser: open /?token=TOKEN "
+                                             "once). Prefer the environment variable: a flag shows up in `ps`."),
+    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads (default: all cores)."),
+    replay: bool = typer.Option(True, "--replay/--no-replay", help="Replay a file --stream forever, like a scanner."),
+    smooth_window: int = typer.Option(5, "--smooth-window", min=1, help="Live probabilities: moving average over "
+                                      "this many frames (1: off)."),
+    max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", min=0.001, help="Largest accepted upload, MiB."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, help="Largest accepted image, pixels per frame."),
+    max_queue: int = typer.Option(32, "--max-queue", min=0, help="Uploads that may wait; more get 503 Retry-After."),
+    allow_host: list[str] = typer.Option([], "--allow-host", help="Extra Host header names accepted on a "
+                                         "loopback bind (e.g. a reverse proxy's name)."),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical|error|warning|info|debug"),
+) -> None:
+    """Serve MODEL over HTTP: a web page (live view, probabilities, upload), /v1/predict, /metrics."""
+    from rich.console import Console
+
+    uvicorn = _serve_packages()
+    from usedge.errors import ConfigError
+    from usedge.runtime.classifier import Classifier
+    from usedge.serve.app import create_app
+    from usedge.serve.live import start_stream
+
+    console = Console(stderr=True)
+    logging.basicConfig(level=log_level.upper() if log_level.upper() in logging._nameToLevel else "WARNING",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_port_free(host, port)
+    loopback = _is_loopback(host)
+    if not loopback and not token:
+        console.print(f"[yellow]warning:[/] binding {host} without a token: anyone on the network can use "
+                      "this server — set USEDGE_TOKEN")
+    classifier = Classifier.load(model, backend=backend, threads=threads)
+    runner = None
+    live_classifier = classifier
+    try:
+        if stream is not None:
+            if classifier.backend.name != "ort-cpu":  # GPU sessions are not shared across threads
+                live_classifier = Classifier.load(model, backend=backend, threads=threads)
+            runner = start_stream(live_classifier, stream, replay=replay, smooth_window=smooth_window)
+        allowed = (LOOPBACK_NAMES + list(allow_host)) if loopback and host != "::1" else None
+        web = create_app(classifier, runner, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                         max_pixels=max_pixels, max_queue=max_queue, allowed_hosts=allowed)
+        config = uvicorn.Config(web, host=host, port=port, log_level=log_level, access_log=False,
+                                timeout_graceful_shutdown=3, server_header=False, lifespan="on")
+        server = uvicorn.Server(config)
+        shown = f"[{host}]" if ":" in host else host
+        console.print(f"usedge serve: http://{shown}:{port}/  — {classifier.describe()}"
+                      + (f"; live: {runner.reader.name}" if runner else "; uploads only (no --stream)"))
+        if token:
+            console.print("  token required: API clients send 'Authorization: Bearer …'; in a browser open /?token=… once")
+        try:
+            server.run()
+        except SystemExit as exc:  # uvicorn exits when it cannot bind (a port taken since the check above)
+            raise ConfigError(f"cannot listen on {host}:{port}", hint="pick another --port, or stop the program "
+                              "using it") from exc
+        if not server.started:
+            raise ConfigError(f"cannot listen on {host}:{port}", hint="pick another --port, or stop the program using it")
+    finally:
+        if runner is not None:
+            runner.stop()
+        if live_classifier is not classifier:
+            live_classifier.close()
+        classifier.close()
+    sys.stderr.flush()

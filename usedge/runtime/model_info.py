@@ -21,6 +21,7 @@ class ModelInfo:
     precision: str = "fp32"           # fp32 | fp16 | int8
     outputs: list[str] = field(default_factory=lambda: ["probs"])  # + "cam" when exported with CAM
     training: dict = field(default_factory=dict)  # summary: data, folds, metrics
+    export: dict = field(default_factory=dict)    # how the file was made: opset, exporter, source sha256, calibration
 
     def to_json(self) -> str:
         d = asdict(self)

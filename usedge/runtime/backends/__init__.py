@@ -1,0 +1,78 @@
+"""Inference engines behind one protocol (see base.py); `choose_backend` picks one and says why.
+
+    ort-cpu   onnxruntime CPUExecutionProvider     (base install)
+    ort-cuda  onnxruntime CUDAExecutionProvider    (onnxruntime-gpu, NVIDIA driver), IO binding
+    ort-trt   onnxruntime TensorrtExecutionProvider (onnxruntime-gpu + TensorRT libraries)
+    tensorrt  native TensorRT engine + sidecar     (tensorrt + cuda-python: usedge[gpu])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from usedge.errors import BackendUnavailable, ConfigError
+from usedge.runtime.backends.base import Backend
+from usedge.runtime.backends.ort import OrtCpuBackend, OrtCudaBackend, OrtTensorRTBackend
+from usedge.runtime.backends.tensorrt import TensorRTBackend
+
+BACKENDS: dict[str, type[Backend]] = {
+    "ort-cpu": OrtCpuBackend,
+    "ort-cuda": OrtCudaBackend,
+    "ort-trt": OrtTensorRTBackend,
+    "tensorrt": TensorRTBackend,
+}
+BACKEND_NAMES = ("auto", *BACKENDS)
+ENGINE_SUFFIXES = {".engine", ".plan", ".trt"}
+# Fastest first (ARCHITECTURE.md): a TensorRT engine, then ORT's TensorRT EP, CUDA EP, CPU.
+ONNX_PREFERENCE = ("ort-trt", "ort-cuda", "ort-cpu")
+
+
+def artifact_kind(path: str | Path) -> str:
+    """"engine" for a TensorRT plan, "onnx" otherwise."""
+    return "engine" if Path(path).suffix.lower() in ENGINE_SUFFIXES else "onnx"
+
+
+def availability() -> dict[str, tuple[bool, str]]:
+    """Every backend: (works here, what runs or why not)."""
+    return {name: cls.available() for name, cls in BACKENDS.items()}
+
+
+def choose_backend(path: str | Path, requested: str = "auto") -> tuple[str, str]:
+    """(backend name, one-line reason) for this artifact on this machine."""
+    if requested not in BACKEND_NAMES:
+        raise ConfigError(f"unknown backend '{requested}'", hint=f"use one of {', '.join(BACKEND_NAMES)}")
+    kind = artifact_kind(path)
+    if requested != "auto":
+        if BACKENDS[requested].artifact != kind:
+            want = "a TensorRT .engine" if BACKENDS[requested].artifact == "engine" else "an .onnx model"
+            raise ConfigError(f"backend {requested} needs {want}", path=path,
+                              hint="pick --backend auto, or pass the matching artifact")
+        return requested, "asked for"
+    if kind == "engine":
+        ok, why = TensorRTBackend.available()
+        if not ok:
+            raise BackendUnavailable(f"a TensorRT engine needs TensorRT and a GPU: {why}", path=path,
+                                     hint="run the matching model.onnx / model.int8.onnx on this machine instead")
+        return "tensorrt", f"TensorRT engine: {why}"
+    skipped = []
+    for name in ONNX_PREFERENCE:
+        ok, why = BACKENDS[name].available()
+        if ok:
+            reason = f"fastest available: {why}"
+            if skipped:
+                reason += f"; {', '.join(skipped)} unavailable (see `usedge doctor`)"
+            return name, reason
+        skipped.append(name)
+    raise BackendUnavailable("no onnxruntime backend works here", hint="pip install onnxruntime")
+
+
+def create_backend(name: str, **options) -> Backend:
+    """A backend instance; options the backend does not take are ignored."""
+    cls = BACKENDS[name]
+    if cls is TensorRTBackend:
+        return cls(device_id=options.get("device_id", 0))
+    keep = {k: v for k, v in options.items() if k in ("threads", "spinning", "opt_level", "device_id", "cache_dir")}
+    return cls(**keep)
+
+
+__all__ = ["Backend", "BACKENDS", "BACKEND_NAMES", "availability", "artifact_kind", "choose_backend", "create_backend"]

@@ -1,0 +1,110 @@
+"""Backends behind one protocol: availability, auto choice, onnxruntime options; GPU paths where a GPU exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from usedge.errors import BackendUnavailable, ConfigError, ModelError
+from usedge.runtime.backends import BACKENDS, availability, choose_backend, create_backend
+
+
+def test_every_backend_answers_available_with_a_reason():
+    table = availability()
+    assert set(table) == {"ort-cpu", "ort-cuda", "ort-trt", "tensorrt"}
+    for name, (ok, why) in table.items():
+        assert isinstance(ok, bool) and why, name
+    assert table["ort-cpu"][0]
+
+
+def test_auto_picks_a_working_backend_and_says_why(runtime_model):
+    name, reason = choose_backend(runtime_model, "auto")
+    assert BACKENDS[name].available()[0]
+    assert "fastest available" in reason
+
+
+def test_engine_needs_tensorrt_backend(tmp_path, runtime_model):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    with pytest.raises(ConfigError, match="needs an .onnx"):
+        choose_backend(engine, "ort-cpu")
+    with pytest.raises(ConfigError, match="needs a TensorRT"):
+        choose_backend(runtime_model, "tensorrt")
+    with pytest.raises(ConfigError, match="unknown backend"):
+        choose_backend(runtime_model, "openvino")
+    if not BACKENDS["tensorrt"].available()[0]:
+        with pytest.raises(BackendUnavailable, match="TensorRT"):
+            choose_backend(engine, "auto")
+
+
+def test_ort_cpu_matches_plain_onnxruntime(runtime_model):
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((2, 1, 64, 64)).astype(np.float32)
+    with create_backend("ort-cpu", threads=1, spinning=False, opt_level="basic").load(runtime_model) as b:
+        out = b.infer(x)
+        assert b.output_names == ["probs", "cam"] and b.providers == ["CPUExecutionProvider"]
+        assert b.session.get_session_options().intra_op_num_threads == 1
+    sess = ort.InferenceSession(str(runtime_model), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})
+    np.testing.assert_allclose(out["probs"], ref[0], atol=1e-5)
+    assert out["probs"].shape == (2, 3)
+
+
+def test_bad_options_and_bad_model(tmp_path):
+    with pytest.raises(ModelError, match="optimisation level"):
+        create_backend("ort-cpu", opt_level="fast")
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="cannot load"):
+        create_backend("ort-cpu").load(bad)
+
+
+@pytest.mark.gpu
+def test_ort_cuda_io_binding_matches_cpu(runtime_model):
+    ok, why = BACKENDS["ort-cuda"].available()
+    if not ok:
+        pytest.skip(f"ort-cuda unavailable here: {why}")
+    x = np.random.default_rng(1).standard_normal((3, 1, 64, 64)).astype(np.float32)
+    with create_backend("ort-cpu").load(runtime_model) as cpu, create_backend("ort-cuda").load(runtime_model) as gpu:
+        a, b = cpu.infer(x), gpu.infer(x)
+        b2 = gpu.infer(x)   # the reused device input buffer
+    np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-3)
+    np.testing.assert_allclose(b["probs"], b2["probs"], atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_native_tensorrt_engine_matches_onnx(tmp_path, tiny_onnx_dir):
+    ok, why = BACKENDS["tensorrt"].available()
+    if not ok:
+        pytest.skip(f"native TensorRT unavailable here: {why}")
+    from usedge.export.tensorrt import build_engine  # noqa: F401  (export area builds the plan + sidecar)
+
+    engine, _ = build_engine(Path(tiny_onnx_dir) / "model.fp16.onnx", tmp_path)
+    x = np.random.default_rng(2).standard_normal((2, 1, 64, 64)).astype(np.float32)
+    with create_backend("ort-cpu").load(Path(tiny_onnx_dir) / "model.onnx") as cpu, \
+            create_backend("tensorrt").load(engine) as trt:
+        a, b = cpu.infer(x), trt.infer(x)
+    assert (a["probs"].argmax(1) == b["probs"].argmax(1)).all()
+    np.testing.assert_allclose(a["probs"], b["probs"], atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_engine_from_another_gpu_is_refused(tmp_path, tiny_onnx_dir):
+    ok, why = BACKENDS["tensorrt"].available()
+    if not ok:
+        pytest.skip(f"native TensorRT unavailable here: {why}")
+    import json
+
+    from usedge.errors import EngineMismatch
+    from usedge.export.tensorrt import build_engine
+
+    engine, _ = build_engine(Path(tiny_onnx_dir) / "model.fp16.onnx", tmp_path)
+    sidecar = engine.with_name(engine.name + ".json")
+    data = json.loads(sidecar.read_text())
+    data["compute_capability"], data["trt_version"] = "1.0", "9.0.0"
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(EngineMismatch, match="usedge export"):
+        create_backend("tensorrt").load(engine)

@@ -1,0 +1,191 @@
+"""Field of view, Doppler removal, skin line and crop specs (usedge.runtime.crop)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.fixtures.crop import bmode_image
+from usedge.errors import ConfigError, InputError
+from usedge.runtime.crop import (
+    as_uint8,
+    crop_field_of_view,
+    detect_doppler,
+    fill_from_surroundings,
+    find_skin_line,
+    parse_crop,
+    register_presets,
+    remove_doppler,
+    skin_centred_square,
+    validate_regions,
+)
+
+
+def iou(a, b) -> float:
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / float(a[2] * a[3] + b[2] * b[3] - ix * iy)
+
+
+def hand_made_screen(bg: int = 0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A black 800x600 screen with text, a gray ramp and a speckle image at a known box."""
+    rng = np.random.default_rng(1)
+    frame = np.full((600, 800, 3), bg, np.uint8)
+    box = (180, 90, 420, 380)
+    speckle = np.clip(rng.rayleigh(50, (box[3], box[2])), 0, 255).astype(np.uint8)
+    frame[box[1]:box[1] + box[3], box[0]:box[0] + box[2]] = speckle[:, :, None]
+    cv2.putText(frame, "ACME 12L  MI 0.9  2026-01-01", (10, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (230, 230, 230), 2)
+    for i, line in enumerate(["Gn 50", "DR 60", "FR 30"]):
+        cv2.putText(frame, line, (10, 150 + 30 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (200, 200, 200), 1)
+    frame[100:300, 700:715] = np.linspace(255, 0, 200).astype(np.uint8)[:, None, None]
+    return frame, box
+
+
+def test_hand_made_screen_box():
+    frame, box = hand_made_screen()
+    fov = crop_field_of_view(frame)
+    assert fov.method == "detection"
+    assert iou(fov.box, box) > 0.95
+
+
+@pytest.mark.parametrize("case", ["linear", "curved", "doppler"])
+def test_synthetic_scanner_screens(scanner_frames, case):
+    frame, truth = scanner_frames[case]
+    fov = crop_field_of_view(frame)
+    assert fov.method == "detection"
+    assert iou(fov.box, truth["fov_box"]) > 0.9
+
+
+def test_dual_view_gives_both_regions(scanner_frames):
+    frame, truth = scanner_frames["dual"]
+    fov = crop_field_of_view(frame)
+    assert len(fov.boxes) == 2
+    for t, d in zip(truth["fov_boxes"], fov.boxes):     # both left to right
+        assert iou(t, d) > 0.9
+    assert fov.box in fov.boxes and any("dual" in n for n in fov.notes)
+
+
+def test_bmode_only_image_is_all_field_of_view(tiny_cohort):
+    path = sorted(tiny_cohort.glob("*/*.png"))[0]
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    fov = crop_field_of_view(image)
+    assert fov.box == (0, 0, image.shape[1], image.shape[0])
+
+
+@pytest.mark.parametrize("kind", ["gray", "bgra", "uint16", "float01", "float255"])
+def test_pixel_formats_agree(kind):
+    frame, box = hand_made_screen()
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    variant = {
+        "gray": gray,
+        "bgra": cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA),
+        "uint16": frame.astype(np.uint16) * 257,
+        "float01": frame.astype(np.float32) / 255.0,
+        "float255": frame.astype(np.float64),
+    }[kind]
+    assert iou(crop_field_of_view(variant).box, box) > 0.95
+
+
+def test_12_bit_frame_keeps_contrast():
+    frame = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)
+    out = as_uint8(frame)
+    assert out.dtype == np.uint8 and out.max() == 255 and out.min() == 0
+
+
+@pytest.mark.parametrize("frame", [
+    np.zeros((0, 0, 3), np.uint8), np.zeros((1, 1), np.uint8), np.zeros((4, 400), np.uint8),
+    np.zeros((100, 100, 3), np.uint8), np.full((100, 100), 255, np.uint8), np.full((50, 60), np.nan, np.float32),
+    np.zeros((10, 10, 5), np.uint8), "not an array",
+], ids=["empty", "1x1", "thin", "black", "white", "nan", "5-channel", "string"])
+def test_bad_frames_raise_input_error(frame):
+    with pytest.raises(InputError):
+        crop_field_of_view(frame)
+
+
+def test_no_ultrasound_falls_back_to_whole_frame():
+    frame = np.zeros((300, 400), np.uint8)
+    cv2.putText(frame, "NO IMAGE", (20, 150), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 255, 2)
+    fov = crop_field_of_view(frame)
+    assert fov.method == "fallback" and fov.box == (0, 0, 400, 300) and fov.notes
+
+
+def test_doppler_detection_ignores_gray_and_tints():
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    gray_bgr = cv2.merge([g, g, g])
+    sepia = cv2.merge([(g * 0.75).astype(np.uint8), (g * 0.9).astype(np.uint8), g])
+    assert not detect_doppler(gray_bgr).any()
+    assert not detect_doppler(sepia).any()
+    flow = gray_bgr.copy()
+    flow[20:30, 10:50] = (0, 40, 220)          # red flow
+    flow[40:44, 10:50] = (200, 60, 0)          # blue flow
+    found = detect_doppler(flow)
+    assert found[20:30, 10:50].all() and found[40:44, 10:50].all()
+    assert found.sum() == 10 * 40 + 4 * 40
+
+
+def test_remove_doppler_fills_from_bmode():
+    img = np.full((100, 100, 3), 90, np.uint8)
+    img[40:60, 40:60] = (0, 0, 255)
+    gray, mask, frac = remove_doppler(img)
+    assert mask[40:60, 40:60].all() and 0.04 <= frac <= 0.06
+    assert abs(int(gray[50, 50]) - 90) <= 2          # filled with the surrounding level, not red's luma
+
+
+def test_fill_everything_masked_does_not_crash():
+    out = fill_from_surroundings(np.full((10, 10), 7, np.uint8), np.ones((10, 10), bool))
+    assert out.shape == (10, 10) and out.dtype == np.uint8
+
+
+def test_skin_line_found_below_gel():
+    img = np.full((300, 200), 5, np.uint8)          # gel: dark
+    img[40:46] = 220                                # entry echo / epidermis
+    img[46:] = 120                                  # dermis and below
+    assert abs(find_skin_line(img, (0, 0, 200, 300)) - 40) <= 3
+    assert find_skin_line(np.full((300, 200), 120, np.uint8), (0, 0, 200, 300)) == 0   # probe in contact
+
+
+def test_skin_line_on_synthetic_bmode():
+    img = bmode_image(2)
+    skin = find_skin_line(img, (0, 0, img.shape[1], img.shape[0]))
+    assert 0 < skin < img.shape[0] // 4
+
+
+def test_skin_centred_square_rule():
+    # wide FOV: the square is as tall as the FOV below the skin line, centred horizontally
+    x, y, w, h = skin_centred_square((100, 50, 600, 300), skin_y=70, margin=0.02)
+    assert (y, w, h) == (64, 286, 286) and x == 100 + (600 - 286) // 2
+    # tall FOV: as wide as the FOV
+    assert skin_centred_square((0, 0, 200, 500), skin_y=20, margin=0.0) == (0, 20, 200, 200)
+    # skin line absurdly deep: fall back to the FOV top
+    assert skin_centred_square((0, 0, 400, 300), skin_y=280, margin=0.0) == (50, 0, 300, 300)
+
+
+def test_validate_regions():
+    assert validate_regions([(10, 10, 100, 80)], (200, 300)) == [(10, 10, 100, 80)]
+    assert validate_regions([(84, 31, 512, 384)], (240, 320)) is None        # pre-downscale box
+    assert validate_regions([(10, 10, 100, 80), (0, 0, 400, 10)], (200, 300)) is None
+    assert validate_regions([(0, 0, 2, 2)], (200, 300)) is None               # too small
+    assert validate_regions([], (200, 300)) is None
+
+
+def test_parse_crop_modes(tmp_path):
+    assert parse_crop("auto").kind == "auto" and parse_crop("auto").square
+    assert parse_crop("none").kind == "none" and not parse_crop("fov").square
+    m = parse_crop("10, 20, 300, 200")
+    assert m.kind == "manual" and m.box == (10, 20, 300, 200)
+    assert parse_crop("preset:ge-logiq-640x480").frame_size == (640, 480)
+    for bad in ("10,20,300", "a,b,c,d", "10,20,0,5", "-1,0,5,5", "sideways"):
+        with pytest.raises(ConfigError):
+            parse_crop(bad)
+    with pytest.raises(ConfigError, match="unknown crop preset"):
+        parse_crop("preset:nope")
+    user = tmp_path / "mine.toml"
+    user.write_text('[preset.my-scanner]\nbox = [1, 2, 30, 40]\n')
+    register_presets(user)
+    assert parse_crop("preset:my-scanner").box == (1, 2, 30, 40)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[preset.x]\nbox = [1, 2]\n')
+    with pytest.raises(ConfigError, match="box"):
+        register_presets(bad)

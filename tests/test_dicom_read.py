@@ -1,0 +1,161 @@
+"""DICOM reading (usedge.runtime.dicom): real scanner files, regions, no patient data, bad files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from typer.testing import CliRunner
+
+from tests.fixtures.crop import US_DICOM, pydicom_file
+from usedge.errors import InputError
+from usedge.runtime.dicom import open_dicom
+from usedge.runtime.preprocess import PreprocessSpec, prepare_file
+
+PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate",
+                "ContentDate", "InstitutionName", "ReferringPhysicianName", "AccessionNumber", "StudyID",
+                "OtherPatientIDs", "InstitutionAddress", "OperatorsName")
+
+
+def patient_strings(path) -> list[str]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    vals = [str(ds.get(t, "") or "").strip() for t in PATIENT_TAGS]
+    return [v for v in vals if len(v) >= 3]
+
+
+@pytest.mark.parametrize("name", US_DICOM)
+def test_real_ultrasound_files(name):
+    path = pydicom_file(name)
+    d = open_dicom(path)
+    frame = d.frame(0)
+    assert frame.dtype == np.uint8 and frame.shape[:2] == d.shape
+    assert frame.ndim == 3 and frame.shape[2] == 3          # all four are colour screens: BGR
+    assert d.modality == "US"
+
+
+def test_cine_loop_frames_and_rate():
+    d = open_dicom(pydicom_file("examples_ybr_color.dcm"))
+    assert d.n_frames == 30 and abs(d.fps - 30.0) < 0.1
+    assert d.frame(29).shape == (240, 320, 3)
+    with pytest.raises(InputError, match="frame 30"):
+        d.frame(30)
+
+
+def test_regions_that_do_not_fit_are_dropped():
+    d = open_dicom(pydicom_file("examples_palette.dcm"))
+    assert d.raw_regions == [(120, 60, 681, 459)]           # measured on the screen before downscaling
+    assert d.regions == []
+    _, info = prepare_file(d.path)
+    assert info.method == "detection" and "do not fit" in info.notes[0]
+
+
+def test_palette_colour_is_applied():
+    frame = open_dicom(pydicom_file("examples_palette.dcm")).frame(0)
+    assert frame.shape == (350, 800, 3) and frame.dtype == np.uint8
+    b, g, r = frame[10, 10]
+    assert b > r                                             # Philips' blue title bar, not gray indices
+
+
+def _write_with_regions(tmp_path, boxes, patient="DOE^JANE"):
+    ds = pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))
+    items = []
+    for x, y, w, h in boxes:
+        r = Dataset()
+        r.RegionSpatialFormat, r.RegionDataType, r.RegionFlags = 1, 1, 0
+        r.RegionLocationMinX0, r.RegionLocationMinY0 = x, y
+        r.RegionLocationMaxX1, r.RegionLocationMaxY1 = x + w - 1, y + h - 1
+        items.append(r)
+    ds.SequenceOfUltrasoundRegions = Sequence(items)
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = patient, "ID-778899", "19700101"
+    path = tmp_path / "with_regions.dcm"
+    ds.save_as(path)
+    return path
+
+
+def test_regions_that_fit_are_used(tmp_path):
+    path = _write_with_regions(tmp_path, [(8, 54, 305, 115)])
+    d = open_dicom(path)
+    assert d.regions == [(8, 54, 305, 115)]
+    _, info = prepare_file(path, PreprocessSpec(crop="fov"))
+    assert info.method == "dicom-regions" and info.crop_box == (8, 54, 305, 115)
+
+
+def test_no_patient_data_anywhere(tmp_path):
+    path = _write_with_regions(tmp_path, [(8, 54, 305, 115)])
+    secrets = patient_strings(path) + ["DOE", "JANE", "ID-778899", "19700101"]
+    d = open_dicom(path)
+    _, info = prepare_file(path)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(__import__("usedge.cli", fromlist=["app"]).app,
+                           ["crop", str(path), "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    texts = [repr(d), json.dumps(d.describe()), json.dumps(info.to_dict()), r.output,
+             (out / "crops.jsonl").read_text()]
+    # and an error message about the same file
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(path.read_bytes()[:-5000])
+    with pytest.raises(InputError) as err:
+        open_dicom(broken).frame(0)
+    texts.append(str(err.value))
+    for text in texts:
+        for s in secrets:
+            assert s not in text
+
+
+@pytest.mark.parametrize("name", US_DICOM)
+def test_shipped_files_leak_nothing(name):
+    path = pydicom_file(name)
+    secrets = patient_strings(path)
+    d = open_dicom(path)
+    _, info = prepare_file(path)
+    for text in (repr(d), json.dumps(d.describe()), json.dumps(info.to_dict())):
+        for s in secrets:
+            assert s not in text
+
+
+def test_missing_decoder_names_the_package():
+    with pytest.raises(InputError, match="pylibjpeg") as err:
+        open_dicom(pydicom_file("JPEGLSNearLossless_08.dcm")).frame(0)
+    assert "JPEGLSNearLossless_08.dcm" in str(err.value)
+
+
+def test_truncated_pixel_data():
+    with pytest.raises(InputError, match="truncated or damaged"):
+        open_dicom(pydicom_file("MR_truncated.dcm")).frame(0)
+
+
+def test_not_dicom_and_empty(tmp_path):
+    fake = tmp_path / "fake.dcm"
+    fake.write_bytes(b"hello, not a DICOM file" * 10)
+    with pytest.raises(InputError, match="not a DICOM"):
+        open_dicom(fake)
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="0 bytes"):
+        open_dicom(empty)
+    with pytest.raises(InputError, match="not found"):
+        open_dicom(tmp_path / "missing.dcm")
+
+
+def test_header_bomb_refused_before_decoding(tmp_path):
+    ds = pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))
+    ds.Rows, ds.Columns = 60000, 60000                      # 3.6 Gpx claimed, pixel data unchanged
+    path = tmp_path / "bomb.dcm"
+    ds.save_as(path)
+    with pytest.raises(InputError, match="Mpx"):
+        open_dicom(path)
+
+
+def test_monochrome_16_bit(tmp_path):
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    ds.Modality = "US"
+    d = open_dicom(pydicom_file("CT_small.dcm"))
+    frame = d.frame(0)
+    assert frame.ndim == 2 and frame.dtype in (np.uint16, np.uint8)
+    img, info = prepare_file(d.path)
+    assert img.shape == (224, 224)
+    del ds

@@ -1,0 +1,137 @@
+"""The explain job end to end on real files: a tiny data set with lesion masks and a real checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from usedge.dataset import Sample, write_manifest
+from usedge.errors import ConfigError, DataError
+from usedge.runtime.preprocess import CropInfo, PreprocessSpec
+from usedge.train.explain import ExplainConfig, mask_to_input, read_lesion_mask, run_explain
+
+CLASSES = ["epidermal_cyst", "lipoma", "pilomatricoma"]
+
+
+def _make_data(root, n=9, masks=True, size=(90, 120)):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        label = CLASSES[i % 3]
+        h, w = size
+        img = rng.integers(0, 80, size, dtype=np.uint8)
+        mask = np.zeros(size, np.uint8)
+        cv2.ellipse(mask, (int(rng.integers(25, w - 25)), int(rng.integers(20, h - 20))), (14, 9), 0, 0, 360, 255, -1)
+        img[mask > 0] += 100
+        (root / label).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / label / f"img{i}.png"), img)
+        row = {"path": f"{label}/img{i}.png", "label": label, "patient_id": f"p{i}"}
+        if masks:
+            cv2.imwrite(str(root / label / f"img{i}_mask.png"), mask)
+            row["mask_path"] = f"{label}/img{i}_mask.png"
+        rows.append(row)
+    write_manifest(root / "manifest.csv", rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    from usedge.train.checkpoint import save_checkpoint
+    from usedge.train.model import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("explain_model") / "model.pt"
+    save_checkpoint(path, build_model("ag_resnet18"), class_names=CLASSES, preprocess=PreprocessSpec(size=64))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_masked_data(tmp_path_factory):
+    return _make_data(tmp_path_factory.mktemp("explain_data"))
+
+
+def test_run_explain_writes_everything(tiny_model, tiny_masked_data, tmp_path):
+    out = tmp_path / "out"
+    summary = run_explain(tiny_model, tiny_masked_data, out, ExplainConfig(progress=False, sheet_rows=2))
+    for name in ("explain.json", "explain.md", "per_image.csv"):
+        assert (out / name).is_file()
+    assert sorted(p.name for p in (out / "sheets").iterdir()) == [f"{c}.png" for c in CLASSES]
+    overlays = sorted((out / "overlays").rglob("*.png"))
+    assert len(overlays) == 9
+    strip = cv2.imread(str(overlays[0]))
+    assert strip.shape[1] == 5 * strip.shape[0]  # image + 4 maps
+    sheet = cv2.imread(str(out / "sheets" / "lipoma.png"))
+    assert sheet.shape[0] == 2 * strip.shape[0]
+    data = json.loads((out / "explain.json").read_text())
+    assert data == json.loads(json.dumps(summary, default=str))
+    assert data["data"]["n_images"] == 9 and data["data"]["n_with_lesion"] == 9
+    assert set(data["localisation"]) == {"cam", "gradcam", "att1", "att2"}
+    for res in data["localisation"].values():
+        for b in ("centre", "permuted"):
+            for s in ("energy_inside", "topk_iou", "pointing_game"):
+                t = res["tests"][b][s]
+                assert 0.0 <= t["p_value"] <= 1.0 and -1.0 <= t["rank_biserial"] <= 1.0 and t["n"] == 9
+    assert {"forward", "cam", "gradcam", "att"} <= set(data["timing_ms"])
+    md = (out / "explain.md").read_text()
+    assert "| CAM | energy inside |" in md and "Wilcoxon" in md
+    lines = (out / "per_image.csv").read_text().splitlines()
+    assert len(lines) == 10 and "cam_energy_inside" in lines[0] and "centre:cam_topk_iou" in lines[0]
+
+
+def test_explain_cli(tiny_model, tiny_masked_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from usedge.cli import app
+
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(app, ["explain", str(tiny_model), str(tiny_masked_data), "--out", str(out),
+                                   "--maps", "cam,att1", "--overlays", "sheets", "--limit", "6"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "explain.json").read_text())
+    assert set(data["localisation"]) == {"cam", "att1"} and data["data"]["n_images"] == 6
+    assert not (out / "overlays").exists() and (out / "sheets").is_dir()
+
+
+def test_data_without_masks_skips_localisation(tiny_model, tmp_path):
+    data = _make_data(tmp_path / "nomask", n=3, masks=False)
+    summary = run_explain(tiny_model, data, tmp_path / "out", ExplainConfig(progress=False, overlays="none",
+                                                                           maps=("cam",)))
+    assert summary["localisation"] == {} and summary["data"]["n_with_lesion"] == 0
+    assert "not measured" in (tmp_path / "out" / "explain.md").read_text()
+
+
+def test_mask_follows_the_image_crop():
+    mask = np.zeros((100, 200), bool)
+    mask[40:60, 120:160] = True                      # lesion in frame pixels
+    info = CropInfo(frame_shape=(100, 200), fov_box=(0, 0, 200, 100), crop_box=(100, 0, 100, 100))
+    m = mask_to_input(mask, info, 50)                # crop x 100..200, then 100 -> 50 px
+    ys, xs = np.nonzero(m)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (20, 29, 10, 29)
+    # a crop box reaching past the frame (x 150..250, y -50..50): zero outside the frame
+    info = CropInfo(frame_shape=(100, 200), fov_box=(0, 0, 200, 100), crop_box=(150, -50, 100, 100))
+    m = mask_to_input(mask, info, 100)
+    assert m.shape == (100, 100) and m.sum() == 10 * 10 and m[90:100, 0:10].all()  # frame y 40..50, x 150..160
+
+
+def test_mask_errors_and_bbox(tmp_path):
+    bad = tmp_path / "m.png"
+    cv2.imwrite(str(bad), np.zeros((10, 10), np.uint8))
+    with pytest.raises(DataError, match="size"):
+        read_lesion_mask(Sample(path=tmp_path / "x.png", label=0, patient_id="p", mask_path=bad), (20, 20))
+    with pytest.raises(DataError, match="cannot read"):
+        read_lesion_mask(Sample(path=tmp_path / "x.png", label=0, patient_id="p", mask_path=tmp_path / "no.png"),
+                         (20, 20))
+    m, src = read_lesion_mask(Sample(path=tmp_path / "x.png", label=0, patient_id="p", bbox=(2, 3, 4, 5)), (20, 20))
+    assert src == "bbox" and m.sum() == 20 and m[3:8, 2:6].all()
+
+
+def test_bad_config_is_a_config_error():
+    for cfg in (ExplainConfig(maps=("nope",)), ExplainConfig(target="x"), ExplainConfig(topk="2"),
+                ExplainConfig(overlays="some")):
+        with pytest.raises(ConfigError):
+            cfg.validate()

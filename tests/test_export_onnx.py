@@ -1,0 +1,82 @@
+"""The exported files from the tiny checkpoint: metadata, dynamic batch, precisions, parity report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from usedge.fileio import sha256_file
+from usedge.runtime.model_info import METADATA_KEY, ModelInfo
+
+FILES = {"model.onnx": "fp32", "model.fp16.onnx": "fp16", "model.int8.onnx": "int8"}
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name,precision", FILES.items())
+def test_file_describes_itself_and_runs_any_batch(tiny_onnx_dir, tiny_export_checkpoint, name, precision):
+    path = tiny_onnx_dir / name
+    session = _session(path)
+    meta = session.get_modelmeta().custom_metadata_map
+    info = ModelInfo.from_json(meta[METADATA_KEY])
+    assert info.precision == precision == meta["precision"]
+    assert info.class_names == ["epidermal_cyst", "lipoma", "pilomatricoma"]
+    assert info.input_size == 64 and info.preprocess.size == 64 and info.outputs == ["probs", "cam"]
+    assert info.checkpoint_sha256 == sha256_file(tiny_export_checkpoint) == meta["checkpoint_sha256"]
+    assert info.export["opset"] == 18 and info.training["metrics"]["note"]
+    (inp,) = session.get_inputs()
+    assert (inp.name, inp.type, inp.shape[1:]) == ("image", "tensor(float)", [1, 64, 64])
+    assert [(o.name, o.type) for o in session.get_outputs()] == [("probs", "tensor(float)"), ("cam", "tensor(float)")]
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).uniform(-1, 1, (batch, 1, 64, 64)).astype(np.float32)
+        probs, cam = session.run(None, {"image": x})
+        assert probs.shape == (batch, 3) and cam.shape == (batch, 3, 8, 8)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_opset_and_full_checker(tiny_onnx_dir):
+    model = onnx.load(str(tiny_onnx_dir / "model.onnx"))
+    assert {o.domain: o.version for o in model.opset_import}[""] == 18
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_fp16_has_half_weights_fp32_io_and_fp32_softmax(tiny_onnx_dir):
+    model = onnx.load(str(tiny_onnx_dir / "model.fp16.onnx"))
+    types = {t.data_type for t in model.graph.initializer if len(t.dims) == 4}   # conv weights
+    assert types == {onnx.TensorProto.FLOAT16}
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in [*model.graph.input, *model.graph.output])
+    # Softmax runs in FP32: its input comes from a Cast to FLOAT
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in (n for n in model.graph.node if n.op_type == "Softmax"):
+        cast = producers[node.input[0]]
+        assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT
+
+
+def test_int8_is_qdq_with_unsigned_activations_and_signed_weights(tiny_onnx_dir):
+    model = onnx.load(str(tiny_onnx_dir / "model.int8.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    zero_points = {t.name: t.data_type for t in model.graph.initializer if t.name.endswith("zero_point")}
+    assert onnx.TensorProto.UINT8 in zero_points.values() and onnx.TensorProto.INT8 in zero_points.values()
+
+
+def test_report_lists_every_artifact_and_check(tiny_onnx_dir):
+    report = json.loads((tiny_onnx_dir / "export_report.json").read_text())
+    for name in FILES:
+        assert report["artifacts"][name]["sha256"] == sha256_file(tiny_onnx_dir / name)
+    names = {c["name"]: c for c in report["checks"]}
+    parity = names["torch vs onnxruntime"]
+    assert parity["passed"] and parity["figures"]["max_abs_diff"] <= 1e-4 and parity["figures"]["top1_agreement"] == 1.0
+    assert names["onnx.reference vs onnxruntime"]["passed"]
+    assert names["torch vs onnxruntime (cam)"]["passed"]
+    assert names["fp16 vs fp32 (onnxruntime CPU)"]["figures"]["max_abs_diff"] <= 1e-2
+    assert "int8 vs fp32 accuracy (held-out)" in names
+    assert report["data"]["calibration"] >= 1 and report["data"]["held_out"] >= 1
+    assert (tiny_onnx_dir / "export_report.md").read_text().startswith("# usedge export report")
+    assert not list(tiny_onnx_dir.glob(".usedge-export-*")), "staging folder left behind"

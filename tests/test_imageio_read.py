@@ -1,0 +1,139 @@
+"""Image files (usedge.runtime.imageio): formats, 16 bit, bombs, truncated and corrupt files; `usedge crop`."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.fixtures.crop import pydicom_file
+from usedge.cli import app
+from usedge.errors import InputError
+from usedge.runtime.imageio import count_frames, iter_frames, read_image, read_image_and_regions
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def picture():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("ext", [".png", ".bmp", ".tif", ".tiff"])
+def test_lossless_round_trip(tmp_path, picture, ext):
+    path = tmp_path / f"a{ext}"
+    assert cv2.imwrite(str(path), picture)
+    assert np.array_equal(read_image(path), picture)
+
+
+def test_jpeg_and_gray_and_16_bit(tmp_path, picture):
+    cv2.imwrite(str(tmp_path / "a.jpg"), picture)
+    assert read_image(tmp_path / "a.jpg").shape == (48, 64, 3)
+    gray = picture[:, :, 0]
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    assert read_image(tmp_path / "g.png").shape == (48, 64)
+    deep = (gray.astype(np.uint16) * 16)
+    cv2.imwrite(str(tmp_path / "d.png"), deep)
+    out = read_image(tmp_path / "d.png")
+    assert out.dtype == np.uint16 and np.array_equal(out, deep)
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+
+
+def test_decompression_bomb_refused_from_the_header(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(50_000, 50_000))
+    with pytest.raises(InputError, match="Mpx") as err:
+        read_image(path)
+    assert "bomb.png" in str(err.value)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_truncated_files(tmp_path, picture, ext):
+    path = tmp_path / f"t{ext}"
+    cv2.imwrite(str(path), np.tile(picture, (4, 4, 1)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated") as err:
+        read_image(path)
+    assert path.name in str(err.value)
+
+
+def test_zero_byte_corrupt_and_missing(tmp_path, picture):
+    (tmp_path / "z.png").write_bytes(b"")
+    with pytest.raises(InputError, match="0 bytes"):
+        read_image(tmp_path / "z.png")
+    (tmp_path / "r.png").write_bytes(np.random.default_rng(1).bytes(500))
+    with pytest.raises(InputError, match="not a PNG"):
+        read_image(tmp_path / "r.png")
+    cv2.imwrite(str(tmp_path / "c.png"), picture)
+    data = bytearray((tmp_path / "c.png").read_bytes())
+    data[40:80] = b"\x00" * 40                                   # damage the compressed stream
+    (tmp_path / "c.png").write_bytes(bytes(data))
+    with pytest.raises(InputError):
+        read_image(tmp_path / "c.png")
+    with pytest.raises(InputError, match="not found"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_iter_frames_images_and_cine(tmp_path, picture):
+    cv2.imwrite(str(tmp_path / "a.png"), picture)
+    assert [i for i, _ in iter_frames(tmp_path / "a.png")] == [0]
+    cine = pydicom_file("examples_ybr_color.dcm")
+    assert count_frames(cine) == 30
+    frames = list(iter_frames(cine))
+    assert [i for i, _ in frames] == list(range(30)) and frames[5][1].shape == (240, 320, 3)
+    frame, regions = read_image_and_regions(cine, frame_index=3)
+    assert np.array_equal(frame, frames[3][1]) and regions == [(84, 31, 512, 384)]
+    assert np.array_equal(read_image(cine), frames[0][1])
+
+
+# ------------------------------------------------------------------ usedge crop
+
+def test_crop_cli_images_and_dicom(tmp_path, scanner_frames):
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "screen.png"), scanner_frames["doppler"][0])
+    cv2.imwrite(str(src / "dual.png"), scanner_frames["dual"][0])
+    dcm = pydicom_file("examples_jpeg2k.dcm")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["crop", str(src), str(dcm), "--out", str(out), "--overlay", "-q"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in (out / "crops.jsonl").read_text().splitlines()]
+    assert len(lines) == 4                                       # dual -> two crops
+    for rec in lines:
+        img = cv2.imread(str(out / rec["output"]), cv2.IMREAD_UNCHANGED)
+        assert img.shape == (224, 224)
+        assert rec["method"] == "detection" and len(rec["crop_box"]) == 4 and "doppler_fraction" in rec
+        assert (out / rec["output"].replace(".png", ".overlay.png")).is_file()
+    screen = next(rec for rec in lines if rec["input"].endswith("screen.png"))
+    assert screen["doppler_fraction"] > 0
+    assert {rec["view"] for rec in lines if "dual" in rec["input"]} == {0, 1}
+
+
+def test_crop_cli_modes_and_errors(tmp_path, scanner_frames):
+    cv2.imwrite(str(tmp_path / "s.png"), scanner_frames["linear"][0])
+    (tmp_path / "bad.png").write_bytes(b"")
+    out = tmp_path / "o"
+    r = runner.invoke(app, ["crop", str(tmp_path / "s.png"), "--out", str(out), "--crop", "0,0,100,50", "--size", "64", "-q"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((out / "crops.jsonl").read_text())
+    assert rec["method"] == "manual" and rec["crop_box"] == [0, 0, 100, 50]
+    # one bad file among good ones: the good ones are written, the bad one is reported, exit code 1
+    r = runner.invoke(app, ["crop", str(tmp_path / "s.png"), str(tmp_path / "bad.png"), "--out", str(out), "-q"])
+    assert r.exit_code == 1
+    lines = [json.loads(x) for x in (out / "crops.jsonl").read_text().splitlines()]
+    assert "error" in lines[1] and "bad.png" in lines[1]["error"]
+    r = runner.invoke(app, ["crop", str(tmp_path / "s.png"), "--out", str(out), "--crop", "preset:nope"])
+    assert r.exit_code != 0 and "unknown crop preset" in str(r.exception)

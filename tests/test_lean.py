@@ -1,0 +1,75 @@
+"""The bedside runtime never needs torch: `import usedge.runtime` and `usedge infer` (files and a stream)
+run in a process where importing torch raises, and no runtime module imports torch/train/export."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import usedge
+
+RUNTIME = Path(usedge.__file__).parent / "runtime"
+FORBIDDEN = ("torch", "torchvision", "usedge.train", "usedge.export", "onnx", "sklearn", "optuna")
+
+
+@pytest.fixture(scope="module")
+def torchless_env(tmp_path_factory) -> dict:
+    """PYTHONPATH with a `torch` package whose import raises, as on a base install without torch."""
+    block = tmp_path_factory.mktemp("no_torch")
+    for name in ("torch", "torchvision"):
+        (block / name).mkdir()
+        (block / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed (blocked by test_lean)')\n")
+    return {**os.environ, "PYTHONPATH": str(block), "OMP_NUM_THREADS": "1"}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_no_runtime_module_imports_torch_train_or_export():
+    bad = []
+    for path in RUNTIME.rglob("*.py"):
+        for name in _imports(path):
+            if any(name == f or name.startswith(f + ".") for f in FORBIDDEN):
+                bad.append(f"{path.relative_to(RUNTIME)}: {name}")
+    assert not bad, bad
+
+
+def test_import_runtime_without_torch(torchless_env):
+    code = ("import sys, importlib, pkgutil, usedge.runtime as r\n"
+            "mods = [m.name for m in pkgutil.walk_packages(r.__path__, 'usedge.runtime.')]\n"
+            "[importlib.import_module(m) for m in mods]\n"
+            "import usedge.cli\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'onnx')], 'heavy import'\n"
+            "print(len(mods))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=torchless_env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.strip()) >= 10
+
+
+def test_infer_image_and_stream_without_torch(torchless_env, runtime_model, runtime_images, runtime_video, tmp_path):
+    check = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=torchless_env)
+    assert check.returncode != 0 and "blocked by test_lean" in check.stderr
+    image = sorted(runtime_images.glob("*.png"))[0]
+    res = subprocess.run([sys.executable, "-m", "usedge", "infer", str(runtime_model), str(image)],
+                         capture_output=True, text=True, env=torchless_env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.splitlines()[0])["label"]
+    summary = tmp_path / "summary.json"
+    res = subprocess.run([sys.executable, "-m", "usedge", "infer", str(runtime_model), "--stream", str(runtime_video),
+                          "--max-frames", "6", "--summary", str(summary)],
+                         capture_output=True, text=True, env=torchless_env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(summary.read_text())["frames_read"] == 6

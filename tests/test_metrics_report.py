@@ -1,0 +1,73 @@
+"""The paper's metrics against hand-computed confusion matrices; aggregation over folds; the report."""
+
+import json
+
+import numpy as np
+import pytest
+
+from usedge.train.metrics import aggregate, classification_metrics, roc_curves
+
+NAMES = ["epidermal_cyst", "lipoma", "pilomatricoma"]
+
+
+def _probs(preds, n_classes=3):
+    p = np.full((len(preds), n_classes), 0.1)
+    p[np.arange(len(preds)), preds] = 0.8
+    return p
+
+
+def test_metrics_match_hand_computed_confusion_matrix():
+    # true:      0 0 0 0 1 1 1 2 2 2
+    # predicted: 0 0 0 1 1 1 2 2 2 0
+    labels = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    preds = [0, 0, 0, 1, 1, 1, 2, 2, 2, 0]
+    m = classification_metrics(labels, _probs(preds), NAMES)
+    assert m["confusion_matrix"] == [[3, 1, 0], [0, 2, 1], [1, 0, 2]]
+    # class 0: TP 3, FN 1, FP 1, TN 5
+    c0 = m["per_class"]["epidermal_cyst"]
+    assert c0["accuracy"] == pytest.approx(8 / 10)
+    assert c0["sensitivity"] == pytest.approx(3 / 4)
+    assert c0["specificity"] == pytest.approx(5 / 6)
+    assert c0["precision"] == pytest.approx(3 / 4)
+    assert c0["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    # class 1: TP 2, FN 1, FP 1, TN 6
+    c1 = m["per_class"]["lipoma"]
+    assert (c1["accuracy"], c1["sensitivity"], c1["specificity"], c1["precision"]) == pytest.approx(
+        (8 / 10, 2 / 3, 6 / 7, 2 / 3))
+    # class 2: TP 2, FN 1, FP 1, TN 6
+    c2 = m["per_class"]["pilomatricoma"]
+    assert (c2["sensitivity"], c2["specificity"]) == pytest.approx((2 / 3, 6 / 7))
+    assert m["overall_accuracy"] == pytest.approx(7 / 10)
+    assert m["macro"]["sensitivity"] == pytest.approx((3 / 4 + 2 / 3 + 2 / 3) / 3)
+    assert m["balanced_accuracy"] == pytest.approx(m["macro"]["sensitivity"])
+
+
+def test_roc_auc_hand_computed():
+    # class 0 scores: positives 0.9, 0.4; negatives 0.5, 0.1 -> 3 of 4 pairs ordered -> AUC 0.75
+    labels = [0, 0, 1, 2]
+    probs = np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8]])
+    m = classification_metrics(labels, probs, NAMES)
+    assert m["per_class"]["epidermal_cyst"]["roc_auc"] == pytest.approx(0.75)
+    curves = roc_curves(labels, probs, NAMES)
+    assert curves["epidermal_cyst"]["auc"] == pytest.approx(0.75)
+    assert curves["epidermal_cyst"]["fpr"][0] == 0 and curves["epidermal_cyst"]["tpr"][-1] == 1
+
+
+def test_missing_class_gives_null_not_nan():
+    m = classification_metrics([0, 0, 1], _probs([0, 1, 1]), NAMES)
+    assert m["per_class"]["pilomatricoma"]["sensitivity"] is None
+    assert m["per_class"]["pilomatricoma"]["roc_auc"] is None
+    json.dumps(m, allow_nan=False)
+
+
+def test_aggregate_mean_sd_and_pooled():
+    f1 = classification_metrics([0, 1, 2, 0], _probs([0, 1, 2, 1]), NAMES)   # acc 0.75
+    f2 = classification_metrics([0, 1, 2, 2], _probs([0, 1, 2, 2]), NAMES)   # acc 1.0
+    pooled = classification_metrics([0, 1, 2, 0, 0, 1, 2, 2], _probs([0, 1, 2, 1, 0, 1, 2, 2]), NAMES)
+    agg = aggregate([f1, f2], pooled, NAMES)
+    assert agg["overall_accuracy"]["mean"] == pytest.approx(0.875)
+    assert agg["overall_accuracy"]["sd"] == pytest.approx(np.std([0.75, 1.0], ddof=1))
+    assert agg["overall_accuracy"]["pooled"] == pytest.approx(7 / 8)
+    assert agg["per_class"]["epidermal_cyst"]["sensitivity"]["mean"] == pytest.approx((0.5 + 1.0) / 2)
+    assert agg["per_class"]["epidermal_cyst"]["sensitivity"]["pooled"] == pytest.approx(2 / 3)
+    assert agg["confusion_matrix_pooled"] == pooled["confusion_matrix"]

@@ -1,0 +1,239 @@
+"""The ONE preprocessing definition: same bytes via training and bedside paths; the stream cropper;
+property tests over shapes and dtypes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tests.fixtures.crop import bmode_image, pydicom_file
+from usedge.errors import ConfigError, InputError
+from usedge.runtime.preprocess import (
+    CropInfo,
+    FrameCropper,
+    PreprocessSpec,
+    crop_mask,
+    normalise,
+    prepare,
+    prepare_all,
+    prepare_file,
+    preprocess,
+)
+
+
+def runtime_inputs(path, spec):
+    """What `usedge infer` feeds the model: sources.iter_file_frames -> FrameCropper -> normalise."""
+    from usedge.runtime.sources import iter_file_frames
+
+    _, frame, regions = next(iter(iter_file_frames(path)))
+    image, _ = FrameCropper(spec, regions=regions)(frame)
+    return normalise(image, spec)
+
+
+def training_inputs(path, spec):
+    """What training feeds the model: usedge.train.data.load_images (prepare_file) -> normalise."""
+    pytest.importorskip("torch")
+    from usedge.dataset import Sample
+    from usedge.train.data import load_images
+
+    images = load_images([Sample(path=path, label=0, patient_id="p")], spec, progress=False)
+    return normalise(images[0], spec)
+
+
+@pytest.fixture(scope="module")
+def files(tiny_cohort, scanner_frames, tmp_path_factory):
+    d = tmp_path_factory.mktemp("paths")
+    screen = d / "screen_doppler.png"
+    cv2.imwrite(str(screen), scanner_frames["doppler"][0])
+    return {"cohort png": sorted(tiny_cohort.glob("*/*.png"))[0], "scanner png": screen,
+            "dicom jpeg2k": pydicom_file("examples_jpeg2k.dcm"), "dicom cine": pydicom_file("examples_ybr_color.dcm")}
+
+
+@pytest.mark.parametrize("name", ["cohort png", "scanner png", "dicom jpeg2k", "dicom cine"])
+def test_training_and_bedside_inputs_are_byte_identical(files, name):
+    spec = PreprocessSpec()
+    a = training_inputs(files[name], spec)
+    b = runtime_inputs(files[name], spec)
+    assert a.shape == b.shape == (1, 1, 224, 224) and a.dtype == b.dtype == np.float32
+    assert a.tobytes() == b.tobytes()
+    frame, regions = _frame_and_regions(files[name])
+    c, _ = preprocess(frame, spec, regions=regions)
+    assert c.tobytes() == a.tobytes()
+
+
+def _frame_and_regions(path):
+    from usedge.runtime.imageio import read_image_and_regions
+
+    frame, regions = read_image_and_regions(path)
+    return frame, regions
+
+
+def test_normalise_range_and_layout():
+    x = normalise(np.array([[0, 255], [128, 64]], np.uint8))
+    assert x.shape == (1, 1, 2, 2) and x.dtype == np.float32
+    assert x.min() == -1.0 and x.max() == 1.0
+    batch = normalise(np.zeros((3, 8, 8), np.uint8))
+    assert batch.shape == (3, 1, 8, 8)
+
+
+def test_crop_modes(scanner_frames):
+    frame, truth = scanner_frames["linear"]
+    h, w = frame.shape[:2]
+    img, info = prepare(frame, PreprocessSpec(crop="none"))
+    assert img.shape == (224, 224) and info.method == "none" and info.crop_box == (0, 0, w, h)
+    img, info = prepare(frame, PreprocessSpec(crop="10,20,300,200", size=64))
+    assert img.shape == (64, 64) and info.method == "manual" and info.crop_box == (10, 20, 300, 200)
+    img, info = prepare(frame, PreprocessSpec(crop="1200,700,500,500"))
+    assert info.crop_box == (1200, 700, 80, 20) and info.notes              # clipped to the frame, said so
+    _, info = prepare(frame, PreprocessSpec(crop="fov"))
+    assert info.crop_box == info.fov_box and info.method == "detection"
+    _, info = prepare(frame, PreprocessSpec(crop="auto"))
+    x, y, s, s2 = info.crop_box
+    fx, fy, fw, fh = info.fov_box
+    assert s == s2 and fx <= x and x + s <= fx + fw and fy <= y and y + s <= fy + fh
+    _, info = prepare(frame, PreprocessSpec(crop="preset:full-frame"))
+    assert info.method == "preset" and info.crop_box == (0, 0, w, h)
+    with pytest.raises(ConfigError):
+        prepare(frame, PreprocessSpec(crop="3,4"))
+
+
+def test_doppler_removed_in_the_model_input(scanner_frames):
+    frame, truth = scanner_frames["doppler"]
+    img, info = prepare(frame, PreprocessSpec(crop="fov"))
+    x, y, w, h = info.crop_box
+    inside = truth["doppler_mask"][y:y + h, x:x + w].mean()
+    assert inside > 0.005 and info.doppler_fraction >= inside
+    _, kept = prepare(frame, PreprocessSpec(crop="fov", remove_doppler=False))
+    assert kept.doppler_fraction == 0.0
+
+
+def test_dual_view_prepare_all(scanner_frames):
+    frame, truth = scanner_frames["dual"]
+    results = prepare_all(frame)
+    assert [i.view for _, i in results] == [0, 1]
+    assert all(img.shape == (224, 224) for img, _ in results)
+    one, info = prepare(frame)
+    assert any(one.tobytes() == img.tobytes() for img, _ in results)
+
+
+def test_dicom_regions_used_when_they_fit(scanner_frames):
+    frame, truth = scanner_frames["linear"]
+    box = tuple(truth["fov_box"])
+    _, info = prepare(frame, PreprocessSpec(crop="fov"), regions=[box])
+    assert info.method == "dicom-regions" and info.crop_box == box
+    _, info = prepare(frame, PreprocessSpec(crop="fov"), regions=[(0, 0, 5000, 5000)])
+    assert info.method == "detection" and "do not fit" in info.notes[0]
+
+
+def test_crop_mask_follows_the_crop():
+    frame = np.zeros((100, 200), np.uint8)
+    mask = np.zeros((100, 200), np.uint8)
+    mask[20:40, 50:70] = 255
+    info = CropInfo(frame_shape=(100, 200), fov_box=(0, 0, 200, 100), crop_box=(50, 20, 40, 40))
+    m = crop_mask(mask, info, 20)
+    assert m.shape == (20, 20) and m[:10, :10].all() and not m[10:, 10:].any()
+    del frame
+
+
+# ------------------------------------------------------------------ the stream cropper
+
+def test_cropper_matches_prepare_and_detects_once():
+    from usedge.synth.scanner import ScannerScreen
+
+    rng = np.random.default_rng(5)
+    bm = [bmode_image(s) for s in (10, 11, 12)]
+    screen = ScannerScreen(rng, bm[0].shape, size=(1280, 720))
+    frames = []
+    for b in bm:
+        f = screen.background.copy()
+        screen.place(f, cv2.resize(b, bm[0].shape[::-1]))
+        frames.append(f)
+    spec = PreprocessSpec()
+    cropper = FrameCropper(spec)
+    first, info = cropper(frames[0])
+    ref, ref_info = prepare(frames[0], spec)
+    assert first.tobytes() == ref.tobytes() and info.crop_box == ref_info.crop_box
+    for f in frames[1:]:
+        cropper(f)
+    assert cropper.detections == 1
+    # a new layout (another screen) triggers one new detection
+    other = ScannerScreen(np.random.default_rng(99), bm[0].shape, size=(1280, 720), probe="curved")
+    f2 = other.background.copy()
+    other.place(f2, bm[0])
+    out, info2 = cropper(f2)
+    assert cropper.detections == 2 and info2.fov_box == prepare(f2, spec)[1].fov_box
+    # a new frame size too
+    cropper(cv2.resize(frames[0], (960, 540)))
+    assert cropper.detections == 3
+
+
+def test_cropper_keeps_layout_when_probe_lifted(scanner_frames):
+    frame, truth = scanner_frames["linear"]
+    cropper = FrameCropper(PreprocessSpec())
+    _, info = cropper(frame)
+    lifted = frame.copy()
+    x, y, w, h = truth["fov_box"]
+    lifted[y:y + h, x:x + w] = 0                     # no echo: the screen stays, the image goes black
+    _, info2 = cropper(lifted)
+    assert info2.fov_box == info.fov_box and cropper.detections <= 2
+
+
+def test_cropper_rejects_blank_frames():
+    cropper = FrameCropper(PreprocessSpec())
+    with pytest.raises(InputError):
+        cropper(np.zeros((480, 640, 3), np.uint8))
+
+
+def test_bad_size_is_an_input_error():
+    with pytest.raises(InputError):
+        prepare(np.zeros((64, 64), np.uint8), PreprocessSpec(size=2))
+
+
+# ------------------------------------------------------------------ properties
+
+DTYPES = st.sampled_from([np.uint8, np.uint16, np.int32, np.float32, np.float64, np.bool_])
+
+
+@st.composite
+def frames(draw):
+    h = draw(st.integers(1, 96))
+    w = draw(st.integers(1, 96))
+    ch = draw(st.sampled_from([None, 1, 3, 4]))
+    dtype = draw(DTYPES)
+    shape = (h, w) if ch is None else (h, w, ch)
+    if np.issubdtype(dtype, np.floating):
+        elements = st.floats(-10, 300, width=32) | st.just(float("nan"))
+    elif dtype == np.bool_:
+        elements = st.booleans()
+    else:
+        elements = st.integers(0, 255 if dtype == np.uint8 else 4095)
+    return draw(hnp.arrays(dtype, shape, elements=elements))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frame=frames(), crop=st.sampled_from(["auto", "fov", "none", "5,5,40,30"]))
+def test_prepare_never_crashes(frame, crop):
+    spec = PreprocessSpec(size=32, crop=crop)
+    try:
+        img, info = prepare(frame, spec)
+    except InputError:
+        return                                       # empty, tiny, blank or NaN: a clear usedge error
+    assert img.shape == (32, 32) and img.dtype == np.uint8
+    x, y, w, h = info.crop_box
+    H, W = frame.shape[:2]
+    assert w > 0 and h > 0 and 0 <= x and 0 <= y and x + w <= W and y + h <= H
+
+
+def test_runtime_crop_modules_do_not_import_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import usedge.runtime.crop, usedge.runtime.preprocess, usedge.runtime.imageio, usedge.runtime.dicom\n"
+            "import usedge.cli.crop_cmd\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

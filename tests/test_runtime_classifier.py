@@ -1,0 +1,69 @@
+"""Classifier: artifact -> Prediction, on the export fixture's real ONNX files (fp32, int8, fp16)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from usedge.errors import ModelError
+from usedge.fileio import sha256_file
+from usedge.runtime.classifier import Classifier, Prediction
+from usedge.runtime.preprocess import normalise, prepare
+from usedge.runtime.sources import read_image
+
+
+@pytest.fixture(scope="module")
+def frame(runtime_images):
+    return read_image(sorted(runtime_images.glob("*.png"))[0])
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.int8.onnx", "model.fp16.onnx"])
+def test_predict_every_artifact(tiny_onnx_dir, frame, name):
+    path = tiny_onnx_dir / name
+    with Classifier.load(path, backend="ort-cpu", threads=1) as clf:
+        pred = clf.predict(frame, frame_index=3, source="x.png")
+    assert isinstance(pred, Prediction)
+    assert pred.label in clf.class_names and pred.label == max(pred.probs, key=pred.probs.get)
+    assert abs(sum(pred.probs.values()) - 1.0) < 1e-3
+    assert pred.model_sha256 == sha256_file(path)
+    assert set(pred.latency_ms) == {"crop", "normalise", "model", "post", "total"}
+    assert all(v >= 0 for v in pred.latency_ms.values())
+    assert pred.cam is not None and pred.cam.ndim == 2
+    x, y, w, h = pred.crop_box
+    assert w > 0 and h > 0 and x + w <= frame.shape[1] and y + h <= frame.shape[0]
+    record = pred.to_record()
+    json.dumps(record)
+    assert record["frame"] == 3 and record["source"] == "x.png" and "cam" not in record
+
+
+def test_model_input_is_the_one_preprocessing_bit_for_bit(runtime_model, frame):
+    with Classifier.load(runtime_model, backend="ort-cpu", threads=1) as clf:
+        clf.predict(frame)
+        image, _ = prepare(frame, clf.spec)
+        assert np.array_equal(clf._input, normalise(image, clf.spec))
+
+
+def test_predict_batch_matches_predict(runtime_model, runtime_images):
+    frames = [read_image(p) for p in sorted(runtime_images.glob("*.png"))]
+    with Classifier.load(runtime_model, backend="ort-cpu", threads=1) as clf:
+        single = [clf.predict(f) for f in frames]
+        batch = clf.predict_batch(frames, first_index=10)
+    assert [p.frame_index for p in batch] == [10, 11, 12]
+    for a, b in zip(single, batch):
+        assert a.label == b.label
+        np.testing.assert_allclose(list(a.probs.values()), list(b.probs.values()), atol=1e-5)
+
+
+def test_missing_and_metadata_free_models_are_refused(tmp_path, runtime_model):
+    import onnx
+
+    with pytest.raises(ModelError, match="not found"):
+        Classifier.load(tmp_path / "nope.onnx")
+    model = onnx.load(str(runtime_model))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(ModelError, match="no usedge metadata"):
+        Classifier.load(bare, backend="ort-cpu")

@@ -1,0 +1,132 @@
+"""`usedge infer` and `usedge doctor` as a user runs them (subprocess: real exit codes and stderr)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def usedge(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "usedge", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory, runtime_images) -> Path:
+    root = tmp_path_factory.mktemp("mixed")
+    shutil.copytree(runtime_images, root / "pngs")
+    (root / "pngs" / "nested").mkdir()
+    shutil.copy(sorted(runtime_images.glob("*.png"))[0], root / "pngs" / "nested" / "again.png")
+    (root / "broken.png").write_bytes(b"\x89PNG cut short")
+    shutil.copy(get_testdata_file("examples_ybr_color.dcm", download=False), root / "cine.dcm")   # 30 frames
+    shutil.copy(get_testdata_file("examples_palette.dcm", download=False), root / "palette.dcm")
+    return root
+
+
+def test_infer_folder_jsonl_overlay_and_failed_exit_code(runtime_model, mixed_folder, tmp_path):
+    out, overlays = tmp_path / "r.jsonl", tmp_path / "ov"
+    res = usedge("infer", runtime_model, mixed_folder, "--out", out, "--overlay", overlays, "--cam", "--threads", "1")
+    assert res.returncode == 1, res.stderr                      # one bad file: reported, skipped, exit != 0
+    assert "broken.png" in res.stderr and "6/7 files, 35 frames" in res.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    errors = [r for r in records if "error" in r]
+    assert len(errors) == 1 and errors[0]["source"].endswith("broken.png")
+    ok = [r for r in records if "error" not in r]
+    assert len(ok) == 35
+    assert {"source", "frame", "label", "probs", "crop_box", "model_sha256", "latency_ms"} <= set(ok[0])
+    assert len({r["model_sha256"] for r in ok}) == 1
+    assert len(list(overlays.glob("*.png"))) == 35 and (overlays / "cine_f0029.png").is_file()
+
+
+def test_no_patient_data_in_any_output(runtime_model, mixed_folder, tmp_path):
+    import pydicom
+
+    marked = []
+    for name in ("cine.dcm", "palette.dcm"):   # real scanner files, patient fields set to recognisable markers
+        ds = pydicom.dcmread(mixed_folder / name)
+        ds.PatientName, ds.PatientID = "Doe^Janeqx", "PID-84213-XYZ"
+        ds.PatientBirthDate, ds.StudyDate, ds.InstitutionName = "19450203", "20231117", "St Examplewell Hospital"
+        ds.save_as(tmp_path / name)
+        marked.append(tmp_path / name)
+    out, overlays = tmp_path / "r.csv", tmp_path / "ov"
+    res = usedge("infer", runtime_model, *marked, "--format", "csv", "--out", out, "--overlay", overlays,
+                 "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 31 and rows[0]["label"]
+    stream_out = tmp_path / "s.jsonl"
+    res2 = usedge("infer", runtime_model, "--stream", marked[0], "--jsonl", stream_out, "--threads", "1")
+    assert res2.returncode == 0, res2.stderr
+    text = out.read_text() + stream_out.read_text() + res.stdout + res.stderr + res2.stdout + res2.stderr
+    text += " ".join(p.name for p in overlays.iterdir())
+    for marker in ("Doe", "Janeqx", "PID-84213", "19450203", "20231117", "Examplewell"):
+        assert marker not in text, f"{marker} leaked"
+
+
+def test_compressed_dicom_without_decoder_names_the_package(runtime_model):
+    path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm", download=False)
+    res = usedge("infer", runtime_model, path)
+    assert res.returncode == 1
+    assert "pip install" in res.stderr and "JPEG-LS" in res.stderr
+
+
+def test_user_errors_are_one_line(runtime_model, tmp_path):
+    res = usedge("infer", tmp_path / "missing.onnx", tmp_path)
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and "model file not found" in res.stderr
+    res = usedge("infer", runtime_model, "--stream", tmp_path / "nope.mp4")
+    assert res.returncode == 1 and "source not found" in res.stderr.splitlines()[-1]
+    res = usedge("infer", runtime_model, "--format", "xml", tmp_path)
+    assert res.returncode == 1 and "--format" in res.stderr
+
+
+def test_stream_cli_summary_jsonl_record(runtime_model, runtime_video, tmp_path):
+    jsonl, rec, summary = tmp_path / "s.jsonl", tmp_path / "s.mp4", tmp_path / "summary.json"
+    res = usedge("infer", runtime_model, "--stream", runtime_video, "--realtime", "--smooth", "--jsonl", jsonl,
+                 "--record", rec, "--summary", summary, "--max-frames", "25", "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    s = json.loads(summary.read_text())
+    assert s["frames_read"] == 25 and s["processed"] + s["dropped"] + s["frozen_skipped"] == 25
+    assert "capture_to_result" in s["latency_ms"] and "p99" in s["latency_ms"]["model"]
+    assert "25 read" in res.stderr and "capture_to_result" in res.stderr
+    assert len(jsonl.read_text().splitlines()) == s["processed"] + s["frozen_skipped"]
+    assert rec.stat().st_size > 0
+
+
+def test_ctrl_c_ends_a_stream_cleanly_with_a_summary(runtime_model, runtime_video, tmp_path):
+    jsonl = tmp_path / "s.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "usedge", "infer", str(runtime_model), "--stream", str(runtime_video),
+                             "--realtime", "--fps", "5", "--jsonl", str(jsonl), "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (jsonl.exists() and jsonl.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "(interrupted)" in err
+    lines = jsonl.read_text().splitlines()
+    assert 2 <= len(lines) < 30 and all(json.loads(line) for line in lines)   # every line complete
+
+
+def test_doctor_reports_backends_and_reasons():
+    res = usedge("doctor", "--json")
+    assert res.returncode == 0, res.stderr
+    checks = {(c["section"], c["name"]): c for c in json.loads(res.stdout)}
+    assert checks[("backends", "ort-cpu")]["ok"]
+    for name in ("ort-cuda", "ort-trt", "tensorrt"):
+        assert checks[("backends", name)]["detail"]
+    assert ("packages", "onnxruntime") in checks and ("opencv", "--show window") in checks
+    res = usedge("doctor")
+    assert res.returncode == 0 and "ort-cpu" in res.stdout

@@ -1,0 +1,52 @@
+"""`usedge serve` as a user runs it: help, bad model, a real server process, token, port in use, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("fastapi", reason="usedge serve needs the 'serve' extra (fastapi, uvicorn, ...)")
+httpx = pytest.importorskip("httpx")
+
+from tests.fixtures.serve import cli_server  # noqa: E402
+
+
+def _usedge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "usedge", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_help_lists_the_options():
+    out = _usedge("serve", "--help")
+    assert out.returncode == 0
+    for option in ("--stream", "--host", "--port", "--token", "USEDGE_TOKEN", "--max-upload-mb"):
+        assert option in out.stdout
+
+
+def test_missing_model_is_one_line(tmp_path):
+    out = _usedge("serve", str(tmp_path / "nope.onnx"), "--port", "0")
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("usedge: ") and "not found" in lines[0]
+
+
+def test_server_process_with_token(serve_model, serve_images):
+    token = "cli-secret-42"
+    with cli_server(serve_model, token=token) as (base, proc):
+        body = serve_images[0].read_bytes()
+        assert httpx.post(f"{base}/v1/predict", content=body, timeout=30).status_code == 401
+        r = httpx.post(f"{base}/v1/predict", content=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 200 and r.json()["label"]
+        assert httpx.get(f"{base}/healthz").json()["stream"] == "none"
+        assert httpx.get(f"{base}/healthz", headers={"Host": "rebind.example"}).status_code == 400
+
+        port = base.rsplit(":", 1)[1]
+        busy = _usedge("serve", str(serve_model), "--port", port)
+        assert busy.returncode != 0 and "cannot listen" in busy.stderr and "--port" in busy.stderr
+    assert proc.returncode in (0, 130)          # Ctrl-C ends it cleanly
+    logs = proc.stderr.read() + proc.stdout.read()
+    assert token not in logs                    # the token is never printed
+    assert "http://127.0.0.1:" in logs

@@ -1,0 +1,228 @@
+"""The latest-frame loop on real video files: slot semantics, pacing, drops, freeze, smoothing, sinks, reconnect."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.fixtures.runtime import FROZEN, VIDEO_FRAMES
+from usedge.errors import StreamError
+from usedge.runtime.classifier import Classifier
+from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, display_available
+from usedge.runtime.sources import (CaptureThread, Frame, LatestFrameSlot, VideoFileReader, WatchedFolderReader,
+                                    open_source)
+from usedge.runtime.stream import FreezeDetector, Smoother, StreamRunner
+
+
+@pytest.fixture(scope="module")
+def clf(runtime_model):
+    c = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
+    yield c
+    c.close()
+
+
+def _frame(i: int) -> Frame:
+    return Frame(np.zeros((4, 4), np.uint8), i, "t", time.perf_counter())
+
+
+def test_slot_keeps_only_the_newest_and_counts_drops():
+    slot = LatestFrameSlot()
+    for i in range(5):
+        slot.put(_frame(i))
+    assert slot.dropped == 4
+    assert slot.get(timeout=0.1).index == 4
+    assert slot.get(timeout=0.05) is None          # empty: times out
+    slot.put(_frame(5))
+    slot.close()
+    assert slot.get().index == 5 and slot.get() is None and slot.closed
+
+
+def test_blocking_put_hands_over_every_frame():
+    slot, got = LatestFrameSlot(), []
+
+    def consume():
+        while (f := slot.get(timeout=2)) is not None:
+            got.append(f.index)
+            time.sleep(0.002)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    for i in range(20):
+        slot.put(_frame(i), block=True)
+    slot.close()
+    t.join(5)
+    assert got == list(range(20)) and slot.dropped == 0
+
+
+def test_realtime_capture_drops_when_the_loop_is_slow(runtime_video):
+    slot = LatestFrameSlot()
+    cap = CaptureThread(VideoFileReader(runtime_video), slot, realtime=True, fps=120.0)
+    cap.start()
+    taken = []
+    while (f := slot.get(timeout=2)) is not None:
+        taken.append(f.index)
+        time.sleep(0.03)                             # a model 3.6x slower than the 120 fps source
+    cap.join(5)
+    assert cap.stats.read == VIDEO_FRAMES
+    assert len(taken) + slot.dropped == VIDEO_FRAMES
+    assert slot.dropped > 0 and taken == sorted(taken)
+
+
+def test_freeze_detector_and_smoother():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (240, 320), np.uint8)
+    det = FreezeDetector()
+    assert not det.is_frozen(a)
+    assert det.is_frozen(a.copy())
+    assert not det.is_frozen(rng.integers(0, 255, (240, 320), np.uint8))
+    sm = Smoother(window=2)
+    sm({"a": 1.0, "b": 0.0})
+    assert sm({"a": 0.0, "b": 1.0}) == {"a": 0.5, "b": 0.5}
+    assert sm({"a": 0.0, "b": 1.0}) == {"a": 0.0, "b": 1.0}
+
+
+def test_stream_file_counts_frozen_and_writes_jsonl_per_line(clf, runtime_video, tmp_path):
+    out = tmp_path / "s.jsonl"
+    lines_seen = []
+    with JsonlSink(out) as sink:
+        runner = StreamRunner(clf, open_source(str(runtime_video)), [sink], smooth=True)
+        # flushed per line: when the k-th result reaches a subscriber, k lines are already on disk
+        runner.subscribe(lambda pred, frame, overlay: lines_seen.append(len(out.read_text().splitlines())))
+        summary = runner.run()
+    assert summary.frames_read == VIDEO_FRAMES and summary.dropped == 0
+    assert summary.processed + summary.frozen_skipped == VIDEO_FRAMES
+    assert summary.frozen_skipped >= len(FROZEN) - 2
+    assert summary.ended_by == "end of source"
+    assert lines_seen == list(range(1, VIDEO_FRAMES + 1))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(VIDEO_FRAMES))
+    assert all(r["frozen"] for r in records if r["frame"] in range(FROZEN.start + 1, FROZEN.stop))
+    assert all(r["smoothed"] for r in records)
+    for stage in ("wait", "crop", "model", "total", "capture_to_result"):
+        p = summary.latency_ms[stage]
+        assert 0 <= p["p50"] <= p["p90"] <= p["p99"]
+    assert 0 < summary.model_share <= 1
+
+
+def test_stream_realtime_records_overlay_video(clf, runtime_video, tmp_path):
+    video = tmp_path / "rec.mp4"
+    with VideoRecorderSink(video, fps=30) as rec:
+        runner = StreamRunner(clf, open_source(str(runtime_video)), [rec], realtime=True, fps=60.0, cam=True,
+                              max_frames=20)
+        summary = runner.run()
+    assert summary.frames_read == 20 and summary.ended_by == "max frames"
+    assert summary.processed + summary.frozen_skipped + summary.dropped == 20
+    cap = cv2.VideoCapture(str(video))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, first = cap.read()
+    cap.release()
+    assert ok and n == summary.processed + summary.frozen_skipped and first.shape[:2] == (256, 320)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_background_runner_latest_stats_and_stop(clf, runtime_video):
+    runner = StreamRunner(clf, open_source(str(runtime_video)), realtime=True, fps=30.0, overlay=True)
+    runner.start()
+    pred = runner.wait_result(timeout=10)
+    assert pred is not None
+    latest, frame, overlay = runner.latest()
+    assert latest is not None and frame is not None and overlay.shape[:2] == frame.shape[:2]
+    stats = runner.stats()
+    assert {"frames", "dropped", "fps", "errors"} <= set(stats) and stats["running"]
+    runner.stop()
+    assert runner.summary is not None and runner.summary.ended_by in ("stopped", "end of source")
+    assert not runner.stats()["running"]
+
+
+class FlakyLiveReader(VideoFileReader):
+    """A live source whose link drops after 5 frames, twice (stands in for a capture card cable)."""
+
+    live = True
+
+    def __init__(self, path, failures: int = 2):
+        super().__init__(path)
+        self.failures, self.opens, self._n = failures, 0, 0
+
+    def open(self):
+        self.opens += 1
+        if 1 < self.opens <= 2:
+            raise StreamError("device busy")          # first reconnect attempt fails: back-off doubles
+        super().open()
+        self._n = 0
+
+    def read(self):
+        self._n += 1
+        if self._n > 5 and self.failures > 0:
+            self.failures -= 1
+            return None
+        return super().read()
+
+
+def test_live_source_reconnects_with_backoff(clf, runtime_video):
+    reader = FlakyLiveReader(runtime_video)
+    runner = StreamRunner(clf, reader, max_frames=14)
+    summary = runner.run()
+    assert summary.frames_read == 14
+    assert summary.reconnects >= 3 and reader.opens >= 4
+    assert summary.ended_by == "max frames"
+
+
+def test_live_source_gives_up_after_max_reconnects(clf, runtime_video):
+    reader = FlakyLiveReader(runtime_video, failures=10**6)
+    summary = StreamRunner(clf, reader, max_reconnects=1).run()
+    assert summary.ended_by == "source failed" and "gave up" in summary.error
+
+
+def test_watched_folder_classifies_new_files(clf, runtime_images, tmp_path):
+    import shutil
+
+    watch = tmp_path / "incoming"
+    watch.mkdir()
+    shutil.copy(sorted(runtime_images.glob("*.png"))[0], watch / "old.png")   # present before: ignored
+    stop = threading.Event()
+    reader = WatchedFolderReader(watch, poll_s=0.05, idle_timeout_s=1.5, stop=stop)
+    results = []
+    runner = StreamRunner(clf, reader, freeze=False)
+    runner.subscribe(lambda p, f, o: results.append(p))
+
+    def export_two():
+        time.sleep(0.3)
+        for i, src in enumerate(sorted(runtime_images.glob("*.png"))[:2]):
+            shutil.copy(src, watch / f"new{i}.png")
+            time.sleep(0.2)
+        (watch / "broken.png").write_bytes(b"garbage")
+
+    t = threading.Thread(target=export_two)
+    t.start()
+    summary = runner.run()
+    t.join()
+    assert summary.processed == 2 and len(results) == 2
+    assert [f for f, _ in reader.failed] == [str(watch / "broken.png")]
+
+
+def test_dicom_cine_streams_at_its_frame_rate(clf):
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("examples_ybr_color.dcm", download=False)
+    reader = open_source(path)
+    assert reader.fps and reader.fps > 0
+    summary = StreamRunner(clf, reader).run()
+    assert summary.frames_read == 30 and summary.processed + summary.frozen_skipped == 30
+
+
+def test_show_without_display_is_a_clear_error():
+    ok, why = display_available()
+    if ok:
+        pytest.skip("a display exists here")
+    with pytest.raises(StreamError, match="--show cannot open a window"):
+        ShowSink()
+
+
+def test_unknown_source_is_a_clear_error(tmp_path):
+    with pytest.raises(StreamError, match="source not found"):
+        open_source(str(tmp_path / "missing.mp4"))

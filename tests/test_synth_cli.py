@@ -1,0 +1,53 @@
+"""usedge synth cohort / frames / video from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+from typer.testing import CliRunner
+
+from usedge.cli import app
+from usedge.dataset import load_dataset
+from usedge.errors import ConfigError
+
+runner = CliRunner()
+
+
+def test_synth_cohort_cli(tmp_path):
+    out = tmp_path / "c"
+    r = runner.invoke(app, ["synth", "cohort", str(out), "--patients", "1,1,2", "--images", "6", "--seed", "3", "-q",
+                            "--freq-mhz", "14,16"])
+    assert r.exit_code == 0, r.output
+    ds = load_dataset(out)
+    assert len(ds) == 6 and len(set(ds.groups)) == 4
+    meta = json.loads((out / "cohort.json").read_text())
+    assert meta["seed"] == 3 and meta["options"]["freq_mhz"] == [14.0, 16.0]
+    r = runner.invoke(app, ["synth", "cohort", str(out), "--patients", "1,1,2", "--images", "6", "-q", "--overwrite"])
+    assert r.exit_code == 0, r.output
+
+
+def test_synth_frames_cli(tmp_path):
+    r = runner.invoke(app, ["synth", "frames", str(tmp_path), "--count", "3", "--doppler-fraction", "1",
+                            "--size", "1280x720", "-q"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in (tmp_path / "truth.jsonl").read_text().splitlines()]
+    assert len(lines) == 3
+    for rec in lines:
+        frame = cv2.imread(str(tmp_path / rec["file"]))
+        assert frame.shape == (720, 1280, 3) and rec["frame_size"] == [1280, 720]
+        mask = cv2.imread(str(tmp_path / rec["doppler_mask"]), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == (720, 1280) and mask.max() == 255
+
+
+def test_synth_video_cli(tmp_path):
+    out = tmp_path / "v.mp4"
+    r = runner.invoke(app, ["synth", "video", str(out), "--frames", "4", "--size", "480x320", "--label", "lipoma", "-q"])
+    assert r.exit_code == 0, r.output
+    truth = json.loads(out.with_suffix(".json").read_text())
+    assert truth["label"] == "lipoma" and len(truth["frames_truth"]) == 4
+
+
+def test_bad_option_is_a_config_error(tmp_path):
+    r = runner.invoke(app, ["synth", "cohort", str(tmp_path / "x"), "--patients", "1,2"])
+    assert r.exit_code != 0 and isinstance(r.exception, ConfigError)

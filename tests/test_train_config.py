@@ -1,0 +1,51 @@
+"""Config: defaults reproduce the paper; TOML and flags override; mistakes are one-line ConfigErrors."""
+
+import pytest
+
+from usedge.errors import ConfigError
+from usedge.train.config import TrainConfig, dump_toml, load_config, read_toml
+
+
+def test_defaults_reproduce_the_paper():
+    cfg = load_config()
+    assert (cfg.model.arch, cfg.loss.name, cfg.loss.gamma, cfg.loss.alpha) == ("ag_resnet18", "focal", 3.0,
+                                                                                 [0.75, 0.75, 0.25])
+    assert (cfg.optim.lr, cfg.optim.step_size, cfg.optim.step_gamma, cfg.optim.epochs, cfg.optim.batch_size) == \
+        (1e-4, 7, 0.1, 30, 16)
+    assert (cfg.data.image_size, cfg.cv.folds) == (224, 5)
+    assert cfg.to_dict() == TrainConfig().to_dict()   # dataclass defaults == shipped defaults.toml
+
+
+def test_toml_then_flags_override(tmp_path):
+    path = tmp_path / "my.toml"
+    path.write_text('[optim]\nepochs = 5\nlr = 3e-4\n[model]\ngate_norm = "softmax"\n')
+    cfg = load_config(path, {"optim.epochs": 2, "loss.alpha": "1,1,0.5", "cv.final_model": "false", "run.seed": None})
+    assert (cfg.optim.epochs, cfg.optim.lr, cfg.model.gate_norm) == (2, 3e-4, "softmax")
+    assert cfg.loss.alpha == [1.0, 1.0, 0.5] and cfg.cv.final_model is False and cfg.run.seed == 0
+
+
+def test_effective_config_round_trips_through_toml(tmp_path):
+    cfg = load_config(overrides={"data.image_size": 96, "data.crop": "fov", "optim.lr": 0.001})
+    path = tmp_path / "config.toml"
+    path.write_text(dump_toml(cfg))
+    assert TrainConfig.from_dict(read_toml(path)).to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"optim.lrr": 1}, "unknown config key"),
+    ({"model.gate_norm": "tanh"}, "gate_norm"),
+    ({"optim.epochs": "many"}, "bad value"),
+    ({"cv.inner_val_fraction": 0.7}, "inner_val_fraction"),
+    ({"data.augment": "random"}, "policy"),
+])
+def test_bad_values_are_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=overrides)
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[optim\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)

@@ -1,0 +1,109 @@
+"""Real images for parity checks and INT8 calibration, preprocessed exactly as the runtime does.
+
+Images come from a usedge data set (folder or manifest.csv, usedge.dataset.load_dataset) and go
+through usedge.runtime.preprocess (prepare_file + normalise, as training does) with the
+checkpoint's PreprocessSpec, so every check sees the pixels the bedside sees. Patients are split deterministically (by a hash of the patient id)
+into a calibration part and a held-out part: INT8 is calibrated on one and judged on the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from usedge.dataset import Dataset, Sample, load_dataset
+from usedge.errors import DataError, InputError
+from usedge.runtime.preprocess import PreprocessSpec, normalise, preprocess
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images: x float32 N x 1 x H x W, labels N (class index), their files."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _prepare(path: Path, spec: PreprocessSpec) -> np.ndarray:
+    """One file -> float32 1 x 1 x S x S, by the same function training uses (prepare_file: DICOM
+    regions, crop, Doppler removal, resize) when this usedge has it."""
+    try:
+        from usedge.runtime.preprocess import prepare_file
+    except ImportError:   # older preprocess without file reading: OpenCV + preprocess
+        import cv2
+
+        frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if frame is None:
+            raise InputError("cannot read image", path=path, hint="use PNG/JPEG/BMP/TIFF files") from None
+        return preprocess(frame, spec)[0]
+    image, _ = prepare_file(path, spec)
+    return normalise(image, spec)
+
+
+def patient_bucket(patient_id: str) -> float:
+    """A stable number in [0, 1) per patient (no RNG state, same on every machine)."""
+    digest = hashlib.sha1(patient_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def split_by_patient(samples: list[Sample], calib_fraction: float = 0.5) -> tuple[list[Sample], list[Sample]]:
+    """(calibration samples, held-out samples); one patient never lands in both."""
+    calib = [s for s in samples if patient_bucket(s.patient_id) < calib_fraction]
+    held = [s for s in samples if patient_bucket(s.patient_id) >= calib_fraction]
+    if not calib or not held:  # tiny sets: fall back to alternating patients
+        pids = sorted({s.patient_id for s in samples})
+        first = set(pids[::2])
+        calib = [s for s in samples if s.patient_id in first]
+        held = [s for s in samples if s.patient_id not in first] or calib
+    return calib, held
+
+
+def spread(samples: list[Sample], count: int) -> list[Sample]:
+    """Up to `count` samples taken evenly across the (class-sorted) list, so every class appears."""
+    if count <= 0 or count >= len(samples):
+        return list(samples)
+    ordered = sorted(samples, key=lambda s: (s.label, str(s.path)))
+    idx = np.linspace(0, len(ordered) - 1, count).round().astype(int)
+    return [ordered[i] for i in sorted(set(idx.tolist()))]
+
+
+def load_images(samples: list[Sample], spec: PreprocessSpec) -> ImageSet:
+    """Read and preprocess samples -> ImageSet (files that fail to read raise InputError naming them)."""
+    if not samples:
+        raise DataError("no images to load", hint="pass --data with a folder of <class>/<image> files")
+    xs = [_prepare(Path(s.path), spec) for s in samples]
+    return ImageSet(x=np.concatenate(xs).astype(np.float32, copy=False),
+                    labels=np.array([s.label for s in samples], dtype=np.int64),
+                    paths=[s.path for s in samples])
+
+
+def open_dataset(data: str | Path, class_names: list[str]) -> Dataset:
+    """load_dataset, refusing a data set whose classes are not the checkpoint's."""
+    ds = load_dataset(data)
+    if list(ds.class_names) != list(class_names):
+        raise DataError(f"data set classes {ds.class_names} differ from the checkpoint's {class_names}",
+                        path=data, hint="pass the data set the model was trained on (same class folders)")
+    return ds
+
+
+def recorded_data_path(meta: dict) -> Path | None:
+    """The training data path a checkpoint recorded (config.data.root/path/dir, or extra.data), if it exists."""
+    candidates = []
+    config = meta.get("config") or {}
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    for key in ("root", "path", "dir", "data"):
+        candidates.append(data.get(key))
+    for key in ("data", "data_path", "data_root"):
+        candidates.append(config.get(key) if not isinstance(config.get(key), dict) else None)
+        candidates.append((meta.get("extra") or {}).get(key))
+    for c in candidates:
+        if isinstance(c, str) and c and Path(c).exists():
+            return Path(c)
+    return None

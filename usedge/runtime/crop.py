@@ -1,0 +1,504 @@
+"""Scanner screen -> B-mode image region: field of view, Doppler removal, skin-centred square.
+
+All boxes are (x, y, w, h) in pixels of the frame they were measured on. numpy + OpenCV only.
+
+    crop_field_of_view(frame)        -> FieldOfView (box, boxes for dual views, method)
+    detect_doppler(image_bgr)        -> bool mask of colour-flow pixels (chroma)
+    remove_doppler(image)            -> (gray uint8 with Doppler filled from B-mode, mask, fraction)
+    find_skin_line(gray, fov_box)    -> row (frame pixels) of the first echogenic band below the gel
+    skin_centred_square(...)         -> the square crop box (rule in its docstring)
+    validate_regions(boxes, shape)   -> DICOM region boxes that fit the frame, or None
+"""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from usedge.errors import ConfigError, InputError
+
+Box = tuple[int, int, int, int]
+
+MIN_SIDE = 8                 # pixels: smaller frames cannot hold an ultrasound image
+WORK_SIDE = 640              # pixels: detection runs on a copy whose longer side is at most this
+DOPPLER_MIN_CHROMA = 40      # max(B,G,R) - min(B,G,R), 8-bit levels; JPEG chroma noise stays below
+DOPPLER_MIN_SATURATION = 0.35  # chroma / max: tinted B-mode maps (sepia, blue) stay below
+SKIN_MARGIN = 0.02           # fraction of the FOV height kept above the skin line
+
+
+# --------------------------------------------------------------------------- pixel formats
+
+def as_uint8(frame: np.ndarray) -> np.ndarray:
+    """Gray, BGR, BGRA; uint8, uint16, other ints or float -> uint8 H x W or H x W x 3 (BGR).
+
+    uint16 is scaled by its bit depth guessed from the maximum (a 12-bit frame keeps its contrast);
+    float frames in [0, 1] are scaled by 255, others clipped to [0, 255]. NaN/Inf -> InputError.
+    """
+    if not isinstance(frame, np.ndarray):
+        raise InputError(f"frame is a {type(frame).__name__}, not an image array",
+                         hint="pass a numpy array H x W or H x W x C")
+    if frame.size == 0 or frame.ndim < 2:
+        raise InputError(f"empty frame (shape {frame.shape})", hint="check the source delivers images")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        frame = frame[:, :, :3]          # BGRA: alpha carries no image
+    if frame.ndim == 3 and frame.shape[2] == 2:
+        frame = frame[:, :, 0]           # gray + alpha
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3):
+        raise InputError(f"frame of shape {frame.shape} is not an image", hint="pass H x W, H x W x 3 or H x W x 4")
+    h, w = frame.shape[:2]
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise InputError(f"frame of {w}x{h} pixels is too small for an ultrasound image",
+                         hint=f"frames need at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    if frame.dtype == np.uint8:
+        return np.ascontiguousarray(frame)
+    if frame.dtype == np.bool_:
+        return frame.astype(np.uint8) * 255
+    if np.issubdtype(frame.dtype, np.floating):
+        f = frame.astype(np.float32, copy=False)
+        if not np.isfinite(f).all():
+            raise InputError("frame contains NaN or Inf", hint="check the source's pixel data")
+        scale = 255.0 if float(f.max()) <= 1.0 else 1.0
+        return np.clip(f * scale + 0.5, 0, 255).astype(np.uint8)
+    if np.issubdtype(frame.dtype, np.integer):
+        top = int(frame.max())
+        if top <= 255:
+            return np.clip(frame, 0, 255).astype(np.uint8)
+        bits = top.bit_length()
+        # integer shift keeps it exact and fast: 12-bit >> 4, 16-bit >> 8
+        return (np.clip(frame, 0, None) >> (bits - 8)).astype(np.uint8)
+    raise InputError(f"frame of dtype {frame.dtype} is not an image", hint="pass uint8, uint16 or float pixels")
+
+
+def gray_of(image: np.ndarray) -> np.ndarray:
+    """uint8 gray or BGR -> uint8 gray (luma)."""
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+
+def _brightness(image: np.ndarray) -> np.ndarray:
+    """Max over channels: a coloured Doppler pixel counts as bright as its strongest channel."""
+    if image.ndim == 2:
+        return image
+    b, g, r = cv2.split(image)
+    return cv2.max(cv2.max(b, g), r)
+
+
+def _darkness(image: np.ndarray) -> np.ndarray:
+    b, g, r = cv2.split(image)
+    return cv2.min(cv2.min(b, g), r)
+
+
+def _check_not_blank(image: np.ndarray) -> None:
+    """InputError when every pixel (any channel) has about the same value: no image on the screen."""
+    flat = np.ascontiguousarray(image).reshape(image.shape[0], -1)
+    lo, hi, _, _ = cv2.minMaxLoc(flat)
+    lo, hi = int(lo), int(hi)
+    if hi - lo <= 2:
+        raise InputError(f"frame is blank (every pixel is about {lo})",
+                         hint="the scanner shows no image (frozen, off, or wrong input); check the source")
+
+
+# --------------------------------------------------------------------------- Doppler
+
+def detect_doppler(image: np.ndarray) -> np.ndarray:
+    """Colour-flow / power Doppler pixels of a uint8 BGR image: bool H x W (all False for gray).
+
+    A pixel is Doppler when its chroma (max - min channel) is at least DOPPLER_MIN_CHROMA levels and
+    its saturation (chroma / max) at least DOPPLER_MIN_SATURATION: B-mode gray, JPEG chroma noise
+    and tinted gray maps stay below both.
+    """
+    if image.ndim == 2:
+        return np.zeros(image.shape, bool)
+    hi = _brightness(image)
+    chroma = cv2.subtract(hi, _darkness(image))
+    # chroma >= s * hi  <=>  saturation >= s; integer form avoids a float division per pixel
+    return (chroma >= DOPPLER_MIN_CHROMA) & (chroma.astype(np.uint16) * 100 >= hi.astype(np.uint16) * int(DOPPLER_MIN_SATURATION * 100))
+
+
+def fill_from_surroundings(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Replace masked pixels of a uint8 gray image by a smooth fill from the unmasked ones around.
+
+    Normalised convolution with box windows of 5, 17, 65 and 257 px (box filters cost the same
+    at any size: well under 1 ms at 224 px); no texture is invented, large holes get the local
+    B-mode mean.
+    """
+    if not mask.any():
+        return gray
+    out = gray.astype(np.float32)
+    valid = (~mask).astype(np.float32)
+    filled = np.zeros_like(out)
+    todo = mask.copy()
+    weighted = out * valid
+    for k in (5, 17, 65, 257):
+        num = cv2.blur(weighted, (k, k), borderType=cv2.BORDER_REFLECT)
+        den = cv2.blur(valid, (k, k), borderType=cv2.BORDER_REFLECT)
+        ok = todo & (den > 0.05)
+        filled[ok] = num[ok] / den[ok]
+        todo &= ~ok
+        if not todo.any():
+            break
+    if todo.any():  # the whole image was Doppler: nothing to fill from
+        filled[todo] = 0
+    result = gray.copy()
+    result[mask] = np.clip(filled[mask] + 0.5, 0, 255).astype(np.uint8)
+    return result
+
+
+def remove_doppler(image: np.ndarray, *, dilate: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
+    """uint8 BGR (or gray) image -> (gray uint8 with Doppler pixels filled, Doppler mask, fraction removed).
+
+    The mask is dilated by `dilate` pixels to catch the blended rim of each colour blob (resizing
+    mixes colour into neighbours). The fraction is masked pixels / all pixels of `image`.
+    """
+    image = as_uint8(image)
+    gray = gray_of(image)
+    mask = detect_doppler(image)
+    if not mask.any():
+        return gray, mask, 0.0
+    if dilate > 0:
+        k = 2 * dilate + 1
+        mask = cv2.dilate(mask.view(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+    return fill_from_surroundings(gray, mask), mask, float(mask.mean())
+
+
+# --------------------------------------------------------------------------- field of view
+
+@dataclass
+class FieldOfView:
+    """The B-mode image region(s) of a scanner screen, in frame pixels."""
+
+    box: Box                                    # the region used for the crop
+    boxes: list[Box] = field(default_factory=list)  # every B-mode region, left to right (2 in dual view)
+    method: str = "detection"                   # detection | dicom-regions | preset | manual | none | fallback
+    notes: list[str] = field(default_factory=list)
+
+
+def _clip_box(box: Box, shape: tuple[int, int]) -> Box:
+    h, w = shape[:2]
+    x, y, bw, bh = (int(v) for v in box)
+    x0, y0 = min(max(x, 0), w - 1), min(max(y, 0), h - 1)
+    x1, y1 = min(max(x + bw, x0 + 1), w), min(max(y + bh, y0 + 1), h)
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def _background_colour(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """The screen background: per-channel median of the outermost 2-pixel ring (int16, 1 or 3 values),
+    and the fraction of the ring within 2 levels of it (low: no flat screen around the image)."""
+    px = image.reshape(image.shape[0], image.shape[1], -1)
+    ring = np.concatenate([px[:2].reshape(-1, px.shape[2]), px[-2:].reshape(-1, px.shape[2]),
+                           px[:, :2].reshape(-1, px.shape[2]), px[:, -2:].reshape(-1, px.shape[2])])
+    bg = np.median(ring, axis=0).astype(np.int16)
+    flat = float((np.abs(ring.astype(np.int16) - bg).max(axis=1) <= 2).mean())
+    return bg, flat
+
+
+def _grow(box: Box, core: np.ndarray, nb_labels: np.ndarray, *, limit: float = 0.35) -> Box:
+    """Extend `box` to every not-background pixel connected to the core inside it (8-connected,
+    exact background colour = not connected), within `limit` x its size beyond each side: recovers
+    dark but non-background bands (coupling gel, deep field) and the thin tips of a sector fan."""
+    h, w = nb_labels.shape
+    x0, y0, bw, bh = box
+    inside = nb_labels[y0:y0 + bh, x0:x0 + bw][core[y0:y0 + bh, x0:x0 + bw]]
+    if inside.size == 0:
+        return box
+    counts = np.bincount(inside.ravel())
+    counts[0] = 0
+    keep = np.nonzero(counts >= max(20, 0.002 * inside.size))[0]
+    if len(keep) == 0:
+        return box
+    ex0, ey0 = max(0, x0 - int(limit * bw)), max(0, y0 - int(limit * bh))
+    ex1, ey1 = min(w, x0 + bw + int(limit * bw)), min(h, y0 + bh + int(limit * bh))
+    region = np.isin(nb_labels[ey0:ey1, ex0:ex1], keep)
+    pts = cv2.findNonZero(region.view(np.uint8))
+    if pts is None:
+        return box
+    rx, ry, rw, rh = cv2.boundingRect(pts)
+    nx0, ny0 = min(x0, ex0 + rx), min(y0, ey0 + ry)
+    nx1, ny1 = max(x0 + bw, ex0 + rx + rw), max(y0 + bh, ey0 + ry + rh)
+    return (nx0, ny0, nx1 - nx0, ny1 - ny0)
+
+
+def _cut_at_gaps(box: Box, not_bg: np.ndarray, *, search: float = 0.35, empty: float = 0.02) -> Box:
+    """Cut off what lies beyond an (almost) empty background row/column near each side of `box`:
+    text and labels that the density window joined to the image across a thin gap."""
+    x0, y0, bw, bh = box
+    x1, y1 = x0 + bw, y0 + bh
+    mx, my = int(0.1 * bw), int(0.1 * bh)
+    rows = not_bg[y0:y1, x0 + mx:x1 - mx].mean(axis=1) if x1 - mx > x0 + mx else np.ones(bh)
+    cols = not_bg[y0 + my:y1 - my, x0:x1].mean(axis=0) if y1 - my > y0 + my else np.ones(bw)
+    sy, sx = int(search * bh), int(search * bw)
+    top = np.nonzero(rows[:sy] <= empty)[0]
+    bottom = np.nonzero(rows[bh - sy:] <= empty)[0]
+    left = np.nonzero(cols[:sx] <= empty)[0]
+    right = np.nonzero(cols[bw - sx:] <= empty)[0]
+    ny0 = y0 + (int(top[-1]) + 1 if len(top) else 0)
+    ny1 = y0 + (bh - sy + int(bottom[0]) if len(bottom) else bh)
+    nx0 = x0 + (int(left[-1]) + 1 if len(left) else 0)
+    nx1 = x0 + (bw - sx + int(right[0]) if len(right) else bw)
+    return (nx0, ny0, max(1, nx1 - nx0), max(1, ny1 - ny0))
+
+
+def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
+    """Find the B-mode image region(s) in a scanner screen (linear and sector/curved probes).
+
+    Method, on a copy whose longer side is at most WORK_SIDE px:
+    1. core = where, over a window of ~1/32 of the frame, most pixels are brighter than the screen
+       background, textured (speckle: local std above 3 levels) and not saturated colour; holes
+       (dark cysts, Doppler blobs) are filled. Flat bars (title bars, gray ramps), text and
+       rulers (sparse) and colour bars/logos (saturated) drop out.
+    2. the largest core region is the field of view; another region of at least 40% of its area
+       beside it at the same height makes a dual view (boxes left to right, the largest cropped).
+    3. each side is cut at an empty background line within its outer 35% (text joined across a
+       thin gap); then the box grows to every pixel that differs from the background colour and
+       is connected to the region (dark coupling gel and deep field that carry no speckle, the
+       thin tips of a sector fan), by at most 35% of its size per side.
+    A frame whose border is mostly not one flat colour, or whose region touches three frame edges
+    (or both side edges over most of the height), is all image (a pre-cropped picture). No region -> the whole frame, method "fallback",
+    with a note. Blank frames -> InputError.
+    """
+    image = as_uint8(frame)
+    _check_not_blank(image)
+    H, W = image.shape[:2]
+    scale = min(1.0, WORK_SIDE / max(H, W))
+    if scale < 1.0:
+        size = (max(1, round(W * scale)), max(1, round(H * scale)))
+        small_img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        step = max(1, int(round(1 / scale)))
+        strided = image[::step, ::step]      # exact colours (no blending) for the background test
+        strided = cv2.resize(strided, size, interpolation=cv2.INTER_NEAREST)
+    else:
+        small_img = strided = image
+    small = _brightness(small_img)
+    h, w = small.shape
+
+    bg, flat = _background_colour(strided)
+    if flat < 0.5:     # speckle, not a flat screen, along most of the border: a pre-cropped image
+        return FieldOfView(box=(0, 0, W, H), boxes=[(0, 0, W, H)], method="detection",
+                           notes=["no screen background around the image: the frame is all image"])
+    diff = np.abs(strided.astype(np.int16) - bg)
+    not_bg = (diff.max(axis=2) if diff.ndim == 3 else diff) > 2
+    bg_b = int(bg.max())
+    p99 = int(np.percentile(small, 99))
+    fg = small > bg_b + max(3, (p99 - bg_b) // 20)
+
+    f = small.astype(np.float32)
+    mu = cv2.blur(f, (5, 5))
+    std = np.sqrt(np.maximum(cv2.blur(f * f, (5, 5)) - mu * mu, 0))
+    textured = std > 3.0
+    sat = detect_doppler(small_img) if small_img.ndim == 3 else np.zeros_like(fg)
+    good = (fg & textured & ~sat).astype(np.float32)
+    k = max(5, (max(h, w) // 32) | 1)
+    dens = cv2.blur(good, (k, k))
+    dens_fg = cv2.blur((fg | sat).astype(np.float32), (k, k))
+    core = ((dens > 0.3) & (dens_fg > 0.5)).astype(np.uint8)
+    # fill holes: everything not reachable from the border through non-core
+    pad = cv2.copyMakeBorder(1 - core, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+    cv2.floodFill(pad, None, (0, 0), 2)
+    solid = (core | (pad[1:-1, 1:-1] == 1)).astype(np.uint8)
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=4)
+    cands = []
+    for i in range(1, n):
+        x, y, bw, bh, area = (int(v) for v in stats[i])
+        if bw < 0.12 * w or bh < 0.12 * h or area < 0.03 * h * w:
+            continue
+        region = labels[y:y + bh, x:x + bw] == i
+        if float(sat[y:y + bh, x:x + bw][region].mean()) > 0.6:
+            continue                                        # coloured header / logo, not an image
+        cands.append((area, (x, y, bw, bh), i))
+    if not cands:
+        return FieldOfView(box=(0, 0, W, H), boxes=[(0, 0, W, H)], method="fallback",
+                           notes=["no ultrasound image region found: using the whole frame"])
+    cands.sort(key=lambda c: -c[0])
+    best_area, best, best_label = cands[0]
+    views, view_labels = [best], [best_label]
+    for area, b, label in cands[1:]:
+        vertical_overlap = min(b[1] + b[3], best[1] + best[3]) - max(b[1], best[1])
+        side_by_side = all(b[0] >= v[0] + v[2] or b[0] + b[2] <= v[0] for v in views)
+        if area >= 0.4 * best_area and side_by_side and vertical_overlap >= 0.5 * min(b[3], best[3]):
+            views.append(b)
+            view_labels.append(label)
+    _, nb_labels = cv2.connectedComponents(not_bg.view(np.uint8), connectivity=8)
+    views = [_grow(_cut_at_gaps(b, not_bg), labels == lab, nb_labels) for b, lab in zip(views, view_labels)]
+    notes = []
+    x, y, bw, bh = views[0]
+    tol_x, tol_y = max(1, round(0.01 * w)), max(1, round(0.01 * h))
+    touches = [x <= tol_x, y <= tol_y, x + bw >= w - tol_x, y + bh >= h - tol_y]
+    if len(views) == 1 and (sum(touches) >= 3 or (touches[0] and touches[2] and bh >= 0.7 * h)):
+        notes.append("the frame is all image (no scanner screen around it)")
+        return FieldOfView(box=(0, 0, W, H), boxes=[(0, 0, W, H)], method="detection", notes=notes)
+    sx, sy = W / w, H / h
+    full = [_clip_box((round(b[0] * sx), round(b[1] * sy), round(b[2] * sx), round(b[3] * sy)), (H, W))
+            for b in views]
+    full_best = full[0]
+    full.sort(key=lambda b: b[0])
+    if len(full) > 1:
+        notes.append(f"dual view: {len(full)} image regions; cropping the largest")
+    return FieldOfView(box=full_best, boxes=full, method="detection", notes=notes)
+
+
+# --------------------------------------------------------------------------- DICOM regions
+
+def validate_regions(boxes: list[Box] | None, shape: tuple[int, int], *, min_fraction: float = 0.01) -> list[Box] | None:
+    """DICOM ultrasound region boxes (x, y, w, h) that fit inside a frame of `shape`, or None.
+
+    Real files carry boxes measured on the scanner's screen before it was downscaled: any box that
+    leaves the frame, is empty or smaller than `min_fraction` of the frame makes the whole set
+    untrustworthy -> None (the caller falls back to detection).
+    """
+    if not boxes:
+        return None
+    h, w = shape[:2]
+    good = []
+    for x, y, bw, bh in boxes:
+        if x < 0 or y < 0 or bw <= 0 or bh <= 0 or x + bw > w or y + bh > h:
+            return None
+        if bw * bh < min_fraction * w * h or bw < MIN_SIDE or bh < MIN_SIDE:
+            return None
+        good.append((int(x), int(y), int(bw), int(bh)))
+    return sorted(good, key=lambda b: b[0])
+
+
+# --------------------------------------------------------------------------- skin line and square
+
+def find_skin_line(gray: np.ndarray, fov_box: Box) -> int:
+    """Row (frame pixels, uint8 gray or BGR frame) of the skin line: the first echogenic band below the gel / probe face.
+
+    Row profile = mean of the central 60% of the FOV's columns (sampled on a grid of about
+    256 rows x 128 columns),
+    smoothed over ~1% of the FOV height; the skin line is the first row in the upper half of the
+    FOV whose profile reaches half-way from the gel level (top rows' minimum) to the upper half's
+    90th percentile. A FOV bright from its first row (probe in contact) gives its top row.
+    """
+    x, y, w, h = fov_box
+    if h < 4 or w < 4:
+        return y
+    cx0, cx1 = x + int(0.2 * w), x + max(int(0.8 * w), int(0.2 * w) + 1)
+    half = max(2, h // 2)
+    step = max(1, h // 256)
+    block = gray[y:y + half:step, cx0:cx1:max(1, (cx1 - cx0) // 128)]
+    if block.ndim == 3:
+        block = cv2.cvtColor(np.ascontiguousarray(block), cv2.COLOR_BGR2GRAY)
+    profile = block.mean(axis=1, dtype=np.float32)
+    ks = max(1, int(0.01 * h / step)) * 2 + 1
+    if ks > 1 and len(profile) > ks:
+        profile = np.convolve(np.pad(profile, ks // 2, mode="edge"), np.ones(ks, np.float32) / ks, mode="valid")
+    top_level = float(profile[: max(1, len(profile) // 8)].min())
+    high = float(np.percentile(profile, 90))
+    if high - top_level < 8:        # no contrast: no gel band to skip
+        return y
+    level = top_level + 0.5 * (high - top_level)
+    above = np.nonzero(profile >= level)[0]
+    if len(above) == 0:
+        return y
+    return y + int(above[0]) * step
+
+
+def skin_centred_square(fov_box: Box, skin_y: int, *, margin: float = SKIN_MARGIN) -> Box:
+    """The skin-centred square crop box inside a field of view.
+
+    Rule: the top edge sits `margin` x FOV height above the skin line (never above the FOV); the
+    side is the largest that fits: min(FOV width, FOV bottom - top); the square is centred
+    horizontally in the FOV. If the skin line lies so deep that the square would be smaller than
+    half of min(FOV width, FOV height), the top falls back to the FOV top (skin line not trusted).
+    """
+    x, y, w, h = fov_box
+    top = max(y, skin_y - int(round(margin * h)))
+    side = min(w, y + h - top)
+    if side < 0.5 * min(w, h):
+        top = y
+        side = min(w, h)
+    side = max(1, side)
+    left = x + (w - side) // 2
+    return (left, top, side, side)
+
+
+# --------------------------------------------------------------------------- crop specs and presets
+
+@dataclass(frozen=True)
+class CropMode:
+    """A parsed `PreprocessSpec.crop` string."""
+
+    kind: str                       # auto | fov | none | manual | preset
+    box: Box | None = None          # manual / preset field of view
+    square: bool = True             # skin-centred square inside the FOV (auto, preset with square=true)
+    preset: str | None = None
+    frame_size: tuple[int, int] | None = None  # preset: (width, height) the box was measured on
+
+
+PRESETS_FILE = "presets.toml"
+
+
+@functools.lru_cache(maxsize=8)
+def _read_presets(path: str | None) -> dict:
+    try:
+        if path is None:
+            text = resources.files("usedge.runtime").joinpath(PRESETS_FILE).read_text()
+            where = f"usedge/runtime/{PRESETS_FILE}"
+        else:
+            text = Path(path).read_text()
+            where = path
+        data = tomllib.loads(text)
+    except FileNotFoundError as exc:
+        raise ConfigError("presets file not found", path=path, hint="pass an existing TOML file") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read presets ({exc})", path=path or PRESETS_FILE,
+                          hint="fix the TOML: [preset.NAME] with box = [x, y, w, h]") from exc
+    presets = data.get("preset", {})
+    for name, p in presets.items():
+        box = p.get("box")
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) and v >= 0 for v in box)
+                and box[2] > 0 and box[3] > 0):
+            raise ConfigError(f"preset '{name}' needs box = [x, y, w, h] (non-negative integers)", path=where,
+                              hint="measure the image region on a screenshot of the scanner")
+    return presets
+
+
+_USER_PRESETS: list[str] = []
+
+
+def register_presets(path: str | Path) -> dict[str, dict]:
+    """Add the presets of a TOML file (same format as presets.toml) for this process; returns all."""
+    _read_presets(str(path))                 # validate now: ConfigError names the file
+    if str(path) not in _USER_PRESETS:
+        _USER_PRESETS.append(str(path))
+    return load_presets()
+
+
+def load_presets(path: str | Path | None = None) -> dict[str, dict]:
+    """Named scanner layouts: the packaged presets.toml, then registered files, then `path`, later ones winning."""
+    presets = dict(_read_presets(None))
+    for extra in _USER_PRESETS + ([str(path)] if path is not None else []):
+        presets.update(_read_presets(extra))
+    return presets
+
+
+def parse_crop(text: str, presets_path: str | Path | None = None) -> CropMode:
+    """'auto' | 'fov' | 'none' | 'x,y,w,h' | 'preset:NAME' -> CropMode (ConfigError when malformed)."""
+    t = (text or "auto").strip().lower()
+    if t in ("auto", "fov", "none"):
+        return CropMode(kind=t, square=(t == "auto"))
+    if t.startswith("preset:"):
+        name = t.split(":", 1)[1]
+        presets = load_presets(presets_path)
+        if name not in presets:
+            raise ConfigError(f"unknown crop preset '{name}'", hint=f"known presets: {', '.join(sorted(presets)) or 'none'}"
+                              " (add yours to a TOML file and pass --presets)")
+        p = presets[name]
+        fs = p.get("frame_size")
+        return CropMode(kind="preset", box=tuple(p["box"]), square=bool(p.get("square", False)), preset=name,
+                        frame_size=tuple(fs) if fs else None)
+    try:
+        vals = [int(round(float(v))) for v in t.replace(" ", "").split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 4 or vals[0] < 0 or vals[1] < 0 or vals[2] <= 0 or vals[3] <= 0:
+        raise ConfigError(f"bad crop '{text}'", hint="use auto, fov, none, x,y,w,h (pixels) or preset:NAME")
+    return CropMode(kind="manual", box=tuple(vals), square=False)

@@ -1,0 +1,239 @@
+"""DICOM ultrasound files -> frames (BGR or gray) + ultrasound regions, without patient data.
+
+    d = open_dicom(path)
+    d.n_frames, d.fps, d.shape, d.regions          # technical facts only
+    d.frame(i)  -> uint8/uint16 H x W (gray) or H x W x 3 (BGR, like OpenCV)
+    d.frames()  -> iterator of (index, frame)
+
+Nothing a DicomFile returns, logs or raises carries patient data (names, IDs, birth dates, study
+dates, institution): the dataset is kept private and only the technical attributes listed in
+`DicomFile.describe()` are read out. Pixel data is decoded one frame at a time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from usedge.errors import InputError
+
+MAX_PIXELS = 100_000_000    # per frame: larger headers are refused before any decoding (decompression bomb)
+
+# transfer syntax UID -> (name, packages that decode it with pydicom 3)
+_DECODERS = {
+    "1.2.840.10008.1.2.4.50": ("JPEG Baseline", "pillow", "pylibjpeg pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.51": ("JPEG Extended", "pillow", "pylibjpeg pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.57": ("JPEG Lossless", "pylibjpeg pylibjpeg-libjpeg", "python-gdcm"),
+    "1.2.840.10008.1.2.4.70": ("JPEG Lossless SV1", "pylibjpeg pylibjpeg-libjpeg", "python-gdcm"),
+    "1.2.840.10008.1.2.4.80": ("JPEG-LS Lossless", "pylibjpeg pylibjpeg-libjpeg", "pyjpegls"),
+    "1.2.840.10008.1.2.4.81": ("JPEG-LS Near-Lossless", "pylibjpeg pylibjpeg-libjpeg", "pyjpegls"),
+    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Lossless", "pylibjpeg pylibjpeg-openjpeg", "pillow"),
+    "1.2.840.10008.1.2.4.91": ("JPEG 2000", "pylibjpeg pylibjpeg-openjpeg", "pillow"),
+    "1.2.840.10008.1.2.4.201": ("HTJ2K Lossless", "pylibjpeg pylibjpeg-openjpeg", ""),
+    "1.2.840.10008.1.2.4.202": ("HTJ2K Lossless RPCL", "pylibjpeg pylibjpeg-openjpeg", ""),
+    "1.2.840.10008.1.2.4.203": ("HTJ2K", "pylibjpeg pylibjpeg-openjpeg", ""),
+    "1.2.840.10008.1.2.5": ("RLE Lossless", "pylibjpeg pylibjpeg-rle", ""),
+}
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True for a .dcm/.dicom name or a file with the 'DICM' marker at byte 128."""
+    path = Path(path)
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+@dataclass(frozen=True)
+class UltrasoundRegion:
+    """One SequenceOfUltrasoundRegions item: box (x, y, w, h, pixels) and what it holds."""
+
+    box: tuple[int, int, int, int]
+    spatial_format: int          # 1 = 2D (B-mode image), 2 = M-mode, 3 = spectral, 4 = wave form ...
+    data_type: int               # 1 = tissue, 2 = colour flow, 3 = PW spectral ...
+
+    @property
+    def is_image(self) -> bool:
+        return self.spatial_format == 1 and self.data_type in (1, 2, 0)
+
+
+def _missing_decoder_hint(uid: str, exc: Exception) -> str:
+    name, first, other = _DECODERS.get(uid, (f"transfer syntax {uid}", "", ""))
+    if first:
+        return f"{name} pixel data needs a decoder: pip install {first}" + (f" (or: pip install {other})" if other else "")
+    needs = "; ".join(re.findall(r"requires ([^\n]+)", str(exc))) or "a pydicom pixel-data plugin"
+    return f"{name} pixel data needs a decoder: install {needs}"
+
+
+class DicomFile:
+    """An opened DICOM file: technical facts and frames, decoded lazily. Holds no patient data for display."""
+
+    def __init__(self, path: str | Path):
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError("file not found", path=self.path, hint="check the path")
+        if self.path.stat().st_size == 0:
+            raise InputError("empty file (0 bytes)", path=self.path, hint="copy the DICOM file again")
+        try:
+            self._ds = pydicom.dcmread(self.path)
+        except InvalidDicomError as exc:
+            raise InputError("not a DICOM file", path=self.path,
+                             hint="pass a DICOM Part 10 file (.dcm), or convert it to PNG") from exc
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on damaged files
+            raise InputError(f"cannot read DICOM header ({type(exc).__name__})", path=self.path,
+                             hint="the file is truncated or damaged; export it again from the scanner/PACS") from exc
+        ds = self._ds
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            raise InputError("DICOM file has no image (no pixel data)", path=self.path,
+                             hint="pass an ultrasound image or cine loop, not a report or structured document")
+        try:
+            self.rows, self.cols = int(ds.Rows), int(ds.Columns)
+            self.samples = int(ds.get("SamplesPerPixel", 1))
+            self.bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
+            self.n_frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise InputError("DICOM image header is incomplete (Rows/Columns)", path=self.path,
+                             hint="the file is damaged; export it again") from exc
+        if self.rows * self.cols > MAX_PIXELS:
+            raise InputError(f"image of {self.cols}x{self.rows} pixels exceeds the {MAX_PIXELS // 1_000_000} Mpx limit",
+                             path=self.path, hint="downscale the export; ultrasound screens are below 10 Mpx")
+        if self.rows < 1 or self.cols < 1:
+            raise InputError(f"image of {self.cols}x{self.rows} pixels is empty", path=self.path, hint="check the export")
+        self.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        self.transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        self.modality = str(ds.get("Modality", "") or "")
+        self.fps = self._frame_rate()
+        self.all_regions = self._read_regions()
+
+    # -- header facts
+    def _frame_rate(self) -> float | None:
+        ds = self._ds
+        try:
+            if ds.get("FrameTime"):
+                ft = float(ds.FrameTime)            # ms between frames
+                if ft > 0:
+                    return 1000.0 / ft
+            if ds.get("FrameTimeVector"):
+                v = [float(t) for t in ds.FrameTimeVector][1:]   # first entry is 0 by definition
+                if v and np.mean(v) > 0:
+                    return 1000.0 / float(np.mean(v))
+            for key in ("CineRate", "RecommendedDisplayFrameRate"):
+                if ds.get(key):
+                    r = float(ds.get(key))
+                    if r > 0:
+                        return r
+        except (TypeError, ValueError):
+            return None
+        return None
+
+    def _read_regions(self) -> list[UltrasoundRegion]:
+        out = []
+        for item in self._ds.get("SequenceOfUltrasoundRegions", []) or []:
+            try:
+                x0, y0 = int(item.RegionLocationMinX0), int(item.RegionLocationMinY0)
+                x1, y1 = int(item.RegionLocationMaxX1), int(item.RegionLocationMaxY1)
+            except (AttributeError, TypeError, ValueError):
+                continue
+            out.append(UltrasoundRegion(box=(x0, y0, x1 - x0 + 1, y1 - y0 + 1),
+                                        spatial_format=int(item.get("RegionSpatialFormat", 0) or 0),
+                                        data_type=int(item.get("RegionDataType", 0) or 0)))
+        return out
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def regions(self) -> list[tuple[int, int, int, int]]:
+        """Boxes of the B-mode image regions that fit this file's pixel grid; [] when none fit.
+
+        Boxes that leave the image (measured before the scanner downscaled its screen) are
+        dropped all together, so callers fall back to detection.
+        """
+        from usedge.runtime.crop import validate_regions
+
+        boxes = [r.box for r in self.all_regions if r.is_image]
+        return validate_regions(boxes, self.shape) or []
+
+    @property
+    def raw_regions(self) -> list[tuple[int, int, int, int]]:
+        """Every B-mode region box as written in the file, checked or not."""
+        return [r.box for r in self.all_regions if r.is_image]
+
+    def describe(self) -> dict:
+        """Technical facts safe to print or log (no patient, study or institution data)."""
+        return {"rows": self.rows, "columns": self.cols, "frames": self.n_frames, "fps": self.fps,
+                "samples_per_pixel": self.samples, "bits_stored": self.bits_stored,
+                "photometric": self.photometric, "transfer_syntax": self.transfer_syntax,
+                "modality": self.modality, "regions": [list(b) for b in self.raw_regions],
+                "regions_fit": bool(self.regions)}
+
+    def __repr__(self) -> str:
+        return (f"DicomFile({self.path.name!r}, {self.cols}x{self.rows}, frames={self.n_frames}, "
+                f"{self.photometric}, fps={self.fps})")
+
+    # -- pixels
+    def frame(self, index: int = 0) -> np.ndarray:
+        """Frame `index` as uint8/uint16: H x W gray or H x W x 3 BGR (colour/palette converted)."""
+        from pydicom.pixels import apply_color_lut, pixel_array
+
+        if not 0 <= index < self.n_frames:
+            raise InputError(f"frame {index} does not exist (the file has {self.n_frames})", path=self.path,
+                             hint=f"use a frame index from 0 to {self.n_frames - 1}")
+        try:
+            arr = pixel_array(self._ds, index=index if self.n_frames > 1 else None)
+        except (RuntimeError, NotImplementedError) as exc:
+            if "missing" in str(exc) or "plugin" in str(exc) or "decod" in str(exc).lower():
+                raise InputError("cannot decode the compressed pixel data", path=self.path,
+                                 hint=_missing_decoder_hint(self.transfer_syntax, exc)) from exc
+            raise InputError(f"cannot decode the pixel data ({type(exc).__name__})", path=self.path,
+                             hint="the file is damaged or uses an unsupported encoding; export it again") from exc
+        except Exception as exc:  # noqa: BLE001 - truncated data raises ValueError, bad headers others
+            raise InputError(f"cannot decode the pixel data ({type(exc).__name__}: truncated or damaged?)",
+                             path=self.path, hint="export the file again from the scanner/PACS") from exc
+        if arr.ndim == 4:              # a decoder that ignored index
+            arr = arr[index]
+        if self.photometric == "PALETTE COLOR":
+            arr = apply_color_lut(arr, self._ds)
+            if arr.dtype != np.uint8:  # 16-bit LUT entries
+                arr = (arr >> 8).astype(np.uint8) if int(arr.max()) > 255 else arr.astype(np.uint8)
+        if self.photometric == "MONOCHROME1":   # 0 is white: invert so bright is echogenic
+            top = (1 << self.bits_stored) - 1 if arr.dtype.kind == "u" else int(arr.max())
+            arr = (top - arr.astype(np.int64)).clip(0, None).astype(arr.dtype)
+        if arr.dtype.kind in "if" and arr.dtype not in (np.uint8, np.uint16):
+            if arr.dtype.kind == "f":
+                if not np.isfinite(arr).all():
+                    raise InputError("pixel data contains NaN or Inf", path=self.path, hint="export the image again")
+                arr = np.clip(arr, 0, 65535).astype(np.uint16)
+            else:
+                arr = np.clip(arr, 0, 65535).astype(np.uint16)
+        if arr.dtype == np.uint16 and int(arr.max(initial=0)) <= 255 and self.bits_stored <= 8:
+            arr = arr.astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[2] == 3:
+            arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)  # pydicom gives RGB
+        return np.ascontiguousarray(arr)
+
+    def frames(self, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        for i in range(start, self.n_frames):
+            yield i, self.frame(i)
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+
+def open_dicom(path: str | Path) -> DicomFile:
+    """Open a DICOM file (header only; frames decode on demand). InputError on anything unusable."""
+    return DicomFile(path)

@@ -1,0 +1,125 @@
+"""`usedge doctor`: what is installed, which backends, providers and video/DICOM decoders work here, and why not.
+
+Only asks; never loads a model and never imports torch (its presence is read from package metadata).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass
+
+PACKAGES = [  # (distribution names to try, what it is for)
+    (("numpy",), "arrays (base)"),
+    (("opencv-python-headless", "opencv-python", "opencv-contrib-python"), "images, video, capture (base)"),
+    (("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"), "ONNX inference (base)"),
+    (("pydicom",), "DICOM (base)"),
+    (("typer",), "command line (base)"),
+    (("rich",), "progress and tables (base)"),
+    (("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "python-gdcm", "pillow"), "compressed DICOM decoders"),
+    (("tensorrt", "tensorrt-cu12", "tensorrt-cu13"), "native TensorRT (gpu)"),
+    (("cuda-python", "cuda-bindings"), "CUDA buffers/streams for TensorRT (gpu)"),
+    (("torch",), "training/export only: never imported by the runtime"),
+]
+
+
+@dataclass
+class Check:
+    section: str
+    name: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _version(names: tuple[str, ...]) -> list[str]:
+    found = []
+    for n in names:
+        try:
+            found.append(f"{n} {md.version(n)}")
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+def package_checks() -> list[Check]:
+    out = []
+    for names, why in PACKAGES:
+        found = _version(names)
+        out.append(Check("packages", names[0], bool(found), f"{', '.join(found) or 'not installed'} — {why}"))
+    return out
+
+
+def backend_checks() -> list[Check]:
+    from usedge.runtime.backends import availability
+
+    return [Check("backends", name, ok, why) for name, (ok, why) in availability().items()]
+
+
+def provider_checks() -> list[Check]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return [Check("onnxruntime", "providers", False, "onnxruntime is not installed")]
+    providers = ort.get_available_providers()
+    return [Check("onnxruntime", "providers", True, ", ".join(providers)),
+            Check("onnxruntime", "device", True, ort.get_device())]
+
+
+def gpu_checks() -> list[Check]:
+    from usedge.runtime.backends.ort import cuda_driver_present
+
+    ok, why = cuda_driver_present()
+    out = [Check("gpu", "driver", ok, why)]
+    if ok:
+        try:
+            from usedge.runtime.engine_sidecar import local_target
+
+            name, cc, trt = local_target()
+            out.append(Check("gpu", "device 0", True, f"{name}, sm_{cc.replace('.', '')}, TensorRT {trt}"))
+        except Exception as exc:  # missing TensorRT/cuda-python: say so, keep going
+            out.append(Check("gpu", "device 0", False, getattr(exc, "message", str(exc))))
+    return out
+
+
+def video_checks() -> list[Check]:
+    import cv2
+
+    from usedge.runtime.sinks import display_available
+
+    out = [Check("opencv", "version", True, cv2.__version__)]
+    try:
+        reg = cv2.videoio_registry
+        cams = [reg.getBackendName(b) for b in reg.getCameraBackends()]
+        streams = [reg.getBackendName(b) for b in reg.getStreamBackends()]
+        out.append(Check("opencv", "capture backends", bool(cams), ", ".join(cams) or "none (no camera capture)"))
+        out.append(Check("opencv", "file/URL backends", bool(streams), ", ".join(streams) or "none"))
+        out.append(Check("opencv", "GStreamer", "GSTREAMER" in streams + cams,
+                         "available" if "GSTREAMER" in streams + cams else "not built in (pipelines need an OpenCV with GStreamer)"))
+    except Exception as exc:  # very old OpenCV without videoio_registry
+        out.append(Check("opencv", "video backends", False, str(exc)))
+    ok, why = display_available()
+    out.append(Check("opencv", "--show window", ok, why))
+    return out
+
+
+def dicom_checks() -> list[Check]:
+    out = []
+    for mod, what in (("pylibjpeg", "JPEG/JPEG-LS/JPEG 2000 via pylibjpeg plugins"),
+                      ("openjpeg", "JPEG 2000 (pylibjpeg-openjpeg)"), ("libjpeg", "JPEG (pylibjpeg-libjpeg)"),
+                      ("gdcm", "most compressed syntaxes (python-gdcm)"), ("PIL", "JPEG baseline / JPEG 2000 (pillow)")):
+        ok = importlib.util.find_spec(mod) is not None
+        out.append(Check("dicom decoders", mod, ok, what if ok else f"not installed — {what}"))
+    return out
+
+
+def run_checks() -> list[Check]:
+    """Everything `usedge doctor` prints, in order."""
+    info = [Check("system", "python", True, f"{platform.python_version()} ({sys.executable})"),
+            Check("system", "platform", True, f"{platform.platform()}, {os.cpu_count()} CPU cores")]
+    return info + package_checks() + provider_checks() + backend_checks() + gpu_checks() + video_checks() + dicom_checks()

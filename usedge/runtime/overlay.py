@@ -1,0 +1,79 @@
+"""Draw a Prediction on its frame: crop box, label, probability bars, fps, optional CAM heatmap.
+
+Works on a copy (the captured frame is never modified) and on the frame's own resolution, so a
+recording looks like the scanner's screen with the answer on it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from usedge.runtime.classifier import Prediction
+
+# BGR, one per class (cycled): distinct on a gray B-mode image
+CLASS_COLOURS = [(80, 200, 255), (120, 230, 120), (255, 160, 90), (200, 120, 255), (90, 90, 255)]
+
+
+def _to_bgr(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame if frame.dtype == np.uint8 else frame.astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame.copy() if frame.dtype == np.uint8 else np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def blend_cam(image: np.ndarray, cam: np.ndarray, box: tuple[int, int, int, int], alpha: float = 0.4) -> None:
+    """Blend a low-res CAM (any range) as a JET heatmap into `image` inside box (x, y, w, h), in place."""
+    x, y, w, h = box
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + w, image.shape[1]), min(y + h, image.shape[0])
+    if x1 <= x0 or y1 <= y0:
+        return
+    c = np.asarray(cam, dtype=np.float32)
+    c = c - c.min()
+    peak = float(c.max())
+    c = (c * (255.0 / peak)).astype(np.uint8) if peak > 0 else np.zeros_like(c, dtype=np.uint8)
+    heat = cv2.applyColorMap(cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLORMAP_JET)
+    heat = heat[y0 - y:y1 - y, x0 - x:x1 - x]
+    roi = image[y0:y1, x0:x1]
+    cv2.addWeighted(heat, alpha, roi, 1.0 - alpha, 0.0, dst=roi)
+
+
+def draw_prediction(frame: np.ndarray, pred: Prediction, *, fps: float | None = None, cam: bool = True) -> np.ndarray:
+    """A BGR uint8 copy of `frame` with the prediction drawn on it."""
+    out = _to_bgr(frame)
+    h, w = out.shape[:2]
+    scale = max(0.4, min(w, h) / 900.0)            # text size follows the frame's resolution
+    thick = max(1, int(round(2 * scale)))
+    if cam and pred.cam is not None:
+        blend_cam(out, pred.cam, pred.crop_box)
+    colour = CLASS_COLOURS[pred.class_index % len(CLASS_COLOURS)]
+    x, y, bw, bh = pred.crop_box
+    cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), colour, thick)
+
+    # panel: label, bars, fps; top-left, semi-transparent so the image stays visible
+    line = int(28 * scale) + 6
+    names = list(pred.probs)
+    panel_w = int(360 * scale) + 20
+    panel_h = line * (len(names) + 2) + 10
+    panel = out[0:min(panel_h, h), 0:min(panel_w, w)]
+    cv2.addWeighted(panel, 0.35, np.zeros_like(panel), 0.65, 0.0, dst=panel)
+    tag = f"{pred.label} {pred.probs[pred.label]:.0%}"
+    if pred.frozen:
+        tag += "  [FROZEN]"
+    cv2.putText(out, tag, (8, line), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, colour, thick, cv2.LINE_AA)
+    bar_max = int(200 * scale)
+    for i, name in enumerate(names):
+        yy = line * (i + 2)
+        p = float(pred.probs[name])
+        c = CLASS_COLOURS[i % len(CLASS_COLOURS)]
+        cv2.rectangle(out, (8, yy - int(14 * scale)), (8 + int(bar_max * p), yy), c, -1)
+        cv2.putText(out, f"{name[:16]} {p:.2f}", (16 + bar_max, yy), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.55 * scale, (255, 255, 255), max(1, thick - 1), cv2.LINE_AA)
+    footer = f"{pred.latency_ms.get('total', 0.0):.1f} ms"
+    if fps is not None:
+        footer = f"{fps:.1f} fps  " + footer
+    cv2.putText(out, footer, (8, line * (len(names) + 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale,
+                (255, 255, 255), max(1, thick - 1), cv2.LINE_AA)
+    return out

@@ -1,0 +1,203 @@
+"""Where predictions go: JSONL (flushed per line), CSV, an annotated video, a window, a callback.
+
+Every sink has `write(pred, frame, overlay)` and `close()`; `needs_overlay` asks the loop to draw
+the annotated frame (drawn once per frame, shared by every sink that wants it). Streams (JSONL, CSV)
+are appended line by line so a crash loses at most the frame in flight; the video is written to a
+temporary file and renamed on close, so `out.mp4` is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from usedge.errors import OutputError, StreamError
+from usedge.runtime.classifier import Prediction
+
+
+class Sink:
+    needs_overlay = False
+
+    def write(self, pred: Prediction, frame: np.ndarray | None = None, overlay: np.ndarray | None = None) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open_text(path: str | Path):
+    if str(path) == "-":
+        return sys.stdout, False
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w", newline="", encoding="utf-8"), True
+    except OSError as exc:
+        raise OutputError(f"cannot write here ({exc.strerror})", path=path, hint="choose a writable file") from exc
+
+
+class JsonlSink(Sink):
+    """One JSON object per line (Prediction.to_record), flushed after each line. "-" is stdout."""
+
+    def __init__(self, path: str | Path, fsync: bool = False) -> None:
+        self.path = path
+        self.fh, self._own = _open_text(path)
+        self.fsync = fsync       # also survive power loss (slower: one disk sync per frame)
+        self.count = 0
+
+    def write(self, pred, frame=None, overlay=None) -> None:
+        self.write_record(pred.to_record())
+
+    def write_record(self, record: dict) -> None:
+        """Any JSON-safe dict, e.g. an error line for a file that could not be read."""
+        self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.fh.flush()
+        if self.fsync and self._own:
+            os.fsync(self.fh.fileno())
+        self.count += 1
+
+    def close(self) -> None:
+        if self._own and not self.fh.closed:
+            self.fh.close()
+
+
+class CsvSink(Sink):
+    """source, frame, label, p_<class>..., crop box, fov box, model sha256, latencies (ms); flushed per row."""
+
+    def __init__(self, path: str | Path, class_names: list[str]) -> None:
+        self.fh, self._own = _open_text(path)
+        self.class_names = list(class_names)
+        self.stages = ["crop", "normalise", "model", "post", "total"]
+        self.columns = (["source", "frame", "label", *[f"p_{c}" for c in self.class_names],
+                         "crop_x", "crop_y", "crop_w", "crop_h", "fov_x", "fov_y", "fov_w", "fov_h",
+                         "crop_method", "frozen", "model_sha256", *[f"ms_{s}" for s in self.stages], "error"])
+        self.writer = csv.writer(self.fh)
+        self.writer.writerow(self.columns)
+        self.fh.flush()
+        self.count = 0
+
+    def write(self, pred, frame=None, overlay=None) -> None:
+        self.writer.writerow([
+            pred.source, pred.frame_index, pred.label, *[f"{pred.probs.get(c, 0.0):.6f}" for c in self.class_names],
+            *pred.crop_box, *pred.fov_box, pred.crop_method, int(pred.frozen), pred.model_sha256,
+            *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], "",
+        ])
+        self.fh.flush()
+        self.count += 1
+
+    def write_error(self, source: str, message: str) -> None:
+        row = [""] * len(self.columns)
+        row[0], row[-1] = source, message
+        self.writer.writerow(row)
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self._own and not self.fh.closed:
+            self.fh.close()
+
+
+class VideoRecorderSink(Sink):
+    """The annotated frames as a video (mp4v in .mp4, MJPG in .avi) at `fps`."""
+
+    needs_overlay = True
+
+    def __init__(self, path: str | Path, fps: float = 30.0) -> None:
+        self.path = Path(path)
+        self.fps = fps
+        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.writer = None
+        self.count = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write here ({exc.strerror})", path=self.path, hint="choose a writable folder") from exc
+
+    def write(self, pred, frame=None, overlay=None) -> None:
+        image = overlay if overlay is not None else frame
+        if image is None:
+            return
+        if self.writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            h, w = image.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.tmp), fourcc, float(self.fps), (w, h))
+            if not self.writer.isOpened():
+                raise OutputError("OpenCV cannot write this video", path=self.path, hint="use a .mp4 or .avi name")
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        self.writer.write(image)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+            if self.count:
+                os.replace(self.tmp, self.path)
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+
+def display_available() -> tuple[bool, str]:
+    """Whether cv2.imshow can open a window here (a GUI OpenCV build and a display)."""
+    info = cv2.getBuildInformation()
+    gui = ""
+    for line in info.splitlines():
+        if line.strip().startswith("GUI:"):
+            gui = line.split(":", 1)[1].strip()
+    if not gui or gui.upper() == "NONE":
+        return False, "this OpenCV build has no GUI (opencv-python-headless): pip install opencv-python"
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False, "no display (DISPLAY is not set)"
+    return True, f"OpenCV GUI {gui}"
+
+
+class ShowSink(Sink):
+    """A window with the annotated frames; closing it or pressing q/Esc sets `quit`."""
+
+    needs_overlay = True
+
+    def __init__(self, title: str = "usedge") -> None:
+        ok, why = display_available()
+        if not ok:
+            raise StreamError(f"--show cannot open a window: {why}",
+                              hint="drop --show, or use --record out.mp4 to watch afterwards")
+        self.title = title
+        self.quit = False
+
+    def write(self, pred, frame=None, overlay=None) -> None:
+        image = overlay if overlay is not None else frame
+        if image is None:
+            return
+        cv2.imshow(self.title, image)
+        key = cv2.waitKey(1) & 0xFF
+        if key in (ord("q"), 27):
+            self.quit = True
+
+    def close(self) -> None:
+        with contextlib.suppress(cv2.error):
+            cv2.destroyWindow(self.title)
+
+
+class CallbackSink(Sink):
+    """Calls fn(pred, frame, overlay) in the loop thread (keep it fast: it delays the next frame)."""
+
+    def __init__(self, fn: Callable, needs_overlay: bool = False) -> None:
+        self.fn = fn
+        self.needs_overlay = needs_overlay
+
+    def write(self, pred, frame=None, overlay=None) -> None:
+        self.fn(pred, frame, overlay)

@@ -1,0 +1,479 @@
+"""Where frames come from: files for `usedge infer`, live sources for `usedge infer --stream`.
+
+    open_source("0" | "/dev/video0" | "rtsp://..." | "v4l2src ! ... ! appsink" | "clip.mp4"
+                | "cine.dcm" | "image.png" | "watch:DIR" | DIR)  -> FrameReader
+    CaptureThread(reader, LatestFrameSlot) keeps only the newest frame; the loop takes it.
+
+A reader is a blocking producer (`open` / `read() -> image or None at the end` / `close`). The
+capture thread owns the reader: it paces files at their own frame rate with `realtime`, reconnects
+a failed live source with exponential back-off, and puts each frame in a capacity-1 slot. A frame
+not yet taken when the next arrives is dropped and counted, never queued, so the result's age is
+bounded by one frame plus one inference whatever the model's speed.
+
+Frames are numpy arrays as OpenCV delivers them (BGR or gray, uint8). DICOM patient data never
+leaves this module: only pixels and the frame rate are read.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from usedge.errors import InputError, StreamError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm"}
+INPUT_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES | VIDEO_SUFFIXES
+DEFAULT_FPS = 30.0
+
+
+@dataclass
+class Frame:
+    """One captured frame. t_capture: time.perf_counter() (s) when it was ready to hand over."""
+
+    image: np.ndarray
+    index: int            # frame number in the source, from 0, counting frames read (dropped too)
+    source: str           # display name: a path, "camera:0", a URL (never patient data)
+    t_capture: float
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files (images, DICOM, video). DICOM goes through usedge.runtime.dicom (patient-data-free).
+# --------------------------------------------------------------------------------------------
+def _is_dicom(path: Path) -> bool:
+    from usedge.runtime.dicom import is_dicom
+
+    return is_dicom(path)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One still image (PNG/JPEG/...) as OpenCV reads it (BGR/gray, uint8 or uint16)."""
+    try:
+        from usedge.runtime.imageio import read_image as shared_read_image
+    except ImportError:
+        shared_read_image = None
+    if shared_read_image is not None:
+        return shared_read_image(path)
+    path = Path(path)
+    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
+    if image is None:
+        raise InputError("cannot read this image", path=path, hint="pass a PNG/JPEG/BMP/TIFF file or a DICOM")
+    return image
+
+
+def expand_inputs(inputs: list[str | Path]) -> Iterator[Path]:
+    """Files named, and every image/DICOM/video under folders named (recursive, sorted)."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for sub in sorted(p for p in path.rglob("*") if p.is_file()):
+                if sub.suffix.lower() in INPUT_SUFFIXES or (sub.suffix == "" and _is_dicom(sub)):
+                    yield sub
+        else:
+            yield path  # missing files are reported when read
+
+
+def iter_file_frames(path: str | Path) -> Iterator[tuple[int, np.ndarray, list | None]]:
+    """(frame index, image, DICOM region boxes or None) for every frame of an image, DICOM or video."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path=path, hint="check the path")
+    if _is_dicom(path):
+        from usedge.runtime.dicom import open_dicom
+
+        dcm = open_dicom(path)
+        regions = dcm.regions or None
+        for i, frame in dcm.frames():
+            yield i, frame, regions
+        return
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        reader = VideoFileReader(path)
+        reader.open()
+        try:
+            i = 0
+            while (frame := reader.read()) is not None:
+                yield i, frame, None
+                i += 1
+            if i == 0:
+                raise InputError("video has no readable frames", path=path, hint="check the codec (ffmpeg build)")
+        finally:
+            reader.close()
+        return
+    yield 0, read_image(path), None
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: blocking producers of frames.
+# --------------------------------------------------------------------------------------------
+class FrameReader:
+    """open() / read() -> image or None (end or failure) / close(). `live`: reconnect on failure."""
+
+    live = False
+    name = ""
+    fps: float | None = None
+    regions: list | None = None     # DICOM ultrasound region boxes, when the source has them
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def read(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ArrayReader(FrameReader):
+    """Frames already in memory (a still image)."""
+
+    def __init__(self, frames, name: str, fps: float | None = None) -> None:
+        self.frames, self.name, self.fps = frames, name, fps
+        self._i = 0
+
+    def open(self) -> None:
+        self._i = 0
+
+    def read(self) -> np.ndarray | None:
+        if self._i >= len(self.frames):
+            return None
+        frame = self.frames[self._i]
+        self._i += 1
+        return frame
+
+
+class DicomCineReader(FrameReader):
+    """A multi-frame DICOM (cine loop), decoded one frame at a time, at its own frame rate."""
+
+    def __init__(self, path: str | Path) -> None:
+        from usedge.runtime.dicom import open_dicom
+
+        self.dcm = open_dicom(path)
+        self.name, self.fps = str(path), self.dcm.fps
+        self.regions = self.dcm.regions or None
+        self._i = 0
+
+    def open(self) -> None:
+        self._i = 0
+
+    def read(self) -> np.ndarray | None:
+        if self._i >= self.dcm.n_frames:
+            return None
+        frame = self.dcm.frame(self._i)
+        self._i += 1
+        return frame
+
+
+class VideoFileReader(FrameReader):
+    """A video file through OpenCV's ffmpeg backend; fps from the container."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.name = str(path)
+        self.cap = None
+
+    def open(self) -> None:
+        self.cap = cv2.VideoCapture(str(self.path))
+        if not self.cap.isOpened():
+            raise InputError("cannot open this video", path=self.path,
+                             hint="check the file and that OpenCV's ffmpeg can decode its codec")
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else None
+
+    def read(self) -> np.ndarray | None:
+        ok, frame = self.cap.read()
+        return frame if ok else None
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class CaptureReader(FrameReader):
+    """A live OpenCV capture: camera index, device path, URL (RTSP/HTTP) or GStreamer pipeline."""
+
+    live = True
+
+    def __init__(self, target: str | int, api: int = cv2.CAP_ANY, name: str | None = None) -> None:
+        self.target, self.api = target, api
+        self.name = name or (f"camera:{target}" if isinstance(target, int) else _redact_url(str(target)))
+        self.cap = None
+
+    def open(self) -> None:
+        self.cap = cv2.VideoCapture(self.target, self.api)
+        if not self.cap.isOpened():
+            self.cap.release()
+            self.cap = None
+            raise StreamError("cannot open live source", path=self.name,
+                              hint="check the cable/URL/permissions; `usedge doctor` lists OpenCV's video backends")
+        self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # not every driver honours it: the slot drops the rest
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else None
+
+    def read(self) -> np.ndarray | None:
+        if self.cap is None:
+            return None
+        ok, frame = self.cap.read()
+        return frame if ok else None
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class WatchedFolderReader(FrameReader):
+    """New image/DICOM files appearing in a folder (a scanner exporting to a share), oldest first.
+
+    A file is read once its size is stable across two polls (the writer has finished). Existing
+    files are skipped unless `include_existing`. `idle_timeout_s`: end after that long without a
+    new file (None: watch until stopped).
+    """
+
+    live = False  # never "fails": it waits
+
+    def __init__(self, folder: str | Path, poll_s: float = 0.2, include_existing: bool = False,
+                 idle_timeout_s: float | None = None, stop: threading.Event | None = None) -> None:
+        self.folder = Path(folder)
+        self.name = f"watch:{folder}"
+        self.poll_s, self.include_existing, self.idle_timeout_s = poll_s, include_existing, idle_timeout_s
+        self.stop = stop or threading.Event()
+        self._seen: set[str] = set()
+        self._sizes: dict[str, int] = {}
+        self._pending: list[np.ndarray] = []
+        self.failed: list[tuple[str, str]] = []   # (file, one-line reason)
+
+    def open(self) -> None:
+        if not self.folder.is_dir():
+            raise StreamError("watched folder does not exist", path=self.folder, hint="create it or fix the path")
+        if not self.include_existing:
+            self._seen = {e.name for e in os.scandir(self.folder)}
+
+    def _new_files(self) -> list[Path]:
+        ready = []
+        entries = sorted((e for e in os.scandir(self.folder) if e.is_file() and e.name not in self._seen
+                          and not e.name.startswith(".")), key=lambda e: (e.stat().st_mtime, e.name))
+        for e in entries:
+            size = e.stat().st_size
+            if size > 0 and self._sizes.get(e.name) == size:
+                ready.append(Path(e.path))
+                self._seen.add(e.name)
+            self._sizes[e.name] = size
+        return ready
+
+    def read(self) -> np.ndarray | None:
+        idle_since = time.monotonic()
+        while not self._pending:
+            if self.stop.is_set():
+                return None
+            for path in self._new_files():
+                try:
+                    self._pending.extend(frame for _, frame, _ in iter_file_frames(path))
+                except InputError as exc:
+                    self.failed.append((str(path), exc.one_line()))
+            if self._pending:
+                break
+            if self.idle_timeout_s is not None and time.monotonic() - idle_since > self.idle_timeout_s:
+                return None
+            self.stop.wait(self.poll_s)
+        return self._pending.pop(0)
+
+
+def _redact_url(url: str) -> str:
+    """rtsp://user:secret@host/... -> rtsp://***@host/... (credentials never reach logs or JSONL)."""
+    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_timeout_s: float | None = None) -> FrameReader:
+    """Parse a --stream SOURCE into a reader (not yet opened).
+
+    "0", "1": camera index; "/dev/videoN": capture device; "rtsp://", "http(s)://": network stream;
+    a string with " ! ": GStreamer pipeline; "watch:DIR" or an existing folder: watched folder;
+    a .dcm: DICOM cine; a video file; an image file (one frame).
+    """
+    spec = str(spec).strip()
+    if spec.isdigit():
+        return CaptureReader(int(spec), cv2.CAP_ANY)
+    if "!" in spec and not Path(spec).exists():
+        return CaptureReader(spec, cv2.CAP_GSTREAMER, name="gstreamer:" + spec.split("!", 1)[0].strip())
+    if "://" in spec:
+        return CaptureReader(spec, cv2.CAP_FFMPEG)
+    if spec.startswith("watch:"):
+        return WatchedFolderReader(spec[len("watch:"):], stop=stop, idle_timeout_s=watch_idle_timeout_s)
+    path = Path(spec)
+    if spec.startswith("/dev/"):
+        return CaptureReader(spec, cv2.CAP_V4L2 if hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY, name=spec)
+    if path.is_dir():
+        return WatchedFolderReader(path, stop=stop, idle_timeout_s=watch_idle_timeout_s)
+    if not path.exists():
+        raise StreamError("source not found", path=spec,
+                          hint="give a camera index, /dev/videoN, a URL, a GStreamer pipeline, a file or a folder")
+    if _is_dicom(path):
+        return DicomCineReader(path)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return VideoFileReader(path)
+    return ArrayReader([read_image(path)], str(path), None)
+
+
+# --------------------------------------------------------------------------------------------
+# The latest-frame slot and the capture thread.
+# --------------------------------------------------------------------------------------------
+class LatestFrameSlot:
+    """Capacity-1 hand-over between the capture thread and the inference loop.
+
+    put() replaces an untaken frame (counted in `dropped`); with `block=True` it instead waits until
+    the loop has taken it (a file processed as fast as possible, every frame kept).
+    """
+
+    def __init__(self) -> None:
+        self._frame: Frame | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self._waiting = 0           # loops blocked in get()
+        self.dropped = 0
+        self.put_count = 0
+
+    def put(self, frame: Frame, block: bool = False, stop: threading.Event | None = None) -> None:
+        with self._cond:
+            if block:  # hand over only to a waiting loop, and stamp then: no queueing time in the latency
+                while (self._frame is not None or self._waiting == 0) and not self._closed \
+                        and not (stop and stop.is_set()):
+                    self._cond.wait(0.1)
+                frame.t_capture = time.perf_counter()
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self.put_count += 1
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> Frame | None:
+        """The newest frame, waiting up to `timeout` s; None when closed and empty (or timed out)."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            self._waiting += 1
+            self._cond.notify_all()
+            try:
+                while self._frame is None and not self._closed:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return None
+                    self._cond.wait(left)
+            finally:
+                self._waiting -= 1
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed and self._frame is None
+
+
+@dataclass
+class CaptureStats:
+    read: int = 0
+    reconnects: int = 0
+    late: int = 0          # realtime: frames decoded after their due time
+    error: str = ""        # why a live source gave up, one line
+
+
+class CaptureThread(threading.Thread):
+    """Reads a FrameReader into a LatestFrameSlot until the source ends or `stop` is set.
+
+    realtime: pace the source at its frame rate (a file behaves like a live scanner; frames the loop
+    has not taken in time are dropped). Without it, a file source waits for the loop (no drops) and
+    a live source delivers as fast as it produces.
+    reconnect: live sources that fail are reopened after 0.5, 1, 2, 4 ... `max_backoff_s` seconds,
+    `max_reconnects` times at most (None: forever).
+    """
+
+    def __init__(self, reader: FrameReader, slot: LatestFrameSlot, *, realtime: bool = False,
+                 fps: float | None = None, stop: threading.Event | None = None, max_frames: int | None = None,
+                 max_reconnects: int | None = None, max_backoff_s: float = 8.0) -> None:
+        super().__init__(name="usedge-capture", daemon=True)
+        self.reader, self.slot = reader, slot
+        self.realtime, self.fps_override = realtime, fps
+        self.stop_event = stop or threading.Event()
+        self.max_frames = max_frames
+        self.max_reconnects, self.max_backoff_s = max_reconnects, max_backoff_s
+        self.stats = CaptureStats()
+        self.opened = threading.Event()
+        self.open_error: BaseException | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.fps_override or self.reader.fps or DEFAULT_FPS
+
+    def _reconnect(self) -> bool:
+        backoff = 0.5
+        attempts = 0
+        while not self.stop_event.is_set():
+            if self.max_reconnects is not None and attempts >= self.max_reconnects:
+                self.stats.error = f"{self.reader.name}: gave up after {attempts} reconnect attempts"
+                return False
+            self.stop_event.wait(backoff)
+            attempts += 1
+            self.stats.reconnects += 1
+            try:
+                self.reader.close()
+                self.reader.open()
+                return True
+            except Exception:
+                backoff = min(backoff * 2, self.max_backoff_s)
+        return False
+
+    def run(self) -> None:
+        try:
+            self.reader.open()
+        except BaseException as exc:
+            self.open_error = exc
+            self.opened.set()
+            self.slot.close()
+            return
+        self.opened.set()
+        block = not self.realtime and not self.reader.live and not isinstance(self.reader, WatchedFolderReader)
+        period = 1.0 / self.fps
+        t_start = time.perf_counter()
+        try:
+            while not self.stop_event.is_set():
+                if self.max_frames is not None and self.stats.read >= self.max_frames:
+                    break
+                try:
+                    image = self.reader.read()
+                except Exception:
+                    image = None
+                if image is None:
+                    if self.reader.live and self._reconnect():
+                        continue
+                    break
+                index = self.stats.read
+                self.stats.read += 1
+                if self.realtime:
+                    due = t_start + index * period
+                    wait = due - time.perf_counter()
+                    if wait > 0:
+                        self.stop_event.wait(wait)
+                    elif wait < -period:
+                        self.stats.late += 1
+                self.slot.put(Frame(image, index, self.reader.name, time.perf_counter()), block=block,
+                              stop=self.stop_event)
+        finally:
+            self.reader.close()
+            self.slot.close()

@@ -1,0 +1,180 @@
+"""The server's view of the ONE latest-frame loop (`usedge.runtime.stream.StreamRunner`).
+
+The runner's loop thread calls `LiveFeed._on_result` (a `subscribe()` callback) for every result;
+nothing here reads the source or runs the model. The overlay JPEG is drawn and encoded at most once
+per frame and only when an MJPEG client asks for it (no viewer: no cost to the loop), in a worker
+thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+
+
+def draw_overlay(frame: np.ndarray, prediction, fps: float | None = None) -> np.ndarray:
+    """BGR uint8 copy of the frame with crop box, CAM and class probabilities (the runtime's drawing)."""
+    from usedge.runtime.overlay import draw_prediction
+
+    return draw_prediction(frame, prediction, fps=fps, cam=True)
+
+
+class LiveFeed:
+    """Counts the runner's results and hands out overlay JPEGs of the newest one."""
+
+    def __init__(self, runner, *, jpeg_quality: int = 80, observe=None):
+        self.runner = runner
+        self.observe = observe               # called with each Prediction in the loop thread (metrics)
+        self.jpeg_quality = int(jpeg_quality)
+        self.closed = False
+        self._lock = threading.Lock()
+        self._seq = -1                       # results seen since the server started
+        self._jpeg: tuple[int, bytes] | None = None
+        self._jpeg_lock = threading.Lock()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._unsubscribe = runner.subscribe(self._on_result, needs_overlay=False)
+
+    # -- the loop thread -------------------------------------------------------------------------
+    def _on_result(self, pred, frame, overlay) -> None:
+        if self.observe is not None:
+            self.observe(pred)
+        with self._lock:
+            self._seq += 1
+            waiters = list(self._waiters)
+        self._wake(waiters)
+
+    @staticmethod
+    def _wake(waiters) -> None:
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that event loop has closed
+                pass
+
+    # -- readers ---------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """The runner's live counters: frames, dropped, frozen, errors, fps, read, reconnects, running."""
+        return dict(self.runner.stats())
+
+    def state(self) -> str:
+        """starting | running | ended | failed."""
+        summary = getattr(self.runner, "summary", None)
+        if summary is not None:
+            return "failed" if summary.ended_by == "source failed" or summary.error and not summary.processed else "ended"
+        if self.runner.running:
+            return "running"
+        return "starting"
+
+    def latest(self):
+        """(seq, prediction, frame) of the newest result, from the runner's latest()."""
+        with self._lock:
+            seq = self._seq
+        pred, frame, _overlay = self.runner.latest()
+        return seq, pred, frame
+
+    def latest_json(self, class_names: list[str]) -> dict:
+        from usedge.serve.app import prediction_json
+
+        seq, pred, _frame = self.latest()
+        stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.stats().items()
+                 if isinstance(v, (int, float, str, bool))}
+        return {"seq": seq, "state": self.state(), "stats": stats,
+                "prediction": prediction_json(pred, class_names) if pred is not None else None}
+
+    def _jpeg_for(self) -> tuple[int, bytes] | None:
+        """(seq, overlay JPEG) of the newest result, encoded once per result; runs in a worker thread."""
+        import cv2
+
+        with self._jpeg_lock:
+            seq, pred, frame = self.latest()
+            if pred is None or frame is None:
+                return None
+            if self._jpeg is not None and self._jpeg[0] == seq:
+                return self._jpeg
+            image = draw_overlay(frame, pred, fps=self.stats().get("fps"))
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            if not ok:
+                return None
+            self._jpeg = (seq, buf.tobytes())
+            return self._jpeg
+
+    async def next_jpeg(self, after_seq: int, timeout: float = 1.0) -> tuple[int, bytes] | None:
+        """(seq, JPEG) of a result newer than `after_seq`, or None after `timeout` seconds."""
+        import anyio.to_thread
+
+        event = asyncio.Event()
+        key = (asyncio.get_running_loop(), event)
+        with self._lock:
+            self._waiters.add(key)
+            newer = self._seq > after_seq
+        try:
+            if not newer:
+                try:
+                    await asyncio.wait_for(event.wait(), timeout)
+                except asyncio.TimeoutError:
+                    return None
+        finally:
+            with self._lock:
+                self._waiters.discard(key)
+        if self.closed:
+            return None
+        return await anyio.to_thread.run_sync(self._jpeg_for)
+
+    def close(self) -> None:
+        """Stop listening to the runner and release every waiting MJPEG response."""
+        self.closed = True
+        self._unsubscribe()
+        with self._lock:
+            waiters = list(self._waiters)
+        self._wake(waiters)
+
+
+def start_stream(classifier, source: str, *, replay: bool, smooth_window: int, open_timeout_s: float = 30.0):
+    """Start the ONE latest-frame loop (usedge.runtime.stream.StreamRunner) on `source` in the background.
+
+    A file source is paced at its own frame rate (realtime) and, with `replay`, restarted at its end,
+    so it behaves like a scanner. smooth_window > 1 averages the live probabilities over that many
+    frames. Returns the started runner once its source is open; raises StreamError otherwise.
+    """
+    import time
+    from pathlib import Path
+
+    from usedge.errors import StreamError, UsedgeError
+    from usedge.runtime.sources import open_source
+    from usedge.runtime.stream import StreamRunner
+    from usedge.serve.replay import ReplayReader
+
+    reader = open_source(source)
+    is_file = not reader.live and not source.startswith("watch:") and not Path(source).is_dir()
+    if replay and is_file:
+        reader = ReplayReader(reader)
+    runner = StreamRunner(classifier, reader, realtime=is_file, smooth=smooth_window > 1,
+                          smooth_window=max(1, smooth_window), freeze=True)
+    def run_quietly() -> None:  # an open failure is reported below, not as a thread traceback
+        try:
+            runner.run()
+        except UsedgeError as exc:
+            runner.last_error = exc.one_line()
+        except Exception as exc:  # noqa: BLE001
+            runner.last_error = f"stream loop stopped ({type(exc).__name__})"
+
+    thread = threading.Thread(target=run_quietly, name="usedge-stream", daemon=True)
+    runner._thread = thread  # so runner.stop() joins it, as it joins the thread of runner.start()
+    thread.start()
+    end = time.monotonic() + open_timeout_s
+    while (runner.capture is None or not runner.capture.opened.is_set()) and time.monotonic() < end:
+        time.sleep(0.02)
+    cap = runner.capture
+    if cap is None or not cap.opened.is_set():
+        runner.stop()
+        raise StreamError(f"source did not open within {open_timeout_s:.0f} s", path=reader.name,
+                          hint="check the camera/URL, or try it with `usedge infer --stream`")
+    if cap.open_error is not None:
+        runner.stop()
+        err = cap.open_error
+        if isinstance(err, UsedgeError):
+            raise err
+        raise StreamError(f"cannot open source ({type(err).__name__})", path=reader.name, hint="check the source")
+    return runner

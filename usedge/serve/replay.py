@@ -1,0 +1,46 @@
+"""Replay a recorded source (video file, DICOM cine, image) forever, so a file behaves like a scanner.
+
+A wrapper around any `usedge.runtime.sources.FrameReader`: at the end it reopens the source and goes
+on. Paired with the stream runner's `realtime` pacing, a clip stands in for a live scanner in demos,
+tests and the browser check; the runner, its latest-frame slot and its counters stay the only loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from usedge.runtime.sources import FrameReader
+
+
+class ReplayReader(FrameReader):
+    """FrameReader that restarts `reader` when it ends; stops only when a restart yields no frame."""
+
+    live = False
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+        self.name = reader.name
+        self.replays = 0          # times the source was restarted
+
+    @property
+    def fps(self) -> float | None:
+        return self.reader.fps
+
+    @property
+    def regions(self):
+        return getattr(self.reader, "regions", None)
+
+    def open(self) -> None:
+        self.reader.open()
+
+    def read(self) -> np.ndarray | None:
+        frame = self.reader.read()
+        if frame is None:
+            self.reader.close()
+            self.reader.open()
+            self.replays += 1
+            frame = self.reader.read()
+        return frame
+
+    def close(self) -> None:
+        self.reader.close()

@@ -1,0 +1,220 @@
+"""Training configuration: dataclasses whose defaults (defaults.toml) reproduce the paper.
+
+Precedence: defaults.toml < a user TOML file (same sections and keys) < dotted overrides from flags
+(`{"optim.lr": 3e-4}`). The effective config is saved beside every checkpoint and report.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from usedge.errors import ConfigError
+from usedge.runtime.preprocess import PreprocessSpec
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "ag_resnet18"
+    gate_norm: str = "paper"
+    pretrained: str = "none"
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 224          # pixels
+    crop: str = "auto"
+    remove_doppler: bool = True
+    num_workers: int = 0
+    augment: str = "none"
+    policy: str = ""
+
+
+@dataclass
+class LossConfig:
+    name: str = "focal"
+    gamma: float = 3.0
+    alpha: list[float] = field(default_factory=lambda: [0.75, 0.75, 0.25])
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    step_size: int = 7             # epochs
+    step_gamma: float = 0.1
+    epochs: int = 30
+    batch_size: int = 16           # global batch
+
+
+@dataclass
+class CVConfig:
+    folds: int = 5
+    inner_val_fraction: float = 0.2
+    select_on: str = "loss"
+    final_model: bool = True
+    max_folds: int = 0
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    threads: int = 0
+    sync_bn: bool = True           # under torchrun: BatchNorm statistics over the global batch
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+        cfg = cls()
+        apply_dict(cfg, d, where)
+        validate(cfg, where)
+        return cfg
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        return PreprocessSpec(size=self.data.image_size, crop=self.data.crop,
+                              remove_doppler=self.data.remove_doppler)
+
+
+_CHOICES = {
+    "model.arch": ("ag_resnet18", "resnet18"),
+    "model.gate_norm": ("paper", "softmax", "sigmoid"),
+    "loss.name": ("focal", "ce"),
+    "cv.select_on": ("loss", "accuracy"),
+    "data.augment": ("none", "expand", "random"),
+}
+
+
+def _coerce(value: Any, current: Any, key: str, where: str) -> Any:
+    """Convert a TOML/flag value to the type of the field's current value."""
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(current, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, list):
+            if isinstance(value, str):
+                value = [v for v in value.replace(" ", ",").split(",") if v]
+            return [float(v) for v in value]
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value {value!r} for '{key}' (expected {type(current).__name__})", path=where,
+                          hint="fix the TOML value or flag") from exc
+
+
+def apply_dict(cfg: TrainConfig, d: dict, where: str = "config") -> TrainConfig:
+    """Merge a nested dict ({section: {key: value}}) or dotted keys ({"optim.lr": v}) into cfg in place."""
+    for key, value in d.items():
+        if isinstance(value, dict):
+            apply_dict(cfg, {f"{key}.{k}": v for k, v in value.items()}, where)
+            continue
+        section, _, name = key.partition(".")
+        sub = getattr(cfg, section, None) if section in {f.name for f in fields(cfg)} else None
+        if sub is None or name not in {f.name for f in fields(sub)}:
+            raise ConfigError(f"unknown config key '{key}'", path=where,
+                              hint=f"known keys: {', '.join(known_keys())}")
+        setattr(sub, name, _coerce(value, getattr(sub, name), key, where))
+    return cfg
+
+
+def known_keys() -> list[str]:
+    cfg = TrainConfig()
+    return [f"{s.name}.{f.name}" for s in fields(cfg) for f in fields(getattr(cfg, s.name))]
+
+
+def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
+    flat = {f"{s}.{k}": v for s, sub in cfg.to_dict().items() for k, v in sub.items()}
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"'{key}' is {flat[key]!r}", path=where, hint=f"use one of {', '.join(choices)}")
+    checks = [
+        (cfg.data.image_size >= 32, "data.image_size must be at least 32 pixels"),
+        (cfg.optim.epochs >= 1, "optim.epochs must be at least 1"),
+        (cfg.optim.batch_size >= 1, "optim.batch_size must be at least 1"),
+        (cfg.optim.lr > 0, "optim.lr must be positive"),
+        (cfg.optim.step_size >= 1, "optim.step_size must be at least 1"),
+        (cfg.cv.folds >= 2, "cv.folds must be at least 2"),
+        (0.0 < cfg.cv.inner_val_fraction < 0.5, "cv.inner_val_fraction must be in (0, 0.5)"),
+        (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (cfg.loss.gamma >= 0, "loss.gamma must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message, path=where, hint="fix the TOML value or flag")
+    if cfg.data.augment != "none" and not cfg.data.policy:
+        raise ConfigError(f"data.augment={cfg.data.augment} needs a policy file", path=where,
+                          hint="pass --policy policy.json (from `usedge augment search`)")
+    return cfg
+
+
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError("config file not found", path=path, hint="pass an existing .toml file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML ({exc})", path=path, hint="fix the syntax") from exc
+
+
+def default_dict() -> dict:
+    text = resources.files("usedge.train").joinpath("defaults.toml").read_text()
+    return tomllib.loads(text)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """defaults.toml, then the user's TOML file, then dotted overrides (None values are skipped)."""
+    cfg = TrainConfig()
+    apply_dict(cfg, default_dict(), "usedge/train/defaults.toml")
+    if path is not None:
+        apply_dict(cfg, read_toml(path), str(path))
+    if overrides:
+        apply_dict(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    return validate(copy.deepcopy(cfg), str(path) if path else "command line")
+
+
+def dump_toml(cfg: TrainConfig) -> str:
+    """The effective config as TOML (saved beside every run so it can be re-run with --config)."""
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            elif isinstance(value, list):
+                text = "[" + ", ".join(repr(float(v)) for v in value) + "]"
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""Patient-grouped, class-stratified cross-validation splits (scikit-learn StratifiedGroupKFold).
+
+Outer: K folds by patient; each image is in the test part of exactly one fold. Inner: the outer
+training part is split again by patient into train and inner validation; the checkpoint is chosen
+on the inner validation part, never on the test fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from usedge.dataset import Dataset
+from usedge.errors import DataError
+from usedge.fileio import write_text_atomic
+
+ROLES = ("train", "val", "test")
+
+
+@dataclass
+class FoldSplit:
+    """Sample indices (into the data set) of one outer fold. fold = -1 for the final all-data model."""
+
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def role_of(self, n: int) -> list[str]:
+        roles = [""] * n
+        for role, idx in (("train", self.train), ("val", self.val), ("test", self.test)):
+            for i in idx:
+                roles[int(i)] = role
+        return roles
+
+
+def _group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, what: str, where):
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise DataError(f"{what} needs at least {n_splits} patients, found {n_groups}", path=where,
+                        hint="add images from more patients, or lower cv.folds / raise cv.inner_val_fraction")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    dummy = np.zeros((len(labels), 1))
+    import warnings
+
+    with warnings.catch_warnings():  # "least populated class has fewer members": expected on small sets
+        warnings.simplefilter("ignore", UserWarning)
+        return [(np.sort(a), np.sort(b)) for a, b in splitter.split(dummy, labels, groups)]
+
+
+def inner_split(train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
+                where=None) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, val) by patient, stratified; val is about `fraction` of the images."""
+    n_splits = max(2, int(round(1.0 / fraction)))
+    parts = _group_kfold(labels[train_idx], groups[train_idx], n_splits, seed, "the inner validation split", where)
+    tr, va = parts[0]
+    return train_idx[tr], train_idx[va]
+
+
+def make_splits(dataset: Dataset, folds: int = 5, inner_val_fraction: float = 0.2, seed: int = 0) -> list[FoldSplit]:
+    """Outer folds by patient, stratified by class, each with its inner train/val split."""
+    labels = np.asarray(dataset.labels)
+    groups = np.asarray(dataset.groups)
+    outer = _group_kfold(labels, groups, folds, seed, f"{folds}-fold cross-validation", dataset.root)
+    splits = []
+    for k, (train_all, test) in enumerate(outer):
+        tr, va = inner_split(train_all, labels, groups, inner_val_fraction, seed + 1 + k, dataset.root)
+        splits.append(FoldSplit(fold=k, train=tr, val=va, test=test))
+    check_splits(splits, groups)
+    return splits
+
+
+def final_split(dataset: Dataset, inner_val_fraction: float = 0.2, seed: int = 0) -> FoldSplit:
+    """All data: train + inner validation by patient, no test part (for the deployed model)."""
+    labels = np.asarray(dataset.labels)
+    groups = np.asarray(dataset.groups)
+    tr, va = inner_split(np.arange(len(labels)), labels, groups, inner_val_fraction, seed + 1000, dataset.root)
+    return FoldSplit(fold=-1, train=tr, val=va, test=np.array([], dtype=int))
+
+
+def check_splits(splits: list[FoldSplit], groups: np.ndarray) -> None:
+    """Raise AssertionError if a patient crosses train/val/test within a fold or is tested twice."""
+    tested = np.concatenate([s.test for s in splits])
+    assert len(tested) == len(np.unique(tested)), "an image is in two test folds"
+    for s in splits:
+        parts = [set(groups[s.train]), set(groups[s.val]), set(groups[s.test])]
+        assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2], \
+            f"fold {s.fold}: a patient is in two of train/val/test"
+
+
+def folds_csv_text(dataset: Dataset, splits: list[FoldSplit], final: FoldSplit | None = None) -> str:
+    """One row per image: path, label, patient, its outer test fold, and its role in every fold."""
+    n = len(dataset)
+    test_fold = [-1] * n
+    for s in splits:
+        for i in s.test:
+            test_fold[int(i)] = s.fold
+    roles = [s.role_of(n) for s in splits]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = ["path", "label", "patient_id", "test_fold"] + [f"fold{s.fold}" for s in splits]
+    if final is not None:
+        header.append("final")
+        final_roles = final.role_of(n)
+    w.writerow(header)
+    for i, sample in enumerate(dataset.samples):
+        try:
+            rel = sample.path.relative_to(dataset.root)
+        except ValueError:
+            rel = sample.path
+        row = [str(rel), dataset.class_names[sample.label], sample.patient_id, test_fold[i]]
+        row += [r[i] or "unused" for r in roles]
+        if final is not None:
+            row.append(final_roles[i] or "unused")
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def write_folds_csv(path: str | Path, dataset: Dataset, splits: list[FoldSplit], final: FoldSplit | None = None) -> Path:
+    return write_text_atomic(path, folds_csv_text(dataset, splits, final))

@@ -1,0 +1,410 @@
+"""The `explain` job: maps for every image of a data set, overlays, contact sheets, measured localisation.
+
+    summary = run_explain(checkpoint, data, out, ExplainConfig())
+
+writes under `out`:
+    overlays/<class>/<image>.png   image | CAM | Grad-CAM | attention 1 | attention 2 (lesion outline green)
+    sheets/<class>.png             contact sheet: the first `sheet_rows` images of the class, one strip each
+    per_image.csv                  prediction, scores of every map and baseline, timings (ms)
+    explain.json                   everything below, machine-readable
+    explain.md                     the same as tables
+
+Maps are computed at the model input (spec.size x spec.size, after the ONE preprocessing). Masks go
+through the same crop (CropInfo.crop_box) and resize, so map and mask share one pixel grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from usedge.dataset import Sample, load_dataset
+from usedge.errors import ConfigError, DataError, InputError
+from usedge.fileio import atomic_write, write_bytes_atomic, write_json_atomic, write_text_atomic
+from usedge.runtime.preprocess import CropInfo, PreprocessSpec, normalise, prepare
+from usedge.train import localisation as loc
+
+MAP_LABELS = {"cam": "CAM", "gradcam": "Grad-CAM", "att1": "attention 1", "att2": "attention 2"}
+SCORE_LABELS = {"energy_inside": "energy inside", "topk_iou": "top-k IoU", "pointing_game": "pointing game"}
+
+
+@dataclass
+class ExplainConfig:
+    maps: tuple[str, ...] = ("cam", "gradcam", "att1", "att2")
+    target: str = "pred"            # pred: the predicted class (what the bedside shows) | label: the true class
+    weighting: str = "paper"        # paper | exact (see usedge.train.cam)
+    topk: str = "mask"              # "mask" (lesion's own area) or a fraction like "0.1"
+    sigma_fraction: float = 0.25    # centre prior's sigma, fraction of the input side
+    overlays: str = "all"           # all | sheets | none
+    sheet_rows: int = 12            # images per class on a contact sheet
+    limit: int = 0                  # use only the first N images (0 = all)
+    seed: int = 0                   # the permutation baseline's derangement
+    threads: int = 0                # torch threads (0 = torch's default)
+    progress: bool = True
+
+    def validate(self) -> None:
+        bad = [m for m in self.maps if m not in MAP_LABELS]
+        if bad or not self.maps:
+            raise ConfigError(f"unknown map type(s) {', '.join(bad) or '(none)'}",
+                              hint=f"use some of {', '.join(MAP_LABELS)}")
+        if self.target not in ("pred", "label"):
+            raise ConfigError(f"unknown target '{self.target}'", hint="use pred or label")
+        if self.overlays not in ("all", "sheets", "none"):
+            raise ConfigError(f"unknown overlays mode '{self.overlays}'", hint="use all, sheets or none")
+        if self.topk != "mask":
+            try:
+                k = float(self.topk)
+            except ValueError:
+                k = -1.0
+            if not 0.0 < k <= 1.0:
+                raise ConfigError(f"bad top-k '{self.topk}'", hint="use 'mask' or a fraction in (0, 1], e.g. 0.1")
+
+
+# ---------------------------------------------------------------------------------------------- I/O
+def read_frame(path: Path) -> np.ndarray:
+    """Read an image file (or a DICOM's first frame) as the runtime does."""
+    try:
+        from usedge.runtime.imageio import read_image
+    except ImportError:  # the runtime's reader is not there: a plain OpenCV/pydicom read
+        read_image = None
+    if read_image is not None:
+        return read_image(path)
+    if path.suffix.lower() == ".dcm":
+        import pydicom
+
+        pixels = pydicom.dcmread(path).pixel_array
+        return pixels[0] if pixels.ndim == 4 or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)) else pixels
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError("cannot read image", path=path, hint="check the file is a PNG/JPEG/BMP/TIFF image")
+    return image
+
+
+def prepare_image(path: Path, spec: PreprocessSpec) -> tuple[np.ndarray, CropInfo]:
+    """File -> (uint8 model input, CropInfo) exactly as the runtime prepares it (DICOM regions included)."""
+    try:
+        from usedge.runtime.preprocess import prepare_file
+    except ImportError:
+        return prepare(read_frame(path), spec)
+    return prepare_file(path, spec)
+
+
+def read_lesion_mask(sample: Sample, frame_shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """The lesion as a frame-sized bool mask: from mask_path, else from bbox, else None."""
+    h, w = frame_shape
+    if sample.mask_path is not None:
+        mask = cv2.imread(str(sample.mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise DataError("cannot read lesion mask", path=sample.mask_path,
+                            hint="masks are PNGs, nonzero = lesion; fix or remove mask_path in manifest.csv")
+        if mask.shape != (h, w):
+            raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}",
+                            path=sample.mask_path, hint="a mask must have its image's size")
+        return mask > 0, "mask"
+    if sample.bbox is not None:
+        x, y, bw, bh = sample.bbox
+        mask = np.zeros((h, w), dtype=bool)
+        mask[max(y, 0):max(y + bh, 0), max(x, 0):max(x + bw, 0)] = True
+        return mask, "bbox"
+    return None, ""
+
+
+def mask_to_input(mask: np.ndarray, info: CropInfo, size: int) -> np.ndarray:
+    """Apply the image's crop (CropInfo.crop_box, zero outside the frame) and resize to size x size.
+
+    Resized by area and thresholded at 0.5: a model-input pixel is lesion when most of it is.
+    """
+    x, y, w, h = (int(v) for v in info.crop_box)
+    fh, fw = mask.shape
+    region = np.zeros((max(h, 1), max(w, 1)), dtype=np.float32)
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, fw), min(y + h, fh)
+    if x1 > x0 and y1 > y0:
+        region[y0 - y:y1 - y, x0 - x:x1 - x] = mask[y0:y1, x0:x1]
+    return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA) >= 0.5
+
+
+# ------------------------------------------------------------------------------------------ drawing
+def colourise(sal: np.ndarray) -> np.ndarray:
+    """Map (any scale) -> BGR uint8 heat map (min-max normalised, JET)."""
+    m = (loc.display_normalise(sal) * 255).round().astype(np.uint8)
+    return cv2.applyColorMap(m, cv2.COLORMAP_JET)
+
+
+def overlay(image: np.ndarray, sal: np.ndarray | None, mask: np.ndarray | None, alpha: float = 0.45,
+            title: str = "") -> np.ndarray:
+    """Gray uint8 image with the heat map blended over it, lesion outline in green, title on top."""
+    base = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    out = base if sal is None else cv2.addWeighted(colourise(sal), alpha, base, 1 - alpha, 0)
+    if mask is not None and mask.any():
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (0, 255, 0), 1)
+    if title:
+        cv2.putText(out, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def strip(image: np.ndarray, maps: dict[str, np.ndarray], mask: np.ndarray | None, caption: str,
+          min_side: int = 192) -> np.ndarray:
+    """One row: the image with its caption, then each map over it. Small inputs are enlarged for display."""
+    if image.shape[0] < min_side:
+        side = (min_side, min_side)
+        image = cv2.resize(image, side, interpolation=cv2.INTER_LINEAR)
+        maps = {k: cv2.resize(v, side, interpolation=cv2.INTER_LINEAR) for k, v in maps.items()}
+        mask = cv2.resize(mask.astype(np.uint8), side, interpolation=cv2.INTER_NEAREST) > 0 if mask is not None else None
+    tiles = [overlay(image, None, mask, title=caption)]
+    tiles += [overlay(image, m, mask, title=MAP_LABELS[name]) for name, m in maps.items()]
+    return np.concatenate(tiles, axis=1)
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise InputError("cannot encode PNG", path=path, hint="report this as a bug")
+    return write_bytes_atomic(path, buf.tobytes())
+
+
+# -------------------------------------------------------------------------------------------- maps
+def compute_maps(model, x, maps: tuple[str, ...], target: int | None, weighting: str = "paper"):
+    """All requested maps of one image (x: 1 x 1 x S x S tensor) at the input size.
+
+    Returns (maps {name: S x S float32}, probs C, the class explained, timings ms {name: ...}).
+    Timing keys: forward (features + head), cam / att (their extra work after the forward),
+    gradcam (its own forward + backward).
+    """
+    import torch
+
+    from usedge.train import cam as camlib
+
+    size = tuple(x.shape[-2:])
+    out, ms = {}, {}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        features = model.forward_features(x)
+        logits = model.forward_head(features)
+    ms["forward"] = (time.perf_counter() - t0) * 1e3
+    probs = torch.softmax(logits, dim=1)[0]
+    cls = int(probs.argmax()) if target is None else int(target)
+    if "cam" in maps:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            c = camlib.full_resolution_cam(model, x, features, weighting)[0, cls]
+        out["cam"] = c.float().numpy()
+        ms["cam"] = (time.perf_counter() - t0) * 1e3
+    if "gradcam" in maps:
+        t0 = time.perf_counter()
+        g, _ = camlib.grad_cam(model, x, [cls])
+        out["gradcam"] = g[0, 0].float().numpy()
+        ms["gradcam"] = (time.perf_counter() - t0) * 1e3
+    wanted = [m for m in ("att1", "att2") if m in maps]
+    if wanted:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            att = camlib.attention_maps(features, size)
+        for m in wanted:
+            if m in att:
+                out[m] = att[m][0, 0].float().numpy()
+        ms["att"] = (time.perf_counter() - t0) * 1e3
+    return out, probs.numpy(), cls, ms
+
+
+# --------------------------------------------------------------------------------------------- job
+def _summary_stats(values: list[float]) -> dict:
+    v = sorted(values)
+    if not v:
+        return {"n": 0}
+    return {"n": len(v), "median": statistics.median(v), "mean": statistics.fmean(v),
+            "p90": v[min(len(v) - 1, int(math.ceil(0.9 * len(v))) - 1)]}
+
+
+def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
+                config: ExplainConfig = ExplainConfig()) -> dict:
+    """Explain every image of `data` with the model in `checkpoint`; write the artifacts to `out`.
+
+    Returns the explain.json dict.
+    """
+    import torch
+    from rich.progress import Progress
+
+    from usedge.train.checkpoint import load_checkpoint
+
+    config.validate()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    out = Path(out)
+    model, meta = load_checkpoint(checkpoint)
+    class_names = list(meta["class_names"])
+    spec = PreprocessSpec.from_dict(meta.get("preprocess", {}))
+    ds = load_dataset(data, class_names=class_names)
+    if ds.class_names != class_names:
+        raise DataError(f"data set classes {ds.class_names} differ from the model's {class_names}",
+                        path=data, hint="explain a data set with the classes the model was trained on")
+    samples = ds.samples[: config.limit] if config.limit > 0 else ds.samples
+    maps_wanted = tuple(m for m in config.maps if not (m.startswith("att") and not hasattr(model, "gate1")))
+    topk = "mask" if config.topk == "mask" else float(config.topk)
+
+    rows, kept_maps, kept_masks, mask_rows = [], {m: [] for m in maps_wanted}, [], []
+    sheet_strips: dict[str, list[np.ndarray]] = {n: [] for n in class_names}
+    timings: dict[str, list[float]] = {}
+    if samples:  # warm-up (first-call allocations), not timed
+        warm = torch.from_numpy(normalise(prepare_image(Path(samples[0].path), spec)[0], spec))
+        compute_maps(model, warm, maps_wanted, None, config.weighting)
+    with Progress(transient=True, disable=not config.progress) as bar:
+        task = bar.add_task(f"explaining {len(samples)} images", total=len(samples))
+        for i, sample in enumerate(samples):
+            image, info = prepare_image(Path(sample.path), spec)
+            x = torch.from_numpy(normalise(image, spec))
+            target = sample.label if config.target == "label" else None
+            maps, probs, cls, ms = compute_maps(model, x, maps_wanted, target, config.weighting)
+            for k, v in ms.items():
+                timings.setdefault(k, []).append(v)
+            lesion, lesion_source = read_lesion_mask(sample, info.frame_shape)
+            mask = mask_to_input(lesion, info, spec.size) if lesion is not None else None
+            rel = _relative(sample.path, ds.root)
+            row = {"image": rel, "label": class_names[sample.label], "pred": class_names[int(probs.argmax())],
+                   "p_pred": float(probs.max()), "explained_class": class_names[cls],
+                   "lesion": lesion_source if mask is not None and mask.any() else "",
+                   "lesion_fraction": float(mask.mean()) if mask is not None else float("nan")}
+            row.update({f"ms_{k}": v for k, v in ms.items()})
+            if mask is not None and mask.any():
+                kept_masks.append(mask)
+                mask_rows.append(len(rows))
+                for m in maps_wanted:
+                    kept_maps[m].append(maps[m])
+            rows.append(row)
+            if config.overlays != "none":
+                caption = f"{row['label']} -> {row['pred']} {row['p_pred']:.2f}"
+                s = strip(image, maps, mask, caption)
+                if config.overlays == "all":
+                    write_png(out / "overlays" / row["label"] / (Path(rel).with_suffix("").as_posix().replace("/", "__") + ".png"), s)
+                if len(sheet_strips[row["label"]]) < config.sheet_rows:
+                    sheet_strips[row["label"]].append(s)
+            bar.advance(task)
+
+    if config.overlays != "none":
+        for name, strips in sheet_strips.items():
+            if strips:
+                write_png(out / "sheets" / f"{name}.png", np.concatenate(strips, axis=0))
+
+    localisation = {}
+    if len(kept_masks) >= 2:
+        for m in maps_wanted:
+            res = loc.compare_to_baselines(kept_maps[m], kept_masks, k=topk, seed=config.seed,
+                                           sigma_fraction=config.sigma_fraction)
+            localisation[m] = {"scores": {s: _summary_stats(v) for s, v in res["scores"].items()},
+                               "tests": res["tests"]}
+            for s, values in res["scores"].items():
+                for j, r in enumerate(mask_rows):
+                    rows[r][f"{m}_{s}"] = values[j]
+            for b, scores in res["baselines"].items():
+                for s, values in scores.items():
+                    for j, r in enumerate(mask_rows):
+                        rows[r][f"{b}:{m}_{s}"] = values[j]
+
+    correct = [r["label"] == r["pred"] for r in rows]
+    summary = {
+        "model": {"checkpoint": str(checkpoint), "sha256": meta.get("sha256", ""), "arch": meta.get("arch"),
+                  "gate_norm": meta.get("arch_kwargs", {}).get("gate_norm"), "class_names": class_names,
+                  "preprocess": spec.to_dict()},
+        "data": {"source": str(data), "n_images": len(rows), "n_with_lesion": len(kept_masks),
+                 "accuracy": float(np.mean(correct)) if correct else float("nan")},
+        "config": asdict(config),
+        "method": {
+            "maps": {m: MAP_LABELS[m] for m in maps_wanted},
+            "explained_class": config.target,
+            "cam_weighting": config.weighting,
+            "grid": f"{spec.size}x{spec.size} model input; masks cropped with the image's crop_box and resized",
+            "scores": {"energy_inside": "share of the min-max normalised map's sum inside the lesion",
+                       "topk_iou": f"IoU of the top-{'lesion-area' if topk == 'mask' else topk} pixels with the lesion",
+                       "pointing_game": "1 if the map's maximum is in the lesion (ties: fraction of maxima inside)"},
+            "baselines": {"centre": f"Gaussian at the centre, sigma = {config.sigma_fraction} x side",
+                          "permuted": f"another image's map (random derangement, seed {config.seed})"},
+            "test": "one-sided Wilcoxon signed-rank (map > baseline), zero differences dropped; "
+                    "effect size: matched-pairs rank-biserial correlation",
+        },
+        "timing_ms": {k: _summary_stats(v) for k, v in timings.items()},
+        "timing_note": f"CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch 1; "
+                       "cam/att: extra after the forward pass; gradcam: its own forward + backward",
+        "localisation": localisation,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _write_rows(out / "per_image.csv", rows)
+    write_json_atomic(out / "explain.json", summary)
+    write_text_atomic(out / "explain.md", render_markdown(summary))
+    return summary
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    with atomic_write(path, "w") as fh:
+        fh.write(buf.getvalue())
+
+
+def _p(p: float) -> str:
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def render_markdown(summary: dict) -> str:
+    """explain.json -> explain.md (tables of localisation and timing)."""
+    d, m = summary["data"], summary["method"]
+    lines = [
+        "# usedge explain",
+        "",
+        f"Model `{summary['model']['checkpoint']}` ({summary['model']['arch']}, gates "
+        f"{summary['model']['gate_norm']}), sha256 `{summary['model']['sha256'][:16]}`.",
+        f"Data `{d['source']}`: {d['n_images']} images, {d['n_with_lesion']} with a lesion mask; "
+        f"accuracy on them {d['accuracy']:.3f}.",
+        f"Maps of the {'predicted' if m['explained_class'] == 'pred' else 'true'} class; "
+        f"CAM weighting `{m['cam_weighting']}`; {m['grid']}.",
+        "",
+    ]
+    if summary["localisation"]:
+        lines += [
+            "## Localisation",
+            "",
+            "Per map and score: mean over images (median), each baseline's mean, the one-sided Wilcoxon "
+            "signed-rank p-value (map > baseline) and the matched-pairs rank-biserial correlation r.",
+            "",
+            "| map | score | map mean (median) | centre mean | p | r | permuted mean | p | r |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, res in summary["localisation"].items():
+            for s, st in res["scores"].items():
+                cells = [MAP_LABELS[name], SCORE_LABELS[s], f"{st['mean']:.3f} ({st['median']:.3f})"]
+                for b in loc.BASELINES:
+                    t = res["tests"].get(b, {}).get(s)
+                    cells += ([f"{t['mean_baseline']:.3f}", _p(t["p_value"]), f"{t['rank_biserial']:+.2f}"]
+                              if t else ["-", "-", "-"])
+                lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "Scores: " + "; ".join(f"{SCORE_LABELS[k]}: {v}" for k, v in m["scores"].items()) + ".",
+                  "Baselines: " + "; ".join(f"{k}: {v}" for k, v in m["baselines"].items()) + ".",
+                  f"Test: {m['test']}.", ""]
+    else:
+        lines += ["No lesion masks (manifest `mask_path` or `bbox`): localisation not measured.", ""]
+    lines += ["## Cost per image", "", "| step | median ms | mean ms | p90 ms |", "|---|---|---|---|"]
+    for k, st in summary["timing_ms"].items():
+        if st.get("n"):
+            lines.append(f"| {k} | {st['median']:.2f} | {st['mean']:.2f} | {st['p90']:.2f} |")
+    lines += ["", summary["timing_note"] + ".", ""]
+    return "\n".join(lines)

@@ -1,0 +1,441 @@
+"""Fast AutoAugment search by density matching (Lim et al. 2019; the authors' variant), with optuna TPE.
+
+For each scope (an outer fold's training part, or the whole data set):
+    K inner splits by patient -> per split: a child model trained WITHOUT augmentation on the inner
+    train part -> optuna TPE over sub-policies of `ops_per_sub_policy` (op, probability, magnitude)
+    -> objective: the child's loss (or accuracy) on the held-out inner images augmented by the
+    candidate (forward passes only; the un-augmented uint8 images are cached) -> top N per split.
+The K x N sub-policies of a scope are merged into its policy (defaults 4 x 5 = 20 -> the paper's 21x).
+
+Studies live in an optuna storage (sqlite file by default, any RDB URL to share one search between
+machines): an interrupted search resumes where it stopped, and children are cached on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from usedge.dataset import Dataset
+from usedge.errors import ConfigError, DataError
+from usedge.train.augment import OpSpec, Policy, SubPolicy, image_rng, resolve_ops
+
+OBJECTIVES = ("loss", "accuracy")
+
+
+@dataclass
+class ChildConfig:
+    """The child model trained without augmentation on each inner split (cheap on purpose)."""
+
+    arch: str = "ag_resnet18"
+    gate_norm: str = "paper"
+    image_size: int = 224      # pixels; smaller = cheaper search (the policy's ops are size-relative)
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4           # Adam, as the paper's training
+    loss: str = "focal"        # focal | ce (focal with the paper's gamma 3, alpha [0.75, 0.75, 0.25])
+    threads: int = 0           # torch CPU threads (0 = torch's default)
+    device: str = "auto"
+
+
+@dataclass
+class SearchConfig:
+    """Defaults as the authors: 4 inner splits, 100 trials, top 5 per split -> 20 sub-policies."""
+
+    inner_splits: int = 4
+    trials: int = 100
+    top: int = 5
+    ops: str = "all"                # all | paper | ultrasound | Op1,Op2,...
+    ops_per_sub_policy: int = 2
+    objective: str = "loss"         # loss (authors, minimised) | accuracy (anchor, maximised)
+    folds: int = 0                  # outer folds to search per fold (same splits as usedge train); 0 = whole set
+    max_folds: int = 0              # search only the first N outer folds (0 = all)
+    seed: int = 0
+    child: ChildConfig = field(default_factory=ChildConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> "SearchConfig":
+        resolve_ops(self.ops)
+        checks = [
+            (self.inner_splits >= 2, "inner splits must be at least 2"),
+            (self.trials >= 1, "trials must be at least 1"),
+            (1 <= self.top <= self.trials, "top must lie in [1, trials]"),
+            (self.ops_per_sub_policy >= 1, "ops per sub-policy must be at least 1"),
+            (self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}"),
+            (self.folds == 0 or self.folds >= 2, "folds must be 0 (whole set) or at least 2"),
+            (self.child.epochs >= 1 and self.child.batch_size >= 1, "child epochs and batch size must be >= 1"),
+            (self.child.image_size >= 16, "child image size must be at least 16 pixels"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message, hint="fix the search option")
+        return self
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def load_images(dataset: Dataset, indices, size: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """uint8 N x size x size images as `usedge train` prepares them by default (crop none, no Doppler
+    removal: training images are lesion crops), via usedge.train.data.load_images."""
+    from usedge.runtime.preprocess import PreprocessSpec
+    from usedge.train.data import load_images as prepare_all
+
+    spec = PreprocessSpec(size=size, crop="none", remove_doppler=False)
+    samples = [dataset.samples[int(i)] for i in indices]
+    out = np.empty((len(samples), size, size), np.uint8)
+    for start in range(0, len(samples), 32):
+        chunk = samples[start:start + 32]
+        out[start:start + len(chunk)] = prepare_all(chunk, spec, progress=False)
+        if progress:
+            progress(len(chunk))
+    return out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file (or a DICOM's first frame) as usedge train reads it."""
+    from usedge.train.data import _read_image
+
+    return _read_image(Path(path))
+
+
+def inner_splits(labels: np.ndarray, groups: np.ndarray, pool: np.ndarray, k: int, seed: int,
+                 where=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K (train, held-out) index pairs of `pool`, by patient, class-stratified."""
+    from usedge.train.cv import _group_kfold
+
+    parts = _group_kfold(labels[pool], groups[pool], k, seed, "the augmentation search's inner splits", where)
+    return [(pool[a], pool[b]) for a, b in parts]
+
+
+def search_scopes(dataset: Dataset, cfg: SearchConfig, cv_seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """(name, image indices) the search runs on: 'all', or 'fold{k}' = the outer fold's non-test part,
+    with the same outer splits `usedge train` makes for that seed."""
+    if cfg.folds == 0:
+        return [("all", np.arange(len(dataset)))]
+    from usedge.train.cv import make_splits
+
+    splits = make_splits(dataset, folds=cfg.folds, seed=cv_seed)
+    if cfg.max_folds:
+        splits = splits[: cfg.max_folds]
+    return [(f"fold{s.fold}", np.sort(np.concatenate([s.train, s.val]))) for s in splits]
+
+
+def data_fingerprint(dataset: Dataset) -> str:
+    """Short hash of the sample list (paths, labels, patients): names studies so another data set never
+    resumes this one's search."""
+    h = hashlib.sha256()
+    for s in dataset.samples:
+        h.update(f"{s.path.name}|{s.label}|{s.patient_id}\n".encode())
+    return h.hexdigest()[:12]
+
+
+# --- the child model (torch, imported lazily) ----------------------------------------------------
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _inputs(images: np.ndarray):
+    import torch
+
+    from usedge.runtime.preprocess import PreprocessSpec, normalise
+
+    return torch.from_numpy(normalise(images, PreprocessSpec(size=images.shape[-1])))
+
+
+def train_child(images: np.ndarray, labels: np.ndarray, num_classes: int, cfg: ChildConfig, seed: int,
+                progress: Callable[[int], None] | None = None):
+    """Train a child without augmentation (Adam, the configured loss). Returns the model in eval mode."""
+    import torch
+
+    from usedge.train.model import build_model
+
+    torch.manual_seed(seed)
+    device = _device(cfg.device)
+    model = build_model(cfg.arch, num_classes=num_classes, gate_norm=cfg.gate_norm).to(device)
+    loss_fn = _loss(cfg, num_classes).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x_all, y_all = _inputs(images), torch.as_tensor(labels, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(images), generator=gen)
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            if len(idx) < 2:  # batch norm needs two images
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x_all[idx].to(device)), y_all[idx].to(device))
+            loss.backward()
+            opt.step()
+        if progress:
+            progress(1)
+    return model.eval()
+
+
+def _loss(cfg: ChildConfig, num_classes: int):
+    from usedge.train.loss import build_loss
+
+    alpha = [0.75, 0.75, 0.25] if num_classes == 3 else None
+    return build_loss(cfg.loss, num_classes=num_classes, gamma=3.0, alpha=alpha)
+
+
+def evaluate_child(model, images: np.ndarray, labels: np.ndarray, cfg: ChildConfig,
+                   batch_size: int = 64) -> tuple[float, float]:
+    """(mean loss, accuracy) of the child on uint8 images (forward passes only)."""
+    import torch
+
+    device = next(model.parameters()).device
+    loss_fn = _loss(cfg, model.num_classes).to(device)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    total, correct = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            xb = _inputs(images[start:start + batch_size]).to(device)
+            yb = y[start:start + batch_size].to(device)
+            logits = model(xb)
+            total += float(loss_fn(logits, yb)) * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+    return total / len(images), correct / len(images)
+
+
+def _child_path(cache: Path, name: str) -> Path:
+    return cache / f"{name}.child.pt"
+
+
+def get_child(cache: Path | None, name: str, images, labels, num_classes, cfg: ChildConfig, seed: int,
+              progress=None):
+    """Load the cached child of this split, or train and cache it (resumable searches skip training)."""
+    import torch
+
+    from usedge.fileio import write_bytes_atomic
+    from usedge.train.model import build_model
+
+    path = _child_path(cache, name) if cache else None
+    if path is not None and path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model = build_model(cfg.arch, num_classes=num_classes, gate_norm=cfg.gate_norm)
+            model.load_state_dict(state)
+            return model.to(_device(cfg.device)).eval(), True
+        except Exception:  # a stale or broken cache entry: retrain
+            pass
+    model = train_child(images, labels, num_classes, cfg, seed, progress)
+    if path is not None:
+        import io
+
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+        write_bytes_atomic(path, buf.getvalue())
+    return model, False
+
+
+# --- optuna ------------------------------------------------------------------------------------
+
+def sub_policy_from_params(params: dict, n_ops: int, score: float | None = None, source: str = "") -> SubPolicy:
+    return SubPolicy(tuple(OpSpec(params[f"op{i}"], float(params[f"p{i}"]), float(params[f"m{i}"]))
+                           for i in range(n_ops)), score=score, source=source)
+
+
+def suggest_sub_policy(trial, ops: list[str], n_ops: int) -> SubPolicy:
+    params = {}
+    for i in range(n_ops):
+        params[f"op{i}"] = trial.suggest_categorical(f"op{i}", ops)
+        params[f"p{i}"] = trial.suggest_float(f"p{i}", 0.0, 1.0)
+        params[f"m{i}"] = trial.suggest_float(f"m{i}", 0.0, 1.0)
+    return sub_policy_from_params(params, n_ops)
+
+
+def augment_set(images: np.ndarray, sub: SubPolicy, seed: int) -> np.ndarray:
+    """Every image through the sub-policy, each with its own reproducible Generator."""
+    return np.stack([sub(img, image_rng(seed, 0, i)) for i, img in enumerate(images)])
+
+
+def default_storage(out: str | Path) -> str:
+    return f"sqlite:///{Path(out).with_suffix('.optuna.db').resolve()}"
+
+
+def _study(name: str, storage: str | None, cfg: SearchConfig, seed: int, ops: list[str]):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = "minimize" if cfg.objective == "loss" else "maximize"
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction=direction,
+                                    load_if_exists=True)
+    except Exception as exc:  # bad URL, unreachable database, locked file
+        raise ConfigError(f"cannot open optuna storage ({type(exc).__name__}: {exc})", path=storage,
+                          hint="pass --storage sqlite:///search.db or a reachable RDB URL") from exc
+    if study.direction.name.lower() != direction:
+        raise ConfigError(f"study {name} was run with another objective", path=storage,
+                          hint="use a new --storage or the same --objective")
+    space = {"ops": ops, "n_ops": cfg.ops_per_sub_policy}
+    saved = study.user_attrs.get("space")
+    if saved is None:
+        study.set_user_attr("space", space)
+    elif saved != space:
+        raise ConfigError(f"study {name} searched another op set", path=storage,
+                          hint="use a new --storage, or the same --ops / --ops-per-sub-policy")
+    return study
+
+
+def _completed(study) -> list:
+    import optuna
+
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+def top_sub_policies(study, n: int, n_ops: int, source: str, objective: str) -> list[SubPolicy]:
+    """The n best distinct completed trials as sub-policies (score = the objective value)."""
+    trials = sorted(_completed(study), key=lambda t: t.value if objective == "loss" else -t.value)
+    out, seen = [], set()
+    for t in trials:
+        sub = sub_policy_from_params(t.params, n_ops, score=t.value, source=source)
+        key = tuple((s.op, round(s.probability, 4), round(s.magnitude, 4)) for s in sub.ops)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(sub)
+        if len(out) == n:
+            break
+    return out
+
+
+@dataclass
+class SplitResult:
+    name: str
+    n_train: int
+    n_heldout: int
+    child_loss: float         # on the un-augmented held-out images
+    child_accuracy: float
+    child_cached: bool
+    trials: int
+    seconds: float
+    best: list[SubPolicy]
+
+
+def search_split(name: str, study_prefix: str, train_images, train_labels, held_images, held_labels,
+                 num_classes: int, cfg: SearchConfig, storage: str | None, cache: Path | None, seed: int,
+                 progress=None) -> SplitResult:
+    """One inner split: the child (cached), then TPE trials until the study holds `cfg.trials` complete ones."""
+    import optuna
+    import torch
+
+    if cfg.child.threads:
+        torch.set_num_threads(cfg.child.threads)
+    t0 = time.perf_counter()
+    ops = resolve_ops(cfg.ops)
+    child, cached = get_child(cache, f"{study_prefix}-{name}", train_images, train_labels, num_classes,
+                              cfg.child, seed)
+    base_loss, base_acc = evaluate_child(child, held_images, held_labels, cfg.child)
+    study = _study(f"{study_prefix}/{name}", storage, cfg, seed, ops)
+
+    def objective(trial) -> float:
+        sub = suggest_sub_policy(trial, ops, cfg.ops_per_sub_policy)
+        loss, acc = evaluate_child(child, augment_set(held_images, sub, seed + trial.number), held_labels, cfg.child)
+        trial.set_user_attr("loss", loss)
+        trial.set_user_attr("accuracy", acc)
+        return loss if cfg.objective == "loss" else acc
+
+    done = len(_completed(study))
+    if progress:
+        progress(min(done, cfg.trials))
+    callbacks = [optuna.study.MaxTrialsCallback(cfg.trials, states=(optuna.trial.TrialState.COMPLETE,))]
+    if progress:
+        callbacks.append(lambda s, t: progress(1) if t.state == optuna.trial.TrialState.COMPLETE else None)
+    if done < cfg.trials:
+        study.optimize(objective, n_trials=cfg.trials - done, callbacks=callbacks, gc_after_trial=False)
+    best = top_sub_policies(study, cfg.top, cfg.ops_per_sub_policy, f"{study_prefix}/{name}", cfg.objective)
+    return SplitResult(name, len(train_images), len(held_images), base_loss, base_acc, cached,
+                       len(_completed(study)), time.perf_counter() - t0, best)
+
+
+def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cache_dir: str | Path | None = None,
+           study_name: str | None = None, cv_seed: int | None = None, show_progress: bool = True) -> Policy:
+    """Run the whole search and return the merged policy (per-fold lists in meta['folds'] when folds > 0).
+
+    storage: optuna storage URL (None = in memory, not resumable). cache_dir: where child weights are
+    kept between runs (None = not kept). study_name: prefix of the optuna study names.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cfg.validate()
+    if len(dataset.class_names) < 2:
+        raise DataError("the search needs at least two classes", path=dataset.root, hint="add images of another class")
+    t0 = time.perf_counter()
+    labels = np.asarray(dataset.labels)
+    groups = np.asarray(dataset.groups)
+    prefix = study_name or f"usedge-augment-{data_fingerprint(dataset)}"
+    cache = Path(cache_dir) if cache_dir else None
+    scopes = search_scopes(dataset, cfg, cfg.seed if cv_seed is None else cv_seed)
+    n_splits_total = len(scopes) * cfg.inner_splits
+
+    results: dict[str, list[SplitResult]] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not show_progress, transient=False) as bar:
+        need = np.unique(np.concatenate([pool for _, pool in scopes]))
+        task = bar.add_task(f"loading {len(need)} images at {cfg.child.image_size}px", total=len(need))
+        cached = dict(zip(need.tolist(), load_images(dataset, need, cfg.child.image_size,
+                                                     lambda k: bar.advance(task, k))))
+        overall = bar.add_task(f"inner splits ({len(scopes)} scope(s) x {cfg.inner_splits})", total=n_splits_total)
+        for scope, pool in scopes:
+            results[scope] = []
+            for s, (tr, ho) in enumerate(inner_splits(labels, groups, pool, cfg.inner_splits,
+                                                      cfg.seed + 17, dataset.root)):
+                name = f"{scope}-split{s}"
+                trial_task = bar.add_task(f"  {name}: child + {cfg.trials} trials", total=cfg.trials)
+                res = search_split(
+                    name, prefix,
+                    np.stack([cached[int(i)] for i in tr]), labels[tr],
+                    np.stack([cached[int(i)] for i in ho]), labels[ho],
+                    len(dataset.class_names), cfg, storage, cache, cfg.seed + s,
+                    progress=lambda k, t=trial_task: bar.advance(t, k))
+                results[scope].append(res)
+                bar.remove_task(trial_task)
+                bar.advance(overall, 1)
+
+    per_scope = {scope: [sp for r in rs for sp in r.best] for scope, rs in results.items()}
+    main = per_scope["all"] if "all" in per_scope else [sp for subs in per_scope.values() for sp in subs]
+    meta = {
+        "kind": "fast-autoaugment",
+        "data": str(dataset.root),
+        "data_fingerprint": data_fingerprint(dataset),
+        "class_names": dataset.class_names,
+        "config": cfg.to_dict(),
+        "ops": resolve_ops(cfg.ops),
+        "storage": _redact(storage),
+        "study_prefix": prefix,
+        "search_minutes": round((time.perf_counter() - t0) / 60.0, 2),
+        "splits": [{"name": r.name, "n_train": r.n_train, "n_heldout": r.n_heldout,
+                    "child_heldout_loss": round(r.child_loss, 5), "child_heldout_accuracy": round(r.child_accuracy, 4),
+                    "child_from_cache": r.child_cached, "trials": r.trials, "seconds": round(r.seconds, 1)}
+                   for rs in results.values() for r in rs],
+    }
+    if cfg.folds:
+        meta["folds"] = {scope.removeprefix("fold"): [sp.to_dict() for sp in subs] for scope, subs in per_scope.items()}
+        meta["fold_patients"] = {scope.removeprefix("fold"): sorted({str(groups[i]) for i in pool})
+                                 for scope, pool in scopes}
+    return Policy(main, meta=meta)
+
+
+def _redact(url: str | None) -> str | None:
+    """Storage URL without a password (it is written into policy.json)."""
+    if not url or "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+

@@ -1,0 +1,406 @@
+"""Training loop as plain functions (torchvision-references style), plus cross-validation.
+
+    train_one_epoch(model, loader, loss_fn, optimizer, device, ...) -> {"loss", "accuracy", "images", "seconds"}
+    evaluate(model, loader, device, ...)                           -> (probs N x C float32, labels N int)
+    fit(model, train_set, val_set, cfg, device, out_dir=...)       -> FitResult (best epoch on inner val)
+    cross_validate(dataset, cfg, out_dir)                          -> summary dict (also written to disk)
+
+Runs on CUDA (AMP, channels_last) when present, CPU otherwise. Under `torchrun` every process runs
+the same code; gradients are averaged with DDP (gloo on CPU, NCCL on CUDA) and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from usedge.dataset import Dataset
+from usedge.errors import ConfigError, ModelError
+from usedge.fileio import write_json_atomic, write_text_atomic
+from usedge.train.checkpoint import read_checkpoint, save_checkpoint
+from usedge.train.config import TrainConfig, dump_toml
+from usedge.train.cv import FoldSplit, final_split, make_splits, write_folds_csv
+from usedge.train.data import TumorDataset, load_images, make_loader
+from usedge.train.distributed import Dist, convert_batchnorm, init_distributed
+from usedge.train.loss import build_loss
+from usedge.train.metrics import classification_metrics, roc_curves
+from usedge.train.model import build_model, load_pretrained
+
+# A function that turns the (un-augmented) training set into what is trained on: the augment
+# engineer's policies plug in here (random sub-policy per image, or a 21x expanded set).
+TrainAugmenter = Callable[[TumorDataset], torch.utils.data.Dataset]
+
+
+# ---------------------------------------------------------------- devices, seeds
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for but no CUDA GPU is visible", hint="use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device '{name}'", hint="use auto, cpu, cuda or cuda:N") from exc
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+# ---------------------------------------------------------------- one epoch, evaluation
+def _to_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                    device: torch.device, *, scaler: torch.amp.GradScaler | None = None, amp: bool = False,
+                    channels_last: bool = False, progress=None, task=None, dist: Dist | None = None) -> dict:
+    """One pass over `loader`. Returns mean loss and accuracy over all processes' images, images seen, seconds.
+
+    `progress`/`task`: an optional rich Progress and task id, advanced per batch with loss/accuracy.
+    """
+    model.train()
+    start = time.perf_counter()
+    total = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images
+    for x, y in loader:
+        x, y = _to_input(x, device, channels_last), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total += torch.tensor([loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)],
+                              dtype=torch.float64)
+        if progress is not None:
+            progress.update(task, advance=1, loss=total[0].item() / total[2].item(),
+                            acc=total[1].item() / total[2].item())
+    if dist is not None and dist.enabled:
+        torch.distributed.all_reduce(total)
+    n = max(total[2].item(), 1.0)
+    return {"loss": total[0].item() / n, "accuracy": total[1].item() / n, "images": int(total[2].item()),
+            "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, *, amp: bool = False,
+             channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities (N x C float32) and labels (N,) for every item of `loader`, in order."""
+    model.eval()
+    probs, labels = [], []
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(_to_input(x, device, channels_last))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        labels.append(y)
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def probs_loss(loss_fn: nn.Module, probs: np.ndarray, labels: np.ndarray) -> float:
+    """The training loss evaluated on predicted probabilities (log p are valid logits for softmax)."""
+    logp = torch.log(torch.from_numpy(probs).double().clamp_min(1e-12)).float()
+    return float(loss_fn.cpu()(logp, torch.from_numpy(labels).long()).item())
+
+
+# ---------------------------------------------------------------- one model, inner-validation selection
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val: dict                     # {"loss", "accuracy"} on the inner validation set at best_epoch
+    history: list[dict] = field(default_factory=list)  # per epoch: train loss/acc, val loss/acc, seconds
+    resumed_from: int = 0              # epochs already done when resumed
+
+
+def _better(candidate: dict, best: dict | None, select_on: str) -> bool:
+    if best is None:
+        return True
+    if select_on == "accuracy":
+        return (candidate["accuracy"], -candidate["loss"]) > (best["accuracy"], -best["loss"])
+    return candidate["loss"] < best["loss"]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def fit(model: nn.Module, train_set: torch.utils.data.Dataset, val_set: TumorDataset, cfg: TrainConfig,
+        device: torch.device, *, class_names: list[str], out_dir: str | Path | None = None,
+        dist: Dist | None = None, resume: bool = False, seed: int | None = None, progress=None,
+        label: str = "fit", extra: dict | None = None) -> FitResult:
+    """Train `model` for cfg.optim.epochs; keep the weights of the best inner-validation epoch.
+
+    Writes `out_dir/last.pt` (weights + optimizer/scheduler state, every epoch) and `out_dir/best.pt`
+    (rank 0 only). With resume=True and an existing last.pt, continues from its epoch. On return the
+    model holds the best epoch's weights.
+    """
+    dist = dist or Dist()
+    seed = cfg.run.seed if seed is None else seed
+    out_dir = Path(out_dir) if out_dir is not None else None
+    use_cuda = device.type == "cuda"
+    amp = cfg.run.amp and use_cuda
+    channels_last = cfg.run.channels_last and use_cuda
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg.loss.name, len(class_names), cfg.loss.gamma, cfg.loss.alpha).to(device)
+    net = model
+    if dist.enabled and cfg.run.sync_bn:
+        convert_batchnorm(model, device)
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.step_gamma)
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+    spec = cfg.preprocess_spec()
+    local_batch = cfg.optim.batch_size
+    train_loader = make_loader(train_set, local_batch, train=True, seed=seed, rank=dist.rank,
+                               world_size=dist.world_size, num_workers=cfg.data.num_workers)
+    val_loader = make_loader(val_set, max(local_batch, 32), train=False, num_workers=cfg.data.num_workers)
+
+    history: list[dict] = []
+    best: dict | None = None
+    best_state = None
+    start_epoch = 0
+    last_path = out_dir / "last.pt" if out_dir else None
+    if resume and last_path is not None and last_path.is_file():
+        state = read_checkpoint(last_path)
+        model.load_state_dict(state["state_dict"])
+        ex = state["extra"]
+        optimizer.load_state_dict(ex["optimizer"])
+        scheduler.load_state_dict(ex["scheduler"])
+        if scaler is not None and ex.get("scaler"):
+            scaler.load_state_dict(ex["scaler"])
+        history, best, start_epoch = list(ex["history"]), ex["best"], int(ex["epoch"])
+        best_path = out_dir / "best.pt"
+        best_state = read_checkpoint(best_path)["state_dict"] if best_path.is_file() else None
+    resumed_from = start_epoch
+
+    task = None
+    if progress is not None:
+        task = progress.add_task(label, total=(cfg.optim.epochs - start_epoch) * len(train_loader), loss=float("nan"),
+                                 acc=float("nan"))
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        train_loader.batch_sampler.set_epoch(epoch)
+        if progress is not None:
+            progress.update(task, description=f"{label} epoch {epoch + 1}/{cfg.optim.epochs}")
+        stats = train_one_epoch(net, train_loader, loss_fn, optimizer, device, scaler=scaler, amp=amp,
+                                channels_last=channels_last, progress=progress, task=task, dist=dist)
+        scheduler.step()
+        if dist.enabled:  # BatchNorm running stats are per process: use rank 0's everywhere (same selection)
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf, 0)
+        probs, labels = evaluate(model, val_loader, device, amp=amp, channels_last=channels_last)
+        val = {"loss": probs_loss(loss_fn, probs, labels),
+               "accuracy": float((probs.argmax(1) == labels).mean()) if len(labels) else 0.0}
+        loss_fn.to(device)
+        record = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+                  "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": stats["seconds"],
+                  "images_per_second": stats["images"] / max(stats["seconds"], 1e-9),
+                  "lr": optimizer.param_groups[0]["lr"]}
+        history.append(record)
+        improved = _better(val, best, cfg.cv.select_on)
+        if improved:
+            best = {**val, "epoch": epoch + 1}
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if out_dir is not None and dist.main:
+            meta = dict(class_names=class_names, preprocess=spec, config=cfg.to_dict())
+            if improved:
+                save_checkpoint(out_dir / "best.pt", model, metrics={"inner_val": best}, extra=extra, **meta)
+            save_checkpoint(last_path, model, metrics={"inner_val": best}, **meta, extra={
+                "epoch": epoch + 1, "history": history, "best": best, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {}})
+        dist.barrier()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if best is None:
+        raise ModelError("training finished without an evaluated epoch", path=out_dir,
+                         hint="the run was already complete; delete last.pt to train again")
+    return FitResult(best_epoch=int(best["epoch"]), best_val={"loss": best["loss"], "accuracy": best["accuracy"]},
+                     history=history, resumed_from=resumed_from)
+
+
+# ---------------------------------------------------------------- cross-validation
+def config_hash(cfg: TrainConfig) -> str:
+    """Hash of everything that changes results (not device/threads/workers), to refuse a mismatched resume."""
+    d = cfg.to_dict()
+    for k in ("device", "threads"):
+        d["run"].pop(k)
+    d["data"].pop("num_workers")
+    d["cv"].pop("max_folds")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _make_model(cfg: TrainConfig, num_classes: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(cfg.model.arch, num_classes=num_classes, gate_norm=cfg.model.gate_norm)
+    load_pretrained(model, cfg.model.pretrained)
+    return model
+
+
+def _write_predictions(path: Path, dataset: Dataset, idx: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> None:
+    lines = ["path,patient_id,label,predicted," + ",".join(f"p_{n}" for n in dataset.class_names)]
+    for i, p, y in zip(idx, probs, labels):
+        s = dataset.samples[int(i)]
+        try:
+            rel = s.path.relative_to(dataset.root)
+        except ValueError:
+            rel = s.path
+        lines.append(f"{rel},{s.patient_id},{dataset.class_names[int(y)]},{dataset.class_names[int(p.argmax())]},"
+                     + ",".join(f"{v:.6f}" for v in p))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f} acc {task.fields[acc]:.3f}"), TimeElapsedColumn(),
+                    disable=not enabled, transient=False)
+
+
+def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+                   augmenter: TrainAugmenter | None = None, progress: bool = True,
+                   log: Callable[[str], None] | None = None) -> dict:
+    """Patient-grouped K-fold CV with inner-validation checkpoint selection; writes the whole run.
+
+    out_dir gets: config.toml, folds.csv, fold{k}/{best,last}.pt, fold{k}/test_predictions.csv,
+    fold{k}/result.json, metrics.json, report.md, *.png, and model.pt (all data, if cfg.cv.final_model).
+    Returns the summary written to metrics.json.
+    """
+    from usedge.train.report import write_report
+
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.run.device)
+    dist = init_distributed(device)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    say = (log or print) if dist.main else (lambda _m: None)
+    chash = config_hash(cfg)
+    stamp = out_dir / "run.json"
+    if stamp.is_file():
+        previous = json.loads(stamp.read_text())
+        if not resume:
+            raise ConfigError("output folder already holds a run", path=out_dir,
+                              hint="pass --resume to continue it, or choose another --out")
+        if previous.get("config_hash") != chash:
+            raise ConfigError("cannot resume: the config differs from the interrupted run's", path=out_dir,
+                              hint=f"use the run's own config ({out_dir / 'config.toml'}) or another --out")
+    if dist.main:
+        write_json_atomic(stamp, {"config_hash": chash, "data": str(dataset.root), "images": len(dataset),
+                                  "world_size": dist.world_size, "device": str(device)})
+        write_text_atomic(out_dir / "config.toml", dump_toml(cfg))
+    dist.barrier()
+
+    spec = cfg.preprocess_spec()
+    splits = make_splits(dataset, cfg.cv.folds, cfg.cv.inner_val_fraction, cfg.run.seed)
+    final = final_split(dataset, cfg.cv.inner_val_fraction, cfg.run.seed) if cfg.cv.final_model else None
+    if dist.main:
+        write_folds_csv(out_dir / "folds.csv", dataset, splits, final)
+    say(f"{len(dataset)} images, {len(set(dataset.groups))} patients, {cfg.cv.folds} folds by patient; "
+        f"device {device}, {dist.world_size} process(es)")
+    t0 = time.perf_counter()
+    images = load_images(dataset.samples, spec, progress=progress and dist.main)
+    read_seconds = time.perf_counter() - t0
+    samples = dataset.samples
+
+    def subset(idx: np.ndarray) -> TumorDataset:
+        return TumorDataset([samples[i] for i in idx], spec, images=images[idx])
+
+    run_splits = splits[:cfg.cv.max_folds] if cfg.cv.max_folds else splits
+    fold_results = []
+    with _progress(progress and dist.main) as bar:
+        for split in run_splits:
+            fold_dir = out_dir / f"fold{split.fold}"
+            result_path = fold_dir / "result.json"
+            if resume and result_path.is_file():
+                fold_results.append(json.loads(result_path.read_text()))
+                say(f"fold {split.fold}: already done, kept")
+                continue
+            seed = cfg.run.seed + 100 * split.fold
+            seed_everything(seed)
+            model = _make_model(cfg, len(dataset.class_names), seed)
+            train_set = subset(split.train)
+            if augmenter is not None:
+                train_set = augmenter(train_set)
+            fit_res = fit(model, train_set, subset(split.val), cfg, device, class_names=dataset.class_names,
+                          out_dir=fold_dir, dist=dist, resume=resume, seed=seed, progress=bar,
+                          label=f"fold {split.fold}", extra={"fold": split.fold})
+            test_loader = make_loader(subset(split.test), 64, train=False)
+            probs, labels = evaluate(model, test_loader, device)
+            metrics = classification_metrics(labels, probs, dataset.class_names)
+            result = {"fold": split.fold, "test_index": split.test.tolist(), "probs": probs.tolist(),
+                      "labels": labels.tolist(), "metrics": metrics, "best_epoch": fit_res.best_epoch,
+                      "inner_val": fit_res.best_val, "history": fit_res.history,
+                      "roc": roc_curves(labels, probs, dataset.class_names),
+                      "sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
+            if dist.main:
+                _write_predictions(fold_dir / "test_predictions.csv", dataset, split.test, probs, labels)
+                save_checkpoint(fold_dir / "best.pt", model, class_names=dataset.class_names, preprocess=spec,
+                                config=cfg.to_dict(), metrics={"inner_val": fit_res.best_val, "test": metrics},
+                                extra={"fold": split.fold, "best_epoch": fit_res.best_epoch})
+                write_json_atomic(result_path, result)
+            dist.barrier()
+            fold_results.append(result)
+            m = metrics
+            say(f"fold {split.fold}: best epoch {fit_res.best_epoch} (inner val loss {fit_res.best_val['loss']:.4f}); "
+                f"test accuracy {m['overall_accuracy']:.3f}, macro sensitivity {m['macro']['sensitivity']:.3f}")
+
+        summary = None
+        if dist.main:
+            summary = write_report(out_dir, dataset.class_names, fold_results, cfg,
+                                   extra={"images": len(dataset), "patients": len(set(dataset.groups)),
+                                          "world_size": dist.world_size, "device": str(device),
+                                          "read_seconds": read_seconds})
+        if final is not None:
+            seed = cfg.run.seed + 100 * cfg.cv.folds
+            seed_everything(seed)
+            model = _make_model(cfg, len(dataset.class_names), seed)
+            train_set = subset(final.train)
+            if augmenter is not None:
+                train_set = augmenter(train_set)
+            fit_res = fit(model, train_set, subset(final.val), cfg, device, class_names=dataset.class_names,
+                          out_dir=out_dir / "final", dist=dist, resume=resume, seed=seed, progress=bar,
+                          label="all data")
+            if dist.main:
+                cv_summary = _training_summary(summary) if summary else {}
+                save_checkpoint(out_dir / "model.pt", model, class_names=dataset.class_names, preprocess=spec,
+                                config=cfg.to_dict(), metrics={"inner_val": fit_res.best_val, "cross_validation": cv_summary},
+                                extra={"best_epoch": fit_res.best_epoch, "data": str(dataset.root),
+                                       "images": len(dataset)})
+                say(f"all-data model: best epoch {fit_res.best_epoch}; written to {out_dir / 'model.pt'}")
+            dist.barrier()
+    return summary or {}
+
+
+def _training_summary(summary: dict) -> dict:
+    """The few CV numbers worth carrying inside model.pt (and from there into ONNX metadata)."""
+    agg = summary["aggregate"]
+    return {"folds": agg["folds"], "overall_accuracy_mean": agg["overall_accuracy"]["mean"],
+            "macro_sensitivity_mean": agg["macro"]["sensitivity"]["mean"],
+            "macro_specificity_mean": agg["macro"]["specificity"]["mean"],
+            "macro_roc_auc_mean": agg["macro"]["roc_auc"]["mean"]}
