@@ -111,29 +111,30 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=120, help="images per cohort")
     ap.add_argument("--arch", default="ag_resnet18")
     ap.add_argument("--size", type=int, default=64, help="model input side, pixels")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--step-size", type=int, default=10)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--modes", default="random", help="comma list of expand,random")
     ap.add_argument("--expand-epochs", type=int, default=0, help="epochs for expand runs (0 = --epochs)")
-    ap.add_argument("--inner-splits", type=int, default=4)
-    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--inner-splits", type=int, default=2)
+    ap.add_argument("--trials", type=int, default=25)
     ap.add_argument("--top", type=int, default=5)
-    ap.add_argument("--child-epochs", type=int, default=10)
+    ap.add_argument("--child-epochs", type=int, default=8)
     ap.add_argument("--ops", default="all")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
 
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from usedge.fileio import write_json_atomic
     from usedge.dataset import load_dataset
     from usedge.train.augment import random_policy
     from usedge.train.search import ChildConfig, SearchConfig, search
 
-    t_all = time.perf_counter()
+    t_all, c_all = time.perf_counter(), time.process_time()
     args.work.mkdir(parents=True, exist_ok=True)
     patients = tuple(int(p) for p in args.patients.split(","))
     t0 = time.perf_counter()
@@ -145,10 +146,13 @@ def main() -> None:
     cfg = SearchConfig(inner_splits=args.inner_splits, trials=args.trials, top=args.top, ops=args.ops, folds=0,
                        child=ChildConfig(arch=args.arch, image_size=args.size, epochs=args.child_epochs,
                                          lr=args.lr, threads=args.threads, device="cpu"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     searched = search(train_ds, cfg, storage=None, show_progress=sys.stderr.isatty())
     search_minutes = (time.perf_counter() - t0) / 60
+    search_cpu = time.process_time() - c0
+    args.results.mkdir(parents=True, exist_ok=True)
     searched.save(args.results / "augment_ablation_policy.json")
+    print(f"search: {search_minutes:.2f} min, {len(searched)} sub-policies", flush=True)
     policies = {"none": None, "random_policy": random_policy(len(searched), args.ops, seed=7), "searched": searched}
 
     runs: dict[str, list[dict]] = {}
@@ -166,6 +170,8 @@ def main() -> None:
                 runs[label].append(r)
                 print(f"{label:24s} seed {seed}: same acc {r['same']['accuracy']:.3f} shifted acc "
                       f"{r['shifted']['accuracy']:.3f} ({r['train_seconds']:.0f} s)", flush=True)
+                write_json_atomic(args.results / "augment_ablation.partial.json",
+                                  {"search_minutes": search_minutes, "runs": runs})
             args.epochs = saved
 
     summary = {k: summarise(v) for k, v in runs.items()}
@@ -183,11 +189,14 @@ def main() -> None:
         "summary": summary,
         "runs": runs,
         "total_minutes": round((time.perf_counter() - t_all) / 60, 2),
+        "cpu_minutes": round((time.process_time() - c_all) / 60, 2),
+        "search_cpu_minutes": round(search_cpu / 60, 2),
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    from usedge.fileio import write_json_atomic, write_text_atomic
+    from usedge.fileio import write_text_atomic
 
     write_json_atomic(args.results / "augment_ablation.json", result)
+    (args.results / "augment_ablation.partial.json").unlink(missing_ok=True)
     write_text_atomic(args.results / "augment_ablation.md", markdown(result))
     print(markdown(result))
 
@@ -201,7 +210,8 @@ def markdown(r: dict) -> str:
              f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ",
              f"Search: {r['args']['inner_splits']} inner splits x {r['args']['trials']} trials, top {r['args']['top']} "
              f"-> {len(r['policy'])} sub-policies, child {r['args']['child_epochs']} epochs: "
-             f"**{r['search_minutes']} min**; whole ablation {r['total_minutes']} min.", "",
+             f"**{r['search_minutes']} min wall, {r['search_cpu_minutes']} CPU-min**; whole ablation "
+             f"{r['total_minutes']} min wall, {r['cpu_minutes']} CPU-min.", "",
              "| condition | same: accuracy | same: bal. acc. | same: macro AUC | shifted: accuracy | "
              "shifted: bal. acc. | shifted: macro AUC | train s/run |",
              "|---|---|---|---|---|---|---|---|"]

@@ -107,7 +107,8 @@ def main() -> None:
     if args.size:
         spec = PreprocessSpec.from_dict({**spec.to_dict(), "size": args.size})
     ds = image_data.open_dataset(args.data, meta["class_names"])
-    calib_s, held_s = image_data.split_by_patient(ds.samples)
+    split = image_data.split_from_run(ds.samples, ds.root, args.checkpoint)
+    calib_s, held_s = split or image_data.split_by_patient(ds.samples)
     calib = image_data.load_images(image_data.spread(calib_s, args.calib_count), spec)
     held = image_data.load_images(image_data.spread(held_s, args.eval_count), spec)
     info = ModelInfo(class_names=meta["class_names"], input_size=spec.size, preprocess=spec, arch=meta["arch"],
@@ -148,7 +149,7 @@ def main() -> None:
 
     result = {
         "checkpoint": str(args.checkpoint), "checkpoint_sha256": meta["sha256"], "trained_size": trained_size,
-        "size": spec.size, "data": str(args.data), "calibration_images": len(calib), "held_out_images": len(held),
+        "size": spec.size, "data": str(args.data), "split": "fold train/test (folds.csv)" if split else "patient hash", "calibration_images": len(calib), "held_out_images": len(held),
         "calib_method": args.calib_method, "threads": args.threads, "batch": 1,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; shared with other work",
         "export_s": round(export_s, 1), "int8_quantise_s": round(int8_s, 1),
@@ -158,7 +159,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json_atomic(RESULTS / f"export_int8{suffix}.json", result)
     lines = [f"# Exported precisions on the CPU ({spec.size} px, batch 1, {args.threads} threads)", "",
-             f"checkpoint `{args.checkpoint}` (trained at {trained_size} px); held-out {len(held)} images, "
+             f"checkpoint `{args.checkpoint}` (trained at {trained_size} px); held-out {len(held)} images "
+             f"({result['split']}), "
              f"INT8 calibrated on {len(calib)} ({args.calib_method}). {result['machine']}.", "",
              "| model | accuracy | top-1 agreement vs fp32 | max abs dp vs fp32 | MB | median ms (min) | "
              "speed-up vs fp32 (wall) | CPU ms | speed-up vs fp32 (CPU time) |",

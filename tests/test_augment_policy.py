@@ -118,3 +118,12 @@ def test_random_keeps_the_size_and_changes_images(tmp_path, tmp_path_factory):
     assert any(not np.array_equal(view[i][0].numpy(), base[i][0].numpy()) for i in range(len(base)))
     with pytest.raises(ConfigError):
         make_train_augmenter(path, "both")
+
+
+def test_policy_apply_and_expand_on_arrays():
+    pol = _policy(4)
+    copies = pol.expand(IMG, np.random.default_rng(0))
+    assert len(copies) == 1 + 4 and copies[0] is IMG
+    assert all(c.shape == IMG.shape and c.dtype == np.uint8 for c in copies)
+    a = pol.apply(IMG, np.random.default_rng(3))
+    assert np.array_equal(a, pol.apply(IMG, np.random.default_rng(3)))

@@ -62,6 +62,7 @@ def test_run_explain_writes_everything(tiny_model, tiny_masked_data, tmp_path):
         assert (out / name).is_file()
     assert sorted(p.name for p in (out / "sheets").iterdir()) == [f"{c}.png" for c in CLASSES]
     overlays = sorted((out / "overlays").rglob("*.png"))
+    assert (out / "overlays" / "lipoma" / "img1.png").is_file()
     assert len(overlays) == 9
     strip = cv2.imread(str(overlays[0]))
     assert strip.shape[1] == 5 * strip.shape[0]  # image + 4 maps
@@ -135,3 +136,18 @@ def test_bad_config_is_a_config_error():
                 ExplainConfig(overlays="some")):
         with pytest.raises(ConfigError):
             cfg.validate()
+
+
+def test_attention_maps_of_a_plain_resnet_are_refused(tmp_path, tiny_masked_data):
+    import torch
+
+    from usedge.train.checkpoint import save_checkpoint
+    from usedge.train.model import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "plain.pt"
+    save_checkpoint(path, build_model("resnet18"), class_names=CLASSES, preprocess=PreprocessSpec(size=64))
+    with pytest.raises(ConfigError, match="attention"):
+        run_explain(path, tiny_masked_data, tmp_path / "o", ExplainConfig(maps=("att1",), progress=False))
+    s = run_explain(path, tiny_masked_data, tmp_path / "o2", ExplainConfig(progress=False, overlays="none", limit=4))
+    assert set(s["localisation"]) == {"cam", "gradcam"}

@@ -119,7 +119,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 @pytest.mark.parametrize("body, status, words", [
     (b"", 400, "empty upload"),
     (b"just some text, not an image", 415, "not a supported image type"),
-    (_png(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8))[:120], 400, "cannot decode"),
+    (_png(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8))[:120], 400, "truncated PNG"),
     (_png_header_only(100_000, 100_000), 413, "over the limit"),
     (b"\x00" * 128 + b"DICM" + b"\x00" * 64, 422, "DICOM"),
 ])
@@ -260,3 +260,25 @@ def test_full_queue_answers_503_and_recovers(serve_classifier, image_bytes):
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
         assert "busy" in busy.json()["error"]
         assert httpx.post(f"{base}/v1/predict", content=image_bytes, timeout=30).status_code == 200
+
+
+def test_dicom_upload_keeps_its_ultrasound_regions():
+    """The upload path hands the file's region boxes to the crop, as `usedge infer` does for the file."""
+    from usedge.runtime.dicom import open_dicom
+    from usedge.serve.uploads import decode_upload
+
+    path = _dicom("examples_ybr_color.dcm")
+    decoded = decode_upload(open(path, "rb").read(), frame_index=3)
+    assert decoded.regions == open_dicom(path).raw_regions and decoded.regions
+    assert decoded.frame.shape == (240, 320, 3) and decoded.frame_index == 3
+
+
+def test_every_error_has_the_same_shape(client, image_bytes):
+    for r in (client.post("/v1/predict?frame=-1", content=image_bytes, headers=AUTH),
+              client.post("/v1/predict?format=gif", content=image_bytes, headers=AUTH),
+              client.get("/nowhere", headers=AUTH),
+              client.get("/v1/predict", headers=AUTH)):
+        assert r.status_code in (404, 405, 422), r.text
+        d = r.json()
+        assert set(d) == {"error", "status"} and d["status"] == r.status_code and "\n" not in d["error"]
+    assert "frame" in client.post("/v1/predict?frame=-1", content=image_bytes, headers=AUTH).json()["error"]

@@ -68,9 +68,9 @@ def test_realtime_capture_drops_when_the_loop_is_slow(runtime_video):
         taken.append(f.index)
         time.sleep(0.03)                             # a model 3.6x slower than the 120 fps source
     cap.join(5)
-    assert cap.stats.read == VIDEO_FRAMES
-    assert len(taken) + slot.dropped == VIDEO_FRAMES
-    assert slot.dropped > 0 and taken == sorted(taken)
+    assert cap.stats.source_frames == VIDEO_FRAMES     # read + passed over while decoding lagged
+    assert len(taken) + slot.dropped == cap.stats.read
+    assert slot.dropped + cap.stats.late > 0 and taken == sorted(taken)
 
 
 def test_freeze_detector_and_smoother():
@@ -115,8 +115,8 @@ def test_stream_realtime_records_overlay_video(clf, runtime_video, tmp_path):
         runner = StreamRunner(clf, open_source(str(runtime_video)), [rec], realtime=True, fps=60.0, cam=True,
                               max_frames=20)
         summary = runner.run()
-    assert summary.frames_read == 20 and summary.ended_by == "max frames"
-    assert summary.processed + summary.frozen_skipped + summary.dropped == 20
+    assert summary.frames_read + summary.late_skipped == 20 and summary.ended_by == "max frames"
+    assert summary.processed + summary.frozen_skipped + summary.dropped == summary.frames_read
     cap = cv2.VideoCapture(str(video))
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     ok, first = cap.read()
@@ -226,3 +226,33 @@ def test_show_without_display_is_a_clear_error():
 def test_unknown_source_is_a_clear_error(tmp_path):
     with pytest.raises(StreamError, match="source not found"):
         open_source(str(tmp_path / "missing.mp4"))
+
+
+def test_realtime_passes_over_frames_when_decoding_lags(runtime_video):
+    """A live scanner does not wait: at 600 fps this decoder falls behind, and the capture thread
+    skips to the current frame (counted as late) instead of playing the file slower than its rate."""
+    slot = LatestFrameSlot()
+    cap = CaptureThread(VideoFileReader(runtime_video), slot, realtime=True, fps=600.0)
+    cap.start()
+    indices = []
+    while (f := slot.get(timeout=2)) is not None:
+        indices.append(f.index)
+    cap.join(5)
+    assert cap.stats.late > 0 and cap.stats.source_frames == VIDEO_FRAMES
+    assert indices == sorted(set(indices)) and max(indices) < VIDEO_FRAMES   # source frame numbers
+
+
+def test_overlay_draws_on_a_copy(clf, runtime_images):
+    from usedge.runtime.overlay import draw_prediction
+    from usedge.runtime.sources import read_image
+
+    frame = read_image(sorted(runtime_images.glob("*.png"))[0])
+    before = frame.copy()
+    pred = clf.predict(frame)
+    plain = draw_prediction(frame, pred, fps=30.0, cam=False)
+    heat = draw_prediction(frame, pred, fps=30.0, cam=True)
+    assert np.array_equal(frame, before)                       # the captured frame is untouched
+    assert plain.shape[:2] == frame.shape[:2] and plain.dtype == np.uint8 and plain.ndim == 3
+    x, y, w, h = pred.crop_box
+    inside = (slice(y + h // 4, y + 3 * h // 4), slice(x + w // 4, x + 3 * w // 4))
+    assert not np.array_equal(plain[inside], heat[inside])     # the CAM is blended inside the crop box

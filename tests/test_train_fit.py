@@ -15,6 +15,15 @@ from usedge.train.trainer import _make_model, evaluate, fit, resolve_device, see
 NAMES = ["epidermal_cyst", "lipoma", "pilomatricoma"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy 2-core machine two OpenMP threads spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny(n=12, size=32, seed=0):
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 3

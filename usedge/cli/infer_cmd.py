@@ -33,7 +33,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
     from usedge.fileio import write_bytes_atomic
     from usedge.runtime.overlay import draw_prediction
     from usedge.runtime.sinks import CsvSink, JsonlSink
-    from usedge.runtime.sources import expand_inputs, iter_file_frames
+    from usedge.runtime.sources import IMAGE_SUFFIXES, expand_inputs, iter_file_frames
 
     files = list(expand_inputs(inputs))
     if not files:
@@ -50,8 +50,8 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
             task = progress.add_task("classifying", total=len(files))
             for path in files:
                 try:
-                    items = list(iter_file_frames(path))  # decode first: a broken file fails before any line
-                    for index, frame, regions in items:
+                    multi = path.suffix.lower() not in IMAGE_SUFFIXES   # DICOM, video: name overlays by frame
+                    for index, frame, regions in iter_file_frames(path):  # lazily: a long video stays small
                         pred = clf.predict(frame, frame_index=index, source=str(path), regions=regions)
                         sink.write(pred)
                         frames += 1
@@ -60,7 +60,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
                             ok, buf = cv2.imencode(".png", image)
                             if not ok:
                                 raise OutputError("cannot encode overlay", path=overlay_dir)
-                            write_bytes_atomic(overlay_dir / _overlay_name(used, path, index, len(items) > 1),
+                            write_bytes_atomic(overlay_dir / _overlay_name(used, path, index, multi),
                                                buf.tobytes())
                 except OutputError:
                     raise

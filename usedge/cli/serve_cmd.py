@@ -44,7 +44,7 @@ def _serve_packages():
     """Import the serve extra, or say which package is missing."""
     from usedge.errors import MissingDependency
 
-    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart"),
+    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("python_multipart", "python-multipart"),
                             ("prometheus_client", "prometheus-client")):
         try:
             __import__(module)

@@ -107,3 +107,30 @@ def recorded_data_path(meta: dict) -> Path | None:
         if isinstance(c, str) and c and Path(c).exists():
             return Path(c)
     return None
+
+
+def split_from_run(samples: list[Sample], root: Path, checkpoint: Path) -> tuple[list[Sample], list[Sample]] | None:
+    """(training samples, test samples) of the fold a checkpoint belongs to, from `usedge train`'s
+    folds.csv (`<run>/fold<k>/best.pt` beside `<run>/folds.csv` with a `fold<k>` train/test column).
+
+    None when the checkpoint is not a fold's (e.g. the all-data model) or the file does not fit.
+    """
+    import csv
+
+    fold = checkpoint.parent.name
+    folds_csv = checkpoint.parent.parent / "folds.csv"
+    if not fold.startswith("fold") or not folds_csv.is_file():
+        return None
+    try:
+        with open(folds_csv, newline="") as fh:
+            roles = {row["path"]: row.get(fold, "") for row in csv.DictReader(fh)}
+    except (OSError, KeyError, csv.Error):
+        return None
+    train, test = [], []
+    for s in samples:
+        try:
+            role = roles.get(Path(s.path).relative_to(root).as_posix(), "")
+        except ValueError:
+            role = ""
+        (train if role in ("train", "val") else test if role == "test" else []).append(s)
+    return (train, test) if train and test else None

@@ -90,7 +90,8 @@ def training_summary(meta: dict) -> dict:
             "metrics": keep, "usedge_version": meta.get("usedge_version", "")}
 
 
-def _choose_images(meta: dict, spec: PreprocessSpec, class_names: list[str], opts: ExportOptions, report: ExportReport):
+def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_names: list[str], opts: ExportOptions,
+                   report: ExportReport):
     """(calibration ImageSet | None, held-out ImageSet) — random inputs when no data set is known."""
     data = opts.data or image_data.recorded_data_path(meta)
     if data is None:
@@ -100,11 +101,13 @@ def _choose_images(meta: dict, spec: PreprocessSpec, class_names: list[str], opt
                        "no INT8 (calibration needs real images); pass --data DIR"}
         return None, image_data.ImageSet(x=x, labels=np.array([], dtype=np.int64), paths=[])
     ds = image_data.open_dataset(data, class_names)
-    calib, held = image_data.split_by_patient(ds.samples)
+    split = image_data.split_from_run(ds.samples, ds.root, checkpoint)
+    how = "the fold's train / test patients (folds.csv)" if split else "split by patient hash"
+    calib, held = split or image_data.split_by_patient(ds.samples)
     calib = image_data.spread(calib, opts.calib_count)
     held = image_data.spread(held, opts.parity_count)
     report.data = {"source": str(data), "images": len(ds), "calibration": len(calib), "held_out": len(held),
-                   "note": f"{len(calib)} calibration / {len(held)} held-out images, split by patient"}
+                   "split": how, "note": f"{len(calib)} calibration / {len(held)} held-out images, {how}"}
     return image_data.load_images(calib, spec), image_data.load_images(held, spec)
 
 
@@ -127,6 +130,14 @@ def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = Ex
     if opts.calib_count < 1 or opts.parity_count < 1 or opts.reference_count < 0:
         raise ConfigError("--calib-count and --parity-count must be >= 1, --reference-count >= 0",
                           hint="pass positive image counts")
+    from usedge.export.int8 import ACTIVATION_TYPES, CALIB_METHODS
+
+    if opts.calib_method not in CALIB_METHODS:
+        raise ConfigError(f"unknown calibration method '{opts.calib_method}'", hint=f"use {', '.join(CALIB_METHODS)}")
+    if opts.activations not in ACTIVATION_TYPES:
+        raise ConfigError(f"unknown INT8 activation type '{opts.activations}'", hint=f"use {', '.join(ACTIVATION_TYPES)}")
+    if opts.triton_model not in ("auto", "fp32", "fp16", "int8", "engine"):
+        raise ConfigError(f"unknown --triton-model '{opts.triton_model}'", hint="use auto, fp32, fp16, int8 or engine")
     check_writable(out)
     say("loading checkpoint")
     model, meta = load_for_export(checkpoint)
@@ -142,7 +153,7 @@ def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = Ex
     report = ExportReport(checkpoint=str(checkpoint), checkpoint_sha256=meta["sha256"], out_dir=str(out),
                           usedge_version=usedge.__version__, settings=opts.to_dict())
     say("reading images")
-    calib, held = _choose_images(meta, spec, class_names, opts, report)
+    calib, held = _choose_images(checkpoint, meta, spec, class_names, opts, report)
     labels = held.labels if len(held.labels) else None
 
     stage = Path(tempfile.mkdtemp(prefix=".usedge-export-", dir=out))

@@ -77,6 +77,21 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
     raise InputError(f"frame of dtype {frame.dtype} is not an image", hint="pass uint8, uint16 or float pixels")
 
 
+def grid_sample(image: np.ndarray, step_y: int, step_x: int | None = None) -> np.ndarray:
+    """About every step-th pixel of an image (or a rectangular view of one), as a new contiguous array.
+
+    Like image[::step_y, ::step_x] (a nearest-neighbour resize to ceil(size / step), so the picked
+    rows/columns may differ by one), but OpenCV reads the view in place instead of numpy copying a
+    strided array first (~5x faster). Deterministic: the same input gives the same pixels.
+    """
+    step_x = step_y if step_x is None else step_x
+    h, w = image.shape[:2]
+    if step_y <= 1 and step_x <= 1:
+        return image
+    size = (max(1, -(-w // step_x)), max(1, -(-h // step_y)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)
+
+
 def gray_of(image: np.ndarray) -> np.ndarray:
     """uint8 gray or BGR -> uint8 gray (luma)."""
     return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
@@ -245,6 +260,40 @@ def _cut_at_gaps(box: Box, not_bg: np.ndarray, *, search: float = 0.35, empty: f
     return (nx0, ny0, max(1, nx1 - nx0), max(1, ny1 - ny0))
 
 
+def _extend_sparse(box: Box, not_bg: np.ndarray, *, limit: float = 0.35, sparse: float = 0.01) -> Box:
+    """Extend each side through rows/columns (over the box's middle 80%) that still hold some
+    non-background pixels (>= `sparse`): the sparse speckle of a dark deep field. Two empty lines
+    in a row (the gap between an image and the screen's labels) stop it."""
+    h, w = not_bg.shape
+    x0, y0, bw, bh = box
+    x1, y1 = x0 + bw, y0 + bh
+    mx, my = int(0.1 * bw), int(0.1 * bh)
+
+    def walk(start: int, stop: int, step: int, line) -> int:
+        pos, empty, last = start, 0, start
+        while pos != stop and abs(pos - start) <= limit * (bh if line is row else bw):
+            if line(pos) >= sparse:
+                empty, last = 0, pos
+            else:
+                empty += 1
+                if empty >= 2:
+                    break
+            pos += step
+        return last
+
+    def row(r: int) -> float:
+        return float(not_bg[r, x0 + mx:x1 - mx].mean())
+
+    def col(c: int) -> float:
+        return float(not_bg[y0 + my:y1 - my, c].mean())
+
+    ny0 = walk(y0, -1, -1, row) if y0 > 0 else y0
+    ny1 = walk(y1 - 1, h, 1, row) + 1
+    nx0 = walk(x0, -1, -1, col) if x0 > 0 else x0
+    nx1 = walk(x1 - 1, w, 1, col) + 1
+    return (nx0, ny0, nx1 - nx0, ny1 - ny0)
+
+
 def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
     """Find the B-mode image region(s) in a scanner screen (linear and sector/curved probes).
 
@@ -258,7 +307,8 @@ def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
     3. each side is cut at an empty background line within its outer 35% (text joined across a
        thin gap); then the box grows to every pixel that differs from the background colour and
        is connected to the region (dark coupling gel and deep field that carry no speckle, the
-       thin tips of a sector fan), by at most 35% of its size per side.
+       thin tips of a sector fan), then through lines that still hold a little speckle (a dark
+       deep field) up to two empty lines, by at most 35% of its size per side.
     A frame whose border is mostly not one flat colour, or whose region touches three frame edges
     (or both side edges over most of the height), is all image (a pre-cropped picture). No region -> the whole frame, method "fallback",
     with a note. Blank frames -> InputError.
@@ -326,7 +376,8 @@ def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
             views.append(b)
             view_labels.append(label)
     _, nb_labels = cv2.connectedComponents(not_bg.view(np.uint8), connectivity=8)
-    views = [_grow(_cut_at_gaps(b, not_bg), labels == lab, nb_labels) for b, lab in zip(views, view_labels)]
+    views = [_extend_sparse(_grow(_cut_at_gaps(b, not_bg), labels == lab, nb_labels), not_bg)
+             for b, lab in zip(views, view_labels)]
     notes = []
     x, y, bw, bh = views[0]
     tol_x, tol_y = max(1, round(0.01 * w)), max(1, round(0.01 * h))
@@ -383,9 +434,9 @@ def find_skin_line(gray: np.ndarray, fov_box: Box) -> int:
     cx0, cx1 = x + int(0.2 * w), x + max(int(0.8 * w), int(0.2 * w) + 1)
     half = max(2, h // 2)
     step = max(1, h // 256)
-    block = gray[y:y + half:step, cx0:cx1:max(1, (cx1 - cx0) // 128)]
+    block = grid_sample(gray[y:y + half, cx0:cx1], step, max(1, (cx1 - cx0) // 128))
     if block.ndim == 3:
-        block = cv2.cvtColor(np.ascontiguousarray(block), cv2.COLOR_BGR2GRAY)
+        block = cv2.cvtColor(block, cv2.COLOR_BGR2GRAY)
     profile = block.mean(axis=1, dtype=np.float32)
     ks = max(1, int(0.01 * h / step)) * 2 + 1
     if ks > 1 and len(profile) > ks:

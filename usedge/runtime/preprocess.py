@@ -39,6 +39,7 @@ from usedge.runtime.crop import (
     crop_field_of_view,
     find_skin_line,
     gray_of,
+    grid_sample,
     parse_crop,
     fill_from_surroundings,
     detect_doppler,
@@ -151,7 +152,7 @@ def doppler_cells(roi: np.ndarray, size: int) -> np.ndarray | None:
     """
     h, w = roi.shape[:2]
     step = max(1, min(w, h) // size)
-    found = detect_doppler(np.ascontiguousarray(roi[::step, ::step]))
+    found = detect_doppler(grid_sample(roi, step))
     if not found.any():
         return None
     cover = cv2.resize(found.view(np.uint8) * np.uint8(255), (size, size), interpolation=cv2.INTER_LINEAR)
@@ -315,7 +316,7 @@ class FrameCropper:
         if self.layout is not None and layout.fov.method == "fallback" and self.layout.frame_shape == layout.frame_shape:
             layout = self.layout     # no image on this frame: keep the last good layout
         self.layout = layout
-        bg, _ = _background_colour(image[::4, ::4])
+        bg, _ = _background_colour(grid_sample(image, 4))
         self._bg = bg if image.ndim == 3 else bg[0]
         self._ref = self._lines(image, layout.fov.box)
         self._skin = None
@@ -323,7 +324,7 @@ class FrameCropper:
     def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, CropInfo]:
         image = as_uint8(frame)
         # full check on a new layout; every 16th pixel on the cached path (a blank frame is blank anywhere)
-        _check_not_blank(image if self.layout is None else image[::16, ::16])
+        _check_not_blank(image if self.layout is None else grid_sample(image, 16))
         if self.layout is None or self.layout.frame_shape != image.shape[:2]:
             self._detect(image)
         elif self.mode.kind in ("auto", "fov") and self.layout.fov.method not in ("dicom-regions",):

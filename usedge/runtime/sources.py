@@ -26,7 +26,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from usedge.errors import InputError, StreamError
+from usedge.errors import InputError, StreamError, UsedgeError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -128,6 +128,10 @@ class FrameReader:
     def read(self) -> np.ndarray | None:
         raise NotImplementedError
 
+    def skip(self) -> bool:
+        """Pass over one frame as cheaply as the format allows (realtime catch-up); False at the end."""
+        return self.read() is not None
+
     def close(self) -> None:
         pass
 
@@ -148,6 +152,10 @@ class ArrayReader(FrameReader):
         frame = self.frames[self._i]
         self._i += 1
         return frame
+
+    def skip(self) -> bool:
+        self._i += 1
+        return self._i <= len(self.frames)
 
 
 class DicomCineReader(FrameReader):
@@ -171,6 +179,10 @@ class DicomCineReader(FrameReader):
         self._i += 1
         return frame
 
+    def skip(self) -> bool:  # no decoding
+        self._i += 1
+        return self._i <= self.dcm.n_frames
+
 
 class VideoFileReader(FrameReader):
     """A video file through OpenCV's ffmpeg backend; fps from the container."""
@@ -191,6 +203,9 @@ class VideoFileReader(FrameReader):
     def read(self) -> np.ndarray | None:
         ok, frame = self.cap.read()
         return frame if ok else None
+
+    def skip(self) -> bool:  # grab without the colour conversion and copy of retrieve()
+        return bool(self.cap.grab())
 
     def close(self) -> None:
         if self.cap is not None:
@@ -388,10 +403,15 @@ class LatestFrameSlot:
 
 @dataclass
 class CaptureStats:
-    read: int = 0
+    read: int = 0          # frames decoded and handed to the slot
+    late: int = 0          # realtime: frames the source moved past while decoding lagged (skipped, never decoded)
     reconnects: int = 0
-    late: int = 0          # realtime: frames decoded after their due time
-    error: str = ""        # why a live source gave up, one line
+    error: str = ""        # why the source ended early (a live source gave up, a file failed mid-way), one line
+
+    @property
+    def source_frames(self) -> int:
+        """Frames the source produced so far: read + late (the source's own frame numbering)."""
+        return self.read + self.late
 
 
 class CaptureThread(threading.Thread):
@@ -451,29 +471,40 @@ class CaptureThread(threading.Thread):
         block = not self.realtime and not self.reader.live and not isinstance(self.reader, WatchedFolderReader)
         period = 1.0 / self.fps
         t_start = time.perf_counter()
+        index = 0  # the source's frame number (skipped frames included)
         try:
             while not self.stop_event.is_set():
-                if self.max_frames is not None and self.stats.read >= self.max_frames:
+                if self.max_frames is not None and index >= self.max_frames:
                     break
+                if self.realtime and index > 0:
+                    # a live scanner does not wait for us: pass over frames whose successor already exists
+                    now_index = int((time.perf_counter() - t_start) / period)
+                    while index < now_index and (self.max_frames is None or index < self.max_frames - 1):
+                        if not self.reader.skip():
+                            return
+                        index += 1
+                        self.stats.late += 1
                 try:
                     image = self.reader.read()
-                except Exception:
+                except UsedgeError as exc:
+                    self.stats.error = exc.one_line()
+                    image = None
+                except Exception as exc:  # a driver/decoder failure: a live source reconnects
+                    self.stats.error = f"{self.reader.name}: read failed ({type(exc).__name__})"
                     image = None
                 if image is None:
                     if self.reader.live and self._reconnect():
+                        self.stats.error = ""
                         continue
                     break
-                index = self.stats.read
-                self.stats.read += 1
                 if self.realtime:
-                    due = t_start + index * period
-                    wait = due - time.perf_counter()
+                    wait = t_start + index * period - time.perf_counter()
                     if wait > 0:
                         self.stop_event.wait(wait)
-                    elif wait < -period:
-                        self.stats.late += 1
+                self.stats.read += 1
                 self.slot.put(Frame(image, index, self.reader.name, time.perf_counter()), block=block,
                               stop=self.stop_event)
+                index += 1
         finally:
             self.reader.close()
             self.slot.close()

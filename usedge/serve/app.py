@@ -31,7 +31,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from usedge.errors import ConfigError, InputError, UsedgeError
@@ -155,6 +157,17 @@ def create_app(classifier, runner=None, token: str | None = None, *,
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.add_middleware(_Guard, metrics=metrics)
     app.state.metrics = metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+        return _error(422, f"bad parameter {where}: {first.get('msg', 'invalid')}", metrics, "bad_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), metrics, "bad_request" if exc.status_code != 404 else "not_found",
+                      headers=getattr(exc, "headers", None))
     app.state.feed = feed
     app.state.classifier = classifier
 
@@ -188,7 +201,7 @@ def create_app(classifier, runner=None, token: str | None = None, *,
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str):
         if name not in ("page.js", "page.css"):
-            return JSONResponse({"error": "not found", "status": 404}, status_code=404)
+            return _error(404, "not found", metrics, "not_found")
         media = "text/javascript" if name.endswith(".js") else "text/css"
         return Response(page[name], media_type=f"{media}; charset=utf-8")
 
@@ -265,7 +278,8 @@ def create_app(classifier, runner=None, token: str | None = None, *,
         try:
             with predict_lock:
                 # predict_batch allocates its own input buffer: safe beside the live loop's predict()
-                pred = classifier.predict_batch([decoded.frame], first_index=decoded.frame_index, source="upload")[0]
+                pred = classifier.predict_batch([decoded.frame], first_index=decoded.frame_index, source="upload",
+                                               regions=decoded.regions)[0]
         finally:
             metrics.inflight.dec()
         metrics.observe_stages("upload", pred.latency_ms)

@@ -29,12 +29,13 @@ class UploadRejected(InputError):
 
 @dataclass
 class DecodedUpload:
-    """A decoded upload: the frame (H x W or H x W x 3 BGR, uint8/uint16) and what it was."""
+    """A decoded upload: the frame (H x W, H x W x 3 BGR or x 4 BGRA; uint8/uint16) and what it was."""
 
     frame: np.ndarray
     kind: str                 # png | jpeg | bmp | tiff | dicom
     frames_in_file: int = 1   # DICOM cines hold several
     frame_index: int = 0
+    regions: list | None = None  # DICOM ultrasound region boxes (x, y, w, h), for the field of view
 
 
 def sniff_kind(data: bytes) -> str | None:
@@ -45,7 +46,7 @@ def sniff_kind(data: bytes) -> str | None:
         return "jpeg"
     if data.startswith(b"BM") and len(data) > 26:
         return "bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
         return "tiff"
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"
@@ -93,54 +94,42 @@ def _check_pixels(w: int, h: int, max_pixels: int) -> None:
                              hint="downscale the image, or start the server with a larger --max-pixels")
 
 
-def _decode_raster(data: bytes, kind: str, max_pixels: int) -> np.ndarray:
-    import cv2
-
-    size = declared_size(data, kind)
-    if size is not None:
-        _check_pixels(size[0], size[1], max_pixels)
-    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if frame is None or frame.size == 0:
-        raise UploadRejected(f"cannot decode this {kind.upper()} file (truncated or corrupt)", status=400,
-                             hint="export the frame again as PNG and retry")
-    _check_pixels(frame.shape[1], frame.shape[0], max_pixels)
-    if frame.ndim == 3 and frame.shape[2] == 4:
-        frame = np.ascontiguousarray(frame[:, :, :3])
-    return frame
+def _status_for(message: str) -> int:
+    """HTTP status for a runtime InputError about an upload's content."""
+    if "exceeds" in message and "px" in message:
+        return 413
+    if "does not exist" in message or "no pixel data" in message or "cannot decode the compressed" in message:
+        return 422
+    return 400
 
 
-def _decode_dicom(data: bytes, frame_index: int | None, max_pixels: int) -> DecodedUpload:
-    """One DICOM frame through the runtime's reader (colour, palette, YBR, MONOCHROME1, decoders).
+def _read_file(data: bytes, kind: str, frame_index: int) -> tuple[np.ndarray, list | None, int]:
+    """(frame, DICOM region boxes or None, frames in file) through the runtime's one file reader.
 
-    The bytes go to a private temporary file only because that reader takes a path; its messages
-    are re-worded to name "upload", never the temporary path, and never carry header values.
+    `usedge.runtime.imageio` reads paths (header checks, truncation, DICOM colour/palette/YBR and
+    regions, no patient data); the bytes go to a private temporary file that is deleted at once.
+    Its messages are re-worded to name "upload", never the temporary path.
     """
     import os
     import tempfile
 
-    from usedge.runtime.dicom import open_dicom
+    from usedge.runtime.imageio import count_frames, read_image_and_regions
 
     with tempfile.TemporaryDirectory(prefix="usedge-upload-") as tmp:  # mode 0700
-        path = os.path.join(tmp, "upload.dcm")
+        path = os.path.join(tmp, "upload.dcm" if kind == "dicom" else f"upload.{kind}")
         with open(path, "wb") as fh:
             fh.write(data)
         try:
-            dcm = open_dicom(path)
-            _check_pixels(dcm.cols, dcm.rows, max_pixels)
-            n = dcm.n_frames
-            index = 0 if frame_index is None else frame_index
-            if not 0 <= index < n:
-                raise UploadRejected(f"frame {index} requested, the file has {n} frame(s)", status=422,
-                                     hint=f"use ?frame= between 0 and {n - 1}")
-            frame = dcm.frame(index)
+            frames = count_frames(path)
+            if not 0 <= frame_index < frames:
+                raise UploadRejected(f"frame {frame_index} requested, the file has {frames} frame(s)", status=422,
+                                     hint=f"use ?frame= between 0 and {frames - 1}")
+            frame, regions = read_image_and_regions(path, frame_index=frame_index)
         except UploadRejected:
             raise
         except InputError as exc:
-            status = 400 if "header" in exc.message or "not a DICOM" in exc.message else 422
-            raise UploadRejected(exc.message, status=status, hint=exc.hint) from exc
-        finally:
-            dcm = None  # drop the dataset before the folder goes
-    return DecodedUpload(frame=frame, kind="dicom", frames_in_file=n, frame_index=index)
+            raise UploadRejected(exc.message, status=_status_for(exc.message), hint=exc.hint) from exc
+    return frame, regions, frames
 
 
 def decode_upload(data: bytes, *, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -154,9 +143,12 @@ def decode_upload(data: bytes, *, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     kind = sniff_kind(data)
     if kind is None:
         raise UploadRejected("not a supported image type", status=415, hint=f"send {ACCEPTED}")
-    if kind == "dicom":
-        return _decode_dicom(data, frame_index, max_pixels)
-    if frame_index not in (None, 0):
+    if kind != "dicom" and frame_index not in (None, 0):
         raise UploadRejected(f"frame {frame_index} requested, a {kind.upper()} has one frame", status=422,
                              hint="leave out ?frame= for still images")
-    return DecodedUpload(frame=_decode_raster(data, kind, max_pixels), kind=kind)
+    size = declared_size(data, kind)
+    if size is not None:
+        _check_pixels(size[0], size[1], max_pixels)
+    frame, regions, frames = _read_file(data, kind, frame_index or 0)
+    _check_pixels(frame.shape[1], frame.shape[0], max_pixels)
+    return DecodedUpload(frame=frame, kind=kind, frames_in_file=frames, frame_index=frame_index or 0, regions=regions)

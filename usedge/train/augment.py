@@ -378,6 +378,14 @@ class Policy:
     def __len__(self) -> int:
         return len(self.sub_policies)
 
+    def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One uniformly drawn sub-policy applied to `image` (the anchor's per-image choice)."""
+        return self.sub_policies[int(rng.integers(len(self.sub_policies)))](image, rng)
+
+    def expand(self, image: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """[original, one copy per sub-policy]: the paper's 1 + N images from one."""
+        return [image] + [sub(image, rng) for sub in self.sub_policies]
+
     def to_dict(self) -> dict:
         return {"format": POLICY_FORMAT, "format_version": POLICY_VERSION,
                 "n_sub_policies": len(self.sub_policies),

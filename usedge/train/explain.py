@@ -248,6 +248,9 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
                         path=data, hint="explain a data set with the classes the model was trained on")
     samples = ds.samples[: config.limit] if config.limit > 0 else ds.samples
     maps_wanted = tuple(m for m in config.maps if not (m.startswith("att") and not hasattr(model, "gate1")))
+    if not maps_wanted:
+        raise ConfigError(f"a {meta.get('arch')} model has no attention gates", path=checkpoint,
+                          hint="ask for --maps cam,gradcam")
     topk = "mask" if config.topk == "mask" else float(config.topk)
 
     rows, kept_maps, kept_masks, mask_rows = [], {m: [] for m in maps_wanted}, [], []
@@ -258,7 +261,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
         compute_maps(model, warm, maps_wanted, None, config.weighting)
     with Progress(transient=True, disable=not config.progress) as bar:
         task = bar.add_task(f"explaining {len(samples)} images", total=len(samples))
-        for i, sample in enumerate(samples):
+        for sample in samples:
             image, info = prepare_image(Path(sample.path), spec)
             x = torch.from_numpy(normalise(image, spec))
             target = sample.label if config.target == "label" else None
@@ -283,7 +286,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
                 caption = f"{row['label']} -> {row['pred']} {row['p_pred']:.2f}"
                 s = strip(image, maps, mask, caption)
                 if config.overlays == "all":
-                    write_png(out / "overlays" / row["label"] / (Path(rel).with_suffix("").as_posix().replace("/", "__") + ".png"), s)
+                    write_png(out / "overlays" / row["label"] / _overlay_name(rel, row["label"]), s)
                 if len(sheet_strips[row["label"]]) < config.sheet_rows:
                     sheet_strips[row["label"]].append(s)
             bar.advance(task)
@@ -346,6 +349,14 @@ def _relative(path: Path, root: Path) -> str:
         return Path(path).relative_to(root).as_posix()
     except ValueError:
         return Path(path).name
+
+
+def _overlay_name(rel: str, label: str) -> str:
+    """'lipoma/a/b.png' -> 'a__b.png' (unique within the class folder)."""
+    parts = list(Path(rel).with_suffix(".png").parts)
+    if len(parts) > 1 and parts[0] == label:
+        parts = parts[1:]
+    return "__".join(parts)
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:

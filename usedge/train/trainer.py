@@ -285,12 +285,13 @@ def _progress(enabled: bool):
 
 def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                    augmenter: TrainAugmenter | None = None, progress: bool = True,
-                   log: Callable[[str], None] | None = None) -> dict:
+                   log: Callable[[str], None] | None = None, images: np.ndarray | None = None) -> dict:
     """Patient-grouped K-fold CV with inner-validation checkpoint selection; writes the whole run.
 
     out_dir gets: config.toml, folds.csv, fold{k}/{best,last}.pt, fold{k}/test_predictions.csv,
     fold{k}/result.json, metrics.json, report.md, *.png, and model.pt (all data, if cfg.cv.final_model).
-    Returns the summary written to metrics.json.
+    `images`: optional N x S x S uint8 already prepared for dataset.samples with cfg's preprocessing
+    (`load_images`), to share one read between runs. Returns the summary written to metrics.json.
     """
     from usedge.train.report import write_report
 
@@ -324,7 +325,10 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
     say(f"{len(dataset)} images, {len(set(dataset.groups))} patients, {cfg.cv.folds} folds by patient; "
         f"device {device}, {dist.world_size} process(es)")
     t0 = time.perf_counter()
-    images = load_images(dataset.samples, spec, progress=progress and dist.main)
+    if images is None:
+        images = load_images(dataset.samples, spec, progress=progress and dist.main)
+    elif images.shape != (len(dataset), spec.size, spec.size):
+        raise ValueError(f"images of shape {images.shape} do not fit {len(dataset)} samples at {spec.size} px")
     read_seconds = time.perf_counter() - t0
     samples = dataset.samples
 
