@@ -115,6 +115,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--step-size", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seed-offset", type=int, default=0, help="first training seed")
+    ap.add_argument("--tag", default="", help="suffix of the result file names")
     ap.add_argument("--modes", default="random", help="comma list of expand,random")
     ap.add_argument("--expand-epochs", type=int, default=0, help="epochs for expand runs (0 = --epochs)")
     ap.add_argument("--inner-splits", type=int, default=2)
@@ -151,7 +153,7 @@ def main() -> None:
     search_minutes = (time.perf_counter() - t0) / 60
     search_cpu = time.process_time() - c0
     args.results.mkdir(parents=True, exist_ok=True)
-    searched.save(args.results / "augment_ablation_policy.json")
+    searched.save(args.results / f"augment_ablation{args.tag}_policy.json")
     print(f"search: {search_minutes:.2f} min, {len(searched)} sub-policies", flush=True)
     policies = {"none": None, "random_policy": random_policy(len(searched), args.ops, seed=7), "searched": searched}
 
@@ -165,12 +167,12 @@ def main() -> None:
             if mode == "expand" and pol is not None and args.expand_epochs:
                 args.epochs = args.expand_epochs
             runs[label] = []
-            for seed in range(args.seeds):
+            for seed in range(args.seed_offset, args.seed_offset + args.seeds):
                 r = train_and_test(train_ds, tests, pol, mode, seed, args)
                 runs[label].append(r)
                 print(f"{label:24s} seed {seed}: same acc {r['same']['accuracy']:.3f} shifted acc "
                       f"{r['shifted']['accuracy']:.3f} ({r['train_seconds']:.0f} s)", flush=True)
-                write_json_atomic(args.results / "augment_ablation.partial.json",
+                write_json_atomic(args.results / f"augment_ablation{args.tag}.partial.json",
                                   {"search_minutes": search_minutes, "runs": runs})
             args.epochs = saved
 
@@ -195,9 +197,9 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     from usedge.fileio import write_text_atomic
 
-    write_json_atomic(args.results / "augment_ablation.json", result)
-    (args.results / "augment_ablation.partial.json").unlink(missing_ok=True)
-    write_text_atomic(args.results / "augment_ablation.md", markdown(result))
+    write_json_atomic(args.results / f"augment_ablation{args.tag}.json", result)
+    (args.results / f"augment_ablation{args.tag}.partial.json").unlink(missing_ok=True)
+    write_text_atomic(args.results / f"augment_ablation{args.tag}.md", markdown(result))
     print(markdown(result))
 
 

@@ -8,6 +8,7 @@ probe, single or dual view, with or without a colour Doppler box). Measured:
   fov IoU           detected box vs truth fov_box (dual: the detected view that best matches each truth view)
   doppler left      truth Doppler pixels inside the crop that the Doppler mask missed, / crop pixels
   dual found        dual screens where both views were found
+  degraded          IoU again on the same screen saved as JPEG quality 70 and with Gaussian noise (sigma 3)
 Writes benchmarks/results/crop_synthetic.json and .md.
 """
 
@@ -94,14 +95,19 @@ def main(argv=None) -> int:
         frame, truth, probe, dual, doppler = make_frame(i, rng)
         fov = crop_field_of_view(frame)
         ious = [max(iou(t, d) for d in fov.boxes) for t in truth["fov_boxes"]]
+        # the same screen as a JPEG (quality 70) and as a noisy analog capture (Gaussian, sigma 3 levels)
+        jpeg = cv2.imdecode(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_COLOR)
+        noisy = np.clip(frame.astype(np.int16) + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8)
+        degraded = {name: min(max(iou(t, d) for d in crop_field_of_view(img).boxes) for t in truth["fov_boxes"])
+                    for name, img in (("iou_jpeg70", jpeg), ("iou_noise3", noisy))}
         rows.append({"i": i, "probe": probe, "dual": dual, "doppler": doppler, "size": truth["frame_size"],
-                     "iou": min(ious), "views_found": len(fov.boxes), "method": fov.method,
+                     "iou": min(ious), **degraded, "views_found": len(fov.boxes), "method": fov.method,
                      "doppler_left": doppler_left(frame, truth, spec)})
         if (i + 1) % 50 == 0:
             print(f"{i + 1}/{args.frames} frames, {time.time() - t_start:.0f} s", file=sys.stderr)
 
-    def stats(sel):
-        v = np.array([r["iou"] for r in sel]) if sel else np.array([np.nan])
+    def stats(sel, key="iou"):
+        v = np.array([r[key] for r in sel]) if sel else np.array([np.nan])
         return {"n": len(sel), "iou_median": float(np.median(v)), "iou_p5": float(np.percentile(v, 5)),
                 "iou_min": float(v.min())}
 
@@ -115,6 +121,8 @@ def main(argv=None) -> int:
         "without doppler": [r for r in rows if not r["doppler"]],
     }
     summary = {name: stats(sel) for name, sel in groups.items()}
+    summary["all, saved as JPEG q70"] = stats(rows, "iou_jpeg70")
+    summary["all, noise sigma 3"] = stats(rows, "iou_noise3")
     duals = groups["dual"]
     result = {
         "frames": args.frames, "seed": args.seed,

@@ -124,9 +124,11 @@ def main() -> None:
     header = ["# Explain benchmark: localisation on the synthetic cohort", "",
               f"Command: `{result['command']}`", f"Machine: {result['machine']}.", "",
               f"Training (usedge.train.trainer.fit, reduced budget): {training['train_images']} train / "
-              f"{training['val_images']} inner-validation images (seed-1 cohort), {args.size} px, "
-              f"{args.epochs} epochs, lr {args.lr}, best epoch {training['best_epoch']}, inner-val accuracy "
-              f"{training['inner_val']['accuracy']:.3f}, {training['seconds']} s.",
+              f"{training['val_images']} inner-validation images (seed-1 cohort), "
+              f"{training['config']['data']['image_size']} px, {len(training['history'])} epochs run "
+              f"(scheduled {training['config']['optim']['epochs']}), lr {training['config']['optim']['lr']}, "
+              f"best epoch {training['best_epoch']}, inner-val accuracy {training['inner_val']['accuracy']:.3f}, "
+              f"{training['seconds']} s of training." + (f" {training['note']}." if training.get("note") else ""),
               f"Test: the seed-2 cohort (other patients), {summary['data']['n_images']} images.", ""]
     write_text_atomic(RESULTS / "explain_localisation.md", "\n".join(header) + md.split("\n", 1)[1])
     print((RESULTS / "explain_localisation.md").read_text())

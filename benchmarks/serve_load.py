@@ -3,17 +3,17 @@ and a check that nothing is dropped or mixed up between requests.
 
     nice -n 10 .venv/bin/python benchmarks/serve_load.py [--model model.onnx] [--requests 240] [--clients 8]
 
-Starts `usedge serve MODEL` as a separate process on 127.0.0.1 (never another address), then:
-  direct      in-process Classifier.predict_batch on the same decoded images (the baseline: no HTTP)
-  sequential  one client, one request at a time
-  concurrent  --clients threads, --requests in total, each image sent many times, every request
-              tagged with X-Request-ID
-Every answer is checked: HTTP 200, its request id, its input size and its probabilities equal the
-sequential answer for that image (max |dp| <= 1e-6). The images' answers differ pairwise, so a
-swapped answer would be caught. Bounded: --deadline-s seconds at most, 30 s per request.
+Starts `usedge serve MODEL` as a separate process on 127.0.0.1 (never another address). Then, in
+--rounds interleaved rounds (the machine is shared: load drifts, so every ratio compares
+neighbours in time):
+  direct      in-process Classifier.predict_batch on the same decoded images (no HTTP; baseline)
+  sequential  one HTTP client, one request at a time                      (baseline for concurrency)
+  concurrent  --clients threads sending their share of --requests
+Every answer is checked: HTTP 200, its own X-Request-ID, its own image's size, and probabilities
+equal to that image's reference answer (max |dp| <= 1e-6); the images' answers differ pairwise, so a
+swapped answer would be caught. Bounded: --deadline-s in all, 30 s per request.
 Without --model, a random-init AG-ResNet18 at 224 px with the CAM output is exported first (needs
-the export extra; timing does not depend on the weights). Timings are ratios to the baselines of
-the same run; the clients share the machine's cores with the server.
+the export extra; timing does not depend on the weights). The clients share the cores with the server.
 Writes benchmarks/results/serve_load.json and .md.
 """
 
@@ -72,19 +72,44 @@ def percentiles(ms: list[float]) -> dict:
             "p99": round(float(np.percentile(a, 99)), 2), "max": round(float(a.max()), 2)}
 
 
+def start_server(model: Path, threads: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env.pop("USEDGE_TOKEN", None)
+    server = subprocess.Popen([sys.executable, "-m", "usedge", "serve", str(model), "--host", "127.0.0.1",
+                               "--port", str(port), "--threads", str(threads), "--max-queue", str(max_queue)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while True:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited: {server.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            time.sleep(0.2)
+        if time.monotonic() - t0 > 120:
+            server.kill()
+            raise SystemExit("server did not start in 120 s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path)
-    ap.add_argument("--requests", type=int, default=240)
+    ap.add_argument("--requests", type=int, default=240, help="concurrent requests in all (split over rounds)")
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--sequential", type=int, default=48)
-    ap.add_argument("--images", type=int, default=12)
-    ap.add_argument("--threads", type=int, default=2, help="server's onnxruntime intra-op threads")
-    ap.add_argument("--deadline-s", type=float, default=240.0)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--images", type=int, default=12, help="distinct images; each round sends each once "
+                                                           "directly and once sequentially")
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (server and direct)")
+    ap.add_argument("--deadline-s", type=float, default=300.0)
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_load")
     args = ap.parse_args()
-    if args.clients < 1 or args.requests < args.clients or args.requests > 5000:
-        ap.error("need 1 <= clients <= requests <= 5000")
+    if not (1 <= args.clients <= 64 and args.clients <= args.requests <= 5000 and 1 <= args.rounds <= 20):
+        ap.error("need 1 <= clients <= 64, clients <= requests <= 5000, 1 <= rounds <= 20")
 
     import httpx
 
@@ -96,100 +121,99 @@ def main() -> int:
     model = args.model or export_random_model(tmp)
     images = make_images(tmp / "images", args.images)
     bodies = [p.read_bytes() for p in images]
-
-    # -- baseline 0: the same work without HTTP ----------------------------------------------------
     clf = Classifier.load(model, backend="ort-cpu", threads=args.threads)
-    frames = [decode_upload(b).frame for b in bodies]
-    for f in frames[:3]:
-        clf.predict_batch([f])
-    direct_ms = []
-    for _ in range(3):
-        for f in frames:
-            t0 = time.perf_counter()
-            clf.predict_batch([f])
-            direct_ms.append((time.perf_counter() - t0) * 1e3)
-    model_sha = clf.model_sha256
-    describe = clf.describe()
-    clf.close()
+    decoded = [decode_upload(b) for b in bodies]
+    for d in decoded[:3]:
+        clf.predict_batch([d.frame], regions=d.regions)            # warm-up
+    model_sha, describe = clf.model_sha256, clf.describe()
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    env.pop("USEDGE_TOKEN", None)
-    server = subprocess.Popen([sys.executable, "-m", "usedge", "serve", str(model), "--host", "127.0.0.1",
-                               "--port", str(port), "--threads", str(args.threads),
-                               "--max-queue", str(max(64, args.clients * 2))],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    t_start = time.monotonic()
+    server, base = start_server(model, args.threads, max_queue=max(64, 2 * args.clients))
+    deadline = time.monotonic() + args.deadline_s
+    lock = threading.Lock()
+    results: list[dict] = []
+    rounds: list[dict] = []
+    direct_all: list[float] = []
+    seq_all: list[float] = []
+
+    def post(client: httpx.Client, i: int, rid: str) -> tuple[int, dict, float]:
+        t0 = time.perf_counter()
+        r = client.post(f"{base}/v1/predict", content=bodies[i], headers={"X-Request-ID": rid}, timeout=30)
+        ms = (time.perf_counter() - t0) * 1e3
+        return r.status_code, (r.json() if r.headers.get("content-type", "").startswith("application/json") else {}), ms
+
     try:
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"server exited: {server.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-            if time.monotonic() - t_start > 120:
-                raise SystemExit("server did not start in 120 s")
-
-        def post(client: httpx.Client, i: int, rid: str) -> tuple[int, dict, float]:
-            t0 = time.perf_counter()
-            r = client.post(f"{base}/v1/predict", content=bodies[i], headers={"X-Request-ID": rid}, timeout=30)
-            ms = (time.perf_counter() - t0) * 1e3
-            return r.status_code, (r.json() if r.headers.get("content-type", "").startswith("application/json") else {}), ms
-
-        # -- baseline 1: one client, sequential; also the reference answer per image -----------------
         reference: dict[int, dict] = {}
-        seq_ms = []
         with httpx.Client() as c:
-            for i in range(len(bodies)):                        # warm-up + references
+            for i in range(len(bodies)):                          # server warm-up + reference answers
                 status, d, _ = post(c, i, f"ref-{i}")
-                assert status == 200, d
+                if status != 200:
+                    raise SystemExit(f"reference request failed: {status} {d}")
                 reference[i] = d
-            t0 = time.perf_counter()
-            for k in range(args.sequential):
-                status, d, ms = post(c, k % len(bodies), f"seq-{k}")
-                assert status == 200, d
-                seq_ms.append(ms)
-            seq_wall = time.perf_counter() - t0
         names = list(reference[0]["probabilities"])
         ref_p = np.array([[reference[i]["probabilities"][n] for n in names] for i in range(len(bodies))])
         diffs = [np.abs(ref_p[i] - ref_p[j]).max() for i in range(len(bodies)) for j in range(i + 1, len(bodies))]
         min_pair = float(min(diffs)) if diffs else float("nan")
 
-        # -- concurrent ----------------------------------------------------------------------------
-        stop_at = time.monotonic() + args.deadline_s
-        results: list[dict] = []
-        lock = threading.Lock()
-        counter = iter(range(args.requests))
+        def check(d: dict, status: int, i: int, rid: str) -> bool:
+            got = np.array([d.get("probabilities", {}).get(n, np.nan) for n in names], np.float64)
+            return (status == 200 and d.get("request_id") == rid and d.get("model_sha256") == model_sha
+                    and d.get("input", {}).get("width") == reference[i]["input"]["width"]
+                    and d.get("input", {}).get("height") == reference[i]["input"]["height"]
+                    and bool(np.isfinite(got).all()) and float(np.abs(got - ref_p[i]).max()) <= 1e-6)
 
-        def worker(wid: int) -> None:
+        per_round = [args.requests // args.rounds + (r < args.requests % args.rounds) for r in range(args.rounds)]
+        for rnd, n_conc in enumerate(per_round):
+            if time.monotonic() > deadline:
+                break
+            direct_ms = []
+            for d in decoded:
+                t0 = time.perf_counter()
+                clf.predict_batch([d.frame], regions=d.regions)
+                direct_ms.append((time.perf_counter() - t0) * 1e3)
+            seq_ms, seq_ok = [], 0
             with httpx.Client() as c:
-                while time.monotonic() < stop_at:
-                    with lock:
-                        k = next(counter, None)
-                    if k is None:
-                        return
-                    i = (k * 7 + wid) % len(bodies)
-                    rid = f"w{wid}-k{k}-i{i}"
-                    try:
-                        status, d, ms = post(c, i, rid)
-                    except httpx.HTTPError as exc:
-                        status, d, ms = -1, {"error": type(exc).__name__}, float("nan")
-                    got = np.array([d.get("probabilities", {}).get(n, np.nan) for n in names])
-                    ok = (status == 200 and d.get("request_id") == rid
-                          and d.get("input", {}).get("width") == reference[i]["input"]["width"]
-                          and d.get("input", {}).get("height") == reference[i]["input"]["height"]
-                          and d.get("model_sha256") == model_sha
-                          and float(np.nanmax(np.abs(got - ref_p[i])) if np.isfinite(got).all() else np.inf) <= 1e-6)
-                    with lock:
-                        results.append({"k": k, "status": status, "ok": bool(ok), "ms": ms})
+                t0 = time.perf_counter()
+                for i in range(len(bodies)):
+                    rid = f"r{rnd}-seq-{i}"
+                    status, d, ms = post(c, i, rid)
+                    seq_ok += check(d, status, i, rid)
+                    seq_ms.append(ms)
+                seq_wall = time.perf_counter() - t0
+            counter = iter(range(n_conc))
+            round_results: list[dict] = []
 
-        t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(args.clients) as pool:
-            list(pool.map(worker, range(args.clients)))
-        conc_wall = time.perf_counter() - t0
+            def worker(wid: int) -> None:
+                with httpx.Client() as c:
+                    while time.monotonic() < deadline:
+                        with lock:
+                            k = next(counter, None)
+                        if k is None:
+                            return
+                        i = (k * 7 + wid) % len(bodies)
+                        rid = f"r{rnd}-w{wid}-k{k}-i{i}"
+                        try:
+                            status, d, ms = post(c, i, rid)
+                        except httpx.HTTPError as exc:
+                            status, d, ms = -1, {"error": type(exc).__name__}, float("nan")
+                        with lock:
+                            round_results.append({"round": rnd, "status": status, "ok": check(d, status, i, rid), "ms": ms})
+
+            t0 = time.perf_counter()
+            with cf.ThreadPoolExecutor(args.clients) as pool:
+                list(pool.map(worker, range(args.clients)))
+            conc_wall = time.perf_counter() - t0
+            results += round_results
+            direct_all += direct_ms
+            seq_all += seq_ms
+            answered = [r for r in round_results if r["status"] == 200]
+            rounds.append({
+                "round": rnd, "direct_p50_ms": round(float(np.median(direct_ms)), 2),
+                "sequential_p50_ms": round(float(np.median(seq_ms)), 2), "sequential_rps": round(len(bodies) / seq_wall, 3),
+                "sequential_correct": seq_ok, "concurrent_sent": n_conc, "concurrent_answered": len(answered),
+                "concurrent_rps": round(len(answered) / conc_wall, 3),
+                "concurrent_p99_ms": round(float(np.percentile([r["ms"] for r in answered], 99)), 2) if answered else None,
+            })
+            print(f"round {rnd}: {rounds[-1]}", flush=True)
         metrics_text = httpx.get(f"{base}/metrics", timeout=5).text
     finally:
         server.send_signal(signal.SIGINT)
@@ -197,66 +221,76 @@ def main() -> int:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+        clf.close()
 
     answered = [r for r in results if r["status"] == 200]
     correct = [r for r in results if r["ok"]]
-    conc_ms = [r["ms"] for r in answered]
     statuses: dict[str, int] = {}
     for r in results:
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
-    direct = percentiles(direct_ms)
-    seq = percentiles(seq_ms)
-    conc = percentiles(conc_ms) if conc_ms else {}
-    seq_rps = args.sequential / seq_wall
-    conc_rps = len(answered) / conc_wall
+    conc_ms = [r["ms"] for r in answered]
+    http_over_direct = [r["sequential_p50_ms"] / r["direct_p50_ms"] for r in rounds]
+    conc_over_seq = [r["concurrent_rps"] / r["sequential_rps"] for r in rounds]
+    seq_checked = sum(r["sequential_correct"] for r in rounds)
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
                     "note": "shared 2-core VM: other engineers' jobs ran concurrently; clients and server share the cores"},
         "model": {"path": str(model) if args.model else "random-init ag_resnet18 224 px (+cam), exported for this run",
                   "sha256": model_sha, "runtime": describe},
-        "setup": {"requests": args.requests, "clients": args.clients, "sequential": args.sequential,
-                  "images": len(bodies), "image_bytes_mean": int(np.mean([len(b) for b in bodies])),
-                  "server_threads": args.threads, "deadline_s": args.deadline_s, "address": "127.0.0.1"},
-        "direct_ms": direct,
-        "sequential": {"requests_per_s": round(seq_rps, 2), "latency_ms": seq},
-        "concurrent": {"requests_per_s": round(conc_rps, 2), "latency_ms": conc, "sent": args.requests,
+        "setup": {"requests": args.requests, "clients": args.clients, "rounds": args.rounds, "images": len(bodies),
+                  "image_bytes_mean": int(np.mean([len(b) for b in bodies])), "threads": args.threads,
+                  "deadline_s": args.deadline_s, "address": "127.0.0.1"},
+        "rounds": rounds,
+        "direct_ms": percentiles(direct_all),
+        "sequential_ms": percentiles(seq_all),
+        "concurrent": {"latency_ms": percentiles(conc_ms) if conc_ms else {}, "sent": args.requests,
                        "finished_in_time": len(results), "answered_200": len(answered), "correct": len(correct),
-                       "statuses": statuses, "wall_s": round(conc_wall, 2)},
-        "ratios": {"concurrent_vs_sequential_throughput": round(conc_rps / seq_rps, 3),
-                   "sequential_p50_vs_direct_p50": round(seq["p50"] / direct["p50"], 3),
-                   "direct_rate_per_s": round(1000.0 / direct["p50"], 2)},
+                       "statuses": statuses,
+                       "requests_per_s_median_round": round(float(np.median([r["concurrent_rps"] for r in rounds])), 3)},
+        "sequential_requests_per_s_median_round": round(float(np.median([r["sequential_rps"] for r in rounds])), 3),
+        "ratios_median_of_rounds": {"sequential_http_p50_over_direct_p50": round(float(np.median(http_over_direct)), 3),
+                                    "concurrent_over_sequential_throughput": round(float(np.median(conc_over_seq)), 3)},
         "checks": {"nothing_dropped": len(results) == args.requests and len(answered) == args.requests,
-                   "nothing_mixed_up": len(correct) == len(answered),
+                   "nothing_mixed_up": len(correct) == len(answered) and seq_checked == len(seq_all),
                    "min_pairwise_prob_difference_between_images": min_pair},
         "server_metrics_excerpt": [line for line in metrics_text.splitlines()
                                    if line.startswith(("usedge_http_requests_total", "usedge_errors_total",
-                                                       "usedge_predict_latency_seconds_count",
-                                                       "usedge_predict_latency_seconds_sum"))],
+                                                       "usedge_predict_latency_seconds_count"))],
     }
     write_json_atomic(args.out.with_suffix(".json"), report)
-    c = report["concurrent"]
+    c, d_, s_ = report["concurrent"], report["direct_ms"], report["sequential_ms"]
+    cl = c["latency_ms"]
+    rows = "\n".join(f"| {r['round']} | {r['direct_p50_ms']} | {r['sequential_p50_ms']} | {r['sequential_rps']} | "
+                     f"{r['concurrent_rps']} | {r['concurrent_p99_ms']} |" for r in rounds)
     md = f"""# usedge serve: loopback load test
 
-`nice -n 10 .venv/bin/python benchmarks/serve_load.py --requests {args.requests} --clients {args.clients}`
+`nice -n 10 .venv/bin/python benchmarks/serve_load.py --requests {args.requests} --clients {args.clients} --rounds {args.rounds}`
 
-Machine: {os.cpu_count()} CPUs ({report['machine']['note']}). Model: {report['model']['runtime']}.
-{len(bodies)} distinct synthetic B-mode PNGs (mean {report['setup']['image_bytes_mean']:,} bytes), server with
-{args.threads} onnxruntime threads, clients in the same machine, 127.0.0.1 only.
+Machine: {os.cpu_count()} CPUs, load average at the end {report['machine']['load_average_at_end']}
+({report['machine']['note']}). Model: {describe}. {len(bodies)} distinct synthetic B-mode PNGs
+(mean {report['setup']['image_bytes_mean']:,} bytes); server and direct baseline with {args.threads}
+onnxruntime threads; 127.0.0.1 only.
 
-| mode | requests | requests/s | p50 ms | p90 ms | p99 ms | max ms |
+| mode | requests | requests/s (median round) | p50 ms | p90 ms | p99 ms | max ms |
 |---|---:|---:|---:|---:|---:|---:|
-| direct `predict_batch` (no HTTP, baseline) | {len(direct_ms)} | {1000 / direct['p50']:.1f} (1/p50) | {direct['p50']} | {direct['p90']} | {direct['p99']} | {direct['max']} |
-| HTTP, 1 client, sequential | {args.sequential} | {seq_rps:.1f} | {seq['p50']} | {seq['p90']} | {seq['p99']} | {seq['max']} |
-| HTTP, {args.clients} clients, concurrent | {len(answered)} | {conc_rps:.1f} | {conc.get('p50')} | {conc.get('p90')} | {conc.get('p99')} | {conc.get('max')} |
+| direct `predict_batch`, no HTTP (baseline) | {len(direct_all)} | — | {d_['p50']} | {d_['p90']} | {d_['p99']} | {d_['max']} |
+| HTTP, 1 client, sequential | {len(seq_all)} | {report['sequential_requests_per_s_median_round']} | {s_['p50']} | {s_['p90']} | {s_['p99']} | {s_['max']} |
+| HTTP, {args.clients} clients, concurrent | {len(answered)} | {c['requests_per_s_median_round']} | {cl.get('p50')} | {cl.get('p90')} | {cl.get('p99')} | {cl.get('max')} |
 
-Ratios: concurrent / sequential throughput {report['ratios']['concurrent_vs_sequential_throughput']};
-sequential HTTP p50 / direct p50 {report['ratios']['sequential_p50_vs_direct_p50']}.
+Ratios (median over rounds, each round's modes back to back): sequential HTTP p50 / direct p50
+**{report['ratios_median_of_rounds']['sequential_http_p50_over_direct_p50']}**; concurrent / sequential
+throughput **{report['ratios_median_of_rounds']['concurrent_over_sequential_throughput']}**.
 
-Checks: sent {c['sent']}, finished in time {c['finished_in_time']}, answered 200 {c['answered_200']},
-correct (own request id, own image size, probabilities equal to that image's reference within 1e-6)
-{c['correct']}; statuses {c['statuses']}. Smallest difference between two images' answers:
-{min_pair:.2e} (so a swapped answer would fail the check). Nothing dropped: {report['checks']['nothing_dropped']};
-nothing mixed up: {report['checks']['nothing_mixed_up']}.
+| round | direct p50 ms | sequential p50 ms | sequential req/s | concurrent req/s | concurrent p99 ms |
+|---:|---:|---:|---:|---:|---:|
+{rows}
+
+Checks: concurrent sent {c['sent']}, finished in time {c['finished_in_time']}, answered 200 {c['answered_200']},
+correct {c['correct']} (own request id, own image size, probabilities equal to that image's reference
+within 1e-6); statuses {c['statuses']}; sequential answers correct {seq_checked}/{len(seq_all)}.
+Smallest difference between two images' answers {min_pair:.2e}, so a swapped answer would fail.
+Nothing dropped: **{report['checks']['nothing_dropped']}**; nothing mixed up: **{report['checks']['nothing_mixed_up']}**.
 """
     write_text_atomic(args.out.with_suffix(".md"), md)
     print(md)

@@ -110,6 +110,29 @@ def cpu_breakdown(model: Path, video: Path, frames: int = 40) -> dict:
     return med
 
 
+def freeze_accuracy(video: Path, truth: dict) -> dict:
+    """The freeze detector on every frame against the video's truth: false/missed freezes."""
+    import cv2
+
+    from usedge.runtime.stream import FreezeDetector
+
+    det, cap = FreezeDetector(), cv2.VideoCapture(str(video))
+    live_mad, frozen_mad, fp, fn = [], [], 0, 0
+    for f in truth["frames_truth"]:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        said = det.is_frozen(frame)
+        if f["frame"] > 0:
+            (frozen_mad if f["frozen"] else live_mad).append(det.last_mad)
+        fp += int(said and not f["frozen"])
+        fn += int(f["frozen"] and not said)
+    cap.release()
+    return {"frames": len(truth["frames_truth"]), "frozen_by_truth": sum(f["frozen"] for f in truth["frames_truth"]),
+            "false_freezes": fp, "missed_freezes": fn,
+            "live_mad_min": round(min(live_mad), 4), "frozen_mad_max": round(max(frozen_mad), 4) if frozen_mad else None}
+
+
 def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool) -> dict:
     from usedge.runtime.classifier import Classifier
     from usedge.runtime.sources import open_source
@@ -124,7 +147,7 @@ def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool
     return {
         "model": model.name, "precision": "int8" if "int8" in model.name else "fp32", "freeze_detect": freeze,
         "threads": threads, "spinning": spinning,
-        "frames_read": s.frames_read, "processed": s.processed, "dropped": s.dropped,
+        "frames_read": s.frames_read, "late_skipped": s.late_skipped, "processed": s.processed, "dropped": s.dropped,
         "frozen_skipped": s.frozen_skipped, "results_fps": s.fps, "source_fps": s.source_fps,
         "capture_to_result_ms": c2r, "model_in_loop_ms": mdl, "model_only_ms": baseline,
         "crop_ms": lat["crop"], "wait_ms": lat["wait"],
@@ -134,18 +157,20 @@ def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool
     }
 
 
-def markdown(rows: list[dict], meta: dict, cpu: dict) -> str:
+def markdown(rows: list[dict], meta: dict, cpu: dict, freeze: dict) -> str:
     lines = [
         "# Live stream benchmark (usedge infer --stream --realtime)", "",
         f"{meta['video']}; {meta['machine']}; onnxruntime CPU, {meta['threads']} threads. "
         f"Other work was running on the machine at the same time: {meta['concurrent_note']}", "",
-        "| model | freeze detect | read | processed | dropped | frozen-skipped | results/s | capture→result p50 / p99 ms "
-        "| model in loop p50 / p99 ms | model alone p50 ms | crop p50 ms | not-model share (p50) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | freeze detect | decoded | skipped by lagging decoder | processed | dropped in slot | frozen-skipped "
+        "| results/s | capture→result p50 / p99 ms | model in loop p50 / p99 ms | model alone p50 ms | crop p50 ms "
+        "| not-model share (p50) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c, m = r["capture_to_result_ms"], r["model_in_loop_ms"]
-        lines.append(f"| {r['model']} | {'on' if r['freeze_detect'] else 'off'} | {r['frames_read']} | {r['processed']} | "
+        lines.append(f"| {r['model']} | {'on' if r['freeze_detect'] else 'off'} | {r['frames_read']} | {r['late_skipped']} | "
+                     f"{r['processed']} | "
                      f"{r['dropped']} | {r['frozen_skipped']} | {r['results_fps']:.1f} | {c['p50']:.1f} / {c['p99']:.1f} | "
                      f"{m['p50']:.1f} / {m['p99']:.1f} | {r['model_only_ms']['p50']:.1f} | {r['crop_ms']['p50']:.1f} | "
                      f"{r['non_model_share_p50']:.0%} |")
@@ -158,6 +183,10 @@ def markdown(rows: list[dict], meta: dict, cpu: dict) -> str:
     for name, c in cpu.items():
         lines.append(f"| {name} | {c['decode']:.2f} | {c['freeze_check']:.2f} | {c['crop']:.2f} | {c['normalise']:.2f} | "
                      f"{c['model']:.2f} | {c['post']:.2f} | {c['loop_total']:.2f} | {c['non_model_share_of_loop']:.0%} |")
+    lines += ["", f"Freeze detector against the video's truth, every frame: {freeze['false_freezes']} false and "
+              f"{freeze['missed_freezes']} missed freezes of {freeze['frozen_by_truth']} frozen / {freeze['frames']} frames "
+              f"(smallest live difference {freeze['live_mad_min']} grey levels, largest frozen {freeze['frozen_mad_max']}; "
+              "threshold 0.05)."]
     lines += ["", "Milliseconds of CPU (time.process_time, all threads), median over 40 frames processed one after "
               "another; in a stream, decode runs in the capture thread and the rest in the inference loop.", "", f"Reproduce: `{meta['command']}`", ""]
     return "\n".join(lines)
@@ -186,6 +215,8 @@ def main() -> None:
     truth = json.loads(video.with_suffix(".json").read_text())
     frozen_truth = sum(1 for f in truth["frames_truth"] if f["frozen"])
 
+    freeze_acc = freeze_accuracy(video, truth)
+    print(json.dumps({"freeze_detector": freeze_acc}), flush=True)
     cpu = {name: cpu_breakdown(Path(models) / name, video) for name in ("model.onnx", "model.int8.onnx")}
     print(json.dumps({"cpu_ms_per_frame": cpu}), flush=True)
     rows = []
@@ -193,7 +224,7 @@ def main() -> None:
         for freeze in ((True,) if args.no_freeze_runs else (True, False)):
             row = run_one(Path(models) / name, video, args.threads, freeze, spinning=False)
             rows.append(row)
-            print(json.dumps({k: row[k] for k in ("model", "freeze_detect", "frames_read", "processed", "dropped",
+            print(json.dumps({k: row[k] for k in ("model", "freeze_detect", "frames_read", "late_skipped", "processed", "dropped",
                                                   "frozen_skipped", "capture_to_result_ms", "model_in_loop_ms",
                                                   "model_only_ms", "non_model_share_p50")}), flush=True)
     load = os.getloadavg()
@@ -206,8 +237,9 @@ def main() -> None:
                    f"--seconds {args.seconds:g} --threads {args.threads}",
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "stream_realtime.json", {"meta": meta, "runs": rows, "cpu_ms_per_frame": cpu})
-    md = markdown(rows, meta, cpu)
+    write_json_atomic(args.out / "stream_realtime.json", {"meta": meta, "runs": rows, "cpu_ms_per_frame": cpu,
+                                                          "freeze_detector": freeze_acc})
+    md = markdown(rows, meta, cpu, freeze_acc)
     write_text_atomic(args.out / "stream_realtime.md", md)
     print(md)
 

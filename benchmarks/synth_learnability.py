@@ -1,6 +1,6 @@
 """Can a small CNN learn the synthetic cohort where a histogram cannot? (a sanity check, CPU, minutes)
 
-Trains a 4-block CNN (about 90 k parameters, from scratch) on 96 x 96 resized whole images of a
+Trains a 4-block CNN (about 80 k parameters, from scratch) on 96 x 96 resized whole images of a
 cohort with one patient-grouped stratified split (80/20), and compares its balanced accuracy with the
 64-bin histogram logistic regression on the same split. This is not usedge's model or trainer
 (see usedge train): it only shows the lesion signatures are learnable from pixels.

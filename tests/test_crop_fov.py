@@ -189,3 +189,18 @@ def test_parse_crop_modes(tmp_path):
     bad.write_text('[preset.x]\nbox = [1, 2]\n')
     with pytest.raises(ConfigError, match="box"):
         register_presets(bad)
+
+
+def test_compressed_and_noisy_captures(scanner_frames):
+    """The same screen as a JPEG (quality 60) or an analog capture (noise sigma 3) gives the same box."""
+    from tests.fixtures.crop import pydicom_file
+    from usedge.runtime.dicom import open_dicom
+
+    ge = open_dicom(pydicom_file("examples_jpeg2k.dcm")).frame(0)
+    frame, truth = scanner_frames["linear"]
+    rng = np.random.default_rng(3)
+    for image, ref in ((ge, crop_field_of_view(ge).box), (frame, truth["fov_box"])):
+        jpeg = cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 60])[1], cv2.IMREAD_COLOR)
+        noisy = np.clip(image.astype(np.int16) + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+        assert iou(crop_field_of_view(jpeg).box, ref) > 0.9
+        assert iou(crop_field_of_view(noisy).box, ref) > 0.9

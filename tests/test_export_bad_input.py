@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from usedge.errors import DataError, ModelError, OutputError
-from usedge.export import pipeline
 from usedge.export.pipeline import ExportOptions, run_export
 
 FAST = ExportOptions(fp16=False, int8=False, parity_count=2, reference_count=0)

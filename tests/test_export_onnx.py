@@ -80,3 +80,16 @@ def test_report_lists_every_artifact_and_check(tiny_onnx_dir):
     assert report["data"]["calibration"] >= 1 and report["data"]["held_out"] >= 1
     assert (tiny_onnx_dir / "export_report.md").read_text().startswith("# usedge export report")
     assert not list(tiny_onnx_dir.glob(".usedge-export-*")), "staging folder left behind"
+
+
+def test_int8_percentile_calibration_and_bad_method(tmp_path, tiny_onnx_dir):
+    from usedge.errors import ConfigError
+    from usedge.export.int8 import quantize_int8
+
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 64, 64)).astype(np.float32)
+    out = quantize_int8(tiny_onnx_dir / "model.onnx", tmp_path / "p.onnx", x, method="percentile")
+    info = ModelInfo.from_json(_session(out).get_modelmeta().custom_metadata_map[METADATA_KEY])
+    assert info.export["int8"]["calibration_method"] == "percentile" and info.precision == "int8"
+    with pytest.raises(ConfigError, match="calibration method"):
+        quantize_int8(tiny_onnx_dir / "model.onnx", tmp_path / "q.onnx", x, method="kl")
+    assert not (tmp_path / "q.onnx").exists()

@@ -23,7 +23,6 @@ from usedge.runtime.preprocess import (
     normalise,
     prepare,
     prepare_all,
-    prepare_file,
     preprocess,
 )
 

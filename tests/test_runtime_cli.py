@@ -131,3 +131,11 @@ def test_doctor_reports_backends_and_reasons():
     assert ("packages", "onnxruntime") in checks and ("opencv", "--show window") in checks
     res = usedge("doctor")
     assert res.returncode == 0 and "ort-cpu" in res.stdout
+
+
+def test_infer_video_file_classifies_every_frame(runtime_model, runtime_video, tmp_path):
+    out = tmp_path / "v.csv"
+    res = usedge("infer", runtime_model, runtime_video, "--format", "csv", "--out", out, "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["frame"]) for r in rows] == list(range(30)) and all(r["model_sha256"] for r in rows)

@@ -229,10 +229,10 @@ def test_unknown_source_is_a_clear_error(tmp_path):
 
 
 def test_realtime_passes_over_frames_when_decoding_lags(runtime_video):
-    """A live scanner does not wait: at 600 fps this decoder falls behind, and the capture thread
+    """A live scanner does not wait: at 20000 fps any decoder falls behind, and the capture thread
     skips to the current frame (counted as late) instead of playing the file slower than its rate."""
     slot = LatestFrameSlot()
-    cap = CaptureThread(VideoFileReader(runtime_video), slot, realtime=True, fps=600.0)
+    cap = CaptureThread(VideoFileReader(runtime_video), slot, realtime=True, fps=20000.0)
     cap.start()
     indices = []
     while (f := slot.get(timeout=2)) is not None:
@@ -256,3 +256,44 @@ def test_overlay_draws_on_a_copy(clf, runtime_images):
     x, y, w, h = pred.crop_box
     inside = (slice(y + h // 4, y + 3 * h // 4), slice(x + w // 4, x + 3 * w // 4))
     assert not np.array_equal(plain[inside], heat[inside])     # the CAM is blended inside the crop box
+
+
+@pytest.fixture()
+def http_video(runtime_video, tmp_path):
+    """The test video as MJPG AVI (readable without seeking) behind a real local HTTP server."""
+    import functools
+    import http.server
+
+    cap = cv2.VideoCapture(str(runtime_video))
+    writer = None
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if writer is None:
+            writer = cv2.VideoWriter(str(tmp_path / "scan.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 30.0,
+                                     (frame.shape[1], frame.shape[0]))
+        writer.write(frame)
+    writer.release()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}/scan.avi"
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_source_reconnects_at_end_of_stream_and_gives_up_when_server_is_gone(clf, http_video):
+    server, url = http_video
+    reader = open_source(url)
+    assert reader.live and reader.name == url
+    summary = StreamRunner(clf, reader, max_frames=VIDEO_FRAMES + 10, max_reconnects=3).run()
+    assert summary.frames_read == VIDEO_FRAMES + 10 and summary.reconnects >= 1   # the stream ended once: reopened
+    assert summary.ended_by == "max frames"
+    server.shutdown()
+    server.server_close()
+    reader = open_source(url)
+    with pytest.raises(StreamError, match="cannot open live source"):   # gone at start: one clear line
+        StreamRunner(clf, reader).run()

@@ -40,7 +40,7 @@ def _cfg(**over):
 
 
 def test_tiny_set_is_overfit_to_100_percent():
-    cfg = _cfg(**{"optim.epochs": 12, "optim.step_size": 100})
+    cfg = _cfg(**{"optim.epochs": 15, "optim.batch_size": 6, "optim.step_size": 100})
     samples, images = _tiny()
     ds = TumorDataset(samples, cfg.preprocess_spec(), images=images)
     seed_everything(0)

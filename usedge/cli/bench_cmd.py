@@ -1,3 +1,72 @@
-"""usedge bench commands."""
+"""usedge bench: every backend and precision side by side on this machine, against the hardware limit."""
 
-from usedge.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from usedge.cli.app import app
+
+
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    from usedge.errors import ConfigError
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"bad {what} '{text}'", hint="give positive integers separated by commas, e.g. 1,8,32")
+    return values
+
+
+@app.command()
+def bench(
+    model_dir: Path = typer.Argument(..., help="Folder written by `usedge export` (model.onnx, model.int8.onnx, ...)."),
+    out: Path = typer.Option(Path("bench"), "--out", "-o", help="Where bench.json, bench.md and the PNGs go."),
+    quick: bool = typer.Option(False, "--quick", help="Short run (tens of seconds): few iterations, small GEMM, 6 video frames."),
+    batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes for the throughput table."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of every CPU row (default: all cores)."),
+    iters: int = typer.Option(100, "--iters", help="Timed batch-1 calls per row."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed batch-1 calls per row first."),
+    rounds: int = typer.Option(5, "--rounds", help="Interleaving rounds (rows take turns, so bursts of other work hit all alike)."),
+    rows: Optional[str] = typer.Option(None, "--rows", help="Only rows whose key starts with these, comma-separated (e.g. ort-cpu,openvino)."),
+    max_cell_s: float = typer.Option(20.0, "--max-cell-s", help="Seconds at most per row and batch size (at least one call)."),
+    stages: bool = typer.Option(True, "--stages/--no-stages", help="1080p frame stage breakdown and stream figure."),
+    frames: int = typer.Option(40, "--frames", help="Frames of the 1080p synthetic video for the stage breakdown."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="PNG plots (needs matplotlib)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
+) -> None:
+    """Batch-1 latency (min/mean/median/p90/p95/p99/max), throughput, stage breakdown and the GEMM limit."""
+    from rich.console import Console
+
+    from usedge.bench import BenchOptions, run_bench
+    from usedge.errors import ConfigError
+
+    if frames < 3:
+        raise ConfigError(f"--frames must be >= 3, got {frames}", hint="e.g. --frames 40")
+    options = BenchOptions(quick=quick, batches=_int_list(batch, "--batch"), threads=threads, iters=iters,
+                           warmup=warmup, rounds=rounds, max_cell_s=max_cell_s,
+                           rows=tuple(r.strip() for r in rows.split(",") if r.strip()) if rows else (),
+                           stages=stages, stage_frames=frames, plots=plots)
+    console = Console(stderr=True)
+    result = run_bench(model_dir, options, out, progress=not quiet)
+    if not quiet:
+        from rich.table import Table
+        table = Table(title=f"batch-1 latency, ms ({result['options']['threads_used']} threads)")
+        for col in ("row", "median", "p99", "CPU ms", "vs torch", "vs ORT fp32", "GEMM eff."):
+            table.add_column(col, justify="left" if col == "row" else "right")
+        for r in result["rows"]:
+            if "latency_ms" in r:
+                fmt = lambda v, nd=2: "" if v is None else f"{v:.{nd}f}"  # noqa: E731
+                table.add_row(r["key"], fmt(r["latency_ms"]["median"]), fmt(r["latency_ms"]["p99"]),
+                              fmt(r["cpu_ms"]["median"]), fmt(r.get("vs_torch_eager"), 3),
+                              fmt(r.get("vs_ort_fp32"), 3), fmt(r.get("gemm_efficiency_median"), 3))
+        console.print(table)
+        for t in result["targets"]:
+            mark = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]not measured[/]"}[t["passed"]]
+            value = "" if t["value"] is None else f"{t['value']:.3f}"
+            console.print(f"{mark}  {t['target']}: {value} (aim {'<=' if t['better'] == 'lower' else '>='} {t['aim']})")
+    print("\n".join(result["files"]))

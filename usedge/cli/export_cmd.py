@@ -44,6 +44,7 @@ def export(
     """Export a checkpoint to ONNX (+ FP16, INT8, TensorRT, Triton) and check every artifact."""
     from rich.console import Console
     from rich.markup import escape
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from usedge.export.pipeline import ExportOptions, run_export
@@ -55,8 +56,10 @@ def export(
                          max_batch=max_batch, opt_batch=opt_batch, optimization_level=opt_level,
                          workspace_mib=workspace_mib, timing_cache=timing_cache, triton_name=triton_name,
                          triton_model=triton_model)
-    with console.status("exporting") as status:
-        report = run_export(checkpoint, out, opts, progress=lambda msg: status.update(msg))
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("exporting", total=None)
+        report = run_export(checkpoint, out, opts, progress=lambda msg: bar.update(task, description=msg))
 
     out_console = Console()
     table = Table(title=f"usedge export -> {out}", show_lines=False)

@@ -27,6 +27,7 @@ def _overlay_name(used: set[str], src: Path, frame: int, multi: bool) -> str:
 
 def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Optional[Path], cam: bool) -> int:
     import cv2
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from usedge.errors import OutputError, UsedgeError
@@ -44,7 +45,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
     frames = 0
     used: set[str] = set()
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=None, transient=True, disable=(out == "-" or not sys.stderr.isatty()))
+                        TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=(out == "-" or not sys.stderr.isatty()))
     try:
         with progress:
             task = progress.add_task("classifying", total=len(files))
@@ -66,6 +67,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
                     raise
                 except UsedgeError as exc:
                     failed.append(exc.one_line())
+                    _err(f"usedge: skipped {exc.one_line()}")   # at once: a long run shows failures as they come
                     if isinstance(sink, JsonlSink):
                         sink.write_record({"source": str(path), "error": exc.one_line()})
                     else:
@@ -73,8 +75,6 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
                 progress.advance(task)
     finally:
         sink.close()
-    for line in failed:
-        _err(f"usedge: skipped {line}")
     _err(f"usedge: {len(files) - len(failed)}/{len(files)} files, {frames} frames classified"
          + (f", {len(failed)} failed" if failed else "") + (f" -> {out}" if out != "-" else ""))
     return 1 if failed else 0

@@ -26,7 +26,7 @@ def train(
     pretrained: Optional[str] = typer.Option(None, help="Backbone initialisation: none | imagenet (online) | PATH to a ResNet18 state_dict."),
     # [data]
     image_size: Optional[int] = typer.Option(None, help="Model input side, pixels (paper: 224)."),
-    crop: Optional[str] = typer.Option(None, help="Crop applied to each image: none | auto | x,y,w,h | preset:NAME."),
+    crop: Optional[str] = typer.Option(None, help="Crop applied to each image (the bedside preprocessing): auto | fov | none | x,y,w,h | preset:NAME."),
     remove_doppler: Optional[bool] = typer.Option(None, "--remove-doppler/--keep-doppler", help="Remove Doppler colour."),
     num_workers: Optional[int] = typer.Option(None, help="DataLoader worker processes (images are cached in memory)."),
     augment: Optional[str] = typer.Option(None, help="Augmentation: none | expand (1 + N copies, the paper) | random (one sub-policy per image per epoch)."),

@@ -94,7 +94,8 @@ def open_dataset(data: str | Path, class_names: list[str]) -> Dataset:
 
 
 def recorded_data_path(meta: dict) -> Path | None:
-    """The training data path a checkpoint recorded (config.data.root/path/dir, or extra.data), if it exists."""
+    """The training data path a checkpoint recorded (extra.data, config.data.root/path/dir, or the run
+    folder's run.json for a fold checkpoint), if that path exists."""
     candidates = []
     config = meta.get("config") or {}
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
@@ -103,6 +104,15 @@ def recorded_data_path(meta: dict) -> Path | None:
     for key in ("data", "data_path", "data_root"):
         candidates.append(config.get(key) if not isinstance(config.get(key), dict) else None)
         candidates.append((meta.get("extra") or {}).get(key))
+    if meta.get("path"):   # a fold's checkpoint: the run folder's run.json names the data
+        import json
+
+        ckpt = Path(meta["path"])
+        for run_json in (ckpt.parent / "run.json", ckpt.parent.parent / "run.json"):
+            try:
+                candidates.append(json.loads(run_json.read_text()).get("data"))
+            except (OSError, ValueError, AttributeError):
+                continue
     for c in candidates:
         if isinstance(c, str) and c and Path(c).exists():
             return Path(c)

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -244,12 +244,57 @@ def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = Ex
         say("moving artifacts into place")
         for name in produced:
             os.replace(stage / name, out / name)
+        report.removed_stale = remove_stale(out, produced, info)
         if opts.triton is not None:
             _write_triton(out, opts, report, engine_path, sidecar)
         report.write(out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return report
+
+
+def _describes(info_json: str, info: ModelInfo) -> bool:
+    """True when an artifact's model-info JSON names the same checkpoint, outputs and input size."""
+    try:
+        other = ModelInfo.from_json(info_json)
+    except (ValueError, TypeError, KeyError):
+        return False
+    return (other.checkpoint_sha256, other.outputs, other.input_size) == (info.checkpoint_sha256, info.outputs,
+                                                                           info.input_size)
+
+
+def remove_stale(out: Path, produced: list[str], info: ModelInfo) -> list[str]:
+    """Delete artifacts an earlier export left in `out` that do not describe the model just exported
+    (another checkpoint, other outputs or input size): FP16/INT8 files this run did not write and
+    TensorRT engines (+ sidecars). Returns the deleted names."""
+    import onnx
+
+    from usedge.runtime.engine_sidecar import read_sidecar, sidecar_path
+    from usedge.runtime.model_info import METADATA_KEY
+
+    stale = []
+    for name in (FP16_NAME, INT8_NAME):
+        path = out / name
+        if name in produced or not path.exists():
+            continue
+        try:
+            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception:  # unreadable leftovers are stale too
+            meta = {}
+        if not _describes(meta.get(METADATA_KEY, ""), info):
+            stale.append(path)
+    for engine in out.glob("*.engine"):
+        if engine.name in produced:
+            continue
+        try:
+            keep = _describes(read_sidecar(engine).model_info, info)
+        except ModelError:
+            keep = False
+        if not keep:
+            stale += [engine] + [p for p in (sidecar_path(engine),) if p.exists()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return [p.name for p in stale]
 
 
 def _write_triton(out: Path, opts: ExportOptions, report: ExportReport, engine_path, sidecar) -> None:

@@ -39,6 +39,7 @@ class ExportReport:
     checks: list[Check] = field(default_factory=list)
     skipped: dict = field(default_factory=dict)       # artifact -> why it was not built
     timings_s: dict = field(default_factory=dict)     # stage -> seconds (wall clock, this machine)
+    removed_stale: list = field(default_factory=list)  # older artifacts that no longer matched, deleted
 
     def add_artifact(self, path: Path, **info) -> None:
         path = Path(path)
@@ -67,6 +68,8 @@ class ExportReport:
             lines.append(f"| {name} | {a.get('precision', '')} | {a['bytes']} | `{a['sha256'][:16]}…` |")
         for name, why in self.skipped.items():
             lines.append(f"| {name} | not built | | {why} |")
+        for name in self.removed_stale:
+            lines.append(f"| {name} | removed | | left by an earlier export; did not match this model |")
         lines += ["", "## Checks", "", "| check | artifact | result | figures | aim |", "|---|---|---|---|---|"]
         for c in self.checks:
             figs = ", ".join(f"{k}={_fmt(v)}" for k, v in c.figures.items())

@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from usedge.errors import ModelError
+from usedge.errors import BackendUnavailable, ModelError
 from usedge.fileio import sha256_file
-from usedge.runtime.backends import Backend, artifact_kind, choose_backend, create_backend
+from usedge.runtime.backends import Backend, candidate_backends, create_backend
 from usedge.runtime.model_info import METADATA_KEY, ModelInfo
 from usedge.runtime.preprocess import CropInfo, PreprocessSpec, prepare
 
@@ -109,9 +109,21 @@ class Classifier:
         if not path.is_file():
             raise ModelError("model file not found", path=path,
                              hint="pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`")
-        name, reason = choose_backend(path, backend)
-        engine = create_backend(name, threads=threads, spinning=spinning, opt_level=opt_level, device_id=device_id)
-        engine.load(path)
+        failed: list[str] = []
+        for name, reason in candidate_backends(path, backend):
+            engine = create_backend(name, threads=threads, spinning=spinning, opt_level=opt_level, device_id=device_id)
+            try:
+                engine.load(path)
+                break
+            except BackendUnavailable as exc:  # e.g. the TensorRT EP listed but its libraries missing
+                if backend != "auto":
+                    raise
+                failed.append(f"{name} failed to start ({exc.message})")
+        else:
+            raise BackendUnavailable(f"no backend could run this model: {'; '.join(failed)}", path=path,
+                                     hint="see `usedge doctor`")
+        if failed:
+            reason += f"; {'; '.join(failed)}"
         info = model_info_from_metadata(engine.metadata, path)
         if "probs" not in engine.output_names:
             engine.close()

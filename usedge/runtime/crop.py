@@ -29,6 +29,7 @@ MIN_SIDE = 8                 # pixels: smaller frames cannot hold an ultrasound 
 WORK_SIDE = 640              # pixels: detection runs on a copy whose longer side is at most this
 DOPPLER_MIN_CHROMA = 40      # max(B,G,R) - min(B,G,R), 8-bit levels; JPEG chroma noise stays below
 DOPPLER_MIN_SATURATION = 0.35  # chroma / max: tinted B-mode maps (sepia, blue) stay below
+GROW_MIN_LEVEL = 6           # 8-bit levels above the background that count as image when growing a box
 SKIN_MARGIN = 0.02           # fraction of the FOV height kept above the skin line
 
 
@@ -37,7 +38,9 @@ SKIN_MARGIN = 0.02           # fraction of the FOV height kept above the skin li
 def as_uint8(frame: np.ndarray) -> np.ndarray:
     """Gray, BGR, BGRA; uint8, uint16, other ints or float -> uint8 H x W or H x W x 3 (BGR).
 
-    uint16 is scaled by its bit depth guessed from the maximum (a 12-bit frame keeps its contrast);
+    uint16 (and other ints) above 255 are scaled by their bit depth, guessed from the maximum and
+    rounded up to 10, 12, 14 or 16 bits (a 12-bit frame keeps its contrast, and frames of one
+    source keep one scale);
     float frames in [0, 1] are scaled by 255, others clipped to [0, 255]. NaN/Inf -> InputError.
     """
     if not isinstance(frame, np.ndarray):
@@ -71,9 +74,10 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
         top = int(frame.max())
         if top <= 255:
             return np.clip(frame, 0, 255).astype(np.uint8)
-        bits = top.bit_length()
-        # integer shift keeps it exact and fast: 12-bit >> 4, 16-bit >> 8
-        return (np.clip(frame, 0, None) >> (bits - 8)).astype(np.uint8)
+        # the stored bit depth, rounded up to a standard one so that frames of one source whose
+        # maxima differ a little get the same scale; an integer shift: 12-bit >> 4, 16-bit >> 8
+        bits = next((b for b in (10, 12, 14, 16) if top < (1 << b)), top.bit_length())
+        return np.minimum(np.clip(frame, 0, None) >> (bits - 8), 255).astype(np.uint8)
     raise InputError(f"frame of dtype {frame.dtype} is not an image", hint="pass uint8, uint16 or float pixels")
 
 
@@ -203,15 +207,19 @@ def _clip_box(box: Box, shape: tuple[int, int]) -> Box:
     return (x0, y0, x1 - x0, y1 - y0)
 
 
-def _background_colour(image: np.ndarray) -> tuple[np.ndarray, float]:
-    """The screen background: per-channel median of the outermost 2-pixel ring (int16, 1 or 3 values),
-    and the fraction of the ring within 2 levels of it (low: no flat screen around the image)."""
+def _background_colour(image: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """The screen background from the outermost 2-pixel ring: (per-channel median colour, int16;
+    fraction of the ring within 8 levels of it (low: no flat screen around the image); the level
+    difference above which a pixel is not background (2, or more on a noisy capture / JPEG))."""
     px = image.reshape(image.shape[0], image.shape[1], -1)
     ring = np.concatenate([px[:2].reshape(-1, px.shape[2]), px[-2:].reshape(-1, px.shape[2]),
                            px[:, :2].reshape(-1, px.shape[2]), px[:, -2:].reshape(-1, px.shape[2])])
     bg = np.median(ring, axis=0).astype(np.int16)
-    flat = float((np.abs(ring.astype(np.int16) - bg).max(axis=1) <= 2).mean())
-    return bg, flat
+    d = np.abs(ring.astype(np.int16) - bg).max(axis=1)
+    near = d <= 8
+    flat = float(near.mean())
+    noise = int(np.percentile(d[near], 98)) if near.any() else 0
+    return bg, flat, max(2, noise + 1)
 
 
 def _grow(box: Box, core: np.ndarray, nb_labels: np.ndarray, *, limit: float = 0.35) -> Box:
@@ -262,8 +270,9 @@ def _cut_at_gaps(box: Box, not_bg: np.ndarray, *, search: float = 0.35, empty: f
 
 def _extend_sparse(box: Box, not_bg: np.ndarray, *, limit: float = 0.35, sparse: float = 0.01) -> Box:
     """Extend each side through rows/columns (over the box's middle 80%) that still hold some
-    non-background pixels (>= `sparse`): the sparse speckle of a dark deep field. Two empty lines
-    in a row (the gap between an image and the screen's labels) stop it."""
+    non-background pixels (>= `sparse`) spread along them (in at least 12 of 16 stretches): the
+    sparse speckle of a dark deep field, not a line of text. Two empty lines in a row (the gap
+    between an image and the screen's labels) stop it."""
     h, w = not_bg.shape
     x0, y0, bw, bh = box
     x1, y1 = x0 + bw, y0 + bh
@@ -281,17 +290,37 @@ def _extend_sparse(box: Box, not_bg: np.ndarray, *, limit: float = 0.35, sparse:
             pos += step
         return last
 
+    def spread(line: np.ndarray) -> float:
+        # speckle is spread along the whole line; a text line or a label sits in a few places
+        n = len(line) // 16
+        if n < 1:
+            return float(line.mean())
+        parts = line[:16 * n].reshape(16, n).any(axis=1)
+        return float(line.mean()) if parts.mean() >= 0.75 else 0.0
+
     def row(r: int) -> float:
-        return float(not_bg[r, x0 + mx:x1 - mx].mean())
+        return spread(not_bg[r, x0 + mx:x1 - mx])
 
     def col(c: int) -> float:
-        return float(not_bg[y0 + my:y1 - my, c].mean())
+        return spread(not_bg[y0 + my:y1 - my, c])
 
     ny0 = walk(y0, -1, -1, row) if y0 > 0 else y0
     ny1 = walk(y1 - 1, h, 1, row) + 1
     nx0 = walk(x0, -1, -1, col) if x0 > 0 else x0
     nx1 = walk(x1 - 1, w, 1, col) + 1
     return (nx0, ny0, nx1 - nx0, ny1 - ny0)
+
+
+def _refine(box: Box, core: np.ndarray, not_bg: np.ndarray, nb_labels: np.ndarray) -> Box:
+    """Cut at gaps, then grow; a side that was cut at a gap is never grown back across it."""
+    cut = _cut_at_gaps(box, not_bg)
+    grown = _extend_sparse(_grow(cut, core, nb_labels), not_bg)
+    (x0, y0, w0, h0), (cx, cy, cw, ch), (gx, gy, gw, gh) = box, cut, grown
+    left = cx if cx > x0 else gx
+    top = cy if cy > y0 else gy
+    right = cx + cw if cx + cw < x0 + w0 else gx + gw
+    bottom = cy + ch if cy + ch < y0 + h0 else gy + gh
+    return (left, top, max(1, right - left), max(1, bottom - top))
 
 
 def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
@@ -328,12 +357,12 @@ def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
     small = _brightness(small_img)
     h, w = small.shape
 
-    bg, flat = _background_colour(strided)
+    bg, flat, tol = _background_colour(strided)
     if flat < 0.5:     # speckle, not a flat screen, along most of the border: a pre-cropped image
         return FieldOfView(box=(0, 0, W, H), boxes=[(0, 0, W, H)], method="detection",
                            notes=["no screen background around the image: the frame is all image"])
     diff = np.abs(strided.astype(np.int16) - bg)
-    not_bg = (diff.max(axis=2) if diff.ndim == 3 else diff) > 2
+    not_bg = (diff.max(axis=2) if diff.ndim == 3 else diff) > tol
     bg_b = int(bg.max())
     p99 = int(np.percentile(small, 99))
     fg = small > bg_b + max(3, (p99 - bg_b) // 20)
@@ -375,9 +404,10 @@ def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
         if area >= 0.4 * best_area and side_by_side and vertical_overlap >= 0.5 * min(b[3], best[3]):
             views.append(b)
             view_labels.append(label)
-    _, nb_labels = cv2.connectedComponents(not_bg.view(np.uint8), connectivity=8)
-    views = [_extend_sparse(_grow(_cut_at_gaps(b, not_bg), labels == lab, nb_labels), not_bg)
-             for b, lab in zip(views, view_labels)]
+    # growing: a margin above the capture's noise, so JPEG ringing around text does not bridge gaps
+    not_bg_grow = (diff.max(axis=2) if diff.ndim == 3 else diff) > max(tol, GROW_MIN_LEVEL)
+    _, nb_labels = cv2.connectedComponents(not_bg_grow.view(np.uint8), connectivity=8)
+    views = [_refine(b, labels == lab, not_bg_grow, nb_labels) for b, lab in zip(views, view_labels)]
     notes = []
     x, y, bw, bh = views[0]
     tol_x, tol_y = max(1, round(0.01 * w)), max(1, round(0.01 * h))

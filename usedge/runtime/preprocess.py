@@ -281,6 +281,7 @@ class FrameCropper:
         self.detections = 0          # how many full detections ran (1 for a static layout)
         self._ref: np.ndarray | None = None
         self._bg = np.zeros(3, np.int16)
+        self._tol = 2
         self._skin: int | None = None
         self._crop_box: Box | None = None
 
@@ -296,7 +297,7 @@ class FrameCropper:
 
         def content(px: np.ndarray) -> float:
             d = np.abs(px.astype(np.int16) - bg)
-            return float(((d if d.ndim == 1 else d.max(axis=1)) > 2).mean()) if len(px) else -1.0
+            return float(((d if d.ndim == 1 else d.max(axis=1)) > self._tol).mean()) if len(px) else -1.0
 
         x, y, bw, bh = box
         dx, dy = max(2, int(RECHECK_INSET * bw)), max(2, int(RECHECK_INSET * bh))
@@ -316,8 +317,9 @@ class FrameCropper:
         if self.layout is not None and layout.fov.method == "fallback" and self.layout.frame_shape == layout.frame_shape:
             layout = self.layout     # no image on this frame: keep the last good layout
         self.layout = layout
-        bg, _ = _background_colour(grid_sample(image, 4))
+        bg, _, tol = _background_colour(grid_sample(image, 4))
         self._bg = bg if image.ndim == 3 else bg[0]
+        self._tol = tol
         self._ref = self._lines(image, layout.fov.box)
         self._skin = None
 

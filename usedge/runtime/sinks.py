@@ -193,11 +193,21 @@ class ShowSink(Sink):
 
 
 class CallbackSink(Sink):
-    """Calls fn(pred, frame, overlay) in the loop thread (keep it fast: it delays the next frame)."""
+    """Calls fn(pred, frame, overlay) in the loop thread (keep it fast: it delays the next frame).
+
+    A subscriber that raises does not stop the loop (the scanner keeps being classified for the
+    other sinks); its failures are counted in `errors` with the last one in `last_error`.
+    """
 
     def __init__(self, fn: Callable, needs_overlay: bool = False) -> None:
         self.fn = fn
         self.needs_overlay = needs_overlay
+        self.errors = 0
+        self.last_error = ""
 
     def write(self, pred, frame=None, overlay=None) -> None:
-        self.fn(pred, frame, overlay)
+        try:
+            self.fn(pred, frame, overlay)
+        except Exception as exc:  # noqa: BLE001 - a subscriber's bug must not end the live loop
+            self.errors += 1
+            self.last_error = f"{getattr(self.fn, '__qualname__', 'subscriber')}: {type(exc).__name__}: {exc}"[:300]

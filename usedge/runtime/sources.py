@@ -16,6 +16,7 @@ leaves this module: only pixels and the frame rate are read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -213,6 +214,20 @@ class VideoFileReader(FrameReader):
             self.cap = None
 
 
+@contextlib.contextmanager
+def _quiet_opencv():
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        yield
+        return
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(level)
+
+
 class CaptureReader(FrameReader):
     """A live OpenCV capture: camera index, device path, URL (RTSP/HTTP) or GStreamer pipeline."""
 
@@ -224,7 +239,8 @@ class CaptureReader(FrameReader):
         self.cap = None
 
     def open(self) -> None:
-        self.cap = cv2.VideoCapture(self.target, self.api)
+        with _quiet_opencv():  # OpenCV's own open warnings would repeat on every reconnect attempt
+            self.cap = cv2.VideoCapture(self.target, self.api)
         if not self.cap.isOpened():
             self.cap.release()
             self.cap = None
@@ -434,6 +450,7 @@ class CaptureThread(threading.Thread):
         self.max_frames = max_frames
         self.max_reconnects, self.max_backoff_s = max_reconnects, max_backoff_s
         self.stats = CaptureStats()
+        self._attempts = 0          # reconnect attempts since the last frame that arrived
         self.opened = threading.Event()
         self.open_error: BaseException | None = None
 
@@ -442,21 +459,21 @@ class CaptureThread(threading.Thread):
         return self.fps_override or self.reader.fps or DEFAULT_FPS
 
     def _reconnect(self) -> bool:
-        backoff = 0.5
-        attempts = 0
+        """Reopen a failed live source; attempts count until a frame arrives again (a reopen that
+        yields nothing is a failed attempt), with the back-off growing across them."""
         while not self.stop_event.is_set():
-            if self.max_reconnects is not None and attempts >= self.max_reconnects:
-                self.stats.error = f"{self.reader.name}: gave up after {attempts} reconnect attempts"
+            if self.max_reconnects is not None and self._attempts >= self.max_reconnects:
+                self.stats.error = f"{self.reader.name}: gave up after {self._attempts} reconnect attempts"
                 return False
-            self.stop_event.wait(backoff)
-            attempts += 1
+            self.stop_event.wait(min(0.5 * 2 ** self._attempts, self.max_backoff_s))
+            self._attempts += 1
             self.stats.reconnects += 1
             try:
                 self.reader.close()
                 self.reader.open()
                 return True
             except Exception:
-                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
         return False
 
     def run(self) -> None:
@@ -501,6 +518,7 @@ class CaptureThread(threading.Thread):
                     wait = t_start + index * period - time.perf_counter()
                     if wait > 0:
                         self.stop_event.wait(wait)
+                self._attempts = 0
                 self.stats.read += 1
                 self.slot.put(Frame(image, index, self.reader.name, time.perf_counter()), block=block,
                               stop=self.stop_event)

@@ -68,7 +68,7 @@ def attenuation_gain_db(atten: np.ndarray | float, shape: tuple[int, int], s: BM
 
 
 def scatter_field(echo_db: np.ndarray, atten: np.ndarray | float, s: BModeSettings,
-                  rng: np.random.Generator, *, out_rows: int | None = None) -> np.ndarray:
+                  rng: np.random.Generator) -> np.ndarray:
     """Complex RF-envelope field (H x W x 2 float32: I, Q) of one speckle realisation, before noise."""
     h, w = echo_db.shape
     amp = np.power(10.0, (echo_db + attenuation_gain_db(atten, (h, w), s)) / 20.0).astype(np.float32)

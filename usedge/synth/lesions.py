@@ -97,7 +97,8 @@ def sample_lesion(label: str, rng: np.random.Generator, difficulty: float = 0.5)
         for _ in range(n_calc):
             r, phi = np.sqrt(rng.uniform(0, 0.55)), rng.uniform(0, 2 * np.pi)
             calcs.append((float(r * np.cos(phi)), float(r * np.sin(phi)), float(rng.uniform(0.3, 0.9)),
-                          float(rng.uniform(8, 16)), float(rng.uniform(3, 10))))
+                          float(rng.uniform(8, 16)),
+                          float(rng.uniform(3, 10) if not atypical else rng.uniform(1.5, 5))))
         interior = rng.uniform(-12, -3) if not atypical else rng.uniform(-24, -12)
         return LesionSpec(
             label=label, half_width_mm=a, half_height_mm=a / aspect, tilt_deg=rng.uniform(-15, 15),
@@ -105,7 +106,7 @@ def sample_lesion(label: str, rng: np.random.Generator, difficulty: float = 0.5)
             interior_db=_mix(interior, -20, d), texture_db=rng.uniform(4, 7), texture_mm=rng.uniform(0.3, 0.7),
             echo_density=rng.uniform(0.0, 0.03), echo_db=rng.uniform(-6, 4),
             rim_db=rng.uniform(-36, -26), rim_fraction=rng.uniform(0.1, 0.22),
-            atten=rng.uniform(1.0, 1.6) if not atypical else rng.uniform(0.6, 1.0),
+            atten=rng.uniform(1.0, 1.6) if not atypical else rng.uniform(0.3, 0.9),  # atypical: little shadow
             calcifications=tuple(calcs), atypical=atypical)
     raise ValueError(f"unknown lesion class {label!r}; use one of {CLASSES}")
 

@@ -83,6 +83,8 @@ def sample_patient(patient_id: str, label: str, rng: np.random.Generator, diffic
     tissue = sample_tissue(rng)
     if lesion.host == "fat":  # the lipoma sits inside the subcutis, which must hold it
         tissue = replace(tissue, fat_mm=max(tissue.fat_mm, 2 * lesion.half_height_mm + rng.uniform(1.0, 3.0)))
+        # its echo level is defined against nominal fat: make it relative to this patient's fat
+        lesion = replace(lesion, interior_db=lesion.interior_db + tissue.fat_db - TissueSpec.fat_db)
     bottom = tissue.gel_mm + tissue.dermis_mm + lesion.half_height_mm * 2 + (tissue.fat_mm if lesion.host == "fat" else 3.0)
     depth = max(float(rng.uniform(*options.depth_mm)), bottom + 4.0)
     return Patient(

@@ -311,6 +311,7 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
         if previous.get("config_hash") != chash:
             raise ConfigError("cannot resume: the config differs from the interrupted run's", path=out_dir,
                               hint=f"use the run's own config ({out_dir / 'config.toml'}) or another --out")
+    dist.barrier()  # every process has checked the folder before rank 0 stamps it
     if dist.main:
         write_json_atomic(stamp, {"config_hash": chash, "data": str(dataset.root), "images": len(dataset),
                                   "world_size": dist.world_size, "device": str(device)})

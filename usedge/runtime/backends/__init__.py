@@ -37,8 +37,13 @@ def availability() -> dict[str, tuple[bool, str]]:
     return {name: cls.available() for name, cls in BACKENDS.items()}
 
 
-def choose_backend(path: str | Path, requested: str = "auto") -> tuple[str, str]:
-    """(backend name, one-line reason) for this artifact on this machine."""
+def candidate_backends(path: str | Path, requested: str = "auto") -> list[tuple[str, str]]:
+    """Backends to try for this artifact, best first, each with a one-line reason.
+
+    An explicit request gives just that backend; `auto` gives every backend that says it is
+    available, in ARCHITECTURE.md's order (a provider can still fail at session creation, e.g. the
+    TensorRT EP without TensorRT's libraries: the caller then takes the next).
+    """
     if requested not in BACKEND_NAMES:
         raise ConfigError(f"unknown backend '{requested}'", hint=f"use one of {', '.join(BACKEND_NAMES)}")
     kind = artifact_kind(path)
@@ -47,23 +52,31 @@ def choose_backend(path: str | Path, requested: str = "auto") -> tuple[str, str]
             want = "a TensorRT .engine" if BACKENDS[requested].artifact == "engine" else "an .onnx model"
             raise ConfigError(f"backend {requested} needs {want}", path=path,
                               hint="pick --backend auto, or pass the matching artifact")
-        return requested, "asked for"
+        return [(requested, "asked for")]
     if kind == "engine":
         ok, why = TensorRTBackend.available()
         if not ok:
             raise BackendUnavailable(f"a TensorRT engine needs TensorRT and a GPU: {why}", path=path,
                                      hint="run the matching model.onnx / model.int8.onnx on this machine instead")
-        return "tensorrt", f"TensorRT engine: {why}"
-    skipped = []
+        return [("tensorrt", f"TensorRT engine: {why}")]
+    found, skipped = [], []
     for name in ONNX_PREFERENCE:
         ok, why = BACKENDS[name].available()
         if ok:
             reason = f"fastest available: {why}"
             if skipped:
                 reason += f"; {', '.join(skipped)} unavailable (see `usedge doctor`)"
-            return name, reason
-        skipped.append(name)
-    raise BackendUnavailable("no onnxruntime backend works here", hint="pip install onnxruntime")
+            found.append((name, reason))
+        else:
+            skipped.append(name)
+    if not found:
+        raise BackendUnavailable("no onnxruntime backend works here", hint="pip install onnxruntime")
+    return found
+
+
+def choose_backend(path: str | Path, requested: str = "auto") -> tuple[str, str]:
+    """(backend name, one-line reason) for this artifact on this machine: the first candidate."""
+    return candidate_backends(path, requested)[0]
 
 
 def create_backend(name: str, **options) -> Backend:
@@ -75,4 +88,5 @@ def create_backend(name: str, **options) -> Backend:
     return cls(**keep)
 
 
-__all__ = ["Backend", "BACKENDS", "BACKEND_NAMES", "availability", "artifact_kind", "choose_backend", "create_backend"]
+__all__ = ["Backend", "BACKENDS", "BACKEND_NAMES", "availability", "artifact_kind", "candidate_backends", "choose_backend",
+           "create_backend"]

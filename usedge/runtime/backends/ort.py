@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -172,7 +173,11 @@ class OrtTensorRTBackend(OrtCudaBackend):
 
     def provider_list(self) -> list:
         cache = Path(self.cache_dir) if self.cache_dir else (self.path.parent / ".trt-cache")
-        os.makedirs(cache, exist_ok=True)
+        try:
+            os.makedirs(cache, exist_ok=True)
+        except OSError:  # a read-only model folder: cache the built engines in the temp folder instead
+            cache = Path(tempfile.gettempdir()) / "usedge-trt-cache"
+            os.makedirs(cache, exist_ok=True)
         trt_options = {
             "device_id": self.device_id,
             "trt_engine_cache_enable": True,
