@@ -125,7 +125,12 @@ def main() -> None:
     ap.add_argument("--child-epochs", type=int, default=8)
     ap.add_argument("--ops", default="all")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pool", type=Path, nargs="+", default=None,
+                    help="only merge the runs of these result JSONs (same settings, other seeds) into "
+                         "augment_ablation_pooled.{json,md}")
     args = ap.parse_args()
+    if args.pool:
+        return pool(args.pool, args.results)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -203,10 +208,33 @@ def main() -> None:
     print(markdown(result))
 
 
+def pool(paths: list[Path], results: Path) -> None:
+    """Merge runs (per condition) of several ablation JSONs and re-summarise."""
+    from usedge.fileio import write_json_atomic, write_text_atomic
+
+    parts = [json.loads(p.read_text()) for p in paths]
+    runs: dict[str, list[dict]] = {}
+    for part in parts:
+        for label, rs in part["runs"].items():
+            runs.setdefault(label, []).extend(rs)
+    base = dict(parts[0])
+    base.update(command=" ; ".join(p["command"] for p in parts) + " ; .venv/bin/python benchmarks/augment_ablation.py --pool "
+                + " ".join(str(p) for p in paths),
+                runs=runs, summary={k: summarise(v) for k, v in runs.items()},
+                total_minutes=round(sum(p["total_minutes"] for p in parts), 2),
+                cpu_minutes=round(sum(p.get("cpu_minutes", 0) for p in parts), 2),
+                pooled_from=[str(p) for p in paths])
+    base["args"] = dict(base["args"], seeds=f"{min(len(v) for v in runs.values())}-{max(len(v) for v in runs.values())}")
+    write_json_atomic(results / "augment_ablation_pooled.json", base)
+    write_text_atomic(results / "augment_ablation_pooled.md", markdown(base))
+    print(markdown(base))
+
+
 def markdown(r: dict) -> str:
     def f(d):
         return f"{d['mean']:.3f} ± {d['sd']:.3f}"
 
+    n = {k: len(v) for k, v in r["runs"].items()}
     lines = [f"# Augmentation ablation ({r['args']['seeds']} seeds, {r['args']['arch']} at {r['args']['size']} px, "
              f"{r['args']['epochs']} epochs)", "",
              f"Command: `{r['command']}`  ", f"Machine: {r['machine']}  ",
@@ -214,11 +242,14 @@ def markdown(r: dict) -> str:
              f"-> {len(r['policy'])} sub-policies, child {r['args']['child_epochs']} epochs: "
              f"**{r['search_minutes']} min wall, {r['search_cpu_minutes']} CPU-min**; whole ablation "
              f"{r['total_minutes']} min wall, {r['cpu_minutes']} CPU-min.", "",
-             "| condition | same: accuracy | same: bal. acc. | same: macro AUC | shifted: accuracy | "
+             (f"`expand` runs: {r['args']['expand_epochs']} epochs over (1 + N) x the images (about the image "
+              f"budget of the others); `random` runs: {r['args']['epochs']} epochs." if r['args'].get('expand_epochs')
+              else ""), "",
+             "| condition (seeds) | same: accuracy | same: bal. acc. | same: macro AUC | shifted: accuracy | "
              "shifted: bal. acc. | shifted: macro AUC | train s/run |",
              "|---|---|---|---|---|---|---|---|"]
     for name, s in r["summary"].items():
-        lines.append(f"| {name} | {f(s['same_accuracy'])} | {f(s['same_balanced_accuracy'])} | {f(s['same_macro_auc'])} | "
+        lines.append(f"| {name} ({n[name]}) | {f(s['same_accuracy'])} | {f(s['same_balanced_accuracy'])} | {f(s['same_macro_auc'])} | "
                      f"{f(s['shifted_accuracy'])} | {f(s['shifted_balanced_accuracy'])} | {f(s['shifted_macro_auc'])} | "
                      f"{s['train_seconds']:.0f} |")
     lines += ["", "Searched policy (best first per inner split):", ""] + [f"- {p}" for p in r["policy"]]

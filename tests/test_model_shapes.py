@@ -79,3 +79,18 @@ def test_pretrained_from_local_file_sums_rgb_conv1(tmp_path):
 def test_pretrained_missing_file_is_model_error(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         load_pretrained(build_model("resnet18"), str(tmp_path / "nope.pth"))
+
+
+def test_imagenet_offline_is_one_line_model_error(monkeypatch):
+    """No download in tests: the weights API is made to fail as it does offline."""
+    from urllib.error import URLError
+
+    from torchvision.models import ResNet18_Weights
+
+    def offline(*_a, **_k):
+        raise URLError("no network")
+
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(ModelError, match="offline") as err:
+        load_pretrained(build_model("ag_resnet18"), "imagenet")
+    assert "\n" not in err.value.one_line()

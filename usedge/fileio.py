@@ -12,6 +12,9 @@ from typing import IO, Iterator
 
 from usedge.errors import OutputError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
@@ -31,6 +34,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are shared (Triton, services)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

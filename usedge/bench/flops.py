@@ -31,6 +31,8 @@ class FlopCount:
     other: int = 0                                       # estimate: element-wise work
     by_op: dict[str, int] = field(default_factory=dict)  # op type -> FLOPs (gemm ops exact)
     unresolved: list[str] = field(default_factory=list)  # nodes whose shapes inference could not give
+    by_node: dict[str, int] = field(default_factory=dict)  # node name -> gemm FLOPs (Conv/Gemm/MatMul nodes)
+    conv_gemm: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # Conv node -> im2col GEMM (M, N, K)
 
     @property
     def total(self) -> int:
@@ -146,6 +148,14 @@ def count_flops(model, batch: int = 1) -> FlopCount:
             result.unresolved.append(f"{node.op_type}:{node.name or node.output[0]}")
             continue
         g, o = got
+        if g:
+            result.by_node[node.name or node.output[0]] = g
+            if node.op_type == "Conv" and shapes.get(node.output[0]) and shapes.get(node.input[1]):
+                out, w = shapes[node.output[0]], shapes[node.input[1]]
+                # the GEMM a Conv is equivalent to: (N*Ho*Wo) x (Cin/g*kh*kw) @ (Cin/g*kh*kw) x (Cout/g), per group
+                group = int(_attr(node, "group", 1))
+                result.conv_gemm[node.name or node.output[0]] = (prod(out[:1]) * prod(out[2:]), w[0] // group,
+                                                                  w[1] * prod(w[2:]))
         result.gemm += g
         result.other += o
         if g or o:

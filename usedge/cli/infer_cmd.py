@@ -66,6 +66,8 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
                 except OutputError:
                     raise
                 except UsedgeError as exc:
+                    if exc.path is None:   # a frame-level error (NaN pixels, blank frame): name the file
+                        exc.path = str(path)
                     failed.append(exc.one_line())
                     _err(f"usedge: skipped {exc.one_line()}")   # at once: a long run shows failures as they come
                     if isinstance(sink, JsonlSink):

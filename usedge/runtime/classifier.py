@@ -84,6 +84,24 @@ def model_info_from_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
         raise ModelError(f"unreadable usedge metadata ({exc})", path=path, hint="re-export with `usedge export`") from exc
 
 
+def _check_io_shapes(engine: Backend, info: ModelInfo, path: Path) -> None:
+    """ModelError (engine closed) unless the declared input is N x 1 x size x size and probs has one
+    column per class name; symbolic (dynamic) dimensions pass. Backends that declare no shapes pass."""
+    want_in = [None, 1, info.preprocess.size, info.preprocess.size]
+    shape_in = getattr(engine, "input_shape", None)
+    probs_shape = (getattr(engine, "output_shapes", None) or {}).get("probs")
+    problem = ""
+    if shape_in is not None and (len(shape_in) != 4 or any(
+            isinstance(got, int) and want is not None and got != want for got, want in zip(shape_in, want_in))):
+        problem = f"input shape {shape_in} does not fit N x 1 x {info.preprocess.size} x {info.preprocess.size}"
+    elif probs_shape and isinstance(probs_shape[-1], int) and probs_shape[-1] != len(info.class_names):
+        problem = f"'probs' has {probs_shape[-1]} classes but its metadata names {len(info.class_names)}"
+    if problem:
+        engine.close()
+        raise ModelError(f"model does not match its usedge metadata: {problem}", path=path,
+                         hint="re-export it with `usedge export` (do not edit exported models)")
+
+
 class Classifier:
     """A loaded model on one backend. Not thread-safe: one inference loop owns it."""
 
@@ -129,6 +147,7 @@ class Classifier:
             engine.close()
             raise ModelError(f"model outputs {engine.output_names}, expected 'probs'", path=path,
                              hint="export with `usedge export`")
+        _check_io_shapes(engine, info, path)
         return cls(engine, info, sha256_file(path), reason if backend == "auto" else "asked for")
 
     # -- stages ---------------------------------------------------------------------------------

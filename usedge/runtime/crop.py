@@ -313,7 +313,7 @@ def _extend_sparse(box: Box, not_bg: np.ndarray, *, limit: float = 0.35, sparse:
 
 def _refine(box: Box, core: np.ndarray, not_bg: np.ndarray, nb_labels: np.ndarray) -> Box:
     """Cut at gaps, then grow; a side that was cut at a gap is never grown back across it."""
-    cut = _cut_at_gaps(box, not_bg)
+    cut = _cut_at_gaps(_cut_at_gaps(box, not_bg), not_bg)   # twice: a cut row span changes the columns' view
     grown = _extend_sparse(_grow(cut, core, nb_labels), not_bg)
     (x0, y0, w0, h0), (cx, cy, cw, ch), (gx, gy, gw, gh) = box, cut, grown
     left = cx if cx > x0 else gx

@@ -50,6 +50,23 @@ def _open_text(path: str | Path):
         raise OutputError(f"cannot write here ({exc.strerror})", path=path, hint="choose a writable file") from exc
 
 
+@contextlib.contextmanager
+def _output_errors(path, written: int):
+    """OSError while writing (disk full, device gone) -> one-line OutputError; lines before it stay intact."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write results ({exc.strerror or exc}) after {written} complete lines",
+                          path=path, hint="free disk space or choose another output; the lines before are intact") from exc
+
+
+def _close_quietly(fh, own: bool) -> None:
+    """Close our file; a flush that fails again (disk still full) must not hide the first error."""
+    if own and not fh.closed:
+        with contextlib.suppress(OSError):
+            fh.close()
+
+
 class JsonlSink(Sink):
     """One JSON object per line (Prediction.to_record), flushed after each line. "-" is stdout."""
 
@@ -64,21 +81,22 @@ class JsonlSink(Sink):
 
     def write_record(self, record: dict) -> None:
         """Any JSON-safe dict, e.g. an error line for a file that could not be read."""
-        self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self.fh.flush()
-        if self.fsync and self._own:
-            os.fsync(self.fh.fileno())
+        with _output_errors(self.path, self.count):
+            self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self.fh.flush()
+            if self.fsync and self._own:
+                os.fsync(self.fh.fileno())
         self.count += 1
 
     def close(self) -> None:
-        if self._own and not self.fh.closed:
-            self.fh.close()
+        _close_quietly(self.fh, self._own)
 
 
 class CsvSink(Sink):
     """source, frame, label, p_<class>..., crop box, fov box, model sha256, latencies (ms); flushed per row."""
 
     def __init__(self, path: str | Path, class_names: list[str]) -> None:
+        self.path = path
         self.fh, self._own = _open_text(path)
         self.class_names = list(class_names)
         self.stages = ["crop", "normalise", "model", "post", "total"]
@@ -91,23 +109,27 @@ class CsvSink(Sink):
         self.count = 0
 
     def write(self, pred, frame=None, overlay=None) -> None:
+        with _output_errors(self.path, self.count):
+            self._write_row(pred)
+        self.count += 1
+
+    def _write_row(self, pred) -> None:
         self.writer.writerow([
             pred.source, pred.frame_index, pred.label, *[f"{pred.probs.get(c, 0.0):.6f}" for c in self.class_names],
             *pred.crop_box, *pred.fov_box, pred.crop_method, int(pred.frozen), pred.model_sha256,
             *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], "",
         ])
         self.fh.flush()
-        self.count += 1
 
     def write_error(self, source: str, message: str) -> None:
         row = [""] * len(self.columns)
         row[0], row[-1] = source, message
-        self.writer.writerow(row)
-        self.fh.flush()
+        with _output_errors(self.path, self.count):
+            self.writer.writerow(row)
+            self.fh.flush()
 
     def close(self) -> None:
-        if self._own and not self.fh.closed:
-            self.fh.close()
+        _close_quietly(self.fh, self._own)
 
 
 class VideoRecorderSink(Sink):

@@ -115,6 +115,9 @@ class OrtBackend(Backend):
                              hint="export with `usedge export`")
         self.input_name = inputs[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # declared shapes (ints or symbolic names), so the classifier can refuse a model that does not fit
+        self.input_shape = list(inputs[0].shape)
+        self.output_shapes = {o.name: list(o.shape) for o in self.session.get_outputs()}
         return self
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,0 +1,260 @@
+"""Streams under fault: sources that stop, change frame size/type, stall, run faster or slower than
+the model; sinks that cannot write (a real full tmpfs when mount works, else skipped, plus a failing
+file object always). No deadlock, no queue, a clear one-line message, the JSONL up to the fault intact."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures.badinput import scan_like
+from usedge.errors import OutputError
+from usedge.runtime.sinks import CallbackSink, JsonlSink
+from usedge.runtime.sources import FrameReader
+
+USEDGE = [sys.executable, "-m", "usedge"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def clf(runtime_model):
+    from usedge.runtime.classifier import Classifier
+
+    c = Classifier.load(runtime_model, "ort-cpu", threads=1)
+    yield c
+    c.close()
+
+
+def frames_cycle(n: int, h: int = 120, w: int = 160) -> list[np.ndarray]:
+    """n frames, each different (fresh speckle): nothing looks frozen."""
+    return [scan_like(h, w, seed=i) for i in range(n)]
+
+
+class ScriptedReader(FrameReader):
+    """A source driven by a list of actions: an array (deliver it), "raise" (driver failure), a float
+    (stall that many seconds, interruptible by `release`), None (end)."""
+
+    def __init__(self, script: list, *, live: bool = False, fps: float | None = None, name: str = "scripted") -> None:
+        self.script, self.live, self.fps, self.name = list(script), live, fps, name
+        self.i = 0
+        self.release = threading.Event()
+        self.opens = 0
+
+    def open(self) -> None:
+        self.opens += 1
+
+    def read(self):
+        while self.i < len(self.script):
+            step = self.script[self.i]
+            self.i += 1
+            if isinstance(step, str) and step == "raise":
+                raise RuntimeError("capture card lost its signal")
+            if isinstance(step, float):
+                self.release.wait(step)
+                continue
+            return step
+        return None
+
+
+def _jsonl_lines(path: Path) -> tuple[list[dict], str]:
+    """Complete lines parsed (every one must parse) and the trailing partial line, if any."""
+    text = path.read_bytes().decode("utf-8")
+    *complete, tail = text.split("\n")
+    return [json.loads(line) for line in complete], tail
+
+
+def _run(clf, reader, sinks=(), **kw):
+    from usedge.runtime.stream import StreamRunner
+
+    runner = StreamRunner(clf, reader, list(sinks), **kw)
+    return runner, runner.run()
+
+
+def test_source_that_stops_mid_stream(clf, tmp_path, reliability_ledger):
+    """A file-like source whose driver raises after 8 frames: 'source failed', the 8 lines intact."""
+    out = tmp_path / "live.jsonl"
+    reader = ScriptedReader([*frames_cycle(8), "raise", *frames_cycle(4)])
+    with JsonlSink(out) as sink:
+        _, summary = _run(clf, reader, [sink], freeze=False)
+    assert summary.ended_by == "source failed" and "read failed" in summary.error
+    lines, tail = _jsonl_lines(out)
+    assert [r["frame"] for r in lines] == list(range(8)) and tail == ""
+    reliability_ledger.add("stream.stops", faults_injected=1, outputs_checked=len(lines) + 1)
+
+
+def test_live_source_reconnects_then_gives_up(clf, reliability_ledger):
+    """A live source that fails is reopened (bounded by max_reconnects) and the run ends with a message."""
+    reader = ScriptedReader([*frames_cycle(3), "raise", *frames_cycle(2), "raise"], live=True)
+    _, summary = _run(clf, reader, freeze=False, max_reconnects=1)
+    # a live source is never held back: frames the loop has not taken yet are dropped, not queued
+    assert summary.frames_read == 5 and summary.processed + summary.dropped == 5 and summary.reconnects >= 1
+    assert summary.ended_by == "source failed" and "gave up" in summary.error
+    reliability_ledger.add("stream.reconnect", faults_injected=2, outputs_checked=2)
+
+
+def test_frames_of_changing_size_and_type(clf, tmp_path, reliability_ledger):
+    """Every frame gives a result or a counted error; the loop never dies."""
+    base = scan_like(240, 320)
+    nan = base.astype(np.float32)
+    nan[3, 3] = np.nan
+    frames = [
+        base, np.dstack([base] * 3), cv_resize(base, (640, 480)), base.astype(np.uint16) * 257,
+        base.astype(np.float32) / 255, np.dstack([base] * 3 + [np.full_like(base, 255)]), base[::2, ::3],
+        np.full((1, 1), 9, np.uint8), nan, np.zeros((240, 320), np.uint8), base[:, :, None],
+        np.dstack([base, base]), np.zeros((0, 5), np.uint8), base.astype(np.int32) * 100, base.astype(bool),
+        np.dstack([base] * 3)[:, ::-1], scan_like(100, 900), scan_like(900, 100), base,
+    ]
+    out = tmp_path / "mixed.jsonl"
+    with JsonlSink(out) as sink:
+        runner, summary = _run(clf, ScriptedReader(frames), [sink], freeze=True)
+    lines, _ = _jsonl_lines(out)
+    assert summary.ended_by == "end of source", summary
+    assert summary.processed + summary.frozen_skipped + summary.errors == len(frames), summary
+    assert summary.errors >= 4 and summary.processed >= 12, summary        # 1x1, NaN, blank, empty, ...
+    assert len(lines) == summary.processed + summary.frozen_skipped
+    assert "\n" not in runner.last_error
+    reliability_ledger.add("stream.mixed_frames", inputs_tried=len(frames), faults_injected=len(frames) - 1,
+                           outputs_checked=len(lines))
+
+
+def cv_resize(image, size):
+    import cv2
+
+    return cv2.resize(image, size)
+
+
+def test_stalled_source_resumes_and_stop_does_not_hang(clf, reliability_ledger):
+    """A live source stalls 1 s mid-stream: results resume after it. A second one stalls 'forever':
+    stop() from another thread ends the run without waiting for the source."""
+    reader = ScriptedReader([*frames_cycle(3), 1.0, *frames_cycle(3, 121, 160)])
+    _, summary = _run(clf, reader, freeze=False)
+    assert summary.processed == 6, summary
+
+    from usedge.runtime.stream import StreamRunner
+
+    stuck = ScriptedReader([*frames_cycle(2), 120.0, *frames_cycle(2)], live=True)
+    runner = StreamRunner(clf, stuck, [], freeze=False)
+    thread = runner.start()
+    assert runner.wait_result(timeout=30) is not None
+    time.sleep(0.3)
+    runner.stop(join=True, timeout=15)
+    alive = thread.is_alive()
+    stuck.release.set()           # let the stalled capture thread go (it is a daemon anyway)
+    assert not alive, "the loop did not end while its source was stalled"
+    assert runner.summary is not None and runner.summary.processed + runner.summary.dropped == 2
+    reliability_ledger.add("stream.stall", faults_injected=2, outputs_checked=2)
+
+
+def test_source_faster_than_the_model_drops_never_queues(clf, reliability_ledger):
+    """A live source delivering as fast as it can into a slow consumer: frames are dropped in the
+    one-frame slot (counted), never queued: processed + dropped + still-in-slot == read."""
+    frames = frames_cycle(8)
+    reader = ScriptedReader([frames[i % 8] for i in range(300)], live=True)
+    slow = CallbackSink(lambda *a: time.sleep(0.01))
+    runner, summary = _run(clf, reader, [slow], freeze=False, max_reconnects=0)
+    assert summary.dropped > 0, summary
+    assert summary.processed + summary.dropped + summary.errors in (summary.frames_read, summary.frames_read - 1)
+    reliability_ledger.add("stream.fast_source", inputs_tried=300, faults_injected=1, outputs_checked=1)
+
+
+def test_realtime_paced_source_slower_than_the_model(clf, reliability_ledger):
+    """A file paced at 50 fps: every frame processed or dropped, counted; the run ends at its end."""
+    reader = ScriptedReader(frames_cycle(15), fps=50.0)
+    _, summary = _run(clf, reader, realtime=True, freeze=False)
+    assert summary.ended_by == "end of source"
+    assert summary.processed + summary.dropped + summary.late_skipped == 15, summary
+    reliability_ledger.add("stream.slow_source", inputs_tried=15, outputs_checked=1)
+
+
+class FullDiskFile(io.TextIOWrapper):
+    """A real file that raises ENOSPC once `budget` bytes have gone to disk (a partial write first)."""
+
+    def __init__(self, path: Path, budget: int) -> None:
+        super().__init__(open(path, "wb"), encoding="utf-8", newline="")
+        self.budget = budget
+
+    def write(self, s: str) -> int:
+        data = s.encode()
+        if len(data) > self.budget:
+            super().write(data[: self.budget].decode("utf-8", "ignore"))
+            super().flush()
+            self.budget = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.budget -= len(data)
+        return super().write(s)
+
+
+def test_sink_on_a_full_disk_failing_file_object(clf, tmp_path, reliability_ledger):
+    """JsonlSink whose file fills up after ~5 lines: a one-line OutputError naming the file, the capture
+    thread stopped, the complete lines intact."""
+    out = tmp_path / "full.jsonl"
+    sink = JsonlSink(out)
+    sink.fh.close()
+    sink.fh = FullDiskFile(out, budget=2500)
+    from usedge.runtime.stream import StreamRunner
+
+    runner = StreamRunner(clf, ScriptedReader(frames_cycle(40)), [sink], freeze=False)
+    with pytest.raises(OutputError) as info:
+        runner.run()
+    sink.close()
+    line = info.value.one_line()
+    assert str(out) in line and "No space left" in line and "\n" not in line
+    assert not runner.capture.is_alive()
+    lines, tail = _jsonl_lines(out)
+    assert 1 <= len(lines) < 40 and [r["frame"] for r in lines] == list(range(len(lines)))
+    reliability_ledger.add("stream.sink_full_fileobj", faults_injected=1, outputs_checked=len(lines) + 1)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 8 KB tmpfs (needs root and mount); skipped where mount is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mnt)], check=True,
+                       capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here ({type(exc).__name__}); the failing-file-object test covers it")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
+
+
+def test_cli_stream_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, reliability_ledger):
+    """`usedge infer --stream video --jsonl /small/live.jsonl` on a real 8 KB tmpfs: exit 1, one
+    line naming the file, complete lines intact, no traceback."""
+    out = small_tmpfs / "live.jsonl"
+    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), "--stream", str(runtime_video), "--jsonl", str(out),
+                           "--no-freeze-detect", "--backend", "ort-cpu", "--threads", "1"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("usedge: ") and str(out) in last and "No space left" in last, proc.stderr
+    lines, _ = _jsonl_lines(out)
+    assert len(lines) >= 5 and [r["frame"] for r in lines] == list(range(len(lines)))
+    reliability_ledger.add("stream.sink_full_tmpfs", faults_injected=1, processes_run=1,
+                           outputs_checked=len(lines) + 1)
+
+
+def test_cli_files_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, reliability_ledger):
+    """Files mode with --out on the full tmpfs: exit 1 with one line, never a traceback."""
+    out = small_tmpfs / "results.csv"
+    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), str(runtime_video), "--format", "csv",
+                           "--out", str(out), "--backend", "ort-cpu", "--threads", "1"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert str(out) in proc.stderr.strip().splitlines()[-1]
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("source,frame,label") and len(rows) >= 5
+    reliability_ledger.add("stream.files_full_tmpfs", faults_injected=1, processes_run=1, outputs_checked=1)
