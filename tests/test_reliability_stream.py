@@ -250,7 +250,7 @@ def test_cli_stream_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, r
 def test_cli_files_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, reliability_ledger):
     """Files mode with --out on the full tmpfs: exit 1 with one line, never a traceback."""
     out = small_tmpfs / "results.csv"
-    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), str(runtime_video), "--format", "csv",
+    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), *[str(runtime_video)] * 3, "--format", "csv",
                            "--out", str(out), "--backend", "ort-cpu", "--threads", "1"],
                           capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -141,6 +141,10 @@ def plots(result: dict) -> dict[str, bytes]:
         except TypeError:
             ax.boxplot(data, vert=False, whis=(1, 99), labels=labels)
         ax.set_xscale("log")
+        from matplotlib.ticker import ScalarFormatter
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("batch-1 latency, ms (log scale; box: quartiles, whiskers: p1-p99)")
         ax.set_title("Latency per backend and precision")
         ax.grid(axis="x", alpha=0.3)
@@ -158,7 +162,8 @@ def plots(result: dict) -> dict[str, bytes]:
                 ax.barh(names, vals, left=left, label=s)
                 left = [a + b for a, b in zip(left, vals)]
             ax.set_xlabel(f"{kind.replace('_ms', '')} ms per 1080p frame (median)")
-        axes[0].legend(fontsize=8, loc="lower right")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(stages), fontsize=8, bbox_to_anchor=(0.5, -0.08))
         fig.suptitle("Where a frame's time goes")
         out["stages.png"] = _png(fig)
         plt.close(fig)
