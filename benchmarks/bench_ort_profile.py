@@ -1,16 +1,18 @@
 """Where onnxruntime's CPU time goes, per operator, against the FP32 GEMM limit measured in the same run.
 
 For model.onnx (fp32) and model.int8.onnx: onnxruntime's own profiler (SessionOptions.enable_profiling)
-over `--iters` batch-1 runs after warm-up, node times summed per op type, and for every Conv node its
-achieved GFLOP/s (FLOPs from usedge.bench.flops on the source graph, matched by node name) against
-the GEMM rate of onnxruntime's MatMul (the MLAS kernels Conv uses) at the same thread count.
-This is the evidence behind the `fp32 inference >= 85 % of the GEMM limit` target: which layers
-run below the limit, and how much time is outside Conv.
+over `--iters` batch-1 runs after warm-up; node times per op type in the least disturbed run and the
+median run, and the sum over nodes of each node's fastest run (other work on the machine steals whole
+timeslices from random nodes of every run: this sum is the closest figure to an undisturbed run). The
+Conv time is set against the model's exact Conv/Gemm FLOPs (usedge.bench.flops) and two limits measured
+in the same run at the same thread count: onnxruntime's FP32 MatMul on large square matrices (MLAS,
+the kernels its Conv uses), and the same MatMul at each Conv's own im2col shape (M x K @ K x N).
+This is the evidence behind the `fp32 inference >= 85 % of the GEMM limit` target.
 
     nice -n 10 .venv/bin/python benchmarks/bench_ort_profile.py MODEL_DIR --threads 1
 
-Writes benchmarks/results/bench_ort_profile.{json,md}. Per-op times are CPU-thread times as the
-profiler records them; with other work on the machine they are inflated alike (ratios hold).
+Writes benchmarks/results/bench_ort_profile_<N>t.{json,md}. Node times are the profiler's wall-clock
+durations of each kernel; with other work on the machine, read the fastest-run figures.
 """
 
 from __future__ import annotations

@@ -101,12 +101,13 @@ def test_unknown_weighting_is_a_config_error(model, x):
         multi_branch_cam(model, model.forward_features(x), weighting="nope")
 
 
-def test_onnx_cam_output_equals_torch(tmp_path):
+@pytest.mark.parametrize("weighting", ["paper", "exact"])
+def test_onnx_cam_output_equals_torch(tmp_path, weighting):
     """The bedside CAM exported as a second ONNX output (dynamo, opset 18) equals the torch CAM."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
-    head = CamHead(build_model("ag_resnet18")).eval()
+    head = CamHead(build_model("ag_resnet18"), weighting=weighting).eval()
     x = torch.randn(2, 1, SIZE, SIZE)
     prog = torch.onnx.export(head, (x,), dynamo=True, opset_version=18, input_names=["image"],
                              output_names=list(CamHead.output_names),

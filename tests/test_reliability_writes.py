@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 
 def kill_mid_write(proc: subprocess.Popen, target: Path, *, after_complete: int = 0, timeout: float = 240.0) -> bool:
     """SIGKILL `proc` as soon as its temporary file for `target` (fileio.atomic_write's hidden
-    `.name.*.tmp`) has bytes in it, once `target` has been completed `after_complete` times (counted
-    by its mtime changing). True when the kill landed mid-write; False if the process ended first."""
+    `.name.*.tmp`, beside `target` or in a staging folder below its folder) has bytes in it, once
+    `target` has been completed `after_complete` times (counted by its mtime changing). True when the kill landed mid-write; False if the process ended first."""
     folder, pattern = target.parent, f".{target.name}."
     seen_mtime, completed = None, 0
     end = time.monotonic() + timeout
@@ -34,15 +34,14 @@ def kill_mid_write(proc: subprocess.Popen, target: Path, *, after_complete: int 
             if m != seen_mtime:
                 seen_mtime, completed = m, completed + 1
         if completed >= after_complete and folder.is_dir():
-            for tmp in folder.iterdir():
-                if tmp.name.startswith(pattern) and tmp.name.endswith(".tmp"):
-                    try:
-                        if tmp.stat().st_size > 0:   # bytes written, not yet renamed
-                            proc.send_signal(signal.SIGKILL)
-                            proc.wait(30)
-                            return True
-                    except FileNotFoundError:
-                        pass
+            for tmp in folder.rglob(f"{pattern}*.tmp"):   # beside it, or in a staging folder below it
+                try:
+                    if tmp.stat().st_size > 0:   # bytes written, not yet renamed
+                        proc.send_signal(signal.SIGKILL)
+                        proc.wait(30)
+                        return True
+                except FileNotFoundError:
+                    pass
         time.sleep(0.02)
     if proc.poll() is None:
         proc.kill()

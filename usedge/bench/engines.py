@@ -86,14 +86,12 @@ def _openvino_runner(path: Path, threads: int | None, precision: str) -> Runner:
         config["INFERENCE_PRECISION_HINT"] = "f32"
     compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
     request = compiled.create_infer_request()
-    shapes = {}
 
     def infer(batch: np.ndarray):
-        # a dynamic-batch model: the request reshapes itself to the input
+        # dynamic batch axis: the request takes any batch; outputs are views into OpenVINO's buffers
         request.infer({0: batch}, share_inputs=True)
         return [request.get_output_tensor(i).data for i in range(len(compiled.outputs))]
 
-    del shapes
     return Runner(infer, lambda: None, f"openvino {ov.__version__} CPU, {threads or 'auto'} threads")
 
 
@@ -164,7 +162,8 @@ def _torch_runner(model_dir: Path, info: ModelInfo, threads: int | None, device:
             outs = out if isinstance(out, tuple) else (out,)
             return [o.float().cpu().numpy() for o in outs]   # the copy back is part of the latency
 
-    threads_note = f", {torch.get_num_threads()} threads" if device == "cpu" else f", {torch.cuda.get_device_name()}"
+    n = torch.get_num_threads()
+    threads_note = f", {n} thread{'s' if n > 1 else ''}" if device == "cpu" else f", {torch.cuda.get_device_name()}"
     return Runner(infer, lambda: None, f"torch {torch.__version__} eager {device}{threads_note}; {note}")
 
 

@@ -123,7 +123,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plots(result: dict) -> dict[str, bytes]:
+def make_plots(result: dict) -> dict[str, bytes]:
     """PNG bytes by file name; empty when matplotlib is not installed."""
     try:
         import matplotlib
@@ -170,13 +170,11 @@ def plots(result: dict) -> dict[str, bytes]:
     return out
 
 
-def write_results(result: dict, out_dir: Path, plots_wanted: bool = True, *, plots: bool | None = None) -> list[Path]:
+def write_results(result: dict, out_dir: Path, plots: bool = True) -> list[Path]:
     """bench.json, bench.md and (with matplotlib) latency.png + stages.png in out_dir; returns the paths."""
-    want = plots_wanted if plots is None else plots
     out_dir = Path(out_dir)
     files = [write_json_atomic(out_dir / "bench.json", result), write_text_atomic(out_dir / "bench.md", markdown(result))]
-    if want:
-        pngs = globals()["plots"](result)
-        for name, data in pngs.items():
+    if plots:
+        for name, data in make_plots(result).items():
             files.append(write_bytes_atomic(out_dir / name, data))
     return files

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,10 +74,6 @@ def find_models(model_dir: Path) -> tuple[Path, Path]:
             return model_dir, model_dir / name
     raise ModelError("no model.onnx / model.int8.onnx in this folder", path=model_dir,
                      hint="pass the --out folder of `usedge export`")
-
-
-def _fmt_row(key: str, r: dict) -> str:
-    return f"{key}: median {r['median']:.2f} ms"
 
 
 def _measure_latency(runners: dict, x: np.ndarray, opt: BenchOptions, progress) -> dict:
@@ -248,14 +244,15 @@ def run_bench(model_dir: str | Path, options: BenchOptions | None = None, out_di
 
     if opt.stages and (model_dir / "model.onnx").is_file():
         from usedge.bench.stages import scanner_video, stage_breakdown, stream_figure
-        work = Path(opt.work_dir) if opt.work_dir else Path(tempfile.mkdtemp(prefix="usedge-bench-"))
-        work.mkdir(parents=True, exist_ok=True)
-        video = scanner_video(work, opt.stage_frames)
-        stages = {"video": {"frames": opt.stage_frames, "size": [1920, 1080], "fps": 30}, "models": {}}
-        for name in ("model.onnx", "model.int8.onnx"):
-            if (model_dir / name).is_file():
-                stages["models"][name] = {"per_stage": stage_breakdown(model_dir / name, video, threads=threads),
-                                          "stream": stream_figure(model_dir / name, video, threads=threads)}
+        with tempfile.TemporaryDirectory(prefix="usedge-bench-") as tmp:   # the video is removed unless work_dir
+            work = Path(opt.work_dir) if opt.work_dir else Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            video = scanner_video(work, opt.stage_frames)
+            stages = {"video": {"frames": opt.stage_frames, "size": [1920, 1080], "fps": 30}, "models": {}}
+            for name in ("model.onnx", "model.int8.onnx"):
+                if (model_dir / name).is_file():
+                    stages["models"][name] = {"per_stage": stage_breakdown(model_dir / name, video, threads=threads),
+                                              "stream": stream_figure(model_dir / name, video, threads=threads)}
         result["stages"] = stages
     result["accuracy"] = _export_accuracy(model_dir)
     result["targets"] = evaluate_targets(result)
