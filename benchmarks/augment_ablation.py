@@ -9,7 +9,7 @@ Three synthetic cohorts (usedge.synth.cohort.make_cohort), disjoint patients:
 For every condition x mode x seed a fresh model is trained with usedge.train.trainer.fit and tested on
 `same` and `shifted`. The search's wall time is the search cost.
 
-    nice -n 10 .venv/bin/python benchmarks/augment_ablation.py            # the reduced budget (~12 min here)
+    nice -n 10 .venv/bin/python benchmarks/augment_ablation.py            # reduced budget: ~12 min wall, ~3 CPU-min here
 
 Writes benchmarks/results/augment_ablation.{json,md}.
 """

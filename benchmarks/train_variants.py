@@ -187,12 +187,13 @@ def collect(args, names, throughput, read, wall, codes) -> None:
             "train_images_per_s_median": sorted(h["images_per_second"] for h in epochs)[len(epochs) // 2],
             "best_epochs": [f["best_epoch"] for f in m["folds"]],
             "cpu_s_per_epoch": timing["cpu_s"] / max(len(epochs), 1) if timing else None,
+            "fold_accuracy": [f["metrics"]["overall_accuracy"] for f in m["folds"]],
             **timing,
         })
     doc = {"budget": budget(args), "data": str(args.data), "workers": args.workers, "wall_s": wall,
            "exit_codes": codes, "throughput": throughput, "read": read, "variants": rows,
            "machine": f"{os.cpu_count()} CPU cores, shared with other engineers' jobs (load varies)",
-           "command": "python benchmarks/train_variants.py " + " ".join(sys.argv[1:])}
+           "command": " ".join(["python benchmarks/train_variants.py"] + [a for a in sys.argv[1:] if a != "--collect"])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json_atomic(RESULTS / "train_variants.json", doc)
     lines = ["# Train variants: 5-fold CV by patient on the synthetic default cohort", "",
@@ -215,6 +216,20 @@ def collect(args, names, throughput, read, wall, codes) -> None:
                      f"{ms(mac['specificity'])} | {ms(mac['f1'])} | {ms(mac['roc_auc'])} | "
                      f"{r['seconds_per_epoch_median']:.1f} | {r['cpu_s_per_epoch'] or float('nan'):.1f} | "
                      f"{r['train_images_per_s_median']:.1f} |")
+    base = next((r for r in rows if r["variant"] == "ag-paper-focal" and r["done"]), None)
+    if base:
+        import numpy as np
+
+        lines += ["", "Paired by fold (same patient splits): overall accuracy minus ag-paper-focal's, mean ± sd over "
+                  "the 5 folds, percentage points:", ""]
+        for r in rows:
+            if r["done"] and r is not base:
+                d = 100 * (np.asarray(r["fold_accuracy"]) - np.asarray(base["fold_accuracy"]))
+                r["paired_accuracy_delta_pp"] = {"mean": float(d.mean()), "sd": float(d.std(ddof=1)),
+                                                 "folds_better": int((d > 0).sum()), "folds_worse": int((d < 0).sum())}
+                lines.append(f"- {r['variant']}: {d.mean():+.1f} ± {d.std(ddof=1):.1f} "
+                             f"(better in {(d > 0).sum()}, worse in {(d < 0).sum()} of 5 folds)")
+        write_json_atomic(RESULTS / "train_variants.json", doc)
     t = throughput
     lines += ["", f"Data loader alone: {t['loader_images_per_s']:.0f} images/s; AG-ResNet18 training step: "
               f"{t['model_train_images_per_s']:.1f} images/s (1 thread, {args.size} px) -> the loader is "

@@ -10,8 +10,8 @@ import pytest
 
 from usedge.dataset import Sample, write_manifest
 from usedge.errors import ConfigError, DataError
-from usedge.runtime.preprocess import CropInfo, PreprocessSpec
-from usedge.train.explain import ExplainConfig, mask_to_input, read_lesion_mask, run_explain
+from usedge.runtime.preprocess import CropInfo, PreprocessSpec, crop_mask
+from usedge.train.explain import ExplainConfig, read_lesion_mask, run_explain
 
 CLASSES = ["epidermal_cyst", "lipoma", "pilomatricoma"]
 
@@ -110,12 +110,12 @@ def test_mask_follows_the_image_crop():
     mask = np.zeros((100, 200), bool)
     mask[40:60, 120:160] = True                      # lesion in frame pixels
     info = CropInfo(frame_shape=(100, 200), fov_box=(0, 0, 200, 100), crop_box=(100, 0, 100, 100))
-    m = mask_to_input(mask, info, 50)                # crop x 100..200, then 100 -> 50 px
+    m = crop_mask(mask, info, 50) > 0               # crop x 100..200, then 100 -> 50 px
     ys, xs = np.nonzero(m)
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (20, 29, 10, 29)
     # a crop box reaching past the frame (x 150..250, y -50..50): zero outside the frame
     info = CropInfo(frame_shape=(100, 200), fov_box=(0, 0, 200, 100), crop_box=(150, -50, 100, 100))
-    m = mask_to_input(mask, info, 100)
+    m = crop_mask(mask, info, 100) > 0
     assert m.shape == (100, 100) and m.sum() == 10 * 10 and m[90:100, 0:10].all()  # frame y 40..50, x 150..160
 
 

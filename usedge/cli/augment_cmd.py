@@ -89,11 +89,11 @@ def preview_cmd(
 
     from usedge.fileio import write_bytes_atomic
     from usedge.train.augment import OPS, Policy, apply_op, preview_grid
-    from usedge.train.search import load_images, read_image
-    from usedge.runtime.preprocess import PreprocessSpec, prepare
+    from usedge.runtime.preprocess import PreprocessSpec, prepare_file
+    from usedge.train.search import load_images
 
     if data.is_file() and data.suffix.lower() != ".csv":
-        pics = [prepare(read_image(data), PreprocessSpec(size=size, crop="none"))[0]]
+        pics = [prepare_file(data, PreprocessSpec(size=size, crop="none", remove_doppler=False))[0]]
     else:
         from usedge.dataset import load_dataset
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from usedge.dataset import Dataset, Sample, load_dataset
-from usedge.errors import DataError, InputError
-from usedge.runtime.preprocess import PreprocessSpec, normalise, preprocess
+from usedge.errors import DataError
+from usedge.runtime.preprocess import PreprocessSpec, normalise, prepare_file
 
 
 @dataclass
@@ -33,16 +33,7 @@ class ImageSet:
 
 def _prepare(path: Path, spec: PreprocessSpec) -> np.ndarray:
     """One file -> float32 1 x 1 x S x S, by the same function training uses (prepare_file: DICOM
-    regions, crop, Doppler removal, resize) when this usedge has it."""
-    try:
-        from usedge.runtime.preprocess import prepare_file
-    except ImportError:   # older preprocess without file reading: OpenCV + preprocess
-        import cv2
-
-        frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if frame is None:
-            raise InputError("cannot read image", path=path, hint="use PNG/JPEG/BMP/TIFF files") from None
-        return preprocess(frame, spec)[0]
+    regions, crop, Doppler removal, resize)."""
     image, _ = prepare_file(path, spec)
     return normalise(image, spec)
 

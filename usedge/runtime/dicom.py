@@ -194,7 +194,8 @@ class DicomFile:
             raise InputError(f"frame {index} does not exist (the file has {self.n_frames})", path=self.path,
                              hint=f"use a frame index from 0 to {self.n_frames - 1}")
         try:
-            arr = pixel_array(self._ds, index=index if self.n_frames > 1 else None)
+            # allow_excess_frames=False: pixel bytes beyond NumberOfFrames (padding, a bad header) are not frames
+            arr = pixel_array(self._ds, index=index if self.n_frames > 1 else None, allow_excess_frames=False)
         except (RuntimeError, NotImplementedError) as exc:
             if "missing" in str(exc) or "plugin" in str(exc) or "decod" in str(exc).lower():
                 raise InputError("cannot decode the compressed pixel data", path=self.path,

@@ -247,8 +247,13 @@ def crop_mask(mask: np.ndarray, info: CropInfo, size: int) -> np.ndarray:
 
     Nearest-neighbour after INTER_AREA would alias thin masks, so it resizes as float and thresholds at 0.5.
     """
-    x, y, w, h = info.crop_box
-    roi = (np.asarray(mask)[y:y + h, x:x + w] > 0).astype(np.float32)
+    x, y, w, h = (int(v) for v in info.crop_box)
+    mask = np.asarray(mask)
+    fh, fw = mask.shape[:2]
+    roi = np.zeros((max(h, 1), max(w, 1)), dtype=np.float32)   # a box reaching past the frame: zero outside
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, fw), min(y + h, fh)
+    if x1 > x0 and y1 > y0:
+        roi[y0 - y:y1 - y, x0 - x:x1 - x] = mask[y0:y1, x0:x1] > 0
     small = cv2.resize(roi, (size, size), interpolation=cv2.INTER_AREA)
     return ((small >= 0.5) * 255).astype(np.uint8)
 

@@ -29,7 +29,7 @@ import numpy as np
 from usedge.dataset import Sample, load_dataset
 from usedge.errors import ConfigError, DataError, InputError
 from usedge.fileio import atomic_write, write_bytes_atomic, write_json_atomic, write_text_atomic
-from usedge.runtime.preprocess import CropInfo, PreprocessSpec, normalise, prepare
+from usedge.runtime.preprocess import PreprocessSpec, crop_mask, normalise, prepare_file
 from usedge.train import localisation as loc
 
 MAP_LABELS = {"cam": "CAM", "gradcam": "Grad-CAM", "att1": "attention 1", "att2": "attention 2"}
@@ -69,34 +69,6 @@ class ExplainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- I/O
-def read_frame(path: Path) -> np.ndarray:
-    """Read an image file (or a DICOM's first frame) as the runtime does."""
-    try:
-        from usedge.runtime.imageio import read_image
-    except ImportError:  # the runtime's reader is not there: a plain OpenCV/pydicom read
-        read_image = None
-    if read_image is not None:
-        return read_image(path)
-    if path.suffix.lower() == ".dcm":
-        import pydicom
-
-        pixels = pydicom.dcmread(path).pixel_array
-        return pixels[0] if pixels.ndim == 4 or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)) else pixels
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InputError("cannot read image", path=path, hint="check the file is a PNG/JPEG/BMP/TIFF image")
-    return image
-
-
-def prepare_image(path: Path, spec: PreprocessSpec) -> tuple[np.ndarray, CropInfo]:
-    """File -> (uint8 model input, CropInfo) exactly as the runtime prepares it (DICOM regions included)."""
-    try:
-        from usedge.runtime.preprocess import prepare_file
-    except ImportError:
-        return prepare(read_frame(path), spec)
-    return prepare_file(path, spec)
-
-
 def read_lesion_mask(sample: Sample, frame_shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
     """The lesion as a frame-sized bool mask: from mask_path, else from bbox, else None."""
     h, w = frame_shape
@@ -115,20 +87,6 @@ def read_lesion_mask(sample: Sample, frame_shape: tuple[int, int]) -> tuple[np.n
         mask[max(y, 0):max(y + bh, 0), max(x, 0):max(x + bw, 0)] = True
         return mask, "bbox"
     return None, ""
-
-
-def mask_to_input(mask: np.ndarray, info: CropInfo, size: int) -> np.ndarray:
-    """Apply the image's crop (CropInfo.crop_box, zero outside the frame) and resize to size x size.
-
-    Resized by area and thresholded at 0.5: a model-input pixel is lesion when most of it is.
-    """
-    x, y, w, h = (int(v) for v in info.crop_box)
-    fh, fw = mask.shape
-    region = np.zeros((max(h, 1), max(w, 1)), dtype=np.float32)
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, fw), min(y + h, fh)
-    if x1 > x0 and y1 > y0:
-        region[y0 - y:y1 - y, x0 - x:x1 - x] = mask[y0:y1, x0:x1]
-    return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA) >= 0.5
 
 
 # ------------------------------------------------------------------------------------------ drawing
@@ -257,19 +215,19 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
     sheet_strips: dict[str, list[np.ndarray]] = {n: [] for n in class_names}
     timings: dict[str, list[float]] = {}
     if samples:  # warm-up (first-call allocations), not timed
-        warm = torch.from_numpy(normalise(prepare_image(Path(samples[0].path), spec)[0], spec))
+        warm = torch.from_numpy(normalise(prepare_file(Path(samples[0].path), spec)[0], spec))
         compute_maps(model, warm, maps_wanted, None, config.weighting)
     with Progress(transient=True, disable=not config.progress) as bar:
         task = bar.add_task(f"explaining {len(samples)} images", total=len(samples))
         for sample in samples:
-            image, info = prepare_image(Path(sample.path), spec)
+            image, info = prepare_file(Path(sample.path), spec)
             x = torch.from_numpy(normalise(image, spec))
             target = sample.label if config.target == "label" else None
             maps, probs, cls, ms = compute_maps(model, x, maps_wanted, target, config.weighting)
             for k, v in ms.items():
                 timings.setdefault(k, []).append(v)
             lesion, lesion_source = read_lesion_mask(sample, info.frame_shape)
-            mask = mask_to_input(lesion, info, spec.size) if lesion is not None else None
+            mask = crop_mask(lesion, info, spec.size) > 0 if lesion is not None else None
             rel = _relative(sample.path, ds.root)
             row = {"image": rel, "label": class_names[sample.label], "pred": class_names[int(probs.argmax())],
                    "p_pred": float(probs.max()), "explained_class": class_names[cls],

@@ -141,11 +141,12 @@ def plot_curves(path: Path, fold_results: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for r in fold_results:
-        ep = [h["epoch"] for h in r["history"]]
-        axes[0].plot(ep, [h["train_loss"] for h in r["history"]], lw=1, label=f"fold {r['fold']} train")
-        axes[0].plot(ep, [h["val_loss"] for h in r["history"]], lw=1, ls="--", label=f"fold {r['fold']} inner val")
-        axes[1].plot(ep, [h["val_accuracy"] for h in r["history"]], lw=1, label=f"fold {r['fold']}")
+    for i, r in enumerate(fold_results):
+        ep, colour = [h["epoch"] for h in r["history"]], f"C{i % 10}"
+        axes[0].plot(ep, [h["train_loss"] for h in r["history"]], lw=1, color=colour, label=f"fold {r['fold']} train")
+        axes[0].plot(ep, [h["val_loss"] for h in r["history"]], lw=1, ls="--", color=colour,
+                     label=f"fold {r['fold']} inner val")
+        axes[1].plot(ep, [h["val_accuracy"] for h in r["history"]], lw=1, color=colour, label=f"fold {r['fold']}")
     axes[0].set(xlabel="epoch", ylabel="loss")
     axes[1].set(xlabel="epoch", ylabel="inner validation accuracy")
     axes[0].legend(fontsize=6)

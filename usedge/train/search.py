@@ -98,13 +98,6 @@ def load_images(dataset: Dataset, indices, size: int, progress: Callable[[int], 
     return out
 
 
-def read_image(path: Path) -> np.ndarray:
-    """One image file (or a DICOM's first frame) as usedge train reads it."""
-    from usedge.train.data import _read_image
-
-    return _read_image(Path(path))
-
-
 def inner_splits(labels: np.ndarray, groups: np.ndarray, pool: np.ndarray, k: int, seed: int,
                  where=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """K (train, held-out) index pairs of `pool`, by patient, class-stratified."""
@@ -276,7 +269,7 @@ def _study(name: str, storage: str | None, cfg: SearchConfig, seed: int, ops: li
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction=direction,
                                     load_if_exists=True)
     except Exception as exc:  # bad URL, unreachable database, locked file
-        raise ConfigError(f"cannot open optuna storage ({type(exc).__name__}: {exc})", path=storage,
+        raise ConfigError(f"cannot open optuna storage ({type(exc).__name__})", path=_redact(storage),
                           hint="pass --storage sqlite:///search.db or a reachable RDB URL") from exc
     if study.direction.name.lower() != direction:
         raise ConfigError(f"study {name} was run with another objective", path=storage,
@@ -372,6 +365,14 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     cfg.validate()
+    if storage:  # fail before any child is trained
+        import optuna
+
+        try:
+            optuna.storages.get_storage(storage)
+        except Exception as exc:
+            raise ConfigError(f"cannot open optuna storage ({type(exc).__name__})", path=_redact(storage),
+                              hint="pass --storage sqlite:///search.db or a reachable RDB URL") from exc
     if len(dataset.class_names) < 2:
         raise DataError("the search needs at least two classes", path=dataset.root, hint="add images of another class")
     t0 = time.perf_counter()
