@@ -82,14 +82,12 @@ def _node_flops(node, shape) -> tuple[int, int] | None:
         w, x = shape(ins[w_idx]), shape(ins[0])
         if w is None or out is None or x is None:
             return None
-        group = int(_attr(node, "group", 1))
         if op == "ConvTranspose":   # every input pixel scatters a Cout/g x k kernel
             macs = prod(x) * (w[1]) * prod(w[2:])
         else:                       # every output pixel gathers Cin/g x k
             macs = prod(out) * w[1] * prod(w[2:])
         bias_idx = 8 if op == "QLinearConv" else 2
         bias = prod(out) if len(ins) > bias_idx and ins[bias_idx] else 0
-        del group  # the weight's second dim is already Cin/group
         return 2 * macs, bias
     if op in ("Gemm", "FusedGemm"):
         a, b = shape(ins[0]), shape(ins[1])

@@ -177,7 +177,7 @@ def run_bench(model_dir: str | Path, options: BenchOptions | None = None, out_di
         flops = count_flops(flops_src, batch=1).to_dict()
         flops["source"] = flops_src.name
     except (ModelError, ImportError) as exc:   # onnx is not in the lean install
-        flops = {"error": getattr(exc, "one_line", lambda: str(exc))()}
+        flops = {"error": exc.one_line() if isinstance(exc, ModelError) else str(exc)}
     result["flops"] = flops
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -276,7 +276,7 @@ def evaluate_targets(result: dict) -> list[dict]:
         passed = None if value is None else (value <= aim if better == "lower" else value >= aim)
         out.append({"target": name, "value": value, "aim": aim, "better": better, "passed": passed, "note": note})
 
-    ort, torch_ = _row(result, "ort-cpu/fp32"), _row(result, "torch-eager/fp32")
+    ort = _row(result, "ort-cpu/fp32")
     int8, ov32, ov8 = _row(result, "ort-cpu/int8"), _row(result, "openvino/fp32"), _row(result, "openvino/int8")
     add("onnxruntime fp32 / torch eager (batch-1 median)", ort.get("vs_torch_eager"), TARGETS["ort_fp32_vs_torch"],
         "lower", f"CPU-time ratio {ort.get('cpu_vs_torch_eager')}")

@@ -59,7 +59,7 @@ class ExportReport:
         return d
 
     def to_markdown(self) -> str:
-        lines = [f"# usedge export report", "",
+        lines = ["# usedge export report", "",
                  f"- checkpoint: `{self.checkpoint}` (sha256 `{self.checkpoint_sha256[:16]}…`)",
                  f"- usedge {self.usedge_version}, {self.created_utc}",
                  f"- images: {self.data.get('source', 'none')} — {self.data.get('note', '')}", "",

@@ -362,7 +362,6 @@ def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
         return FieldOfView(box=(0, 0, W, H), boxes=[(0, 0, W, H)], method="detection",
                            notes=["no screen background around the image: the frame is all image"])
     diff = np.abs(strided.astype(np.int16) - bg)
-    not_bg = (diff.max(axis=2) if diff.ndim == 3 else diff) > tol
     bg_b = int(bg.max())
     p99 = int(np.percentile(small, 99))
     fg = small > bg_b + max(3, (p99 - bg_b) // 20)

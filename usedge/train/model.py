@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from usedge.errors import ConfigError, MissingDependency, ModelError
+from usedge.errors import ConfigError, ModelError
 
 GATE_NORMS = ("paper", "softmax", "sigmoid")
 ARCHS = ("ag_resnet18", "resnet18")
