@@ -210,6 +210,7 @@ def test_sink_on_a_full_disk_failing_file_object(clf, tmp_path, reliability_ledg
     line = info.value.one_line()
     assert str(out) in line and "No space left" in line and "\n" not in line
     assert not runner.capture.is_alive()
+    assert runner.summary.ended_by == "output failed" and "No space left" in runner.summary.error
     lines, tail = _jsonl_lines(out)
     assert 1 <= len(lines) < 40 and [r["frame"] for r in lines] == list(range(len(lines)))
     reliability_ledger.add("stream.sink_full_fileobj", faults_injected=1, outputs_checked=len(lines) + 1)

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 def kill_mid_write(proc: subprocess.Popen, target: Path, *, after_complete: int = 0, timeout: float = 240.0) -> bool:
     """SIGKILL `proc` as soon as its temporary file for `target` (fileio.atomic_write's hidden
     `.name.*.tmp`, beside `target` or in a staging folder below its folder) has bytes in it, once
-    `target` has been completed `after_complete` times (counted by its mtime changing). True when the kill landed mid-write; False if the process ended first."""
+    `target` has been completed `after_complete` times (counted by its mtime changing). True when
+    the kill landed mid-write; False if the process ended first."""
     folder, pattern = target.parent, f".{target.name}."
     seen_mtime, completed = None, 0
     end = time.monotonic() + timeout

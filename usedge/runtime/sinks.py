@@ -57,7 +57,8 @@ def _output_errors(path, written: int):
         yield
     except OSError as exc:
         raise OutputError(f"cannot write results ({exc.strerror or exc}) after {written} complete lines",
-                          path=path, hint="free disk space or choose another output; the lines before are intact") from exc
+                          path=path, hint="free disk space or choose another output; the lines before are intact"
+                          ) from exc
 
 
 def _close_quietly(fh, own: bool) -> None:

@@ -23,7 +23,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from usedge.errors import StreamError, UsedgeError
+from usedge.errors import OutputError, StreamError, UsedgeError
 from usedge.runtime.classifier import Classifier, Prediction
 from usedge.runtime.overlay import draw_prediction
 from usedge.runtime.sinks import CallbackSink, Sink
@@ -110,7 +110,8 @@ class StreamSummary:
     source_fps: float = 0.0
     latency_ms: dict = field(default_factory=dict)   # stage -> {p50, p90, p99}
     model_share: float = float("nan")               # median model time / median capture-to-result
-    ended_by: str = "end of source"  # end of source | max frames | interrupted | stopped | source failed
+    # end of source | max frames | interrupted | stopped | source failed | output failed
+    ended_by: str = "end of source"
     error: str = ""
 
     def to_dict(self) -> dict:
@@ -274,6 +275,7 @@ class StreamRunner:
         ended_by = "end of source"
         last: Prediction | None = None
         want_overlay = self._overlay_wanted()
+        output_error: OutputError | None = None
         try:
             while not self.stop_event.is_set():
                 frame = self.slot.get(timeout=0.5)
@@ -307,6 +309,8 @@ class StreamRunner:
                     ended_by = "stopped"
         except KeyboardInterrupt:
             ended_by = "interrupted"
+        except OutputError as exc:   # a sink cannot write (disk full): stop, summarise, then report it
+            ended_by, output_error = "output failed", exc
         finally:
             self.stop_event.set()
             self.slot.close()
@@ -320,6 +324,9 @@ class StreamRunner:
             elif self.max_frames is not None and cap.source_frames >= self.max_frames:
                 ended_by = "max frames"
         self.summary = self._summarise(ended_by)
+        if output_error is not None:
+            self.summary.error = output_error.one_line()
+            raise output_error
         return self.summary
 
     def _summarise(self, ended_by: str) -> StreamSummary:

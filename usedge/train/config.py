@@ -20,7 +20,7 @@ from usedge.runtime.preprocess import PreprocessSpec
 @dataclass
 class ModelConfig:
     arch: str = "ag_resnet18"
-    gate_norm: str = "paper"
+    gate_norm: str = "sigmoid"     # best of paper|softmax|sigmoid in benchmarks/results/train_variants.md
     pretrained: str = "none"
 
 
