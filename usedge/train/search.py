@@ -24,6 +24,7 @@ import numpy as np
 from usedge.dataset import Dataset
 from usedge.errors import ConfigError, DataError
 from usedge.train.augment import OpSpec, Policy, SubPolicy, image_rng, resolve_ops
+from usedge.train.config import DataConfig, ModelConfig
 
 OBJECTIVES = ("loss", "accuracy")
 
@@ -33,7 +34,7 @@ class ChildConfig:
     """The child model trained without augmentation on each inner split (cheap on purpose)."""
 
     arch: str = "ag_resnet18"
-    gate_norm: str = "paper"
+    gate_norm: str = ModelConfig.gate_norm   # the same gate as `usedge train` trains
     image_size: int = 224      # pixels; smaller = cheaper search (the policy's ops are size-relative)
     epochs: int = 10
     batch_size: int = 16
@@ -82,12 +83,12 @@ class SearchConfig:
 # --- data ---------------------------------------------------------------------------------------
 
 def load_images(dataset: Dataset, indices, size: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """uint8 N x size x size images as `usedge train` prepares them by default (crop none, no Doppler
-    removal: training images are lesion crops), via usedge.train.data.load_images."""
+    """uint8 N x size x size images as `usedge train` prepares them by default (its crop and Doppler
+    removal), via usedge.train.data.load_images: the children see the pixels training sees."""
     from usedge.runtime.preprocess import PreprocessSpec
     from usedge.train.data import load_images as prepare_all
 
-    spec = PreprocessSpec(size=size, crop="none", remove_doppler=False)
+    spec = PreprocessSpec(size=size, crop=DataConfig.crop, remove_doppler=DataConfig.remove_doppler)
     samples = [dataset.samples[int(i)] for i in indices]
     out = np.empty((len(samples), size, size), np.uint8)
     for start in range(0, len(samples), 32):
