@@ -69,7 +69,8 @@ def markdown(result: dict) -> str:
               "| GEMM | n | best GFLOP/s | median GFLOP/s | GFLOP per CPU-s |", "|---|---:|---:|---:|---:|"]
     for when in ("before", "after"):
         for row in g[when]["rows"]:
-            lines.append(f"| {row['engine']} ({when}) | {row['n']} | {_f(row['gflops_best'], 1)} | "
+            engine = row["engine"] + ("" if row.get("in_limit", True) else ", all cores: not in the limit")
+            lines.append(f"| {engine} ({when}) | {row['n']} | {_f(row['gflops_best'], 1)} | "
                          f"{_f(row['gflops_median'], 1)} | {_f(row.get('gflops_per_cpu_s'), 1)} |")
     lines += ["", "| row | GFLOP/s at median | at min | fraction of GEMM limit (median / min) | per CPU-s | "
               "fraction (CPU time) |", "|---|---:|---:|---:|---:|---:|"]
