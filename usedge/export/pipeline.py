@@ -103,6 +103,9 @@ def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_nam
     ds = image_data.open_dataset(data, class_names)
     split = image_data.split_from_run(ds.samples, ds.root, checkpoint)
     how = "the fold's train / test patients (folds.csv)" if split else "split by patient hash"
+    if not split and (checkpoint.parent / "folds.csv").is_file():   # a run's all-data model.pt
+        how += ("; this model was trained on all of them, so its accuracy here is training accuracy: "
+                "read the int8 row as fp32/int8 agreement, and the run's report.md for generalisation")
     calib, held = split or image_data.split_by_patient(ds.samples)
     calib = image_data.spread(calib, opts.calib_count)
     held = image_data.spread(held, opts.parity_count)
