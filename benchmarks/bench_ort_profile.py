@@ -99,25 +99,11 @@ def shape_matched_gemm(conv_gemm: dict[str, tuple[int, int, int]], threads: int,
     sizes on this machine at this moment: the limit that small late-layer shapes allow, not the
     large-square peak.
     """
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from usedge.bench.gemm import ort_matmul
 
     times: dict[tuple[int, int, int], float] = {}
-    rng = np.random.default_rng(0)
     for m, n, k in sorted(set(conv_gemm.values())):
-        b = rng.standard_normal((k, n), dtype=np.float32)
-        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "g",
-                                  [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
-                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, n])],
-                                  [onnx.numpy_helper.from_array(b, "b")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-        model.ir_version = 9
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        a = rng.standard_normal((m, k), dtype=np.float32)
+        sess, a = ort_matmul(m, k, n, threads)
         sess.run(None, {"a": a})
         best = float("inf")
         for _ in range(reps):

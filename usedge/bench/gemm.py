@@ -38,18 +38,18 @@ def numpy_gemm(n: int, reps: int) -> dict:
     return _rate(lambda: np.matmul(a, b, out=c), 2.0 * n ** 3, reps)
 
 
-def ort_gemm(n: int, reps: int, threads: int | None) -> dict:
-    """onnxruntime CPU MatMul of two float32 n x n matrices, intra-op threads = `threads`."""
+def ort_matmul(m: int, k: int, n: int, threads: int | None, seed: int = 0):
+    """An onnxruntime CPU session computing a (m x k) @ (k x n) FP32 MatMul, and its input `a`."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    rng = np.random.default_rng(0)
-    b = rng.standard_normal((n, n), dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    b = rng.standard_normal((k, n), dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, n])],
         [onnx.numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
@@ -59,7 +59,12 @@ def ort_gemm(n: int, reps: int, threads: int | None) -> dict:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    a = rng.standard_normal((n, n), dtype=np.float32)
+    return sess, rng.standard_normal((m, k), dtype=np.float32)
+
+
+def ort_gemm(n: int, reps: int, threads: int | None) -> dict:
+    """onnxruntime CPU MatMul of two float32 n x n matrices, intra-op threads = `threads`."""
+    sess, a = ort_matmul(n, n, n, threads)
     return _rate(lambda: sess.run(None, {"a": a}), 2.0 * n ** 3, reps)
 
 
