@@ -93,7 +93,7 @@ def cpu_breakdown(model: Path, video: Path, frames: int = 40) -> dict:
             t.append(time.process_time())
             image, _ = cropper(frame)
             t.append(time.process_time())
-            clf.normalise_into(image, clf._input[0, 0])
+            clf.normalise(image)
             t.append(time.process_time())
             out = clf.backend.infer(clf._input)
             t.append(time.process_time())

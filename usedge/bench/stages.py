@@ -55,7 +55,7 @@ def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmu
             marks.append((time.perf_counter(), time.process_time()))
             image, info = cropper(frame)
             marks.append((time.perf_counter(), time.process_time()))
-            clf.normalise_into(image, clf._input[0, 0])
+            clf.normalise(image)
             marks.append((time.perf_counter(), time.process_time()))
             outputs = clf.backend.infer(clf._input)
             marks.append((time.perf_counter(), time.process_time()))

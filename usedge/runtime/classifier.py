@@ -19,7 +19,7 @@ from usedge.errors import BackendUnavailable, ModelError
 from usedge.fileio import sha256_file
 from usedge.runtime.backends import Backend, candidate_backends, create_backend
 from usedge.runtime.model_info import METADATA_KEY, ModelInfo
-from usedge.runtime.preprocess import CropInfo, PreprocessSpec, prepare
+from usedge.runtime.preprocess import CropInfo, PreprocessSpec, normalise, prepare
 
 #: frame (H x W or H x W x C, any dtype) -> (uint8 size x size model image, where it came from)
 Cropper = Callable[[np.ndarray], tuple[np.ndarray, CropInfo]]
@@ -158,12 +158,9 @@ class Classifier:
         """
         return prepare(frame, self.spec, regions=regions)
 
-    def normalise_into(self, image: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """uint8 H x W -> `out` (float32 1 x H x W view), same arithmetic as preprocess.normalise."""
-        np.multiply(image, np.float32(1.0 / 255.0), out=out, casting="unsafe")
-        np.subtract(out, np.float32(self.spec.mean), out=out)
-        np.divide(out, np.float32(self.spec.std), out=out)
-        return out
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """uint8 H x W -> the reused float32 1 x 1 x H x W model input (preprocess.normalise)."""
+        return normalise(image, self.spec, out=self._input)
 
     def _postprocess(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         probs = np.asarray(outputs["probs"], dtype=np.float32).reshape(-1, len(self.class_names))
@@ -201,7 +198,7 @@ class Classifier:
         t0 = time.perf_counter()
         image, info = cropper(frame) if cropper is not None else self.crop(frame, regions)
         t1 = time.perf_counter()
-        self.normalise_into(image, self._input[0, 0])
+        self.normalise(image)
         t2 = time.perf_counter()
         outputs = self.backend.infer(self._input)
         t3 = time.perf_counter()
@@ -223,7 +220,7 @@ class Classifier:
         t1 = time.perf_counter()
         batch = np.empty((len(frames), 1, self.spec.size, self.spec.size), np.float32)
         for i, (image, _) in enumerate(crops):
-            self.normalise_into(image, batch[i, 0])
+            normalise(image, self.spec, out=batch[i:i + 1])
         t2 = time.perf_counter()
         outputs = self.backend.infer(batch)
         t3 = time.perf_counter()

@@ -217,13 +217,20 @@ def prepare_all(frame: np.ndarray, spec: PreprocessSpec = PreprocessSpec(), *,
     return results
 
 
-def normalise(image: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:
-    """uint8 H x W (or N x H x W) -> float32 N x 1 x H x W, (x/255 - mean)/std."""
-    x = image.astype(np.float32) * np.float32(1.0 / 255.0)
-    x = (x - np.float32(spec.mean)) / np.float32(spec.std)
-    if x.ndim == 2:
-        x = x[None]
-    return x[:, None, :, :]
+def normalise(image: np.ndarray, spec: PreprocessSpec = PreprocessSpec(), *,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 H x W (or N x H x W) -> float32 N x 1 x H x W, (x/255 - mean)/std.
+
+    out: a float32 N x 1 x H x W buffer to write into (a stream reuses one: no allocation per frame).
+    """
+    images = image[None] if image.ndim == 2 else image
+    if out is None:
+        out = np.empty((images.shape[0], 1) + images.shape[1:], np.float32)
+    x = out[:, 0]
+    np.multiply(images, np.float32(1.0 / 255.0), out=x, casting="unsafe")
+    np.subtract(x, np.float32(spec.mean), out=x)
+    np.divide(x, np.float32(spec.std), out=x)
+    return out
 
 
 def preprocess(frame: np.ndarray, spec: PreprocessSpec = PreprocessSpec(), *,
