@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from usedge.errors import ConfigError
 
 INPUT_NAME = "image"
 
@@ -25,11 +24,8 @@ class ExportModel(nn.Module):
         self.model = model
         self.with_cam = with_cam
         if with_cam:
-            try:
-                from usedge.train.cam import multi_branch_cam
-            except ImportError as exc:  # the explain module is optional for a plain export
-                raise ConfigError("--cam needs usedge.train.cam.multi_branch_cam, which this install lacks",
-                                  hint="export without --cam, or update usedge") from exc
+            from usedge.train.cam import multi_branch_cam
+
             self._cam = multi_branch_cam
 
     @property

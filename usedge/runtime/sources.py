@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from usedge.errors import InputError, StreamError, UsedgeError
+from usedge.runtime.imageio import read_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -53,22 +54,6 @@ def _is_dicom(path: Path) -> bool:
     from usedge.runtime.dicom import is_dicom
 
     return is_dicom(path)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """One still image (PNG/JPEG/...) as OpenCV reads it (BGR/gray, uint8 or uint16)."""
-    try:
-        from usedge.runtime.imageio import read_image as shared_read_image
-    except ImportError:
-        shared_read_image = None
-    if shared_read_image is not None:
-        return shared_read_image(path)
-    path = Path(path)
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
-    if image is None:
-        raise InputError("cannot read this image", path=path, hint="pass a PNG/JPEG/BMP/TIFF file or a DICOM")
-    return image
 
 
 def expand_inputs(inputs: list[str | Path]) -> Iterator[Path]:

@@ -26,6 +26,7 @@ import numpy as np
 from usedge.errors import OutputError, StreamError, UsedgeError
 from usedge.runtime.classifier import Classifier, Prediction
 from usedge.runtime.overlay import draw_prediction
+from usedge.runtime.preprocess import FrameCropper
 from usedge.runtime.sinks import CallbackSink, Sink
 from usedge.runtime.sources import CaptureThread, Frame, FrameReader, LatestFrameSlot
 
@@ -170,10 +171,6 @@ class StreamRunner:
         self.last_error = ""
 
     def _make_cropper(self) -> Callable:
-        try:
-            from usedge.runtime.preprocess import FrameCropper
-        except ImportError:
-            return self.classifier.crop
         return FrameCropper(self.classifier.spec, regions=self.reader.regions)
 
     # -- consumers ----------------------------------------------------------------------------
