@@ -1,0 +1,43 @@
+"""The CLI's shared vocabulary: one spelling per idea, and old spellings kept for one release.
+
+Every command spells its output `--out/-o`, its "replace what is there" switch `--overwrite`, its
+silence switch `--quiet/-q` and its model input side `--image-size`. A renamed flag stays as a
+hidden option for one release; `deprecated()` picks the value and prints one line to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TypeVar
+
+import typer
+
+T = TypeVar("T")
+
+_warned: set[str] = set()
+
+
+def deprecated(new_value: T, old_value: T | None, *, old: str, new: str, default: T | None = None) -> T:
+    """The value of NEW, or of OLD when only the old spelling was given (with one deprecation line).
+
+    `old_value` is None (or equal to `default`) when the old flag was not used.
+    """
+    if old_value is None or old_value == default:
+        return new_value
+    if old not in _warned:
+        _warned.add(old)
+        print(f"usedge: {old} is deprecated; use {new}", file=sys.stderr)
+    return old_value if new_value == default or new_value is None else new_value
+
+
+def quiet_option() -> bool:
+    return typer.Option(False, "--quiet", "-q", help="Print only errors and the final line.")
+
+
+def overwrite_option(help: str = "Replace outputs that already exist.") -> bool:
+    return typer.Option(False, "--overwrite", help=help)
+
+
+def force_alias() -> bool | None:
+    """The hidden, deprecated spelling of --overwrite."""
+    return typer.Option(None, "--force", hidden=True, help="Deprecated: use --overwrite.")
