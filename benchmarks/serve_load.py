@@ -149,13 +149,13 @@ def main() -> int:
                 if status != 200:
                     raise SystemExit(f"reference request failed: {status} {d}")
                 reference[i] = d
-        names = list(reference[0]["probabilities"])
-        ref_p = np.array([[reference[i]["probabilities"][n] for n in names] for i in range(len(bodies))])
+        names = list(reference[0]["probs"])
+        ref_p = np.array([[reference[i]["probs"][n] for n in names] for i in range(len(bodies))])
         diffs = [np.abs(ref_p[i] - ref_p[j]).max() for i in range(len(bodies)) for j in range(i + 1, len(bodies))]
         min_pair = float(min(diffs)) if diffs else float("nan")
 
         def check(d: dict, status: int, i: int, rid: str) -> bool:
-            got = np.array([d.get("probabilities", {}).get(n, np.nan) for n in names], np.float64)
+            got = np.array([d.get("probs", {}).get(n, np.nan) for n in names], np.float64)
             return (status == 200 and d.get("request_id") == rid and d.get("model_sha256") == model_sha
                     and d.get("input", {}).get("width") == reference[i]["input"]["width"]
                     and d.get("input", {}).get("height") == reference[i]["input"]["height"]

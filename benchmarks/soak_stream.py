@@ -138,6 +138,7 @@ def main() -> int:
 
     from usedge.runtime.classifier import Classifier
     from usedge.runtime.sinks import JsonlSink
+    from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.stream import StreamRunner
 
     rng = np.random.default_rng(0)
@@ -172,7 +173,7 @@ def main() -> int:
         if bar is not None and n % 100 == 0:
             bar.update(task, completed=n)
 
-    runner = StreamRunner(clf, reader, [sink], freeze=True)
+    runner = StreamRunner(FramePipeline(clf, [sink], stream=True, regions=reader.regions, freeze=True), reader)
     runner.subscribe(on_result)
     t0 = time.perf_counter()
     if bar is not None:

@@ -78,12 +78,11 @@ def cpu_breakdown(model: Path, video: Path, frames: int = 40) -> dict:
     import cv2
 
     from usedge.runtime.classifier import Classifier
-    from usedge.runtime.preprocess import FrameCropper
-    from usedge.runtime.stream import FreezeDetector
+    from usedge.runtime.pipeline import FramePipeline, FreezeDetector
 
     stages = {k: [] for k in ("decode", "freeze_check", "crop", "normalise", "model", "post")}
     with Classifier.load(model, backend="ort-cpu", threads=1) as clf:
-        cropper, freeze = FrameCropper(clf.spec), FreezeDetector()
+        cropper, freeze = FramePipeline(clf, stream=True).cropper, FreezeDetector()
         cap = cv2.VideoCapture(str(video))
         for i in range(frames + 3):
             t = [time.process_time()]
@@ -91,13 +90,13 @@ def cpu_breakdown(model: Path, video: Path, frames: int = 40) -> dict:
             t.append(time.process_time())
             freeze.is_frozen(frame)
             t.append(time.process_time())
-            image, _ = cropper(frame)
+            image, info = clf.prepare(frame, cropper=cropper)
             t.append(time.process_time())
-            clf.normalise(image)
+            batch = clf.normalise(image)
             t.append(time.process_time())
-            out = clf.backend.infer(clf._input)
+            out = clf.run_model(batch)
             t.append(time.process_time())
-            clf._postprocess(out)
+            clf.post(out, [info])
             t.append(time.process_time())
             if i >= 3:  # warm-up frames left out
                 for k, a, b in zip(stages, t[:-1], t[1:]):
@@ -114,7 +113,7 @@ def freeze_accuracy(video: Path, truth: dict) -> dict:
     """The freeze detector on every frame against the video's truth: false/missed freezes."""
     import cv2
 
-    from usedge.runtime.stream import FreezeDetector
+    from usedge.runtime.pipeline import FreezeDetector
 
     det, cap = FreezeDetector(), cv2.VideoCapture(str(video))
     live_mad, frozen_mad, fp, fn = [], [], 0, 0
@@ -136,11 +135,14 @@ def freeze_accuracy(video: Path, truth: dict) -> dict:
 def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool) -> dict:
     from usedge.runtime.classifier import Classifier
     from usedge.runtime.sources import open_source
+    from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.stream import StreamRunner
 
     with Classifier.load(model, backend="ort-cpu", threads=threads, spinning=spinning) as clf:
         baseline = model_only(clf)
-        runner = StreamRunner(clf, open_source(str(video)), realtime=True, freeze=freeze)
+        reader = open_source(str(video))
+        runner = StreamRunner(FramePipeline(clf, stream=True, regions=reader.regions, freeze=freeze), reader,
+                              realtime=True)
         s = runner.run()
     lat = s.latency_ms
     c2r, mdl = lat["capture_to_result"], lat["model"]

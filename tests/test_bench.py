@@ -101,7 +101,7 @@ def test_quick_bench_writes_valid_json_md_png(quick_bench):
     assert data["flops"]["gemm_flops"] > 0 and data["gemm"]["limit_gflops"] > 0
     assert 0 < rows["ort-cpu/fp32"]["gemm_efficiency_median"]
     stages = data["stages"]["models"]["model.onnx"]
-    assert set(stages["per_stage"]["wall_ms"]) >= {"decode", "crop", "preprocess", "inference", "postprocess"}
+    assert set(stages["per_stage"]["wall_ms"]) >= {"decode", "crop", "normalise", "model", "post"}
     assert stages["stream"]["processed"] >= 1
     assert {t["target"].split(" (")[0] for t in data["targets"]} >= {"onnxruntime fp32 / torch eager"}
     md = (out / "bench.md").read_text()

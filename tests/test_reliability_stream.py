@@ -74,10 +74,15 @@ def _jsonl_lines(path: Path) -> tuple[list[dict], str]:
 
 
 def _run(clf, reader, sinks=(), **kw):
+    runner = _runner(clf, reader, sinks, **kw)
+    return runner, runner.run()
+
+
+def _runner(clf, reader, sinks=(), *, freeze=True, **kw):
+    from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.stream import StreamRunner
 
-    runner = StreamRunner(clf, reader, list(sinks), **kw)
-    return runner, runner.run()
+    return StreamRunner(FramePipeline(clf, sinks, stream=True, regions=reader.regions, freeze=freeze), reader, **kw)
 
 
 def test_source_that_stops_mid_stream(clf, tmp_path, reliability_ledger):
@@ -140,10 +145,8 @@ def test_stalled_source_resumes_and_stop_does_not_hang(clf, reliability_ledger):
     _, summary = _run(clf, reader, freeze=False)
     assert summary.processed == 6, summary
 
-    from usedge.runtime.stream import StreamRunner
-
     stuck = ScriptedReader([*frames_cycle(2), 120.0, *frames_cycle(2)], live=True)
-    runner = StreamRunner(clf, stuck, [], freeze=False)
+    runner = _runner(clf, stuck, [], freeze=False)
     thread = runner.start()
     assert runner.wait_result(timeout=30) is not None
     time.sleep(0.3)
@@ -201,9 +204,7 @@ def test_sink_on_a_full_disk_failing_file_object(clf, tmp_path, reliability_ledg
     sink = JsonlSink(out)
     sink.fh.close()
     sink.fh = FullDiskFile(out, budget=2500)
-    from usedge.runtime.stream import StreamRunner
-
-    runner = StreamRunner(clf, ScriptedReader(frames_cycle(40)), [sink], freeze=False)
+    runner = _runner(clf, ScriptedReader(frames_cycle(40)), [sink], freeze=False)
     with pytest.raises(OutputError) as info:
         runner.run()
     sink.close()

@@ -40,9 +40,12 @@ def test_predict_every_artifact(tiny_onnx_dir, frame, name):
 
 def test_model_input_is_the_one_preprocessing_bit_for_bit(runtime_model, frame):
     with Classifier.load(runtime_model, backend="ort-cpu", threads=1) as clf:
-        clf.predict(frame)
-        image, _ = prepare(frame, clf.spec)
-        assert np.array_equal(clf._input, normalise(image, clf.spec))
+        image, info = clf.prepare(frame)
+        assert np.array_equal(image, prepare(frame, clf.spec)[0])
+        batch = clf.normalise(image)
+        assert np.array_equal(batch, normalise(image, clf.spec))
+        direct = clf.post(clf.run_model(batch), [info])[0]
+        assert direct.probs == clf.predict(frame).probs      # predict is exactly these stages
 
 
 def test_predict_batch_matches_predict(runtime_model, runtime_images):

@@ -53,10 +53,10 @@ def test_predict_png_matches_the_classifier(client, serve_classifier, serve_imag
         d = r.json()
         direct = serve_classifier.predict(cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
         assert d["label"] == direct.label
-        assert list(d["probabilities"]) == serve_classifier.class_names
-        np.testing.assert_allclose([d["probabilities"][n] for n in serve_classifier.class_names],
+        assert list(d["probs"]) == serve_classifier.class_names
+        np.testing.assert_allclose([d["probs"][n] for n in serve_classifier.class_names],
                                    [direct.probs[n] for n in serve_classifier.class_names], atol=1e-5)
-        assert abs(sum(d["probabilities"].values()) - 1) < 1e-4
+        assert abs(sum(d["probs"].values()) - 1) < 1e-4
         assert d["crop_box"] == list(direct.crop_box)
         assert d["model_sha256"] == sha256_file(serve_model)
         assert d["request_id"] == "req-1"
@@ -228,7 +228,7 @@ def test_cli_module_imports_no_web_packages():
 
 
 class _HeldClassifier:
-    """The real classifier, but predict_batch waits until released: makes 'the server is busy' certain."""
+    """The real classifier, but predict waits until released: makes 'the server is busy' certain."""
 
     def __init__(self, inner):
         self._inner = inner
@@ -238,10 +238,10 @@ class _HeldClassifier:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def predict_batch(self, *args, **kwargs):
+    def predict(self, *args, **kwargs):
         self.entered.set()
         self.release.wait(30)
-        return self._inner.predict_batch(*args, **kwargs)
+        return self._inner.predict(*args, **kwargs)
 
 
 def test_full_queue_answers_503_and_recovers(serve_classifier, image_bytes):

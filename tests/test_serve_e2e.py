@@ -78,9 +78,9 @@ def test_page_in_headless_chromium(serve_model, serve_video, serve_images, tmp_p
 
                 # probability bars: one per class, widths summing to 100 %, the current class named
                 widths = page.eval_on_selector_all("#live-bars .fill", "els => els.map(e => parseFloat(e.style.width))")
-                assert len(widths) == len(expected["probabilities"])
+                assert len(widths) == len(expected["probs"])
                 assert abs(sum(widths) - 100.0) < 1.0 and max(widths) > 0
-                names = [n.replace("_", " ") for n in expected["probabilities"]]
+                names = [n.replace("_", " ") for n in expected["probs"]]
                 assert page.text_content("#current-label") in names
 
                 # upload one image through the form
@@ -91,7 +91,7 @@ def test_page_in_headless_chromium(serve_model, serve_video, serve_images, tmp_p
                 page.wait_for_function("() => document.getElementById('upload-overlay').naturalWidth > 0", timeout=10_000)
                 upload_widths = page.eval_on_selector_all("#upload-bars .fill",
                                                           "els => els.map(e => parseFloat(e.style.width))")
-                for w, p_ in zip(upload_widths, expected["probabilities"].values()):
+                for w, p_ in zip(upload_widths, expected["probs"].values()):
                     assert abs(w - 100 * p_) < 0.11
 
                 shot = tmp_path / "serve_page.png"

@@ -46,7 +46,7 @@ def test_latest_follows_the_stream(live_server, serve_classifier):
     pred = second["prediction"]
     assert pred["label"] in serve_classifier.class_names
     assert pred["smoothed"] is True
-    assert abs(sum(pred["probabilities"].values()) - 1) < 1e-3
+    assert abs(sum(pred["probs"].values()) - 1) < 1e-3
     assert pred["model_sha256"] == serve_classifier.model_sha256
     assert "source" not in pred  # a source can be a path or URL: not sent to the page
     assert second["state"] == "running" and second["stats"]["frames"] >= 1
@@ -99,7 +99,7 @@ def test_upload_beside_the_live_loop(live_server, serve_classifier, serve_images
     assert r.status_code == 200, r.text
     direct = serve_classifier.predict(image)
     assert r.json()["label"] == direct.label
-    np.testing.assert_allclose(list(r.json()["probabilities"].values()), list(direct.probs.values()), atol=1e-5)
+    np.testing.assert_allclose(list(r.json()["probs"].values()), list(direct.probs.values()), atol=1e-5)
 
 
 def test_metrics_count_stream_frames(live_server):

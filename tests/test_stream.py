@@ -16,7 +16,14 @@ from usedge.runtime.classifier import Classifier
 from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, display_available
 from usedge.runtime.sources import (CaptureThread, Frame, LatestFrameSlot, VideoFileReader, WatchedFolderReader,
                                     open_source)
-from usedge.runtime.stream import FreezeDetector, Smoother, StreamRunner
+from usedge.runtime.pipeline import FramePipeline, FreezeDetector, Smoother
+from usedge.runtime.stream import StreamRunner
+
+
+def _runner(clf, reader, sinks=(), *, freeze=True, smooth=None, cam=True, **kw) -> StreamRunner:
+    """The stream as `usedge infer --stream` builds it: one FramePipeline, then the loop."""
+    return StreamRunner(FramePipeline(clf, sinks, stream=True, regions=reader.regions, freeze=freeze, smooth=smooth,
+                                      cam=cam), reader, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +97,7 @@ def test_stream_file_counts_frozen_and_writes_jsonl_per_line(clf, runtime_video,
     out = tmp_path / "s.jsonl"
     lines_seen = []
     with JsonlSink(out) as sink:
-        runner = StreamRunner(clf, open_source(str(runtime_video)), [sink], smooth=True)
+        runner = _runner(clf, open_source(str(runtime_video)), [sink], smooth=5)
         # flushed per line: when the k-th result reaches a subscriber, k lines are already on disk
         runner.subscribe(lambda pred, frame, overlay: lines_seen.append(len(out.read_text().splitlines())))
         summary = runner.run()
@@ -112,7 +119,7 @@ def test_stream_file_counts_frozen_and_writes_jsonl_per_line(clf, runtime_video,
 def test_stream_realtime_records_overlay_video(clf, runtime_video, tmp_path):
     video = tmp_path / "rec.mp4"
     with VideoRecorderSink(video, fps=30) as rec:
-        runner = StreamRunner(clf, open_source(str(runtime_video)), [rec], realtime=True, fps=60.0, cam=True,
+        runner = _runner(clf, open_source(str(runtime_video)), [rec], realtime=True, fps=60.0, cam=True,
                               max_frames=20)
         summary = runner.run()
     assert summary.frames_read + summary.late_skipped == 20 and summary.ended_by == "max frames"
@@ -126,7 +133,7 @@ def test_stream_realtime_records_overlay_video(clf, runtime_video, tmp_path):
 
 
 def test_background_runner_latest_stats_and_stop(clf, runtime_video):
-    runner = StreamRunner(clf, open_source(str(runtime_video)), realtime=True, fps=30.0, overlay=True)
+    runner = _runner(clf, open_source(str(runtime_video)), realtime=True, fps=30.0)
     runner.start()
     pred = runner.wait_result(timeout=10)
     assert pred is not None
@@ -165,7 +172,7 @@ class FlakyLiveReader(VideoFileReader):
 
 def test_live_source_reconnects_with_backoff(clf, runtime_video):
     reader = FlakyLiveReader(runtime_video)
-    runner = StreamRunner(clf, reader, max_frames=14)
+    runner = _runner(clf, reader, max_frames=14)
     summary = runner.run()
     assert summary.frames_read == 14
     assert summary.reconnects >= 3 and reader.opens >= 4
@@ -174,7 +181,7 @@ def test_live_source_reconnects_with_backoff(clf, runtime_video):
 
 def test_live_source_gives_up_after_max_reconnects(clf, runtime_video):
     reader = FlakyLiveReader(runtime_video, failures=10**6)
-    summary = StreamRunner(clf, reader, max_reconnects=1).run()
+    summary = _runner(clf, reader, max_reconnects=1).run()
     assert summary.ended_by == "source failed" and "gave up" in summary.error
 
 
@@ -187,7 +194,7 @@ def test_watched_folder_classifies_new_files(clf, runtime_images, tmp_path):
     stop = threading.Event()
     reader = WatchedFolderReader(watch, poll_s=0.05, idle_timeout_s=1.5, stop=stop)
     results = []
-    runner = StreamRunner(clf, reader, freeze=False)
+    runner = _runner(clf, reader, freeze=False)
     runner.subscribe(lambda p, f, o: results.append(p))
 
     def export_two():
@@ -211,7 +218,7 @@ def test_dicom_cine_streams_at_its_frame_rate(clf):
     path = get_testdata_file("examples_ybr_color.dcm", download=False)
     reader = open_source(path)
     assert reader.fps and reader.fps > 0
-    summary = StreamRunner(clf, reader).run()
+    summary = _runner(clf, reader).run()
     assert summary.frames_read == 30 and summary.processed + summary.frozen_skipped == 30
 
 
@@ -289,11 +296,11 @@ def test_url_source_reconnects_at_end_of_stream_and_gives_up_when_server_is_gone
     server, url = http_video
     reader = open_source(url)
     assert reader.live and reader.name == url
-    summary = StreamRunner(clf, reader, max_frames=VIDEO_FRAMES + 10, max_reconnects=3).run()
+    summary = _runner(clf, reader, max_frames=VIDEO_FRAMES + 10, max_reconnects=3).run()
     assert summary.frames_read == VIDEO_FRAMES + 10 and summary.reconnects >= 1   # the stream ended once: reopened
     assert summary.ended_by == "max frames"
     server.shutdown()
     server.server_close()
     reader = open_source(url)
     with pytest.raises(StreamError, match="cannot open live source"):   # gone at start: one clear line
-        StreamRunner(clf, reader).run()
+        _runner(clf, reader).run()

@@ -156,6 +156,7 @@ class Demo:
     def stream(self, model_name: str, tag: str, record: bool) -> dict:
         """`usedge infer MODEL --stream VIDEO --realtime --cam [--record]` through the library."""
         from usedge.runtime.classifier import Classifier
+        from usedge.runtime.pipeline import FramePipeline
         from usedge.runtime.sinks import JsonlSink, VideoRecorderSink
         from usedge.runtime.sources import open_source
         from usedge.runtime.stream import StreamRunner
@@ -169,7 +170,9 @@ class Demo:
             if record:
                 sinks.append(VideoRecorderSink(overlay, fps=reader.fps or 30.0))
             try:
-                runner = StreamRunner(clf, reader, sinks, realtime=True, smooth=True, cam=clf.has_cam)
+                pipeline = FramePipeline(clf, sinks, stream=True, regions=reader.regions, freeze=True, smooth=5,
+                                         cam=clf.has_cam)
+                runner = StreamRunner(pipeline, reader, realtime=True)
                 summary = runner.run()
             finally:
                 for s in sinks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from usedge.bench.stages import STAGES
 from usedge.bench.stats import STAT_KEYS
 from usedge.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 
@@ -84,13 +85,13 @@ def markdown(result: dict) -> str:
     if st:
         lines += [f"## Stage breakdown: 1080p scanner frame ({st['video']['frames']}-frame synthetic video, "
                   "onnxruntime CPU)", "",
-                  "| model | time | decode | crop | preprocess | inference | postprocess | total | outside model | "
+                  "| model | time | decode | crop | normalise | model | post | total | outside model | "
                   "outside model, loop only |", "|---|---|" + "---:|" * 8]
         for name, m in st["models"].items():
             for kind in ("wall_ms", "cpu_ms"):
                 p = m["per_stage"][kind]
                 lines.append(f"| {name} | {kind.replace('_ms', '')} ms | " + " | ".join(
-                    _f(p[s]) for s in ("decode", "crop", "preprocess", "inference", "postprocess", "total")) +
+                    _f(p[s]) for s in (*STAGES, "total")) +
                     f" | {_f(100 * p['outside_model_share'], 1)} % | {_f(100 * p['loop_outside_model_share'], 1)} % |")
         lines += ["", "Medians per frame, frames processed one after another. *Loop only*: without decode, "
                   "which the stream's capture thread does beside the inference loop.", "",
@@ -154,7 +155,7 @@ def make_plots(result: dict) -> dict[str, bytes]:
     st = (result.get("stages") or {}).get("models")
     if st:
         names = list(st)
-        stages = ("decode", "crop", "preprocess", "inference", "postprocess")
+        stages = STAGES
         fig, axes = plt.subplots(1, 2, figsize=(9, 0.7 * len(names) + 1.8), sharey=True)
         for ax, kind in zip(axes, ("wall_ms", "cpu_ms")):
             left = [0.0] * len(names)

@@ -1,5 +1,6 @@
-"""Where a 1080p scanner frame's time goes: decode, crop, preprocess, inference, postprocess, and the
-end-to-end figure of the stream loop (`usedge infer --stream`) on the same video.
+"""Where a 1080p scanner frame's time goes: decode, then the runtime's stages crop, normalise, model,
+post (the one vocabulary of Prediction.latency_ms and the stream summary), and the end-to-end figure
+of the stream loop (`usedge infer --stream`) on the same video.
 
 The video is the synthetic scanner's (usedge.synth.video, 1920 x 1080, H.264/MPEG-4 through OpenCV):
 decode is OpenCV's VideoCapture.read, as in the runtime's VideoFileReader. Each stage is timed per
@@ -16,8 +17,9 @@ import numpy as np
 
 from usedge.bench.stats import latency_stats
 from usedge.errors import InputError
+from usedge.runtime.classifier import STAGES as MODEL_STAGES
 
-STAGES = ("decode", "crop", "preprocess", "inference", "postprocess")
+STAGES = ("decode", *MODEL_STAGES)
 
 
 def scanner_video(work: Path, frames: int, seed: int = 0) -> Path:
@@ -36,32 +38,30 @@ def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmu
     import cv2
 
     from usedge.runtime.classifier import Classifier
-    from usedge.runtime.preprocess import FrameCropper
+    from usedge.runtime.pipeline import FramePipeline
 
     wall = {s: [] for s in STAGES}
     cpu = {s: [] for s in STAGES}
     with Classifier.load(model_path, backend="ort-cpu", threads=threads) as clf:
-        cropper = FrameCropper(clf.spec)
+        cropper = FramePipeline(clf, stream=True).cropper      # the stream's crop: layout detected once
         cap = cv2.VideoCapture(str(video))
         if not cap.isOpened():
             raise InputError("OpenCV cannot open the benchmark video", path=video,
                              hint="this OpenCV build lacks a video decoder; run with --no-stages")
         i = 0
-        while True:
+        while True:   # Classifier.predict's stages, one by one, timed in wall and CPU time
             marks = [(time.perf_counter(), time.process_time())]
             ok, frame = cap.read()
             if not ok:
                 break
             marks.append((time.perf_counter(), time.process_time()))
-            image, info = cropper(frame)
+            image, info = clf.prepare(frame, cropper=cropper)
             marks.append((time.perf_counter(), time.process_time()))
-            clf.normalise(image)
+            batch = clf.normalise(image)
             marks.append((time.perf_counter(), time.process_time()))
-            outputs = clf.backend.infer(clf._input)
+            outputs = clf.run_model(batch)
             marks.append((time.perf_counter(), time.process_time()))
-            probs, cam = clf._postprocess(outputs)
-            k = int(np.argmax(probs[0]))
-            clf._make(probs[0], info, clf._cam_for(cam, 0, k), {}, i, str(video))
+            clf.post(outputs, [info], first_index=i, source=str(video))
             marks.append((time.perf_counter(), time.process_time()))
             if i >= warmup:
                 for s, a, b in zip(STAGES, marks[:-1], marks[1:]):
@@ -74,10 +74,10 @@ def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmu
         med = {s: round(float(np.median(v)), 3) if v else float("nan") for s, v in data.items()}
         total = float(sum(med.values()))
         med["total"] = round(total, 3)
-        med["outside_model_share"] = round(1 - med["inference"] / total, 4) if total else float("nan")
+        med["outside_model_share"] = round(1 - med["model"] / total, 4) if total else float("nan")
         # what the stream loop itself does: decode runs in the capture thread beside it
         loop = total - med["decode"]
-        med["loop_outside_model_share"] = round(1 - med["inference"] / loop, 4) if loop else float("nan")
+        med["loop_outside_model_share"] = round(1 - med["model"] / loop, 4) if loop else float("nan")
         result[key] = med
     result["frame_total_wall_stats"] = latency_stats(np.sum([wall[s] for s in STAGES], axis=0))
     return result
@@ -86,11 +86,13 @@ def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmu
 def stream_figure(model_path: Path, video: Path, *, threads: int | None) -> dict:
     """End to end through the runtime's stream loop: capture-to-result percentiles (ms) and fps."""
     from usedge.runtime.classifier import Classifier
+    from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.sources import VideoFileReader
     from usedge.runtime.stream import StreamRunner
 
     with Classifier.load(model_path, backend="ort-cpu", threads=threads) as clf:
-        summary = StreamRunner(clf, VideoFileReader(video), [], realtime=False, freeze=False).run()
+        reader = VideoFileReader(video)
+        summary = StreamRunner(FramePipeline(clf, stream=True, regions=reader.regions), reader).run()
     lat = summary.latency_ms
     model_p50 = lat.get("model", {}).get("p50", float("nan"))
     c2r = lat.get("capture_to_result", {}).get("p50", float("nan"))

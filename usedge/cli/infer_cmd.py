@@ -15,71 +15,29 @@ def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _overlay_name(used: set[str], src: Path, frame: int, multi: bool) -> str:
-    base = f"{src.stem}_f{frame:04d}" if multi else src.stem
-    name, k = f"{base}.png", 1
-    while name in used:  # same file name in two folders
-        k += 1
-        name = f"{base}_{k}.png"
-    used.add(name)
-    return name
-
-
 def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Optional[Path], cam: bool) -> int:
-    import cv2
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from usedge.errors import OutputError, UsedgeError
-    from usedge.fileio import write_bytes_atomic
-    from usedge.runtime.overlay import draw_prediction
-    from usedge.runtime.sinks import CsvSink, JsonlSink
-    from usedge.runtime.sources import IMAGE_SUFFIXES, expand_inputs, iter_file_frames
+    from usedge.runtime.pipeline import FramePipeline, run_files
+    from usedge.runtime.sinks import OverlayFolderSink, results_sink
+    from usedge.runtime.sources import expand_inputs
 
     files = list(expand_inputs(inputs))
     if not files:
         _err("usedge: no image, DICOM or video file found in the inputs")
         return 1
-    sink = JsonlSink(out) if fmt == "jsonl" else CsvSink(out, clf.class_names)
-    failed: list[str] = []
-    frames = 0
-    used: set[str] = set()
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=(out == "-" or not sys.stderr.isatty()))
-    try:
-        with progress:
-            task = progress.add_task("classifying", total=len(files))
-            for path in files:
-                try:
-                    multi = path.suffix.lower() not in IMAGE_SUFFIXES   # DICOM, video: name overlays by frame
-                    for index, frame, regions in iter_file_frames(path):  # lazily: a long video stays small
-                        pred = clf.predict(frame, frame_index=index, source=str(path), regions=regions)
-                        sink.write(pred)
-                        frames += 1
-                        if overlay_dir is not None:
-                            image = draw_prediction(frame, pred, cam=cam)
-                            ok, buf = cv2.imencode(".png", image)
-                            if not ok:
-                                raise OutputError("cannot encode overlay", path=overlay_dir)
-                            write_bytes_atomic(overlay_dir / _overlay_name(used, path, index, multi),
-                                               buf.tobytes())
-                except OutputError:
-                    raise
-                except UsedgeError as exc:
-                    if exc.path is None:   # a frame-level error (NaN pixels, blank frame): name the file
-                        exc.path = str(path)
-                    failed.append(exc.one_line())
-                    _err(f"usedge: skipped {exc.one_line()}")   # at once: a long run shows failures as they come
-                    if isinstance(sink, JsonlSink):
-                        sink.write_record({"source": str(path), "error": exc.one_line()})
-                    else:
-                        sink.write_error(str(path), exc.one_line())
-                progress.advance(task)
-    finally:
-        sink.close()
-    _err(f"usedge: {len(files) - len(failed)}/{len(files)} files, {frames} frames classified"
-         + (f", {len(failed)} failed" if failed else "") + (f" -> {out}" if out != "-" else ""))
-    return 1 if failed else 0
+                        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                        disable=(out == "-" or not sys.stderr.isatty()))
+    with results_sink(out, fmt, clf.class_names) as sink, progress:
+        pipeline = FramePipeline(clf, [sink] + ([OverlayFolderSink(overlay_dir)] if overlay_dir else []), cam=cam)
+        task = progress.add_task("classifying", total=len(files))
+        # each failure at once: a long run shows failures as they come
+        run = run_files(pipeline, files, on_error=lambda line: _err(f"usedge: skipped {line}"),
+                        on_file=lambda: progress.advance(task))
+    _err(f"usedge: {run.line(out)}")
+    return 1 if run.failed else 0
 
 
 def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smooth: bool, smooth_window: int,
@@ -89,7 +47,8 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
     import contextlib
 
     from usedge.fileio import write_json_atomic
-    from usedge.runtime.sinks import CsvSink, JsonlSink, ShowSink, VideoRecorderSink
+    from usedge.runtime.pipeline import FramePipeline
+    from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, results_sink
     from usedge.runtime.sources import open_source
     from usedge.runtime.stream import StreamRunner
 
@@ -99,14 +58,15 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
         if jsonl:
             sinks.append(stack.enter_context(JsonlSink(jsonl)))
         if out:
-            sinks.append(stack.enter_context(JsonlSink(out) if fmt == "jsonl" else CsvSink(out, clf.class_names)))
+            sinks.append(stack.enter_context(results_sink(out, fmt, clf.class_names)))
         if record is not None:
             sinks.append(stack.enter_context(VideoRecorderSink(record, fps=fps or reader.fps or 30.0)))
         if show:
             sinks.append(stack.enter_context(ShowSink()))
-        runner = StreamRunner(clf, reader, sinks, realtime=realtime, fps=fps, smooth=smooth,
-                              smooth_window=smooth_window, freeze=freeze, max_frames=max_frames,
-                              max_reconnects=max_reconnects, cam=cam)
+        pipeline = FramePipeline(clf, sinks, stream=True, regions=reader.regions, freeze=freeze,
+                                 smooth=smooth_window if smooth else None, cam=cam)
+        runner = StreamRunner(pipeline, reader, realtime=realtime, fps=fps, max_frames=max_frames,
+                              max_reconnects=max_reconnects)
         summary = runner.run()
     for line in summary.lines():
         _err(line)

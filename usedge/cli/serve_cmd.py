@@ -100,8 +100,7 @@ def serve(
     live_classifier = classifier
     try:
         if stream is not None:
-            if classifier.backend.name != "ort-cpu":  # GPU sessions are not shared across threads
-                live_classifier = Classifier.load(model, backend=backend, threads=threads)
+            live_classifier = classifier.for_another_thread()
             runner = start_stream(live_classifier, stream, replay=replay, smooth_window=smooth_window)
         allowed = (LOOPBACK_NAMES + list(allow_host)) if loopback and host != "::1" else None
         web = create_app(classifier, runner, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),

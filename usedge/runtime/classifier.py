@@ -1,13 +1,15 @@
-"""Model artifact -> `Classifier.predict(frame) -> Prediction`: crop, normalise, infer, postprocess.
+"""Model artifact -> `Classifier.predict(frame) -> Prediction`: the stages crop, normalise, model, post.
 
 Every stage is timed (milliseconds, `time.perf_counter`) and every Prediction carries the model's
 sha256, so a JSONL line says exactly which bytes produced it. uint8 is kept through cropping and
-resizing; the float32 model input is written into one reused buffer.
+resizing; the float32 model input is written into one reused buffer per thread. The chain around
+it (quality, freeze, smoothing, sinks) is `usedge.runtime.pipeline`.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +46,15 @@ class Prediction:
     smoothed: bool = False                       # probs are a temporal average
     extra: dict = field(default_factory=dict)
 
-    def to_record(self) -> dict:
-        """JSON-safe dict (no CAM array, no patient data: only pixels' geometry and the model's answer)."""
+    def to_record(self, source: bool = True) -> dict:
+        """The ONE prediction JSON (JSONL lines, HTTP answers): JSON-safe, no CAM array, no patient data,
+        only pixels' geometry and the model's answer. source=False leaves out `source` (HTTP: it may be
+        a file path or a URL)."""
         return {
-            "source": self.source,
+            **({"source": self.source} if source else {}),
             "frame": self.frame_index,
             "label": self.label,
+            "class_index": self.class_index,
             "probs": {k: round(float(v), 6) for k, v in self.probs.items()},
             "crop_box": list(self.crop_box),
             "fov_box": list(self.fov_box),
@@ -66,6 +71,11 @@ def softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+#: the stages of one model call, in order: the keys of Prediction.latency_ms (plus "total"), of the
+#: stream summary and of `usedge bench`'s stage breakdown
+STAGES = ("crop", "normalise", "model", "post")
 
 
 def _looks_like_probs(p: np.ndarray) -> bool:
@@ -85,27 +95,29 @@ def model_info_from_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
 
 
 def _check_io_shapes(engine: Backend, info: ModelInfo, path: Path) -> None:
-    """ModelError (engine closed) unless the declared input is N x 1 x size x size and probs has one
-    column per class name; symbolic (dynamic) dimensions pass. Backends that declare no shapes pass."""
+    """ModelError unless the declared input is N x 1 x size x size and probs has one
+    column per class name; symbolic (dynamic) dimensions pass. Every backend declares its I/O tensors."""
     want_in = [None, 1, info.preprocess.size, info.preprocess.size]
-    shape_in = getattr(engine, "input_shape", None)
-    probs_shape = (getattr(engine, "output_shapes", None) or {}).get("probs")
+    shape_in = list(engine.inputs[0].shape)
+    probs_shape = next((o.shape for o in engine.outputs if o.name == "probs"), None)
     problem = ""
-    if shape_in is not None and (len(shape_in) != 4 or any(
+    if (len(shape_in) != 4 or any(
             isinstance(got, int) and want is not None and got != want for got, want in zip(shape_in, want_in))):
         problem = f"input shape {shape_in} does not fit N x 1 x {info.preprocess.size} x {info.preprocess.size}"
     elif probs_shape and isinstance(probs_shape[-1], int) and probs_shape[-1] != len(info.class_names):
         problem = f"'probs' has {probs_shape[-1]} classes but its metadata names {len(info.class_names)}"
     if problem:
-        engine.close()
         raise ModelError(f"model does not match its usedge metadata: {problem}", path=path,
                          hint="re-export it with `usedge export` (do not edit exported models)")
 
 
 class Classifier:
-    """A loaded model on one backend. Not thread-safe: one inference loop owns it."""
+    """A loaded model on one backend, in four public stages: `prepare` (crop), `normalise`, `run_model`,
+    `post`; `predict` runs them in that order. Each thread gets its own reused model-input buffer, so
+    threads may share a Classifier whose backend is `thread_safe` (see `for_another_thread`)."""
 
-    def __init__(self, backend: Backend, info: ModelInfo, model_sha256: str, backend_reason: str = "") -> None:
+    def __init__(self, backend: Backend, info: ModelInfo, model_sha256: str, backend_reason: str = "",
+                 load_options: dict | None = None) -> None:
         self.backend = backend
         self.info = info
         self.spec: PreprocessSpec = info.preprocess
@@ -113,27 +125,30 @@ class Classifier:
         self.model_sha256 = model_sha256
         self.backend_reason = backend_reason
         self.has_cam = "cam" in backend.output_names
-        self._input = np.empty((1, 1, self.spec.size, self.spec.size), np.float32)  # reused model input
+        self._load_options = load_options or {}
+        self._buffers = threading.local()          # per-thread reused 1 x 1 x size x size model input
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", *, threads: int | None = None, spinning: bool = False,
              opt_level: str = "all", device_id: int = 0) -> "Classifier":
         """Load model.onnx / model.int8.onnx / model.fp16.onnx or a TensorRT engine (with sidecar).
 
-        backend: auto | ort-cpu | ort-cuda | ort-trt | tensorrt; `auto` picks the fastest that works here.
+        backend: see `usedge.runtime.backends.BACKEND_NAMES`; `auto` picks the fastest that works here.
         threads: onnxruntime intra-op threads (None: all cores); spinning: busy-wait between ops.
         """
         path = Path(path)
         if not path.is_file():
             raise ModelError("model file not found", path=path,
                              hint="pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`")
+        options = {"threads": threads, "spinning": spinning, "opt_level": opt_level, "device_id": device_id}
         failed: list[str] = []
         for name, reason in candidate_backends(path, backend):
-            engine = create_backend(name, threads=threads, spinning=spinning, opt_level=opt_level, device_id=device_id)
+            engine = create_backend(name, **options)
             try:
                 engine.load(path)
                 break
             except BackendUnavailable as exc:  # e.g. the TensorRT EP listed but its libraries missing
+                engine.close()
                 if backend != "auto":
                     raise
                 failed.append(f"{name} failed to start ({exc.message})")
@@ -142,97 +157,106 @@ class Classifier:
                                      hint="see `usedge doctor`")
         if failed:
             reason += f"; {'; '.join(failed)}"
-        info = model_info_from_metadata(engine.metadata, path)
-        if "probs" not in engine.output_names:
+        try:
+            info = model_info_from_metadata(engine.metadata, path)
+            if "probs" not in engine.output_names:
+                raise ModelError(f"model outputs {engine.output_names}, expected 'probs'", path=path,
+                                 hint="export with `usedge export`")
+            _check_io_shapes(engine, info, path)
+        except ModelError:
             engine.close()
-            raise ModelError(f"model outputs {engine.output_names}, expected 'probs'", path=path,
-                             hint="export with `usedge export`")
-        _check_io_shapes(engine, info, path)
-        return cls(engine, info, sha256_file(path), reason if backend == "auto" else "asked for")
+            raise
+        return cls(engine, info, sha256_file(path), reason if backend == "auto" else "asked for",
+                   {"path": path, "backend": name, **options})
+
+    @property
+    def thread_safe(self) -> bool:
+        """Whether two threads may call this Classifier at once (the backend declares it)."""
+        return self.backend.thread_safe
+
+    def for_another_thread(self) -> "Classifier":
+        """This Classifier when its backend is thread-safe, else a second one loaded from the same file."""
+        if self.thread_safe:
+            return self
+        opts = dict(self._load_options)
+        return Classifier.load(opts.pop("path"), opts.pop("backend"), **opts)
 
     # -- stages ---------------------------------------------------------------------------------
-    def crop(self, frame: np.ndarray, regions: list | None = None) -> tuple[np.ndarray, CropInfo]:
-        """Frame -> uint8 size x size model image (the ONE preprocessing definition).
+    def prepare(self, frame: np.ndarray, regions: list | None = None,
+                cropper: Cropper | None = None) -> tuple[np.ndarray, CropInfo]:
+        """Frame -> uint8 size x size model image (the ONE preprocessing definition, crop stage).
 
         regions: DICOM ultrasound region boxes (x, y, w, h) used for the field of view when they fit.
+        cropper: a stateful crop for streams (FrameCropper); default: `prepare` per frame.
         """
-        return prepare(frame, self.spec, regions=regions)
+        return cropper(frame) if cropper is not None else prepare(frame, self.spec, regions=regions)
 
-    def normalise(self, image: np.ndarray) -> np.ndarray:
-        """uint8 H x W -> the reused float32 1 x 1 x H x W model input (preprocess.normalise)."""
-        return normalise(image, self.spec, out=self._input)
+    def normalise(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 image(s) -> float32 N x 1 x size x size model input (preprocess.normalise); one image is
+        written into this thread's reused buffer."""
+        if isinstance(images, np.ndarray):
+            buf = getattr(self._buffers, "input", None)
+            if buf is None:
+                buf = self._buffers.input = np.empty((1, 1, self.spec.size, self.spec.size), np.float32)
+            return normalise(images, self.spec, out=buf)
+        batch = np.empty((len(images), 1, self.spec.size, self.spec.size), np.float32)
+        for i, image in enumerate(images):
+            normalise(image, self.spec, out=batch[i:i + 1])
+        return batch
 
-    def _postprocess(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    def run_model(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The model stage: the backend's outputs by name."""
+        return self.backend.infer(batch)
+
+    def post(self, outputs: dict[str, np.ndarray], infos: Sequence[CropInfo], *, first_index: int = 0,
+             source: str = "") -> list[Prediction]:
+        """Model outputs -> one Prediction per crop (softmax when the model gave logits, CAM of the top class)."""
         probs = np.asarray(outputs["probs"], dtype=np.float32).reshape(-1, len(self.class_names))
         if not _looks_like_probs(probs):  # a model exported with logits
             probs = softmax(probs)
         cam = outputs.get("cam")
-        return probs, (np.asarray(cam, dtype=np.float32) if cam is not None else None)
-
-    def _cam_for(self, cam: np.ndarray | None, i: int, cls: int) -> np.ndarray | None:
-        if cam is None:
-            return None
-        c = cam[i]
-        if c.ndim == 3:
-            c = c[cls] if c.shape[0] == len(self.class_names) else c[0]
-        return np.ascontiguousarray(c)
-
-    def _make(self, probs_row: np.ndarray, info: CropInfo, cam: np.ndarray | None, latency: dict,
-              frame_index: int, source: str) -> Prediction:
-        k = int(np.argmax(probs_row))
-        return Prediction(
-            label=self.class_names[k], class_index=k,
-            probs={n: float(p) for n, p in zip(self.class_names, probs_row)},
-            crop_box=tuple(int(v) for v in info.crop_box), fov_box=tuple(int(v) for v in info.fov_box),
-            latency_ms=latency, model_sha256=self.model_sha256, cam=cam,
-            frame_index=frame_index, source=source, crop_method=info.method,
-        )
+        cam = np.asarray(cam, dtype=np.float32) if cam is not None else None
+        preds = []
+        for i, info in enumerate(infos):
+            k = int(np.argmax(probs[i]))
+            c = None
+            if cam is not None:
+                c = cam[i]
+                if c.ndim == 3:
+                    c = c[k] if c.shape[0] == len(self.class_names) else c[0]
+                c = np.ascontiguousarray(c)
+            preds.append(Prediction(
+                label=self.class_names[k], class_index=k,
+                probs={n: float(p) for n, p in zip(self.class_names, probs[i])},
+                crop_box=tuple(int(v) for v in info.crop_box), fov_box=tuple(int(v) for v in info.fov_box),
+                latency_ms={}, model_sha256=self.model_sha256, cam=c,
+                frame_index=first_index + i, source=source, crop_method=info.method))
+        return preds
 
     # -- public ---------------------------------------------------------------------------------
     def predict(self, frame: np.ndarray, *, frame_index: int = 0, source: str = "",
                 regions: list | None = None, cropper: Cropper | None = None) -> Prediction:
-        """One frame -> Prediction; latency_ms has crop, normalise, model, post, total.
-
-        cropper: a stateful crop for streams (preprocess.FrameCropper); default: `prepare` per frame.
-        """
-        t0 = time.perf_counter()
-        image, info = cropper(frame) if cropper is not None else self.crop(frame, regions)
-        t1 = time.perf_counter()
-        self.normalise(image)
-        t2 = time.perf_counter()
-        outputs = self.backend.infer(self._input)
-        t3 = time.perf_counter()
-        probs, cam = self._postprocess(outputs)
-        k = int(np.argmax(probs[0]))
-        pred = self._make(probs[0], info, self._cam_for(cam, 0, k), {}, frame_index, source)
-        t4 = time.perf_counter()
-        pred.latency_ms = {"crop": (t1 - t0) * 1e3, "normalise": (t2 - t1) * 1e3, "model": (t3 - t2) * 1e3,
-                           "post": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3}
-        return pred
+        """One frame -> Prediction; latency_ms has crop, normalise, model, post, total."""
+        return self.predict_batch([frame], first_index=frame_index, source=source, regions=regions,
+                                  cropper=cropper)[0]
 
     def predict_batch(self, frames: Sequence[np.ndarray], *, first_index: int = 0, source: str = "",
                       regions: list | None = None, cropper: Cropper | None = None) -> list[Prediction]:
         """Several frames in one model call; per-frame latency is the batch's time divided by N."""
         if not len(frames):
             return []
-        t0 = time.perf_counter()
-        crops = [cropper(f) if cropper is not None else self.crop(f, regions) for f in frames]
-        t1 = time.perf_counter()
-        batch = np.empty((len(frames), 1, self.spec.size, self.spec.size), np.float32)
-        for i, (image, _) in enumerate(crops):
-            normalise(image, self.spec, out=batch[i:i + 1])
-        t2 = time.perf_counter()
-        outputs = self.backend.infer(batch)
-        t3 = time.perf_counter()
-        probs, cam = self._postprocess(outputs)
-        preds = []
-        for i, (_, info) in enumerate(crops):
-            k = int(np.argmax(probs[i]))
-            preds.append(self._make(probs[i], info, self._cam_for(cam, i, k), {}, first_index + i, source))
-        t4 = time.perf_counter()
+        t = [time.perf_counter()]
+        crops = [self.prepare(f, regions, cropper) for f in frames]
+        t.append(time.perf_counter())
+        batch = self.normalise(crops[0][0] if len(crops) == 1 else [image for image, _ in crops])
+        t.append(time.perf_counter())
+        outputs = self.run_model(batch)
+        t.append(time.perf_counter())
+        preds = self.post(outputs, [info for _, info in crops], first_index=first_index, source=source)
+        t.append(time.perf_counter())
         n = len(frames)
-        share = {"crop": (t1 - t0) * 1e3 / n, "normalise": (t2 - t1) * 1e3 / n, "model": (t3 - t2) * 1e3 / n,
-                 "post": (t4 - t3) * 1e3 / n, "total": (t4 - t0) * 1e3 / n}
+        share = {s: (b - a) * 1e3 / n for s, a, b in zip(STAGES, t[:-1], t[1:])}
+        share["total"] = (t[-1] - t[0]) * 1e3 / n
         for p in preds:
             p.latency_ms = dict(share)
         return preds

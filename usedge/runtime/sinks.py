@@ -1,7 +1,9 @@
-"""Where predictions go: JSONL (flushed per line), CSV, an annotated video, a window, a callback.
+"""Where predictions go (the pipeline's last stage): JSONL (flushed per line), CSV, overlay PNGs in a
+folder, an annotated video, a window, a callback.
 
-Every sink has `write(pred, frame, overlay)` and `close()`; `needs_overlay` asks the loop to draw
-the annotated frame (drawn once per frame, shared by every sink that wants it). Streams (JSONL, CSV)
+Every sink has `write(pred, frame, overlay)`, `write_error(source, message)` and `close()`;
+`needs_overlay` asks the pipeline to draw the annotated frame (drawn once per frame, shared by every
+sink that wants it); `quit` set by a sink asks the live loop to stop. Streams (JSONL, CSV)
 are appended line by line so a crash loses at most the frame in flight; the video is written to a
 temporary file and renamed on close, so `out.mp4` is either complete or absent.
 """
@@ -20,14 +22,20 @@ import cv2
 import numpy as np
 
 from usedge.errors import OutputError, StreamError
+from usedge.fileio import write_bytes_atomic
 from usedge.runtime.classifier import Prediction
+from usedge.runtime.sources import IMAGE_SUFFIXES
 
 
 class Sink:
     needs_overlay = False
+    quit = False
 
     def write(self, pred: Prediction, frame: np.ndarray | None = None, overlay: np.ndarray | None = None) -> None:
         raise NotImplementedError
+
+    def write_error(self, source: str, message: str) -> None:
+        """A file or frame that could not be classified (default: not recorded)."""
 
     def close(self) -> None:
         pass
@@ -80,8 +88,11 @@ class JsonlSink(Sink):
     def write(self, pred, frame=None, overlay=None) -> None:
         self.write_record(pred.to_record())
 
+    def write_error(self, source: str, message: str) -> None:
+        self.write_record({"source": source, "error": message})
+
     def write_record(self, record: dict) -> None:
-        """Any JSON-safe dict, e.g. an error line for a file that could not be read."""
+        """Any JSON-safe dict."""
         with _output_errors(self.path, self.count):
             self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
             self.fh.flush()
@@ -133,6 +144,11 @@ class CsvSink(Sink):
         _close_quietly(self.fh, self._own)
 
 
+def results_sink(path: str | Path, fmt: str, class_names: list[str]) -> Sink:
+    """The results file of `usedge infer --out`: "jsonl" or "csv"."""
+    return JsonlSink(path) if fmt == "jsonl" else CsvSink(path, class_names)
+
+
 class VideoRecorderSink(Sink):
     """The annotated frames as a video (mp4v in .mp4, MJPG in .avi) at `fps`."""
 
@@ -174,6 +190,47 @@ class VideoRecorderSink(Sink):
             self.tmp.unlink()
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Encode and write one PNG atomically."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OutputError("cannot encode PNG", path=path, hint="report this as a bug")
+    write_bytes_atomic(path, buf.tobytes())
+
+
+class OutputNames:
+    """Unique output file names from input names: `stem`, `stem_f0003` (frame), `stem_v1` (view), and
+    `_2`, `_3`... when two inputs in different folders share a name."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, src: str | Path, frame: int | None = None, view: int | None = None) -> str:
+        base = Path(src).stem + (f"_f{frame:04d}" if frame is not None else "") + (f"_v{view}" if view is not None else "")
+        name, k = base, 1
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+
+class OverlayFolderSink(Sink):
+    """One annotated PNG per result in a folder: `<stem>.png` for an image, `<stem>_f0003.png` for a frame
+    of a DICOM or video."""
+
+    needs_overlay = True
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.names = OutputNames()
+
+    def write(self, pred, frame=None, overlay=None) -> None:
+        multi = Path(pred.source).suffix.lower() not in IMAGE_SUFFIXES   # DICOM, video: name by frame
+        name = self.names(pred.source, pred.frame_index if multi else None)
+        write_png(self.folder / f"{name}.png", overlay)
+
+
 def display_available() -> tuple[bool, str]:
     """Whether cv2.imshow can open a window here (a GUI OpenCV build and a display)."""
     info = cv2.getBuildInformation()
@@ -199,7 +256,6 @@ class ShowSink(Sink):
             raise StreamError(f"--show cannot open a window: {why}",
                               hint="drop --show, or use --record out.mp4 to watch afterwards")
         self.title = title
-        self.quit = False
 
     def write(self, pred, frame=None, overlay=None) -> None:
         image = overlay if overlay is not None else frame

@@ -1,15 +1,14 @@
 """The ONE latest-frame inference loop beside a live scanner.
 
     source -> CaptureThread -> LatestFrameSlot (capacity 1) -> StreamRunner loop:
-        frozen? -> repeat last result | crop (FrameCropper: layout re-detected only on change)
-        -> normalise -> backend -> softmax/CAM -> smoothing -> overlay (if wanted) -> sinks, subscribers
+        FramePipeline.run_frame (usedge.runtime.pipeline: quality, freeze, prepare, model, post, sinks)
 
 Other consumers (a web server, a metrics exporter) do not copy this loop: they `subscribe()` a
 callback, or read `latest()` / `stats()` from another thread while `start()` runs it in the
 background. Times are `time.perf_counter()` seconds; latencies are milliseconds.
 
 Latency stages in each streamed Prediction: wait (captured -> loop took it), crop, normalise,
-model, post, smooth, total (crop..post) and capture_to_result (captured -> result ready, before sinks).
+model, post, total (crop..post) and capture_to_result (captured -> result ready, before sinks).
 """
 
 from __future__ import annotations
@@ -20,69 +19,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from usedge.errors import OutputError, StreamError, UsedgeError
-from usedge.runtime.classifier import Classifier, Prediction
-from usedge.runtime.overlay import draw_prediction
-from usedge.runtime.preprocess import FrameCropper
-from usedge.runtime.sinks import CallbackSink, Sink
-from usedge.runtime.sources import CaptureThread, Frame, FrameReader, LatestFrameSlot
+from usedge.runtime.classifier import STAGES as MODEL_STAGES, Prediction
+from usedge.runtime.pipeline import FramePipeline
+from usedge.runtime.sinks import CallbackSink
+from usedge.runtime.sources import CaptureThread, FrameReader, LatestFrameSlot
 
-STAGES = ("wait", "crop", "normalise", "model", "post", "total", "capture_to_result")
-FREEZE_SAMPLES = 240         # frames are compared on about this many columns (every n-th pixel, no averaging)
-FREEZE_MAD = 0.05            # mean absolute difference (8-bit levels) below which two frames are "the same"
+STAGES = ("wait", *MODEL_STAGES, "total", "capture_to_result")
 MAX_SAMPLES = 200_000        # latency samples kept per stage (about 2 h at 30 fps)
 
 
-class FreezeDetector:
-    """The scanner's freeze button: the same image again, byte for byte up to codec rounding.
-
-    Compares every n-th pixel (about FREEZE_SAMPLES columns; one channel of a colour frame) with the
-    previous frame, without averaging: a live image changes there by its fresh electronic noise and
-    speckle even with the probe held still (>= 0.2 levels on the synthetic scanner video), a frozen
-    one through a digital path (HDMI/SDI grabber, file, DICOM) by ~0.001. A frozen image through a
-    noisy analog grabber is not detected, which costs only an inference: the safe side.
-    """
-
-    def __init__(self, threshold: float = FREEZE_MAD) -> None:
-        self.threshold = threshold
-        self._prev: np.ndarray | None = None
-        self.last_mad = float("inf")
-
-    def _sample(self, image: np.ndarray) -> np.ndarray:
-        step = max(1, image.shape[1] // FREEZE_SAMPLES)
-        sub = image[::step, ::step]
-        if sub.ndim == 3:
-            sub = sub[:, :, min(1, sub.shape[2] - 1)]   # green: closest to gray for B-mode, no conversion
-        return np.ascontiguousarray(sub)
-
-    def is_frozen(self, image: np.ndarray) -> bool:
-        sample = self._sample(image)
-        if self._prev is None or self._prev.shape != sample.shape or self._prev.dtype != sample.dtype:
-            self._prev = sample
-            self.last_mad = float("inf")
-            return False
-        self.last_mad = float(cv2.norm(sample, self._prev, cv2.NORM_L1)) / sample.size
-        self._prev = sample
-        return self.last_mad < self.threshold
-
-
-class Smoother:
-    """Moving average of the last `window` class-probability vectors (frozen frames excluded)."""
-
-    def __init__(self, window: int = 5) -> None:
-        self.window = max(1, int(window))
-        self._hist: collections.deque = collections.deque(maxlen=self.window)
-
-    def __call__(self, probs: dict[str, float]) -> dict[str, float]:
-        self._hist.append(np.array(list(probs.values()), np.float64))
-        mean = np.mean(self._hist, axis=0)
-        return {k: float(v) for k, v in zip(probs, mean)}
-
-    def reset(self) -> None:
-        self._hist.clear()
+def _open_error(err: BaseException, name: str, detail: str) -> UsedgeError:
+    return err if isinstance(err, UsedgeError) else StreamError(f"cannot open source ({detail})", path=name,
+                                                                hint="check the source")
 
 
 def percentiles(values, qs=(50, 90, 99)) -> dict[str, float]:
@@ -133,58 +84,52 @@ class StreamSummary:
 
 
 class StreamRunner:
-    """Runs one source through one classifier; results go to sinks and subscribers.
+    """Runs one live source through one FramePipeline (built by the caller), in the latest-frame loop.
 
     realtime: pace a file source at its frame rate (frames the model cannot keep up with are dropped).
-    smooth: average probabilities over the last `smooth_window` results.
-    freeze: detect a frozen screen and repeat the last result without inference.
-    overlay: always draw the annotated frame (for `latest()`); sinks that need it get it anyway.
-    cam: draw the CAM heatmap in overlays when the model has the output.
     """
 
-    def __init__(self, classifier: Classifier, reader: FrameReader, sinks: list[Sink] | None = None, *,
-                 realtime: bool = False, fps: float | None = None, smooth: bool = False, smooth_window: int = 5,
-                 freeze: bool = True, freeze_threshold: float = FREEZE_MAD, max_frames: int | None = None,
-                 max_reconnects: int | None = None, overlay: bool = False, cam: bool = True) -> None:
-        self.classifier = classifier
+    def __init__(self, pipeline: FramePipeline, reader: FrameReader, *, realtime: bool = False,
+                 fps: float | None = None, max_frames: int | None = None, max_reconnects: int | None = None) -> None:
+        self.pipeline = pipeline
+        self.classifier = pipeline.classifier
         self.reader = reader
-        self.sinks: list[Sink] = list(sinks or [])
         self.realtime, self.fps = realtime, fps
-        self.smoother = Smoother(smooth_window) if smooth else None
-        self.freeze = FreezeDetector(freeze_threshold) if freeze else None
         self.max_frames = max_frames
         self.max_reconnects = max_reconnects
-        self.always_overlay, self.cam = overlay, cam
         self.stop_event = threading.Event()
         self.slot = LatestFrameSlot()
         self.capture: CaptureThread | None = None
-        self.cropper = self._make_cropper()
         self._lock = threading.Lock()
-        self._latest: tuple[Prediction | None, np.ndarray | None, np.ndarray | None] = (None, None, None)
+        self._latest: list = [None, None, None]           # prediction, frame, overlay (drawn on demand)
         self._new_result = threading.Condition(self._lock)
         self._samples = {s: collections.deque(maxlen=MAX_SAMPLES) for s in STAGES}
         self._counts = {"processed": 0, "frozen": 0, "errors": 0}
         self._t0: float | None = None
-        self._fps_window: collections.deque = collections.deque(maxlen=60)
         self._thread: threading.Thread | None = None
         self.summary: StreamSummary | None = None
         self.last_error = ""
-
-    def _make_cropper(self) -> Callable:
-        return FrameCropper(self.classifier.spec, regions=self.reader.regions)
+        self.pipeline.sinks.insert(0, CallbackSink(self._on_result))   # bookkeeping first, before any output
 
     # -- consumers ----------------------------------------------------------------------------
     def subscribe(self, fn: Callable[[Prediction, np.ndarray, np.ndarray | None], None],
                   needs_overlay: bool = False) -> Callable[[], None]:
         """Call fn(pred, frame, overlay_or_None) for every result, in the loop thread. Returns unsubscribe."""
         sink = CallbackSink(fn, needs_overlay)
-        self.sinks.append(sink)
-        return lambda: self.sinks.remove(sink) if sink in self.sinks else None
+        sinks = self.pipeline.sinks
+        sinks.append(sink)
+        return lambda: sinks.remove(sink) if sink in sinks else None
 
     def latest(self) -> tuple[Prediction | None, np.ndarray | None, np.ndarray | None]:
-        """(newest prediction, its frame, its overlay or None); safe from any thread."""
+        """(newest prediction, its frame, its overlay); safe from any thread."""
         with self._lock:
-            return self._latest
+            pred, frame, overlay = self._latest
+        if pred is not None and overlay is None:
+            overlay = self.pipeline.draw(pred, frame)   # outside the lock: the loop does not wait for it
+            with self._lock:
+                if self._latest[0] is pred:
+                    self._latest[2] = overlay
+        return pred, frame, overlay
 
     def wait_result(self, timeout: float | None = None) -> Prediction | None:
         """Block until the next result (or timeout, or the end); returns it."""
@@ -195,11 +140,9 @@ class StreamRunner:
 
     def stats(self) -> dict:
         """Live counters for dashboards/metrics: frames, dropped, frozen, errors, fps, read."""
-        window = list(self._fps_window)
-        fps = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 and window[-1] > window[0] else 0.0
         cap = self.capture.stats if self.capture else None
         return {"frames": self._counts["processed"], "dropped": self.slot.dropped, "frozen": self._counts["frozen"],
-                "errors": self._counts["errors"], "fps": fps, "read": cap.read if cap else 0,
+                "errors": self._counts["errors"], "fps": self.pipeline.fps(), "read": cap.read if cap else 0,
                 "late_skipped": cap.late if cap else 0,
                 "reconnects": cap.reconnects if cap else 0, "running": self.running}
 
@@ -208,11 +151,36 @@ class StreamRunner:
         return self._t0 is not None and self.summary is None
 
     # -- the loop -----------------------------------------------------------------------------
-    def start(self) -> threading.Thread:
-        """Run in a background thread (for servers); `stop()` ends it, `summary` holds the result."""
-        self._thread = threading.Thread(target=self.run, name="usedge-stream", daemon=True)
+    def start(self, open_timeout_s: float | None = None) -> threading.Thread:
+        """Run in a background thread (for servers); `stop()` ends it, `summary` holds the result.
+
+        open_timeout_s: wait this long for the source to open; StreamError (loop stopped) if it does not.
+        An error that ends the loop later is kept in `last_error`, not raised in the thread.
+        """
+        self._thread = threading.Thread(target=self._run_quietly, name="usedge-stream", daemon=True)
         self._thread.start()
+        if open_timeout_s is not None:
+            end = time.monotonic() + open_timeout_s
+            while (self.capture is None or not self.capture.opened.is_set()) and self._thread.is_alive() \
+                    and time.monotonic() < end:
+                time.sleep(0.02)
+            cap = self.capture
+            if cap is None or not cap.opened.is_set():
+                self.stop()
+                raise StreamError(f"source did not open within {open_timeout_s:.0f} s", path=self.reader.name,
+                                  hint="check the camera/URL, or try it with `usedge infer --stream`")
+            if cap.open_error is not None:
+                self.stop()
+                raise _open_error(cap.open_error, self.reader.name, type(cap.open_error).__name__)
         return self._thread
+
+    def _run_quietly(self) -> None:
+        try:
+            self.run()
+        except UsedgeError as exc:
+            self.last_error = exc.one_line()
+        except Exception as exc:  # noqa: BLE001 - reported through last_error, not a thread traceback
+            self.last_error = f"stream loop stopped ({type(exc).__name__})"
 
     def stop(self, join: bool = True, timeout: float = 5.0) -> None:
         self.stop_event.set()
@@ -220,41 +188,15 @@ class StreamRunner:
         if join and self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def _overlay_wanted(self) -> bool:
-        return self.always_overlay or any(s.needs_overlay for s in self.sinks)
-
-    def _process(self, frame: Frame, last: Prediction | None) -> Prediction:
-        t_take = time.perf_counter()
-        if self.freeze is not None and last is not None and self.freeze.is_frozen(frame.image):
-            pred = Prediction(**{**last.__dict__, "frozen": True, "frame_index": frame.index,
-                                 "latency_ms": {}, "extra": dict(last.extra)})
-            self._counts["frozen"] += 1
-            t_done = time.perf_counter()
-            pred.latency_ms = {"wait": (t_take - frame.t_capture) * 1e3, "total": (t_done - t_take) * 1e3,
-                               "capture_to_result": (t_done - frame.t_capture) * 1e3}
-            return pred
-        if self.freeze is not None and last is None:
-            self.freeze.is_frozen(frame.image)  # prime the reference
-        pred = self.classifier.predict(frame.image, frame_index=frame.index, source=frame.source,
-                                       cropper=self.cropper)
-        if self.smoother is not None:
-            pred.probs = self.smoother(pred.probs)
-            pred.smoothed = True
-            names = list(pred.probs)
-            pred.class_index = int(np.argmax(list(pred.probs.values())))
-            pred.label = names[pred.class_index]
-        t_done = time.perf_counter()
-        pred.latency_ms["wait"] = (t_take - frame.t_capture) * 1e3
-        pred.latency_ms["capture_to_result"] = (t_done - frame.t_capture) * 1e3
-        self._counts["processed"] += 1
-        return pred
-
-    def _record(self, pred: Prediction) -> None:
+    def _on_result(self, pred: Prediction, frame: np.ndarray, overlay: np.ndarray | None) -> None:
+        self._counts["frozen" if pred.frozen else "processed"] += 1
         # frozen repeats are not model results: only their wait enters the latency figures
-        stages = ("wait",) if pred.frozen else STAGES
-        for stage in stages:
+        for stage in ("wait",) if pred.frozen else STAGES:
             if stage in pred.latency_ms:
                 self._samples[stage].append(pred.latency_ms[stage])
+        with self._lock:
+            self._latest = [pred, frame, overlay]
+            self._new_result.notify_all()
 
     def run(self) -> StreamSummary:
         """Blocking: run until the source ends, max_frames, stop(), a sink asks to quit, or Ctrl-C."""
@@ -264,14 +206,9 @@ class StreamRunner:
         self.capture.start()
         self.capture.opened.wait()
         if self.capture.open_error is not None:
-            err = self.capture.open_error
-            if isinstance(err, UsedgeError):
-                raise err
-            raise StreamError(f"cannot open source ({err})", path=self.reader.name, hint="check the source")
+            raise _open_error(self.capture.open_error, self.reader.name, str(self.capture.open_error))
         self._t0 = time.perf_counter()
         ended_by = "end of source"
-        last: Prediction | None = None
-        want_overlay = self._overlay_wanted()
         output_error: OutputError | None = None
         try:
             while not self.stop_event.is_set():
@@ -281,26 +218,17 @@ class StreamRunner:
                         break
                     continue
                 try:
-                    pred = self._process(frame, last)
+                    self.pipeline.run_frame(frame.image, index=frame.index, source=frame.source,
+                                            t_capture=frame.t_capture)
+                except OutputError:
+                    raise
                 except UsedgeError as exc:
                     self._counts["errors"] += 1
                     self.last_error = exc.one_line()
                     continue
-                last = pred
-                self._record(pred)
-                self._fps_window.append(time.perf_counter())
-                stats = self.stats()
-                overlay = None
-                if want_overlay or self._overlay_wanted():
-                    overlay = draw_prediction(frame.image, pred, fps=stats["fps"], cam=self.cam)
-                with self._lock:
-                    self._latest = (pred, frame.image, overlay)
-                    self._new_result.notify_all()
-                for sink in list(self.sinks):
-                    sink.write(pred, frame.image, overlay)
-                    if getattr(sink, "quit", False):
-                        ended_by = "window closed"
-                        self.stop_event.set()
+                if self.pipeline.quit:
+                    ended_by = "window closed"
+                    self.stop_event.set()
             else:
                 if ended_by == "end of source":
                     ended_by = "stopped"
@@ -337,7 +265,7 @@ class StreamRunner:
             source=self.reader.name, backend=self.classifier.backend.describe(), frames_read=cap.read,
             processed=self._counts["processed"], dropped=self.slot.dropped, late_skipped=cap.late, frozen_skipped=self._counts["frozen"],
             errors=self._counts["errors"], reconnects=cap.reconnects,
-            layout_detections=int(getattr(self.cropper, "detections", 0) or 0),
+            layout_detections=self.pipeline.layout_detections,
             duration_s=round(duration, 3), fps=round(results / duration, 2) if duration > 0 else 0.0,
             source_fps=round(self.capture.fps, 2), latency_ms=lat,
             model_share=round(float(model / c2r), 4) if c2r == c2r and c2r > 0 else float("nan"),

@@ -14,13 +14,6 @@ import threading
 import numpy as np
 
 
-def draw_overlay(frame: np.ndarray, prediction, fps: float | None = None) -> np.ndarray:
-    """BGR uint8 copy of the frame with crop box, CAM and class probabilities (the runtime's drawing)."""
-    from usedge.runtime.overlay import draw_prediction
-
-    return draw_prediction(frame, prediction, fps=fps, cam=True)
-
-
 class LiveFeed:
     """Counts the runner's results and hands out overlay JPEGs of the newest one."""
 
@@ -74,26 +67,25 @@ class LiveFeed:
         pred, frame, _overlay = self.runner.latest()
         return seq, pred, frame
 
-    def latest_json(self, class_names: list[str]) -> dict:
-        from usedge.serve.app import prediction_json
-
+    def latest_json(self) -> dict:
         seq, pred, _frame = self.latest()
         stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.stats().items()
                  if isinstance(v, (int, float, str, bool))}
         return {"seq": seq, "state": self.state(), "stats": stats,
-                "prediction": prediction_json(pred, class_names) if pred is not None else None}
+                "prediction": pred.to_record(source=False) if pred is not None else None}
 
     def _jpeg_for(self) -> tuple[int, bytes] | None:
         """(seq, overlay JPEG) of the newest result, encoded once per result; runs in a worker thread."""
         import cv2
 
         with self._jpeg_lock:
-            seq, pred, frame = self.latest()
-            if pred is None or frame is None:
-                return None
+            with self._lock:
+                seq = self._seq
             if self._jpeg is not None and self._jpeg[0] == seq:
                 return self._jpeg
-            image = draw_overlay(frame, pred, fps=self.stats().get("fps"))
+            pred, _frame, image = self.runner.latest()     # the overlay, drawn once per result
+            if pred is None:
+                return None
             ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             if not ok:
                 return None
@@ -138,10 +130,9 @@ def start_stream(classifier, source: str, *, replay: bool, smooth_window: int, o
     so it behaves like a scanner. smooth_window > 1 averages the live probabilities over that many
     frames. Returns the started runner once its source is open; raises StreamError otherwise.
     """
-    import time
     from pathlib import Path
 
-    from usedge.errors import StreamError, UsedgeError
+    from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.sources import open_source
     from usedge.runtime.stream import StreamRunner
     from usedge.serve.replay import ReplayReader
@@ -150,31 +141,8 @@ def start_stream(classifier, source: str, *, replay: bool, smooth_window: int, o
     is_file = not reader.live and not source.startswith("watch:") and not Path(source).is_dir()
     if replay and is_file:
         reader = ReplayReader(reader)
-    runner = StreamRunner(classifier, reader, realtime=is_file, smooth=smooth_window > 1,
-                          smooth_window=max(1, smooth_window), freeze=True)
-    def run_quietly() -> None:  # an open failure is reported below, not as a thread traceback
-        try:
-            runner.run()
-        except UsedgeError as exc:
-            runner.last_error = exc.one_line()
-        except Exception as exc:  # noqa: BLE001
-            runner.last_error = f"stream loop stopped ({type(exc).__name__})"
-
-    thread = threading.Thread(target=run_quietly, name="usedge-stream", daemon=True)
-    runner._thread = thread  # so runner.stop() joins it, as it joins the thread of runner.start()
-    thread.start()
-    end = time.monotonic() + open_timeout_s
-    while (runner.capture is None or not runner.capture.opened.is_set()) and time.monotonic() < end:
-        time.sleep(0.02)
-    cap = runner.capture
-    if cap is None or not cap.opened.is_set():
-        runner.stop()
-        raise StreamError(f"source did not open within {open_timeout_s:.0f} s", path=reader.name,
-                          hint="check the camera/URL, or try it with `usedge infer --stream`")
-    if cap.open_error is not None:
-        runner.stop()
-        err = cap.open_error
-        if isinstance(err, UsedgeError):
-            raise err
-        raise StreamError(f"cannot open source ({type(err).__name__})", path=reader.name, hint="check the source")
+    pipeline = FramePipeline(classifier, stream=True, regions=reader.regions, freeze=True,
+                             smooth=smooth_window if smooth_window > 1 else None, cam=True)
+    runner = StreamRunner(pipeline, reader, realtime=is_file)
+    runner.start(open_timeout_s=open_timeout_s)
     return runner

@@ -11,16 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from usedge.errors import BackendUnavailable, ConfigError
-from usedge.runtime.backends.base import Backend
-from usedge.runtime.backends.ort import OrtCpuBackend, OrtCudaBackend, OrtTensorRTBackend
+from usedge.runtime.backends.base import Backend, TensorSpec
+from usedge.runtime.backends.ort import ORT_PROVIDERS
 from usedge.runtime.backends.tensorrt import TensorRTBackend
 
-BACKENDS: dict[str, type[Backend]] = {
-    "ort-cpu": OrtCpuBackend,
-    "ort-cuda": OrtCudaBackend,
-    "ort-trt": OrtTensorRTBackend,
-    "tensorrt": TensorRTBackend,
-}
+#: name -> a factory of backends with `available()` and `artifact`: an onnxruntime row or a Backend class
+BACKENDS = {**ORT_PROVIDERS, "tensorrt": TensorRTBackend}
 BACKEND_NAMES = ("auto", *BACKENDS)
 ENGINE_SUFFIXES = {".engine", ".plan", ".trt"}
 # Fastest first (ARCHITECTURE.md): a TensorRT engine, then ORT's TensorRT EP, CUDA EP, CPU.
@@ -80,13 +76,10 @@ def choose_backend(path: str | Path, requested: str = "auto") -> tuple[str, str]
 
 
 def create_backend(name: str, **options) -> Backend:
-    """A backend instance; options the backend does not take are ignored."""
-    cls = BACKENDS[name]
-    if cls is TensorRTBackend:
-        return cls(device_id=options.get("device_id", 0))
-    keep = {k: v for k, v in options.items() if k in ("threads", "spinning", "opt_level", "device_id", "cache_dir")}
-    return cls(**keep)
+    """A backend instance (options: threads, spinning, opt_level, device_id, cache_dir; a backend takes
+    those that apply to it)."""
+    return BACKENDS[name](**options)
 
 
-__all__ = ["Backend", "BACKENDS", "BACKEND_NAMES", "availability", "artifact_kind", "candidate_backends", "choose_backend",
+__all__ = ["Backend", "BACKENDS", "TensorSpec", "BACKEND_NAMES", "availability", "artifact_kind", "candidate_backends", "choose_backend",
            "create_backend"]

@@ -1,18 +1,28 @@
-"""onnxruntime backends: CPU, CUDA (IO binding: inputs copied once, outputs kept on the device until
-read) and the TensorRT execution provider. Threads, spinning and graph optimisation are options."""
+"""onnxruntime backends: one class, one row per execution provider in `ORT_PROVIDERS`.
+
+    ort-cpu   CPUExecutionProvider                 thread-safe session
+    ort-cuda  CUDAExecutionProvider                IO binding: input copied once, outputs bound on the device
+    ort-trt   TensorrtExecutionProvider            engines cached beside the model, FP16 allowed
+
+A new execution provider is one more `OrtProvider` row (plus its name in backends/__init__.py):
+`providers` gives the provider list for the session, `register` runs once before the first session
+(e.g. to register a plugin EP library with onnxruntime). Threads, spinning and graph optimisation are
+options of every row.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable
 
 import numpy as np
 
 from usedge.errors import BackendUnavailable, ModelError
-from usedge.runtime.backends.base import Backend
+from usedge.runtime.backends.base import Backend, TensorSpec
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -37,38 +47,90 @@ def cuda_driver_present() -> tuple[bool, str]:
     return False, "no NVIDIA driver (libcuda) on this machine"
 
 
+def _trt_cache(backend: "OrtBackend") -> Path:
+    """Where the TensorRT EP caches its engines: beside the model, else the temp folder (read-only model folder)."""
+    cache = Path(backend.cache_dir) if backend.cache_dir else (backend.path.parent / ".trt-cache")
+    try:
+        os.makedirs(cache, exist_ok=True)
+    except OSError:
+        cache = Path(tempfile.gettempdir()) / "usedge-trt-cache"
+        os.makedirs(cache, exist_ok=True)
+    return cache
+
+
+@dataclass(frozen=True)
+class OrtProvider:
+    """One onnxruntime execution provider as a backend: a row of ORT_PROVIDERS."""
+
+    name: str                                           # backend name (--backend)
+    provider: str                                       # onnxruntime's provider name
+    providers: Callable[["OrtBackend"], list]           # the session's provider list (with options)
+    package: str = "onnxruntime-gpu"                    # what to install when the provider is missing
+    gpu: bool = True                                    # needs an NVIDIA driver; inputs bound on the device
+    thread_safe: bool = False                           # CPU sessions are; GPU sessions/contexts are not shared
+    register: Callable[[], None] | None = None          # run once before the first session (plugin EPs)
+    artifact: str = "onnx"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            ort = _ort()
+            if self.register is not None:
+                self.register()
+        except BackendUnavailable as exc:
+            return False, exc.message
+        if self.provider not in ort.get_available_providers():
+            return False, f"onnxruntime {ort.__version__} lacks {self.provider} (install {self.package})"
+        if self.gpu:
+            ok, why = cuda_driver_present()
+            if not ok:
+                return False, why
+        return True, f"onnxruntime {ort.__version__} {self.provider}"
+
+    def __call__(self, **options) -> "OrtBackend":
+        return OrtBackend(self, **options)
+
+
+ORT_PROVIDERS = {p.name: p for p in (
+    OrtProvider("ort-cpu", "CPUExecutionProvider", lambda b: ["CPUExecutionProvider"], package="onnxruntime",
+                gpu=False, thread_safe=True),
+    OrtProvider("ort-cuda", "CUDAExecutionProvider", lambda b: [
+        ("CUDAExecutionProvider", {"device_id": b.device_id, "cudnn_conv_algo_search": "HEURISTIC"}),
+        "CPUExecutionProvider"]),
+    OrtProvider("ort-trt", "TensorrtExecutionProvider", lambda b: [
+        ("TensorrtExecutionProvider", {"device_id": b.device_id, "trt_engine_cache_enable": True,
+                                       "trt_engine_cache_path": str(_trt_cache(b)), "trt_timing_cache_enable": True,
+                                       "trt_fp16_enable": True}),
+        ("CUDAExecutionProvider", {"device_id": b.device_id}), "CPUExecutionProvider"]),
+)}
+
+_NUMPY_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+                "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64"}
+
+
+def _spec(arg) -> TensorSpec:
+    return TensorSpec(arg.name, _NUMPY_TYPES.get(arg.type, arg.type), tuple(arg.shape))
+
+
 class OrtBackend(Backend):
     """onnxruntime with one execution provider (plus CPU for the ops it lacks)."""
 
-    name: ClassVar[str] = "ort-cpu"
-    provider: ClassVar[str] = "CPUExecutionProvider"
-
-    def __init__(self, threads: int | None = None, spinning: bool = False, opt_level: str = "all",
+    def __init__(self, row: OrtProvider, threads: int | None = None, spinning: bool = False, opt_level: str = "all",
                  device_id: int = 0, cache_dir: str | Path | None = None) -> None:
         super().__init__()
         if opt_level not in OPT_LEVELS:
             raise ModelError(f"unknown graph optimisation level '{opt_level}'", hint=f"use one of {', '.join(OPT_LEVELS)}")
+        self.row = row
+        self.name, self.thread_safe = row.name, row.thread_safe
         self.threads = threads              # intra-op threads; None: onnxruntime's choice (all cores)
         self.spinning = spinning            # busy-wait between ops: lower latency, burns a core
         self.opt_level = opt_level
         self.device_id = device_id
         self.cache_dir = cache_dir
         self.session = None
+        self._input_value = None            # GPU rows: the reused device input
 
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        try:
-            ort = _ort()
-        except BackendUnavailable as exc:
-            return False, exc.message
-        if cls.provider not in ort.get_available_providers():
-            pkg = "onnxruntime-gpu" if cls.provider != "CPUExecutionProvider" else "onnxruntime"
-            return False, f"onnxruntime {ort.__version__} lacks {cls.provider} (install {pkg})"
-        if cls.provider != "CPUExecutionProvider":
-            ok, why = cuda_driver_present()
-            if not ok:
-                return False, why
-        return True, f"onnxruntime {ort.__version__} {cls.provider}"
+    def available(self) -> tuple[bool, str]:
+        return self.row.available()
 
     def session_options(self):
         ort = _ort()
@@ -87,9 +149,6 @@ class OrtBackend(Backend):
         so.log_severity_level = 3
         return so
 
-    def provider_list(self) -> list:
-        return ["CPUExecutionProvider"]
-
     def load(self, path: str | Path) -> "OrtBackend":
         ort = _ort()
         ok, why = self.available()
@@ -99,56 +158,26 @@ class OrtBackend(Backend):
         self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=self.session_options(),
-                                                providers=self.provider_list())
+                                                providers=self.row.providers(self))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"onnxruntime cannot load this model ({first})", path=self.path,
                              hint="re-export it with `usedge export`; an fp16 model needs a GPU backend") from exc
         self.providers = self.session.get_providers()
-        if self.provider not in self.providers:
-            raise BackendUnavailable(f"{self.provider} did not start (onnxruntime fell back to {self.providers})",
+        if self.row.provider not in self.providers:
+            raise BackendUnavailable(f"{self.row.provider} did not start (onnxruntime fell back to {self.providers})",
                                      path=self.path, hint="check CUDA/cuDNN/TensorRT libraries with `usedge doctor`")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelError(f"model has {len(inputs)} inputs, expected 1", path=self.path,
+        self.inputs = [_spec(a) for a in self.session.get_inputs()]
+        self.outputs = [_spec(a) for a in self.session.get_outputs()]
+        if len(self.inputs) != 1:
+            raise ModelError(f"model has {len(self.inputs)} inputs, expected 1", path=self.path,
                              hint="export with `usedge export`")
-        self.input_name = inputs[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        # declared shapes (ints or symbolic names), so the classifier can refuse a model that does not fit
-        self.input_shape = list(inputs[0].shape)
-        self.output_shapes = {o.name: list(o.shape) for o in self.session.get_outputs()}
         return self
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.output_names, {self.input_name: batch})
-        return dict(zip(self.output_names, outs))
-
-    def close(self) -> None:
-        self.session = None
-
-
-class OrtCpuBackend(OrtBackend):
-    name = "ort-cpu"
-    provider = "CPUExecutionProvider"
-
-
-class OrtCudaBackend(OrtBackend):
-    """CUDA EP with IO binding: the input goes to the GPU once per call into a reused device
-    buffer and outputs are bound on the device, so onnxruntime adds no extra copies."""
-
-    name = "ort-cuda"
-    provider = "CUDAExecutionProvider"
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._input_value = None
-
-    def provider_list(self) -> list:
-        return [(self.provider, {"device_id": self.device_id, "cudnn_conv_algo_search": "HEURISTIC"}),
-                "CPUExecutionProvider"]
-
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if not self.row.gpu:
+            return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: batch})))
         ort = _ort()
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         value = self._input_value
@@ -163,30 +192,6 @@ class OrtCudaBackend(OrtBackend):
         self.session.run_with_iobinding(binding)
         return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
 
-    def close(self) -> None:
+    def release(self) -> None:
         self._input_value = None
-        super().close()
-
-
-class OrtTensorRTBackend(OrtCudaBackend):
-    """TensorRT EP (engines cached beside the model, FP16 allowed), CUDA and CPU for the rest."""
-
-    name = "ort-trt"
-    provider = "TensorrtExecutionProvider"
-
-    def provider_list(self) -> list:
-        cache = Path(self.cache_dir) if self.cache_dir else (self.path.parent / ".trt-cache")
-        try:
-            os.makedirs(cache, exist_ok=True)
-        except OSError:  # a read-only model folder: cache the built engines in the temp folder instead
-            cache = Path(tempfile.gettempdir()) / "usedge-trt-cache"
-            os.makedirs(cache, exist_ok=True)
-        trt_options = {
-            "device_id": self.device_id,
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True,
-            "trt_fp16_enable": True,
-        }
-        return [(self.provider, trt_options),
-                ("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"]
+        self.session = None

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from usedge.errors import BackendUnavailable, ModelError
-from usedge.runtime.backends.base import Backend
+from usedge.runtime.backends.base import Backend, TensorSpec
 from usedge.runtime.engine_sidecar import check_engine_compatible as _check_sidecar, local_target
 
 
@@ -85,7 +85,7 @@ class _Buffer:
 class TensorRTBackend(Backend):
     """A serialized TensorRT engine (`*.engine`/`*.plan`) with its sidecar."""
 
-    name: ClassVar[str] = "tensorrt"
+    name = "tensorrt"
     artifact: ClassVar[str] = "engine"
 
     def __init__(self, device_id: int = 0, **_: object) -> None:
@@ -135,8 +135,12 @@ class TensorRTBackend(Backend):
         if len(inputs) != 1:
             raise ModelError(f"engine has {len(inputs)} inputs, expected 1", path=self.path,
                              hint="build it from a usedge ONNX with `usedge export --engine`")
-        self.input_name = inputs[0]
-        self.output_names = [n for n in names if n not in inputs]
+        def spec(n: str) -> TensorSpec:   # -1: a dynamic dimension
+            return TensorSpec(n, np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))).name,
+                              tuple(None if int(d) < 0 else int(d) for d in self.engine.get_tensor_shape(n)))
+
+        self.inputs = [spec(inputs[0])]
+        self.outputs = [spec(n) for n in names if n not in inputs]
         in_shape = tuple(self.engine.get_tensor_shape(self.input_name))
         if in_shape[0] == -1:  # dynamic batch: size buffers for the profile's maximum
             self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
@@ -180,7 +184,7 @@ class TensorRTBackend(Backend):
             out[name] = self.buffers[name].host[:size].reshape(shapes[name]).astype(np.float32, copy=True)
         return out
 
-    def close(self) -> None:
+    def release(self) -> None:
         for buf in self.buffers.values():
             buf.free()
         self.buffers = {}

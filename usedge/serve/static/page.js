@@ -71,7 +71,7 @@ async function poll() {
     const p = d.prediction;
     if (p && d.seq !== lastSeq) {
       lastSeq = d.seq;
-      const s = smooth(p.probabilities, p.smoothed);
+      const s = smooth(p.probs, p.smoothed);
       const best = setBars($("live-bars"), s);
       $("current-label").textContent = best.replace(/_/g, " ");
       $("current-prob").textContent = (100 * s[best]).toFixed(1) + "% (last frame: " + p.label.replace(/_/g, " ") + ")";
@@ -116,7 +116,7 @@ async function upload(ev) {
     $("upload-label").textContent = d.label.replace(/_/g, " ");
     $("upload-latency").textContent = d.latency_ms.total.toFixed(1) + " ms model+crop, " +
       d.latency_ms.request.toFixed(1) + " ms request";
-    setBars($("upload-bars"), d.probabilities);
+    setBars($("upload-bars"), d.probs);
     if (d.overlay_png) $("upload-overlay").src = "data:image/png;base64," + d.overlay_png;
   } catch (e) {
     $("upload-error").textContent = String(e.message || e);

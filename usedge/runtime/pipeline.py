@@ -1,0 +1,229 @@
+"""The ONE frame pipeline, built once and used by `usedge infer` (files and --stream), `usedge serve`
+(live view and uploads) and `usedge bench`:
+
+    source -> quality -> freeze -> prepare (crop) -> normalise -> model -> post (smoothing) -> sinks
+
+`FramePipeline.run_frame` is that whole chain for one frame; read it first. The stages live in:
+
+    source      usedge.runtime.sources       (files: `iter_file_frames`; live: readers + CaptureThread)
+    quality     FramePipeline.quality        (the seam for a frame-quality gate: "no usable image")
+    freeze      FreezeDetector, here         (the scanner's freeze button: repeat the last result)
+    prepare     Classifier.prepare -> usedge.runtime.crop / preprocess  (the ONE preprocessing)
+    normalise   Classifier.normalise
+    model       Classifier.run_model -> usedge.runtime.backends
+    post        Classifier.post (probabilities, CAM); Smoother, here (temporal average)
+    sinks       usedge.runtime.sinks          (JSONL, CSV, overlay PNGs, video, window, callbacks)
+
+The live loop around it (capture thread, latest-frame slot, summary) is `usedge.runtime.stream`;
+the file loop is `run_files` below.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from usedge.errors import InputError, OutputError, UsedgeError
+from usedge.runtime.classifier import Classifier, Prediction
+from usedge.runtime.overlay import draw_prediction
+from usedge.runtime.preprocess import FrameCropper
+from usedge.runtime.sinks import Sink
+from usedge.runtime.sources import iter_file_frames
+
+FREEZE_SAMPLES = 240         # frames are compared on about this many columns (every n-th pixel, no averaging)
+FREEZE_MAD = 0.05            # mean absolute difference (8-bit levels) below which two frames are "the same"
+
+#: frame -> why it holds no usable image (blank screen, probe in air), or None when it does
+QualityGate = Callable[[np.ndarray], "str | None"]
+
+
+class FreezeDetector:
+    """The scanner's freeze button: the same image again, byte for byte up to codec rounding.
+
+    Compares every n-th pixel (about FREEZE_SAMPLES columns; one channel of a colour frame) with the
+    previous frame, without averaging: a live image changes there by its fresh electronic noise and
+    speckle even with the probe held still (>= 0.2 levels on the synthetic scanner video), a frozen
+    one through a digital path (HDMI/SDI grabber, file, DICOM) by ~0.001. A frozen image through a
+    noisy analog grabber is not detected, which costs only an inference: the safe side.
+    """
+
+    def __init__(self, threshold: float = FREEZE_MAD) -> None:
+        self.threshold = threshold
+        self._prev: np.ndarray | None = None
+        self.last_mad = float("inf")
+
+    def _sample(self, image: np.ndarray) -> np.ndarray:
+        step = max(1, image.shape[1] // FREEZE_SAMPLES)
+        sub = image[::step, ::step]
+        if sub.ndim == 3:
+            sub = sub[:, :, min(1, sub.shape[2] - 1)]   # green: closest to gray for B-mode, no conversion
+        return np.ascontiguousarray(sub)
+
+    def is_frozen(self, image: np.ndarray) -> bool:
+        sample = self._sample(image)
+        if self._prev is None or self._prev.shape != sample.shape or self._prev.dtype != sample.dtype:
+            self._prev = sample
+            self.last_mad = float("inf")
+            return False
+        self.last_mad = float(cv2.norm(sample, self._prev, cv2.NORM_L1)) / sample.size
+        self._prev = sample
+        return self.last_mad < self.threshold
+
+
+class Smoother:
+    """Moving average of the last `window` class-probability vectors (frozen frames excluded)."""
+
+    def __init__(self, window: int = 5) -> None:
+        self.window = max(1, int(window))
+        self._hist: collections.deque = collections.deque(maxlen=self.window)
+
+    def __call__(self, probs: dict[str, float]) -> dict[str, float]:
+        self._hist.append(np.array(list(probs.values()), np.float64))
+        mean = np.mean(self._hist, axis=0)
+        return {k: float(v) for k, v in zip(probs, mean)}
+
+    def smooth(self, pred: Prediction) -> Prediction:
+        """A new Prediction with the averaged probabilities and the label they give (pred is unchanged)."""
+        probs = self(pred.probs)
+        k = int(np.argmax(list(probs.values())))
+        return dataclasses.replace(pred, probs=probs, smoothed=True, class_index=k, label=list(probs)[k],
+                                   latency_ms=dict(pred.latency_ms))
+
+    def reset(self) -> None:
+        self._hist.clear()
+
+
+class FramePipeline:
+    """One classifier with the stages around it and the sinks its results go to.
+
+    stream: frames of one source: the crop layout is detected once and re-detected on change
+        (FrameCropper, with the source's DICOM `regions`), and overlays show the result rate.
+    freeze: repeat the last result for a frozen screen, without inference.
+    smooth: average the probabilities over this many results (None: off).
+    cam: draw the class activation map in overlays when the model has it.
+    quality: a `QualityGate`; a frame it rejects gives an InputError and resets freeze and smoothing.
+    """
+
+    def __init__(self, classifier: Classifier, sinks: Iterable[Sink] = (), *, stream: bool = False,
+                 regions: list | None = None, freeze: bool = False, freeze_threshold: float = FREEZE_MAD,
+                 smooth: int | None = None, cam: bool = True, quality: QualityGate | None = None) -> None:
+        self.classifier = classifier
+        self.sinks: list[Sink] = list(sinks)
+        self.stream = stream
+        self.cropper = FrameCropper(classifier.spec, regions=regions) if stream else None
+        self.freeze = FreezeDetector(freeze_threshold) if freeze else None
+        self.smoother = Smoother(smooth) if smooth else None
+        self.cam = cam
+        self.quality = quality
+        self.last: Prediction | None = None                      # the newest result of the model
+        self._result_times: collections.deque = collections.deque(maxlen=60)
+
+    # -- the chain ------------------------------------------------------------------------------
+    def run_frame(self, image: np.ndarray, *, index: int = 0, source: str = "", regions: list | None = None,
+                  t_capture: float | None = None) -> Prediction:
+        """The whole chain for one frame: quality -> freeze -> prepare -> model -> post -> sinks.
+
+        t_capture: when the frame was captured (perf_counter s): adds the `wait` and
+        `capture_to_result` stages. Raises UsedgeError for a frame that cannot be classified.
+        """
+        t_take = time.perf_counter()
+        pred = self.process(image, index=index, source=source, regions=regions)
+        t_done = time.perf_counter()
+        if t_capture is not None:
+            pred.latency_ms["wait"] = (t_take - t_capture) * 1e3
+            pred.latency_ms["capture_to_result"] = (t_done - t_capture) * 1e3
+        self._result_times.append(t_done)
+        self.emit(pred, image)
+        return pred
+
+    def process(self, image: np.ndarray, *, index: int = 0, source: str = "",
+                regions: list | None = None) -> Prediction:
+        """quality -> freeze -> prepare -> normalise -> model -> post: the Prediction, written nowhere."""
+        t0 = time.perf_counter()
+        if self.quality is not None and (reason := self.quality(image)):
+            self.last = None
+            if self.smoother is not None:
+                self.smoother.reset()
+            raise InputError(f"no usable image: {reason}", path=source or None)
+        if self.freeze is not None and self.freeze.is_frozen(image) and self.last is not None:
+            return dataclasses.replace(self.last, frozen=True, frame_index=index, extra=dict(self.last.extra),
+                                       latency_ms={"total": (time.perf_counter() - t0) * 1e3})
+        pred = self.classifier.predict(image, frame_index=index, source=source, regions=regions,
+                                       cropper=self.cropper)
+        if self.smoother is not None:
+            pred = self.smoother.smooth(pred)
+        self.last = pred
+        return pred
+
+    def emit(self, pred: Prediction, image: np.ndarray) -> None:
+        """The sinks stage: the overlay is drawn once, only when a sink wants it, then every sink writes."""
+        sinks = list(self.sinks)
+        overlay = self.draw(pred, image) if any(s.needs_overlay for s in sinks) else None
+        for sink in sinks:
+            sink.write(pred, image, overlay)
+
+    def write_error(self, source: str, message: str) -> None:
+        """A file or frame that could not be classified: every sink records it its own way."""
+        for sink in list(self.sinks):
+            sink.write_error(source, message)
+
+    def draw(self, pred: Prediction, image: np.ndarray) -> np.ndarray:
+        """The frame with the prediction drawn on it (and the result rate, for a stream)."""
+        return draw_prediction(image, pred, fps=self.fps() if self.stream else None, cam=self.cam)
+
+    def fps(self) -> float:
+        """Results per second over the last 60."""
+        t = list(self._result_times)
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+
+    @property
+    def quit(self) -> bool:
+        """A sink asked to stop (its window was closed)."""
+        return any(s.quit for s in self.sinks)
+
+    @property
+    def layout_detections(self) -> int:
+        return int(self.cropper.detections) if self.cropper is not None else 0
+
+
+@dataclasses.dataclass
+class FileRun:
+    """What `run_files` did."""
+
+    files: int = 0
+    frames: int = 0
+    failed: list[str] = dataclasses.field(default_factory=list)
+
+    def line(self, out: str = "-") -> str:
+        return (f"{self.files - len(self.failed)}/{self.files} files, {self.frames} frames classified"
+                + (f", {len(self.failed)} failed" if self.failed else "") + (f" -> {out}" if out != "-" else ""))
+
+
+def run_files(pipeline: FramePipeline, files: Sequence, *, on_error: Callable[[str], None] = lambda line: None,
+              on_file: Callable[[], None] = lambda: None) -> FileRun:
+    """Every frame of every file (images, DICOM, videos; lazily) through `pipeline.run_frame`.
+
+    A file that cannot be read or classified is recorded in every sink and reported through
+    `on_error` at once; an OutputError (a sink cannot write) ends the run. `on_file` after each file.
+    """
+    run = FileRun(files=len(files))
+    for path in files:
+        try:
+            for index, frame, regions in iter_file_frames(path):   # lazily: a long video stays small
+                pipeline.run_frame(frame, index=index, source=str(path), regions=regions)
+                run.frames += 1
+        except OutputError:
+            raise
+        except UsedgeError as exc:
+            if exc.path is None:   # a frame-level error (NaN pixels, blank frame): name the file
+                exc.path = str(path)
+            run.failed.append(exc.one_line())
+            on_error(exc.one_line())
+            pipeline.write_error(str(path), exc.one_line())
+        on_file()
+    return run

@@ -1,0 +1,64 @@
+"""What every route of `usedge serve` shares: the model, the upload pipeline, the live feed, limits,
+the token check and the one error shape (`{"error": message, "status": code}`)."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from usedge.runtime.classifier import Classifier
+from usedge.runtime.pipeline import FramePipeline
+from usedge.serve.live import LiveFeed
+from usedge.serve.metrics import ServeMetrics
+
+TOKEN_COOKIE = "usedge_token"
+
+
+def static_file(name: str) -> bytes:
+    return resources.files("usedge.serve").joinpath("static", name).read_bytes()
+
+
+@dataclass
+class ServeState:
+    classifier: Classifier
+    uploads: FramePipeline                      # the chain for uploads: no freeze, no smoothing, no sinks
+    metrics: ServeMetrics
+    feed: LiveFeed | None
+    token: bytes | None
+    max_upload_bytes: int
+    max_pixels: int
+    max_concurrent: int
+    max_queue: int
+    live_max_fps: float
+    predict_lock: threading.Lock = field(default_factory=threading.Lock)  # uploads take turns
+    pending: int = 0
+    limiter: Any = None                         # anyio.CapacityLimiter, created in the event loop
+    page: dict[str, bytes] = field(default_factory=lambda: {n: static_file(n) for n in
+                                                            ("index.html", "page.js", "page.css")})
+
+    def error(self, status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+        self.metrics.errors.labels(kind=kind).inc()
+        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+    def authorised(self, request: Request) -> bool:
+        if self.token is None:
+            return True
+        auth = request.headers.get("authorization", "")
+        if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), self.token):
+            return True
+        cookie = request.cookies.get(TOKEN_COOKIE, "")
+        return bool(cookie) and hmac.compare_digest(cookie.encode(), self.token)
+
+    def unauthorised(self) -> JSONResponse:
+        return self.error(401, "missing or wrong token — send 'Authorization: Bearer <token>' or open "
+                          "/?token=<token> once", "unauthorized", headers={"WWW-Authenticate": "Bearer"})
+
+
+def state_of(request: Request) -> ServeState:
+    return request.app.state.usedge
