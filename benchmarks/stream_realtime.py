@@ -78,7 +78,7 @@ def cpu_breakdown(model: Path, video: Path, frames: int = 40) -> dict:
     import cv2
 
     from usedge.runtime.classifier import Classifier
-    from usedge.runtime.preprocess import FrameCropper
+    from usedge.runtime.crop import FrameCropper
     from usedge.runtime.stream import FreezeDetector
 
     stages = {k: [] for k in ("decode", "freeze_check", "crop", "normalise", "model", "post")}

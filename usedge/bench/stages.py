@@ -36,7 +36,7 @@ def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmu
     import cv2
 
     from usedge.runtime.classifier import Classifier
-    from usedge.runtime.preprocess import FrameCropper
+    from usedge.runtime.crop import FrameCropper
 
     wall = {s: [] for s in STAGES}
     cpu = {s: [] for s in STAGES}

@@ -26,7 +26,7 @@ import numpy as np
 from usedge.errors import OutputError, StreamError, UsedgeError
 from usedge.runtime.classifier import Classifier, Prediction
 from usedge.runtime.overlay import draw_prediction
-from usedge.runtime.preprocess import FrameCropper
+from usedge.runtime.crop import FrameCropper
 from usedge.runtime.sinks import CallbackSink, Sink
 from usedge.runtime.sources import CaptureThread, Frame, FrameReader, LatestFrameSlot
 
