@@ -19,7 +19,8 @@ import numpy as np
 
 from usedge.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 from usedge.runtime.dicom import open_dicom
-from usedge.runtime.preprocess import FrameCropper, PreprocessSpec, prepare_all
+from usedge.runtime.crop import FrameCropper, prepare_all
+from usedge.runtime.preprocess import PreprocessSpec
 
 FILES = ("examples_jpeg2k.dcm", "examples_palette.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm")
 OUT = Path(__file__).resolve().parent / "results"

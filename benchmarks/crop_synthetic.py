@@ -30,8 +30,10 @@ import numpy as np  # noqa: E402
 cv2.setNumThreads(1)
 
 from usedge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from usedge.runtime.crop import crop_field_of_view  # noqa: E402
-from usedge.runtime.preprocess import PreprocessSpec, doppler_cells, prepare_all  # noqa: E402
+from usedge.runtime.crop import prepare_all  # noqa: E402
+from usedge.runtime.doppler import doppler_cells  # noqa: E402
+from usedge.runtime.fov import crop_field_of_view  # noqa: E402
+from usedge.runtime.preprocess import PreprocessSpec  # noqa: E402
 from usedge.synth.phantom import render_view, sample_patient, sample_view  # noqa: E402
 from usedge.synth.scanner import render_scanner_frame  # noqa: E402
 

@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 cv2.setNumThreads(1)
 
 from usedge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from usedge.runtime.preprocess import FrameCropper, PreprocessSpec, prepare  # noqa: E402
+from usedge.runtime.crop import FrameCropper, prepare  # noqa: E402
+from usedge.runtime.preprocess import PreprocessSpec  # noqa: E402
 from usedge.synth.phantom import render_view, sample_patient, sample_view  # noqa: E402
 from usedge.synth.scanner import ScannerScreen  # noqa: E402
 

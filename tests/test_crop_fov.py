@@ -8,18 +8,11 @@ import pytest
 
 from tests.fixtures.crop import bmode_image
 from usedge.errors import ConfigError, InputError
-from usedge.runtime.crop import (
-    as_uint8,
-    crop_field_of_view,
-    detect_doppler,
-    fill_from_surroundings,
-    find_skin_line,
-    parse_crop,
-    register_presets,
-    remove_doppler,
-    skin_centred_square,
-    validate_regions,
-)
+from usedge.runtime.crop import parse_crop, prepare
+from usedge.runtime.doppler import detect_doppler, fill_from_surroundings
+from usedge.runtime.fov import crop_field_of_view, find_skin_line, skin_centred_square, validate_regions
+from usedge.runtime.pixels import as_uint8
+from usedge.runtime.preprocess import PreprocessSpec
 
 
 def iou(a, b) -> float:
@@ -128,8 +121,9 @@ def test_doppler_detection_ignores_gray_and_tints():
 def test_remove_doppler_fills_from_bmode():
     img = np.full((100, 100, 3), 90, np.uint8)
     img[40:60, 40:60] = (0, 0, 255)
-    gray, mask, frac = remove_doppler(img)
-    assert mask[40:60, 40:60].all() and 0.04 <= frac <= 0.06
+    gray, info = prepare(img, PreprocessSpec(crop="none", size=100))
+    frac = info.doppler_fraction
+    assert 0.04 <= frac <= 0.06
     assert abs(int(gray[50, 50]) - 90) <= 2          # filled with the surrounding level, not red's luma
 
 
@@ -183,12 +177,13 @@ def test_parse_crop_modes(tmp_path):
         parse_crop("preset:nope")
     user = tmp_path / "mine.toml"
     user.write_text('[preset.my-scanner]\nbox = [1, 2, 30, 40]\n')
-    register_presets(user)
-    assert parse_crop("preset:my-scanner").box == (1, 2, 30, 40)
+    assert parse_crop("preset:my-scanner", user).box == (1, 2, 30, 40)
+    with pytest.raises(ConfigError, match="unknown crop preset"):
+        parse_crop("preset:my-scanner")                  # no process-global registry: another call does not see it
     bad = tmp_path / "bad.toml"
     bad.write_text('[preset.x]\nbox = [1, 2]\n')
     with pytest.raises(ConfigError, match="box"):
-        register_presets(bad)
+        parse_crop("auto", bad)                          # a bad presets file fails whatever the mode
 
 
 def test_compressed_and_noisy_captures(scanner_frames):

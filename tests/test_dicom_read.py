@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from tests.fixtures.crop import US_DICOM, pydicom_file
 from usedge.errors import InputError
 from usedge.runtime.dicom import open_dicom
-from usedge.runtime.preprocess import PreprocessSpec, prepare_file
+from usedge.runtime.crop import prepare_file
+from usedge.runtime.preprocess import PreprocessSpec
 
 PATIENT_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate",
                 "ContentDate", "InstitutionName", "ReferringPhysicianName", "AccessionNumber", "StudyID",

@@ -10,7 +10,8 @@ import pytest
 
 from usedge.dataset import Sample, write_manifest
 from usedge.errors import ConfigError, DataError
-from usedge.runtime.preprocess import CropInfo, PreprocessSpec, crop_mask
+from usedge.runtime.crop import CropInfo, crop_mask
+from usedge.runtime.preprocess import PreprocessSpec
 from usedge.train.explain import ExplainConfig, read_lesion_mask, run_explain
 
 CLASSES = ["epidermal_cyst", "lipoma", "pilomatricoma"]

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from tests.fixtures.badinput import LEDGER, make_dicom, scan_like
 from usedge.errors import InputError
-from usedge.runtime.preprocess import PreprocessSpec, prepare
+from usedge.runtime.crop import prepare
+from usedge.runtime.preprocess import PreprocessSpec
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 

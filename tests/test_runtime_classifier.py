@@ -10,7 +10,8 @@ import pytest
 from usedge.errors import ModelError
 from usedge.fileio import sha256_file
 from usedge.runtime.classifier import Classifier, Prediction
-from usedge.runtime.preprocess import normalise, prepare
+from usedge.runtime.crop import prepare
+from usedge.runtime.preprocess import normalise
 from usedge.runtime.sources import read_image
 
 

@@ -89,7 +89,8 @@ def preview_cmd(
 
     from usedge.fileio import write_bytes_atomic
     from usedge.train.augment import OPS, Policy, apply_op, preview_grid
-    from usedge.runtime.preprocess import PreprocessSpec, prepare_file
+    from usedge.runtime.crop import prepare_file
+    from usedge.runtime.preprocess import PreprocessSpec
     from usedge.train.search import load_images
 
     if data.is_file() and data.suffix.lower() != ".csv":

@@ -41,7 +41,7 @@ def _overlay(frame, info):
     """The frame (BGR uint8) with every field of view in green and the crop box in magenta."""
     import cv2
 
-    from usedge.runtime.crop import as_uint8
+    from usedge.runtime.pixels import as_uint8
 
     vis = as_uint8(frame)
     vis = cv2.cvtColor(vis, cv2.COLOR_GRAY2BGR) if vis.ndim == 2 else vis.copy()
@@ -88,16 +88,14 @@ def crop(
 
     from usedge.errors import ConfigError, InputError, UsedgeError
     from usedge.fileio import write_text_atomic
-    from usedge.runtime.crop import parse_crop, register_presets
+    from usedge.runtime.crop import FrameCropper, parse_crop, prepare, prepare_all
     from usedge.runtime.dicom import is_dicom, open_dicom
     from usedge.runtime.imageio import read_image
-    from usedge.runtime.preprocess import FrameCropper, PreprocessSpec, prepare, prepare_all
+    from usedge.runtime.preprocess import PreprocessSpec
 
     if views not in ("all", "largest"):
         raise ConfigError(f"--views {views!r}", hint="use all or largest")
-    if presets is not None:
-        register_presets(presets)                  # ConfigError on a bad file
-    parse_crop(crop_mode)                          # ConfigError on a malformed --crop / unknown preset
+    parse_crop(crop_mode, presets)                 # ConfigError on a bad presets file, malformed --crop, unknown preset
     spec = PreprocessSpec(size=size, crop=crop_mode, remove_doppler=doppler)
     if size < 8:
         raise ConfigError(f"--size {size} is too small", hint="use at least 8 (224 for the paper's model)")
@@ -114,8 +112,8 @@ def crop(
         if cropper is not None:
             return [cropper(frame)]
         if views == "all":
-            return prepare_all(frame, spec, regions=regions)
-        return [prepare(frame, spec, regions=regions)]
+            return prepare_all(frame, spec, regions=regions, presets=presets)
+        return [prepare(frame, spec, regions=regions, presets=presets)]
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=quiet, transient=True) as progress:
@@ -126,7 +124,7 @@ def crop(
                     d = open_dicom(src)
                     regions = d.raw_regions or None
                     indices = range(d.n_frames) if all_frames else range(1)
-                    cropper = FrameCropper(spec, regions=regions) if all_frames and d.n_frames > 1 and views == "largest" \
+                    cropper = FrameCropper(spec, regions=regions, presets=presets) if all_frames and d.n_frames > 1 and views == "largest" \
                         else None
                     frames = ((i, d.frame(i)) for i in indices)
                     multi = d.n_frames > 1

@@ -1,7 +1,7 @@
 """Real images for parity checks and INT8 calibration, preprocessed exactly as the runtime does.
 
 Images come from a usedge data set (folder or manifest.csv, usedge.dataset.load_dataset) and go
-through usedge.runtime.preprocess (prepare_file + normalise, as training does) with the
+through usedge.runtime.crop.prepare_file + preprocess.normalise, as training does, with the
 checkpoint's PreprocessSpec, so every check sees the pixels the bedside sees. Patients are split deterministically (by a hash of the patient id)
 into a calibration part and a held-out part: INT8 is calibrated on one and judged on the other.
 """
@@ -16,7 +16,8 @@ import numpy as np
 
 from usedge.dataset import Dataset, Sample, load_dataset
 from usedge.errors import DataError
-from usedge.runtime.preprocess import PreprocessSpec, normalise, prepare_file
+from usedge.runtime.crop import prepare_file
+from usedge.runtime.preprocess import PreprocessSpec, normalise
 
 
 @dataclass

@@ -20,8 +20,9 @@ import numpy as np
 from usedge.errors import BackendUnavailable, ModelError
 from usedge.fileio import sha256_file
 from usedge.runtime.backends import Backend, candidate_backends, create_backend
+from usedge.runtime.crop import CropInfo, prepare
 from usedge.runtime.model_info import METADATA_KEY, ModelInfo
-from usedge.runtime.preprocess import CropInfo, PreprocessSpec, normalise, prepare
+from usedge.runtime.preprocess import PreprocessSpec, normalise
 
 #: frame (H x W or H x W x C, any dtype) -> (uint8 size x size model image, where it came from)
 Cropper = Callable[[np.ndarray], tuple[np.ndarray, CropInfo]]

@@ -1,20 +1,28 @@
-"""Scanner screen -> B-mode image region: field of view, Doppler removal, skin-centred square.
+"""Crop modes, presets and the crop itself: scanner frame -> uint8 model-sized gray image + CropInfo.
 
-All boxes are (x, y, w, h) in pixels of the frame they were measured on. numpy + OpenCV only.
+    prepare(frame, spec, regions=None) -> (uint8 spec.size x spec.size, CropInfo)   # crop, Doppler, gray, resize
+    prepare_all(frame, spec)           one per image region (dual-view screens), left to right
+    FrameCropper(spec)                 the same as `prepare` for a stream: detects the layout once,
+                                       re-checks it cheaply per frame, re-detects when it changes
+    prepare_file(path, spec)           read_image(path) (+ its DICOM regions) -> prepare
+    parse_crop(text) / load_presets()  'auto' | 'fov' | 'none' | 'x,y,w,h' | 'preset:NAME'
 
-    crop_field_of_view(frame)        -> FieldOfView (box, boxes for dual views, method)
-    detect_doppler(image_bgr)        -> bool mask of colour-flow pixels (chroma)
-    remove_doppler(image)            -> (gray uint8 with Doppler filled from B-mode, mask, fraction)
-    find_skin_line(gray, fov_box)    -> row (frame pixels) of the first echogenic band below the gel
-    skin_centred_square(...)         -> the square crop box (rule in its docstring)
-    validate_regions(boxes, shape)   -> DICOM region boxes that fit the frame, or None
+`regions` are DICOM SequenceOfUltrasoundRegions boxes (x, y, w, h, frame pixels); they are used with
+crop=auto/fov only after they are checked against the frame size (usedge.runtime.fov.validate_regions),
+else detection runs.
+
+Order of work (per frame): to uint8 (channels kept) -> field of view (DICOM regions | preset |
+manual box | detection) -> skin-centred square inside it (crop=auto) -> resize to spec.size with
+INTER_AREA (gray) -> Doppler pixels (found on the crop's colour pixels) filled from the surrounding
+B-mode. Non-square boxes (fov, none, manual, presets without square) are
+resized without keeping the aspect ratio, like torchvision's Resize((224, 224)) of the paper.
 """
 
 from __future__ import annotations
 
 import functools
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -22,482 +30,10 @@ import cv2
 import numpy as np
 
 from usedge.errors import ConfigError, InputError
-
-Box = tuple[int, int, int, int]
-
-MIN_SIDE = 8                 # pixels: smaller frames cannot hold an ultrasound image
-WORK_SIDE = 640              # pixels: detection runs on a copy whose longer side is at most this
-DOPPLER_MIN_CHROMA = 40      # max(B,G,R) - min(B,G,R), 8-bit levels; JPEG chroma noise stays below
-DOPPLER_MIN_SATURATION = 0.35  # chroma / max: tinted B-mode maps (sepia, blue) stay below
-GROW_MIN_LEVEL = 6           # 8-bit levels above the background that count as image when growing a box
-SKIN_MARGIN = 0.02           # fraction of the FOV height kept above the skin line
-
-
-# --------------------------------------------------------------------------- pixel formats
-
-def as_uint8(frame: np.ndarray) -> np.ndarray:
-    """Gray, BGR, BGRA; uint8, uint16, other ints or float -> uint8 H x W or H x W x 3 (BGR).
-
-    uint16 (and other ints) above 255 are scaled by their bit depth, guessed from the maximum and
-    rounded up to 10, 12, 14 or 16 bits (a 12-bit frame keeps its contrast, and frames of one
-    source keep one scale);
-    float frames in [0, 1] are scaled by 255, others clipped to [0, 255]. NaN/Inf -> InputError.
-    """
-    if not isinstance(frame, np.ndarray):
-        raise InputError(f"frame is a {type(frame).__name__}, not an image array",
-                         hint="pass a numpy array H x W or H x W x C")
-    if frame.size == 0 or frame.ndim < 2:
-        raise InputError(f"empty frame (shape {frame.shape})", hint="check the source delivers images")
-    if frame.ndim == 3 and frame.shape[2] == 1:
-        frame = frame[:, :, 0]
-    if frame.ndim == 3 and frame.shape[2] == 4:
-        frame = frame[:, :, :3]          # BGRA: alpha carries no image
-    if frame.ndim == 3 and frame.shape[2] == 2:
-        frame = frame[:, :, 0]           # gray + alpha
-    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3):
-        raise InputError(f"frame of shape {frame.shape} is not an image", hint="pass H x W, H x W x 3 or H x W x 4")
-    h, w = frame.shape[:2]
-    if h < MIN_SIDE or w < MIN_SIDE:
-        raise InputError(f"frame of {w}x{h} pixels is too small for an ultrasound image",
-                         hint=f"frames need at least {MIN_SIDE}x{MIN_SIDE} pixels")
-    if frame.dtype == np.uint8:
-        return np.ascontiguousarray(frame)
-    if frame.dtype == np.bool_:
-        return frame.astype(np.uint8) * 255
-    if np.issubdtype(frame.dtype, np.floating):
-        f = frame.astype(np.float32, copy=False)
-        if not np.isfinite(f).all():
-            raise InputError("frame contains NaN or Inf", hint="check the source's pixel data")
-        scale = 255.0 if float(f.max()) <= 1.0 else 1.0
-        return np.clip(f * scale + 0.5, 0, 255).astype(np.uint8)
-    if np.issubdtype(frame.dtype, np.integer):
-        top = int(frame.max())
-        if top <= 255:
-            return np.clip(frame, 0, 255).astype(np.uint8)
-        # the stored bit depth, rounded up to a standard one so that frames of one source whose
-        # maxima differ a little get the same scale; an integer shift: 12-bit >> 4, 16-bit >> 8
-        bits = next((b for b in (10, 12, 14, 16) if top < (1 << b)), top.bit_length())
-        return np.minimum(np.clip(frame, 0, None) >> (bits - 8), 255).astype(np.uint8)
-    raise InputError(f"frame of dtype {frame.dtype} is not an image", hint="pass uint8, uint16 or float pixels")
-
-
-def grid_sample(image: np.ndarray, step_y: int, step_x: int | None = None) -> np.ndarray:
-    """About every step-th pixel of an image (or a rectangular view of one), as a new contiguous array.
-
-    Like image[::step_y, ::step_x] (a nearest-neighbour resize to ceil(size / step), so the picked
-    rows/columns may differ by one), but OpenCV reads the view in place instead of numpy copying a
-    strided array first (~5x faster). Deterministic: the same input gives the same pixels.
-    """
-    step_x = step_y if step_x is None else step_x
-    h, w = image.shape[:2]
-    if step_y <= 1 and step_x <= 1:
-        return image
-    size = (max(1, -(-w // step_x)), max(1, -(-h // step_y)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)
-
-
-def gray_of(image: np.ndarray) -> np.ndarray:
-    """uint8 gray or BGR -> uint8 gray (luma)."""
-    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-
-
-def _brightness(image: np.ndarray) -> np.ndarray:
-    """Max over channels: a coloured Doppler pixel counts as bright as its strongest channel."""
-    if image.ndim == 2:
-        return image
-    b, g, r = cv2.split(image)
-    return cv2.max(cv2.max(b, g), r)
-
-
-def _darkness(image: np.ndarray) -> np.ndarray:
-    b, g, r = cv2.split(image)
-    return cv2.min(cv2.min(b, g), r)
-
-
-def _check_not_blank(image: np.ndarray) -> None:
-    """InputError when every pixel (any channel) has about the same value: no image on the screen."""
-    flat = np.ascontiguousarray(image).reshape(image.shape[0], -1)
-    lo, hi, _, _ = cv2.minMaxLoc(flat)
-    lo, hi = int(lo), int(hi)
-    if hi - lo <= 2:
-        raise InputError(f"frame is blank (every pixel is about {lo})",
-                         hint="the scanner shows no image (frozen, off, or wrong input); check the source")
-
-
-# --------------------------------------------------------------------------- Doppler
-
-def detect_doppler(image: np.ndarray) -> np.ndarray:
-    """Colour-flow / power Doppler pixels of a uint8 BGR image: bool H x W (all False for gray).
-
-    A pixel is Doppler when its chroma (max - min channel) is at least DOPPLER_MIN_CHROMA levels and
-    its saturation (chroma / max) at least DOPPLER_MIN_SATURATION: B-mode gray, JPEG chroma noise
-    and tinted gray maps stay below both.
-    """
-    if image.ndim == 2:
-        return np.zeros(image.shape, bool)
-    hi = _brightness(image)
-    chroma = cv2.subtract(hi, _darkness(image))
-    # chroma >= s * hi  <=>  saturation >= s; integer form avoids a float division per pixel
-    return (chroma >= DOPPLER_MIN_CHROMA) & (chroma.astype(np.uint16) * 100 >= hi.astype(np.uint16) * int(DOPPLER_MIN_SATURATION * 100))
-
-
-def fill_from_surroundings(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Replace masked pixels of a uint8 gray image by a smooth fill from the unmasked ones around.
-
-    Normalised convolution with box windows of 5, 17, 65 and 257 px (box filters cost the same
-    at any size: well under 1 ms at 224 px); no texture is invented, large holes get the local
-    B-mode mean.
-    """
-    if not mask.any():
-        return gray
-    out = gray.astype(np.float32)
-    valid = (~mask).astype(np.float32)
-    filled = np.zeros_like(out)
-    todo = mask.copy()
-    weighted = out * valid
-    for k in (5, 17, 65, 257):
-        num = cv2.blur(weighted, (k, k), borderType=cv2.BORDER_REFLECT)
-        den = cv2.blur(valid, (k, k), borderType=cv2.BORDER_REFLECT)
-        ok = todo & (den > 0.05)
-        filled[ok] = num[ok] / den[ok]
-        todo &= ~ok
-        if not todo.any():
-            break
-    if todo.any():  # the whole image was Doppler: nothing to fill from
-        filled[todo] = 0
-    result = gray.copy()
-    result[mask] = np.clip(filled[mask] + 0.5, 0, 255).astype(np.uint8)
-    return result
-
-
-def remove_doppler(image: np.ndarray, *, dilate: int = 1) -> tuple[np.ndarray, np.ndarray, float]:
-    """uint8 BGR (or gray) image -> (gray uint8 with Doppler pixels filled, Doppler mask, fraction removed).
-
-    The mask is dilated by `dilate` pixels to catch the blended rim of each colour blob (resizing
-    mixes colour into neighbours). The fraction is masked pixels / all pixels of `image`.
-    """
-    image = as_uint8(image)
-    gray = gray_of(image)
-    mask = detect_doppler(image)
-    if not mask.any():
-        return gray, mask, 0.0
-    if dilate > 0:
-        k = 2 * dilate + 1
-        mask = cv2.dilate(mask.view(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
-    return fill_from_surroundings(gray, mask), mask, float(mask.mean())
-
-
-# --------------------------------------------------------------------------- field of view
-
-@dataclass
-class FieldOfView:
-    """The B-mode image region(s) of a scanner screen, in frame pixels."""
-
-    box: Box                                    # the region used for the crop
-    boxes: list[Box] = field(default_factory=list)  # every B-mode region, left to right (2 in dual view)
-    method: str = "detection"                   # detection | dicom-regions | preset | manual | none | fallback
-    notes: list[str] = field(default_factory=list)
-
-
-def _clip_box(box: Box, shape: tuple[int, int]) -> Box:
-    h, w = shape[:2]
-    x, y, bw, bh = (int(v) for v in box)
-    x0, y0 = min(max(x, 0), w - 1), min(max(y, 0), h - 1)
-    x1, y1 = min(max(x + bw, x0 + 1), w), min(max(y + bh, y0 + 1), h)
-    return (x0, y0, x1 - x0, y1 - y0)
-
-
-def _background_colour(image: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """The screen background from the outermost 2-pixel ring: (per-channel median colour, int16;
-    fraction of the ring within 8 levels of it (low: no flat screen around the image); the level
-    difference above which a pixel is not background (2, or more on a noisy capture / JPEG))."""
-    px = image.reshape(image.shape[0], image.shape[1], -1)
-    ring = np.concatenate([px[:2].reshape(-1, px.shape[2]), px[-2:].reshape(-1, px.shape[2]),
-                           px[:, :2].reshape(-1, px.shape[2]), px[:, -2:].reshape(-1, px.shape[2])])
-    bg = np.median(ring, axis=0).astype(np.int16)
-    d = np.abs(ring.astype(np.int16) - bg).max(axis=1)
-    near = d <= 8
-    flat = float(near.mean())
-    noise = int(np.percentile(d[near], 98)) if near.any() else 0
-    return bg, flat, max(2, noise + 1)
-
-
-def _grow(box: Box, core: np.ndarray, nb_labels: np.ndarray, *, limit: float = 0.35) -> Box:
-    """Extend `box` to every not-background pixel connected to the core inside it (8-connected,
-    exact background colour = not connected), within `limit` x its size beyond each side: recovers
-    dark but non-background bands (coupling gel, deep field) and the thin tips of a sector fan."""
-    h, w = nb_labels.shape
-    x0, y0, bw, bh = box
-    inside = nb_labels[y0:y0 + bh, x0:x0 + bw][core[y0:y0 + bh, x0:x0 + bw]]
-    if inside.size == 0:
-        return box
-    counts = np.bincount(inside.ravel())
-    counts[0] = 0
-    keep = np.nonzero(counts >= max(20, 0.002 * inside.size))[0]
-    if len(keep) == 0:
-        return box
-    ex0, ey0 = max(0, x0 - int(limit * bw)), max(0, y0 - int(limit * bh))
-    ex1, ey1 = min(w, x0 + bw + int(limit * bw)), min(h, y0 + bh + int(limit * bh))
-    region = np.isin(nb_labels[ey0:ey1, ex0:ex1], keep)
-    pts = cv2.findNonZero(region.view(np.uint8))
-    if pts is None:
-        return box
-    rx, ry, rw, rh = cv2.boundingRect(pts)
-    nx0, ny0 = min(x0, ex0 + rx), min(y0, ey0 + ry)
-    nx1, ny1 = max(x0 + bw, ex0 + rx + rw), max(y0 + bh, ey0 + ry + rh)
-    return (nx0, ny0, nx1 - nx0, ny1 - ny0)
-
-
-def _cut_at_gaps(box: Box, not_bg: np.ndarray, *, search: float = 0.35, empty: float = 0.02) -> Box:
-    """Cut off what lies beyond an (almost) empty background row/column near each side of `box`:
-    text and labels that the density window joined to the image across a thin gap."""
-    x0, y0, bw, bh = box
-    x1, y1 = x0 + bw, y0 + bh
-    mx, my = int(0.1 * bw), int(0.1 * bh)
-    rows = not_bg[y0:y1, x0 + mx:x1 - mx].mean(axis=1) if x1 - mx > x0 + mx else np.ones(bh)
-    cols = not_bg[y0 + my:y1 - my, x0:x1].mean(axis=0) if y1 - my > y0 + my else np.ones(bw)
-    sy, sx = int(search * bh), int(search * bw)
-    top = np.nonzero(rows[:sy] <= empty)[0]
-    bottom = np.nonzero(rows[bh - sy:] <= empty)[0]
-    left = np.nonzero(cols[:sx] <= empty)[0]
-    right = np.nonzero(cols[bw - sx:] <= empty)[0]
-    ny0 = y0 + (int(top[-1]) + 1 if len(top) else 0)
-    ny1 = y0 + (bh - sy + int(bottom[0]) if len(bottom) else bh)
-    nx0 = x0 + (int(left[-1]) + 1 if len(left) else 0)
-    nx1 = x0 + (bw - sx + int(right[0]) if len(right) else bw)
-    return (nx0, ny0, max(1, nx1 - nx0), max(1, ny1 - ny0))
-
-
-def _extend_sparse(box: Box, not_bg: np.ndarray, *, limit: float = 0.35, sparse: float = 0.01) -> Box:
-    """Extend each side through rows/columns (over the box's middle 80%) that still hold some
-    non-background pixels (>= `sparse`) spread along them (in at least 12 of 16 stretches): the
-    sparse speckle of a dark deep field, not a line of text. Two empty lines in a row (the gap
-    between an image and the screen's labels) stop it."""
-    h, w = not_bg.shape
-    x0, y0, bw, bh = box
-    x1, y1 = x0 + bw, y0 + bh
-    mx, my = int(0.1 * bw), int(0.1 * bh)
-
-    def walk(start: int, stop: int, step: int, line) -> int:
-        pos, empty, last = start, 0, start
-        while pos != stop and abs(pos - start) <= limit * (bh if line is row else bw):
-            if line(pos) >= sparse:
-                empty, last = 0, pos
-            else:
-                empty += 1
-                if empty >= 2:
-                    break
-            pos += step
-        return last
-
-    def spread(line: np.ndarray) -> float:
-        # speckle is spread along the whole line; a text line or a label sits in a few places
-        n = len(line) // 16
-        if n < 1:
-            return float(line.mean())
-        parts = line[:16 * n].reshape(16, n).any(axis=1)
-        return float(line.mean()) if parts.mean() >= 0.75 else 0.0
-
-    def row(r: int) -> float:
-        return spread(not_bg[r, x0 + mx:x1 - mx])
-
-    def col(c: int) -> float:
-        return spread(not_bg[y0 + my:y1 - my, c])
-
-    ny0 = walk(y0, -1, -1, row) if y0 > 0 else y0
-    ny1 = walk(y1 - 1, h, 1, row) + 1
-    nx0 = walk(x0, -1, -1, col) if x0 > 0 else x0
-    nx1 = walk(x1 - 1, w, 1, col) + 1
-    return (nx0, ny0, nx1 - nx0, ny1 - ny0)
-
-
-def _refine(box: Box, core: np.ndarray, not_bg: np.ndarray, nb_labels: np.ndarray) -> Box:
-    """Cut at gaps, then grow; a side that was cut at a gap is never grown back across it."""
-    cut = _cut_at_gaps(_cut_at_gaps(box, not_bg), not_bg)   # twice: a cut row span changes the columns' view
-    grown = _extend_sparse(_grow(cut, core, nb_labels), not_bg)
-    (x0, y0, w0, h0), (cx, cy, cw, ch), (gx, gy, gw, gh) = box, cut, grown
-    left = cx if cx > x0 else gx
-    top = cy if cy > y0 else gy
-    right = cx + cw if cx + cw < x0 + w0 else gx + gw
-    bottom = cy + ch if cy + ch < y0 + h0 else gy + gh
-    return (left, top, max(1, right - left), max(1, bottom - top))
-
-
-def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
-    """Find the B-mode image region(s) in a scanner screen (linear and sector/curved probes).
-
-    Method, on a copy whose longer side is at most WORK_SIDE px:
-    1. core = where, over a window of ~1/32 of the frame, most pixels are brighter than the screen
-       background, textured (speckle: local std above 3 levels) and not saturated colour; holes
-       (dark cysts, Doppler blobs) are filled. Flat bars (title bars, gray ramps), text and
-       rulers (sparse) and colour bars/logos (saturated) drop out.
-    2. the largest core region is the field of view; another region of at least 40% of its area
-       beside it at the same height makes a dual view (boxes left to right, the largest cropped).
-    3. each side is cut at an empty background line within its outer 35% (text joined across a
-       thin gap); then the box grows to every pixel that differs from the background colour and
-       is connected to the region (dark coupling gel and deep field that carry no speckle, the
-       thin tips of a sector fan), then through lines that still hold a little speckle (a dark
-       deep field) up to two empty lines, by at most 35% of its size per side.
-    A frame whose border is mostly not one flat colour, or whose region touches three frame edges
-    (or both side edges over most of the height), is all image (a pre-cropped picture). No region -> the whole frame, method "fallback",
-    with a note. Blank frames -> InputError.
-    """
-    image = as_uint8(frame)
-    _check_not_blank(image)
-    H, W = image.shape[:2]
-    scale = min(1.0, WORK_SIDE / max(H, W))
-    if scale < 1.0:
-        size = (max(1, round(W * scale)), max(1, round(H * scale)))
-        small_img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        step = max(1, int(round(1 / scale)))
-        strided = image[::step, ::step]      # exact colours (no blending) for the background test
-        strided = cv2.resize(strided, size, interpolation=cv2.INTER_NEAREST)
-    else:
-        small_img = strided = image
-    small = _brightness(small_img)
-    h, w = small.shape
-
-    bg, flat, tol = _background_colour(strided)
-    if flat < 0.5:     # speckle, not a flat screen, along most of the border: a pre-cropped image
-        return FieldOfView(box=(0, 0, W, H), boxes=[(0, 0, W, H)], method="detection",
-                           notes=["no screen background around the image: the frame is all image"])
-    diff = np.abs(strided.astype(np.int16) - bg)
-    bg_b = int(bg.max())
-    p99 = int(np.percentile(small, 99))
-    fg = small > bg_b + max(3, (p99 - bg_b) // 20)
-
-    f = small.astype(np.float32)
-    mu = cv2.blur(f, (5, 5))
-    std = np.sqrt(np.maximum(cv2.blur(f * f, (5, 5)) - mu * mu, 0))
-    textured = std > 3.0
-    sat = detect_doppler(small_img) if small_img.ndim == 3 else np.zeros_like(fg)
-    good = (fg & textured & ~sat).astype(np.float32)
-    k = max(5, (max(h, w) // 32) | 1)
-    dens = cv2.blur(good, (k, k))
-    dens_fg = cv2.blur((fg | sat).astype(np.float32), (k, k))
-    core = ((dens > 0.3) & (dens_fg > 0.5)).astype(np.uint8)
-    # fill holes: everything not reachable from the border through non-core
-    pad = cv2.copyMakeBorder(1 - core, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
-    cv2.floodFill(pad, None, (0, 0), 2)
-    solid = (core | (pad[1:-1, 1:-1] == 1)).astype(np.uint8)
-
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=4)
-    cands = []
-    for i in range(1, n):
-        x, y, bw, bh, area = (int(v) for v in stats[i])
-        if bw < 0.12 * w or bh < 0.12 * h or area < 0.03 * h * w:
-            continue
-        region = labels[y:y + bh, x:x + bw] == i
-        if float(sat[y:y + bh, x:x + bw][region].mean()) > 0.6:
-            continue                                        # coloured header / logo, not an image
-        cands.append((area, (x, y, bw, bh), i))
-    if not cands:
-        return FieldOfView(box=(0, 0, W, H), boxes=[(0, 0, W, H)], method="fallback",
-                           notes=["no ultrasound image region found: using the whole frame"])
-    cands.sort(key=lambda c: -c[0])
-    best_area, best, best_label = cands[0]
-    views, view_labels = [best], [best_label]
-    for area, b, label in cands[1:]:
-        vertical_overlap = min(b[1] + b[3], best[1] + best[3]) - max(b[1], best[1])
-        side_by_side = all(b[0] >= v[0] + v[2] or b[0] + b[2] <= v[0] for v in views)
-        if area >= 0.4 * best_area and side_by_side and vertical_overlap >= 0.5 * min(b[3], best[3]):
-            views.append(b)
-            view_labels.append(label)
-    # growing: a margin above the capture's noise, so JPEG ringing around text does not bridge gaps
-    not_bg_grow = (diff.max(axis=2) if diff.ndim == 3 else diff) > max(tol, GROW_MIN_LEVEL)
-    _, nb_labels = cv2.connectedComponents(not_bg_grow.view(np.uint8), connectivity=8)
-    views = [_refine(b, labels == lab, not_bg_grow, nb_labels) for b, lab in zip(views, view_labels)]
-    notes = []
-    x, y, bw, bh = views[0]
-    tol_x, tol_y = max(1, round(0.01 * w)), max(1, round(0.01 * h))
-    touches = [x <= tol_x, y <= tol_y, x + bw >= w - tol_x, y + bh >= h - tol_y]
-    if len(views) == 1 and (sum(touches) >= 3 or (touches[0] and touches[2] and bh >= 0.7 * h)):
-        notes.append("the frame is all image (no scanner screen around it)")
-        return FieldOfView(box=(0, 0, W, H), boxes=[(0, 0, W, H)], method="detection", notes=notes)
-    sx, sy = W / w, H / h
-    full = [_clip_box((round(b[0] * sx), round(b[1] * sy), round(b[2] * sx), round(b[3] * sy)), (H, W))
-            for b in views]
-    full_best = full[0]
-    full.sort(key=lambda b: b[0])
-    if len(full) > 1:
-        notes.append(f"dual view: {len(full)} image regions; cropping the largest")
-    return FieldOfView(box=full_best, boxes=full, method="detection", notes=notes)
-
-
-# --------------------------------------------------------------------------- DICOM regions
-
-def validate_regions(boxes: list[Box] | None, shape: tuple[int, int], *, min_fraction: float = 0.01) -> list[Box] | None:
-    """DICOM ultrasound region boxes (x, y, w, h) that fit inside a frame of `shape`, or None.
-
-    Real files carry boxes measured on the scanner's screen before it was downscaled: any box that
-    leaves the frame, is empty or smaller than `min_fraction` of the frame makes the whole set
-    untrustworthy -> None (the caller falls back to detection).
-    """
-    if not boxes:
-        return None
-    h, w = shape[:2]
-    good = []
-    for x, y, bw, bh in boxes:
-        if x < 0 or y < 0 or bw <= 0 or bh <= 0 or x + bw > w or y + bh > h:
-            return None
-        if bw * bh < min_fraction * w * h or bw < MIN_SIDE or bh < MIN_SIDE:
-            return None
-        good.append((int(x), int(y), int(bw), int(bh)))
-    return sorted(good, key=lambda b: b[0])
-
-
-# --------------------------------------------------------------------------- skin line and square
-
-def find_skin_line(gray: np.ndarray, fov_box: Box) -> int:
-    """Row (frame pixels, uint8 gray or BGR frame) of the skin line: the first echogenic band below the gel / probe face.
-
-    Row profile = mean of the central 60% of the FOV's columns (sampled on a grid of about
-    256 rows x 128 columns),
-    smoothed over ~1% of the FOV height; the skin line is the first row in the upper half of the
-    FOV whose profile reaches half-way from the gel level (top rows' minimum) to the upper half's
-    90th percentile. A FOV bright from its first row (probe in contact) gives its top row.
-    """
-    x, y, w, h = fov_box
-    if h < 4 or w < 4:
-        return y
-    cx0, cx1 = x + int(0.2 * w), x + max(int(0.8 * w), int(0.2 * w) + 1)
-    half = max(2, h // 2)
-    step = max(1, h // 256)
-    block = grid_sample(gray[y:y + half, cx0:cx1], step, max(1, (cx1 - cx0) // 128))
-    if block.ndim == 3:
-        block = cv2.cvtColor(block, cv2.COLOR_BGR2GRAY)
-    profile = block.mean(axis=1, dtype=np.float32)
-    ks = max(1, int(0.01 * h / step)) * 2 + 1
-    if ks > 1 and len(profile) > ks:
-        profile = np.convolve(np.pad(profile, ks // 2, mode="edge"), np.ones(ks, np.float32) / ks, mode="valid")
-    top_level = float(profile[: max(1, len(profile) // 8)].min())
-    high = float(np.percentile(profile, 90))
-    if high - top_level < 8:        # no contrast: no gel band to skip
-        return y
-    level = top_level + 0.5 * (high - top_level)
-    above = np.nonzero(profile >= level)[0]
-    if len(above) == 0:
-        return y
-    return y + int(above[0]) * step
-
-
-def skin_centred_square(fov_box: Box, skin_y: int, *, margin: float = SKIN_MARGIN) -> Box:
-    """The skin-centred square crop box inside a field of view.
-
-    Rule: the top edge sits `margin` x FOV height above the skin line (never above the FOV); the
-    side is the largest that fits: min(FOV width, FOV bottom - top); the square is centred
-    horizontally in the FOV. If the skin line lies so deep that the square would be smaller than
-    half of min(FOV width, FOV height), the top falls back to the FOV top (skin line not trusted).
-    """
-    x, y, w, h = fov_box
-    top = max(y, skin_y - int(round(margin * h)))
-    side = min(w, y + h - top)
-    if side < 0.5 * min(w, h):
-        top = y
-        side = min(w, h)
-    side = max(1, side)
-    left = x + (w - side) // 2
-    return (left, top, side, side)
+from usedge.runtime.doppler import doppler_cells, fill_from_surroundings
+from usedge.runtime.fov import FieldOfView, crop_field_of_view, find_skin_line, skin_centred_square, validate_regions
+from usedge.runtime.pixels import Box, as_uint8, background_colour, check_not_blank, clip_box, gray_of, grid_sample
+from usedge.runtime.preprocess import PreprocessSpec
 
 
 # --------------------------------------------------------------------------- crop specs and presets
@@ -541,33 +77,22 @@ def _read_presets(path: str | None) -> dict:
     return presets
 
 
-_USER_PRESETS: list[str] = []
-
-
-def register_presets(path: str | Path) -> dict[str, dict]:
-    """Add the presets of a TOML file (same format as presets.toml) for this process; returns all."""
-    _read_presets(str(path))                 # validate now: ConfigError names the file
-    if str(path) not in _USER_PRESETS:
-        _USER_PRESETS.append(str(path))
-    return load_presets()
-
-
 def load_presets(path: str | Path | None = None) -> dict[str, dict]:
-    """Named scanner layouts: the packaged presets.toml, then registered files, then `path`, later ones winning."""
+    """Named scanner layouts: the packaged presets.toml, then the file `path` (its names win); cached per path."""
     presets = dict(_read_presets(None))
-    for extra in _USER_PRESETS + ([str(path)] if path is not None else []):
-        presets.update(_read_presets(extra))
+    if path is not None:
+        presets.update(_read_presets(str(path)))
     return presets
 
 
 def parse_crop(text: str, presets_path: str | Path | None = None) -> CropMode:
     """'auto' | 'fov' | 'none' | 'x,y,w,h' | 'preset:NAME' -> CropMode (ConfigError when malformed)."""
     t = (text or "auto").strip().lower()
+    presets = load_presets(presets_path)     # cached; a bad presets file is a ConfigError whatever the mode
     if t in ("auto", "fov", "none"):
         return CropMode(kind=t, square=(t == "auto"))
     if t.startswith("preset:"):
         name = t.split(":", 1)[1]
-        presets = load_presets(presets_path)
         if name not in presets:
             raise ConfigError(f"unknown crop preset '{name}'", hint=f"known presets: {', '.join(sorted(presets)) or 'none'}"
                               " (add yours to a TOML file and pass --presets)")
@@ -582,3 +107,238 @@ def parse_crop(text: str, presets_path: str | Path | None = None) -> CropMode:
     if len(vals) != 4 or vals[0] < 0 or vals[1] < 0 or vals[2] <= 0 or vals[3] <= 0:
         raise ConfigError(f"bad crop '{text}'", hint="use auto, fov, none, x,y,w,h (pixels) or preset:NAME")
     return CropMode(kind="manual", box=tuple(vals), square=False)
+
+
+@dataclass
+class CropInfo:
+    """Where the model input came from in the original frame (pixels, x, y, w, h)."""
+
+    frame_shape: tuple[int, int]
+    fov_box: tuple[int, int, int, int]
+    crop_box: tuple[int, int, int, int]
+    method: str = "none"            # dicom-regions | detection | preset | manual | none | fallback
+    doppler_fraction: float = 0.0   # fraction of the model input's pixels filled (Doppler removed)
+    notes: list[str] = field(default_factory=list)
+    fov_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # all views (dual screens)
+    view: int = 0                   # index into fov_boxes of the cropped view
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("frame_shape", "fov_box", "crop_box"):
+            d[k] = list(d[k])
+        d["fov_boxes"] = [list(b) for b in self.fov_boxes]
+        return d
+
+
+# --------------------------------------------------------------------------- layout
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the image sits on a screen of one shape: what a stream caches between frames."""
+
+    frame_shape: tuple[int, int]
+    fov: FieldOfView
+    square: bool                    # skin-centred square inside fov.box
+
+
+def _scale_box(box: Box, frm: tuple[int, int] | None, shape: tuple[int, int]) -> Box:
+    """A preset box measured on a frame of `frm` = (width, height), scaled to this frame."""
+    if not frm:
+        return box
+    sx, sy = shape[1] / frm[0], shape[0] / frm[1]
+    return (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
+
+
+def detect_layout(image: np.ndarray, mode: CropMode, regions: list[Box] | None = None) -> Layout:
+    """uint8 frame (from as_uint8) + crop mode -> Layout (field of view and whether to square it)."""
+    shape = image.shape[:2]
+    h, w = shape
+    if mode.kind == "none":
+        fov = FieldOfView(box=(0, 0, w, h), boxes=[(0, 0, w, h)], method="none")
+    elif mode.kind in ("manual", "preset"):
+        box = _scale_box(mode.box, mode.frame_size, shape)
+        clipped = clip_box(box, shape)
+        notes = [] if clipped == tuple(box) else [f"box {list(box)} clipped to the frame: {list(clipped)}"]
+        fov = FieldOfView(box=clipped, boxes=[clipped], method=mode.kind, notes=notes)
+    else:
+        valid = validate_regions(regions, shape)
+        if valid:
+            best = max(valid, key=lambda b: b[2] * b[3])
+            fov = FieldOfView(box=best, boxes=valid, method="dicom-regions")
+        else:
+            fov = crop_field_of_view(image)
+            if regions:
+                fov.notes.insert(0, "DICOM regions do not fit the image (measured before downscaling?): detected instead")
+    return Layout(frame_shape=shape, fov=fov, square=mode.square and fov.method != "none")
+
+
+def _square(image: np.ndarray, layout: Layout, box: Box, spec: PreprocessSpec) -> Box:
+    """The crop box inside one field-of-view box: the skin-centred square, or the box itself."""
+    if not layout.square:
+        return box
+    return skin_centred_square(box, find_skin_line(image, box), margin=spec.skin_margin)
+
+
+def _render(image: np.ndarray, layout: Layout, box: Box, crop_box: Box, spec: PreprocessSpec
+            ) -> tuple[np.ndarray, CropInfo]:
+    """Crop -> gray -> resize to size x size (INTER_AREA) -> Doppler cells filled: uint8 + where it came from."""
+    x, y, w, h = crop_box
+    roi = image[y:y + h, x:x + w]
+    small = cv2.resize(gray_of(roi), (spec.size, spec.size), interpolation=cv2.INTER_AREA)
+    mask = doppler_cells(roi, spec.size) if roi.ndim == 3 and spec.remove_doppler else None
+    frac = 0.0 if mask is None else float(mask.mean())
+    if mask is not None:
+        small = fill_from_surroundings(small, mask)
+    view = layout.fov.boxes.index(box) if box in layout.fov.boxes else 0
+    return small, CropInfo(frame_shape=layout.frame_shape, fov_box=box, crop_box=crop_box, method=layout.fov.method,
+                           doppler_fraction=frac, notes=list(layout.fov.notes), fov_boxes=list(layout.fov.boxes),
+                           view=view)
+
+
+def _check_size(spec: PreprocessSpec) -> None:
+    if not isinstance(spec.size, int) or spec.size < 8:
+        raise InputError(f"model input size {spec.size!r} is too small", hint="use a size of at least 8 pixels (224 by default)")
+
+
+# --------------------------------------------------------------------------- public entry points
+
+def prepare(frame: np.ndarray, spec: PreprocessSpec = PreprocessSpec(), *, regions: list[Box] | None = None,
+            presets: str | Path | None = None) -> tuple[np.ndarray, CropInfo]:
+    """Crop, remove Doppler, grayscale and resize a frame to spec.size x spec.size uint8.
+
+    Dual-view screens: the largest view is cropped (CropInfo.fov_boxes lists all; see prepare_all).
+    `presets`: a presets TOML file whose names `preset:NAME` may use, besides the packaged ones.
+    """
+    return FrameCropper(spec, regions=regions, presets=presets)(frame)
+
+
+def prepare_all(frame: np.ndarray, spec: PreprocessSpec = PreprocessSpec(), *, regions: list[Box] | None = None,
+                presets: str | Path | None = None) -> list[tuple[np.ndarray, CropInfo]]:
+    """Like `prepare`, but one model input per image region (two for a dual-view screen), left to right."""
+    _check_size(spec)
+    image = as_uint8(frame)
+    check_not_blank(image)
+    layout = detect_layout(image, parse_crop(spec.crop, presets), regions)
+    return [_render(image, layout, box, _square(image, layout, box, spec), spec)
+            for box in layout.fov.boxes or [layout.fov.box]]
+
+
+def prepare_file(path: str | Path, spec: PreprocessSpec = PreprocessSpec(), *, frame_index: int = 0
+                 ) -> tuple[np.ndarray, CropInfo]:
+    """Read an image or DICOM file (its ultrasound regions included) and prepare one frame of it."""
+    from usedge.runtime.imageio import read_image_and_regions
+
+    frame, regions = read_image_and_regions(path, frame_index=frame_index)
+    return prepare(frame, spec, regions=regions)
+
+
+def crop_mask(mask: np.ndarray, info: CropInfo, size: int) -> np.ndarray:
+    """Map a full-frame mask (e.g. a lesion annotation, H x W) through a crop: uint8 size x size, 0/255.
+
+    Nearest-neighbour after INTER_AREA would alias thin masks, so it resizes as float and thresholds at 0.5.
+    """
+    x, y, w, h = (int(v) for v in info.crop_box)
+    mask = np.asarray(mask)
+    fh, fw = mask.shape[:2]
+    roi = np.zeros((max(h, 1), max(w, 1)), dtype=np.float32)   # a box reaching past the frame: zero outside
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, fw), min(y + h, fh)
+    if x1 > x0 and y1 > y0:
+        roi[y0 - y:y1 - y, x0 - x:x1 - x] = mask[y0:y1, x0:x1] > 0
+    small = cv2.resize(roi, (size, size), interpolation=cv2.INTER_AREA)
+    return ((small >= 0.5) * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- streams
+
+RECHECK_INSET = 0.03      # fraction of the box side: where the inside/outside check lines sit
+RECHECK_TOLERANCE = 0.3   # change in the fraction of non-background pixels on a check line that means "new layout"
+SKIN_HYSTERESIS = 0.03    # fraction of the FOV height the skin line must move before the crop follows
+
+
+class FrameCropper:
+    """`prepare` for a stream of frames from one scanner: same bytes as `prepare` on the first frame.
+
+    Detects the layout once; per frame it samples eight short lines (just inside and just outside
+    each edge of the field of view, every 4th pixel) and compares their fraction of pixels that
+    differ from the screen's background colour with the detection frame; a change of more than RECHECK_TOLERANCE on any line, or a new frame
+    shape, triggers a new detection. If that detection finds no image (probe lifted, frozen
+    screen) the previous layout is kept. The skin line is re-measured per frame (cheap, strided)
+    and the crop follows it only when it moves by more than SKIN_HYSTERESIS x FOV height.
+    Call it like a function: `cropper(frame) -> (uint8, CropInfo)`.
+    """
+
+    def __init__(self, spec: PreprocessSpec = PreprocessSpec(), *, regions: list[Box] | None = None,
+                 presets: str | Path | None = None):
+        _check_size(spec)
+        self.spec = spec
+        self.mode = parse_crop(spec.crop, presets)
+        self.regions = regions
+        self.layout: Layout | None = None
+        self.detections = 0          # how many full detections ran (1 for a static layout)
+        self._ref: np.ndarray | None = None
+        self._bg = np.zeros(3, np.int16)
+        self._tol = 2
+        self._skin: int | None = None
+        self._crop_box: Box | None = None
+
+    def reset(self) -> None:
+        self.layout = None
+
+    # -- cheap layout check
+    def _lines(self, image: np.ndarray, box: Box) -> np.ndarray:
+        """Fraction of not-background pixels on 8 short lines just inside / outside the box edges
+        (every 4th pixel; -1 where a line falls off the frame)."""
+        h, w = image.shape[:2]
+        bg = self._bg
+
+        def content(px: np.ndarray) -> float:
+            d = np.abs(px.astype(np.int16) - bg)
+            return float(((d if d.ndim == 1 else d.max(axis=1)) > self._tol).mean()) if len(px) else -1.0
+
+        x, y, bw, bh = box
+        dx, dy = max(2, int(RECHECK_INSET * bw)), max(2, int(RECHECK_INSET * bh))
+        ys, xs = slice(y + dy, y + bh - dy, 4), slice(x + dx, x + bw - dx, 4)
+        fr = []
+        for inside, outside in (((y + dy), (y - dy)), ((y + bh - 1 - dy), (y + bh - 1 + dy))):
+            for row in (inside, outside):
+                fr.append(content(image[row, xs]) if 0 <= row < h else -1.0)
+        for inside, outside in (((x + dx), (x - dx)), ((x + bw - 1 - dx), (x + bw - 1 + dx))):
+            for col in (inside, outside):
+                fr.append(content(image[ys, col]) if 0 <= col < w else -1.0)
+        return np.array(fr, np.float32)
+
+    def _detect(self, image: np.ndarray) -> None:
+        layout = detect_layout(image, self.mode, self.regions)
+        self.detections += 1
+        if self.layout is not None and layout.fov.method == "fallback" and self.layout.frame_shape == layout.frame_shape:
+            layout = self.layout     # no image on this frame: keep the last good layout
+        self.layout = layout
+        bg, _, tol = background_colour(grid_sample(image, 4))
+        self._bg = bg if image.ndim == 3 else bg[0]
+        self._tol = tol
+        self._ref = self._lines(image, layout.fov.box)
+        self._skin = None
+
+    def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, CropInfo]:
+        image = as_uint8(frame)
+        # full check on a new layout; every 16th pixel on the cached path (a blank frame is blank anywhere)
+        check_not_blank(image if self.layout is None else grid_sample(image, 16))
+        if self.layout is None or self.layout.frame_shape != image.shape[:2]:
+            self._detect(image)
+        elif self.mode.kind in ("auto", "fov") and self.layout.fov.method not in ("dicom-regions",):
+            now = self._lines(image, self.layout.fov.box)
+            if np.any(np.abs(now - self._ref) > RECHECK_TOLERANCE):
+                self._detect(image)
+        layout = self.layout
+        box = layout.fov.box
+        if layout.square:
+            skin = find_skin_line(image, box)
+            if self._skin is None or abs(skin - self._skin) > SKIN_HYSTERESIS * box[3]:
+                self._skin = skin
+                self._crop_box = skin_centred_square(box, skin, margin=self.spec.skin_margin)
+            crop_box = self._crop_box
+        else:
+            crop_box = box
+        return _render(image, layout, box, crop_box, self.spec)
+
+    __call__ = prepare

@@ -163,7 +163,7 @@ class DicomFile:
         Boxes that leave the image (measured before the scanner downscaled its screen) are
         dropped all together, so callers fall back to detection.
         """
-        from usedge.runtime.crop import validate_regions
+        from usedge.runtime.fov import validate_regions
 
         boxes = [r.box for r in self.all_regions if r.is_image]
         return validate_regions(boxes, self.shape) or []

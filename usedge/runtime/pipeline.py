@@ -31,7 +31,7 @@ import numpy as np
 from usedge.errors import InputError, OutputError, UsedgeError
 from usedge.runtime.classifier import Classifier, Prediction
 from usedge.runtime.overlay import draw_prediction
-from usedge.runtime.preprocess import FrameCropper
+from usedge.runtime.crop import FrameCropper
 from usedge.runtime.sinks import Sink
 from usedge.runtime.sources import iter_file_frames
 

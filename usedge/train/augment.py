@@ -2,7 +2,7 @@
 
 Every operation has the signature ``op(image, magnitude, rng) -> image``:
 
-    image      H x W uint8 (the output of `usedge.runtime.preprocess.prepare`)
+    image      H x W uint8 (the output of `usedge.runtime.crop.prepare`)
     magnitude  float in [0, 1]; the mapping to physical units is in `OPS` and in docs/augment.md
     rng        np.random.Generator: the only source of randomness (same seed -> same bytes)
 

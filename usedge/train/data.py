@@ -19,7 +19,8 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
 from usedge.dataset import Sample
-from usedge.runtime.preprocess import CropInfo, PreprocessSpec, normalise, prepare_file
+from usedge.runtime.crop import CropInfo, prepare_file
+from usedge.runtime.preprocess import PreprocessSpec, normalise
 
 Transform = Callable[[np.ndarray], np.ndarray]
 

@@ -29,7 +29,8 @@ import numpy as np
 from usedge.dataset import Sample, load_dataset
 from usedge.errors import ConfigError, DataError, InputError
 from usedge.fileio import atomic_write, write_bytes_atomic, write_json_atomic, write_text_atomic
-from usedge.runtime.preprocess import PreprocessSpec, crop_mask, normalise, prepare_file
+from usedge.runtime.crop import crop_mask, prepare_file
+from usedge.runtime.preprocess import PreprocessSpec, normalise
 from usedge.train import localisation as loc
 
 MAP_LABELS = {"cam": "CAM", "gradcam": "Grad-CAM", "att1": "attention 1", "att2": "attention 2"}

@@ -1,0 +1,121 @@
+"""Pixel formats, boxes and screen-background helpers shared by the crop modules (numpy + OpenCV only).
+
+All boxes are (x, y, w, h) in pixels of the frame they were measured on.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from usedge.errors import InputError
+
+Box = tuple[int, int, int, int]
+
+MIN_SIDE = 8                 # pixels: smaller frames cannot hold an ultrasound image
+
+def as_uint8(frame: np.ndarray) -> np.ndarray:
+    """Gray, BGR, BGRA; uint8, uint16, other ints or float -> uint8 H x W or H x W x 3 (BGR).
+
+    uint16 (and other ints) above 255 are scaled by their bit depth, guessed from the maximum and
+    rounded up to 10, 12, 14 or 16 bits (a 12-bit frame keeps its contrast, and frames of one
+    source keep one scale);
+    float frames in [0, 1] are scaled by 255, others clipped to [0, 255]. NaN/Inf -> InputError.
+    """
+    if not isinstance(frame, np.ndarray):
+        raise InputError(f"frame is a {type(frame).__name__}, not an image array",
+                         hint="pass a numpy array H x W or H x W x C")
+    if frame.size == 0 or frame.ndim < 2:
+        raise InputError(f"empty frame (shape {frame.shape})", hint="check the source delivers images")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        frame = frame[:, :, :3]          # BGRA: alpha carries no image
+    if frame.ndim == 3 and frame.shape[2] == 2:
+        frame = frame[:, :, 0]           # gray + alpha
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3):
+        raise InputError(f"frame of shape {frame.shape} is not an image", hint="pass H x W, H x W x 3 or H x W x 4")
+    h, w = frame.shape[:2]
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise InputError(f"frame of {w}x{h} pixels is too small for an ultrasound image",
+                         hint=f"frames need at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    if frame.dtype == np.uint8:
+        return np.ascontiguousarray(frame)
+    if frame.dtype == np.bool_:
+        return frame.astype(np.uint8) * 255
+    if np.issubdtype(frame.dtype, np.floating):
+        f = frame.astype(np.float32, copy=False)
+        if not np.isfinite(f).all():
+            raise InputError("frame contains NaN or Inf", hint="check the source's pixel data")
+        scale = 255.0 if float(f.max()) <= 1.0 else 1.0
+        return np.clip(f * scale + 0.5, 0, 255).astype(np.uint8)
+    if np.issubdtype(frame.dtype, np.integer):
+        top = int(frame.max())
+        if top <= 255:
+            return np.clip(frame, 0, 255).astype(np.uint8)
+        # the stored bit depth, rounded up to a standard one so that frames of one source whose
+        # maxima differ a little get the same scale; an integer shift: 12-bit >> 4, 16-bit >> 8
+        bits = next((b for b in (10, 12, 14, 16) if top < (1 << b)), top.bit_length())
+        return np.minimum(np.clip(frame, 0, None) >> (bits - 8), 255).astype(np.uint8)
+    raise InputError(f"frame of dtype {frame.dtype} is not an image", hint="pass uint8, uint16 or float pixels")
+
+
+def grid_sample(image: np.ndarray, step_y: int, step_x: int | None = None) -> np.ndarray:
+    """About every step-th pixel of an image (or a rectangular view of one), as a new contiguous array.
+
+    Like image[::step_y, ::step_x] (a nearest-neighbour resize to ceil(size / step), so the picked
+    rows/columns may differ by one), but OpenCV reads the view in place instead of numpy copying a
+    strided array first (~5x faster). Deterministic: the same input gives the same pixels.
+    """
+    step_x = step_y if step_x is None else step_x
+    h, w = image.shape[:2]
+    if step_y <= 1 and step_x <= 1:
+        return image
+    size = (max(1, -(-w // step_x)), max(1, -(-h // step_y)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)
+
+
+def gray_of(image: np.ndarray) -> np.ndarray:
+    """uint8 gray or BGR -> uint8 gray (luma)."""
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+def brightness(image: np.ndarray) -> np.ndarray:
+    """Max over channels: a coloured Doppler pixel counts as bright as its strongest channel."""
+    if image.ndim == 2:
+        return image
+    b, g, r = cv2.split(image)
+    return cv2.max(cv2.max(b, g), r)
+
+
+def check_not_blank(image: np.ndarray) -> None:
+    """InputError when every pixel (any channel) has about the same value: no image on the screen."""
+    flat = np.ascontiguousarray(image).reshape(image.shape[0], -1)
+    lo, hi, _, _ = cv2.minMaxLoc(flat)
+    lo, hi = int(lo), int(hi)
+    if hi - lo <= 2:
+        raise InputError(f"frame is blank (every pixel is about {lo})",
+                         hint="the scanner shows no image (frozen, off, or wrong input); check the source")
+
+
+def clip_box(box: Box, shape: tuple[int, int]) -> Box:
+    """The part of a box inside a frame of `shape`, at least 1 x 1 pixel."""
+    h, w = shape[:2]
+    x, y, bw, bh = (int(v) for v in box)
+    x0, y0 = min(max(x, 0), w - 1), min(max(y, 0), h - 1)
+    x1, y1 = min(max(x + bw, x0 + 1), w), min(max(y + bh, y0 + 1), h)
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def background_colour(image: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """The screen background from the outermost 2-pixel ring: (per-channel median colour, int16;
+    fraction of the ring within 8 levels of it (low: no flat screen around the image); the level
+    difference above which a pixel is not background (2, or more on a noisy capture / JPEG))."""
+    px = image.reshape(image.shape[0], image.shape[1], -1)
+    ring = np.concatenate([px[:2].reshape(-1, px.shape[2]), px[-2:].reshape(-1, px.shape[2]),
+                           px[:, :2].reshape(-1, px.shape[2]), px[:, -2:].reshape(-1, px.shape[2])])
+    bg = np.median(ring, axis=0).astype(np.int16)
+    d = np.abs(ring.astype(np.int16) - bg).max(axis=1)
+    near = d <= 8
+    flat = float(near.mean())
+    noise = int(np.percentile(d[near], 98)) if near.any() else 0
+    return bg, flat, max(2, noise + 1)
