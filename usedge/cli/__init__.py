@@ -18,6 +18,7 @@ from usedge.cli import (  # noqa: E402,F401
     bench_cmd,
     crop_cmd,
     demo_cmd,
+    doctor_cmd,
     explain_cmd,
     export_cmd,
     infer_cmd,

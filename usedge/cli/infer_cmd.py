@@ -1,4 +1,4 @@
-"""usedge infer (files and --stream) and usedge doctor. Lean: only usedge.runtime, never torch."""
+"""usedge infer (files and --stream). Lean: only usedge.runtime, never torch."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from typing import List, Optional
 import typer
 
 from usedge.cli.app import app
+from usedge.cli.options import deprecated, quiet_option
 
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Optional[Path], cam: bool) -> int:
+def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Optional[Path], cam: bool,
+                 quiet: bool) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -29,7 +31,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
         return 1
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=Console(stderr=True), transient=True,
-                        disable=(out == "-" or not sys.stderr.isatty()))
+                        disable=(quiet or out == "-" or not sys.stderr.isatty()))
     with results_sink(out, fmt, clf.class_names) as sink, progress:
         pipeline = FramePipeline(clf, [sink] + ([OverlayFolderSink(overlay_dir)] if overlay_dir else []), cam=cam)
         task = progress.add_task("classifying", total=len(files))
@@ -43,7 +45,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
 def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smooth: bool, smooth_window: int,
                   freeze: bool, record: Optional[Path], show: bool, jsonl: Optional[str], fmt: str, out: Optional[str],
                   max_frames: Optional[int], max_reconnects: Optional[int], idle_timeout: Optional[float],
-                  cam: bool, summary_path: Optional[Path]) -> int:
+                  cam: bool, summary_path: Optional[Path], quiet: bool) -> int:
     import contextlib
 
     from usedge.fileio import write_json_atomic
@@ -68,7 +70,7 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
         runner = StreamRunner(pipeline, reader, realtime=realtime, fps=fps, max_frames=max_frames,
                               max_reconnects=max_reconnects)
         summary = runner.run()
-    for line in summary.lines():
+    for line in summary.lines()[:1] if quiet else summary.lines():
         _err(line)
     if summary_path is not None:
         write_json_atomic(summary_path, summary.to_dict())
@@ -82,13 +84,15 @@ def infer(
     stream: Optional[str] = typer.Option(None, "--stream", help="live source: camera index, /dev/videoN, URL, "
                                          "GStreamer pipeline, video file, DICOM cine, watch:DIR or a folder"),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl | csv"),
-    out: Optional[str] = typer.Option(None, "--out", help="results file ('-' = stdout, the default for files)"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="results file ('-' = stdout, the default for files)"),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="save annotated images in this folder"),
     cam: bool = typer.Option(False, "--cam", help="draw the class activation map (models exported with CAM)"),
     backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: all cores)"),
     spinning: bool = typer.Option(False, "--spinning/--no-spinning", help="onnxruntime busy-waits between ops"),
-    opt_level: str = typer.Option("all", "--opt-level", help="graph optimisation: disable | basic | extended | all"),
+    ort_opt_level: str = typer.Option("all", "--ort-opt-level", help="onnxruntime graph optimisation: disable | "
+                                      "basic | extended | all"),
+    opt_level: Optional[str] = typer.Option(None, "--opt-level", hidden=True, help="Deprecated: use --ort-opt-level."),
     realtime: bool = typer.Option(False, "--realtime", help="pace a file source at its own frame rate"),
     fps: Optional[float] = typer.Option(None, "--fps", help="source frame rate when the file does not say"),
     smooth: bool = typer.Option(False, "--smooth", help="average probabilities over the last --smooth-window results"),
@@ -101,6 +105,7 @@ def infer(
     max_reconnects: Optional[int] = typer.Option(None, "--max-reconnects", help="live source: give up after N"),
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="watched folder: end after S seconds without a new file"),
     summary: Optional[Path] = typer.Option(None, "--summary", help="stream: write the run summary as JSON here"),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Classify images/folders/DICOM/videos, or a live scanner with --stream. Results: JSONL or CSV."""
     from usedge.errors import ConfigError
@@ -112,41 +117,21 @@ def infer(
         raise ConfigError("nothing to classify", hint="give INPUT files/folders, or --stream SOURCE")
     if stream is not None and inputs:
         raise ConfigError("give either INPUT files or --stream, not both", hint="run two commands")
-    clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=opt_level)
-    _err(f"usedge: {model.name} on {clf.describe()}" + (f" [{clf.backend_reason}]" if clf.backend_reason else ""))
+    ort_opt_level = deprecated(ort_opt_level, opt_level, old="--opt-level", new="--ort-opt-level", default="all")
+    clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=ort_opt_level)
+    if not quiet:
+        _err(f"usedge: {model.name} on {clf.describe()}" + (f" [{clf.backend_reason}]" if clf.backend_reason else ""))
     if cam and not clf.has_cam:
         _err("usedge: --cam ignored: this model has no 'cam' output (export it with CAM)")
     try:
         if stream is None:
-            code = _infer_files(clf, list(inputs), fmt, out or "-", overlay, cam)
+            code = _infer_files(clf, list(inputs), fmt, out or "-", overlay, cam, quiet)
         else:
             code = _infer_stream(clf, stream, realtime=realtime, fps=fps, smooth=smooth, smooth_window=smooth_window,
                                  freeze=freeze, record=record, show=show, jsonl=jsonl, fmt=fmt, out=out,
                                  max_frames=max_frames, max_reconnects=max_reconnects, idle_timeout=idle_timeout,
-                                 cam=cam, summary_path=summary)
+                                 cam=cam, summary_path=summary, quiet=quiet)
     finally:
         clf.close()
     if code:
         raise typer.Exit(code)
-
-
-@app.command()
-def doctor(as_json: bool = typer.Option(False, "--json", help="print the checks as JSON")) -> None:
-    """What is installed, which backends and providers work here, and why not."""
-    import json
-
-    from usedge.runtime.doctor import run_checks
-
-    checks = run_checks()
-    if as_json:
-        print(json.dumps([c.to_dict() for c in checks], indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="usedge doctor", show_lines=False)
-    for col in ("section", "check", "", "detail"):
-        table.add_column(col)
-    for c in checks:
-        table.add_row(c.section, c.name, "[green]ok[/]" if c.ok else "[red]no[/]", c.detail)
-    Console().print(table)

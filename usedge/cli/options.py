@@ -41,3 +41,20 @@ def overwrite_option(help: str = "Replace outputs that already exist.") -> bool:
 def force_alias() -> bool | None:
     """The hidden, deprecated spelling of --overwrite."""
     return typer.Option(None, "--force", hidden=True, help="Deprecated: use --overwrite.")
+
+
+#: (command, old switch) -> hidden flag that carries the old meaning, for switches that became options
+#: with a value (`crop --overlay` was a switch, is now `--overlay DIR`). typer's parser has no
+#: optional option values, so `rewrite_old_switches` turns a bare old switch (last, or before another
+#: option) into the hidden flag before parsing.
+OLD_SWITCHES = {("crop", "--overlay"): "--overlay-beside-crops"}
+
+
+def rewrite_old_switches(argv: list[str]) -> list[str]:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    out = list(argv)
+    for i, arg in enumerate(out):
+        hidden = OLD_SWITCHES.get((command, arg))
+        if hidden and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out[i] = hidden
+    return out

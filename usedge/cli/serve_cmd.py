@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from usedge.cli.app import app
+from usedge.cli.options import quiet_option
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
 
@@ -77,6 +78,7 @@ def serve(
     allow_host: list[str] = typer.Option([], "--allow-host", help="Extra Host header names accepted on a "
                                          "loopback bind (e.g. a reverse proxy's name)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical|error|warning|info|debug"),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Serve MODEL over HTTP: a web page (live view, probabilities, upload), /v1/predict, /metrics."""
     from rich.console import Console
@@ -109,9 +111,10 @@ def serve(
                                 timeout_graceful_shutdown=3, server_header=False, lifespan="on")
         server = uvicorn.Server(config)
         shown = f"[{host}]" if ":" in host else host
-        console.print(f"usedge serve: http://{shown}:{port}/  — {classifier.describe()}"
-                      + (f"; live: {runner.reader.name}" if runner else "; uploads only (no --stream)"))
-        if token:
+        if not quiet:
+            console.print(f"usedge serve: http://{shown}:{port}/  — {classifier.describe()}"
+                          + (f"; live: {runner.reader.name}" if runner else "; uploads only (no --stream)"))
+        if token and not quiet:
             console.print("  token required: API clients send 'Authorization: Bearer …'; in a browser open /?token=… once")
         try:
             server.run()

@@ -1,4 +1,5 @@
-"""Draw a Prediction on its frame: crop box, label, probability bars, fps, optional CAM heatmap.
+"""Draw a Prediction on its frame (crop box, label, probability bars, fps, optional CAM heatmap), or a
+crop on its frame (`draw_crop`: fields of view and crop box, for `usedge crop --overlay`).
 
 Works on a copy (the captured frame is never modified) and on the frame's own resolution, so a
 recording looks like the scanner's screen with the answer on it.
@@ -10,6 +11,7 @@ import cv2
 import numpy as np
 
 from usedge.runtime.classifier import Prediction
+from usedge.runtime.pixels import as_uint8
 
 # BGR, one per class (cycled): distinct on a gray B-mode image
 CLASS_COLOURS = [(80, 200, 255), (120, 230, 120), (255, 160, 90), (200, 120, 255), (90, 90, 255)]
@@ -77,3 +79,15 @@ def draw_prediction(frame: np.ndarray, pred: Prediction, *, fps: float | None = 
     cv2.putText(out, footer, (8, line * (len(names) + 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale,
                 (255, 255, 255), max(1, thick - 1), cv2.LINE_AA)
     return out
+
+
+def draw_crop(frame: np.ndarray, info) -> np.ndarray:
+    """A BGR uint8 copy of `frame` with every field of view in green and the crop box in magenta (CropInfo)."""
+    vis = as_uint8(frame)      # scales 10-16-bit frames as the crop saw them
+    vis = cv2.cvtColor(vis, cv2.COLOR_GRAY2BGR) if vis.ndim == 2 else vis.copy()
+    t = max(1, round(max(vis.shape[:2]) / 500))
+    for x, y, w, h in info.fov_boxes or [info.fov_box]:
+        cv2.rectangle(vis, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), t)
+    x, y, w, h = info.crop_box
+    cv2.rectangle(vis, (x, y), (x + w - 1, y + h - 1), (255, 0, 255), t)
+    return vis

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import numpy as np
 
 
 class LiveFeed:

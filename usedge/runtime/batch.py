@@ -1,0 +1,102 @@
+"""`usedge crop` as a library call: every frame of every input through the crop, written as PNGs with
+one crops.jsonl line per crop (and optional overlays of the boxes). `usedge infer FILES` is
+`usedge.runtime.pipeline.run_files`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from usedge.errors import UsedgeError
+from usedge.fileio import write_text_atomic
+from usedge.runtime.crop import FrameCropper, prepare, prepare_all
+from usedge.runtime.dicom import is_dicom, open_dicom
+from usedge.runtime.imageio import read_image
+from usedge.runtime.overlay import draw_crop
+from usedge.runtime.preprocess import PreprocessSpec
+from usedge.runtime.sinks import OutputNames, write_png
+
+CROP_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+
+
+def crop_inputs(items: list[Path]) -> list[Path]:
+    """Files as given; folders searched recursively for images and DICOM (also DICOM without a suffix)."""
+    out = []
+    for item in items:
+        if item.is_dir():
+            out += sorted(p for p in item.rglob("*") if p.is_file() and
+                          (p.suffix.lower() in CROP_SUFFIXES or (p.suffix == "" and is_dicom(p))))
+        else:
+            out.append(item)
+    return out
+
+
+@dataclass
+class CropRun:
+    files: int
+    lines: list[dict] = field(default_factory=list)      # crops.jsonl
+    failed: int = 0
+
+    def line(self, out: Path) -> str:
+        methods: dict[str, int] = {}
+        for line in self.lines:
+            if "method" in line:
+                methods[line["method"]] = methods.get(line["method"], 0) + 1
+        crops = sum("error" not in line for line in self.lines)
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(methods.items()))
+        return (f"wrote {crops} crops from {self.files - self.failed} of {self.files} files to {out} ({summary}); "
+                f"see {out / 'crops.jsonl'}")
+
+
+def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: Path | None = None,
+               all_frames: bool = False, views: str = "all", overlay_dir: Path | None = None,
+               on_error: Callable[[str], None] = lambda line: None,
+               on_file: Callable[[], None] = lambda: None) -> CropRun:
+    """Crop every file into `out` (<name>.png + crops.jsonl); overlays of the boxes into `overlay_dir`
+    (named <name>.overlay.png when that is `out` itself). A single input that fails raises."""
+    out.mkdir(parents=True, exist_ok=True)
+    if overlay_dir is not None:
+        overlay_dir.mkdir(parents=True, exist_ok=True)
+    overlay_suffix = ".overlay.png" if overlay_dir is not None and overlay_dir.resolve() == out.resolve() else ".png"
+    names = OutputNames()
+    run = CropRun(files=len(files))
+
+    def crop_one(frame, regions, cropper):
+        if cropper is not None:
+            return [cropper(frame)]
+        if views == "all":
+            return prepare_all(frame, spec, regions=regions, presets=presets)
+        return [prepare(frame, spec, regions=regions, presets=presets)]
+
+    for src in files:
+        try:
+            if src.is_file() and is_dicom(src):
+                d = open_dicom(src)
+                regions = d.raw_regions or None
+                cropper = (FrameCropper(spec, regions=regions, presets=presets)
+                           if all_frames and d.n_frames > 1 and views == "largest" else None)
+                frames = ((i, d.frame(i)) for i in (range(d.n_frames) if all_frames else range(1)))
+                multi = d.n_frames > 1
+            else:
+                regions, cropper, multi = None, None, False
+                frames = iter([(0, read_image(src))])
+            for i, frame in frames:
+                results = crop_one(frame, regions, cropper)
+                for small, info in results:
+                    name = names(src, i if multi else None, info.view if len(results) > 1 else None)
+                    write_png(out / f"{name}.png", small)
+                    if overlay_dir is not None:
+                        write_png(overlay_dir / f"{name}{overlay_suffix}", draw_crop(frame, info))
+                    run.lines.append({"input": str(src), "frame": i, "view": info.view, **info.to_dict(),
+                                      "output": f"{name}.png"})
+        except UsedgeError as exc:
+            if len(files) == 1:
+                raise
+            run.failed += 1
+            run.lines.append({"input": str(src), "error": exc.one_line()})
+            on_error(exc.one_line())
+        on_file()
+    write_text_atomic(out / "crops.jsonl", "".join(json.dumps(line) + "\n" for line in run.lines))
+    return run
