@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from usedge.errors import BackendUnavailable, ConfigError, ModelError
-from usedge.runtime.backends import BACKENDS, availability, choose_backend, create_backend
+from usedge.runtime.backends import BACKENDS, availability, candidate_backends, create_backend
 
 
 def test_every_backend_answers_available_with_a_reason():
@@ -20,7 +20,7 @@ def test_every_backend_answers_available_with_a_reason():
 
 
 def test_auto_picks_a_working_backend_and_says_why(runtime_model):
-    name, reason = choose_backend(runtime_model, "auto")
+    name, reason = candidate_backends(runtime_model, "auto")[0]
     assert BACKENDS[name].available()[0]
     assert "fastest available" in reason
 
@@ -29,14 +29,14 @@ def test_engine_needs_tensorrt_backend(tmp_path, runtime_model):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"plan")
     with pytest.raises(ConfigError, match="needs an .onnx"):
-        choose_backend(engine, "ort-cpu")
+        candidate_backends(engine, "ort-cpu")
     with pytest.raises(ConfigError, match="needs a TensorRT"):
-        choose_backend(runtime_model, "tensorrt")
+        candidate_backends(runtime_model, "tensorrt")
     with pytest.raises(ConfigError, match="unknown backend"):
-        choose_backend(runtime_model, "openvino")
+        candidate_backends(runtime_model, "openvino")
     if not BACKENDS["tensorrt"].available()[0]:
         with pytest.raises(BackendUnavailable, match="TensorRT"):
-            choose_backend(engine, "auto")
+            candidate_backends(engine, "auto")
 
 
 def test_ort_cpu_matches_plain_onnxruntime(runtime_model):
@@ -108,3 +108,25 @@ def test_engine_from_another_gpu_is_refused(tmp_path, tiny_onnx_dir):
     sidecar.write_text(json.dumps(data))
     with pytest.raises(EngineMismatch, match="usedge export"):
         create_backend("tensorrt").load(engine)
+
+
+def test_backend_declares_its_io_and_thread_safety(runtime_model):
+    with create_backend("ort-cpu", threads=1).load(runtime_model) as b:
+        (inp,) = b.inputs
+        assert inp.dtype == "float32" and len(inp.shape) == 4 and inp.shape[1] == 1
+        assert not isinstance(inp.shape[0], int)                 # the dynamic batch dimension stays symbolic
+        assert [o.name for o in b.outputs] == b.output_names == ["probs", "cam"]
+        assert b.thread_safe
+    assert not BACKENDS["ort-cuda"]().thread_safe and not BACKENDS["tensorrt"]().thread_safe
+
+
+def test_a_backend_never_closed_warns(runtime_model):
+    import gc
+
+    b = create_backend("ort-cpu", threads=1).load(runtime_model)
+    with pytest.warns(ResourceWarning, match="never closed"):
+        del b
+        gc.collect()
+    with create_backend("ort-cpu", threads=1).load(runtime_model) as closed:   # closed: no warning
+        pass
+    closed.close()

@@ -139,3 +139,26 @@ def test_infer_video_file_classifies_every_frame(runtime_model, runtime_video, t
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(out.open()))
     assert [int(r["frame"]) for r in rows] == list(range(30)) and all(r["model_sha256"] for r in rows)
+
+
+def test_cli_vocabulary_help_order_and_old_spellings(runtime_model, runtime_images, tmp_path):
+    from typer.testing import CliRunner
+
+    from usedge.cli import app
+    from usedge.cli.app import PIPELINE_ORDER
+
+    runner = CliRunner()
+    listed = [line.split()[1] for line in runner.invoke(app, ["--help"]).output.splitlines()
+              if line.startswith("│ ") and len(line.split()) > 1 and line.split()[1] in PIPELINE_ORDER]
+    assert listed == list(PIPELINE_ORDER)
+    image = sorted(runtime_images.glob("*.png"))[0]
+    res = usedge("infer", runtime_model, image, "-o", tmp_path / "r.jsonl", "--opt-level", "basic", "-q",
+                 "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    assert "--opt-level is deprecated; use --ort-opt-level" in res.stderr and " on " not in res.stderr
+    res = usedge("crop", image, "--out", tmp_path / "crops", "--overlay", "--size", "64", "-q")
+    assert res.returncode == 0, res.stderr
+    assert "--size is deprecated" in res.stderr and "--overlay (a switch) is deprecated" in res.stderr
+    assert (tmp_path / "crops" / f"{image.stem}.overlay.png").is_file()
+    res = usedge("crop", image, "--out", tmp_path / "c2", "--overlay", tmp_path / "ov", "--image-size", "64", "-q")
+    assert res.returncode == 0 and (tmp_path / "ov" / f"{image.stem}.png").is_file() and not res.stderr

@@ -144,10 +144,6 @@ def _better(candidate: dict, best: dict | None, select_on: str) -> bool:
     return candidate["loss"] < best["loss"]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 def fit(model: nn.Module, train_set: torch.utils.data.Dataset, val_set: TumorDataset, cfg: TrainConfig,
         device: torch.device, *, class_names: list[str], out_dir: str | Path | None = None,
         dist: Dist | None = None, resume: bool = False, seed: int | None = None, progress=None,

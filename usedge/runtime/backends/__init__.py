@@ -1,4 +1,4 @@
-"""Inference engines behind one protocol (see base.py); `choose_backend` picks one and says why.
+"""Inference engines behind one protocol (see base.py); `candidate_backends` picks them and says why.
 
     ort-cpu   onnxruntime CPUExecutionProvider     (base install)
     ort-cuda  onnxruntime CUDAExecutionProvider    (onnxruntime-gpu, NVIDIA driver), IO binding
@@ -70,16 +70,11 @@ def candidate_backends(path: str | Path, requested: str = "auto") -> list[tuple[
     return found
 
 
-def choose_backend(path: str | Path, requested: str = "auto") -> tuple[str, str]:
-    """(backend name, one-line reason) for this artifact on this machine: the first candidate."""
-    return candidate_backends(path, requested)[0]
-
-
 def create_backend(name: str, **options) -> Backend:
     """A backend instance (options: threads, spinning, opt_level, device_id, cache_dir; a backend takes
     those that apply to it)."""
     return BACKENDS[name](**options)
 
 
-__all__ = ["Backend", "BACKENDS", "TensorSpec", "BACKEND_NAMES", "availability", "artifact_kind", "candidate_backends", "choose_backend",
+__all__ = ["Backend", "BACKENDS", "BACKEND_NAMES", "TensorSpec", "availability", "artifact_kind", "candidate_backends",
            "create_backend"]

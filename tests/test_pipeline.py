@@ -1,0 +1,56 @@
+"""The one frame pipeline: files through run_frame/run_files, smoothing without mutation, the quality seam."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from usedge.errors import InputError
+from usedge.runtime.classifier import Classifier
+from usedge.runtime.pipeline import FramePipeline, run_files
+from usedge.runtime.sinks import JsonlSink, OverlayFolderSink
+from usedge.runtime.sources import read_image
+
+
+@pytest.fixture(scope="module")
+def clf(runtime_model):
+    with Classifier.load(runtime_model, backend="ort-cpu", threads=1) as c:
+        yield c
+
+
+def test_files_go_through_run_frame_into_every_sink(clf, runtime_images, tmp_path):
+    files = sorted(runtime_images.glob("*.png"))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    errors = []
+    with JsonlSink(tmp_path / "out.jsonl") as sink:
+        pipeline = FramePipeline(clf, [sink, OverlayFolderSink(tmp_path / "ov")])
+        run = run_files(pipeline, [*files, bad], on_error=errors.append)
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert run.frames == len(files) and len(run.failed) == 1 == len(errors)
+    assert [r["source"] for r in records] == [str(p) for p in files] + [str(bad)] and "error" in records[-1]
+    assert {"label", "class_index", "probs", "latency_ms"} <= set(records[0])
+    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == sorted(p.name for p in files)
+
+
+def test_smoothing_returns_a_new_prediction(clf, runtime_images):
+    frames = [read_image(p) for p in sorted(runtime_images.glob("*.png"))]
+    plain = [FramePipeline(clf).process(f) for f in frames]
+    smooth = FramePipeline(clf, smooth=len(frames))
+    got = [smooth.process(f) for f in frames]
+    assert all(p.smoothed for p in got) and not any(p.smoothed for p in plain)
+    mean = np.mean([[p.probs[n] for n in clf.class_names] for p in plain], axis=0)
+    np.testing.assert_allclose([got[-1].probs[n] for n in clf.class_names], mean, atol=1e-5)
+    assert got[-1].label == clf.class_names[int(np.argmax(mean))]
+
+
+def test_quality_gate_seam_refuses_a_frame_and_resets(clf, runtime_images):
+    frame = read_image(sorted(runtime_images.glob("*.png"))[0])
+    pipeline = FramePipeline(clf, freeze=True, smooth=3, quality=lambda image: "blank" if not image.any() else None)
+    pipeline.process(frame)
+    with pytest.raises(InputError, match="no usable image: blank"):
+        pipeline.process(np.zeros_like(frame))
+    assert pipeline.last is None
+    assert not pipeline.process(frame).frozen     # no stale repeat across the gap
