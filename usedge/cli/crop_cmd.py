@@ -11,21 +11,6 @@ import typer
 
 from usedge.cli.app import app
 
-SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
-
-
-def _inputs(items: list[Path]) -> list[Path]:
-    from usedge.runtime.dicom import is_dicom
-
-    out = []
-    for item in items:
-        if item.is_dir():
-            out += sorted(p for p in item.rglob("*") if p.is_file() and
-                          (p.suffix.lower() in SUFFIXES or (p.suffix == "" and is_dicom(p))))
-        else:
-            out.append(item)
-    return out
-
 
 def _name(used: set[str], src: Path, frame: int | None, view: int | None) -> str:
     base = src.stem + (f"_f{frame:04d}" if frame is not None else "") + (f"_v{view}" if view is not None else "")
@@ -67,7 +52,7 @@ def _png(path: Path, image) -> None:
 
 @app.command()
 def crop(
-    inputs: List[Path] = typer.Argument(..., help="Images (PNG/JPEG/BMP/TIFF), DICOM files or folders of them."),
+    inputs: List[Path] = typer.Argument(..., help="Images (PNG/JPEG/BMP/TIFF/WebP), DICOM files or folders of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: crop PNGs + crops.jsonl."),
     crop_mode: str = typer.Option("auto", "--crop", help="auto | fov | none | x,y,w,h | preset:NAME."),
     size: int = typer.Option(224, help="Output side in pixels (the model input size)."),
@@ -77,6 +62,7 @@ def crop(
     views: str = typer.Option("all", help="Dual-view screens: 'all' writes one crop per view, 'largest' one."),
     overlay: bool = typer.Option(False, help="Also write <name>.overlay.png: the frame with FOV (green) and crop (magenta) boxes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    any_modality: bool = typer.Option(False, "--any-modality", help="Crop DICOM of any Modality (default: US only)."),
 ) -> None:
     """Crop scanner frames the way training and `usedge infer` do; write PNGs and crops.jsonl to check them.
 
@@ -90,7 +76,7 @@ def crop(
     from usedge.fileio import write_text_atomic
     from usedge.runtime.crop import FrameCropper, parse_crop, prepare, prepare_all
     from usedge.runtime.dicom import is_dicom, open_dicom
-    from usedge.runtime.imageio import read_image
+    from usedge.runtime.formats import IMAGE_SUFFIXES, expand_inputs, read_image
     from usedge.runtime.preprocess import PreprocessSpec
 
     if views not in ("all", "largest"):
@@ -99,8 +85,10 @@ def crop(
     spec = PreprocessSpec(size=size, crop=crop_mode, remove_doppler=doppler)
     if size < 8:
         raise ConfigError(f"--size {size} is too small", hint="use at least 8 (224 for the paper's model)")
-    files = _inputs(inputs)
-    if not files:
+    files, notes = expand_inputs(inputs, IMAGE_SUFFIXES)
+    for note in notes:
+        print(f"usedge: skipped {note}", file=sys.stderr)
+    if not files and not notes:
         raise InputError("no images or DICOM files found", path=", ".join(map(str, inputs)),
                          hint="pass image/DICOM files or folders holding them")
     out.mkdir(parents=True, exist_ok=True)
@@ -121,7 +109,7 @@ def crop(
         for src in files:
             try:
                 if src.is_file() and is_dicom(src):
-                    d = open_dicom(src)
+                    d = open_dicom(src, allow_any_modality=any_modality)
                     regions = d.raw_regions or None
                     indices = range(d.n_frames) if all_frames else range(1)
                     cropper = FrameCropper(spec, regions=regions, presets=presets) if all_frames and d.n_frames > 1 and views == "largest" \
@@ -130,7 +118,7 @@ def crop(
                     multi = d.n_frames > 1
                 else:
                     regions, cropper, multi = None, None, False
-                    frames = iter([(0, read_image(src))])
+                    frames = iter([(0, read_image(src, allow_any_modality=any_modality))])
                 for i, frame in frames:
                     results = crop_one(frame, regions, cropper)
                     for small, info in results:
@@ -157,5 +145,5 @@ def crop(
     summary = ", ".join(f"{k} {v}" for k, v in sorted(methods.items()))
     typer.echo(f"wrote {crops} crops from {len(files) - failed} of {len(files)} files to {out} ({summary}); "
                f"see {out / 'crops.jsonl'}")
-    if failed:
+    if failed or notes:
         raise typer.Exit(1)

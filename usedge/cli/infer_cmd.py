@@ -25,7 +25,8 @@ def _overlay_name(used: set[str], src: Path, frame: int, multi: bool) -> str:
     return name
 
 
-def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Optional[Path], cam: bool) -> int:
+def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Optional[Path], cam: bool,
+                 any_modality: bool = False) -> int:
     import cv2
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,10 +35,13 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
     from usedge.fileio import write_bytes_atomic
     from usedge.runtime.overlay import draw_prediction
     from usedge.runtime.sinks import CsvSink, JsonlSink
-    from usedge.runtime.sources import IMAGE_SUFFIXES, expand_inputs, iter_file_frames
+    from usedge.runtime.formats import STILL_SUFFIXES, expand_inputs
+    from usedge.runtime.sources import iter_file_frames
 
-    files = list(expand_inputs(inputs))
-    if not files:
+    files, notes = expand_inputs(inputs)     # notes: symlinked/unreadable folders, FIFOs: reported, exit 1
+    for note in notes:
+        _err(f"usedge: skipped {note}")
+    if not files and not notes:
         _err("usedge: no image, DICOM or video file found in the inputs")
         return 1
     sink = JsonlSink(out) if fmt == "jsonl" else CsvSink(out, clf.class_names)
@@ -51,8 +55,9 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
             task = progress.add_task("classifying", total=len(files))
             for path in files:
                 try:
-                    multi = path.suffix.lower() not in IMAGE_SUFFIXES   # DICOM, video: name overlays by frame
-                    for index, frame, regions in iter_file_frames(path):  # lazily: a long video stays small
+                    multi = path.suffix.lower() not in STILL_SUFFIXES   # DICOM, video: name overlays by frame
+                    # lazily: a long video stays small
+                    for index, frame, regions in iter_file_frames(path, allow_any_modality=any_modality):
                         pred = clf.predict(frame, frame_index=index, source=str(path), regions=regions)
                         sink.write(pred)
                         frames += 1
@@ -78,8 +83,9 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
     finally:
         sink.close()
     _err(f"usedge: {len(files) - len(failed)}/{len(files)} files, {frames} frames classified"
-         + (f", {len(failed)} failed" if failed else "") + (f" -> {out}" if out != "-" else ""))
-    return 1 if failed else 0
+         + (f", {len(failed)} failed" if failed else "") + (f", {len(notes)} skipped" if notes else "")
+         + (f" -> {out}" if out != "-" else ""))
+    return 1 if failed or notes else 0
 
 
 def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smooth: bool, smooth_window: int,
@@ -141,6 +147,7 @@ def infer(
     max_reconnects: Optional[int] = typer.Option(None, "--max-reconnects", help="live source: give up after N"),
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="watched folder: end after S seconds without a new file"),
     summary: Optional[Path] = typer.Option(None, "--summary", help="stream: write the run summary as JSON here"),
+    any_modality: bool = typer.Option(False, "--any-modality", help="classify DICOM of any Modality (default: US only)"),
 ) -> None:
     """Classify images/folders/DICOM/videos, or a live scanner with --stream. Results: JSONL or CSV."""
     from usedge.errors import ConfigError
@@ -158,7 +165,7 @@ def infer(
         _err("usedge: --cam ignored: this model has no 'cam' output (export it with CAM)")
     try:
         if stream is None:
-            code = _infer_files(clf, list(inputs), fmt, out or "-", overlay, cam)
+            code = _infer_files(clf, list(inputs), fmt, out or "-", overlay, cam, any_modality)
         else:
             code = _infer_stream(clf, stream, realtime=realtime, fps=fps, smooth=smooth, smooth_window=smooth_window,
                                  freeze=freeze, record=record, show=show, jsonl=jsonl, fmt=fmt, out=out,
