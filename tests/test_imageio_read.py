@@ -1,4 +1,4 @@
-"""Image files (usedge.runtime.imageio): formats, 16 bit, bombs, truncated and corrupt files; `usedge crop`."""
+"""Image files (usedge.runtime.formats): formats, 16 bit, bombs, truncated and corrupt files; `usedge crop`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.fixtures.crop import pydicom_file
 from usedge.cli import app
 from usedge.errors import InputError
-from usedge.runtime.imageio import count_frames, iter_frames, read_image, read_image_and_regions
+from usedge.runtime.formats import read_file, read_image
 
 runner = CliRunner()
 
@@ -87,16 +87,14 @@ def test_zero_byte_corrupt_and_missing(tmp_path, picture):
         read_image(tmp_path / "nope.png")
 
 
-def test_iter_frames_images_and_cine(tmp_path, picture):
+def test_read_file_images_and_cine(tmp_path, picture):
     cv2.imwrite(str(tmp_path / "a.png"), picture)
-    assert [i for i, _ in iter_frames(tmp_path / "a.png")] == [0]
+    d = read_file(tmp_path / "a.png")
+    assert (d.kind, d.frames_in_file, d.regions) == ("png", 1, None)
     cine = pydicom_file("examples_ybr_color.dcm")
-    assert count_frames(cine) == 30
-    frames = list(iter_frames(cine))
-    assert [i for i, _ in frames] == list(range(30)) and frames[5][1].shape == (240, 320, 3)
-    frame, regions = read_image_and_regions(cine, frame_index=3)
-    assert np.array_equal(frame, frames[3][1]) and regions == [(84, 31, 512, 384)]
-    assert np.array_equal(read_image(cine), frames[0][1])
+    d = read_file(cine, frame_index=3)
+    assert d.frames_in_file == 30 and d.frame.shape == (240, 320, 3) and d.regions == [(84, 31, 512, 384)]
+    assert not np.array_equal(read_image(cine), d.frame)          # frame 0 differs from frame 3
 
 
 # ------------------------------------------------------------------ usedge crop

@@ -60,10 +60,10 @@ def test_training_and_bedside_inputs_are_byte_identical(files, name):
 
 
 def _frame_and_regions(path):
-    from usedge.runtime.imageio import read_image_and_regions
+    from usedge.runtime.formats import read_file
 
-    frame, regions = read_image_and_regions(path)
-    return frame, regions
+    d = read_file(path)
+    return d.frame, d.regions
 
 
 def test_normalise_range_and_layout():
@@ -224,7 +224,7 @@ def test_prepare_never_crashes(frame, crop):
 
 def test_runtime_crop_modules_do_not_import_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import usedge.runtime.crop, usedge.runtime.preprocess, usedge.runtime.imageio, usedge.runtime.dicom\n"
+            "import usedge.runtime.crop, usedge.runtime.preprocess, usedge.runtime.formats, usedge.runtime.dicom\n"
             "import usedge.cli.crop_cmd\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

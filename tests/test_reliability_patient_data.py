@@ -85,7 +85,7 @@ def test_no_patient_data_from_the_library(planted, caplog, reliability_ledger):
     """describe(), repr(), frames, error messages and every log record at DEBUG level."""
     from usedge.errors import UsedgeError
     from usedge.runtime.dicom import open_dicom
-    from usedge.runtime.imageio import read_image_and_regions
+    from usedge.runtime.formats import read_file
     from usedge.runtime.sources import open_source
 
     texts = []
@@ -96,7 +96,7 @@ def test_no_patient_data_from_the_library(planted, caplog, reliability_ledger):
                 texts += [repr(d), str(d.describe())]
                 for _, frame in d.frames():
                     assert frame.size
-                texts.append(repr(read_image_and_regions(path)[1]))
+                texts.append(repr(read_file(path).regions))
                 reader = open_source(str(path))
                 texts += [reader.name, repr(vars(reader).keys())]
             except UsedgeError as exc:

@@ -122,7 +122,7 @@ def seed_files(tmp_path_factory) -> dict[str, bytes]:
        edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=12),
        cut=st.one_of(st.none(), st.floats(0, 1)))
 def test_byte_mutated_files_read_or_fail_cleanly(tmp_path_factory, seed_files, ext, edits, cut):
-    from usedge.runtime.imageio import read_image
+    from usedge.runtime.formats import read_image
 
     data = bytearray(seed_files[ext])
     for where, value in edits:

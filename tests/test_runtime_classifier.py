@@ -12,7 +12,7 @@ from usedge.fileio import sha256_file
 from usedge.runtime.classifier import Classifier, Prediction
 from usedge.runtime.crop import prepare
 from usedge.runtime.preprocess import normalise
-from usedge.runtime.sources import read_image
+from usedge.runtime.formats import read_image
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def test_no_patient_data_in_any_output(runtime_model, mixed_folder, tmp_path):
 
 def test_compressed_dicom_without_decoder_names_the_package(runtime_model):
     path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm", download=False)
-    res = usedge("infer", runtime_model, path)
+    res = usedge("infer", runtime_model, path, "--any-modality")
     assert res.returncode == 1
     assert "pip install" in res.stderr and "JPEG-LS" in res.stderr
 

@@ -251,7 +251,7 @@ def test_realtime_passes_over_frames_when_decoding_lags(runtime_video):
 
 def test_overlay_draws_on_a_copy(clf, runtime_images):
     from usedge.runtime.overlay import draw_prediction
-    from usedge.runtime.sources import read_image
+    from usedge.runtime.formats import read_image
 
     frame = read_image(sorted(runtime_images.glob("*.png"))[0])
     before = frame.copy()

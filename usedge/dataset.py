@@ -1,7 +1,7 @@
-"""A user's data set: an ImageFolder tree, optionally with `manifest.csv` (no torch, no numpy needed).
+"""A user's data set: an ImageFolder tree, optionally with `manifest.csv` (no torch).
 
 manifest.csv columns (header required; paths relative to the manifest's folder):
-    path        image file (PNG/JPEG/BMP/TIFF or DICOM)
+    path        image file (PNG/JPEG/BMP/TIFF/WebP or DICOM: usedge.runtime.formats.IMAGE_SUFFIXES)
     label       class name, e.g. epidermal_cyst
     patient_id  any string; every image of one patient stays in one fold
     mask_path   optional: lesion mask (PNG, nonzero = lesion), same size as the image
@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usedge.errors import DataError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
+from usedge.runtime.formats import IMAGE_SUFFIXES, expand_inputs
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ["path", "label", "patient_id", "mask_path", "bbox"]
 
@@ -97,9 +96,10 @@ def scan_image_folder(root: Path) -> Dataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "masks")
     samples = []
     for i, name in enumerate(classes):
-        for f in sorted((root / name).rglob("*")):
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                samples.append(Sample(path=f, label=i, patient_id=str(f.relative_to(root))))
+        files, notes = expand_inputs([root / name], IMAGE_SUFFIXES)
+        if notes:
+            raise DataError(notes[0], hint="make every image of the data set a readable file in a real folder")
+        samples += [Sample(path=f, label=i, patient_id=str(f.relative_to(root))) for f in files]
     return Dataset(root=root, class_names=classes, samples=samples)
 
 

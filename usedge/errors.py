@@ -27,6 +27,22 @@ class InputError(UsedgeError):
     """An input image, DICOM, video or frame that cannot be read or used."""
 
 
+class InputTooLarge(InputError):
+    """An input whose header claims more pixels (or bytes) than the limit: refused before decoding."""
+
+
+class Undecodable(InputError):
+    """An input whose bytes are damaged: empty, truncated, a corrupt header or undecodable data."""
+
+
+class UnsupportedInput(InputError):
+    """An input of a kind usedge does not take: unknown file type, missing decoder, not ultrasound."""
+
+
+class NoSuchFrame(InputError):
+    """A frame index that the file does not hold."""
+
+
 class ModelError(UsedgeError):
     """A model artifact (checkpoint, ONNX, engine) that is missing, corrupt or of the wrong kind."""
 

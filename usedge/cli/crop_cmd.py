@@ -14,7 +14,7 @@ from usedge.cli.options import deprecated, quiet_option
 
 @app.command()
 def crop(
-    inputs: List[Path] = typer.Argument(..., help="Images (PNG/JPEG/BMP/TIFF), DICOM files or folders of them."),
+    inputs: List[Path] = typer.Argument(..., help="Images (PNG/JPEG/BMP/TIFF/WebP), DICOM files or folders of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: crop PNGs + crops.jsonl."),
     crop_mode: str = typer.Option("auto", "--crop", help="auto | fov | none | x,y,w,h | preset:NAME."),
     image_size: int = typer.Option(224, "--image-size", help="Output side in pixels (the model input size)."),
@@ -28,6 +28,7 @@ def crop(
     overlay_switch: bool = typer.Option(False, "--overlay-beside-crops", hidden=True,
                                         help="Deprecated switch form of --overlay: <name>.overlay.png in --out."),
     quiet: bool = quiet_option(),
+    any_modality: bool = typer.Option(False, "--any-modality", help="Crop DICOM of any Modality (default: US only)."),
 ) -> None:
     """Crop scanner frames the way training and `usedge infer` do; write PNGs and crops.jsonl to check them.
 
@@ -38,8 +39,9 @@ def crop(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from usedge.errors import ConfigError, InputError
-    from usedge.runtime.batch import crop_files, crop_inputs
+    from usedge.runtime.batch import crop_files
     from usedge.runtime.crop import parse_crop
+    from usedge.runtime.formats import IMAGE_SUFFIXES, expand_inputs
     from usedge.runtime.preprocess import PreprocessSpec
 
     image_size = deprecated(image_size, size, old="--size", new="--image-size", default=224)
@@ -50,16 +52,18 @@ def crop(
     if image_size < 8:
         raise ConfigError(f"--image-size {image_size} is too small", hint="use at least 8 (224 for the paper's model)")
     spec = PreprocessSpec(size=image_size, crop=crop_mode, remove_doppler=doppler)
-    files = crop_inputs(inputs)
-    if not files:
+    files, notes = expand_inputs(inputs, IMAGE_SUFFIXES)
+    for note in notes:
+        print(f"usedge: skipped {note}", file=sys.stderr)
+    if not files and not notes:
         raise InputError("no images or DICOM files found", path=", ".join(map(str, inputs)),
                          hint="pass image/DICOM files or folders holding them")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=quiet, transient=True) as progress:
         task = progress.add_task("cropping", total=len(files))
         run = crop_files(files, spec, out, presets=presets, all_frames=all_frames, views=views, overlay_dir=overlay,
-                         on_error=lambda line: print(f"usedge: {line}", file=sys.stderr),
+                         allow_any_modality=any_modality, on_error=lambda line: print(f"usedge: {line}", file=sys.stderr),
                          on_file=lambda: progress.advance(task))
     typer.echo(run.line(out))
-    if run.failed:
+    if run.failed or notes:
         raise typer.Exit(1)

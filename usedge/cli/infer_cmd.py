@@ -17,16 +17,18 @@ def _err(text: str) -> None:
 
 
 def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Optional[Path], cam: bool,
-                 quiet: bool) -> int:
+                 quiet: bool, any_modality: bool) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from usedge.runtime.pipeline import FramePipeline, run_files
     from usedge.runtime.sinks import OverlayFolderSink, results_sink
-    from usedge.runtime.sources import expand_inputs
+    from usedge.runtime.formats import expand_inputs
 
-    files = list(expand_inputs(inputs))
-    if not files:
+    files, notes = expand_inputs(inputs)     # notes: symlinked/unreadable folders, FIFOs: reported, exit 1
+    for note in notes:
+        _err(f"usedge: skipped {note}")
+    if not files and not notes:
         _err("usedge: no image, DICOM or video file found in the inputs")
         return 1
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -36,10 +38,11 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
         pipeline = FramePipeline(clf, [sink] + ([OverlayFolderSink(overlay_dir)] if overlay_dir else []), cam=cam)
         task = progress.add_task("classifying", total=len(files))
         # each failure at once: a long run shows failures as they come
-        run = run_files(pipeline, files, on_error=lambda line: _err(f"usedge: skipped {line}"),
-                        on_file=lambda: progress.advance(task))
+        run = run_files(pipeline, files, allow_any_modality=any_modality,
+                        on_error=lambda line: _err(f"usedge: skipped {line}"), on_file=lambda: progress.advance(task))
+    run.skipped = len(notes)
     _err(f"usedge: {run.line(out)}")
-    return 1 if run.failed else 0
+    return 1 if run.failed or notes else 0
 
 
 def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smooth: bool, smooth_window: int,
@@ -105,6 +108,7 @@ def infer(
     max_reconnects: Optional[int] = typer.Option(None, "--max-reconnects", help="live source: give up after N"),
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="watched folder: end after S seconds without a new file"),
     summary: Optional[Path] = typer.Option(None, "--summary", help="stream: write the run summary as JSON here"),
+    any_modality: bool = typer.Option(False, "--any-modality", help="classify DICOM of any Modality (default: US only)"),
     quiet: bool = quiet_option(),
 ) -> None:
     """Classify images/folders/DICOM/videos, or a live scanner with --stream. Results: JSONL or CSV."""
@@ -125,7 +129,7 @@ def infer(
         _err("usedge: --cam ignored: this model has no 'cam' output (export it with CAM)")
     try:
         if stream is None:
-            code = _infer_files(clf, list(inputs), fmt, out or "-", overlay, cam, quiet)
+            code = _infer_files(clf, list(inputs), fmt, out or "-", overlay, cam, quiet, any_modality)
         else:
             code = _infer_stream(clf, stream, realtime=realtime, fps=fps, smooth=smooth, smooth_window=smooth_window,
                                  freeze=freeze, record=record, show=show, jsonl=jsonl, fmt=fmt, out=out,

@@ -13,25 +13,10 @@ from usedge.errors import UsedgeError
 from usedge.fileio import write_text_atomic
 from usedge.runtime.crop import FrameCropper, prepare, prepare_all
 from usedge.runtime.dicom import is_dicom, open_dicom
-from usedge.runtime.imageio import read_image
+from usedge.runtime.formats import read_image
 from usedge.runtime.overlay import draw_crop
 from usedge.runtime.preprocess import PreprocessSpec
 from usedge.runtime.sinks import OutputNames, write_png
-
-CROP_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
-
-
-def crop_inputs(items: list[Path]) -> list[Path]:
-    """Files as given; folders searched recursively for images and DICOM (also DICOM without a suffix)."""
-    out = []
-    for item in items:
-        if item.is_dir():
-            out += sorted(p for p in item.rglob("*") if p.is_file() and
-                          (p.suffix.lower() in CROP_SUFFIXES or (p.suffix == "" and is_dicom(p))))
-        else:
-            out.append(item)
-    return out
-
 
 @dataclass
 class CropRun:
@@ -52,7 +37,7 @@ class CropRun:
 
 def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: Path | None = None,
                all_frames: bool = False, views: str = "all", overlay_dir: Path | None = None,
-               on_error: Callable[[str], None] = lambda line: None,
+               allow_any_modality: bool = False, on_error: Callable[[str], None] = lambda line: None,
                on_file: Callable[[], None] = lambda: None) -> CropRun:
     """Crop every file into `out` (<name>.png + crops.jsonl); overlays of the boxes into `overlay_dir`
     (named <name>.overlay.png when that is `out` itself). A single input that fails raises."""
@@ -73,7 +58,7 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
     for src in files:
         try:
             if src.is_file() and is_dicom(src):
-                d = open_dicom(src)
+                d = open_dicom(src, allow_any_modality=allow_any_modality)
                 regions = d.raw_regions or None
                 cropper = (FrameCropper(spec, regions=regions, presets=presets)
                            if all_frames and d.n_frames > 1 and views == "largest" else None)
@@ -81,7 +66,7 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
                 multi = d.n_frames > 1
             else:
                 regions, cropper, multi = None, None, False
-                frames = iter([(0, read_image(src))])
+                frames = iter([(0, read_image(src, allow_any_modality=allow_any_modality))])
             for i, frame in frames:
                 results = crop_one(frame, regions, cropper)
                 for small, info in results:

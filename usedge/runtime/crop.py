@@ -226,10 +226,10 @@ def prepare_all(frame: np.ndarray, spec: PreprocessSpec = PreprocessSpec(), *, r
 def prepare_file(path: str | Path, spec: PreprocessSpec = PreprocessSpec(), *, frame_index: int = 0
                  ) -> tuple[np.ndarray, CropInfo]:
     """Read an image or DICOM file (its ultrasound regions included) and prepare one frame of it."""
-    from usedge.runtime.imageio import read_image_and_regions
+    from usedge.runtime.formats import read_file
 
-    frame, regions = read_image_and_regions(path, frame_index=frame_index)
-    return prepare(frame, spec, regions=regions)
+    d = read_file(path, frame_index=frame_index)
+    return prepare(d.frame, spec, regions=d.regions)
 
 
 def crop_mask(mask: np.ndarray, info: CropInfo, size: int) -> np.ndarray:

@@ -20,9 +20,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from usedge.errors import InputError
-
-MAX_PIXELS = 100_000_000    # per frame: larger headers are refused before any decoding (decompression bomb)
+from usedge.errors import InputError, NoSuchFrame, Undecodable, UnsupportedInput
+from usedge.runtime.formats import DICOM_SUFFIXES, MAX_PIXELS, check_pixels, read_bytes
 
 # transfer syntax UID -> (name, packages that decode it with pydicom 3)
 _DECODERS = {
@@ -42,10 +41,12 @@ _DECODERS = {
 
 
 def is_dicom(path: str | Path) -> bool:
-    """True for a .dcm/.dicom name or a file with the 'DICM' marker at byte 128."""
+    """True for a .dcm/.dicom name or a regular file with the 'DICM' marker at byte 128 (a FIFO is never opened)."""
     path = Path(path)
-    if path.suffix.lower() in (".dcm", ".dicom"):
+    if path.suffix.lower() in DICOM_SUFFIXES:
         return True
+    if not path.is_file():
+        return False
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
@@ -76,49 +77,66 @@ def _missing_decoder_hint(uid: str, exc: Exception) -> str:
 
 
 class DicomFile:
-    """An opened DICOM file: technical facts and frames, decoded lazily. Holds no patient data for display."""
+    """An opened DICOM file: technical facts and frames, decoded lazily. Holds no patient data for display.
 
-    def __init__(self, path: str | Path):
+    `source`: a path, or the file's bytes with `name` for messages (an upload). Refuses a Modality
+    other than US (ultrasound) unless `allow_any_modality`, and frames over `max_pixels`.
+    """
+
+    def __init__(self, source: str | Path | bytes, *, name: str | None = None, max_pixels: int = MAX_PIXELS,
+                 allow_any_modality: bool = False):
+        import io
+
         import pydicom
         from pydicom.errors import InvalidDicomError
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise InputError("file not found", path=self.path, hint="check the path")
-        if self.path.stat().st_size == 0:
-            raise InputError("empty file (0 bytes)", path=self.path, hint="copy the DICOM file again")
+        self.path = Path(name if name is not None else source)
+        data = source if isinstance(source, bytes) else read_bytes(self.path)
+        if not data:
+            raise Undecodable("empty file (0 bytes)", path=self.path, hint="copy the DICOM file again")
         try:
-            self._ds = pydicom.dcmread(self.path)
+            self._ds = pydicom.dcmread(io.BytesIO(data))
         except InvalidDicomError as exc:
-            raise InputError("not a DICOM file", path=self.path,
-                             hint="pass a DICOM Part 10 file (.dcm), or convert it to PNG") from exc
+            raise Undecodable("not a DICOM file", path=self.path,
+                              hint="pass a DICOM Part 10 file (.dcm), or convert it to PNG") from exc
         except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on damaged files
-            raise InputError(f"cannot read DICOM header ({type(exc).__name__})", path=self.path,
-                             hint="the file is truncated or damaged; export it again from the scanner/PACS") from exc
+            raise Undecodable(f"cannot read DICOM header ({type(exc).__name__})", path=self.path,
+                              hint="the file is truncated or damaged; export it again from the scanner/PACS") from exc
         ds = self._ds
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            if self._truncated(len(data)):
+                raise Undecodable("truncated DICOM file (it ends inside an element)", path=self.path,
+                                  hint="copy or export the file again from the scanner/PACS")
             raise InputError("DICOM file has no image (no pixel data)", path=self.path,
                              hint="pass an ultrasound image or cine loop, not a report or structured document")
+        self.modality = str(ds.get("Modality", "") or "").strip().upper()
+        if self.modality not in ("", "US") and not allow_any_modality:
+            raise UnsupportedInput(f"DICOM Modality is {self.modality}, not US (ultrasound)", path=self.path,
+                                   hint="usedge classifies ultrasound; pass --any-modality to run it anyway")
         try:
             self.rows, self.cols = int(ds.Rows), int(ds.Columns)
             self.samples = int(ds.get("SamplesPerPixel", 1))
             self.bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
             self.n_frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
         except (AttributeError, TypeError, ValueError) as exc:
-            raise InputError("DICOM image header is incomplete (Rows/Columns)", path=self.path,
-                             hint="the file is damaged; export it again") from exc
-        if self.rows * self.cols > MAX_PIXELS:
-            raise InputError(f"image of {self.cols}x{self.rows} pixels exceeds the {MAX_PIXELS // 1_000_000} Mpx limit",
-                             path=self.path, hint="downscale the export; ultrasound screens are below 10 Mpx")
-        if self.rows < 1 or self.cols < 1:
-            raise InputError(f"image of {self.cols}x{self.rows} pixels is empty", path=self.path, hint="check the export")
+            raise Undecodable("DICOM image header is incomplete (Rows/Columns)", path=self.path,
+                              hint="the file is damaged; export it again") from exc
+        check_pixels("dicom", self.cols, self.rows, str(self.path), max_pixels)
         self.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
         self.transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-        self.modality = str(ds.get("Modality", "") or "")
         self.fps = self._frame_rate()
         self.all_regions = self._read_regions()
 
     # -- header facts
+    def _truncated(self, size: int) -> bool:
+        """The data ends inside the last element pydicom found (or before the first): a file cut short."""
+        tags = list(self._ds.keys())
+        if not tags:
+            return True
+        raw = self._ds.get_item(tags[-1])
+        length = getattr(raw, "length", 0)
+        return getattr(raw, "value_tell", 0) + (0 if length == 0xFFFFFFFF else length) > size
+
     def _frame_rate(self) -> float | None:
         ds = self._ds
         try:
@@ -191,20 +209,20 @@ class DicomFile:
         from pydicom.pixels import apply_color_lut, pixel_array
 
         if not 0 <= index < self.n_frames:
-            raise InputError(f"frame {index} does not exist (the file has {self.n_frames})", path=self.path,
-                             hint=f"use a frame index from 0 to {self.n_frames - 1}")
+            raise NoSuchFrame(f"frame {index} does not exist: the file has {self.n_frames} frame(s)", path=self.path,
+                              hint=f"use a frame index from 0 to {self.n_frames - 1}")
         try:
             # allow_excess_frames=False: pixel bytes beyond NumberOfFrames (padding, a bad header) are not frames
             arr = pixel_array(self._ds, index=index if self.n_frames > 1 else None, allow_excess_frames=False)
         except (RuntimeError, NotImplementedError) as exc:
             if "missing" in str(exc) or "plugin" in str(exc) or "decod" in str(exc).lower():
-                raise InputError("cannot decode the compressed pixel data", path=self.path,
-                                 hint=_missing_decoder_hint(self.transfer_syntax, exc)) from exc
-            raise InputError(f"cannot decode the pixel data ({type(exc).__name__})", path=self.path,
-                             hint="the file is damaged or uses an unsupported encoding; export it again") from exc
+                raise UnsupportedInput("cannot decode the compressed pixel data", path=self.path,
+                                       hint=_missing_decoder_hint(self.transfer_syntax, exc)) from exc
+            raise Undecodable(f"cannot decode the pixel data ({type(exc).__name__})", path=self.path,
+                              hint="the file is damaged or uses an unsupported encoding; export it again") from exc
         except Exception as exc:  # noqa: BLE001 - truncated data raises ValueError, bad headers others
-            raise InputError(f"cannot decode the pixel data ({type(exc).__name__}: truncated or damaged?)",
-                             path=self.path, hint="export the file again from the scanner/PACS") from exc
+            raise Undecodable(f"cannot decode the pixel data ({type(exc).__name__}: truncated or damaged?)",
+                              path=self.path, hint="export the file again from the scanner/PACS") from exc
         if arr.ndim == 4:              # a decoder that ignored index
             arr = arr[index]
         if self.photometric == "PALETTE COLOR":
@@ -235,6 +253,6 @@ class DicomFile:
         return self.n_frames
 
 
-def open_dicom(path: str | Path) -> DicomFile:
+def open_dicom(path: str | Path, *, allow_any_modality: bool = False) -> DicomFile:
     """Open a DICOM file (header only; frames decode on demand). InputError on anything unusable."""
-    return DicomFile(path)
+    return DicomFile(path, allow_any_modality=allow_any_modality)

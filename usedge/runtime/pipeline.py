@@ -198,14 +198,16 @@ class FileRun:
     files: int = 0
     frames: int = 0
     failed: list[str] = dataclasses.field(default_factory=list)
+    skipped: int = 0                   # inputs reported before the run (symlinked folders, FIFOs)
 
     def line(self, out: str = "-") -> str:
         return (f"{self.files - len(self.failed)}/{self.files} files, {self.frames} frames classified"
-                + (f", {len(self.failed)} failed" if self.failed else "") + (f" -> {out}" if out != "-" else ""))
+                + (f", {len(self.failed)} failed" if self.failed else "")
+                + (f", {self.skipped} skipped" if self.skipped else "") + (f" -> {out}" if out != "-" else ""))
 
 
-def run_files(pipeline: FramePipeline, files: Sequence, *, on_error: Callable[[str], None] = lambda line: None,
-              on_file: Callable[[], None] = lambda: None) -> FileRun:
+def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: bool = False,
+              on_error: Callable[[str], None] = lambda line: None, on_file: Callable[[], None] = lambda: None) -> FileRun:
     """Every frame of every file (images, DICOM, videos; lazily) through `pipeline.run_frame`.
 
     A file that cannot be read or classified is recorded in every sink and reported through
@@ -214,7 +216,8 @@ def run_files(pipeline: FramePipeline, files: Sequence, *, on_error: Callable[[s
     run = FileRun(files=len(files))
     for path in files:
         try:
-            for index, frame, regions in iter_file_frames(path):   # lazily: a long video stays small
+            # lazily: a long video stays small
+            for index, frame, regions in iter_file_frames(path, allow_any_modality=allow_any_modality):
                 pipeline.run_frame(frame, index=index, source=str(path), regions=regions)
                 run.frames += 1
         except OutputError:

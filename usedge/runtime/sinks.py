@@ -24,7 +24,7 @@ import numpy as np
 from usedge.errors import OutputError, StreamError
 from usedge.fileio import write_bytes_atomic
 from usedge.runtime.classifier import Prediction
-from usedge.runtime.sources import IMAGE_SUFFIXES
+from usedge.runtime.formats import STILL_SUFFIXES
 
 
 class Sink:
@@ -226,7 +226,7 @@ class OverlayFolderSink(Sink):
         self.names = OutputNames()
 
     def write(self, pred, frame=None, overlay=None) -> None:
-        multi = Path(pred.source).suffix.lower() not in IMAGE_SUFFIXES   # DICOM, video: name by frame
+        multi = Path(pred.source).suffix.lower() not in STILL_SUFFIXES   # DICOM, video: name by frame
         name = self.names(pred.source, pred.frame_index if multi else None)
         write_png(self.folder / f"{name}.png", overlay)
 

@@ -28,12 +28,9 @@ import cv2
 import numpy as np
 
 from usedge.errors import InputError, StreamError, UsedgeError
-from usedge.runtime.imageio import read_image
+from usedge.runtime.dicom import is_dicom, open_dicom
+from usedge.runtime.formats import VIDEO_SUFFIXES, read_bytes, read_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-DICOM_SUFFIXES = {".dcm", ".dicom"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm"}
-INPUT_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES | VIDEO_SUFFIXES
 DEFAULT_FPS = 30.0
 
 
@@ -50,33 +47,14 @@ class Frame:
 # --------------------------------------------------------------------------------------------
 # Reading files (images, DICOM, video). DICOM goes through usedge.runtime.dicom (patient-data-free).
 # --------------------------------------------------------------------------------------------
-def _is_dicom(path: Path) -> bool:
-    from usedge.runtime.dicom import is_dicom
-
-    return is_dicom(path)
-
-
-def expand_inputs(inputs: list[str | Path]) -> Iterator[Path]:
-    """Files named, and every image/DICOM/video under folders named (recursive, sorted)."""
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for sub in sorted(p for p in path.rglob("*") if p.is_file()):
-                if sub.suffix.lower() in INPUT_SUFFIXES or (sub.suffix == "" and _is_dicom(sub)):
-                    yield sub
-        else:
-            yield path  # missing files are reported when read
-
-
-def iter_file_frames(path: str | Path) -> Iterator[tuple[int, np.ndarray, list | None]]:
+def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False
+                     ) -> Iterator[tuple[int, np.ndarray, list | None]]:
     """(frame index, image, DICOM region boxes or None) for every frame of an image, DICOM or video."""
     path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", path=path, hint="check the path")
-    if _is_dicom(path):
-        from usedge.runtime.dicom import open_dicom
-
-        dcm = open_dicom(path)
+    if not path.is_file():
+        read_bytes(path)            # InputError: missing, or not a regular file (a FIFO would hang)
+    if is_dicom(path):
+        dcm = open_dicom(path, allow_any_modality=allow_any_modality)
         regions = dcm.regions or None
         for i, frame in dcm.frames():
             yield i, frame, regions
@@ -94,7 +72,7 @@ def iter_file_frames(path: str | Path) -> Iterator[tuple[int, np.ndarray, list |
         finally:
             reader.close()
         return
-    yield 0, read_image(path), None
+    yield 0, read_image(path, allow_any_modality=allow_any_modality), None
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,8 +126,6 @@ class DicomCineReader(FrameReader):
     """A multi-frame DICOM (cine loop), decoded one frame at a time, at its own frame rate."""
 
     def __init__(self, path: str | Path) -> None:
-        from usedge.runtime.dicom import open_dicom
-
         self.dcm = open_dicom(path)
         self.name, self.fps = str(path), self.dcm.fps
         self.regions = self.dcm.regions or None
@@ -336,7 +312,7 @@ def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_ti
     if not path.exists():
         raise StreamError("source not found", path=spec,
                           hint="give a camera index, /dev/videoN, a URL, a GStreamer pipeline, a file or a folder")
-    if _is_dicom(path):
+    if is_dicom(path):
         return DicomCineReader(path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoFileReader(path)

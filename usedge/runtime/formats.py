@@ -1,0 +1,242 @@
+"""Input files: one suffix table, one header probe, one decode-bomb limit, one input expander, one reader.
+
+    IMAGE_SUFFIXES / INPUT_SUFFIXES   what train, crop and serve read (stills + DICOM) / infer reads (+ video)
+    probe(data, name)                 -> (kind, width, height) from the header; nothing decoded
+    check_pixels(kind, w, h, name)    the ONE pixel limit (MAX_PIXELS per frame), checked before decoding
+    expand_inputs(items)              -> (files, notes): files named and accepted files under folders
+    read_file(path) / read_image_bytes(data, name) -> Decoded (frame, kind, frames, index, DICOM regions)
+    read_image(path)                  -> one frame (uint8/uint16; gray, BGR or BGRA as stored)
+
+Every reader refuses a header that claims more than MAX_PIXELS pixels per frame before anything is
+decoded (a decompression bomb: a few KB of PNG can claim 10^10 pixels). DICOM headers are checked
+by usedge.runtime.dicom through `check_pixels` (frames decode one at a time). Errors are typed
+(usedge.errors: InputTooLarge, Undecodable, UnsupportedInput, NoSuchFrame) and name the file.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from usedge.errors import InputError, InputTooLarge, NoSuchFrame, Undecodable, UnsupportedInput
+
+STILL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm"})
+IMAGE_SUFFIXES = STILL_SUFFIXES | DICOM_SUFFIXES      # train (data sets), crop, serve uploads
+INPUT_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES      # infer
+ACCEPTED = "PNG, JPEG, BMP, TIFF, WebP or DICOM"
+MAX_PIXELS = 40_000_000     # per frame; a 4K scanner screen is 8.3 Mpx
+
+
+@dataclass
+class Decoded:
+    """One decoded frame of a file and what it was."""
+
+    frame: np.ndarray           # H x W, H x W x 3 (BGR) or x 4 (BGRA); uint8/uint16
+    kind: str                   # png | jpeg | bmp | tiff | webp | dicom
+    frames_in_file: int = 1     # DICOM cines hold several
+    frame_index: int = 0
+    regions: list | None = None  # DICOM ultrasound region boxes (x, y, w, h), for the field of view
+
+
+# --------------------------------------------------------------------------- header probe
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    raise ValueError("no SOF marker")
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    end = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] == (b"\x2b\x00" if end == "<" else b"\x00\x2b")          # BigTIFF
+    off = struct.unpack(end + ("Q" if big else "I"), data[8:16] if big else data[4:8])[0]
+    count = struct.unpack(end + ("Q" if big else "H"), data[off:off + (8 if big else 2)])[0]
+    base, entry, vals = off + (8 if big else 2), (20 if big else 12), {}
+    for k in range(min(count, 4096)):
+        e = base + k * entry
+        tag, typ = struct.unpack(end + "HH", data[e:e + 4])
+        if tag in (256, 257):
+            fmt = {3: "H", 4: "I", 16: "Q"}.get(typ, "I")
+            at = e + (12 if big else 8)
+            vals[tag] = struct.unpack(end + fmt, data[at:at + struct.calcsize(fmt)])[0]
+    if 256 not in vals or 257 not in vals:
+        raise ValueError("no ImageWidth/ImageLength tags")
+    return vals[256], vals[257]
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8 ":
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L":
+        bits = struct.unpack("<I", data[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    raise ValueError("unknown WebP chunk")
+
+
+def sniff(data: bytes, name: str = "") -> str | None:
+    """File type from magic bytes (a .dcm/.dicom name also means DICOM): png | jpeg | ... | dicom, or None."""
+    if data[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES:
+        return "dicom"                  # first: a DICOM preamble may hold a TIFF header
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpeg"
+    if data.startswith(b"BM"):
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def probe(data: bytes, name: str = "") -> tuple[str, int, int]:
+    """(kind, width, height) from a file's first bytes; DICOM gives (dicom, 0, 0) (its reader checks it).
+
+    UnsupportedInput for an unknown type, Undecodable for a damaged header."""
+    kind = sniff(data, name)
+    if kind is None:
+        raise UnsupportedInput(f"not a supported image type: not a {ACCEPTED} file", path=name or None,
+                               hint=f"pass {ACCEPTED} (Part 10) files")
+    try:
+        if kind == "png":
+            if data[12:16] != b"IHDR":
+                raise ValueError("no IHDR chunk")
+            w, h = struct.unpack(">II", data[16:24])
+        elif kind == "bmp":
+            w, h = (abs(v) for v in struct.unpack("<ii", data[18:26]))
+        else:
+            w, h = {"jpeg": _jpeg_size, "tiff": _tiff_size, "webp": _webp_size,
+                    "dicom": lambda _: (0, 0)}[kind](data)
+    except (ValueError, struct.error, IndexError) as exc:
+        raise Undecodable(f"damaged {kind.upper()} header", path=name or None,
+                          hint="re-export the image; it was cut short or corrupted") from exc
+    return kind, w, h
+
+
+def check_pixels(kind: str, width: int, height: int, name: str, max_pixels: int = MAX_PIXELS) -> None:
+    """The one decode-bomb limit: InputTooLarge above `max_pixels` per frame, Undecodable for no pixels."""
+    if width <= 0 or height <= 0:
+        raise Undecodable(f"{kind.upper()} header says {width}x{height} pixels", path=name,
+                          hint="the file is damaged; re-export it")
+    if width * height > max_pixels:
+        raise InputTooLarge(f"{kind.upper()} of {width}x{height} pixels is over the limit of "
+                            f"{max_pixels / 1e6:g} Mpx (a decompression bomb?)", path=name,
+                            hint="downscale the image; ultrasound screens are below 10 Mpx")
+
+
+# --------------------------------------------------------------------------- reading
+
+def read_bytes(path: str | Path) -> bytes:
+    """A regular file's bytes; InputError naming the real cause (missing, not a file, permission, empty)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path=path, hint="check the path")
+    if not path.is_file():
+        raise InputError("not a regular file (a folder, FIFO, socket or device)", path=path, hint="pass an image file")
+    try:
+        data = path.read_bytes()
+    except PermissionError as exc:
+        raise InputError("permission denied", path=path, hint="check the file's permissions (chmod / owner)") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read file ({exc.strerror})", path=path, hint="check the disk and the path") from exc
+    if not data:
+        raise Undecodable("empty file (0 bytes)", path=path, hint="copy the file again")
+    return data
+
+
+def read_image_bytes(data: bytes, name: str = "upload", *, frame_index: int = 0, max_pixels: int = MAX_PIXELS,
+                     allow_any_modality: bool = False) -> Decoded:
+    """Bytes of one image or DICOM file -> one decoded frame (no temporary file). Typed InputError when unusable."""
+    if not data:
+        raise Undecodable("empty file (0 bytes)", path=name, hint="copy the file again")
+    kind, w, h = probe(data, name)
+    if kind == "dicom":
+        from usedge.runtime.dicom import DicomFile
+
+        d = DicomFile(data, name=name, max_pixels=max_pixels, allow_any_modality=allow_any_modality)
+        return Decoded(d.frame(frame_index), kind, d.n_frames, frame_index, d.raw_regions or None)
+    check_pixels(kind, w, h, name, max_pixels)
+    if frame_index != 0:
+        raise NoSuchFrame(f"frame {frame_index} does not exist: a {kind.upper()} has 1 frame", path=name,
+                          hint="use frame 0")
+    if (kind == "png" and b"IEND" not in data[-16:]) or (kind == "jpeg" and b"\xff\xd9" not in data[-64:]):
+        raise Undecodable(f"truncated {kind.upper()} file (no end marker)", path=name,
+                          hint="copy or export the image again")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise Undecodable(f"cannot decode {kind.upper()} data (corrupt file?)", path=name,
+                          hint="copy or export the image again")
+    if image.shape[:2] != (h, w):
+        raise Undecodable(f"{kind.upper()} decoded to {image.shape[1]}x{image.shape[0]}, header says {w}x{h}",
+                          path=name, hint="the file is damaged; re-export it")
+    return Decoded(image, kind)
+
+
+def read_file(path: str | Path, *, frame_index: int = 0, max_pixels: int = MAX_PIXELS,
+              allow_any_modality: bool = False) -> Decoded:
+    """An image or DICOM file -> one decoded frame and, for DICOM, its raw ultrasound region boxes."""
+    return read_image_bytes(read_bytes(path), str(path), frame_index=frame_index, max_pixels=max_pixels,
+                            allow_any_modality=allow_any_modality)
+
+
+def read_image(path: str | Path, *, frame_index: int = 0, allow_any_modality: bool = False) -> np.ndarray:
+    """An image or DICOM file -> one frame (uint8/uint16; gray, BGR or BGRA as stored). InputError when unusable."""
+    return read_file(path, frame_index=frame_index, allow_any_modality=allow_any_modality).frame
+
+
+# --------------------------------------------------------------------------- inputs
+
+def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFFIXES) -> tuple[list[Path], list[str]]:
+    """Files named, and every regular file under folders named whose suffix is in `suffixes` (or a
+    suffix-less DICOM), recursive and sorted. `notes`: one line per thing skipped, for the caller to
+    print: a symlinked or unreadable folder, a FIFO/socket/device or broken link."""
+    from usedge.runtime.dicom import is_dicom
+
+    files: list[Path] = []
+    notes: list[str] = []
+    for item in map(Path, items):
+        if not item.is_dir():
+            if item.exists() and not item.is_file():
+                notes.append(f"{item}: not a regular file (FIFO, socket or device): skipped")
+            else:
+                files.append(item)          # a missing file is reported when read
+            continue
+        found = []
+        for top, dirs, names in os.walk(item, onerror=lambda e: notes.append(
+                f"{e.filename}: unreadable folder skipped ({e.strerror})")):
+            for d in dirs:
+                if os.path.islink(os.path.join(top, d)):
+                    notes.append(f"{os.path.join(top, d)}: symlinked folder not followed: pass its real path")
+            for n in names:
+                p = Path(top, n)
+                wanted = p.suffix.lower() in suffixes
+                if not p.is_file():
+                    if wanted:
+                        notes.append(f"{p}: not a regular file (FIFO, socket, device or broken link): skipped")
+                elif wanted or (p.suffix == "" and is_dicom(p)):
+                    found.append(p)
+        files += sorted(found)
+    return files, sorted(notes)
