@@ -15,7 +15,7 @@ import numpy as np
 
 from usedge.errors import BackendUnavailable, ModelError, UsedgeError
 from usedge.fileio import sha256_file
-from usedge.runtime.model_info import METADATA_KEY, ModelInfo
+from usedge.runtime.model_info import ModelInfo
 
 
 @dataclass
@@ -40,21 +40,12 @@ class EngineSpec:
 
 
 def read_model_info(onnx_path: Path) -> ModelInfo:
-    """The usedge ModelInfo stored in an ONNX file's metadata (onnxruntime, no onnx package needed)."""
-    import onnxruntime as ort
+    """The usedge ModelInfo stored in an ONNX file's metadata, read as the runtime reads it."""
+    from usedge.runtime.backends import create_backend
+    from usedge.runtime.classifier import model_info_from_metadata
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        meta = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"]).get_modelmeta()
-    except Exception as exc:
-        raise ModelError(f"onnxruntime cannot read this model ({str(exc).splitlines()[0][:160]})", path=onnx_path,
-                         hint="pass a folder written by `usedge export`") from exc
-    raw = meta.custom_metadata_map.get(METADATA_KEY)
-    if not raw:
-        raise ModelError("model carries no usedge metadata", path=onnx_path, hint="export it with `usedge export`")
-    return ModelInfo.from_json(raw)
+    with create_backend("ort-cpu", opt_level="disable").load(onnx_path) as backend:
+        return model_info_from_metadata(backend.metadata, onnx_path)
 
 
 # -- onnxruntime ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,7 +45,6 @@ class Prediction:
     crop_method: str = "none"
     frozen: bool = False                         # the scanner's image was frozen: result repeated, no inference
     smoothed: bool = False                       # probs are a temporal average
-    extra: dict = field(default_factory=dict)
 
     def to_record(self, source: bool = True) -> dict:
         """The ONE prediction JSON (JSONL lines, HTTP answers): JSON-safe, no CAM array, no patient data,
@@ -64,7 +63,6 @@ class Prediction:
             "smoothed": self.smoothed,
             "latency_ms": {k: round(float(v), 3) for k, v in self.latency_ms.items()},
             "model_sha256": self.model_sha256,
-            **self.extra,
         }
 
 

@@ -151,7 +151,7 @@ class FramePipeline:
                 self.smoother.reset()
             raise InputError(f"no usable image: {reason}", path=source or None)
         if self.freeze is not None and self.freeze.is_frozen(image) and self.last is not None:
-            return dataclasses.replace(self.last, frozen=True, frame_index=index, extra=dict(self.last.extra),
+            return dataclasses.replace(self.last, frozen=True, frame_index=index,
                                        latency_ms={"total": (time.perf_counter() - t0) * 1e3})
         pred = self.classifier.predict(image, frame_index=index, source=source, regions=regions,
                                        cropper=self.cropper)

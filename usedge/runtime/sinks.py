@@ -23,7 +23,7 @@ import numpy as np
 
 from usedge.errors import OutputError, StreamError
 from usedge.fileio import write_bytes_atomic
-from usedge.runtime.classifier import Prediction
+from usedge.runtime.classifier import STAGES, Prediction
 from usedge.runtime.formats import STILL_SUFFIXES
 
 
@@ -111,7 +111,7 @@ class CsvSink(Sink):
         self.path = path
         self.fh, self._own = _open_text(path)
         self.class_names = list(class_names)
-        self.stages = ["crop", "normalise", "model", "post", "total"]
+        self.stages = [*STAGES, "total"]
         self.columns = (["source", "frame", "label", *[f"p_{c}" for c in self.class_names],
                          "crop_x", "crop_y", "crop_w", "crop_h", "fov_x", "fov_y", "fov_w", "fov_h",
                          "crop_method", "frozen", "model_sha256", *[f"ms_{s}" for s in self.stages], "error"])
@@ -122,16 +122,13 @@ class CsvSink(Sink):
 
     def write(self, pred, frame=None, overlay=None) -> None:
         with _output_errors(self.path, self.count):
-            self._write_row(pred)
+            self.writer.writerow([
+                pred.source, pred.frame_index, pred.label, *[f"{pred.probs.get(c, 0.0):.6f}" for c in self.class_names],
+                *pred.crop_box, *pred.fov_box, pred.crop_method, int(pred.frozen), pred.model_sha256,
+                *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], "",
+            ])
+            self.fh.flush()
         self.count += 1
-
-    def _write_row(self, pred) -> None:
-        self.writer.writerow([
-            pred.source, pred.frame_index, pred.label, *[f"{pred.probs.get(c, 0.0):.6f}" for c in self.class_names],
-            *pred.crop_box, *pred.fov_box, pred.crop_method, int(pred.frozen), pred.model_sha256,
-            *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], "",
-        ])
-        self.fh.flush()
 
     def write_error(self, source: str, message: str) -> None:
         row = [""] * len(self.columns)

@@ -20,10 +20,6 @@ from usedge.serve.metrics import ServeMetrics
 TOKEN_COOKIE = "usedge_token"
 
 
-def static_file(name: str) -> bytes:
-    return resources.files("usedge.serve").joinpath("static", name).read_bytes()
-
-
 @dataclass
 class ServeState:
     classifier: Classifier
@@ -39,8 +35,8 @@ class ServeState:
     predict_lock: threading.Lock = field(default_factory=threading.Lock)  # uploads take turns
     pending: int = 0
     limiter: Any = None                         # anyio.CapacityLimiter, created in the event loop
-    page: dict[str, bytes] = field(default_factory=lambda: {n: static_file(n) for n in
-                                                            ("index.html", "page.js", "page.css")})
+    page: dict[str, bytes] = field(default_factory=lambda: {
+        n: resources.files("usedge.serve").joinpath("static", n).read_bytes() for n in ("index.html", "page.js", "page.css")})
 
     def error(self, status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
         self.metrics.errors.labels(kind=kind).inc()

@@ -129,9 +129,6 @@ class OrtBackend(Backend):
         self.session = None
         self._input_value = None            # GPU rows: the reused device input
 
-    def available(self) -> tuple[bool, str]:
-        return self.row.available()
-
     def session_options(self):
         ort = _ort()
         so = ort.SessionOptions()
@@ -151,7 +148,7 @@ class OrtBackend(Backend):
 
     def load(self, path: str | Path) -> "OrtBackend":
         ort = _ort()
-        ok, why = self.available()
+        ok, why = self.row.available()
         if not ok:
             raise BackendUnavailable(f"backend {self.name} cannot run here: {why}",
                                      hint="use --backend ort-cpu or see `usedge doctor`")
