@@ -146,11 +146,11 @@ class Classifier:
             try:
                 engine.load(path)
                 break
-            except BackendUnavailable as exc:  # e.g. the TensorRT EP listed but its libraries missing
+            except BaseException as exc:
                 engine.close()
-                if backend != "auto":
+                if backend != "auto" or not isinstance(exc, BackendUnavailable):
                     raise
-                failed.append(f"{name} failed to start ({exc.message})")
+                failed.append(f"{name} failed to start ({exc.message})")  # e.g. the TensorRT EP without its libraries
         else:
             raise BackendUnavailable(f"no backend could run this model: {'; '.join(failed)}", path=path,
                                      hint="see `usedge doctor`")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 import os
 import sys
@@ -195,20 +196,14 @@ def write_png(path: Path, image: np.ndarray) -> None:
     write_bytes_atomic(path, buf.tobytes())
 
 
-class OutputNames:
+class OutputNames(set):
     """Unique output file names from input names: `stem`, `stem_f0003` (frame), `stem_v1` (view), and
     `_2`, `_3`... when two inputs in different folders share a name."""
 
-    def __init__(self) -> None:
-        self.used: set[str] = set()
-
     def __call__(self, src: str | Path, frame: int | None = None, view: int | None = None) -> str:
         base = Path(src).stem + (f"_f{frame:04d}" if frame is not None else "") + (f"_v{view}" if view is not None else "")
-        name, k = base, 1
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
+        name = next(n for n in itertools.chain([base], (f"{base}_{k}" for k in itertools.count(2))) if n not in self)
+        self.add(name)
         return name
 
 

@@ -92,7 +92,6 @@ class StreamRunner:
     def __init__(self, pipeline: FramePipeline, reader: FrameReader, *, realtime: bool = False,
                  fps: float | None = None, max_frames: int | None = None, max_reconnects: int | None = None) -> None:
         self.pipeline = pipeline
-        self.classifier = pipeline.classifier
         self.reader = reader
         self.realtime, self.fps = realtime, fps
         self.max_frames = max_frames
@@ -262,7 +261,7 @@ class StreamRunner:
         c2r = np.median(self._samples["capture_to_result"]) if len(self._samples["capture_to_result"]) else float("nan")
         results = self._counts["processed"] + self._counts["frozen"]
         return StreamSummary(
-            source=self.reader.name, backend=self.classifier.backend.describe(), frames_read=cap.read,
+            source=self.reader.name, backend=self.pipeline.classifier.backend.describe(), frames_read=cap.read,
             processed=self._counts["processed"], dropped=self.slot.dropped, late_skipped=cap.late, frozen_skipped=self._counts["frozen"],
             errors=self._counts["errors"], reconnects=cap.reconnects,
             layout_detections=self.pipeline.layout_detections,

@@ -46,10 +46,6 @@ class LiveFeed:
                 pass
 
     # -- readers ---------------------------------------------------------------------------------
-    def stats(self) -> dict:
-        """The runner's live counters: frames, dropped, frozen, errors, fps, read, reconnects, running."""
-        return dict(self.runner.stats())
-
     def state(self) -> str:
         """starting | running | ended | failed."""
         summary = getattr(self.runner, "summary", None)
@@ -68,7 +64,7 @@ class LiveFeed:
 
     def latest_json(self) -> dict:
         seq, pred, _frame = self.latest()
-        stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.stats().items()
+        stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.runner.stats().items()
                  if isinstance(v, (int, float, str, bool))}
         return {"seq": seq, "state": self.state(), "stats": stats,
                 "prediction": pred.to_record(source=False) if pred is not None else None}
