@@ -55,15 +55,11 @@ class LiveFeed:
             return "running"
         return "starting"
 
-    def latest(self):
-        """(seq, prediction, frame) of the newest result, from the runner's latest()."""
+    def latest_json(self) -> dict:
+        """/v1/latest: the newest prediction (no overlay drawn), the stream's state and counters."""
         with self._lock:
             seq = self._seq
-        pred, frame, _overlay = self.runner.latest()
-        return seq, pred, frame
-
-    def latest_json(self) -> dict:
-        seq, pred, _frame = self.latest()
+        pred, _frame, _ = self.runner.latest(overlay=False)
         stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.runner.stats().items()
                  if isinstance(v, (int, float, str, bool))}
         return {"seq": seq, "state": self.state(), "stats": stats,
