@@ -8,7 +8,8 @@
     parse_crop(text) / load_presets()  'auto' | 'fov' | 'none' | 'x,y,w,h' | 'preset:NAME'
 
 `regions` are DICOM SequenceOfUltrasoundRegions boxes (x, y, w, h, frame pixels); they are used with
-crop=auto/fov only after they are checked against the frame size (usedge.runtime.fov.validate_regions),
+crop=auto/fov only after they are checked against the frame size and the detected field of view
+(usedge.runtime.fov.validate_regions),
 else detection runs.
 
 Order of work (per frame): to uint8 (channels kept) -> field of view (DICOM regions | preset |
@@ -161,14 +162,13 @@ def detect_layout(image: np.ndarray, mode: CropMode, regions: list[Box] | None =
         notes = [] if clipped == tuple(box) else [f"box {list(box)} clipped to the frame: {list(clipped)}"]
         fov = FieldOfView(box=clipped, boxes=[clipped], method=mode.kind, notes=notes)
     else:
-        valid = validate_regions(regions, shape)
+        fov = crop_field_of_view(image)
+        valid = validate_regions(regions, shape, fov)
         if valid:
-            best = max(valid, key=lambda b: b[2] * b[3])
-            fov = FieldOfView(box=best, boxes=valid, method="dicom-regions")
-        else:
-            fov = crop_field_of_view(image)
-            if regions:
-                fov.notes.insert(0, "DICOM regions do not fit the image (measured before downscaling?): detected instead")
+            fov = FieldOfView(box=max(valid, key=lambda b: b[2] * b[3]), boxes=valid, method="dicom-regions")
+        elif regions:
+            fov.notes.insert(0, "DICOM regions do not fit the image (measured before downscaling, or off the"
+                                " B-mode image on screen): detected instead")
     return Layout(frame_shape=shape, fov=fov, square=mode.square and fov.method != "none")
 
 
