@@ -46,7 +46,6 @@ class CropMode:
     kind: str                       # auto | fov | none | manual | preset
     box: Box | None = None          # manual / preset field of view
     square: bool = True             # skin-centred square inside the FOV (auto, preset with square=true)
-    preset: str | None = None
     frame_size: tuple[int, int] | None = None  # preset: (width, height) the box was measured on
 
 
@@ -99,7 +98,7 @@ def parse_crop(text: str, presets_path: str | Path | None = None) -> CropMode:
                               " (add yours to a TOML file and pass --presets)")
         p = presets[name]
         fs = p.get("frame_size")
-        return CropMode(kind="preset", box=tuple(p["box"]), square=bool(p.get("square", False)), preset=name,
+        return CropMode(kind="preset", box=tuple(p["box"]), square=bool(p.get("square", False)),
                         frame_size=tuple(fs) if fs else None)
     try:
         vals = [int(round(float(v))) for v in t.replace(" ", "").split(",")]
@@ -280,9 +279,6 @@ class FrameCropper:
         self._tol = 2
         self._skin: int | None = None
         self._crop_box: Box | None = None
-
-    def reset(self) -> None:
-        self.layout = None
 
     # -- cheap layout check
     def _lines(self, image: np.ndarray, box: Box) -> np.ndarray:
