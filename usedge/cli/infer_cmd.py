@@ -141,6 +141,7 @@ def infer(
     max_reconnects: Optional[int] = typer.Option(None, "--max-reconnects", help="live source: give up after N"),
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="watched folder: end after S seconds without a new file"),
     summary: Optional[Path] = typer.Option(None, "--summary", help="stream: write the run summary as JSON here"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Refuse a model whose weights digest does not match (--no-verify: load a damaged or hand-edited file anyway)."),
 ) -> None:
     """Classify images/folders/DICOM/videos, or a live scanner with --stream. Results: JSONL or CSV."""
     from usedge.errors import ConfigError
@@ -152,7 +153,7 @@ def infer(
         raise ConfigError("nothing to classify", hint="give INPUT files/folders, or --stream SOURCE")
     if stream is not None and inputs:
         raise ConfigError("give either INPUT files or --stream, not both", hint="run two commands")
-    clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=opt_level)
+    clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=opt_level, verify=verify)
     _err(f"usedge: {model.name} on {clf.describe()}" + (f" [{clf.backend_reason}]" if clf.backend_reason else ""))
     if cam and not clf.has_cam:
         _err("usedge: --cam ignored: this model has no 'cam' output (export it with CAM)")
