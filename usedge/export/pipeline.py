@@ -60,6 +60,7 @@ class ExportOptions:
     triton_name: str = "usedge"
     triton_model: str = "auto"          # auto | fp32 | fp16 | int8 | engine
     seed: int = 0
+    overwrite: bool = True              # replace an earlier export in `out` (the CLI asks for --overwrite)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -251,8 +252,15 @@ def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], N
 
 # --------------------------------------------------------------------------- the command
 
-def check_writable(out: Path) -> None:
-    """Create `out` and prove a file can be written there (OutputError otherwise)."""
+def check_writable(out: Path, overwrite: bool = True) -> None:
+    """Create `out` and prove a file can be written there; OutputError otherwise, or when `out`
+    already holds an export and `overwrite` is False."""
+    from usedge.export.report import REPORT_JSON
+
+    earlier = sorted(p.name for p in (out / n for n in (FP32_NAME, FP16_NAME, INT8_NAME, REPORT_JSON)) if p.exists())
+    if earlier and not overwrite:
+        raise OutputError(f"output folder already holds an export ({', '.join(earlier)})", path=out,
+                          hint="pass --overwrite to replace it, or another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".usedge-probe-"):
@@ -336,7 +344,7 @@ def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = Ex
     say = progress or (lambda _msg: None)
     checkpoint, out = Path(checkpoint), Path(out)
     opts.check()
-    check_writable(out)
+    check_writable(out, opts.overwrite)
     say("loading checkpoint")
     model, meta = load_for_export(checkpoint)
     spec = PreprocessSpec.from_dict(meta.get("preprocess") or {})
