@@ -27,7 +27,8 @@ def test_export_command_writes_model_and_report(tmp_path, tiny_export_checkpoint
     report = json.loads((out / "export_report.json").read_text())
     assert report["passed"] and list(report["artifacts"]) == ["model.onnx"]
     assert report["data"]["held_out"] == 3
-    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "export_report.md", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "export_report.json", "export_report.md", "model.onnx"]
+    assert "model card: fp32 model " in result.output
     assert sorted(report["removed_stale"]) == ["model.int8.onnx", "model.old-gpu.sm75.trt10.13.engine"]
 
 

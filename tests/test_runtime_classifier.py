@@ -104,3 +104,4 @@ def test_cli_no_verify(tmp_path, runtime_model, runtime_images):
     assert refused.exit_code != 0 and "weights digest" in str(refused.exception)
     allowed = CliRunner().invoke(app, ["infer", str(damaged), image, "--backend", "ort-cpu", "--no-verify"])
     assert allowed.exit_code == 0, allowed.output
+    assert "usedge: model card: fp32 model " in allowed.output and "SYNTHETIC data" in allowed.output

@@ -43,6 +43,7 @@ def export(
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file (default OUT/trt_timing.cache)."),
     triton_name: str = typer.Option("usedge", "--triton-name", help="Model name in the Triton repository."),
     triton_model: str = typer.Option("auto", "--triton-model", help="What Triton serves: auto (engine if built, else fp32) | fp32 | fp16 | int8 | engine."),
+    uncertain_margin: float = typer.Option(0.2, "--uncertain-margin", help="Model card: call a result uncertain when its top two probabilities differ by less than this."),
     strict: bool = typer.Option(False, "--strict", help="Exit with status 2 when a check misses its aim."),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -52,7 +53,9 @@ def export(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from usedge.export.onnx_export import read_model_info
     from usedge.export.pipeline import ExportOptions, run_export
+    from usedge.runtime.model_info import model_card_line
 
     console = Console(stderr=True, quiet=quiet)
     trt_opt_level = deprecated(trt_opt_level, opt_level, old="--opt-level", new="--trt-opt-level", default=3)
@@ -61,7 +64,8 @@ def export(
                          parity_count=parity_count, reference_count=reference_count, opset=opset,
                          max_batch=max_batch, opt_batch=opt_batch, optimization_level=trt_opt_level,
                          workspace_mib=workspace_mib, timing_cache=timing_cache, triton_name=triton_name,
-                         triton_model=triton_model, overwrite=overwrite)
+                         triton_model=triton_model, overwrite=overwrite,
+                         uncertain_margin=uncertain_margin)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("exporting", total=None)
@@ -87,6 +91,7 @@ def export(
         out_console.print(f"  {name}  {a.get('precision', '')}  {a['bytes']} bytes  sha256 {a['sha256'][:12]}")
     for name, why in report.skipped.items():
         out_console.print(f"  [yellow]{escape(name)} not built[/]: {escape(why)}")
+    out_console.print(f"model card: {escape(model_card_line(read_model_info(out / 'model.onnx')))}", soft_wrap=True)
     out_console.print(f"report: {out / 'export_report.md'}", soft_wrap=True)
     if strict and report.failed:
         raise typer.Exit(code=2)

@@ -146,6 +146,7 @@ def infer(
     """Classify images/folders/DICOM/videos, or a live scanner with --stream. Results: JSONL or CSV."""
     from usedge.errors import ConfigError
     from usedge.runtime.classifier import Classifier
+    from usedge.runtime.model_info import model_card_line
 
     if fmt not in ("jsonl", "csv"):
         raise ConfigError(f"unknown --format '{fmt}'", hint="use jsonl or csv")
@@ -155,6 +156,7 @@ def infer(
         raise ConfigError("give either INPUT files or --stream, not both", hint="run two commands")
     clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=opt_level, verify=verify)
     _err(f"usedge: {model.name} on {clf.describe()}" + (f" [{clf.backend_reason}]" if clf.backend_reason else ""))
+    _err(f"usedge: model card: {model_card_line(clf.info)}")
     if cam and not clf.has_cam:
         _err("usedge: --cam ignored: this model has no 'cam' output (export it with CAM)")
     try:

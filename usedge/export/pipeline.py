@@ -26,6 +26,7 @@ import usedge
 from usedge.errors import ConfigError, MissingDependency, ModelError, OutputError
 from usedge.export import images as image_data
 from usedge.export import parity
+from usedge.export.model_card import build_card
 from usedge.export.report import Check, ExportReport
 from usedge.fileio import sha256_file
 from usedge.runtime.model_info import ModelInfo
@@ -61,6 +62,7 @@ class ExportOptions:
     triton_model: str = "auto"          # auto | fp32 | fp16 | int8 | engine
     seed: int = 0
     overwrite: bool = True              # replace an earlier export in `out` (the CLI asks for --overwrite)
+    uncertain_margin: float = 0.2       # model card: top-2 probability margin below which a result is uncertain
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -75,6 +77,9 @@ class ExportOptions:
         check_options(self.calib_method, self.activations)
         if self.triton_model not in TRITON_MODELS:
             raise ConfigError(f"unknown --triton-model '{self.triton_model}'", hint=f"use {', '.join(TRITON_MODELS)}")
+        if not 0.0 <= self.uncertain_margin < 1.0:
+            raise ConfigError(f"--uncertain-margin {self.uncertain_margin:g} is outside 0..1",
+                              hint="pass a probability margin such as 0.2")
         if self.cam_weighting not in CAM_WEIGHTINGS:
             raise ConfigError(f"unknown --cam-weighting '{self.cam_weighting}'", hint=f"use {', '.join(CAM_WEIGHTINGS)}")
 
@@ -217,6 +222,31 @@ def plan(opts: ExportOptions, calib, report: ExportReport) -> list[Format]:
 
 # --------------------------------------------------------------------------- checks
 
+def write_card(run: Run, built: list[tuple[Format, Path]], card: dict) -> Path:
+    """Put the model card into every staged ONNX's metadata (the graph, and so its digest, is
+    unchanged) and the engine sidecar's model info; write MODEL_CARD.md; returns its staged path."""
+    import onnx
+
+    from usedge.export.model_card import CARD_NAME, card_markdown
+    from usedge.export.onnx_export import read_model_info, set_metadata
+    from usedge.fileio import write_bytes_atomic, write_text_atomic
+    from usedge.runtime.engine_sidecar import read_sidecar, write_sidecar
+    from usedge.runtime.model_info import model_card_line
+
+    for _, path in built:
+        if path.suffix == ".onnx":
+            model = onnx.load(str(path))
+            info = read_model_info(model, path)
+            info.model_card = card
+            write_bytes_atomic(path, set_metadata(model, info).SerializeToString())
+        else:
+            sidecar = read_sidecar(path)
+            sidecar.model_info = read_model_info(run.stage / FP16_NAME).to_json()
+            write_sidecar(path, sidecar)
+    run.info.model_card = card
+    return write_text_atomic(run.stage / CARD_NAME, card_markdown(card, model_card_line(run.info)))
+
+
 def cpu_note() -> str:
     """Which CPU the numerical checks ran on: int8 results differ between VNNI and AVX2-only CPUs."""
     from usedge.bench.machine import cpu_model
@@ -314,14 +344,18 @@ def training_summary(meta: dict) -> dict:
 
 def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_names: list[str], opts: ExportOptions,
                    report: ExportReport):
-    """(calibration ImageSet | None, held-out ImageSet) — random inputs when no data set is known."""
+    """(calibration ImageSet | None, held-out ImageSet, training-data provenance for the model card) —
+    random inputs when no data set is known."""
+    from usedge.export.model_card import describe_data
+
     data = opts.data or image_data.recorded_data(meta, checkpoint)
     if data is None:
         rng = np.random.default_rng(opts.seed)
         x = rng.uniform(-1, 1, size=(max(4, min(opts.parity_count, 16)), 1, spec.size, spec.size)).astype(np.float32)
         report.data = {"source": "random", "note": "no data set given or recorded: parity on uniform noise, "
                        "no INT8 (calibration needs real images); pass --data DIR"}
-        return None, image_data.ImageSet(x=x, labels=np.array([], dtype=np.int64), paths=[])
+        return None, image_data.ImageSet(x=x, labels=np.array([], dtype=np.int64), paths=[]), {
+            "note": "no data set given or recorded"}
     ds = image_data.open_dataset(data, class_names)
     split = image_data.split_from_run(ds.samples, ds.root, checkpoint)
     how = "the fold's train / test patients (folds.csv)" if split else "split by patient hash"
@@ -333,7 +367,8 @@ def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_nam
     held = image_data.spread(held, opts.parity_count)
     report.data = {"source": str(data), "images": len(ds), "calibration": len(calib), "held_out": len(held),
                    "split": how, "note": f"{len(calib)} calibration / {len(held)} held-out images, {how}"}
-    return image_data.load_images(calib, spec), image_data.load_images(held, spec)
+    provenance = {**describe_data(ds), "named_by": "--data at export" if opts.data else "the checkpoint"}
+    return image_data.load_images(calib, spec), image_data.load_images(held, spec), provenance
 
 
 def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = ExportOptions(),
@@ -358,7 +393,7 @@ def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = Ex
                           usedge_version=usedge.__version__, settings=opts.to_dict())
     report.removed_stale = clean_stale_staging(out)
     say("reading images")
-    calib, held = _choose_images(checkpoint, meta, spec, info.class_names, opts, report)
+    calib, held, provenance = _choose_images(checkpoint, meta, spec, info.class_names, opts, report)
     stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     run = Run(model, info, opts, out, stage, calib, held, report)
     try:
@@ -372,6 +407,8 @@ def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = Ex
             built.append((fmt, files[0]))
             produced += files
         check_all(run, built, say)
+        produced.append(write_card(run, built, build_card(checkpoint, info.class_names, provenance, report,
+                                                          opts.uncertain_margin)))
         say("moving artifacts into place")
         for fmt, path in built:
             report.add_artifact(path, precision=fmt.precision)

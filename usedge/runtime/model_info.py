@@ -252,3 +252,23 @@ def verify_weights(path: str | Path, metadata: dict, info: ModelInfo) -> None:
     if got != want:
         raise ModelError(f"model file is damaged or altered: {what} {got[:12]}… does not match the recorded "
                          f"{want[:12]}…", path=path, hint=hint)
+
+
+def model_card_line(info: ModelInfo) -> str:
+    """One line of provenance for infer / serve / doctor, from the model card `usedge export` wrote."""
+    card = info.model_card
+    if not card:
+        return "no model card (exported by an older usedge): provenance unknown"
+    data = card.get("training_data") or {}
+    if data.get("sha256"):
+        kind = "SYNTHETIC data" if data.get("synthetic") else "data"
+        trained = f"trained on {kind} ({data.get('images', '?')} images, sha256 {str(data['sha256'])[:12]})"
+    else:
+        trained = "training data unknown"
+    cv = card.get("cross_validation") or {}
+    acc = (cv.get("rows") or {}).get("overall accuracy", {}).get("accuracy")
+    scored = f"CV accuracy {acc[0]:.3f} ± {acc[1]:.3f} over {cv.get('folds')} fold(s)" if acc else "no CV metrics"
+    missed = [c.get("check", "?") for c in card.get("checks", []) if not c.get("passed", True)]
+    checks = f"{len(missed)} export check(s) MISSED ({missed[0]})" if missed else "export checks ok"
+    return (f"{info.precision} model {info.weights_sha256[:12] or '?'}: {trained}; {scored}; {checks}; "
+            f"uncertain below margin {card.get('uncertain_margin', '?')}")
