@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -86,29 +86,21 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class Aim:
-    """What a file's outputs must meet against its reference's: max |dp| and top-1 agreement, or an
-    accuracy drop (fraction) on labelled images."""
+    """What a file's outputs must meet against its reference's: max |dp| and top-1 agreement, or
+    (accuracy_drop set) an accuracy drop, as a fraction, on labelled images."""
 
-    max_abs_diff: float | None = None
-    top1: float | None = None
+    max_abs_diff: float = 1.0
+    top1: float = 0.0
     accuracy_drop: float | None = None
 
-    def text(self) -> str:
-        if self.accuracy_drop is not None:
-            return f"accuracy drop <= {self.accuracy_drop * 100:g} point"
-        return f"max abs(dp) <= {self.max_abs_diff:g}, top-1 >= {self.top1:.1%}"
-
-    def judge(self, name: str, artifact: str, agreement: parity.Agreement, note: str = "") -> Check:
-        figures = agreement.to_dict() if self.accuracy_drop is not None else {
-            "n": agreement.n, "max_abs_diff": agreement.max_abs_diff, "top1_agreement": agreement.top1_agreement}
-        if self.accuracy_drop is not None:
-            labelled = agreement.accuracy_a is not None
-            drop = agreement.accuracy_a - agreement.accuracy_b if labelled else 0.0
-            figures["accuracy_drop"] = drop
-            passed = drop <= self.accuracy_drop
-        else:
-            passed = agreement.max_abs_diff <= self.max_abs_diff and agreement.top1_agreement >= self.top1
-        return Check(name, artifact, passed, self.text(), figures, note)
+    def judge(self, name: str, artifact: str, a: parity.Agreement, note: str = "") -> Check:
+        if self.accuracy_drop is None:
+            return Check(name, artifact, a.max_abs_diff <= self.max_abs_diff and a.top1_agreement >= self.top1,
+                         f"max abs(dp) <= {self.max_abs_diff:g}, top-1 >= {self.top1:.1%}",
+                         {"n": a.n, "max_abs_diff": a.max_abs_diff, "top1_agreement": a.top1_agreement}, note)
+        drop = a.accuracy_a - a.accuracy_b if a.accuracy_a is not None else 0.0
+        return Check(name, artifact, drop <= self.accuracy_drop, f"accuracy drop <= {self.accuracy_drop * 100:g} point",
+                     {**a.to_dict(), "accuracy_drop": drop}, note)
 
 
 AIM_FP32 = Aim(max_abs_diff=1e-4, top1=1.0)
