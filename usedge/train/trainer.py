@@ -229,6 +229,7 @@ def fit(model: nn.Module, train_set: torch.utils.data.Dataset, val_set: TumorDat
     meta = dict(class_names=class_names, preprocess=spec, config=cfg.to_dict())
     for epoch in range(start_epoch, cfg.optim.epochs):
         train_loader.batch_sampler.set_epoch(epoch)
+        seed_everything(seed * 1000003 + epoch)   # augmentation draws depend on (seed, epoch): resume is exact
         if progress is not None:
             progress.update(task, description=f"{label} epoch {epoch + 1}/{cfg.optim.epochs}")
         lr = optimizer.param_groups[0]["lr"]
