@@ -21,7 +21,7 @@ from usedge.train.config import TrainConfig, known_keys
 
 _D = TrainConfig()  # the dataclass defaults == defaults.toml (tested): shown in --help
 
-# The 33 flags of the previous release that are now `--set` keys: kept for one release, hidden.
+# Flags of the previous release that are now `--set` keys: kept for one release, hidden.
 _OLD_FLAGS = {
     "arch": "model.arch", "gate_norm": "model.gate_norm", "crop": "data.crop",
     "remove_doppler": "data.remove_doppler", "num_workers": "data.num_workers", "augment": "data.augment",
