@@ -36,14 +36,14 @@ class FocalLoss(nn.Module):
 
 def build_loss(name: str = "focal", num_classes: int = 3, gamma: float = 3.0,
                alpha: list[float] | None = None) -> nn.Module:
-    """focal | ce. alpha must have one weight per class (or be empty for none)."""
+    """focal | ce. alpha: one weight per class in class order (`resolve_alpha`), or empty/None for none."""
     if name == "ce":
         return nn.CrossEntropyLoss()
     if name != "focal":
         raise ConfigError(f"unknown loss '{name}'", hint="use focal or ce")
     if alpha and len(alpha) != num_classes:
         raise ConfigError(f"loss.alpha has {len(alpha)} values for {num_classes} classes",
-                          hint="give one alpha per class (alphabetical class order) or alpha = []")
+                          hint="give loss.alpha by class name (resolve_alpha), or balanced | uniform")
     return FocalLoss(gamma=gamma, alpha=alpha or None)
 
 
