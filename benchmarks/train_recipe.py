@@ -150,17 +150,21 @@ def markdown(doc: dict) -> str:
              f"{m['load_average_start']}); SIMD flags: "
              f"{', '.join(f for f in m['cpu_flags'] if f.startswith(('avx', 'fma', 'sse4')) or 'vnni' in f)} "
              "(all flags in the JSON).", ""]
+    done = [e["folds_done"] for entry in doc["results"].values() for e in entry.values()]
+    if min(done) < doc["budget"]["cv.folds"]:
+        lines += [f"**Partial results**: some runs finished fewer than {doc['budget']['cv.folds']} folds (column "
+                  "'folds'); paired differences use only the folds both recipes finished. Re-run the same command "
+                  "to continue (finished folds are kept).", ""]
     for cohort, entry in doc["results"].items():
         names = next((list(e["sensitivity"]) for e in entry.values() if e["sensitivity"]), [])
-        lines += [f"## Cohort `{cohort}`", "",
-                  "| recipe | folds | balanced accuracy | macro AUC | overall accuracy | "
-                  + " | ".join(f"sens. {n}" for n in names) + " | CPU s |",
-                  "|---" * (5 + len(names) + 1) + "|"]
+        header = (["recipe", "folds", "balanced accuracy", "macro AUC", "overall accuracy"]
+                  + [f"sens. {n}" for n in names] + ["CPU s (all folds)"])
+        lines += [f"## Cohort `{cohort}`", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         for recipe, e in entry.items():
-            cpu = f"{e['cpu_seconds']:.0f}" if e["cpu_seconds"] else "–"
-            lines.append(f"| {recipe} | {e['folds_done']} | {_pct(e['balanced_accuracy'])} | {_pct(e['macro_auc'])} | "
-                         f"{_pct(e['overall_accuracy'])} | "
-                         + " | ".join(_pct(e["sensitivity"].get(n)) for n in names) + f" | {cpu} |")
+            cells = [recipe, str(e["folds_done"]), _pct(e["balanced_accuracy"]), _pct(e["macro_auc"]),
+                     _pct(e["overall_accuracy"])] + [_pct(e["sensitivity"].get(n)) for n in names]
+            cells.append(f"{e['cpu_seconds']:.0f}" if e["cpu_seconds"] else "–")
+            lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "Paired by fold, recipe − previous, percentage points (mean, 95 % t-interval over folds, "
                   "folds better/worse):", "",
                   "| recipe | balanced accuracy | macro AUC | overall accuracy | per-fold balanced accuracy diff |",
