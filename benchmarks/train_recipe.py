@@ -113,7 +113,8 @@ def summarise(root: Path, cohorts: list[str], argv: list[str]) -> dict:
 
     doc = {"budget": BUDGET, "recipes": RECIPES, "cohorts": {k: {kk: list(v) if isinstance(v, tuple) else v
                                                                 for kk, v in COHORTS[k].items()} for k in cohorts},
-           "command": "python benchmarks/train_recipe.py " + " ".join(argv), "machine": machine_info(), "results": {}}
+           "command": "python benchmarks/train_recipe.py " + " ".join(argv), "runs": str(root),
+           "machine": machine_info(), "results": {}}
     for cohort in cohorts:
         runs = {r: fold_results(root / "runs" / cohort / r) for r in RECIPES}
         entry = {}
@@ -143,7 +144,8 @@ def _pct(d: dict | None) -> str:
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# Training recipe: previous vs usedge default (demo budget)", "",
-             f"Command: `{doc['command']}`. Budget: 96 px, 6 epochs, 5 folds by patient, Adam lr 3e-4, batch 16, "
+             f"Command: `{doc['command']}` (runs in `{doc['runs']}`; `--summarise` tables the folds finished so "
+             "far). Budget: 96 px, 6 epochs, 5 folds by patient, Adam lr 3e-4, batch 16, "
              "seed 0, same splits for every recipe, 1 torch thread per run, CPU. Recipes and cohorts: see the "
              "script's docstring.", "",
              f"Machine: {m['cpu']}, {m['cores']} cores shared with other jobs (load average at start "
