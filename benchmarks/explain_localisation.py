@@ -1,13 +1,15 @@
 """Measured localisation of CAM, Grad-CAM and attention maps on the synthetic cohort, with a trained model.
 
-    nice -n 10 .venv/bin/python benchmarks/explain_localisation.py [--work runs/explain_bench] [--epochs 12]
+    nice -n 10 .venv/bin/python benchmarks/explain_localisation.py [--work runs/explain_bench] [--size 96 --epochs 12]
 
 1. generates a training cohort (seed 1) and a separate test cohort (seed 2, other patients) with lesion masks
    (usedge.synth.cohort.make_cohort);
-2. trains an AGResNet18 at a reduced budget with the train engineer's `usedge.train.trainer.fit`
-   (inner validation split by patient chooses the epoch), saves the checkpoint;
-3. runs `usedge explain` (usedge.train.explain.run_explain) on every test image;
-4. writes benchmarks/results/explain_localisation.{json,md}.
+2. trains an AGResNet18 with `usedge train`'s defaults except the budget flags (--size, --epochs, --lr)
+   with `usedge.train.trainer.fit` (inner validation split by patient chooses the epoch), every
+   scheduled epoch run, and saves the checkpoint;
+3. runs `usedge explain` (usedge.train.explain.run_explain) on every test image, once per CAM weighting
+   (paper: every map; exact: the CAM only);
+4. writes benchmarks/results/explain_localisation.{json,md}; nothing in them is written by hand.
 Steps whose outputs exist in --work are reused (delete the folder to start over).
 """
 
@@ -86,7 +88,7 @@ def train_model(work: Path, train_dir: Path, args) -> tuple[Path, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "explain_bench")
-    ap.add_argument("--size", type=int, default=128, help="model input side, pixels (paper: 224)")
+    ap.add_argument("--size", type=int, default=96, help="model input side, pixels (usedge default: 224)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--threads", type=int, default=2)

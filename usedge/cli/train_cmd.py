@@ -82,7 +82,7 @@ def train(
     if cfg.data.augment != "none":
         from usedge.train.augment import make_train_augmenter
 
-        augmenter = make_train_augmenter(cfg.data.policy, cfg.data.augment)
+        augmenter = make_train_augmenter(cfg.data.policy, cfg.data.augment, run=(dataset, cfg))
     console = Console(stderr=True)
     summary = cross_validate(dataset, cfg, out, resume=resume, augmenter=augmenter, progress=not quiet,
                              log=console.print)
