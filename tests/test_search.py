@@ -121,6 +121,19 @@ def test_train_refuses_a_policy_searched_for_another_run(tiny_cohort, fold_polic
     make_train_augmenter(pol, "expand", run=(ds, _run_config(**{"cv.final_model": False})))
 
 
+def test_usedge_train_refuses_the_mismatch_in_one_line(tiny_cohort, fold_policy, tmp_path):
+    from typer.testing import CliRunner
+
+    from usedge.cli import app
+
+    res = CliRunner().invoke(app, ["train", str(tiny_cohort), "--out", str(tmp_path / "run"), "--policy",
+                                   str(fold_policy), "--augment", "expand", "--folds", "3", "--seed", "1",
+                                   "--image-size", "32", "--epochs", "1", "--quiet"])
+    assert res.exit_code != 0 and not (tmp_path / "run" / "fold0").exists()
+    line = str(res.exception) if res.exception and not isinstance(res.exception, SystemExit) else res.output
+    assert "--seed 1" in line and "usedge augment search" in line and "\n" not in line.strip()
+
+
 def test_an_all_data_policy_is_refused_for_cross_validation(tiny_cohort, tmp_path):
     ds = load_dataset(tiny_cohort)
     pol = search(ds, _cfg(folds=0, trials=1, top=1), storage=None, show_progress=False)

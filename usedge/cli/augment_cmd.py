@@ -69,8 +69,9 @@ def search_cmd(
 ) -> None:
     """Search a policy by density matching for a training run; resumes from --storage if interrupted.
 
-    The defaults (5 folds + all data, 4 inner splits, 100 trials, 224 px children) take days on a CPU:
-    see docs/augment.md for a CPU-sized command."""
+    The defaults (5 folds + all data, 4 inner splits, 100 trials, 224 px children) are a GPU job: an
+    estimated ~9 CPU-hours on a ~700-image cohort (~18 with --preset authors); docs/augment.md gives a
+    CPU-sized command."""
     from rich.console import Console
 
     from usedge.dataset import load_dataset
