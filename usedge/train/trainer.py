@@ -285,15 +285,16 @@ def _make_model(cfg: TrainConfig, num_classes: int, seed: int) -> nn.Module:
     return model
 
 
-def default_augmenter(cfg: TrainConfig) -> TrainAugmenter | None:
-    """The training-set transform the config asks for: light (default), none, or a Fast AutoAugment policy."""
+def default_augmenter(cfg: TrainConfig, dataset=None) -> TrainAugmenter | None:
+    """The training-set transform the config asks for: light (default), none, or a Fast AutoAugment policy
+    (checked against the run's dataset and config, so that no fold uses sub-policies searched on its test patients)."""
     if cfg.data.augment == "none":
         return None
     if cfg.data.augment == "light":
         return lambda ds: TumorDataset(ds.samples, ds.spec, transform=LightAugment(), images=ds.images)
     from usedge.train.augment import make_train_augmenter
 
-    return make_train_augmenter(cfg.data.policy, cfg.data.augment)
+    return make_train_augmenter(cfg.data.policy, cfg.data.augment, run=None if dataset is None else (dataset, cfg))
 
 
 def _write_predictions(path: Path, dataset: Dataset, idx: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> None:
@@ -453,7 +454,7 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
     elif images.shape != (len(dataset), spec.size, spec.size):
         raise ValueError(f"images of shape {images.shape} do not fit {len(dataset)} samples at {spec.size} px")
     read_seconds = time.perf_counter() - t0
-    run = Run(dataset, cfg, out_dir, images, device, dist, augmenter or default_augmenter(cfg), resume, say)
+    run = Run(dataset, cfg, out_dir, images, device, dist, augmenter or default_augmenter(cfg, dataset), resume, say)
 
     with _progress(progress and dist.main) as bar:
         fold_results = [run_fold(run, split, bar) for split in splits[:cfg.cv.max_folds or None]]
