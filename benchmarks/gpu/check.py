@@ -203,7 +203,7 @@ class Check:
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
             pa = torch.softmax(cpu_model(x), 1)
             pb = torch.softmax(gpu_model(x.to(dev).contiguous(memory_format=torch.channels_last)).float(), 1).cpu()
-        loss_rel = abs(gpu_loss.item() - cpu_loss.item()) / abs(cpu_loss.item())
+        loss_rel = abs(float(gpu_loss.detach()) - float(cpu_loss.detach())) / abs(float(cpu_loss.detach()))
         prob_diff = float((pa - pb).abs().max())
         ok = loss_rel <= FORWARD_TOL and prob_diff <= FORWARD_TOL and grad_rel <= GRADIENT_TOL
         return {"amp": amp, "loss_rel_diff": loss_rel, "grad_rel_l2": grad_rel, "prob_max_diff": prob_diff,

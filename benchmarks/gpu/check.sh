@@ -38,6 +38,7 @@ if [ -z "$DRY" ]; then
   export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 else
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  export OMP_NUM_THREADS=1      # tiny sizes: one thread per process spins least on a shared CPU
   echo "# dry run: nothing installed" > "$OUT/install.txt"
 fi
 LEFT=$(( BUDGET - ($(date +%s) - START) ))
