@@ -81,8 +81,8 @@ def test_cache_beside_the_model_and_string_options(tmp_path):
     model.parent.mkdir()
     cache = rtx.cache_folder(model)
     assert cache == model.parent / ".trt-rtx-cache" and cache.is_dir()
-    opts = rtx.provider_options(cache, 0, cuda_graph=True)
-    assert opts == {"device_id": "0", "nv_runtime_cache_path": str(cache), "enable_cuda_graph": "1"}
+    opts = rtx.provider_options(cache, cuda_graph=True)
+    assert opts == {"nv_runtime_cache_path": str(cache), "enable_cuda_graph": "1"}
 
 
 @pytest.mark.skipif(OK, reason="the plugin works here")

@@ -19,7 +19,7 @@ def test_gpu_check_dry_run_writes_every_field(tmp_path):
     out = tmp_path / "gpu"
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks/gpu/check.sh"), "--dry-run", str(out)], env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8 and {"dry-run-cpu.json", "dry-run-cpu.md", "log.txt", "pytest.txt"} <= set(files)
@@ -27,6 +27,7 @@ def test_gpu_check_dry_run_writes_every_field(tmp_path):
     assert res["dry_run"] and res["env"]["device"] == "cpu"
     assert [s for s in STEPS if res["steps"].get(s, {}).get("status") != "ok"] == []
     steps = res["steps"]
+    assert steps["ddp"]["status"] == "skipped" and "2 CUDA GPUs" in steps["ddp"]["reason"]
     assert steps["pytest"]["files"] and "collected" in steps["pytest"]["summary"]
     parity = steps["parity"]
     assert parity["within_tolerance"] and parity["forward_tol"] == pytest.approx(20 * 2 ** -11)

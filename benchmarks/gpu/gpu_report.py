@@ -35,7 +35,7 @@ def markdown(result: dict) -> str:
                   "| engine | precision | batch | median ms | p90 ms | ms / image | note |", "|---|---|---|---|---|---|---|"]
         for r in rows:
             if "median_ms" in r:
-                note = ", ".join(f"{k} {r[k]}" for k in ("backend", "compile_s", "load_s") if k in r)
+                note = ", ".join(f"{k} {r[k]}" for k in ("backend", "compile_s", "load_s", "second_load_s") if k in r)
                 lines.append(f"| {r['engine']} | {r['precision']} | {r['batch']} | {r['median_ms']:.3f} | "
                              f"{r['p90_ms']:.3f} | {r['per_image_ms']:.3f} | {note} |")
             else:

@@ -122,13 +122,17 @@ def register_plugin(library: str | Path | None = None) -> str:
 
 
 def rtx_devices(device_id: int = 0) -> list:
-    """The plugin's OrtEpDevice for GPU `device_id` (after register_plugin), as add_provider_for_devices wants it."""
+    """The plugin's OrtEpDevice number `device_id` among the supported GPUs it lists (after register_plugin),
+    as add_provider_for_devices wants it."""
     ort = _ort()
     devices = [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
     if not devices:
         raise BackendUnavailable("the TensorRT for RTX plugin found no supported GPU",
                                  hint="it runs on compute capability 8.6, 8.9 or 12.x (RTX 30xx/40xx/50xx class)")
-    return [devices[min(device_id, len(devices) - 1)]]
+    if device_id >= len(devices):
+        raise BackendUnavailable(f"GPU {device_id} asked for, but the TensorRT for RTX plugin sees {len(devices)} "
+                                 "supported GPU(s)", hint="pick a device id from `nvidia-smi -L` that is RTX-class")
+    return [devices[device_id]]
 
 
 def availability() -> tuple[bool, str]:
@@ -170,10 +174,10 @@ def cache_folder(model: Path) -> Path:
     return cache
 
 
-def provider_options(cache: Path, device_id: int = 0, cuda_graph: bool = False) -> dict[str, str]:
-    """Session provider options (all strings, as onnxruntime passes them to a plugin)."""
-    return {"device_id": str(device_id), "nv_runtime_cache_path": str(cache),
-            "enable_cuda_graph": "1" if cuda_graph else "0"}
+def provider_options(cache: Path, cuda_graph: bool = False) -> dict[str, str]:
+    """Session provider options (all strings, as onnxruntime passes them to a plugin). The GPU is the
+    OrtEpDevice given with them, so no device_id here."""
+    return {"nv_runtime_cache_path": str(cache), "enable_cuda_graph": "1" if cuda_graph else "0"}
 
 
 def session_options_for(model: Path, device_id: int = 0, cuda_graph: bool = False, base=None,
@@ -185,7 +189,7 @@ def session_options_for(model: Path, device_id: int = 0, cuda_graph: bool = Fals
     so = base if base is not None else ort.SessionOptions()
     folder = Path(cache) if cache is not None else cache_folder(model)
     folder.mkdir(parents=True, exist_ok=True)
-    so.add_provider_for_devices(rtx_devices(device_id), provider_options(folder, device_id, cuda_graph))
+    so.add_provider_for_devices(rtx_devices(device_id), provider_options(folder, cuda_graph))
     return so
 
 
