@@ -62,17 +62,10 @@ def _torch_rows(device: str, sizes: dict, dry: bool, log, deadline: float) -> li
     # CUDA graph replay: one capture per batch size, the input copied into the captured buffer
     if cuda:
         for b in sizes["batches"]:
-            static = torch.randn(b, 1, s, s, device=dev, dtype=half).contiguous(memory_format=torch.channels_last)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.inference_mode():
-                for _ in range(3):
-                    fp16(static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), torch.inference_mode():
-                fp16(static)
-            rows.append(_row("torch CUDA graph", hname, b, _timed(graph.replay, sync, warm, iters)))
+            try:
+                rows.append(_row("torch CUDA graph", hname, b, _graph_replay(fp16, b, s, half, sync, warm, iters)))
+            except Exception as exc:  # a capture that fails is this row's result, not the step's
+                rows.append({"engine": "torch CUDA graph", "precision": hname, "batch": b, "skipped": _why(exc)})
     else:
         rows.append({"engine": "torch CUDA graph", "precision": "fp16", "skipped": "needs a CUDA device"})
     # torch.compile: inductor on the GPU; in the dry run the tracing path only (no C++ build on a shared CPU)
@@ -83,14 +76,37 @@ def _torch_rows(device: str, sizes: dict, dry: bool, log, deadline: float) -> li
             rows.append({"engine": "torch.compile", "precision": hname, "batch": b, "skipped": "time budget"})
             continue
         x16 = torch.randn(b, 1, s, s, device=dev, dtype=half).contiguous(memory_format=torch.channels_last)
-        t = time.perf_counter()
-        with torch.inference_mode():
-            compiled(x16)
-            sync()
-            first = time.perf_counter() - t
-            rows.append(_row("torch.compile", hname, b, _timed(lambda: compiled(x16), sync, warm, iters),
-                             backend=backend, compile_s=round(first, 1)))
+        try:
+            t = time.perf_counter()
+            with torch.inference_mode():
+                compiled(x16)
+                sync()
+                first = time.perf_counter() - t
+                rows.append(_row("torch.compile", hname, b, _timed(lambda: compiled(x16), sync, warm, iters),
+                                 backend=backend, compile_s=round(first, 1)))
+        except Exception as exc:
+            rows.append({"engine": "torch.compile", "precision": hname, "batch": b, "skipped": _why(exc)})
     return rows
+
+
+def _why(exc: BaseException) -> str:
+    return " ".join((str(exc) or type(exc).__name__).split())[:300]
+
+
+def _graph_replay(model, b: int, s: int, dtype, sync, warm: int, iters: int) -> dict:
+    import torch
+
+    static = torch.randn(b, 1, s, s, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.inference_mode():
+        for _ in range(3):
+            model(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        model(static)
+    return _timed(graph.replay, sync, warm, iters)
 
 
 def copy_to(model, dev, dtype):
@@ -137,7 +153,7 @@ def _runtime_rows(models: Path | None, sizes: dict, log, deadline: float) -> lis
                 if r["engine"] == name and r.get("precision") == precision and "median_ms" in r:
                     r["second_load_s"] = round(time.perf_counter() - t, 2)
         except Exception as exc:  # e.g. a provider that fails at session creation: that is the row's result
-            rows.append({"engine": name, "precision": precision, "skipped": " ".join(str(exc).split())[:300]})
+            rows.append({"engine": name, "precision": precision, "skipped": _why(exc)})
     ok, why = BACKENDS["tensorrt"].available()
     if not ok:
         rows.append({"engine": "tensorrt", "precision": "fp16", "skipped": why})
@@ -153,7 +169,7 @@ def _runtime_rows(models: Path | None, sizes: dict, log, deadline: float) -> lis
                     rows.append(_row("tensorrt", "fp16", b, _timed(lambda: trt.infer(x), lambda: None,
                                                                     sizes["warmup"], sizes["iters"])))
         except Exception as exc:
-            rows.append({"engine": "tensorrt", "precision": "fp16", "skipped": " ".join(str(exc).split())[:300]})
+            rows.append({"engine": "tensorrt", "precision": "fp16", "skipped": _why(exc)})
     log(f"latency: {sum('median_ms' in r for r in rows)} runtime rows measured")
     return rows
 
