@@ -18,6 +18,6 @@ PACKAGES=(
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --dest "$DEST" \
   --python-version 3.12 --implementation cp --abi cp312 \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  "${PACKAGES[@]}" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  "${PACKAGES[@]}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 ls -l "$DEST"
 du -sh "$DEST"
