@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from usedge import __version__
+from usedge.errors import OutputError
 from usedge.fileio import write_json_atomic, write_text_atomic
 
 # The paper's reported figures (Sensors 2023, 23(17):7374), per class: accuracy / sensitivity / specificity, %.
@@ -526,6 +527,8 @@ class Demo:
     # ------------------------------------------------------------------ all
     def run(self) -> Path:
         start = time.perf_counter()
+        if self.out.exists() and not self.out.is_dir():
+            raise OutputError("exists and is not a folder", path=self.out, hint="give the demo a folder: --out DIR")
         self.out.mkdir(parents=True, exist_ok=True)
         steps = self.plan()
         will = self._will_run(steps)
