@@ -45,13 +45,10 @@ def demo(
     # the demo's progress bars (its own and each step's) and its log share one console, so log lines
     # print above the bars instead of over them
     console = get_console()
-    # the paper's 149/74/32 patients for 698 images; a smaller cohort keeps the same shape
-    patients = tuple(max(2, round(n * min(1.0, images / 698))) for n in (149, 74, 32))
     cfg = DemoConfig(out=out, overwrite=overwrite, image_size=image_size, epochs=epochs, folds=folds,
-                     video_seconds=video_seconds, images=images, patients=patients, seed=seed, threads=threads,
-                     progress=not quiet)
+                     video_seconds=video_seconds, images=images, seed=seed, threads=threads, progress=not quiet)
     start = time.perf_counter()
-    d = Demo(cfg, log=(lambda _m: None) if quiet else console.print, console=console)
+    d = Demo(cfg, log=(lambda _m: None) if quiet else (lambda m: console.print(m, soft_wrap=True)), console=console)
     report = d.run()
     if not quiet:
         steps = Table(title=f"usedge demo — this run {time.perf_counter() - start:.0f} s")
@@ -77,5 +74,5 @@ def demo(
                 results.add_row(f"stream {tag}: label changes per minute", f"{score['changes_per_minute']:.0f}")
         console.print(results)
     for line in d.failed_lines():
-        console.print(f"[bold red]usedge demo: check failed:[/] {line}", highlight=False)
-    console.print(f"report: {report}", highlight=False)
+        console.print(f"[bold red]usedge demo: check failed:[/] {line}", highlight=False, soft_wrap=True)
+    console.print(f"report: {report}", highlight=False, soft_wrap=True)
