@@ -86,6 +86,7 @@ class Step:
     outputs: Callable[[dict], list[Path]]   # files/folders it writes, cleared before it runs
     run: Callable[[dict, bool], dict]       # (params, resume) -> result (JSON-safe)
     cost: Callable[[dict], float]           # rough expected seconds (weights for the time left; rescaled as it runs)
+    resumable: bool = False                 # run(params, resume=True) continues an interrupted attempt
 
 
 @dataclass
@@ -155,7 +156,7 @@ class Demo:
                  lambda: {"image_size": c.image_size, "epochs": c.epochs, "step_size": c.step_size, "lr": c.lr,
                           "folds": c.folds, "seed": c.seed},
                  lambda p: [self.run_dir], self.train,
-                 lambda p: 5 + 350 * scale * p["epochs"] / 6 * p["folds"] / 5 * c.images / 698),
+                 lambda p: 5 + 350 * scale * p["epochs"] / 6 * p["folds"] / 5 * c.images / 698, resumable=True),
             Step("explain", "explain (fold 0 test patients)", ("cohort", "train"),
                  lambda: {"overlays": "sheets", "sheet_rows": 8},
                  lambda p: [self.explain_dir], self.explain, lambda p: 4 + 3 * scale * c.images / 698),
@@ -220,8 +221,8 @@ class Demo:
                               record.get("finished_utc", ""), params, record.get("result", {}))
         inputs = {n: self._run_ids.get(n) for n in step.needs}
         # resume only what an interrupted attempt with the very same parameters and inputs left behind
-        resume = (why == "interrupted" and record.get("params") == params and record.get("inputs") == inputs
-                  and record.get("usedge_version") == __version__)
+        resume = (step.resumable and why == "interrupted" and record.get("params") == params
+                  and record.get("inputs") == inputs and record.get("usedge_version") == __version__)
         if not resume:
             for path in step.outputs(params):
                 _remove(path)
