@@ -425,11 +425,15 @@ class Demo:
             figures = ", ".join(f"{k} {_fmt(v)}" for k, v in (c.get("figures") or {}).items()
                                 if isinstance(v, (int, float)))
             lines.append(f"{c['name']} ({c['artifact']}) MISSED its aim {c.get('aim', '')}: {figures}")
-        if lines:
-            use = self.overlay_model()
-            lines.append(f"the overlay video and frame use the {use} model ({MODELS[use]})"
-                         + ("" if self.model_passed(use) else ", which failed its check too"))
         return lines
+
+    def overlay_note(self) -> str:
+        """Which model made the overlay video and frame, when a failed check decided it ('' otherwise)."""
+        if not self.failed_checks:
+            return ""
+        use = self.overlay_model()
+        return (f"the overlay video and frame use the {use} model ({MODELS[use]})"
+                + ("" if self.model_passed(use) else ", which failed its check too"))
 
     def write_report(self, total_s: float) -> Path:
         self.report.mkdir(parents=True, exist_ok=True)
@@ -448,7 +452,7 @@ class Demo:
         overlay = self.overlay_model()
         lines = ["# usedge demo report", ""]
         if failed:
-            lines += ["> **A check failed.** " + "  \n> ".join(failed), ""]
+            lines += ["> **A check failed.** " + "  \n> ".join([*failed, self.overlay_note()]), ""]
         lines += ["**Synthetic data.** Everything here was measured on usedge's synthetic ultrasound phantom, not on "
                   "patients. The paper's figures come from 698 real images of 255 patients; they are shown beside "
                   "ours for the layout only — the numbers are not comparable. This is not a medical device.", "",

@@ -75,4 +75,6 @@ def demo(
         console.print(results)
     for line in d.failed_lines():
         console.print(f"[bold red]usedge demo: check failed:[/] {line}", highlight=False, soft_wrap=True)
+    if d.overlay_note():
+        console.print(f"usedge demo: {d.overlay_note()}", highlight=False, soft_wrap=True)
     console.print(f"report: {report}", highlight=False, soft_wrap=True)
