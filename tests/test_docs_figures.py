@@ -3,8 +3,8 @@
 The convention (stated in docs/bench.md, "How figures in the docs are checked"):
 
 - A *citation* is a path ``benchmarks/results/NAME.md`` or ``NAME.json`` (or ``NAME.{md,json}`` /
-  ``NAME.*`` for both, or ``NAME/`` for every .md/.json file in that folder). A cited file that does
-  not exist fails the test.
+  ``NAME.*`` for both, or ``NAME/`` for every .md/.json file in that folder). A cited file or folder
+  that does not exist fails the test.
 - A citation covers every number of its *block*: a paragraph, a list item (with its continuation
   lines) or a table row. A table, and a list, also take the citations of the paragraph that
   introduces it (the block directly above it).
@@ -36,7 +36,7 @@ NUMBER = re.compile(
     r"(?P<sign>[-−+])?"
     r"(?P<mant>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
     r"(?:[eE](?P<exp>[-+]?\d+))?"
-    r"(?![A-Za-z0-9_]|\.\d|,\d{3})"
+    r"(?![A-Za-z0-9_]|-[A-Za-z]|\.\d|,\d{3})"
     r"(?P<pct>\s?%)?"
 )
 LIST_ITEM = re.compile(r"^\s*(?:[-*]|\d+\.)\s")
@@ -110,8 +110,10 @@ def _cited_files(text: str) -> list[Path]:
         name, ext = m.group(1), m.group(2)
         if ext == "/":
             folder = RESULTS / name
-            found = sorted(p for p in folder.rglob("*") if p.suffix in (".md", ".json")) if folder.is_dir() else []
-            files += found or [folder]
+            if not folder.is_dir():
+                files.append(folder)  # reported as missing
+            else:  # a folder of images only (crop PNGs) is no figure source
+                files += sorted(p for p in folder.rglob("*") if p.suffix in (".md", ".json"))
         elif ext in (".{md,json}", ".*"):
             files += [RESULTS / f"{name}.md", RESULTS / f"{name}.json"]
         else:
