@@ -3,7 +3,7 @@
 The convention (stated in docs/bench.md, "How figures in the docs are checked"):
 
 - A *citation* is a path ``benchmarks/results/NAME.md`` or ``NAME.json`` (or ``NAME.{md,json}`` /
-  ``NAME.*`` for both, or ``NAME/`` for every .md/.json file in that folder). A cited file or folder
+  ``NAME.{json,md}`` / ``NAME.*`` for both, or ``NAME/`` for every .md/.json file in that folder). A cited file or folder
   that does not exist fails the test.
 - A citation covers every number of its *block*: a paragraph, a list item (with its continuation
   lines) or a table row. A table, and a list, also take the citations of the paragraph that
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-CITATION = re.compile(r"benchmarks/results/([A-Za-z0-9_][A-Za-z0-9_./-]*?)(\.\{md,json\}|\.\*|\.md|\.json|/)(?![A-Za-z0-9_])")
+CITATION = re.compile(r"benchmarks/results/([A-Za-z0-9_][A-Za-z0-9_./-]*?)(\.\{md,json\}|\.\{json,md\}|\.\*|\.md|\.json|/)(?![A-Za-z0-9_])")
 NUMBER = re.compile(
     r"(?<![A-Za-z0-9_.#])"  # not glued to a word, another number or an issue number
     r"(?P<sign>[-−+])?"
@@ -114,7 +114,7 @@ def _cited_files(text: str) -> list[Path]:
                 files.append(folder)  # reported as missing
             else:  # a folder of images only (crop PNGs) is no figure source
                 files += sorted(p for p in folder.rglob("*") if p.suffix in (".md", ".json"))
-        elif ext in (".{md,json}", ".*"):
+        elif ext in (".{md,json}", ".{json,md}", ".*"):
             files += [RESULTS / f"{name}.md", RESULTS / f"{name}.json"]
         else:
             files.append(RESULTS / f"{name}{ext}")
