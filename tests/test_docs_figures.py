@@ -11,8 +11,8 @@ The convention (stated in docs/bench.md, "How figures in the docs are checked"):
 - Numbers inside backticks, link targets and code fences are not figures (commands, file names),
   nor are numbers glued to letters (``ResNet18``, ``1080p``, ``p99``, ``fp32``) or after ``#``.
 - A figure matches a number in the cited files when it equals that number rounded to the figure's
-  shown precision (half a unit of its last digit); a figure followed by ``%`` also matches a fraction
-  (0.864 for 86.4 %). Signs count.
+  shown precision (half a unit of its last digit); a figure followed by ``%``, or a decimal figure
+  between 1 and 100 (percent tables), also matches a fraction (0.864 for 86.4 %). Signs count.
 
 The test is text-only (no benchmark is run): it reads the Markdown and the results files.
 """
@@ -151,7 +151,9 @@ def _numbers_in(path: Path) -> list[float]:
 
 
 def _matches(fig: Figure, values: list[float]) -> bool:
-    targets = [fig.value, fig.value / 100.0] if fig.percent else [fig.value]
+    # a percentage (marked with %, or a decimal figure in a percent table) may be a fraction in the file
+    as_fraction = fig.percent or (fig.half_unit < 0.5 and 1.0 <= abs(fig.value) <= 100.0)
+    targets = [fig.value, fig.value / 100.0] if as_fraction else [fig.value]
     for target, half in zip(targets, [fig.half_unit, fig.half_unit / 100.0]):
         tol = half * (1 + 1e-9) + 1e-12
         if any(math.isclose(v, target, abs_tol=tol) or abs(v - target) <= tol for v in values):
