@@ -32,7 +32,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 CITATION = re.compile(r"benchmarks/results/([A-Za-z0-9_][A-Za-z0-9_./-]*?)(\.\{md,json\}|\.\{json,md\}|\.\*|\.md|\.json|/)(?![A-Za-z0-9_])")
 NUMBER = re.compile(
-    r"(?<![A-Za-z0-9_.#])"  # not glued to a word, another number or an issue number
+    r"(?<![A-Za-z0-9_.#])(?<![A-Za-z]-)"  # not glued to a word (AVX-512), a number or an issue number
     r"(?P<sign>[-−+])?"
     r"(?P<mant>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
     r"(?:[eE](?P<exp>[-+]?\d+))?"
@@ -162,6 +162,20 @@ def _matches(fig: Figure, values: list[float]) -> bool:
 
 
 CASES = [(p, n, text, cites) for p in DOCS for n, text, cites in _claims(p) if cites]
+
+
+def test_readme_results_section_cites_every_figure():
+    """Every figure under README's "Results measured here" sits in a block that cites its results file."""
+    readme = ROOT / "README.md"
+    lines = readme.read_text(encoding="utf-8").splitlines()
+    start = next(n for n, line in enumerate(lines, 1) if line.startswith("## Results measured here"))
+    end = next(n for n, line in enumerate(lines, 1) if n > start and line.startswith("## "))
+    uncited = [
+        f"README.md:{n}: {[f.text for f in _figures(_strip_code(text))]}"
+        for n, text, cites in _claims(readme)
+        if start < n < end and not cites and _figures(_strip_code(text))
+    ]
+    assert not uncited, "figures without a results file:\n" + "\n".join(uncited)
 
 
 def test_docs_cite_results_files():
