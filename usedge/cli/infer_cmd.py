@@ -101,7 +101,8 @@ def infer(
     smooth: bool = typer.Option(False, "--smooth", help="average probabilities over the last --smooth-window results"),
     smooth_window: int = typer.Option(5, "--smooth-window", min=1),
     freeze: bool = typer.Option(True, "--freeze-detect/--no-freeze-detect", help="skip frozen (repeated) images"),
-    record: Optional[Path] = typer.Option(None, "--record", help="write the annotated stream to this .mp4/.avi"),
+    record: Optional[Path] = typer.Option(None, "--record", help="write the annotated stream to this .mp4 "
+                                         "(H.264, plays in browsers) or .avi (MJPG)"),
     show: bool = typer.Option(False, "--show", help="show the annotated stream in a window"),
     jsonl: Optional[str] = typer.Option(None, "--jsonl", help="stream: one JSON line per frame, flushed per line"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="stream: stop after N frames read"),
