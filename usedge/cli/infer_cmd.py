@@ -90,7 +90,8 @@ def infer(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="results file ('-' = stdout, the default for files)"),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="save annotated images in this folder"),
     cam: bool = typer.Option(False, "--cam", help="draw the class activation map (models exported with CAM)"),
-    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"),
+    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | "
+                                 "ort-trt-rtx (TensorRT for RTX, pip extra rtx) | tensorrt"),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: all cores)"),
     spinning: bool = typer.Option(False, "--spinning/--no-spinning", help="onnxruntime busy-waits between ops"),
     ort_opt_level: str = typer.Option("all", "--ort-opt-level", help="onnxruntime graph optimisation: disable | "
