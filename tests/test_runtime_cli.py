@@ -133,6 +133,26 @@ def test_doctor_reports_backends_and_reasons():
     assert res.returncode == 0 and "ort-cpu" in res.stdout
 
 
+def test_doctor_model_shows_its_card_and_decoders_agree(runtime_model, tmp_path):
+    from usedge.runtime.classifier import Classifier
+    from usedge.runtime.model_info import model_card_line
+
+    res = usedge("doctor", runtime_model, "--json")
+    assert res.returncode == 0, res.stderr
+    checks = json.loads(res.stdout)
+    rows = {(c["section"], c["name"]): c for c in checks}
+    with Classifier.load(runtime_model, "ort-cpu") as clf:
+        line = model_card_line(clf.info)
+    assert rows[("model", "model.onnx")]["ok"] and rows[("model", "model card")]["detail"] == line
+    assert line.startswith("fp32 model ") and "trained on SYNTHETIC data" in line
+    # each decoder is one row under one name: no "pylibjpeg ok" in one section and "no" in another
+    names = [c["name"] for c in checks]
+    assert names.count("pylibjpeg") == 1 and ("packages", "av") in rows
+    missing = usedge("doctor", tmp_path / "nope.onnx", "--json")
+    row = {(c["section"], c["name"]): c for c in json.loads(missing.stdout)}[("model", "nope.onnx")]
+    assert not row["ok"] and "not found" in row["detail"]
+
+
 def test_infer_video_file_classifies_every_frame(runtime_model, runtime_video, tmp_path):
     out = tmp_path / "v.csv"
     res = usedge("infer", runtime_model, runtime_video, "--format", "csv", "--out", out, "--threads", "1")

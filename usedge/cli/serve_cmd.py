@@ -115,6 +115,12 @@ def serve(
         if not quiet:
             console.print(f"usedge serve: http://{shown}:{port}/  — {classifier.describe()}"
                           + (f"; live: {runner.reader.name}" if runner else "; uploads only (no --stream)"))
+        if not quiet:
+            from rich.markup import escape
+
+            from usedge.runtime.model_info import model_card_line
+
+            console.print(f"  model card: {escape(model_card_line(classifier.info))}", soft_wrap=True)
         if token and not quiet:
             console.print("  token required: API clients send 'Authorization: Bearer …'; in a browser open /?token=… once")
         try:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from usedge.errors import InputError, UsedgeError
+from usedge.runtime.model_info import model_card_line
 from usedge.serve.state import ServeState, state_of
 from usedge.serve.uploads import UploadRejected, decode_upload
 
@@ -25,7 +26,7 @@ _TOO_LARGE_HINT = "send a smaller file, or start the server with a larger --max-
 _FORM_HINT = "send the file in form field 'file' (curl -F file=@frame.png)"
 
 
-@router.get("/v1/info")
+@router.get("/v1/info")   # model_card: the one-line provenance (runtime.model_info.model_card_line)
 def info(request: Request):
     st = state_of(request)
     if not st.authorised(request):
@@ -33,7 +34,8 @@ def info(request: Request):
     clf = st.classifier
     return {"class_names": clf.class_names, "model_sha256": clf.model_sha256, "backend": clf.describe(),
             "precision": clf.info.precision, "input_size": int(clf.spec.size), "has_cam": clf.has_cam,
-            "stream": st.feed is not None, "max_upload_bytes": st.max_upload_bytes, "max_pixels": st.max_pixels}
+            "stream": st.feed is not None, "max_upload_bytes": st.max_upload_bytes, "max_pixels": st.max_pixels,
+            "model_card": model_card_line(clf.info)}
 
 
 async def read_upload(request: Request, max_bytes: int) -> bytes:
