@@ -45,10 +45,39 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
     return 1 if run.failed or notes else 0
 
 
+class _StatusLine:
+    """The live stream's one status line on stderr (fps, current label, drops), redrawn at most twice a
+    second from the loop thread; cleared when the stream ends, before the summary."""
+
+    def __init__(self, runner, force: bool) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.runner, self.next_at = runner, 0.0
+        console = Console(stderr=True, force_terminal=True if force else None)
+        self.live = Live("", console=console, transient=True, auto_refresh=False)
+
+    def __call__(self, pred, frame, overlay) -> None:
+        import time
+
+        now = time.monotonic()
+        if now < self.next_at:
+            return
+        self.next_at = now + 0.5
+        st = self.runner.stats()
+        from rich.text import Text
+
+        top = f"{pred.label} {pred.probs.get(pred.label, 0.0):.0%}" + (" frozen" if pred.frozen else "")
+        extra = "".join(f", {st[key]} {name}" for key, name in (("late_skipped", "late"), ("frozen", "frozen"),
+                                                               ("errors", "errors")) if st[key])
+        line = f"live {st['fps']:.1f} fps | {top} | {st['frames']} done, {st['dropped']} dropped{extra}"
+        self.live.update(Text(line, no_wrap=True, overflow="ellipsis"), refresh=True)
+
+
 def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smooth: bool, smooth_window: int,
                   freeze: bool, record: Optional[Path], show: bool, jsonl: Optional[str], fmt: str, out: Optional[str],
                   max_frames: Optional[int], max_reconnects: Optional[int], idle_timeout: Optional[float],
-                  cam: bool, summary_path: Optional[Path], quiet: bool) -> int:
+                  cam: bool, summary_path: Optional[Path], quiet: bool, status: Optional[bool]) -> int:
     import contextlib
 
     from usedge.fileio import write_json_atomic
@@ -72,12 +101,30 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
                                  smooth=smooth_window if smooth else None, cam=cam)
         runner = StreamRunner(pipeline, reader, realtime=realtime, fps=fps, max_frames=max_frames,
                               max_reconnects=max_reconnects)
+        if status if status is not None else (not quiet and sys.stderr.isatty()):
+            line = _StatusLine(runner, force=bool(status))
+            runner.subscribe(line)
+            stack.enter_context(line.live)
         summary = runner.run()
     for line in summary.lines()[:1] if quiet else summary.lines():
         _err(line)
     if summary_path is not None:
         write_json_atomic(summary_path, summary.to_dict())
     return 1 if summary.ended_by == "source failed" else 0
+
+
+def _refuse_options_that_do_not_apply(streaming: bool, **given: bool) -> None:
+    """An option that does nothing in this mode is an error naming it, never silently ignored."""
+    from usedge.errors import ConfigError
+
+    if streaming and given.pop("overlay"):
+        raise ConfigError("--overlay writes one PNG per INPUT file and does not apply to --stream",
+                          hint="use --record out.mp4 (or --show) for the annotated stream")
+    given.pop("overlay", None)
+    used = [f"--{name.replace('_', '-')}" for name, on in given.items() if on]
+    if not streaming and used:
+        raise ConfigError(f"{used[0]} applies to --stream only, not to INPUT files",
+                          hint=f"drop {used[0]}, or give one video as --stream VIDEO to classify it as a live source")
 
 
 @app.command()
@@ -110,6 +157,8 @@ def infer(
     max_reconnects: Optional[int] = typer.Option(None, "--max-reconnects", help="live source: give up after N"),
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="watched folder: end after S seconds without a new file"),
     summary: Optional[Path] = typer.Option(None, "--summary", help="stream: write the run summary as JSON here"),
+    status: Optional[bool] = typer.Option(None, "--status/--no-status", help="stream: a live status line on stderr "
+                                          "(fps, label, drops); default: when stderr is a terminal and not --quiet"),
     any_modality: bool = typer.Option(False, "--any-modality", help="classify DICOM of any Modality (default: US only)"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Refuse a model whose weights digest does not match (--no-verify: load a damaged or hand-edited file anyway)."),
     quiet: bool = quiet_option(),
@@ -125,6 +174,11 @@ def infer(
         raise ConfigError("nothing to classify", hint="give INPUT files/folders, or --stream SOURCE")
     if stream is not None and inputs:
         raise ConfigError("give either INPUT files or --stream, not both", hint="run two commands")
+    _refuse_options_that_do_not_apply(stream is not None, overlay=overlay is not None, record=record is not None,
+                                      smooth=smooth, realtime=realtime, show=show, jsonl=jsonl is not None,
+                                      summary=summary is not None, max_frames=max_frames is not None,
+                                      max_reconnects=max_reconnects is not None, idle_timeout=idle_timeout is not None,
+                                      fps=fps is not None, status=status is not None)
     ort_opt_level = deprecated(ort_opt_level, opt_level, old="--opt-level", new="--ort-opt-level", default="all")
     clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=ort_opt_level, verify=verify)
     if not quiet:
@@ -139,7 +193,7 @@ def infer(
             code = _infer_stream(clf, stream, realtime=realtime, fps=fps, smooth=smooth, smooth_window=smooth_window,
                                  freeze=freeze, record=record, show=show, jsonl=jsonl, fmt=fmt, out=out,
                                  max_frames=max_frames, max_reconnects=max_reconnects, idle_timeout=idle_timeout,
-                                 cam=cam, summary_path=summary, quiet=quiet)
+                                 cam=cam, summary_path=summary, quiet=quiet, status=status)
     finally:
         clf.close()
     if code:
