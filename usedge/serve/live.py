@@ -63,11 +63,13 @@ class LiveFeed:
         return seq, pred, frame
 
     def latest_json(self) -> dict:
+        """seq, state (of the loop), image (what the newest result is: live | frozen | no_image | error,
+        null before the first), stats and the prediction (label and probs null unless live or frozen)."""
         seq, pred, _frame = self.latest()
         stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.runner.stats().items()
                  if isinstance(v, (int, float, str, bool))}
-        return {"seq": seq, "state": self.state(), "stats": stats,
-                "prediction": pred.to_record(source=False) if pred is not None else None}
+        return {"seq": seq, "state": self.state(), "image": pred.state if pred is not None else None,
+                "stats": stats, "prediction": pred.to_record(source=False) if pred is not None else None}
 
     def _jpeg_for(self) -> tuple[int, bytes] | None:
         """(seq, overlay JPEG) of the newest result, encoded once per result; runs in a worker thread."""
