@@ -1,14 +1,14 @@
 """The ONE frame pipeline, built once and used by `usedge infer` (files and --stream), `usedge serve`
 (live view and uploads) and `usedge bench`:
 
-    source -> quality -> freeze -> prepare (crop) -> normalise -> model -> post (smoothing) -> sinks
+    source -> freeze -> prepare (crop) -> quality -> normalise -> model -> post (smoothing) -> sinks
 
 `FramePipeline.run_frame` is that whole chain for one frame; read it first. The stages live in:
 
     source      usedge.runtime.sources       (files: `iter_file_frames`; live: readers + CaptureThread)
-    quality     usedge.runtime.quality       (the frame-quality gate on the crop: "no usable image")
     freeze      FreezeDetector, here         (the scanner's freeze button: repeat the last result)
     prepare     Classifier.prepare -> usedge.runtime.crop / preprocess  (the ONE preprocessing)
+    quality     usedge.runtime.quality       (the frame-quality gate on the crop: "no usable image")
     normalise   Classifier.normalise
     model       Classifier.run_model -> usedge.runtime.backends
     post        Classifier.post (probabilities, CAM); Smoother, here (temporal average)
@@ -141,7 +141,7 @@ class FramePipeline:
     # -- the chain ------------------------------------------------------------------------------
     def run_frame(self, image: np.ndarray, *, index: int = 0, source: str = "", regions: list | None = None,
                   t_capture: float | None = None) -> Prediction:
-        """The whole chain for one frame: quality -> freeze -> prepare -> model -> post -> sinks.
+        """The whole chain for one frame: freeze -> prepare -> quality -> model -> post -> sinks.
 
         t_capture: when the frame was captured (perf_counter s): adds the `wait` and
         `capture_to_result` stages. Raises UsedgeError for a frame that cannot be classified.
@@ -158,7 +158,7 @@ class FramePipeline:
 
     def process(self, image: np.ndarray, *, index: int = 0, source: str = "",
                 regions: list | None = None) -> Prediction:
-        """quality -> freeze -> prepare -> normalise -> model -> post: the Prediction, written nowhere."""
+        """freeze -> prepare -> quality -> normalise -> model -> post: the Prediction, written nowhere."""
         t0 = time.perf_counter()
         if self.freeze is not None and self.last is not None and self.freeze.is_frozen(image):
             return dataclasses.replace(self.last, frozen=True, state="frozen", frame_index=index,
