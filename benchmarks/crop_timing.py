@@ -7,7 +7,8 @@ Doppler box), one screen layout per run of frames with the B-mode content changi
 Measured, per frame, with OpenCV and numpy on one thread:
   baseline      prepare(crop=none): gray + INTER_AREA resize of the whole frame to 224 (no detection)
   detection     prepare(crop=auto) from scratch: field of view + skin line + Doppler + resize
-  cached        FrameCropper(crop=auto) after its first frame: layout re-check + skin line + Doppler + resize
+  cached        FrameCropper(crop=auto) after its first frame: layout re-check + skin line + Doppler + resize,
+                then normalise into the model's reused input buffer (issue 18 item 2: crop + normalise)
 Both wall time (perf_counter) and this thread's CPU time (thread_time) are reported: the machine
 is shared, and CPU time excludes the waits for other processes. Ratios are against the baseline.
 Writes benchmarks/results/crop_timing.json and .md.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -28,9 +28,10 @@ import numpy as np  # noqa: E402
 
 cv2.setNumThreads(1)
 
+from usedge.bench.machine import cpu_model  # noqa: E402
 from usedge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from usedge.runtime.crop import FrameCropper, prepare  # noqa: E402
-from usedge.runtime.preprocess import PreprocessSpec  # noqa: E402
+from usedge.runtime.preprocess import PreprocessSpec, normalise  # noqa: E402
 from usedge.synth.phantom import render_view, sample_patient, sample_view  # noqa: E402
 from usedge.synth.scanner import ScannerScreen  # noqa: E402
 
@@ -71,12 +72,13 @@ def main(argv=None) -> int:
     none_spec, auto_spec = PreprocessSpec(crop="none"), PreprocessSpec(crop="auto")
     t = {"baseline": [], "detection": [], "cached": []}
     detections = 0
+    buf = np.empty((1, 1, auto_spec.size, auto_spec.size), np.float32)
     for frames in screens(args.layouts, per, args.seed):
         cropper = FrameCropper(auto_spec)
         cropper(frames[0])                                  # first frame: the one detection
         for i, f in enumerate(frames):
             t["baseline"].append(timed(lambda x: prepare(x, none_spec), f))
-            t["cached"].append(timed(cropper, f))
+            t["cached"].append(timed(lambda x: normalise(cropper(x)[0], auto_spec, out=buf), f))
             if i % 10 == 0:
                 t["detection"].append(timed(lambda x: prepare(x, auto_spec), f))
         detections += cropper.detections
@@ -90,9 +92,10 @@ def main(argv=None) -> int:
                       "wall_ratio_to_baseline": float(np.median(wall)) / base_wall,
                       "cpu_ratio_to_baseline": float(np.median(cpu)) / base_cpu}
     load = os.getloadavg()
-    result = {"frame_size": [1920, 1080], "layouts": args.layouts, "frames_per_layout": per,
+    cpu, flags = cpu_model()
+    result = {"cpu": cpu, "cpu_flags": flags, "frame_size": [1920, 1080], "layouts": args.layouts, "frames_per_layout": per,
               "cropper_detections": detections, "summary": summary,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one OpenCV thread; "
+              "machine": f"{cpu} ({', '.join(flags) or 'no AVX2'}), {os.cpu_count()} cores, one OpenCV thread; "
                          f"load average {load[0]:.1f} (other work ran concurrently)"}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "crop_timing.json", result)

@@ -10,15 +10,9 @@ from tests.fixtures.crop import bmode_image
 from usedge.errors import ConfigError, InputError
 from usedge.runtime.crop import parse_crop, prepare
 from usedge.runtime.doppler import detect_doppler, fill_from_surroundings
-from usedge.runtime.fov import crop_field_of_view, find_skin_line, skin_centred_square, validate_regions
+from usedge.runtime.fov import crop_field_of_view, find_skin_line, iou, skin_centred_square, validate_regions
 from usedge.runtime.pixels import as_uint8
 from usedge.runtime.preprocess import PreprocessSpec
-
-
-def iou(a, b) -> float:
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / float(a[2] * a[3] + b[2] * b[3] - ix * iy)
 
 
 def hand_made_screen(bg: int = 0) -> tuple[np.ndarray, tuple[int, int, int, int]]:

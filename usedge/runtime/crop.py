@@ -8,7 +8,8 @@
     parse_crop(text) / load_presets()  'auto' | 'fov' | 'none' | 'x,y,w,h' | 'preset:NAME'
 
 `regions` are DICOM SequenceOfUltrasoundRegions boxes (x, y, w, h, frame pixels); they are used with
-crop=auto/fov only after they are checked against the frame size (usedge.runtime.fov.validate_regions),
+crop=auto/fov only after they are checked against the frame size and the detected field of view
+(usedge.runtime.fov.validate_regions),
 else detection runs.
 
 Order of work (per frame): to uint8 (channels kept) -> field of view (DICOM regions | preset |
@@ -45,7 +46,6 @@ class CropMode:
     kind: str                       # auto | fov | none | manual | preset
     box: Box | None = None          # manual / preset field of view
     square: bool = True             # skin-centred square inside the FOV (auto, preset with square=true)
-    preset: str | None = None
     frame_size: tuple[int, int] | None = None  # preset: (width, height) the box was measured on
 
 
@@ -98,7 +98,7 @@ def parse_crop(text: str, presets_path: str | Path | None = None) -> CropMode:
                               " (add yours to a TOML file and pass --presets)")
         p = presets[name]
         fs = p.get("frame_size")
-        return CropMode(kind="preset", box=tuple(p["box"]), square=bool(p.get("square", False)), preset=name,
+        return CropMode(kind="preset", box=tuple(p["box"]), square=bool(p.get("square", False)),
                         frame_size=tuple(fs) if fs else None)
     try:
         vals = [int(round(float(v))) for v in t.replace(" ", "").split(",")]
@@ -161,14 +161,13 @@ def detect_layout(image: np.ndarray, mode: CropMode, regions: list[Box] | None =
         notes = [] if clipped == tuple(box) else [f"box {list(box)} clipped to the frame: {list(clipped)}"]
         fov = FieldOfView(box=clipped, boxes=[clipped], method=mode.kind, notes=notes)
     else:
-        valid = validate_regions(regions, shape)
+        fov = crop_field_of_view(image)
+        valid = validate_regions(regions, shape, fov)
         if valid:
-            best = max(valid, key=lambda b: b[2] * b[3])
-            fov = FieldOfView(box=best, boxes=valid, method="dicom-regions")
-        else:
-            fov = crop_field_of_view(image)
-            if regions:
-                fov.notes.insert(0, "DICOM regions do not fit the image (measured before downscaling?): detected instead")
+            fov = FieldOfView(box=max(valid, key=lambda b: b[2] * b[3]), boxes=valid, method="dicom-regions")
+        elif regions:
+            fov.notes.insert(0, "DICOM regions do not fit the image (measured before downscaling, or off the"
+                                " B-mode image on screen): detected instead")
     return Layout(frame_shape=shape, fov=fov, square=mode.square and fov.method != "none")
 
 
@@ -280,9 +279,6 @@ class FrameCropper:
         self._tol = 2
         self._skin: int | None = None
         self._crop_box: Box | None = None
-
-    def reset(self) -> None:
-        self.layout = None
 
     # -- cheap layout check
     def _lines(self, image: np.ndarray, box: Box) -> np.ndarray:

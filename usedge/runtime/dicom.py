@@ -245,12 +245,9 @@ class DicomFile:
             arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)  # pydicom gives RGB
         return np.ascontiguousarray(arr)
 
-    def frames(self, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        for i in range(start, self.n_frames):
+    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        for i in range(self.n_frames):
             yield i, self.frame(i)
-
-    def __len__(self) -> int:
-        return self.n_frames
 
 
 def open_dicom(path: str | Path, *, allow_any_modality: bool = False) -> DicomFile:

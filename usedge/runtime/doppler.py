@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from usedge.runtime.pixels import brightness, grid_sample
+from usedge.runtime.pixels import grid_sample
 
 DOPPLER_MIN_CHROMA = 40      # max(B,G,R) - min(B,G,R), 8-bit levels; JPEG chroma noise stays below
 DOPPLER_MIN_SATURATION = 0.35  # chroma / max: tinted B-mode maps (sepia, blue) stay below
@@ -25,8 +25,8 @@ def detect_doppler(image: np.ndarray) -> np.ndarray:
     """
     if image.ndim == 2:
         return np.zeros(image.shape, bool)
-    hi = brightness(image)
     b, g, r = cv2.split(image)
+    hi = cv2.max(cv2.max(b, g), r)
     chroma = cv2.subtract(hi, cv2.min(cv2.min(b, g), r))
     return (chroma >= DOPPLER_MIN_CHROMA) & (chroma.astype(np.uint16) * 100 >= hi.astype(np.uint16) * int(DOPPLER_MIN_SATURATION * 100))
 

@@ -1,7 +1,7 @@
 """Scanner screen -> B-mode image region: field of view, DICOM region check, skin-centred square.
 
     crop_field_of_view(frame)        -> FieldOfView (box, boxes for dual views, method)
-    validate_regions(boxes, shape)   -> DICOM region boxes that fit the frame, or None
+    validate_regions(boxes, shape, fov) -> DICOM region boxes that fit the frame (and the detected FOV), or None
     find_skin_line(gray, fov_box)    -> row (frame pixels) of the first echogenic band below the gel
     skin_centred_square(...)         -> the square crop box (rule in its docstring)
 """
@@ -237,12 +237,15 @@ def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
 
 # --------------------------------------------------------------------------- DICOM regions
 
-def validate_regions(boxes: list[Box] | None, shape: tuple[int, int], *, min_fraction: float = 0.01) -> list[Box] | None:
+def validate_regions(boxes: list[Box] | None, shape: tuple[int, int], fov: FieldOfView | None = None, *,
+                     min_fraction: float = 0.01, min_iou: float = 0.5) -> list[Box] | None:
     """DICOM ultrasound region boxes (x, y, w, h) that fit inside a frame of `shape`, or None.
 
     Real files carry boxes measured on the scanner's screen before it was downscaled: any box that
     leaves the frame, is empty or smaller than `min_fraction` of the frame makes the whole set
-    untrustworthy -> None (the caller falls back to detection).
+    untrustworthy -> None (the caller falls back to detection). With `fov` (the detected field of
+    view), the largest box must also overlap its box by at least `min_iou` (intersection over
+    union): a box that fits the frame but lies on text or a ruler is not trusted either.
     """
     if not boxes:
         return None
@@ -254,7 +257,16 @@ def validate_regions(boxes: list[Box] | None, shape: tuple[int, int], *, min_fra
         if bw * bh < min_fraction * w * h or bw < MIN_SIDE or bh < MIN_SIDE:
             return None
         good.append((int(x), int(y), int(bw), int(bh)))
+    if fov is not None and fov.method == "detection" and iou(max(good, key=lambda b: b[2] * b[3]), fov.box) < min_iou:
+        return None
     return sorted(good, key=lambda b: b[0])
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / float(a[2] * a[3] + b[2] * b[3] - ix * iy)
 
 
 # --------------------------------------------------------------------------- skin line and square

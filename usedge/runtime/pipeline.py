@@ -3,19 +3,9 @@
 
     source -> freeze -> prepare (crop) -> quality -> normalise -> model -> post (smoothing) -> sinks
 
-`FramePipeline.run_frame` is that whole chain for one frame; read it first. The stages live in:
-
-    source      usedge.runtime.sources       (files: `iter_file_frames`; live: readers + CaptureThread)
-    freeze      FreezeDetector, here         (the scanner's freeze button: repeat the last result)
-    prepare     Classifier.prepare -> usedge.runtime.crop / preprocess  (the ONE preprocessing)
-    quality     usedge.runtime.quality       (the frame-quality gate on the crop: "no usable image")
-    normalise   Classifier.normalise
-    model       Classifier.run_model -> usedge.runtime.backends
-    post        Classifier.post (probabilities, CAM); Smoother, here (temporal average)
-    sinks       usedge.runtime.sinks          (JSONL, CSV, overlay PNGs, video, window, callbacks)
-
-The live loop around it (capture thread, latest-frame slot, summary) is `usedge.runtime.stream`;
-the file loop is `run_files` below.
+`FramePipeline.run_frame` is that whole chain for one frame; read it first. docs/pipeline.md draws
+the stages and where each lives. The live loop around it (capture thread, latest-frame slot,
+summary) is `usedge.runtime.stream`; the file loop is `run_files` below.
 """
 
 from __future__ import annotations

@@ -121,16 +121,18 @@ class StreamRunner:
         sinks.append(sink)
         return lambda: sinks.remove(sink) if sink in sinks else None
 
-    def latest(self) -> tuple[Prediction | None, np.ndarray | None, np.ndarray | None]:
-        """(newest prediction, its frame, its overlay); safe from any thread."""
+    def latest(self, overlay: bool = True) -> tuple[Prediction | None, np.ndarray | None, np.ndarray | None]:
+        """(newest prediction, its frame, its overlay: drawn on first request, or None with overlay=False);
+        safe from any thread."""
         with self._lock:
-            pred, frame, overlay = self._latest
-        if pred is not None and overlay is None:
-            overlay = self.pipeline.draw(pred, frame)   # outside the lock: the loop does not wait for it
-            with self._lock:
-                if self._latest[0] is pred:
-                    self._latest[2] = overlay
-        return pred, frame, overlay
+            pred, frame, drawn = self._latest
+        if not overlay or drawn is not None or pred is None:
+            return pred, frame, drawn
+        drawn = self.pipeline.draw(pred, frame)   # outside the lock: the loop does not wait for it
+        with self._lock:
+            if self._latest[0] is pred:
+                self._latest[2] = drawn
+        return pred, frame, drawn
 
     def wait_result(self, timeout: float | None = None) -> Prediction | None:
         """Block until the next result (or timeout, or the end); returns it."""

@@ -55,17 +55,13 @@ class LiveFeed:
             return "running"
         return "starting"
 
-    def latest(self):
-        """(seq, prediction, frame) of the newest result, from the runner's latest()."""
+    def latest_json(self) -> dict:
+        """/v1/latest: seq, state (of the loop), image (what the newest result is: live | frozen |
+        no_image | error, null before the first), counters and the newest prediction (no overlay
+        drawn; label and probs null unless live or frozen)."""
         with self._lock:
             seq = self._seq
-        pred, frame, _overlay = self.runner.latest()
-        return seq, pred, frame
-
-    def latest_json(self) -> dict:
-        """seq, state (of the loop), image (what the newest result is: live | frozen | no_image | error,
-        null before the first), stats and the prediction (label and probs null unless live or frozen)."""
-        seq, pred, _frame = self.latest()
+        pred, _frame, _ = self.runner.latest(overlay=False)
         stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.runner.stats().items()
                  if isinstance(v, (int, float, str, bool))}
         return {"seq": seq, "state": self.state(), "image": pred.state if pred is not None else None,
