@@ -3,13 +3,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= train,export,serve,dev
+# exact versions for CI and tests; the extras themselves keep compatible ranges
+CONSTRAINTS ?= constraints/ci.txt
 
 .PHONY: demo test venv browser clean
 
-$(BIN)/.installed-$(EXTRAS): pyproject.toml
+$(BIN)/.installed-$(EXTRAS): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	touch $@
 
 venv: $(BIN)/.installed-$(EXTRAS)

@@ -3,14 +3,18 @@
     nice -n 10 .venv/bin/python benchmarks/export_int8.py CHECKPOINT --data DATA [--size 224]
 
 From one checkpoint, exports model.onnx (FP32), model.fp16.onnx, model.int8.onnx (QDQ, UNSIGNED
-activations / signed per-channel weights, the shipped recipe) and a signed/signed INT8 variant,
-all with usedge.export. Then on the held-out half of DATA (split by patient; the other half
-calibrates INT8):
+activations / signed per-channel 7-bit weights, the shipped recipe: saturation-free on AVX2 without
+VNNI), the previous recipe (8-bit weights, which can saturate VPMADDUBSW's int16 pair sums on
+AVX2-only CPUs) and a signed/signed INT8 variant, all with usedge.export. Then on the held-out half
+of DATA (split by patient; the other half calibrates INT8):
   accuracy / top-1 agreement / max |dp| of each file vs FP32
   latency: onnxruntime CPU, batch 1, 2 intra-op threads; models interleaved round by round
-           (the machine is shared), median per model and median of per-round ratios vs FP32
+           (the machine is shared), median per model and median of per-round ratios vs FP32, and
+           the shipped recipe's speed relative to the previous recipe (same rounds)
+The results name the CPU and its SIMD flags: on a VNNI CPU the previous recipe does not saturate,
+so its accuracy there is not what an AVX2-only CPU gets.
 --size overrides the input side (the network is fully convolutional): train small, time at 224.
-Writes benchmarks/results/export_int8[_<size>].json and .md.
+Writes benchmarks/results/export_int8[_<size>][_<tag>].json and .md.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import numpy as np  # noqa: E402
 
 from usedge.export import images as image_data  # noqa: E402
 from usedge.export.fp16 import convert_fp16  # noqa: E402
-from usedge.export.int8 import quantize_int8  # noqa: E402
+from usedge.bench.machine import machine_info  # noqa: E402
+from usedge.export.int8 import max_abs_weight, quantize_int8  # noqa: E402
 from usedge.export.onnx_export import export_onnx  # noqa: E402
 from usedge.export.parity import compare, ort_outputs, torch_outputs  # noqa: E402
 from usedge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
@@ -37,6 +42,8 @@ from usedge.runtime.preprocess import PreprocessSpec  # noqa: E402
 from usedge.train.checkpoint import load_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SHIPPED = "int8 (u8 act, s8 7-bit w; shipped)"
+PREVIOUS = "int8 (u8 act, s8 8-bit w; previous)"
 
 
 def _session(path: Path, threads: int):
@@ -75,14 +82,18 @@ def time_models(paths: dict[str, Path], x: np.ndarray, rounds: int, runs: int, t
             wall[k].append(w)
             cpu[k].append(c)
 
-    def ratio(series, k):
-        return float(np.median([np.median(b) / np.median(m) for b, m in zip(series["fp32"], series[k])]))
+    def ratio(series, k, base="fp32"):
+        return float(np.median([np.median(b) / np.median(m) for b, m in zip(series[base], series[k])]))
 
-    return {k: {"median_ms": float(np.median(np.concatenate(wall[k]))),
-                "min_ms": float(np.min(np.concatenate(wall[k]))),
-                "cpu_ms": float(np.median(np.concatenate(cpu[k]))),
-                "speedup_vs_fp32": ratio(wall, k), "cpu_speedup_vs_fp32": ratio(cpu, k)}
-            for k in sessions}
+    out = {k: {"median_ms": float(np.median(np.concatenate(wall[k]))),
+               "min_ms": float(np.min(np.concatenate(wall[k]))),
+               "cpu_ms": float(np.median(np.concatenate(cpu[k]))),
+               "speedup_vs_fp32": ratio(wall, k), "cpu_speedup_vs_fp32": ratio(cpu, k)}
+           for k in sessions}
+    if SHIPPED in sessions and PREVIOUS in sessions:
+        out[SHIPPED]["speed_vs_previous_recipe"] = ratio(wall, SHIPPED, PREVIOUS)
+        out[SHIPPED]["cpu_speed_vs_previous_recipe"] = ratio(cpu, SHIPPED, PREVIOUS)
+    return out
 
 
 def main() -> None:
@@ -96,6 +107,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", default="", help="results file suffix (export_int8[_<size>][_<tag>])")
     args = ap.parse_args()
 
     import torch
@@ -120,11 +132,16 @@ def main() -> None:
         export_s = time.perf_counter() - t0
         paths["fp16"] = convert_fp16(paths["fp32"], tmp / "model.fp16.onnx")
         t0 = time.perf_counter()
-        paths["int8 (u8 act, s8 w)"] = quantize_int8(paths["fp32"], tmp / "model.int8.onnx", calib.x,
-                                                     method=args.calib_method, activations="uint8")
+        paths[SHIPPED] = quantize_int8(paths["fp32"], tmp / "model.int8.onnx", calib.x,
+                                       method=args.calib_method, activations="uint8")
         int8_s = time.perf_counter() - t0
-        paths["int8 (s8 act, s8 w)"] = quantize_int8(paths["fp32"], tmp / "model.int8s.onnx", calib.x,
-                                                     method=args.calib_method, activations="int8")
+        paths[PREVIOUS] = quantize_int8(paths["fp32"], tmp / "model.int8old.onnx", calib.x,
+                                        method=args.calib_method, activations="uint8", reduce_range=False)
+        paths["int8 (s8 act, s8 7-bit w)"] = quantize_int8(paths["fp32"], tmp / "model.int8s.onnx", calib.x,
+                                                           method=args.calib_method, activations="int8")
+        import onnx
+
+        weights = {k: max_abs_weight(onnx.load(str(p))) for k, p in paths.items() if k.startswith("int8")}
         ref = torch_outputs(model, held.x)["probs"]
         outs = {k: ort_outputs(p, held.x, threads=args.threads)["probs"] for k, p in paths.items()}
         quality = {"torch": compare(ref, ref, held.labels).to_dict()}
@@ -152,16 +169,20 @@ def main() -> None:
         "size": spec.size, "data": str(args.data), "split": "fold train/test (folds.csv)" if split else "patient hash", "calibration_images": len(calib), "held_out_images": len(held),
         "calib_method": args.calib_method, "threads": args.threads, "batch": 1,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; shared with other work",
+        "machine_info": machine_info(), "max_abs_int8_weight": weights,
         "export_s": round(export_s, 1), "int8_quantise_s": round(int8_s, 1),
         "bytes": sizes, "quality_vs_fp32": quality, "latency": timing,
     }
-    suffix = f"_{spec.size}" if args.size else ""
+    suffix = (f"_{spec.size}" if args.size else "") + (f"_{args.tag}" if args.tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json_atomic(RESULTS / f"export_int8{suffix}.json", result)
     lines = [f"# Exported precisions on the CPU ({spec.size} px, batch 1, {args.threads} threads)", "",
              f"checkpoint `{args.checkpoint}` (trained at {trained_size} px); held-out {len(held)} images "
              f"({result['split']}), "
              f"INT8 calibrated on {len(calib)} ({args.calib_method}). {result['machine']}.", "",
+             f"CPU: {result['machine_info']['cpu']}; flags: {', '.join(result['machine_info']['cpu_flags'])}"
+             + (" (VNNI: the previous recipe's int16 saturation cannot show here)"
+                if any('vnni' in f for f in result['machine_info']['cpu_flags']) else " (no VNNI)") + ".", "",
              "| model | accuracy | top-1 agreement vs fp32 | max abs dp vs fp32 | MB | median ms (min) | "
              "speed-up vs fp32 (wall) | CPU ms | speed-up vs fp32 (CPU time) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -176,11 +197,18 @@ def main() -> None:
                      f"{lat.get('cpu_speedup_vs_fp32', nan):.2f} |")
     lines.append(f"| torch eager | {quality['torch']['accuracy_a']:.3f} | | | | "
                  f"{timing['torch eager (fp32)']['median_ms']:.1f} | | | |")
+    shipped = timing.get(SHIPPED, {})
+    lines += ["", "| int8 file | max abs quantised weight | largest VPMADDUBSW pair (2 x 255 x w) | fits int16 |",
+              "|---|---:|---:|---|"]
+    lines += [f"| {k} | {w} | {2 * 255 * w} | {'yes' if 2 * 255 * w <= 32767 else 'NO: saturates on AVX2 without VNNI'} |"
+              for k, w in weights.items()]
+    lines += ["", f"Shipped vs previous recipe, same rounds: speed ratio {shipped.get('speed_vs_previous_recipe', float('nan')):.2f} "
+              f"(wall), {shipped.get('cpu_speed_vs_previous_recipe', float('nan')):.2f} (CPU time); > 1 = shipped faster."]
     lines += ["", "fp32 vs torch: max abs dp "
               f"{quality['fp32 vs torch']['max_abs_diff']:.2e}, top-1 {quality['fp32 vs torch']['top1_agreement']:.3f}. "
               "FP16 is timed on GPUs only (onnxruntime's CPU runs FP16 by casting).",
               "", f"Reproduce: `nice -n 10 .venv/bin/python benchmarks/export_int8.py {args.checkpoint} --data {args.data}"
-              + (f" --size {args.size}" if args.size else "") + "`"]
+              + (f" --size {args.size}" if args.size else "") + (f" --tag {args.tag}" if args.tag else "") + "`"]
     write_text_atomic(RESULTS / f"export_int8{suffix}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

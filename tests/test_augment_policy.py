@@ -9,7 +9,7 @@ import pytest
 
 from usedge.errors import ConfigError
 from usedge.train.augment import (FixedSubPolicy, OpSpec, Policy, RandomSubPolicy, SubPolicy,
-                                  make_train_augmenter, policy_for_patients, preview_grid, random_policy)
+                                  make_train_augmenter, policy_for_scope, preview_grid, random_policy)
 
 IMG = (np.random.default_rng(0).random((48, 48)) * 255).astype(np.uint8)
 
@@ -77,13 +77,13 @@ def test_preview_grid_shape():
     assert grid.shape == (2 * 36, 4 * 36) and grid.dtype == np.uint8
 
 
-def test_policy_for_patients_picks_the_fold_whose_pool_holds_them():
+def test_policy_for_scope_reads_one_scope_and_refuses_a_missing_one():
     pol = _policy(2)
-    pol.meta["folds"] = {"0": [pol.sub_policies[0].to_dict()], "1": [pol.sub_policies[1].to_dict()]}
-    pol.meta["fold_patients"] = {"0": ["a", "b", "c"], "1": ["b", "c", "d"]}
-    assert policy_for_patients(pol, {"a", "b"}).sub_policies[0].source == "s0"
-    assert policy_for_patients(pol, {"c", "d"}).sub_policies[0].source == "s1"
-    assert len(policy_for_patients(pol, {"a", "d"})) == 2  # the final model: every patient -> main list
+    pol.meta["scopes"] = {"0": [pol.sub_policies[0].to_dict()], "all": [pol.sub_policies[1].to_dict()]}
+    assert [s.source for s in policy_for_scope(pol, "0").sub_policies] == ["s0"]
+    assert [s.source for s in policy_for_scope(pol, "all").sub_policies] == ["s1"]
+    with pytest.raises(ConfigError, match="scope '1'"):
+        policy_for_scope(pol, "1")
 
 
 def _tumor_set(tmp_path, n=6):

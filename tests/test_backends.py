@@ -13,7 +13,7 @@ from usedge.runtime.backends import BACKENDS, availability, candidate_backends, 
 
 def test_every_backend_answers_available_with_a_reason():
     table = availability()
-    assert set(table) == {"ort-cpu", "ort-cuda", "ort-trt", "tensorrt"}
+    assert set(table) == {"ort-cpu", "ort-cuda", "ort-trt", "ort-trt-rtx", "tensorrt"}
     for name, (ok, why) in table.items():
         assert isinstance(ok, bool) and why, name
     assert table["ort-cpu"][0]

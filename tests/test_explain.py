@@ -73,14 +73,20 @@ def test_run_explain_writes_everything(tiny_model, tiny_masked_data, tmp_path):
     assert data == json.loads(json.dumps(summary, default=str))
     assert data["data"]["n_images"] == 9 and data["data"]["n_with_lesion"] == 9
     assert set(data["localisation"]) == {"cam", "gradcam", "att1", "att2"}
+    p_values = []
     for res in data["localisation"].values():
-        for b in ("centre", "permuted"):
-            for s in ("energy_inside", "topk_iou", "pointing_game"):
+        for b in ("centre", "others"):
+            for s in ("energy_inside", "topk_iou", "pointing_game", "energy_below"):
                 t = res["tests"][b][s]
-                assert 0.0 <= t["p_value"] <= 1.0 and -1.0 <= t["rank_biserial"] <= 1.0 and t["n"] == 9
+                assert 0.0 <= t["p_value"] <= t["p_holm"] <= 1.0 and -1.0 <= t["rank_biserial"] <= 1.0
+                assert t["n_patients"] == 9 and t["ci_low"] <= t["mean_difference"] <= t["ci_high"]
+                p_values.append(t["p_value"])
+    assert len(p_values) == 4 * 2 * 4  # Holm covered the whole family of 32 tests
+    assert min(t["p_holm"] for r in data["localisation"].values() for tb in r["tests"].values()
+               for t in tb.values()) == pytest.approx(min(1.0, 32 * min(p_values)))
     assert {"forward", "cam", "gradcam", "att"} <= set(data["timing_ms"])
     md = (out / "explain.md").read_text()
-    assert "| CAM | energy inside |" in md and "Wilcoxon" in md
+    assert "| CAM | energy inside |" in md and "| CAM | energy below |" in md and "Holm" in md
     lines = (out / "per_image.csv").read_text().splitlines()
     assert len(lines) == 10 and "cam_energy_inside" in lines[0] and "centre:cam_topk_iou" in lines[0]
 
@@ -152,3 +158,52 @@ def test_attention_maps_of_a_plain_resnet_are_refused(tmp_path, tiny_masked_data
         run_explain(path, tiny_masked_data, tmp_path / "o", ExplainConfig(maps=("att1",), progress=False))
     s = run_explain(path, tiny_masked_data, tmp_path / "o2", ExplainConfig(progress=False, overlays="none", limit=4))
     assert set(s["localisation"]) == {"cam", "gradcam"}
+
+
+def _fake_run(tmp_path, data, tiny_model, fold_of_patient: dict, fold=0):
+    """A run folder as usedge train writes it (run.json, folds.csv, fold0/best.pt) around the tiny model."""
+    import shutil
+
+    from usedge.dataset import load_dataset
+    from usedge.train.checkpoint import read_checkpoint, save_checkpoint
+    from usedge.train.model import build_model
+
+    ds = load_dataset(data)
+    run = tmp_path / "run"
+    (run / f"fold{fold}").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"data": str(ds.root)}))
+    lines = ["path,label,patient_id,test_fold,fold0,final"]
+    for s in ds.samples:
+        k = fold_of_patient[s.patient_id]
+        role = "test" if k == fold else "train"
+        lines.append(f"{s.path.relative_to(ds.root)},{ds.class_names[s.label]},{s.patient_id},{k},{role},train")
+    (run / "folds.csv").write_text("\n".join(lines) + "\n")
+    payload = read_checkpoint(tiny_model)
+    model = build_model("ag_resnet18")
+    model.load_state_dict(payload["state_dict"])
+    save_checkpoint(run / f"fold{fold}" / "best.pt", model, class_names=CLASSES, preprocess=PreprocessSpec(size=64),
+                    extra={"fold": fold})
+    save_checkpoint(run / "model.pt", model, class_names=CLASSES, preprocess=PreprocessSpec(size=64))
+    shutil.copy(tiny_model, tmp_path / "elsewhere.pt")
+    return run
+
+
+def test_explain_keeps_the_test_fold_of_a_fold_checkpoint(tiny_model, tiny_masked_data, tmp_path):
+    """A fold model is explained on its test fold only (the patients it never saw), unless --images all;
+    the all-data model.pt saw every patient and is refused on its own data set."""
+    test_patients = {"p0", "p1", "p2", "p3"}
+    run = _fake_run(tmp_path, tiny_masked_data, tiny_model, {f"p{i}": 0 if f"p{i}" in test_patients else 1
+                                                             for i in range(9)})
+    cfg = ExplainConfig(progress=False, overlays="none", maps=("cam",))
+    s = run_explain(run / "fold0" / "best.pt", tiny_masked_data, tmp_path / "a", cfg)
+    assert s["data"]["n_images"] == 4 and "fold 0's test part" in s["data"]["images"]
+    rows = (tmp_path / "a" / "per_image.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == sorted(f"{['epidermal_cyst', 'lipoma', 'pilomatricoma'][i % 3]}"
+                                                          f"/img{i}.png" for i in range(4))
+    every = run_explain(run / "fold0" / "best.pt", tiny_masked_data, tmp_path / "b",
+                        ExplainConfig(progress=False, overlays="none", maps=("cam",), images="all"))
+    assert every["data"]["n_images"] == 9
+    with pytest.raises(DataError, match="every patient"):
+        run_explain(run / "model.pt", tiny_masked_data, tmp_path / "c", cfg)
+    # a checkpoint with no run around it explains every image
+    assert run_explain(tmp_path / "elsewhere.pt", tiny_masked_data, tmp_path / "d", cfg)["data"]["n_images"] == 9

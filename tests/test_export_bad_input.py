@@ -112,3 +112,19 @@ def test_no_data_exports_with_noise_parity_and_skips_int8(bare_export):
     assert report.data["source"] == "random" and "model.int8.onnx" in report.skipped
     assert (out / "model.onnx").is_file() and not (out / "model.int8.onnx").exists()
     assert not report.failed
+
+
+def test_staging_left_by_a_killed_export_is_removed_by_the_next(tmp_path, tiny_export_checkpoint):
+    """A SIGKILLed export leaves `.usedge-export-<pid>-*` (71 MB once); the next export removes it,
+    but never the staging folder of an export that is still running."""
+    out = tmp_path / "out"
+    killed = out / ".usedge-export-999999999-x1y2"        # no such process
+    legacy = out / ".usedge-export-abcd1234"               # named before the pid was recorded
+    running = out / f".usedge-export-{os.getppid()}-live"  # a live process (pytest's parent)
+    for folder in (killed, legacy, running):
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"half")
+    report = run_export(tiny_export_checkpoint, out, FAST)
+    assert not killed.exists() and not legacy.exists() and running.exists()
+    assert sorted(report.removed_stale) == sorted([killed.name, legacy.name])
+    assert (out / "model.onnx").is_file()

@@ -16,13 +16,42 @@ def test_export_command_writes_model_and_report(tmp_path, tiny_export_checkpoint
     # left by an earlier export of the same checkpoint WITH the cam output: no longer this model
     shutil.copy(tiny_onnx_dir / "model.int8.onnx", out / "model.int8.onnx")
     (out / "model.old-gpu.sm75.trt10.13.engine").write_bytes(b"plan without sidecar")
-    result = CliRunner().invoke(app, ["export", str(tiny_export_checkpoint), "--out", str(out), "--no-fp16",
-                                      "--no-int8", "--data", str(tiny_cohort), "--parity-count", "3",
-                                      "--reference-count", "0", "--quiet", "--strict"])
+    args = ["export", str(tiny_export_checkpoint), "--out", str(out), "--no-fp16", "--no-int8", "--data",
+            str(tiny_cohort), "--parity-count", "3", "--reference-count", "0", "--strict"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code != 0 and "already holds an export (model.int8.onnx)" in str(refused.exception)
+    assert "--overwrite" in str(refused.exception)
+    result = CliRunner().invoke(app, args + ["--overwrite"])
     assert result.exit_code == 0, result.output
     assert "torch vs onnxruntime" in result.output and "model.onnx" in result.output
     report = json.loads((out / "export_report.json").read_text())
     assert report["passed"] and list(report["artifacts"]) == ["model.onnx"]
     assert report["data"]["held_out"] == 3
-    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "export_report.md", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "export_report.json", "export_report.md", "model.onnx"]
+    assert "model card: fp32 model " in result.output
     assert sorted(report["removed_stale"]) == ["model.int8.onnx", "model.old-gpu.sm75.trt10.13.engine"]
+
+
+def test_export_cam_weighting_quiet_and_deprecated_opt_level(tmp_path, tiny_export_checkpoint, tiny_onnx_dir):
+    """--cam-weighting paper is recorded and differs from the default exact map; --quiet prints only
+    the final line; the old --opt-level still works with one deprecation line (it is --trt-opt-level)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from usedge.export.onnx_export import read_model_info
+
+    out = tmp_path / "paper"
+    result = CliRunner().invoke(app, ["export", str(tiny_export_checkpoint), "-o", str(out), "--no-fp16", "--no-int8",
+                                      "--cam", "--cam-weighting", "paper", "--parity-count", "2",
+                                      "--reference-count", "0", "--opt-level", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "usedge: --opt-level is deprecated; use --trt-opt-level" in result.output
+    assert [line for line in result.stdout.splitlines() if line] == [f"report: {out / 'export_report.md'}"]
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["settings"]["optimization_level"] == 2 and report["passed"]
+    assert read_model_info(out / "model.onnx").export["cam_weighting"] == "paper"
+    assert read_model_info(tiny_onnx_dir / "model.onnx").export["cam_weighting"] == "exact"   # the default
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 1, 64, 64)).astype(np.float32)
+    cams = [ort.InferenceSession(str(p / "model.onnx"), providers=["CPUExecutionProvider"]).run(["cam"], {"image": x})[0]
+            for p in (out, tiny_onnx_dir)]
+    assert not np.allclose(cams[0], cams[1])

@@ -85,3 +85,25 @@ def test_sidecar_module_does_not_import_torch():
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('usedge.train', 'usedge.export'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_engine_verified_against_the_sha256_its_sidecar_records(tmp_path, runtime_model):
+    """The TensorRT backend hands the sidecar's fields to the same reader as ONNX metadata
+    (model_info_from_metadata(verify=True)): a changed engine byte is refused with one line."""
+    import hashlib
+
+    from usedge.export.onnx_export import read_model_info
+    from usedge.runtime.model_info import model_info_from_metadata
+
+    engine = tmp_path / "model.rtx-2080-ti.sm75.trt10.13.engine"
+    plan = bytes(range(256)) * 64
+    engine.write_bytes(plan)
+    write_sidecar(engine, _sidecar(engine_sha256=hashlib.sha256(plan).hexdigest(),
+                                   model_info=read_model_info(runtime_model).to_json()))
+    metadata = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in read_sidecar(engine).to_dict().items()}
+    assert model_info_from_metadata(metadata, engine, verify=True).class_names
+    engine.write_bytes(plan[:100] + bytes([plan[100] ^ 1]) + plan[101:])
+    with pytest.raises(ModelError, match="damaged or altered: engine sha256") as err:
+        model_info_from_metadata(metadata, engine, verify=True)
+    assert "\n" not in err.value.one_line()
+    assert model_info_from_metadata(metadata, engine, verify=False).class_names

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from usedge.train.metrics import aggregate, classification_metrics, roc_curves
+from usedge.train.metrics import aggregate, classification_metrics, headline, low_sensitivity, roc_curves
 
 NAMES = ["epidermal_cyst", "lipoma", "pilomatricoma"]
 
@@ -71,3 +71,51 @@ def test_aggregate_mean_sd_and_pooled():
     assert agg["per_class"]["epidermal_cyst"]["sensitivity"]["mean"] == pytest.approx((0.5 + 1.0) / 2)
     assert agg["per_class"]["epidermal_cyst"]["sensitivity"]["pooled"] == pytest.approx(2 / 3)
     assert agg["confusion_matrix_pooled"] == pooled["confusion_matrix"]
+
+
+def test_sd_is_none_when_one_fold_defines_a_metric():
+    f1 = classification_metrics([0, 1, 2, 0], _probs([0, 1, 2, 1]), NAMES)
+    f2 = classification_metrics([0, 1, 1, 0], _probs([0, 1, 1, 0]), NAMES)   # no pilomatricoma: undefined
+    pooled = classification_metrics([0, 1, 2, 0, 0, 1, 1, 0], _probs([0, 1, 2, 1, 0, 1, 1, 0]), NAMES)
+    agg = aggregate([f1, f2], pooled, NAMES)
+    sens = agg["per_class"]["pilomatricoma"]["sensitivity"]
+    assert sens["mean"] == pytest.approx(1.0) and sens["sd"] is None and sens["n"] == 1
+    from usedge.train.report import _mean_sd
+
+    assert _mean_sd(sens) == "100.0 ± n/a"
+
+
+def test_undefined_precision_leaves_f1_undefined_and_macro_says_how_many_classes():
+    # nothing is predicted pilomatricoma: its precision (0/0) and F1 are undefined, not 0
+    m = classification_metrics([0, 1, 2, 2], _probs([0, 1, 0, 1]), NAMES)
+    assert m["per_class"]["pilomatricoma"]["precision"] is None and m["per_class"]["pilomatricoma"]["f1"] is None
+    assert m["macro_classes"]["f1"] == 2 and m["macro_classes"]["sensitivity"] == 3
+    assert m["macro"]["f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_low_sensitivity_flag():
+    assert low_sensitivity({"a": 0.9, "b": 0.8, "c": 0.3}) == {"c": (0.3, pytest.approx(0.85))}
+    assert low_sensitivity({"a": 0.9, "b": 0.8, "c": 0.5}) == {}
+    assert low_sensitivity({"a": 0.9, "b": None, "c": 0.2}) == {"c": (0.2, 0.9)}
+    labels = [0] * 4 + [1] * 4 + [2] * 4
+    m = classification_metrics(labels, _probs([0] * 4 + [1] * 4 + [2, 0, 0, 1]), NAMES)
+    assert "balanced accuracy" in headline(m) and "LOW SENSITIVITY pilomatricoma" in headline(m)
+
+
+def test_report_shows_headline_and_flag(tmp_path):
+    from usedge.train.config import load_config
+    from usedge.train.report import summary_line, write_report
+
+    labels = [0] * 4 + [1] * 4 + [2] * 4
+    results = []
+    for k, preds in enumerate([[0] * 4 + [1] * 4 + [2, 0, 0, 1], [0] * 4 + [1] * 4 + [0, 0, 1, 0]]):
+        p = _probs(preds)
+        results.append({"fold": k, "labels": labels, "probs": p.tolist(), "metrics": classification_metrics(labels, p, NAMES),
+                        "sizes": {"train": 8, "val": 2, "test": 12}, "best_epoch": 1, "inner_val": {"loss": 1.0},
+                        "history": [], "alpha": {n: 1.0 for n in NAMES}})
+    doc = write_report(tmp_path, NAMES, results, load_config())
+    report = (tmp_path / "report.md").read_text()
+    assert "balanced accuracy" in report.splitlines()[2] and "macro AUC" in report.splitlines()[2]
+    assert "Warning:** pilomatricoma" in report and "pooled over fold models" in report
+    assert doc["low_sensitivity"]["pilomatricoma"]["sensitivity"] == pytest.approx(0.125)
+    assert summary_line(json.loads((tmp_path / "metrics.json").read_text())) == doc["headline"]

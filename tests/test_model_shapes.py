@@ -76,6 +76,25 @@ def test_pretrained_from_local_file_sums_rgb_conv1(tmp_path):
     assert load_pretrained(model, "none") == []
 
 
+def test_parameter_counts_and_shared_trunk():
+    ag, plain = build_model("ag_resnet18"), build_model("resnet18")
+    assert sum(p.numel() for p in ag.parameters()) == 11_894_889          # the paper's model
+    trunk = {k: v.shape for k, v in plain.state_dict().items() if not k.startswith("fc.")}
+    assert trunk == {k: v.shape for k, v in ag.state_dict().items() if k in trunk}
+
+
+def test_pretrained_conv1_random_keeps_conv1(tmp_path):
+    from torchvision.models import resnet18
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), path)
+    model = build_model("ag_resnet18")
+    before = model.conv1.weight.clone()
+    loaded = load_pretrained(model, str(path), conv1="random")   # the authors re-initialised conv1
+    assert "conv1.weight" not in loaded and torch.equal(model.conv1.weight, before)
+    assert "layer1.0.conv1.weight" in loaded
+
+
 def test_pretrained_missing_file_is_model_error(tmp_path):
     with pytest.raises(ModelError, match="not found"):
         load_pretrained(build_model("resnet18"), str(tmp_path / "nope.pth"))

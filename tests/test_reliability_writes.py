@@ -76,7 +76,7 @@ def test_export_killed_mid_write_keeps_the_old_model(tiny_export_checkpoint, tin
     old_sha = sha256_file(old)
     os.utime(old, (1, 1))
     proc = subprocess.Popen(usedge_slow_fsync("export", str(tiny_export_checkpoint), "--out", str(out), "--no-fp16",
-                                              "--no-int8"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                              "--no-int8", "--overwrite"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     killed = kill_mid_write(proc, old, after_complete=1)   # the pre-placed file counts as the one completed
     assert killed, f"export ended before the kill: {proc.stderr.read().decode()[-800:]}"
     assert sha256_file(old) == old_sha, "model.onnx changed although the export was killed mid-write"

@@ -71,3 +71,41 @@ def test_missing_and_metadata_free_models_are_refused(tmp_path, runtime_model):
     onnx.save(model, str(bare))
     with pytest.raises(ModelError, match="no usedge metadata"):
         Classifier.load(bare, backend="ort-cpu")
+
+
+def _flip_conv1_bit(src, dst):
+    """Flip one bit in the first conv1 weight of an exported ONNX (metadata kept): what bit rot does."""
+    import onnx
+
+    model = onnx.load(str(src))
+    weight = next(t for t in model.graph.initializer if "conv1" in t.name and len(t.dims) == 4)
+    raw = bytearray(weight.raw_data)
+    raw[3] ^= 0x40                     # a high exponent bit of the first float32
+    weight.raw_data = bytes(raw)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_one_flipped_weight_bit_is_refused_and_no_verify_overrides(tmp_path, runtime_model, frame):
+    damaged = _flip_conv1_bit(runtime_model, tmp_path / "damaged.onnx")
+    with pytest.raises(ModelError, match="damaged or altered: weights digest") as err:
+        Classifier.load(damaged, backend="ort-cpu", threads=1)
+    assert "\n" not in err.value.one_line() and "--no-verify" in err.value.one_line()
+    with Classifier.load(damaged, backend="ort-cpu", threads=1, verify=False) as clf:
+        assert clf.predict(frame).label in clf.class_names
+    with Classifier.load(runtime_model, backend="ort-cpu", threads=1) as clf:   # the intact file verifies
+        assert clf.info.weights_sha256
+
+
+def test_cli_no_verify(tmp_path, runtime_model, runtime_images):
+    from typer.testing import CliRunner
+
+    from usedge.cli import app
+
+    damaged = _flip_conv1_bit(runtime_model, tmp_path / "damaged.onnx")
+    image = str(sorted(runtime_images.glob("*.png"))[0])
+    refused = CliRunner().invoke(app, ["infer", str(damaged), image, "--backend", "ort-cpu"])
+    assert refused.exit_code != 0 and "weights digest" in str(refused.exception)
+    allowed = CliRunner().invoke(app, ["infer", str(damaged), image, "--backend", "ort-cpu", "--no-verify"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "usedge: model card: fp32 model " in allowed.output and "SYNTHETIC data" in allowed.output

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from usedge.dataset import load_dataset
 from usedge.errors import ConfigError
-from usedge.train.augment import Policy, make_train_augmenter, policy_for_patients
+from usedge.train.augment import Policy, make_train_augmenter
 from usedge.train.search import ChildConfig, SearchConfig, search
 
 pytest.importorskip("optuna")
@@ -48,26 +49,128 @@ def test_tiny_search_writes_a_valid_resumable_policy(tiny_cohort, tmp_path):
         search(ds, _cfg(ops="paper"), storage=storage, show_progress=False)
 
 
-def test_per_fold_search_and_training_hook(tiny_cohort, tmp_path):
-    from usedge.runtime.preprocess import PreprocessSpec
-    from usedge.train.cv import make_splits
+def _run_config(**over):
+    from usedge.train.config import load_config
+
+    base = {"data.image_size": 32, "cv.folds": 3, "run.seed": 0}
+    base.update(over)
+    return load_config(None, base)
+
+
+@pytest.fixture(scope="module")
+def fold_policy(tiny_cohort, tmp_path_factory):
+    """A tiny per-fold search for a 3-fold run (seed 0) plus its all-data scope, saved as policy.json."""
+    ds = load_dataset(tiny_cohort)
+    cfg = SearchConfig.for_run(_run_config(), "usedge", inner_splits=2, trials=2, top=1, ops="ultrasound",
+                               child_arch="resnet18", child_image_size=32, child_epochs=1, child_batch_size=8,
+                               child_threads=1)
+    pol = search(ds, cfg, storage=None, show_progress=False)
+    return pol.save(tmp_path_factory.mktemp("fold_policy") / "policy.json")
+
+
+def _scope_of(sub) -> str:
+    scope = sub.source.rsplit("/", 1)[1].split("-split")[0]
+    return scope.removeprefix("fold")
+
+
+def test_no_fold_ever_uses_a_sub_policy_searched_with_its_test_patients(tiny_cohort, fold_policy):
+    """Every model of the run gets only sub-policies whose search pool excludes that model's test patients;
+    the final all-data model gets the dedicated all-data search."""
+    from usedge.train.cv import final_split, make_splits
     from usedge.train.data import TumorDataset
 
     ds = load_dataset(tiny_cohort)
-    pol = search(ds, _cfg(folds=2, max_folds=1, trials=2, top=1, objective="accuracy"), storage=None,
-                 show_progress=False)
-    assert set(pol.meta["folds"]) == {"0"} and len(pol) == 2
-    split = make_splits(ds, folds=2, seed=0)[0]
-    train_patients = {ds.samples[i].patient_id for i in split.train}
-    chosen = policy_for_patients(pol, train_patients)
-    assert chosen.meta["fold"] == "0"
-    assert not train_patients & {ds.samples[i].patient_id for i in split.test}
-    spec = PreprocessSpec(size=32)
-    import numpy as np
+    pol = Policy.load(fold_policy)
+    assert set(pol.meta["scopes"]) == {"0", "1", "2", "all"}
+    assert pol.meta["search"]["seed"] == 0 and pol.meta["search"]["folds"] == 3
+    assert set(pol.meta["search"]["digests"]) == {"0", "1", "2", "all"}
+    run = _run_config()
+    augment = make_train_augmenter(fold_policy, "expand", run=(ds, run))
+    pools = pol.meta["scope_patients"]
+    groups = np.asarray(ds.groups)
+    images = np.zeros((len(ds), 32, 32), np.uint8)
+    models = [(s, str(s.fold)) for s in make_splits(ds, folds=3, seed=0)] + [(final_split(ds, 0.2, 0), "all")]
+    for split, scope in models:
+        base = TumorDataset([ds.samples[i] for i in split.train], run.preprocess_spec(), images=images[split.train])
+        views = augment(base).datasets[1:]
+        used = [v.transform.sub_policy for v in views]
+        assert used and {_scope_of(sub) for sub in used} == {scope}
+        test_patients = set(groups[split.test].tolist())
+        for sub in used:
+            assert not test_patients & set(pools[_scope_of(sub)]), f"fold {scope} used a leaky sub-policy"
+        # the union of every fold's lists (the old fallback) is never what a fold trains on
+        assert len(used) < sum(len(v) for k, v in pol.meta["scopes"].items() if k != "all")
 
-    samples = [ds.samples[i] for i in split.train]
-    base = TumorDataset(samples, spec, images=np.zeros((len(samples), 32, 32), np.uint8))
-    assert len(make_train_augmenter(pol, "expand")(base)) == (1 + len(chosen)) * len(base)
+
+def test_train_refuses_a_policy_searched_for_another_run(tiny_cohort, fold_policy):
+    ds = load_dataset(tiny_cohort)
+    with pytest.raises(ConfigError, match=r"--folds 3 --seed 0; this run is --folds 3 --seed 1 .*usedge augment "
+                                          r"search .* --folds 3 --seed 1"):
+        make_train_augmenter(fold_policy, "expand", run=(ds, _run_config(**{"run.seed": 1})))
+    with pytest.raises(ConfigError, match="--folds 4"):
+        make_train_augmenter(fold_policy, "expand", run=(ds, _run_config(**{"cv.folds": 4})))
+    with pytest.raises(ConfigError, match="crop=auto .* this run uses crop=none"):
+        make_train_augmenter(fold_policy, "expand", run=(ds, _run_config(**{"data.crop": "none"})))
+    with pytest.raises(ConfigError, match="needs the training run"):  # a per-fold policy never falls back
+        make_train_augmenter(fold_policy, "expand")
+    # a policy without the all-data search: the final model is refused, --no-final-model accepted
+    pol = Policy.load(fold_policy)
+    del pol.meta["search"]["digests"]["all"], pol.meta["scopes"]["all"]
+    with pytest.raises(ConfigError, match="no all-data search for the final model"):
+        make_train_augmenter(pol, "expand", run=(ds, _run_config()))
+    make_train_augmenter(pol, "expand", run=(ds, _run_config(**{"cv.final_model": False})))
+
+
+def test_usedge_train_refuses_the_mismatch_in_one_line(tiny_cohort, fold_policy, tmp_path):
+    from typer.testing import CliRunner
+
+    from usedge.cli import app
+
+    res = CliRunner().invoke(app, ["train", str(tiny_cohort), "--out", str(tmp_path / "run"), "--policy",
+                                   str(fold_policy), "--augment", "expand", "--folds", "3", "--seed", "1",
+                                   "--image-size", "32", "--epochs", "1", "--quiet"])
+    assert res.exit_code != 0 and not (tmp_path / "run" / "fold0").exists()
+    line = str(res.exception) if res.exception and not isinstance(res.exception, SystemExit) else res.output
+    assert "--seed 1" in line and "usedge augment search" in line and "\n" not in line.strip()
+
+
+def test_an_all_data_policy_is_refused_for_cross_validation(tiny_cohort, tmp_path):
+    ds = load_dataset(tiny_cohort)
+    pol = search(ds, _cfg(folds=0, trials=1, top=1), storage=None, show_progress=False)
+    assert set(pol.meta["scopes"]) == {"all"}
+    with pytest.raises(ConfigError, match="all data only"):
+        make_train_augmenter(pol, "expand", run=(ds, _run_config()))
+    make_train_augmenter(pol, "expand")  # outside a CV run (e.g. on another cohort) it is usable
+
+
+def test_search_prepares_images_with_the_runs_crop(tiny_cohort):
+    """A run trained with --crop fov gets policies searched on fov crops (not on the class default)."""
+    from usedge.runtime.preprocess import PreprocessSpec
+    from usedge.train.data import load_images as train_images
+    from usedge.train.search import load_images
+
+    ds = load_dataset(tiny_cohort)
+    cfg = SearchConfig.for_run(_run_config(**{"data.crop": "fov", "data.remove_doppler": False}), "usedge",
+                               folds=0, inner_splits=2, trials=1, top=1, child_arch="resnet18",
+                               child_image_size=32, child_epochs=1, child_threads=1)
+    assert (cfg.crop, cfg.remove_doppler, cfg.seed) == ("fov", False, 0)
+    pol = search(ds, cfg, storage=None, show_progress=False)
+    assert pol.meta["search"]["preprocess"] == {"crop": "fov", "remove_doppler": False}
+    idx = np.arange(4)
+    want = train_images(ds.samples[:4], PreprocessSpec(size=32, crop="fov", remove_doppler=False), progress=False)
+    assert np.array_equal(load_images(ds, idx, 32, "fov", False), want)
+
+
+def test_authors_preset_matches_their_search_code():
+    from usedge.train.augment import OP_SETS
+    from usedge.train.search import from_preset
+
+    a = from_preset("authors").validate()
+    assert (a.child.loss, a.child.epochs, a.child.step_size, a.child.step_gamma) == ("ce", 30, 7, 0.1)
+    assert a.heldout == "augmented+original" and a.ops == "paper" and len(OP_SETS["paper"]) == 14
+    assert (a.inner_splits, a.trials, a.top, a.ops_per_sub_policy) == (4, 100, 5, 2)
+    u = from_preset("usedge")
+    assert (u.child.loss, u.child.epochs, u.child.step_size, u.heldout, u.ops) == ("focal", 10, 0, "augmented", "all")
 
 
 def test_search_config_is_validated():
@@ -91,6 +194,7 @@ def test_cli_search_and_preview(tiny_cohort, tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert data["n_sub_policies"] == 2 and data["meta"]["storage"].startswith("sqlite:///")
+    assert set(data["meta"]["scopes"]) == {"all"} and data["meta"]["search"]["folds"] == 0
     assert (tmp_path / "policy.optuna.db").is_file() and (tmp_path / "policy.children").is_dir()
     grid = tmp_path / "grid.png"
     res = CliRunner().invoke(app, ["augment", "preview", str(tiny_cohort), "--policy", str(out), "--out", str(grid),

@@ -19,11 +19,15 @@ def one_thread():
 def test_usedge_train_writes_a_run_and_resumes(tiny_cohort, tmp_path):
     out = tmp_path / "run"
     args = ["train", str(tiny_cohort), "--out", str(out), "--image-size", "32", "--epochs", "1", "--folds", "3",
-            "--max-folds", "1", "--no-final-model", "--batch-size", "8", "--threads", "1", "--quiet"]
+            "--set", "cv.max_folds=1", "--set", "cv.final_model=false", "--batch-size", "8", "--set", "run.threads=1",
+            "--quiet"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "balanced accuracy" in result.output and "macro AUC" in result.output   # the last line
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["aggregate"]["folds"] == 1 and metrics["config"]["data"]["image_size"] == 32
+    assert metrics["config"]["cv"]["final_model"] is False and metrics["config"]["run"]["threads"] == 1
+    assert set(metrics["folds"][0]["alpha"]) == {"epidermal_cyst", "lipoma", "pilomatricoma"}   # recorded by name
     assert (out / "fold0" / "best.pt").is_file() and not (out / "fold1").exists()
     again = CliRunner().invoke(app, args)                        # same folder without --resume: refused
     assert again.exit_code != 0 and "--resume" in str(again.exception)
@@ -33,5 +37,40 @@ def test_usedge_train_writes_a_run_and_resumes(tiny_cohort, tmp_path):
 
 
 def test_bad_option_is_a_config_error(tiny_cohort, tmp_path):
-    result = CliRunner().invoke(app, ["train", str(tiny_cohort), "--out", str(tmp_path / "r"), "--gate-norm", "tanh"])
+    result = CliRunner().invoke(app, ["train", str(tiny_cohort), "--out", str(tmp_path / "r"), "--set", "model.gate_norm=tanh"])
     assert result.exit_code != 0 and "gate_norm" in str(result.exception)
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
+    (["optim.epochs=many"], "bad value"),
+    (["epochs=3"], "section.key=value"),
+    (["optim.epochs"], "section.key=value"),
+])
+def test_set_checks_keys_and_types(tiny_cohort, tmp_path, sets, match):
+    args = ["train", str(tiny_cohort), "--out", str(tmp_path / "r")]
+    for item in sets:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and match in str(result.exception)
+
+
+def test_old_flags_still_work_with_a_deprecation_line(tiny_cohort, tmp_path, monkeypatch):
+    import usedge.cli.options as options
+
+    monkeypatch.setattr(options, "_warned", set())
+    result = CliRunner().invoke(app, ["train", str(tiny_cohort), "--out", str(tmp_path / "r"), "--gate-norm", "tanh"])
+    assert "usedge: --gate-norm is deprecated; use --set model.gate_norm=" in result.output
+    assert result.exit_code != 0 and "gate_norm" in str(result.exception)   # the old flag's value reached the config
+
+
+def test_paper_preset_without_policy_says_what_to_pass(tiny_cohort, tmp_path):
+    result = CliRunner().invoke(app, ["train", str(tiny_cohort), "--out", str(tmp_path / "r"), "--config", "paper"])
+    assert result.exit_code != 0 and "--policy" in str(result.exception)
+
+
+def test_help_shows_defaults():
+    result = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "--set" in result.output and "balanced" in result.output and "(30)" in result.output
+    assert "--gate-norm" not in result.output    # old spellings are hidden

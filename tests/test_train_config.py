@@ -1,4 +1,4 @@
-"""Config: defaults reproduce the paper; TOML and flags override; mistakes are one-line ConfigErrors."""
+"""Config: usedge defaults, the paper preset; TOML and flags override; mistakes are one-line ConfigErrors."""
 
 import pytest
 
@@ -6,22 +6,39 @@ from usedge.errors import ConfigError
 from usedge.train.config import TrainConfig, dump_toml, load_config, read_toml
 
 
-def test_defaults_reproduce_the_paper():
+def test_usedge_defaults():
     cfg = load_config()
-    assert (cfg.model.arch, cfg.loss.name, cfg.loss.gamma, cfg.loss.alpha) == ("ag_resnet18", "focal", 3.0,
-                                                                                 [0.75, 0.75, 0.25])
-    assert (cfg.optim.lr, cfg.optim.step_size, cfg.optim.step_gamma, cfg.optim.epochs, cfg.optim.batch_size) == \
-        (1e-4, 7, 0.1, 30, 16)
-    assert (cfg.data.image_size, cfg.cv.folds) == (224, 5)
+    assert (cfg.model.arch, cfg.model.gate_norm, cfg.loss.name, cfg.loss.gamma, cfg.loss.alpha) == \
+        ("ag_resnet18", "sigmoid", "focal", 3.0, "balanced")
+    assert (cfg.data.augment, cfg.optim.schedule, cfg.optim.warmup_epochs, cfg.optim.lr) == ("light", "cosine", 1, 3e-4)
+    assert (cfg.data.image_size, cfg.optim.epochs, cfg.cv.folds, cfg.cv.select_on) == (224, 30, 5, "loss")
     assert cfg.to_dict() == TrainConfig().to_dict()   # dataclass defaults == shipped defaults.toml
+
+
+def test_one_gate_norm_default():
+    from usedge.train.model import AGResNet18, build_model
+
+    assert AGResNet18().gate_norm == build_model().gate_norm == TrainConfig().model.gate_norm
+
+
+def test_paper_preset_is_the_papers_protocol(tmp_path):
+    with pytest.raises(ConfigError, match="policy"):       # FAA 21x needs the searched policy
+        load_config("paper")
+    cfg = load_config("paper", {"data.policy": str(tmp_path / "policy.json")})
+    assert (cfg.model.gate_norm, cfg.model.conv1_init, cfg.data.augment, cfg.data.image_size) == \
+        ("paper", "random", "expand", 224)
+    assert cfg.loss.alpha == "epidermal_cyst=0.75,lipoma=0.75,pilomatricoma=0.25"
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.step_size, cfg.optim.step_gamma, cfg.optim.epochs,
+            cfg.optim.batch_size) == (1e-4, "step", 7, 0.1, 30, 16)
+    assert (cfg.cv.folds, cfg.cv.select_on) == (5, "accuracy")
 
 
 def test_toml_then_flags_override(tmp_path):
     path = tmp_path / "my.toml"
     path.write_text('[optim]\nepochs = 5\nlr = 3e-4\n[model]\ngate_norm = "softmax"\n')
-    cfg = load_config(path, {"optim.epochs": 2, "loss.alpha": "1,1,0.5", "cv.final_model": "false", "run.seed": None})
+    cfg = load_config(path, {"optim.epochs": 2, "loss.alpha": "lipoma=0.5", "cv.final_model": "false", "run.seed": None})
     assert (cfg.optim.epochs, cfg.optim.lr, cfg.model.gate_norm) == (2, 3e-4, "softmax")
-    assert cfg.loss.alpha == [1.0, 1.0, 0.5] and cfg.cv.final_model is False and cfg.run.seed == 0
+    assert cfg.loss.alpha == "lipoma=0.5" and cfg.cv.final_model is False and cfg.run.seed == 0
 
 
 def test_effective_config_round_trips_through_toml(tmp_path):
@@ -37,6 +54,10 @@ def test_effective_config_round_trips_through_toml(tmp_path):
     ({"optim.epochs": "many"}, "bad value"),
     ({"cv.inner_val_fraction": 0.7}, "inner_val_fraction"),
     ({"data.augment": "random"}, "policy"),
+    ({"loss.alpha": "0.75,0.75,0.25"}, "class_name=positive_weight"),   # by index: no longer accepted
+    ({"loss.alpha": [0.75, 0.75, 0.25]}, "by class name"),             # an old config.toml's list
+    ({"optim.schedule": "linear"}, "schedule"),
+    ({"run.amp": "maybe"}, "bad value"),
 ])
 def test_bad_values_are_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):

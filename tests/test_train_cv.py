@@ -67,3 +67,17 @@ def test_too_few_patients_is_a_data_error():
     ds = _dataset(patients=(2, 1, 1))
     with pytest.raises(DataError, match="patients"):
         make_splits(ds, folds=5)
+
+
+def test_check_splits_raises_without_assert():
+    from usedge.errors import DataError
+    from usedge.train.cv import FoldSplit, check_splits
+
+    groups = np.array(["p1", "p1", "p2", "p3"])
+    leaky = FoldSplit(fold=0, train=np.array([0]), val=np.array([2]), test=np.array([1, 3]))   # p1 in train and test
+    with pytest.raises(DataError, match="patient is in two"):
+        check_splits([leaky], groups)
+    twice = [FoldSplit(0, np.array([0, 1]), np.array([2]), np.array([3])),
+             FoldSplit(1, np.array([0, 1]), np.array([2]), np.array([3]))]
+    with pytest.raises(DataError, match="two test folds"):
+        check_splits(twice, groups)

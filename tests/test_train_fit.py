@@ -9,8 +9,8 @@ import torch
 from usedge.dataset import Sample
 from usedge.train.checkpoint import load_checkpoint, read_checkpoint
 from usedge.train.config import load_config
-from usedge.train.data import ShardedBatchSampler, TumorDataset, make_loader
-from usedge.train.trainer import _make_model, evaluate, fit, resolve_device, seed_everything
+from usedge.train.data import LightAugment, ShardedBatchSampler, TumorDataset, make_loader
+from usedge.train.trainer import _make_model, build_scheduler, evaluate, fit, resolve_device, seed_everything
 
 NAMES = ["epidermal_cyst", "lipoma", "pilomatricoma"]
 
@@ -40,7 +40,8 @@ def _cfg(**over):
 
 
 def test_tiny_set_is_overfit_to_100_percent():
-    cfg = _cfg(**{"optim.epochs": 15, "optim.batch_size": 6, "optim.step_size": 100})
+    cfg = _cfg(**{"optim.epochs": 15, "optim.batch_size": 6, "optim.schedule": "step", "optim.step_size": 100,
+                  "data.augment": "none"})
     samples, images = _tiny()
     ds = TumorDataset(samples, cfg.preprocess_spec(), images=images)
     seed_everything(0)
@@ -60,10 +61,12 @@ def test_resume_continues_exactly(tmp_path):
     dev = resolve_device("cpu")
 
     def run(epochs, out, resume):
-        cfg = _cfg(**{"optim.epochs": epochs, "optim.step_size": 2})
+        cfg = _cfg(**{"optim.epochs": epochs, "optim.schedule": "step", "optim.step_size": 2})
         seed_everything(0)
         model = _make_model(cfg, 3, seed=0)
-        return model, fit(model, train, val, cfg, dev, class_names=NAMES, out_dir=out, resume=resume)
+        # with the default light augmentation: its draws depend on (seed, epoch) only
+        return model, fit(model, LightAugmented(train), val, cfg, dev, class_names=NAMES, out_dir=out,
+                          resume=resume)
 
     straight_model, straight = run(4, tmp_path / "straight", False)
     run(2, tmp_path / "resumed", False)                      # "interrupted" after 2 epochs
@@ -75,6 +78,34 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
     last = read_checkpoint(tmp_path / "resumed" / "last.pt")
     assert last["extra"]["epoch"] == 4 and "optimizer" in last["extra"]
+
+
+def LightAugmented(ds):
+    return TumorDataset(ds.samples, ds.spec, transform=LightAugment(), images=ds.images)
+
+
+def test_light_augment_is_seeded_and_keeps_shape():
+    image = (np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)
+    np.random.seed(3)
+    a = [LightAugment()(image) for _ in range(4)]
+    np.random.seed(3)
+    b = [LightAugment()(image) for _ in range(4)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(x.shape == image.shape and x.dtype == np.uint8 for x in a)
+    assert any(not np.array_equal(x, image) for x in a)
+
+
+def test_warmup_cosine_schedule():
+    cfg = _cfg(**{"optim.epochs": 6, "optim.lr": 1e-3})
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=cfg.optim.lr)
+    sched = build_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5e-3) and lrs[1] == pytest.approx(1e-3)     # one warm-up epoch
+    assert lrs[1:] == sorted(lrs[1:], reverse=True) and lrs[-1] > 0
 
 
 def test_sharded_sampler_reproduces_the_single_process_batches():

@@ -42,7 +42,7 @@ class EngineSpec:
 def read_model_info(onnx_path: Path) -> ModelInfo:
     """The usedge ModelInfo stored in an ONNX file's metadata, read as the runtime reads it."""
     from usedge.runtime.backends import create_backend
-    from usedge.runtime.classifier import model_info_from_metadata
+    from usedge.runtime.model_info import model_info_from_metadata
 
     with create_backend("ort-cpu", opt_level="disable").load(onnx_path) as backend:
         return model_info_from_metadata(backend.metadata, onnx_path)

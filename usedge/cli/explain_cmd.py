@@ -20,9 +20,12 @@ def explain(
     topk: str = typer.Option("mask", help="Top-k region for IoU: 'mask' (lesion's own area) or a fraction."),
     overlays: str = typer.Option("all", help="all: overlay per image + sheets; sheets: contact sheets only; none."),
     sheet_rows: int = typer.Option(12, help="Images per class on a contact sheet."),
+    images: str = typer.Option("test", help="test: only patients the checkpoint never saw, when DATA is its run's "
+                               "data set (its folds.csv; a fold model: its test fold) | all: every image."),
     limit: int = typer.Option(0, help="Use only the first N images (0 = all)."),
-    seed: int = typer.Option(0, help="Seed of the permutation baseline."),
+    seed: int = typer.Option(0, help="Seed of the patient bootstrap (confidence intervals)."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Explanation maps (CAM, Grad-CAM, attention) per image, contact sheets, and measured localisation."""
     from rich.console import Console
@@ -31,16 +34,16 @@ def explain(
 
     cfg = ExplainConfig(maps=tuple(m.strip() for m in maps.split(",") if m.strip()), target=target,
                         weighting=weighting, topk=topk, overlays=overlays, sheet_rows=sheet_rows,
-                        limit=limit, seed=seed, threads=threads)
+                        images=images, limit=limit, seed=seed, threads=threads, progress=not quiet)
     summary = run_explain(model, data, out, cfg)
     console = Console()
     d = summary["data"]
-    console.print(f"explained {d['n_images']} images ({d['n_with_lesion']} with a lesion) -> {out}")
+    console.print(f"explained {d['images']}: {d['n_images']} images ({d['n_with_lesion']} with a lesion, "
+                  f"{d['n_patients_with_lesion']} patients) -> {out}")
     for name, res in summary["localisation"].items():
         parts = []
-        for s, st in res["scores"].items():
-            t = res["tests"].get("centre", {}).get(s, {})
-            parts.append(f"{s} {st['mean']:.3f} (centre {t.get('mean_baseline', float('nan')):.3f}, "
-                         f"p={t.get('p_value', float('nan')):.2g})")
-        console.print(f"  {name}: " + "; ".join(parts))
+        for s, t in res["tests"]["others"].items():
+            parts.append(f"{s} {t['mean_map']:.3f} (other images {t['mean_baseline']:.3f}, "
+                         f"Holm p={t['p_holm']:.2g})")
+        console.print(f"  {name}, by patient: " + "; ".join(parts))
     console.print(f"  report: {out / 'explain.md'}")

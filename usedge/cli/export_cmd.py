@@ -2,6 +2,7 @@
 
     usedge export runs/NAME/model.pt --out models/NAME --data DATA            # fp32 + fp16 + int8 + checks
     usedge export runs/NAME/model.pt --out models/NAME --engine              # on the GPU machine
+    usedge export runs/NAME/model.pt --out models/NAME --overwrite           # replace an earlier export
     usedge export runs/NAME/model.pt --out models/NAME --triton triton_repo  # + Triton model repository
 """
 
@@ -13,6 +14,7 @@ from typing import Optional
 import typer
 
 from usedge.cli.app import app
+from usedge.cli.options import deprecated, overwrite_option, quiet_option
 
 
 @app.command()
@@ -23,7 +25,9 @@ def export(
     int8: bool = typer.Option(True, "--int8/--no-int8", help="Write model.int8.onnx (QDQ static quantisation for CPUs; needs images)."),
     engine: bool = typer.Option(False, "--engine", help="Build a TensorRT FP16 engine (on a machine with an NVIDIA GPU and TensorRT)."),
     triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton Inference Server model repository here."),
+    overwrite: bool = overwrite_option("Replace the export already in --out (its model files and report)."),
     cam: bool = typer.Option(False, "--cam", help="Add the multi-branch CAM as a second output `cam` (N x C x H/8 x W/8)."),
+    cam_weighting: str = typer.Option("exact", "--cam-weighting", help="CAM branch weights: exact (final layer folded in; points at the lesion) | paper."),
     data: Optional[Path] = typer.Option(None, "--data", help="Images for parity checks and INT8 calibration (default: the data path the checkpoint recorded)."),
     calib_count: int = typer.Option(64, "--calib-count", help="INT8 calibration images (training part, split by patient)."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="INT8 calibration: minmax | entropy | percentile."),
@@ -33,13 +37,15 @@ def export(
     opset: int = typer.Option(18, "--opset", help="ONNX opset (18: what the dynamo exporter emits; TensorRT 10/11 and onnxruntime run it)."),
     max_batch: int = typer.Option(8, "--max-batch", help="TensorRT profile maximum batch and Triton max_batch_size."),
     opt_batch: int = typer.Option(1, "--opt-batch", help="TensorRT profile batch to optimise for (1: one scanner, lowest latency)."),
-    opt_level: int = typer.Option(3, "--opt-level", help="TensorRT builder optimisation level 0..5."),
+    trt_opt_level: int = typer.Option(3, "--trt-opt-level", help="TensorRT builder optimisation level 0..5."),
+    opt_level: Optional[int] = typer.Option(None, "--opt-level", hidden=True, help="Deprecated: use --trt-opt-level."),
     workspace_mib: int = typer.Option(1024, "--workspace-mib", help="TensorRT workspace memory pool limit, MiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file (default OUT/trt_timing.cache)."),
     triton_name: str = typer.Option("usedge", "--triton-name", help="Model name in the Triton repository."),
     triton_model: str = typer.Option("auto", "--triton-model", help="What Triton serves: auto (engine if built, else fp32) | fp32 | fp16 | int8 | engine."),
+    uncertain_margin: float = typer.Option(0.2, "--uncertain-margin", help="Model card: call a result uncertain when its top two probabilities differ by less than this."),
     strict: bool = typer.Option(False, "--strict", help="Exit with status 2 when a check misses its aim."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Export a checkpoint to ONNX (+ FP16, INT8, TensorRT, Triton) and check every artifact."""
     from rich.console import Console
@@ -47,21 +53,32 @@ def export(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from usedge.export.onnx_export import read_model_info
     from usedge.export.pipeline import ExportOptions, run_export
+    from usedge.runtime.model_info import model_card_line
 
     console = Console(stderr=True, quiet=quiet)
-    opts = ExportOptions(fp16=fp16, int8=int8, engine=engine, triton=triton, cam=cam, data=data,
-                         calib_count=calib_count, calib_method=calib_method, activations=activations,
+    trt_opt_level = deprecated(trt_opt_level, opt_level, old="--opt-level", new="--trt-opt-level", default=3)
+    opts = ExportOptions(fp16=fp16, int8=int8, engine=engine, triton=triton, cam=cam, cam_weighting=cam_weighting,
+                         data=data, calib_count=calib_count, calib_method=calib_method, activations=activations,
                          parity_count=parity_count, reference_count=reference_count, opset=opset,
-                         max_batch=max_batch, opt_batch=opt_batch, optimization_level=opt_level,
+                         max_batch=max_batch, opt_batch=opt_batch, optimization_level=trt_opt_level,
                          workspace_mib=workspace_mib, timing_cache=timing_cache, triton_name=triton_name,
-                         triton_model=triton_model)
+                         triton_model=triton_model, overwrite=overwrite,
+                         uncertain_margin=uncertain_margin)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("exporting", total=None)
         report = run_export(checkpoint, out, opts, progress=lambda msg: bar.update(task, description=msg))
 
     out_console = Console()
+    if quiet:   # only what went wrong, then the final line
+        for c in report.failed:
+            out_console.print(f"[red]missed[/]: {escape(c.name)} ({escape(Path(c.artifact).name)}): {escape(c.aim)}")
+        out_console.print(f"report: {out / 'export_report.md'}", soft_wrap=True)
+        if strict and report.failed:
+            raise typer.Exit(code=2)
+        return
     table = Table(title=f"usedge export -> {out}", show_lines=False)
     for col in ("check", "artifact", "result", "figures"):
         table.add_column(col)
@@ -74,6 +91,7 @@ def export(
         out_console.print(f"  {name}  {a.get('precision', '')}  {a['bytes']} bytes  sha256 {a['sha256'][:12]}")
     for name, why in report.skipped.items():
         out_console.print(f"  [yellow]{escape(name)} not built[/]: {escape(why)}")
-    out_console.print(f"report: {out / 'export_report.md'}")
+    out_console.print(f"model card: {escape(model_card_line(read_model_info(out / 'model.onnx')))}", soft_wrap=True)
+    out_console.print(f"report: {out / 'export_report.md'}", soft_wrap=True)
     if strict and report.failed:
         raise typer.Exit(code=2)

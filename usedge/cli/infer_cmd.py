@@ -137,11 +137,13 @@ def infer(
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="watched folder: end after S seconds without a new file"),
     summary: Optional[Path] = typer.Option(None, "--summary", help="stream: write the run summary as JSON here"),
     any_modality: bool = typer.Option(False, "--any-modality", help="classify DICOM of any Modality (default: US only)"),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Refuse a model whose weights digest does not match (--no-verify: load a damaged or hand-edited file anyway)."),
     quiet: bool = quiet_option(),
 ) -> None:
     """Classify images/folders/DICOM/videos, or a live scanner with --stream. Results: JSONL or CSV."""
     from usedge.errors import ConfigError
     from usedge.runtime.classifier import Classifier
+    from usedge.runtime.model_info import model_card_line
 
     if fmt not in ("jsonl", "csv"):
         raise ConfigError(f"unknown --format '{fmt}'", hint="use jsonl or csv")
@@ -150,9 +152,10 @@ def infer(
     if stream is not None and inputs:
         raise ConfigError("give either INPUT files or --stream, not both", hint="run two commands")
     ort_opt_level = deprecated(ort_opt_level, opt_level, old="--opt-level", new="--ort-opt-level", default="all")
-    clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=ort_opt_level)
+    clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=ort_opt_level, verify=verify)
     if not quiet:
         _err(f"usedge: {model.name} on {clf.describe()}" + (f" [{clf.backend_reason}]" if clf.backend_reason else ""))
+        _err(f"usedge: model card: {model_card_line(clf.info)}")
     if cam and not clf.has_cam:
         _err("usedge: --cam ignored: this model has no 'cam' output (export it with CAM)")
     try:

@@ -1,7 +1,10 @@
 """usedge train: patient-grouped cross-validation, the paper's metrics report, and an all-data model.
 
-    usedge train DATA --out runs/NAME [--config my.toml] [--epochs 5 --image-size 96 ...] [--resume]
+    usedge train DATA --out runs/NAME [--config my.toml|paper] [--epochs 5 --image-size 96 ...] [--resume]
+    usedge train DATA --out runs/NAME --set optim.schedule=step --set model.gate_norm=paper
     torchrun --nproc-per-node 2 -m usedge train DATA --out runs/NAME      # DDP (gloo on CPU)
+
+A few common flags; every other config key through the repeatable `--set section.key=value`.
 """
 
 from __future__ import annotations
@@ -12,82 +15,104 @@ from typing import Optional
 import typer
 
 from usedge.cli.app import app
+from usedge.cli.options import deprecated, quiet_option
+from usedge.errors import ConfigError
+from usedge.train.config import TrainConfig, known_keys
+
+_D = TrainConfig()  # the dataclass defaults == defaults.toml (tested): shown in --help
+
+# Flags of the previous release that are now `--set` keys: kept for one release, hidden.
+_OLD_FLAGS = {
+    "arch": "model.arch", "gate_norm": "model.gate_norm", "crop": "data.crop",
+    "remove_doppler": "data.remove_doppler", "num_workers": "data.num_workers", "augment": "data.augment",
+    "loss": "loss.name", "gamma": "loss.gamma", "weight_decay": "optim.weight_decay",
+    "step_size": "optim.step_size", "step_gamma": "optim.step_gamma",
+    "inner_val_fraction": "cv.inner_val_fraction", "select_on": "cv.select_on", "final_model": "cv.final_model",
+    "max_folds": "cv.max_folds", "amp": "run.amp", "channels_last": "run.channels_last", "threads": "run.threads",
+    "sync_bn": "run.sync_bn",
+}
+
+
+def _old(flag: str, *more: str):
+    return typer.Option(None, flag, *more, hidden=True)
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """["optim.lr=3e-4", ...] -> {"optim.lr": "3e-4"}; the key is checked by load_config."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r} is not section.key=value",
+                              hint=f"e.g. --set optim.schedule=step; keys: {', '.join(known_keys())}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 @app.command()
 def train(
     data: Path = typer.Argument(..., help="Data set folder (<class>/<image>, optionally manifest.csv) or a manifest .csv."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (checkpoints, metrics.json, report.md, plots)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file overriding the defaults (same keys as usedge/train/defaults.toml)."),
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", show_default="usedge defaults",
+        help="A preset name (paper: the paper's protocol) or a TOML file with keys of usedge/train/defaults.toml."),
+    image_size: Optional[int] = typer.Option(None, show_default=str(_D.data.image_size), help="Model input side, pixels."),
+    epochs: Optional[int] = typer.Option(None, show_default=str(_D.optim.epochs), help="Epochs per model."),
+    batch_size: Optional[int] = typer.Option(None, show_default=str(_D.optim.batch_size), help="Global batch size."),
+    lr: Optional[float] = typer.Option(None, show_default=f"{_D.optim.lr:g}", help="Adam learning rate (peak of the schedule)."),
+    device: Optional[str] = typer.Option(None, show_default=_D.run.device, help="auto | cpu | cuda | cuda:N"),
+    seed: Optional[int] = typer.Option(None, show_default=str(_D.run.seed), help="Random seed (splits, initialisation, order)."),
+    folds: Optional[int] = typer.Option(None, show_default=str(_D.cv.folds), help="Outer folds, by patient."),
+    alpha: Optional[str] = typer.Option(
+        None, show_default=_D.loss.alpha,
+        help="Focal weight per class: balanced (inverse class frequency) | uniform | by class name, e.g. lipoma=0.5,epidermal_cyst=1."),
+    policy: Optional[Path] = typer.Option(
+        None, show_default="none", help="Fast AutoAugment policy JSON from `usedge augment search` (trains the 21x expanded set)."),
+    pretrained: Optional[str] = typer.Option(
+        None, show_default=_D.model.pretrained, help="Backbone initialisation: none | imagenet (online) | PATH to a ResNet18 state_dict."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", metavar="SECTION.KEY=VALUE",
+        help="Any other config key, repeatable, e.g. --set optim.schedule=step --set model.gate_norm=paper. "
+             f"Keys: {', '.join(known_keys())}."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (same config)."),
-    # [model]
-    arch: Optional[str] = typer.Option(None, help="ag_resnet18 | resnet18"),
-    gate_norm: Optional[str] = typer.Option(None, help="Attention gate normalisation: paper | softmax | sigmoid."),
-    pretrained: Optional[str] = typer.Option(None, help="Backbone initialisation: none | imagenet (online) | PATH to a ResNet18 state_dict."),
-    # [data]
-    image_size: Optional[int] = typer.Option(None, help="Model input side, pixels (paper: 224)."),
-    crop: Optional[str] = typer.Option(None, help="Crop applied to each image (the bedside preprocessing): auto | fov | none | x,y,w,h | preset:NAME."),
-    remove_doppler: Optional[bool] = typer.Option(None, "--remove-doppler/--keep-doppler", help="Remove Doppler colour."),
-    num_workers: Optional[int] = typer.Option(None, help="DataLoader worker processes (images are cached in memory)."),
-    augment: Optional[str] = typer.Option(None, help="Augmentation: none | expand (1 + N copies, the paper) | random (one sub-policy per image per epoch)."),
-    policy: Optional[Path] = typer.Option(None, help="Policy JSON from `usedge augment search` (for --augment)."),
-    # [loss]
-    loss: Optional[str] = typer.Option(None, help="focal | ce"),
-    gamma: Optional[float] = typer.Option(None, help="Focal loss exponent (paper: 3)."),
-    alpha: Optional[str] = typer.Option(None, help="Focal per-class weights, comma separated, class order (paper: 0.75,0.75,0.25)."),
-    # [optim]
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate (paper: 1e-4)."),
-    weight_decay: Optional[float] = typer.Option(None, help="Adam weight decay (paper: 0)."),
-    step_size: Optional[int] = typer.Option(None, help="StepLR step, epochs (paper: 7)."),
-    step_gamma: Optional[float] = typer.Option(None, help="StepLR factor (paper: 0.1)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per model (paper: 30)."),
-    batch_size: Optional[int] = typer.Option(None, help="Global batch size (paper: 16)."),
-    # [cv]
-    folds: Optional[int] = typer.Option(None, help="Outer folds, by patient (paper: 5)."),
-    inner_val_fraction: Optional[float] = typer.Option(None, help="Share of each training part (by patient) that chooses the checkpoint."),
-    select_on: Optional[str] = typer.Option(None, help="Checkpoint choice on inner validation: loss | accuracy."),
-    final_model: Optional[bool] = typer.Option(None, "--final-model/--no-final-model", help="Also train model.pt on all data."),
-    max_folds: Optional[int] = typer.Option(None, help="Run only the first N outer folds (0 = all)."),
-    # [run]
-    seed: Optional[int] = typer.Option(None, help="Random seed (splits, initialisation, order)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (CUDA only)."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="channels_last memory format (CUDA only)."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (0 = default)."),
-    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn", help="Under torchrun: BatchNorm over the global batch."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = quiet_option(),
+    # previous release's spellings (hidden; one deprecation line each)
+    arch: Optional[str] = _old("--arch"), gate_norm: Optional[str] = _old("--gate-norm"),
+    crop: Optional[str] = _old("--crop"), remove_doppler: Optional[bool] = _old("--remove-doppler/--keep-doppler"),
+    num_workers: Optional[int] = _old("--num-workers"), augment: Optional[str] = _old("--augment"),
+    loss: Optional[str] = _old("--loss"), gamma: Optional[float] = _old("--gamma"),
+    weight_decay: Optional[float] = _old("--weight-decay"), step_size: Optional[int] = _old("--step-size"),
+    step_gamma: Optional[float] = _old("--step-gamma"), inner_val_fraction: Optional[float] = _old("--inner-val-fraction"),
+    select_on: Optional[str] = _old("--select-on"), final_model: Optional[bool] = _old("--final-model/--no-final-model"),
+    max_folds: Optional[int] = _old("--max-folds"), amp: Optional[bool] = _old("--amp/--no-amp"),
+    channels_last: Optional[bool] = _old("--channels-last/--no-channels-last"), threads: Optional[int] = _old("--threads"),
+    sync_bn: Optional[bool] = _old("--sync-bn/--no-sync-bn"),
 ) -> None:
-    """Cross-validate a classifier by patient and write the paper's metrics report."""
+    """Cross-validate a classifier by patient and write the metrics report (usedge defaults, or --config paper)."""
     from rich.console import Console
 
     from usedge.dataset import load_dataset
     from usedge.train.config import load_config
+    from usedge.train.report import summary_line
     from usedge.train.trainer import cross_validate
 
-    overrides = {
-        "model.arch": arch, "model.gate_norm": gate_norm, "model.pretrained": pretrained,
-        "data.image_size": image_size, "data.crop": crop, "data.remove_doppler": remove_doppler,
-        "data.num_workers": num_workers, "data.augment": augment, "data.policy": str(policy) if policy else None,
-        "loss.name": loss, "loss.gamma": gamma, "loss.alpha": alpha,
-        "optim.lr": lr, "optim.weight_decay": weight_decay, "optim.step_size": step_size,
-        "optim.step_gamma": step_gamma, "optim.epochs": epochs, "optim.batch_size": batch_size,
-        "cv.folds": folds, "cv.inner_val_fraction": inner_val_fraction, "cv.select_on": select_on,
-        "cv.final_model": final_model, "cv.max_folds": max_folds,
-        "run.seed": seed, "run.device": device, "run.amp": amp, "run.channels_last": channels_last,
-        "run.threads": threads, "run.sync_bn": sync_bn,
-    }
+    given = locals()
+    overrides: dict = {}
+    for name, key in _OLD_FLAGS.items():
+        if given[name] is not None:
+            flag = "--" + name.replace("_", "-")
+            overrides[key] = deprecated(None, given[name], old=flag, new=f"--set {key}=...")
+    overrides.update({
+        "data.image_size": image_size, "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr,
+        "run.device": device, "run.seed": seed, "cv.folds": folds, "loss.alpha": alpha,
+        "data.policy": str(policy) if policy else None, "model.pretrained": pretrained,
+    })
+    overrides.update(parse_sets(set_ or []))
+    if policy and "data.augment" not in overrides and load_config(config, overrides).data.augment not in ("expand", "random"):
+        overrides["data.augment"] = "expand"   # a policy means Fast AutoAugment: the paper's 21x expansion
     cfg = load_config(config, overrides)
     dataset = load_dataset(data)
-    augmenter = None
-    if cfg.data.augment != "none":
-        from usedge.train.augment import make_train_augmenter
-
-        augmenter = make_train_augmenter(cfg.data.policy, cfg.data.augment)
     console = Console(stderr=True)
-    summary = cross_validate(dataset, cfg, out, resume=resume, augmenter=augmenter, progress=not quiet,
-                             log=console.print)
+    summary = cross_validate(dataset, cfg, out, resume=resume, progress=not quiet, log=console.print)
     if summary:
-        agg = summary["aggregate"]
-        console.print(f"overall accuracy {100 * agg['overall_accuracy']['mean']:.1f} ± "
-                      f"{100 * agg['overall_accuracy']['sd']:.1f} % over {agg['folds']} folds; "
-                      f"report: {out / 'report.md'}")
+        console.print(f"{summary_line(summary)}; report: {out / 'report.md'}")

@@ -19,10 +19,9 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from usedge.errors import MissingDependency, ModelError
-from usedge.export.onnx_export import check_model, set_metadata
+from usedge.errors import MissingDependency
+from usedge.export.onnx_export import check_model, read_model_info, set_metadata
 from usedge.fileio import write_bytes_atomic
-from usedge.runtime.model_info import METADATA_KEY, ModelInfo
 
 FP32_OPS = ("Softmax", "Resize", "ReduceMean")
 
@@ -62,10 +61,7 @@ def convert_fp16(src: str | Path, dst: str | Path, *, fp32_ops: tuple[str, ...] 
         warnings.simplefilter("ignore")   # "number truncated to 1e-07": tiny weights, expected
         half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
     _keep_outputs_fp32(half)
-    meta = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in meta:
-        raise ModelError("source ONNX has no usedge metadata", path=src, hint="export it with usedge export")
-    info = ModelInfo.from_json(meta[METADATA_KEY])
+    info = read_model_info(model, src)
     info.precision = "fp16"
     info.export = {**info.export, "fp16": {"io": "fp32", "fp32_ops": sorted(fp32_ops),
                                            "converter": "onnxconverter-common float16"}}

@@ -85,30 +85,19 @@ def open_dataset(data: str | Path, class_names: list[str]) -> Dataset:
     return ds
 
 
-def recorded_data_path(meta: dict) -> Path | None:
-    """The training data path a checkpoint recorded (extra.data, config.data.root/path/dir, or the run
-    folder's run.json for a fold checkpoint), if that path exists."""
-    candidates = []
-    config = meta.get("config") or {}
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    for key in ("root", "path", "dir", "data"):
-        candidates.append(data.get(key))
-    for key in ("data", "data_path", "data_root"):
-        candidates.append(config.get(key) if not isinstance(config.get(key), dict) else None)
-        candidates.append((meta.get("extra") or {}).get(key))
-    if meta.get("path"):   # a fold's checkpoint: the run folder's run.json names the data
-        import json
+def recorded_data(meta: dict, checkpoint: Path) -> Path | None:
+    """The training data root the run recorded, if that folder still exists: the checkpoint's
+    `extra.data` (what `usedge train` writes into model.pt), or for a fold's best.pt the run
+    folder's run.json `data` (the fold checkpoints do not carry it)."""
+    import json
 
-        ckpt = Path(meta["path"])
-        for run_json in (ckpt.parent / "run.json", ckpt.parent.parent / "run.json"):
-            try:
-                candidates.append(json.loads(run_json.read_text()).get("data"))
-            except (OSError, ValueError, AttributeError):
-                continue
-    for c in candidates:
-        if isinstance(c, str) and c and Path(c).exists():
-            return Path(c)
-    return None
+    data = (meta.get("extra") or {}).get("data")
+    if data is None:
+        try:
+            data = json.loads((Path(checkpoint).parent.parent / "run.json").read_text()).get("data")
+        except (OSError, ValueError, AttributeError):
+            data = None
+    return Path(data) if isinstance(data, str) and data and Path(data).exists() else None
 
 
 def split_from_run(samples: list[Sample], root: Path, checkpoint: Path) -> tuple[list[Sample], list[Sample]] | None:

@@ -1,10 +1,21 @@
 """model.onnx -> model.int8.onnx: onnxruntime static quantisation (QDQ) for CPU edge boxes.
 
 Recipe (measured on AVX2 without VNNI, see docs/export.md): `quant_pre_process` (shape inference +
-graph optimisation) first, then QDQ with per-channel signed INT8 weights and UNSIGNED INT8
-activations. Signed activations are selectable (`activations="int8"`) for the benchmark; on CPUs
-without VNNI they are not faster than FP32. Calibration: images preprocessed like the runtime's,
-fed one at a time; method minmax | entropy | percentile (onnxruntime's calibrators).
+graph optimisation) first, then QDQ with per-channel signed weights in the REDUCED 7-bit range
+[-64, 64] and UNSIGNED 8-bit activations [0, 255]. Signed activations are selectable
+(`activations="int8"`) for the benchmark; on CPUs without VNNI they are not faster than FP32.
+Calibration: images preprocessed like the runtime's, fed one at a time; method minmax | entropy |
+percentile (onnxruntime's calibrators).
+
+Why 7-bit weights (saturation-free by construction): on x86-64 CPUs with AVX2 but without VNNI,
+onnxruntime's u8 x s8 kernels use VPMADDUBSW, which adds two adjacent u8 x s8 products into a
+SATURATING int16 before widening (signed activations are shifted to u8 first, so they take the same
+path). With 8-bit weights a pair reaches 2 x 255 x 127 = 64,770 > 32,767 and saturates, silently
+changing results on exactly the CPUs users have (AVX-512 VNNI and AVX-VNNI machines use VPDPBUSD,
+which widens to int32 first, so they never show it). With |w| <= 64 a pair is at most
+2 x 255 x 64 = 32,640 <= 32,767: no saturation on any x86-64 CPU. `weights_saturation_free` checks
+this bound on a written file; `reduce_range=False` (the old recipe) exists only so the benchmark can
+measure what the reduced range costs.
 """
 
 from __future__ import annotations
@@ -19,17 +30,29 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from usedge.errors import ConfigError, ModelError
-from usedge.export.onnx_export import check_model, set_metadata
+from usedge.errors import ConfigError
+from usedge.export.onnx_export import check_model, read_model_info, set_metadata
 from usedge.fileio import write_bytes_atomic
-from usedge.runtime.model_info import METADATA_KEY, ModelInfo
 from usedge.export.wrapper import INPUT_NAME
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")
+INT16_MAX = 32767
+U8_MAX = 255
+#: the largest |quantised weight| for which a VPMADDUBSW pair (2 x 255 x |w|) fits in int16
+SATURATION_FREE_WEIGHT = INT16_MAX // (2 * U8_MAX)   # 64
 # Left in float: the output softmax (8-bit probabilities would step by 1/255 and not sum to 1) and the
 # attention gates' softmax/sigmoid (values ~1/784 at 224 px); they cost little time.
 FLOAT_OPS = ("Softmax", "Sigmoid")
+
+
+def check_options(method: str, activations: str) -> None:
+    """ConfigError unless `method` and `activations` are known (checked before any slow work)."""
+    if method not in CALIB_METHODS:
+        raise ConfigError(f"unknown calibration method '{method}'", hint=f"use one of {', '.join(CALIB_METHODS)}")
+    if activations not in ACTIVATION_TYPES:
+        raise ConfigError(f"unknown INT8 activation type '{activations}'",
+                          hint=f"use one of {', '.join(ACTIVATION_TYPES)}")
 
 
 def quantize_int8(
@@ -40,6 +63,7 @@ def quantize_int8(
     method: str = "minmax",
     activations: str = "uint8",
     per_channel: bool = True,
+    reduce_range: bool = True,
     percentile: float = 99.999,
     float_ops: tuple[str, ...] = FLOAT_OPS,
 ) -> Path:
@@ -48,10 +72,7 @@ def quantize_int8(
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method not in CALIB_METHODS:
-        raise ConfigError(f"unknown calibration method '{method}'", hint=f"use one of {', '.join(CALIB_METHODS)}")
-    if activations not in ACTIVATION_TYPES:
-        raise ConfigError(f"unknown activation type '{activations}'", hint=f"use one of {', '.join(ACTIVATION_TYPES)}")
+    check_options(method, activations)
     if calibration.ndim != 4 or calibration.shape[0] == 0:
         raise ConfigError("INT8 calibration needs at least one image", hint="pass --data and --calib-count >= 1")
 
@@ -62,10 +83,7 @@ def quantize_int8(
         def get_next(self):
             return next(self._items, None)
 
-    source = onnx.load(str(src))
-    meta = {p.key: p.value for p in source.metadata_props}
-    if METADATA_KEY not in meta:
-        raise ModelError("source ONNX has no usedge metadata", path=src, hint="export it with usedge export")
+    info = read_model_info(src)
     calib_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                     "percentile": CalibrationMethod.Percentile}[method]
     extra = {"CalibPercentile": percentile} if method == "percentile" else {}
@@ -83,14 +101,14 @@ def quantize_int8(
                 quantize_static(
                     str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
                     activation_type=qtype[activations], weight_type=QuantType.QInt8, per_channel=per_channel,
+                    reduce_range=reduce_range,
                     calibrate_method=calib_method, extra_options=extra,
                     calibration_providers=["CPUExecutionProvider"])
             finally:
                 root.setLevel(level)
         model = onnx.load(str(out))
-    info = ModelInfo.from_json(meta[METADATA_KEY])
     info.precision = "int8"
-    info.export = {**info.export, "int8": {"format": "QDQ", "activations": activations, "weights": "int8",
+    info.export = {**info.export, "int8": {"format": "QDQ", "activations": activations, "weights": "int8, 7-bit range [-64, 64]" if reduce_range else "int8",
                                            "per_channel": per_channel, "calibration_method": method,
                                            "calibration_images": int(calibration.shape[0]),
                                            "float_ops": sorted(float_ops)}}
@@ -98,3 +116,17 @@ def quantize_int8(
     check_model(model, dst)
     return write_bytes_atomic(dst, model.SerializeToString())
 
+
+
+def max_abs_weight(model: onnx.ModelProto) -> int:
+    """The largest |value| among the INT8 weight tensors (initializers with >= 2 dims) of a QDQ model."""
+    from onnx import numpy_helper
+
+    values = [np.abs(numpy_helper.to_array(t).astype(np.int32)).max() for t in model.graph.initializer
+              if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    return int(max(values, default=0))
+
+
+def weights_saturation_free(model: onnx.ModelProto) -> bool:
+    """True when every INT8 weight satisfies the VPMADDUBSW bound |w| <= 64 (see the module docstring)."""
+    return max_abs_weight(model) <= SATURATION_FREE_WEIGHT

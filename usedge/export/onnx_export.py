@@ -20,23 +20,30 @@ from torch import nn
 from usedge.errors import ConfigError, ModelError
 from usedge.export.wrapper import INPUT_NAME, ExportModel
 from usedge.fileio import write_bytes_atomic
-from usedge.runtime.model_info import ModelInfo
+from usedge.runtime.model_info import ModelInfo, model_info_from_metadata, weights_digest
 
 DEFAULT_OPSET = 18
 MAX_OPSET = 21
 
 
 def set_metadata(model: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
-    """Replace the model-level metadata_props with ModelInfo's keys (in place; returns the model)."""
+    """Replace the model-level metadata_props with ModelInfo's keys, with `info.weights_sha256` set to
+    this model's graph digest (in place; returns the model). Call it after the graph's last change."""
     del model.metadata_props[:]
+    info.weights_sha256 = weights_digest(model.SerializeToString())
     for key, value in info.metadata_props().items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return model
 
 
-def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
+def read_model_info(model: onnx.ModelProto | str | Path, path: str | Path | None = None) -> ModelInfo:
+    """The ModelInfo of a usedge ONNX (a loaded proto or a file): the one metadata read of the export
+    side, through the runtime's reader (model_info.model_info_from_metadata). ModelError when absent."""
+    if not isinstance(model, onnx.ModelProto):
+        path = path or model
+        model = onnx.load(str(model), load_external_data=False)
+    return model_info_from_metadata({p.key: p.value for p in model.metadata_props}, path)
 
 
 def check_model(model: onnx.ModelProto, path: str | Path | None = None) -> None:
@@ -56,16 +63,18 @@ def export_onnx(
     *,
     with_cam: bool = False,
     opset: int = DEFAULT_OPSET,
+    cam_weighting: str = "exact",
 ) -> Path:
     """Export `model` (eval mode, on CPU) to `path` atomically; returns the path.
 
     Input `image` N x 1 x S x S float32 (S = info.input_size, N dynamic); outputs `probs` N x C
-    (softmax) and, with_cam, `cam` N x C x S/8 x S/8. Metadata from `info`; full onnx.checker check.
+    (softmax) and, with_cam, `cam` N x C x S/8 x S/8 (cam_weighting: exact | paper). Metadata from `info`;
+    full onnx.checker check.
     """
     if not DEFAULT_OPSET <= opset <= MAX_OPSET:
         raise ConfigError(f"opset {opset} is not supported",
                           hint=f"use {DEFAULT_OPSET}..{MAX_OPSET}: the dynamo exporter cannot go below 18")
-    wrapped = ExportModel(model, with_cam=with_cam).eval().cpu()
+    wrapped = ExportModel(model, with_cam=with_cam, cam_weighting=cam_weighting).eval().cpu()
     size = int(info.input_size)
     example = torch.zeros(2, 1, size, size)   # batch 2: a batch of 1 would be specialised away
     batch = torch.export.Dim("batch", min=1, max=4096)

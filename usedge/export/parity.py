@@ -42,13 +42,14 @@ def compare(a: np.ndarray, b: np.ndarray, labels: np.ndarray | None = None) -> A
     )
 
 
-def torch_outputs(model, x: np.ndarray, with_cam: bool = False, batch: int = 16) -> dict[str, np.ndarray]:
+def torch_outputs(model, x: np.ndarray, with_cam: bool = False, batch: int = 16,
+                  cam_weighting: str = "exact") -> dict[str, np.ndarray]:
     """The PyTorch reference: ExportModel(model) on x (N x 1 x H x W float32) in eval mode."""
     import torch
 
     from usedge.export.wrapper import ExportModel
 
-    wrapped = ExportModel(model, with_cam=with_cam).eval()
+    wrapped = ExportModel(model, with_cam=with_cam, cam_weighting=cam_weighting).eval()
     outs: dict[str, list] = {name: [] for name in wrapped.output_names}
     with torch.no_grad():
         for i in range(0, len(x), batch):

@@ -1,9 +1,13 @@
 """`usedge export`: checkpoint -> model.onnx (+ fp16, int8, TensorRT engine, Triton repository) + report.
 
+Polygraphy's shape: a list of formats (`plan`), each with one `build` and an aim against a
+reference; then one loop runs every built ONNX with onnxruntime on the same held-out images and
+compares it with its reference's outputs (torch for FP32, FP32 for FP16 and INT8).
+
 Every artifact is first written into a staging folder inside the output folder and moved into place
 only when all requested artifacts and their checks are done; the report is written last. An
 interrupted or failed export therefore leaves the previous complete set (or nothing), never a mix
-of half-written files.
+of half-written files; a staging folder left by a killed export is removed by the next one.
 """
 
 from __future__ import annotations
@@ -20,16 +24,18 @@ import numpy as np
 
 import usedge
 from usedge.errors import ConfigError, MissingDependency, ModelError, OutputError
-from usedge.fileio import sha256_file
 from usedge.export import images as image_data
+from usedge.export import parity
+from usedge.export.model_card import build_card
 from usedge.export.report import Check, ExportReport
+from usedge.fileio import sha256_file
 from usedge.runtime.model_info import ModelInfo
 from usedge.runtime.preprocess import PreprocessSpec
 
 FP32_NAME, FP16_NAME, INT8_NAME = "model.onnx", "model.fp16.onnx", "model.int8.onnx"
-AIM_FP32 = (1e-4, 1.0)     # max |dp|, top-1 agreement: torch vs onnxruntime / reference
-AIM_FP16 = (1e-2, 0.995)
-AIM_INT8_ACC_DROP = 0.01   # accuracy points (fraction) int8 may lose against fp32
+STAGING_PREFIX = ".usedge-export-"
+CAM_WEIGHTINGS = ("exact", "paper")
+TRITON_MODELS = ("auto", "fp32", "fp16", "int8", "engine")
 
 
 @dataclass
@@ -39,6 +45,7 @@ class ExportOptions:
     engine: bool = False
     triton: Path | None = None
     cam: bool = False
+    cam_weighting: str = "exact"        # exact | paper (usedge.train.cam); exact points at the lesion
     data: Path | None = None            # images for parity + calibration (default: recorded in the checkpoint)
     calib_count: int = 64               # INT8 calibration images
     calib_method: str = "minmax"        # minmax | entropy | percentile
@@ -54,13 +61,228 @@ class ExportOptions:
     triton_name: str = "usedge"
     triton_model: str = "auto"          # auto | fp32 | fp16 | int8 | engine
     seed: int = 0
+    overwrite: bool = True              # replace an earlier export in `out` (the CLI asks for --overwrite)
+    uncertain_margin: float = 0.2       # model card: top-2 probability margin below which a result is uncertain
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
+    def check(self) -> None:
+        """ConfigError on any option that cannot work, before the slow work starts."""
+        from usedge.export.int8 import check_options
 
-def check_writable(out: Path) -> None:
-    """Create `out` and prove a file can be written there (OutputError otherwise)."""
+        if self.calib_count < 1 or self.parity_count < 1 or self.reference_count < 0:
+            raise ConfigError("--calib-count and --parity-count must be >= 1, --reference-count >= 0",
+                              hint="pass positive image counts")
+        check_options(self.calib_method, self.activations)
+        if self.triton_model not in TRITON_MODELS:
+            raise ConfigError(f"unknown --triton-model '{self.triton_model}'", hint=f"use {', '.join(TRITON_MODELS)}")
+        if not 0.0 <= self.uncertain_margin < 1.0:
+            raise ConfigError(f"--uncertain-margin {self.uncertain_margin:g} is outside 0..1",
+                              hint="pass a probability margin such as 0.2")
+        if self.cam_weighting not in CAM_WEIGHTINGS:
+            raise ConfigError(f"unknown --cam-weighting '{self.cam_weighting}'", hint=f"use {', '.join(CAM_WEIGHTINGS)}")
+
+
+@dataclass(frozen=True)
+class Aim:
+    """What a file's outputs must meet against its reference's: max |dp| and top-1 agreement, or
+    (accuracy_drop set) an accuracy drop, as a fraction, on labelled images."""
+
+    max_abs_diff: float = 1.0
+    top1: float = 0.0
+    accuracy_drop: float | None = None
+
+    def judge(self, name: str, artifact: str, a: parity.Agreement, note: str = "") -> Check:
+        if self.accuracy_drop is None:
+            return Check(name, artifact, a.max_abs_diff <= self.max_abs_diff and a.top1_agreement >= self.top1,
+                         f"max abs(dp) <= {self.max_abs_diff:g}, top-1 >= {self.top1:.1%}",
+                         {"n": a.n, "max_abs_diff": a.max_abs_diff, "top1_agreement": a.top1_agreement}, note)
+        drop = a.accuracy_a - a.accuracy_b if a.accuracy_a is not None else 0.0
+        return Check(name, artifact, drop <= self.accuracy_drop, f"accuracy drop <= {self.accuracy_drop * 100:g} point",
+                     {**a.to_dict(), "accuracy_drop": drop}, note)
+
+
+AIM_FP32 = Aim(max_abs_diff=1e-4, top1=1.0)
+AIM_FP16 = Aim(max_abs_diff=1e-2, top1=0.995)
+AIM_INT8 = Aim(accuracy_drop=0.01)
+
+
+@dataclass
+class Run:
+    """What every build and check reads: the model, its description, the images and the staging folder."""
+
+    model: object
+    info: ModelInfo
+    opts: ExportOptions
+    out: Path
+    stage: Path
+    calib: image_data.ImageSet | None
+    held: image_data.ImageSet
+    report: ExportReport
+
+
+@dataclass
+class Format:
+    """One artifact: how it is built (into the staging folder) and what it is compared with."""
+
+    precision: str
+    build: Callable[[Run], list[Path]]   # -> staged files, the artifact first (an engine adds its sidecar)
+    check: str = ""                      # report name of the onnxruntime comparison ("" = not run on CPU)
+    reference: str = "torch"             # "torch" or the precision whose outputs are the reference
+    aim: Aim | None = None
+    cross_check: str = ""                # report name of the same comparison run by onnx.reference
+    extra_checks: Callable[[Run, Path, dict], list[Check]] | None = None
+
+
+# --------------------------------------------------------------------------- builds
+
+def _build_fp32(run: Run) -> list[Path]:
+    from usedge.export.onnx_export import export_onnx
+
+    path = export_onnx(run.model, run.stage / FP32_NAME, run.info, with_cam=run.opts.cam, opset=run.opts.opset,
+                       cam_weighting=run.opts.cam_weighting)
+    run.report.add_check(Check("onnx.checker (full_check)", FP32_NAME, True, "no error"))
+    return [path]
+
+
+def _build_fp16(run: Run) -> list[Path]:
+    from usedge.export.fp16 import convert_fp16
+
+    return [convert_fp16(run.stage / FP32_NAME, run.stage / FP16_NAME)]
+
+
+def _build_int8(run: Run) -> list[Path]:
+    from usedge.export.int8 import quantize_int8
+
+    return [quantize_int8(run.stage / FP32_NAME, run.stage / INT8_NAME, run.calib.x, method=run.opts.calib_method,
+                          activations=run.opts.activations)]
+
+
+def _build_engine(run: Run) -> list[Path]:
+    from usedge.export.tensorrt import build_engine
+    from usedge.runtime.engine_sidecar import sidecar_path
+
+    o = run.opts
+    engine, _ = build_engine(run.stage / FP16_NAME, run.stage, max_batch=o.max_batch, opt_batch=o.opt_batch,
+                             optimization_level=o.optimization_level, workspace_mib=o.workspace_mib,
+                             timing_cache=o.timing_cache or run.out / "trt_timing.cache")
+    return [engine, sidecar_path(engine)]
+
+
+def _cam_check(run: Run, path: Path, outputs: dict) -> list[Check]:
+    if not run.opts.cam:
+        return []
+    ref, got = outputs["torch"]["cam"], outputs["fp32"]["cam"]
+    diff, scale = float(np.abs(ref - got).max()), float(np.abs(ref).max()) or 1.0
+    return [Check("torch vs onnxruntime (cam)", FP32_NAME, diff <= 1e-4 * max(1.0, scale),
+                  "max abs(dcam) <= 1e-4 x max abs(cam)", {"max_abs_diff": diff, "max_abs_cam": scale})]
+
+
+def _saturation_check(run: Run, path: Path, outputs: dict) -> list[Check]:
+    import onnx
+
+    from usedge.export.int8 import SATURATION_FREE_WEIGHT, max_abs_weight
+
+    biggest = max_abs_weight(onnx.load(str(path)))
+    return [Check("int8 weights saturation-free (AVX2 without VNNI)", INT8_NAME, biggest <= SATURATION_FREE_WEIGHT,
+                  f"max abs(w) <= {SATURATION_FREE_WEIGHT}", {"max_abs_weight": biggest})]
+
+
+def plan(opts: ExportOptions, calib, report: ExportReport) -> list[Format]:
+    """The formats this export builds, in build order (each later one may read an earlier file)."""
+    formats = [Format("fp32", _build_fp32, "torch vs onnxruntime", "torch", AIM_FP32, "torch vs onnx.reference",
+                      _cam_check)]
+    if opts.fp16 or opts.engine:
+        formats.append(Format("fp16", _build_fp16, "fp16 vs fp32 (onnxruntime CPU)", "fp32", AIM_FP16,
+                              "fp16 vs fp32 (onnx.reference)"))
+    if opts.int8 and calib is None:
+        report.skipped[INT8_NAME] = "no calibration images: pass --data DIR"
+    elif opts.int8:
+        formats.append(Format("int8", _build_int8, "int8 vs fp32 accuracy (held-out)", "fp32", AIM_INT8,
+                              extra_checks=_saturation_check))
+    if opts.engine:
+        from usedge.export.tensorrt import BUILD_ELSEWHERE, tensorrt_available
+
+        ok, why = tensorrt_available()
+        if ok:
+            formats.append(Format("fp16", _build_engine))
+        else:
+            report.skipped["engine"] = f"{why}; {BUILD_ELSEWHERE}"
+    return formats
+
+
+# --------------------------------------------------------------------------- checks
+
+def write_card(run: Run, built: list[tuple[Format, Path]], card: dict) -> Path:
+    """Put the model card into every staged ONNX's metadata (the graph, and so its digest, is
+    unchanged) and the engine sidecar's model info; write MODEL_CARD.md; returns its staged path."""
+    import onnx
+
+    from usedge.export.model_card import CARD_NAME, card_markdown
+    from usedge.export.onnx_export import read_model_info, set_metadata
+    from usedge.fileio import write_bytes_atomic, write_text_atomic
+    from usedge.runtime.engine_sidecar import read_sidecar, write_sidecar
+    from usedge.runtime.model_info import model_card_line
+
+    for _, path in built:
+        if path.suffix == ".onnx":
+            model = onnx.load(str(path))
+            info = read_model_info(model, path)
+            info.model_card = card
+            write_bytes_atomic(path, set_metadata(model, info).SerializeToString())
+        else:
+            sidecar = read_sidecar(path)
+            sidecar.model_info = read_model_info(run.stage / FP16_NAME).to_json()
+            write_sidecar(path, sidecar)
+    run.info.model_card = card
+    return write_text_atomic(run.stage / CARD_NAME, card_markdown(card, model_card_line(run.info)))
+
+
+def cpu_note() -> str:
+    """Which CPU the numerical checks ran on: int8 results differ between VNNI and AVX2-only CPUs."""
+    from usedge.bench.machine import cpu_model
+
+    name, flags = cpu_model()
+    vnni = any("vnni" in f for f in flags)
+    return (f"ran on {name} ({', '.join(flags) or 'no AVX2'}); "
+            + ("VNNI: u8 x s8 pairs widen to int32 here" if vnni else "no VNNI: u8 x s8 pairs add in int16 here"))
+
+
+def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], None]) -> None:
+    """Run every built ONNX on the held-out images and compare it with its reference (one loop)."""
+    x = run.held.x
+    labels = run.held.labels if len(run.held.labels) else None
+    say("running torch on the held-out images")
+    outputs = {"torch": parity.torch_outputs(run.model, x, with_cam=run.opts.cam, cam_weighting=run.opts.cam_weighting)}
+    k = min(run.opts.reference_count, len(x))
+    for fmt, path in built:
+        if not fmt.check:
+            continue
+        say(f"checking {path.name}")
+        outputs[fmt.precision] = parity.ort_outputs(path, x)
+        ref = outputs[fmt.reference]["probs"]
+        note = cpu_note() if fmt.precision == "int8" else ""
+        run.report.add_check(fmt.aim.judge(fmt.check, path.name, parity.compare(ref, outputs[fmt.precision]["probs"],
+                                                                                 labels), note))
+        if fmt.cross_check and k:
+            got = parity.reference_outputs(path, x[:k])["probs"]
+            run.report.add_check(fmt.aim.judge(fmt.cross_check, path.name, parity.compare(ref[:k], got)))
+        for check in fmt.extra_checks(run, path, outputs) if fmt.extra_checks else []:
+            run.report.add_check(check)
+
+
+# --------------------------------------------------------------------------- the command
+
+def check_writable(out: Path, overwrite: bool = True) -> None:
+    """Create `out` and prove a file can be written there; OutputError otherwise, or when `out`
+    already holds an export and `overwrite` is False."""
+    from usedge.export.report import REPORT_JSON
+
+    earlier = sorted(p.name for p in (out / n for n in (FP32_NAME, FP16_NAME, INT8_NAME, REPORT_JSON)) if p.exists())
+    if earlier and not overwrite:
+        raise OutputError(f"output folder already holds an export ({', '.join(earlier)})", path=out,
+                          hint="pass --overwrite to replace it, or another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".usedge-probe-"):
@@ -68,6 +290,28 @@ def check_writable(out: Path) -> None:
     except OSError as exc:
         raise OutputError(f"output folder is not writable ({exc.strerror})", path=out,
                           hint="pass --out to a folder you can write") from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's live process
+        return True
+    return True
+
+
+def clean_stale_staging(out: Path) -> list[str]:
+    """Remove staging folders (`.usedge-export-<pid>-*`) whose export process is gone (killed).
+    Folders of a live export on this machine are left alone. Returns the removed names."""
+    removed = []
+    for stage in out.glob(STAGING_PREFIX + "*"):
+        pid = stage.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if stage.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage.name)
+    return removed
 
 
 def load_for_export(checkpoint: Path):
@@ -92,14 +336,18 @@ def training_summary(meta: dict) -> dict:
 
 def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_names: list[str], opts: ExportOptions,
                    report: ExportReport):
-    """(calibration ImageSet | None, held-out ImageSet) — random inputs when no data set is known."""
-    data = opts.data or image_data.recorded_data_path(meta)
+    """(calibration ImageSet | None, held-out ImageSet, training-data provenance for the model card) —
+    random inputs when no data set is known."""
+    from usedge.export.model_card import describe_data
+
+    data = opts.data or image_data.recorded_data(meta, checkpoint)
     if data is None:
         rng = np.random.default_rng(opts.seed)
         x = rng.uniform(-1, 1, size=(max(4, min(opts.parity_count, 16)), 1, spec.size, spec.size)).astype(np.float32)
         report.data = {"source": "random", "note": "no data set given or recorded: parity on uniform noise, "
                        "no INT8 (calibration needs real images); pass --data DIR"}
-        return None, image_data.ImageSet(x=x, labels=np.array([], dtype=np.int64), paths=[])
+        return None, image_data.ImageSet(x=x, labels=np.array([], dtype=np.int64), paths=[]), {
+            "note": "no data set given or recorded"}
     ds = image_data.open_dataset(data, class_names)
     split = image_data.split_from_run(ds.samples, ds.root, checkpoint)
     how = "the fold's train / test patients (folds.csv)" if split else "split by patient hash"
@@ -111,215 +359,114 @@ def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_nam
     held = image_data.spread(held, opts.parity_count)
     report.data = {"source": str(data), "images": len(ds), "calibration": len(calib), "held_out": len(held),
                    "split": how, "note": f"{len(calib)} calibration / {len(held)} held-out images, {how}"}
-    return image_data.load_images(calib, spec), image_data.load_images(held, spec)
-
-
-def _agreement_check(name, artifact, agreement, aim: tuple[float, float], note="") -> Check:
-    max_diff, top1 = aim
-    figures = {"n": agreement.n, "max_abs_diff": agreement.max_abs_diff, "top1_agreement": agreement.top1_agreement}
-    return Check(name=name, artifact=artifact, aim=f"max abs(dp) <= {max_diff:g}, top-1 >= {top1:.1%}",
-                 passed=agreement.max_abs_diff <= max_diff and agreement.top1_agreement >= top1,
-                 figures=figures, note=note)
+    provenance = {**describe_data(ds), "named_by": "--data at export" if opts.data else "the checkpoint"}
+    return image_data.load_images(calib, spec), image_data.load_images(held, spec), provenance
 
 
 def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = ExportOptions(),
                progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export a checkpoint into `out`; returns the report (also written as export_report.json/.md)."""
-    from usedge.export import parity
-    from usedge.export.onnx_export import export_onnx
+    import torch
 
     say = progress or (lambda _msg: None)
     checkpoint, out = Path(checkpoint), Path(out)
-    if opts.calib_count < 1 or opts.parity_count < 1 or opts.reference_count < 0:
-        raise ConfigError("--calib-count and --parity-count must be >= 1, --reference-count >= 0",
-                          hint="pass positive image counts")
-    from usedge.export.int8 import ACTIVATION_TYPES, CALIB_METHODS
-
-    if opts.calib_method not in CALIB_METHODS:
-        raise ConfigError(f"unknown calibration method '{opts.calib_method}'", hint=f"use {', '.join(CALIB_METHODS)}")
-    if opts.activations not in ACTIVATION_TYPES:
-        raise ConfigError(f"unknown INT8 activation type '{opts.activations}'", hint=f"use {', '.join(ACTIVATION_TYPES)}")
-    if opts.triton_model not in ("auto", "fp32", "fp16", "int8", "engine"):
-        raise ConfigError(f"unknown --triton-model '{opts.triton_model}'", hint="use auto, fp32, fp16, int8 or engine")
-    check_writable(out)
+    opts.check()
+    check_writable(out, opts.overwrite)
     say("loading checkpoint")
     model, meta = load_for_export(checkpoint)
     spec = PreprocessSpec.from_dict(meta.get("preprocess") or {})
-    class_names = list(meta["class_names"])
-    import torch
-
-    info = ModelInfo(class_names=class_names, input_size=spec.size, preprocess=spec, arch=meta["arch"],
+    info = ModelInfo(class_names=list(meta["class_names"]), input_size=spec.size, preprocess=spec, arch=meta["arch"],
                      checkpoint_sha256=meta["sha256"], usedge_version=usedge.__version__, precision="fp32",
                      outputs=["probs", "cam"] if opts.cam else ["probs"], training=training_summary(meta),
                      export={"opset": opts.opset, "exporter": f"torch {torch.__version__} dynamo",
-                             "checkpoint": checkpoint.name})
+                             "checkpoint": checkpoint.name,
+                             **({"cam_weighting": opts.cam_weighting} if opts.cam else {})})
     report = ExportReport(checkpoint=str(checkpoint), checkpoint_sha256=meta["sha256"], out_dir=str(out),
                           usedge_version=usedge.__version__, settings=opts.to_dict())
+    report.removed_stale = clean_stale_staging(out)
     say("reading images")
-    calib, held = _choose_images(checkpoint, meta, spec, class_names, opts, report)
-    labels = held.labels if len(held.labels) else None
-
-    stage = Path(tempfile.mkdtemp(prefix=".usedge-export-", dir=out))
+    calib, held, provenance = _choose_images(checkpoint, meta, spec, info.class_names, opts, report)
+    stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
+    run = Run(model, info, opts, out, stage, calib, held, report)
     try:
-        # FP32 ONNX + the three checks the issue asks for on every export.
-        t0 = time.perf_counter()
-        say(f"exporting {FP32_NAME} (opset {opts.opset})")
-        fp32 = export_onnx(model, stage / FP32_NAME, info, with_cam=opts.cam, opset=opts.opset)
-        report.timings_s["onnx"] = round(time.perf_counter() - t0, 2)
-        report.add_check(Check("onnx.checker (full_check)", FP32_NAME, True, "no error"))
-        say("parity: torch vs onnxruntime")
-        ref = parity.torch_outputs(model, held.x, with_cam=opts.cam)
-        ort32 = parity.ort_outputs(fp32, held.x)
-        report.add_check(_agreement_check("torch vs onnxruntime", FP32_NAME,
-                                          parity.compare(ref["probs"], ort32["probs"], labels), AIM_FP32))
-        if opts.cam:
-            cam_diff = float(np.abs(ref["cam"] - ort32["cam"]).max())
-            scale = float(np.abs(ref["cam"]).max()) or 1.0
-            report.add_check(Check("torch vs onnxruntime (cam)", FP32_NAME, cam_diff <= 1e-4 * max(1.0, scale),
-                                   "max abs(dcam) <= 1e-4 x max abs(cam)", {"max_abs_diff": cam_diff, "max_abs_cam": scale}))
-        if opts.reference_count:
-            say("parity: onnx reference evaluator")
-            k = min(opts.reference_count, len(held))
-            refeval = parity.reference_outputs(fp32, held.x[:k])
-            report.add_check(_agreement_check("onnx.reference vs onnxruntime", FP32_NAME,
-                                              parity.compare(refeval["probs"], ort32["probs"][:k]), AIM_FP32))
-        report.add_artifact(fp32, precision="fp32", opset=opts.opset, outputs=info.outputs)
-
-        produced = [FP32_NAME]
-        if opts.fp16 or opts.engine:
-            from usedge.export.fp16 import convert_fp16
-
-            say(f"converting {FP16_NAME}")
+        built: list[tuple[Format, Path]] = []
+        produced: list[Path] = []
+        for fmt in plan(opts, calib, report):
+            say(f"building {fmt.precision}{' engine' if fmt.build is _build_engine else ''}")
             t0 = time.perf_counter()
-            fp16 = convert_fp16(fp32, stage / FP16_NAME)
-            report.timings_s["fp16"] = round(time.perf_counter() - t0, 2)
-            out16 = parity.ort_outputs(fp16, held.x)
-            report.add_check(_agreement_check("fp16 vs fp32 (onnxruntime CPU)", FP16_NAME,
-                                              parity.compare(ort32["probs"], out16["probs"], labels), AIM_FP16))
-            if opts.reference_count:
-                k = min(opts.reference_count, len(held))
-                ref16 = parity.reference_outputs(fp16, held.x[:k])
-                report.add_check(_agreement_check("fp16 vs fp32 (onnx.reference)", FP16_NAME,
-                                                  parity.compare(ort32["probs"][:k], ref16["probs"]), AIM_FP16))
-            report.add_artifact(fp16, precision="fp16")
-            produced.append(FP16_NAME)
-
-        if opts.int8 and calib is None:
-            report.skipped[INT8_NAME] = "no calibration images: pass --data DIR"
-        elif opts.int8:
-            from usedge.export.int8 import quantize_int8
-
-            say(f"quantising {INT8_NAME} ({len(calib)} images, {opts.calib_method})")
-            t0 = time.perf_counter()
-            int8 = quantize_int8(fp32, stage / INT8_NAME, calib.x, method=opts.calib_method,
-                                 activations=opts.activations)
-            report.timings_s["int8"] = round(time.perf_counter() - t0, 2)
-            out8 = parity.ort_outputs(int8, held.x)
-            agreement = parity.compare(ort32["probs"], out8["probs"], labels)
-            drop = (agreement.accuracy_a - agreement.accuracy_b) if labels is not None else 0.0
-            report.add_check(Check("int8 vs fp32 accuracy (held-out)", INT8_NAME, drop <= AIM_INT8_ACC_DROP,
-                                   f"accuracy drop <= {AIM_INT8_ACC_DROP * 100:g} point",
-                                   {**agreement.to_dict(), "accuracy_drop": drop}))
-            report.add_artifact(int8, precision="int8", calibration=opts.calib_method, calib_images=len(calib),
-                                activations=opts.activations)
-            produced.append(INT8_NAME)
-
-        engine_path = sidecar = None
-        if opts.engine:
-            from usedge.export.tensorrt import BUILD_ELSEWHERE, build_engine, tensorrt_available
-
-            ok, why = tensorrt_available()
-            if not ok:
-                report.skipped["engine"] = f"{why}; {BUILD_ELSEWHERE}"
-                say(f"no TensorRT engine: {why} — {BUILD_ELSEWHERE}")
-            else:
-                say("building TensorRT engine")
-                t0 = time.perf_counter()
-                engine_path, sidecar = build_engine(
-                    stage / FP16_NAME, stage, max_batch=opts.max_batch, opt_batch=opts.opt_batch,
-                    optimization_level=opts.optimization_level, workspace_mib=opts.workspace_mib,
-                    timing_cache=opts.timing_cache or out / "trt_timing.cache")
-                report.timings_s["engine"] = round(time.perf_counter() - t0, 2)
-                report.add_artifact(engine_path, precision="fp16", gpu=sidecar.gpu_name,
-                                    compute_capability=sidecar.compute_capability, trt_version=sidecar.trt_version)
-                produced += [engine_path.name, engine_path.name + ".json"]
-
+            files = fmt.build(run)
+            report.timings_s[files[0].name] = round(time.perf_counter() - t0, 2)
+            built.append((fmt, files[0]))
+            produced += files
+        check_all(run, built, say)
+        produced.append(write_card(run, built, build_card(checkpoint, info.class_names, provenance, report,
+                                                          opts.uncertain_margin)))
         say("moving artifacts into place")
-        for name in produced:
-            os.replace(stage / name, out / name)
-        report.removed_stale = remove_stale(out, produced, info)
+        for fmt, path in built:
+            report.add_artifact(path, precision=fmt.precision)
+        for path in produced:
+            os.replace(path, out / path.name)
+        report.removed_stale += remove_stale(out, [p.name for p in produced], info)
         if opts.triton is not None:
-            _write_triton(out, opts, report, engine_path, sidecar)
+            engine = next((p for f, p in built if f.build is _build_engine), None)
+            _write_triton(out, opts, report, engine)
         report.write(out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return report
 
 
-def _describes(info_json: str, info: ModelInfo) -> bool:
-    """True when an artifact's model-info JSON names the same checkpoint, outputs and input size."""
-    try:
-        other = ModelInfo.from_json(info_json)
-    except (ValueError, TypeError, KeyError):
-        return False
-    return (other.checkpoint_sha256, other.outputs, other.input_size) == (info.checkpoint_sha256, info.outputs,
-                                                                           info.input_size)
+def _describes(other: ModelInfo | None, info: ModelInfo) -> bool:
+    """True when an artifact's ModelInfo names the same checkpoint, outputs and input size."""
+    return other is not None and (other.checkpoint_sha256, other.outputs, other.input_size) == (
+        info.checkpoint_sha256, info.outputs, info.input_size)
 
 
 def remove_stale(out: Path, produced: list[str], info: ModelInfo) -> list[str]:
     """Delete artifacts an earlier export left in `out` that do not describe the model just exported
     (another checkpoint, other outputs or input size): FP16/INT8 files this run did not write and
     TensorRT engines (+ sidecars). Returns the deleted names."""
-    import onnx
-
+    from usedge.export.onnx_export import read_model_info
     from usedge.runtime.engine_sidecar import read_sidecar, sidecar_path
-    from usedge.runtime.model_info import METADATA_KEY
+    from usedge.runtime.model_info import model_info_from_metadata
 
-    stale = []
-    for name in (FP16_NAME, INT8_NAME):
-        path = out / name
-        if name in produced or not path.exists():
-            continue
+    def info_of(read: Callable[[], ModelInfo]) -> ModelInfo | None:
         try:
-            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            return read()
         except Exception:  # unreadable leftovers are stale too
-            meta = {}
-        if not _describes(meta.get(METADATA_KEY, ""), info):
-            stale.append(path)
+            return None
+
+    stale = [out / name for name in (FP16_NAME, INT8_NAME) if name not in produced and (out / name).exists()
+             and not _describes(info_of(lambda: read_model_info(out / name)), info)]
     for engine in out.glob("*.engine"):
-        if engine.name in produced:
-            continue
-        try:
-            keep = _describes(read_sidecar(engine).model_info, info)
-        except ModelError:
-            keep = False
-        if not keep:
+        if engine.name not in produced and not _describes(info_of(
+                lambda: model_info_from_metadata({"model_info": read_sidecar(engine).model_info}, engine)), info):
             stale += [engine] + [p for p in (sidecar_path(engine),) if p.exists()]
     for path in stale:
         path.unlink(missing_ok=True)
     return [p.name for p in stale]
 
 
-def _write_triton(out: Path, opts: ExportOptions, report: ExportReport, engine_path, sidecar) -> None:
+def _write_triton(out: Path, opts: ExportOptions, report: ExportReport, engine: Path | None) -> None:
     from usedge.export.triton import TritonSettings, parse_config, write_model_repository
+    from usedge.runtime.engine_sidecar import read_sidecar
 
     choice = opts.triton_model
     if choice == "auto":
-        choice = "engine" if engine_path is not None else "fp32"
+        choice = "engine" if engine is not None else "fp32"
     files = {"fp32": FP32_NAME, "fp16": FP16_NAME, "int8": INT8_NAME}
     if choice == "engine":
-        if engine_path is None:
+        if engine is None:
             raise ConfigError("--triton-model engine needs a built engine", hint="add --engine on a GPU machine")
-        source, extra = out / engine_path.name, {"engine_max_batch": sidecar.max_batch, "onnx_for_io": out / FP16_NAME}
+        source = out / engine.name
+        extra = {"engine_max_batch": read_sidecar(source).max_batch, "onnx_for_io": out / FP16_NAME}
         kind = "KIND_GPU"
-    elif choice in files:
+    else:
         source, extra = out / files[choice], {}
         if not source.is_file():
             raise ConfigError(f"--triton-model {choice} needs {files[choice]}, which this export did not build",
                               hint=f"enable it (--{choice}) or pick another --triton-model")
         kind = "KIND_CPU" if choice == "int8" else "KIND_AUTO"
-    else:
-        raise ConfigError(f"unknown --triton-model '{choice}'", hint="use auto, fp32, fp16, int8 or engine")
     settings = TritonSettings(name=opts.triton_name, max_batch_size=opts.max_batch, instance_kind=kind,
                               preferred_batch_sizes=[b for b in (1, 2, 4, 8, 16) if b <= opts.max_batch][-2:])
     config = write_model_repository(opts.triton, source, settings, **extra)

@@ -17,12 +17,10 @@ import datetime as _dt
 import time
 from pathlib import Path
 
-import onnx
-
 from usedge.errors import BackendUnavailable, ConfigError, ModelError
 from usedge.fileio import sha256_bytes, sha256_file, write_bytes_atomic
+from usedge.export.onnx_export import read_model_info
 from usedge.runtime.engine_sidecar import EngineSidecar, engine_filename, local_target, write_sidecar
-from usedge.runtime.model_info import METADATA_KEY
 
 BUILD_ELSEWHERE = ("copy the export folder to the GPU machine and run there: "
                    "usedge export CHECKPOINT --out DIR --engine (needs pip install tensorrt and 'usedge[gpu]')")
@@ -114,8 +112,6 @@ def build_engine(
     if cache_path is not None:
         write_bytes_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    meta = {p.key: p.value for p in model.metadata_props}
     sidecar = EngineSidecar(
         gpu_name=gpu, compute_capability=cc, trt_version=str(version), precision="fp16",
         input_name=image.name, input_shapes=shapes,
@@ -124,7 +120,7 @@ def build_engine(
         builder={"strongly_typed": True, "optimization_level": int(optimization_level),
                  "workspace_mib": int(workspace_mib), "timing_cache": str(cache_path) if cache_path else "",
                  "build_s": round(build_s, 2)},
-        model_info=meta.get(METADATA_KEY, ""),
+        model_info=read_model_info(onnx_path).to_json(),
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     write_sidecar(engine_path, sidecar)

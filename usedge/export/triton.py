@@ -20,6 +20,7 @@ import onnx
 
 from usedge.errors import ConfigError, ModelError
 from usedge.fileio import atomic_write, write_text_atomic
+from usedge.export.onnx_export import read_model_info
 from usedge.runtime.model_info import METADATA_KEY, ModelInfo
 
 CONFIG_NAME = "config.pbtxt"
@@ -59,9 +60,6 @@ def _dims(shape: list[int]) -> str:
 def _onnx_io(path: Path) -> tuple[list[tuple[str, list[int]]], list[tuple[str, list[int]]], ModelInfo]:
     """(inputs, outputs) as (name, per-sample dims) and the ModelInfo of a usedge ONNX."""
     model = onnx.load(str(path), load_external_data=False)
-    meta = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in meta:
-        raise ModelError("ONNX has no usedge metadata", path=path, hint="export it with usedge export")
 
     def dims(vi) -> list[int]:
         shape = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
@@ -69,7 +67,7 @@ def _onnx_io(path: Path) -> tuple[list[tuple[str, list[int]]], list[tuple[str, l
 
     ins = [(i.name, dims(i)) for i in model.graph.input]
     outs = [(o.name, dims(o)) for o in model.graph.output]
-    return ins, outs, ModelInfo.from_json(meta[METADATA_KEY])
+    return ins, outs, read_model_info(model, path)
 
 
 def config_text(settings: TritonSettings, platform: str, inputs, outputs, info: ModelInfo) -> str:

@@ -3,8 +3,10 @@
     ExportModel(model, with_cam=False)(x)  -> probs  N x C
     ExportModel(model, with_cam=True)(x)   -> (probs N x C, cam N x C x H/8 x W/8)
 
-The CAM is the paper's multi-branch CAM of every class (usedge.train.cam.multi_branch_cam), raw;
-the runtime normalises it for display.
+The CAM is the multi-branch CAM of every class (usedge.train.cam.multi_branch_cam), raw; the runtime
+normalises it for display. cam_weighting "exact" (default: folds the final layer into the branch
+weights, the map that points at the lesion in benchmarks/explain_localisation.py) or "paper" (the
+paper's per-branch weights).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ INPUT_NAME = "image"
 class ExportModel(nn.Module):
     """Wrap a usedge model (forward_features / forward_head) so its outputs are what the runtime reads."""
 
-    def __init__(self, model: nn.Module, with_cam: bool = False):
+    def __init__(self, model: nn.Module, with_cam: bool = False, cam_weighting: str = "exact"):
         super().__init__()
         self.model = model
         self.with_cam = with_cam
+        self.cam_weighting = cam_weighting
         if with_cam:
             from usedge.train.cam import multi_branch_cam
 
@@ -37,4 +40,4 @@ class ExportModel(nn.Module):
         probs = torch.softmax(self.model.forward_head(features), dim=1)
         if not self.with_cam:
             return probs
-        return probs, self._cam(self.model, features)
+        return probs, self._cam(self.model, features, self.cam_weighting)

@@ -8,7 +8,6 @@ it (quality, freeze, smoothing, sinks) is `usedge.runtime.pipeline`.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from usedge.errors import BackendUnavailable, ModelError, NoImage, UsedgeError
 from usedge.fileio import sha256_file
 from usedge.runtime.backends import Backend, candidate_backends, create_backend
 from usedge.runtime.crop import CropInfo, prepare
-from usedge.runtime.model_info import METADATA_KEY, ModelInfo
+from usedge.runtime.model_info import ModelInfo, model_info_from_metadata
 from usedge.runtime.preprocess import PreprocessSpec, normalise
 
 #: frame (H x W or H x W x C, any dtype) -> (uint8 size x size model image, where it came from)
@@ -125,18 +124,6 @@ def _looks_like_probs(p: np.ndarray) -> bool:
     return bool(np.all(p >= -1e-4) and np.all(p <= 1 + 1e-4) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-2))
 
 
-def model_info_from_metadata(metadata: dict[str, str], path: Path) -> ModelInfo:
-    """ModelInfo from ONNX metadata_props or an engine sidecar (key METADATA_KEY or "model_info")."""
-    raw = metadata.get(METADATA_KEY) or metadata.get("model_info")
-    if raw is None:
-        raise ModelError("model carries no usedge metadata (class names, input size, preprocessing)", path=path,
-                         hint="export it with `usedge export`, which writes them into the ONNX file")
-    try:
-        return ModelInfo.from_json(raw if isinstance(raw, str) else json.dumps(raw))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ModelError(f"unreadable usedge metadata ({exc})", path=path, hint="re-export with `usedge export`") from exc
-
-
 def _check_io_shapes(engine: Backend, info: ModelInfo, path: Path) -> None:
     """ModelError unless the declared input is N x 1 x size x size and probs has one
     column per class name; symbolic (dynamic) dimensions pass. Every backend declares its I/O tensors."""
@@ -175,11 +162,12 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", *, threads: int | None = None, spinning: bool = False,
-             opt_level: str = "all", device_id: int = 0) -> "Classifier":
+             opt_level: str = "all", device_id: int = 0, verify: bool = True) -> "Classifier":
         """Load model.onnx / model.int8.onnx / model.fp16.onnx or a TensorRT engine (with sidecar).
 
         backend: see `usedge.runtime.backends.BACKEND_NAMES`; `auto` picks the fastest that works here.
         threads: onnxruntime intra-op threads (None: all cores); spinning: busy-wait between ops.
+        verify: refuse a file whose weights digest (engine: sha256 in its sidecar) does not match.
         """
         path = Path(path)
         if not path.is_file():
@@ -203,7 +191,7 @@ class Classifier:
         if failed:
             reason += f"; {'; '.join(failed)}"
         try:
-            info = model_info_from_metadata(engine.metadata, path)
+            info = model_info_from_metadata(engine.metadata, path, verify=verify)
             if "probs" not in engine.output_names:
                 raise ModelError(f"model outputs {engine.output_names}, expected 'probs'", path=path,
                                  hint="export with `usedge export`")
@@ -212,7 +200,7 @@ class Classifier:
             engine.close()
             raise
         return cls(engine, info, sha256_file(path), reason if backend == "auto" else "asked for",
-                   {"path": path, "backend": name, **options})
+                   {"path": path, "backend": name, "verify": verify, **options})
 
     @property
     def thread_safe(self) -> bool:

@@ -21,6 +21,8 @@ PACKAGES = [  # (distribution names to try, what it is for)
     (("rich",), "progress and tables (base)"),
     (("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "python-gdcm", "pillow"), "compressed DICOM decoders"),
     (("tensorrt", "tensorrt-cu12", "tensorrt-cu13"), "native TensorRT (gpu)"),
+    (("onnxruntime-ep-nv-tensorrt-rtx-cu13", "onnxruntime-ep-nv-tensorrt-rtx-cu12"),
+     "TensorRT for RTX plugin for the plain onnxruntime (rtx)"),
     (("cuda-python", "cuda-bindings"), "CUDA buffers/streams for TensorRT (gpu)"),
     (("torch",), "training/export only: never imported by the runtime"),
 ]

@@ -33,7 +33,7 @@ class TissueSpec:
 
 def sample_tissue(rng: np.random.Generator) -> TissueSpec:
     return TissueSpec(
-        gel_mm=float(rng.uniform(0.3, 1.4)),
+        gel_mm=float(rng.uniform(0.3, 2.5)),  # gel / stand-off thickness under the probe
         dermis_mm=float(rng.uniform(1.2, 2.8)),
         fat_mm=float(rng.uniform(3.0, 9.0)),
         dermis_db=float(rng.normal(-3.0, 1.5)),

@@ -6,8 +6,9 @@ in mm, probe frequency in MHz, gain and dynamic range in dB. Pure numpy + OpenCV
 The chain, per pixel (x lateral, z depth):
     scatterers  s = 10^(echo/20) * (n1 + i n2) / sqrt(2)            complex Gaussian -> Rayleigh speckle
     attenuation s *= 10^((tgc(z) - 2 f \u222b alpha dz) / 20)           round trip, TGC compensates tissue
+                                                                    (plus the user's TGC slider bumps)
     PSF         field = s (*) h_axial(z) h_lateral(x)               Gaussian beam, grain from wavelength
-    noise       field += electronic noise
+    noise       field += electronic noise (above the display floor: shadows are dark gray, not 0)
     display     gray = 255 * clip((20 log10|field| + gain - top + DR) / DR, 0, 1)
 """
 
@@ -32,12 +33,18 @@ class BModeSettings:
     dynamic_range_db: float = 55.0  # shown dynamic range, dB
     gain_db: float = 0.0            # overall gain, dB
     tgc_slope_error: float = 0.0    # TGC mismatch, dB/(cm*MHz) added to the compensated attenuation
-    noise_db: float = -48.0         # electronic noise level relative to dermis, dB
+    noise_db: float = -36.0         # electronic noise level relative to dermis, dB (display floor: display_floor_db)
+    tgc_knots_db: tuple = ()        # TGC slider offsets, dB, spread evenly from top to bottom (linear between)
     axial_cycles: float = 1.6       # axial PSF sigma in wavelengths (pulse length)
     lateral_cycles: float = 3.0     # lateral PSF sigma in wavelengths (~ F-number)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def display_floor_db(self) -> float:
+        """The level shown as black (dB re dermis): below it every pixel is 0."""
+        return TOP_DB - self.gain_db - self.dynamic_range_db
 
     @property
     def wavelength_mm(self) -> float:
@@ -64,6 +71,9 @@ def attenuation_gain_db(atten: np.ndarray | float, shape: tuple[int, int], s: BM
     loss = 2.0 * s.freq_mhz * dz_cm * (np.cumsum(alpha, axis=0) - 0.5 * alpha)
     z_cm = (np.arange(h, dtype=np.float32) + 0.5) * dz_cm
     tgc = 2.0 * s.freq_mhz * (TISSUE_ATTENUATION + s.tgc_slope_error) * z_cm
+    if s.tgc_knots_db:
+        knots = np.asarray(s.tgc_knots_db, dtype=np.float32)
+        tgc = tgc + np.interp(np.arange(h), np.linspace(0, h - 1, knots.size), knots).astype(np.float32)
     return (tgc[:, None] - loss).astype(np.float32)
 
 
@@ -89,7 +99,7 @@ def log_compress(field: np.ndarray, s: BModeSettings) -> np.ndarray:
     """Envelope |I + iQ| -> dB -> uint8 over the dynamic range."""
     power = field[..., 0] * field[..., 0] + field[..., 1] * field[..., 1]
     db = 10.0 * np.log10(power + 1e-12)
-    lo = TOP_DB - s.gain_db - s.dynamic_range_db
+    lo = s.display_floor_db
     img = (db - lo) * (255.0 / s.dynamic_range_db)
     return np.clip(img, 0, 255).astype(np.uint8)
 

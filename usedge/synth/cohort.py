@@ -99,7 +99,7 @@ def make_cohort(out_dir: str | Path, *, seed: int = 0, patients: tuple[int, int,
             pid = f"p{ids[sum(patients[:ci]) + j]:04d}"
             patient = sample_patient(pid, label, np.random.default_rng([seed, ci, j]), difficulty, options)
             summaries.append({"patient_id": pid, "label": label, "views": int(views[ci][j]),
-                              "atypical": patient.lesion.atypical,
+                              "atypical": patient.lesion.atypical, "signs": patient.lesion.signs,
                               "size_mm": [round(2 * patient.lesion.half_width_mm, 2),
                                           round(2 * patient.lesion.half_height_mm, 2)],
                               "freq_mhz": round(patient.freq_mhz, 2)})

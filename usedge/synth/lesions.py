@@ -1,19 +1,23 @@
-"""The three benign skin tumours and their textbook B-mode signatures, with realistic overlap.
+"""The three benign skin tumours and their B-mode signs: partial, variable and sometimes absent.
 
-- epidermal_cyst: round/oval, well circumscribed, hypo/anechoic with scattered internal echoes,
-  posterior acoustic enhancement (low attenuation), sometimes a punctum tract to the epidermis.
-- lipoma: oval, long axis parallel to the skin, iso- to mildly hyperechoic to fat, thin echogenic
-  striations parallel to the skin, no posterior effect.
-- pilomatricoma: round, heterogeneous hyperechoic with echogenic calcific foci, posterior
-  shadowing, hypoechoic rim; some with few calcifications (then close to a cyst).
+- epidermal_cyst: round/oval, well circumscribed, hypo/anechoic or filled with low-level echoes
+  ("pseudotestis"), often posterior enhancement, sometimes a bright wall, lateral edge shadows
+  or a punctum tract to the epidermis.
+- lipoma: oval, usually wider than tall and parallel to the skin, hyper-, iso- or hypoechoic to fat,
+  often thin echogenic striations parallel to the skin, little posterior effect, compressible.
+- pilomatricoma: round/oval at the dermis-fat junction, heterogeneous, usually with echogenic
+  calcific foci, often a hypoechoic rim, posterior shadowing in about half.
 
-`difficulty` (0..1) raises the share of atypical lesions and pulls class parameters together.
+Each sign is drawn per lesion with a class prevalence (`SIGNS`); the figures at the default
+difficulty (0.5) follow published sonographic series (docs/synth.md cites them). `difficulty`
+moves them: 0 = textbook (every class sign present, no other class's), 0.5 = the published
+prevalences, 1 = half-way from those toward a prevalence shared by all classes.
 Sizes in mm, echo levels in dB relative to dermis, attenuation in dB/(cm*MHz).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
@@ -21,6 +25,23 @@ import numpy as np
 from usedge.synth.anatomy import smooth_noise
 
 CLASSES = ("epidermal_cyst", "lipoma", "pilomatricoma")
+
+# prevalence of each sign per class at the default difficulty (approximate, from the series in docs/synth.md)
+SIGNS = {
+    "epidermal_cyst": {"enhancement": 0.75, "anechoic": 0.3, "wall": 0.6, "edge_shadows": 0.35, "punctum": 0.3},
+    "lipoma": {"striations": 0.7, "hyperechoic": 0.5, "wider_than_tall": 0.6, "capsule": 0.5},
+    "pilomatricoma": {"calcifications": 0.8, "shadowing": 0.5, "rim": 0.6},
+}
+SHARED_PREVALENCE = 0.5  # where difficulty 1 pulls every prevalence half-way to
+
+
+def prevalence(published: float, difficulty: float) -> float:
+    """A class sign's probability: 1 at difficulty 0, `published` at 0.5, then toward the shared value."""
+    d = float(np.clip(difficulty, 0.0, 1.0))
+    if d <= 0.5:
+        return 1.0 + (published - 1.0) * d / 0.5
+    target = 0.5 * (published + SHARED_PREVALENCE)
+    return published + (target - published) * (d - 0.5) / 0.5
 
 
 @dataclass(frozen=True)
@@ -46,69 +67,78 @@ class LesionSpec:
     calcifications: tuple = ()         # ((u, v, radius_mm, echo_db, atten), ...) u, v in [-1, 1]
     punctum: bool = False
     edge_shadows: bool = False
-    atypical: bool = False
+    compressibility: float = 0.05      # largest share of its height a probe press removes
+    signs: dict = field(default_factory=dict)  # which of the class's SIGNS this lesion shows
+    atypical: bool = False             # lacks its class's headline sign
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _span(rng: np.random.Generator, textbook: tuple[float, float], published: tuple[float, float], d: float) -> float:
+    """A uniform draw from a range that moves from its textbook values (d = 0) to its published ones (d >= 0.5)."""
+    t = min(d / 0.5, 1.0)
+    lo, hi = ((1 - t) * a + t * b for a, b in zip(textbook, published))
+    return float(rng.uniform(lo, hi))
 
 
 def _harmonics(rng: np.random.Generator, amp: float) -> tuple:
     return tuple((k, float(rng.uniform(0, amp) / k ** 0.5), float(rng.uniform(0, 2 * np.pi))) for k in range(2, 6))
 
 
-def _mix(typical: float, shared: float, d: float) -> float:
-    """Pull a class-typical value toward a value shared by all classes as difficulty rises."""
-    return (1 - 0.5 * d) * typical + 0.5 * d * shared
+def _draw_signs(label: str, rng: np.random.Generator, d: float) -> dict:
+    return {name: bool(rng.random() < prevalence(p, d)) for name, p in SIGNS[label].items()}
 
 
 def sample_lesion(label: str, rng: np.random.Generator, difficulty: float = 0.5) -> LesionSpec:
     """Draw one lesion of class `label`; the same rng state gives the same lesion."""
+    if label not in SIGNS:
+        raise ValueError(f"unknown lesion class {label!r}; use one of {CLASSES}")
     d = float(np.clip(difficulty, 0.0, 1.0))
-    atypical = bool(rng.random() < 0.45 * d)
+    sg = _draw_signs(label, rng, d)
     if label == "epidermal_cyst":
-        a = rng.uniform(2.5, 7.0)
-        aspect = rng.uniform(1.0, 1.6)
-        interior = rng.uniform(-40, -30) if not atypical else rng.uniform(-28, -14)
+        a = rng.uniform(2.5, 8.0)
+        aspect = _span(rng, (1.0, 1.6), (1.0, 2.2), d)
+        interior = rng.uniform(-38, -30) if sg["anechoic"] else rng.uniform(-30, -17)  # else pseudotestis echoes
         return LesionSpec(
             label=label, half_width_mm=a, half_height_mm=a / aspect, tilt_deg=rng.uniform(-10, 10),
-            harmonics=_harmonics(rng, 0.04), host=str(rng.choice(["dermis", "subcutis"])),
-            interior_db=_mix(interior, -20, d), texture_db=2.0 if not atypical else rng.uniform(3, 6),
+            harmonics=_harmonics(rng, 0.05), host=str(rng.choice(["dermis", "subcutis"], p=[0.3, 0.7])),
+            interior_db=interior, texture_db=rng.uniform(1.5, 3.0) if sg["anechoic"] else rng.uniform(2.5, 5.0),
             texture_mm=rng.uniform(0.3, 0.8),
-            echo_density=rng.uniform(0.003, 0.03) if not atypical else rng.uniform(0.03, 0.12),
-            echo_db=rng.uniform(-16, -6), capsule_db=rng.uniform(-8, -2),
-            atten=_mix(rng.uniform(0.1, 0.3) if not atypical else rng.uniform(0.35, 0.6), 0.6, d),
-            punctum=bool(rng.random() < 0.3), edge_shadows=bool(rng.random() < 0.5), atypical=atypical)
+            echo_density=rng.uniform(0.003, 0.03) if sg["anechoic"] else rng.uniform(0.03, 0.12),
+            echo_db=rng.uniform(-16, -6), capsule_db=rng.uniform(-8, -2) if sg["wall"] else None,
+            atten=_span(rng, (0.1, 0.3), (0.3, 0.55), d) if sg["enhancement"] else rng.uniform(0.55, 0.9),
+            punctum=sg["punctum"], edge_shadows=sg["edge_shadows"], compressibility=rng.uniform(0.0, 0.1),
+            signs=sg, atypical=not sg["enhancement"])
     if label == "lipoma":
-        a = rng.uniform(4.0, 10.0)
-        aspect = rng.uniform(1.8, 3.4) if not atypical else rng.uniform(1.2, 1.8)
-        rel = rng.uniform(2, 10) if not atypical else rng.uniform(-6, 0)
+        a = rng.uniform(3.0, 9.0)
+        aspect = rng.uniform(1.7, 3.0) if sg["wider_than_tall"] else rng.uniform(1.0, 1.7)
+        rel = rng.uniform(2, 8) if sg["hyperechoic"] else rng.uniform(-10, 2)  # echo re the patient's fat
         return LesionSpec(
             label=label, half_width_mm=a, half_height_mm=a / aspect, tilt_deg=rng.uniform(-6, 6),
-            harmonics=_harmonics(rng, 0.05), host="fat", interior_db=_mix(-22 + rel, -20, d),
+            harmonics=_harmonics(rng, 0.06), host="fat", interior_db=-22 + rel,
             texture_db=rng.uniform(1.5, 3.0), texture_mm=rng.uniform(0.5, 1.2),
-            striation_db=rng.uniform(8, 14) if not atypical else rng.uniform(3, 7),
-            capsule_db=rng.uniform(-14, -8) if rng.random() < 0.7 else None,
-            atten=rng.uniform(0.55, 0.75), atypical=atypical)
-    if label == "pilomatricoma":
-        a = rng.uniform(2.5, 6.0)
-        aspect = rng.uniform(0.9, 1.35)
-        n_calc = int(rng.poisson(5) + 2) if not atypical else int(rng.integers(0, 2))
-        calcs = []
-        for _ in range(n_calc):
-            r, phi = np.sqrt(rng.uniform(0, 0.55)), rng.uniform(0, 2 * np.pi)
-            calcs.append((float(r * np.cos(phi)), float(r * np.sin(phi)), float(rng.uniform(0.3, 0.9)),
-                          float(rng.uniform(8, 16)),
-                          float(rng.uniform(3, 10) if not atypical else rng.uniform(1.5, 5))))
-        interior = rng.uniform(-12, -3) if not atypical else rng.uniform(-24, -12)
-        return LesionSpec(
-            label=label, half_width_mm=a, half_height_mm=a / aspect, tilt_deg=rng.uniform(-15, 15),
-            harmonics=_harmonics(rng, 0.08), host=str(rng.choice(["dermis", "subcutis"])),
-            interior_db=_mix(interior, -20, d), texture_db=rng.uniform(4, 7), texture_mm=rng.uniform(0.3, 0.7),
-            echo_density=rng.uniform(0.0, 0.03), echo_db=rng.uniform(-6, 4),
-            rim_db=rng.uniform(-36, -26), rim_fraction=rng.uniform(0.1, 0.22),
-            atten=rng.uniform(1.0, 1.6) if not atypical else rng.uniform(0.3, 0.9),  # atypical: little shadow
-            calcifications=tuple(calcs), atypical=atypical)
-    raise ValueError(f"unknown lesion class {label!r}; use one of {CLASSES}")
+            striation_db=rng.uniform(6, 12) if sg["striations"] else rng.uniform(0, 3),
+            capsule_db=rng.uniform(-14, -8) if sg["capsule"] else None,
+            atten=_span(rng, (0.5, 0.7), (0.4, 1.0), d), compressibility=rng.uniform(0.05, 0.25),
+            signs=sg, atypical=not sg["striations"])
+    a = rng.uniform(2.5, 7.0)
+    aspect = _span(rng, (0.9, 1.35), (0.9, 1.9), d)
+    calcs = []
+    for _ in range(int(rng.poisson(3) + 1) if sg["calcifications"] else 0):
+        r, phi = np.sqrt(rng.uniform(0, 0.55)), rng.uniform(0, 2 * np.pi)
+        calcs.append((float(r * np.cos(phi)), float(r * np.sin(phi)), float(rng.uniform(0.2, 0.7)),
+                      float(rng.uniform(4, 14)), _span(rng, (2.0, 5.0), (1.0, 3.0), d)))
+    return LesionSpec(
+        label=label, half_width_mm=a, half_height_mm=a / aspect, tilt_deg=rng.uniform(-15, 15),
+        harmonics=_harmonics(rng, 0.08), host=str(rng.choice(["dermis", "subcutis"], p=[0.3, 0.7])),
+        interior_db=_span(rng, (-12, -3), (-28, -6), d),
+        texture_db=rng.uniform(4, 7), texture_mm=rng.uniform(0.3, 0.7),
+        echo_density=rng.uniform(0.0, 0.03), echo_db=rng.uniform(-6, 4),
+        rim_db=rng.uniform(-36, -26) if sg["rim"] else None, rim_fraction=rng.uniform(0.1, 0.22),
+        atten=_span(rng, (1.4, 2.0), (0.9, 1.3), d) if sg["shadowing"] else rng.uniform(0.5, 0.9),
+        calcifications=tuple(calcs), compressibility=rng.uniform(0.0, 0.1), signs=sg,
+        atypical=not sg["calcifications"])
 
 
 def lesion_coords(spec: LesionSpec, shape: tuple[int, int], centre_px: tuple[float, float],

@@ -311,7 +311,7 @@ def apply_op(name: str, image: np.ndarray, magnitude: float, rng: np.random.Gene
 # --- policies -----------------------------------------------------------------------------------
 
 POLICY_FORMAT = "usedge-augment-policy"
-POLICY_VERSION = 1
+POLICY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -469,39 +469,139 @@ class FixedSubPolicy:
         return self.sub_policy(image, np.random.default_rng(np.random.randint(0, 2**31 - 1, size=4)))
 
 
-def policy_for_patients(policy: Policy, patients: set[str] | None) -> Policy:
-    """The fold-specific sub-policies (searched without that fold's test patients) whose search pool holds
-    every training patient given; else the policy's main list. Lets CV use per-fold policies with no
-    fold number passed around: only fold k's pool contains fold k's training patients."""
-    per_fold = policy.meta.get("folds") or {}
-    pools = policy.meta.get("fold_patients") or {}
-    if patients and per_fold:
-        for fold, pool in pools.items():
-            if fold in per_fold and patients <= set(pool):
-                subs = [SubPolicy.from_dict(d, f"policy fold {fold}") for d in per_fold[fold]]
-                return Policy(subs, meta={"fold": fold, "kind": policy.meta.get("kind", "")})
-    return policy
+def patients_digest(patients) -> str:
+    """Short sha256 of a set of patient ids (order-free): names the pool a scope was searched on."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(str(p) for p in patients)).encode()).hexdigest()[:16]
 
 
-def make_train_augmenter(policy: Policy | str | Path, mode: str = "expand"):
+def policy_for_scope(policy: Policy, scope: str) -> Policy:
+    """The sub-policies searched on one scope: an outer fold's number ('0', '1', ...) or 'all'."""
+    entries = (policy.meta.get("scopes") or {}).get(scope)
+    if entries is None:
+        raise ConfigError(f"policy has no sub-policies searched for scope '{scope}'",
+                          hint="re-run usedge augment search for this run")
+    subs = [SubPolicy.from_dict(d, f"policy scope {scope}") for d in entries]
+    return Policy(subs, meta={"scope": scope, "kind": policy.meta.get("kind", "")})
+
+
+def _search_command(dataset, cfg, policy_path: str) -> str:
+    crop = f" --crop {cfg.data.crop}" if cfg.data.crop != "auto" else ""
+    doppler = "" if cfg.data.remove_doppler else " --keep-doppler"
+    final = "" if cfg.cv.final_model else " --no-final-model"
+    return (f"usedge augment search {dataset.root} --folds {cfg.cv.folds} --seed {cfg.run.seed}{crop}{doppler}"
+            f"{final} --out {policy_path or 'policy.json'}")
+
+
+def check_policy_for_run(policy: Policy, dataset, cfg, where: str = "policy") -> None:
+    """Refuse (ConfigError, one line naming the search to run) a searched policy that does not fit this
+    training run: another data set, preprocessing, seed or fold count, fold pools that are not this
+    run's, no entry for a fold the run trains, or no all-data entry for the final model.
+
+    A policy searched on images holds what their patients look like; a fold may only use sub-policies
+    searched without its test patients. Policies not searched on data (random, hand-written) pass.
+    """
+    from usedge.train.cv import final_split, make_splits
+
+    meta = policy.meta
+    if meta.get("kind") != "fast-autoaugment":
+        return
+    search = meta.get("search")
+    fix = _search_command(dataset, cfg, where)
+
+    def refuse(message: str) -> None:
+        raise ConfigError(message, path=where, hint=f"run `{fix}`")
+
+    if not search:
+        refuse("policy was searched by an older usedge that did not record its folds and seed")
+    from usedge.train.search import data_fingerprint
+
+    if meta.get("data_fingerprint") != data_fingerprint(dataset):
+        refuse(f"policy was searched on another data set ({meta.get('data')})")
+    pre = search.get("preprocess", {})
+    if (pre.get("crop"), pre.get("remove_doppler")) != (cfg.data.crop, cfg.data.remove_doppler):
+        refuse(f"policy was searched on crop={pre.get('crop')} remove_doppler={pre.get('remove_doppler')}, "
+               f"this run uses crop={cfg.data.crop} remove_doppler={cfg.data.remove_doppler}")
+    if int(search.get("folds", 0)) != cfg.cv.folds or int(search.get("seed", -1)) != cfg.run.seed:
+        what = ("on all data only (every fold's test patients were in its pool)" if not search.get("folds")
+                else f"for --folds {search.get('folds')} --seed {search.get('seed')}")
+        refuse(f"policy was searched {what}; this run is --folds {cfg.cv.folds} --seed {cfg.run.seed}")
+    digests = search.get("digests", {})
+    splits = make_splits(dataset, folds=cfg.cv.folds, inner_val_fraction=cfg.cv.inner_val_fraction, seed=cfg.run.seed)
+    run_splits = splits[:cfg.cv.max_folds] if cfg.cv.max_folds else splits
+    groups = np.asarray(dataset.groups)
+    for s in run_splits:
+        pool = set(groups[np.concatenate([s.train, s.val])].tolist())
+        if str(s.fold) not in digests:
+            refuse(f"policy has no sub-policies searched for fold {s.fold}")
+        if digests[str(s.fold)] != patients_digest(pool):
+            refuse(f"fold {s.fold}'s patients differ from those the policy was searched on")
+    if cfg.cv.final_model:
+        if "all" not in digests:
+            refuse("policy has no all-data search for the final model (or train with --no-final-model)")
+        final = final_split(dataset, cfg.cv.inner_val_fraction, cfg.run.seed)
+        if digests["all"] != patients_digest(set(groups[np.concatenate([final.train, final.val])].tolist())):
+            refuse("the all-data search ran on other patients than this run's")
+
+
+def _scopes_of_run(dataset, cfg) -> dict[frozenset, str]:
+    """{training patients of each model the run trains: the policy scope it uses}."""
+    from usedge.train.cv import final_split, make_splits
+
+    groups = np.asarray(dataset.groups)
+    out = {}
+    models = [(str(s.fold), s.train) for s in make_splits(dataset, folds=cfg.cv.folds,
+                                                           inner_val_fraction=cfg.cv.inner_val_fraction,
+                                                           seed=cfg.run.seed)]
+    if cfg.cv.final_model:
+        models.append(("all", final_split(dataset, cfg.cv.inner_val_fraction, cfg.run.seed).train))
+    for scope, train in models:
+        key = frozenset(groups[train].tolist())
+        if out.setdefault(key, scope) != scope:  # two models with the same training patients: cannot tell
+            raise ConfigError(f"fold {scope} trains on the same patients as fold {out[key]}", path=dataset.root,
+                              hint="add patients or change --folds")
+    return out
+
+
+def make_train_augmenter(policy: Policy | str | Path, mode: str = "expand", run: tuple | None = None):
     """The trainer's hook (`cross_validate(..., augmenter=...)`): un-augmented TumorDataset -> training set.
 
     expand: ConcatDataset of the originals + one copy per sub-policy ((1 + N) x the images, the paper's 21x)
     random: the same images, each drawn through one random sub-policy per epoch (the anchor)
-    Per-fold policies are picked by the training patients (`policy_for_patients`).
+    run: (dataset, TrainConfig) of the training run. A searched policy is then checked against the run
+    (`check_policy_for_run`) and each model gets the sub-policies of its own scope: fold k those
+    searched without fold k's test patients, the final model those of the all-data search. Without
+    `run`, only a policy with no per-fold entries (all-data, random, hand-written) is accepted, and its
+    main list is used.
     """
     if mode not in AUGMENT_MODES:
         raise ConfigError(f"unknown augment mode '{mode}'", hint=f"use one of {', '.join(AUGMENT_MODES)}")
+    where = str(policy) if not isinstance(policy, Policy) else "policy"
     if not isinstance(policy, Policy):
         policy = Policy.load(policy)
+    scopes = policy.meta.get("scopes") or {}
+    by_patients = None
+    if run is not None:
+        check_policy_for_run(policy, run[0], run[1], where)
+        if scopes:
+            by_patients = _scopes_of_run(*run)
+    elif any(k != "all" for k in scopes):
+        raise ConfigError("a per-fold policy needs the training run to pick each fold's sub-policies", path=where,
+                          hint="use it through usedge train --policy, or pass run=(dataset, config)")
 
     def augment(train_set):
         import torch
 
         from usedge.train.data import TumorDataset
 
-        patients = {s.patient_id for s in train_set.samples}
-        chosen = policy_for_patients(policy, patients)
+        chosen = policy
+        if by_patients is not None:
+            scope = by_patients.get(frozenset(s.patient_id for s in train_set.samples))
+            if scope is None:
+                raise ConfigError("a training set matches none of the run's folds", path=where,
+                                  hint="build the augmenter with the run's own data set and config")
+            chosen = policy_for_scope(policy, scope)
 
         def view(transform):
             return TumorDataset(train_set.samples, train_set.spec, transform=transform, images=train_set.images)
@@ -538,5 +638,5 @@ def magnitude_table() -> list[tuple[str, str]]:
 
 __all__ = ["OPS", "OP_SETS", "OpInfo", "OpSpec", "SubPolicy", "Policy",
            "apply_op", "resolve_ops", "RandomSubPolicy", "FixedSubPolicy", "make_train_augmenter",
-           "policy_for_patients", "random_policy", "image_rng", "preview_grid",
+           "policy_for_scope", "check_policy_for_run", "patients_digest", "random_policy", "image_rng", "preview_grid",
            "magnitude_table", "AUGMENT_MODES", "ASSUMED_DYNAMIC_RANGE_DB"]

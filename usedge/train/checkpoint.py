@@ -32,20 +32,19 @@ def save_checkpoint(
     metrics: dict | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write model weights and their description atomically; returns the path."""
-    module = model.module if hasattr(model, "module") else model  # unwrap DDP
+    """Write model weights (of the model without its DDP wrapper) and their description atomically."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "usedge_version": usedge.__version__,
-        "arch": module.arch,
-        "arch_kwargs": {"num_classes": module.num_classes, "gate_norm": getattr(module, "gate_norm", "paper")},
+        "arch": model.arch,
+        "arch_kwargs": {"num_classes": model.num_classes, "gate_norm": getattr(model, "gate_norm", None)},
         "class_names": list(class_names),
         "preprocess": preprocess.to_dict(),
         "config": config or {},
         "metrics": metrics or {},
         "extra": extra or {},
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -75,8 +74,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Rebuild the model from a checkpoint. Returns (model in eval mode, checkpoint dict without weights)."""
     payload = read_checkpoint(path)
     kwargs = payload.get("arch_kwargs", {})
-    model = build_model(payload["arch"], num_classes=kwargs.get("num_classes", 3),
-                        gate_norm=kwargs.get("gate_norm", "paper"))
+    gate = {"gate_norm": kwargs["gate_norm"]} if kwargs.get("gate_norm") else {}
+    model = build_model(payload["arch"], num_classes=kwargs.get("num_classes", 3), **gate)
     if kwargs.get("num_classes", 3) != len(payload["class_names"]):
         raise ModelError("checkpoint class count does not match its class names", path=path,
                          hint="re-run usedge train")

@@ -1,7 +1,9 @@
-"""Training configuration: dataclasses whose defaults (defaults.toml) reproduce the paper.
+"""Training configuration: dataclasses whose defaults (defaults.toml) are the "usedge defaults".
 
-Precedence: defaults.toml < a user TOML file (same sections and keys) < dotted overrides from flags
-(`{"optim.lr": 3e-4}`). The effective config is saved beside every checkpoint and report.
+Precedence: defaults.toml < a user TOML file or a built-in preset (`paper`: the paper's protocol;
+same sections and keys) < dotted overrides from flags (`{"optim.lr": 3e-4}`, `--set optim.lr=3e-4`).
+The effective config is saved beside every checkpoint and report. docs/train.md lists how the usedge
+defaults differ from the paper's protocol.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from usedge.runtime.preprocess import PreprocessSpec
 @dataclass
 class ModelConfig:
     arch: str = "ag_resnet18"
-    gate_norm: str = "sigmoid"     # best of paper|softmax|sigmoid in benchmarks/results/train_variants.md
+    gate_norm: str = "sigmoid"     # the one default (model.py uses it); paper preset: "paper"
     pretrained: str = "none"
+    conv1_init: str = "sum_rgb"    # with pretrained weights: sum_rgb (RGB conv1 summed) | random (the authors)
 
 
 @dataclass
@@ -30,7 +33,7 @@ class DataConfig:
     crop: str = "auto"
     remove_doppler: bool = True
     num_workers: int = 0
-    augment: str = "none"
+    augment: str = "light"         # light (data.LightAugment) | none | expand | random (FAA, need policy)
     policy: str = ""
 
 
@@ -38,14 +41,16 @@ class DataConfig:
 class LossConfig:
     name: str = "focal"
     gamma: float = 3.0
-    alpha: list[float] = field(default_factory=lambda: [0.75, 0.75, 0.25])
+    alpha: str = "balanced"        # balanced | uniform | by class name "lipoma=0.5,epidermal_cyst=1"
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
+    lr: float = 3e-4
     weight_decay: float = 0.0
-    step_size: int = 7             # epochs
+    schedule: str = "cosine"       # cosine (after warmup_epochs of linear warm-up) | step (StepLR)
+    warmup_epochs: int = 1
+    step_size: int = 7             # epochs (schedule = step)
     step_gamma: float = 0.1
     epochs: int = 30
     batch_size: int = 16           # global batch
@@ -97,10 +102,13 @@ class TrainConfig:
 _CHOICES = {
     "model.arch": ("ag_resnet18", "resnet18"),
     "model.gate_norm": ("paper", "softmax", "sigmoid"),
+    "model.conv1_init": ("sum_rgb", "random"),
     "loss.name": ("focal", "ce"),
+    "optim.schedule": ("cosine", "step"),
     "cv.select_on": ("loss", "accuracy"),
-    "data.augment": ("none", "expand", "random"),
+    "data.augment": ("light", "none", "expand", "random"),
 }
+PRESETS = ("paper",)  # built-in TOML files beside defaults.toml: `--config paper`
 
 
 def _coerce(value: Any, current: Any, key: str, where: str) -> Any:
@@ -112,21 +120,47 @@ def _coerce(value: Any, current: Any, key: str, where: str) -> Any:
                 if low not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(value)
                 return low in ("true", "1", "yes")
+            if not isinstance(value, (bool, int)):
+                raise ValueError(value)
             return bool(value)
         if isinstance(current, int):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
+            if isinstance(value, (list, dict)):
+                raise ValueError(value)
             return int(value)
         if isinstance(current, float):
+            if isinstance(value, (list, dict)):
+                raise ValueError(value)
             return float(value)
-        if isinstance(current, list):
-            if isinstance(value, str):
-                value = [v for v in value.replace(" ", ",").split(",") if v]
-            return [float(v) for v in value]
+        if isinstance(value, (list, dict)):
+            raise ValueError(value)
         return str(value)
     except (TypeError, ValueError) as exc:
+        hint = "fix the TOML value or flag"
+        if key == "loss.alpha":
+            hint = 'give alpha by class name, e.g. alpha = "lipoma=0.5,epidermal_cyst=1.0", or balanced | uniform'
         raise ConfigError(f"bad value {value!r} for '{key}' (expected {type(current).__name__})", path=where,
-                          hint="fix the TOML value or flag") from exc
+                          hint=hint) from exc
+
+
+def parse_alpha(spec: str, where: str = "config") -> str | dict[str, float]:
+    """loss.alpha: "balanced" | "uniform" | {class name: weight} from "name=w,name=w"."""
+    spec = spec.strip()
+    if spec in ("balanced", "uniform"):
+        return spec
+    weights: dict[str, float] = {}
+    for item in (p.strip() for p in spec.split(",")):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name.strip() or not weight > 0:
+            raise ConfigError(f"bad loss.alpha entry {item!r} (wanted class_name=positive_weight)", path=where,
+                              hint='use balanced, uniform or e.g. --alpha "lipoma=0.5,epidermal_cyst=1.0"')
+        weights[name.strip()] = weight
+    return weights
 
 
 def apply_dict(cfg: TrainConfig, d: dict, where: str = "config") -> TrainConfig:
@@ -160,6 +194,7 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         (cfg.optim.batch_size >= 1, "optim.batch_size must be at least 1"),
         (cfg.optim.lr > 0, "optim.lr must be positive"),
         (cfg.optim.step_size >= 1, "optim.step_size must be at least 1"),
+        (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
         (cfg.cv.folds >= 2, "cv.folds must be at least 2"),
         (0.0 < cfg.cv.inner_val_fraction < 0.5, "cv.inner_val_fraction must be in (0, 0.5)"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
@@ -168,7 +203,8 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message, path=where, hint="fix the TOML value or flag")
-    if cfg.data.augment != "none" and not cfg.data.policy:
+    parse_alpha(cfg.loss.alpha, where)
+    if cfg.data.augment in ("expand", "random") and not cfg.data.policy:
         raise ConfigError(f"data.augment={cfg.data.augment} needs a policy file", path=where,
                           hint="pass --policy policy.json (from `usedge augment search`)")
     return cfg
@@ -190,11 +226,19 @@ def default_dict() -> dict:
     return tomllib.loads(text)
 
 
+def preset_dict(name: str) -> dict:
+    """A built-in preset (usedge/train/<name>.toml), applied on top of defaults.toml."""
+    return tomllib.loads(resources.files("usedge.train").joinpath(f"{name}.toml").read_text())
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """defaults.toml, then the user's TOML file, then dotted overrides (None values are skipped)."""
+    """defaults.toml, then a preset name (`paper`) or the user's TOML file, then dotted overrides
+    (None values are skipped)."""
     cfg = TrainConfig()
     apply_dict(cfg, default_dict(), "usedge/train/defaults.toml")
-    if path is not None:
+    if path is not None and str(path) in PRESETS and not Path(path).is_file():
+        apply_dict(cfg, preset_dict(str(path)), f"usedge/train/{path}.toml")
+    elif path is not None:
         apply_dict(cfg, read_toml(path), str(path))
     if overrides:
         apply_dict(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
@@ -211,8 +255,6 @@ def dump_toml(cfg: TrainConfig) -> str:
                 text = "true" if value else "false"
             elif isinstance(value, str):
                 text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            elif isinstance(value, list):
-                text = "[" + ", ".join(repr(float(v)) for v in value) + "]"
             else:
                 text = repr(value)
             lines.append(f"{key} = {text}")

@@ -85,13 +85,16 @@ def final_split(dataset: Dataset, inner_val_fraction: float = 0.2, seed: int = 0
 
 
 def check_splits(splits: list[FoldSplit], groups: np.ndarray) -> None:
-    """Raise AssertionError if a patient crosses train/val/test within a fold or is tested twice."""
+    """Raise DataError if an image is tested twice or a patient crosses train/val/test within a fold
+    (an explicit check, not `assert`: it also runs under `python -O`)."""
     tested = np.concatenate([s.test for s in splits])
-    assert len(tested) == len(np.unique(tested)), "an image is in two test folds"
+    if len(tested) != len(np.unique(tested)):
+        raise DataError("an image is in two test folds", hint="a bug in the split: report it with folds.csv")
     for s in splits:
-        parts = [set(groups[s.train]), set(groups[s.val]), set(groups[s.test])]
-        assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2], \
-            f"fold {s.fold}: a patient is in two of train/val/test"
+        train, val, test = set(groups[s.train]), set(groups[s.val]), set(groups[s.test])
+        if train & val or train & test or val & test:
+            raise DataError(f"fold {s.fold}: a patient is in two of train/val/test",
+                            hint="a bug in the split: report it with folds.csv")
 
 
 def folds_csv_text(dataset: Dataset, splits: list[FoldSplit], final: FoldSplit | None = None) -> str:

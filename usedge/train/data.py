@@ -6,6 +6,7 @@
 
 `transform` (optional) is any callable uint8 S x S -> uint8 S x S (an augmentation policy); it runs
 between `prepare` and `normalise`, so training sees the same pixels as the bedside up to augmentation.
+`LightAugment` is the default training transform (`data.augment = "light"`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,31 @@ def load_images(samples: Sequence[Sample], spec: PreprocessSpec, progress: bool 
             infos.append(info)
             bar.advance(task)
     return (out, infos) if return_info else out
+
+
+class LightAugment:
+    """The default training augmentation: changes a sonographer or a scanner setting makes, kept small.
+
+    Each with probability 0.5, in this order (operations of usedge.train.augment, magnitude drawn
+    uniformly in [0, m_max]): left-right mirror; rotation up to 10 degrees (probe tilt); lateral shift
+    up to 10 % and depth shift up to 5 % of the side; overall gain up to 3 dB; display dynamic range
+    scaled by up to 1.5 ** 0.5 (contrast); TGC slope up to 6 dB over the depth. No up-down flip (depth
+    has a direction), no noise or cutout. Randomness from numpy's global generator (seeded by the
+    trainer and per loader worker), so a seed gives the same images.
+    """
+
+    P = 0.5
+    OPS = (("flip_lr", 1.0), ("rotate", 1 / 3), ("translate_x", 1 / 3), ("translate_y", 1 / 6),
+           ("gain", 0.5), ("dynamic_range", 0.5), ("tgc", 0.5))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        from usedge.train import augment
+
+        rng = np.random.default_rng(np.random.randint(0, 2**31 - 1, size=4))
+        for name, m_max in self.OPS:
+            if rng.random() < self.P:
+                image = getattr(augment, name)(image, float(rng.uniform(0.0, m_max)), rng)
+        return image
 
 
 class TumorDataset(TorchDataset):

@@ -107,7 +107,7 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
             new = DistBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
                                   child.track_running_stats)
             new.load_state_dict(child.state_dict())
-            new.to(child.weight.device)
+            new.to(device=child.weight.device, dtype=child.weight.dtype)
             setattr(module, name, new)
         else:
             convert_batchnorm(child, device)

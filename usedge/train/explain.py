@@ -11,12 +11,18 @@ writes under `out`:
 
 Maps are computed at the model input (spec.size x spec.size, after the ONE preprocessing). Masks go
 through the same crop (CropInfo.crop_box) and resize, so map and mask share one pixel grid.
+
+When the checkpoint comes from a `usedge train` run (folds.csv beside it) and `data` is that run's data
+set, only the images of patients the checkpoint never trained or validated on are explained (a fold
+model: its test fold), unless ExplainConfig.images = "all". Localisation statistics take the patient as
+the unit and every reported p-value is Holm-adjusted (usedge.train.localisation).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 import time
@@ -34,7 +40,9 @@ from usedge.runtime.preprocess import PreprocessSpec, normalise
 from usedge.train import localisation as loc
 
 MAP_LABELS = {"cam": "CAM", "gradcam": "Grad-CAM", "att1": "attention 1", "att2": "attention 2"}
-SCORE_LABELS = {"energy_inside": "energy inside", "topk_iou": "top-k IoU", "pointing_game": "pointing game"}
+SCORE_LABELS = {"energy_inside": "energy inside", "topk_iou": "top-k IoU", "pointing_game": "pointing game",
+                "energy_below": "energy below"}
+IMAGES = ("test", "all")
 
 
 @dataclass
@@ -47,7 +55,9 @@ class ExplainConfig:
     overlays: str = "all"           # all | sheets | none
     sheet_rows: int = 12            # images per class on a contact sheet
     limit: int = 0                  # use only the first N images (0 = all)
-    seed: int = 0                   # the permutation baseline's derangement
+    images: str = "test"            # test: only patients the checkpoint never saw (needs its run's folds.csv) | all
+    n_boot: int = 2000              # patient bootstrap resamples for the confidence intervals
+    seed: int = 0                   # the bootstrap's seed
     threads: int = 0                # torch threads (0 = torch's default)
     progress: bool = True
 
@@ -58,6 +68,8 @@ class ExplainConfig:
                               hint=f"use some of {', '.join(MAP_LABELS)}")
         if self.target not in ("pred", "label"):
             raise ConfigError(f"unknown target '{self.target}'", hint="use pred or label")
+        if self.images not in IMAGES:
+            raise ConfigError(f"unknown images mode '{self.images}'", hint="use test or all")
         if self.overlays not in ("all", "sheets", "none"):
             raise ConfigError(f"unknown overlays mode '{self.overlays}'", hint="use all, sheets or none")
         if self.topk != "mask":
@@ -88,6 +100,36 @@ def read_lesion_mask(sample: Sample, frame_shape: tuple[int, int]) -> tuple[np.n
         mask[max(y, 0):max(y + bh, 0), max(x, 0):max(x + bw, 0)] = True
         return mask, "bbox"
     return None, ""
+
+
+def unseen_samples(checkpoint: str | Path, meta: dict, ds, images: str = "test") -> tuple[list[Sample], str]:
+    """(the samples to explain, a sentence saying which). With images="test", a checkpoint whose run
+    (run.json + folds.csv beside it) was trained on `ds` keeps only the patients it never trained or
+    validated on: a fold model's test fold; refused for the all-data model.pt (it saw everyone)."""
+    if images == "all":
+        return list(ds.samples), "every image (--images all)"
+    ckpt = Path(checkpoint)
+    fold = meta.get("extra", {}).get("fold")
+    run_dir = ckpt.parent.parent if fold is not None else ckpt.parent
+    folds_csv, run_json = run_dir / "folds.csv", run_dir / "run.json"
+    if not (folds_csv.is_file() and run_json.is_file()):
+        return list(ds.samples), "every image (no usedge train run with folds.csv beside the checkpoint)"
+    run_data = json.loads(run_json.read_text()).get("data")
+    if not run_data or Path(run_data).resolve() != Path(ds.root).resolve():
+        return list(ds.samples), f"every image (not the data set of the checkpoint's run, {run_data})"
+    column = "final" if fold is None else f"fold{fold}"
+    with open(folds_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or column not in rows[0]:
+        raise DataError(f"folds.csv has no column {column} for this checkpoint", path=folds_csv,
+                        hint="pass --images all to explain every image anyway")
+    seen = {r["patient_id"] for r in rows if r[column] in ("train", "val")}
+    keep = [s for s in ds.samples if s.patient_id not in seen]
+    if not keep:
+        raise DataError("the checkpoint trained or validated on every patient of this data set", path=ckpt,
+                        hint="explain a fold checkpoint (RUN/fold0/best.pt) on its test fold, or pass --images all")
+    which = f"fold {fold}'s test part" if fold is not None else "patients outside the run"
+    return keep, f"the {len(keep)} images of patients the checkpoint never saw ({which}, from {folds_csv})"
 
 
 # ------------------------------------------------------------------------------------------ drawing
@@ -205,14 +247,15 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
     if ds.class_names != class_names:
         raise DataError(f"data set classes {ds.class_names} differ from the model's {class_names}",
                         path=data, hint="explain a data set with the classes the model was trained on")
-    samples = ds.samples[: config.limit] if config.limit > 0 else ds.samples
+    samples, images_note = unseen_samples(checkpoint, meta, ds, config.images)
+    samples = samples[: config.limit] if config.limit > 0 else samples
     maps_wanted = tuple(m for m in config.maps if not (m.startswith("att") and not hasattr(model, "gate1")))
     if not maps_wanted:
         raise ConfigError(f"a {meta.get('arch')} model has no attention gates", path=checkpoint,
                           hint="ask for --maps cam,gradcam")
     topk = "mask" if config.topk == "mask" else float(config.topk)
 
-    rows, kept_maps, kept_masks, mask_rows = [], {m: [] for m in maps_wanted}, [], []
+    rows, kept_maps, kept_masks, mask_rows, kept_patients = [], {m: [] for m in maps_wanted}, [], [], []
     sheet_strips: dict[str, list[np.ndarray]] = {n: [] for n in class_names}
     timings: dict[str, list[float]] = {}
     if samples:  # warm-up (first-call allocations), not timed
@@ -238,6 +281,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
             if mask is not None and mask.any():
                 kept_masks.append(mask)
                 mask_rows.append(len(rows))
+                kept_patients.append(sample.patient_id)
                 for m in maps_wanted:
                     kept_maps[m].append(maps[m])
             rows.append(row)
@@ -258,8 +302,9 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
     localisation = {}
     if len(kept_masks) >= 2:
         for m in maps_wanted:
-            res = loc.compare_to_baselines(kept_maps[m], kept_masks, k=topk, seed=config.seed,
-                                           sigma_fraction=config.sigma_fraction)
+            res = loc.compare_to_baselines(kept_maps[m], kept_masks, kept_patients, k=topk,
+                                           sigma_fraction=config.sigma_fraction, n_boot=config.n_boot,
+                                           seed=config.seed)
             localisation[m] = {"scores": {s: _summary_stats(v) for s, v in res["scores"].items()},
                                "tests": res["tests"]}
             for s, values in res["scores"].items():
@@ -269,6 +314,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
                 for s, values in scores.items():
                     for j, r in enumerate(mask_rows):
                         rows[r][f"{b}:{m}_{s}"] = values[j]
+        loc.holm_adjust([t for res in localisation.values() for per_b in res["tests"].values() for t in per_b.values()])
 
     correct = [r["label"] == r["pred"] for r in rows]
     summary = {
@@ -276,6 +322,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
                   "gate_norm": meta.get("arch_kwargs", {}).get("gate_norm"), "class_names": class_names,
                   "preprocess": spec.to_dict()},
         "data": {"source": str(data), "n_images": len(rows), "n_with_lesion": len(kept_masks),
+                 "n_patients_with_lesion": len(set(kept_patients)), "images": images_note,
                  "accuracy": float(np.mean(correct)) if correct else float("nan")},
         "config": asdict(config),
         "method": {
@@ -285,11 +332,15 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
             "grid": f"{spec.size}x{spec.size} model input; masks cropped with the image's crop_box and resized",
             "scores": {"energy_inside": "share of the min-max normalised map's sum inside the lesion",
                        "topk_iou": f"IoU of the top-{'lesion-area' if topk == 'mask' else topk} pixels with the lesion",
-                       "pointing_game": "1 if the map's maximum is in the lesion (ties: fraction of maxima inside)"},
+                       "pointing_game": "1 if the map's maximum is in the lesion (ties: fraction of maxima inside)",
+                       "energy_below": "share of the min-max normalised map's sum in the band below the lesion "
+                                       "(under each lesion column, as deep as the lesion is tall)"},
             "baselines": {"centre": f"Gaussian at the centre, sigma = {config.sigma_fraction} x side",
-                          "permuted": f"another image's map (random derangement, seed {config.seed})"},
-            "test": "one-sided Wilcoxon signed-rank (map > baseline), zero differences dropped; "
-                    "effect size: matched-pairs rank-biserial correlation",
+                          "others": "the mean score of every other image's map on this image's mask"},
+            "test": "patient as the unit (per-patient mean scores); two-sided Wilcoxon signed-rank on the "
+                    "per-patient differences (map - baseline), zero differences dropped; p Holm-adjusted over "
+                    f"every test in this report; effect: mean difference with a 95% patient-bootstrap interval "
+                    f"({config.n_boot} resamples, seed {config.seed}) and the matched-pairs rank-biserial r",
         },
         "timing_ms": {k: _summary_stats(v) for k, v in timings.items()},
         "timing_note": f"CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch 1; "
@@ -343,8 +394,8 @@ def render_markdown(summary: dict) -> str:
         "",
         f"Model `{summary['model']['checkpoint']}` ({summary['model']['arch']}, gates "
         f"{summary['model']['gate_norm']}), sha256 `{summary['model']['sha256'][:16]}`.",
-        f"Data `{d['source']}`: {d['n_images']} images, {d['n_with_lesion']} with a lesion mask; "
-        f"accuracy on them {d['accuracy']:.3f}.",
+        f"Data `{d['source']}`: {d['images']}; {d['n_images']} images, {d['n_with_lesion']} with a lesion mask "
+        f"from {d['n_patients_with_lesion']} patients; accuracy on them {d['accuracy']:.3f}.",
         f"Maps of the {'predicted' if m['explained_class'] == 'pred' else 'true'} class; "
         f"CAM weighting `{m['cam_weighting']}`; {m['grid']}.",
         "",
@@ -353,19 +404,23 @@ def render_markdown(summary: dict) -> str:
         lines += [
             "## Localisation",
             "",
-            "Per map and score: mean over images (median), each baseline's mean, the one-sided Wilcoxon "
-            "signed-rank p-value (map > baseline) and the matched-pairs rank-biserial correlation r.",
+            "Per map and score, patient as the unit: the map's mean over patients; per baseline its mean, "
+            "the mean difference map - baseline [95% patient-bootstrap interval], the Holm-adjusted "
+            "two-sided Wilcoxon p over every test in this table, and the rank-biserial r (> 0 favours the map).",
             "",
-            "| map | score | map mean (median) | centre mean | p | r | permuted mean | p | r |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| map | score | map | centre | difference [95% CI] | p (Holm) | r | other images | difference [95% CI] "
+            "| p (Holm) | r |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, res in summary["localisation"].items():
-            for s, st in res["scores"].items():
-                cells = [MAP_LABELS[name], SCORE_LABELS[s], f"{st['mean']:.3f} ({st['median']:.3f})"]
+            for s in res["scores"]:
+                first = next(iter(res["tests"].values()))[s]
+                cells = [MAP_LABELS[name], SCORE_LABELS[s], f"{first['mean_map']:.3f}"]
                 for b in loc.BASELINES:
                     t = res["tests"].get(b, {}).get(s)
-                    cells += ([f"{t['mean_baseline']:.3f}", _p(t["p_value"]), f"{t['rank_biserial']:+.2f}"]
-                              if t else ["-", "-", "-"])
+                    cells += ([f"{t['mean_baseline']:.3f}",
+                               f"{t['mean_difference']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]",
+                               _p(t["p_holm"]), f"{t['rank_biserial']:+.2f}"] if t else ["-"] * 4)
                 lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "Scores: " + "; ".join(f"{SCORE_LABELS[k]}: {v}" for k, v in m["scores"].items()) + ".",
                   "Baselines: " + "; ".join(f"{k}: {v}" for k, v in m["baselines"].items()) + ".",

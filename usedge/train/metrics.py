@@ -6,11 +6,15 @@ argmax(probs):
     sensitivity = TP / (TP + FN)      (recall)
     specificity = TN / (TN + FP)
     precision   = TP / (TP + FP)
-    f1          = 2 TP / (2 TP + FP + FN)
+    f1          = 2 TP / (2 TP + FP + FN), undefined where precision or sensitivity is
     roc_auc     = area under the ROC of probs[:, c] (NaN -> null when a fold lacks a class)
-macro_<m> = unweighted mean of <m> over classes. `overall_accuracy` = multi-class accuracy.
-Aggregation over folds: `mean`/`sd` = mean and sample SD (ddof=1) of each fold's value;
-`pooled` = the same metric computed once on all test predictions of all folds together.
+Undefined values (a zero denominator) are NaN, written as null. macro_<m> = unweighted mean of <m>
+over the classes where it is defined; `macro_classes[m]` says how many classes that is.
+`overall_accuracy` = multi-class accuracy; `balanced_accuracy` = mean per-class sensitivity.
+Aggregation over folds: `mean`/`sd` = mean and sample SD (ddof=1) of each fold's value over the folds
+that define it (`n`); sd is null (shown n/a) when fewer than two folds define it. `pooled` = the same
+metric computed once on all test predictions of all folds together (each image scored by its own
+test fold's model: a pooled AUC ranks the scores of different models together).
 """
 
 from __future__ import annotations
@@ -55,18 +59,23 @@ def classification_metrics(labels, probs, class_names: list[str]) -> dict:
             "sensitivity": recall_score(truth, pred, zero_division=np.nan) if truth.any() else float("nan"),
             "specificity": recall_score(~truth, ~pred, zero_division=np.nan) if (~truth).any() else float("nan"),
             "precision": precision_score(truth, pred, zero_division=np.nan) if pred.any() else float("nan"),
-            "f1": f1_score(truth, pred, zero_division=0.0),
             "roc_auc": auc,
             "support": int(truth.sum()),
         }
-    macro = {m: float(np.nanmean([per_class[n][m] for n in class_names]))
-             if not all(math.isnan(per_class[n][m]) for n in class_names) else float("nan") for m in PER_CLASS}
+        defined = not (math.isnan(per_class[name]["precision"]) or math.isnan(per_class[name]["sensitivity"]))
+        per_class[name]["f1"] = f1_score(truth, pred) if defined else float("nan")
+    macro, macro_classes = {}, {}
+    for m in PER_CLASS:
+        values = [v for v in (per_class[n][m] for n in class_names) if not math.isnan(v)]
+        macro[m] = float(np.mean(values)) if values else float("nan")
+        macro_classes[m] = len(values)
     out = {
         "n": int(len(labels)),
         "overall_accuracy": accuracy_score(labels, preds),
         "balanced_accuracy": balanced_accuracy_score(labels, preds) if len(labels) else float("nan"),
         "per_class": per_class,
         "macro": macro,
+        "macro_classes": macro_classes,
         "confusion_matrix": confusion_matrix(labels, preds, labels=list(range(n_classes))).tolist(),
     }
     return _clean(out)
@@ -89,12 +98,13 @@ def roc_curves(labels, probs, class_names: list[str]) -> dict:
 
 
 def aggregate(fold_metrics: list[dict], pooled: dict, class_names: list[str]) -> dict:
-    """mean and sd (ddof=1) over folds of every scalar, plus the pooled metrics, same layout."""
+    """mean and sd (ddof=1) over the folds that define each scalar (n), plus the pooled metrics, same layout.
+    sd is None when fewer than two folds define the value."""
     def stat(values):
-        v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+        v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
         if not len(v):
-            return {"mean": None, "sd": None}
-        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+            return {"mean": None, "sd": None, "n": 0}
+        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None, "n": int(len(v))}
 
     per_class = {name: {m: {**stat([f["per_class"][name][m] for f in fold_metrics]),
                             "pooled": pooled["per_class"][name][m]} for m in PER_CLASS}
@@ -102,8 +112,33 @@ def aggregate(fold_metrics: list[dict], pooled: dict, class_names: list[str]) ->
     macro = {m: {**stat([f["macro"][m] for f in fold_metrics]), "pooled": pooled["macro"][m]} for m in PER_CLASS}
     scalars = {k: {**stat([f[k] for f in fold_metrics]), "pooled": pooled[k]}
                for k in ("overall_accuracy", "balanced_accuracy")}
-    return _clean({"folds": len(fold_metrics), "per_class": per_class, "macro": macro, **scalars,
+    return _clean({"folds": len(fold_metrics), "per_class": per_class, "macro": macro,
+                   "macro_classes_pooled": pooled["macro_classes"], **scalars,
                    "confusion_matrix_pooled": pooled["confusion_matrix"]})
+
+
+def low_sensitivity(sensitivity: dict[str, float | None]) -> dict[str, tuple[float, float]]:
+    """Classes whose sensitivity is below half the mean sensitivity of the other classes:
+    {name: (its sensitivity, the others' mean)}. Classes with an undefined sensitivity are skipped."""
+    known = {k: v for k, v in sensitivity.items() if v is not None and not math.isnan(v)}
+    flagged = {}
+    for name, value in known.items():
+        others = [v for k, v in known.items() if k != name]
+        if others and value < 0.5 * float(np.mean(others)):
+            flagged[name] = (value, float(np.mean(others)))
+    return flagged
+
+
+def headline(metrics: dict) -> str:
+    """One line for a `classification_metrics` result: balanced accuracy, macro AUC, overall accuracy
+    and any class flagged by `low_sensitivity`."""
+    def pct(v):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
+
+    line = (f"balanced accuracy {pct(metrics['balanced_accuracy'])}, macro AUC {pct(metrics['macro']['roc_auc'])}, "
+            f"overall accuracy {pct(metrics['overall_accuracy'])}")
+    flagged = low_sensitivity({n: c["sensitivity"] for n, c in metrics["per_class"].items()})
+    return line + "".join(f"; LOW SENSITIVITY {n} {pct(v)} (others {pct(o)})" for n, (v, o) in flagged.items())
 
 
 def _clean(obj):

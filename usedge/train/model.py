@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from usedge.errors import ConfigError, ModelError
+from usedge.train.config import ModelConfig
 
 GATE_NORMS = ("paper", "softmax", "sigmoid")
 ARCHS = ("ag_resnet18", "resnet18")
@@ -44,7 +45,7 @@ def normalise_attention(psi: torch.Tensor, norm: str) -> torch.Tensor:
 class AttentionGate(nn.Module):
     """Grid attention gate: x gated by the coarser g. Returns (alpha * x, alpha)."""
 
-    def __init__(self, in_channels: int, gating_channels: int, inter_channels: int, norm: str = "paper"):
+    def __init__(self, in_channels: int, gating_channels: int, inter_channels: int, norm: str):
         super().__init__()
         if norm not in GATE_NORMS:
             raise ConfigError(f"unknown gate normalisation '{norm}'", hint=f"use one of {', '.join(GATE_NORMS)}")
@@ -60,22 +61,36 @@ class AttentionGate(nn.Module):
         return alpha * x, alpha
 
 
-def _backbone(in_channels: int) -> nn.Module:
-    net = resnet18(weights=None)
-    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return net
+class ResNetTrunk(nn.Module):
+    """torchvision's ResNet18 without its head, with a 1-channel conv1: stem, layer1..layer4.
+
+    Shared by AGResNet18 and the plain ResNet18 baseline (same state_dict keys as torchvision's, so
+    `load_pretrained` fits both). `trunk(x)` returns the maps after layer2, layer3 and layer4.
+    """
+
+    def __init__(self, in_channels: int = 1):
+        super().__init__()
+        net = resnet18(weights=None)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1, self.relu, self.maxpool = net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x2 = self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
+        x3 = self.layer3(x2)
+        return x2, x3, self.layer4(x3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
-class AGResNet18(nn.Module):
+class AGResNet18(ResNetTrunk):
     arch = "ag_resnet18"
 
-    def __init__(self, num_classes: int = 3, gate_norm: str = "paper", in_channels: int = 1):
-        super().__init__()
+    def __init__(self, num_classes: int = 3, gate_norm: str = ModelConfig.gate_norm, in_channels: int = 1):
+        super().__init__(in_channels)
         self.num_classes = num_classes
         self.gate_norm = gate_norm
-        net = _backbone(in_channels)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.gate1 = AttentionGate(128, 512, 512, gate_norm)
         self.gate2 = AttentionGate(256, 512, 512, gate_norm)
         self.head1 = nn.Linear(128, num_classes)
@@ -85,10 +100,7 @@ class AGResNet18(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Feature maps: y1 (128@H/8), y2 (256@H/16), g (512@H/32), attention a1, a2 (1@...)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x2 = self.layer2(self.layer1(x))
-        x3 = self.layer3(x2)
-        g = self.layer4(x3)
+        x2, x3, g = self.trunk(x)
         y1, a1 = self.gate1(x2, g)
         y2, a2 = self.gate2(x3, g)
         return {"y1": y1, "y2": y2, "g": g, "a1": a1, "a2": a2}
@@ -101,26 +113,19 @@ class AGResNet18(nn.Module):
         logits = [head(fmap.mean(dim=(2, 3))) for fmap, head in self.branch_maps(features)]
         return self.classifier(torch.cat(logits, dim=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-class ResNet18(nn.Module):
+class ResNet18(ResNetTrunk):
     """Plain ResNet18 baseline with a 1-channel conv1, same feature/head split."""
 
     arch = "resnet18"
 
-    def __init__(self, num_classes: int = 3, in_channels: int = 1, **_: object):
-        super().__init__()
+    def __init__(self, num_classes: int = 3, in_channels: int = 1):
+        super().__init__(in_channels)
         self.num_classes = num_classes
-        net = _backbone(in_channels)
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.fc = nn.Linear(512, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return {"g": self.layer4(self.layer3(self.layer2(self.layer1(x))))}
+        return {"g": self.trunk(x)[2]}
 
     def branch_maps(self, features: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, nn.Linear]]:
         return [(features["g"], self.fc)]
@@ -128,11 +133,8 @@ class ResNet18(nn.Module):
     def forward_head(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.fc(features["g"].mean(dim=(2, 3)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-def build_model(arch: str = "ag_resnet18", num_classes: int = 3, gate_norm: str = "paper") -> nn.Module:
+def build_model(arch: str = "ag_resnet18", num_classes: int = 3, gate_norm: str = ModelConfig.gate_norm) -> nn.Module:
     if arch == "ag_resnet18":
         return AGResNet18(num_classes=num_classes, gate_norm=gate_norm)
     if arch == "resnet18":
@@ -140,10 +142,12 @@ def build_model(arch: str = "ag_resnet18", num_classes: int = 3, gate_norm: str 
     raise ConfigError(f"unknown architecture '{arch}'", hint=f"use one of {', '.join(ARCHS)}")
 
 
-def load_pretrained(model: nn.Module, source: str) -> list[str]:
+def load_pretrained(model: nn.Module, source: str, conv1: str = "sum_rgb") -> list[str]:
     """Initialise the backbone from `imagenet` (torchvision weights API) or a local weight file.
 
-    RGB conv1 weights are summed into the single gray channel. Returns the keys that were loaded.
+    conv1 = sum_rgb: the RGB conv1 weights are summed into the single gray channel (a gray image
+    then gives the response of the same image in RGB); random: conv1 keeps its random initialisation
+    (the authors' code re-initialised conv1). Returns the keys that were loaded.
     """
     if source == "none":
         return []
@@ -170,8 +174,10 @@ def load_pretrained(model: nn.Module, source: str) -> list[str]:
                              hint="give a torch state_dict saved with torch.save") from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
-    if "conv1.weight" in state and state["conv1.weight"].shape[1] == 3:
-        state = dict(state)
+    state = dict(state)
+    if conv1 == "random":
+        state.pop("conv1.weight", None)
+    elif "conv1.weight" in state and state["conv1.weight"].shape[1] == 3:
         state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

@@ -8,15 +8,21 @@ import numpy as np
 
 from usedge.fileio import atomic_write, write_json_atomic, write_text_atomic
 from usedge.train.config import TrainConfig
-from usedge.train.metrics import PAPER, PER_CLASS, aggregate, classification_metrics
+from usedge.train.metrics import PAPER, PER_CLASS, aggregate, classification_metrics, low_sensitivity
 
 HOW_AVERAGED = (
     "Per class metrics are one-vs-rest (the class positive, all others negative) from argmax predictions. "
     "'mean +- sd' is the mean and sample standard deviation (ddof=1) over the outer test folds of each "
-    "fold's value. 'pooled' is the metric computed once on the test predictions of all folds together "
-    "(every image is tested exactly once). 'macro' is the unweighted mean over classes (of each fold's "
-    "per class values, then over folds; or of the pooled per class values). 'overall accuracy' is the "
-    "multi-class accuracy. The paper's numbers are from its own private data set (698 images, 255 "
+    "fold's value, over the folds where it is defined; 'n/a' when fewer than two folds define it. "
+    "'pooled' is the metric computed once on the test predictions of all folds together (every image is "
+    "tested exactly once, by the model of its own test fold): a pooled AUC is pooled over the fold models, "
+    "ranking scores of different models together, not the AUC of any one model. 'macro' is the unweighted "
+    "mean over the classes where the metric is defined (of each fold's per class values, then over folds; "
+    "or of the pooled per class values); a macro row says when it covers fewer classes. Undefined "
+    "precision (no image predicted as the class) leaves F1 undefined too. 'overall accuracy' is the "
+    "multi-class accuracy; 'balanced accuracy' the mean of the per-class sensitivities (the headline for "
+    "imbalanced classes). A class is flagged when its sensitivity is below half the mean of the other "
+    "classes'. The paper's numbers are from its own private data set (698 images, 255 "
     "patients) and protocol (checkpoint chosen on the test fold): they are printed for reference only "
     "and are not comparable with numbers on other data."
 )
@@ -41,7 +47,23 @@ def _fmt(v, pct: bool = True) -> str:
 def _mean_sd(d: dict) -> str:
     if d["mean"] is None:
         return "–"
-    return f"{100 * d['mean']:.1f} ± {100 * d['sd']:.1f}"
+    sd = "n/a" if d.get("sd") is None else f"{100 * d['sd']:.1f}"
+    return f"{100 * d['mean']:.1f} ± {sd}"
+
+
+def summary_line(metrics: dict) -> str:
+    """The headline of a run (metrics.json content): balanced accuracy, macro AUC and overall accuracy,
+    mean ± sd over folds, plus any class whose mean sensitivity is below half the others'."""
+    agg = metrics["aggregate"]
+    line = (f"balanced accuracy {_mean_sd(agg['balanced_accuracy'])} %, macro AUC {_mean_sd(agg['macro']['roc_auc'])} %, "
+            f"overall accuracy {_mean_sd(agg['overall_accuracy'])} % over {agg['folds']} folds")
+    return line + "".join(f"; LOW SENSITIVITY: {name} {100 * v:.1f} % vs {100 * o:.1f} % for the other classes"
+                          for name, (v, o) in flagged_classes(agg).items())
+
+
+def flagged_classes(agg: dict) -> dict[str, tuple[float, float]]:
+    """`low_sensitivity` on the mean-over-folds sensitivity of each class."""
+    return low_sensitivity({name: c["sensitivity"]["mean"] for name, c in agg["per_class"].items()})
 
 
 def report_markdown(class_names: list[str], fold_results: list[dict], summary: dict, cfg: TrainConfig,
@@ -49,32 +71,48 @@ def report_markdown(class_names: list[str], fold_results: list[dict], summary: d
     agg, pooled = summary["aggregate"], summary["pooled"]
     extra = extra or {}
     lines = [f"# Cross-validation report ({cfg.model.arch}, gate {cfg.model.gate_norm}, loss {cfg.loss.name})", ""]
+    lines += [f"**{summary_line({'aggregate': agg})}.**", ""]
+    for name, (v, o) in flagged_classes(agg).items():
+        lines += [f"> **Warning:** {name} is recognised far less often than the other classes (sensitivity "
+                  f"{100 * v:.1f} % vs {100 * o:.1f} %): check its number of images and the focal alpha.", ""]
+    alphas = [r.get("alpha") for r in fold_results if r.get("alpha")]
+    alpha_text = ""
+    if alphas:
+        alpha_text = (f" Focal alpha {cfg.loss.alpha} (fold {fold_results[0]['fold']}: "
+                      + ", ".join(f"{n} {w:.3g}" for n, w in alphas[0].items()) + ").")
+    schedule = (f"cosine after {cfg.optim.warmup_epochs} warm-up epoch(s)" if cfg.optim.schedule == "cosine"
+                else f"StepLR {cfg.optim.step_size}/{cfg.optim.step_gamma:g}")
     lines += [f"Data: {extra.get('images', '?')} images, {extra.get('patients', '?')} patients; "
               f"{len(fold_results)} of {cfg.cv.folds} outer folds by patient (stratified by class); "
               f"checkpoint chosen on an inner validation split by patient ({cfg.cv.inner_val_fraction:.0%} of each "
               f"training part, on {cfg.cv.select_on}). {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
-              f"{cfg.data.image_size} px, Adam lr {cfg.optim.lr:g}, StepLR {cfg.optim.step_size}/{cfg.optim.step_gamma:g}, "
-              f"seed {cfg.run.seed}, device {extra.get('device', '?')}.", ""]
+              f"{cfg.data.image_size} px, Adam lr {cfg.optim.lr:g}, {schedule}, augmentation {cfg.data.augment}, "
+              f"seed {cfg.run.seed}, device {extra.get('device', '?')}.{alpha_text}", ""]
     lines += ["All numbers in %. **ours** = this run; **paper** = Sensors 2023, 23(17):7374 on its own private "
               "data — a different data set, shown for the layout only.", ""]
-    lines += ["| class | metric | ours mean ± sd over folds | ours pooled | paper |", "|---|---|---|---|---|"]
+    lines += ["| class | metric | ours mean ± sd over folds | ours pooled over fold models | paper |",
+              "|---|---|---|---|---|"]
     for name in class_names:
         for m in PER_CLASS:
             paper = PAPER.get(name, {}).get(m)
             lines.append(f"| {name} | {m} | {_mean_sd(agg['per_class'][name][m])} | "
                          f"{_fmt(agg['per_class'][name][m]['pooled'])} | {_fmt(paper)} |")
+    covered = agg.get("macro_classes_pooled", {})
     for m in PER_CLASS:
-        lines.append(f"| macro | {m} | {_mean_sd(agg['macro'][m])} | {_fmt(agg['macro'][m]['pooled'])} | "
+        n = covered.get(m, len(class_names))
+        label = "macro" if n == len(class_names) else f"macro ({n} of {len(class_names)} classes)"
+        lines.append(f"| {label} | {m} | {_mean_sd(agg['macro'][m])} | {_fmt(agg['macro'][m]['pooled'])} | "
                      f"{_fmt(PAPER['mean'].get(m))} |")
-    lines.append(f"| all | overall accuracy | {_mean_sd(agg['overall_accuracy'])} | "
-                 f"{_fmt(agg['overall_accuracy']['pooled'])} | – |")
+    for key in ("balanced_accuracy", "overall_accuracy"):
+        lines.append(f"| all | {key.replace('_', ' ')} | {_mean_sd(agg[key])} | {_fmt(agg[key]['pooled'])} | – |")
     lines += ["", "## Per fold", "",
-              "| fold | train/val/test images | best epoch | inner val loss | test acc | macro sens | macro spec | macro AUC |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| fold | train/val/test images | best epoch | inner val loss | test acc | balanced acc | macro sens | macro spec | macro AUC |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in fold_results:
         m, s = r["metrics"], r["sizes"]
         lines.append(f"| {r['fold']} | {s['train']}/{s['val']}/{s['test']} | {r['best_epoch']} | "
-                     f"{r['inner_val']['loss']:.4f} | {_fmt(m['overall_accuracy'])} | {_fmt(m['macro']['sensitivity'])} | "
+                     f"{r['inner_val']['loss']:.4f} | {_fmt(m['overall_accuracy'])} | {_fmt(m['balanced_accuracy'])} | "
+                     f"{_fmt(m['macro']['sensitivity'])} | "
                      f"{_fmt(m['macro']['specificity'])} | {_fmt(m['macro']['roc_auc'])} |")
     lines += ["", "## Confusion matrix, pooled (rows true, columns predicted)", "",
               "| true \\ predicted | " + " | ".join(class_names) + " |", "|---" * (len(class_names) + 1) + "|"]
@@ -112,7 +150,8 @@ def plot_roc(path: Path, fold_results: list[dict], class_names: list[str]) -> No
                 ax.plot(curve["fpr"], curve["tpr"], lw=1.2, label=f"fold {r['fold']} (AUC {curve['auc']:.3f})")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set(title=name, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:   # a class absent from every test fold has no curve
+            ax.legend(loc="lower right", fontsize=8)
     _save_fig(fig, path)
 
 
@@ -165,8 +204,11 @@ def write_report(out_dir: str | Path, class_names: list[str], fold_results: list
         "how_averaged": HOW_AVERAGED,
         "aggregate": summary["aggregate"],
         "pooled": summary["pooled"],
+        "headline": summary_line({"aggregate": summary["aggregate"]}),
+        "low_sensitivity": {n: {"sensitivity": v, "others_mean": o}
+                            for n, (v, o) in flagged_classes(summary["aggregate"]).items()},
         "folds": [{"fold": r["fold"], "sizes": r["sizes"], "best_epoch": r["best_epoch"], "inner_val": r["inner_val"],
-                   "metrics": r["metrics"], "history": r["history"]} for r in fold_results],
+                   "alpha": r.get("alpha"), "metrics": r["metrics"], "history": r["history"]} for r in fold_results],
         "seconds_per_epoch_median": float(np.median(secs)) if secs else None,
         "paper": PAPER,
         "run": extra or {},

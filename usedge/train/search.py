@@ -1,11 +1,19 @@
-"""Fast AutoAugment search by density matching (Lim et al. 2019; the authors' variant), with optuna TPE.
+"""Fast AutoAugment search by density matching (Lim et al. 2019), with optuna TPE.
 
-For each scope (an outer fold's training part, or the whole data set):
+For each scope (an outer fold's non-test part, and the whole data set for the final model):
     K inner splits by patient -> per split: a child model trained WITHOUT augmentation on the inner
     train part -> optuna TPE over sub-policies of `ops_per_sub_policy` (op, probability, magnitude)
     -> objective: the child's loss (or accuracy) on the held-out inner images augmented by the
     candidate (forward passes only; the un-augmented uint8 images are cached) -> top N per split.
-The K x N sub-policies of a scope are merged into its policy (defaults 4 x 5 = 20 -> the paper's 21x).
+The K x N sub-policies of a scope are merged into its policy (4 x 5 = 20 -> the paper's 21x).
+Fold k's scope never holds fold k's test patients; policy.json records the seed, the fold count, the
+preprocessing and a digest of each scope's patients so `usedge train` can refuse a policy that does
+not fit its run (`usedge.train.augment.check_policy_for_run`).
+
+Two presets (`PRESETS`): `usedge` (the default: cheap children — focal loss, 10 epochs at a constant
+rate from random init, objective on augmented images only, all 21 ops) and `authors` (the authors'
+code as far as offline allows: cross-entropy children, 30 epochs, StepLR(7, 0.1), ImageNet init when
+a weights file is given, objective on augmented plus original images, their 14 ops).
 
 Studies live in an optuna storage (sqlite file by default, any RDB URL to share one search between
 machines): an interrupted search resumes where it stopped, and children are cached on disk.
@@ -23,10 +31,11 @@ import numpy as np
 
 from usedge.dataset import Dataset
 from usedge.errors import ConfigError, DataError
-from usedge.train.augment import OpSpec, Policy, SubPolicy, image_rng, resolve_ops
-from usedge.train.config import DataConfig, ModelConfig
+from usedge.train.augment import OpSpec, Policy, SubPolicy, image_rng, patients_digest, resolve_ops
+from usedge.train.config import DataConfig, ModelConfig, TrainConfig
 
 OBJECTIVES = ("loss", "accuracy")
+HELDOUT = ("augmented", "augmented+original")
 
 
 @dataclass
@@ -39,6 +48,9 @@ class ChildConfig:
     epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-4           # Adam, as the paper's training
+    step_size: int = 0         # StepLR step in epochs (factor step_gamma); 0 = constant rate
+    step_gamma: float = 0.1
+    pretrained: str = "none"   # none | imagenet (online) | PATH to a torchvision ResNet18 state_dict
     loss: str = "focal"        # focal | ce (focal with the paper's gamma 3, alpha [0.75, 0.75, 0.25])
     threads: int = 0           # torch CPU threads (0 = torch's default)
     device: str = "auto"
@@ -46,18 +58,41 @@ class ChildConfig:
 
 @dataclass
 class SearchConfig:
-    """Defaults as the authors: 4 inner splits, 100 trials, top 5 per split -> 20 sub-policies."""
+    """The `usedge` preset: the authors' 4 inner splits x 100 trials x top 5 = 20 sub-policies, with
+    cheaper children and every op (see PRESETS for what differs from the authors' code)."""
 
+    preset: str = "usedge"
     inner_splits: int = 4
     trials: int = 100
     top: int = 5
     ops: str = "all"                # all | paper | ultrasound | Op1,Op2,...
     ops_per_sub_policy: int = 2
     objective: str = "loss"         # loss (authors, minimised) | accuracy (anchor, maximised)
-    folds: int = 0                  # outer folds to search per fold (same splits as usedge train); 0 = whole set
+    heldout: str = "augmented"      # what the objective scores: augmented | augmented+original (authors)
+    folds: int = 0                  # outer folds to search per fold (same splits as usedge train); 0 = whole set only
     max_folds: int = 0              # search only the first N outer folds (0 = all)
-    seed: int = 0
+    final_model: bool = True        # with folds: also search the whole set, for usedge train's final model
+    seed: int = 0                   # the run's seed: outer splits, inner splits, children, sampler
+    crop: str = DataConfig.crop     # the run's preprocessing (set from its config: `for_run`)
+    remove_doppler: bool = DataConfig.remove_doppler
     child: ChildConfig = field(default_factory=ChildConfig)
+
+    @classmethod
+    def for_run(cls, train: TrainConfig, preset: str = "usedge", **overrides) -> "SearchConfig":
+        """The preset, searched for a training run: its seed, folds, final model, crop, Doppler removal
+        and gate; then `overrides` (field=value; child fields as child_<name>=value)."""
+        cfg = from_preset(preset)
+        cfg.seed, cfg.folds, cfg.final_model = train.run.seed, train.cv.folds, train.cv.final_model
+        cfg.crop, cfg.remove_doppler = train.data.crop, train.data.remove_doppler
+        cfg.child.gate_norm = train.model.gate_norm
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            target, name = (cfg.child, key[len("child_"):]) if key.startswith("child_") else (cfg, key)
+            if not hasattr(target, name):
+                raise ConfigError(f"unknown search option '{key}'", hint="see usedge augment search --help")
+            setattr(target, name, value)
+        return cfg
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +105,9 @@ class SearchConfig:
             (1 <= self.top <= self.trials, "top must lie in [1, trials]"),
             (self.ops_per_sub_policy >= 1, "ops per sub-policy must be at least 1"),
             (self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}"),
+            (self.heldout in HELDOUT, f"heldout must be one of {', '.join(HELDOUT)}"),
+            (self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}"),
+            (self.child.step_size >= 0, "child step size must be >= 0 (0 = constant rate)"),
             (self.folds == 0 or self.folds >= 2, "folds must be 0 (whole set) or at least 2"),
             (self.child.epochs >= 1 and self.child.batch_size >= 1, "child epochs and batch size must be >= 1"),
             (self.child.image_size >= 16, "child image size must be at least 16 pixels"),
@@ -80,15 +118,33 @@ class SearchConfig:
         return self
 
 
+# What each preset sets on top of the dataclass defaults. `authors` follows the authors' search code;
+# offline, ImageNet initialisation needs a local weights file (child.pretrained = PATH).
+PRESETS: dict[str, dict] = {
+    "usedge": {},
+    "authors": {"ops": "paper", "heldout": "augmented+original",
+                "child": {"loss": "ce", "epochs": 30, "step_size": 7, "step_gamma": 0.1}},
+}
+
+
+def from_preset(name: str) -> SearchConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown search preset '{name}'", hint=f"use one of {', '.join(PRESETS)}")
+    values = dict(PRESETS[name])
+    child = ChildConfig(**values.pop("child", {}))
+    return SearchConfig(preset=name, child=child, **values)
+
+
 # --- data ---------------------------------------------------------------------------------------
 
-def load_images(dataset: Dataset, indices, size: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """uint8 N x size x size images as `usedge train` prepares them by default (its crop and Doppler
-    removal), via usedge.train.data.load_images: the children see the pixels training sees."""
+def load_images(dataset: Dataset, indices, size: int, crop: str, remove_doppler: bool,
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """uint8 N x size x size images prepared as the run prepares them (its crop and Doppler removal),
+    via usedge.train.data.load_images: the children see the pixels training sees."""
     from usedge.runtime.preprocess import PreprocessSpec
     from usedge.train.data import load_images as prepare_all
 
-    spec = PreprocessSpec(size=size, crop=DataConfig.crop, remove_doppler=DataConfig.remove_doppler)
+    spec = PreprocessSpec(size=size, crop=crop, remove_doppler=remove_doppler)
     samples = [dataset.samples[int(i)] for i in indices]
     out = np.empty((len(samples), size, size), np.uint8)
     for start in range(0, len(samples), 32):
@@ -108,17 +164,19 @@ def inner_splits(labels: np.ndarray, groups: np.ndarray, pool: np.ndarray, k: in
     return [(pool[a], pool[b]) for a, b in parts]
 
 
-def search_scopes(dataset: Dataset, cfg: SearchConfig, cv_seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """(name, image indices) the search runs on: 'all', or 'fold{k}' = the outer fold's non-test part,
-    with the same outer splits `usedge train` makes for that seed."""
+def search_scopes(dataset: Dataset, cfg: SearchConfig) -> list[tuple[str, np.ndarray]]:
+    """(name, image indices) the search runs on: 'k' = outer fold k's non-test part (the same outer
+    splits `usedge train` makes for the seed), and 'all' = every image (folds = 0, or final_model)."""
+    everything = [("all", np.arange(len(dataset)))]
     if cfg.folds == 0:
-        return [("all", np.arange(len(dataset)))]
+        return everything
     from usedge.train.cv import make_splits
 
-    splits = make_splits(dataset, folds=cfg.folds, seed=cv_seed)
+    splits = make_splits(dataset, folds=cfg.folds, seed=cfg.seed)
     if cfg.max_folds:
         splits = splits[: cfg.max_folds]
-    return [(f"fold{s.fold}", np.sort(np.concatenate([s.train, s.val]))) for s in splits]
+    scopes = [(str(s.fold), np.sort(np.concatenate([s.train, s.val]))) for s in splits]
+    return scopes + everything if cfg.final_model else scopes
 
 
 def data_fingerprint(dataset: Dataset) -> str:
@@ -155,11 +213,16 @@ def train_child(images: np.ndarray, labels: np.ndarray, num_classes: int, cfg: C
 
     from usedge.train.model import build_model
 
+    from usedge.train.model import load_pretrained
+
     torch.manual_seed(seed)
     device = _device(cfg.device)
-    model = build_model(cfg.arch, num_classes=num_classes, gate_norm=cfg.gate_norm).to(device)
+    model = build_model(cfg.arch, num_classes=num_classes, gate_norm=cfg.gate_norm)
+    load_pretrained(model, cfg.pretrained)
+    model = model.to(device)
     loss_fn = _loss(cfg, num_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.step_gamma) if cfg.step_size else None
     x_all, y_all = _inputs(images), torch.as_tensor(labels, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
     model.train()
@@ -173,6 +236,8 @@ def train_child(images: np.ndarray, labels: np.ndarray, num_classes: int, cfg: C
             loss = loss_fn(model(x_all[idx].to(device)), y_all[idx].to(device))
             loss.backward()
             opt.step()
+        if sched is not None:
+            sched.step()
         if progress:
             progress(1)
     return model.eval()
@@ -202,6 +267,13 @@ def evaluate_child(model, images: np.ndarray, labels: np.ndarray, cfg: ChildConf
             total += float(loss_fn(logits, yb)) * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
     return total / len(images), correct / len(images)
+
+
+def _child_key(cfg: SearchConfig) -> str:
+    """Short hash of what a child's weights depend on, so a cache never serves another config's child."""
+    what = {k: v for k, v in asdict(cfg.child).items() if k not in ("threads", "device")}
+    what.update(crop=cfg.crop, remove_doppler=cfg.remove_doppler)
+    return hashlib.sha256(repr(sorted(what.items())).encode()).hexdigest()[:8]
 
 
 def _child_path(cache: Path, name: str) -> Path:
@@ -331,14 +403,16 @@ def search_split(name: str, study_prefix: str, train_images, train_labels, held_
         torch.set_num_threads(cfg.child.threads)
     t0 = time.perf_counter()
     ops = resolve_ops(cfg.ops)
-    child, cached = get_child(cache, f"{study_prefix}-{name}", train_images, train_labels, num_classes,
-                              cfg.child, seed)
+    child, cached = get_child(cache, f"{study_prefix}-{name}-{_child_key(cfg)}", train_images, train_labels,
+                              num_classes, cfg.child, seed)
     base_loss, base_acc = evaluate_child(child, held_images, held_labels, cfg.child)
     study = _study(f"{study_prefix}/{name}", storage, cfg, seed, ops)
 
     def objective(trial) -> float:
         sub = suggest_sub_policy(trial, ops, cfg.ops_per_sub_policy)
         loss, acc = evaluate_child(child, augment_set(held_images, sub, seed + trial.number), held_labels, cfg.child)
+        if cfg.heldout == "augmented+original":  # the mean over the 2N images: originals and their copies
+            loss, acc = (loss + base_loss) / 2, (acc + base_acc) / 2
         trial.set_user_attr("loss", loss)
         trial.set_user_attr("accuracy", acc)
         return loss if cfg.objective == "loss" else acc
@@ -357,8 +431,10 @@ def search_split(name: str, study_prefix: str, train_images, train_labels, held_
 
 
 def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cache_dir: str | Path | None = None,
-           study_name: str | None = None, cv_seed: int | None = None, show_progress: bool = True) -> Policy:
-    """Run the whole search and return the merged policy (per-fold lists in meta['folds'] when folds > 0).
+           study_name: str | None = None, show_progress: bool = True) -> Policy:
+    """Run the whole search and return the policy: per-scope lists in meta['scopes'] ('0', '1', ... and
+    'all'); its main list is the 'all' scope's, or with no all-data search every fold's (for previews
+    only: `usedge train` gives each fold its own scope and refuses the main list).
 
     storage: optuna storage URL (None = in memory, not resumable). cache_dir: where child weights are
     kept between runs (None = not kept). study_name: prefix of the optuna study names.
@@ -381,7 +457,7 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
     groups = np.asarray(dataset.groups)
     prefix = study_name or f"usedge-augment-{data_fingerprint(dataset)}"
     cache = Path(cache_dir) if cache_dir else None
-    scopes = search_scopes(dataset, cfg, cfg.seed if cv_seed is None else cv_seed)
+    scopes = search_scopes(dataset, cfg)
     n_splits_total = len(scopes) * cfg.inner_splits
 
     results: dict[str, list[SplitResult]] = {}
@@ -389,14 +465,14 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
                   disable=not show_progress, transient=False) as bar:
         need = np.unique(np.concatenate([pool for _, pool in scopes]))
         task = bar.add_task(f"loading {len(need)} images at {cfg.child.image_size}px", total=len(need))
-        cached = dict(zip(need.tolist(), load_images(dataset, need, cfg.child.image_size,
-                                                     lambda k: bar.advance(task, k))))
+        cached = dict(zip(need.tolist(), load_images(dataset, need, cfg.child.image_size, cfg.crop,
+                                                     cfg.remove_doppler, lambda k: bar.advance(task, k))))
         overall = bar.add_task(f"inner splits ({len(scopes)} scope(s) x {cfg.inner_splits})", total=n_splits_total)
         for scope, pool in scopes:
             results[scope] = []
             for s, (tr, ho) in enumerate(inner_splits(labels, groups, pool, cfg.inner_splits,
                                                       cfg.seed + 17, dataset.root)):
-                name = f"{scope}-split{s}"
+                name = f"{'all' if scope == 'all' else 'fold' + scope}-split{s}"
                 trial_task = bar.add_task(f"  {name}: child + {cfg.trials} trials", total=cfg.trials)
                 res = search_split(
                     name, prefix,
@@ -410,12 +486,16 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
 
     per_scope = {scope: [sp for r in rs for sp in r.best] for scope, rs in results.items()}
     main = per_scope["all"] if "all" in per_scope else [sp for subs in per_scope.values() for sp in subs]
+    pools = {scope: sorted({str(groups[i]) for i in pool}) for scope, pool in scopes}
     meta = {
         "kind": "fast-autoaugment",
         "data": str(dataset.root),
         "data_fingerprint": data_fingerprint(dataset),
         "class_names": dataset.class_names,
         "config": cfg.to_dict(),
+        "search": {"preset": cfg.preset, "seed": cfg.seed, "folds": cfg.folds, "max_folds": cfg.max_folds,
+                   "preprocess": {"crop": cfg.crop, "remove_doppler": cfg.remove_doppler},
+                   "digests": {scope: patients_digest(p) for scope, p in pools.items()}},
         "ops": resolve_ops(cfg.ops),
         "storage": _redact(storage),
         "study_prefix": prefix,
@@ -425,10 +505,8 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
                     "child_from_cache": r.child_cached, "trials": r.trials, "seconds": round(r.seconds, 1)}
                    for rs in results.values() for r in rs],
     }
-    if cfg.folds:
-        meta["folds"] = {scope.removeprefix("fold"): [sp.to_dict() for sp in subs] for scope, subs in per_scope.items()}
-        meta["fold_patients"] = {scope.removeprefix("fold"): sorted({str(groups[i]) for i in pool})
-                                 for scope, pool in scopes}
+    meta["scopes"] = {scope: [sp.to_dict() for sp in subs] for scope, subs in per_scope.items()}
+    meta["scope_patients"] = pools
     return Policy(main, meta=meta)
 
 

@@ -3,6 +3,8 @@
     train_one_epoch(model, loader, loss_fn, optimizer, device, ...) -> {"loss", "accuracy", "images", "seconds"}
     evaluate(model, loader, device, ...)                           -> (probs N x C float32, labels N int)
     fit(model, train_set, val_set, cfg, device, out_dir=...)       -> FitResult (best epoch on inner val)
+    run_fold(run, split, bar)                                      -> one outer fold's test result
+    train_final(run, split, summary, bar)                          -> model.pt, trained on all data
     cross_validate(dataset, cfg, out_dir)                          -> summary dict (also written to disk)
 
 Runs on CUDA (AMP, channels_last) when present, CPU otherwise. Under `torchrun` every process runs
@@ -11,9 +13,9 @@ the same code; gradients are averaged with DDP (gloo on CPU, NCCL on CUDA) and o
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -31,10 +33,10 @@ from usedge.fileio import write_json_atomic, write_text_atomic
 from usedge.train.checkpoint import read_checkpoint, save_checkpoint
 from usedge.train.config import TrainConfig, dump_toml
 from usedge.train.cv import FoldSplit, final_split, make_splits, write_folds_csv
-from usedge.train.data import TumorDataset, load_images, make_loader
+from usedge.train.data import LightAugment, TumorDataset, load_images, make_loader
 from usedge.train.distributed import Dist, convert_batchnorm, init_distributed
-from usedge.train.loss import build_loss
-from usedge.train.metrics import classification_metrics, roc_curves
+from usedge.train.loss import build_loss, describe_alpha, resolve_alpha
+from usedge.train.metrics import classification_metrics, headline, roc_curves
 from usedge.train.model import build_model, load_pretrained
 
 # A function that turns the (un-augmented) training set into what is trained on: the augment
@@ -134,6 +136,7 @@ class FitResult:
     best_val: dict                     # {"loss", "accuracy"} on the inner validation set at best_epoch
     history: list[dict] = field(default_factory=list)  # per epoch: train loss/acc, val loss/acc, seconds
     resumed_from: int = 0              # epochs already done when resumed
+    alpha: list[float] = field(default_factory=list)   # focal weight per class that was trained with
 
 
 def _better(candidate: dict, best: dict | None, select_on: str) -> bool:
@@ -144,15 +147,38 @@ def _better(candidate: dict, best: dict | None, select_on: str) -> bool:
     return candidate["loss"] < best["loss"]
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch. cosine: linear warm-up over warmup_epochs (lr * (e+1)/(w+1)), then
+    half a cosine from lr to ~0 at the end of the last epoch; step: StepLR(step_size, step_gamma)."""
+    if cfg.optim.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.step_gamma)
+    warmup, total = cfg.optim.warmup_epochs, cfg.optim.epochs
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(total - warmup, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def dataset_labels(ds: torch.utils.data.Dataset) -> np.ndarray:
+    """Labels of a TumorDataset, or of a ConcatDataset of them (an expanded training set)."""
+    if hasattr(ds, "labels"):
+        return np.asarray(ds.labels)
+    return np.concatenate([dataset_labels(d) for d in ds.datasets])
+
+
 def fit(model: nn.Module, train_set: torch.utils.data.Dataset, val_set: TumorDataset, cfg: TrainConfig,
         device: torch.device, *, class_names: list[str], out_dir: str | Path | None = None,
         dist: Dist | None = None, resume: bool = False, seed: int | None = None, progress=None,
-        label: str = "fit", extra: dict | None = None) -> FitResult:
+        label: str = "fit", extra: dict | None = None, alpha: list[float] | None = None) -> FitResult:
     """Train `model` for cfg.optim.epochs; keep the weights of the best inner-validation epoch.
 
-    Writes `out_dir/last.pt` (weights + optimizer/scheduler state, every epoch) and `out_dir/best.pt`
-    (rank 0 only). With resume=True and an existing last.pt, continues from its epoch. On return the
-    model holds the best epoch's weights.
+    `alpha`: focal weight per class; None resolves cfg.loss.alpha on train_set's labels. Writes
+    `out_dir/last.pt` (weights + optimizer/scheduler state, every epoch) and `out_dir/best.pt` (rank 0
+    only). With resume=True and an existing last.pt, continues from its epoch. On return the model
+    holds the best epoch's weights.
     """
     dist = dist or Dist()
     seed = cfg.run.seed if seed is None else seed
@@ -160,23 +186,23 @@ def fit(model: nn.Module, train_set: torch.utils.data.Dataset, val_set: TumorDat
     use_cuda = device.type == "cuda"
     amp = cfg.run.amp and use_cuda
     channels_last = cfg.run.channels_last and use_cuda
-    model.to(device)
+    if alpha is None:
+        alpha = resolve_alpha(cfg.loss.alpha, class_names, dataset_labels(train_set))
+    model_without_ddp = model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.loss.name, len(class_names), cfg.loss.gamma, cfg.loss.alpha).to(device)
-    net = model
+        model_without_ddp.to(memory_format=torch.channels_last)
     if dist.enabled and cfg.run.sync_bn:
-        convert_batchnorm(model, device)
+        convert_batchnorm(model_without_ddp, device)
     if dist.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.step_gamma)
+        model = nn.parallel.DistributedDataParallel(model_without_ddp, device_ids=[device.index] if use_cuda else None)
+    loss_fn = build_loss(cfg.loss.name, len(class_names), cfg.loss.gamma, alpha).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda") if amp else None
     spec = cfg.preprocess_spec()
-    local_batch = cfg.optim.batch_size
-    train_loader = make_loader(train_set, local_batch, train=True, seed=seed, rank=dist.rank,
+    train_loader = make_loader(train_set, cfg.optim.batch_size, train=True, seed=seed, rank=dist.rank,
                                world_size=dist.world_size, num_workers=cfg.data.num_workers)
-    val_loader = make_loader(val_set, max(local_batch, 32), train=False, num_workers=cfg.data.num_workers)
+    val_loader = make_loader(val_set, max(cfg.optim.batch_size, 32), train=False, num_workers=cfg.data.num_workers)
 
     history: list[dict] = []
     best: dict | None = None
@@ -185,7 +211,7 @@ def fit(model: nn.Module, train_set: torch.utils.data.Dataset, val_set: TumorDat
     last_path = out_dir / "last.pt" if out_dir else None
     if resume and last_path is not None and last_path.is_file():
         state = read_checkpoint(last_path)
-        model.load_state_dict(state["state_dict"])
+        model_without_ddp.load_state_dict(state["state_dict"])
         ex = state["extra"]
         optimizer.load_state_dict(ex["optimizer"])
         scheduler.load_state_dict(ex["scheduler"])
@@ -200,44 +226,45 @@ def fit(model: nn.Module, train_set: torch.utils.data.Dataset, val_set: TumorDat
     if progress is not None:
         task = progress.add_task(label, total=(cfg.optim.epochs - start_epoch) * len(train_loader), loss=float("nan"),
                                  acc=float("nan"))
+    meta = dict(class_names=class_names, preprocess=spec, config=cfg.to_dict())
     for epoch in range(start_epoch, cfg.optim.epochs):
         train_loader.batch_sampler.set_epoch(epoch)
+        seed_everything(seed * 1000003 + epoch)   # augmentation draws depend on (seed, epoch): resume is exact
         if progress is not None:
             progress.update(task, description=f"{label} epoch {epoch + 1}/{cfg.optim.epochs}")
-        stats = train_one_epoch(net, train_loader, loss_fn, optimizer, device, scaler=scaler, amp=amp,
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_one_epoch(model, train_loader, loss_fn, optimizer, device, scaler=scaler, amp=amp,
                                 channels_last=channels_last, progress=progress, task=task, dist=dist)
         scheduler.step()
         if dist.enabled:  # BatchNorm running stats are per process: use rank 0's everywhere (same selection)
-            for buf in model.buffers():
+            for buf in model_without_ddp.buffers():
                 torch.distributed.broadcast(buf, 0)
-        probs, labels = evaluate(model, val_loader, device, amp=amp, channels_last=channels_last)
+        probs, labels = evaluate(model_without_ddp, val_loader, device, amp=amp, channels_last=channels_last)
         val = {"loss": probs_loss(loss_fn, probs, labels),
                "accuracy": float((probs.argmax(1) == labels).mean()) if len(labels) else 0.0}
         loss_fn.to(device)
-        record = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
-                  "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": stats["seconds"],
-                  "images_per_second": stats["images"] / max(stats["seconds"], 1e-9),
-                  "lr": optimizer.param_groups[0]["lr"]}
-        history.append(record)
+        history.append({"epoch": epoch + 1, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+                        "val_loss": val["loss"], "val_accuracy": val["accuracy"], "seconds": stats["seconds"],
+                        "images_per_second": stats["images"] / max(stats["seconds"], 1e-9), "lr": lr})
         improved = _better(val, best, cfg.cv.select_on)
         if improved:
             best = {**val, "epoch": epoch + 1}
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in model_without_ddp.state_dict().items()}
         if out_dir is not None and dist.main:
-            meta = dict(class_names=class_names, preprocess=spec, config=cfg.to_dict())
             if improved:
-                save_checkpoint(out_dir / "best.pt", model, metrics={"inner_val": best}, extra=extra, **meta)
-            save_checkpoint(last_path, model, metrics={"inner_val": best}, **meta, extra={
+                save_checkpoint(out_dir / "best.pt", model_without_ddp, metrics={"inner_val": best}, extra=extra,
+                                **meta)
+            save_checkpoint(last_path, model_without_ddp, metrics={"inner_val": best}, **meta, extra={
                 "epoch": epoch + 1, "history": history, "best": best, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {}})
         dist.barrier()
     if best_state is not None:
-        model.load_state_dict(best_state)
+        model_without_ddp.load_state_dict(best_state)
     if best is None:
         raise ModelError("training finished without an evaluated epoch", path=out_dir,
                          hint="the run was already complete; delete last.pt to train again")
     return FitResult(best_epoch=int(best["epoch"]), best_val={"loss": best["loss"], "accuracy": best["accuracy"]},
-                     history=history, resumed_from=resumed_from)
+                     history=history, resumed_from=resumed_from, alpha=[float(a) for a in alpha])
 
 
 # ---------------------------------------------------------------- cross-validation
@@ -254,8 +281,20 @@ def config_hash(cfg: TrainConfig) -> str:
 def _make_model(cfg: TrainConfig, num_classes: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(cfg.model.arch, num_classes=num_classes, gate_norm=cfg.model.gate_norm)
-    load_pretrained(model, cfg.model.pretrained)
+    load_pretrained(model, cfg.model.pretrained, conv1=cfg.model.conv1_init)
     return model
+
+
+def default_augmenter(cfg: TrainConfig, dataset=None) -> TrainAugmenter | None:
+    """The training-set transform the config asks for: light (default), none, or a Fast AutoAugment policy
+    (checked against the run's dataset and config, so that no fold uses sub-policies searched on its test patients)."""
+    if cfg.data.augment == "none":
+        return None
+    if cfg.data.augment == "light":
+        return lambda ds: TumorDataset(ds.samples, ds.spec, transform=LightAugment(), images=ds.images)
+    from usedge.train.augment import make_train_augmenter
+
+    return make_train_augmenter(cfg.data.policy, cfg.data.augment, run=None if dataset is None else (dataset, cfg))
 
 
 def _write_predictions(path: Path, dataset: Dataset, idx: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> None:
@@ -279,24 +318,89 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=False)
 
 
-def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
-                   augmenter: TrainAugmenter | None = None, progress: bool = True,
-                   log: Callable[[str], None] | None = None, images: np.ndarray | None = None) -> dict:
-    """Patient-grouped K-fold CV with inner-validation checkpoint selection; writes the whole run.
+@dataclass
+class Run:
+    """What every model of one cross-validation run shares."""
 
-    out_dir gets: config.toml, folds.csv, fold{k}/{best,last}.pt, fold{k}/test_predictions.csv,
-    fold{k}/result.json, metrics.json, report.md, *.png, and model.pt (all data, if cfg.cv.final_model).
-    `images`: optional N x S x S uint8 already prepared for dataset.samples with cfg's preprocessing
-    (`load_images`), to share one read between runs. Returns the summary written to metrics.json.
-    """
-    from usedge.train.report import write_report
+    dataset: Dataset
+    cfg: TrainConfig
+    out_dir: Path
+    images: np.ndarray                 # N x S x S uint8, prepared once
+    device: torch.device
+    dist: Dist
+    augmenter: TrainAugmenter | None
+    resume: bool
+    say: Callable[[str], None]
 
-    out_dir = Path(out_dir)
-    device = resolve_device(cfg.run.device)
-    dist = init_distributed(device)
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    say = (log or print) if dist.main else (lambda _m: None)
+    def subset(self, idx: np.ndarray) -> TumorDataset:
+        return TumorDataset([self.dataset.samples[i] for i in idx], self.cfg.preprocess_spec(), images=self.images[idx])
+
+    def save(self, path: Path, model: nn.Module, metrics: dict, extra: dict) -> None:
+        save_checkpoint(path, model, class_names=self.dataset.class_names, preprocess=self.cfg.preprocess_spec(),
+                        config=self.cfg.to_dict(), metrics=metrics, extra=extra)
+
+
+def train_model(run: Run, split: FoldSplit, seed: int, out_dir: Path, bar, label: str,
+                extra: dict | None = None) -> tuple[nn.Module, FitResult]:
+    """A fresh model (seeded) trained on split.train, checkpoint chosen on split.val."""
+    names = run.dataset.class_names
+    seed_everything(seed)
+    model = _make_model(run.cfg, len(names), seed)
+    train_set = run.subset(split.train)
+    alpha = resolve_alpha(run.cfg.loss.alpha, names, train_set.labels)
+    if run.cfg.loss.name == "focal":
+        run.say(f"{label}: focal alpha ({run.cfg.loss.alpha}) {describe_alpha(alpha, names)}")
+    if run.augmenter is not None:
+        train_set = run.augmenter(train_set)
+    fit_res = fit(model, train_set, run.subset(split.val), run.cfg, run.device, class_names=names, out_dir=out_dir,
+                  dist=run.dist, resume=run.resume, seed=seed, progress=bar, label=label, extra=extra, alpha=alpha)
+    return model, fit_res
+
+
+def run_fold(run: Run, split: FoldSplit, bar=None) -> dict:
+    """Train outer fold `split.fold`, test it once on its test part, write fold{k}/; returns its result."""
+    names = run.dataset.class_names
+    fold_dir = run.out_dir / f"fold{split.fold}"
+    result_path = fold_dir / "result.json"
+    if run.resume and result_path.is_file():
+        run.say(f"fold {split.fold}: already done, kept")
+        return json.loads(result_path.read_text())
+    model, fit_res = train_model(run, split, run.cfg.run.seed + 100 * split.fold, fold_dir, bar,
+                                 f"fold {split.fold}", extra={"fold": split.fold})
+    probs, labels = evaluate(model, make_loader(run.subset(split.test), 64, train=False), run.device)
+    metrics = classification_metrics(labels, probs, names)
+    result = {"fold": split.fold, "test_index": split.test.tolist(), "probs": probs.tolist(),
+              "labels": labels.tolist(), "metrics": metrics, "best_epoch": fit_res.best_epoch,
+              "inner_val": fit_res.best_val, "history": fit_res.history,
+              "alpha": dict(zip(names, fit_res.alpha)) if run.cfg.loss.name == "focal" else None,
+              "roc": roc_curves(labels, probs, names),
+              "sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
+    if run.dist.main:
+        _write_predictions(fold_dir / "test_predictions.csv", run.dataset, split.test, probs, labels)
+        run.save(fold_dir / "best.pt", model, {"inner_val": fit_res.best_val, "test": metrics},
+                 {"fold": split.fold, "best_epoch": fit_res.best_epoch})
+        write_json_atomic(result_path, result)
+    run.dist.barrier()
+    run.say(f"fold {split.fold}: best epoch {fit_res.best_epoch} (inner val loss {fit_res.best_val['loss']:.4f}); "
+            f"test {headline(metrics)}")
+    return result
+
+
+def train_final(run: Run, split: FoldSplit, summary: dict | None, bar=None) -> None:
+    """The deployable model.pt: all data, checkpoint chosen on an inner validation split by patient."""
+    model, fit_res = train_model(run, split, run.cfg.run.seed + 100 * run.cfg.cv.folds, run.out_dir / "final", bar,
+                                 "all data")
+    if run.dist.main:
+        run.save(run.out_dir / "model.pt", model,
+                 {"inner_val": fit_res.best_val, "cross_validation": _training_summary(summary) if summary else {}},
+                 {"best_epoch": fit_res.best_epoch, "data": str(run.dataset.root), "images": len(run.dataset)})
+        run.say(f"all-data model: best epoch {fit_res.best_epoch}; written to {run.out_dir / 'model.pt'}")
+    run.dist.barrier()
+
+
+def _start_run(out_dir: Path, cfg: TrainConfig, dataset: Dataset, dist: Dist, device: torch.device,
+               resume: bool) -> None:
+    """Refuse a used folder (unless resuming the same config); stamp run.json and config.toml."""
     chash = config_hash(cfg)
     stamp = out_dir / "run.json"
     if stamp.is_file():
@@ -314,63 +418,46 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
         write_text_atomic(out_dir / "config.toml", dump_toml(cfg))
     dist.barrier()
 
-    spec = cfg.preprocess_spec()
+
+def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+                   augmenter: TrainAugmenter | None = None, progress: bool = True,
+                   log: Callable[[str], None] | None = None, images: np.ndarray | None = None) -> dict:
+    """Patient-grouped K-fold CV with inner-validation checkpoint selection; writes the whole run.
+
+    out_dir gets: config.toml, folds.csv, fold{k}/{best,last}.pt, fold{k}/test_predictions.csv,
+    fold{k}/result.json, metrics.json, report.md, *.png, and model.pt (all data, if cfg.cv.final_model).
+    `augmenter`: replaces the config's training transform (`default_augmenter(cfg)`).
+    `images`: optional N x S x S uint8 already prepared for dataset.samples with cfg's preprocessing
+    (`load_images`), to share one read between runs. Returns the summary written to metrics.json.
+    """
+    from usedge.train.report import write_report
+
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.run.device)
+    dist = init_distributed(device)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    say = (log or print) if dist.main else (lambda _m: None)
+    _start_run(out_dir, cfg, dataset, dist, device, resume)
+
     splits = make_splits(dataset, cfg.cv.folds, cfg.cv.inner_val_fraction, cfg.run.seed)
     final = final_split(dataset, cfg.cv.inner_val_fraction, cfg.run.seed) if cfg.cv.final_model else None
     if dist.main:
         write_folds_csv(out_dir / "folds.csv", dataset, splits, final)
     say(f"{len(dataset)} images, {len(set(dataset.groups))} patients, {cfg.cv.folds} folds by patient; "
-        f"device {device}, {dist.world_size} process(es)")
+        f"device {device}, {dist.world_size} process(es); augmentation {cfg.data.augment}, "
+        f"{cfg.optim.schedule} schedule")
+    spec = cfg.preprocess_spec()
     t0 = time.perf_counter()
     if images is None:
         images = load_images(dataset.samples, spec, progress=progress and dist.main)
     elif images.shape != (len(dataset), spec.size, spec.size):
         raise ValueError(f"images of shape {images.shape} do not fit {len(dataset)} samples at {spec.size} px")
     read_seconds = time.perf_counter() - t0
-    samples = dataset.samples
+    run = Run(dataset, cfg, out_dir, images, device, dist, augmenter or default_augmenter(cfg, dataset), resume, say)
 
-    def subset(idx: np.ndarray) -> TumorDataset:
-        return TumorDataset([samples[i] for i in idx], spec, images=images[idx])
-
-    run_splits = splits[:cfg.cv.max_folds] if cfg.cv.max_folds else splits
-    fold_results = []
     with _progress(progress and dist.main) as bar:
-        for split in run_splits:
-            fold_dir = out_dir / f"fold{split.fold}"
-            result_path = fold_dir / "result.json"
-            if resume and result_path.is_file():
-                fold_results.append(json.loads(result_path.read_text()))
-                say(f"fold {split.fold}: already done, kept")
-                continue
-            seed = cfg.run.seed + 100 * split.fold
-            seed_everything(seed)
-            model = _make_model(cfg, len(dataset.class_names), seed)
-            train_set = subset(split.train)
-            if augmenter is not None:
-                train_set = augmenter(train_set)
-            fit_res = fit(model, train_set, subset(split.val), cfg, device, class_names=dataset.class_names,
-                          out_dir=fold_dir, dist=dist, resume=resume, seed=seed, progress=bar,
-                          label=f"fold {split.fold}", extra={"fold": split.fold})
-            test_loader = make_loader(subset(split.test), 64, train=False)
-            probs, labels = evaluate(model, test_loader, device)
-            metrics = classification_metrics(labels, probs, dataset.class_names)
-            result = {"fold": split.fold, "test_index": split.test.tolist(), "probs": probs.tolist(),
-                      "labels": labels.tolist(), "metrics": metrics, "best_epoch": fit_res.best_epoch,
-                      "inner_val": fit_res.best_val, "history": fit_res.history,
-                      "roc": roc_curves(labels, probs, dataset.class_names),
-                      "sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
-            if dist.main:
-                _write_predictions(fold_dir / "test_predictions.csv", dataset, split.test, probs, labels)
-                save_checkpoint(fold_dir / "best.pt", model, class_names=dataset.class_names, preprocess=spec,
-                                config=cfg.to_dict(), metrics={"inner_val": fit_res.best_val, "test": metrics},
-                                extra={"fold": split.fold, "best_epoch": fit_res.best_epoch})
-                write_json_atomic(result_path, result)
-            dist.barrier()
-            fold_results.append(result)
-            m = metrics
-            say(f"fold {split.fold}: best epoch {fit_res.best_epoch} (inner val loss {fit_res.best_val['loss']:.4f}); "
-                f"test accuracy {m['overall_accuracy']:.3f}, macro sensitivity {m['macro']['sensitivity']:.3f}")
-
+        fold_results = [run_fold(run, split, bar) for split in splits[:cfg.cv.max_folds or None]]
         summary = None
         if dist.main:
             summary = write_report(out_dir, dataset.class_names, fold_results, cfg,
@@ -378,23 +465,7 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
                                           "world_size": dist.world_size, "device": str(device),
                                           "read_seconds": read_seconds})
         if final is not None:
-            seed = cfg.run.seed + 100 * cfg.cv.folds
-            seed_everything(seed)
-            model = _make_model(cfg, len(dataset.class_names), seed)
-            train_set = subset(final.train)
-            if augmenter is not None:
-                train_set = augmenter(train_set)
-            fit_res = fit(model, train_set, subset(final.val), cfg, device, class_names=dataset.class_names,
-                          out_dir=out_dir / "final", dist=dist, resume=resume, seed=seed, progress=bar,
-                          label="all data")
-            if dist.main:
-                cv_summary = _training_summary(summary) if summary else {}
-                save_checkpoint(out_dir / "model.pt", model, class_names=dataset.class_names, preprocess=spec,
-                                config=cfg.to_dict(), metrics={"inner_val": fit_res.best_val, "cross_validation": cv_summary},
-                                extra={"best_epoch": fit_res.best_epoch, "data": str(dataset.root),
-                                       "images": len(dataset)})
-                say(f"all-data model: best epoch {fit_res.best_epoch}; written to {out_dir / 'model.pt'}")
-            dist.barrier()
+            train_final(run, final, summary, bar)
     return summary or {}
 
 
@@ -402,6 +473,7 @@ def _training_summary(summary: dict) -> dict:
     """The few CV numbers worth carrying inside model.pt (and from there into ONNX metadata)."""
     agg = summary["aggregate"]
     return {"folds": agg["folds"], "overall_accuracy_mean": agg["overall_accuracy"]["mean"],
+            "balanced_accuracy_mean": agg["balanced_accuracy"]["mean"],
             "macro_sensitivity_mean": agg["macro"]["sensitivity"]["mean"],
             "macro_specificity_mean": agg["macro"]["specificity"]["mean"],
             "macro_roc_auc_mean": agg["macro"]["roc_auc"]["mean"]}

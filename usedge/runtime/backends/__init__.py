@@ -3,6 +3,7 @@
     ort-cpu   onnxruntime CPUExecutionProvider     (base install)
     ort-cuda  onnxruntime CUDAExecutionProvider    (onnxruntime-gpu, NVIDIA driver), IO binding
     ort-trt   onnxruntime TensorrtExecutionProvider (onnxruntime-gpu + TensorRT libraries)
+    ort-trt-rtx TensorRT for RTX plugin EP on the plain onnxruntime (usedge[rtx]; RTX-class GPU)
     tensorrt  native TensorRT engine + sidecar     (tensorrt + cuda-python: usedge[gpu])
 """
 
@@ -13,14 +14,16 @@ from pathlib import Path
 from usedge.errors import BackendUnavailable, ConfigError
 from usedge.runtime.backends.base import Backend, TensorSpec
 from usedge.runtime.backends.ort import ORT_PROVIDERS
+from usedge.runtime.backends.rtx import RTX_ROW
 from usedge.runtime.backends.tensorrt import TensorRTBackend
 
 #: name -> a factory of backends with `available()` and `artifact`: an onnxruntime row or a Backend class
-BACKENDS = {**ORT_PROVIDERS, "tensorrt": TensorRTBackend}
+BACKENDS = {**ORT_PROVIDERS, RTX_ROW.name: RTX_ROW, "tensorrt": TensorRTBackend}
 BACKEND_NAMES = ("auto", *BACKENDS)
 ENGINE_SUFFIXES = {".engine", ".plan", ".trt"}
-# Fastest first (ARCHITECTURE.md): a TensorRT engine, then ORT's TensorRT EP, CUDA EP, CPU.
-ONNX_PREFERENCE = ("ort-trt", "ort-cuda", "ort-cpu")
+# Fastest first (ARCHITECTURE.md): a TensorRT engine, then TensorRT for RTX (pip only, RTX-class GPUs),
+# ORT's TensorRT EP, CUDA EP, CPU.
+ONNX_PREFERENCE = ("ort-trt-rtx", "ort-trt", "ort-cuda", "ort-cpu")
 
 
 def artifact_kind(path: str | Path) -> str:

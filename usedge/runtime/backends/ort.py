@@ -4,10 +4,12 @@
     ort-cuda  CUDAExecutionProvider                IO binding: input copied once, outputs bound on the device
     ort-trt   TensorrtExecutionProvider            engines cached beside the model, FP16 allowed
 
+    ort-trt-rtx NvTensorRTRTXExecutionProvider     TensorRT for RTX plugin EP (backends/rtx.py: RTX_ROW)
+
 A new execution provider is one more `OrtProvider` row (plus its name in backends/__init__.py):
-`providers` gives the provider list for the session, `register` runs once before the first session
-(e.g. to register a plugin EP library with onnxruntime). Threads, spinning and graph optimisation are
-options of every row.
+`providers` gives the provider list for the session (None: the row's `configure` adds its devices to
+the session options instead, as plugin EPs do), `check` replaces the generic availability test.
+Threads, spinning and graph optimisation are options of every row.
 """
 
 from __future__ import annotations
@@ -68,14 +70,15 @@ class OrtProvider:
     package: str = "onnxruntime-gpu"                    # what to install when the provider is missing
     gpu: bool = True                                    # needs an NVIDIA driver; inputs bound on the device
     thread_safe: bool = False                           # CPU sessions are; GPU sessions/contexts are not shared
-    register: Callable[[], None] | None = None          # run once before the first session (plugin EPs)
+    check: Callable[[], tuple[bool, str]] | None = None  # replaces the generic test below (plugin EPs)
+    configure: Callable[["OrtBackend", object], None] | None = None   # extends SessionOptions (plugin EPs)
     artifact: str = "onnx"
 
     def available(self) -> tuple[bool, str]:
+        if self.check is not None:
+            return self.check()
         try:
             ort = _ort()
-            if self.register is not None:
-                self.register()
         except BackendUnavailable as exc:
             return False, exc.message
         if self.provider not in ort.get_available_providers():
@@ -144,6 +147,8 @@ class OrtBackend(Backend):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         so.log_severity_level = 3
+        if self.row.configure is not None:
+            self.row.configure(self, so)
         return so
 
     def load(self, path: str | Path) -> "OrtBackend":
@@ -154,8 +159,9 @@ class OrtBackend(Backend):
                                      hint="use --backend ort-cpu or see `usedge doctor`")
         self.path = Path(path)
         try:
+            providers = self.row.providers(self)
             self.session = ort.InferenceSession(str(self.path), sess_options=self.session_options(),
-                                                providers=self.row.providers(self))
+                                                **({} if providers is None else {"providers": providers}))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"onnxruntime cannot load this model ({first})", path=self.path,

@@ -1,0 +1,54 @@
+"""The model card (export/model_card.py) and the one data-root field, on real fixtures: the tiny
+export (synthetic tiny_cohort) and a real brief `cross_validate` run."""
+
+from __future__ import annotations
+
+import json
+
+from usedge.export.onnx_export import read_model_info
+from usedge.runtime.model_info import ModelInfo, model_card_line
+
+FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
+
+
+def test_card_in_every_file_and_beside_it(tiny_onnx_dir, tiny_cohort):
+    cards = [read_model_info(tiny_onnx_dir / name).model_card for name in FILES]
+    assert cards[0] == cards[1] == cards[2]
+    card = cards[0]
+    data = card["training_data"]
+    assert data["synthetic"] and data["path"] == str(tiny_cohort) and len(data["sha256"]) == 64
+    assert sum(c["images"] for c in data["class_counts"].values()) == data["images"] == 24
+    assert set(data["class_counts"]) == {"epidermal_cyst", "lipoma", "pilomatricoma"}
+    checks = {c["check"]: c for c in card["checks"]}
+    assert "fp16 vs fp32 (onnxruntime CPU)" in checks and "int8 vs fp32 accuracy (held-out)" in checks
+    assert checks["int8 vs fp32 accuracy (held-out)"]["note"].startswith("ran on ")
+    assert card["uncertain_margin"] == 0.2 and card["intended_use"] and card["limits"]
+    text = (tiny_onnx_dir / "MODEL_CARD.md").read_text()
+    for part in ("## Intended use", "## Training data", "## Cross-validation", "## Export checks", "## Limits",
+                 data["sha256"], "synthetic"):
+        assert part in text
+
+
+def test_card_line(tiny_onnx_dir):
+    line = model_card_line(read_model_info(tiny_onnx_dir / "model.int8.onnx"))
+    assert "\n" not in line and line.startswith("int8 model ") and "SYNTHETIC data (24 images" in line
+    assert "uncertain below margin 0.2" in line
+    bare = ModelInfo.from_dict({"class_names": ["a", "b"], "input_size": 64})
+    assert model_card_line(bare).startswith("no model card")
+
+
+def test_cv_table_and_data_root_from_a_real_training_run(tiny_train_run, tiny_cohort):
+    from usedge.export.images import recorded_data
+    from usedge.export.model_card import cv_table
+    from usedge.train.checkpoint import read_checkpoint
+
+    names = ["epidermal_cyst", "lipoma", "pilomatricoma"]
+    table = cv_table(tiny_train_run / "model.pt", names)
+    agg = json.loads((tiny_train_run / "metrics.json").read_text())["aggregate"]
+    assert table["folds"] == agg["folds"] == 3
+    assert table["rows"]["overall accuracy"]["accuracy"][0] == agg["overall_accuracy"]["mean"]
+    assert table["rows"]["lipoma"]["sensitivity"][0] == agg["per_class"]["lipoma"]["sensitivity"]["mean"]
+    assert cv_table(tiny_train_run / "fold0" / "best.pt", names) == table
+    # the one data-root field: extra.data in model.pt, the run's run.json for a fold's best.pt
+    for ckpt in (tiny_train_run / "model.pt", tiny_train_run / "fold0" / "best.pt"):
+        assert recorded_data(read_checkpoint(ckpt), ckpt) == tiny_cohort

@@ -1,0 +1,75 @@
+"""Model metadata (runtime/model_info.py): schema version, full validation, one-line refusals.
+
+Each case edits the metadata of the real exported tiny model and loads it with Classifier.load, as a
+user's damaged or future-version file would arrive."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from usedge.errors import ModelError
+from usedge.runtime.classifier import Classifier
+from usedge.runtime.model_info import METADATA_KEY, SCHEMA_VERSION, model_info_from_metadata
+
+
+def _with_info(src, dst, edit) -> str:
+    model = onnx.load(str(src))
+    props = {p.key: p for p in model.metadata_props}
+    d = json.loads(props[METADATA_KEY].value)
+    edit(d)
+    props[METADATA_KEY].value = json.dumps(d)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _set(key, value, section=None):
+    def edit(d):
+        (d[section] if section else d)[key] = value
+    return edit
+
+
+CASES = [
+    ("newer_major", _set("schema_version", "2.0"), "schema 2.0 is newer than this usedge reads"),
+    ("size_list", _set("input_size", [64, 64]), "input_size must be an integer, got list"),
+    ("size_string", _set("input_size", "64"), "input_size must be an integer, got str"),
+    ("size_huge", _set("input_size", 100000), "input_size 100000 is outside 16..2048"),
+    ("preprocess_size_huge", _set("size", 100000, "preprocess"), "preprocess.size 100000 is outside"),
+    ("duplicate_classes", _set("class_names", ["lipoma", "lipoma", "pilomatricoma"]), "duplicate class name"),
+    ("future_preprocess_field", _set("gamma_correction", 2.2, "preprocess"),
+     "unknown preprocessing field.*gamma_correction"),
+    ("future_field", _set("tokenizer", "x"), "unknown field.*tokenizer"),
+    ("bad_precision", _set("precision", "int4"), "precision must be one of"),
+    ("bad_mean", _set("mean", "0.5", "preprocess"), "preprocess.mean must be a number"),
+    ("bad_outputs", _set("outputs", ["cam"]), "outputs must list 'probs'"),
+]
+
+
+@pytest.mark.parametrize("name,edit,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_metadata_is_refused_with_one_line(tmp_path, runtime_model, name, edit, message):
+    path = _with_info(runtime_model, tmp_path / f"{name}.onnx", edit)
+    with pytest.raises(ModelError, match=message) as err:
+        Classifier.load(path, backend="ort-cpu", threads=1)
+    line = err.value.one_line()
+    assert "\n" not in line and str(path) in line
+
+
+def test_newer_major_names_both_versions_and_says_upgrade():
+    d = {"class_names": ["a", "b"], "input_size": 64, "schema_version": "3.1", "preprocess": {"size": 64, "zoom": 2}}
+    with pytest.raises(ModelError) as err:
+        model_info_from_metadata({METADATA_KEY: json.dumps(d)}, "m.onnx")
+    assert "3.1" in err.value.message and SCHEMA_VERSION in err.value.message and "upgrade" in err.value.hint
+
+
+def test_exported_file_carries_schema_version_and_digest(runtime_model):
+    from usedge.export.onnx_export import read_model_info
+    from usedge.runtime.model_info import weights_digest
+
+    info = read_model_info(runtime_model)
+    assert info.schema_version == SCHEMA_VERSION
+    assert info.weights_sha256 == weights_digest(runtime_model.read_bytes())
+    import hashlib
+
+    assert info.weights_sha256 == hashlib.sha256(onnx.load(str(runtime_model)).graph.SerializeToString()).hexdigest()

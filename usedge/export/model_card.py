@@ -1,0 +1,126 @@
+"""The model card `usedge export` writes: into every ONNX's metadata (ModelInfo.model_card) and as
+MODEL_CARD.md beside the model (after Mitchell et al., "Model Cards for Model Reporting", 2019).
+
+    training data   folder, sha256 over its images (sorted relative paths + file sha256), whether it
+                    is usedge's synthetic phantom (a cohort.json from `usedge synth cohort` in it),
+                    images and patients per class
+    evaluation      the cross-validation table of the run (metrics.json beside the checkpoint's run)
+    checks          every export check (FP32 parity, FP16, INT8 with the CPU it ran on) and its result
+    use             intended use, limits, and the margin below which a result is called uncertain
+
+`usedge.runtime.model_info.model_card_line` turns the card into the one line infer/serve/doctor show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from usedge.export.report import ExportReport
+
+CARD_NAME = "MODEL_CARD.md"
+INTENDED_USE = ("research and teaching: a second look at B-mode ultrasound of superficial skin tumours "
+                "(epidermal cyst, lipoma, pilomatricoma) beside the scanner; not a medical device, "
+                "not for diagnosis; a clinician decides")
+LIMITS = ["trained only on the data named here; images from other scanners, presets, body sites or "
+          "lesion types are outside what it has seen",
+          "three classes only: every image is forced into one of them, including normal skin and other tumours",
+          "a model trained on usedge's synthetic phantom has not seen a real patient",
+          "the class activation map shows what the network weighted, not where the lesion is"]
+
+
+def data_digest(samples, root: Path) -> str:
+    """sha256 over the data set's images: sorted `relative path, label, sha256 of the file` lines."""
+    from usedge.fileio import sha256_file
+
+    lines = sorted(f"{Path(s.path).relative_to(root).as_posix()}\t{s.label}\t{sha256_file(s.path)}" for s in samples)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def describe_data(ds) -> dict:
+    """Provenance of a usedge Dataset: digest, synthetic or not, images and patients per class."""
+    cohort = Path(ds.root) / "cohort.json"
+    generator = ""
+    if cohort.is_file():
+        try:
+            generator = str(json.loads(cohort.read_text()).get("generator", ""))
+        except (OSError, ValueError, AttributeError):
+            generator = ""
+    counts = {name: {"images": sum(s.label == k for s in ds.samples),
+                     "patients": len({s.patient_id for s in ds.samples if s.label == k})}
+              for k, name in enumerate(ds.class_names)}
+    return {"path": str(ds.root), "sha256": data_digest(ds.samples, Path(ds.root)), "synthetic": "synth" in generator,
+            "generator": generator, "images": len(ds.samples), "class_counts": counts}
+
+
+def cv_table(checkpoint: Path, class_names: list[str]) -> dict:
+    """{"folds", "source", "rows": {row: {metric: [mean, sd]}}} from the run's metrics.json, or {}."""
+    for run in (checkpoint.parent, checkpoint.parent.parent):
+        path = run / "metrics.json"
+        if not path.is_file():
+            continue
+        try:
+            agg = json.loads(path.read_text())["aggregate"]
+            pick = ("sensitivity", "specificity", "f1", "roc_auc")
+            rows = {name: {m: [agg["per_class"][name][m]["mean"], agg["per_class"][name][m]["sd"]] for m in pick}
+                    for name in class_names}
+            rows["macro"] = {m: [agg["macro"][m]["mean"], agg["macro"][m]["sd"]] for m in pick}
+            rows["overall accuracy"] = {"accuracy": [agg["overall_accuracy"]["mean"], agg["overall_accuracy"]["sd"]]}
+            return {"folds": agg["folds"], "source": str(path), "rows": rows}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return {}
+
+
+def build_card(checkpoint: Path, class_names: list[str], data: dict, report: ExportReport,
+               uncertain_margin: float) -> dict:
+    """The card as a JSON-able dict (what goes into ModelInfo.model_card)."""
+    checks = [{"check": c.name, "artifact": c.artifact, "passed": c.passed, "aim": c.aim, "note": c.note,
+               "figures": {k: v for k, v in c.figures.items() if isinstance(v, (int, float, str))}}
+              for c in report.checks]
+    return {"training_data": data, "cross_validation": cv_table(checkpoint, class_names), "checks": checks,
+            "intended_use": INTENDED_USE, "limits": LIMITS, "uncertain_margin": uncertain_margin,
+            "checkpoint": checkpoint.name, "checkpoint_sha256": report.checkpoint_sha256,
+            "usedge_version": report.usedge_version}
+
+
+def _mean_sd(cell) -> str:
+    """'0.912 ± 0.031'; n/a where the training report has no value (a metric undefined in every fold, or
+    an SD from a single fold)."""
+    if not cell:
+        return ""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return f"{fmt(cell[0])} ± {fmt(cell[1])}"
+
+
+def card_markdown(card: dict, line: str) -> str:
+    """MODEL_CARD.md."""
+    d = card["training_data"]
+    out = ["# Model card", "", f"**{line}**", "", "## Intended use", "", card["intended_use"], "",
+           "## Training data", ""]
+    if d.get("sha256"):
+        kind = f"synthetic ({d['generator']})" if d["synthetic"] else "not usedge's synthetic phantom"
+        out += [f"- folder `{d['path']}` (named by {d.get('named_by', '?')}), {d['images']} images, {kind}",
+                f"- sha256 of the images `{d['sha256']}`",
+                "", "| class | images | patients |", "|---|---:|---:|"]
+        out += [f"| {name} | {c['images']} | {c['patients']} |" for name, c in d["class_counts"].items()]
+    else:
+        out.append(f"- unknown: {d.get('note', 'no data set given or recorded')}")
+    cv = card["cross_validation"]
+    out += ["", "## Cross-validation", ""]
+    if cv:
+        metrics = sorted({m for row in cv["rows"].values() for m in row})
+        out += [f"{cv['folds']} fold(s), mean ± SD (from `{cv['source']}`).", "",
+                "| | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+        out += [f"| {name} | " + " | ".join(_mean_sd(row.get(m)) for m in metrics) + " |"
+                for name, row in cv["rows"].items()]
+    else:
+        out.append("No metrics.json of the training run beside the checkpoint: not evaluated here.")
+    out += ["", "## Export checks", "", "| check | file | result | aim | note |", "|---|---|---|---|---|"]
+    out += [f"| {c['check']} | {c['artifact']} | {'ok' if c['passed'] else 'MISSED'} | {c['aim']} | {c['note']} |"
+            for c in card["checks"]]
+    out += ["", "## Uncertainty", "", f"A result whose top two probabilities differ by less than "
+            f"{card['uncertain_margin']:g} is to be shown as uncertain, not as a diagnosis.", "", "## Limits", ""]
+    out += [f"- {limit}" for limit in card["limits"]]
+    return "\n".join(out) + "\n"
