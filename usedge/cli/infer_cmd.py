@@ -69,13 +69,13 @@ class _StatusLine:
     def __call__(self, pred, frame, overlay) -> None:
         import time
 
+        from rich.text import Text
+
         now = time.monotonic()
         if now < self.next_at:
             return
         self.next_at = now + 0.5
         st = self.runner.stats()
-        from rich.text import Text
-
         top = (f"{pred.label} {pred.probs[pred.label]:.0%}" if pred.has_label else pred.state.replace("_", " ")) + (
             " frozen" if pred.frozen else "")
         extra = "".join(f", {st[key]} {name}" for key, name in (("late_skipped", "late"), ("frozen", "frozen"),
