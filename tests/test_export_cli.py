@@ -55,3 +55,27 @@ def test_export_cam_weighting_quiet_and_deprecated_opt_level(tmp_path, tiny_expo
     cams = [ort.InferenceSession(str(p / "model.onnx"), providers=["CPUExecutionProvider"]).run(["cam"], {"image": x})[0]
             for p in (out, tiny_onnx_dir)]
     assert not np.allclose(cams[0], cams[1])
+
+
+def test_export_rtx_refused_in_one_line_without_a_supported_gpu(tmp_path, tiny_export_checkpoint):
+    """`--rtx` needs TensorRT for RTX on a supported GPU: here it refuses before exporting anything,
+    in one line that says why (usedge.runtime.backends.rtx.availability) and exits non-zero."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from usedge.runtime.backends.rtx import availability
+
+    ok, why = availability()
+    if ok:
+        pytest.skip(f"TensorRT for RTX runs here ({why}): the refusal path does not apply")
+    out = tmp_path / "models"
+    run = subprocess.run([sys.executable, "-m", "usedge", "export", str(tiny_export_checkpoint), "--out", str(out),
+                          "--rtx"], capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("usedge: --rtx: TensorRT for RTX cannot run here: ") and why in lines[0]
+    assert not out.exists()

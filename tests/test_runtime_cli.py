@@ -133,6 +133,26 @@ def test_doctor_reports_backends_and_reasons():
     assert res.returncode == 0 and "ort-cpu" in res.stdout
 
 
+def test_doctor_model_shows_its_card_and_decoders_agree(runtime_model, tmp_path):
+    from usedge.runtime.classifier import Classifier
+    from usedge.runtime.model_info import model_card_line
+
+    res = usedge("doctor", runtime_model, "--json")
+    assert res.returncode == 0, res.stderr
+    checks = json.loads(res.stdout)
+    rows = {(c["section"], c["name"]): c for c in checks}
+    with Classifier.load(runtime_model, "ort-cpu") as clf:
+        line = model_card_line(clf.info)
+    assert rows[("model", "model.onnx")]["ok"] and rows[("model", "model card")]["detail"] == line
+    assert line.startswith("fp32 model ") and "trained on SYNTHETIC data" in line
+    # each decoder is one row under one name: no "pylibjpeg ok" in one section and "no" in another
+    names = [c["name"] for c in checks]
+    assert names.count("pylibjpeg") == 1 and ("packages", "av") in rows
+    missing = usedge("doctor", tmp_path / "nope.onnx", "--json")
+    row = {(c["section"], c["name"]): c for c in json.loads(missing.stdout)}[("model", "nope.onnx")]
+    assert not row["ok"] and "not found" in row["detail"]
+
+
 def test_infer_video_file_classifies_every_frame(runtime_model, runtime_video, tmp_path):
     out = tmp_path / "v.csv"
     res = usedge("infer", runtime_model, runtime_video, "--format", "csv", "--out", out, "--threads", "1")
@@ -162,3 +182,52 @@ def test_cli_vocabulary_help_order_and_old_spellings(runtime_model, runtime_imag
     assert (tmp_path / "crops" / f"{image.stem}.overlay.png").is_file()
     res = usedge("crop", image, "--out", tmp_path / "c2", "--overlay", tmp_path / "ov", "--image-size", "64", "-q")
     assert res.returncode == 0 and (tmp_path / "ov" / f"{image.stem}.png").is_file() and not res.stderr
+
+
+@pytest.mark.parametrize("option", [["--record", "rec.mp4"], ["--smooth"], ["--realtime"]])
+def test_stream_options_with_files_are_errors(runtime_model, runtime_images, tmp_path, option):
+    image = sorted(runtime_images.glob("*.png"))[0]
+    res = usedge("infer", runtime_model, image, *option)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode != 0 and len(lines) == 1
+    assert f"{option[0]} applies to --stream only" in lines[0] and "--stream VIDEO" in lines[0]
+    assert not (tmp_path / "rec.mp4").exists()
+
+
+def test_overlay_with_stream_is_an_error(runtime_model, runtime_video, tmp_path):
+    res = usedge("infer", runtime_model, "--stream", runtime_video, "--overlay", tmp_path / "ov")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode != 0 and len(lines) == 1
+    assert "--overlay" in lines[0] and "--record" in lines[0] and not (tmp_path / "ov").exists()
+
+
+def test_stream_status_line_on_stderr(runtime_model, runtime_video, tmp_path):
+    """--status forces the live line (fps, label, drops) even off a terminal; it is off by default there."""
+    args = ["infer", runtime_model, "--stream", runtime_video, "--jsonl", tmp_path / "s.jsonl", "--threads", "1", "-q"]
+    res = usedge(*args, "--status")
+    assert res.returncode == 0, res.stderr
+    first = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[0])
+    assert "live " in res.stderr and " fps | " in res.stderr and f"| {first['label']} " in res.stderr
+    assert " dropped" in res.stderr
+    res = usedge(*args)
+    assert res.returncode == 0 and "live " not in res.stderr       # not a terminal: no status line
+
+
+def test_crop_accepts_video_every_nth_frame(runtime_video, tmp_path):
+    """crop reads a video through the reader of `usedge infer FILES`: every frame, or every N-th."""
+    res = usedge("crop", runtime_video, "--out", tmp_path / "all", "--image-size", "64", "-q")
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in (tmp_path / "all" / "crops.jsonl").read_text().splitlines()]
+    assert [line["frame"] for line in lines] == list(range(30))
+    assert (tmp_path / "all" / lines[3]["output"]).is_file() and lines[3]["output"].endswith("_f0003.png")
+    res = usedge("crop", runtime_video, "--out", tmp_path / "some", "--every", "10", "--image-size", "64", "-q")
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in (tmp_path / "some" / "crops.jsonl").read_text().splitlines()]
+    assert [line["frame"] for line in lines] == [0, 10, 20]
+
+
+def test_train_help_shows_defaults():
+    res = subprocess.run([sys.executable, "-m", "usedge", "train", "--help"], capture_output=True, text=True,
+                         timeout=120, env={**ENV, "COLUMNS": "200"})
+    epochs = next(line for line in res.stdout.splitlines() if "--epochs" in line)
+    assert res.returncode == 0 and "[default: (30)]" in epochs

@@ -12,6 +12,8 @@ pytest.importorskip("fastapi", reason="usedge serve needs the 'serve' extra (fas
 httpx = pytest.importorskip("httpx")
 
 from tests.fixtures.serve import cli_server  # noqa: E402
+from usedge.runtime.classifier import Classifier  # noqa: E402
+from usedge.runtime.model_info import model_card_line  # noqa: E402
 
 
 def _usedge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -40,6 +42,9 @@ def test_server_process_with_token(serve_model, serve_images):
         assert httpx.post(f"{base}/v1/predict", content=body, timeout=30).status_code == 401
         r = httpx.post(f"{base}/v1/predict", content=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         assert r.status_code == 200 and r.json()["label"]
+        info = httpx.get(f"{base}/v1/info", headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
+        with Classifier.load(serve_model, "ort-cpu") as clf:
+            assert info["model_card"] == model_card_line(clf.info)
         assert httpx.get(f"{base}/healthz").json()["stream"] == "none"
         assert httpx.get(f"{base}/healthz", headers={"Host": "rebind.example"}).status_code == 400
 
@@ -50,3 +55,4 @@ def test_server_process_with_token(serve_model, serve_images):
     logs = proc.stderr.read() + proc.stdout.read()
     assert token not in logs                    # the token is never printed
     assert "http://127.0.0.1:" in logs
+    assert f"model card: {info['model_card']}" in " ".join(logs.split())   # the startup line

@@ -55,7 +55,6 @@ class DemoConfig:
     patients: tuple[int, int, int] | None = None     # None: the paper's 149/74/32 shape scaled to `images`
     image_size: int = 96                             # paper: 224
     epochs: int = 6                                  # paper: 30
-    step_size: int = 4                               # StepLR step, epochs (paper: 7 of 30)
     lr: float = 3e-4                                 # paper: 1e-4 (for 30 epochs)
     folds: int = 5
     video_seconds: float = 10.0
@@ -153,7 +152,7 @@ class Demo:
                  lambda: {"seed": c.seed, "patients": list(c.patients), "images": c.images},
                  lambda p: [self.data], self.make_data, lambda p: 1 + 18 * p["images"] / 698),
             Step("train", f"train ({c.folds}-fold CV + all-data model)", ("cohort",),
-                 lambda: {"image_size": c.image_size, "epochs": c.epochs, "step_size": c.step_size, "lr": c.lr,
+                 lambda: {"image_size": c.image_size, "epochs": c.epochs, "recipe": "usedge defaults", "lr": c.lr,
                           "folds": c.folds, "seed": c.seed},
                  lambda p: [self.run_dir], self.train,
                  lambda p: 5 + 350 * scale * p["epochs"] / 6 * p["folds"] / 5 * c.images / 698, resumable=True),
@@ -299,7 +298,7 @@ class Demo:
 
         cfg = load_config(None, {
             "data.image_size": params["image_size"], "optim.epochs": params["epochs"],
-            "optim.step_size": params["step_size"], "optim.lr": params["lr"], "cv.folds": params["folds"],
+            "optim.lr": params["lr"], "cv.folds": params["folds"],
             "cv.final_model": True, "run.seed": params["seed"], "run.threads": self.cfg.threads,
         })
         cross_validate(load_dataset(self.data), cfg, self.run_dir, resume=resume, progress=self.cfg.progress,
@@ -462,8 +461,8 @@ class Demo:
                   "ours for the layout only — the numbers are not comparable. This is not a medical device.", "",
                   f"What ran (from the steps' records): {cohort['images']} images of {sum(cohort['patients'])} "
                   f"synthetic patients, {trained['folds']}-fold cross-validation by patient, "
-                  f"{trained['image_size']} px input, {trained['epochs']} epochs (Adam {trained['lr']:g}, StepLR "
-                  f"{trained['step_size']}/0.1), checkpoint chosen on an inner validation split (never the test "
+                  f"{trained['image_size']} px input, {trained['epochs']} epochs (Adam {trained['lr']:g}, usedge defaults: "
+                  "warm-up + cosine, light augmentation, class-balanced focal loss), checkpoint chosen on an inner validation split (never the test "
                   "fold). The paper: 224 px, 30 epochs, Adam 1e-4.", "",
                   "## Classification (one-vs-rest per class, %, mean ± sd over folds)", "",
                   self._metrics_table(metrics), "",

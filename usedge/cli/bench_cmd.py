@@ -32,7 +32,7 @@ def bench(
     iters: int = typer.Option(100, "--iters", help="Timed batch-1 calls per row."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed batch-1 calls per row first."),
     rounds: int = typer.Option(5, "--rounds", help="Interleaving rounds (rows take turns, so bursts of other work hit all alike)."),
-    rows: Optional[str] = typer.Option(None, "--rows", help="Only rows whose key starts with these, comma-separated (e.g. ort-cpu,openvino)."),
+    rows: Optional[str] = typer.Option(None, "--rows", help="Only rows whose key starts with these, comma-separated (e.g. ort-cpu,openvino,ort-trt-rtx)."),
     max_cell_s: float = typer.Option(20.0, "--max-cell-s", help="Seconds at most per row and batch size (at least one call)."),
     stages: bool = typer.Option(True, "--stages/--no-stages", help="1080p frame stage breakdown and stream figure."),
     frames: int = typer.Option(40, "--frames", help="Frames of the 1080p synthetic video for the stage breakdown."),

@@ -14,7 +14,8 @@ from usedge.cli.options import deprecated, quiet_option
 
 @app.command()
 def crop(
-    inputs: List[Path] = typer.Argument(..., help="Images (PNG/JPEG/BMP/TIFF/WebP), DICOM files or folders of them."),
+    inputs: List[Path] = typer.Argument(..., help="Images (PNG/JPEG/BMP/TIFF/WebP), DICOM, video files "
+                              "or folders of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: crop PNGs + crops.jsonl."),
     crop_mode: str = typer.Option("auto", "--crop", help="auto | fov | none | x,y,w,h | preset:NAME."),
     image_size: int = typer.Option(224, "--image-size", help="Output side in pixels (the model input size)."),
@@ -22,6 +23,8 @@ def crop(
     doppler: bool = typer.Option(True, "--remove-doppler/--keep-doppler", help="Fill colour Doppler pixels from the B-mode around them."),
     presets: Optional[Path] = typer.Option(None, help="Your presets TOML (a table preset.NAME with box = x, y, w, h), added to the built-in ones."),
     all_frames: bool = typer.Option(False, "--all-frames", help="Every frame of multi-frame DICOM (default: the first)."),
+    every: int = typer.Option(1, "--every", min=1, help="Only every N-th frame of a video (and of a multi-frame DICOM "
+                              "with --all-frames); a video's frames are all cropped by default."),
     views: str = typer.Option("all", help="Dual-view screens: 'all' writes one crop per view, 'largest' one."),
     overlay: Optional[Path] = typer.Option(None, "--overlay", metavar="DIR", help="Also write <name>.png in DIR: the "
                                            "frame with FOV (green) and crop (magenta) boxes."),
@@ -39,9 +42,10 @@ def crop(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from usedge.errors import ConfigError, InputError
+    from usedge.fileio import refuse_overwriting_inputs
     from usedge.runtime.batch import crop_files
     from usedge.runtime.crop import parse_crop
-    from usedge.runtime.formats import IMAGE_SUFFIXES, expand_inputs
+    from usedge.runtime.formats import INPUT_SUFFIXES, expand_inputs
     from usedge.runtime.preprocess import PreprocessSpec
 
     image_size = deprecated(image_size, size, old="--size", new="--image-size", default=224)
@@ -52,16 +56,19 @@ def crop(
     if image_size < 8:
         raise ConfigError(f"--image-size {image_size} is too small", hint="use at least 8 (224 for the paper's model)")
     spec = PreprocessSpec(size=image_size, crop=crop_mode, remove_doppler=doppler)
-    files, notes = expand_inputs(inputs, IMAGE_SUFFIXES)
+    files, notes = expand_inputs(inputs, INPUT_SUFFIXES)
+    refuse_overwriting_inputs(out, files, "--out")
+    if overlay is not None:
+        refuse_overwriting_inputs(overlay, files, "--overlay")
     for note in notes:
         print(f"usedge: skipped {note}", file=sys.stderr)
     if not files and not notes:
-        raise InputError("no images or DICOM files found", path=", ".join(map(str, inputs)),
-                         hint="pass image/DICOM files or folders holding them")
+        raise InputError("no image, DICOM or video file found", path=", ".join(map(str, inputs)),
+                         hint="pass image/DICOM/video files or folders holding them")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=quiet, transient=True) as progress:
         task = progress.add_task("cropping", total=len(files))
-        run = crop_files(files, spec, out, presets=presets, all_frames=all_frames, views=views, overlay_dir=overlay,
+        run = crop_files(files, spec, out, presets=presets, all_frames=all_frames, every=every, views=views, overlay_dir=overlay,
                          allow_any_modality=any_modality, on_error=lambda line: print(f"usedge: {line}", file=sys.stderr),
                          on_file=lambda: progress.advance(task))
     typer.echo(run.line(out))

@@ -2,6 +2,7 @@
 
     usedge export runs/NAME/model.pt --out models/NAME --data DATA            # fp32 + fp16 + int8 + checks
     usedge export runs/NAME/model.pt --out models/NAME --engine              # on the GPU machine
+    usedge export runs/NAME/model.pt --out models/NAME --rtx                 # TensorRT for RTX EP-context model
     usedge export runs/NAME/model.pt --out models/NAME --overwrite           # replace an earlier export
     usedge export runs/NAME/model.pt --out models/NAME --triton triton_repo  # + Triton model repository
 """
@@ -24,6 +25,8 @@ def export(
     fp16: bool = typer.Option(True, "--fp16/--no-fp16", help="Write model.fp16.onnx (FP16 compute, FP32 I/O; the engine's input)."),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="Write model.int8.onnx (QDQ static quantisation for CPUs; needs images)."),
     engine: bool = typer.Option(False, "--engine", help="Build a TensorRT FP16 engine (on a machine with an NVIDIA GPU and TensorRT)."),
+    rtx: bool = typer.Option(False, "--rtx", help="Also write the TensorRT for RTX EP-context model (engine inside an ONNX; "
+                             "model.fp16_ctx.onnx) for --backend ort-trt-rtx; on the RTX machine (pip extra rtx)."),
     triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton Inference Server model repository here."),
     overwrite: bool = overwrite_option("Replace the export already in --out (its model files and report)."),
     cam: bool = typer.Option(False, "--cam", help="Add the multi-branch CAM as a second output `cam` (N x C x H/8 x W/8)."),
@@ -58,6 +61,14 @@ def export(
     from usedge.runtime.model_info import model_card_line
 
     console = Console(stderr=True, quiet=quiet)
+    if rtx:   # refuse before the export, not after minutes of it
+        from usedge.errors import BackendUnavailable
+        from usedge.runtime.backends.rtx import availability
+
+        ok, why = availability()
+        if not ok:
+            raise BackendUnavailable(f"--rtx: TensorRT for RTX cannot run here: {why}",
+                                     hint="drop --rtx, or export on the RTX machine")
     trt_opt_level = deprecated(trt_opt_level, opt_level, old="--opt-level", new="--trt-opt-level", default=3)
     opts = ExportOptions(fp16=fp16, int8=int8, engine=engine, triton=triton, cam=cam, cam_weighting=cam_weighting,
                          data=data, calib_count=calib_count, calib_method=calib_method, activations=activations,
@@ -70,8 +81,16 @@ def export(
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("exporting", total=None)
         report = run_export(checkpoint, out, opts, progress=lambda msg: bar.update(task, description=msg))
+        if rtx:
+            from usedge.export.rtx import write_ep_context
+
+            bar.update(task, description="compiling with TensorRT for RTX (EP-context model)")
+            fp16_model = out / "model.fp16.onnx"
+            ctx = write_ep_context(fp16_model if fp16_model.is_file() else out / "model.onnx")
 
     out_console = Console()
+    if rtx:
+        out_console.print(f"TensorRT for RTX EP-context model: {ctx} (--backend ort-trt-rtx)", soft_wrap=True)
     if quiet:   # only what went wrong, then the final line
         for c in report.failed:
             out_console.print(f"[red]missed[/]: {escape(c.name)} ({escape(Path(c.artifact).name)}): {escape(c.aim)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -24,8 +26,13 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
     from usedge.runtime.pipeline import FramePipeline, run_files
     from usedge.runtime.sinks import OverlayFolderSink, results_sink
     from usedge.runtime.formats import expand_inputs
+    from usedge.fileio import refuse_overwriting_inputs
 
     files, notes = expand_inputs(inputs)     # notes: symlinked/unreadable folders, FIFOs: reported, exit 1
+    if out != "-":
+        refuse_overwriting_inputs(out, files, "--out", folder=False)
+    if overlay_dir is not None:
+        refuse_overwriting_inputs(overlay_dir, files, "--overlay")
     for note in notes:
         _err(f"usedge: skipped {note}")
     if not files and not notes:
@@ -42,15 +49,45 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
                         on_error=lambda line: _err(f"usedge: skipped {line}"), on_file=lambda: progress.advance(task))
     run.skipped = len(notes)
     _err(f"usedge: {run.line(out)}")
+    if run.interrupted:
+        return 130
     return 1 if run.failed or notes else 0
+
+
+class _StatusLine:
+    """The live stream's one status line on stderr (fps, current label, drops), redrawn at most twice a
+    second from the loop thread; cleared when the stream ends, before the summary."""
+
+    def __init__(self, runner, force: bool) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.runner, self.next_at = runner, 0.0
+        console = Console(stderr=True, force_terminal=True if force else None)
+        self.live = Live("", console=console, transient=True, auto_refresh=False)
+
+    def __call__(self, pred, frame, overlay) -> None:
+        import time
+
+        from rich.text import Text
+
+        now = time.monotonic()
+        if now < self.next_at:
+            return
+        self.next_at = now + 0.5
+        st = self.runner.stats()
+        top = (f"{pred.label} {pred.probs[pred.label]:.0%}" if pred.has_label else pred.state.replace("_", " ")) + (
+            " frozen" if pred.frozen else "")
+        extra = "".join(f", {st[key]} {name}" for key, name in (("late_skipped", "late"), ("frozen", "frozen"),
+                                                               ("errors", "errors")) if st[key])
+        line = f"live {st['fps']:.1f} fps | {top} | {st['frames']} done, {st['dropped']} dropped{extra}"
+        self.live.update(Text(line, no_wrap=True, overflow="ellipsis"), refresh=True)
 
 
 def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smooth: bool, smooth_window: int,
                   freeze: bool, record: Optional[Path], show: bool, jsonl: Optional[str], fmt: str, out: Optional[str],
                   max_frames: Optional[int], max_reconnects: Optional[int], idle_timeout: Optional[float],
-                  cam: bool, summary_path: Optional[Path], quiet: bool) -> int:
-    import contextlib
-
+                  cam: bool, summary_path: Optional[Path], quiet: bool, status: Optional[bool]) -> int:
     from usedge.fileio import write_json_atomic
     from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, results_sink
@@ -72,12 +109,51 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
                                  smooth=smooth_window if smooth else None, cam=cam)
         runner = StreamRunner(pipeline, reader, realtime=realtime, fps=fps, max_frames=max_frames,
                               max_reconnects=max_reconnects)
-        summary = runner.run()
+        if status if status is not None else (not quiet and sys.stderr.isatty()):
+            line = _StatusLine(runner, force=bool(status))
+            runner.subscribe(line)
+            stack.enter_context(line.live)
+        with _sigterm_as_interrupt():      # systemd / docker stop: end like Ctrl-C (recording finalised, summary)
+            summary = runner.run()
     for line in summary.lines()[:1] if quiet else summary.lines():
         _err(line)
     if summary_path is not None:
         write_json_atomic(summary_path, summary.to_dict())
-    return 1 if summary.ended_by == "source failed" else 0
+    if runner.all_failed:
+        _err(f"usedge: every frame failed ({summary.errors}); last: {runner.last_error}")
+        return 1
+    return 1 if summary.ended_by in ("source failed", "ended early") else 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (then the old handler)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:            # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _refuse_options_that_do_not_apply(streaming: bool, **given: bool) -> None:
+    """An option that does nothing in this mode is an error naming it, never silently ignored."""
+    from usedge.errors import ConfigError
+
+    if streaming and given.pop("overlay"):
+        raise ConfigError("--overlay writes one PNG per INPUT file and does not apply to --stream",
+                          hint="use --record out.mp4 (or --show) for the annotated stream")
+    given.pop("overlay", None)
+    used = [f"--{name.replace('_', '-')}" for name, on in given.items() if on]
+    if not streaming and used:
+        raise ConfigError(f"{used[0]} applies to --stream only, not to INPUT files",
+                          hint=f"drop {used[0]}, or give one video as --stream VIDEO to classify it as a live source")
 
 
 @app.command()
@@ -90,7 +166,8 @@ def infer(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="results file ('-' = stdout, the default for files)"),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="save annotated images in this folder"),
     cam: bool = typer.Option(False, "--cam", help="draw the class activation map (models exported with CAM)"),
-    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"),
+    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | "
+                                 "ort-trt-rtx (TensorRT for RTX, pip extra rtx) | tensorrt"),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: all cores)"),
     spinning: bool = typer.Option(False, "--spinning/--no-spinning", help="onnxruntime busy-waits between ops"),
     ort_opt_level: str = typer.Option("all", "--ort-opt-level", help="onnxruntime graph optimisation: disable | "
@@ -101,13 +178,16 @@ def infer(
     smooth: bool = typer.Option(False, "--smooth", help="average probabilities over the last --smooth-window results"),
     smooth_window: int = typer.Option(5, "--smooth-window", min=1),
     freeze: bool = typer.Option(True, "--freeze-detect/--no-freeze-detect", help="skip frozen (repeated) images"),
-    record: Optional[Path] = typer.Option(None, "--record", help="write the annotated stream to this .mp4/.avi"),
+    record: Optional[Path] = typer.Option(None, "--record", help="write the annotated stream to this .mp4 "
+                                         "(H.264, plays in browsers) or .avi (MJPG)"),
     show: bool = typer.Option(False, "--show", help="show the annotated stream in a window"),
     jsonl: Optional[str] = typer.Option(None, "--jsonl", help="stream: one JSON line per frame, flushed per line"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="stream: stop after N frames read"),
     max_reconnects: Optional[int] = typer.Option(None, "--max-reconnects", help="live source: give up after N"),
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="watched folder: end after S seconds without a new file"),
     summary: Optional[Path] = typer.Option(None, "--summary", help="stream: write the run summary as JSON here"),
+    status: Optional[bool] = typer.Option(None, "--status/--no-status", help="stream: a live status line on stderr "
+                                          "(fps, label, drops); default: when stderr is a terminal and not --quiet"),
     any_modality: bool = typer.Option(False, "--any-modality", help="classify DICOM of any Modality (default: US only)"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Refuse a model whose weights digest does not match (--no-verify: load a damaged or hand-edited file anyway)."),
     quiet: bool = quiet_option(),
@@ -123,6 +203,11 @@ def infer(
         raise ConfigError("nothing to classify", hint="give INPUT files/folders, or --stream SOURCE")
     if stream is not None and inputs:
         raise ConfigError("give either INPUT files or --stream, not both", hint="run two commands")
+    _refuse_options_that_do_not_apply(stream is not None, overlay=overlay is not None, record=record is not None,
+                                      smooth=smooth, realtime=realtime, show=show, jsonl=jsonl is not None,
+                                      summary=summary is not None, max_frames=max_frames is not None,
+                                      max_reconnects=max_reconnects is not None, idle_timeout=idle_timeout is not None,
+                                      fps=fps is not None, status=status is not None)
     ort_opt_level = deprecated(ort_opt_level, opt_level, old="--opt-level", new="--ort-opt-level", default="all")
     clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=ort_opt_level, verify=verify)
     if not quiet:
@@ -137,7 +222,7 @@ def infer(
             code = _infer_stream(clf, stream, realtime=realtime, fps=fps, smooth=smooth, smooth_window=smooth_window,
                                  freeze=freeze, record=record, show=show, jsonl=jsonl, fmt=fmt, out=out,
                                  max_frames=max_frames, max_reconnects=max_reconnects, idle_timeout=idle_timeout,
-                                 cam=cam, summary_path=summary, quiet=quiet)
+                                 cam=cam, summary_path=summary, quiet=quiet, status=status)
     finally:
         clf.close()
     if code:

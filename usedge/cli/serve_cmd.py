@@ -67,7 +67,8 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", envvar="USEDGE_TOKEN", show_envvar=True,
                                         help="Require 'Authorization: Bearer TOKEN' (browser: open /?token=TOKEN "
                                              "once). Prefer the environment variable: a flag shows up in `ps`."),
-    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"),
+    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | "
+                                 "ort-trt-rtx (TensorRT for RTX, pip extra rtx) | tensorrt"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads (default: all cores)."),
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Replay a file --stream forever, like a scanner."),
     smooth_window: int = typer.Option(5, "--smooth-window", min=1, help="Live probabilities: moving average over "
@@ -114,6 +115,12 @@ def serve(
         if not quiet:
             console.print(f"usedge serve: http://{shown}:{port}/  — {classifier.describe()}"
                           + (f"; live: {runner.reader.name}" if runner else "; uploads only (no --stream)"))
+        if not quiet:
+            from rich.markup import escape
+
+            from usedge.runtime.model_info import model_card_line
+
+            console.print(f"  model card: {escape(model_card_line(classifier.info))}", soft_wrap=True)
         if token and not quiet:
             console.print("  token required: API clients send 'Authorization: Bearer …'; in a browser open /?token=… once")
         try:

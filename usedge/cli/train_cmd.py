@@ -9,6 +9,7 @@ A few common flags; every other config key through the repeatable `--set section
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Optional
 
@@ -17,9 +18,13 @@ import typer
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quiet_option
 from usedge.errors import ConfigError
-from usedge.train.config import TrainConfig, known_keys
+# --help shows the shipped defaults.toml (== TrainConfig's defaults, tested), read as a file so that
+# importing the CLI (serve, infer) never imports the training package.
+_D = tomllib.loads((Path(__file__).parent.parent / "train" / "defaults.toml").read_text())
 
-_D = TrainConfig()  # the dataclass defaults == defaults.toml (tested): shown in --help
+
+def known_keys() -> list[str]:
+    return [f"{section}.{key}" for section in _D for key in _D[section]]
 
 # Flags of the previous release that are now `--set` keys: kept for one release, hidden.
 _OLD_FLAGS = {
@@ -56,20 +61,20 @@ def train(
     config: Optional[str] = typer.Option(
         None, "--config", "-c", show_default="usedge defaults",
         help="A preset name (paper: the paper's protocol) or a TOML file with keys of usedge/train/defaults.toml."),
-    image_size: Optional[int] = typer.Option(None, show_default=str(_D.data.image_size), help="Model input side, pixels."),
-    epochs: Optional[int] = typer.Option(None, show_default=str(_D.optim.epochs), help="Epochs per model."),
-    batch_size: Optional[int] = typer.Option(None, show_default=str(_D.optim.batch_size), help="Global batch size."),
-    lr: Optional[float] = typer.Option(None, show_default=f"{_D.optim.lr:g}", help="Adam learning rate (peak of the schedule)."),
-    device: Optional[str] = typer.Option(None, show_default=_D.run.device, help="auto | cpu | cuda | cuda:N"),
-    seed: Optional[int] = typer.Option(None, show_default=str(_D.run.seed), help="Random seed (splits, initialisation, order)."),
-    folds: Optional[int] = typer.Option(None, show_default=str(_D.cv.folds), help="Outer folds, by patient."),
+    image_size: Optional[int] = typer.Option(None, show_default=str(_D["data"]["image_size"]), help="Model input side, pixels."),
+    epochs: Optional[int] = typer.Option(None, show_default=str(_D["optim"]["epochs"]), help="Epochs per model."),
+    batch_size: Optional[int] = typer.Option(None, show_default=str(_D["optim"]["batch_size"]), help="Global batch size."),
+    lr: Optional[float] = typer.Option(None, show_default=f"{_D['optim']['lr']:g}", help="Adam learning rate (peak of the schedule)."),
+    device: Optional[str] = typer.Option(None, show_default=_D["run"]["device"], help="auto | cpu | cuda | cuda:N"),
+    seed: Optional[int] = typer.Option(None, show_default=str(_D["run"]["seed"]), help="Random seed (splits, initialisation, order)."),
+    folds: Optional[int] = typer.Option(None, show_default=str(_D["cv"]["folds"]), help="Outer folds, by patient."),
     alpha: Optional[str] = typer.Option(
-        None, show_default=_D.loss.alpha,
+        None, show_default=_D["loss"]["alpha"],
         help="Focal weight per class: balanced (inverse class frequency) | uniform | by class name, e.g. lipoma=0.5,epidermal_cyst=1."),
     policy: Optional[Path] = typer.Option(
         None, show_default="none", help="Fast AutoAugment policy JSON from `usedge augment search` (trains the 21x expanded set)."),
     pretrained: Optional[str] = typer.Option(
-        None, show_default=_D.model.pretrained, help="Backbone initialisation: none | imagenet (online) | PATH to a ResNet18 state_dict."),
+        None, show_default=_D["model"]["pretrained"], help="Backbone initialisation: none | imagenet (online) | PATH to a ResNet18 state_dict."),
     set_: Optional[list[str]] = typer.Option(
         None, "--set", metavar="SECTION.KEY=VALUE",
         help="Any other config key, repeatable, e.g. --set optim.schedule=step --set model.gate_norm=paper. "

@@ -1,5 +1,7 @@
-"""`usedge crop` as a library call: every frame of every input through the crop, written as PNGs with
-one crops.jsonl line per crop (and optional overlays of the boxes). `usedge infer FILES` is
+"""`usedge crop` as a library call: every frame of every input (image, DICOM, video: every `every`-th
+frame of a video, or of a multi-frame DICOM with all_frames) through the crop, written as PNGs with
+one crops.jsonl line per crop (and optional overlays of the boxes). Videos are read by
+`sources.iter_file_frames`, the reader of `usedge infer FILES`. `usedge infer FILES` is
 `usedge.runtime.pipeline.run_files`."""
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from usedge.errors import UsedgeError
 from usedge.fileio import write_text_atomic
 from usedge.runtime.crop import FrameCropper, prepare, prepare_all
 from usedge.runtime.dicom import is_dicom, open_dicom
-from usedge.runtime.formats import read_image
+from usedge.runtime.formats import VIDEO_SUFFIXES, read_image
 from usedge.runtime.overlay import draw_crop
 from usedge.runtime.preprocess import PreprocessSpec
 from usedge.runtime.sinks import OutputNames, write_png
+from usedge.runtime.sources import iter_file_frames
 
 @dataclass
 class CropRun:
@@ -36,7 +39,7 @@ class CropRun:
 
 
 def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: Path | None = None,
-               all_frames: bool = False, views: str = "all", overlay_dir: Path | None = None,
+               all_frames: bool = False, every: int = 1, views: str = "all", overlay_dir: Path | None = None,
                allow_any_modality: bool = False, on_error: Callable[[str], None] = lambda line: None,
                on_file: Callable[[], None] = lambda: None) -> CropRun:
     """Crop every file into `out` (<name>.png + crops.jsonl); overlays of the boxes into `overlay_dir`
@@ -62,8 +65,11 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
                 regions = d.raw_regions or None
                 cropper = (FrameCropper(spec, regions=regions, presets=presets)
                            if all_frames and d.n_frames > 1 and views == "largest" else None)
-                frames = ((i, d.frame(i)) for i in (range(d.n_frames) if all_frames else range(1)))
+                frames = ((i, d.frame(i)) for i in (range(0, d.n_frames, every) if all_frames else range(1)))
                 multi = d.n_frames > 1
+            elif src.suffix.lower() in VIDEO_SUFFIXES:
+                regions, cropper, multi = None, None, True
+                frames = ((i, frame) for i, frame, _ in iter_file_frames(src) if i % every == 0)
             else:
                 regions, cropper, multi = None, None, False
                 frames = iter([(0, read_image(src, allow_any_modality=allow_any_modality))])

@@ -1,6 +1,7 @@
 """`usedge doctor`: what is installed, which backends, providers and video/DICOM decoders work here, and why not.
 
-Only asks; never loads a model and never imports torch (its presence is read from package metadata).
+Only asks; never imports torch (its presence is read from package metadata). With a MODEL it loads
+that one model (as `usedge infer` would) to say whether it runs and show its model card's provenance.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ PACKAGES = [  # (distribution names to try, what it is for)
     (("pydicom",), "DICOM (base)"),
     (("typer",), "command line (base)"),
     (("rich",), "progress and tables (base)"),
-    (("pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "python-gdcm", "pillow"), "compressed DICOM decoders"),
+    (("av",), "H.264 video for --record and the demo (base)"),
     (("tensorrt", "tensorrt-cu12", "tensorrt-cu13"), "native TensorRT (gpu)"),
     (("onnxruntime-ep-nv-tensorrt-rtx-cu13", "onnxruntime-ep-nv-tensorrt-rtx-cu12"),
      "TensorRT for RTX plugin for the plain onnxruntime (rtx)"),
@@ -111,17 +112,42 @@ def video_checks() -> list[Check]:
 
 
 def dicom_checks() -> list[Check]:
+    """One row per decoder, each under its own name (the module pydicom imports) and its package's version."""
     out = []
-    for mod, what in (("pylibjpeg", "JPEG/JPEG-LS/JPEG 2000 via pylibjpeg plugins"),
-                      ("openjpeg", "JPEG 2000 (pylibjpeg-openjpeg)"), ("libjpeg", "JPEG (pylibjpeg-libjpeg)"),
-                      ("gdcm", "most compressed syntaxes (python-gdcm)"), ("PIL", "JPEG baseline / JPEG 2000 (pillow)")):
+    for mod, dist, what in (("pylibjpeg", "pylibjpeg", "JPEG/JPEG-LS/JPEG 2000 via pylibjpeg plugins"),
+                            ("openjpeg", "pylibjpeg-openjpeg", "JPEG 2000"), ("libjpeg", "pylibjpeg-libjpeg", "JPEG"),
+                            ("gdcm", "python-gdcm", "most compressed syntaxes"),
+                            ("PIL", "pillow", "JPEG baseline / JPEG 2000")):
         ok = importlib.util.find_spec(mod) is not None
-        out.append(Check("dicom decoders", mod, ok, what if ok else f"not installed — {what}"))
+        found = _version((dist,))
+        detail = f"{found[0] if found else dist} — {what}" if ok else f"not installed — {what} (pip install {dist})"
+        out.append(Check("dicom decoders", mod, ok, detail))
     return out
 
 
-def run_checks() -> list[Check]:
-    """Everything `usedge doctor` prints, in order."""
+def model_checks(path) -> list[Check]:
+    """Whether MODEL loads here (backend chosen as `usedge infer` would) and its model card's provenance line."""
+    from pathlib import Path
+
+    from usedge.errors import UsedgeError
+    from usedge.runtime.classifier import Classifier
+    from usedge.runtime.model_info import model_card_line
+
+    name = Path(path).name
+    try:
+        clf = Classifier.load(path)
+    except UsedgeError as exc:
+        return [Check("model", name, False, exc.one_line())]
+    try:
+        return [Check("model", name, True, f"{clf.describe()}; classes {', '.join(clf.class_names)}"),
+                Check("model", "model card", bool(clf.info.model_card), model_card_line(clf.info))]
+    finally:
+        clf.close()
+
+
+def run_checks(model=None) -> list[Check]:
+    """Everything `usedge doctor [MODEL]` prints, in order."""
     info = [Check("system", "python", True, f"{platform.python_version()} ({sys.executable})"),
             Check("system", "platform", True, f"{platform.platform()}, {os.cpu_count()} CPU cores")]
-    return info + package_checks() + provider_checks() + backend_checks() + gpu_checks() + video_checks() + dicom_checks()
+    return (info + package_checks() + provider_checks() + backend_checks() + gpu_checks() + video_checks()
+            + dicom_checks() + (model_checks(model) if model is not None else []))

@@ -1,5 +1,5 @@
 """Where predictions go (the pipeline's last stage): JSONL (flushed per line), CSV, overlay PNGs in a
-folder, an annotated video, a window, a callback.
+folder, an annotated video (H.264 .mp4 through PyAV), a window, a callback.
 
 Every sink has `write(pred, frame, overlay)`, `write_error(source, message)` and `close()`;
 `needs_overlay` asks the pipeline to draw the annotated frame (drawn once per frame, shared by every
@@ -95,7 +95,7 @@ class JsonlSink(Sink):
     def write_record(self, record: dict) -> None:
         """Any JSON-safe dict."""
         with _output_errors(self.path, self.count):
-            self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self.fh.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
             self.fh.flush()
             if self.fsync and self._own:
                 os.fsync(self.fh.fileno())
@@ -106,7 +106,8 @@ class JsonlSink(Sink):
 
 
 class CsvSink(Sink):
-    """source, frame, label, p_<class>..., crop box, fov box, model sha256, latencies (ms); flushed per row."""
+    """source, frame, label, p_<class>..., crop box, fov box, model sha256, latencies (ms), state, error;
+    flushed per row. A `no_image` or `error` row has empty label and probability cells and its reason."""
 
     def __init__(self, path: str | Path, class_names: list[str]) -> None:
         self.path = path
@@ -115,7 +116,8 @@ class CsvSink(Sink):
         self.stages = [*STAGES, "total"]
         self.columns = (["source", "frame", "label", *[f"p_{c}" for c in self.class_names],
                          "crop_x", "crop_y", "crop_w", "crop_h", "fov_x", "fov_y", "fov_w", "fov_h",
-                         "crop_method", "frozen", "model_sha256", *[f"ms_{s}" for s in self.stages], "error"])
+                         "crop_method", "frozen", "model_sha256", *[f"ms_{s}" for s in self.stages], "state",
+                         "error"])
         self.writer = csv.writer(self.fh)
         self.writer.writerow(self.columns)
         self.fh.flush()
@@ -124,16 +126,17 @@ class CsvSink(Sink):
     def write(self, pred, frame=None, overlay=None) -> None:
         with _output_errors(self.path, self.count):
             self.writer.writerow([
-                pred.source, pred.frame_index, pred.label, *[f"{pred.probs.get(c, 0.0):.6f}" for c in self.class_names],
+                pred.source, pred.frame_index, pred.label or "",
+                *[f"{pred.probs[c]:.6f}" if pred.has_label else "" for c in self.class_names],
                 *pred.crop_box, *pred.fov_box, pred.crop_method, int(pred.frozen), pred.model_sha256,
-                *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], "",
+                *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], pred.state, pred.reason,
             ])
             self.fh.flush()
         self.count += 1
 
     def write_error(self, source: str, message: str) -> None:
         row = [""] * len(self.columns)
-        row[0], row[-1] = source, message
+        row[0], row[-2], row[-1] = source, "error", message
         with _output_errors(self.path, self.count):
             self.writer.writerow(row)
             self.fh.flush()
@@ -147,41 +150,116 @@ def results_sink(path: str | Path, fmt: str, class_names: list[str]) -> Sink:
     return JsonlSink(path) if fmt == "jsonl" else CsvSink(path, class_names)
 
 
+def _pyav():
+    """PyAV (H.264 through its bundled libx264), or None when it is not installed."""
+    try:
+        import av
+    except ImportError:
+        return None
+    return av
+
+
 class VideoRecorderSink(Sink):
-    """The annotated frames as a video (mp4v in .mp4, MJPG in .avi) at `fps`."""
+    """The annotated frames as a video at `fps`: H.264 (yuv420p, faststart) in .mp4, which browsers
+    play; MJPG in .avi.
+
+    The .mp4 goes through PyAV and its bundled libx264. Without PyAV it falls back to OpenCV's mp4v
+    (MPEG-4 Part 2, which browsers do not play) and says so in one line on stderr. Odd frame sides
+    are padded by one edge pixel (yuv420p needs even sides); a frame of another size (a reconnected
+    source) is resized to the first one. Written to a hidden `.<name>.partial<suffix>` beside the
+    target and renamed on close, so `out.mp4` is either complete or absent.
+    """
 
     needs_overlay = True
+    SUFFIXES = (".mp4", ".avi")
 
     def __init__(self, path: str | Path, fps: float = 30.0) -> None:
         self.path = Path(path)
-        self.fps = fps
+        self.fps = float(fps) if fps and fps > 0 else 30.0
+        suffix = self.path.suffix.lower()
+        if suffix not in self.SUFFIXES:
+            raise OutputError(f"cannot record a {suffix or 'suffix-less'} video", path=self.path,
+                              hint="name it .mp4 (H.264, plays in browsers) or .avi (MJPG)")
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
-        self.writer = None
+        self.av = _pyav() if suffix == ".mp4" else None
+        self.codec = "h264" if self.av else ("mp4v" if suffix == ".mp4" else "MJPG")
+        if suffix == ".mp4" and self.av is None:
+            print(f"usedge: PyAV is not installed: {self.path.name} is written as mp4v, which browsers do not play "
+                  "(pip install av)", file=sys.stderr, flush=True)
+        self.writer = None        # cv2.VideoWriter, or (container, stream) for PyAV
+        self.size = None          # (w, h) of the first frame, even
         self.count = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot write here ({exc.strerror})", path=self.path, hint="choose a writable folder") from exc
 
+    def _open(self, w: int, h: int) -> None:
+        self.size = (w + w % 2, h + h % 2)
+        if self.av is None:
+            fourcc = cv2.VideoWriter_fourcc(*self.codec)
+            self.writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, self.size)
+            if not self.writer.isOpened():
+                raise OutputError("OpenCV cannot write this video", path=self.path, hint="use a .mp4 or .avi name")
+            return
+        from fractions import Fraction
+
+        try:
+            container = self.av.open(str(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
+        except (OSError, self.av.FFmpegError) as exc:
+            raise OutputError(f"cannot write the video ({exc})", path=self.path,
+                              hint="choose a writable folder") from exc
+        stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        stream.width, stream.height = self.size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "20", "preset": "veryfast"}
+        self.writer = (container, stream)
+
+    @contextlib.contextmanager
+    def _errors(self):
+        """An encoder or disk failure -> one-line OutputError (the partial file is removed on close)."""
+        try:
+            yield
+        except (OSError, self.av.FFmpegError) as exc:
+            raise OutputError(f"cannot write the video ({exc}) after {self.count} frames", path=self.path,
+                              hint="free disk space or choose another output") from exc
+
     def write(self, pred, frame=None, overlay=None) -> None:
         image = overlay if overlay is not None else frame
         if image is None:
             return
-        if self.writer is None:
-            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
-            h, w = image.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.tmp), fourcc, float(self.fps), (w, h))
-            if not self.writer.isOpened():
-                raise OutputError("OpenCV cannot write this video", path=self.path, hint="use a .mp4 or .avi name")
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        self.writer.write(image)
+        h, w = image.shape[:2]
+        if self.writer is None:
+            self._open(w, h)
+        if (w + w % 2, h + h % 2) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        elif (w, h) != self.size:
+            image = cv2.copyMakeBorder(image, 0, self.size[1] - h, 0, self.size[0] - w, cv2.BORDER_REPLICATE)
+        if self.av is None:
+            self.writer.write(image)
+        else:
+            container, stream = self.writer
+            vf = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+            with self._errors():
+                for packet in stream.encode(vf):
+                    container.mux(packet)
         self.count += 1
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.release()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            if self.av is None:
+                writer.release()
+            else:
+                container, stream = writer
+                try:
+                    with self._errors():
+                        for packet in stream.encode():      # flush the encoder's delayed frames
+                            container.mux(packet)
+                finally:
+                    container.close()
             if self.count:
                 os.replace(self.tmp, self.path)
         with contextlib.suppress(OSError):

@@ -13,7 +13,8 @@ import cv2
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from usedge.errors import InputError, UsedgeError
+from usedge.errors import InputError, ModelError, UsedgeError
+from usedge.runtime.model_info import model_card_line
 from usedge.serve.state import ServeState, state_of
 from usedge.serve.uploads import UploadRejected, decode_upload
 
@@ -25,7 +26,7 @@ _TOO_LARGE_HINT = "send a smaller file, or start the server with a larger --max-
 _FORM_HINT = "send the file in form field 'file' (curl -F file=@frame.png)"
 
 
-@router.get("/v1/info")
+@router.get("/v1/info")   # model_card: the one-line provenance (runtime.model_info.model_card_line)
 def info(request: Request):
     st = state_of(request)
     if not st.authorised(request):
@@ -33,7 +34,8 @@ def info(request: Request):
     clf = st.classifier
     return {"class_names": clf.class_names, "model_sha256": clf.model_sha256, "backend": clf.describe(),
             "precision": clf.info.precision, "input_size": int(clf.spec.size), "has_cam": clf.has_cam,
-            "stream": st.feed is not None, "max_upload_bytes": st.max_upload_bytes, "max_pixels": st.max_pixels}
+            "stream": st.feed is not None, "max_upload_bytes": st.max_upload_bytes, "max_pixels": st.max_pixels,
+            "model_card": model_card_line(clf.info)}
 
 
 async def read_upload(request: Request, max_bytes: int) -> bytes:
@@ -76,6 +78,8 @@ def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool
                                       regions=decoded.regions)
     finally:
         st.metrics.inflight.dec()
+    if not pred.has_label:     # the model's output is not a probability distribution (NaN, Inf)
+        raise ModelError(pred.reason)
     st.metrics.observe_stages("upload", pred.latency_ms)
     out = pred.to_record(source=False)
     h, w = decoded.frame.shape[:2]
@@ -114,6 +118,9 @@ async def predict(request: Request, overlay: bool = False, frame: int | None = Q
         return st.error(exc.status, exc.one_line(), kind)
     except InputError as exc:  # the frame decoded but cannot be classified (e.g. no image region)
         return st.error(422, f"upload: {exc.message}" + (f" — {exc.hint}" if exc.hint else ""), "bad_upload")
+    except ModelError as exc:  # the model ran but gave no valid answer (NaN output), or failed to run
+        log.error("predict failed: %s", exc.message)
+        return st.error(500, f"upload: {exc.message}", "model_output")
     except UsedgeError as exc:
         log.error("predict failed: %s", exc.message)
         return st.error(500, "the model failed on this upload — see the server log", "internal")

@@ -11,7 +11,10 @@ repeat the last live frame byte for byte.
 
 Truth JSON beside the video (same stem, .json): per frame its index, time (s), FOV box, lesion box
 in screen pixels (x, y, w, h, or null when out of view), the visible share of the lesion, class
-and frozen flag. Written with OpenCV: mp4v in .mp4, MJPG in .avi.
+and frozen flag. Written with OpenCV: mp4v in .mp4, MJPG in .avi. This video is an input (the
+simulated scanner for `infer --stream`, `serve` and `bench`), read back by OpenCV, so it needs no
+H.264 encoder; the videos a person watches (`--record`, the demo's overlay.mp4) are H.264 through
+`runtime.sinks.VideoRecorderSink`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,133 @@
+"""The recorded video (`--record`, the demo's overlay.mp4) is H.264 that a browser plays.
+
+Real parts: PyAV's libx264 writes the file, OpenCV decodes it back, Debian's Chromium (driven by
+Playwright, no browser download) plays it in a <video> element from a local HTTP server.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from usedge.errors import OutputError
+from usedge.runtime.sinks import VideoRecorderSink
+
+av = pytest.importorskip("av", reason="H.264 recording needs PyAV (pip install av)")
+
+CHROMIUM = os.environ.get("USEDGE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FRAMES = 24
+
+
+def _record(path: Path, shape=(121, 163, 3), fps: float = 24.0) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    frames = [np.clip(rng.normal(40 + 8 * i, 30, shape), 0, 255).astype(np.uint8) for i in range(FRAMES)]
+    with VideoRecorderSink(path, fps=fps) as sink:
+        for frame in frames:
+            sink.write(None, frame)
+        assert not path.exists()                        # still the hidden partial file
+        assert (path.parent / f".{path.stem}.partial.mp4").exists()
+    return frames
+
+
+def test_mp4_is_h264_yuv420p_faststart_and_decodes_with_opencv(tmp_path):
+    path = tmp_path / "rec.mp4"
+    frames = _record(path)                              # odd sides: padded to even
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.mp4"]
+    cap = cv2.VideoCapture(str(path))
+    decoded = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        decoded.append(image)
+    cap.release()
+    assert len(decoded) == FRAMES
+    assert decoded[0].shape == (122, 164, 3)
+    # lossy, but each decoded frame is closer to its own source than to its neighbours
+    for i in (0, FRAMES // 2, FRAMES - 1):
+        mean = decoded[i][:121, :163].astype(float).mean()
+        assert abs(mean - frames[i].mean()) < abs(frames[1].mean() - frames[0].mean()) * 3
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert stream.codec_context.pix_fmt == "yuv420p"
+        assert (stream.width, stream.height) == (164, 122)
+    data = path.read_bytes()
+    assert 0 <= data.find(b"moov") < data.find(b"mdat")   # faststart: the index comes first
+
+
+def test_unknown_suffix_is_a_clear_error(tmp_path):
+    with pytest.raises(OutputError, match=r"\.mov.*\.mp4"):
+        VideoRecorderSink(tmp_path / "rec.mov")
+
+
+def test_nothing_written_leaves_no_file(tmp_path):
+    VideoRecorderSink(tmp_path / "empty.mp4").close()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)),
+                    reason=f"no Chromium at {CHROMIUM} (apt-get install chromium, or set USEDGE_CHROMIUM)")
+def test_chromium_plays_the_recording(tmp_path):
+    pytest.importorskip("playwright.sync_api", reason="the browser test needs the 'playwright' pip package (dev extra)")
+    from playwright.sync_api import sync_playwright
+
+    _record(tmp_path / "rec.mp4", shape=(240, 320, 3))
+    (tmp_path / "index.html").write_text('<video id="v" src="rec.mp4" muted playsinline></video>')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+                assert page.evaluate("""() => document.createElement('video')
+                                          .canPlayType('video/mp4; codecs="avc1.42E01E"')""") != ""
+                state = page.evaluate("""() => new Promise(resolve => {
+                    const v = document.getElementById('v');
+                    const done = () => resolve({ready: v.readyState, error: v.error && v.error.code,
+                                                width: v.videoWidth, time: v.currentTime});
+                    v.addEventListener('error', done);
+                    v.addEventListener('timeupdate', () => { if (v.currentTime > 0) done(); });
+                    v.play().catch(() => {});
+                    setTimeout(done, 20000);
+                })""")
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert state["error"] is None, state
+    assert state["ready"] >= 2 and state["width"] == 320 and state["time"] > 0, state
+
+
+def test_without_pyav_one_line_and_an_mp4v_file(tmp_path):
+    """PyAV missing (import blocked): one line on stderr says what was written and what to install."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['av'] = None\n"
+            "import numpy as np\n"
+            "from usedge.runtime.sinks import VideoRecorderSink\n"
+            f"with VideoRecorderSink({str(tmp_path / 'rec.mp4')!r}, fps=10) as s:\n"
+            "    [s.write(None, np.full((64, 80, 3), 9 * i, np.uint8)) for i in range(5)]\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mp4v" in lines[0] and "browsers" in lines[0] and "pip install av" in lines[0]
+    cap = cv2.VideoCapture(str(tmp_path / "rec.mp4"))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 5
+    cap.release()
+    with av.open(str(tmp_path / "rec.mp4")) as container:
+        assert container.streams.video[0].codec_context.name == "mpeg4"      # MPEG-4 Part 2
