@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from usedge.export.report import ExportReport
+from usedge.runtime.model_info import mean_sd
 
 CARD_NAME = "MODEL_CARD.md"
 INTENDED_USE = ("research and teaching: a second look at B-mode ultrasound of superficial skin tumours "
@@ -85,15 +86,6 @@ def build_card(checkpoint: Path, class_names: list[str], data: dict, report: Exp
             "usedge_version": report.usedge_version}
 
 
-def _mean_sd(cell) -> str:
-    """'0.912 ± 0.031'; n/a where the training report has no value (a metric undefined in every fold, or
-    an SD from a single fold)."""
-    if not cell:
-        return ""
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    return f"{fmt(cell[0])} ± {fmt(cell[1])}"
-
-
 def card_markdown(card: dict, line: str) -> str:
     """MODEL_CARD.md."""
     d = card["training_data"]
@@ -113,7 +105,7 @@ def card_markdown(card: dict, line: str) -> str:
         metrics = sorted({m for row in cv["rows"].values() for m in row})
         out += [f"{cv['folds']} fold(s), mean ± SD (from `{cv['source']}`).", "",
                 "| | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
-        out += [f"| {name} | " + " | ".join(_mean_sd(row.get(m)) for m in metrics) + " |"
+        out += [f"| {name} | " + " | ".join(mean_sd(row.get(m)) for m in metrics) + " |"
                 for name, row in cv["rows"].items()]
     else:
         out.append("No metrics.json of the training run beside the checkpoint: not evaluated here.")

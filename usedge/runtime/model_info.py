@@ -254,6 +254,13 @@ def verify_weights(path: str | Path, metadata: dict, info: ModelInfo) -> None:
                          f"{want[:12]}…", path=path, hint=hint)
 
 
+def mean_sd(cell) -> str:
+    """[mean, sd] -> '0.912 ± 0.031'; n/a for a value the training report left undefined (an SD from one fold)."""
+    if not cell:
+        return ""
+    return " ± ".join("n/a" if v is None else f"{v:.3f}" for v in cell[:2])
+
+
 def model_card_line(info: ModelInfo) -> str:
     """One line of provenance for infer / serve / doctor, from the model card `usedge export` wrote."""
     card = info.model_card
@@ -267,7 +274,7 @@ def model_card_line(info: ModelInfo) -> str:
         trained = "training data unknown"
     cv = card.get("cross_validation") or {}
     acc = (cv.get("rows") or {}).get("overall accuracy", {}).get("accuracy")
-    scored = f"CV accuracy {acc[0]:.3f} ± {acc[1]:.3f} over {cv.get('folds')} fold(s)" if acc else "no CV metrics"
+    scored = f"CV accuracy {mean_sd(acc)} over {cv.get('folds')} fold(s)" if acc else "no CV metrics"
     missed = [c.get("check", "?") for c in card.get("checks", []) if not c.get("passed", True)]
     checks = f"{len(missed)} export check(s) MISSED ({missed[0]})" if missed else "export checks ok"
     return (f"{info.precision} model {info.weights_sha256[:12] or '?'}: {trained}; {scored}; {checks}; "
