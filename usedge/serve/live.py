@@ -55,15 +55,21 @@ class LiveFeed:
             return "running"
         return "starting"
 
-    def latest_json(self) -> dict:
-        """/v1/latest: the newest prediction (no overlay drawn), the stream's state and counters."""
+    def latest(self):
+        """(seq, prediction, frame) of the newest result, from the runner's latest() (no overlay drawn)."""
         with self._lock:
             seq = self._seq
-        pred, _frame, _ = self.runner.latest(overlay=False)
+        pred, frame, _ = self.runner.latest(overlay=False)
+        return seq, pred, frame
+
+    def latest_json(self) -> dict:
+        """seq, state (of the loop), image (what the newest result is: live | frozen | no_image | error,
+        null before the first), stats and the prediction (label and probs null unless live or frozen)."""
+        seq, pred, _frame = self.latest()
         stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.runner.stats().items()
                  if isinstance(v, (int, float, str, bool))}
-        return {"seq": seq, "state": self.state(), "stats": stats,
-                "prediction": pred.to_record(source=False) if pred is not None else None}
+        return {"seq": seq, "state": self.state(), "image": pred.state if pred is not None else None,
+                "stats": stats, "prediction": pred.to_record(source=False) if pred is not None else None}
 
     def _jpeg_for(self) -> tuple[int, bytes] | None:
         """(seq, overlay JPEG) of the newest result, encoded once per result; runs in a worker thread."""
