@@ -77,6 +77,14 @@ def serve(
     max_queue: int = typer.Option(32, "--max-queue", min=0, help="Uploads that may wait; more get 503 Retry-After."),
     allow_host: list[str] = typer.Option([], "--allow-host", help="Extra Host header names accepted on a "
                                          "loopback bind (e.g. a reverse proxy's name)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1, help="Seconds a connection may take to "
+                                         "send its request headers; then 408 and closed (slow clients)."),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.1, help="Seconds a request body (an upload) may "
+                                       "take to arrive completely; then 408."),
+    max_client_connections: int = typer.Option(16, "--max-client-connections", min=1, help="Open connections per "
+                                               "client IP; more are answered 429 and closed."),
+    max_client_requests: int = typer.Option(8, "--max-client-requests", min=1, help="Requests in progress per "
+                                            "client IP; more get 429 Retry-After."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical|error|warning|info|debug"),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -87,6 +95,7 @@ def serve(
     from usedge.errors import ConfigError
     from usedge.runtime.classifier import Classifier
     from usedge.serve.app import create_app
+    from usedge.serve.limits import ServeLimits, uvicorn_config
     from usedge.serve.live import start_stream
 
     console = Console(stderr=True)
@@ -105,9 +114,11 @@ def serve(
             live_classifier = classifier.for_another_thread()
             runner = start_stream(live_classifier, stream, replay=replay, smooth_window=smooth_window)
         allowed = (LOOPBACK_NAMES + list(allow_host)) if loopback and host != "::1" else None
+        limits = ServeLimits(header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                             max_client_connections=max_client_connections, max_client_requests=max_client_requests)
         web = create_app(classifier, runner, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                         max_pixels=max_pixels, max_queue=max_queue, allowed_hosts=allowed)
-        config = uvicorn.Config(web, host=host, port=port, log_level=log_level, access_log=False,
+                         max_pixels=max_pixels, max_queue=max_queue, allowed_hosts=allowed, limits=limits)
+        config = uvicorn_config(web, host, port, limits, log_level=log_level, access_log=False,
                                 timeout_graceful_shutdown=3, server_header=False, lifespan="on")
         server = uvicorn.Server(config)
         shown = f"[{host}]" if ":" in host else host

@@ -34,6 +34,7 @@ from usedge.runtime.classifier import Classifier
 from usedge.runtime.pipeline import FramePipeline
 from usedge.runtime.stream import StreamRunner
 from usedge.serve import routes_api, routes_live, routes_page
+from usedge.serve.limits import ClientLimits, ServeLimits
 from usedge.serve.live import LiveFeed
 from usedge.serve.metrics import ServeMetrics
 from usedge.serve.state import ServeState
@@ -90,7 +91,7 @@ class _Guard:
 def create_app(classifier: Classifier, runner: StreamRunner | None = None, token: str | None = None, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_concurrent: int = 1, max_queue: int = 32, allowed_hosts: list[str] | None = None,
-               jpeg_quality: int = 80, live_max_fps: float = 30.0) -> FastAPI:
+               jpeg_quality: int = 80, live_max_fps: float = 30.0, limits: ServeLimits = ServeLimits()) -> FastAPI:
     """Build the app around a loaded `usedge.runtime.classifier.Classifier`.
 
     runner: a started `usedge.runtime.stream.StreamRunner` (the ONE latest-frame loop) for /v1/live and
@@ -102,6 +103,8 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
     max_queue: uploads allowed to wait for a slot; one more gets 503 + Retry-After.
     allowed_hosts: Host header values accepted (None: any); loopback servers pass their own names,
         which stops DNS-rebinding pages from reading the API through the browser.
+    limits: body deadline and per-client request cap (`usedge.serve.limits`; the header deadline and the
+        per-client connection cap belong to the server: `limits.uvicorn_config`).
     """
     metrics = ServeMetrics(stream_stats=runner.stats if runner is not None else None)
     feed = None
@@ -126,6 +129,7 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
     app = FastAPI(title="usedge serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     if allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(ClientLimits, limits=limits, on_refused=lambda kind: metrics.errors.labels(kind=kind).inc())
     app.add_middleware(_Guard, metrics=metrics)
     app.state.usedge = st
 

@@ -112,7 +112,7 @@ async def predict(request: Request, overlay: bool = False, frame: int | None = Q
         result, png = await anyio.to_thread.run_sync(classify, st, data, frame, overlay or fmt == "png",
                                                      limiter=st.limiter)
     except UploadRejected as exc:
-        kind = {413: "too_large", 415: "unsupported_type"}.get(exc.status, "bad_upload")
+        kind = {408: "body_timeout", 413: "too_large", 415: "unsupported_type"}.get(exc.status, "bad_upload")
         return st.error(exc.status, exc.one_line(), kind)
     except InputError as exc:  # the frame decoded but cannot be classified (e.g. no image region)
         return st.error(422, f"upload: {exc.message}" + (f" — {exc.hint}" if exc.hint else ""), "bad_upload")
