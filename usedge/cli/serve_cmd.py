@@ -13,7 +13,7 @@ import typer
 from usedge.cli.app import app
 from usedge.cli.options import quiet_option
 
-LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
 
 
 def _is_loopback(host: str) -> bool:
@@ -23,6 +23,14 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
+    """Host header names a server bound to `host` accepts: on a loopback bind (IPv4 or IPv6) its loopback
+    names, the bound address and `extra` (DNS-rebinding protection); None (any) on other binds."""
+    if not _is_loopback(host):
+        return None
+    return LOOPBACK_NAMES + [host.strip("[]")] + list(extra)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -113,7 +121,7 @@ def serve(
         if stream is not None:
             live_classifier = classifier.for_another_thread()
             runner = start_stream(live_classifier, stream, replay=replay, smooth_window=smooth_window)
-        allowed = (LOOPBACK_NAMES + list(allow_host)) if loopback and host != "::1" else None
+        allowed = allowed_hosts(host, allow_host)
         limits = ServeLimits(header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                              max_client_connections=max_client_connections, max_client_requests=max_client_requests)
         web = create_app(classifier, runner, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),

@@ -28,7 +28,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from usedge.runtime.classifier import Classifier
 from usedge.runtime.pipeline import FramePipeline
@@ -36,6 +35,7 @@ from usedge.runtime.stream import StreamRunner
 from usedge.serve import routes_api, routes_live, routes_page
 from usedge.serve.limits import ClientLimits, ServeLimits
 from usedge.serve.live import LiveFeed
+from usedge.serve.origin import SameOriginGuard
 from usedge.serve.metrics import ServeMetrics
 from usedge.serve.state import ServeState
 from usedge.serve.uploads import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
@@ -102,7 +102,8 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
     max_concurrent: uploads classified at once (1: onnxruntime already uses every core for one).
     max_queue: uploads allowed to wait for a slot; one more gets 503 + Retry-After.
     allowed_hosts: Host header values accepted (None: any); loopback servers pass their own names,
-        which stops DNS-rebinding pages from reading the API through the browser.
+        which stops DNS-rebinding pages from reading the API through the browser. Cross-origin
+        state-changing requests are refused always (`usedge.serve.origin`).
     limits: body deadline and per-client request cap (`usedge.serve.limits`; the header deadline and the
         per-client connection cap belong to the server: `limits.uvicorn_config`).
     """
@@ -127,8 +128,8 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
             feed.close()
 
     app = FastAPI(title="usedge serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    if allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(SameOriginGuard, allowed_hosts=allowed_hosts,
+                       on_refused=lambda kind: metrics.errors.labels(kind=kind).inc())
     app.add_middleware(ClientLimits, limits=limits, on_refused=lambda kind: metrics.errors.labels(kind=kind).inc())
     app.add_middleware(_Guard, metrics=metrics)
     app.state.usedge = st
