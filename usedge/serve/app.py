@@ -9,6 +9,7 @@ Routes live in routes_page.py (page, static, /healthz, /metrics), routes_api.py 
     GET  /v1/live     MJPEG of the overlay frames (needs a stream runner)
     GET  /v1/info     model, classes, limits, whether a stream runs
     GET  /healthz     liveness, no token needed
+    /v2/...           the Open Inference Protocol (KServe v2 / Triton HTTP), routes_v2.py
     GET  /metrics     Prometheus text format
 
 Safe by default: an optional bearer token guards everything but /healthz (header `Authorization:
@@ -32,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from usedge.runtime.classifier import Classifier
 from usedge.runtime.pipeline import FramePipeline
 from usedge.runtime.stream import StreamRunner
-from usedge.serve import routes_api, routes_live, routes_page
+from usedge.serve import routes_api, routes_live, routes_page, routes_v2
 from usedge.serve.limits import ClientLimits, ServeLimits
 from usedge.serve.live import LiveFeed
 from usedge.serve.origin import SameOriginGuard
@@ -65,7 +66,7 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        route = path if path in ROUTES else "other"
+        route = path if path in ROUTES else ("/v2" if path.startswith("/v2") else "other")
         status_box = {"status": 500}
         t0 = time.perf_counter()
 
@@ -145,6 +146,6 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
         return st.error(exc.status_code, str(exc.detail), "bad_request" if exc.status_code != 404 else "not_found",
                         headers=getattr(exc, "headers", None))
 
-    for module in (routes_page, routes_api, routes_live):
+    for module in (routes_page, routes_api, routes_live, routes_v2):
         app.include_router(module.router)
     return app

@@ -7,8 +7,6 @@ import logging
 import re
 import time
 
-import anyio
-import anyio.to_thread
 import cv2
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -100,17 +98,11 @@ async def predict(request: Request, overlay: bool = False, frame: int | None = Q
     rid = request.headers.get("x-request-id", "")
     rid = rid if _REQUEST_ID.match(rid) else ""
     # Admitted = being read, waiting for a classifier slot, or being classified: bounded.
-    if st.pending >= st.max_queue + st.max_concurrent:
-        return st.error(503, f"busy: {st.pending} uploads already pending — retry shortly", "busy",
-                        headers={"Retry-After": "1"})
-    st.pending += 1
-    st.metrics.pending.inc()
+    if (busy := st.admit()) is not None:
+        return busy
     try:
         data = await read_upload(request, st.max_upload_bytes)
-        if st.limiter is None:  # created inside the event loop that uses it
-            st.limiter = anyio.CapacityLimiter(st.max_concurrent)
-        result, png = await anyio.to_thread.run_sync(classify, st, data, frame, overlay or fmt == "png",
-                                                     limiter=st.limiter)
+        result, png = await st.in_worker(classify, st, data, frame, overlay or fmt == "png")
     except UploadRejected as exc:
         kind = {408: "body_timeout", 413: "too_large", 415: "unsupported_type"}.get(exc.status, "bad_upload")
         return st.error(exc.status, exc.one_line(), kind)
@@ -126,8 +118,7 @@ async def predict(request: Request, overlay: bool = False, frame: int | None = Q
         log.exception("predict failed")  # code paths only: no frame data or header values in the text
         return st.error(500, "internal error — see the server log", "internal")
     finally:
-        st.pending -= 1
-        st.metrics.pending.dec()
+        st.release()
     elapsed = time.perf_counter() - t0
     st.metrics.predict_latency.observe(elapsed)
     result["latency_ms"]["request"] = round(elapsed * 1e3, 3)

@@ -51,6 +51,29 @@ class ServeState:
         cookie = request.cookies.get(TOKEN_COOKIE, "")
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self.token)
 
+    def admit(self) -> JSONResponse | None:
+        """Take a place among the admitted uploads (being read, waiting or classified; bounded): None, or
+        the 503 to answer at once. Every admitted request calls `release()` when done."""
+        if self.pending >= self.max_queue + self.max_concurrent:
+            return self.error(503, f"busy: {self.pending} uploads already pending — retry shortly", "busy",
+                              headers={"Retry-After": "1"})
+        self.pending += 1
+        self.metrics.pending.inc()
+        return None
+
+    def release(self) -> None:
+        self.pending -= 1
+        self.metrics.pending.dec()
+
+    async def in_worker(self, fn, *args):
+        """Run `fn(*args)` in a worker thread, at most `max_concurrent` at once (classification slots)."""
+        import anyio
+        import anyio.to_thread
+
+        if self.limiter is None:  # created inside the event loop that uses it
+            self.limiter = anyio.CapacityLimiter(self.max_concurrent)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
     def unauthorised(self) -> JSONResponse:
         return self.error(401, "missing or wrong token — send 'Authorization: Bearer <token>' or open "
                           "/?token=<token> once", "unauthorized", headers={"WWW-Authenticate": "Bearer"})
