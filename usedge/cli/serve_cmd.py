@@ -85,6 +85,13 @@ def serve(
     max_queue: int = typer.Option(32, "--max-queue", min=0, help="Uploads that may wait; more get 503 Retry-After."),
     allow_host: list[str] = typer.Option([], "--allow-host", help="Extra Host header names accepted on a "
                                          "loopback bind (e.g. a reverse proxy's name)."),
+    view_max_width: int = typer.Option(640, "--view-max-width", min=64, help="Live view: frames wider than this "
+                                       "are scaled down (pixels)."),
+    view_quality: int = typer.Option(70, "--view-quality", min=10, max=100, help="Live view: JPEG quality to start "
+                                     "from (lowered per frame when the bitrate cap needs it)."),
+    view_fps: float = typer.Option(10.0, "--view-fps", min=0.5, max=60.0, help="Live view: frames per second at most."),
+    view_mbps: float = typer.Option(5.0, "--view-mbps", min=0.1, help="Live view: megabits per second per viewer "
+                                    "at most (images only)."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1, help="Seconds a connection may take to "
                                          "send its request headers; then 408 and closed (slow clients)."),
     body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.1, help="Seconds a request body (an upload) may "
@@ -98,13 +105,17 @@ def serve(
 ) -> None:
     """Serve MODEL over HTTP: a web page (live view, probabilities, upload), /v1/predict, /metrics."""
     from rich.console import Console
+    from rich.markup import escape
+
+    from usedge.cli.terminal import terminal_safe
+    from usedge.runtime.model_info import model_card_line
 
     uvicorn = _serve_packages()
     from usedge.errors import ConfigError
     from usedge.runtime.classifier import Classifier
     from usedge.serve.app import create_app
     from usedge.serve.limits import ServeLimits, uvicorn_config
-    from usedge.serve.live import start_stream
+    from usedge.serve.live import ViewSettings, start_stream
 
     console = Console(stderr=True)
     logging.basicConfig(level=log_level.upper() if log_level.upper() in logging._nameToLevel else "WARNING",
@@ -125,14 +136,19 @@ def serve(
         limits = ServeLimits(header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                              max_client_connections=max_client_connections, max_client_requests=max_client_requests)
         web = create_app(classifier, runner, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                         max_pixels=max_pixels, max_queue=max_queue, allowed_hosts=allowed, limits=limits)
+                         max_pixels=max_pixels, max_queue=max_queue, allowed_hosts=allowed, limits=limits,
+                         view=ViewSettings(max_width=view_max_width, quality=view_quality, fps=view_fps,
+                                           mbps=view_mbps))
         config = uvicorn_config(web, host, port, limits, log_level=log_level, access_log=False,
                                 timeout_graceful_shutdown=3, server_header=False, lifespan="on")
         server = uvicorn.Server(config)
         shown = f"[{host}]" if ":" in host else host
         if not quiet:
             console.print(f"usedge serve: http://{shown}:{port}/  — {classifier.describe()}"
-                          + (f"; live: {runner.reader.name}" if runner else "; uploads only (no --stream)"))
+                          + (f"; live: {escape(terminal_safe(runner.reader.name))}" if runner else "; uploads only (no --stream)"))
+        if not quiet:
+            console.print(f"  model card: {escape(terminal_safe(model_card_line(classifier.info)))}", highlight=False,
+                          soft_wrap=True)
         if token and not quiet:
             console.print("  token required: API clients send 'Authorization: Bearer …'; in a browser open /?token=… once")
         try:

@@ -31,7 +31,10 @@ def info(request: Request):
     clf = st.classifier
     return {"class_names": clf.class_names, "model_sha256": clf.model_sha256, "backend": clf.describe(),
             "precision": clf.info.precision, "input_size": int(clf.spec.size), "has_cam": clf.has_cam,
-            "stream": st.feed is not None, "max_upload_bytes": st.max_upload_bytes, "max_pixels": st.max_pixels}
+            "stream": st.feed is not None, "max_upload_bytes": st.max_upload_bytes, "max_pixels": st.max_pixels,
+            "model_card": st.card(),
+            "view": {"max_width": st.view.max_width, "quality": st.view.quality, "fps": st.view.fps,
+                     "mbps": st.view.mbps}}
 
 
 async def read_upload(request: Request, max_bytes: int) -> bytes:
@@ -78,6 +81,7 @@ def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool
         raise ModelError(pred.reason)
     st.metrics.observe_stages("upload", pred.latency_ms)
     out = pred.to_record(source=False)
+    out.update(st.verdict(out["probs"]))
     h, w = decoded.frame.shape[:2]
     out["input"] = {"kind": decoded.kind, "width": int(w), "height": int(h),
                     "frames_in_file": decoded.frames_in_file, "frame_index": decoded.frame_index}
