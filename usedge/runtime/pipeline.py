@@ -3,19 +3,9 @@
 
     source -> freeze -> prepare (crop) -> quality -> normalise -> model -> post (smoothing) -> sinks
 
-`FramePipeline.run_frame` is that whole chain for one frame; read it first. The stages live in:
-
-    source      usedge.runtime.sources       (files: `iter_file_frames`; live: readers + CaptureThread)
-    freeze      FreezeDetector, here         (the scanner's freeze button: repeat the last result)
-    prepare     Classifier.prepare -> usedge.runtime.crop / preprocess  (the ONE preprocessing)
-    quality     usedge.runtime.quality       (the frame-quality gate on the crop: "no usable image")
-    normalise   Classifier.normalise
-    model       Classifier.run_model -> usedge.runtime.backends
-    post        Classifier.post (probabilities, CAM); Smoother, here (temporal average)
-    sinks       usedge.runtime.sinks          (JSONL, CSV, overlay PNGs, video, window, callbacks)
-
-The live loop around it (capture thread, latest-frame slot, summary) is `usedge.runtime.stream`;
-the file loop is `run_files` below.
+`FramePipeline.run_frame` is that whole chain for one frame; read it first. docs/pipeline.md draws
+the stages and where each lives. The live loop around it (capture thread, latest-frame slot,
+summary) is `usedge.runtime.stream`; the file loop is `run_files` below.
 """
 
 from __future__ import annotations
@@ -116,9 +106,10 @@ class FramePipeline:
     freeze: repeat the last result for a frozen screen, without inference.
     smooth: average the probabilities over this many results (None: off).
     cam: draw the class activation map in overlays when the model has it.
-    quality: the `QualityGate` on each crop (default: usedge.runtime.quality.no_image_reason; None: off).
-        A frame without a usable image (that gate, or a blank frame) gives a `no_image` Prediction in
-        a stream and a NoImage error for a file or an upload; either way it resets freeze and smoothing.
+    quality: the `QualityGate` on each crop (default: usedge.runtime.quality.no_image_reason for a
+        stream, none for files and uploads, which refuse only a blank frame). A frame without a usable
+        image (that gate, or a blank frame) gives a `no_image` Prediction in a stream and a NoImage
+        error for a file or an upload; either way it resets freeze, smoothing and the crop layout.
     A model output that is not a probability distribution gives an `error` Prediction (no label), written
     to the sinks like any other result; it too resets freeze and smoothing.
     """
@@ -126,7 +117,7 @@ class FramePipeline:
     def __init__(self, classifier: Classifier, sinks: Iterable[Sink] = (), *, stream: bool = False,
                  regions: list | None = None, freeze: bool = False, freeze_threshold: float = FREEZE_MAD,
                  smooth: int | None = None, cam: bool = True,
-                 quality: QualityGate | None = no_image_reason) -> None:
+                 quality: QualityGate | None = None) -> None:
         self.classifier = classifier
         self.sinks: list[Sink] = list(sinks)
         self.stream = stream
@@ -134,7 +125,7 @@ class FramePipeline:
         self.freeze = FreezeDetector(freeze_threshold) if freeze else None
         self.smoother = Smoother(smooth) if smooth else None
         self.cam = cam
-        self.quality = quality
+        self.quality = quality or (no_image_reason if stream else None)
         self.last: Prediction | None = None                      # the newest result of the model
         self._result_times: collections.deque = collections.deque(maxlen=60)
 

@@ -114,8 +114,9 @@ class LiveFeed:
                 if isinstance(v, (int, float, str, bool))}
 
     def latest_json(self) -> dict:
-        """seq, state (of the loop), image (what the newest result is: live | frozen | no_image | error,
-        null before the first), stats and the prediction (label and probs null unless live or frozen)."""
+        """/v1/latest: seq, state (of the loop), image (what the newest result is: live | frozen |
+        no_image | error, null before the first), counters and the newest prediction (no overlay
+        drawn; label and probs null unless live or frozen)."""
         seq, pred, _frame = self.latest()
         return {"seq": seq, "state": self.state(), "image": pred.state if pred is not None else None,
                 "stats": self.stats_json(), "prediction": pred.to_record(source=False) if pred is not None else None}
