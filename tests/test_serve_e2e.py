@@ -118,7 +118,9 @@ def test_page_in_headless_chromium(serve_model, serve_video, serve_images, tmp_p
                 page.set_input_files("#file", str(upload))
                 page.click("#upload-button")
                 page.wait_for_selector("#upload-result:not([hidden])", timeout=30_000)
-                assert page.text_content("#upload-label") == expected["label"].replace("_", " ")
+                name = expected["label"].replace("_", " ")
+                assert page.text_content("#upload-label") == (f"uncertain ({name}?)" if expected["uncertain"] else name)
+                assert ("UNCERTAIN" in page.text_content("#upload-verdict")) == expected["uncertain"]
                 page.wait_for_function("() => document.getElementById('upload-overlay').naturalWidth > 0", timeout=10_000)
                 upload_widths = page.eval_on_selector_all("#upload-bars .fill",
                                                           "els => els.map(e => parseFloat(e.style.width))")

@@ -177,8 +177,8 @@ async function upload(ev) {
     const d = await r.json();
     if (!r.ok) throw new Error(d.error || ("HTTP " + r.status));
     $("upload-result").hidden = false;
-    $("upload-label").textContent = pretty(d.label);
-    setVerdict($("upload-verdict"), d);
+    const uncertain = setVerdict($("upload-verdict"), d);
+    $("upload-label").textContent = uncertain ? "uncertain (" + pretty(d.label) + "?)" : pretty(d.label);
     $("upload-latency").textContent = d.latency_ms.total.toFixed(1) + " ms model+crop, " +
       d.latency_ms.request.toFixed(1) + " ms request";
     setBars($("upload-bars"), d.probs);
