@@ -122,3 +122,20 @@ def test_info_carries_the_model_card_and_the_cap(view_server, serve_classifier):
     assert card["uncertain_margin"] == serve_classifier.info.model_card["uncertain_margin"]
     assert card["localisation"] is None              # the test model's card measured none
     assert info["view"] == {"max_width": 320, "quality": 90, "fps": 5.0, "mbps": 0.25}
+
+
+def test_upload_overlay_draws_the_cam_only_when_asked(view_server, serve_images, serve_classifier):
+    import base64
+
+    assert serve_classifier.has_cam
+    data = serve_images[0].read_bytes()
+    pngs = {}
+    for cam in ("true", "false"):
+        r = httpx.post(f"{view_server}/v1/predict", params={"overlay": "true", "cam": cam}, content=data, timeout=30)
+        assert r.status_code == 200
+        body = r.json()
+        assert body["margin"] is not None and body["uncertain"] == (body["margin"] < body["uncertain_margin"])
+        pngs[cam] = cv2.imdecode(np.frombuffer(base64.b64decode(body["overlay_png"]), np.uint8), cv2.IMREAD_COLOR)
+    x, y, w, h = body["crop_box"]
+    inside = (slice(y + h // 4, y + 3 * h // 4), slice(x + w // 4, x + 3 * w // 4))
+    assert not np.array_equal(pngs["true"][inside], pngs["false"][inside])   # the heatmap is blended in

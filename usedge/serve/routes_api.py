@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from usedge.errors import InputError, ModelError, UsedgeError
+from usedge.runtime.overlay import draw_prediction
 from usedge.serve.state import ServeState, state_of
 from usedge.serve.uploads import UploadRejected, decode_upload
 
@@ -67,7 +68,8 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
         await form.close()
 
 
-def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool) -> tuple[dict, bytes | None]:
+def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool,
+             cam: bool = True) -> tuple[dict, bytes | None]:
     """Worker thread: decode, run the upload pipeline (one at a time), optionally draw the overlay PNG."""
     decoded = decode_upload(data, max_bytes=st.max_upload_bytes, max_pixels=st.max_pixels, frame_index=frame_index)
     st.metrics.inflight.inc()
@@ -87,13 +89,13 @@ def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool
                     "frames_in_file": decoded.frames_in_file, "frame_index": decoded.frame_index}
     png = None
     if overlay:
-        ok, buf = cv2.imencode(".png", st.uploads.draw(pred, decoded.frame))
+        ok, buf = cv2.imencode(".png", draw_prediction(decoded.frame, pred, cam=cam))
         png = buf.tobytes() if ok else None
     return out, png
 
 
 @router.post("/v1/predict")
-async def predict(request: Request, overlay: bool = False, frame: int | None = Query(None, ge=0),
+async def predict(request: Request, overlay: bool = False, cam: bool = True, frame: int | None = Query(None, ge=0),
                   fmt: str = Query("json", alias="format", pattern="^(json|png)$")):
     st = state_of(request)
     if not st.authorised(request):
@@ -106,7 +108,7 @@ async def predict(request: Request, overlay: bool = False, frame: int | None = Q
         return busy
     try:
         data = await read_upload(request, st.max_upload_bytes)
-        result, png = await st.in_worker(classify, st, data, frame, overlay or fmt == "png")
+        result, png = await st.in_worker(classify, st, data, frame, overlay or fmt == "png", cam)
     except UploadRejected as exc:
         kind = {408: "body_timeout", 413: "too_large", 415: "unsupported_type"}.get(exc.status, "bad_upload")
         return st.error(exc.status, exc.one_line(), kind)

@@ -173,7 +173,8 @@ async function upload(ev) {
   try {
     const form = new FormData();
     form.append("file", file);
-    const r = await fetch("/v1/predict?overlay=true", { method: "POST", body: form });
+    const cam = $("cam-toggle").checked ? "true" : "false";   // the CAM only when the toggle is on
+    const r = await fetch("/v1/predict?overlay=true&cam=" + cam, { method: "POST", body: form });
     const d = await r.json();
     if (!r.ok) throw new Error(d.error || ("HTTP " + r.status));
     $("upload-result").hidden = false;
@@ -212,7 +213,6 @@ async function main() {
     liveLoop();
   } else {
     $("live").hidden = true;
-    $("cam-control").hidden = true;
     $("no-stream").hidden = false;
     setStatus("uploads only", "ok");
   }
