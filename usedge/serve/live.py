@@ -142,7 +142,7 @@ class LiveFeed:
     def _view_for(self, cam: bool):
         """(seq, prediction, JPEG) of the newest result for the page: that result's own frame, no label
         drawn on it (the page shows the label beside it), the CAM blended in only when `cam`."""
-        from usedge.runtime.overlay import _to_bgr, blend_cam
+        from usedge.runtime.overlay import to_bgr, blend_cam
 
         with self._jpeg_lock:
             seq, pred, frame = self.latest()
@@ -151,7 +151,7 @@ class LiveFeed:
                 return cached[0], cached[2], cached[3]
             if pred is None or frame is None:
                 return None
-            image = _to_bgr(frame)                         # a copy: the captured frame is never drawn on
+            image = to_bgr(frame)                         # a copy: the captured frame is never drawn on
             if cam and pred.has_label and pred.cam is not None:
                 blend_cam(image, pred.cam, pred.crop_box)
             jpeg = encode_view(image, self.view)
