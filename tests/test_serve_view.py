@@ -139,3 +139,27 @@ def test_upload_overlay_draws_the_cam_only_when_asked(view_server, serve_images,
     x, y, w, h = body["crop_box"]
     inside = (slice(y + h // 4, y + 3 * h // 4), slice(x + w // 4, x + 3 * w // 4))
     assert not np.array_equal(pngs["true"][inside], pngs["false"][inside])   # the heatmap is blended in
+
+
+def test_card_localisation_and_no_card(serve_classifier):
+    import copy
+    import dataclasses
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from usedge.serve.app import create_app
+
+    def info_with(card: dict) -> dict:
+        clf = copy.copy(serve_classifier)            # the same session, another ModelInfo
+        clf.info = dataclasses.replace(serve_classifier.info, model_card=card)
+        with TestClient(create_app(clf)) as c:
+            return c.get("/v1/info").json()["model_card"]
+
+    card = dict(serve_classifier.info.model_card, localisation={"summary": "pointing game 0.41 by patient"})
+    assert info_with(card)["localisation"] == "pointing game 0.41 by patient"
+    none = info_with({})
+    assert none["present"] is False and none["synthetic"] is None and none["uncertain_margin"] is None
+    assert "no model card" in none["line"]
