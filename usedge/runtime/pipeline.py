@@ -40,7 +40,7 @@ class FreezeDetector:
     a frozen repeat only ever repeats a real answer.
 
     Compares every n-th pixel (about FREEZE_SAMPLES columns; one channel of a colour frame) with the
-    previous frame, without averaging: a live image changes there by its fresh electronic noise and
+    reference, without averaging: a live image changes there by its fresh electronic noise and
     speckle even with the probe held still (>= 0.2 levels on the synthetic scanner video), a frozen
     one through a digital path (HDMI/SDI grabber, file, DICOM) by ~0.001. A frozen image through a
     noisy analog grabber is not detected, which costs only an inference: the safe side.
@@ -72,6 +72,7 @@ class FreezeDetector:
         self._prev = self._sample(image)
 
     def reset(self) -> None:
+        """No reference: the next frame is classified whatever it shows."""
         self._prev = None
 
 
@@ -111,13 +112,12 @@ class FramePipeline:
         image (that gate, or a blank frame) gives a `no_image` Prediction in a stream and a NoImage
         error for a file or an upload; either way it resets freeze, smoothing and the crop layout.
     A model output that is not a probability distribution gives an `error` Prediction (no label), written
-    to the sinks like any other result; it too resets freeze and smoothing.
+    to the sinks like any other result; it too resets freeze, smoothing and the crop layout.
     """
 
     def __init__(self, classifier: Classifier, sinks: Iterable[Sink] = (), *, stream: bool = False,
                  regions: list | None = None, freeze: bool = False, freeze_threshold: float = FREEZE_MAD,
-                 smooth: int | None = None, cam: bool = True,
-                 quality: QualityGate | None = None) -> None:
+                 smooth: int | None = None, cam: bool = True, quality: QualityGate | None = None) -> None:
         self.classifier = classifier
         self.sinks: list[Sink] = list(sinks)
         self.stream = stream

@@ -146,7 +146,7 @@ class CsvSink(Sink):
 
     def write_error(self, source: str, message: str) -> None:
         row = [""] * len(self.columns)
-        row[0], row[-1] = csv_text(source), csv_text(message)
+        row[0], row[-2], row[-1] = csv_text(source), "error", csv_text(message)
         with _output_errors(self.path, self.count):
             self.writer.writerow(row)
             self.fh.flush()
