@@ -44,7 +44,7 @@ def test_server_process_with_token(serve_model, serve_images):
         assert r.status_code == 200 and r.json()["label"]
         info = httpx.get(f"{base}/v1/info", headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
         with Classifier.load(serve_model, "ort-cpu") as clf:
-            assert info["model_card"] == model_card_line(clf.info)
+            assert info["model_card"]["line"] == model_card_line(clf.info)
         assert httpx.get(f"{base}/healthz").json()["stream"] == "none"
         assert httpx.get(f"{base}/healthz", headers={"Host": "rebind.example"}).status_code == 400
 
@@ -55,4 +55,4 @@ def test_server_process_with_token(serve_model, serve_images):
     logs = proc.stderr.read() + proc.stdout.read()
     assert token not in logs                    # the token is never printed
     assert "http://127.0.0.1:" in logs
-    assert f"model card: {info['model_card']}" in " ".join(logs.split())   # the startup line
+    assert f"model card: {info['model_card']['line']}" in " ".join(logs.split())   # the startup line

@@ -10,6 +10,7 @@ import sys
 import traceback
 
 from usedge.cli.app import app, state
+from usedge.cli.terminal import say
 from usedge.errors import UsedgeError
 
 # Importing a command module registers its commands on `app`.
@@ -34,7 +35,7 @@ def main() -> None:
     except UsedgeError as exc:
         if state["debug"]:
             traceback.print_exc()
-        print(f"usedge: {exc.one_line()}", file=sys.stderr)
+        say(f"usedge: {exc.one_line()}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("usedge: interrupted", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,6 +9,7 @@ import typer
 
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quiet_option
+from usedge.cli.terminal import say, terminal_safe
 
 
 @app.command()
@@ -61,7 +61,7 @@ def crop(
     if overlay is not None:
         refuse_overwriting_inputs(overlay, files, "--overlay")
     for note in notes:
-        print(f"usedge: skipped {note}", file=sys.stderr)
+        say(f"usedge: skipped {note}")
     if not files and not notes:
         raise InputError("no image, DICOM or video file found", path=", ".join(map(str, inputs)),
                          hint="pass image/DICOM/video files or folders holding them")
@@ -69,8 +69,8 @@ def crop(
                   disable=quiet, transient=True) as progress:
         task = progress.add_task("cropping", total=len(files))
         run = crop_files(files, spec, out, presets=presets, all_frames=all_frames, every=every, views=views, overlay_dir=overlay,
-                         allow_any_modality=any_modality, on_error=lambda line: print(f"usedge: {line}", file=sys.stderr),
+                         allow_any_modality=any_modality, on_error=lambda line: say(f"usedge: {line}"),
                          on_file=lambda: progress.advance(task))
-    typer.echo(run.line(out))
+    typer.echo(terminal_safe(run.line(out)))
     if run.failed or notes:
         raise typer.Exit(1)

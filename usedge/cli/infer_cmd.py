@@ -12,10 +12,11 @@ import typer
 
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quiet_option
+from usedge.cli.terminal import say
 
 
 def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    say(text)
 
 
 def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Optional[Path], cam: bool,

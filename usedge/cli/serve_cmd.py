@@ -13,7 +13,7 @@ import typer
 from usedge.cli.app import app
 from usedge.cli.options import quiet_option
 
-LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
 
 
 def _is_loopback(host: str) -> bool:
@@ -23,6 +23,14 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def allowed_hosts(host: str, extra: list[str]) -> list[str] | None:
+    """Host header names a server bound to `host` accepts: on a loopback bind (IPv4 or IPv6) its loopback
+    names, the bound address and `extra` (DNS-rebinding protection); None (any) on other binds."""
+    if not _is_loopback(host):
+        return None
+    return LOOPBACK_NAMES + [host.strip("[]")] + list(extra)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -78,17 +86,37 @@ def serve(
     max_queue: int = typer.Option(32, "--max-queue", min=0, help="Uploads that may wait; more get 503 Retry-After."),
     allow_host: list[str] = typer.Option([], "--allow-host", help="Extra Host header names accepted on a "
                                          "loopback bind (e.g. a reverse proxy's name)."),
+    view_max_width: int = typer.Option(640, "--view-max-width", min=64, help="Live view: frames wider than this "
+                                       "are scaled down (pixels)."),
+    view_quality: int = typer.Option(70, "--view-quality", min=10, max=100, help="Live view: JPEG quality to start "
+                                     "from (lowered per frame when the bitrate cap needs it)."),
+    view_fps: float = typer.Option(10.0, "--view-fps", min=0.5, max=60.0, help="Live view: frames per second at most."),
+    view_mbps: float = typer.Option(5.0, "--view-mbps", min=0.1, help="Live view: megabits per second per viewer "
+                                    "at most (images only)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1, help="Seconds a connection may take to "
+                                         "send its request headers; then 408 and closed (slow clients)."),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.1, help="Seconds a request body (an upload) may "
+                                       "take to arrive completely; then 408."),
+    max_client_connections: int = typer.Option(16, "--max-client-connections", min=1, help="Open connections per "
+                                               "client IP; more are answered 429 and closed."),
+    max_client_requests: int = typer.Option(8, "--max-client-requests", min=1, help="Requests in progress per "
+                                            "client IP; more get 429 Retry-After."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical|error|warning|info|debug"),
     quiet: bool = quiet_option(),
 ) -> None:
     """Serve MODEL over HTTP: a web page (live view, probabilities, upload), /v1/predict, /metrics."""
     from rich.console import Console
+    from rich.markup import escape
+
+    from usedge.cli.terminal import terminal_safe
+    from usedge.runtime.model_info import model_card_line
 
     uvicorn = _serve_packages()
     from usedge.errors import ConfigError
     from usedge.runtime.classifier import Classifier
     from usedge.serve.app import create_app
-    from usedge.serve.live import start_stream
+    from usedge.serve.limits import ServeLimits, uvicorn_config
+    from usedge.serve.live import ViewSettings, start_stream
 
     console = Console(stderr=True)
     logging.basicConfig(level=log_level.upper() if log_level.upper() in logging._nameToLevel else "WARNING",
@@ -105,22 +133,23 @@ def serve(
         if stream is not None:
             live_classifier = classifier.for_another_thread()
             runner = start_stream(live_classifier, stream, replay=replay, smooth_window=smooth_window)
-        allowed = (LOOPBACK_NAMES + list(allow_host)) if loopback and host != "::1" else None
+        allowed = allowed_hosts(host, allow_host)
+        limits = ServeLimits(header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                             max_client_connections=max_client_connections, max_client_requests=max_client_requests)
         web = create_app(classifier, runner, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                         max_pixels=max_pixels, max_queue=max_queue, allowed_hosts=allowed)
-        config = uvicorn.Config(web, host=host, port=port, log_level=log_level, access_log=False,
+                         max_pixels=max_pixels, max_queue=max_queue, allowed_hosts=allowed, limits=limits,
+                         view=ViewSettings(max_width=view_max_width, quality=view_quality, fps=view_fps,
+                                           mbps=view_mbps))
+        config = uvicorn_config(web, host, port, limits, log_level=log_level, access_log=False,
                                 timeout_graceful_shutdown=3, server_header=False, lifespan="on")
         server = uvicorn.Server(config)
         shown = f"[{host}]" if ":" in host else host
         if not quiet:
             console.print(f"usedge serve: http://{shown}:{port}/  — {classifier.describe()}"
-                          + (f"; live: {runner.reader.name}" if runner else "; uploads only (no --stream)"))
+                          + (f"; live: {escape(terminal_safe(runner.reader.name))}" if runner else "; uploads only (no --stream)"))
         if not quiet:
-            from rich.markup import escape
-
-            from usedge.runtime.model_info import model_card_line
-
-            console.print(f"  model card: {escape(model_card_line(classifier.info))}", soft_wrap=True)
+            console.print(f"  model card: {escape(terminal_safe(model_card_line(classifier.info)))}", highlight=False,
+                          soft_wrap=True)
         if token and not quiet:
             console.print("  token required: API clients send 'Authorization: Bearer …'; in a browser open /?token=… once")
         try:

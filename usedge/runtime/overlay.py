@@ -17,7 +17,8 @@ from usedge.runtime.pixels import as_uint8
 CLASS_COLOURS = [(80, 200, 255), (120, 230, 120), (255, 160, 90), (200, 120, 255), (90, 90, 255)]
 
 
-def _to_bgr(frame: np.ndarray) -> np.ndarray:
+def to_bgr(frame: np.ndarray) -> np.ndarray:
+    """A BGR uint8 copy of a gray, BGR or BGRA frame (never the frame itself: callers draw on it)."""
     if frame.ndim == 2:
         return cv2.cvtColor(frame if frame.dtype == np.uint8 else frame.astype(np.uint8), cv2.COLOR_GRAY2BGR)
     if frame.shape[2] == 4:
@@ -44,7 +45,7 @@ def blend_cam(image: np.ndarray, cam: np.ndarray, box: tuple[int, int, int, int]
 
 def draw_prediction(frame: np.ndarray, pred: Prediction, *, fps: float | None = None, cam: bool = True) -> np.ndarray:
     """A BGR uint8 copy of `frame` with the prediction drawn on it (no label: the state and its reason)."""
-    out = _to_bgr(frame)
+    out = to_bgr(frame)
     h, w = out.shape[:2]
     scale = max(0.4, min(w, h) / 900.0)            # text size follows the frame's resolution
     thick = max(1, int(round(2 * scale)))

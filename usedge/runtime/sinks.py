@@ -105,6 +105,16 @@ class JsonlSink(Sink):
         _close_quietly(self.fh, self._own)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value) -> str:
+    """A text cell for a spreadsheet: one that starts like a formula (= + - @, tab, CR) gets a leading
+    apostrophe, so Excel/LibreOffice show it as text instead of running it (a file named `=HYPERLINK(...)`)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 class CsvSink(Sink):
     """source, frame, label, p_<class>..., crop box, fov box, model sha256, latencies (ms), state, error;
     flushed per row. A `no_image` or `error` row has empty label and probability cells and its reason."""
@@ -126,17 +136,17 @@ class CsvSink(Sink):
     def write(self, pred, frame=None, overlay=None) -> None:
         with _output_errors(self.path, self.count):
             self.writer.writerow([
-                pred.source, pred.frame_index, pred.label or "",
+                csv_text(pred.source), pred.frame_index, csv_text(pred.label),
                 *[f"{pred.probs[c]:.6f}" if pred.has_label else "" for c in self.class_names],
-                *pred.crop_box, *pred.fov_box, pred.crop_method, int(pred.frozen), pred.model_sha256,
-                *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], pred.state, pred.reason,
+                *pred.crop_box, *pred.fov_box, csv_text(pred.crop_method), int(pred.frozen), pred.model_sha256,
+                *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], pred.state, csv_text(pred.reason),
             ])
             self.fh.flush()
         self.count += 1
 
     def write_error(self, source: str, message: str) -> None:
         row = [""] * len(self.columns)
-        row[0], row[-2], row[-1] = source, "error", message
+        row[0], row[-2], row[-1] = csv_text(source), "error", csv_text(message)
         with _output_errors(self.path, self.count):
             self.writer.writerow(row)
             self.fh.flush()

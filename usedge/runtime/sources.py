@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -215,7 +216,7 @@ class CaptureReader(FrameReader):
 
     def __init__(self, target: str | int, api: int = cv2.CAP_ANY, name: str | None = None) -> None:
         self.target, self.api = target, api
-        self.name = name or (f"camera:{target}" if isinstance(target, int) else _redact_url(str(target)))
+        self.name = name or (f"camera:{target}" if isinstance(target, int) else redact_source(str(target)))
         self.cap = None
 
     def open(self) -> None:
@@ -299,12 +300,17 @@ class WatchedFolderReader(FrameReader):
         return self._pending.pop(0)
 
 
-def _redact_url(url: str) -> str:
-    """rtsp://user:secret@host/... -> rtsp://***@host/... (credentials never reach logs or JSONL)."""
-    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")   # greedy: up to the LAST '@' of the authority
+_SECRET_PARAM = re.compile(r"((?:^|[?&;\s])[\w.-]*(?:pass|pwd|pw|token|key|secret|auth|sig|credential)[\w.-]*\s*=\s*)"
+                           r"(?:\"[^\"]*\"|'[^']*'|[^&;#\s!]*)", re.IGNORECASE)
+
+
+def redact_source(name: str) -> str:
+    """A source name (URL, GStreamer pipeline, path) with its secrets replaced by `***`: the user:password
+    of every URL (a password containing '@' included) and the value of every query-string or pipeline
+    property whose name says password/pwd/pw/token/key/secret/auth/sig/credential. The ONE redaction:
+    every reader's `name` (what logs, errors, JSONL/CSV `source`, summaries and the server print) uses it."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", str(name)))
 
 
 def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_timeout_s: float | None = None) -> FrameReader:
@@ -318,18 +324,18 @@ def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_ti
     if spec.isdigit():
         return CaptureReader(int(spec), cv2.CAP_ANY)
     if "!" in spec and not Path(spec).exists():
-        return CaptureReader(spec, cv2.CAP_GSTREAMER, name="gstreamer:" + spec.split("!", 1)[0].strip())
+        return CaptureReader(spec, cv2.CAP_GSTREAMER, name=redact_source("gstreamer:" + spec.split("!", 1)[0].strip()))
     if "://" in spec:
         return CaptureReader(spec, cv2.CAP_FFMPEG)
     if spec.startswith("watch:"):
         return WatchedFolderReader(spec[len("watch:"):], stop=stop, idle_timeout_s=watch_idle_timeout_s)
     path = Path(spec)
     if spec.startswith("/dev/"):
-        return CaptureReader(spec, cv2.CAP_V4L2 if hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY, name=spec)
+        return CaptureReader(spec, cv2.CAP_V4L2 if hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY, name=redact_source(spec))
     if path.is_dir():
         return WatchedFolderReader(path, stop=stop, idle_timeout_s=watch_idle_timeout_s)
     if not path.exists():
-        raise StreamError("source not found", path=spec,
+        raise StreamError("source not found", path=redact_source(spec),
                           hint="give a camera index, /dev/videoN, a URL, a GStreamer pipeline, a file or a folder")
     if is_dicom(path):
         return DicomCineReader(path)

@@ -7,8 +7,10 @@ Routes live in routes_page.py (page, static, /healthz, /metrics), routes_api.py 
     POST /v1/predict  an image or DICOM (multipart field 'file', or the raw body) -> JSON prediction
     GET  /v1/latest   the newest live prediction (needs a stream runner)
     GET  /v1/live     MJPEG of the overlay frames (needs a stream runner)
+    GET  /v1/frame    the page's live view: one result's frame (JPEG) + that result (X-Usedge-Result)
     GET  /v1/info     model, classes, limits, whether a stream runs
     GET  /healthz     liveness, no token needed
+    /v2/...           the Open Inference Protocol (KServe v2 / Triton HTTP), routes_v2.py
     GET  /metrics     Prometheus text format
 
 Safe by default: an optional bearer token guards everything but /healthz (header `Authorization:
@@ -28,20 +30,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from usedge.runtime.classifier import Classifier
 from usedge.runtime.pipeline import FramePipeline
 from usedge.runtime.stream import StreamRunner
-from usedge.serve import routes_api, routes_live, routes_page
-from usedge.serve.live import LiveFeed
+from usedge.serve import routes_api, routes_live, routes_page, routes_v2
+from usedge.serve.limits import ClientLimits, ServeLimits
+from usedge.serve.live import LiveFeed, ViewSettings
+from usedge.serve.origin import SameOriginGuard
 from usedge.serve.metrics import ServeMetrics
 from usedge.serve.state import ServeState
 from usedge.serve.uploads import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
 
 log = logging.getLogger("usedge.serve")
 
-ROUTES = {"/", "/v1/predict", "/v1/latest", "/v1/live", "/v1/info", "/healthz", "/metrics",
+ROUTES = {"/", "/v1/predict", "/v1/latest", "/v1/live", "/v1/frame", "/v1/info", "/healthz", "/metrics",
           "/static/page.js", "/static/page.css"}
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -64,7 +67,7 @@ class _Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        route = path if path in ROUTES else "other"
+        route = path if path in ROUTES else ("/v2" if path.startswith("/v2") else "other")
         status_box = {"status": 500}
         t0 = time.perf_counter()
 
@@ -90,7 +93,7 @@ class _Guard:
 def create_app(classifier: Classifier, runner: StreamRunner | None = None, token: str | None = None, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_concurrent: int = 1, max_queue: int = 32, allowed_hosts: list[str] | None = None,
-               jpeg_quality: int = 80, live_max_fps: float = 30.0) -> FastAPI:
+               view: ViewSettings = ViewSettings(), limits: ServeLimits = ServeLimits()) -> FastAPI:
     """Build the app around a loaded `usedge.runtime.classifier.Classifier`.
 
     runner: a started `usedge.runtime.stream.StreamRunner` (the ONE latest-frame loop) for /v1/live and
@@ -101,7 +104,11 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
     max_concurrent: uploads classified at once (1: onnxruntime already uses every core for one).
     max_queue: uploads allowed to wait for a slot; one more gets 503 + Retry-After.
     allowed_hosts: Host header values accepted (None: any); loopback servers pass their own names,
-        which stops DNS-rebinding pages from reading the API through the browser.
+        which stops DNS-rebinding pages from reading the API through the browser. Cross-origin
+        state-changing requests are refused always (`usedge.serve.origin`).
+    view: the live view's cap (width, JPEG quality, fps, Mbit/s per viewer) for /v1/frame and /v1/live.
+    limits: body deadline and per-client request cap (`usedge.serve.limits`; the header deadline and the
+        per-client connection cap belong to the server: `limits.uvicorn_config`).
     """
     metrics = ServeMetrics(stream_stats=runner.stats if runner is not None else None)
     feed = None
@@ -110,12 +117,12 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
             if pred.state == "live":  # frozen repeats, no-image frames, failed outputs: no model latency
                 metrics.observe_stages("live", pred.latency_ms)
 
-        feed = LiveFeed(runner, jpeg_quality=jpeg_quality, observe=observe)
+        feed = LiveFeed(runner, view=view, observe=observe)
     metrics.model.labels(sha256=classifier.model_sha256, backend=classifier.backend.name).set(1)
     st = ServeState(classifier=classifier, uploads=FramePipeline(classifier), metrics=metrics, feed=feed,
                     token=token.encode() if token else None, max_upload_bytes=max_upload_bytes,
                     max_pixels=max_pixels, max_concurrent=max_concurrent, max_queue=max_queue,
-                    live_max_fps=live_max_fps)
+                    view=view)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -124,8 +131,9 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
             feed.close()
 
     app = FastAPI(title="usedge serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    if allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(SameOriginGuard, allowed_hosts=allowed_hosts,
+                       on_refused=lambda kind: metrics.errors.labels(kind=kind).inc())
+    app.add_middleware(ClientLimits, limits=limits, on_refused=lambda kind: metrics.errors.labels(kind=kind).inc())
     app.add_middleware(_Guard, metrics=metrics)
     app.state.usedge = st
 
@@ -140,6 +148,6 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
         return st.error(exc.status_code, str(exc.detail), "bad_request" if exc.status_code != 404 else "not_found",
                         headers=getattr(exc, "headers", None))
 
-    for module in (routes_page, routes_api, routes_live):
+    for module in (routes_page, routes_api, routes_live, routes_v2):
         app.include_router(module.router)
     return app

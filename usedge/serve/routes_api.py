@@ -7,14 +7,12 @@ import logging
 import re
 import time
 
-import anyio
-import anyio.to_thread
 import cv2
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from usedge.errors import InputError, ModelError, UsedgeError
-from usedge.runtime.model_info import model_card_line
+from usedge.runtime.overlay import draw_prediction
 from usedge.serve.state import ServeState, state_of
 from usedge.serve.uploads import UploadRejected, decode_upload
 
@@ -35,7 +33,9 @@ def info(request: Request):
     return {"class_names": clf.class_names, "model_sha256": clf.model_sha256, "backend": clf.describe(),
             "precision": clf.info.precision, "input_size": int(clf.spec.size), "has_cam": clf.has_cam,
             "stream": st.feed is not None, "max_upload_bytes": st.max_upload_bytes, "max_pixels": st.max_pixels,
-            "model_card": model_card_line(clf.info)}
+            "model_card": st.card(),
+            "view": {"max_width": st.view.max_width, "quality": st.view.quality, "fps": st.view.fps,
+                     "mbps": st.view.mbps}}
 
 
 async def read_upload(request: Request, max_bytes: int) -> bytes:
@@ -68,7 +68,8 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
         await form.close()
 
 
-def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool) -> tuple[dict, bytes | None]:
+def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool,
+             cam: bool = True) -> tuple[dict, bytes | None]:
     """Worker thread: decode, run the upload pipeline (one at a time), optionally draw the overlay PNG."""
     decoded = decode_upload(data, max_bytes=st.max_upload_bytes, max_pixels=st.max_pixels, frame_index=frame_index)
     st.metrics.inflight.inc()
@@ -82,18 +83,19 @@ def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool
         raise ModelError(pred.reason)
     st.metrics.observe_stages("upload", pred.latency_ms)
     out = pred.to_record(source=False)
+    out.update(st.verdict(out["probs"]))
     h, w = decoded.frame.shape[:2]
     out["input"] = {"kind": decoded.kind, "width": int(w), "height": int(h),
                     "frames_in_file": decoded.frames_in_file, "frame_index": decoded.frame_index}
     png = None
     if overlay:
-        ok, buf = cv2.imencode(".png", st.uploads.draw(pred, decoded.frame))
+        ok, buf = cv2.imencode(".png", draw_prediction(decoded.frame, pred, cam=cam))
         png = buf.tobytes() if ok else None
     return out, png
 
 
 @router.post("/v1/predict")
-async def predict(request: Request, overlay: bool = False, frame: int | None = Query(None, ge=0),
+async def predict(request: Request, overlay: bool = False, cam: bool = True, frame: int | None = Query(None, ge=0),
                   fmt: str = Query("json", alias="format", pattern="^(json|png)$")):
     st = state_of(request)
     if not st.authorised(request):
@@ -102,19 +104,13 @@ async def predict(request: Request, overlay: bool = False, frame: int | None = Q
     rid = request.headers.get("x-request-id", "")
     rid = rid if _REQUEST_ID.match(rid) else ""
     # Admitted = being read, waiting for a classifier slot, or being classified: bounded.
-    if st.pending >= st.max_queue + st.max_concurrent:
-        return st.error(503, f"busy: {st.pending} uploads already pending — retry shortly", "busy",
-                        headers={"Retry-After": "1"})
-    st.pending += 1
-    st.metrics.pending.inc()
+    if (busy := st.admit()) is not None:
+        return busy
     try:
         data = await read_upload(request, st.max_upload_bytes)
-        if st.limiter is None:  # created inside the event loop that uses it
-            st.limiter = anyio.CapacityLimiter(st.max_concurrent)
-        result, png = await anyio.to_thread.run_sync(classify, st, data, frame, overlay or fmt == "png",
-                                                     limiter=st.limiter)
+        result, png = await st.in_worker(classify, st, data, frame, overlay or fmt == "png", cam)
     except UploadRejected as exc:
-        kind = {413: "too_large", 415: "unsupported_type"}.get(exc.status, "bad_upload")
+        kind = {408: "body_timeout", 413: "too_large", 415: "unsupported_type"}.get(exc.status, "bad_upload")
         return st.error(exc.status, exc.one_line(), kind)
     except InputError as exc:  # the frame decoded but cannot be classified (e.g. no image region)
         return st.error(422, f"upload: {exc.message}" + (f" — {exc.hint}" if exc.hint else ""), "bad_upload")
@@ -128,8 +124,7 @@ async def predict(request: Request, overlay: bool = False, frame: int | None = Q
         log.exception("predict failed")  # code paths only: no frame data or header values in the text
         return st.error(500, "internal error — see the server log", "internal")
     finally:
-        st.pending -= 1
-        st.metrics.pending.dec()
+        st.release()
     elapsed = time.perf_counter() - t0
     st.metrics.predict_latency.observe(elapsed)
     result["latency_ms"]["request"] = round(elapsed * 1e3, 3)

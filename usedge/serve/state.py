@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from usedge.runtime.classifier import Classifier
 from usedge.runtime.pipeline import FramePipeline
-from usedge.serve.live import LiveFeed
+from usedge.serve.live import LiveFeed, ViewSettings
 from usedge.serve.metrics import ServeMetrics
 
 TOKEN_COOKIE = "usedge_token"
@@ -31,12 +31,39 @@ class ServeState:
     max_pixels: int
     max_concurrent: int
     max_queue: int
-    live_max_fps: float
+    view: ViewSettings                          # the live view's cap (width, quality, fps, Mbit/s)
     predict_lock: threading.Lock = field(default_factory=threading.Lock)  # uploads take turns
     pending: int = 0
     limiter: Any = None                         # anyio.CapacityLimiter, created in the event loop
     page: dict[str, bytes] = field(default_factory=lambda: {
         n: resources.files("usedge.serve").joinpath("static", n).read_bytes() for n in ("index.html", "page.js", "page.css")})
+
+    def verdict(self, probs: dict | None) -> dict:
+        """margin (top probability minus the second) and uncertain (margin below the model card's
+        `uncertain_margin`; null when the card states none): how the page and the API qualify a label."""
+        threshold = self.classifier.info.model_card.get("uncertain_margin")
+        if not probs:
+            return {"margin": None, "uncertain": None, "uncertain_margin": threshold}
+        top = sorted((float(v) for v in probs.values()), reverse=True) + [0.0]
+        margin = round(top[0] - top[1], 6)
+        return {"margin": margin, "uncertain": (margin < threshold) if isinstance(threshold, (int, float)) else None,
+                "uncertain_margin": threshold}
+
+    def card(self) -> dict:
+        """What the page shows about the model's provenance (`usedge export`'s model card): the one line,
+        whether it was trained on synthetic data, the uncertainty margin and the measured localisation
+        of its class activation map (null: not measured)."""
+        from usedge.runtime.model_info import model_card_line
+
+        info = self.classifier.info
+        card = info.model_card or {}
+        loc = card.get("localisation")
+        if isinstance(loc, dict):
+            loc = loc.get("summary") or ", ".join(f"{k} {v}" for k, v in loc.items() if isinstance(v, (int, float, str)))
+        return {"line": model_card_line(info), "present": bool(card),
+                "synthetic": (card.get("training_data") or {}).get("synthetic") if card else None,
+                "uncertain_margin": card.get("uncertain_margin"),
+                "localisation": loc if isinstance(loc, str) and loc else None}
 
     def error(self, status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
         self.metrics.errors.labels(kind=kind).inc()
@@ -50,6 +77,29 @@ class ServeState:
             return True
         cookie = request.cookies.get(TOKEN_COOKIE, "")
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self.token)
+
+    def admit(self) -> JSONResponse | None:
+        """Take a place among the admitted uploads (being read, waiting or classified; bounded): None, or
+        the 503 to answer at once. Every admitted request calls `release()` when done."""
+        if self.pending >= self.max_queue + self.max_concurrent:
+            return self.error(503, f"busy: {self.pending} uploads already pending — retry shortly", "busy",
+                              headers={"Retry-After": "1"})
+        self.pending += 1
+        self.metrics.pending.inc()
+        return None
+
+    def release(self) -> None:
+        self.pending -= 1
+        self.metrics.pending.dec()
+
+    async def in_worker(self, fn, *args):
+        """Run `fn(*args)` in a worker thread, at most `max_concurrent` at once (classification slots)."""
+        import anyio
+        import anyio.to_thread
+
+        if self.limiter is None:  # created inside the event loop that uses it
+            self.limiter = anyio.CapacityLimiter(self.max_concurrent)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     def unauthorised(self) -> JSONResponse:
         return self.error(401, "missing or wrong token — send 'Authorization: Bearer <token>' or open "

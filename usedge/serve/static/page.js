@@ -1,15 +1,17 @@
-// usedge serve page: polls /v1/latest, shows the MJPEG /v1/live view, smooths the class
-// probabilities over time (exponential, time constant TAU_S seconds) and posts one image to /v1/predict.
+// usedge serve page. The live view is ONE loop over /v1/frame: each answer is one result's own frame
+// (the JPEG body) and that same result (the X-Usedge-Result header), shown together or not at all,
+// so the image and the label can never come from different frames. The label is never drawn on the
+// image (the scanner's probe and preset text stay visible); a result whose top-two margin is below the
+// model card's uncertainty margin is called "uncertain", not given as a diagnosis.
 "use strict";
 
-const TAU_S = 1.0;          // smoothing time constant, seconds
-const POLL_MS = 200;        // /v1/latest polling period, milliseconds
 let classNames = [];
-let smoothed = null;        // class -> probability
-let lastT = null;           // performance.now() of the last smoothing step, ms
 let lastSeq = -1;
+let card = {};              // the model card summary from /v1/info
+let liveUrl = null;         // object URL of the JPEG now shown
 
 function $(id) { return document.getElementById(id); }
+function pretty(name) { return name.replace(/_/g, " "); }
 
 function makeBars(container) {
   container.replaceChildren();
@@ -18,7 +20,7 @@ function makeBars(container) {
     row.className = "bar";
     row.dataset.cls = name;
     const label = document.createElement("span");
-    label.textContent = name.replace(/_/g, " ");
+    label.textContent = pretty(name);
     const track = document.createElement("div");
     track.className = "track";
     const fill = document.createElement("div");
@@ -44,6 +46,27 @@ function setBars(container, probs) {
   return best;
 }
 
+// "margin 2.0 points between the top two: UNCERTAIN (below 20 points, the model card's margin)"
+function verdictText(r) {
+  if (r.margin === null || r.margin === undefined) return { text: "", uncertain: false };
+  const m = (100 * r.margin).toFixed(1);
+  if (r.uncertain_margin === null || r.uncertain_margin === undefined)
+    return { text: "margin " + m + " points between the top two classes (no uncertainty margin in the model card)",
+             uncertain: false };
+  const t = (100 * r.uncertain_margin).toFixed(0);
+  if (r.uncertain)
+    return { text: "UNCERTAIN: the top two classes differ by " + m + " points (below " + t + ", the model card's margin)",
+             uncertain: true };
+  return { text: "margin " + m + " points between the top two classes (uncertain below " + t + ")", uncertain: false };
+}
+
+function setVerdict(el, r) {
+  const v = verdictText(r);
+  el.textContent = v.text;
+  el.classList.toggle("uncertain", v.uncertain);
+  return v.uncertain;
+}
+
 function setStatus(text, cls) {
   const s = $("status");
   s.textContent = text;
@@ -61,61 +84,83 @@ function setImageState(image, p) {
   s.title = p && p.reason ? p.reason : "";
 }
 
-function smooth(probs, alreadySmoothed) {
-  const now = performance.now();
-  if (smoothed === null || alreadySmoothed) {
-    smoothed = { ...probs };
-  } else {
-    const a = 1 - Math.exp(-(now - lastT) / 1000 / TAU_S);
-    for (const n of classNames) smoothed[n] += a * ((probs[n] || 0) - smoothed[n]);
-  }
-  lastT = now;
-  return smoothed;
+function setStats(r) {
+  setStatus(r.state, r.state === "running" ? "ok" : (r.state === "failed" ? "bad" : ""));
+  const st = r.stats || {};
+  if (st.fps !== undefined) $("fps").textContent = Number(st.fps).toFixed(1);
+  if (st.dropped !== undefined) $("dropped").textContent = String(st.dropped);
 }
 
-async function poll() {
-  try {
-    const r = await fetch("/v1/latest", { cache: "no-store" });
-    if (!r.ok) throw new Error("HTTP " + r.status);
-    const d = await r.json();
-    setStatus(d.state, d.state === "running" ? "ok" : (d.state === "failed" ? "bad" : ""));
-    const p = d.prediction;
-    setImageState(d.image, p);
-    if (p && d.seq !== lastSeq && p.label === null) {   // no image / model error: no label, no bars
-      lastSeq = d.seq;
-      smoothed = null;
-      makeBars($("live-bars"));
-      $("current-label").textContent = d.image === "no_image" ? "no image" : "no result";
-      $("current-prob").textContent = p.reason || "";
-      $("seq").textContent = String(d.seq);
-    } else if (p && d.seq !== lastSeq) {
-      lastSeq = d.seq;
-      const s = smooth(p.probs, p.smoothed);
-      const best = setBars($("live-bars"), s);
-      $("current-label").textContent = best.replace(/_/g, " ");
-      $("current-prob").textContent = (100 * s[best]).toFixed(1) + "% (last frame: " + p.label.replace(/_/g, " ") + ")";
-      const lat = p.latency_ms || {};
-      $("latency").textContent = (lat.total !== undefined ? lat.total : NaN).toFixed(1);
-      $("seq").textContent = String(d.seq);
-    }
-    const st = d.stats || {};
-    if (st.fps !== undefined) $("fps").textContent = Number(st.fps).toFixed(1);
-    if (st.dropped !== undefined) $("dropped").textContent = String(st.dropped);
-  } catch (e) {
-    setStatus("disconnected", "bad");
+// The result panel for the result `r` whose frame is now in the <img>.
+function showResult(r) {
+  const p = r.prediction;
+  setImageState(r.image, p);
+  $("current").dataset.seq = String(r.seq);
+  $("current-seq").textContent = "frame " + r.seq;
+  $("seq").textContent = String(r.seq);
+  const label = $("current-label");
+  if (!p || p.label === null) {                 // no image / model error: no label, no bars
+    makeBars($("live-bars"));
+    label.textContent = r.image === "no_image" ? "no image" : "no result";
+    label.classList.remove("uncertain");
+    $("current-verdict").textContent = "";
+    $("current-prob").textContent = p && p.reason ? p.reason : "";
+    return;
   }
-  setTimeout(poll, POLL_MS);
+  setBars($("live-bars"), p.probs);
+  const uncertain = setVerdict($("current-verdict"), r);
+  label.textContent = uncertain ? "uncertain (" + pretty(p.label) + "?)" : pretty(p.label);
+  label.classList.toggle("uncertain", uncertain);
+  $("current-prob").textContent = (100 * p.probs[p.label]).toFixed(1) + "%" + (p.smoothed ? " (smoothed over recent frames)" : "");
+  const lat = p.latency_ms || {};
+  if (lat.total !== undefined) $("latency").textContent = lat.total.toFixed(1);
 }
 
-function startLive() {
+async function liveLoop() {
   const img = $("live");
-  let retry = 0;
-  img.onerror = () => {               // the MJPEG connection broke: reconnect with back-off
-    retry = Math.min(retry + 1, 5);
-    setTimeout(() => { img.src = "/v1/live?r=" + Date.now(); }, 500 * retry);
-  };
-  img.onload = () => { retry = 0; };
-  img.src = "/v1/live";
+  let failures = 0;
+  for (;;) {
+    try {
+      const cam = $("cam-toggle").checked ? "true" : "false";
+      const r = await fetch("/v1/frame?after=" + lastSeq + "&cam=" + cam, { cache: "no-store" });
+      if (r.status !== 200 && r.status !== 204) throw new Error("HTTP " + r.status);
+      const result = JSON.parse(r.headers.get("X-Usedge-Result") || "{}");
+      setStats(result);
+      if (r.status === 200) {
+        const url = URL.createObjectURL(await r.blob());
+        img.src = url;
+        await img.decode();                   // the image is ready: show it and its result together
+        img.dataset.seq = String(result.seq);
+        img.dataset.cam = String(result.cam);
+        showResult(result);
+        if (liveUrl) URL.revokeObjectURL(liveUrl);
+        liveUrl = url;
+        lastSeq = result.seq;
+      }
+      failures = 0;
+    } catch (e) {
+      setStatus("disconnected", "bad");
+      failures = Math.min(failures + 1, 5);
+      await new Promise((ok) => setTimeout(ok, 500 * failures));
+    }
+  }
+}
+
+function showCard(info) {
+  card = info.model_card || {};
+  const badge = $("provenance-badge");
+  if (card.synthetic === true) badge.textContent = "Trained on SYNTHETIC data (usedge's phantom) — not validated on patients.";
+  else if (card.present) badge.textContent = card.synthetic === false ? "Trained on non-synthetic data." : "Training data unknown.";
+  else badge.textContent = "No model card: provenance unknown.";
+  $("provenance-line").textContent = card.line || "";
+  $("provenance").hidden = false;
+  $("provenance").dataset.synthetic = String(card.synthetic === true);
+  const toggle = $("cam-toggle");
+  toggle.checked = false;                       // off by default
+  toggle.disabled = !info.has_cam;
+  $("cam-localisation").textContent = !info.has_cam ? "(this model has no activation map)" :
+    (card.localisation ? "measured localisation: " + card.localisation : "localisation not measured");
+  toggle.addEventListener("change", () => { lastSeq = -1; });  // the next frame comes with or without it
 }
 
 async function upload(ev) {
@@ -128,11 +173,13 @@ async function upload(ev) {
   try {
     const form = new FormData();
     form.append("file", file);
-    const r = await fetch("/v1/predict?overlay=true", { method: "POST", body: form });
+    const cam = $("cam-toggle").checked ? "true" : "false";   // the CAM only when the toggle is on
+    const r = await fetch("/v1/predict?overlay=true&cam=" + cam, { method: "POST", body: form });
     const d = await r.json();
     if (!r.ok) throw new Error(d.error || ("HTTP " + r.status));
     $("upload-result").hidden = false;
-    $("upload-label").textContent = d.label.replace(/_/g, " ");
+    const uncertain = setVerdict($("upload-verdict"), d);
+    $("upload-label").textContent = uncertain ? "uncertain (" + pretty(d.label) + "?)" : pretty(d.label);
     $("upload-latency").textContent = d.latency_ms.total.toFixed(1) + " ms model+crop, " +
       d.latency_ms.request.toFixed(1) + " ms request";
     setBars($("upload-bars"), d.probs);
@@ -159,11 +206,11 @@ async function main() {
   }
   classNames = info.class_names;
   $("model").textContent = info.backend;
+  showCard(info);
   makeBars($("live-bars"));
   makeBars($("upload-bars"));
   if (info.stream) {
-    startLive();
-    poll();
+    liveLoop();
   } else {
     $("live").hidden = true;
     $("no-stream").hidden = false;

@@ -1,0 +1,23 @@
+"""Text for the terminal: names that come from outside (file names, stream names, DICOM-derived
+messages) may carry escape codes that would recolour, move the cursor, retitle or clear the
+user's terminal. `terminal_safe` shows every control character as a visible escape (`\\x1b`);
+`say` prints one line to stderr through it. Every line of the CLI that can hold a name goes through here.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+# C0 controls except tab and newline, DEL, and the C1 controls (0x80-0x9f; U+009B is a one-byte CSI)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every terminal control character (ESC, CR, BEL, backspace, CSI, ...) written as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def say(text: str, *, file=None) -> None:
+    """Print one line to stderr (or `file`), control characters escaped."""
+    print(terminal_safe(text), file=file or sys.stderr, flush=True)
