@@ -48,7 +48,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
 def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smooth: bool, smooth_window: int,
                   freeze: bool, record: Optional[Path], show: bool, jsonl: Optional[str], fmt: str, out: Optional[str],
                   max_frames: Optional[int], max_reconnects: Optional[int], idle_timeout: Optional[float],
-                  cam: bool, summary_path: Optional[Path], quiet: bool) -> int:
+                  cam: bool, summary_path: Optional[Path], quiet: bool, budget) -> int:
     import contextlib
 
     from usedge.fileio import write_json_atomic
@@ -71,7 +71,7 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
         pipeline = FramePipeline(clf, sinks, stream=True, regions=reader.regions, freeze=freeze,
                                  smooth=smooth_window if smooth else None, cam=cam)
         runner = StreamRunner(pipeline, reader, realtime=realtime, fps=fps, max_frames=max_frames,
-                              max_reconnects=max_reconnects)
+                              max_reconnects=max_reconnects, budget=budget)
         summary = runner.run()
     for line in summary.lines()[:1] if quiet else summary.lines():
         _err(line)
@@ -91,7 +91,7 @@ def infer(
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="save annotated images in this folder"),
     cam: bool = typer.Option(False, "--cam", help="draw the class activation map (models exported with CAM)"),
     backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | tensorrt"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: all cores)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="model engine intra-op threads (default: the thread budget, see docs/runtime.md)"),
     spinning: bool = typer.Option(False, "--spinning/--no-spinning", help="onnxruntime busy-waits between ops"),
     ort_opt_level: str = typer.Option("all", "--ort-opt-level", help="onnxruntime graph optimisation: disable | "
                                       "basic | extended | all"),
@@ -116,6 +116,7 @@ def infer(
     from usedge.errors import ConfigError
     from usedge.runtime.classifier import Classifier
     from usedge.runtime.model_info import model_card_line
+    from usedge.runtime.threads import thread_budget
 
     if fmt not in ("jsonl", "csv"):
         raise ConfigError(f"unknown --format '{fmt}'", hint="use jsonl or csv")
@@ -124,7 +125,9 @@ def infer(
     if stream is not None and inputs:
         raise ConfigError("give either INPUT files or --stream, not both", hint="run two commands")
     ort_opt_level = deprecated(ort_opt_level, opt_level, old="--opt-level", new="--ort-opt-level", default="all")
-    clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=ort_opt_level, verify=verify)
+    budget = thread_budget(capture_threads=0 if stream is None else 1, model_threads=threads, spinning=spinning)
+    clf = Classifier.load(model, backend, threads=budget.model_threads, spinning=budget.spinning,
+                          opt_level=ort_opt_level, verify=verify)
     if not quiet:
         _err(f"usedge: {model.name} on {clf.describe()}" + (f" [{clf.backend_reason}]" if clf.backend_reason else ""))
         _err(f"usedge: model card: {model_card_line(clf.info)}")
@@ -137,7 +140,7 @@ def infer(
             code = _infer_stream(clf, stream, realtime=realtime, fps=fps, smooth=smooth, smooth_window=smooth_window,
                                  freeze=freeze, record=record, show=show, jsonl=jsonl, fmt=fmt, out=out,
                                  max_frames=max_frames, max_reconnects=max_reconnects, idle_timeout=idle_timeout,
-                                 cam=cam, summary_path=summary, quiet=quiet)
+                                 cam=cam, summary_path=summary, quiet=quiet, budget=budget)
     finally:
         clf.close()
     if code:

@@ -22,6 +22,7 @@ from usedge.runtime.backends import Backend, candidate_backends, create_backend
 from usedge.runtime.crop import CropInfo, prepare
 from usedge.runtime.model_info import ModelInfo, model_info_from_metadata
 from usedge.runtime.preprocess import PreprocessSpec, normalise
+from usedge.runtime.threads import thread_budget
 
 #: frame (H x W or H x W x C, any dtype) -> (uint8 size x size model image, where it came from)
 Cropper = Callable[[np.ndarray], tuple[np.ndarray, CropInfo]]
@@ -120,13 +121,16 @@ class Classifier:
         """Load model.onnx / model.int8.onnx / model.fp16.onnx or a TensorRT engine (with sidecar).
 
         backend: see `usedge.runtime.backends.BACKEND_NAMES`; `auto` picks the fastest that works here.
-        threads: onnxruntime intra-op threads (None: all cores); spinning: busy-wait between ops.
+        threads: the engine's intra-op threads (None: `thread_budget().model_threads`, every usable core, set
+        explicitly so onnxruntime never pins its pool); spinning: busy-wait between ops.
         verify: refuse a file whose weights digest (engine: sha256 in its sidecar) does not match.
         """
         path = Path(path)
         if not path.is_file():
             raise ModelError("model file not found", path=path,
                              hint="pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`")
+        if threads is None:
+            threads = thread_budget().model_threads
         options = {"threads": threads, "spinning": spinning, "opt_level": opt_level, "device_id": device_id}
         failed: list[str] = []
         for name, reason in candidate_backends(path, backend):
@@ -155,6 +159,11 @@ class Classifier:
             raise
         return cls(engine, info, sha256_file(path), reason if backend == "auto" else "asked for",
                    {"path": path, "backend": name, "verify": verify, **options})
+
+    @property
+    def threads(self) -> int | None:
+        """The engine's intra-op threads this Classifier was loaded with."""
+        return self._load_options.get("threads")
 
     @property
     def thread_safe(self) -> bool:
