@@ -107,3 +107,28 @@ def stream_figure(model_path: Path, video: Path, *, threads: int | None) -> dict
     return {"processed": summary.processed, "fps": round(summary.fps, 2), "latency_ms": lat,
             "model_p50_ms": model_p50, "capture_to_result_p50_ms": c2r, "threads": summary.threads,
             "outside_model_share": round(1 - model_p50 / c2r, 4) if c2r else float("nan")}
+
+
+#: the stream targets (issue 18 item 5): the source rate each model must keep up with, paced like a scanner
+PACED_FPS = {"model.int8.onnx": 30.0, "model.onnx": 15.0}
+
+
+def paced_stream(model_path: Path, video: Path, *, threads: int | None, fps: float) -> dict:
+    """The stream target run: `video` paced at `fps` like a live scanner (frames the loop has not taken in time
+    are dropped), freeze detection off (every frame needs a result), no sinks."""
+    from usedge.runtime.classifier import Classifier
+    from usedge.runtime.pipeline import FramePipeline
+    from usedge.runtime.sources import VideoFileReader
+    from usedge.runtime.stream import StreamRunner
+    from usedge.runtime.threads import thread_budget
+
+    budget = thread_budget(capture_threads=1, model_threads=threads)
+    with Classifier.load(model_path, backend="ort-cpu", threads=budget.model_threads) as clf:
+        reader = VideoFileReader(video)
+        summary = StreamRunner(FramePipeline(clf, stream=True, regions=reader.regions), reader, realtime=True,
+                               fps=fps, budget=budget).run()
+    c2r = summary.latency_ms.get("capture_to_result", {})
+    return {"fps": fps, "seconds": round(summary.duration_s, 2), "frames_read": summary.frames_read,
+            "late_skipped": summary.late_skipped, "processed": summary.processed, "dropped": summary.dropped,
+            "missed": summary.dropped + summary.late_skipped, "capture_to_result_ms": c2r,
+            "model_ms": summary.latency_ms.get("model", {}), "threads": summary.threads}
