@@ -121,7 +121,8 @@ def row_main(spec: dict) -> dict:
         else:
             run, version, kernels = _ov_compiled(spec["model"], spec["threads"], spec["precision"] == "fp32")
     except Exception as exc:  # noqa: BLE001 - an engine that cannot run this variant is a result
-        return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"}
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        return {"error": f"{type(exc).__name__}: {(lines or [''])[-1][:200]}"}
     for _ in range(3):
         base(x), run(x)
     tb, tr = [], []
@@ -139,7 +140,8 @@ def run_row(spec: dict, env_extra: dict) -> dict:
     res = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True,
                          env=env, timeout=600)
     if res.returncode != 0:
-        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+        lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+        return {"error": f"exit status {res.returncode}: {(lines or ['no message'])[-1][:200]}"}
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -155,13 +157,15 @@ def markdown(result: dict) -> str:
              "AVX2 emulation: `ONEDNN_MAX_CPU_ISA=AVX2` for OpenVINO (its oneDNN JIT kernels capped at AVX2; the "
              "convolution kernels it chose are listed). onnxruntime has no switch to cap its ISA: its rows use "
              "this CPU's own kernels (with VNNI when the flags list avx512_vnni).", "",
-             "| variant | engine | ISA | ms | ratio vs ORT fp32 | convolution kernels (OpenVINO) |", "|---|---|---|---:|---:|---|"]
+             "| variant | engine | ISA | ms | ORT fp32 ms, same process | ratio vs ORT fp32 | convolution kernels (OpenVINO) |",
+             "|---|---|---|---:|---:|---:|---|"]
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['engine']} | {r['isa']} | – | – | failed: {r['error']} |")
+            lines.append(f"| {r['variant']} | {r['engine']} | {r['isa']} | – | – | – | failed: {r['error']} |")
             continue
         k = ", ".join(f"{n} x{c}" for n, c in sorted((r.get("conv_kernels") or {}).items())) or "–"
-        lines.append(f"| {r['variant']} | {r['engine']} | {r['isa']} | {r['ms']:.2f} | {r['ratio']:.2f} | {k} |")
+        lines.append(f"| {r['variant']} | {r['engine']} | {r['isa']} | {r['ms']:.2f} | {r['ort_fp32_ms']:.2f} | "
+                     f"{r['ratio']:.2f} | {k} |")
     lines += ["", "Variants: " + "; ".join(f"`{n}` = {f} {a}x{w} {'per-channel' if pc else 'per-tensor'}"
                                            f"{', 7-bit weights' if rr else ''}"
                                            for n, (f, a, w, pc, rr) in VARIANTS.items()),
