@@ -84,7 +84,8 @@ def test_freeze_detector_and_smoother():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (240, 320), np.uint8)
     det = FreezeDetector()
-    assert not det.is_frozen(a)
+    assert not det.is_frozen(a)          # no reference yet: only a classified frame becomes one
+    det.keep(a)
     assert det.is_frozen(a.copy())
     assert not det.is_frozen(rng.integers(0, 255, (240, 320), np.uint8))
     sm = Smoother(window=2)

@@ -29,8 +29,11 @@ def test_synth_cohort_cli(tmp_path):
 
 def test_synth_frames_cli(tmp_path):
     r = runner.invoke(app, ["synth", "frames", str(tmp_path), "--count", "3", "--doppler-fraction", "1",
-                            "--size", "1280x720", "-q"])
+                            "--curved-fraction", "0.5", "--size", "1280x720", "-q"])
     assert r.exit_code == 0, r.output
+    # masks live beside the frames, not among them: crop/infer on frames/ see screens only
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [f"frame_{i:05d}.png" for i in range(3)]
+    assert {p.parent.name for p in tmp_path.rglob("*_doppler.png")} == {"masks"}
     lines = [json.loads(x) for x in (tmp_path / "truth.jsonl").read_text().splitlines()]
     assert len(lines) == 3
     for rec in lines:

@@ -39,6 +39,10 @@ class UnsupportedInput(InputError):
     """An input of a kind usedge does not take: unknown file type, missing decoder, not ultrasound."""
 
 
+class NoImage(InputError):
+    """A frame that shows no usable ultrasound image (blank screen, probe in air): see runtime/quality.py."""
+
+
 class NoSuchFrame(InputError):
     """A frame index that the file does not hold."""
 

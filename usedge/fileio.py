@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 from usedge.errors import OutputError
 
@@ -68,3 +68,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def refuse_overwriting_inputs(out: str | Path, inputs: Iterable[str | Path], option: str, *,
+                              folder: bool = True) -> None:
+    """OutputError (one line) when writing to `out` could replace an input: `out` is one of the input
+    files, or, for an output folder (`folder`), it directly holds one of them (outputs are named after
+    their inputs there, so `scan.png` would be replaced by its annotated copy)."""
+    target = Path(out).resolve()
+    for path in inputs:
+        path = Path(path).resolve()
+        if path == target or (folder and path.parent == target):
+            raise OutputError(f"{option} would overwrite the input {path.name} (outputs are named after inputs)",
+                              path=out, hint=f"choose an {option} location that holds no inputs")

@@ -39,6 +39,7 @@ def crop(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from usedge.errors import ConfigError, InputError
+    from usedge.fileio import refuse_overwriting_inputs
     from usedge.runtime.batch import crop_files
     from usedge.runtime.crop import parse_crop
     from usedge.runtime.formats import IMAGE_SUFFIXES, expand_inputs
@@ -53,6 +54,9 @@ def crop(
         raise ConfigError(f"--image-size {image_size} is too small", hint="use at least 8 (224 for the paper's model)")
     spec = PreprocessSpec(size=image_size, crop=crop_mode, remove_doppler=doppler)
     files, notes = expand_inputs(inputs, IMAGE_SUFFIXES)
+    refuse_overwriting_inputs(out, files, "--out")
+    if overlay is not None:
+        refuse_overwriting_inputs(overlay, files, "--overlay")
     for note in notes:
         print(f"usedge: skipped {note}", file=sys.stderr)
     if not files and not notes:

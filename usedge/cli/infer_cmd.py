@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -24,8 +26,13 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
     from usedge.runtime.pipeline import FramePipeline, run_files
     from usedge.runtime.sinks import OverlayFolderSink, results_sink
     from usedge.runtime.formats import expand_inputs
+    from usedge.fileio import refuse_overwriting_inputs
 
     files, notes = expand_inputs(inputs)     # notes: symlinked/unreadable folders, FIFOs: reported, exit 1
+    if out != "-":
+        refuse_overwriting_inputs(out, files, "--out", folder=False)
+    if overlay_dir is not None:
+        refuse_overwriting_inputs(overlay_dir, files, "--overlay")
     for note in notes:
         _err(f"usedge: skipped {note}")
     if not files and not notes:
@@ -42,6 +49,8 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
                         on_error=lambda line: _err(f"usedge: skipped {line}"), on_file=lambda: progress.advance(task))
     run.skipped = len(notes)
     _err(f"usedge: {run.line(out)}")
+    if run.interrupted:
+        return 130
     return 1 if run.failed or notes else 0
 
 
@@ -49,8 +58,6 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
                   freeze: bool, record: Optional[Path], show: bool, jsonl: Optional[str], fmt: str, out: Optional[str],
                   max_frames: Optional[int], max_reconnects: Optional[int], idle_timeout: Optional[float],
                   cam: bool, summary_path: Optional[Path], quiet: bool, budget) -> int:
-    import contextlib
-
     from usedge.fileio import write_json_atomic
     from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, results_sink
@@ -72,12 +79,33 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
                                  smooth=smooth_window if smooth else None, cam=cam)
         runner = StreamRunner(pipeline, reader, realtime=realtime, fps=fps, max_frames=max_frames,
                               max_reconnects=max_reconnects, budget=budget)
-        summary = runner.run()
+        with _sigterm_as_interrupt():      # systemd / docker stop: end like Ctrl-C (recording finalised, summary)
+            summary = runner.run()
     for line in summary.lines()[:1] if quiet else summary.lines():
         _err(line)
     if summary_path is not None:
         write_json_atomic(summary_path, summary.to_dict())
-    return 1 if summary.ended_by == "source failed" else 0
+    if runner.all_failed:
+        _err(f"usedge: every frame failed ({summary.errors}); last: {runner.last_error}")
+        return 1
+    return 1 if summary.ended_by in ("source failed", "ended early") else 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (then the old handler)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:            # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @app.command()

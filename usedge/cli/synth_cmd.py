@@ -62,7 +62,7 @@ def cohort(
 
 @synth_app.command("frames")
 def frames(
-    out: Path = typer.Argument(..., help="Output folder for frame_NNNNN.png and truth.jsonl."),
+    out: Path = typer.Argument(..., help="Output folder: frames/frame_NNNNN.png, masks/ (Doppler and fan masks), truth.jsonl."),
     count: int = typer.Option(20, help="Number of scanner screens."),
     seed: int = typer.Option(0, help="Random seed."),
     doppler_fraction: float = typer.Option(0.3, help="Share of frames with a colour Doppler box."),
@@ -72,14 +72,14 @@ def frames(
     difficulty: float = typer.Option(0.5, help="Class overlap of the lesions shown."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Scanner screenshots with the true field-of-view (and Doppler) boxes in truth.jsonl."""
+    """Scanner screenshots with the true field-of-view (and Doppler) boxes in truth.jsonl; masks go to OUT/masks."""
     from usedge.synth.frames import write_scanner_frames
 
     truth = write_scanner_frames(out, count=count, seed=seed, doppler_fraction=doppler_fraction,
                                  curved_fraction=curved_fraction, dual_fraction=dual_fraction,
                                  size=_ints(size, 2, "--size", "x") if size else None,
                                  difficulty=difficulty, progress=not quiet)
-    typer.echo(f"wrote {count} frames to {out}; truth: {truth}")
+    typer.echo(f"wrote {count} frames to {out / 'frames'} (masks in {out / 'masks'}); truth: {truth}")
 
 
 @synth_app.command("video")

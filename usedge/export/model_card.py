@@ -85,6 +85,15 @@ def build_card(checkpoint: Path, class_names: list[str], data: dict, report: Exp
             "usedge_version": report.usedge_version}
 
 
+def _mean_sd(cell) -> str:
+    """'0.912 ± 0.031'; n/a where the training report has no value (a metric undefined in every fold, or
+    an SD from a single fold)."""
+    if not cell:
+        return ""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    return f"{fmt(cell[0])} ± {fmt(cell[1])}"
+
+
 def card_markdown(card: dict, line: str) -> str:
     """MODEL_CARD.md."""
     d = card["training_data"]
@@ -104,8 +113,8 @@ def card_markdown(card: dict, line: str) -> str:
         metrics = sorted({m for row in cv["rows"].values() for m in row})
         out += [f"{cv['folds']} fold(s), mean ± SD (from `{cv['source']}`).", "",
                 "| | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
-        out += [f"| {name} | " + " | ".join(f"{row[m][0]:.3f} ± {row[m][1]:.3f}" if m in row else "" for m in metrics)
-                + " |" for name, row in cv["rows"].items()]
+        out += [f"| {name} | " + " | ".join(_mean_sd(row.get(m)) for m in metrics) + " |"
+                for name, row in cv["rows"].items()]
     else:
         out.append("No metrics.json of the training run beside the checkpoint: not evaluated here.")
     out += ["", "## Export checks", "", "| check | file | result | aim | note |", "|---|---|---|---|---|"]

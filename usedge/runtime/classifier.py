@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from usedge.errors import BackendUnavailable, ModelError
+from usedge.errors import BackendUnavailable, ModelError, NoImage, UsedgeError
 from usedge.fileio import sha256_file
 from usedge.runtime.backends import CPU_BACKENDS, Backend, candidate_backends, create_backend
 from usedge.runtime.backends.trial import choose_cpu_backend
@@ -29,12 +29,21 @@ from usedge.runtime.threads import thread_budget
 Cropper = Callable[[np.ndarray], tuple[np.ndarray, CropInfo]]
 
 
+#: what a Prediction is: `live` (the model's answer for this frame), `frozen` (the scanner's image is
+#: frozen: the last live answer repeated, no inference), `no_image` (the frame shows no usable image:
+#: usedge.runtime.quality; no label, no probabilities), `error` (the model gave no valid answer; `reason`)
+STATES = ("live", "frozen", "no_image", "error")
+
+
 @dataclass
 class Prediction:
-    """What the model says about one frame. Boxes are (x, y, w, h) in the original frame's pixels."""
+    """What the model says about one frame. Boxes are (x, y, w, h) in the original frame's pixels.
 
-    label: str
-    class_index: int
+    Only `live` and `frozen` predictions have a label and probabilities; `no_image` and `error` have
+    label None, class_index None, empty probs and a one-line `reason` (see STATES)."""
+
+    label: str | None
+    class_index: int | None
     probs: dict[str, float]
     crop_box: tuple[int, int, int, int]
     fov_box: tuple[int, int, int, int]
@@ -46,17 +55,37 @@ class Prediction:
     crop_method: str = "none"
     frozen: bool = False                         # the scanner's image was frozen: result repeated, no inference
     smoothed: bool = False                       # probs are a temporal average
+    state: str = "live"                          # one of STATES
+    reason: str = ""                             # why there is no label (no_image, error)
+
+    @classmethod
+    def without_label(cls, state: str, reason: str, *, model_sha256: str, frame_index: int = 0, source: str = "",
+                      latency_ms: dict | None = None, info: "CropInfo | None" = None) -> "Prediction":
+        """A `no_image` or `error` result: no label, no probabilities, the reason in one line."""
+        box = tuple(int(v) for v in info.crop_box) if info is not None else (0, 0, 0, 0)
+        fov = tuple(int(v) for v in info.fov_box) if info is not None else (0, 0, 0, 0)
+        return cls(label=None, class_index=None, probs={}, crop_box=box, fov_box=fov,
+                   latency_ms=dict(latency_ms or {}), model_sha256=model_sha256, frame_index=frame_index,
+                   source=source, crop_method=info.method if info is not None else "none", state=state,
+                   reason=" ".join(reason.split()))
+
+    @property
+    def has_label(self) -> bool:
+        return self.label is not None
 
     def to_record(self, source: bool = True) -> dict:
-        """The ONE prediction JSON (JSONL lines, HTTP answers): JSON-safe, no CAM array, no patient data,
-        only pixels' geometry and the model's answer. source=False leaves out `source` (HTTP: it may be
-        a file path or a URL)."""
+        """The ONE prediction JSON (JSONL lines, HTTP answers): JSON-safe (finite numbers only), no CAM
+        array, no patient data, only pixels' geometry and the model's answer. `state` says what it is;
+        label, class_index and probs are null unless the state is live or frozen. source=False leaves
+        out `source` (HTTP: it may be a file path or a URL)."""
         return {
             **({"source": self.source} if source else {}),
             "frame": self.frame_index,
+            "state": self.state,
             "label": self.label,
             "class_index": self.class_index,
-            "probs": {k: round(float(v), 6) for k, v in self.probs.items()},
+            "probs": {k: round(float(v), 6) for k, v in self.probs.items()} if self.has_label else None,
+            **({"reason": self.reason} if self.reason else {}),
             "crop_box": list(self.crop_box),
             "fov_box": list(self.fov_box),
             "crop_method": self.crop_method,
@@ -76,6 +105,21 @@ def softmax(x: np.ndarray) -> np.ndarray:
 #: the stages of one model call, in order: the keys of Prediction.latency_ms (plus "total"), of the
 #: stream summary and of `usedge bench`'s stage breakdown
 STAGES = ("crop", "normalise", "model", "post")
+
+
+#: |sum of a probability vector - 1| above which a model's output is not a probability distribution:
+#: float32 softmax over a few classes sums to 1 within ~1e-6; 1e-3 leaves room for FP16/INT8 models
+PROB_SUM_TOLERANCE = 1e-3
+
+
+def output_problem(p: np.ndarray) -> str:
+    """Why one row of class probabilities is not a valid answer ("" when it is)."""
+    if not np.all(np.isfinite(p)):
+        return "model output is not finite (NaN or Inf: FP16 overflow or damaged weights?)"
+    total = float(p.sum(dtype=np.float64))
+    if abs(total - 1.0) > PROB_SUM_TOLERANCE or np.any(p < -PROB_SUM_TOLERANCE):
+        return f"model output is not a probability distribution (sums to {total:.4g})"
+    return ""
 
 
 def _looks_like_probs(p: np.ndarray) -> bool:
@@ -101,8 +145,9 @@ def _check_io_shapes(engine: Backend, info: ModelInfo, path: Path) -> None:
 
 class Classifier:
     """A loaded model on one backend, in four public stages: `prepare` (crop), `normalise`, `run_model`,
-    `post`; `predict` runs them in that order. Each thread gets its own reused model-input buffer, so
-    threads may share a Classifier whose backend is `thread_safe` (see `for_another_thread`)."""
+    `post`; `predict` runs them in that order. Threads may share a Classifier: each thread gets its own
+    reused model-input buffer, and the model stage takes a lock unless the backend is `thread_safe`
+    (`for_another_thread` gives a thread its own Classifier instead, to run in parallel)."""
 
     def __init__(self, backend: Backend, info: ModelInfo, model_sha256: str, backend_reason: str = "",
                  load_options: dict | None = None) -> None:
@@ -115,6 +160,7 @@ class Classifier:
         self.has_cam = "cam" in backend.output_names
         self._load_options = load_options or {}
         self._buffers = threading.local()          # per-thread reused 1 x 1 x size x size model input
+        self._model_lock = threading.Lock()        # the model stage, for backends not declared thread_safe
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", *, threads: int | None = None, spinning: bool = False,
@@ -216,19 +262,37 @@ class Classifier:
         return batch
 
     def run_model(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """The model stage: the backend's outputs by name."""
-        return self.backend.infer(batch)
+        """The model stage: the backend's outputs by name (one call at a time unless the backend is thread_safe)."""
+        try:
+            if self.backend.thread_safe:
+                return self.backend.infer(batch)
+            with self._model_lock:
+                return self.backend.infer(batch)
+        except UsedgeError:
+            raise
+        except Exception as exc:   # a foreign model that loads but fails at run time (onnxruntime's own error)
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            model = Path(self._load_options.get("path", "model")).name
+            raise ModelError(f"the model {model} failed to run on this frame ({type(exc).__name__}: {first})",
+                             hint="use a model exported by `usedge export`") from exc
 
     def post(self, outputs: dict[str, np.ndarray], infos: Sequence[CropInfo], *, first_index: int = 0,
              source: str = "") -> list[Prediction]:
-        """Model outputs -> one Prediction per crop (softmax when the model gave logits, CAM of the top class)."""
+        """Model outputs -> one Prediction per crop (softmax when the model gave logits, CAM of the top class).
+
+        A row that is not finite or does not sum to 1 (PROB_SUM_TOLERANCE) gives an `error` Prediction
+        with the reason and no label."""
         probs = np.asarray(outputs["probs"], dtype=np.float32).reshape(-1, len(self.class_names))
-        if not _looks_like_probs(probs):  # a model exported with logits
+        if np.all(np.isfinite(probs)) and not _looks_like_probs(probs):  # a model exported with logits
             probs = softmax(probs)
         cam = outputs.get("cam")
         cam = np.asarray(cam, dtype=np.float32) if cam is not None else None
         preds = []
         for i, info in enumerate(infos):
+            if problem := output_problem(probs[i]):
+                preds.append(Prediction.without_label("error", problem, model_sha256=self.model_sha256,
+                                                      frame_index=first_index + i, source=source, info=info))
+                continue
             k = int(np.argmax(probs[i]))
             c = None
             if cam is not None:
@@ -246,18 +310,28 @@ class Classifier:
 
     # -- public ---------------------------------------------------------------------------------
     def predict(self, frame: np.ndarray, *, frame_index: int = 0, source: str = "",
-                regions: list | None = None, cropper: Cropper | None = None) -> Prediction:
+                regions: list | None = None, cropper: Cropper | None = None,
+                quality: Callable[[np.ndarray], str | None] | None = None) -> Prediction:
         """One frame -> Prediction; latency_ms has crop, normalise, model, post, total."""
         return self.predict_batch([frame], first_index=frame_index, source=source, regions=regions,
-                                  cropper=cropper)[0]
+                                  cropper=cropper, quality=quality)[0]
 
     def predict_batch(self, frames: Sequence[np.ndarray], *, first_index: int = 0, source: str = "",
-                      regions: list | None = None, cropper: Cropper | None = None) -> list[Prediction]:
-        """Several frames in one model call; per-frame latency is the batch's time divided by N."""
+                      regions: list | None = None, cropper: Cropper | None = None,
+                      quality: Callable[[np.ndarray], str | None] | None = None) -> list[Prediction]:
+        """Several frames in one model call; per-frame latency is the batch's time divided by N.
+
+        quality: the frame-quality gate (usedge.runtime.quality.no_image_reason) on each cropped model
+        image: NoImage (nothing run) for a crop it refuses."""
         if not len(frames):
             return []
         t = [time.perf_counter()]
         crops = [self.prepare(f, regions, cropper) for f in frames]
+        if quality is not None:
+            for image, _ in crops:
+                if reason := quality(image):
+                    raise NoImage(f"no usable image: {reason}", path=source or None,
+                                  hint="the scanner shows no ultrasound image")
         t.append(time.perf_counter())
         batch = self.normalise(crops[0][0] if len(crops) == 1 else [image for image, _ in crops])
         t.append(time.perf_counter())

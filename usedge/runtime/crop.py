@@ -281,6 +281,11 @@ class FrameCropper:
         self._crop_box: Box | None = None
 
     # -- cheap layout check
+    def reset(self) -> None:
+        """Detect the layout afresh on the next frame (the pipeline calls it after a frame without an
+        image: the probe was lifted, the layout or depth may have changed)."""
+        self.layout = None
+
     def _lines(self, image: np.ndarray, box: Box) -> np.ndarray:
         """Fraction of not-background pixels on 8 short lines just inside / outside the box edges
         (every 4th pixel; -1 where a line falls off the frame)."""

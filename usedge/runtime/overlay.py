@@ -43,11 +43,14 @@ def blend_cam(image: np.ndarray, cam: np.ndarray, box: tuple[int, int, int, int]
 
 
 def draw_prediction(frame: np.ndarray, pred: Prediction, *, fps: float | None = None, cam: bool = True) -> np.ndarray:
-    """A BGR uint8 copy of `frame` with the prediction drawn on it."""
+    """A BGR uint8 copy of `frame` with the prediction drawn on it (no label: the state and its reason)."""
     out = _to_bgr(frame)
     h, w = out.shape[:2]
     scale = max(0.4, min(w, h) / 900.0)            # text size follows the frame's resolution
     thick = max(1, int(round(2 * scale)))
+    if not pred.has_label:
+        _draw_no_label(out, pred, scale, thick)
+        return out
     if cam and pred.cam is not None:
         blend_cam(out, pred.cam, pred.crop_box)
     colour = CLASS_COLOURS[pred.class_index % len(CLASS_COLOURS)]
@@ -79,6 +82,21 @@ def draw_prediction(frame: np.ndarray, pred: Prediction, *, fps: float | None = 
     cv2.putText(out, footer, (8, line * (len(names) + 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale,
                 (255, 255, 255), max(1, thick - 1), cv2.LINE_AA)
     return out
+
+
+NO_LABEL_TEXT = {"no_image": "NO IMAGE", "error": "NO RESULT (model error)"}
+
+
+def _draw_no_label(out: np.ndarray, pred: Prediction, scale: float, thick: int) -> None:
+    """The state in large letters and its reason: no label, no bars, nothing that reads as an answer."""
+    line = int(28 * scale) + 6
+    h, w = out.shape[:2]
+    panel = out[0:min(2 * line + 10, h), 0:w]
+    cv2.addWeighted(panel, 0.35, np.zeros_like(panel), 0.65, 0.0, dst=panel)
+    cv2.putText(out, NO_LABEL_TEXT.get(pred.state, pred.state.upper()), (8, line), cv2.FONT_HERSHEY_SIMPLEX,
+                0.8 * scale, (0, 200, 255), thick, cv2.LINE_AA)
+    cv2.putText(out, pred.reason[:90], (8, 2 * line), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
+                (255, 255, 255), max(1, thick - 1), cv2.LINE_AA)
 
 
 def draw_crop(frame: np.ndarray, info) -> np.ndarray:

@@ -1,21 +1,11 @@
 """The ONE frame pipeline, built once and used by `usedge infer` (files and --stream), `usedge serve`
 (live view and uploads) and `usedge bench`:
 
-    source -> quality -> freeze -> prepare (crop) -> normalise -> model -> post (smoothing) -> sinks
+    source -> freeze -> prepare (crop) -> quality -> normalise -> model -> post (smoothing) -> sinks
 
-`FramePipeline.run_frame` is that whole chain for one frame; read it first. The stages live in:
-
-    source      usedge.runtime.sources       (files: `iter_file_frames`; live: readers + CaptureThread)
-    quality     FramePipeline.quality        (the seam for a frame-quality gate: "no usable image")
-    freeze      FreezeDetector, here         (the scanner's freeze button: repeat the last result)
-    prepare     Classifier.prepare -> usedge.runtime.crop / preprocess  (the ONE preprocessing)
-    normalise   Classifier.normalise
-    model       Classifier.run_model -> usedge.runtime.backends
-    post        Classifier.post (probabilities, CAM); Smoother, here (temporal average)
-    sinks       usedge.runtime.sinks          (JSONL, CSV, overlay PNGs, video, window, callbacks)
-
-The live loop around it (capture thread, latest-frame slot, summary) is `usedge.runtime.stream`;
-the file loop is `run_files` below.
+`FramePipeline.run_frame` is that whole chain for one frame; read it first. docs/pipeline.md draws
+the stages and where each lives. The live loop around it (capture thread, latest-frame slot,
+summary) is `usedge.runtime.stream`; the file loop is `run_files` below.
 """
 
 from __future__ import annotations
@@ -28,25 +18,29 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from usedge.errors import InputError, OutputError, UsedgeError
+from usedge.errors import NoImage, OutputError, UsedgeError
 from usedge.runtime.classifier import Classifier, Prediction
 from usedge.runtime.overlay import draw_prediction
 from usedge.runtime.crop import FrameCropper
+from usedge.runtime.quality import no_image_reason
 from usedge.runtime.sinks import Sink
 from usedge.runtime.sources import iter_file_frames
 
 FREEZE_SAMPLES = 240         # frames are compared on about this many columns (every n-th pixel, no averaging)
 FREEZE_MAD = 0.05            # mean absolute difference (8-bit levels) below which two frames are "the same"
 
-#: frame -> why it holds no usable image (blank screen, probe in air), or None when it does
+#: uint8 model image (the crop) -> why it holds no usable image (blank screen, probe in air), or None
 QualityGate = Callable[[np.ndarray], "str | None"]
 
 
 class FreezeDetector:
     """The scanner's freeze button: the same image again, byte for byte up to codec rounding.
 
+    The reference is the last frame that was classified (`keep`), never a blank or failed frame, so
+    a frozen repeat only ever repeats a real answer.
+
     Compares every n-th pixel (about FREEZE_SAMPLES columns; one channel of a colour frame) with the
-    previous frame, without averaging: a live image changes there by its fresh electronic noise and
+    reference, without averaging: a live image changes there by its fresh electronic noise and
     speckle even with the probe held still (>= 0.2 levels on the synthetic scanner video), a frozen
     one through a digital path (HDMI/SDI grabber, file, DICOM) by ~0.001. A frozen image through a
     noisy analog grabber is not detected, which costs only an inference: the safe side.
@@ -65,14 +59,21 @@ class FreezeDetector:
         return np.ascontiguousarray(sub)
 
     def is_frozen(self, image: np.ndarray) -> bool:
+        """Whether `image` is the reference frame again (the last one passed to `keep`)."""
         sample = self._sample(image)
         if self._prev is None or self._prev.shape != sample.shape or self._prev.dtype != sample.dtype:
-            self._prev = sample
             self.last_mad = float("inf")
             return False
         self.last_mad = float(cv2.norm(sample, self._prev, cv2.NORM_L1)) / sample.size
-        self._prev = sample
         return self.last_mad < self.threshold
+
+    def keep(self, image: np.ndarray) -> None:
+        """Make `image` the reference: only a frame that was classified may be repeated as frozen."""
+        self._prev = self._sample(image)
+
+    def reset(self) -> None:
+        """No reference: the next frame is classified whatever it shows."""
+        self._prev = None
 
 
 class Smoother:
@@ -106,7 +107,12 @@ class FramePipeline:
     freeze: repeat the last result for a frozen screen, without inference.
     smooth: average the probabilities over this many results (None: off).
     cam: draw the class activation map in overlays when the model has it.
-    quality: a `QualityGate`; a frame it rejects gives an InputError and resets freeze and smoothing.
+    quality: the `QualityGate` on each crop (default: usedge.runtime.quality.no_image_reason for a
+        stream, none for files and uploads, which refuse only a blank frame). A frame without a usable
+        image (that gate, or a blank frame) gives a `no_image` Prediction in a stream and a NoImage
+        error for a file or an upload; either way it resets freeze, smoothing and the crop layout.
+    A model output that is not a probability distribution gives an `error` Prediction (no label), written
+    to the sinks like any other result; it too resets freeze, smoothing and the crop layout.
     """
 
     def __init__(self, classifier: Classifier, sinks: Iterable[Sink] = (), *, stream: bool = False,
@@ -119,14 +125,14 @@ class FramePipeline:
         self.freeze = FreezeDetector(freeze_threshold) if freeze else None
         self.smoother = Smoother(smooth) if smooth else None
         self.cam = cam
-        self.quality = quality
+        self.quality = quality or (no_image_reason if stream else None)
         self.last: Prediction | None = None                      # the newest result of the model
         self._result_times: collections.deque = collections.deque(maxlen=60)
 
     # -- the chain ------------------------------------------------------------------------------
     def run_frame(self, image: np.ndarray, *, index: int = 0, source: str = "", regions: list | None = None,
                   t_capture: float | None = None) -> Prediction:
-        """The whole chain for one frame: quality -> freeze -> prepare -> model -> post -> sinks.
+        """The whole chain for one frame: freeze -> prepare -> quality -> model -> post -> sinks.
 
         t_capture: when the frame was captured (perf_counter s): adds the `wait` and
         `capture_to_result` stages. Raises UsedgeError for a frame that cannot be classified.
@@ -143,22 +149,44 @@ class FramePipeline:
 
     def process(self, image: np.ndarray, *, index: int = 0, source: str = "",
                 regions: list | None = None) -> Prediction:
-        """quality -> freeze -> prepare -> normalise -> model -> post: the Prediction, written nowhere."""
+        """freeze -> prepare -> quality -> normalise -> model -> post: the Prediction, written nowhere."""
         t0 = time.perf_counter()
-        if self.quality is not None and (reason := self.quality(image)):
-            self.last = None
-            if self.smoother is not None:
-                self.smoother.reset()
-            raise InputError(f"no usable image: {reason}", path=source or None)
-        if self.freeze is not None and self.freeze.is_frozen(image) and self.last is not None:
-            return dataclasses.replace(self.last, frozen=True, frame_index=index,
+        if self.freeze is not None and self.last is not None and self.freeze.is_frozen(image):
+            return dataclasses.replace(self.last, frozen=True, state="frozen", frame_index=index,
                                        latency_ms={"total": (time.perf_counter() - t0) * 1e3})
-        pred = self.classifier.predict(image, frame_index=index, source=source, regions=regions,
-                                       cropper=self.cropper)
+        try:
+            pred = self.classifier.predict(image, frame_index=index, source=source, regions=regions,
+                                           cropper=self.cropper, quality=self.quality)
+        except NoImage as exc:
+            self.forget()
+            if not self.stream:
+                raise
+            return Prediction.without_label("no_image", exc.message, model_sha256=self.classifier.model_sha256,
+                                            frame_index=index, source=source,
+                                            latency_ms={"total": (time.perf_counter() - t0) * 1e3})
+        except UsedgeError:
+            self.forget()
+            raise
+        if not pred.has_label:         # the model gave no valid answer (NaN): nothing to repeat or average
+            self.forget()
+            return pred
         if self.smoother is not None:
             pred = self.smoother.smooth(pred)
         self.last = pred
+        if self.freeze is not None:
+            self.freeze.keep(image)
         return pred
+
+    def forget(self) -> None:
+        """After a frame without an answer: no frozen repeat of an older answer, smoothing starts again,
+        and the crop layout is detected afresh on the next image (the probe may have moved)."""
+        self.last = None
+        if self.cropper is not None:
+            self.cropper.reset()
+        if self.freeze is not None:
+            self.freeze.reset()
+        if self.smoother is not None:
+            self.smoother.reset()
 
     def emit(self, pred: Prediction, image: np.ndarray) -> None:
         """The sinks stage: the overlay is drawn once, only when a sink wants it, then every sink writes."""
@@ -199,8 +227,13 @@ class FileRun:
     frames: int = 0
     failed: list[str] = dataclasses.field(default_factory=list)
     skipped: int = 0                   # inputs reported before the run (symlinked folders, FIFOs)
+    done: int = 0                      # files finished (all of them unless interrupted)
+    interrupted: bool = False          # Ctrl-C ended the run after `done` files
 
     def line(self, out: str = "-") -> str:
+        if self.interrupted:
+            return f"interrupted after {self.done} of {self.files} files ({self.frames} frames classified)" + (
+                f" -> {out}" if out != "-" else "")
         return (f"{self.files - len(self.failed)}/{self.files} files, {self.frames} frames classified"
                 + (f", {len(self.failed)} failed" if self.failed else "")
                 + (f", {self.skipped} skipped" if self.skipped else "") + (f" -> {out}" if out != "-" else ""))
@@ -210,23 +243,34 @@ def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: b
               on_error: Callable[[str], None] = lambda line: None, on_file: Callable[[], None] = lambda: None) -> FileRun:
     """Every frame of every file (images, DICOM, videos; lazily) through `pipeline.run_frame`.
 
-    A file that cannot be read or classified is recorded in every sink and reported through
-    `on_error` at once; an OutputError (a sink cannot write) ends the run. `on_file` after each file.
+    A file that cannot be read or classified (or whose model output is not valid on a frame) is
+    recorded in every sink and reported through `on_error` at once; an OutputError (a sink cannot
+    write) ends the run. `on_file` after each file. Ctrl-C ends the run between frames:
+    `FileRun.interrupted` is set and `done` says how many files were finished.
     """
     run = FileRun(files=len(files))
-    for path in files:
-        try:
-            # lazily: a long video stays small
-            for index, frame, regions in iter_file_frames(path, allow_any_modality=allow_any_modality):
-                pipeline.run_frame(frame, index=index, source=str(path), regions=regions)
-                run.frames += 1
-        except OutputError:
-            raise
-        except UsedgeError as exc:
-            if exc.path is None:   # a frame-level error (NaN pixels, blank frame): name the file
-                exc.path = str(path)
-            run.failed.append(exc.one_line())
-            on_error(exc.one_line())
-            pipeline.write_error(str(path), exc.one_line())
-        on_file()
+    try:
+        for path in files:
+            bad = ""
+            try:
+                # lazily: a long video stays small
+                for index, frame, regions in iter_file_frames(path, allow_any_modality=allow_any_modality):
+                    pred = pipeline.run_frame(frame, index=index, source=str(path), regions=regions)
+                    run.frames += 1
+                    if pred.state == "error" and not bad:   # the sinks wrote it as an error result
+                        bad = f"{path}" + (f" frame {index}" if index else "") + f": {pred.reason}"
+            except OutputError:
+                raise
+            except UsedgeError as exc:
+                if exc.path is None:   # a frame-level error (NaN pixels, blank frame): name the file
+                    exc.path = str(path)
+                bad = exc.one_line()
+                pipeline.write_error(str(path), bad)
+            if bad:
+                run.failed.append(bad)
+                on_error(bad)
+            run.done += 1
+            on_file()
+    except KeyboardInterrupt:
+        run.interrupted = True
     return run

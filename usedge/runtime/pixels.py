@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from usedge.errors import InputError
+from usedge.errors import InputError, NoImage
 
 Box = tuple[int, int, int, int]
 
@@ -93,7 +93,7 @@ def check_not_blank(image: np.ndarray) -> None:
     lo, hi, _, _ = cv2.minMaxLoc(flat)
     lo, hi = int(lo), int(hi)
     if hi - lo <= 2:
-        raise InputError(f"frame is blank (every pixel is about {lo})",
+        raise NoImage(f"frame is blank (every pixel is about {lo})",
                          hint="the scanner shows no image (frozen, off, or wrong input); check the source")
 
 

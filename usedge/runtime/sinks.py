@@ -95,7 +95,7 @@ class JsonlSink(Sink):
     def write_record(self, record: dict) -> None:
         """Any JSON-safe dict."""
         with _output_errors(self.path, self.count):
-            self.fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self.fh.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
             self.fh.flush()
             if self.fsync and self._own:
                 os.fsync(self.fh.fileno())
@@ -106,7 +106,8 @@ class JsonlSink(Sink):
 
 
 class CsvSink(Sink):
-    """source, frame, label, p_<class>..., crop box, fov box, model sha256, latencies (ms); flushed per row."""
+    """source, frame, label, p_<class>..., crop box, fov box, model sha256, latencies (ms), state, error;
+    flushed per row. A `no_image` or `error` row has empty label and probability cells and its reason."""
 
     def __init__(self, path: str | Path, class_names: list[str]) -> None:
         self.path = path
@@ -115,7 +116,8 @@ class CsvSink(Sink):
         self.stages = [*STAGES, "total"]
         self.columns = (["source", "frame", "label", *[f"p_{c}" for c in self.class_names],
                          "crop_x", "crop_y", "crop_w", "crop_h", "fov_x", "fov_y", "fov_w", "fov_h",
-                         "crop_method", "frozen", "model_sha256", *[f"ms_{s}" for s in self.stages], "error"])
+                         "crop_method", "frozen", "model_sha256", *[f"ms_{s}" for s in self.stages], "state",
+                         "error"])
         self.writer = csv.writer(self.fh)
         self.writer.writerow(self.columns)
         self.fh.flush()
@@ -124,9 +126,10 @@ class CsvSink(Sink):
     def write(self, pred, frame=None, overlay=None) -> None:
         with _output_errors(self.path, self.count):
             self.writer.writerow([
-                pred.source, pred.frame_index, pred.label, *[f"{pred.probs.get(c, 0.0):.6f}" for c in self.class_names],
+                pred.source, pred.frame_index, pred.label or "",
+                *[f"{pred.probs[c]:.6f}" if pred.has_label else "" for c in self.class_names],
                 *pred.crop_box, *pred.fov_box, pred.crop_method, int(pred.frozen), pred.model_sha256,
-                *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], "",
+                *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], pred.state, pred.reason,
             ])
             self.fh.flush()
         self.count += 1

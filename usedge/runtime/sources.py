@@ -148,12 +148,20 @@ class DicomCineReader(FrameReader):
 
 
 class VideoFileReader(FrameReader):
-    """A video file through OpenCV's ffmpeg backend; fps from the container."""
+    """A video file through OpenCV's ffmpeg backend; fps from the container.
+
+    `ended_early` (one line, else "") when decoding stopped before the frame count that the container
+    declares (a truncated or damaged file): more than one frame short, since a count computed from
+    duration x frame rate may be off by one.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.name = str(path)
         self.cap = None
+        self.declared = 0           # frames the container declares (0: unknown)
+        self.position = 0           # frames read or skipped so far
+        self.ended_early = ""
 
     def open(self) -> None:
         params = [cv2.CAP_PROP_N_THREADS, int(self.decode_threads)] if self.decode_threads else []
@@ -163,13 +171,24 @@ class VideoFileReader(FrameReader):
                              hint="check the file and that OpenCV's ffmpeg can decode its codec")
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else None
+        count = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.declared = int(count) if count and 0 < count < 1e9 else 0
+        self.position, self.ended_early = 0, ""
+
+    def _advanced(self, ok: bool) -> bool:
+        if ok:
+            self.position += 1
+        elif self.declared and self.position < self.declared - 1:
+            self.ended_early = (f"{self.name}: video ended early, after {self.position} of the "
+                                f"{self.declared} frames its header declares (truncated or damaged file)")
+        return ok
 
     def read(self) -> np.ndarray | None:
         ok, frame = self.cap.read()
-        return frame if ok else None
+        return frame if self._advanced(ok) else None
 
     def skip(self) -> bool:  # grab without the colour conversion and copy of retrieve()
-        return bool(self.cap.grab())
+        return self._advanced(bool(self.cap.grab()))
 
     def close(self) -> None:
         if self.cap is not None:
@@ -386,6 +405,7 @@ class CaptureStats:
     late: int = 0          # realtime: frames the source moved past while decoding lagged (skipped, never decoded)
     reconnects: int = 0
     error: str = ""        # why the source ended early (a live source gave up, a file failed mid-way), one line
+    ended_early: str = ""  # a file that ended before the frame count its header declares, one line
 
     @property
     def source_frames(self) -> int:
@@ -487,5 +507,6 @@ class CaptureThread(threading.Thread):
                               stop=self.stop_event)
                 index += 1
         finally:
+            self.stats.ended_early = getattr(self.reader, "ended_early", "")
             self.reader.close()
             self.slot.close()

@@ -55,7 +55,8 @@ class StreamSummary:
     dropped: int = 0                 # stale frames replaced in the slot before the loop took them
     late_skipped: int = 0            # --realtime: frames the source moved past while decoding lagged
     frozen_skipped: int = 0          # frames detected frozen: last result repeated, no inference
-    errors: int = 0
+    no_image: int = 0                # frames without a usable image (blank, probe in air): no label
+    errors: int = 0                  # frames that could not be classified (incl. model output not valid)
     reconnects: int = 0
     layout_detections: int = 0
     duration_s: float = 0.0
@@ -63,7 +64,7 @@ class StreamSummary:
     source_fps: float = 0.0
     latency_ms: dict = field(default_factory=dict)   # stage -> {p50, p90, p99}
     model_share: float = float("nan")               # median model time / median capture-to-result
-    # end of source | max frames | interrupted | stopped | source failed | output failed
+    # end of source | ended early | max frames | interrupted | stopped | source failed | output failed
     ended_by: str = "end of source"
     error: str = ""
     threads: dict = field(default_factory=dict)     # the ThreadBudget the run used (threads.py)
@@ -75,7 +76,8 @@ class StreamSummary:
     def lines(self) -> list[str]:
         late = f" (+{self.late_skipped} skipped by a lagging decoder)" if self.late_skipped else ""
         out = [f"{self.source} on {self.backend}: {self.frames_read} read{late}, {self.processed} processed, "
-               f"{self.dropped} dropped, {self.frozen_skipped} frozen-skipped, {self.errors} errors; "
+               f"{self.dropped} dropped, {self.frozen_skipped} frozen-skipped, {self.no_image} no image, "
+               f"{self.errors} errors; "
                f"{self.fps:.1f} fps over {self.duration_s:.1f} s ({self.ended_by})"]
         for stage, p in self.latency_ms.items():
             out.append(f"  {stage:<18} p50 {p['p50']:8.2f}  p90 {p['p90']:8.2f}  p99 {p['p99']:8.2f} ms")
@@ -114,7 +116,7 @@ class StreamRunner:
         self._latest: list = [None, None, None]           # prediction, frame, overlay (drawn on demand)
         self._new_result = threading.Condition(self._lock)
         self._samples = {s: collections.deque(maxlen=MAX_SAMPLES) for s in STAGES}
-        self._counts = {"processed": 0, "frozen": 0, "errors": 0}
+        self._counts = {"processed": 0, "frozen": 0, "no_image": 0, "errors": 0}
         self._t0: float | None = None
         self._thread: threading.Thread | None = None
         self.summary: StreamSummary | None = None
@@ -151,12 +153,17 @@ class StreamRunner:
             return self._latest[0]
 
     def stats(self) -> dict:
-        """Live counters for dashboards/metrics: frames, dropped, frozen, errors, fps, read."""
+        """Live counters for dashboards/metrics: frames, dropped, frozen, no_image, errors, fps, read."""
         cap = self.capture.stats if self.capture else None
         return {"frames": self._counts["processed"], "dropped": self.slot.dropped, "frozen": self._counts["frozen"],
-                "errors": self._counts["errors"], "fps": self.pipeline.fps(), "read": cap.read if cap else 0,
+                "no_image": self._counts["no_image"], "errors": self._counts["errors"], "fps": self.pipeline.fps(), "read": cap.read if cap else 0,
                 "late_skipped": cap.late if cap else 0,
                 "reconnects": cap.reconnects if cap else 0, "running": self.running}
+
+    @property
+    def all_failed(self) -> bool:
+        """Every frame taken gave an error: nothing was classified (the run is a failure)."""
+        return False if self.summary is None else (self.summary.errors > 0 and self.summary.processed == 0)
 
     @property
     def running(self) -> bool:
@@ -201,9 +208,12 @@ class StreamRunner:
             self._thread.join(timeout)
 
     def _on_result(self, pred: Prediction, frame: np.ndarray, overlay: np.ndarray | None) -> None:
-        self._counts["frozen" if pred.frozen else "processed"] += 1
-        # frozen repeats are not model results: only their wait enters the latency figures
-        for stage in ("wait",) if pred.frozen else STAGES:
+        self._counts[{"live": "processed", "frozen": "frozen", "no_image": "no_image"}.get(pred.state, "errors")] += 1
+        if pred.state == "error":
+            self.last_error = pred.reason
+        # frozen repeats, frames without an image and failed outputs are not model results: only their
+        # wait enters the latency figures
+        for stage in STAGES if pred.state == "live" else ("wait",):
             if stage in pred.latency_ms:
                 self._samples[stage].append(pred.latency_ms[stage])
         with self._lock:
@@ -260,6 +270,8 @@ class StreamRunner:
         if ended_by == "end of source":
             if cap.error:
                 ended_by = "source failed"
+            elif cap.ended_early:
+                ended_by = "ended early"
             elif self.max_frames is not None and cap.source_frames >= self.max_frames:
                 ended_by = "max frames"
         self.summary = self._summarise(ended_by)
@@ -283,6 +295,7 @@ class StreamRunner:
             duration_s=round(duration, 3), fps=round(results / duration, 2) if duration > 0 else 0.0,
             source_fps=round(self.capture.fps, 2), latency_ms=lat,
             model_share=round(float(model / c2r), 4) if c2r == c2r and c2r > 0 else float("nan"),
-            ended_by=ended_by, error=cap.error or self.last_error, threads=self.budget.to_dict(),
+            no_image=self._counts["no_image"],
+            ended_by=ended_by, error=cap.error or cap.ended_early or self.last_error, threads=self.budget.to_dict(),
             backend_reason=self.pipeline.classifier.backend_reason,
         )

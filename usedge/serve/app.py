@@ -107,7 +107,7 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
     feed = None
     if runner is not None:
         def observe(pred) -> None:
-            if not pred.frozen:  # a frozen screen repeats the last answer: no model latency to record
+            if pred.state == "live":  # frozen repeats, no-image frames, failed outputs: no model latency
                 metrics.observe_stages("live", pred.latency_ms)
 
         feed = LiveFeed(runner, jpeg_quality=jpeg_quality, observe=observe)

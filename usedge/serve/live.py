@@ -56,14 +56,16 @@ class LiveFeed:
         return "starting"
 
     def latest_json(self) -> dict:
-        """/v1/latest: the newest prediction (no overlay drawn), the stream's state and counters."""
+        """/v1/latest: seq, state (of the loop), image (what the newest result is: live | frozen |
+        no_image | error, null before the first), counters and the newest prediction (no overlay
+        drawn; label and probs null unless live or frozen)."""
         with self._lock:
             seq = self._seq
         pred, _frame, _ = self.runner.latest(overlay=False)
         stats = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.runner.stats().items()
                  if isinstance(v, (int, float, str, bool))}
-        return {"seq": seq, "state": self.state(), "stats": stats,
-                "prediction": pred.to_record(source=False) if pred is not None else None}
+        return {"seq": seq, "state": self.state(), "image": pred.state if pred is not None else None,
+                "stats": stats, "prediction": pred.to_record(source=False) if pred is not None else None}
 
     def _jpeg_for(self) -> tuple[int, bytes] | None:
         """(seq, overlay JPEG) of the newest result, encoded once per result; runs in a worker thread."""

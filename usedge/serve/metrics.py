@@ -42,6 +42,10 @@ class _StreamCollector:
                                      "Frames seen frozen (scanner freeze): last result repeated, no inference.")
         frozen.add_metric([], float(s.get("frozen", 0)))
         yield frozen
+        blank = CounterMetricFamily("usedge_stream_no_image_frames",
+                                    "Frames without a usable image (blank screen, probe in air): no label.")
+        blank.add_metric([], float(s.get("no_image", 0)))
+        yield blank
         errs = CounterMetricFamily("usedge_stream_errors", "Frames the live loop failed to classify.")
         errs.add_metric([], float(s.get("errors", 0)))
         yield errs

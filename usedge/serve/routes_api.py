@@ -13,7 +13,7 @@ import cv2
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from usedge.errors import InputError, UsedgeError
+from usedge.errors import InputError, ModelError, UsedgeError
 from usedge.serve.state import ServeState, state_of
 from usedge.serve.uploads import UploadRejected, decode_upload
 
@@ -76,6 +76,8 @@ def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool
                                       regions=decoded.regions)
     finally:
         st.metrics.inflight.dec()
+    if not pred.has_label:     # the model's output is not a probability distribution (NaN, Inf)
+        raise ModelError(pred.reason)
     st.metrics.observe_stages("upload", pred.latency_ms)
     out = pred.to_record(source=False)
     h, w = decoded.frame.shape[:2]
@@ -114,6 +116,9 @@ async def predict(request: Request, overlay: bool = False, frame: int | None = Q
         return st.error(exc.status, exc.one_line(), kind)
     except InputError as exc:  # the frame decoded but cannot be classified (e.g. no image region)
         return st.error(422, f"upload: {exc.message}" + (f" — {exc.hint}" if exc.hint else ""), "bad_upload")
+    except ModelError as exc:  # the model ran but gave no valid answer (NaN output), or failed to run
+        log.error("predict failed: %s", exc.message)
+        return st.error(500, f"upload: {exc.message}", "model_output")
     except UsedgeError as exc:
         log.error("predict failed: %s", exc.message)
         return st.error(500, "the model failed on this upload — see the server log", "internal")

@@ -1,9 +1,12 @@
 """Scanner screenshots with ground truth, for testing and benchmarking field-of-view detection.
 
-    <out>/frame_00000.png            BGR scanner screen (1280x720 .. 1920x1080)
-    <out>/frame_00000_doppler.png    colour-flow mask (uint8 0/255), only for Doppler frames
-    <out>/frame_00000_fov.png        field-of-view mask (uint8 0/255), only for curved (fan) frames
-    <out>/truth.jsonl                one JSON object per frame (see write_scanner_frames)
+    <out>/frames/frame_00000.png           BGR scanner screen (1280x720 .. 1920x1080)
+    <out>/masks/frame_00000_doppler.png    colour-flow mask (uint8 0/255), only for Doppler frames
+    <out>/masks/frame_00000_fov.png        field-of-view mask (uint8 0/255), only for curved (fan) frames
+    <out>/truth.jsonl                      one JSON object per frame (see write_scanner_frames)
+
+Masks sit in a sibling folder of the frames, so `usedge crop OUT/frames` and `usedge infer
+OUT/frames` see screens only.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ from usedge.synth.scanner import ScannerScreen
 TRUTH_NAME = "truth.jsonl"
 
 
-def _png(path: Path, image: np.ndarray) -> str:
+def _png(out: Path, rel: str, image: np.ndarray) -> str:
+    """Write image to out/rel; return rel (the path truth.jsonl records, relative to out)."""
+    path = out / rel
     ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise OutputError("PNG encoding failed", path=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, buf.tobytes())
-    return path.name
+    return rel
 
 
 def write_scanner_frames(out_dir: str | Path, *, count: int, seed: int = 0, doppler_fraction: float = 0.3,
@@ -38,7 +44,7 @@ def write_scanner_frames(out_dir: str | Path, *, count: int, seed: int = 0, dopp
     """Write `count` scanner screens and truth.jsonl; return the truth path.
 
     Each JSONL line: file, frame_size [W, H], probe, dual, fov_box / fov_boxes / doppler_box
-    ([x, y, w, h] screen pixels), doppler_mask / fov_mask (file name or null), lesion_box (screen
+    ([x, y, w, h] screen pixels), doppler_mask / fov_mask (path or null), lesion_box (screen
     pixels, first view), label, scale (screen px per B-mode px), depth_mm, bmode_size [w, h].
     """
     if count < 1:
@@ -72,10 +78,10 @@ def write_scanner_frames(out_dir: str | Path, *, count: int, seed: int = 0, dopp
             truth = screen.truth()
             fov_mask = truth.pop("fov_mask")
             lesion = mask_bbox(screen.map_mask(mask, 0))
-            rec = {"file": _png(out / f"{stem}.png", frame), **truth,
-                   "doppler_mask": _png(out / f"{stem}_doppler.png", screen.doppler_mask.astype(np.uint8) * 255)
+            rec = {"file": _png(out, f"frames/{stem}.png", frame), **truth,
+                   "doppler_mask": _png(out, f"masks/{stem}_doppler.png", screen.doppler_mask.astype(np.uint8) * 255)
                    if doppler else None,
-                   "fov_mask": _png(out / f"{stem}_fov.png", fov_mask.astype(np.uint8) * 255)
+                   "fov_mask": _png(out, f"masks/{stem}_fov.png", fov_mask.astype(np.uint8) * 255)
                    if probe == "curved" else None,
                    "lesion_box": list(lesion) if lesion else None, "label": label,
                    "bmode_size": [int(bmode.shape[1]), int(bmode.shape[0])]}

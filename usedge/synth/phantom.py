@@ -123,7 +123,8 @@ def lesion_centre_depth_mm(patient: Patient, rng: np.random.Generator) -> float:
     """Depth of the lesion centre below the skin surface (mm), by host layer."""
     t, les = patient.tissue, patient.lesion
     if les.host == "fat":
-        return t.gel_mm + t.dermis_mm + 0.2 + les.half_height_mm + rng.uniform(0, min(max(t.fat_mm - 2 * les.half_height_mm - 1.0, 0.0), 1.0))
+        room = min(max(t.fat_mm - 2 * les.half_height_mm - 1.0, 0.0), 1.0)  # high in the fat, like cysts
+        return t.gel_mm + t.dermis_mm + 0.2 + les.half_height_mm + rng.uniform(0, room)
     if les.host == "dermis":
         return t.gel_mm + max(0.6 * t.dermis_mm, les.half_height_mm + 0.4) + rng.uniform(0, 0.5)
     return t.gel_mm + t.dermis_mm + les.half_height_mm * rng.uniform(0.3, 1.2) + rng.uniform(0, 3.0)

@@ -31,18 +31,24 @@ def grouped_splits(y: np.ndarray, groups: np.ndarray, folds: int = 5, seed: int 
     return list(cv.split(np.zeros(len(y)), y, groups))
 
 
-def probe_score(x: np.ndarray, y: np.ndarray, splits, c: float = 1.0) -> float:
-    """Balanced accuracy of out-of-fold logistic-regression predictions from features x (N x F)."""
+def probe_predict(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, c: float = 1.0) -> np.ndarray:
+    """Class predictions for x[test] of a logistic regression fitted on x[train], y[train]."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     x = np.nan_to_num(np.asarray(x, dtype=np.float64).reshape(len(y), -1))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, class_weight="balanced"))
+    return model.fit(x[train], y[train]).predict(x[test])
+
+
+def probe_score(x: np.ndarray, y: np.ndarray, splits, c: float = 1.0) -> float:
+    """Balanced accuracy of out-of-fold logistic-regression predictions from features x (N x F)."""
+    from sklearn.metrics import balanced_accuracy_score
+
     pred = np.empty_like(y)
     for tr, te in splits:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, class_weight="balanced"))
-        pred[te] = model.fit(x[tr], y[tr]).predict(x[te])
+        pred[te] = probe_predict(x, y, tr, te, c)
     return float(balanced_accuracy_score(y, pred))
 
 

@@ -545,7 +545,7 @@ def check_policy_for_run(policy: Policy, dataset, cfg, where: str = "policy") ->
             refuse("the all-data search ran on other patients than this run's")
 
 
-def _scopes_of_run(policy: Policy, dataset, cfg) -> dict[frozenset, str]:
+def _scopes_of_run(dataset, cfg) -> dict[frozenset, str]:
     """{training patients of each model the run trains: the policy scope it uses}."""
     from usedge.train.cv import final_split, make_splits
 
@@ -585,7 +585,7 @@ def make_train_augmenter(policy: Policy | str | Path, mode: str = "expand", run:
     if run is not None:
         check_policy_for_run(policy, run[0], run[1], where)
         if scopes:
-            by_patients = _scopes_of_run(policy, *run)
+            by_patients = _scopes_of_run(*run)
     elif any(k != "all" for k in scopes):
         raise ConfigError("a per-fold policy needs the training run to pick each fold's sub-policies", path=where,
                           hint="use it through usedge train --policy, or pass run=(dataset, config)")

@@ -150,7 +150,8 @@ def plot_roc(path: Path, fold_results: list[dict], class_names: list[str]) -> No
                 ax.plot(curve["fpr"], curve["tpr"], lw=1.2, label=f"fold {r['fold']} (AUC {curve['auc']:.3f})")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set(title=name, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:   # a class absent from every test fold has no curve
+            ax.legend(loc="lower right", fontsize=8)
     _save_fig(fig, path)
 
 

@@ -50,6 +50,17 @@ function setStatus(text, cls) {
   s.className = "pill " + (cls || "");
 }
 
+// live: the label is this frame's answer; frozen: the scanner is frozen, the label repeats the last
+// live answer; no image: the scanner shows no image, there is no label
+const IMAGE_TEXT = { live: "live", frozen: "frozen", no_image: "no image", error: "model error" };
+
+function setImageState(image, p) {
+  const s = $("image-state");
+  s.textContent = image ? IMAGE_TEXT[image] || image : "—";
+  s.className = "pill " + (image === "live" ? "ok" : (image ? "bad" : ""));
+  s.title = p && p.reason ? p.reason : "";
+}
+
 function smooth(probs, alreadySmoothed) {
   const now = performance.now();
   if (smoothed === null || alreadySmoothed) {
@@ -69,7 +80,15 @@ async function poll() {
     const d = await r.json();
     setStatus(d.state, d.state === "running" ? "ok" : (d.state === "failed" ? "bad" : ""));
     const p = d.prediction;
-    if (p && d.seq !== lastSeq) {
+    setImageState(d.image, p);
+    if (p && d.seq !== lastSeq && p.label === null) {   // no image / model error: no label, no bars
+      lastSeq = d.seq;
+      smoothed = null;
+      makeBars($("live-bars"));
+      $("current-label").textContent = d.image === "no_image" ? "no image" : "no result";
+      $("current-prob").textContent = p.reason || "";
+      $("seq").textContent = String(d.seq);
+    } else if (p && d.seq !== lastSeq) {
       lastSeq = d.seq;
       const s = smooth(p.probs, p.smoothed);
       const best = setBars($("live-bars"), s);

@@ -1,0 +1,44 @@
+"""The frame-quality gate: does the cropped model image show an ultrasound image at all?
+
+A scanner screen can show no image: the screen is blank (scanner off, input lost, a black frame
+between clips), the probe is in air or lifted (the field of view is dark but for a few
+reverberation lines), or no B-mode field of view is found and the whole screen is cropped (menus,
+text on black). Classifying such a frame gives a confident but meaningless label, so the pipeline
+gives it the state `no_image` (no label, no probabilities) instead.
+
+Measured on the uint8 model image (the crop, size x size, before normalisation), two criteria;
+either one means "no usable image":
+
+    contrast   P99 - P1 of the pixel levels < MIN_RANGE levels           (a uniform field of view)
+    echoes     fraction of pixels brighter than P1 + MIN_RANGE < MIN_ECHO  (dark: probe in air, or
+               text and menus on black when no field of view is found and the whole screen is cropped)
+
+Speckle texture (the step between neighbouring pixels) is not a criterion: a small field of view
+upsampled to 224 px is smooth (pydicom's examples_palette.dcm: mean step 0.94 levels at 224 px,
+2.9 at 64 px), so it would refuse real images.
+
+A frame whose every pixel has one value is refused before cropping (`pixels.check_not_blank`).
+The thresholds are far from what real screens give: usedge's synthetic scanner screens and
+pydicom's ultrasound test files (examples_jpeg2k, _rgb_color, _ybr_color, _palette) show a
+contrast of 95-245 levels and 32-99 % echoes at 64 and 224 px
+(tests/test_reliability_faults.py checks that none of them is refused).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MIN_RANGE = 24          # levels (8 bit)
+MIN_ECHO = 0.10         # fraction of the model image
+
+
+def no_image_reason(image: np.ndarray) -> str | None:
+    """Why the uint8 model image holds no usable ultrasound image, or None when it does."""
+    px = np.asarray(image)
+    lo, hi = (float(v) for v in np.percentile(px, [1, 99]))
+    if hi - lo < MIN_RANGE:
+        return f"uniform field of view (contrast {hi - lo:.0f} < {MIN_RANGE} levels)"
+    echo = float((px > lo + MIN_RANGE).mean())
+    if echo < MIN_ECHO:
+        return f"almost no echoes ({echo:.0%} of the field of view; probe in air or lifted?)"
+    return None
