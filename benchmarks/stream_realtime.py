@@ -158,6 +158,8 @@ def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool
         reader = open_source(str(video))
         runner = StreamRunner(FramePipeline(clf, stream=True, regions=reader.regions, freeze=freeze), reader,
                               realtime=True, fps=fps, budget=plan)
+        os_threads = []     # threads of this process while results arrive (decoder, OpenCV and model pools)
+        runner.subscribe(lambda pred, frame, overlay: os_threads.append(len(os.listdir("/proc/self/task"))))
         s = runner.run()
         opencv_threads_seen = cv2.getNumThreads()
     lat = s.latency_ms
@@ -166,7 +168,7 @@ def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool
         "model": model.name, "precision": "int8" if "int8" in model.name else "fp32", "freeze_detect": freeze,
         "threads": threads, "spinning": spinning, "paced_fps": fps, "thread_budget": budget,
         "budget": s.threads, "opencv_threads_seen": opencv_threads_seen, "seconds": s.duration_s,
-        "missed": s.dropped + s.late_skipped,
+        "missed": s.dropped + s.late_skipped, "os_threads_max": max(os_threads, default=None),
         "model_in_loop_vs_alone_p50": round(mdl["p50"] / baseline["p50"], 3),
         "target_met": bool(s.dropped + s.late_skipped == 0 and c2r["p99"] <= 40.0),
         "frames_read": s.frames_read, "late_skipped": s.late_skipped, "processed": s.processed, "dropped": s.dropped,
@@ -187,8 +189,8 @@ def markdown(rows: list[dict], meta: dict, cpu: dict, freeze: dict) -> str:
         "| model | paced fps | thread budget | freeze detect | decoded | skipped by lagging decoder | processed "
         "| dropped in slot | frozen-skipped "
         "| results/s | capture→result p50 / p99 ms | model in loop p50 / p99 ms | model alone p50 ms "
-        "| in loop / alone | crop p50 ms | not-model share (p50) | target (0 missed, p99 ≤ 40 ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| in loop / alone | crop p50 ms | not-model share (p50) | OS threads (max) | target (0 missed, p99 ≤ 40 ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c, m = r["capture_to_result_ms"], r["model_in_loop_ms"]
@@ -199,7 +201,7 @@ def markdown(rows: list[dict], meta: dict, cpu: dict, freeze: dict) -> str:
                      f"{r['dropped']} | {r['frozen_skipped']} | {r['results_fps']:.1f} | {c['p50']:.1f} / {c['p99']:.1f} | "
                      f"{m['p50']:.1f} / {m['p99']:.1f} | {r['model_only_ms']['p50']:.1f} | "
                      f"{r['model_in_loop_vs_alone_p50']:.2f} | {r['crop_ms']['p50']:.1f} | "
-                     f"{r['non_model_share_p50']:.0%} | {'met' if r['target_met'] else 'not met'} |")
+                     f"{r['non_model_share_p50']:.0%} | {r['os_threads_max']} | {'met' if r['target_met'] else 'not met'} |")
     lines += ["", "not-model share = 1 − (model p50 in the loop) / (capture→result p50): crop, normalise, "
               "softmax, smoothing and hand-over. Frozen frames repeat the last result without inference and are "
               "left out of the latency percentiles.", "",
