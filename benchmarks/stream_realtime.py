@@ -94,7 +94,8 @@ def cpu_breakdown(model: Path, video: Path, frames: int = 40) -> dict:
             t = [time.process_time()]
             ok, frame = cap.read()
             t.append(time.process_time())
-            freeze.is_frozen(frame)
+            if not freeze.is_frozen(frame):
+                freeze.keep(frame)          # the reference is the last classified frame, as in the pipeline
             t.append(time.process_time())
             image, info = clf.prepare(frame, cropper=cropper)
             t.append(time.process_time())
@@ -128,6 +129,8 @@ def freeze_accuracy(video: Path, truth: dict) -> dict:
         if not ok:
             break
         said = det.is_frozen(frame)
+        if not said:
+            det.keep(frame)                 # as FramePipeline does: only classified frames are the reference
         if f["frame"] > 0:
             (frozen_mad if f["frozen"] else live_mad).append(det.last_mad)
         fp += int(said and not f["frozen"])
