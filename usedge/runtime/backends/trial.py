@@ -87,26 +87,34 @@ def _summary(medians: dict) -> str:
     return ", ".join(f"{n} {m:.2f} ms" for n, m in sorted(medians.items(), key=lambda kv: kv[1]))
 
 
-def choose_cpu_backend(path: Path, names: list[str], model_sha256: str, options: dict) -> Choice:
-    """Load the fastest of the CPU backends `names` (each available here) for the model at `path`."""
+def _load(name: str, path: Path, options: dict):
+    """A loaded backend; closed again when loading fails (no half-loaded engine left to the collector)."""
     from usedge.runtime.backends import create_backend
 
+    engine = create_backend(name, **options)
+    try:
+        return engine.load(path)
+    except BaseException:
+        engine.close()
+        raise
+
+
+def choose_cpu_backend(path: Path, names: list[str], model_sha256: str, options: dict) -> Choice:
+    """Load the fastest of the CPU backends `names` (each available here) for the model at `path`."""
     if len(names) == 1:
-        return Choice(create_backend(names[0], **options).load(path), f"{names[0]}: the only CPU backend here", {})
+        return Choice(_load(names[0], path, options), f"{names[0]}: the only CPU backend here", {})
     key = trial_key(model_sha256, names, options.get("threads"))
     cached = read_cache().get(key)
     if cached and cached.get("backend") in names:
-        engine = create_backend(cached["backend"], **options).load(path)
+        engine = _load(cached["backend"], path, options)
         return Choice(engine, f"{cached['backend']}: fastest in a cached trial ({_summary(cached['medians_ms'])}; "
                               f"{cache_path()})", cached["medians_ms"])
     t_end = time.perf_counter() + TRIAL_S
     engines, failed = {}, []
     for name in names:
-        engine = create_backend(name, **options)
         try:
-            engines[name] = engine.load(path)
+            engines[name] = _load(name, path, options)
         except UsedgeError as exc:
-            engine.close()
             failed.append(f"{name} failed to start ({exc.message})")
     if not engines:
         raise BackendUnavailable(f"no CPU backend could run this model: {'; '.join(failed)}", path=path,
