@@ -139,7 +139,7 @@ def choose_cpu_backend(path: Path, names: list[str], model_sha256: str, options:
     runs = min(len(v) for v in times.values())
     _write_cache(key, {"backend": best, "medians_ms": medians, "runs": runs, "model_sha256": model_sha256,
                        "when": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    reason = f"{best}: fastest in a {TRIAL_S:.0f} s trial ({_summary(medians)}, {runs} runs each)"
+    reason = f"{best}: fastest in a timed trial ({_summary(medians)}, {runs} runs each)"
     if failed:
         reason += f"; {'; '.join(failed)}"
     return Choice(engines[best], reason, medians)
