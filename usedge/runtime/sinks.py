@@ -136,7 +136,7 @@ class CsvSink(Sink):
 
     def write_error(self, source: str, message: str) -> None:
         row = [""] * len(self.columns)
-        row[0], row[-1] = source, message
+        row[0], row[-2], row[-1] = source, "error", message
         with _output_errors(self.path, self.count):
             self.writer.writerow(row)
             self.fh.flush()
