@@ -120,13 +120,25 @@ def choose_cpu_backend(path: Path, names: list[str], model_sha256: str, options:
         raise BackendUnavailable(f"no CPU backend could run this model: {'; '.join(failed)}", path=path,
                                  hint="see `usedge doctor`")
     x = _trial_input(next(iter(engines.values())))
-    times = {name: [] for name in engines}
-    for engine in engines.values():
-        engine.infer(x)                                     # warm-up: first-call allocations
-    while True:                                             # interleaved rounds: load drifts hit all alike
+    times = {}
+    for name, engine in engines.items():
+        try:
+            engine.infer(x)                                 # warm-up: first-call allocations
+            times[name] = []
+        except Exception as exc:  # noqa: BLE001 - a model that fails at run time on this engine
+            failed.append(f"{name} failed the trial run ({type(exc).__name__})")
+    if not times:
+        # the model fails at run time on every engine: keep the first, whose errors the caller reports per
+        # frame as for any backend; nothing is cached
+        first = next(iter(engines))
         for name, engine in engines.items():
+            if name != first:
+                engine.close()
+        return Choice(engines[first], f"{first}: first CPU backend ({'; '.join(failed)})", {})
+    while True:                                             # interleaved rounds: load drifts hit all alike
+        for name in times:
             t0 = time.perf_counter()
-            engine.infer(x)
+            engines[name].infer(x)
             times[name].append((time.perf_counter() - t0) * 1e3)
         runs = min(len(v) for v in times.values())
         if (runs >= MIN_RUNS and time.perf_counter() >= t_end) or runs >= MAX_RUNS:
