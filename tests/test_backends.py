@@ -13,7 +13,7 @@ from usedge.runtime.backends import BACKENDS, availability, candidate_backends, 
 
 def test_every_backend_answers_available_with_a_reason():
     table = availability()
-    assert set(table) == {"ort-cpu", "ort-cuda", "ort-trt", "ort-trt-rtx", "tensorrt"}
+    assert set(table) == {"ort-cpu", "ort-cuda", "ort-trt", "ort-trt-rtx", "tensorrt", "openvino"}
     for name, (ok, why) in table.items():
         assert isinstance(ok, bool) and why, name
     assert table["ort-cpu"][0]
@@ -32,8 +32,10 @@ def test_engine_needs_tensorrt_backend(tmp_path, runtime_model):
         candidate_backends(engine, "ort-cpu")
     with pytest.raises(ConfigError, match="needs a TensorRT"):
         candidate_backends(runtime_model, "tensorrt")
+    with pytest.raises(ConfigError, match="needs an .onnx"):
+        candidate_backends(engine, "openvino")
     with pytest.raises(ConfigError, match="unknown backend"):
-        candidate_backends(runtime_model, "openvino")
+        candidate_backends(runtime_model, "nonesuch")
     if not BACKENDS["tensorrt"].available()[0]:
         with pytest.raises(BackendUnavailable, match="TensorRT"):
             candidate_backends(engine, "auto")

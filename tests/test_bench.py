@@ -104,6 +104,16 @@ def test_quick_bench_writes_valid_json_md_png(quick_bench):
     assert set(stages["per_stage"]["wall_ms"]) >= {"decode", "crop", "normalise", "model", "post"}
     assert stages["stream"]["processed"] >= 1
     assert {t["target"].split(" (")[0] for t in data["targets"]} >= {"onnxruntime fp32 / torch eager"}
+    # issue 18 items 1, 5, 6: the model in the stream against alone, and the paced stream targets, as rows
+    targets = {t["target"]: t for t in data["targets"]}
+    for name, fps in (("model.onnx", 15), ("model.int8.onnx", 30)):
+        assert targets[f"model in the stream / model alone, {name} (p50 / batch-1 median)"]["aim"] == 1.1
+        dropped = targets[f"stream {name} at {fps} fps: frames dropped or skipped"]
+        assert dropped["passed"] is (dropped["value"] == 0) and dropped["aim"] == 0
+        assert targets[f"stream {name} at {fps} fps: capture-to-result p99 ms"]["aim"] == 40.0
+        paced = data["stages"]["models"][name]["paced"]
+        assert paced["fps"] == fps and paced["frames_read"] + paced["late_skipped"] >= 1
+        assert paced["threads"]["model_threads"] == 1 and paced["threads"]["opencv_threads"] == 1
     md = (out / "bench.md").read_text()
     assert "| ort-cpu/int8 |" in md and "p99" in md and "Stage breakdown" in md
     try:
@@ -141,6 +151,16 @@ def test_cli_quick_without_torch(tmp_path, tiny_onnx_dir):
     assert "torch is not installed" in rows["torch-eager/fp32"]["skipped"]
     assert rows["ort-cpu/int8"]["latency_ms"]["n"] >= 1
     assert not (tmp_path / "o" / "latency.png").exists()
+
+
+def test_cli_targets_are_information_not_errors(tmp_path, tiny_onnx_dir):
+    """Issue 20 item 12: the targets are a table of measured / aim / met, never red 'missed' lines."""
+    res = _usedge(["bench", str(tiny_onnx_dir), "--quick", "--threads", "1", "--no-stages", "--no-plots",
+                   "--rows", "ort-cpu", "--batch", "1", "--out", str(tmp_path / "o")],
+                  {**os.environ, "COLUMNS": "200", "TERM": "xterm-256color", "FORCE_COLOR": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "project targets on this machine (information)" in res.stderr
+    assert "missed" not in res.stderr and "\x1b[31m" not in res.stderr        # no red
 
 
 def test_cli_bad_input_is_one_line(tmp_path):

@@ -20,12 +20,13 @@ FORBIDDEN = ("torch", "torchvision", "usedge.train", "usedge.export", "onnx", "s
 
 @pytest.fixture(scope="module")
 def torchless_env(tmp_path_factory) -> dict:
-    """PYTHONPATH with a `torch` package whose import raises, as on a base install without torch."""
+    """PYTHONPATH with `torch` (and `openvino`) packages whose import raises, as on a base install."""
     block = tmp_path_factory.mktemp("no_torch")
-    for name in ("torch", "torchvision"):
+    for name in ("torch", "torchvision", "openvino"):
         (block / name).mkdir()
         (block / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed (blocked by test_lean)')\n")
-    return {**os.environ, "PYTHONPATH": str(block), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(block), *filter(None, [os.environ.get("PYTHONPATH")])])  # this checkout after the block
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -52,7 +53,7 @@ def test_import_runtime_without_torch(torchless_env):
             "mods = [m.name for m in pkgutil.walk_packages(r.__path__, 'usedge.runtime.')]\n"
             "[importlib.import_module(m) for m in mods]\n"
             "import usedge.cli\n"
-            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'onnx')], 'heavy import'\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'onnx', 'openvino')], 'heavy import'\n"
             "print(len(mods))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=torchless_env, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -72,4 +73,6 @@ def test_infer_image_and_stream_without_torch(torchless_env, runtime_model, runt
                           "--max-frames", "6", "--summary", str(summary)],
                          capture_output=True, text=True, env=torchless_env, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert json.loads(summary.read_text())["frames_read"] == 6
+    ran = json.loads(summary.read_text())
+    assert ran["frames_read"] == 6
+    assert ran["backend_reason"].startswith("ort-cpu: the only CPU backend")   # auto without openvino installed

@@ -8,26 +8,9 @@ import platform
 import sys
 
 from usedge.bench.stats import load_average
+from usedge.runtime.cpu import CPU_FLAGS, cpu_model  # noqa: F401 - re-exported for benchmarks
 
 LIBRARIES = ("numpy", "onnxruntime", "cv2", "onnx", "torch", "openvino", "tensorrt", "pydicom")
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_model() -> tuple[str, list[str]]:
-    """(CPU model name, the SIMD flags that matter to inference kernels) from /proc/cpuinfo."""
-    name, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name") and ":" in line:
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and ":" in line:
-                    have = set(line.split(":", 1)[1].split())
-                    flags = [f for f in CPU_FLAGS if f in have]
-                    break
-    except OSError:
-        pass
-    return name, flags
 
 
 def library_versions() -> dict[str, str | None]:

@@ -104,9 +104,9 @@ def markdown(result: dict) -> str:
                          f"{_f(c.get('p99'))} | {_f(s['model_p50_ms'])} | {_f(100 * s['outside_model_share'], 1)} % |")
         lines += ["", "Stream: the runtime's StreamRunner on the same video (capture thread + latest-frame slot, "
                   "not paced, freeze detection off, no sinks).", ""]
-    lines += ["## Targets (ratios from this run)", "", "| target | measured | aim | met | note |", "|---|---:|---:|---|---|"]
+    lines += ["## Targets (the project's aims, measured in this run; information)", "", "| target | measured | aim | met | note |", "|---|---:|---:|---|---|"]
     for t in result["targets"]:
-        met = {True: "yes", False: "**no**", None: "not measured"}[t["passed"]]
+        met = {True: "yes", False: "no", None: "not measured"}[t["passed"]]
         sign = "<=" if t["better"] == "lower" else ">="
         lines.append(f"| {t['target']} | {_f(t['value'], 3)} | {sign} {t['aim']} | {met} | {t['note']} |")
     skipped = [r for r in result["rows"] if "latency_ms" not in r]

@@ -34,25 +34,31 @@ def scanner_video(work: Path, frames: int, seed: int = 0) -> Path:
 
 
 def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmup: int = 2) -> dict:
-    """Per-stage wall/CPU ms per frame for every frame of `video` on onnxruntime CPU, one after another."""
-    import cv2
-
+    """Per-stage wall/CPU ms per frame for every frame of `video` on onnxruntime CPU, one after another,
+    under the runtime's thread budget (decoding in this thread: no capture thread)."""
     from usedge.runtime.classifier import Classifier
     from usedge.runtime.pipeline import FramePipeline
+    from usedge.runtime.sources import VideoFileReader
+    from usedge.runtime.threads import thread_budget
 
     wall = {s: [] for s in STAGES}
     cpu = {s: [] for s in STAGES}
-    with Classifier.load(model_path, backend="ort-cpu", threads=threads) as clf:
+    budget = thread_budget(model_threads=threads)
+    budget.apply()
+    with Classifier.load(model_path, backend="ort-cpu", threads=budget.model_threads) as clf:
         cropper = FramePipeline(clf, stream=True).cropper      # the stream's crop: layout detected once
-        cap = cv2.VideoCapture(str(video))
-        if not cap.isOpened():
+        cap = VideoFileReader(video)
+        cap.decode_threads = budget.decode_threads
+        try:
+            cap.open()
+        except InputError as exc:
             raise InputError("OpenCV cannot open the benchmark video", path=video,
-                             hint="this OpenCV build lacks a video decoder; run with --no-stages")
+                             hint="this OpenCV build lacks a video decoder; run with --no-stages") from exc
         i = 0
         while True:   # Classifier.predict's stages, one by one, timed in wall and CPU time
             marks = [(time.perf_counter(), time.process_time())]
-            ok, frame = cap.read()
-            if not ok:
+            frame = cap.read()
+            if frame is None:
                 break
             marks.append((time.perf_counter(), time.process_time()))
             image, info = clf.prepare(frame, cropper=cropper)
@@ -68,8 +74,8 @@ def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmu
                     wall[s].append((b[0] - a[0]) * 1e3)
                     cpu[s].append((b[1] - a[1]) * 1e3)
             i += 1
-        cap.release()
-    result = {"frames": len(wall["decode"]), "wall_ms": {}, "cpu_ms": {}}
+        cap.close()
+    result = {"frames": len(wall["decode"]), "wall_ms": {}, "cpu_ms": {}, "threads": budget.to_dict()}
     for key, data in (("wall_ms", wall), ("cpu_ms", cpu)):
         med = {s: round(float(np.median(v)), 3) if v else float("nan") for s, v in data.items()}
         total = float(sum(med.values()))
@@ -89,13 +95,40 @@ def stream_figure(model_path: Path, video: Path, *, threads: int | None) -> dict
     from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.sources import VideoFileReader
     from usedge.runtime.stream import StreamRunner
+    from usedge.runtime.threads import thread_budget
 
-    with Classifier.load(model_path, backend="ort-cpu", threads=threads) as clf:
+    budget = thread_budget(capture_threads=1, model_threads=threads)
+    with Classifier.load(model_path, backend="ort-cpu", threads=budget.model_threads) as clf:
         reader = VideoFileReader(video)
-        summary = StreamRunner(FramePipeline(clf, stream=True, regions=reader.regions), reader).run()
+        summary = StreamRunner(FramePipeline(clf, stream=True, regions=reader.regions), reader, budget=budget).run()
     lat = summary.latency_ms
     model_p50 = lat.get("model", {}).get("p50", float("nan"))
     c2r = lat.get("capture_to_result", {}).get("p50", float("nan"))
     return {"processed": summary.processed, "fps": round(summary.fps, 2), "latency_ms": lat,
-            "model_p50_ms": model_p50, "capture_to_result_p50_ms": c2r,
+            "model_p50_ms": model_p50, "capture_to_result_p50_ms": c2r, "threads": summary.threads,
             "outside_model_share": round(1 - model_p50 / c2r, 4) if c2r else float("nan")}
+
+
+#: the stream targets (issue 18 item 5): the source rate each model must keep up with, paced like a scanner
+PACED_FPS = {"model.int8.onnx": 30.0, "model.onnx": 15.0}
+
+
+def paced_stream(model_path: Path, video: Path, *, threads: int | None, fps: float) -> dict:
+    """The stream target run: `video` paced at `fps` like a live scanner (frames the loop has not taken in time
+    are dropped), freeze detection off (every frame needs a result), no sinks."""
+    from usedge.runtime.classifier import Classifier
+    from usedge.runtime.pipeline import FramePipeline
+    from usedge.runtime.sources import VideoFileReader
+    from usedge.runtime.stream import StreamRunner
+    from usedge.runtime.threads import thread_budget
+
+    budget = thread_budget(capture_threads=1, model_threads=threads)
+    with Classifier.load(model_path, backend="ort-cpu", threads=budget.model_threads) as clf:
+        reader = VideoFileReader(video)
+        summary = StreamRunner(FramePipeline(clf, stream=True, regions=reader.regions), reader, realtime=True,
+                               fps=fps, budget=budget).run()
+    c2r = summary.latency_ms.get("capture_to_result", {})
+    return {"fps": fps, "seconds": round(summary.duration_s, 2), "frames_read": summary.frames_read,
+            "late_skipped": summary.late_skipped, "processed": summary.processed, "dropped": summary.dropped,
+            "missed": summary.dropped + summary.late_skipped, "capture_to_result_ms": c2r,
+            "model_ms": summary.latency_ms.get("model", {}), "threads": summary.threads}

@@ -88,7 +88,7 @@ class _StatusLine:
 def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smooth: bool, smooth_window: int,
                   freeze: bool, record: Optional[Path], show: bool, jsonl: Optional[str], fmt: str, out: Optional[str],
                   max_frames: Optional[int], max_reconnects: Optional[int], idle_timeout: Optional[float],
-                  cam: bool, summary_path: Optional[Path], quiet: bool, status: Optional[bool]) -> int:
+                  cam: bool, summary_path: Optional[Path], quiet: bool, status: Optional[bool], budget) -> int:
     from usedge.fileio import write_json_atomic
     from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, results_sink
@@ -109,7 +109,7 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
         pipeline = FramePipeline(clf, sinks, stream=True, regions=reader.regions, freeze=freeze,
                                  smooth=smooth_window if smooth else None, cam=cam)
         runner = StreamRunner(pipeline, reader, realtime=realtime, fps=fps, max_frames=max_frames,
-                              max_reconnects=max_reconnects)
+                              max_reconnects=max_reconnects, budget=budget)
         if status if status is not None else (not quiet and sys.stderr.isatty()):
             line = _StatusLine(runner, force=bool(status))
             runner.subscribe(line)
@@ -167,9 +167,9 @@ def infer(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="results file ('-' = stdout, the default for files)"),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="save annotated images in this folder"),
     cam: bool = typer.Option(False, "--cam", help="draw the class activation map (models exported with CAM)"),
-    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | "
+    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | openvino | ort-cuda | ort-trt | "
                                  "ort-trt-rtx (TensorRT for RTX, pip extra rtx) | tensorrt"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: all cores)"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="model engine intra-op threads (default: the thread budget, see docs/runtime.md)"),
     spinning: bool = typer.Option(False, "--spinning/--no-spinning", help="onnxruntime busy-waits between ops"),
     ort_opt_level: str = typer.Option("all", "--ort-opt-level", help="onnxruntime graph optimisation: disable | "
                                       "basic | extended | all"),
@@ -197,6 +197,7 @@ def infer(
     from usedge.errors import ConfigError
     from usedge.runtime.classifier import Classifier
     from usedge.runtime.model_info import model_card_line
+    from usedge.runtime.threads import thread_budget
 
     if fmt not in ("jsonl", "csv"):
         raise ConfigError(f"unknown --format '{fmt}'", hint="use jsonl or csv")
@@ -210,7 +211,9 @@ def infer(
                                       max_reconnects=max_reconnects is not None, idle_timeout=idle_timeout is not None,
                                       fps=fps is not None, status=status is not None)
     ort_opt_level = deprecated(ort_opt_level, opt_level, old="--opt-level", new="--ort-opt-level", default="all")
-    clf = Classifier.load(model, backend, threads=threads, spinning=spinning, opt_level=ort_opt_level, verify=verify)
+    budget = thread_budget(capture_threads=0 if stream is None else 1, model_threads=threads, spinning=spinning)
+    clf = Classifier.load(model, backend, threads=budget.model_threads, spinning=budget.spinning,
+                          opt_level=ort_opt_level, verify=verify)
     if not quiet:
         _err(f"usedge: {model.name} on {clf.describe()}" + (f" [{clf.backend_reason}]" if clf.backend_reason else ""))
         _err(f"usedge: model card: {model_card_line(clf.info)}")
@@ -223,7 +226,7 @@ def infer(
             code = _infer_stream(clf, stream, realtime=realtime, fps=fps, smooth=smooth, smooth_window=smooth_window,
                                  freeze=freeze, record=record, show=show, jsonl=jsonl, fmt=fmt, out=out,
                                  max_frames=max_frames, max_reconnects=max_reconnects, idle_timeout=idle_timeout,
-                                 cam=cam, summary_path=summary, quiet=quiet, status=status)
+                                 cam=cam, summary_path=summary, quiet=quiet, status=status, budget=budget)
     finally:
         clf.close()
     if code:

@@ -18,10 +18,12 @@ import numpy as np
 
 from usedge.errors import BackendUnavailable, ModelError, NoImage, UsedgeError
 from usedge.fileio import sha256_file
-from usedge.runtime.backends import Backend, candidate_backends, create_backend
+from usedge.runtime.backends import CPU_BACKENDS, Backend, candidate_backends, create_backend
+from usedge.runtime.backends.trial import choose_cpu_backend
 from usedge.runtime.crop import CropInfo, prepare
 from usedge.runtime.model_info import ModelInfo, model_info_from_metadata
 from usedge.runtime.preprocess import PreprocessSpec, normalise
+from usedge.runtime.threads import thread_budget
 
 #: frame (H x W or H x W x C, any dtype) -> (uint8 size x size model image, where it came from)
 Cropper = Callable[[np.ndarray], tuple[np.ndarray, CropInfo]]
@@ -165,27 +167,44 @@ class Classifier:
              opt_level: str = "all", device_id: int = 0, verify: bool = True) -> "Classifier":
         """Load model.onnx / model.int8.onnx / model.fp16.onnx or a TensorRT engine (with sidecar).
 
-        backend: see `usedge.runtime.backends.BACKEND_NAMES`; `auto` picks the fastest that works here.
-        threads: onnxruntime intra-op threads (None: all cores); spinning: busy-wait between ops.
+        backend: see `usedge.runtime.backends.BACKEND_NAMES`; `auto` takes the first GPU backend that starts,
+        else the fastest CPU backend by a short timed trial cached per model and machine (backends/trial.py);
+        `backend_reason` says which and why.
+        threads: the engine's intra-op threads (None: `thread_budget().model_threads`, every usable core, set
+        explicitly so onnxruntime never pins its pool); spinning: busy-wait between ops.
         verify: refuse a file whose weights digest (engine: sha256 in its sidecar) does not match.
         """
         path = Path(path)
         if not path.is_file():
             raise ModelError("model file not found", path=path,
                              hint="pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`")
+        if threads is None:
+            threads = thread_budget().model_threads
         options = {"threads": threads, "spinning": spinning, "opt_level": opt_level, "device_id": device_id}
+        digest = ""
+        candidates = candidate_backends(path, backend)
+        # auto: GPU backends in order; the CPU backends are chosen among by a timed trial (backends/trial.py)
+        cpu = [name for name, _ in candidates if name in CPU_BACKENDS] if backend == "auto" else []
         failed: list[str] = []
-        for name, reason in candidate_backends(path, backend):
+        engine, name, reason = None, "", ""
+        for name, reason in candidates:
+            if name in cpu:
+                break
             engine = create_backend(name, **options)
             try:
                 engine.load(path)
                 break
             except BaseException as exc:
                 engine.close()
+                engine = None
                 if backend != "auto" or not isinstance(exc, BackendUnavailable):
                     raise
                 failed.append(f"{name} failed to start ({exc.message})")  # e.g. the TensorRT EP without its libraries
-        else:
+        if engine is None and cpu:
+            digest = sha256_file(path)
+            choice = choose_cpu_backend(path, cpu, digest, options)
+            engine, name, reason = choice.engine, choice.engine.name, choice.reason
+        if engine is None:
             raise BackendUnavailable(f"no backend could run this model: {'; '.join(failed)}", path=path,
                                      hint="see `usedge doctor`")
         if failed:
@@ -199,8 +218,13 @@ class Classifier:
         except ModelError:
             engine.close()
             raise
-        return cls(engine, info, sha256_file(path), reason if backend == "auto" else "asked for",
+        return cls(engine, info, digest or sha256_file(path), reason if backend == "auto" else "asked for",
                    {"path": path, "backend": name, "verify": verify, **options})
+
+    @property
+    def threads(self) -> int | None:
+        """The engine's intra-op threads this Classifier was loaded with."""
+        return self._load_options.get("threads")
 
     @property
     def thread_safe(self) -> bool:

@@ -25,6 +25,7 @@ PACKAGES = [  # (distribution names to try, what it is for)
     (("onnxruntime-ep-nv-tensorrt-rtx-cu13", "onnxruntime-ep-nv-tensorrt-rtx-cu12"),
      "TensorRT for RTX plugin for the plain onnxruntime (rtx)"),
     (("cuda-python", "cuda-bindings"), "CUDA buffers/streams for TensorRT (gpu)"),
+    (("openvino",), "OpenVINO CPU backend (openvino)"),
     (("torch",), "training/export only: never imported by the runtime"),
 ]
 
@@ -62,6 +63,20 @@ def backend_checks() -> list[Check]:
     from usedge.runtime.backends import availability
 
     return [Check("backends", name, ok, why) for name, (ok, why) in availability().items()]
+
+
+def trial_checks() -> list[Check]:
+    """`--backend auto`'s cached CPU trials for this machine (backends/trial.py): which model ran fastest where."""
+    from usedge.runtime.backends.trial import cache_path, read_cache
+    from usedge.runtime.cpu import machine_key
+
+    here = machine_key()
+    entries = [e for k, e in read_cache().items() if f" | {here} | " in k]
+    if not entries:
+        return [Check("auto backend", "CPU trial cache", True, f"no trial on this machine yet ({cache_path()})")]
+    return [Check("auto backend", f"model {e.get('model_sha256', '?')[:12]}", True,
+                  f"{e['backend']} ({', '.join(f'{n} {m:.2f} ms' for n, m in e['medians_ms'].items())}; {e.get('when', '')})")
+            for e in entries]
 
 
 def provider_checks() -> list[Check]:
@@ -149,5 +164,5 @@ def run_checks(model=None) -> list[Check]:
     """Everything `usedge doctor [MODEL]` prints, in order."""
     info = [Check("system", "python", True, f"{platform.python_version()} ({sys.executable})"),
             Check("system", "platform", True, f"{platform.platform()}, {os.cpu_count()} CPU cores")]
-    return (info + package_checks() + provider_checks() + backend_checks() + gpu_checks() + video_checks()
-            + dicom_checks() + (model_checks(model) if model is not None else []))
+    return (info + package_checks() + provider_checks() + backend_checks() + trial_checks() + gpu_checks()
+            + video_checks() + dicom_checks() + (model_checks(model) if model is not None else []))

@@ -86,6 +86,7 @@ class FrameReader:
     name = ""
     fps: float | None = None
     regions: list | None = None     # DICOM ultrasound region boxes, when the source has them
+    decode_threads: int | None = None   # decoder threads (a video file's FFmpeg); None: OpenCV's default
 
     def open(self) -> None:
         raise NotImplementedError
@@ -164,7 +165,8 @@ class VideoFileReader(FrameReader):
         self.ended_early = ""
 
     def open(self) -> None:
-        self.cap = cv2.VideoCapture(str(self.path))
+        params = [cv2.CAP_PROP_N_THREADS, int(self.decode_threads)] if self.decode_threads else []
+        self.cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, params) if params else cv2.VideoCapture(str(self.path))
         if not self.cap.isOpened():
             raise InputError("cannot open this video", path=self.path,
                              hint="check the file and that OpenCV's ffmpeg can decode its codec")

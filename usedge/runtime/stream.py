@@ -26,6 +26,7 @@ from usedge.runtime.classifier import STAGES as MODEL_STAGES, Prediction
 from usedge.runtime.pipeline import FramePipeline
 from usedge.runtime.sinks import CallbackSink
 from usedge.runtime.sources import CaptureThread, FrameReader, LatestFrameSlot
+from usedge.runtime.threads import ThreadBudget, thread_budget
 
 STAGES = ("wait", *MODEL_STAGES, "total", "capture_to_result")
 MAX_SAMPLES = 200_000        # latency samples kept per stage (about 2 h at 30 fps)
@@ -66,6 +67,8 @@ class StreamSummary:
     # end of source | ended early | max frames | interrupted | stopped | source failed | output failed
     ended_by: str = "end of source"
     error: str = ""
+    threads: dict = field(default_factory=dict)     # the ThreadBudget the run used (threads.py)
+    backend_reason: str = ""                        # why this backend (auto: the measured trial)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +81,10 @@ class StreamSummary:
                f"{self.fps:.1f} fps over {self.duration_s:.1f} s ({self.ended_by})"]
         for stage, p in self.latency_ms.items():
             out.append(f"  {stage:<18} p50 {p['p50']:8.2f}  p90 {p['p90']:8.2f}  p99 {p['p99']:8.2f} ms")
+        if self.threads:
+            out.append("  " + ThreadBudget(**self.threads).line())
+        if self.backend_reason:
+            out.append(f"  backend: {self.backend_reason}")
         if self.reconnects:
             out.append(f"  reconnects: {self.reconnects}")
         if self.error:
@@ -89,12 +96,16 @@ class StreamRunner:
     """Runs one live source through one FramePipeline (built by the caller), in the latest-frame loop.
 
     realtime: pace a file source at its frame rate (frames the model cannot keep up with are dropped).
+    budget: the thread budget (threads.py); default: one capture thread beside the model's threads as the
+        classifier was loaded. `run` applies it (OpenCV's thread count, the reader's decoder threads).
     """
 
     def __init__(self, pipeline: FramePipeline, reader: FrameReader, *, realtime: bool = False,
-                 fps: float | None = None, max_frames: int | None = None, max_reconnects: int | None = None) -> None:
+                 fps: float | None = None, max_frames: int | None = None, max_reconnects: int | None = None,
+                 budget: ThreadBudget | None = None) -> None:
         self.pipeline = pipeline
         self.reader = reader
+        self.budget = budget or thread_budget(capture_threads=1, model_threads=pipeline.classifier.threads)
         self.realtime, self.fps = realtime, fps
         self.max_frames = max_frames
         self.max_reconnects = max_reconnects
@@ -211,6 +222,8 @@ class StreamRunner:
 
     def run(self) -> StreamSummary:
         """Blocking: run until the source ends, max_frames, stop(), a sink asks to quit, or Ctrl-C."""
+        self.budget.apply()
+        self.reader.decode_threads = self.budget.decode_threads
         self.capture = CaptureThread(self.reader, self.slot, realtime=self.realtime, fps=self.fps,
                                      stop=self.stop_event, max_frames=self.max_frames,
                                      max_reconnects=self.max_reconnects)
@@ -283,5 +296,6 @@ class StreamRunner:
             source_fps=round(self.capture.fps, 2), latency_ms=lat,
             model_share=round(float(model / c2r), 4) if c2r == c2r and c2r > 0 else float("nan"),
             no_image=self._counts["no_image"],
-            ended_by=ended_by, error=cap.error or cap.ended_early or self.last_error,
+            ended_by=ended_by, error=cap.error or cap.ended_early or self.last_error, threads=self.budget.to_dict(),
+            backend_reason=self.pipeline.classifier.backend_reason,
         )

@@ -5,6 +5,10 @@
     ort-trt   onnxruntime TensorrtExecutionProvider (onnxruntime-gpu + TensorRT libraries)
     ort-trt-rtx TensorRT for RTX plugin EP on the plain onnxruntime (usedge[rtx]; RTX-class GPU)
     tensorrt  native TensorRT engine + sidecar     (tensorrt + cuda-python: usedge[gpu])
+    openvino  OpenVINO CPU plugin, latency hint    (usedge[openvino])
+
+`auto` on an ONNX takes the first GPU backend that starts, in ARCHITECTURE.md's order; without one
+it chooses among the CPU backends by a short timed trial cached per model and machine (trial.py).
 """
 
 from __future__ import annotations
@@ -13,17 +17,19 @@ from pathlib import Path
 
 from usedge.errors import BackendUnavailable, ConfigError
 from usedge.runtime.backends.base import Backend, TensorSpec
+from usedge.runtime.backends.openvino import OpenVINOBackend
 from usedge.runtime.backends.ort import ORT_PROVIDERS
 from usedge.runtime.backends.rtx import RTX_ROW
 from usedge.runtime.backends.tensorrt import TensorRTBackend
 
 #: name -> a factory of backends with `available()` and `artifact`: an onnxruntime row or a Backend class
-BACKENDS = {**ORT_PROVIDERS, RTX_ROW.name: RTX_ROW, "tensorrt": TensorRTBackend}
+BACKENDS = {**ORT_PROVIDERS, RTX_ROW.name: RTX_ROW, "tensorrt": TensorRTBackend, "openvino": OpenVINOBackend}
 BACKEND_NAMES = ("auto", *BACKENDS)
 ENGINE_SUFFIXES = {".engine", ".plan", ".trt"}
 # Fastest first (ARCHITECTURE.md): a TensorRT engine, then TensorRT for RTX (pip only, RTX-class GPUs),
-# ORT's TensorRT EP, CUDA EP, CPU.
-ONNX_PREFERENCE = ("ort-trt-rtx", "ort-trt", "ort-cuda", "ort-cpu")
+# ORT's TensorRT EP, CUDA EP; then the CPU engines, between which `auto` chooses by measurement (trial.py).
+ONNX_PREFERENCE = ("ort-trt-rtx", "ort-trt", "ort-cuda", "ort-cpu", "openvino")
+CPU_BACKENDS = ("ort-cpu", "openvino")
 
 
 def artifact_kind(path: str | Path) -> str:
@@ -79,5 +85,5 @@ def create_backend(name: str, **options) -> Backend:
     return BACKENDS[name](**options)
 
 
-__all__ = ["Backend", "BACKENDS", "BACKEND_NAMES", "TensorSpec", "availability", "artifact_kind", "candidate_backends",
+__all__ = ["Backend", "BACKENDS", "BACKEND_NAMES", "CPU_BACKENDS", "TensorSpec", "availability", "artifact_kind", "candidate_backends",
            "create_backend"]

@@ -1,0 +1,113 @@
+"""The OpenVINO backend against onnxruntime on a real exported model, and `--backend auto`'s cached CPU trial."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from usedge.runtime.backends import BACKENDS, create_backend
+from usedge.runtime.backends.trial import cache_path, read_cache
+from usedge.runtime.classifier import Classifier
+
+pytest.importorskip("openvino")
+
+# fp32 kernels: both engines compute the same fp32 graph with different summation orders / conv algorithms
+# (Winograd, blocked layouts); the softmax outputs then differ by a few float32 ulps of the logits' scale.
+# 1e-4 absolute on a probability is far above that and far below any difference that changes a decision.
+PROB_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def frames(runtime_images):
+    return [cv2.imread(str(p)) for p in sorted(runtime_images.glob("*.png"))]
+
+
+def test_openvino_declares_the_same_model_as_onnxruntime(runtime_model):
+    with create_backend("openvino", threads=1).load(runtime_model) as ov, \
+            create_backend("ort-cpu", threads=1).load(runtime_model) as ort:
+        assert ov.metadata == ort.metadata                       # usedge metadata and weights digest, byte for byte
+        assert [(s.name, s.dtype) for s in ov.inputs] == [(s.name, s.dtype) for s in ort.inputs]
+        assert [(s.name, s.dtype) for s in ov.outputs] == [(s.name, s.dtype) for s in ort.outputs]
+        assert ov.inputs[0].shape[1:] == tuple(ort.inputs[0].shape[1:])
+        assert ov.inputs[0].shape[0] is None                     # dynamic batch
+        assert ov.thread_safe and BACKENDS["openvino"].artifact == "onnx"
+
+
+def test_openvino_gives_onnxruntimes_answers(runtime_model, frames):
+    with Classifier.load(runtime_model, "openvino", threads=1) as ov, \
+            Classifier.load(runtime_model, "ort-cpu", threads=1) as ort:
+        assert ov.backend.name == "openvino" and ov.backend_reason == "asked for"
+        for frame in frames:
+            a, b = ov.predict(frame), ort.predict(frame)
+            assert a.label == b.label
+            assert np.allclose(list(a.probs.values()), list(b.probs.values()), atol=PROB_ATOL, rtol=0)
+            assert a.cam is not None and a.cam.shape == b.cam.shape
+        batch = ort.normalise([ort.prepare(f)[0] for f in frames])
+        out_a, out_b = ov.run_model(batch), ort.run_model(batch)
+        assert np.allclose(out_a["probs"], out_b["probs"], atol=PROB_ATOL, rtol=0)
+
+
+def test_openvino_is_thread_safe_as_declared(runtime_model, frames):
+    with Classifier.load(runtime_model, "openvino", threads=1) as clf:
+        assert clf.for_another_thread() is clf
+        want = [clf.predict(f).probs for f in frames]
+        got, errors = {}, []
+
+        def work(k):
+            try:
+                got[k] = [clf.predict(f).probs for f in frames]
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert not errors and all(got[k] == want for k in range(3))
+
+
+def test_auto_chooses_by_a_trial_and_caches_it(runtime_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("USEDGE_CACHE_DIR", str(tmp_path))
+    with Classifier.load(runtime_model, "auto", threads=1) as first:
+        chosen = first.backend.name
+        assert chosen in ("ort-cpu", "openvino")
+        assert "trial" in first.backend_reason and "cached" not in first.backend_reason
+    entries = read_cache()
+    assert cache_path() == tmp_path / "backend_choice.json" and len(entries) == 1
+    (key, entry), = entries.items()
+    assert entry["backend"] == chosen and set(entry["medians_ms"]) == {"ort-cpu", "openvino"}
+    assert first.model_sha256 in key and "cores" in key
+
+    with Classifier.load(runtime_model, "auto", threads=1) as second:          # read from the cache, no trial
+        assert second.backend.name == chosen and "cached trial" in second.backend_reason
+
+    other = "openvino" if chosen == "ort-cpu" else "ort-cpu"                   # the cache decides, not the order
+    data = json.loads(cache_path().read_text())
+    data["entries"][key]["backend"] = other
+    cache_path().write_text(json.dumps(data))
+    with Classifier.load(runtime_model, "auto", threads=1) as third:
+        assert third.backend.name == other
+
+    with Classifier.load(runtime_model, "ort-cpu", threads=1) as forced:       # --backend overrides
+        assert forced.backend.name == "ort-cpu" and forced.backend_reason == "asked for"
+
+
+def test_a_damaged_cache_means_a_new_trial(runtime_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("USEDGE_CACHE_DIR", str(tmp_path))
+    cache_path().write_text("{not json")
+    with Classifier.load(runtime_model, "auto", threads=1) as clf:
+        assert "cached" not in clf.backend_reason
+    assert len(read_cache()) == 1
+
+
+def test_doctor_reports_the_cached_choice(runtime_model, tmp_path, monkeypatch):
+    from usedge.runtime.doctor import run_checks
+
+    monkeypatch.setenv("USEDGE_CACHE_DIR", str(tmp_path))
+    with Classifier.load(runtime_model, "auto", threads=1) as clf:
+        chosen, digest = clf.backend.name, clf.model_sha256
+    rows = [c for c in run_checks() if c.section == "auto backend"]
+    assert any(c.name == f"model {digest[:12]}" and c.detail.startswith(chosen) for c in rows)

@@ -1,0 +1,67 @@
+"""The thread budget (usedge.runtime.threads): the rule, and that a stream runs with it (no timing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from usedge.runtime.classifier import Classifier
+from usedge.runtime.cpu import usable_cores
+from usedge.runtime.pipeline import FramePipeline
+from usedge.runtime.sources import VideoFileReader
+from usedge.runtime.stream import StreamRunner
+from usedge.runtime.threads import ThreadBudget, thread_budget
+
+
+@pytest.mark.parametrize("cores, capture, model", [(1, 1, 1), (2, 1, 2), (2, 0, 2), (3, 1, 2), (8, 1, 7), (8, 0, 8)])
+def test_model_gets_every_core_it_can_use(cores, capture, model):
+    b = thread_budget(cores, capture)
+    assert (b.model_threads, b.opencv_threads, b.decode_threads) == (model, 1, 1)
+
+
+def test_explicit_threads_and_spinning_only_with_a_spare_core():
+    assert thread_budget(2, 1, model_threads=1).model_threads == 1
+    assert not thread_budget(2, 1, spinning=True).spinning          # both cores go to the model
+    assert thread_budget(8, 1, model_threads=6, spinning=True).spinning
+    assert thread_budget(None).cores == usable_cores()
+
+
+def test_stream_runs_under_its_budget(runtime_model, runtime_video):
+    """The model stage's session has the budget's intra-op threads, OpenCV and the decoder theirs, and the
+    summary reports the budget."""
+    budget = thread_budget(capture_threads=1)
+    seen = []
+    with Classifier.load(runtime_model, backend="ort-cpu", threads=budget.model_threads) as clf:
+        reader = VideoFileReader(runtime_video)
+        runner = StreamRunner(FramePipeline(clf, stream=True), reader, budget=budget)
+        runner.subscribe(lambda pred, frame, overlay: seen.append(
+            (cv2.getNumThreads(), reader.cap.get(cv2.CAP_PROP_N_THREADS) if reader.cap is not None else None)))
+        summary = runner.run()
+        opts = clf.backend.session.get_session_options()
+    assert opts.intra_op_num_threads == budget.model_threads
+    assert opts.inter_op_num_threads == 1
+    assert seen and seen[0] == (budget.opencv_threads, float(budget.decode_threads))
+    assert summary.threads == budget.to_dict()
+    assert any(line.strip().startswith("threads: model") for line in summary.lines())
+
+
+def test_default_load_sets_threads_explicitly(runtime_model):
+    """threads=None is the budget's model threads, set explicitly (onnxruntime's 0 would pin its pool)."""
+    with Classifier.load(runtime_model, backend="ort-cpu") as clf:
+        assert clf.backend.session.get_session_options().intra_op_num_threads == thread_budget().model_threads
+        runner = StreamRunner(FramePipeline(clf, stream=True), VideoFileReader("unused.mp4"))
+        assert runner.budget == thread_budget(capture_threads=1, model_threads=clf.threads)
+
+
+def test_cli_stream_summary_reports_the_budget(runtime_model, runtime_video, tmp_path):
+    out = tmp_path / "summary.json"
+    res = subprocess.run([sys.executable, "-m", "usedge", "infer", str(runtime_model), "--stream", str(runtime_video),
+                          "--max-frames", "5", "--summary", str(out), "--quiet"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    threads = json.loads(out.read_text())["threads"]
+    assert ThreadBudget(**threads) == thread_budget(capture_threads=1)

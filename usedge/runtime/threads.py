@@ -1,0 +1,69 @@
+"""The thread budget: how many threads the model engine, OpenCV and the video decoder may use.
+
+On a small machine (2 cores) the stream runs three kinds of threads at once: the capture thread
+(FFmpeg decoding a 1080p frame), the loop thread's OpenCV calls (crop, resize) and the model
+engine's intra-op pool. Left to their defaults each sizes itself to every core: FFmpeg starts one
+decoder thread per core, OpenCV's `parallel_for` pool one worker per core, onnxruntime one
+intra-op thread per physical core (pinned to cores when the count is left at 0). A parallel
+operator of the model then waits for its slowest worker, and a worker that shares a core with a
+decoder or OpenCV worker is the slowest: the model ran 1.5-1.8x slower in the pipeline than alone
+(issue 18). The budget gives the model every core it can use and keeps everything else on one
+thread each, so the other work is small and never a pool that competes with the model's:
+
+    model_threads   the engine's intra-op threads: cores - capture threads when that leaves at least 2,
+                    else every core (2 cores: both, the decoder's ~2 ms per frame interleaves)
+    opencv_threads  1: crop and resize of one region of interest run inline, no pool to wake
+    decode_threads  1 per capture thread (FFmpeg frame threading off: no extra threads, no frame delay)
+    spinning        busy-waiting between ops only when a core is left over for the capture thread
+
+`thread_budget()` computes it; `ThreadBudget.apply()` sets OpenCV's count for the process;
+`Classifier.load(threads=budget.model_threads)` and a reader's `decode_threads` take the rest.
+The stream summary reports the budget it ran with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from usedge.runtime.cpu import usable_cores
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """Threads per consumer for one process (see the module docstring)."""
+
+    cores: int
+    capture_threads: int
+    model_threads: int
+    opencv_threads: int
+    decode_threads: int
+    spinning: bool
+
+    def apply(self) -> None:
+        """Set OpenCV's thread count for this process (`cv2.setNumThreads` is process-wide)."""
+        import cv2
+
+        cv2.setNumThreads(self.opencv_threads)
+
+    def line(self) -> str:
+        spin = ", spinning" if self.spinning else ""
+        return (f"threads: model {self.model_threads}, opencv {self.opencv_threads}, decode {self.decode_threads} "
+                f"x {self.capture_threads} capture{spin} on {self.cores} cores")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def thread_budget(cores: int | None = None, capture_threads: int = 0, *, model_threads: int | None = None,
+                  spinning: bool = False) -> ThreadBudget:
+    """The budget for `cores` (default: this process's usable cores) with `capture_threads` decoding beside
+    the model. model_threads: an explicit choice (--threads) instead of the rule; spinning: asked for, and
+    granted only when a core is left for the capture threads."""
+    cores = max(1, int(cores or usable_cores()))
+    capture_threads = max(0, int(capture_threads))
+    if model_threads is None:
+        model_threads = cores - capture_threads if cores - capture_threads >= 2 else cores
+    model_threads = max(1, int(model_threads))
+    spare = cores - model_threads - capture_threads
+    return ThreadBudget(cores=cores, capture_threads=capture_threads, model_threads=model_threads, opencv_threads=1,
+                        decode_threads=1, spinning=bool(spinning and (capture_threads == 0 or spare >= 1)))
