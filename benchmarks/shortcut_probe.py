@@ -41,7 +41,7 @@ def train_command(data: Path, run: Path) -> list[str]:
 
     c = DemoConfig()
     return [sys.executable, "-m", "usedge", "train", str(data), "--out", str(run), "--image-size", str(c.image_size),
-            "--epochs", str(c.epochs), "--step-size", str(c.step_size), "--lr", str(c.lr), "--folds", str(c.folds),
+            "--epochs", str(c.epochs), "--lr", str(c.lr), "--folds", str(c.folds),
             "--seed", str(c.seed), "--no-final-model", "-q"]
 
 

@@ -45,6 +45,18 @@ def _connect(base: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=5)
 
 
+def _read_answer(s: socket.socket) -> bytes:
+    """The whole answer: headers and body may come in separate segments; the server closes after it."""
+    data = b""
+    s.settimeout(2.0)
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except OSError:   # timeout or reset: what arrived is the answer
+        pass
+    return data
+
+
 def _trickle(socks: list[socket.socket], payload: bytes) -> dict[socket.socket, bytes]:
     """Send one byte of `payload` to every still-open socket every 0.3 s until each has an answer."""
     answers: dict[socket.socket, bytes] = {}
@@ -52,7 +64,7 @@ def _trickle(socks: list[socket.socket], payload: bytes) -> dict[socket.socket, 
     while len(answers) < len(socks) and time.monotonic() < end:
         readable, _, _ = select.select([s for s in socks if s not in answers], [], [], 0.3)
         for s in readable:
-            answers[s] = s.recv(65536)
+            answers[s] = _read_answer(s)
         for s in socks:
             if s not in answers:
                 try:
