@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= train,export,serve,dev
+EXTRAS ?= train,export,serve,openvino,dev
 # exact versions for CI and tests; the extras themselves keep compatible ranges
 CONSTRAINTS ?= constraints/ci.txt
 
