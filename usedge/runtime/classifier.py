@@ -122,7 +122,7 @@ def output_problem(p: np.ndarray) -> str:
     return ""
 
 
-def _looks_like_probs(p: np.ndarray) -> bool:
+def looks_like_probs(p: np.ndarray) -> bool:
     return bool(np.all(p >= -1e-4) and np.all(p <= 1 + 1e-4) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-2))
 
 
@@ -283,7 +283,7 @@ class Classifier:
         A row that is not finite or does not sum to 1 (PROB_SUM_TOLERANCE) gives an `error` Prediction
         with the reason and no label."""
         probs = np.asarray(outputs["probs"], dtype=np.float32).reshape(-1, len(self.class_names))
-        if np.all(np.isfinite(probs)) and not _looks_like_probs(probs):  # a model exported with logits
+        if np.all(np.isfinite(probs)) and not looks_like_probs(probs):  # a model exported with logits
             probs = softmax(probs)
         cam = outputs.get("cam")
         cam = np.asarray(cam, dtype=np.float32) if cam is not None else None

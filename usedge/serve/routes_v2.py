@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 
 import usedge
 from usedge.errors import ModelError, UsedgeError
-from usedge.runtime.classifier import _looks_like_probs, output_problem, softmax
+from usedge.runtime.classifier import looks_like_probs, output_problem, softmax
 from usedge.serve.routes_api import read_upload
 from usedge.serve.state import ServeState, state_of
 from usedge.serve.uploads import UploadRejected
@@ -72,26 +72,26 @@ def ready():
     return Response(status_code=200)   # the model is loaded before the server starts listening
 
 
-@router.get("/v2/models/{name}")
-@router.get("/v2/models/{name}/versions/{version}")
-def model_metadata(request: Request, name: str, version: str = "1"):
-    st = state_of(request)
+def _refusal(request: Request, st: ServeState, name: str, version: str) -> Response | None:
+    """The answer for an unauthorised client or a model/version this server does not have; None: go on."""
     if not st.authorised(request):
         return st.unauthorised()
     if name != MODEL_NAME or version != "1":
         return _model_error(st, name)
-    return _metadata(st)
+    return None
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{version}")
+def model_metadata(request: Request, name: str, version: str = "1"):
+    st = state_of(request)
+    return _refusal(request, st, name, version) or _metadata(st)
 
 
 @router.get("/v2/models/{name}/ready")
 @router.get("/v2/models/{name}/versions/{version}/ready")
 def model_ready(request: Request, name: str, version: str = "1"):
-    st = state_of(request)
-    if not st.authorised(request):
-        return st.unauthorised()
-    if name != MODEL_NAME or version != "1":
-        return _model_error(st, name)
-    return Response(status_code=200)
+    return _refusal(request, state_of(request), name, version) or Response(status_code=200)
 
 
 def _parse(body: bytes, header_length: str | None, input_name: str, size: int) -> tuple[dict, np.ndarray]:
@@ -139,7 +139,7 @@ def _run(st: ServeState, x: np.ndarray) -> np.ndarray:
     with st.predict_lock:
         outputs = st.classifier.run_model(x)
     probs = np.asarray(outputs["probs"], dtype=np.float32).reshape(x.shape[0], -1)
-    if np.all(np.isfinite(probs)) and not _looks_like_probs(probs):
+    if np.all(np.isfinite(probs)) and not looks_like_probs(probs):
         probs = softmax(probs)
     for i, row in enumerate(probs):
         if problem := output_problem(row):
@@ -159,10 +159,8 @@ def _wants_binary(req: dict) -> bool:
 @router.post("/v2/models/{name}/versions/{version}/infer")
 async def infer(request: Request, name: str, version: str = "1"):
     st = state_of(request)
-    if not st.authorised(request):
-        return st.unauthorised()
-    if name != MODEL_NAME or version != "1":
-        return _model_error(st, name)
+    if (refused := _refusal(request, st, name, version)) is not None:
+        return refused
     if (busy := st.admit()) is not None:
         return busy
     try:

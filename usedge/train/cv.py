@@ -38,7 +38,7 @@ class FoldSplit:
         return roles
 
 
-def _group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, what: str, where):
+def group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, what: str, where):
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_groups = len(np.unique(groups))
@@ -58,7 +58,7 @@ def inner_split(train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, f
                 where=None) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (train, val) by patient, stratified; val is about `fraction` of the images."""
     n_splits = max(2, int(round(1.0 / fraction)))
-    parts = _group_kfold(labels[train_idx], groups[train_idx], n_splits, seed, "the inner validation split", where)
+    parts = group_kfold(labels[train_idx], groups[train_idx], n_splits, seed, "the inner validation split", where)
     tr, va = parts[0]
     return train_idx[tr], train_idx[va]
 
@@ -67,7 +67,7 @@ def make_splits(dataset: Dataset, folds: int = 5, inner_val_fraction: float = 0.
     """Outer folds by patient, stratified by class, each with its inner train/val split."""
     labels = np.asarray(dataset.labels)
     groups = np.asarray(dataset.groups)
-    outer = _group_kfold(labels, groups, folds, seed, f"{folds}-fold cross-validation", dataset.root)
+    outer = group_kfold(labels, groups, folds, seed, f"{folds}-fold cross-validation", dataset.root)
     splits = []
     for k, (train_all, test) in enumerate(outer):
         tr, va = inner_split(train_all, labels, groups, inner_val_fraction, seed + 1 + k, dataset.root)

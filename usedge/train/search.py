@@ -158,9 +158,9 @@ def load_images(dataset: Dataset, indices, size: int, crop: str, remove_doppler:
 def inner_splits(labels: np.ndarray, groups: np.ndarray, pool: np.ndarray, k: int, seed: int,
                  where=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """K (train, held-out) index pairs of `pool`, by patient, class-stratified."""
-    from usedge.train.cv import _group_kfold
+    from usedge.train.cv import group_kfold
 
-    parts = _group_kfold(labels[pool], groups[pool], k, seed, "the augmentation search's inner splits", where)
+    parts = group_kfold(labels[pool], groups[pool], k, seed, "the augmentation search's inner splits", where)
     return [(pool[a], pool[b]) for a, b in parts]
 
 

@@ -29,7 +29,7 @@ from usedge.runtime.backends.base import Backend, TensorSpec
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def _ort():
+def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:  # the base install has it; a broken env may not
@@ -49,15 +49,20 @@ def cuda_driver_present() -> tuple[bool, str]:
     return False, "no NVIDIA driver (libcuda) on this machine"
 
 
-def _trt_cache(backend: "OrtBackend") -> Path:
-    """Where the TensorRT EP caches its engines: beside the model, else the temp folder (read-only model folder)."""
-    cache = Path(backend.cache_dir) if backend.cache_dir else (backend.path.parent / ".trt-cache")
+def engine_cache(folder: Path, fallback: str) -> Path:
+    """`folder` (created), or `<temp>/<fallback>` when it cannot be made (a read-only model folder)."""
     try:
-        os.makedirs(cache, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
     except OSError:
-        cache = Path(tempfile.gettempdir()) / "usedge-trt-cache"
-        os.makedirs(cache, exist_ok=True)
-    return cache
+        folder = Path(tempfile.gettempdir()) / fallback
+        os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _trt_cache(backend: "OrtBackend") -> Path:
+    """Where the TensorRT EP caches its engines: beside the model, else the temp folder."""
+    return engine_cache(Path(backend.cache_dir) if backend.cache_dir else (backend.path.parent / ".trt-cache"),
+                        "usedge-trt-cache")
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class OrtProvider:
         if self.check is not None:
             return self.check()
         try:
-            ort = _ort()
+            ort = import_onnxruntime()
         except BackendUnavailable as exc:
             return False, exc.message
         if self.provider not in ort.get_available_providers():
@@ -133,7 +138,7 @@ class OrtBackend(Backend):
         self._input_value = None            # GPU rows: the reused device input
 
     def session_options(self):
-        ort = _ort()
+        ort = import_onnxruntime()
         so = ort.SessionOptions()
         so.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -152,7 +157,7 @@ class OrtBackend(Backend):
         return so
 
     def load(self, path: str | Path) -> "OrtBackend":
-        ort = _ort()
+        ort = import_onnxruntime()
         ok, why = self.row.available()
         if not ok:
             raise BackendUnavailable(f"backend {self.name} cannot run here: {why}",
@@ -181,7 +186,7 @@ class OrtBackend(Backend):
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if not self.row.gpu:
             return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: batch})))
-        ort = _ort()
+        ort = import_onnxruntime()
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         value = self._input_value
         if value is None or tuple(value.shape()) != batch.shape:

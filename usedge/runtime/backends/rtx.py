@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
 
 from usedge.errors import BackendUnavailable
-from usedge.runtime.backends.ort import OrtProvider, _ort, cuda_driver_present
+from usedge.runtime.backends.ort import OrtProvider, import_onnxruntime, cuda_driver_present, engine_cache
 
 EP_NAME = "NvTensorRTRTXExecutionProvider"
 PLUGIN_MODULE = "onnxruntime_ep_nv_tensorrt_rtx"
@@ -98,7 +96,7 @@ def plugin_library() -> Path:
 
 def register_plugin(library: str | Path | None = None) -> str:
     """Register the plugin library with onnxruntime (once per process); returns the registration name."""
-    ort = _ort()
+    ort = import_onnxruntime()
     if version_tuple(ort.__version__) < MIN_ORT:
         raise BackendUnavailable(f"onnxruntime {ort.__version__} cannot load plugin execution providers "
                                  f"(needs >= {'.'.join(map(str, MIN_ORT))})", hint="pip install -U 'onnxruntime>=1.24'")
@@ -122,7 +120,7 @@ def register_plugin(library: str | Path | None = None) -> str:
 def rtx_devices(device_id: int = 0) -> list:
     """The plugin's OrtEpDevice number `device_id` among the supported GPUs it lists (after register_plugin),
     as add_provider_for_devices wants it."""
-    ort = _ort()
+    ort = import_onnxruntime()
     devices = [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
     if not devices:
         raise BackendUnavailable("the TensorRT for RTX plugin found no supported GPU",
@@ -136,7 +134,7 @@ def rtx_devices(device_id: int = 0) -> list:
 def availability() -> tuple[bool, str]:
     """(True, what runs) or (False, exactly why not and what to install); registers the plugin only when all else fits."""
     try:
-        ort = _ort()
+        ort = import_onnxruntime()
     except BackendUnavailable as exc:
         return False, exc.one_line()
     if version_tuple(ort.__version__) < MIN_ORT:
@@ -163,13 +161,7 @@ def availability() -> tuple[bool, str]:
 
 def cache_folder(model: Path) -> Path:
     """`.trt-rtx-cache/` beside the model, or a temp folder when the model's folder is read-only."""
-    cache = model.parent / CACHE_DIR
-    try:
-        os.makedirs(cache, exist_ok=True)
-    except OSError:
-        cache = Path(tempfile.gettempdir()) / "usedge-trt-rtx-cache"
-        os.makedirs(cache, exist_ok=True)
-    return cache
+    return engine_cache(model.parent / CACHE_DIR, "usedge-trt-rtx-cache")
 
 
 def provider_options(cache: Path, cuda_graph: bool = False) -> dict[str, str]:
@@ -182,7 +174,7 @@ def session_options_for(model: Path, device_id: int = 0, cuda_graph: bool = Fals
                         cache: str | Path | None = None):
     """SessionOptions with the plugin registered and its device added (`base`: options to extend;
     `cache`: the runtime-cache folder, default `.trt-rtx-cache/` beside the model)."""
-    ort = _ort()
+    ort = import_onnxruntime()
     register_plugin()
     so = base if base is not None else ort.SessionOptions()
     folder = Path(cache) if cache is not None else cache_folder(model)
