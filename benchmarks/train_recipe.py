@@ -10,9 +10,11 @@ Recipes
   previous   the recipe of the previous release as the demo ran it: no augmentation, StepLR(4, 0.1),
              focal alpha 0.75/0.75/0.25 (by the paper's class names, i.e. its old alphabetical
              order), checkpoint on inner-validation loss
-  default    usedge defaults: light augmentation, 1 warm-up epoch + cosine, focal alpha balanced
-             (inverse class frequency of the training part), checkpoint on inner-validation loss
-  uniform    usedge defaults with focal alpha uniform (no class weighting)
+  balanced   usedge defaults (light augmentation, 1 warm-up epoch + cosine, checkpoint on
+             inner-validation loss) with focal alpha balanced (inverse class frequency of the training part)
+  sqrt       the same with focal alpha sqrt (square root of the balanced weights)
+  uniform    the same with focal alpha uniform (no class weighting)
+The usedge default alpha (usedge/train/defaults.toml) is recorded in the results.
 
 Cohorts
   default    `make_cohort(seed=0)`: 698 images, 255 patients (149/74/32), difficulty 0.5, 12-22 MHz
@@ -41,7 +43,8 @@ BUDGET = {"data.image_size": 96, "optim.epochs": 6, "optim.lr": 3e-4, "optim.bat
 RECIPES = {
     "previous": {"data.augment": "none", "optim.schedule": "step", "optim.step_size": 4, "optim.step_gamma": 0.1,
                  "optim.warmup_epochs": 0, "loss.alpha": PAPER_ALPHA, "cv.select_on": "loss"},
-    "default": {},
+    "balanced": {"loss.alpha": "balanced"},
+    "sqrt": {"loss.alpha": "sqrt"},
     "uniform": {"loss.alpha": "uniform"},
 }
 COHORTS = {
@@ -110,10 +113,12 @@ def paired(a: list[dict], b: list[dict], key: str) -> dict:
 
 def summarise(root: Path, cohorts: list[str], argv: list[str]) -> dict:
     from usedge.bench.machine import machine_info
+    from usedge.train.config import load_config
 
     doc = {"budget": BUDGET, "recipes": RECIPES, "cohorts": {k: {kk: list(v) if isinstance(v, tuple) else v
                                                                 for kk, v in COHORTS[k].items()} for k in cohorts},
            "command": "python benchmarks/train_recipe.py " + " ".join(argv), "runs": str(root),
+           "usedge_default_alpha": load_config().loss.alpha,
            "machine": machine_info(), "results": {}}
     for cohort in cohorts:
         runs = {r: fold_results(root / "runs" / cohort / r) for r in RECIPES}
@@ -147,7 +152,7 @@ def markdown(doc: dict) -> str:
              f"Command: `{doc['command']}` (runs in `{doc['runs']}`; `--summarise` tables the folds finished so "
              "far). Budget: 96 px, 6 epochs, 5 folds by patient, Adam lr 3e-4, batch 16, "
              "seed 0, same splits for every recipe, 1 torch thread per run, CPU. Recipes and cohorts: see the "
-             "script's docstring.", "",
+             f"script's docstring. The usedge default focal alpha is `{doc['usedge_default_alpha']}`.", "",
              f"Machine: {m['cpu']}, {m['cores']} cores shared with other jobs (load average at start "
              f"{m['load_average_start']}); SIMD flags: "
              f"{', '.join(f for f in m['cpu_flags'] if f.startswith(('avx', 'fma', 'sse4')) or 'vnni' in f)} "

@@ -41,7 +41,7 @@ class DataConfig:
 class LossConfig:
     name: str = "focal"
     gamma: float = 3.0
-    alpha: str = "balanced"        # balanced | uniform | by class name "lipoma=0.5,epidermal_cyst=1"
+    alpha: str = "balanced"        # balanced | sqrt | uniform | by class name "lipoma=0.5,epidermal_cyst=1"
 
 
 @dataclass
@@ -139,15 +139,15 @@ def _coerce(value: Any, current: Any, key: str, where: str) -> Any:
     except (TypeError, ValueError) as exc:
         hint = "fix the TOML value or flag"
         if key == "loss.alpha":
-            hint = 'give alpha by class name, e.g. alpha = "lipoma=0.5,epidermal_cyst=1.0", or balanced | uniform'
+            hint = 'give alpha by class name, e.g. alpha = "lipoma=0.5,epidermal_cyst=1.0", or balanced | sqrt | uniform'
         raise ConfigError(f"bad value {value!r} for '{key}' (expected {type(current).__name__})", path=where,
                           hint=hint) from exc
 
 
 def parse_alpha(spec: str, where: str = "config") -> str | dict[str, float]:
-    """loss.alpha: "balanced" | "uniform" | {class name: weight} from "name=w,name=w"."""
+    """loss.alpha: "balanced" | "sqrt" | "uniform" | {class name: weight} from "name=w,name=w"."""
     spec = spec.strip()
-    if spec in ("balanced", "uniform"):
+    if spec in ("balanced", "sqrt", "uniform"):
         return spec
     weights: dict[str, float] = {}
     for item in (p.strip() for p in spec.split(",")):
@@ -158,7 +158,7 @@ def parse_alpha(spec: str, where: str = "config") -> str | dict[str, float]:
             weight = -1.0
         if not sep or not name.strip() or not weight > 0:
             raise ConfigError(f"bad loss.alpha entry {item!r} (wanted class_name=positive_weight)", path=where,
-                              hint='use balanced, uniform or e.g. --alpha "lipoma=0.5,epidermal_cyst=1.0"')
+                              hint='use balanced, sqrt, uniform or e.g. --alpha "lipoma=0.5,epidermal_cyst=1.0"')
         weights[name.strip()] = weight
     return weights
 

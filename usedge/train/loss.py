@@ -43,7 +43,7 @@ def build_loss(name: str = "focal", num_classes: int = 3, gamma: float = 3.0,
         raise ConfigError(f"unknown loss '{name}'", hint="use focal or ce")
     if alpha and len(alpha) != num_classes:
         raise ConfigError(f"loss.alpha has {len(alpha)} values for {num_classes} classes",
-                          hint="give loss.alpha by class name (resolve_alpha), or balanced | uniform")
+                          hint="give loss.alpha by class name (resolve_alpha), or balanced | sqrt | uniform")
     return FocalLoss(gamma=gamma, alpha=alpha or None)
 
 
@@ -52,6 +52,8 @@ def resolve_alpha(spec: str, class_names: list[str], train_labels) -> list[float
 
     balanced: scikit-learn's "balanced" class weight n / (C * n_c) over the training part's labels
               (a class absent from the training part gets 1.0)
+    sqrt:     the square root of the balanced weight (a softer correction: the focal term already
+              up-weights the hard, often rare, examples)
     uniform:  1.0 for every class (no weighting)
     by name:  the named weights; classes not named get 1.0; a name that is not a class is an error.
     """
@@ -60,11 +62,12 @@ def resolve_alpha(spec: str, class_names: list[str], train_labels) -> list[float
     parsed = parse_alpha(spec)
     if parsed == "uniform":
         return [1.0] * len(class_names)
-    if parsed == "balanced":
+    if parsed in ("balanced", "sqrt"):
         labels = np.asarray(train_labels, dtype=int)
         present = np.unique(labels)
         weights = dict(zip(present.tolist(), compute_class_weight("balanced", classes=present, y=labels)))
-        return [float(weights.get(c, 1.0)) for c in range(len(class_names))]
+        power = 0.5 if parsed == "sqrt" else 1.0
+        return [float(weights.get(c, 1.0)) ** power for c in range(len(class_names))]
     unknown = sorted(set(parsed) - set(class_names))
     if unknown:
         raise ConfigError(f"loss.alpha names {', '.join(unknown)}, not a class of this data set "
