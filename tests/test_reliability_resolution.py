@@ -71,6 +71,23 @@ def two_size_ts(tmp_path_factory) -> tuple[Path, dict]:
     return both, sources
 
 
+@pytest.fixture(scope="module")
+def auto_crop_model(tmp_path_factory, runtime_model) -> Path:
+    """The fixture model with crop `auto` in its metadata (the fixture's is `none`): layout detection runs."""
+    import onnx
+
+    from tests.test_reliability_faults import save_restamped
+    from usedge.runtime.model_info import METADATA_KEY
+
+    model = onnx.load(str(runtime_model))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            meta = json.loads(prop.value)
+            meta["preprocess"]["crop"] = "auto"
+            prop.value = json.dumps(meta)
+    return save_restamped(model, tmp_path_factory.mktemp("auto_crop") / "model.onnx")
+
+
 def _read_all(reader: VideoFileReader) -> list[np.ndarray]:
     reader.open()
     try:
@@ -121,14 +138,14 @@ def test_opencv_alone_squeezes_the_new_size(two_size_ts, reliability_ledger):
     reliability_ledger.add("resolution_opencv_squeezes", inputs_tried=1, outputs_checked=len(shapes))
 
 
-def test_stream_cli_redetects_the_layout(two_size_ts, runtime_model, tmp_path, reliability_ledger):
+def test_stream_cli_redetects_the_layout(two_size_ts, auto_crop_model, tmp_path, reliability_ledger):
     """`usedge infer --stream both.ts`: every frame labelled; after the change the crop and field of
     view are those a fresh detection finds on the 800x600 frame, inside it; one stderr line and the
     summary say that the resolution changed and the layout was re-detected."""
     path, _ = two_size_ts
     jsonl, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "usedge", "infer", str(runtime_model), "--stream", str(path),
+    p = subprocess.run([sys.executable, "-m", "usedge", "infer", str(auto_crop_model), "--stream", str(path),
                         "--jsonl", str(jsonl), "--summary", str(summary)], capture_output=True, text=True,
                        timeout=240, env=env)
     assert p.returncode == 0, p.stderr
@@ -138,15 +155,19 @@ def test_stream_cli_redetects_the_layout(two_size_ts, runtime_model, tmp_path, r
     assert len(rows) == len(frames)
     assert all(r["state"] in ("live", "frozen") and r["label"] and r["probs"] for r in rows)
     change = next(i for i, f in enumerate(frames) if f.shape != frames[0].shape)
-    with Classifier.load(runtime_model, threads=1) as clf:
+    with Classifier.load(auto_crop_model, threads=1) as clf:
         spec = clf.spec
+    assert spec.crop == "auto"
     for r, f in zip(rows, frames):
         h, w = f.shape[:2]
         x, y, bw, bh = r["crop_box"]
         assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h, (r["frame"], r["crop_box"], f.shape)
     _, fresh = prepare(frames[change], spec)
     assert rows[change]["fov_box"] == list(fresh.fov_box) and rows[change]["crop_box"] == list(fresh.crop_box)
+    assert all(r["crop_method"] == "detection" for r in rows), [r["crop_method"] for r in rows]
     assert rows[change]["fov_box"] != rows[change - 1]["fov_box"]
+    fx, fy, fw, fh = rows[change]["fov_box"]
+    assert fx + fw > SIZES[0][0] or fy + fh > SIZES[0][1]     # the field of view reaches past the old frame
     assert rows[change]["state"] == "live"            # a new screen is classified, never a frozen repeat
     (w0, h0), (w1, h1) = SIZES
     lines = [line for line in p.stderr.splitlines() if "resolution changed" in line]
@@ -159,13 +180,13 @@ def test_stream_cli_redetects_the_layout(two_size_ts, runtime_model, tmp_path, r
                            outputs_checked=len(rows) + len(lines) + 1)
 
 
-def test_a_new_size_is_never_a_frozen_repeat(runtime_model, runtime_images, reliability_ledger):
+def test_a_new_size_is_never_a_frozen_repeat(auto_crop_model, runtime_images, reliability_ledger):
     """A frame one row shorter than the one before (its freeze sample has the same shape: 480 and 479
     rows both sample to 240) is a new screen: classified afresh, its crop inside the new frame."""
     from usedge.runtime.sources import read_image
 
     frame = cv2.resize(read_image(sorted(runtime_images.glob("*.png"))[0]), (640, 480))
-    with Classifier.load(runtime_model, threads=1) as clf:
+    with Classifier.load(auto_crop_model, threads=1) as clf:
         pipeline = FramePipeline(clf, stream=True, freeze=True)
         first = pipeline.process(frame, index=0)
         again = pipeline.process(frame.copy(), index=1)
