@@ -38,13 +38,12 @@ def test_stream_runs_under_its_budget(runtime_model, runtime_video):
     with Classifier.load(runtime_model, backend="ort-cpu", threads=budget.model_threads) as clf:
         reader = VideoFileReader(runtime_video)
         runner = StreamRunner(FramePipeline(clf, stream=True), reader, budget=budget)
-        runner.subscribe(lambda pred, frame, overlay: seen.append(
-            (cv2.getNumThreads(), reader.cap.get(cv2.CAP_PROP_N_THREADS) if reader.cap is not None else None)))
+        runner.subscribe(lambda pred, frame, overlay: seen.append((cv2.getNumThreads(), reader.threads_in_use)))
         summary = runner.run()
         opts = clf.backend.session.get_session_options()
     assert opts.intra_op_num_threads == budget.model_threads
     assert opts.inter_op_num_threads == 1
-    assert seen and seen[0] == (budget.opencv_threads, float(budget.decode_threads))
+    assert seen and seen[0] == (budget.opencv_threads, budget.decode_threads)
     assert summary.threads == budget.to_dict()
     assert any(line.strip().startswith("threads: model") for line in summary.lines())
 

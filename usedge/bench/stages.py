@@ -2,8 +2,8 @@
 post (the one vocabulary of Prediction.latency_ms and the stream summary), and the end-to-end figure
 of the stream loop (`usedge infer --stream`) on the same video.
 
-The video is the synthetic scanner's (usedge.synth.video, 1920 x 1080, H.264/MPEG-4 through OpenCV):
-decode is OpenCV's VideoCapture.read, as in the runtime's VideoFileReader. Each stage is timed per
+The video is the synthetic scanner's (usedge.synth.video, 1920 x 1080, written through OpenCV):
+decode is the runtime's VideoFileReader.read (PyAV; OpenCV's VideoCapture for a file PyAV cannot open). Each stage is timed per
 frame in wall and CPU milliseconds; the stream figure is StreamRunner's capture-to-result latency
 with the capture thread decoding beside the loop (not paced, freeze detection off, no sinks).
 """
@@ -52,8 +52,8 @@ def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmu
         try:
             cap.open()
         except InputError as exc:
-            raise InputError("OpenCV cannot open the benchmark video", path=video,
-                             hint="this OpenCV build lacks a video decoder; run with --no-stages") from exc
+            raise InputError("cannot open the benchmark video", path=video,
+                             hint="neither PyAV nor this OpenCV build decodes it; run with --no-stages") from exc
         i = 0
         while True:   # Classifier.predict's stages, one by one, timed in wall and CPU time
             marks = [(time.perf_counter(), time.process_time())]

@@ -20,7 +20,7 @@ def _err(text: str) -> None:
 
 
 def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Optional[Path], cam: bool,
-                 quiet: bool, any_modality: bool) -> int:
+                 quiet: bool, any_modality: bool, quality_gate: bool) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -43,11 +43,13 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
                         TimeElapsedColumn(), console=Console(stderr=True), transient=True,
                         disable=(quiet or out == "-" or not sys.stderr.isatty()))
     with results_sink(out, fmt, clf.class_names) as sink, progress:
-        pipeline = FramePipeline(clf, [sink] + ([OverlayFolderSink(overlay_dir)] if overlay_dir else []), cam=cam)
+        pipeline = FramePipeline(clf, [sink] + ([OverlayFolderSink(overlay_dir)] if overlay_dir else []), cam=cam,
+                                 quality_gate=quality_gate)
         task = progress.add_task("classifying", total=len(files))
         # each failure at once: a long run shows failures as they come
         run = run_files(pipeline, files, allow_any_modality=any_modality,
-                        on_error=lambda line: _err(f"usedge: skipped {line}"), on_file=lambda: progress.advance(task))
+                        on_error=lambda line: _err(f"usedge: skipped {line}"),
+                        on_no_image=lambda line: _err(f"usedge: no image: {line}"), on_file=lambda: progress.advance(task))
     run.skipped = len(notes)
     _err(f"usedge: {run.line(out)}")
     if run.interrupted:
@@ -88,7 +90,8 @@ class _StatusLine:
 def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smooth: bool, smooth_window: int,
                   freeze: bool, record: Optional[Path], show: bool, jsonl: Optional[str], fmt: str, out: Optional[str],
                   max_frames: Optional[int], max_reconnects: Optional[int], idle_timeout: Optional[float],
-                  cam: bool, summary_path: Optional[Path], quiet: bool, status: Optional[bool], budget) -> int:
+                  cam: bool, summary_path: Optional[Path], quiet: bool, status: Optional[bool], budget,
+                  quality_gate: bool = True) -> int:
     from usedge.fileio import write_json_atomic
     from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, results_sink
@@ -107,7 +110,8 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
         if show:
             sinks.append(stack.enter_context(ShowSink()))
         pipeline = FramePipeline(clf, sinks, stream=True, regions=reader.regions, freeze=freeze,
-                                 smooth=smooth_window if smooth else None, cam=cam)
+                                 smooth=smooth_window if smooth else None, cam=cam, quality_gate=quality_gate,
+                                 on_event=lambda line: _err(f"usedge: {reader.name}: {line}"))
         runner = StreamRunner(pipeline, reader, realtime=realtime, fps=fps, max_frames=max_frames,
                               max_reconnects=max_reconnects, budget=budget)
         if status if status is not None else (not quiet and sys.stderr.isatty()):
@@ -190,6 +194,9 @@ def infer(
     status: Optional[bool] = typer.Option(None, "--status/--no-status", help="stream: a live status line on stderr "
                                           "(fps, label, drops); default: when stderr is a terminal and not --quiet"),
     any_modality: bool = typer.Option(False, "--any-modality", help="classify DICOM of any Modality (default: US only)"),
+    quality_gate: bool = typer.Option(True, "--quality-gate/--no-quality-gate", help="give frames without a usable "
+                                      "image (uniform, no echoes: probe in air, menus) state no_image, no label; "
+                                      "--no-quality-gate classifies them anyway (a blank frame is still refused)"),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Refuse a model whose weights digest does not match (--no-verify: load a damaged or hand-edited file anyway)."),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -221,12 +228,13 @@ def infer(
         _err("usedge: --cam ignored: this model has no 'cam' output (export it with CAM)")
     try:
         if stream is None:
-            code = _infer_files(clf, list(inputs), fmt, out or "-", overlay, cam, quiet, any_modality)
+            code = _infer_files(clf, list(inputs), fmt, out or "-", overlay, cam, quiet, any_modality, quality_gate)
         else:
             code = _infer_stream(clf, stream, realtime=realtime, fps=fps, smooth=smooth, smooth_window=smooth_window,
                                  freeze=freeze, record=record, show=show, jsonl=jsonl, fmt=fmt, out=out,
                                  max_frames=max_frames, max_reconnects=max_reconnects, idle_timeout=idle_timeout,
-                                 cam=cam, summary_path=summary, quiet=quiet, status=status, budget=budget)
+                                 cam=cam, summary_path=summary, quiet=quiet, status=status, budget=budget,
+                                 quality_gate=quality_gate)
     finally:
         clf.close()
     if code:

@@ -101,6 +101,9 @@ def serve(
                                                "client IP; more are answered 429 and closed."),
     max_client_requests: int = typer.Option(8, "--max-client-requests", min=1, help="Requests in progress per "
                                             "client IP; more get 429 Retry-After."),
+    quality_gate: bool = typer.Option(True, "--quality-gate/--no-quality-gate", help="Frames and uploads without a "
+                                      "usable image (uniform, no echoes) get state no_image and no label; "
+                                      "--no-quality-gate classifies them anyway (a blank frame is still refused)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical|error|warning|info|debug"),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -132,12 +135,14 @@ def serve(
     try:
         if stream is not None:
             live_classifier = classifier.for_another_thread()
-            runner = start_stream(live_classifier, stream, replay=replay, smooth_window=smooth_window)
+            runner = start_stream(live_classifier, stream, replay=replay, smooth_window=smooth_window,
+                                  quality_gate=quality_gate)
         allowed = allowed_hosts(host, allow_host)
         limits = ServeLimits(header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                              max_client_connections=max_client_connections, max_client_requests=max_client_requests)
         web = create_app(classifier, runner, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          max_pixels=max_pixels, max_queue=max_queue, allowed_hosts=allowed, limits=limits,
+                         quality_gate=quality_gate,
                          view=ViewSettings(max_width=view_max_width, quality=view_quality, fps=view_fps,
                                            mbps=view_mbps))
         config = uvicorn_config(web, host, port, limits, log_level=log_level, access_log=False,

@@ -2,7 +2,7 @@
 
     d = open_dicom(path)
     d.n_frames, d.fps, d.shape, d.regions          # technical facts only
-    d.frame(i)  -> uint8/uint16 H x W (gray) or H x W x 3 (BGR, like OpenCV)
+    d.frame(i)  -> uint8 H x W (gray) or H x W x 3 (BGR, like OpenCV), scaled by its bit depth
     d.frames()  -> iterator of (index, frame)
 
 Nothing a DicomFile returns, logs or raises carries patient data (names, IDs, birth dates, study
@@ -116,7 +116,9 @@ class DicomFile:
         try:
             self.rows, self.cols = int(ds.Rows), int(ds.Columns)
             self.samples = int(ds.get("SamplesPerPixel", 1))
-            self.bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
+            self.bits_allocated = int(ds.get("BitsAllocated", 8))
+            self.bits_stored = int(ds.get("BitsStored", self.bits_allocated))
+            self.signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
             self.n_frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
         except (AttributeError, TypeError, ValueError) as exc:
             raise Undecodable("DICOM image header is incomplete (Rows/Columns)", path=self.path,
@@ -205,7 +207,8 @@ class DicomFile:
 
     # -- pixels
     def frame(self, index: int = 0) -> np.ndarray:
-        """Frame `index` as uint8/uint16: H x W gray or H x W x 3 BGR (colour/palette converted)."""
+        """Frame `index` as uint8: H x W gray or H x W x 3 BGR (colour/palette converted; more than 8 bits
+        scaled by the bit depth, `to_uint8`; MONOCHROME1 inverted within that depth)."""
         from pydicom.pixels import apply_color_lut, pixel_array
 
         if not 0 <= index < self.n_frames:
@@ -229,18 +232,14 @@ class DicomFile:
             arr = apply_color_lut(arr, self._ds)
             if arr.dtype != np.uint8:  # 16-bit LUT entries
                 arr = (arr >> 8).astype(np.uint8) if int(arr.max()) > 255 else arr.astype(np.uint8)
-        if self.photometric == "MONOCHROME1":   # 0 is white: invert so bright is echogenic
-            top = (1 << self.bits_stored) - 1 if arr.dtype.kind == "u" else int(arr.max())
-            arr = (top - arr.astype(np.int64)).clip(0, None).astype(arr.dtype)
         if arr.dtype.kind in "if" and arr.dtype not in (np.uint8, np.uint16):
-            if arr.dtype.kind == "f":
-                if not np.isfinite(arr).all():
-                    raise InputError("pixel data contains NaN or Inf", path=self.path, hint="export the image again")
-                arr = np.clip(arr, 0, 65535).astype(np.uint16)
-            else:
-                arr = np.clip(arr, 0, 65535).astype(np.uint16)
-        if arr.dtype == np.uint16 and int(arr.max(initial=0)) <= 255 and self.bits_stored <= 8:
-            arr = arr.astype(np.uint8)
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise InputError("pixel data contains NaN or Inf", path=self.path, hint="export the image again")
+            arr = np.clip(arr, 0, 65535).astype(np.uint16)
+        if self.photometric != "PALETTE COLOR":     # a palette's colours are 8-bit already
+            # signed data (not ultrasound: CT, --any-modality) is clipped at 0, its depth taken from the values
+            stored = self.bits_allocated if self.signed else self.bits_stored
+            arr = to_uint8(arr, stored, self.bits_allocated, invert=self.photometric == "MONOCHROME1")
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)  # pydicom gives RGB
         return np.ascontiguousarray(arr)
@@ -248,6 +247,36 @@ class DicomFile:
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
         for i in range(self.n_frames):
             yield i, self.frame(i)
+
+
+def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int) -> int:
+    """The bit depth a frame's values span: BitsStored when the header names a depth below its
+    container (12 bits stored in 16 allocated: the usual way to write 10-, 12- and 14-bit data);
+    else (BitsStored = BitsAllocated, which many writers fill in for any data) the depth the values
+    need, rounded up to 8, 10, 12, 14 or 16 bits like `pixels.as_uint8`, so that 12-bit values in a
+    file that says 16 keep their contrast instead of landing in the lowest 16th of the range."""
+    if 1 <= bits_stored < bits_allocated and bits_stored <= 16:
+        return bits_stored
+    top = int(arr.max(initial=0))
+    return next((b for b in (8, 10, 12, 14, 16) if top < (1 << b)), 16)
+
+
+def to_uint8(arr: np.ndarray, bits_stored: int, bits_allocated: int, *, invert: bool = False) -> np.ndarray:
+    """Unsigned DICOM pixels -> uint8 by their depth (`pixel_depth`): values above the depth are not
+    pixel data (masked), then a shift to 8 bits; `invert` (MONOCHROME1, where 0 is white) flips the
+    values within that depth first, so bright is echogenic."""
+    depth = pixel_depth(arr, bits_stored, bits_allocated)
+    if arr.dtype == np.uint8 and depth == 8 and not invert:
+        return arr
+    top = (1 << depth) - 1
+    px = np.bitwise_and(arr.astype(np.uint32), top)
+    if invert:
+        px = top - px
+    if depth > 8:
+        px >>= depth - 8
+    elif depth < 8:
+        px = px * 255 // top
+    return px.astype(np.uint8)
 
 
 def open_dicom(path: str | Path, *, allow_any_modality: bool = False) -> DicomFile:

@@ -27,7 +27,8 @@ from usedge.errors import InputError, InputTooLarge, NoSuchFrame, Undecodable, U
 
 STILL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm",
+                            ".ts", ".m2ts", ".mts"})   # MPEG transport streams: what recorders and grabbers write
 IMAGE_SUFFIXES = STILL_SUFFIXES | DICOM_SUFFIXES      # train (data sets), crop, serve uploads
 INPUT_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES      # infer
 ACCEPTED = "PNG, JPEG, BMP, TIFF, WebP or DICOM"

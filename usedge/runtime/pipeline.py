@@ -27,6 +27,7 @@ from usedge.runtime.sinks import Sink
 from usedge.runtime.sources import iter_file_frames
 
 FREEZE_SAMPLES = 240         # frames are compared on about this many columns (every n-th pixel, no averaging)
+MAX_NOTES = 20               # resolution-change lines a pipeline keeps for its summary
 FREEZE_MAD = 0.05            # mean absolute difference (8-bit levels) below which two frames are "the same"
 
 #: uint8 model image (the crop) -> why it holds no usable image (blank screen, probe in air), or None
@@ -49,6 +50,7 @@ class FreezeDetector:
     def __init__(self, threshold: float = FREEZE_MAD) -> None:
         self.threshold = threshold
         self._prev: np.ndarray | None = None
+        self._shape: tuple | None = None
         self.last_mad = float("inf")
 
     def _sample(self, image: np.ndarray) -> np.ndarray:
@@ -61,7 +63,7 @@ class FreezeDetector:
     def is_frozen(self, image: np.ndarray) -> bool:
         """Whether `image` is the reference frame again (the last one passed to `keep`)."""
         sample = self._sample(image)
-        if self._prev is None or self._prev.shape != sample.shape or self._prev.dtype != sample.dtype:
+        if self._prev is None or self._shape != image.shape or self._prev.dtype != sample.dtype:
             self.last_mad = float("inf")
             return False
         self.last_mad = float(cv2.norm(sample, self._prev, cv2.NORM_L1)) / sample.size
@@ -69,7 +71,7 @@ class FreezeDetector:
 
     def keep(self, image: np.ndarray) -> None:
         """Make `image` the reference: only a frame that was classified may be repeated as frozen."""
-        self._prev = self._sample(image)
+        self._prev, self._shape = self._sample(image), image.shape
 
     def reset(self) -> None:
         """No reference: the next frame is classified whatever it shows."""
@@ -103,21 +105,25 @@ class FramePipeline:
     """One classifier with the stages around it and the sinks its results go to.
 
     stream: frames of one source: the crop layout is detected once and re-detected on change
-        (FrameCropper, with the source's DICOM `regions`), and overlays show the result rate.
+        (FrameCropper, with the source's DICOM `regions`), and overlays show the result rate. A frame
+        of another size than the one before is a new screen: the layout is detected afresh, the freeze
+        reference dropped, `resolution_changes` counted, and a line "frame N: resolution changed
+        WxH -> W2xH2; layout re-detected" passed to `on_event` (the first MAX_NOTES kept in `notes`).
     freeze: repeat the last result for a frozen screen, without inference.
     smooth: average the probabilities over this many results (None: off).
     cam: draw the class activation map in overlays when the model has it.
-    quality: the `QualityGate` on each crop (default: usedge.runtime.quality.no_image_reason for a
-        stream, none for files and uploads, which refuse only a blank frame). A frame without a usable
-        image (that gate, or a blank frame) gives a `no_image` Prediction in a stream and a NoImage
-        error for a file or an upload; either way it resets freeze, smoothing and the crop layout.
+    quality: the `QualityGate` on each crop (default usedge.runtime.quality.no_image_reason, for
+        streams, files and uploads alike); quality_gate=False turns it off (a blank frame is still refused).
+        A frame without a usable image (that gate, or a blank frame) gives a `no_image` Prediction (no
+        label, no probabilities); it resets freeze, smoothing and the crop layout.
     A model output that is not a probability distribution gives an `error` Prediction (no label), written
     to the sinks like any other result; it too resets freeze, smoothing and the crop layout.
     """
 
     def __init__(self, classifier: Classifier, sinks: Iterable[Sink] = (), *, stream: bool = False,
                  regions: list | None = None, freeze: bool = False, freeze_threshold: float = FREEZE_MAD,
-                 smooth: int | None = None, cam: bool = True, quality: QualityGate | None = None) -> None:
+                 smooth: int | None = None, cam: bool = True, quality: QualityGate | None = None,
+                 quality_gate: bool = True, on_event: Callable[[str], None] | None = None) -> None:
         self.classifier = classifier
         self.sinks: list[Sink] = list(sinks)
         self.stream = stream
@@ -125,7 +131,11 @@ class FramePipeline:
         self.freeze = FreezeDetector(freeze_threshold) if freeze else None
         self.smoother = Smoother(smooth) if smooth else None
         self.cam = cam
-        self.quality = quality or (no_image_reason if stream else None)
+        self.quality = (quality or no_image_reason) if quality_gate else None
+        self.on_event = on_event
+        self.resolution_changes = 0                              # changes of frame size (stream)
+        self.notes: list[str] = []                               # their lines, the first MAX_NOTES
+        self._shape: tuple[int, int] | None = None
         self.last: Prediction | None = None                      # the newest result of the model
         self._result_times: collections.deque = collections.deque(maxlen=60)
 
@@ -151,6 +161,8 @@ class FramePipeline:
                 regions: list | None = None) -> Prediction:
         """freeze -> prepare -> quality -> normalise -> model -> post: the Prediction, written nowhere."""
         t0 = time.perf_counter()
+        if self.stream:
+            self._check_resolution(image, index)
         if self.freeze is not None and self.last is not None and self.freeze.is_frozen(image):
             return dataclasses.replace(self.last, frozen=True, state="frozen", frame_index=index,
                                        latency_ms={"total": (time.perf_counter() - t0) * 1e3})
@@ -159,8 +171,6 @@ class FramePipeline:
                                            cropper=self.cropper, quality=self.quality)
         except NoImage as exc:
             self.forget()
-            if not self.stream:
-                raise
             return Prediction.without_label("no_image", exc.message, model_sha256=self.classifier.model_sha256,
                                             frame_index=index, source=source,
                                             latency_ms={"total": (time.perf_counter() - t0) * 1e3})
@@ -176,6 +186,24 @@ class FramePipeline:
         if self.freeze is not None:
             self.freeze.keep(image)
         return pred
+
+    def _check_resolution(self, image: np.ndarray, index: int) -> None:
+        """A frame whose size differs from the one before: detect the layout afresh and say so."""
+        shape = tuple(int(v) for v in np.shape(image)[:2])
+        old, self._shape = self._shape, shape
+        if old is None or old == shape:
+            return
+        if self.cropper is not None:
+            self.cropper.reset()
+        if self.freeze is not None:
+            self.freeze.reset()
+        line = (f"frame {index}: resolution changed {old[1]}x{old[0]} -> {shape[1]}x{shape[0]}; "
+                "layout re-detected")
+        self.resolution_changes += 1
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append(line)
+        if self.on_event is not None:
+            self.on_event(line)
 
     def forget(self) -> None:
         """After a frame without an answer: no frozen repeat of an older answer, smoothing starts again,
@@ -224,7 +252,8 @@ class FileRun:
     """What `run_files` did."""
 
     files: int = 0
-    frames: int = 0
+    frames: int = 0                    # frames with a result of the model (classified, or an invalid output)
+    no_image: int = 0                  # frames without a usable image (quality gate): no label, not a failure
     failed: list[str] = dataclasses.field(default_factory=list)
     skipped: int = 0                   # inputs reported before the run (symlinked folders, FIFOs)
     done: int = 0                      # files finished (all of them unless interrupted)
@@ -235,27 +264,36 @@ class FileRun:
             return f"interrupted after {self.done} of {self.files} files ({self.frames} frames classified)" + (
                 f" -> {out}" if out != "-" else "")
         return (f"{self.files - len(self.failed)}/{self.files} files, {self.frames} frames classified"
+                + (f", {self.no_image} no image" if self.no_image else "")
                 + (f", {len(self.failed)} failed" if self.failed else "")
                 + (f", {self.skipped} skipped" if self.skipped else "") + (f" -> {out}" if out != "-" else ""))
 
 
 def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: bool = False,
-              on_error: Callable[[str], None] = lambda line: None, on_file: Callable[[], None] = lambda: None) -> FileRun:
+              on_error: Callable[[str], None] = lambda line: None, on_no_image: Callable[[str], None] = lambda line: None,
+              on_file: Callable[[], None] = lambda: None) -> FileRun:
     """Every frame of every file (images, DICOM, videos; lazily) through `pipeline.run_frame`.
 
     A file that cannot be read or classified (or whose model output is not valid on a frame) is
     recorded in every sink and reported through `on_error` at once; an OutputError (a sink cannot
-    write) ends the run. `on_file` after each file. Ctrl-C ends the run between frames:
-    `FileRun.interrupted` is set and `done` says how many files were finished.
+    write) ends the run. A frame without a usable image is a `no_image` result in the sinks (no
+    label), counted, and reported once per file through `on_no_image`; it is not a failure. `on_file`
+    after each file. Ctrl-C ends the run between frames: `FileRun.interrupted` is set and `done`
+    says how many files were finished.
     """
     run = FileRun(files=len(files))
     try:
         for path in files:
-            bad = ""
+            bad, empty, first_empty, seen = "", 0, "", 0
             try:
                 # lazily: a long video stays small
                 for index, frame, regions in iter_file_frames(path, allow_any_modality=allow_any_modality):
                     pred = pipeline.run_frame(frame, index=index, source=str(path), regions=regions)
+                    seen += 1
+                    if pred.state == "no_image":
+                        empty += 1
+                        first_empty = first_empty or (f" frame {index}" if index else "") + f": {pred.reason}"
+                        continue
                     run.frames += 1
                     if pred.state == "error" and not bad:   # the sinks wrote it as an error result
                         bad = f"{path}" + (f" frame {index}" if index else "") + f": {pred.reason}"
@@ -266,6 +304,9 @@ def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: b
                     exc.path = str(path)
                 bad = exc.one_line()
                 pipeline.write_error(str(path), bad)
+            if empty:
+                run.no_image += empty
+                on_no_image(f"{path}" + (f" ({empty} of {seen} frames)" if seen > 1 else "") + first_empty)
             if bad:
                 run.failed.append(bad)
                 on_error(bad)

@@ -86,7 +86,7 @@ class FrameReader:
     name = ""
     fps: float | None = None
     regions: list | None = None     # DICOM ultrasound region boxes, when the source has them
-    decode_threads: int | None = None   # decoder threads (a video file's FFmpeg); None: OpenCV's default
+    decode_threads: int | None = None   # decoder threads (a video file's FFmpeg); None: the decoder's default
 
     def open(self) -> None:
         raise NotImplementedError
@@ -149,7 +149,12 @@ class DicomCineReader(FrameReader):
 
 
 class VideoFileReader(FrameReader):
-    """A video file through OpenCV's ffmpeg backend; fps from the container.
+    """A video file, decoded by PyAV (FFmpeg) at each frame's own size; fps from the container.
+
+    OpenCV's FFmpeg backend scales every frame to the size in the stream header, so a video whose
+    resolution changes half-way (a scanner switching presets in a recorded transport stream) would
+    reach the cropper squeezed; PyAV hands over each frame as decoded. A file PyAV cannot open (or
+    without a video stream) is read through OpenCV instead (`backend` says which one reads it).
 
     `ended_early` (one line, else "") when decoding stopped before the frame count that the container
     declares (a truncated or damaged file): more than one frame short, since a count computed from
@@ -159,22 +164,75 @@ class VideoFileReader(FrameReader):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.name = str(path)
-        self.cap = None
+        self.cap = None             # OpenCV's VideoCapture, when PyAV could not open the file
+        self._container = None      # PyAV's container and its frame iterator
+        self._frames = None
+        self.backend = ""           # "pyav" | "opencv" once open
         self.declared = 0           # frames the container declares (0: unknown)
         self.position = 0           # frames read or skipped so far
         self.ended_early = ""
 
     def open(self) -> None:
+        self.position, self.ended_early = 0, ""
+        if not self._open_pyav():
+            self._open_opencv()
+
+    def _open_pyav(self) -> bool:
+        """Open with PyAV; False (nothing kept open) when PyAV is missing or cannot read the file."""
+        try:
+            import av
+        except ImportError:
+            return False
+        try:
+            container = av.open(str(self.path))
+        except (av.error.FFmpegError, OSError, ValueError):
+            return False
+        if not container.streams.video:
+            container.close()
+            return False
+        stream = container.streams.video[0]
+        if self.decode_threads:
+            stream.codec_context.thread_count = int(self.decode_threads)
+        rate = stream.guessed_rate or stream.average_rate
+        self.fps = float(rate) if rate and 0 < rate < 1000 else None
+        if stream.frames:
+            self.declared = int(stream.frames)
+        else:    # as OpenCV does: duration x frame rate (a transport stream declares no count)
+            seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                       else container.duration / av.time_base if container.duration else 0.0)
+            self.declared = int(seconds * self.fps + 0.5) if self.fps and 0 < seconds < 1e7 else 0
+        self._container, self._frames, self.backend = container, container.decode(stream), "pyav"
+        return True
+
+    def _open_opencv(self) -> None:
         params = [cv2.CAP_PROP_N_THREADS, int(self.decode_threads)] if self.decode_threads else []
         self.cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, params) if params else cv2.VideoCapture(str(self.path))
         if not self.cap.isOpened():
+            self.cap.release()
+            self.cap = None
             raise InputError("cannot open this video", path=self.path,
-                             hint="check the file and that OpenCV's ffmpeg can decode its codec")
+                             hint="check the file and that FFmpeg (PyAV or OpenCV) can decode its codec")
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else None
         count = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.declared = int(count) if count and 0 < count < 1e9 else 0
-        self.position, self.ended_early = 0, ""
+        self.backend = "opencv"
+
+    @property
+    def threads_in_use(self) -> int | None:
+        """The decoder's thread count as set (None before open)."""
+        if self._container is not None:
+            return int(self._container.streams.video[0].codec_context.thread_count)
+        return int(self.cap.get(cv2.CAP_PROP_N_THREADS)) if self.cap is not None else None
+
+    def _next_av(self):
+        """PyAV's next decoded frame, or None at the end (a decoding error ends the file too)."""
+        import av
+
+        try:
+            return next(self._frames)
+        except (StopIteration, av.error.FFmpegError, EOFError):
+            return None
 
     def _advanced(self, ok: bool) -> bool:
         if ok:
@@ -185,13 +243,24 @@ class VideoFileReader(FrameReader):
         return ok
 
     def read(self) -> np.ndarray | None:
-        ok, frame = self.cap.read()
-        return frame if self._advanced(ok) else None
+        if self._frames is not None:
+            frame = self._next_av()
+            image = frame.to_ndarray(format="bgr24") if frame is not None else None
+            return image if self._advanced(image is not None) else None
+        if self.cap is None:
+            return None
+        ok, image = self.cap.read()
+        return image if self._advanced(ok) else None
 
-    def skip(self) -> bool:  # grab without the colour conversion and copy of retrieve()
-        return self._advanced(bool(self.cap.grab()))
+    def skip(self) -> bool:  # decode without the colour conversion and copy of to_ndarray / retrieve()
+        if self._frames is not None:
+            return self._advanced(self._next_av() is not None)
+        return self._advanced(self.cap is not None and bool(self.cap.grab()))
 
     def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = self._frames = None
         if self.cap is not None:
             self.cap.release()
             self.cap = None

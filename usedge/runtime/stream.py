@@ -59,6 +59,8 @@ class StreamSummary:
     errors: int = 0                  # frames that could not be classified (incl. model output not valid)
     reconnects: int = 0
     layout_detections: int = 0
+    resolution_changes: int = 0      # frames whose size differed from the frame before (layout re-detected)
+    notes: list = field(default_factory=list)       # "frame N: resolution changed WxH -> W2xH2; ..." (first 20)
     duration_s: float = 0.0
     fps: float = 0.0                 # results (processed + frozen) per second
     source_fps: float = 0.0
@@ -87,6 +89,9 @@ class StreamSummary:
             out.append(f"  backend: {self.backend_reason}")
         if self.reconnects:
             out.append(f"  reconnects: {self.reconnects}")
+        if self.resolution_changes:
+            out.append(f"  resolution changes: {self.resolution_changes} (layout re-detected each time)")
+            out.extend(f"    {note}" for note in self.notes)
         if self.error:
             out.append(f"  error: {self.error}")
         return out
@@ -292,6 +297,7 @@ class StreamRunner:
             processed=self._counts["processed"], dropped=self.slot.dropped, late_skipped=cap.late, frozen_skipped=self._counts["frozen"],
             errors=self._counts["errors"], reconnects=cap.reconnects,
             layout_detections=self.pipeline.layout_detections,
+            resolution_changes=self.pipeline.resolution_changes, notes=list(self.pipeline.notes),
             duration_s=round(duration, 3), fps=round(results / duration, 2) if duration > 0 else 0.0,
             source_fps=round(self.capture.fps, 2), latency_ms=lat,
             model_share=round(float(model / c2r), 4) if c2r == c2r and c2r > 0 else float("nan"),

@@ -93,7 +93,8 @@ class _Guard:
 def create_app(classifier: Classifier, runner: StreamRunner | None = None, token: str | None = None, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_concurrent: int = 1, max_queue: int = 32, allowed_hosts: list[str] | None = None,
-               view: ViewSettings = ViewSettings(), limits: ServeLimits = ServeLimits()) -> FastAPI:
+               view: ViewSettings = ViewSettings(), limits: ServeLimits = ServeLimits(),
+               quality_gate: bool = True) -> FastAPI:
     """Build the app around a loaded `usedge.runtime.classifier.Classifier`.
 
     runner: a started `usedge.runtime.stream.StreamRunner` (the ONE latest-frame loop) for /v1/live and
@@ -107,6 +108,7 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
         which stops DNS-rebinding pages from reading the API through the browser. Cross-origin
         state-changing requests are refused always (`usedge.serve.origin`).
     view: the live view's cap (width, JPEG quality, fps, Mbit/s per viewer) for /v1/frame and /v1/live.
+    quality_gate: uploads without a usable image answer 422 with state no_image (False: classified anyway).
     limits: body deadline and per-client request cap (`usedge.serve.limits`; the header deadline and the
         per-client connection cap belong to the server: `limits.uvicorn_config`).
     """
@@ -119,7 +121,7 @@ def create_app(classifier: Classifier, runner: StreamRunner | None = None, token
 
         feed = LiveFeed(runner, view=view, observe=observe)
     metrics.model.labels(sha256=classifier.model_sha256, backend=classifier.backend.name).set(1)
-    st = ServeState(classifier=classifier, uploads=FramePipeline(classifier), metrics=metrics, feed=feed,
+    st = ServeState(classifier=classifier, uploads=FramePipeline(classifier, quality_gate=quality_gate), metrics=metrics, feed=feed,
                     token=token.encode() if token else None, max_upload_bytes=max_upload_bytes,
                     max_pixels=max_pixels, max_concurrent=max_concurrent, max_queue=max_queue,
                     view=view)

@@ -211,7 +211,8 @@ class LiveFeed:
         self._wake(waiters)
 
 
-def start_stream(classifier, source: str, *, replay: bool, smooth_window: int, open_timeout_s: float = 30.0):
+def start_stream(classifier, source: str, *, replay: bool, smooth_window: int, open_timeout_s: float = 30.0,
+                 quality_gate: bool = True):
     """Start the ONE latest-frame loop (usedge.runtime.stream.StreamRunner) on `source` in the background.
 
     A file source is paced at its own frame rate (realtime) and, with `replay`, restarted at its end,
@@ -230,7 +231,7 @@ def start_stream(classifier, source: str, *, replay: bool, smooth_window: int, o
     if replay and is_file:
         reader = ReplayReader(reader)
     pipeline = FramePipeline(classifier, stream=True, regions=reader.regions, freeze=True,
-                             smooth=smooth_window if smooth_window > 1 else None, cam=True)
+                             smooth=smooth_window if smooth_window > 1 else None, cam=True, quality_gate=quality_gate)
     runner = StreamRunner(pipeline, reader, realtime=is_file)
     runner.start(open_timeout_s=open_timeout_s)
     return runner

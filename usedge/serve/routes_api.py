@@ -11,7 +11,7 @@ import cv2
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from usedge.errors import InputError, ModelError, UsedgeError
+from usedge.errors import InputError, ModelError, NoImage, UsedgeError
 from usedge.runtime.overlay import draw_prediction
 from usedge.serve.state import ServeState, state_of
 from usedge.serve.uploads import UploadRejected, decode_upload
@@ -79,6 +79,8 @@ def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool
                                       regions=decoded.regions)
     finally:
         st.metrics.inflight.dec()
+    if pred.state == "no_image":   # the quality gate: no usable image, so no label and no probabilities
+        raise NoImage(pred.reason, hint="the upload shows no ultrasound image (blank, uniform or probe in air)")
     if not pred.has_label:     # the model's output is not a probability distribution (NaN, Inf)
         raise ModelError(pred.reason)
     st.metrics.observe_stages("upload", pred.latency_ms)
@@ -112,6 +114,9 @@ async def predict(request: Request, overlay: bool = False, cam: bool = True, fra
     except UploadRejected as exc:
         kind = {408: "body_timeout", 413: "too_large", 415: "unsupported_type"}.get(exc.status, "bad_upload")
         return st.error(exc.status, exc.one_line(), kind)
+    except NoImage as exc:     # decoded, but no usable image: state no_image, no label, no probabilities
+        return st.error(422, f"upload: {exc.message} — {exc.hint}", "no_image",
+                        extra={"state": "no_image", "reason": exc.message, "label": None, "probs": None})
     except InputError as exc:  # the frame decoded but cannot be classified (e.g. no image region)
         return st.error(422, f"upload: {exc.message}" + (f" — {exc.hint}" if exc.hint else ""), "bad_upload")
     except ModelError as exc:  # the model ran but gave no valid answer (NaN output), or failed to run

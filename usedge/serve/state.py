@@ -65,9 +65,10 @@ class ServeState:
                 "uncertain_margin": card.get("uncertain_margin"),
                 "localisation": loc if isinstance(loc, str) and loc else None}
 
-    def error(self, status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    def error(self, status: int, message: str, kind: str, headers: dict | None = None,
+              extra: dict | None = None) -> JSONResponse:
         self.metrics.errors.labels(kind=kind).inc()
-        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+        return JSONResponse({"error": message, "status": status, **(extra or {})}, status_code=status, headers=headers)
 
     def authorised(self, request: Request) -> bool:
         if self.token is None:
