@@ -49,6 +49,7 @@ class FreezeDetector:
     def __init__(self, threshold: float = FREEZE_MAD) -> None:
         self.threshold = threshold
         self._prev: np.ndarray | None = None
+        self._seen: tuple[np.ndarray, np.ndarray] | None = None   # (frame, its sample) of the last is_frozen
         self.last_mad = float("inf")
 
     def _sample(self, image: np.ndarray) -> np.ndarray:
@@ -61,6 +62,7 @@ class FreezeDetector:
     def is_frozen(self, image: np.ndarray) -> bool:
         """Whether `image` is the reference frame again (the last one passed to `keep`)."""
         sample = self._sample(image)
+        self._seen = (image, sample)
         if self._prev is None or self._prev.shape != sample.shape or self._prev.dtype != sample.dtype:
             self.last_mad = float("inf")
             return False
@@ -68,12 +70,15 @@ class FreezeDetector:
         return self.last_mad < self.threshold
 
     def keep(self, image: np.ndarray) -> None:
-        """Make `image` the reference: only a frame that was classified may be repeated as frozen."""
-        self._prev = self._sample(image)
+        """Make `image` the reference: only a frame that was classified may be repeated as frozen.
+        Right after `is_frozen(image)` (the pipeline's order) its sample is reused, not taken again."""
+        seen, self._seen = self._seen, None
+        self._prev = seen[1] if seen is not None and seen[0] is image else self._sample(image)
 
     def reset(self) -> None:
         """No reference: the next frame is classified whatever it shows."""
         self._prev = None
+        self._seen = None
 
 
 class Smoother:
