@@ -89,6 +89,9 @@ def main(argv=None) -> int:
     buf = np.empty((1, 1, auto_spec.size, auto_spec.size), np.float32)
     load_start = load_average() or [float("nan")] * 3
 
+    def gray_resize(box):              # the definition's gray + INTER_AREA, on a region of the frame
+        return cv2.resize(gray_of(box), (auto_spec.size,) * 2, interpolation=cv2.INTER_AREA)
+
     def loop_stages(cropper, frame):   # Classifier.predict's crop stage (cropper + quality gate) and normalise
         image, _ = cropper(frame)
         no_image_reason(image)
@@ -101,13 +104,11 @@ def main(argv=None) -> int:
             t["baseline"].append(timed(lambda x: prepare(x, none_spec), f))
             t["cached crop + normalise"].append(timed(lambda x: loop_stages(cropper, x), f))
             x0, y0, w, h = cropper(f)[1].crop_box
-            t["resize alone"].append(timed(lambda x: cv2.resize(gray_of(x[y0:y0 + h, x0:x0 + w]), (auto_spec.size,) * 2,
-                                                                interpolation=cv2.INTER_AREA), f))
+            t["resize alone"].append(timed(lambda x: gray_resize(x[y0:y0 + h, x0:x0 + w]), f))
             side = 4 * auto_spec.size
             x4 = min(max(0, x0 + w // 2 - side // 2), f.shape[1] - side)
             y4 = min(max(0, y0 + h // 2 - side // 2), f.shape[0] - side)
-            t["resize at 4x"].append(timed(lambda x: cv2.resize(gray_of(x[y4:y4 + side, x4:x4 + side]), (auto_spec.size,) * 2,
-                                                                interpolation=cv2.INTER_AREA), f))
+            t["resize at 4x"].append(timed(lambda x: gray_resize(x[y4:y4 + side, x4:x4 + side]), f))
             if i % 10 == 0:
                 t["detection"].append(timed(lambda x: prepare(x, auto_spec), f))
         detections += cropper.detections
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
     target = {"what": "cached crop + normalise, CPU ms median per 1920x1080 frame", "aim_ms": TARGET_MS,
               "measured_ms": round(stage["cpu_ms_median"], 3), "met": stage["cpu_ms_median"] <= TARGET_MS,
               "resize_alone_ms": round(summary["resize alone"]["cpu_ms_median"], 3)}
-    result = {"cpu": cpu, "cpu_flags": flags, "frame_size": [1920, 1080], "layouts": args.layouts, "frames_per_layout": per,
+    result = {"cpu": cpu, "cpu_flags": flags, "frame_size": [1920, 1080], "model_size": auto_spec.size,
+              "layouts": args.layouts, "frames_per_layout": per,
               "crop_sides_px": sides, "cropper_detections": detections, "summary": summary, "target": target,
               "opencv_threads": cv2.getNumThreads(), "load_average_start": load_start, "load_average_end": load_end,
               "machine": f"{cpu} ({', '.join(flags) or 'no AVX2'}), {os.cpu_count()} cores, one OpenCV thread; "
@@ -139,7 +141,8 @@ def main(argv=None) -> int:
     md = ["# Crop time per 1920x1080 frame", "",
           f"`nice -n 10 .venv/bin/python benchmarks/crop_timing.py --frames {args.frames} --layouts {args.layouts}`", "",
           f"{result['machine']}. The stream cropper ran {detections} detection(s) over {args.layouts} layouts "
-          f"x {per} frames; crop sides {', '.join(map(str, sides))} px (every other layout with colour Doppler).", "",
+          f"x {per} frames; crop sides {', '.join(map(str, sides))} px (every other layout with colour Doppler); "
+          f"model input {auto_spec.size} px; the 4x row resizes a {4 * auto_spec.size} px box.", "",
           "| path | frames | CPU median ms | CPU p90 ms | wall median ms | wall p90 ms | CPU / baseline | CPU / detection |",
           "|---|---|---|---|---|---|---|---|"]
     for k, s in summary.items():

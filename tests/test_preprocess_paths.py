@@ -225,7 +225,8 @@ def test_quality_gate_matches_numpy_percentile():
             spread = int(rng.choice([0, 12, 24, 25, 60, 255]))
             px = np.clip(int(rng.integers(0, 256)) + rng.integers(-spread, spread + 1, (h, w)), 0, 255)
         else:       # dark with a few echoes: the probe-in-air case near MIN_ECHO
-            px = np.where(rng.random((h, w)) < rng.random() * 0.25, rng.integers(0, 256, (h, w)), rng.integers(0, 3, (h, w)))
+            lit = rng.random((h, w)) < rng.random() * 0.25
+            px = np.where(lit, rng.integers(0, 256, (h, w)), rng.integers(0, 3, (h, w)))
         px = px.astype(np.uint8)
         assert no_image_reason(px) == reference(px)
 

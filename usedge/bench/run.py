@@ -311,7 +311,8 @@ def evaluate_targets(result: dict) -> list[dict]:
         add(f"outside-model share of capture-to-result, {name} (stream p50)", share,
             TARGETS["outside_model_share"], "lower",
             f"per-stage CPU-time share {m['per_stage']['cpu_ms']['outside_model_share']}")
-        loop = m["per_stage"]   # wall: the loop's latency (the model's pool holds both cores; CPU would count them twice)
+        # wall: the loop's latency (the model's pool holds both cores; CPU time would count them twice)
+        loop = m["per_stage"]
         add(f"outside-model share of the loop's own stages, {name} (per-stage wall medians)",
             loop["wall_ms"]["loop_outside_model_share"], TARGETS["loop_outside_model_share"], "lower",
             "freeze + crop (with the quality gate) + normalise + post against the model; CPU-time share "
