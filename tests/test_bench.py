@@ -101,12 +101,18 @@ def test_quick_bench_writes_valid_json_md_png(quick_bench):
     assert data["flops"]["gemm_flops"] > 0 and data["gemm"]["limit_gflops"] > 0
     assert 0 < rows["ort-cpu/fp32"]["gemm_efficiency_median"]
     stages = data["stages"]["models"]["model.onnx"]
-    assert set(stages["per_stage"]["wall_ms"]) >= {"decode", "crop", "normalise", "model", "post"}
+    assert set(stages["per_stage"]["wall_ms"]) >= {"decode", "freeze", "crop", "normalise", "model", "post"}
+    cpu = stages["per_stage"]["cpu_ms"]   # the loop's share: its own stages (not decode) against the model
+    loop = sum(cpu[s] for s in ("freeze", "crop", "normalise", "post"))
+    assert cpu["loop_outside_model_share"] == pytest.approx(loop / (loop + cpu["model"]), abs=1e-3)
     assert stages["stream"]["processed"] >= 1
     assert {t["target"].split(" (")[0] for t in data["targets"]} >= {"onnxruntime fp32 / torch eager"}
     # issue 18 items 1, 5, 6: the model in the stream against alone, and the paced stream targets, as rows
     targets = {t["target"]: t for t in data["targets"]}
     for name, fps in (("model.onnx", 15), ("model.int8.onnx", 30)):
+        share = targets[f"outside-model share of the loop's own stages, {name} (per-stage wall medians)"]
+        assert share["aim"] == 0.1 and share["value"] == data["stages"]["models"][name]["per_stage"]["wall_ms"][
+            "loop_outside_model_share"]
         assert targets[f"model in the stream / model alone, {name} (p50 / batch-1 median)"]["aim"] == 1.1
         dropped = targets[f"stream {name} at {fps} fps: frames dropped or skipped"]
         assert dropped["passed"] is (dropped["value"] == 0) and dropped["aim"] == 0

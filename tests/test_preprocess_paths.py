@@ -165,6 +165,72 @@ def test_cropper_matches_prepare_and_detects_once():
     assert cropper.detections == 3
 
 
+@pytest.mark.parametrize("probe,doppler,size", [("linear", False, (1920, 1080)), ("linear", True, (1920, 1080)),
+                                                  ("curved", True, (1280, 720)), ("curved", False, (1024, 768))])
+def test_cached_stream_path_gives_the_reference_model_input(probe, doppler, size):
+    """The stream loop's fast path (cached layout, ROI-only crop, quality gate from the histogram, the
+    Classifier's reused input buffer) feeds the model exactly what the reference path gives for the same
+    crop box: prepare() of that box (and of the whole frame when it finds the same box), normalise()
+    into a fresh array, and the quality gate's numpy.percentile definition."""
+    from usedge.runtime.quality import MIN_ECHO, MIN_RANGE, no_image_reason
+    from usedge.synth.scanner import ScannerScreen
+
+    def reference_gate(px):
+        lo, hi = (float(v) for v in np.percentile(px, [1, 99]))
+        return hi - lo < MIN_RANGE or float((px > lo + MIN_RANGE).mean()) < MIN_ECHO
+
+    rng = np.random.default_rng(len(probe) + doppler)
+    bm = [bmode_image(s) for s in (20, 21, 22, 23)]
+    screen = ScannerScreen(rng, bm[0].shape, size=size, probe=probe, doppler=doppler)
+    spec = PreprocessSpec()
+    cropper = FrameCropper(spec)
+    buf = np.empty((1, 1, spec.size, spec.size), np.float32)     # what Classifier.normalise reuses
+    same_box = 0
+    for i, b in enumerate(bm * 2):
+        frame = screen.background.copy()
+        screen.place(frame, cv2.resize(b, bm[0].shape[::-1]))
+        screen.paint_doppler(frame, phase=0.7 * i)
+        image, info = cropper(frame)
+        fast = normalise(image, spec, out=buf)
+        x, y, w, h = info.crop_box
+        ref, ref_info = prepare(frame, PreprocessSpec(crop=f"{x},{y},{w},{h}"))
+        assert ref_info.crop_box == info.crop_box and ref_info.doppler_fraction == info.doppler_fraction
+        assert fast.tobytes() == normalise(ref, spec).tobytes()
+        assert (no_image_reason(image) is not None) == reference_gate(image)
+        full, full_info = prepare(frame, spec)
+        if full_info.crop_box == info.crop_box:
+            same_box += 1
+            assert full.tobytes() == image.tobytes()
+        assert (info.doppler_fraction > 0) == doppler
+    assert cropper.detections == 1 and same_box >= 1
+
+
+def test_quality_gate_matches_numpy_percentile():
+    """The histogram gate gives numpy.percentile's levels and the same decision and message."""
+    from usedge.runtime.quality import MIN_ECHO, MIN_RANGE, no_image_reason
+
+    def reference(px):
+        lo, hi = (float(v) for v in np.percentile(px, [1, 99]))
+        if hi - lo < MIN_RANGE:
+            return f"uniform field of view (contrast {hi - lo:.0f} < {MIN_RANGE} levels)"
+        echo = float((px > lo + MIN_RANGE).mean())
+        if echo < MIN_ECHO:
+            return f"almost no echoes ({echo:.0%} of the field of view; probe in air or lifted?)"
+        return None
+
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        h, w = (int(v) for v in rng.choice([1, 3, 8, 13, 64, 97, 224], 2))
+        if rng.random() < 0.5:
+            spread = int(rng.choice([0, 12, 24, 25, 60, 255]))
+            px = np.clip(int(rng.integers(0, 256)) + rng.integers(-spread, spread + 1, (h, w)), 0, 255)
+        else:       # dark with a few echoes: the probe-in-air case near MIN_ECHO
+            lit = rng.random((h, w)) < rng.random() * 0.25
+            px = np.where(lit, rng.integers(0, 256, (h, w)), rng.integers(0, 3, (h, w)))
+        px = px.astype(np.uint8)
+        assert no_image_reason(px) == reference(px)
+
+
 def test_cropper_keeps_layout_when_probe_lifted(scanner_frames):
     frame, truth = scanner_frames["linear"]
     cropper = FrameCropper(PreprocessSpec())

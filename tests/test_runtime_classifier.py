@@ -109,3 +109,19 @@ def test_cli_no_verify(tmp_path, runtime_model, runtime_images):
     allowed = CliRunner().invoke(app, ["infer", str(damaged), image, "--backend", "ort-cpu", "--no-verify"])
     assert allowed.exit_code == 0, allowed.output
     assert "usedge: model card: fp32 model " in allowed.output and "SYNTHETIC data" in allowed.output
+
+
+def test_looks_like_probs_is_allclose_written_out():
+    """The per-frame logits-or-probabilities test gives numpy.allclose's answer, at its tolerance edges too."""
+    from usedge.runtime.classifier import looks_like_probs
+
+    def reference(p):
+        return bool(np.all(p >= -1e-4) and np.all(p <= 1 + 1e-4) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-2))
+
+    rng = np.random.default_rng(3)
+    cases = [np.array([[0.5, 0.5 + d]], np.float32) for d in np.linspace(-0.0102, 0.0102, 409, dtype=np.float32)]
+    cases += [rng.dirichlet(np.ones(3), 2).astype(np.float32) * np.float32(s) for s in (1, 0.99, 1.0099, 1.02)]
+    cases += [np.array([[-1e-4, 0.5, 0.5]], np.float32), np.array([[-2e-4, 0.5, 0.5]], np.float32),
+              np.array([[np.nan, 0.5, 0.5]], np.float32), (rng.normal(size=(2, 3)) * 3).astype(np.float32)]
+    for p in cases:
+        assert looks_like_probs(p) == reference(p), p

@@ -88,6 +88,13 @@ def test_freeze_detector_and_smoother():
     det.keep(a)
     assert det.is_frozen(a.copy())
     assert not det.is_frozen(rng.integers(0, 255, (240, 320), np.uint8))
+    # keep() right after is_frozen() of the same frame reuses its sample; of another frame, samples that one
+    b, c = (rng.integers(0, 255, (1080, 1920, 3), np.uint8) for _ in range(2))
+    assert not det.is_frozen(b)
+    det.keep(b)
+    assert det.is_frozen(b.copy()) and not det.is_frozen(c)
+    det.keep(b.copy())
+    assert det.is_frozen(b) and not det.is_frozen(c)
     sm = Smoother(window=2)
     sm({"a": 1.0, "b": 0.0})
     assert sm({"a": 0.0, "b": 1.0}) == {"a": 0.5, "b": 0.5}

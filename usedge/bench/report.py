@@ -85,15 +85,16 @@ def markdown(result: dict) -> str:
     if st:
         lines += [f"## Stage breakdown: 1080p scanner frame ({st['video']['frames']}-frame synthetic video, "
                   "onnxruntime CPU)", "",
-                  "| model | time | decode | crop | normalise | model | post | total | outside model | "
-                  "outside model, loop only |", "|---|---|" + "---:|" * 8]
+                  "| model | time | " + " | ".join(STAGES) + " | total | outside model | outside model, loop only |",
+                  "|---|---|" + "---:|" * (len(STAGES) + 3)]
         for name, m in st["models"].items():
             for kind in ("wall_ms", "cpu_ms"):
                 p = m["per_stage"][kind]
                 lines.append(f"| {name} | {kind.replace('_ms', '')} ms | " + " | ".join(
                     _f(p[s]) for s in (*STAGES, "total")) +
                     f" | {_f(100 * p['outside_model_share'], 1)} % | {_f(100 * p['loop_outside_model_share'], 1)} % |")
-        lines += ["", "Medians per frame, frames processed one after another. *Loop only*: without decode, "
+        lines += ["", "Medians per frame, frames processed one after another, through the stream loop's stages "
+                  "(freeze detection on; crop includes the quality gate). *Loop only*: without decode, "
                   "which the stream's capture thread does beside the inference loop.", "",
                   "| model | stream fps | capture-to-result p50 / p90 / p99 ms | model p50 ms | outside model |",
                   "|---|---:|---|---:|---:|"]

@@ -1,6 +1,7 @@
-"""Where a 1080p scanner frame's time goes: decode, then the runtime's stages crop, normalise, model,
-post (the one vocabulary of Prediction.latency_ms and the stream summary), and the end-to-end figure
-of the stream loop (`usedge infer --stream`) on the same video.
+"""Where a 1080p scanner frame's time goes: decode, the stream loop's freeze check, then the runtime's
+stages crop (with the quality gate, as in Classifier.predict), normalise, model, post (the one
+vocabulary of Prediction.latency_ms and the stream summary), and the end-to-end figure of the stream
+loop (`usedge infer --stream`) on the same video.
 
 The video is the synthetic scanner's (usedge.synth.video, 1920 x 1080, written through OpenCV):
 decode is the runtime's VideoFileReader.read (PyAV; OpenCV's VideoCapture for a file PyAV cannot open). Each stage is timed per
@@ -19,7 +20,7 @@ from usedge.bench.stats import latency_stats
 from usedge.errors import InputError
 from usedge.runtime.classifier import STAGES as MODEL_STAGES
 
-STAGES = ("decode", *MODEL_STAGES)
+STAGES = ("decode", "freeze", *MODEL_STAGES)
 
 
 def scanner_video(work: Path, frames: int, seed: int = 0) -> Path:
@@ -35,7 +36,13 @@ def scanner_video(work: Path, frames: int, seed: int = 0) -> Path:
 
 def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmup: int = 2) -> dict:
     """Per-stage wall/CPU ms per frame for every frame of `video` on onnxruntime CPU, one after another,
-    under the runtime's thread budget (decoding in this thread: no capture thread)."""
+    under the runtime's thread budget (decoding in this thread: no capture thread).
+
+    The stages are the stream loop's own (FramePipeline.process with freeze detection on, its default):
+    freeze (compare with the last classified frame, keep this one), crop (the stream's FrameCropper and
+    the quality gate), normalise, model, post. `loop_outside_model_share` is what the loop spends outside
+    the model: 1 - model / (every stage but decode, which the capture thread does beside the loop).
+    """
     from usedge.runtime.classifier import Classifier
     from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.sources import VideoFileReader
@@ -46,7 +53,7 @@ def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmu
     budget = thread_budget(model_threads=threads)
     budget.apply()
     with Classifier.load(model_path, backend="ort-cpu", threads=budget.model_threads) as clf:
-        cropper = FramePipeline(clf, stream=True).cropper      # the stream's crop: layout detected once
+        pipe = FramePipeline(clf, stream=True, freeze=True)   # the stream's crop (layout detected once), gate, freeze
         cap = VideoFileReader(video)
         cap.decode_threads = budget.decode_threads
         try:
@@ -55,13 +62,17 @@ def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmu
             raise InputError("cannot open the benchmark video", path=video,
                              hint="neither PyAV nor this OpenCV build decodes it; run with --no-stages") from exc
         i = 0
-        while True:   # Classifier.predict's stages, one by one, timed in wall and CPU time
+        while True:   # FramePipeline.process's stages, one by one, timed in wall and CPU time
             marks = [(time.perf_counter(), time.process_time())]
             frame = cap.read()
             if frame is None:
                 break
             marks.append((time.perf_counter(), time.process_time()))
-            image, info = clf.prepare(frame, cropper=cropper)
+            frozen = pipe.freeze.is_frozen(frame)          # never true here: the video has no freezes
+            pipe.freeze.keep(frame)
+            marks.append((time.perf_counter(), time.process_time()))
+            image, info = clf.prepare(frame, cropper=pipe.cropper)
+            reason = pipe.quality(image)
             marks.append((time.perf_counter(), time.process_time()))
             batch = clf.normalise(image)
             marks.append((time.perf_counter(), time.process_time()))
@@ -69,7 +80,7 @@ def stage_breakdown(model_path: Path, video: Path, *, threads: int | None, warmu
             marks.append((time.perf_counter(), time.process_time()))
             clf.post(outputs, [info], first_index=i, source=str(video))
             marks.append((time.perf_counter(), time.process_time()))
-            if i >= warmup:
+            if i >= warmup and not frozen and reason is None:
                 for s, a, b in zip(STAGES, marks[:-1], marks[1:]):
                     wall[s].append((b[0] - a[0]) * 1e3)
                     cpu[s].append((b[1] - a[1]) * 1e3)

@@ -51,6 +51,7 @@ class FreezeDetector:
         self.threshold = threshold
         self._prev: np.ndarray | None = None
         self._shape: tuple | None = None
+        self._seen: tuple[np.ndarray, np.ndarray] | None = None   # (frame, its sample) of the last is_frozen
         self.last_mad = float("inf")
 
     def _sample(self, image: np.ndarray) -> np.ndarray:
@@ -63,6 +64,7 @@ class FreezeDetector:
     def is_frozen(self, image: np.ndarray) -> bool:
         """Whether `image` is the reference frame again (the last one passed to `keep`)."""
         sample = self._sample(image)
+        self._seen = (image, sample)
         if self._prev is None or self._shape != image.shape or self._prev.dtype != sample.dtype:
             self.last_mad = float("inf")
             return False
@@ -70,12 +72,16 @@ class FreezeDetector:
         return self.last_mad < self.threshold
 
     def keep(self, image: np.ndarray) -> None:
-        """Make `image` the reference: only a frame that was classified may be repeated as frozen."""
-        self._prev, self._shape = self._sample(image), image.shape
+        """Make `image` the reference: only a frame that was classified may be repeated as frozen.
+        Right after `is_frozen(image)` (the pipeline's order) its sample is reused, not taken again."""
+        seen, self._seen = self._seen, None
+        self._prev = seen[1] if seen is not None and seen[0] is image else self._sample(image)
+        self._shape = image.shape
 
     def reset(self) -> None:
         """No reference: the next frame is classified whatever it shows."""
         self._prev = None
+        self._seen = None
 
 
 class Smoother:

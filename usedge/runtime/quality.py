@@ -26,19 +26,46 @@ contrast of 95-245 levels and 32-99 % echoes at 64 and 224 px
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 MIN_RANGE = 24          # levels (8 bit)
 MIN_ECHO = 0.10         # fraction of the model image
 
 
+def _percentile(cumulative: np.ndarray, q: float) -> float:
+    """numpy.percentile(px, q) (its default 'linear' method) from the cumulative histogram of px.
+
+    The same float64 steps as numpy: virtual index (n - 1) x q/100, the order statistics on either
+    side of it (read off the histogram instead of partitioning the pixels) and numpy's lerp.
+    """
+    n = int(cumulative[-1])
+    virtual = (n - 1) * (q / 100)
+    below = min(int(np.floor(virtual)), n - 1)
+    a, b = (int(np.searchsorted(cumulative, k, side="right")) for k in (below, min(below + 1, n - 1)))
+    gamma = virtual - below
+    d = float(b - a)
+    return b - d * (1 - gamma) if gamma >= 0.5 else a + d * gamma
+
+
 def no_image_reason(image: np.ndarray) -> str | None:
-    """Why the uint8 model image holds no usable ultrasound image, or None when it does."""
-    px = np.asarray(image)
-    lo, hi = (float(v) for v in np.percentile(px, [1, 99]))
+    """Why the uint8 model image holds no usable ultrasound image, or None when it does.
+
+    Computed from the image's 256-level histogram (one pass over the pixels): the same numbers as
+    numpy.percentile and a comparison per pixel.
+    """
+    px = np.ascontiguousarray(image, dtype=np.uint8)
+    if px.size < 1 << 24:       # OpenCV counts in float32: exact below 2^24 pixels
+        hist = cv2.calcHist([px.reshape(px.shape[0], -1)], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    else:
+        hist = np.bincount(px.ravel(), minlength=256)
+    cumulative = np.cumsum(hist)
+    lo, hi = _percentile(cumulative, 1), _percentile(cumulative, 99)
     if hi - lo < MIN_RANGE:
         return f"uniform field of view (contrast {hi - lo:.0f} < {MIN_RANGE} levels)"
-    echo = float((px > lo + MIN_RANGE).mean())
+    # pixels brighter than lo + MIN_RANGE: every level above its integer part
+    above = int(cumulative[-1] - cumulative[min(int(np.floor(lo + MIN_RANGE)), 255)])
+    echo = above / int(cumulative[-1])
     if echo < MIN_ECHO:
         return f"almost no echoes ({echo:.0%} of the field of view; probe in air or lifted?)"
     return None
