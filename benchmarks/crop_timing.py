@@ -28,12 +28,14 @@ aliasing check: a 1-pixel checkerboard of each crop side, resized by each method
 decimation (INTER_NEAREST): the spread (max - min) of the output in grey levels (0 = fully filtered).
 
 Writes benchmarks/results/crop_timing.json and .md, and (unless --no-docs) regenerates the figures
-that README.md and docs/crop.md quote from them, so the docs always match the results file.
+that README.md and docs/crop.md quote from them, so the docs always match the results file
+(--docs-only: from the existing JSON, measuring nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -221,9 +223,12 @@ How far halve-linear's model inputs are from area's (uint8, same crop boxes, gre
 {fid_row("synthetic phantom views (the cohort's images), crop=auto", fid["cohort"])}
 {fid_row("pydicom's ultrasound files, every frame", fid["dicom"])}
 
-The differences are those of two anti-aliasing filters on speckle near the model grid's resolution
-(about {fid['screens']['mean_abs_median']:.1f} grey levels on average), large enough that a model trained with one method should
-run with the same one: hence the recorded, versioned `resize`. Aliasing check (1-pixel
+On crops larger than the model input the differences are those of two anti-aliasing filters on
+speckle near the model grid's resolution (about {fid['screens']['mean_abs_median']:.1f} grey levels on average on the screens). The
+largest are on crops smaller than the model input (pydicom's small screens), which are enlarged:
+there OpenCV's INTER_AREA is close to nearest-neighbour and halve-linear is bilinear. A model runs
+with the method it was trained with (the recorded `resize`); how a model trained with one method
+fares on the other's inputs was not measured. Aliasing check (1-pixel
 checkerboard of each crop side, spread of the output in grey levels; 0 = filtered out): area
 {al['area']}, halve-linear {al[FAST]}, plain decimation {al['decimation (INTER_NEAREST)']} (`benchmarks/results/crop_timing.md`).
 
@@ -249,7 +254,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-docs", action="store_true", help="do not regenerate the figures in README.md and docs/crop.md")
+    ap.add_argument("--docs-only", action="store_true", help="measure nothing: regenerate the docs' figures from "
+                                                             "benchmarks/results/crop_timing.json")
     args = ap.parse_args(argv)
+    if args.docs_only:
+        r = json.loads((RESULTS / "crop_timing.json").read_text())
+        update_docs(r, r.get("frames", r["layouts"] * r["frames_per_layout"]), r["layouts"])
+        return 0
     per = max(2, args.frames // args.layouts)
     none_spec = PreprocessSpec(crop="none", resize="area")
     specs = {m: PreprocessSpec(crop="auto", resize=m) for m in RESIZE_METHODS}
@@ -308,7 +319,7 @@ def main(argv=None) -> int:
               "resize_alone_ms": round(summary[f"resize alone ({FAST})"]["cpu_ms_median"], 3)}
     ratio = lambda k: summary[f"{k} ({FAST})"]["cpu_ms_median"] / summary[f"{k} (area)"]["cpu_ms_median"]  # noqa: E731
     result = {"cpu": cpu, "cpu_flags": flags, "frame_size": [1920, 1080], "model_size": size,
-              "layouts": args.layouts, "frames_per_layout": per, "resize_methods": list(RESIZE_METHODS),
+              "frames": args.frames, "layouts": args.layouts, "frames_per_layout": per, "resize_methods": list(RESIZE_METHODS),
               "fast_method": FAST, "crop_sides_px": sides, "cropper_detections": detections, "summary": summary,
               "cached_ratio_fast_to_area": ratio("cached crop + normalise"),
               "resize_ratio_fast_to_area": ratio("resize alone"),
