@@ -111,6 +111,13 @@ def test_train_refuses_a_policy_searched_for_another_run(tiny_cohort, fold_polic
         make_train_augmenter(fold_policy, "expand", run=(ds, _run_config(**{"cv.folds": 4})))
     with pytest.raises(ConfigError, match="crop=auto .* this run uses crop=none"):
         make_train_augmenter(fold_policy, "expand", run=(ds, _run_config(**{"data.crop": "none"})))
+    with pytest.raises(ConfigError, match="resize=halve-linear, this run uses .* resize=area.* --resize area"):
+        make_train_augmenter(fold_policy, "expand", run=(ds, _run_config(**{"data.resize": "area"})))
+    old = Policy.load(fold_policy)                  # searched before resize existed: searched with area
+    del old.meta["search"]["preprocess"]["resize"]
+    with pytest.raises(ConfigError, match="resize=area, this run uses .* resize=halve-linear .*--set data.resize=area"):
+        make_train_augmenter(old, "expand", run=(ds, _run_config()))
+    make_train_augmenter(old, "expand", run=(ds, _run_config(**{"data.resize": "area"})))
     with pytest.raises(ConfigError, match="needs the training run"):  # a per-fold policy never falls back
         make_train_augmenter(fold_policy, "expand")
     # a policy without the all-data search: the final model is refused, --no-final-model accepted
