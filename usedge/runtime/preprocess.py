@@ -11,7 +11,7 @@ travels with the model (checkpoint and ONNX metadata).
 `PreprocessSpec.resize` names how the gray crop is brought to spec.size (crop.resize_to_model):
 "area" (one INTER_AREA resize; what a spec without the field means, so every model trained before
 the field existed keeps its exact bytes) or "halve-linear" (2x2 box averages while the side stays at
-least twice the model size, then bit-exact bilinear: about 5x cheaper on a 1080p screen's crop; what
+least twice the model size, then bit-exact bilinear: cheaper on a 1080p screen's crop; what
 `usedge train` uses for new models). docs/crop.md gives both definitions and their measured difference.
 """
 
