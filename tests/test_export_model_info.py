@@ -44,6 +44,7 @@ CASES = [
     ("bad_precision", _set("precision", "int4"), "precision must be one of"),
     ("bad_mean", _set("mean", "0.5", "preprocess"), "preprocess.mean must be a number"),
     ("bad_outputs", _set("outputs", ["cam"]), "outputs must list 'probs'"),
+    ("unknown_resize", _set("resize", "bicubic", "preprocess"), "unknown preprocess.resize \"bicubic\""),
 ]
 
 
@@ -61,6 +62,47 @@ def test_newer_major_names_both_versions_and_says_upgrade():
     with pytest.raises(ModelError) as err:
         model_info_from_metadata({METADATA_KEY: json.dumps(d)}, "m.onnx")
     assert "3.1" in err.value.message and SCHEMA_VERSION in err.value.message and "upgrade" in err.value.hint
+
+
+def test_unknown_resize_says_upgrade(tmp_path, runtime_model):
+    path = _with_info(runtime_model, tmp_path / "resize.onnx", _set("resize", "bicubic", "preprocess"))
+    with pytest.raises(ModelError) as err:
+        Classifier.load(path, backend="ort-cpu", threads=1)
+    assert "upgrade usedge" in err.value.hint and "area, halve-linear" in err.value.message
+
+
+def test_resize_is_recorded_and_a_model_without_it_gets_area(tmp_path, runtime_model, tiny_export_checkpoint):
+    """The export records the checkpoint's resize; a model exported before PreprocessSpec.resize existed
+    prepares its pixels as it always did ("area")."""
+    from usedge.export.onnx_export import read_model_info
+    from usedge.runtime.model_info import ModelInfo
+    from usedge.runtime.preprocess import PreprocessSpec
+    from usedge.train.checkpoint import read_checkpoint
+
+    info = read_model_info(runtime_model)
+    assert info.preprocess.resize == read_checkpoint(tiny_export_checkpoint)["preprocess"]["resize"]
+    assert info.metadata_props()["resize"] == info.preprocess.resize
+    fast = ModelInfo(class_names=["a", "b"], input_size=224, preprocess=PreprocessSpec(resize="halve-linear"))
+    assert ModelInfo.from_json(fast.to_json()).preprocess.resize == "halve-linear"
+    old = _with_info(runtime_model, tmp_path / "old.onnx", lambda d: d["preprocess"].pop("resize"))
+    assert Classifier.load(old, backend="ort-cpu", threads=1).spec.resize == "area"
+
+
+def test_checkpoint_with_unknown_resize_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    from usedge.runtime.preprocess import PreprocessSpec
+    from usedge.train.checkpoint import read_checkpoint, save_checkpoint
+    from usedge.train.model import build_model
+
+    path = save_checkpoint(tmp_path / "best.pt", build_model("resnet18", num_classes=2), class_names=["a", "b"],
+                           preprocess=PreprocessSpec(resize="halve-linear"))
+    assert read_checkpoint(path)["preprocess"]["resize"] == "halve-linear"
+    payload = torch.load(path, weights_only=True)
+    payload["preprocess"]["resize"] = "bicubic"
+    torch.save(payload, path)
+    with pytest.raises(ModelError, match="resize method 'bicubic'") as err:
+        read_checkpoint(path)
+    assert str(path) in err.value.one_line() and "upgrade usedge" in err.value.hint
 
 
 def test_exported_file_carries_schema_version_and_digest(runtime_model):

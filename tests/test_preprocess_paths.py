@@ -15,8 +15,10 @@ from hypothesis.extra import numpy as hnp
 
 from tests.fixtures.crop import bmode_image, pydicom_file
 from usedge.errors import ConfigError, InputError
-from usedge.runtime.crop import CropInfo, FrameCropper, crop_mask, prepare, prepare_all
-from usedge.runtime.preprocess import PreprocessSpec, normalise
+from usedge.runtime.crop import CropInfo, FrameCropper, crop_mask, prepare, prepare_all, resize_to_model
+from usedge.runtime.doppler import doppler_cells, fill_from_surroundings
+from usedge.runtime.pixels import gray_of
+from usedge.runtime.preprocess import RESIZE_FOR_NEW_MODELS, RESIZE_METHODS, PreprocessSpec, normalise
 
 
 def runtime_inputs(path, spec):
@@ -47,9 +49,10 @@ def files(tiny_cohort, scanner_frames, tmp_path_factory):
             "dicom jpeg2k": pydicom_file("examples_jpeg2k.dcm"), "dicom cine": pydicom_file("examples_ybr_color.dcm")}
 
 
+@pytest.mark.parametrize("resize", RESIZE_METHODS)
 @pytest.mark.parametrize("name", ["cohort png", "scanner png", "dicom jpeg2k", "dicom cine"])
-def test_training_and_bedside_inputs_are_byte_identical(files, name):
-    spec = PreprocessSpec()
+def test_training_and_bedside_inputs_are_byte_identical(files, name, resize):
+    spec = PreprocessSpec(resize=resize)
     a = training_inputs(files[name], spec)
     b = runtime_inputs(files[name], spec)
     assert a.shape == b.shape == (1, 1, 224, 224) and a.dtype == b.dtype == np.float32
@@ -123,14 +126,67 @@ def test_dicom_regions_used_when_they_fit(scanner_frames):
     assert info.method == "detection" and "do not fit" in info.notes[0]
 
 
-def test_crop_mask_follows_the_crop():
-    frame = np.zeros((100, 200), np.uint8)
+@pytest.mark.parametrize("resize", RESIZE_METHODS)
+def test_crop_mask_follows_the_crop(resize):
     mask = np.zeros((100, 200), np.uint8)
     mask[20:40, 50:70] = 255
     info = CropInfo(frame_shape=(100, 200), fov_box=(0, 0, 200, 100), crop_box=(50, 20, 40, 40))
-    m = crop_mask(mask, info, 20)
+    m = crop_mask(mask, info, 20, resize)
     assert m.shape == (20, 20) and m[:10, :10].all() and not m[10:, 10:].any()
-    del frame
+
+
+# ------------------------------------------------------------------ PreprocessSpec.resize
+
+def _frozen_area_input(frame, crop_box, spec):
+    """The model input as usedge computed it before PreprocessSpec.resize existed (a frozen copy of
+    crop._render's pixel work): crop -> gray -> one INTER_AREA -> Doppler cells filled."""
+    x, y, w, h = crop_box
+    roi = frame[y:y + h, x:x + w]
+    small = cv2.resize(gray_of(roi), (spec.size, spec.size), interpolation=cv2.INTER_AREA)
+    mask = doppler_cells(roi, spec.size) if roi.ndim == 3 and spec.remove_doppler else None
+    return small if mask is None else fill_from_surroundings(small, mask)
+
+
+def test_a_spec_without_resize_is_todays_area(files, scanner_frames):
+    """Every model and checkpoint written before the field existed gets "area": the same bytes as before."""
+    from usedge.runtime.formats import read_file
+    from usedge.runtime.model_info import ModelInfo
+
+    old = {"size": 224, "mean": 0.5, "std": 0.5, "crop": "auto", "remove_doppler": True, "skin_margin": 0.02}
+    spec = PreprocessSpec.from_dict(old)
+    assert spec.resize == "area" == PreprocessSpec().resize
+    assert ModelInfo.from_dict({"class_names": ["a", "b"], "input_size": 224, "preprocess": old}).preprocess == spec
+    frames = [read_file(p).frame for p in files.values()] + [f for f, _ in scanner_frames.values()]
+    for frame in frames:
+        image, info = prepare(frame, spec)
+        assert image.tobytes() == _frozen_area_input(frame, info.crop_box, spec).tobytes()
+
+
+def test_halve_linear_definition_and_anti_aliasing():
+    """halve-linear: 2x2 box halvings while the side stays >= 2 x size (remainder trimmed from both
+    ends), then bit-exact bilinear; a 1-pixel checkerboard (the worst alias for plain decimation)
+    comes out flat, because every 2x2 box holds two black and two white pixels."""
+    for side in (448, 744, 894, 1000):
+        board = ((np.indices((side, side)).sum(axis=0) % 2) * 255).astype(np.uint8)
+        out = resize_to_model(board, 224, "halve-linear")
+        assert out.shape == (224, 224) and int(out.max()) - int(out.min()) == 0
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (901, 450), dtype=np.uint8)        # 901 -> 4 (trim 1: row 0 kept), 450 -> 2
+    want = img[0:900, 0:450].astype(np.float64).reshape(225, 4, 225, 2).mean(axis=(1, 3))
+    got = resize_to_model(img, 225, "halve-linear")                # two rounded stages: within one level
+    assert got.shape == (225, 225) and np.abs(got - want).max() <= 1.0
+    small = rng.integers(0, 256, (300, 300), dtype=np.uint8)       # under 2 x size: the bilinear step only
+    assert resize_to_model(small, 224, "halve-linear").tobytes() == \
+        cv2.resize(small, (224, 224), interpolation=cv2.INTER_LINEAR_EXACT).tobytes()
+
+
+def test_unknown_resize_method_is_refused():
+    with pytest.raises(ConfigError, match="unknown resize method 'bicubic'") as err:
+        PreprocessSpec(resize="bicubic")
+    assert "area" in err.value.hint and "halve-linear" in err.value.hint
+    with pytest.raises(ConfigError):
+        PreprocessSpec.from_dict({"resize": "lanczos"})
+    assert RESIZE_FOR_NEW_MODELS in RESIZE_METHODS
 
 
 # ------------------------------------------------------------------ the stream cropper
@@ -165,9 +221,10 @@ def test_cropper_matches_prepare_and_detects_once():
     assert cropper.detections == 3
 
 
+@pytest.mark.parametrize("resize", RESIZE_METHODS)
 @pytest.mark.parametrize("probe,doppler,size", [("linear", False, (1920, 1080)), ("linear", True, (1920, 1080)),
                                                   ("curved", True, (1280, 720)), ("curved", False, (1024, 768))])
-def test_cached_stream_path_gives_the_reference_model_input(probe, doppler, size):
+def test_cached_stream_path_gives_the_reference_model_input(probe, doppler, size, resize):
     """The stream loop's fast path (cached layout, ROI-only crop, quality gate from the histogram, the
     Classifier's reused input buffer) feeds the model exactly what the reference path gives for the same
     crop box: prepare() of that box (and of the whole frame when it finds the same box), normalise()
@@ -182,7 +239,7 @@ def test_cached_stream_path_gives_the_reference_model_input(probe, doppler, size
     rng = np.random.default_rng(len(probe) + doppler)
     bm = [bmode_image(s) for s in (20, 21, 22, 23)]
     screen = ScannerScreen(rng, bm[0].shape, size=size, probe=probe, doppler=doppler)
-    spec = PreprocessSpec()
+    spec = PreprocessSpec(resize=resize)
     cropper = FrameCropper(spec)
     buf = np.empty((1, 1, spec.size, spec.size), np.float32)     # what Classifier.normalise reuses
     same_box = 0
@@ -193,7 +250,7 @@ def test_cached_stream_path_gives_the_reference_model_input(probe, doppler, size
         image, info = cropper(frame)
         fast = normalise(image, spec, out=buf)
         x, y, w, h = info.crop_box
-        ref, ref_info = prepare(frame, PreprocessSpec(crop=f"{x},{y},{w},{h}"))
+        ref, ref_info = prepare(frame, PreprocessSpec(crop=f"{x},{y},{w},{h}", resize=resize))
         assert ref_info.crop_box == info.crop_box and ref_info.doppler_fraction == info.doppler_fraction
         assert fast.tobytes() == normalise(ref, spec).tobytes()
         assert (no_image_reason(image) is not None) == reference_gate(image)

@@ -29,7 +29,7 @@ def search_cmd(
                                "children, 30 epochs, StepLR(7, 0.1), ImageNet init with --child-pretrained, "
                                "objective on augmented plus original images, their 14 ops)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="The training run's TOML (as for usedge "
-                                          "train): its seed, folds, final model, crop, Doppler removal and gate."),
+                                          "train): its seed, folds, final model, crop, Doppler removal, resize and gate."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL shared by all machines running this "
                                           "search; default sqlite:///<out>.optuna.db (resumable)."),
     study_name: Optional[str] = typer.Option(None, help="Study name prefix (default: from the data set's hash)."),
@@ -44,6 +44,7 @@ def search_cmd(
     crop: Optional[str] = typer.Option(None, help="The run's crop (default: the run's config)."),
     remove_doppler: Optional[bool] = typer.Option(None, "--remove-doppler/--keep-doppler",
                                                   help="The run's Doppler removal (default: the run's config)."),
+    resize: Optional[str] = typer.Option(None, help="The run's resize: halve-linear | area (default: the run's config)."),
     max_folds: Optional[int] = typer.Option(None, help="Search only the first N outer folds (0 = all)."),
     inner_splits: Optional[int] = typer.Option(None, help="Inner splits (by patient) per scope [4]."),
     trials: Optional[int] = typer.Option(None, help="TPE trials per inner split [100]."),
@@ -80,7 +81,7 @@ def search_cmd(
 
     run = load_config(config, {"run.seed": seed, "cv.folds": folds if folds else None,
                                "cv.final_model": final_model, "data.crop": crop,
-                               "data.remove_doppler": remove_doppler})
+                               "data.remove_doppler": remove_doppler, "data.resize": resize})
     cfg = SearchConfig.for_run(
         run, preset, folds=folds, max_folds=max_folds, inner_splits=inner_splits, trials=trials, top=top, ops=ops,
         ops_per_sub_policy=ops_per_sub_policy, objective=objective, heldout=heldout, child_arch=child_arch,
@@ -122,15 +123,15 @@ def preview_cmd(
     from usedge.train.config import load_config
     from usedge.train.search import load_images
 
+    run = load_config(None)
     if data.is_file() and data.suffix.lower() != ".csv":
-        pics = [prepare_file(data, PreprocessSpec(size=size, crop="none", remove_doppler=False))[0]]
+        pics = [prepare_file(data, PreprocessSpec(size=size, crop="none", remove_doppler=False, resize=run.data.resize))[0]]
     else:
         from usedge.dataset import load_dataset
 
         ds = load_dataset(data)
         pick = np.random.default_rng(seed).permutation(len(ds))[:images]
-        run = load_config(None)
-        pics = list(load_images(ds, pick, size, run.data.crop, run.data.remove_doppler))
+        pics = list(load_images(ds, pick, size, run.data.crop, run.data.remove_doppler, run.data.resize))
     if policy is not None:
         grid = preview_grid(pics, Policy.load(policy), columns=columns, seed=seed, size=size)
     else:

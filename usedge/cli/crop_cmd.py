@@ -10,6 +10,7 @@ import typer
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quiet_option
 from usedge.cli.terminal import say, terminal_safe
+from usedge.runtime.preprocess import RESIZE_FOR_NEW_MODELS
 
 
 @app.command()
@@ -21,6 +22,8 @@ def crop(
     image_size: int = typer.Option(224, "--image-size", help="Output side in pixels (the model input size)."),
     size: Optional[int] = typer.Option(None, "--size", hidden=True, help="Deprecated: use --image-size."),
     doppler: bool = typer.Option(True, "--remove-doppler/--keep-doppler", help="Fill colour Doppler pixels from the B-mode around them."),
+    resize: str = typer.Option(RESIZE_FOR_NEW_MODELS, help="Crop -> model size: halve-linear (what usedge train "
+                               "uses) | area (models trained before usedge had this choice): use your model's."),
     presets: Optional[Path] = typer.Option(None, help="Your presets TOML (a table preset.NAME with box = x, y, w, h), added to the built-in ones."),
     all_frames: bool = typer.Option(False, "--all-frames", help="Every frame of multi-frame DICOM (default: the first)."),
     every: int = typer.Option(1, "--every", min=1, help="Only every N-th frame of a video (and of a multi-frame DICOM "
@@ -55,7 +58,7 @@ def crop(
     parse_crop(crop_mode, presets)                 # ConfigError on a bad presets file, malformed --crop, unknown preset
     if image_size < 8:
         raise ConfigError(f"--image-size {image_size} is too small", hint="use at least 8 (224 for the paper's model)")
-    spec = PreprocessSpec(size=image_size, crop=crop_mode, remove_doppler=doppler)
+    spec = PreprocessSpec(size=image_size, crop=crop_mode, remove_doppler=doppler, resize=resize)
     files, notes = expand_inputs(inputs, INPUT_SUFFIXES)
     refuse_overwriting_inputs(out, files, "--out")
     if overlay is not None:

@@ -5,6 +5,7 @@
     FrameCropper(spec)                 the same as `prepare` for a stream: detects the layout once,
                                        re-checks it cheaply per frame, re-detects when it changes
     prepare_file(path, spec)           read_image(path) (+ its DICOM regions) -> prepare
+    resize_to_model(gray, size, method) the resize step, by PreprocessSpec.resize (area | halve-linear)
     parse_crop(text) / load_presets()  'auto' | 'fov' | 'none' | 'x,y,w,h' | 'preset:NAME'
 
 `regions` are DICOM SequenceOfUltrasoundRegions boxes (x, y, w, h, frame pixels); they are used with
@@ -13,9 +14,9 @@ crop=auto/fov only after they are checked against the frame size and the detecte
 else detection runs.
 
 Order of work (per frame): to uint8 (channels kept) -> field of view (DICOM regions | preset |
-manual box | detection) -> skin-centred square inside it (crop=auto) -> resize to spec.size with
-INTER_AREA (gray) -> Doppler pixels (found on the crop's colour pixels) filled from the surrounding
-B-mode. Non-square boxes (fov, none, manual, presets without square) are
+manual box | detection) -> skin-centred square inside it (crop=auto) -> gray, resized to spec.size by
+spec.resize (`resize_to_model`: area | halve-linear) -> Doppler pixels (found on the crop's colour
+pixels) filled from the surrounding B-mode. Non-square boxes (fov, none, manual, presets without square) are
 resized without keeping the aspect ratio, like torchvision's Resize((224, 224)) of the paper.
 """
 
@@ -178,12 +179,46 @@ def _square(image: np.ndarray, layout: Layout, box: Box, spec: PreprocessSpec) -
     return skin_centred_square(box, find_skin_line(image, box), margin=spec.skin_margin)
 
 
+def _halvings(side: int, size: int) -> int:
+    """The power of two k by which halve-linear box-averages a side: the largest with side // k >= size."""
+    k = 1
+    while side // (2 * k) >= size:
+        k *= 2
+    return k
+
+
+def resize_to_model(image: np.ndarray, size: int, method: str) -> np.ndarray:
+    """A gray crop (uint8; or a float32 mask) -> size x size by a PreprocessSpec.resize method.
+
+    area:         one cv2.resize INTER_AREA (exact pixel-area averages; slow at a non-integer factor).
+    halve-linear: per axis, k = the largest power of two with side // k >= size; the side is trimmed
+                  to a multiple of k (the remainder, under k pixels, split between both ends), halved
+                  by 2x2 (or 2x1) box averages log2(k) times (INTER_AREA at exactly 1/2: OpenCV's
+                  integer fast path, rounded), then resized by bit-exact bilinear (INTER_LINEAR_EXACT)
+                  at a remaining factor under 2. Anti-aliased by the box steps; a side under twice
+                  `size` gets the bilinear step only.
+    """
+    if method == "area":
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    if method != "halve-linear":
+        raise ConfigError(f"unknown resize method {method!r}", hint="use area or halve-linear")
+    h, w = image.shape[:2]
+    ky, kx = _halvings(h, size), _halvings(w, size)
+    y0, x0 = (h % ky) // 2, (w % kx) // 2
+    x = image[y0:y0 + h - h % ky, x0:x0 + w - w % kx]
+    while ky > 1 or kx > 1:
+        fy, fx = min(ky, 2), min(kx, 2)
+        x = cv2.resize(x, (x.shape[1] // fx, x.shape[0] // fy), interpolation=cv2.INTER_AREA)
+        ky, kx = ky // fy, kx // fx
+    return cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR_EXACT)
+
+
 def _render(image: np.ndarray, layout: Layout, box: Box, crop_box: Box, spec: PreprocessSpec
             ) -> tuple[np.ndarray, CropInfo]:
-    """Crop -> gray -> resize to size x size (INTER_AREA) -> Doppler cells filled: uint8 + where it came from."""
+    """Crop -> gray -> resize to size x size (spec.resize) -> Doppler cells filled: uint8 + where it came from."""
     x, y, w, h = crop_box
     roi = image[y:y + h, x:x + w]
-    small = cv2.resize(gray_of(roi), (spec.size, spec.size), interpolation=cv2.INTER_AREA)
+    small = resize_to_model(gray_of(roi), spec.size, spec.resize)
     mask = doppler_cells(roi, spec.size) if roi.ndim == 3 and spec.remove_doppler else None
     frac = 0.0 if mask is None else float(mask.mean())
     if mask is not None:
@@ -231,10 +266,11 @@ def prepare_file(path: str | Path, spec: PreprocessSpec = PreprocessSpec(), *, f
     return prepare(d.frame, spec, regions=d.regions)
 
 
-def crop_mask(mask: np.ndarray, info: CropInfo, size: int) -> np.ndarray:
+def crop_mask(mask: np.ndarray, info: CropInfo, size: int, resize: str = "area") -> np.ndarray:
     """Map a full-frame mask (e.g. a lesion annotation, H x W) through a crop: uint8 size x size, 0/255.
 
-    Nearest-neighbour after INTER_AREA would alias thin masks, so it resizes as float and thresholds at 0.5.
+    `resize`: the model's PreprocessSpec.resize, so the mask lands where the image's pixels did.
+    Nearest-neighbour would alias thin masks, so it resizes as float and thresholds at 0.5.
     """
     x, y, w, h = (int(v) for v in info.crop_box)
     mask = np.asarray(mask)
@@ -243,7 +279,7 @@ def crop_mask(mask: np.ndarray, info: CropInfo, size: int) -> np.ndarray:
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, fw), min(y + h, fh)
     if x1 > x0 and y1 > y0:
         roi[y0 - y:y1 - y, x0 - x:x1 - x] = mask[y0:y1, x0:x1] > 0
-    small = cv2.resize(roi, (size, size), interpolation=cv2.INTER_AREA)
+    small = resize_to_model(roi, size, resize)
     return ((small >= 0.5) * 255).astype(np.uint8)
 
 

@@ -65,7 +65,8 @@ def doppler_cells(roi: np.ndarray, size: int) -> np.ndarray | None:
 
     Doppler is found on the crop's pixels sampled every `side // size` pixels (about the model's
     resolution), mapped to the model grid (any touched cell counts) and dilated by one cell, so
-    the colour rim that INTER_AREA blends into neighbours is covered too.
+    the colour rim that the resize (either PreprocessSpec.resize method) blends into neighbours is
+    covered too.
     """
     h, w = roi.shape[:2]
     step = max(1, min(w, h) // size)

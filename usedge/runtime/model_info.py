@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from usedge.errors import ModelError
-from usedge.runtime.preprocess import PreprocessSpec
+from usedge.runtime.preprocess import RESIZE_METHODS, PreprocessSpec
 
 METADATA_KEY = "usedge.model_info"   # JSON of ModelInfo in ONNX metadata_props
 SCHEMA_VERSION = "1.0"               # MAJOR.MINOR of the ModelInfo JSON this usedge writes and reads
@@ -78,6 +78,7 @@ class ModelInfo:
             "input_size": str(self.input_size),
             "normalisation": f"(x/255 - {self.preprocess.mean}) / {self.preprocess.std}",
             "crop": self.preprocess.crop,
+            "resize": self.preprocess.resize,
             "checkpoint_sha256": self.checkpoint_sha256,
             "usedge_version": self.usedge_version,
             "precision": self.precision,
@@ -116,6 +117,9 @@ def _check_preprocess(p) -> None:
             raise ValueError(f"preprocess.{key} must be a number in {lo:g}..{hi:g}, got {json.dumps(p[key])[:40]}")
     if "crop" in p and not (isinstance(p["crop"], str) and p["crop"]):
         raise ValueError(f"preprocess.crop must be a non-empty string, got {json.dumps(p['crop'])[:40]}")
+    if "resize" in p and p["resize"] not in RESIZE_METHODS:
+        raise ValueError(f"unknown preprocess.resize {json.dumps(p['resize'])[:40]} (from a newer usedge?; this usedge "
+                         f"knows {', '.join(RESIZE_METHODS)}): it would prepare the pixels differently")
     if "remove_doppler" in p and not isinstance(p["remove_doppler"], bool):
         raise ValueError(f"preprocess.remove_doppler must be true or false, got {json.dumps(p['remove_doppler'])[:40]}")
 

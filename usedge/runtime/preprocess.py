@@ -7,6 +7,12 @@ Training augments the uint8 output of `prepare` and then calls `normalise`; `use
 `crop.FrameCropper` (the same bytes as `prepare`) and then `normalise`, so both paths feed the model
 identical bytes for the same file (tests/test_preprocess_paths.py). `PreprocessSpec` says how, and
 travels with the model (checkpoint and ONNX metadata).
+
+`PreprocessSpec.resize` names how the gray crop is brought to spec.size (crop.resize_to_model):
+"area" (one INTER_AREA resize; what a spec without the field means, so every model trained before
+the field existed keeps its exact bytes) or "halve-linear" (2x2 box averages while the side stays at
+least twice the model size, then bit-exact bilinear: cheaper on a 1080p screen's crop; what
+`usedge train` uses for new models). docs/crop.md gives both definitions and their measured difference.
 """
 
 from __future__ import annotations
@@ -14,6 +20,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from usedge.errors import ConfigError
+
+RESIZE_METHODS = ("area", "halve-linear")   # PreprocessSpec.resize values (crop.resize_to_model)
+RESIZE_FOR_NEW_MODELS = "halve-linear"      # what training records for a new model (usedge/train/defaults.toml)
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,12 @@ class PreprocessSpec:
     crop: str = "auto"              # auto | fov | none | x,y,w,h | preset:NAME
     remove_doppler: bool = True
     skin_margin: float = 0.02       # fraction of the FOV height kept above the skin line (crop=auto)
+    resize: str = "area"            # area | halve-linear (RESIZE_METHODS); "area" = a spec without the field
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_METHODS:
+            raise ConfigError(f"unknown resize method {self.resize!r} (from a newer usedge?)",
+                              hint=f"use one of {', '.join(RESIZE_METHODS)}, or upgrade usedge")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -487,10 +487,13 @@ def policy_for_scope(policy: Policy, scope: str) -> Policy:
 
 
 def _search_command(dataset, cfg, policy_path: str) -> str:
+    from usedge.train.config import DataConfig
+
     crop = f" --crop {cfg.data.crop}" if cfg.data.crop != "auto" else ""
     doppler = "" if cfg.data.remove_doppler else " --keep-doppler"
+    resize = f" --resize {cfg.data.resize}" if cfg.data.resize != DataConfig.resize else ""
     final = "" if cfg.cv.final_model else " --no-final-model"
-    return (f"usedge augment search {dataset.root} --folds {cfg.cv.folds} --seed {cfg.run.seed}{crop}{doppler}"
+    return (f"usedge augment search {dataset.root} --folds {cfg.cv.folds} --seed {cfg.run.seed}{crop}{doppler}{resize}"
             f"{final} --out {policy_path or 'policy.json'}")
 
 
@@ -520,9 +523,11 @@ def check_policy_for_run(policy: Policy, dataset, cfg, where: str = "policy") ->
     if meta.get("data_fingerprint") != data_fingerprint(dataset):
         refuse(f"policy was searched on another data set ({meta.get('data')})")
     pre = search.get("preprocess", {})
-    if (pre.get("crop"), pre.get("remove_doppler")) != (cfg.data.crop, cfg.data.remove_doppler):
-        refuse(f"policy was searched on crop={pre.get('crop')} remove_doppler={pre.get('remove_doppler')}, "
-               f"this run uses crop={cfg.data.crop} remove_doppler={cfg.data.remove_doppler}")
+    searched = (pre.get("crop"), pre.get("remove_doppler"), pre.get("resize", "area"))  # no resize: searched before it existed
+    if searched != (cfg.data.crop, cfg.data.remove_doppler, cfg.data.resize):
+        refuse(f"policy was searched on crop={searched[0]} remove_doppler={searched[1]} resize={searched[2]}, "
+               f"this run uses crop={cfg.data.crop} remove_doppler={cfg.data.remove_doppler} resize={cfg.data.resize}"
+               + (" (or train with --set data.resize=area)" if searched[2] == "area" and searched[:2] == (cfg.data.crop, cfg.data.remove_doppler) else ""))
     if int(search.get("folds", 0)) != cfg.cv.folds or int(search.get("seed", -1)) != cfg.run.seed:
         what = ("on all data only (every fold's test patients were in its pool)" if not search.get("folds")
                 else f"for --folds {search.get('folds')} --seed {search.get('seed')}")

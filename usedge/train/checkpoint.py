@@ -15,7 +15,7 @@ from torch import nn
 import usedge
 from usedge.errors import ModelError
 from usedge.fileio import sha256_file, write_bytes_atomic
-from usedge.runtime.preprocess import PreprocessSpec
+from usedge.runtime.preprocess import RESIZE_METHODS, PreprocessSpec
 from usedge.train.model import build_model
 
 FORMAT = "usedge-checkpoint"
@@ -67,6 +67,10 @@ def read_checkpoint(path: str | Path) -> dict:
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise ModelError(f"checkpoint format {payload['format_version']} is newer than this usedge reads",
                          path=path, hint="upgrade usedge")
+    resize = (payload.get("preprocess") or {}).get("resize", "area")    # no field: trained before it existed
+    if resize not in RESIZE_METHODS:
+        raise ModelError(f"checkpoint's preprocessing uses resize method {resize!r}, which this usedge does not know "
+                         f"({', '.join(RESIZE_METHODS)})", path=path, hint="upgrade usedge")
     return payload
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from usedge.errors import ConfigError
-from usedge.runtime.preprocess import PreprocessSpec
+from usedge.runtime.preprocess import RESIZE_FOR_NEW_MODELS, RESIZE_METHODS, PreprocessSpec
 
 
 @dataclass
@@ -32,6 +32,7 @@ class DataConfig:
     image_size: int = 224          # pixels
     crop: str = "auto"
     remove_doppler: bool = True
+    resize: str = RESIZE_FOR_NEW_MODELS   # crop -> model size: halve-linear | area (PreprocessSpec.resize)
     num_workers: int = 0
     augment: str = "light"         # light (data.LightAugment) | none | expand | random (FAA, need policy)
     policy: str = ""
@@ -96,7 +97,7 @@ class TrainConfig:
 
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(size=self.data.image_size, crop=self.data.crop,
-                              remove_doppler=self.data.remove_doppler)
+                              remove_doppler=self.data.remove_doppler, resize=self.data.resize)
 
 
 _CHOICES = {
@@ -107,6 +108,7 @@ _CHOICES = {
     "optim.schedule": ("cosine", "step"),
     "cv.select_on": ("loss", "accuracy"),
     "data.augment": ("light", "none", "expand", "random"),
+    "data.resize": RESIZE_METHODS,
 }
 PRESETS = ("paper",)  # built-in TOML files beside defaults.toml: `--config paper`
 

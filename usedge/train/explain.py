@@ -271,7 +271,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
             for k, v in ms.items():
                 timings.setdefault(k, []).append(v)
             lesion, lesion_source = read_lesion_mask(sample, info.frame_shape)
-            mask = crop_mask(lesion, info, spec.size) > 0 if lesion is not None else None
+            mask = crop_mask(lesion, info, spec.size, spec.resize) > 0 if lesion is not None else None
             rel = _relative(sample.path, ds.root)
             row = {"image": rel, "label": class_names[sample.label], "pred": class_names[int(probs.argmax())],
                    "p_pred": float(probs.max()), "explained_class": class_names[cls],

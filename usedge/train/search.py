@@ -75,15 +75,16 @@ class SearchConfig:
     seed: int = 0                   # the run's seed: outer splits, inner splits, children, sampler
     crop: str = DataConfig.crop     # the run's preprocessing (set from its config: `for_run`)
     remove_doppler: bool = DataConfig.remove_doppler
+    resize: str = DataConfig.resize
     child: ChildConfig = field(default_factory=ChildConfig)
 
     @classmethod
     def for_run(cls, train: TrainConfig, preset: str = "usedge", **overrides) -> "SearchConfig":
-        """The preset, searched for a training run: its seed, folds, final model, crop, Doppler removal
-        and gate; then `overrides` (field=value; child fields as child_<name>=value)."""
+        """The preset, searched for a training run: its seed, folds, final model, crop, Doppler removal,
+        resize and gate; then `overrides` (field=value; child fields as child_<name>=value)."""
         cfg = from_preset(preset)
         cfg.seed, cfg.folds, cfg.final_model = train.run.seed, train.cv.folds, train.cv.final_model
-        cfg.crop, cfg.remove_doppler = train.data.crop, train.data.remove_doppler
+        cfg.crop, cfg.remove_doppler, cfg.resize = train.data.crop, train.data.remove_doppler, train.data.resize
         cfg.child.gate_norm = train.model.gate_norm
         for key, value in overrides.items():
             if value is None:
@@ -137,14 +138,14 @@ def from_preset(name: str) -> SearchConfig:
 
 # --- data ---------------------------------------------------------------------------------------
 
-def load_images(dataset: Dataset, indices, size: int, crop: str, remove_doppler: bool,
+def load_images(dataset: Dataset, indices, size: int, crop: str, remove_doppler: bool, resize: str,
                 progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """uint8 N x size x size images prepared as the run prepares them (its crop and Doppler removal),
+    """uint8 N x size x size images prepared as the run prepares them (its crop, Doppler removal and resize),
     via usedge.train.data.load_images: the children see the pixels training sees."""
     from usedge.runtime.preprocess import PreprocessSpec
     from usedge.train.data import load_images as prepare_all
 
-    spec = PreprocessSpec(size=size, crop=crop, remove_doppler=remove_doppler)
+    spec = PreprocessSpec(size=size, crop=crop, remove_doppler=remove_doppler, resize=resize)
     samples = [dataset.samples[int(i)] for i in indices]
     out = np.empty((len(samples), size, size), np.uint8)
     for start in range(0, len(samples), 32):
@@ -273,6 +274,8 @@ def _child_key(cfg: SearchConfig) -> str:
     """Short hash of what a child's weights depend on, so a cache never serves another config's child."""
     what = {k: v for k, v in asdict(cfg.child).items() if k not in ("threads", "device")}
     what.update(crop=cfg.crop, remove_doppler=cfg.remove_doppler)
+    if cfg.resize != "area":          # children cached before resize existed keep their key
+        what.update(resize=cfg.resize)
     return hashlib.sha256(repr(sorted(what.items())).encode()).hexdigest()[:8]
 
 
@@ -466,7 +469,7 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
         need = np.unique(np.concatenate([pool for _, pool in scopes]))
         task = bar.add_task(f"loading {len(need)} images at {cfg.child.image_size}px", total=len(need))
         cached = dict(zip(need.tolist(), load_images(dataset, need, cfg.child.image_size, cfg.crop,
-                                                     cfg.remove_doppler, lambda k: bar.advance(task, k))))
+                                                     cfg.remove_doppler, cfg.resize, lambda k: bar.advance(task, k))))
         overall = bar.add_task(f"inner splits ({len(scopes)} scope(s) x {cfg.inner_splits})", total=n_splits_total)
         for scope, pool in scopes:
             results[scope] = []
@@ -494,7 +497,7 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
         "class_names": dataset.class_names,
         "config": cfg.to_dict(),
         "search": {"preset": cfg.preset, "seed": cfg.seed, "folds": cfg.folds, "max_folds": cfg.max_folds,
-                   "preprocess": {"crop": cfg.crop, "remove_doppler": cfg.remove_doppler},
+                   "preprocess": {"crop": cfg.crop, "remove_doppler": cfg.remove_doppler, "resize": cfg.resize},
                    "digests": {scope: patients_digest(p) for scope, p in pools.items()}},
         "ops": resolve_ops(cfg.ops),
         "storage": _redact(storage),

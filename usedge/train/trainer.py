@@ -275,6 +275,8 @@ def config_hash(cfg: TrainConfig) -> str:
         d["run"].pop(k)
     d["data"].pop("num_workers")
     d["cv"].pop("max_folds")
+    if d["data"]["resize"] == "area":       # what runs hashed before data.resize existed did
+        d["data"].pop("resize")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -410,7 +412,8 @@ def _start_run(out_dir: Path, cfg: TrainConfig, dataset: Dataset, dist: Dist, de
                               hint="pass --resume to continue it, or choose another --out")
         if previous.get("config_hash") != chash:
             raise ConfigError("cannot resume: the config differs from the interrupted run's", path=out_dir,
-                              hint=f"use the run's own config ({out_dir / 'config.toml'}) or another --out")
+                              hint=f"use the run's own config ({out_dir / 'config.toml'}; one without data.resize "
+                                   "also needs --set data.resize=area) or another --out")
     dist.barrier()  # every process has checked the folder before rank 0 stamps it
     if dist.main:
         write_json_atomic(stamp, {"config_hash": chash, "data": str(dataset.root), "images": len(dataset),
