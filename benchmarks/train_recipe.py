@@ -11,9 +11,11 @@ Recipes
              focal alpha 0.75/0.75/0.25 (by the paper's class names, i.e. its old alphabetical
              order), checkpoint on inner-validation loss
   balanced   usedge defaults (light augmentation, 1 warm-up epoch + cosine, checkpoint on
-             inner-validation loss) with focal alpha balanced (inverse class frequency of the training part)
-  sqrt       the same with focal alpha sqrt (square root of the balanced weights)
-  uniform    the same with focal alpha uniform (no class weighting)
+             inner-validation loss, focal alpha balanced = inverse class frequency of the training part,
+             resize halve-linear)
+  balanced-area, sqrt, uniform
+             the focal alpha alternatives, compared with each other at the previous release's resize
+             ("area", one INTER_AREA): balanced, sqrt (square root of the balanced weights), uniform
 The usedge default alpha (usedge/train/defaults.toml) is recorded in the results.
 
 Cohorts
@@ -42,10 +44,11 @@ BUDGET = {"data.image_size": 96, "optim.epochs": 6, "optim.lr": 3e-4, "optim.bat
           "cv.final_model": False, "run.threads": 1, "run.device": "cpu", "run.seed": 0}
 RECIPES = {
     "previous": {"data.augment": "none", "optim.schedule": "step", "optim.step_size": 4, "optim.step_gamma": 0.1,
-                 "optim.warmup_epochs": 0, "loss.alpha": PAPER_ALPHA, "cv.select_on": "loss"},
+                 "optim.warmup_epochs": 0, "loss.alpha": PAPER_ALPHA, "cv.select_on": "loss", "data.resize": "area"},
     "balanced": {"loss.alpha": "balanced"},
-    "sqrt": {"loss.alpha": "sqrt"},
-    "uniform": {"loss.alpha": "uniform"},
+    "balanced-area": {"loss.alpha": "balanced", "data.resize": "area"},
+    "sqrt": {"loss.alpha": "sqrt", "data.resize": "area"},
+    "uniform": {"loss.alpha": "uniform", "data.resize": "area"},
 }
 COHORTS = {
     "default": {"seed": 0},
@@ -73,7 +76,10 @@ def run_one(root: Path, cohort: str, recipe: str) -> None:
     t0 = time.process_time()
     cross_validate(load_dataset(root / "cohorts" / cohort), cfg, out, resume=out.exists(), progress=False,
                    log=lambda m: print(f"[{cohort}/{recipe}] {m}", flush=True))
-    (out / "cpu_seconds.txt").write_text(f"{time.process_time() - t0:.1f}\n")
+    # CPU seconds add up over resumed runs (a run that only finds its folds done adds its few seconds)
+    cpu = out / "cpu_seconds.txt"
+    before = float(cpu.read_text()) if cpu.is_file() else 0.0
+    cpu.write_text(f"{before + time.process_time() - t0:.1f}\n")
 
 
 def fold_results(run_dir: Path) -> list[dict]:
