@@ -77,25 +77,11 @@ def _resize_of(model: Path) -> str:
         clf.close()
 
 
-def model_only(clf, repeats: int = 40) -> dict:
-    """The backend alone on a fixed normalised input: p50/p99 ms (the baseline)."""
+def model_only(clf, repeats: int = 40, fps: float | None = None) -> dict:
+    """The backend alone on a fixed normalised input: p50/p99 ms (the baseline). Back to back, or with
+    `fps` once per frame period with the CPU idle in between, as in a paced stream: idle gaps let
+    threads park and caches cool, so the paced figure is the one a model in a paced loop can be held to."""
     x = np.random.default_rng(0).standard_normal((1, 1, clf.spec.size, clf.spec.size)).astype(np.float32)
-    for _ in range(5):
-        clf.backend.infer(x)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        clf.backend.infer(x)
-        times.append((time.perf_counter() - t) * 1e3)
-    return {"p50": round(float(np.percentile(times, 50)), 3), "p99": round(float(np.percentile(times, 99)), 3)}
-
-
-def model_paced(clf, fps: float, repeats: int = 60) -> dict:
-    """The backend alone on the same input, called once per frame period (1/fps) with the CPU idle in
-    between, as in a paced stream: p50/p99 ms. Idle gaps let threads park and caches cool, so this is
-    the baseline that the model in a paced loop can be held to; back-to-back calls (`model_only`) are not."""
-    x = np.random.default_rng(0).standard_normal((1, 1, clf.spec.size, clf.spec.size)).astype(np.float32)
-    period = 1.0 / fps
     for _ in range(5):
         clf.backend.infer(x)
     times = []
@@ -104,7 +90,8 @@ def model_paced(clf, fps: float, repeats: int = 60) -> dict:
         clf.backend.infer(x)
         dt = time.perf_counter() - t
         times.append(dt * 1e3)
-        time.sleep(max(0.0, period - dt))
+        if fps:
+            time.sleep(max(0.0, 1.0 / fps - dt))
     return {"p50": round(float(np.percentile(times, 50)), 3), "p99": round(float(np.percentile(times, 99)), 3)}
 
 
@@ -189,7 +176,7 @@ def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool
     if not budget:   # OpenCV's default (-1: one worker per core), FFmpeg's default decoder threads (0)
         plan = ThreadBudget(plan.cores, 1, plan.model_threads, opencv_threads=-1, decode_threads=0, spinning=spinning)
     with Classifier.load(model, backend="ort-cpu", threads=plan.model_threads, spinning=plan.spinning) as clf:
-        baseline, paced = model_only(clf), model_paced(clf, fps)
+        baseline, paced = model_only(clf), model_only(clf, repeats=60, fps=fps)
         reader = open_source(str(video))
         runner = StreamRunner(FramePipeline(clf, stream=True, regions=reader.regions, freeze=freeze), reader,
                               realtime=True, fps=fps, budget=plan)
