@@ -10,6 +10,7 @@ import pytest
 
 from usedge.errors import ConfigError
 from usedge.synth.lesions import CLASSES
+from usedge.synth.phantom import render_view, sample_patient, sample_view
 from usedge.synth.video import write_scanner_video
 
 
@@ -69,6 +70,39 @@ def test_frozen_frames_repeat_and_live_frames_move(video):
     assert max(diff(i) for i in frozen) < 0.3 * np.median([diff(i) for i in live])
     for i in frozen:  # the truth of a frozen frame is the last live frame's
         assert ft[i]["lesion_box"] == ft[i - 1]["lesion_box"]
+
+
+def _depth_bands(gray: np.ndarray, n: int = 8) -> np.ndarray:
+    h = gray.shape[0]
+    return np.array([gray[i * h // n:(i + 1) * h // n].mean() for i in range(n)])
+
+
+def test_video_bmode_matches_a_cohort_still_of_its_patient_by_depth(video):
+    """The video's B-mode region and cohort-path stills (render_view) of the same patient and view show
+    the same gray level in every depth band: one B-mode chain (echo levels, TGC, attenuation, noise,
+    display range) for both, whatever the scene width. Tolerance: an eighth of the displayed dynamic
+    range; what is left between them is the draw of the anatomy (layer undulation, confounders,
+    lesion depth) and speckle, a few dB, while a chain that differed (gain, TGC, range) moves whole
+    bands by more."""
+    _, truth, _, frames = video
+    seed = truth["seed"]
+    rng = np.random.default_rng([seed, 31337])  # the video's patient and view, drawn as write_scanner_video does
+    label = CLASSES[int(rng.integers(len(CLASSES)))]
+    patient = sample_patient(f"video{seed}", label, rng, truth["difficulty"])
+    view = sample_view(patient, rng)
+    assert (label, patient.patient_id) == (truth["label"], truth["patient_id"])
+    assert truth["bmode_size"] == [view.width, view.height] and truth["pixel_mm"] == view.pixel_mm
+    ft = truth["frames_truth"]
+    best = max(f["lesion_visible"] for f in ft)
+    assert best == 1.0
+    x, y, w, h = truth["fov_box"]
+    shown = [_depth_bands(cv2.resize(cv2.cvtColor(frames[f["frame"]][y:y + h, x:x + w], cv2.COLOR_BGR2GRAY),
+                                     (view.width, view.height), interpolation=cv2.INTER_AREA).astype(float))
+             for f in ft if f["lesion_visible"] == best]
+    stills = [_depth_bands(render_view(patient, view, r)[0].astype(float))
+              for r in (rng, np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2]))]
+    diff_db = (np.mean(shown, axis=0) - np.mean(stills, axis=0)) * view.settings.dynamic_range_db / 255.0
+    assert np.abs(diff_db).max() < view.settings.dynamic_range_db / 8, np.round(diff_db, 1)
 
 
 def test_curved_avi_and_bad_suffix(tmp_path):
