@@ -22,6 +22,7 @@ import numpy as np
 
 from usedge.errors import InputError, NoSuchFrame, Undecodable, UnsupportedInput
 from usedge.runtime.formats import DICOM_SUFFIXES, MAX_PIXELS, check_pixels, read_bytes
+from usedge.runtime.pixels import standard_depth
 
 # transfer syntax UID -> (name, packages that decode it with pydicom 3)
 _DECODERS = {
@@ -253,12 +254,12 @@ def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int) -> int:
     """The bit depth a frame's values span: BitsStored when the header names a depth below its
     container (12 bits stored in 16 allocated: the usual way to write 10-, 12- and 14-bit data);
     else (BitsStored = BitsAllocated, which many writers fill in for any data) the depth the values
-    need, rounded up to 8, 10, 12, 14 or 16 bits like `pixels.as_uint8`, so that 12-bit values in a
-    file that says 16 keep their contrast instead of landing in the lowest 16th of the range."""
+    need, rounded up to 8, 10, 12, 14 or 16 bits (`pixels.standard_depth`, as `pixels.as_uint8` does),
+    so that 12-bit values in a file that says 16 keep their contrast instead of landing in the lowest
+    16th of the range."""
     if 1 <= bits_stored < bits_allocated and bits_stored <= 16:
         return bits_stored
-    top = int(arr.max(initial=0))
-    return next((b for b in (8, 10, 12, 14, 16) if top < (1 << b)), 16)
+    return standard_depth(int(arr.max(initial=0))) or 16
 
 
 def to_uint8(arr: np.ndarray, bits_stored: int, bits_allocated: int, *, invert: bool = False) -> np.ndarray:

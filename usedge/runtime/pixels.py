@@ -14,6 +14,12 @@ Box = tuple[int, int, int, int]
 
 MIN_SIDE = 8                 # pixels: smaller frames cannot hold an ultrasound image
 
+def standard_depth(top: int) -> int | None:
+    """The smallest standard pixel depth (8, 10, 12, 14 or 16 bits) that holds values up to `top`;
+    None above 16 bits."""
+    return next((b for b in (8, 10, 12, 14, 16) if top < (1 << b)), None)
+
+
 def as_uint8(frame: np.ndarray) -> np.ndarray:
     """Gray, BGR, BGRA; uint8, uint16, other ints or float -> uint8 H x W or H x W x 3 (BGR).
 
@@ -55,7 +61,7 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
             return np.clip(frame, 0, 255).astype(np.uint8)
         # the stored bit depth, rounded up to a standard one so that frames of one source whose
         # maxima differ a little get the same scale; an integer shift: 12-bit >> 4, 16-bit >> 8
-        bits = next((b for b in (10, 12, 14, 16) if top < (1 << b)), top.bit_length())
+        bits = standard_depth(top) or top.bit_length()
         return np.minimum(np.clip(frame, 0, None) >> (bits - 8), 255).astype(np.uint8)
     raise InputError(f"frame of dtype {frame.dtype} is not an image", hint="pass uint8, uint16 or float pixels")
 
