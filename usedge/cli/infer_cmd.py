@@ -11,7 +11,7 @@ from typing import List, Optional
 import typer
 
 from usedge.cli.app import app
-from usedge.cli.options import deprecated, quiet_option
+from usedge.cli.options import deprecated, quality_gate_option, quiet_option
 from usedge.cli.terminal import say
 
 
@@ -194,9 +194,7 @@ def infer(
     status: Optional[bool] = typer.Option(None, "--status/--no-status", help="stream: a live status line on stderr "
                                           "(fps, label, drops); default: when stderr is a terminal and not --quiet"),
     any_modality: bool = typer.Option(False, "--any-modality", help="classify DICOM of any Modality (default: US only)"),
-    quality_gate: bool = typer.Option(True, "--quality-gate/--no-quality-gate", help="give frames without a usable "
-                                      "image (uniform, no echoes: probe in air, menus) state no_image, no label; "
-                                      "--no-quality-gate classifies them anyway (a blank frame is still refused)"),
+    quality_gate: bool = quality_gate_option(),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Refuse a model whose weights digest does not match (--no-verify: load a damaged or hand-edited file anyway)."),
     quiet: bool = quiet_option(),
 ) -> None:

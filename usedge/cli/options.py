@@ -34,6 +34,13 @@ def quiet_option() -> bool:
     return typer.Option(False, "--quiet", "-q", help="Print only errors and the final line.")
 
 
+def quality_gate_option() -> bool:
+    """infer and serve: the frame-quality gate (usedge.runtime.quality) on streams, files and uploads."""
+    return typer.Option(True, "--quality-gate/--no-quality-gate", help="Frames and uploads without a usable image "
+                        "(uniform, no echoes: probe in air, menus) get state no_image and no label; "
+                        "--no-quality-gate classifies them anyway (a blank frame is still refused).")
+
+
 def overwrite_option(help: str = "Replace outputs that already exist.") -> bool:
     return typer.Option(False, "--overwrite", help=help)
 

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from usedge.cli.app import app
-from usedge.cli.options import quiet_option
+from usedge.cli.options import quality_gate_option, quiet_option
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
 
@@ -101,9 +101,7 @@ def serve(
                                                "client IP; more are answered 429 and closed."),
     max_client_requests: int = typer.Option(8, "--max-client-requests", min=1, help="Requests in progress per "
                                             "client IP; more get 429 Retry-After."),
-    quality_gate: bool = typer.Option(True, "--quality-gate/--no-quality-gate", help="Frames and uploads without a "
-                                      "usable image (uniform, no echoes) get state no_image and no label; "
-                                      "--no-quality-gate classifies them anyway (a blank frame is still refused)."),
+    quality_gate: bool = quality_gate_option(),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level: critical|error|warning|info|debug"),
     quiet: bool = quiet_option(),
 ) -> None:
