@@ -31,6 +31,7 @@ from usedge.runtime.crop import prepare
 from usedge.runtime.pipeline import FramePipeline
 from usedge.runtime.preprocess import PreprocessSpec
 from usedge.runtime.quality import no_image_reason
+from tests.fixtures.runtime import opencv_frames
 
 SCAN, BLACK = 30, 60                        # 30 scan frames, 60 black, the same 30 scan frames again
 PYDICOM_US = ["examples_jpeg2k.dcm", "examples_rgb_color.dcm", "examples_ybr_color.dcm", "examples_palette.dcm"]
@@ -55,11 +56,7 @@ def scan_frames(tmp: Path) -> list[np.ndarray]:
 
     src = tmp / "scan_src.avi"
     write_scanner_video(src, frames=SCAN, fps=30.0, size=(640, 360), seed=5, freeze=False, progress=False)
-    cap = cv2.VideoCapture(str(src))
-    frames = []
-    while (ok_frame := cap.read())[0]:
-        frames.append(ok_frame[1])
-    cap.release()
+    frames = opencv_frames(src)
     assert len(frames) == SCAN
     return frames
 
@@ -259,11 +256,7 @@ def test_frozen_repeats_only_a_classified_frame(runtime_model, blank_video, reli
     smoothing starts again after the gap."""
     clf = Classifier.load(runtime_model, threads=1)
     pipe = FramePipeline(clf, stream=True, freeze=True, smooth=5)
-    cap = cv2.VideoCapture(str(blank_video))
-    frames = []
-    while (ok_frame := cap.read())[0]:
-        frames.append(ok_frame[1])
-    cap.release()
+    frames = opencv_frames(blank_video)
     states = [pipe.process(f) for f in frames]
     clf.close()
     assert all(p.state == "no_image" and not p.frozen for p in states[SCAN:SCAN + BLACK])

@@ -26,6 +26,7 @@ from usedge.runtime.classifier import Classifier
 from usedge.runtime.crop import prepare
 from usedge.runtime.pipeline import FramePipeline
 from usedge.runtime.sources import VideoFileReader
+from tests.fixtures.runtime import opencv_frames
 
 SIZES = ((640, 480), (800, 600))     # (width, height) of the two segments
 PER_SEGMENT = 6
@@ -47,11 +48,7 @@ def two_size_ts(tmp_path_factory) -> tuple[Path, dict]:
     for i, (w, h) in enumerate(SIZES):
         src = tmp / f"src{i}.avi"
         write_scanner_video(src, frames=PER_SEGMENT, fps=10.0, size=(w, h), seed=3 + i, freeze=False, progress=False)
-        cap = cv2.VideoCapture(str(src))
-        frames = []
-        while (got := cap.read())[0]:
-            frames.append(got[1])
-        cap.release()
+        frames = opencv_frames(src)
         assert len(frames) == PER_SEGMENT
         sources[(h, w)] = frames
         seg = tmp / f"seg{i}.ts"

@@ -12,6 +12,7 @@ from usedge.errors import ConfigError
 from usedge.synth.lesions import CLASSES
 from usedge.synth.phantom import render_view, sample_patient, sample_view
 from usedge.synth.video import write_scanner_video
+from tests.fixtures.runtime import opencv_frames
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +21,8 @@ def video(tmp_path_factory):
     truth = write_scanner_video(path, frames=80, fps=10, size=(640, 360), seed=0, progress=False)
     cap = cv2.VideoCapture(str(path))
     declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    return path, json.loads(truth.read_text()), declared, frames
+    cap.release()
+    return path, json.loads(truth.read_text()), declared, opencv_frames(path)
 
 
 def test_decodes_with_the_declared_frame_count(video):

@@ -18,6 +18,7 @@ import pytest
 
 from usedge.errors import OutputError
 from usedge.runtime.sinks import VideoRecorderSink
+from tests.fixtures.runtime import opencv_frames
 
 av = pytest.importorskip("av", reason="H.264 recording needs PyAV (pip install av)")
 
@@ -42,14 +43,7 @@ def test_mp4_is_h264_yuv420p_faststart_and_decodes_with_opencv(tmp_path):
     path = tmp_path / "rec.mp4"
     frames = _record(path)                              # odd sides: padded to even
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.mp4"]
-    cap = cv2.VideoCapture(str(path))
-    decoded = []
-    while True:
-        ok, image = cap.read()
-        if not ok:
-            break
-        decoded.append(image)
-    cap.release()
+    decoded = opencv_frames(path)
     assert len(decoded) == FRAMES
     assert decoded[0].shape == (122, 164, 3)
     # lossy, but each decoded frame is closer to its own source than to its neighbours
