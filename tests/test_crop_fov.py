@@ -126,6 +126,37 @@ def test_fill_everything_masked_does_not_crash():
     assert out.shape == (10, 10) and out.dtype == np.uint8
 
 
+def _fill_whole_image(gray, mask):
+    """The fill's definition, computed on the whole image at every window size (the slow reference)."""
+    valid = (~mask).astype(np.float32)
+    weighted = gray.astype(np.float32) * valid
+    filled, todo = np.zeros(gray.shape, np.float32), mask.copy()
+    for k in (5, 17, 65, 257):
+        num = cv2.blur(weighted, (k, k), borderType=cv2.BORDER_REFLECT)
+        den = cv2.blur(valid, (k, k), borderType=cv2.BORDER_REFLECT)
+        ok = todo & (den > 0.05)
+        filled[ok] = num[ok] / den[ok]
+        todo &= ~ok
+    out = gray.copy()
+    out[mask] = np.clip(filled[mask] + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fill_on_a_window_equals_the_whole_image(seed):
+    """The fill blurs only a window around the pixels still to fill: same bytes as the whole image."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.choice([31, 100, 224, 300]))
+    gray = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    mask = np.zeros((n, n), bool)
+    for _ in range(int(rng.integers(1, 4))):       # a few colour boxes, some at the edge, some large
+        y, x = rng.integers(0, n, 2)
+        h, w = rng.integers(1, n // 2 + 1, 2)
+        mask[y:y + h, x:x + w] = True
+    mask |= rng.random((n, n)) < 0.002             # scattered colour speckle
+    assert np.array_equal(fill_from_surroundings(gray, mask), _fill_whole_image(gray, mask))
+
+
 def test_skin_line_found_below_gel():
     img = np.full((300, 200), 5, np.uint8)          # gel: dark
     img[40:46] = 220                                # entry echo / epidermis

@@ -28,6 +28,8 @@ def detect_doppler(image: np.ndarray) -> np.ndarray:
     b, g, r = cv2.split(image)
     hi = cv2.max(cv2.max(b, g), r)
     chroma = cv2.subtract(hi, cv2.min(cv2.min(b, g), r))
+    if cv2.minMaxLoc(chroma)[1] < DOPPLER_MIN_CHROMA:      # gray B-mode (most frames): no colour at all
+        return np.zeros(chroma.shape, bool)
     return (chroma >= DOPPLER_MIN_CHROMA) & (chroma.astype(np.uint16) * 100 >= hi.astype(np.uint16) * int(DOPPLER_MIN_SATURATION * 100))
 
 
@@ -40,23 +42,26 @@ def fill_from_surroundings(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """
     if not mask.any():
         return gray
-    out = gray.astype(np.float32)
     valid = (~mask).astype(np.float32)
-    filled = np.zeros_like(out)
-    todo = mask.copy()
-    weighted = out * valid
-    for k in (5, 17, 65, 257):
-        num = cv2.blur(weighted, (k, k), borderType=cv2.BORDER_REFLECT)
-        den = cv2.blur(valid, (k, k), borderType=cv2.BORDER_REFLECT)
-        ok = todo & (den > 0.05)
-        filled[ok] = num[ok] / den[ok]
-        todo &= ~ok
-        if not todo.any():
-            break
-    if todo.any():  # the whole image was Doppler: nothing to fill from
-        filled[todo] = 0
+    weighted = gray.astype(np.float32) * valid
     result = gray.copy()
-    result[mask] = np.clip(filled[mask] + 0.5, 0, 255).astype(np.uint8)
+    todo = mask.copy()
+    h, w = gray.shape
+    for k in (5, 17, 65, 257):
+        # only the window around what is left to fill: the box sums are whole numbers (exact in
+        # OpenCV's double accumulator), so a window's result equals the whole image's there
+        ys, xs = np.nonzero(todo.any(axis=1))[0], np.nonzero(todo.any(axis=0))[0]
+        y0, y1 = max(0, ys[0] - k // 2), min(h, ys[-1] + 1 + k // 2)
+        x0, x1 = max(0, xs[0] - k // 2), min(w, xs[-1] + 1 + k // 2)
+        num = cv2.blur(weighted[y0:y1, x0:x1], (k, k), borderType=cv2.BORDER_REFLECT)
+        den = cv2.blur(valid[y0:y1, x0:x1], (k, k), borderType=cv2.BORDER_REFLECT)
+        part = todo[y0:y1, x0:x1]
+        ok = part & (den > 0.05)
+        result[y0:y1, x0:x1][ok] = np.clip(num[ok] / den[ok] + 0.5, 0, 255).astype(np.uint8)
+        part &= ~ok
+        if not todo.any():
+            return result
+    result[todo] = 0      # the whole image was Doppler: nothing to fill from
     return result
 
 
