@@ -6,7 +6,8 @@ One wide scene (2.6 image widths) is simulated once as two independent complex s
 fields; each frame crops the probe's window out of it (sub-pixel lateral motion), mixes the two
 fields with a slowly drifting angle (speckle decorrelates, statistics stay the same), adds fresh
 electronic noise, log-compresses and places the image in a fixed scanner screen. The lesion sits
-in the middle of the scene, so a lateral sweep makes it enter and leave the view. Freeze periods
+in the middle of the scene; the probe slides in from one edge, holds over the lesion (rocking
+slightly) and slides out, so the lesion enters, stays in and leaves the view. Freeze periods
 repeat the last live frame byte for byte.
 
 Truth JSON beside the video (same stem, .json): per frame its index, time (s), FOV box, lesion box
@@ -36,14 +37,18 @@ FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
 
 def probe_track(n: int, fps: float, travel_px: float, rng: np.random.Generator) -> np.ndarray:
-    """Lateral probe offset per frame (pixels of the scene, 0..travel): slow sweeps plus hand tremor."""
+    """Lateral probe offset per frame (pixels of the scene, 0..travel), as a scan goes: the probe slides in
+    from one edge of the scene to the lesion (2 s, or a quarter of a short video), holds over it with a
+    slow rocking of 3 % of the travel and hand tremor, and slides out to the other edge."""
     t = np.arange(n) / fps
-    period = rng.uniform(6.0, 10.0)
-    phase = rng.uniform(0, 2 * np.pi)
-    sweep = 0.5 + 0.5 * np.sin(2 * np.pi * t / period + phase)
+    length = n / fps
+    ramp = min(2.0, length / 4)
+    centre = np.interp(t, [0.0, ramp, length - ramp, length], [0.0, 0.5, 0.5, 1.0])
+    holding = np.clip(np.minimum(t - ramp, length - ramp - t) / 0.5, 0, 1)    # rocking fades in and out
+    rocking = 0.03 * np.sin(2 * np.pi * (t - ramp) / rng.uniform(2.0, 4.0)) * holding
     tremor = np.cumsum(rng.normal(0, 0.002, n))
     tremor -= np.linspace(0, tremor[-1], n) if n > 1 else 0
-    return np.clip(sweep + tremor, 0, 1) * travel_px
+    return np.clip(centre + rocking + tremor, 0, 1) * travel_px
 
 
 def freeze_flags(n: int, fps: float, rng: np.random.Generator, enabled: bool = True) -> np.ndarray:
