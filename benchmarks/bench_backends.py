@@ -5,9 +5,10 @@ torch row runs the same weights) it benchmarks that; without, it exports a rando
 AGResNet18 once (latency does not depend on the weights; the INT8 accuracy then means nothing —
 take it from the export report of a trained model). One `usedge bench` run per thread count:
 
-    nice -n 10 .venv/bin/python benchmarks/bench_backends.py [MODEL_DIR] --threads 2,1
+    nice -n 10 .venv/bin/python benchmarks/bench_backends.py [MODEL_DIR] --threads 2,1 [--prefix bench_quiet_]
 
-Writes benchmarks/results/bench_<N>thread(s)/{bench.json, bench.md, latency.png, stages.png}.
+Writes benchmarks/results/<prefix><N>thread(s)/{bench.json, bench.md, latency.png, stages.png}
+(prefix `bench_` by default; README's figures come from a run on the quiet machine, `bench_quiet_`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/usedge-bench-backends"))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--prefix", default="bench_", help="results folder name before <N>thread(s)")
     args = ap.parse_args(argv)
 
     from usedge.bench import BenchOptions, run_bench
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
         from stream_realtime import build_models   # the stream benchmark's random-init 224 px export
         model_dir = build_models(args.work, 224)
     for t in (int(v) for v in args.threads.split(",")):
-        out = args.out / f"bench_{t}thread{'s' if t > 1 else ''}"
+        out = args.out / f"{args.prefix}{t}thread{'s' if t > 1 else ''}"
         result = run_bench(model_dir, BenchOptions(quick=args.quick, threads=t, work_dir=args.work), out)
         print((out / "bench.md").read_text())
         print("\n".join(result["files"]))

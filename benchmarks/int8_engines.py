@@ -6,7 +6,8 @@ onnxruntime fp32 measured in the same process in interleaved rounds (a loaded ma
 
     quantisation   QDQ vs QOperator, per-channel vs per-tensor, u8 activations x s8 weights (7-bit,
                    usedge's export recipe), s8 x s8, u8 x u8 (onnxruntime's non-saturating AVX2 path)
-    graph opt      onnxruntime ORT_ENABLE_ALL vs BASIC on the quantised graph
+    graph opt      onnxruntime ORT_ENABLE_ALL vs EXTENDED (no layout level: its NhwcTransformer runs the
+                   quantised convolutions in NHWC) vs BASIC (no QDQ -> QLinear fusion) on the quantised graph
     engine         onnxruntime CPU EP vs OpenVINO CPU (latency hint)
     ISA            native vs ONEDNN_MAX_CPU_ISA=AVX2 (OpenVINO's oneDNN caps its JIT kernels at AVX2: no
                    AVX-512, no VNNI); the kernels actually chosen are read back from OpenVINO's runtime
@@ -87,6 +88,7 @@ def _ort_session(path: str, threads: int, level: str):
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                                    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
     so.log_severity_level = 3
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -145,14 +147,21 @@ def run_row(spec: dict, env_extra: dict) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def _load_words(result: dict) -> str:
+    """'Quiet machine' when the 1-minute load stayed under the core count at both ends, else 'Loaded machine'."""
+    cores = result["machine"]["cores"]
+    busy = max(result["load_average_start"][0], result["load_average_end"][0]) >= cores
+    return "**Loaded machine** (other jobs ran)" if busy else "Quiet machine"
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["# int8 on the CPU: onnxruntime against OpenVINO", "",
              f"CPU: {m['cpu']}, flags {', '.join(m['cpu_flags'])}; {m['cores']} cores; {result['threads']} threads; "
              f"224 px AG-ResNet18 (random init: latency does not depend on the weights); batch 1; median of "
              f"{result['rounds']} interleaved rounds per row.",
-             f"**Loaded machine**: load average {result['load_average_start']} at start, "
-             f"{result['load_average_end']} at the end (other engineers' jobs); the ratio column is measured against "
+             f"{_load_words(result)}: load average {result['load_average_start']} at start, "
+             f"{result['load_average_end']} at the end; the ratio column is measured against "
              "onnxruntime fp32 in the same process, round by round, and is the figure to read.", "",
              "AVX2 emulation: `ONEDNN_MAX_CPU_ISA=AVX2` for OpenVINO (its oneDNN JIT kernels capped at AVX2; the "
              "convolution kernels it chose are listed). onnxruntime has no switch to cap its ISA: its rows use "
@@ -169,8 +178,9 @@ def markdown(result: dict) -> str:
     lines += ["", "Variants: " + "; ".join(f"`{n}` = {f} {a}x{w} {'per-channel' if pc else 'per-tensor'}"
                                            f"{', 7-bit weights' if rr else ''}"
                                            for n, (f, a, w, pc, rr) in VARIANTS.items()),
-              "`ort opt basic`: the quantised graph without onnxruntime's extended/layout fusions (QDQ -> QLinear "
-              "node fusion is part of ORT_ENABLE_ALL's extended level).", "", f"Reproduce: `{result['command']}`", ""]
+              "`ort opt extended`: the quantised graph without onnxruntime's layout level (its NhwcTransformer "
+              "turns the fused QLinearConv nodes to NHWC); `ort opt basic`: without the extended level either (QDQ -> "
+              "QLinear node fusion is part of it).", "", f"Reproduce: `{result['command']}`", ""]
     return "\n".join(lines)
 
 
@@ -206,7 +216,8 @@ def main() -> None:
     for name in VARIANTS:
         plan += [(name, "onnxruntime", "all", "native"), (name, "openvino", None, "native"),
                  (name, "openvino", None, "AVX2")]
-    plan.append(("qdq_u8s8_pc_7bit", "onnxruntime", "basic", "native"))
+    plan += [("qdq_u8s8_pc_7bit", "onnxruntime", "extended", "native"),
+             ("qdq_u8s8_pc_7bit", "onnxruntime", "basic", "native")]
     rows = []
     for variant, engine, opt, isa in plan:
         spec = {"fp32": str(fp32), "model": str(models[variant]), "engine": engine, "opt": opt or "all",
