@@ -11,7 +11,7 @@ import pytest
 from usedge.errors import ConfigError
 from usedge.synth.lesions import CLASSES
 from usedge.synth.phantom import render_view, sample_patient, sample_view
-from usedge.synth.video import write_scanner_video
+from usedge.synth.video import probe_track, write_scanner_video
 from tests.fixtures.runtime import opencv_frames
 
 
@@ -54,6 +54,19 @@ def test_lesion_enters_and_leaves_and_boxes_lie_in_the_view(video):
         if f["lesion_box"]:
             lx, ly, lw, lh = f["lesion_box"]
             assert x <= lx and y <= ly and lx + lw <= x + w + 1 and ly + lh <= y + h + 1 and lw > 0 and lh > 0
+
+
+@pytest.mark.parametrize("seconds", [0.5, 10.0, 60.0])
+def test_probe_slides_in_holds_over_the_lesion_and_slides_out(seconds):
+    fps, travel = 30.0, 1000.0
+    n = int(seconds * fps)
+    x = probe_track(n, fps, travel, np.random.default_rng(3))
+    assert x.shape == (n,) and x.min() >= 0 and x.max() <= travel
+    assert x[0] < 0.05 * travel and x[-1] > 0.95 * travel          # from one edge of the scene to the other
+    middle = x[n // 4: 3 * n // 4]                                 # the hold: over the lesion (mid-scene)
+    assert np.abs(middle - travel / 2).max() < 0.1 * travel
+    if seconds >= 10:                                              # 2-s slides: no jumps between frames
+        assert np.abs(np.diff(x)).max() < 0.02 * travel
 
 
 def test_frozen_frames_repeat_and_live_frames_move(video):

@@ -41,7 +41,7 @@ def probe_track(n: int, fps: float, travel_px: float, rng: np.random.Generator) 
     from one edge of the scene to the lesion (2 s, or a quarter of a short video), holds over it with a
     slow rocking of 3 % of the travel and hand tremor, and slides out to the other edge."""
     t = np.arange(n) / fps
-    length = n / fps
+    length = max(n - 1, 1) / fps          # the last frame reaches the far edge
     ramp = min(2.0, length / 4)
     centre = np.interp(t, [0.0, ramp, length - ramp, length], [0.0, 0.5, 0.5, 1.0])
     holding = np.clip(np.minimum(t - ramp, length - ramp - t) / 0.5, 0, 1)    # rocking fades in and out
