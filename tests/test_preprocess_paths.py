@@ -221,6 +221,40 @@ def test_cropper_matches_prepare_and_detects_once():
     assert cropper.detections == 3
 
 
+def _lines_by_slices(image, box, bg, tol):
+    """The layout check lines' definition, line by line with numpy slices (the slow reference)."""
+    h, w = image.shape[:2]
+    x, y, bw, bh = box
+    dx, dy = max(2, int(0.03 * bw)), max(2, int(0.03 * bh))
+    out = np.full(8, -1.0, np.float32)
+    for i, r in enumerate((y + dy, y - dy, y + bh - 1 - dy, y + bh - 1 + dy)):
+        if 0 <= r < h and image[r, x + dx:x + bw - dx:4].size:
+            d = np.abs(image[r, x + dx:x + bw - dx:4].astype(np.int16) - bg)
+            out[i] = ((d.max(axis=-1) if d.ndim == 2 else d) > tol).mean()
+    for i, c in enumerate((x + dx, x - dx, x + bw - 1 - dx, x + bw - 1 + dx)):
+        if 0 <= c < w and image[y + dy:y + bh - dy:4, c].size:
+            d = np.abs(image[y + dy:y + bh - dy:4, c].astype(np.int16) - bg)
+            out[4 + i] = ((d.max(axis=-1) if d.ndim == 2 else d) > tol).mean()
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_layout_check_lines_match_their_definition(seed):
+    """FrameCropper reads its 8 check lines in one gather: same fractions as line-by-line slices, for
+    colour and gray frames, contiguous or not, boxes touching the frame's edges."""
+    rng = np.random.default_rng(seed)
+    big = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    big[rng.random((300, 400)) < 0.5] = 0
+    for image in (big, big[..., 1], big[10:250, 20:380], np.ascontiguousarray(big[::2, ::2, 0])):
+        h, w = image.shape[:2]
+        cropper = FrameCropper(PreprocessSpec())
+        cropper._bg, cropper._tol = (np.array([3, 5, 7], np.int16) if image.ndim == 3 else np.int16(4)), 2
+        for _ in range(20):
+            x, y = int(rng.integers(0, w - 8)), int(rng.integers(0, h - 8))
+            box = (x, y, int(rng.integers(1, w - x + 1)), int(rng.integers(1, h - y + 1)))
+            assert np.array_equal(cropper._lines(image, box), _lines_by_slices(image, box, cropper._bg, 2))
+
+
 @pytest.mark.parametrize("resize", RESIZE_METHODS)
 @pytest.mark.parametrize("probe,doppler,size", [("linear", False, (1920, 1080)), ("linear", True, (1920, 1080)),
                                                   ("curved", True, (1280, 720)), ("curved", False, (1024, 768))])

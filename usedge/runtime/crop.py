@@ -290,6 +290,33 @@ RECHECK_TOLERANCE = 0.3   # change in the fraction of non-background pixels on a
 SKIN_HYSTERESIS = 0.03    # fraction of the FOV height the skin line must move before the crop follows
 
 
+def _line_pixels(shape: tuple[int, int], box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where FrameCropper's 8 check lines lie: row and column index of every sampled pixel (the lines
+    one after another), which of the 8 lines are on the frame, where each starts, and its length."""
+    h, w = shape
+    x, y, bw, bh = box
+    dx, dy = max(2, int(RECHECK_INSET * bw)), max(2, int(RECHECK_INSET * bh))
+    along_x = np.arange(w)[x + dx:x + bw - dx:4]        # along a row (the slice's own clipping)
+    along_y = np.arange(h)[y + dy:y + bh - dy:4]        # along a column
+    lines = [(r, along_x, True) for r in (y + dy, y - dy, y + bh - 1 - dy, y + bh - 1 + dy)] \
+        + [(c, along_y, False) for c in (x + dx, x - dx, x + bw - 1 - dx, x + bw - 1 + dx)]
+    rows, cols, present, lengths = [], [], [], []
+    for at, along, is_row in lines:
+        ok = 0 <= at < (h if is_row else w) and len(along) > 0
+        present.append(ok)
+        if ok:
+            rows.append(np.full(len(along), at) if is_row else along)
+            cols.append(along if is_row else np.full(len(along), at))
+            lengths.append(len(along))
+    if not lengths:
+        none = np.zeros(0, np.intp)
+        return none, none, np.asarray(present, bool), none, none
+    lengths_a = np.asarray(lengths, np.intp)
+    starts = np.concatenate([[0], np.cumsum(lengths_a)[:-1]]).astype(np.intp)
+    return (np.concatenate(rows).astype(np.intp), np.concatenate(cols).astype(np.intp), np.asarray(present, bool),
+            starts, lengths_a)
+
+
 class FrameCropper:
     """`prepare` for a stream of frames from one scanner: same bytes as `prepare` on the first frame.
 
@@ -315,6 +342,8 @@ class FrameCropper:
         self._tol = 2
         self._skin: int | None = None
         self._crop_box: Box | None = None
+        self._line_key: tuple | None = None
+        self._line_px: tuple = ()
 
     # -- cheap layout check
     def reset(self) -> None:
@@ -325,23 +354,23 @@ class FrameCropper:
     def _lines(self, image: np.ndarray, box: Box) -> np.ndarray:
         """Fraction of not-background pixels on 8 short lines just inside / outside the box edges
         (every 4th pixel; -1 where a line falls off the frame): top in/out, bottom in/out, left in/out,
-        right in/out. The four rows and the four columns are each read in one go."""
-        h, w = image.shape[:2]
-        x, y, bw, bh = box
-        dx, dy = max(2, int(RECHECK_INSET * bw)), max(2, int(RECHECK_INSET * bh))
-        rows = (y + dy, y - dy, y + bh - 1 - dy, y + bh - 1 + dy)
-        cols = (x + dx, x - dx, x + bw - 1 - dx, x + bw - 1 + dx)
+        right in/out. The pixels of all 8 lines are read in one gather (indices kept per frame shape and box)."""
+        key = (image.shape[:2], box)
+        if self._line_key != key:
+            self._line_key, self._line_px = key, _line_pixels(image.shape[:2], box)
+        rows, cols, present, starts, lengths = self._line_px
         out = np.full(8, -1.0, np.float32)
-        for offset, lines, size, axis in ((0, rows, h, 0), (4, cols, w, 1)):
-            keep = [i for i, v in enumerate(lines) if 0 <= v < size]
-            along = slice(x + dx, x + bw - dx, 4) if axis == 0 else slice(y + dy, y + bh - dy, 4)
-            px = image[[lines[i] for i in keep]][:, along] if axis == 0 else image[along][:, [lines[i] for i in keep]]
-            if not keep or px.shape[1 - axis] == 0:
-                continue
-            d = np.abs(px.astype(np.int16) - self._bg)
-            if d.ndim == 3:
-                d = d.max(axis=2)
-            out[[offset + i for i in keep]] = (d > self._tol).mean(axis=1 - axis)
+        if len(rows) == 0:
+            return out
+        h, w = image.shape[:2]
+        if image.flags.c_contiguous:      # a decoded frame: take from the flat pixels (4x faster than [rows, cols])
+            px = np.take(image.reshape(h * w, -1), rows * w + cols, axis=0)
+        else:
+            px = image[rows, cols].reshape(len(rows), -1)
+        d = np.abs(px.astype(np.int16) - self._bg)
+        d = np.maximum(np.maximum(d[:, 0], d[:, 1]), d[:, 2]) if d.shape[1] == 3 else d[:, 0]
+        hits = np.add.reduceat((d > self._tol).view(np.uint8), starts, dtype=np.int64)
+        out[present] = hits / lengths
         return out
 
     def _detect(self, image: np.ndarray) -> None:
