@@ -82,6 +82,18 @@ def run_one(root: Path, cohort: str, recipe: str) -> None:
     cpu.write_text(f"{before + time.process_time() - t0:.1f}\n")
 
 
+def run_parallel(commands: list[list[str]], workers: int) -> None:
+    """Run the commands, at most `workers` at a time, and wait for all."""
+    running: list[subprocess.Popen] = []
+    for cmd in commands:
+        while len(running) >= workers:
+            running = [j for j in running if j.poll() is None]
+            time.sleep(2)
+        running.append(subprocess.Popen(cmd))
+    for j in running:
+        j.wait()
+
+
 def fold_results(run_dir: Path) -> list[dict]:
     out = []
     for path in sorted(run_dir.glob("fold*/result.json")):
@@ -216,15 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.summarise:
         make_cohorts(args.root, cohorts)
-        jobs = [(c, r) for r in args.recipes.split(",") for c in cohorts]
-        running: list[subprocess.Popen] = []
-        for cohort, recipe in jobs:
-            while len(running) >= args.workers:
-                running = [j for j in running if j.poll() is None]
-                time.sleep(2)
-            running.append(subprocess.Popen([sys.executable, __file__, "--root", str(args.root), "--one", cohort, recipe]))
-        for j in running:
-            j.wait()
+        run_parallel([[sys.executable, __file__, "--root", str(args.root), "--one", c, r]
+                      for r in args.recipes.split(",") for c in cohorts], args.workers)
     from usedge.fileio import write_json_atomic, write_text_atomic
 
     doc = summarise(args.root, cohorts, argv)
