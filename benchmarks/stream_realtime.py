@@ -208,7 +208,7 @@ def markdown(rows: list[dict], meta: dict, cpu: dict, freeze: dict) -> str:
     lines = [
         "# Live stream benchmark (usedge infer --stream --realtime)", "",
         f"{meta['video']}; {meta['machine']}; onnxruntime CPU, {meta['threads']} threads. "
-        f"Other work was running on the machine at the same time: {meta['concurrent_note']}", "",
+        f"Machine load: {meta['concurrent_note']}", "",
         "| model | paced fps | thread budget | freeze detect | decoded | skipped by lagging decoder | processed "
         "| dropped in slot | frozen-skipped "
         "| results/s | capture→result p50 / p99 ms | model in loop p50 / p99 ms | model alone p50 ms "
@@ -257,11 +257,18 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/usedge-bench-stream"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--no-freeze-runs", action="store_true", help="skip the runs with freeze detection off")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json, measure nothing")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     args.work.mkdir(parents=True, exist_ok=True)
 
     from usedge.fileio import write_json_atomic, write_text_atomic
+
+    if args.markdown_only:
+        saved = json.loads((args.out / "stream_realtime.json").read_text())
+        write_text_atomic(args.out / "stream_realtime.md", markdown(saved["runs"], saved["meta"],
+                                                                    saved["cpu_ms_per_frame"], saved["freeze_detector"]))
+        return
     from usedge.synth.video import write_scanner_video
 
     models = args.models or build_models(args.work, args.size)
