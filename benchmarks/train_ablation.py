@@ -31,7 +31,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_recipe import _mean_sd, _pct, fold_results, make_cohorts, paired, run_parallel  # noqa: E402
+from train_recipe import (_mean_sd, _pct, fold_results, make_cohorts, paired, paired_cell, run_parallel,  # noqa: E402
+                          write_results)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGET = {"data.image_size": 96, "optim.epochs": 8, "optim.lr": 3e-4, "optim.batch_size": 16, "cv.folds": 5,
@@ -103,13 +104,6 @@ def summarise(root: Path, seeds: list[int], argv: list[str]) -> dict:
     return doc
 
 
-def _diff(p: dict) -> str:
-    if p.get("mean") is None:
-        return "–"
-    ci = f" [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]" if "ci95" in p else ""
-    return f"{100 * p['mean']:+.1f}{ci} ({p['better']}/{p['worse']})"
-
-
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     b = doc["budget"]
@@ -145,7 +139,7 @@ def markdown(doc: dict) -> str:
     for arm, e in res.items():
         if "minus_usedge" in e:
             d = e["minus_usedge"]
-            lines.append(f"| {arm} | " + " | ".join([_diff(d[k]) for k in KEYS] + [_diff(d[f"sens_{n}"])
+            lines.append(f"| {arm} | " + " | ".join([paired_cell(d[k]) for k in KEYS] + [paired_cell(d[f"sens_{n}"])
                                                                                   for n in names]) + " |")
     lines.append("")
     return "\n".join(lines)
@@ -170,12 +164,8 @@ def main(argv: list[str] | None = None) -> None:
         make_cohorts(args.root, ["default"])
         run_parallel([[sys.executable, __file__, "--root", str(args.root), "--one", a, str(s)]
                       for s in seeds for a in args.arms.split(",")], args.workers)
-    from usedge.fileio import write_json_atomic, write_text_atomic
-
     doc = summarise(args.root, seeds, argv)
-    write_json_atomic(args.out.with_suffix(".json"), doc)
-    write_text_atomic(args.out.with_suffix(".md"), markdown(doc))
-    print(markdown(doc))
+    write_results(args.out, doc, markdown(doc))
 
 
 if __name__ == "__main__":

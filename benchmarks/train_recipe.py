@@ -164,6 +164,23 @@ def _pct(d: dict | None) -> str:
     return f"{100 * d['mean']:.1f} ± {sd}"
 
 
+def paired_cell(p: dict) -> str:
+    """A `paired` difference as a table cell: mean, 95 % interval, (better/worse), in percentage points."""
+    if p.get("mean") is None:
+        return "–"
+    ci = f" [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]" if "ci95" in p else ""
+    return f"{100 * p['mean']:+.1f}{ci} ({p['better']}/{p['worse']})"
+
+
+def write_results(out: Path, doc: dict, md: str) -> None:
+    """out.json and out.md (atomic), and the Markdown on stdout."""
+    from usedge.fileio import write_json_atomic, write_text_atomic
+
+    write_json_atomic(out.with_suffix(".json"), doc)
+    write_text_atomic(out.with_suffix(".md"), md)
+    print(md)
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     lines = ["# Training recipe: previous vs usedge default (demo budget)", "",
@@ -197,14 +214,7 @@ def markdown(doc: dict) -> str:
         for recipe, e in entry.items():
             if "minus_previous" not in e:
                 continue
-            cells = []
-            for k in ("balanced_accuracy", "macro_auc", "overall_accuracy"):
-                p = e["minus_previous"][k]
-                if p["mean"] is None:
-                    cells.append("–")
-                    continue
-                ci = f" [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]" if "ci95" in p else ""
-                cells.append(f"{100 * p['mean']:+.1f}{ci} ({p['better']}/{p['worse']})")
+            cells = [paired_cell(e["minus_previous"][k]) for k in ("balanced_accuracy", "macro_auc", "overall_accuracy")]
             per_fold = ", ".join(f"{100 * d:+.1f}" for d in e["minus_previous"]["balanced_accuracy"]["per_fold"])
             lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {per_fold} |")
         lines.append("")
@@ -230,12 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         make_cohorts(args.root, cohorts)
         run_parallel([[sys.executable, __file__, "--root", str(args.root), "--one", c, r]
                       for r in args.recipes.split(",") for c in cohorts], args.workers)
-    from usedge.fileio import write_json_atomic, write_text_atomic
-
     doc = summarise(args.root, cohorts, argv)
-    write_json_atomic(args.out.with_suffix(".json"), doc)
-    write_text_atomic(args.out.with_suffix(".md"), markdown(doc))
-    print(markdown(doc))
+    write_results(args.out, doc, markdown(doc))
 
 
 if __name__ == "__main__":
