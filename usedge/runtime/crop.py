@@ -290,9 +290,10 @@ RECHECK_TOLERANCE = 0.3   # change in the fraction of non-background pixels on a
 SKIN_HYSTERESIS = 0.03    # fraction of the FOV height the skin line must move before the crop follows
 
 
-def _line_pixels(shape: tuple[int, int], box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _line_pixels(shape: tuple[int, int], box: Box) -> tuple[np.ndarray, ...]:
     """Where FrameCropper's 8 check lines lie: row and column index of every sampled pixel (the lines
-    one after another), which of the 8 lines are on the frame, where each starts, and its length."""
+    one after another) and its index in the flattened frame, which of the 8 lines are on the frame,
+    where each starts, and its length."""
     h, w = shape
     x, y, bw, bh = box
     dx, dy = max(2, int(RECHECK_INSET * bw)), max(2, int(RECHECK_INSET * bh))
@@ -310,11 +311,11 @@ def _line_pixels(shape: tuple[int, int], box: Box) -> tuple[np.ndarray, np.ndarr
             lengths.append(len(along))
     if not lengths:
         none = np.zeros(0, np.intp)
-        return none, none, np.asarray(present, bool), none, none
+        return none, none, none, np.asarray(present, bool), none, none
     lengths_a = np.asarray(lengths, np.intp)
     starts = np.concatenate([[0], np.cumsum(lengths_a)[:-1]]).astype(np.intp)
-    return (np.concatenate(rows).astype(np.intp), np.concatenate(cols).astype(np.intp), np.asarray(present, bool),
-            starts, lengths_a)
+    rows_a, cols_a = np.concatenate(rows).astype(np.intp), np.concatenate(cols).astype(np.intp)
+    return rows_a, cols_a, rows_a * w + cols_a, np.asarray(present, bool), starts, lengths_a
 
 
 class FrameCropper:
@@ -358,13 +359,12 @@ class FrameCropper:
         key = (image.shape[:2], box)
         if self._line_key != key:
             self._line_key, self._line_px = key, _line_pixels(image.shape[:2], box)
-        rows, cols, present, starts, lengths = self._line_px
+        rows, cols, flat, present, starts, lengths = self._line_px
         out = np.full(8, -1.0, np.float32)
         if len(rows) == 0:
             return out
-        h, w = image.shape[:2]
         if image.flags.c_contiguous:      # a decoded frame: take from the flat pixels (4x faster than [rows, cols])
-            px = np.take(image.reshape(h * w, -1), rows * w + cols, axis=0)
+            px = np.take(image.reshape(image.shape[0] * image.shape[1], -1), flat, axis=0)
         else:
             px = image[rows, cols].reshape(len(rows), -1)
         d = np.abs(px.astype(np.int16) - self._bg)
