@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,7 +112,9 @@ def test_quick_bench_writes_valid_json_md_png(quick_bench):
         share = targets[f"outside-model share of the loop's own stages, {name} (per-stage wall medians)"]
         assert share["aim"] == 0.1 and share["value"] == data["stages"]["models"][name]["per_stage"]["wall_ms"][
             "loop_outside_model_share"]
-        assert targets[f"model in the stream / model alone, {name} (p50 / batch-1 median)"]["aim"] == 1.1
+        assert targets[f"model in the unpaced stream / model alone, {name} (p50 / batch-1 median)"]["aim"] == 1.1
+        paced_ratio = targets[f"model in the stream at {fps} fps paced / model alone, {name} (p50 / batch-1 median)"]
+        assert paced_ratio["aim"] == 1.1 and paced_ratio["value"] > 0
         dropped = targets[f"stream {name} at {fps} fps: frames dropped or skipped"]
         assert dropped["passed"] is (dropped["value"] == 0) and dropped["aim"] == 0
         assert targets[f"stream {name} at {fps} fps: capture-to-result p99 ms"]["aim"] == 40.0

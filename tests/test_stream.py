@@ -14,7 +14,7 @@ from tests.fixtures.runtime import FROZEN, VIDEO_FRAMES
 from usedge.errors import StreamError
 from usedge.runtime.classifier import Classifier
 from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, display_available
-from usedge.runtime.sources import (CaptureThread, Frame, LatestFrameSlot, VideoFileReader, WatchedFolderReader,
+from usedge.runtime.sources import (ArrayReader, CaptureThread, Frame, LatestFrameSlot, VideoFileReader, WatchedFolderReader,
                                     open_source)
 from usedge.runtime.pipeline import FramePipeline, FreezeDetector, Smoother
 from usedge.runtime.stream import StreamRunner
@@ -255,6 +255,30 @@ def test_realtime_passes_over_frames_when_decoding_lags(runtime_video):
     cap.join(5)
     assert cap.stats.late > 0 and cap.stats.source_frames == VIDEO_FRAMES
     assert indices == sorted(set(indices)) and max(indices) < VIDEO_FRAMES   # source frame numbers
+
+
+def test_realtime_reads_each_frame_at_its_due_time_never_ahead():
+    """A paced file behaves like a live scanner: frame i is read (decoded) no earlier than i periods after
+    the first, so the next frame's decode never runs beside the model on the previous one (it did, and
+    slowed the model 1.5x on 2 cores). Lower bounds only: a slow machine reads later, never earlier."""
+    read_at = []
+
+    class Recording(ArrayReader):
+        def read(self):
+            read_at.append(time.perf_counter())
+            return super().read()
+
+    frames = [np.full((8, 8), i, np.uint8) for i in range(6)]
+    slot = LatestFrameSlot()
+    cap = CaptureThread(Recording(frames, "paced", fps=50.0), slot, realtime=True)
+    cap.start()
+    while slot.get(timeout=2) is not None:
+        pass
+    cap.join(5)
+    period = 1 / 50.0
+    assert len(read_at) >= len(frames)
+    for i, t in enumerate(read_at[:len(frames)]):
+        assert t - read_at[0] >= i * period - 1e-3, f"frame {i} read {(i * period - (t - read_at[0])) * 1e3:.1f} ms early"
 
 
 def test_overlay_draws_on_a_copy(clf, runtime_images):

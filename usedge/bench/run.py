@@ -317,13 +317,17 @@ def evaluate_targets(result: dict) -> list[dict]:
             loop["wall_ms"]["loop_outside_model_share"], TARGETS["loop_outside_model_share"], "lower",
             "freeze + crop (with the quality gate) + normalise + post against the model; CPU-time share "
             f"{loop['cpu_ms']['loop_outside_model_share']}")
-        add(f"model in the stream / model alone, {name} (p50 / batch-1 median)",
-            _ratio(m["stream"]["model_p50_ms"], alone[name].get("latency_ms", {}).get("median")),
-            TARGETS["model_in_pipeline_vs_alone"], "lower", ThreadBudget(**m["stream"]["threads"]).line()
-            if m["stream"].get("threads") else "")
+        alone_ms = alone[name].get("latency_ms", {}).get("median")
+        threads = ThreadBudget(**m["stream"]["threads"]).line() if m["stream"].get("threads") else ""
+        add(f"model in the unpaced stream / model alone, {name} (p50 / batch-1 median)",
+            _ratio(m["stream"]["model_p50_ms"], alone_ms), TARGETS["model_in_pipeline_vs_alone"], "lower",
+            f"{threads}; the next frame decodes beside the model (a file read as fast as the loop takes it)")
         paced = m.get("paced")
         if paced:
             where = f"{paced['fps']:g} fps paced, {paced['seconds']:g} s, {paced['frames_read']} frames"
+            add(f"model in the stream at {paced['fps']:g} fps paced / model alone, {name} (p50 / batch-1 median)",
+                _ratio(paced.get("model_ms", {}).get("p50"), alone_ms), TARGETS["model_in_pipeline_vs_alone"],
+                "lower", f"{where}; frames decoded at their due time, as a scanner delivers them")
             add(f"stream {name} at {paced['fps']:g} fps: frames dropped or skipped", paced["missed"],
                 TARGETS["paced_missed_frames"], "lower", where)
             add(f"stream {name} at {paced['fps']:g} fps: capture-to-result p99 ms",

@@ -492,8 +492,10 @@ class CaptureThread(threading.Thread):
     """Reads a FrameReader into a LatestFrameSlot until the source ends or `stop` is set.
 
     realtime: pace the source at its frame rate (a file behaves like a live scanner; frames the loop
-    has not taken in time are dropped). Without it, a file source waits for the loop (no drops) and
-    a live source delivers as fast as it produces.
+    has not taken in time are dropped). Each frame is read (decoded) at its due time, never ahead,
+    as a live source delivers it: decoding ahead ran the next frame's decode beside the model and
+    slowed the model by 1.5x on 2 cores (docs/runtime.md). Without realtime, a file source waits for
+    the loop (no drops) and a live source delivers as fast as it produces.
     reconnect: live sources that fail are reopened after 0.5, 1, 2, 4 ... `max_backoff_s` seconds,
     `max_reconnects` times at most (None: forever).
     """
@@ -559,6 +561,10 @@ class CaptureThread(threading.Thread):
                             return
                         index += 1
                         self.stats.late += 1
+                if self.realtime:
+                    wait = t_start + index * period - time.perf_counter()
+                    if wait > 0:
+                        self.stop_event.wait(wait)
                 try:
                     image = self.reader.read()
                 except UsedgeError as exc:
@@ -572,10 +578,6 @@ class CaptureThread(threading.Thread):
                         self.stats.error = ""
                         continue
                     break
-                if self.realtime:
-                    wait = t_start + index * period - time.perf_counter()
-                    if wait > 0:
-                        self.stop_event.wait(wait)
                 self._attempts = 0
                 self.stats.read += 1
                 self.slot.put(Frame(image, index, self.reader.name, time.perf_counter()), block=block,
