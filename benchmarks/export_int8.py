@@ -14,6 +14,10 @@ of DATA (split by patient; the other half calibrates INT8):
 The results name the CPU and its SIMD flags: on a VNNI CPU the previous recipe does not saturate,
 so its accuracy there is not what an AVX2-only CPU gets.
 --size overrides the input side (the network is fully convolutional): train small, time at 224.
+--emulate-cpu MODEL (e.g. Haswell-v4: AVX2 without AVX-512 or VNNI) also runs every file under QEMU
+user-mode emulation of that CPU (benchmarks/emulated_cpu.py; needs qemu-x86_64) and reports agreement
+and accuracy there: onnxruntime picks its int8 kernels from CPUID, so this is what an AVX2-only CPU
+computes, the saturation of the previous recipe included (numbers only, no timing).
 Writes benchmarks/results/export_int8[_<size>][_<tag>].json and .md.
 """
 
@@ -33,6 +37,7 @@ import numpy as np  # noqa: E402
 from usedge.export import images as image_data  # noqa: E402
 from usedge.export.fp16 import convert_fp16  # noqa: E402
 from usedge.bench.machine import machine_info  # noqa: E402
+from usedge.bench.stats import load_average  # noqa: E402
 from usedge.export.int8 import max_abs_weight, quantize_int8  # noqa: E402
 from usedge.export.onnx_export import export_onnx  # noqa: E402
 from usedge.export.parity import compare, ort_outputs, torch_outputs  # noqa: E402
@@ -108,11 +113,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", default="", help="results file suffix (export_int8[_<size>][_<tag>])")
+    ap.add_argument("--emulate-cpu", default="", help="also run every file under qemu-x86_64 -cpu MODEL "
+                                                     "(e.g. Haswell-v4: AVX2, no AVX-512/VNNI); numbers only")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    load_start = load_average() or [float("nan")]
     model, meta = load_checkpoint(args.checkpoint)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     trained_size = spec.size
@@ -150,6 +158,15 @@ def main() -> None:
             if k != "fp32":
                 quality[k] = compare(outs["fp32"], outs[k], held.labels).to_dict()
         sizes = {k: p.stat().st_size for k, p in paths.items()}
+        emulated = None
+        if args.emulate_cpu:
+            from emulated_cpu import emulated_probs
+
+            emu, seen = emulated_probs(args.emulate_cpu, {k: p for k, p in paths.items() if k != "fp16"}, held.x, tmp)
+            emulated = {"cpu": args.emulate_cpu, "features_seen": seen,
+                        "fp32 emulated vs fp32 native": compare(outs["fp32"], emu["fp32"], held.labels).to_dict(),
+                        "quality_vs_fp32": {k: compare(emu["fp32"], emu[k], held.labels).to_dict()
+                                            for k in emu if k != "fp32"}}
         timing = time_models({k: p for k, p in paths.items() if k != "fp16"}, held.x, args.rounds, args.runs,
                              args.threads)
         # torch eager, same input, for scale (not interleaved: one block after the others)
@@ -168,10 +185,11 @@ def main() -> None:
         "checkpoint": str(args.checkpoint), "checkpoint_sha256": meta["sha256"], "trained_size": trained_size,
         "size": spec.size, "data": str(args.data), "split": "fold train/test (folds.csv)" if split else "patient hash", "calibration_images": len(calib), "held_out_images": len(held),
         "calib_method": args.calib_method, "threads": args.threads, "batch": 1,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; shared with other work",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average "
+                   f"{load_start[0]:.1f} at the start, {(load_average() or [float('nan')])[0]:.1f} at the end",
         "machine_info": machine_info(), "max_abs_int8_weight": weights,
         "export_s": round(export_s, 1), "int8_quantise_s": round(int8_s, 1),
-        "bytes": sizes, "quality_vs_fp32": quality, "latency": timing,
+        "bytes": sizes, "quality_vs_fp32": quality, "latency": timing, "emulated": emulated,
     }
     suffix = (f"_{spec.size}" if args.size else "") + (f"_{args.tag}" if args.tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -208,7 +226,23 @@ def main() -> None:
               f"{quality['fp32 vs torch']['max_abs_diff']:.2e}, top-1 {quality['fp32 vs torch']['top1_agreement']:.3f}. "
               "FP16 is timed on GPUs only (onnxruntime's CPU runs FP16 by casting).",
               "", f"Reproduce: `nice -n 10 .venv/bin/python benchmarks/export_int8.py {args.checkpoint} --data {args.data}"
-              + (f" --size {args.size}" if args.size else "") + (f" --tag {args.tag}" if args.tag else "") + "`"]
+              + (f" --size {args.size}" if args.size else "") + (f" --tag {args.tag}" if args.tag else "")
+              + (f" --emulate-cpu {args.emulate_cpu}" if args.emulate_cpu else "") + "`"]
+    if emulated:
+        seen = ", ".join(k for k, v in emulated["features_seen"].items() if v) or "none of " + ", ".join(
+            emulated["features_seen"])
+        native = emulated["fp32 emulated vs fp32 native"]
+        lines += ["", f"## On an emulated AVX2-class CPU: `qemu-x86_64 -cpu {emulated['cpu']}`", "",
+                  f"CPU features the emulated program saw (CPUID, numpy's probe): {seen}; absent: "
+                  + ", ".join(k for k, v in emulated["features_seen"].items() if not v) + ". onnxruntime picks its "
+                  "kernels from CPUID, so these are the numbers such a CPU computes (1 thread; emulated, so no "
+                  f"timing). fp32 there vs fp32 here: max abs dp {native['max_abs_diff']:.2e}, top-1 "
+                  f"{native['top1_agreement']:.3f}.", "",
+                  "| model | accuracy | top-1 agreement vs fp32 (emulated) | max abs dp vs fp32 (emulated) |",
+                  "|---|---:|---:|---:|"]
+        lines.append(f"| fp32 | {native['accuracy_b']:.3f} | | |")
+        for k, q in emulated["quality_vs_fp32"].items():
+            lines.append(f"| {k} | {q['accuracy_b']:.3f} | {q['top1_agreement']:.3f} | {q['max_abs_diff']:.2e} |")
     write_text_atomic(RESULTS / f"export_int8{suffix}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

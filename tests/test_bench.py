@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,25 @@ def test_cli_bad_input_is_one_line(tmp_path):
 def test_import_bench_is_lean():
     code = "import sys, usedge.bench, usedge.cli.bench_cmd; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_emulated_cpu_worker_gives_onnxruntimes_probs(tmp_path, tiny_onnx_dir):
+    """benchmarks/emulated_cpu.py's worker (what QEMU runs for export_int8.py --emulate-cpu), run natively:
+    the probs of each file are onnxruntime's, and it reports the CPUID features it saw."""
+    import onnxruntime as ort
+
+    models = [tiny_onnx_dir / "model.onnx", tiny_onnx_dir / "model.int8.onnx"]
+    side = ort.InferenceSession(str(models[0]), providers=["CPUExecutionProvider"]).get_inputs()[0].shape[-1]
+    x = np.random.default_rng(0).random((5, 1, side, side), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "emulated_cpu.py"
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "x.npy"), str(tmp_path / "out.npz"),
+                          *map(str, models)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    seen = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(seen) >= {"AVX2", "AVX512VNNI"} and all(isinstance(v, bool) for v in seen.values())
+    out = np.load(tmp_path / "out.npz")
+    for i, path in enumerate(models):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        ref = session.run(["probs"], {session.get_inputs()[0].name: x})[0]
+        np.testing.assert_allclose(out[f"m{i}"], ref, atol=1e-5)
