@@ -18,8 +18,11 @@ Arms (each changes one thing of usedge/train/defaults.toml)
   alpha-uniform   focal with uniform alpha
   ce              cross-entropy (no class weights)
   aug-none        no augmentation
-Fast AutoAugment (searched vs random vs none) is not an arm here: a per-fold search at this budget costs
-more CPU than the whole table; benchmarks/augment_ablation.py measures it on held-out cohorts.
+  faa-searched    Fast AutoAugment: `usedge augment search` per seed (the usedge preset at a reduced budget:
+                  SEARCH below), each fold trained with the sub-policies searched without its test patients,
+                  drawn one per image per epoch (`--augment random`, the same epochs as every arm)
+  faa-random      the same number of sub-policies drawn at random (ops, probabilities, magnitudes), same mode
+The searched and random policies are written to ROOT/policies/seed<N>/ (the search once per seed).
 
 Writes benchmarks/results/train_ablation.{json,md} with per-class sensitivity and the CPU flags.
 """
@@ -47,7 +50,32 @@ ARMS = {
     "ce": {"loss.name": "ce"},
     "aug-none": {"data.augment": "none"},
 }
+ARMS.update({"faa-searched": {"data.augment": "random"}, "faa-random": {"data.augment": "random"}})
+# the FAA arms' search: the usedge preset with 2 inner splits x 25 trials (top 5: 10 sub-policies per fold), children
+# at the arms' size and epochs, 1 thread; the preset's 4 x 100 costs more CPU than the rest of the table
+SEARCH = {"inner_splits": 2, "trials": 25, "child_image_size": BUDGET["data.image_size"],
+          "child_epochs": BUDGET["optim.epochs"], "child_threads": 1, "child_device": "cpu"}
 KEYS = ("balanced_accuracy", "macro_auc", "overall_accuracy")
+
+
+def policy_path(root: Path, arm: str, seed: int) -> Path:
+    """The FAA arm's policy for one seed, made once: searched on the arm's folds, or random of the same size."""
+    from usedge.dataset import load_dataset
+    from usedge.train.augment import random_policy
+    from usedge.train.config import load_config
+    from usedge.train.search import SearchConfig, search
+
+    path = root / "policies" / f"seed{seed}" / f"{arm.split('-')[1]}.json"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = SearchConfig.for_run(load_config(overrides={**BUDGET, "run.seed": seed}), "usedge", **SEARCH)
+    if arm == "faa-searched":
+        policy = search(load_dataset(root / "cohorts" / "default"), cfg, show_progress=False)
+    else:
+        policy = random_policy(cfg.inner_splits * cfg.top, cfg.ops, cfg.ops_per_sub_policy, seed=seed)
+    policy.save(path)
+    return path
 
 
 def run_one(root: Path, arm: str, seed: int) -> None:
@@ -57,7 +85,8 @@ def run_one(root: Path, arm: str, seed: int) -> None:
     from usedge.train.trainer import cross_validate
 
     out = root / "runs" / f"seed{seed}" / arm
-    cfg = load_config(overrides={**BUDGET, "run.seed": seed, **ARMS[arm]})
+    policy = {"data.policy": str(policy_path(root, arm, seed))} if arm.startswith("faa-") else {}
+    cfg = load_config(overrides={**BUDGET, "run.seed": seed, **ARMS[arm], **policy})
     cross_validate(load_dataset(root / "cohorts" / "default"), cfg, out, resume=out.exists(), progress=False,
                    log=lambda m: print(f"[seed{seed}/{arm}] {m}", flush=True))
 
@@ -83,7 +112,12 @@ def epoch_seconds(root: Path, arm: str, seeds: list[int]) -> float:
 def summarise(root: Path, seeds: list[int], argv: list[str]) -> dict:
     from usedge.bench.machine import machine_info
 
+    import json
+
+    searches = {str(seed): json.loads(p.read_text())["meta"].get("search_minutes")
+                for seed in seeds for p in [root / "policies" / f"seed{seed}" / "searched.json"] if p.is_file()}
     doc = {"budget": BUDGET, "seeds": seeds, "arms": ARMS, "cohort": {"seed": 0},
+           "faa_search": {"options": SEARCH, "preset": "usedge", "minutes_per_seed": searches},
            "command": "python benchmarks/train_ablation.py " + " ".join(argv), "runs": str(root),
            "machine": machine_info(), "results": {}}
     runs = {arm: pairs(root, arm, seeds) for arm in ARMS}
@@ -101,12 +135,17 @@ def summarise(root: Path, seeds: list[int], argv: list[str]) -> dict:
                 [{"fold": f["fold"], f"sens_{n}": f["sensitivity"][n]} for f in folds], f"sens_{n}")
                 for n in names})
         doc["results"][arm] = entry
+    # Fast AutoAugment against its own baselines (issue 17: searched vs random vs none), paired the same way
+    doc["faa_paired"] = {f"{b} - {a}": {k: paired(runs[a], runs[b], k) for k in KEYS}
+                         for b, a in (("faa-searched", "faa-random"), ("faa-searched", "aug-none"),
+                                      ("faa-random", "aug-none"))}
     return doc
 
 
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     b = doc["budget"]
+    fs = doc.get("faa_search") or {"options": SEARCH, "minutes_per_seed": {}}
     n_pairs = b["cv.folds"] * len(doc["seeds"])
     lines = ["# Training ablations: one change per arm against the usedge defaults", "",
              f"Command: `{doc['command']}` (runs in `{doc['runs']}`). Budget: {b['data.image_size']} px, "
@@ -114,6 +153,11 @@ def markdown(doc: dict) -> str:
              f"({n_pairs} paired folds), Adam lr {b['optim.lr']}, batch {b['optim.batch_size']}, no all-data model, "
              "1 torch thread per run, CPU; default synthetic cohort (`make_cohort(seed=0)`). Arms: see the script's "
              "docstring.", "",
+             f"FAA arms: `usedge augment search` preset usedge with {fs['options']['inner_splits']} inner splits x "
+             f"{fs['options']['trials']} trials, children at {fs['options']['child_image_size']} px for "
+             f"{fs['options']['child_epochs']} epochs, once per seed (wall minutes per seed: "
+             f"{', '.join(f'seed {k} {v}' for k, v in fs['minutes_per_seed'].items()) or 'not run'}); both FAA arms "
+             "draw one sub-policy per image per epoch (`--augment random`).", "",
              f"Machine: {m['cpu']}, {m['cores']} cores (load average at the summary {m['load_average_start']}); "
              f"SIMD flags: {', '.join(f for f in m['cpu_flags'] if f.startswith(('avx', 'fma')) or 'vnni' in f)}.",
              ""]
@@ -141,6 +185,11 @@ def markdown(doc: dict) -> str:
             d = e["minus_usedge"]
             lines.append(f"| {arm} | " + " | ".join([paired_cell(d[k]) for k in KEYS] + [paired_cell(d[f"sens_{n}"])
                                                                                   for n in names]) + " |")
+    if doc.get("faa_paired"):
+        lines += ["", "Fast AutoAugment against its baselines, paired the same way, percentage points:", "",
+                  "| difference | balanced accuracy | macro AUC | overall accuracy |", "|---|---|---|---|"]
+        for name, d in doc["faa_paired"].items():
+            lines.append(f"| {name} | " + " | ".join(paired_cell(d[k]) for k in KEYS) + " |")
     lines.append("")
     return "\n".join(lines)
 
