@@ -493,9 +493,9 @@ class CaptureThread(threading.Thread):
 
     realtime: pace the source at its frame rate (a file behaves like a live scanner; frames the loop
     has not taken in time are dropped). Each frame is read (decoded) at its due time, never ahead,
-    as a live source delivers it: decoding ahead ran the next frame's decode beside the model and
-    slowed the model by 1.5x on 2 cores (docs/runtime.md). Without realtime, a file source waits for
-    the loop (no drops) and a live source delivers as fast as it produces.
+    as a live source delivers it: decoding ahead ran the next frame's decode beside the model's
+    threads and slowed the model on 2 cores (docs/runtime.md, Measured). Without realtime, a file
+    source waits for the loop (no drops) and a live source delivers as fast as it produces.
     reconnect: live sources that fail are reopened after 0.5, 1, 2, 4 ... `max_backoff_s` seconds,
     `max_reconnects` times at most (None: forever).
     """
@@ -563,8 +563,8 @@ class CaptureThread(threading.Thread):
                         self.stats.late += 1
                 if self.realtime:
                     wait = t_start + index * period - time.perf_counter()
-                    if wait > 0:
-                        self.stop_event.wait(wait)
+                    if wait > 0 and self.stop_event.wait(wait):
+                        break       # stopped while waiting: no further frame is read
                 try:
                     image = self.reader.read()
                 except UsedgeError as exc:
