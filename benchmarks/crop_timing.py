@@ -27,7 +27,8 @@ and over every frame of pydicom's four ultrasound files (real scanners, when pyd
 aliasing check: a 1-pixel checkerboard of each crop side, resized by each method and by plain
 decimation (INTER_NEAREST): the spread (max - min) of the output in grey levels (0 = fully filtered).
 
-Writes benchmarks/results/crop_timing.json and .md, and (unless --no-docs) regenerates the figures
+Writes benchmarks/results/crop_timing.json and .md (crop_timing_<tag>.* with --tag, for another CPU: the
+docs keep the developers' machine's figures), and (unless --no-docs or --tag) regenerates the figures
 that README.md and docs/crop.md quote from them, so the docs always match the results file
 (--docs-only: from the existing JSON, measuring nothing).
 """
@@ -265,6 +266,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cohort", type=int, default=300, help="phantom views for the fidelity figures")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--tag", default="", help="write crop_timing_<tag>.json/.md (another CPU) and leave the docs alone")
     ap.add_argument("--no-docs", action="store_true", help="do not regenerate the figures in README.md and docs/crop.md")
     ap.add_argument("--docs-only", action="store_true", help="measure nothing: regenerate the docs' figures from "
                                                              "benchmarks/results/crop_timing.json")
@@ -348,9 +350,10 @@ def main(argv=None) -> int:
                          + (" (other work ran concurrently)" if max(load_start[0], load_end[0]) >= 0.5 * (os.cpu_count() or 1)
                             else "")}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "crop_timing.json", result)
+    name = f"crop_timing_{args.tag}" if args.tag else "crop_timing"
+    write_json_atomic(args.out / f"{name}.json", result)
     md = ["# Crop time per 1920x1080 frame, and resize=halve-linear against resize=area", "",
-          f"`{COMMAND} --frames {args.frames} --layouts {args.layouts}`", "",
+          f"`{COMMAND} --frames {args.frames} --layouts {args.layouts}{f' --tag {args.tag}' if args.tag else ''}`", "",
           f"{result['machine']}. The stream croppers (one per resize method) ran {detections} detection(s) over "
           f"{args.layouts} layouts x {per} frames; crop sides {', '.join(map(str, sides))} px (every other layout "
           f"with colour Doppler); model input {size} px.", "",
@@ -378,8 +381,8 @@ def main(argv=None) -> int:
     md += ["", "Aliasing check, a 1-pixel checkerboard of each crop side resized to the model size: spread "
                "(max - min) of the output, grey levels (0 = fully filtered, 255 = aliased): "
            + ", ".join(f"{k} {v}" for k, v in result["aliasing_spread"].items()) + "."]
-    write_text_atomic(args.out / "crop_timing.md", "\n".join(md) + "\n")
-    if not args.no_docs and args.out.resolve() == RESULTS.resolve():
+    write_text_atomic(args.out / f"{name}.md", "\n".join(md) + "\n")
+    if not args.no_docs and not args.tag and args.out.resolve() == RESULTS.resolve():
         update_docs(result, args.frames, args.layouts)
     print("\n".join(md))
     return 0

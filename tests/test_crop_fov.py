@@ -9,7 +9,7 @@ import pytest
 from tests.fixtures.crop import bmode_image
 from usedge.errors import ConfigError, InputError
 from usedge.runtime.crop import parse_crop, prepare
-from usedge.runtime.doppler import detect_doppler, fill_from_surroundings
+from usedge.runtime.doppler import DOPPLER_MIN_CHROMA, DOPPLER_MIN_SATURATION, detect_doppler, fill_from_surroundings
 from usedge.runtime.fov import (crop_field_of_view, find_skin_line, iou, percentile90, skin_centred_square,
                                 validate_regions)
 from usedge.runtime.pixels import as_uint8
@@ -111,6 +111,20 @@ def test_doppler_detection_ignores_gray_and_tints():
     found = detect_doppler(flow)
     assert found[20:30, 10:50].all() and found[40:44, 10:50].all()
     assert found.sum() == 10 * 40 + 4 * 40
+
+
+def test_doppler_detection_is_the_documented_rule_for_every_colour():
+    """Every one of the 2**24 BGR colours: detected exactly when chroma >= DOPPLER_MIN_CHROMA and
+    chroma / max >= DOPPLER_MIN_SATURATION (in whole numbers: chroma * 100 >= max * 35)."""
+    v = np.arange(256, dtype=np.uint8)
+    b, g, r = (a.reshape(4096, 4096) for a in np.meshgrid(v, v, v, indexing="ij"))
+    image = cv2.merge([b, g, r])
+    hi = np.maximum(np.maximum(b, g), r).astype(np.int32)
+    chroma = hi - np.minimum(np.minimum(b, g), r)
+    rule = (chroma >= DOPPLER_MIN_CHROMA) & (chroma * 100 >= hi * round(DOPPLER_MIN_SATURATION * 100))
+    found = detect_doppler(image)
+    assert found.dtype == bool and np.array_equal(found, rule)
+    assert found.sum() == rule.sum() > 0
 
 
 def test_remove_doppler_fills_from_bmode():

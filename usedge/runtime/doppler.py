@@ -16,6 +16,25 @@ DOPPLER_MIN_CHROMA = 40      # max(B,G,R) - min(B,G,R), 8-bit levels; JPEG chrom
 DOPPLER_MIN_SATURATION = 0.35  # chroma / max: tinted B-mode maps (sepia, blue) stay below
 
 
+# the two thresholds as one per-brightness threshold: chroma >= 40 and chroma * 100 >= max * 35
+# <=> chroma >= max(40, ceil(35 * max / 100)) for whole numbers, looked up per pixel by cv2.LUT
+_MIN_CHROMA_AT = np.array([max(DOPPLER_MIN_CHROMA, -(-round(DOPPLER_MIN_SATURATION * 100) * v // 100))
+                           for v in range(256)], np.uint8)
+
+
+def _doppler_255(image: np.ndarray) -> np.ndarray | None:
+    """Doppler pixels of a uint8 BGR image as uint8 0/255, or None when the image has none."""
+    if image.ndim == 2:
+        return None
+    b, g, r = cv2.split(image)
+    hi = cv2.max(cv2.max(b, g), r)
+    chroma = cv2.subtract(hi, cv2.min(cv2.min(b, g), r))
+    if cv2.minMaxLoc(chroma)[1] < DOPPLER_MIN_CHROMA:      # gray B-mode (most frames): no colour at all
+        return None
+    found = cv2.compare(chroma, cv2.LUT(hi, _MIN_CHROMA_AT), cv2.CMP_GE)
+    return found if cv2.countNonZero(found) else None
+
+
 def detect_doppler(image: np.ndarray) -> np.ndarray:
     """Colour-flow / power Doppler pixels of a uint8 BGR image: bool H x W (all False for gray).
 
@@ -23,14 +42,10 @@ def detect_doppler(image: np.ndarray) -> np.ndarray:
     its saturation (chroma / max) at least DOPPLER_MIN_SATURATION: B-mode gray, JPEG chroma noise
     and tinted gray maps stay below both.
     """
-    if image.ndim == 2:
-        return np.zeros(image.shape, bool)
-    b, g, r = cv2.split(image)
-    hi = cv2.max(cv2.max(b, g), r)
-    chroma = cv2.subtract(hi, cv2.min(cv2.min(b, g), r))
-    if cv2.minMaxLoc(chroma)[1] < DOPPLER_MIN_CHROMA:      # gray B-mode (most frames): no colour at all
-        return np.zeros(chroma.shape, bool)
-    return (chroma >= DOPPLER_MIN_CHROMA) & (chroma.astype(np.uint16) * 100 >= hi.astype(np.uint16) * int(DOPPLER_MIN_SATURATION * 100))
+    found = _doppler_255(image)
+    if found is None:
+        return np.zeros(image.shape[:2], bool)
+    return (found & 1).view(bool)
 
 
 def fill_from_surroundings(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -75,9 +90,8 @@ def doppler_cells(roi: np.ndarray, size: int) -> np.ndarray | None:
     """
     h, w = roi.shape[:2]
     step = max(1, min(w, h) // size)
-    found = detect_doppler(grid_sample(roi, step))
-    if not found.any():
+    found = _doppler_255(grid_sample(roi, step))
+    if found is None:
         return None
-    cover = cv2.resize(found.view(np.uint8) * np.uint8(255), (size, size), interpolation=cv2.INTER_LINEAR)
-    return cv2.dilate((cover > 0).view(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-
+    cover = cv2.resize(found, (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.dilate(cover, np.ones((3, 3), np.uint8)) > 0
