@@ -14,7 +14,7 @@ on a fixed input (model-only latency), so every figure is a ratio against this m
 
     nice -n 10 .venv/bin/python benchmarks/stream_realtime.py --seconds 60 --threads 2
 
-Writes benchmarks/results/stream_realtime.json and .md. Needs the train/export extras only to
+Writes benchmarks/results/stream_realtime.json and .md (stream_realtime_<tag>.* with --tag). Needs the train/export extras only to
 build the random-init models once (weights do not change latency); `--models DIR` skips that.
 """
 
@@ -257,6 +257,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/usedge-bench-stream"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--no-freeze-runs", action="store_true", help="skip the runs with freeze detection off")
+    ap.add_argument("--tag", default="", help="write stream_realtime_<tag>.json/.md (another CPU)")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json, measure nothing")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -264,9 +265,10 @@ def main() -> None:
 
     from usedge.fileio import write_json_atomic, write_text_atomic
 
+    name = f"stream_realtime_{args.tag}" if args.tag else "stream_realtime"
     if args.markdown_only:
-        saved = json.loads((args.out / "stream_realtime.json").read_text())
-        write_text_atomic(args.out / "stream_realtime.md", markdown(saved["runs"], saved["meta"],
+        saved = json.loads((args.out / f"{name}.json").read_text())
+        write_text_atomic(args.out / f"{name}.md", markdown(saved["runs"], saved["meta"],
                                                                     saved["cpu_ms_per_frame"], saved["freeze_detector"]))
         return
     from usedge.synth.video import write_scanner_video
@@ -311,13 +313,13 @@ def main() -> None:
                            + ("quiet (nothing else ran)" if load_start[0] < 0.5 * (os.cpu_count() or 1)
                               else "these figures are from a loaded machine"),
         "command": "nice -n 10 .venv/bin/python benchmarks/stream_realtime.py "
-                   f"--seconds {args.seconds:g} --threads {args.threads}",
+                   f"--seconds {args.seconds:g} --threads {args.threads}" + (f" --tag {args.tag}" if args.tag else ""),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "stream_realtime.json", {"meta": meta, "runs": rows, "cpu_ms_per_frame": cpu,
+    write_json_atomic(args.out / f"{name}.json", {"meta": meta, "runs": rows, "cpu_ms_per_frame": cpu,
                                                           "freeze_detector": freeze_acc})
     md = markdown(rows, meta, cpu, freeze_acc)
-    write_text_atomic(args.out / "stream_realtime.md", md)
+    write_text_atomic(args.out / f"{name}.md", md)
     print(md)
 
 

@@ -86,18 +86,26 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class Aim:
-    """What a file's outputs must meet against its reference's: max |dp| and top-1 agreement, or
-    (accuracy_drop set) an accuracy drop, as a fraction, on labelled images."""
+    """What a file's outputs must meet against its reference's: max |dp| and top-1 agreement on the
+    images that are not near ties (reference top-2 margin above twice the max |dp| allowed: only
+    those can show a real change of class, see parity), or (accuracy_drop set) an accuracy drop, as
+    a fraction, on labelled images."""
 
     max_abs_diff: float = 1.0
     top1: float = 0.0
     accuracy_drop: float | None = None
 
+    @property
+    def tie_margin(self) -> float:
+        return 2 * self.max_abs_diff if self.accuracy_drop is None else 0.0
+
     def judge(self, name: str, artifact: str, a: parity.Agreement, note: str = "") -> Check:
         if self.accuracy_drop is None:
-            return Check(name, artifact, a.max_abs_diff <= self.max_abs_diff and a.top1_agreement >= self.top1,
-                         f"max abs(dp) <= {self.max_abs_diff:g}, top-1 >= {self.top1:.1%}",
-                         {"n": a.n, "max_abs_diff": a.max_abs_diff, "top1_agreement": a.top1_agreement}, note)
+            return Check(name, artifact, a.max_abs_diff <= self.max_abs_diff and a.decisive_top1_agreement >= self.top1,
+                         f"max abs(dp) <= {self.max_abs_diff:g}, top-1 >= {self.top1:.1%} "
+                         f"(images with a top-2 margin > {self.tie_margin:g})",
+                         {"n": a.n, "max_abs_diff": a.max_abs_diff, "top1_agreement": a.top1_agreement,
+                          "near_ties": a.near_ties, "decisive_top1_agreement": a.decisive_top1_agreement}, note)
         drop = a.accuracy_a - a.accuracy_b if a.accuracy_a is not None else 0.0
         return Check(name, artifact, drop <= self.accuracy_drop, f"accuracy drop <= {self.accuracy_drop * 100:g} point",
                      {**a.to_dict(), "accuracy_drop": drop}, note)
@@ -263,11 +271,12 @@ def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], N
         outputs[fmt.precision] = parity.ort_outputs(path, x)
         ref = outputs[fmt.reference]["probs"]
         note = cpu_note() if fmt.precision == "int8" else ""
-        run.report.add_check(fmt.aim.judge(fmt.check, path.name, parity.compare(ref, outputs[fmt.precision]["probs"],
-                                                                                 labels), note))
+        run.report.add_check(fmt.aim.judge(fmt.check, path.name, parity.compare(
+            ref, outputs[fmt.precision]["probs"], labels, tie_margin=fmt.aim.tie_margin), note))
         if fmt.cross_check and k:
             got = parity.reference_outputs(path, x[:k])["probs"]
-            run.report.add_check(fmt.aim.judge(fmt.cross_check, path.name, parity.compare(ref[:k], got)))
+            run.report.add_check(fmt.aim.judge(fmt.cross_check, path.name,
+                                               parity.compare(ref[:k], got, tie_margin=fmt.aim.tie_margin)))
         for check in fmt.extra_checks(run, path, outputs) if fmt.extra_checks else []:
             run.report.add_check(check)
 
