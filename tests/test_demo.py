@@ -30,7 +30,7 @@ TINY = DemoConfig(images=24, image_size=64, epochs=1, folds=2, video_seconds=0.5
                   progress=False)
 TINY_ARGS = ["--images", "24", "--image-size", "64", "--epochs", "1", "--folds", "2", "--video-seconds", "0.5",
              "--threads", "1"]
-ALL = ["cohort", "train", "explain", "export", "video", "stream_fp32", "stream_int8", "overlay_frame"]
+ALL = ["cohort", "train", "explain", "export", "video", "stream_fp32", "stream_int8", "overlay_video", "overlay_frame"]
 pytestmark = pytest.mark.slow
 
 
@@ -83,7 +83,7 @@ def test_plain_rerun_reuses_every_step_and_keeps_its_timings(first, copy):
 
 def test_changed_training_parameter_reruns_training_and_everything_after(copy):
     demo = run_demo(copy, lr=1e-3)
-    assert ran(demo) == ["train", "explain", "export", "stream_fp32", "stream_int8", "overlay_frame"]
+    assert ran(demo) == ["train", "explain", "export", "stream_fp32", "stream_int8", "overlay_video", "overlay_frame"]
     assert next(s for s in demo.steps if s.key == "train").why == "changed: lr"
     assert json.loads((copy / "steps" / "train.json").read_text())["params"]["lr"] == 1e-3
     assert "Adam 0.001" in (copy / "report" / "README.md").read_text()
@@ -92,7 +92,7 @@ def test_changed_training_parameter_reruns_training_and_everything_after(copy):
 
 def test_changed_video_length_reruns_only_the_video_and_its_streams(copy):
     demo = run_demo(copy, video_seconds=0.3)
-    assert ran(demo) == ["video", "stream_fp32", "stream_int8", "overlay_frame"]
+    assert ran(demo) == ["video", "stream_fp32", "stream_int8", "overlay_video", "overlay_frame"]
     truth = json.loads((copy / "video" / "scanner_1080p.json").read_text())
     assert truth["frames"] == 9
 
@@ -116,9 +116,9 @@ def test_failed_int8_check_is_printed_reported_and_not_used_for_the_overlay(copy
     info = json.loads((copy / "report" / "demo.json").read_text())
     assert info["checks_failed"] == len(int8) and info["overlay_model"] == "fp32"
     steps = {s["key"]: s for s in info["steps"]}
-    assert steps["export"]["reused"] and not steps["stream_fp32"]["reused"]
-    assert steps["stream_fp32"]["params"]["record"] and not steps["stream_int8"]["params"]["record"]
-    assert steps["overlay_frame"]["params"]["model"] == "model.onnx"
+    assert steps["export"]["reused"] and steps["stream_fp32"]["reused"] and steps["stream_int8"]["reused"]
+    assert steps["overlay_video"]["params"]["model"] == steps["overlay_frame"]["params"]["model"] == "model.onnx"
+    assert not steps["overlay_video"]["reused"]     # the timed streams never record: only the overlay reruns
     assert (copy / "report" / "overlay.mp4").is_file()
     top = (copy / "report" / "README.md").read_text().split("**Synthetic data.**")[0]
     assert "A check failed" in top and "model.int8.onnx" in top and "fp32 model" in top
@@ -133,7 +133,7 @@ def test_killed_training_resumes_and_reruns_what_follows(copy):
     for name in ("model.pt", "metrics.json", "report.md"):
         (copy / "run" / name).unlink()
     demo = run_demo(copy)
-    assert ran(demo) == ["train", "explain", "export", "stream_fp32", "stream_int8", "overlay_frame"]
+    assert ran(demo) == ["train", "explain", "export", "stream_fp32", "stream_int8", "overlay_video", "overlay_frame"]
     train = next(s for s in demo.steps if s.key == "train")
     assert train.why == "interrupted" and train.result == {"resumed": True}
     assert (copy / "run" / "model.pt").is_file()
