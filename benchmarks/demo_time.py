@@ -1,13 +1,14 @@
 """Wall time of the default demo, as `make demo` runs it, against its 10-minute budget (issue 20).
 
-    .venv/bin/python benchmarks/demo_time.py [--out /tmp/usedge-demo-time] [-- extra demo options]
+    .venv/bin/python benchmarks/demo_time.py [--out /tmp/usedge-demo-time] [--tag TAG] [-- extra demo options]
 
 Runs `usedge demo --out OUT --overwrite --quiet` in a child process with this interpreter (so from
 `make test`'s environment when run with .venv/bin/python), times it end to end (imports included),
 and reads the demo's own `demo.json` for the per-step seconds, the cross-validated accuracy and the
 stream scores. Not niced: the budget is for the demo as a user runs it, so run it on a quiet machine
 (the load averages before and after are recorded; a result with a start load above 0.5 x cores is
-marked "loaded"). Writes benchmarks/results/demo_time.json and .md with the CPU and its flags.
+marked "loaded"). Writes benchmarks/results/demo_time.json and .md (demo_time_<tag>.* with --tag) with
+the CPU and its flags.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def _pct(v) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/usedge-demo-time"))
+    ap.add_argument("--tag", default="", help="write demo_time_<tag>.json/.md (another CPU)")
     ap.add_argument("extra", nargs="*", help="more `usedge demo` options (after --)")
     args = ap.parse_args()
     cmd = [sys.executable, "-m", "usedge", "demo", "--out", str(args.out), "--overwrite", "--quiet", *args.extra]
@@ -58,7 +60,8 @@ def main() -> None:
         "machine": machine, "load_average_end": load_average(),
     }
     RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / "demo_time.json", result)
+    stem = f"demo_time_{args.tag}" if args.tag else "demo_time"
+    write_json_atomic(RESULTS / f"{stem}.json", result)
     minutes = f"{int(wall // 60)} min {int(round(wall % 60)):02d} s"
     lines = [
         "# Demo wall time (`benchmarks/demo_time.py`)", "",
@@ -76,7 +79,7 @@ def main() -> None:
         *[f"| {tag} | {_pct(s.get('accuracy'))} | {s.get('changes_per_minute', float('nan')):.1f} |"
           for tag, s in demo["stream"].items()], "",
     ]
-    write_text_atomic(RESULTS / "demo_time.md", "\n".join(lines))
+    write_text_atomic(RESULTS / f"{stem}.md", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -265,10 +265,10 @@ def main() -> None:
 
     from usedge.fileio import write_json_atomic, write_text_atomic
 
-    name = f"stream_realtime_{args.tag}" if args.tag else "stream_realtime"
+    stem = f"stream_realtime_{args.tag}" if args.tag else "stream_realtime"
     if args.markdown_only:
-        saved = json.loads((args.out / f"{name}.json").read_text())
-        write_text_atomic(args.out / f"{name}.md", markdown(saved["runs"], saved["meta"],
+        saved = json.loads((args.out / f"{stem}.json").read_text())
+        write_text_atomic(args.out / f"{stem}.md", markdown(saved["runs"], saved["meta"],
                                                                     saved["cpu_ms_per_frame"], saved["freeze_detector"]))
         return
     from usedge.synth.video import write_scanner_video
@@ -316,10 +316,10 @@ def main() -> None:
                    f"--seconds {args.seconds:g} --threads {args.threads}" + (f" --tag {args.tag}" if args.tag else ""),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / f"{name}.json", {"meta": meta, "runs": rows, "cpu_ms_per_frame": cpu,
+    write_json_atomic(args.out / f"{stem}.json", {"meta": meta, "runs": rows, "cpu_ms_per_frame": cpu,
                                                           "freeze_detector": freeze_acc})
     md = markdown(rows, meta, cpu, freeze_acc)
-    write_text_atomic(args.out / f"{name}.md", md)
+    write_text_atomic(args.out / f"{stem}.md", md)
     print(md)
 
 
