@@ -17,7 +17,8 @@ onnxruntime fp32 measured in the same process in interleaved rounds (a loaded ma
 
     nice -n 10 .venv/bin/python benchmarks/int8_engines.py --models /tmp/usedge-bench-stream/models224 --threads 2
 
-Writes benchmarks/results/int8_engines.json and .md (CPU model and flags, load average). Each row
+Writes benchmarks/results/int8_engines.json and .md (int8_engines_<tag>.* with --tag; CPU model and flags,
+load average); `--caps AVX2,AVX512_CORE_VNNI` adds OpenVINO rows capped at each ISA. Each row
 runs in its own process (the ISA cap is read by oneDNN once, at start).
 """
 
@@ -163,9 +164,9 @@ def markdown(result: dict) -> str:
              f"{_load_words(result)}: load average {result['load_average_start']} at start, "
              f"{result['load_average_end']} at the end; the ratio column is measured against "
              "onnxruntime fp32 in the same process, round by round, and is the figure to read.", "",
-             "AVX2 emulation: `ONEDNN_MAX_CPU_ISA=AVX2` for OpenVINO (its oneDNN JIT kernels capped at AVX2; the "
-             "convolution kernels it chose are listed). onnxruntime has no switch to cap its ISA: its rows use "
-             "this CPU's own kernels (with VNNI when the flags list avx512_vnni).", "",
+             "ISA caps: `ONEDNN_MAX_CPU_ISA=<ISA column>` for OpenVINO (its oneDNN JIT kernels capped there, AVX2 "
+             "emulating an AVX2-only CPU; the convolution kernels it chose are listed). onnxruntime has no switch "
+             "to cap its ISA: its rows use this CPU's own kernels (with VNNI when the flags list avx512_vnni).", "",
              "| variant | engine | ISA | ms | ORT fp32 ms, same process | ratio vs ORT fp32 | convolution kernels (OpenVINO) |",
              "|---|---|---|---:|---:|---:|---|"]
     for r in result["rows"]:
@@ -191,6 +192,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--caps", default="AVX2", help="comma-separated ONEDNN_MAX_CPU_ISA values for OpenVINO rows "
+                    "besides native (e.g. AVX2,AVX512_CORE_VNNI on an AMX CPU: without AMX)")
+    ap.add_argument("--tag", default="", help="write int8_engines_<tag>.json/.md (another CPU)")
     args = ap.parse_args()
     if args.row:
         print(json.dumps(row_main(json.loads(args.row))))
@@ -211,11 +215,12 @@ def main() -> None:
     for name in VARIANTS:
         models[name] = quantize(fp32, work / f"{name}.onnx", name, calib)
         print(f"quantised {name}", flush=True)
+    caps = [c for c in args.caps.split(",") if c]
     plan = [("fp32", "onnxruntime", "all", "native"), ("fp32", "openvino", None, "native"),
-            ("fp32", "openvino", None, "AVX2")]
+            *[("fp32", "openvino", None, c) for c in caps]]
     for name in VARIANTS:
         plan += [(name, "onnxruntime", "all", "native"), (name, "openvino", None, "native"),
-                 (name, "openvino", None, "AVX2")]
+                 *[(name, "openvino", None, c) for c in caps]]
     plan += [("qdq_u8s8_pc_7bit", "onnxruntime", "extended", "native"),
              ("qdq_u8s8_pc_7bit", "onnxruntime", "basic", "native")]
     rows = []
@@ -223,7 +228,7 @@ def main() -> None:
         spec = {"fp32": str(fp32), "model": str(models[variant]), "engine": engine, "opt": opt or "all",
                 "threads": args.threads, "rounds": args.rounds, "size": int(size),
                 "precision": "fp32" if variant == "fp32" else "int8"}
-        res = run_row(spec, {"ONEDNN_MAX_CPU_ISA": "AVX2"} if isa == "AVX2" else {})
+        res = run_row(spec, {} if isa == "native" else {"ONEDNN_MAX_CPU_ISA": isa})
         row = {"variant": variant, "engine": engine + (f" (opt {opt})" if opt and opt != "all" else ""), "isa": isa,
                **res}
         rows.append(row)
@@ -232,11 +237,13 @@ def main() -> None:
               "load_average_start": machine["load_average_start"], "load_average_end": load_average(),
               "rows": rows,
               "command": f"nice -n 10 .venv/bin/python benchmarks/int8_engines.py --models DIR --threads {args.threads} "
-                         f"--rounds {args.rounds}"}
+                         f"--rounds {args.rounds}" + (f" --caps {args.caps}" if caps != ["AVX2"] else "")
+                         + (f" --tag {args.tag}" if args.tag else "")}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "int8_engines.json", result)
+    stem = f"int8_engines_{args.tag}" if args.tag else "int8_engines"
+    write_json_atomic(args.out / f"{stem}.json", result)
     md = markdown(result)
-    write_text_atomic(args.out / "int8_engines.md", md)
+    write_text_atomic(args.out / f"{stem}.md", md)
     print(md)
 
 

@@ -42,8 +42,11 @@ def compare(a: np.ndarray, b: np.ndarray, labels: np.ndarray | None = None, tie_
     b = np.asarray(b, dtype=np.float64)
     acc = (lambda p: float((p.argmax(1) == labels).mean())) if labels is not None and len(labels) else None
     same = a.argmax(1) == b.argmax(1) if a.size else np.ones(0, bool)
-    top2 = np.sort(a, axis=1)[:, -2:] if a.ndim == 2 and a.shape[1] > 1 else np.ones((len(a), 2))
-    decisive = top2[:, 1] - top2[:, 0] > tie_margin
+    if a.ndim == 2 and a.shape[1] > 1:
+        top2 = np.sort(a, axis=1)[:, -2:]
+        decisive = top2[:, 1] - top2[:, 0] > tie_margin
+    else:
+        decisive = np.ones(len(a), bool)         # one class: nothing to tie with
     return Agreement(
         n=int(a.shape[0]),
         max_abs_diff=float(np.abs(a - b).max()) if a.size else 0.0,
