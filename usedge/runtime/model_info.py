@@ -241,7 +241,7 @@ def verify_weights(path: str | Path, metadata: dict, info: ModelInfo) -> None:
     """ModelError (one line) unless the file's bytes match the digest recorded when it was made:
     for ONNX the graph digest in its metadata; for a TensorRT engine the engine sha256 in its sidecar."""
     path = Path(path)
-    hint = f"re-export it, or pass --no-verify (verify=False) to load it anyway"
+    hint = "re-export it, or pass --no-verify (verify=False) to load it anyway"
     data = path.read_bytes()
     if metadata.get("engine_sha256"):
         got, want, what = hashlib.sha256(data).hexdigest(), str(metadata["engine_sha256"]), "engine sha256"

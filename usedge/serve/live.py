@@ -123,8 +123,6 @@ class LiveFeed:
 
     def _jpeg_for(self) -> tuple[int, bytes] | None:
         """(seq, overlay JPEG) of the newest result, encoded once per result; runs in a worker thread."""
-        import cv2
-
         with self._jpeg_lock:
             with self._lock:
                 seq = self._seq
