@@ -47,6 +47,16 @@ def train_command(data: Path, run: Path) -> list[str]:
             "--seed", str(c.seed), "--no-final-model", "-q"]
 
 
+def run_command(run: Path) -> str:
+    """The `usedge train` options a finished run used, read from its config.toml (the budget it trained at)."""
+    import tomllib
+
+    c = tomllib.loads((run / "config.toml").read_text())
+    return (f"usedge train DATA --out RUN --image-size {c['data']['image_size']} --epochs {c['optim']['epochs']} "
+            f"--lr {c['optim']['lr']:g} --folds {c['cv']['folds']} --seed {c['run']['seed']}"
+            + ("" if c["cv"].get("final_model", True) else " --no-final-model") + " -q")
+
+
 def cnn_score(run: Path) -> dict:
     """Balanced accuracy of a `usedge train` run, pooled over the test predictions of the folds it finished."""
     import tomllib
@@ -173,7 +183,7 @@ def main() -> None:
                         for r in [ln.split(",")[0] for ln in (data / "manifest.csv").read_text().splitlines()[1:]])
             res["cnn"]["best_combination_on_same_folds"] = probe_on_run_folds(
                 data, load_dataset(data), res["probes"]["best_combination"]["features"], run, res["cnn"]["fold_names"])
-            res.setdefault("cnn_command", " ".join(["usedge", *train_command(Path("DATA"), Path("RUN"))[3:]]))
+            res.setdefault("cnn_command", run_command(run))
     p = res["probes"]
     best_probe = max([p["best_single"]["balanced_accuracy"], p["best_combination"]["balanced_accuracy"],
                       p["histogram"]["balanced_accuracy"]])
