@@ -170,7 +170,6 @@ def main() -> None:
         if args.cnn:
             run = Path(tmp) / "run"
             cmd = train_command(data, run)
-            res["cnn_command"] = " ".join(["usedge", *cmd[3:]])
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
             res["cnn_wall_s"] = round(time.perf_counter() - t0, 1)
@@ -183,7 +182,7 @@ def main() -> None:
                         for r in [ln.split(",")[0] for ln in (data / "manifest.csv").read_text().splitlines()[1:]])
             res["cnn"]["best_combination_on_same_folds"] = probe_on_run_folds(
                 data, load_dataset(data), res["probes"]["best_combination"]["features"], run, res["cnn"]["fold_names"])
-            res.setdefault("cnn_command", run_command(run))
+            res["cnn_command"] = run_command(run)
     p = res["probes"]
     best_probe = max([p["best_single"]["balanced_accuracy"], p["best_combination"]["balanced_accuracy"],
                       p["histogram"]["balanced_accuracy"]])

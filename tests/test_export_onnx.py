@@ -135,7 +135,7 @@ def test_top1_aim_counts_only_images_that_are_not_near_ties():
     got[0] = [0.5002, 0.4998, 0.0]                     # flips, |dp| 4e-4
     a = parity.compare(ref, got, tie_margin=AIM_FP16.tie_margin)
     assert a.top1_agreement == 63 / 64 and a.near_ties == 1 and a.decisive_top1_agreement == 1.0
-    assert AIM_FP16.judge("fp16", "m.onnx", a).passed
+    assert AIM_FP16.judge("fp16", "m.onnx", ref, got).passed
     got[1] = [0.15, 0.8, 0.05]                         # a decisive image changes class
     b = parity.compare(ref, got, tie_margin=AIM_FP16.tie_margin)
-    assert b.decisive_top1_agreement == 62 / 63 and not AIM_FP16.judge("fp16", "m.onnx", b).passed
+    assert b.decisive_top1_agreement == 62 / 63 and not AIM_FP16.judge("fp16", "m.onnx", ref, got).passed

@@ -99,7 +99,10 @@ class Aim:
     def tie_margin(self) -> float:
         return 2 * self.max_abs_diff if self.accuracy_drop is None else 0.0
 
-    def judge(self, name: str, artifact: str, a: parity.Agreement, note: str = "") -> Check:
+    def judge(self, name: str, artifact: str, ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None,
+              note: str = "") -> Check:
+        """Compare `got` with the reference probabilities `ref` (near ties by this aim's margin) and judge it."""
+        a = parity.compare(ref, got, labels, tie_margin=self.tie_margin)
         if self.accuracy_drop is None:
             return Check(name, artifact, a.max_abs_diff <= self.max_abs_diff and a.decisive_top1_agreement >= self.top1,
                          f"max abs(dp) <= {self.max_abs_diff:g}, top-1 >= {self.top1:.1%} "
@@ -271,12 +274,10 @@ def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], N
         outputs[fmt.precision] = parity.ort_outputs(path, x)
         ref = outputs[fmt.reference]["probs"]
         note = cpu_note() if fmt.precision == "int8" else ""
-        run.report.add_check(fmt.aim.judge(fmt.check, path.name, parity.compare(
-            ref, outputs[fmt.precision]["probs"], labels, tie_margin=fmt.aim.tie_margin), note))
+        run.report.add_check(fmt.aim.judge(fmt.check, path.name, ref, outputs[fmt.precision]["probs"], labels, note))
         if fmt.cross_check and k:
             got = parity.reference_outputs(path, x[:k])["probs"]
-            run.report.add_check(fmt.aim.judge(fmt.cross_check, path.name,
-                                               parity.compare(ref[:k], got, tie_margin=fmt.aim.tie_margin)))
+            run.report.add_check(fmt.aim.judge(fmt.cross_check, path.name, ref[:k], got))
         for check in fmt.extra_checks(run, path, outputs) if fmt.extra_checks else []:
             run.report.add_check(check)
 
