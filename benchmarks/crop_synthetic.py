@@ -15,7 +15,6 @@ Writes benchmarks/results/crop_synthetic.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

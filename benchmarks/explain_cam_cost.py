@@ -12,7 +12,6 @@ Writes benchmarks/results/explain_cam_cost.{json,md}. Random weights: cost does 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

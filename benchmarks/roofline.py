@@ -19,7 +19,6 @@ Writes OUT/roofline.json and OUT/roofline.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from math import prod

@@ -5,7 +5,6 @@ allowed outcomes are a valid result or a one-line usedge InputError."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
