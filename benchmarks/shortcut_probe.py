@@ -44,7 +44,7 @@ def train_command(data: Path, run: Path) -> list[str]:
     c = DemoConfig()
     return [sys.executable, "-m", "usedge", "train", str(data), "--out", str(run), "--image-size", str(c.image_size),
             "--epochs", str(c.epochs), "--lr", str(c.lr), "--folds", str(c.folds),
-            "--seed", str(c.seed), "--no-final-model", "-q"]
+            "--seed", str(c.seed), "--set", "cv.final_model=false", "-q"]
 
 
 def run_command(run: Path) -> str:
@@ -54,7 +54,7 @@ def run_command(run: Path) -> str:
     c = tomllib.loads((run / "config.toml").read_text())
     return (f"usedge train DATA --out RUN --image-size {c['data']['image_size']} --epochs {c['optim']['epochs']} "
             f"--lr {c['optim']['lr']:g} --folds {c['cv']['folds']} --seed {c['run']['seed']}"
-            + ("" if c["cv"].get("final_model", True) else " --no-final-model") + " -q")
+            + ("" if c["cv"].get("final_model", True) else " --set cv.final_model=false") + " -q")
 
 
 def cnn_score(run: Path) -> dict:

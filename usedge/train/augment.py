@@ -544,7 +544,7 @@ def check_policy_for_run(policy: Policy, dataset, cfg, where: str = "policy") ->
             refuse(f"fold {s.fold}'s patients differ from those the policy was searched on")
     if cfg.cv.final_model:
         if "all" not in digests:
-            refuse("policy has no all-data search for the final model (or train with --no-final-model)")
+            refuse("policy has no all-data search for the final model (or train with --set cv.final_model=false)")
         final = final_split(dataset, cfg.cv.inner_val_fraction, cfg.run.seed)
         if digests["all"] != patients_digest(set(groups[np.concatenate([final.train, final.val])].tolist())):
             refuse("the all-data search ran on other patients than this run's")
