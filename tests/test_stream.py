@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.runtime import FROZEN, VIDEO_FRAMES
-from usedge.errors import StreamError
+from usedge.errors import InputError, StreamError
 from usedge.runtime.classifier import Classifier
 from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, display_available
 from usedge.runtime.sources import (ArrayReader, CaptureThread, Frame, LatestFrameSlot, VideoFileReader, WatchedFolderReader,
@@ -241,6 +241,14 @@ def test_show_without_display_is_a_clear_error():
 def test_unknown_source_is_a_clear_error(tmp_path):
     with pytest.raises(StreamError, match="source not found"):
         open_source(str(tmp_path / "missing.mp4"))
+
+
+def test_empty_video_file_says_so(tmp_path):
+    path = tmp_path / "zero.mp4"
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match="empty file") as info:
+        VideoFileReader(path).open()
+    assert "zero.mp4" in str(info.value)
 
 
 def test_realtime_passes_over_frames_when_decoding_lags(runtime_video):

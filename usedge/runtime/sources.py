@@ -28,7 +28,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from usedge.errors import InputError, StreamError, UsedgeError
+from usedge.errors import InputError, StreamError, Undecodable, UsedgeError
 from usedge.runtime.dicom import is_dicom, open_dicom
 from usedge.runtime.formats import VIDEO_SUFFIXES, read_bytes, read_image
 
@@ -174,6 +174,12 @@ class VideoFileReader(FrameReader):
 
     def open(self) -> None:
         self.position, self.ended_early = 0, ""
+        try:
+            empty = self.path.stat().st_size == 0
+        except OSError:
+            empty = False     # a device or a missing path: the decoders say why
+        if empty:
+            raise Undecodable("empty file (0 bytes)", path=self.path, hint="copy or record the video again")
         if not self._open_pyav():
             self._open_opencv()
 
