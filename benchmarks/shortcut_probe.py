@@ -37,14 +37,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 AIM_SINGLE, AIM_COMBO, AIM_CNN_MARGIN = 0.70, 0.80, 0.05
 
 
+def train_options(image_size: int, epochs: int, lr: float, folds: int, seed: int, final_model: bool) -> list[str]:
+    """The `usedge train` options of a budget (after DATA --out RUN): one spelling for running and reporting."""
+    return ["--image-size", str(image_size), "--epochs", str(epochs), "--lr", f"{lr:g}", "--folds", str(folds),
+            "--seed", str(seed), *([] if final_model else ["--set", "cv.final_model=false"]), "-q"]
+
+
 def train_command(data: Path, run: Path) -> list[str]:
     """`usedge train` with the demo's budget (no all-data model: the CV predictions are what we score)."""
     from usedge.demo import DemoConfig
 
     c = DemoConfig()
-    return [sys.executable, "-m", "usedge", "train", str(data), "--out", str(run), "--image-size", str(c.image_size),
-            "--epochs", str(c.epochs), "--lr", str(c.lr), "--folds", str(c.folds),
-            "--seed", str(c.seed), "--set", "cv.final_model=false", "-q"]
+    return [sys.executable, "-m", "usedge", "train", str(data), "--out", str(run),
+            *train_options(c.image_size, c.epochs, c.lr, c.folds, c.seed, final_model=False)]
 
 
 def run_command(run: Path) -> str:
@@ -52,9 +57,9 @@ def run_command(run: Path) -> str:
     import tomllib
 
     c = tomllib.loads((run / "config.toml").read_text())
-    return (f"usedge train DATA --out RUN --image-size {c['data']['image_size']} --epochs {c['optim']['epochs']} "
-            f"--lr {c['optim']['lr']:g} --folds {c['cv']['folds']} --seed {c['run']['seed']}"
-            + ("" if c["cv"].get("final_model", True) else " --set cv.final_model=false") + " -q")
+    return " ".join(["usedge train DATA --out RUN", *train_options(
+        c["data"]["image_size"], c["optim"]["epochs"], c["optim"]["lr"], c["cv"]["folds"], c["run"]["seed"],
+        c["cv"].get("final_model", True))])
 
 
 def cnn_score(run: Path) -> dict:
