@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_recipe import _mean_sd, _pct, paired, paired_cell, run_parallel, write_results  # noqa: E402
-from train_ablation import pairs  # noqa: E402
+from train_recipe import _pct, make_cohorts, paired, paired_cell, run_parallel, write_results  # noqa: E402
+from train_ablation import KEYS, arm_summary, machine_line, pairs, partial_lines  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KEYS = ("balanced_accuracy", "macro_auc", "overall_accuracy")
 
 
 def budget() -> dict:
@@ -41,16 +40,12 @@ def arm(lr: float) -> str:
 def run_one(root: Path, lr: float, seed: int) -> None:
     """One 5-fold cross-validation (resumable: finished folds are kept)."""
     from usedge.dataset import load_dataset
-    from usedge.synth.cohort import make_cohort
     from usedge.train.config import load_config
     from usedge.train.trainer import cross_validate
 
-    cohort = root / "cohorts" / "default"
-    if not (cohort / "manifest.csv").is_file():
-        make_cohort(cohort, progress=False, overwrite=True)
     out = root / "runs" / f"seed{seed}" / arm(lr)
     cfg = load_config(overrides={**budget(), "optim.lr": lr, "run.seed": seed})
-    cross_validate(load_dataset(cohort), cfg, out, resume=out.exists(), progress=False,
+    cross_validate(load_dataset(root / "cohorts" / "default"), cfg, out, resume=out.exists(), progress=False,
                    log=lambda m: print(f"[seed{seed}/{arm(lr)}] {m}", flush=True))
 
 
@@ -64,9 +59,7 @@ def summarise(root: Path, lrs: list[float], seeds: list[int], argv: list[str]) -
     base = arm(lrs[0])
     names = next((list(f[0]["sensitivity"]) for f in runs.values() if f), [])
     for name, folds in runs.items():
-        entry = {"pairs_done": len(folds), "folds": folds, **{k: _mean_sd([f[k] for f in folds]) for k in KEYS},
-                 "sensitivity": {n: _mean_sd([f["sensitivity"][n] for f in folds]) for n in names},
-                 "best_epoch": _mean_sd([f["best_epoch"] for f in folds])}
+        entry = arm_summary(folds, names)
         if name != base:
             entry["minus_first"] = {k: paired(runs[base], folds, k) for k in KEYS}
         doc["results"][name] = entry
@@ -82,12 +75,9 @@ def markdown(doc: dict) -> str:
              f"{b['optim.epochs']} epochs, batch {b['optim.batch_size']}, {b['cv.folds']} folds by patient x seeds "
              f"{doc['seeds']} ({n_pairs} paired folds), no all-data model, usedge defaults otherwise, 1 torch thread "
              "per run, CPU; default synthetic cohort (`make_cohort(seed=0)`).", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores (load average at the summary {m['load_average_start']}); "
-             f"SIMD flags: {', '.join(f for f in m['cpu_flags'] if f.startswith(('avx', 'fma')) or 'vnni' in f)}.", ""]
+             machine_line(m), ""]
     res = doc["results"]
-    if min(e["pairs_done"] for e in res.values()) < n_pairs:
-        lines += [f"**Partial results**: some arms finished fewer than {n_pairs} folds (column 'folds'); paired "
-                  "differences use only the folds both arms finished. Re-run the same command to continue.", ""]
+    lines += partial_lines(res, n_pairs)
     names = next((list(e["sensitivity"]) for e in res.values() if e["sensitivity"]), [])
     header = ["lr", "folds", "balanced accuracy", "macro AUC", "overall accuracy"] + [f"sens. {n}" for n in names] \
         + ["best epoch"]
@@ -126,11 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     lrs = [float(v) for v in a.lrs.split(",")]
     seeds = [int(v) for v in a.seeds.split(",")]
     if not a.summarise:
-        from usedge.synth.cohort import make_cohort  # the cohort is made once, before the workers start
-
-        cohort = a.root / "cohorts" / "default"
-        if not (cohort / "manifest.csv").is_file():
-            make_cohort(cohort, progress=False, overwrite=True)
+        make_cohorts(a.root, ["default"])      # once, before the workers start
         run_parallel([[sys.executable, __file__, "--root", str(a.root), "--one", str(lr), str(seed)]
                       for lr in lrs for seed in seeds], a.workers)
     doc = summarise(a.root, lrs, seeds, argv)

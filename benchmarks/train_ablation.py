@@ -109,6 +109,27 @@ def epoch_seconds(root: Path, arm: str, seeds: list[int]) -> float:
                for e in json.loads(path.read_text())["history"])
 
 
+def arm_summary(folds: list[dict], names: list[str]) -> dict:
+    """One arm's folds (from `pairs`): count, mean ± sd of KEYS, per-class sensitivity and best epoch."""
+    return {"pairs_done": len(folds), "folds": folds, **{k: _mean_sd([f[k] for f in folds]) for k in KEYS},
+            "sensitivity": {n: _mean_sd([f["sensitivity"][n] for f in folds]) for n in names},
+            "best_epoch": _mean_sd([f["best_epoch"] for f in folds])}
+
+
+def machine_line(m: dict) -> str:
+    """The results' machine line: CPU, cores, load average, SIMD flags."""
+    return (f"Machine: {m['cpu']}, {m['cores']} cores (load average at the summary {m['load_average_start']}); "
+            f"SIMD flags: {', '.join(f for f in m['cpu_flags'] if f.startswith(('avx', 'fma')) or 'vnni' in f)}.")
+
+
+def partial_lines(res: dict, n_pairs: int) -> list[str]:
+    """A paragraph when some arm finished fewer folds than planned (else nothing)."""
+    if min(e["pairs_done"] for e in res.values()) >= n_pairs:
+        return []
+    return [f"**Partial results**: some arms finished fewer than {n_pairs} folds (column 'folds'); paired "
+            "differences use only the folds both arms finished. Re-run the same command to continue.", ""]
+
+
 def summarise(root: Path, seeds: list[int], argv: list[str]) -> dict:
     from usedge.bench.machine import machine_info
 
@@ -123,11 +144,7 @@ def summarise(root: Path, seeds: list[int], argv: list[str]) -> dict:
     runs = {arm: pairs(root, arm, seeds) for arm in ARMS}
     names = next((list(f[0]["sensitivity"]) for f in runs.values() if f), [])
     for arm, folds in runs.items():
-        entry = {"pairs_done": len(folds), "folds": folds,
-                 **{k: _mean_sd([f[k] for f in folds]) for k in KEYS},
-                 "sensitivity": {n: _mean_sd([f["sensitivity"][n] for f in folds]) for n in names},
-                 "best_epoch": _mean_sd([f["best_epoch"] for f in folds]),
-                 "epoch_seconds": round(epoch_seconds(root, arm, seeds), 1)}
+        entry = {**arm_summary(folds, names), "epoch_seconds": round(epoch_seconds(root, arm, seeds), 1)}
         if arm != "usedge":
             entry["minus_usedge"] = {k: paired(runs["usedge"], folds, k) for k in KEYS}
             entry["minus_usedge"].update({f"sens_{n}": paired(
@@ -158,13 +175,9 @@ def markdown(doc: dict) -> str:
              f"{fs['options']['child_epochs']} epochs, once per seed (wall minutes per seed: "
              f"{', '.join(f'seed {k} {v}' for k, v in fs['minutes_per_seed'].items()) or 'not run'}); both FAA arms "
              "draw one sub-policy per image per epoch (`--augment random`).", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores (load average at the summary {m['load_average_start']}); "
-             f"SIMD flags: {', '.join(f for f in m['cpu_flags'] if f.startswith(('avx', 'fma')) or 'vnni' in f)}.",
-             ""]
+             machine_line(m), ""]
     res = doc["results"]
-    if min(e["pairs_done"] for e in res.values()) < n_pairs:
-        lines += [f"**Partial results**: some arms finished fewer than {n_pairs} folds (column 'folds'); paired "
-                  "differences use only the folds both arms finished. Re-run the same command to continue.", ""]
+    lines += partial_lines(res, n_pairs)
     names = next((list(e["sensitivity"]) for e in res.values() if e["sensitivity"]), [])
     header = (["arm", "folds", "balanced accuracy", "macro AUC", "overall accuracy"]
               + [f"sens. {n}" for n in names] + ["best epoch", "training s"])
