@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
 
 from usedge.runtime.classifier import Classifier
 from usedge.runtime.pipeline import FramePipeline, run_files
-from usedge.runtime.sinks import JsonlSink, OverlayFolderSink
+from usedge.runtime.interrupts import _on_signal, interrupt_between_frames, whole_frame
+from usedge.runtime.sinks import JsonlSink, OverlayFolderSink, Sink
 from usedge.runtime.sources import read_image
 
 
@@ -55,3 +59,37 @@ def test_quality_gate_seam_refuses_a_frame_and_resets(clf, runtime_images):
     assert blank.state == "no_image" and blank.label is None and "frame is blank" in blank.reason
     assert pipeline.last is None
     assert not pipeline.process(frame | 128).frozen     # no stale repeat across the gap
+
+
+class _Recorder(Sink):
+    """Keeps the frames it got; `kill` sends that signal to this process from inside its write."""
+
+    def __init__(self, kill: int | None = None) -> None:
+        self.got, self.kill = [], kill
+
+    def write(self, pred, frame=None, overlay=None) -> None:
+        if self.kill is not None:
+            os.kill(os.getpid(), self.kill)     # delivered to the main thread at once, mid-frame
+            time.sleep(0.01)
+        self.got.append(pred.frame_index)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_mid_frame_ends_the_run_after_every_sink_wrote_it(clf, runtime_images, sig):
+    # Ctrl-C / docker stop between two sinks used to leave a frame in the JSONL but not in the recording
+    files = sorted(runtime_images.glob("*.png"))
+    first, second = _Recorder(), _Recorder()
+    pipeline = FramePipeline(clf, [first, _Recorder(kill=sig), second])
+    with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):
+        run = run_files(pipeline, files)
+    assert run.interrupted and run.done == 0
+    assert first.got == second.got == [0]          # the frame reached the sink after the signal too
+    assert signal.getsignal(sig) is not _on_signal  # the old handlers are back
+
+
+def test_outside_a_frame_an_interrupt_is_raised_at_once():
+    with pytest.raises(KeyboardInterrupt), interrupt_between_frames():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    with whole_frame():                             # no handler installed: a plain block
+        pass

@@ -13,6 +13,7 @@ import typer
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quality_gate_option, quiet_option
 from usedge.cli.terminal import say
+from usedge.runtime.interrupts import interrupt_between_frames
 
 
 def _err(text: str) -> None:
@@ -47,9 +48,11 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
                                  quality_gate=quality_gate)
         task = progress.add_task("classifying", total=len(files))
         # each failure at once: a long run shows failures as they come
-        run = run_files(pipeline, files, allow_any_modality=any_modality,
-                        on_error=lambda line: _err(f"usedge: skipped {line}"),
-                        on_no_image=lambda line: _err(f"usedge: no image: {line}"), on_file=lambda: progress.advance(task))
+        with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):   # docker stop: end like Ctrl-C
+            run = run_files(pipeline, files, allow_any_modality=any_modality,
+                            on_error=lambda line: _err(f"usedge: skipped {line}"),
+                            on_no_image=lambda line: _err(f"usedge: no image: {line}"),
+                            on_file=lambda: progress.advance(task))
     run.skipped = len(notes)
     _err(f"usedge: {run.line(out)}")
     if run.interrupted:
@@ -118,7 +121,8 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
             line = _StatusLine(runner, force=bool(status))
             runner.subscribe(line)
             stack.enter_context(line.live)
-        with _sigterm_as_interrupt():      # systemd / docker stop: end like Ctrl-C (recording finalised, summary)
+        # Ctrl-C, systemd / docker stop: end between frames (recording finalised, summary)
+        with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):
             summary = runner.run()
     for line in summary.lines()[:1] if quiet else summary.lines():
         _err(line)
@@ -128,23 +132,6 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
         _err(f"usedge: every frame failed ({summary.errors}); last: {runner.last_error}")
         return 1
     return 1 if summary.ended_by in ("source failed", "ended early") else 0
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs (then the old handler)."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:            # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _refuse_options_that_do_not_apply(streaming: bool, **given: bool) -> None:

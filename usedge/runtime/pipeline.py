@@ -22,6 +22,7 @@ from usedge.errors import NoImage, OutputError, UsedgeError
 from usedge.runtime.classifier import Classifier, Prediction
 from usedge.runtime.overlay import draw_prediction
 from usedge.runtime.crop import FrameCropper
+from usedge.runtime.interrupts import whole_frame
 from usedge.runtime.quality import no_image_reason
 from usedge.runtime.sinks import Sink
 from usedge.runtime.sources import iter_file_frames
@@ -223,16 +224,20 @@ class FramePipeline:
             self.smoother.reset()
 
     def emit(self, pred: Prediction, image: np.ndarray) -> None:
-        """The sinks stage: the overlay is drawn once, only when a sink wants it, then every sink writes."""
+        """The sinks stage: the overlay is drawn once, only when a sink wants it, then every sink writes.
+        A frame reaches every sink or none: Ctrl-C / SIGTERM under `interrupt_between_frames` waits
+        until the last sink has written it."""
         sinks = list(self.sinks)
         overlay = self.draw(pred, image) if any(s.needs_overlay for s in sinks) else None
-        for sink in sinks:
-            sink.write(pred, image, overlay)
+        with whole_frame():
+            for sink in sinks:
+                sink.write(pred, image, overlay)
 
     def write_error(self, source: str, message: str) -> None:
-        """A file or frame that could not be classified: every sink records it its own way."""
-        for sink in list(self.sinks):
-            sink.write_error(source, message)
+        """A file or frame that could not be classified: every sink records it its own way (all or none)."""
+        with whole_frame():
+            for sink in list(self.sinks):
+                sink.write_error(source, message)
 
     def draw(self, pred: Prediction, image: np.ndarray) -> np.ndarray:
         """The frame with the prediction drawn on it (and the result rate, for a stream)."""
