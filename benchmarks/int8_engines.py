@@ -100,10 +100,12 @@ def _ort_session(path: str, threads: int, level: str):
 def _ov_compiled(path: str, threads: int, fp32: bool):
     import openvino as ov
 
+    from usedge.runtime.backends.openvino import core     # the process's one Core (see there)
+
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
     if fp32:
         config["INFERENCE_PRECISION_HINT"] = "f32"
-    compiled = ov.Core().compile_model(path, "CPU", config)
+    compiled = core().compile_model(path, "CPU", config)
     request = compiled.create_infer_request()
     kernels = collections.Counter()
     for op in compiled.get_runtime_model().get_ordered_ops():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 
 import cv2
@@ -111,3 +113,24 @@ def test_doctor_reports_the_cached_choice(runtime_model, tmp_path, monkeypatch):
         chosen, digest = clf.backend.name, clf.model_sha256
     rows = [c for c in run_checks() if c.section == "auto backend"]
     assert any(c.name == f"model {digest[:12]}" and c.detail.startswith(chosen) for c in rows)
+
+
+def test_ctrl_c_after_openvino_models_released_out_of_order_is_an_interrupt(runtime_model):
+    # OpenVINO's CPU plugin swaps the loading thread's signal stack per Core; two Cores released out of
+    # order left the main thread on an unmapped stack (AMX CPUs), and Ctrl-C then crashed the process
+    code = f"""
+import signal, threading, time
+from usedge.runtime.backends import create_backend
+from usedge.runtime.interrupts import interrupt_between_frames
+a = create_backend("openvino", threads=1).load({str(runtime_model)!r})
+b = create_backend("openvino", threads=1).load({str(runtime_model)!r})
+a.close(); b.close()
+try:
+    with interrupt_between_frames():
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        time.sleep(5)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "interrupted", (p.returncode, p.stderr[-2000:])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -61,6 +61,13 @@ def test_quality_gate_seam_refuses_a_frame_and_resets(clf, runtime_images):
     assert not pipeline.process(frame | 128).frozen     # no stale repeat across the gap
 
 
+def _signal_main_thread(sig: int) -> None:
+    """`sig` to the main thread only (as a terminal's Ctrl-C reaches Python), handled before this returns.
+    Not os.kill: a process-wide signal can land on any library thread (torch, onnxruntime, OpenCV)."""
+    signal.pthread_kill(threading.main_thread().ident, sig)
+    time.sleep(0.01)        # Python runs its handler between bytecodes: at the latest here
+
+
 class _Recorder(Sink):
     """Keeps the frames it got; `kill` sends that signal to this process from inside its write."""
 
@@ -69,8 +76,7 @@ class _Recorder(Sink):
 
     def write(self, pred, frame=None, overlay=None) -> None:
         if self.kill is not None:
-            os.kill(os.getpid(), self.kill)     # delivered to the main thread at once, mid-frame
-            time.sleep(0.01)
+            _signal_main_thread(self.kill)       # mid-frame
         self.got.append(pred.frame_index)
 
 
@@ -89,7 +95,6 @@ def test_an_interrupt_mid_frame_ends_the_run_after_every_sink_wrote_it(clf, runt
 
 def test_outside_a_frame_an_interrupt_is_raised_at_once():
     with pytest.raises(KeyboardInterrupt), interrupt_between_frames():
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)
+        _signal_main_thread(signal.SIGINT)
     with whole_frame():                             # no handler installed: a plain block
         pass

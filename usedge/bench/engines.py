@@ -69,13 +69,14 @@ def openvino_available() -> tuple[bool, str]:
 def _openvino_runner(path: Path, threads: int | None, precision: str) -> Runner:
     import openvino as ov
 
-    core = ov.Core()
+    from usedge.runtime.backends.openvino import core
+
     config = {"PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     if precision == "fp32":     # never let it drop to bf16/fp16 on CPUs that have them
         config["INFERENCE_PRECISION_HINT"] = "f32"
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    compiled = core().compile_model(core().read_model(str(path)), "CPU", config)
     request = compiled.create_infer_request()
 
     def infer(batch: np.ndarray):

@@ -8,6 +8,13 @@ INFERENCE_PRECISION_HINT=f32: OpenVINO would otherwise run them in bf16 on CPUs 
 (AVX-512 BF16, AMX), which changes probabilities beyond what an fp32 kernel does. A compiled model
 is thread-safe; an infer request is not, so each thread gets its own (thread_safe = True).
 `openvino` is imported only in `available()` and `load()`: the base install never needs it.
+
+One `Core` serves the whole process (`core()`). OpenVINO's CPU plugin, when a Core loads it, gives the
+calling thread a new signal stack (for AMX state) and puts the old one back when that Core goes, but
+only if its own is still current: two Cores released out of order leave the thread on an unmapped
+stack, and the next Ctrl-C or SIGTERM crashes the process with a segmentation fault instead of ending
+the run (seen on an AMX Xeon with openvino 2026.4; tests/test_backends_openvino.py). A Core that is
+never released cannot do that.
 """
 
 from __future__ import annotations
@@ -29,6 +36,19 @@ def _ov():
     except ImportError as exc:
         raise BackendUnavailable("openvino is not installed", hint=f"install {PACKAGE}") from exc
     return openvino
+
+
+_CORE = None
+_CORE_LOCK = threading.Lock()
+
+
+def core():
+    """The process's one OpenVINO Core, created on first use and kept (see the module's docstring)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = _ov().Core()
+        return _CORE
 
 
 def _spec(port) -> TensorSpec:
@@ -56,7 +76,7 @@ class OpenVINOBackend(Backend):
         except BackendUnavailable as exc:
             return False, f"{exc.message} (install {PACKAGE})"
         try:
-            if "CPU" not in ov.Core().available_devices:
+            if "CPU" not in core().available_devices:
                 return False, f"openvino {ov.__version__} sees no CPU device"
         except Exception as exc:  # a broken plugin install
             return False, f"openvino {ov.__version__} cannot start ({type(exc).__name__})"
@@ -75,12 +95,11 @@ class OpenVINOBackend(Backend):
         ov = _ov()
         self.path = Path(path)
         try:
-            core = ov.Core()
-            model = core.read_model(str(self.path))
+            model = core().read_model(str(self.path))
             framework = model.get_rt_info(["framework"]).astype(dict) if model.has_rt_info(["framework"]) else {}
             self.metadata = {k: v.astype(str) for k, v in framework.items()}
             precision = "fp16" if self.path.name.endswith(".fp16.onnx") else self.metadata.get("precision", "fp32")
-            self.compiled = core.compile_model(model, "CPU", self.config(precision))
+            self.compiled = core().compile_model(model, "CPU", self.config(precision))
         except BackendUnavailable:
             raise
         except Exception as exc:  # OpenVINO raises RuntimeError/GeneralFailure with multi-line text
