@@ -85,6 +85,9 @@ def test_compressed_dicom_without_decoder_names_the_package(runtime_model):
 def test_user_errors_are_one_line(runtime_model, tmp_path):
     res = usedge("infer", tmp_path / "missing.onnx", tmp_path)
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0 and "model file not found" in res.stderr
+    res = usedge("infer", runtime_model.parent, tmp_path)     # the export folder instead of one of its files
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0
+    assert "is a folder" in res.stderr and runtime_model.name in res.stderr
     res = usedge("infer", runtime_model, "--stream", tmp_path / "nope.mp4")
     assert res.returncode == 1 and "source not found" in res.stderr.splitlines()[-1]
     res = usedge("infer", runtime_model, "--format", "xml", tmp_path)
@@ -155,10 +158,17 @@ def test_doctor_model_shows_its_card_and_decoders_agree(runtime_model, tmp_path)
 
 def test_infer_video_file_classifies_every_frame(runtime_model, runtime_video, tmp_path):
     out = tmp_path / "v.csv"
-    res = usedge("infer", runtime_model, runtime_video, "--format", "csv", "--out", out, "--threads", "1")
+    res = usedge("infer", runtime_model, runtime_video, "--out", out, "--threads", "1")   # .csv: CSV by default
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(out.open()))
     assert [int(r["frame"]) for r in rows] == list(range(30)) and all(r["model_sha256"] for r in rows)
+
+
+def test_an_explicit_format_wins_over_the_out_suffix(runtime_model, runtime_images, tmp_path):
+    image, out = sorted(runtime_images.glob("*.png"))[0], tmp_path / "r.csv"
+    res = usedge("infer", runtime_model, image, "--format", "jsonl", "--out", out, "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(out.read_text().splitlines()[0])["source"] == str(image)
 
 
 def test_cli_vocabulary_help_order_and_old_spellings(runtime_model, runtime_images, tmp_path):

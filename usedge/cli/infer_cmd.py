@@ -154,7 +154,7 @@ def infer(
     inputs: Optional[List[str]] = typer.Argument(None, help="images, folders (recursive), DICOM, video files"),
     stream: Optional[str] = typer.Option(None, "--stream", help="live source: camera index, /dev/videoN, URL, "
                                          "GStreamer pipeline, video file, DICOM cine, watch:DIR or a folder"),
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl | csv"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="jsonl | csv (default: csv for an --out file ending in .csv, else jsonl)"),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="results file ('-' = stdout, the default for files)"),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="save annotated images in this folder"),
     cam: bool = typer.Option(False, "--cam", help="draw the class activation map (models exported with CAM)"),
@@ -191,6 +191,8 @@ def infer(
     from usedge.runtime.model_info import model_card_line
     from usedge.runtime.threads import thread_budget
 
+    if fmt is None:
+        fmt = "csv" if out and out.lower().endswith(".csv") else "jsonl"
     if fmt not in ("jsonl", "csv"):
         raise ConfigError(f"unknown --format '{fmt}'", hint="use jsonl or csv")
     if stream is None and not inputs:

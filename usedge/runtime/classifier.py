@@ -178,6 +178,11 @@ class Classifier:
         verify: refuse a file whose weights digest (engine: sha256 in its sidecar) does not match.
         """
         path = Path(path)
+        if path.is_dir():
+            inside = sorted(p.name for p in path.iterdir() if p.name.endswith((".onnx", ".engine")))
+            raise ModelError("is a folder, not a model file", path=path,
+                             hint=(f"pass one of its files: {', '.join(inside)}" if inside else
+                                   "pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`"))
         if not path.is_file():
             raise ModelError("model file not found", path=path,
                              hint="pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`")
