@@ -179,7 +179,10 @@ class Classifier:
         """
         path = Path(path)
         if path.is_dir():
-            inside = sorted(p.name for p in path.iterdir() if p.name.endswith((".onnx", ".engine")))
+            try:
+                inside = sorted(p.name for p in path.iterdir() if p.name.endswith((".onnx", ".engine")))
+            except OSError:          # an unreadable folder: the generic hint
+                inside = []
             raise ModelError("is a folder, not a model file", path=path,
                              hint=(f"pass one of its files: {', '.join(inside)}" if inside else
                                    "pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`"))
