@@ -139,3 +139,18 @@ def test_top1_aim_counts_only_images_that_are_not_near_ties():
     got[1] = [0.15, 0.8, 0.05]                         # a decisive image changes class
     b = parity.compare(ref, got, tie_margin=AIM_FP16.tie_margin)
     assert b.decisive_top1_agreement == 62 / 63 and not AIM_FP16.judge("fp16", "m.onnx", ref, got).passed
+
+
+@pytest.mark.parametrize("n, errors, passed", [(200, 2, True), (200, 3, False), (100, 1, True), (64, 1, False)])
+def test_int8_aim_is_one_point_and_says_when_the_images_cannot_resolve_it(n, errors, passed):
+    """<= 1 point lower: 2 more errors in 200 images pass, 3 do not; 1 in 100 is exactly 1 point (passes,
+    despite float rounding); with 64 images one error is 1.6 points, and the note says so."""
+    from usedge.export.pipeline import AIM_INT8
+
+    labels = np.zeros(n, dtype=np.int64)
+    ref = np.tile([[0.8, 0.15, 0.05]], (n, 1))
+    got = ref.copy()
+    got[:errors] = [0.15, 0.8, 0.05]
+    check = AIM_INT8.judge("int8", "m.int8.onnx", ref, got, labels)
+    assert check.passed is passed and check.figures["accuracy_drop"] == pytest.approx(errors / n)
+    assert ("one image is 1.6 points" in check.note) is (n < 100)
