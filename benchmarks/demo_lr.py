@@ -1,6 +1,7 @@
-"""The demo's learning rate: Adam lr arms at the demo's budget, 5 folds x 2 seeds, paired by fold.
+"""The demo's learning rate: Adam lr arms at the demo's budget, 5 folds x each seed, paired by fold.
 
     .venv/bin/python benchmarks/demo_lr.py [--lrs 3e-4,1e-3,3e-3] [--seeds 0,1] [--workers 2]
+    .venv/bin/python benchmarks/demo_lr.py --seeds 0,1,2,3  # the committed results (resumes 0,1)
     .venv/bin/python benchmarks/demo_lr.py --summarise      # tables from whatever folds have finished
 
 Budget (usedge.demo.DemoConfig): 96 px, 6 epochs, batch 16, 5 folds by patient (the splits depend on
@@ -81,7 +82,7 @@ def markdown(doc: dict) -> str:
     names = next((list(e["sensitivity"]) for e in res.values() if e["sensitivity"]), [])
     header = ["lr", "folds", "balanced accuracy", "macro AUC", "overall accuracy"] + [f"sens. {n}" for n in names] \
         + ["best epoch"]
-    lines += ["Mean ± sd over the folds of both seeds, %:", "", "| " + " | ".join(header) + " |",
+    lines += ["Mean ± sd over the folds of every seed, %:", "", "| " + " | ".join(header) + " |",
               "|---" * len(header) + "|"]
     for name, e in res.items():
         be = e["best_epoch"]

@@ -8,11 +8,11 @@ third, darkest / brightest lower-half column); the best greedy combination of up
 
 Aims at the default difficulty: no single scalar above 0.70, no <= 5-scalar probe above 0.80, and
 the CNN at least 5 points above the best probe. The CNN is `usedge train` with the demo's budget
-(usedge.demo.DemoConfig: 96 px, 6 epochs, Adam 3e-4, 5 folds by patient, seed 0, the usedge
-defaults otherwise); its
-balanced accuracy is pooled over the folds' test predictions. Train it here with --cnn, or pass
-a finished run of that command with --cnn-run (benchmarks/train_recipe.py's `balanced` run on the
-default cohort is one: same budget, same defaults, same cohort).
+(usedge.demo.DemoConfig: 96 px, 6 epochs, Adam 1e-3, 5 folds by patient, seed 0, the usedge
+defaults otherwise); its balanced accuracy is pooled over the folds' test predictions. Train it
+here with --cnn, or pass a finished run of that command with --cnn-run (benchmarks/train_recipe.py's
+`balanced` run on the default cohort has the same budget at the usedge defaults' Adam 3e-4, the
+demo's lr until benchmarks/demo_lr.py measured 1e-3 better).
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/shortcut_probe.py            # cohort + probes
     .venv/bin/python benchmarks/shortcut_probe.py --data /tmp/cohort --cnn                 # + CNN (long on CPU)

@@ -82,12 +82,12 @@ def test_plain_rerun_reuses_every_step_and_keeps_its_timings(first, copy):
 
 
 def test_changed_training_parameter_reruns_training_and_everything_after(copy):
-    demo = run_demo(copy, lr=1e-3)
+    demo = run_demo(copy, lr=3e-3)
     assert ran(demo) == ["train", "explain", "export", "stream_fp32", "stream_int8", "overlay_video", "overlay_frame"]
     assert next(s for s in demo.steps if s.key == "train").why == "changed: lr"
-    assert json.loads((copy / "steps" / "train.json").read_text())["params"]["lr"] == 1e-3
-    assert "Adam 0.001" in (copy / "report" / "README.md").read_text()
-    assert ran(run_demo(copy, lr=1e-3)) == []
+    assert json.loads((copy / "steps" / "train.json").read_text())["params"]["lr"] == 3e-3
+    assert "Adam 0.003" in (copy / "report" / "README.md").read_text()
+    assert ran(run_demo(copy, lr=3e-3)) == []
 
 
 def test_changed_video_length_reruns_only_the_video_and_its_streams(copy):

@@ -55,7 +55,7 @@ class DemoConfig:
     patients: tuple[int, int, int] | None = None     # None: the paper's 149/74/32 shape scaled to `images`
     image_size: int = 96                             # paper: 224
     epochs: int = 6                                  # paper: 30
-    lr: float = 3e-4                                 # paper: 1e-4 (for 30 epochs)
+    lr: float = 1e-3                                 # paper: 1e-4 (for 30 epochs); benchmarks/results/demo_lr.md
     folds: int = 5
     video_seconds: float = 10.0
     threads: int = 0                                 # torch / onnxruntime threads (0 = all cores)
