@@ -474,7 +474,7 @@ class Demo:
                   "ours for the layout only — the numbers are not comparable. This is not a medical device.", "",
                   f"What ran (from the steps' records): {cohort['images']} images of {sum(cohort['patients'])} "
                   f"synthetic patients, {trained['folds']}-fold cross-validation by patient, "
-                  f"{trained['image_size']} px input, {trained['epochs']} epochs (Adam {trained['lr']:g}, usedge defaults: "
+                  f"{trained['image_size']} px input, {trained['epochs']} epochs (Adam {trained['lr']:g}, otherwise the usedge defaults: "
                   "warm-up + cosine, light augmentation, class-balanced focal loss), checkpoint chosen on an inner validation split (never the test "
                   "fold). The paper: 224 px, 30 epochs, Adam 1e-4.", "",
                   "## Classification (one-vs-rest per class, %, mean ± sd over folds)", "",
