@@ -178,17 +178,16 @@ class Classifier:
         verify: refuse a file whose weights digest (engine: sha256 in its sidecar) does not match.
         """
         path = Path(path)
+        which = "pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`"
         if path.is_dir():
             try:
                 inside = sorted(p.name for p in path.iterdir() if p.name.endswith((".onnx", ".engine")))
             except OSError:          # an unreadable folder: the generic hint
                 inside = []
             raise ModelError("is a folder, not a model file", path=path,
-                             hint=(f"pass one of its files: {', '.join(inside)}" if inside else
-                                   "pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`"))
+                             hint=f"pass one of its files: {', '.join(inside)}" if inside else which)
         if not path.is_file():
-            raise ModelError("model file not found", path=path,
-                             hint="pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`")
+            raise ModelError("model file not found", path=path, hint=which)
         if threads is None:
             threads = thread_budget().model_threads
         options = {"threads": threads, "spinning": spinning, "opt_level": opt_level, "device_id": device_id}
