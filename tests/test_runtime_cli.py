@@ -164,6 +164,16 @@ def test_infer_video_file_classifies_every_frame(runtime_model, runtime_video, t
     assert [int(r["frame"]) for r in rows] == list(range(30)) and all(r["model_sha256"] for r in rows)
 
 
+def test_a_data_set_folder_classifies_its_scans_not_its_lesion_masks(runtime_model, tiny_cohort, tmp_path):
+    out = tmp_path / "r.csv"
+    res = usedge("infer", runtime_model, tiny_cohort, "--out", out, "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    masks = {str(tiny_cohort / r["mask_path"]) for r in csv.DictReader((tiny_cohort / "manifest.csv").open())}
+    sources = {r["source"] for r in csv.DictReader(out.open())}
+    assert len(sources) == 24 and not sources & masks
+    assert f"24 lesion masks listed in {tiny_cohort / 'manifest.csv'} left out" in res.stderr
+
+
 def test_an_explicit_format_wins_over_the_out_suffix(runtime_model, runtime_images, tmp_path):
     image, out = sorted(runtime_images.glob("*.png"))[0], tmp_path / "r.csv"
     res = usedge("infer", runtime_model, image, "--format", "jsonl", "--out", out, "--threads", "1")

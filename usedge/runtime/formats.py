@@ -4,6 +4,7 @@
     probe(data, name)                 -> (kind, width, height) from the header; nothing decoded
     check_pixels(kind, w, h, name)    the ONE pixel limit (MAX_PIXELS per frame), checked before decoding
     expand_inputs(items)              -> (files, notes): files named and accepted files under folders
+    drop_lesion_masks(items, files)   -> (files, lines): without the masks a data set's manifest.csv lists
     read_file(path) / read_image_bytes(data, name) -> Decoded (frame, kind, frames, index, DICOM regions)
     read_image(path)                  -> one frame (uint8/uint16; gray, BGR or BGRA as stored)
 
@@ -15,6 +16,7 @@ by usedge.runtime.dicom through `check_pixels` (frames decode one at a time). Er
 
 from __future__ import annotations
 
+import csv
 import os
 import struct
 from dataclasses import dataclass
@@ -241,3 +243,27 @@ def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFF
                     found.append(p)
         files += sorted(found)
     return files, sorted(notes)
+
+
+def drop_lesion_masks(items: list[str | Path], files: list[Path]) -> tuple[list[Path], list[str]]:
+    """`files` without the lesion masks that a folder's manifest.csv lists (its mask_path column: a
+    usedge data set, e.g. `usedge synth cohort`'s masks/), so that `usedge infer DATA` classifies the
+    images only. `lines`: one per manifest that removed any, for the caller to print. A folder without
+    a manifest.csv (or one without that column) removes nothing."""
+    masks: set[Path] = set()
+    lines: list[str] = []
+    for item in map(Path, items):
+        manifest = item / "manifest.csv"
+        if not (item.is_dir() and manifest.is_file()):
+            continue
+        try:
+            with open(manifest, newline="", encoding="utf-8") as fh:
+                listed = {(item / r["mask_path"].strip()).resolve() for r in csv.DictReader(fh)
+                          if (r.get("mask_path") or "").strip()}
+        except (OSError, UnicodeDecodeError, csv.Error, AttributeError):
+            continue                    # not a usedge manifest: every file stays an input
+        found = {f.resolve() for f in files} & listed
+        if found:
+            masks |= found
+            lines.append(f"{len(found)} lesion masks listed in {manifest} left out (they are not scans)")
+    return [f for f in files if f.resolve() not in masks], lines
