@@ -213,14 +213,12 @@ def resize_to_model(image: np.ndarray, size: int, method: str) -> np.ndarray:
     return cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR_EXACT)
 
 
-def _render(image: np.ndarray, layout: Layout, box: Box, crop_box: Box, spec: PreprocessSpec,
-            gray: np.ndarray | None = None) -> tuple[np.ndarray, CropInfo]:
-    """Crop -> gray -> resize to size x size (spec.resize) -> Doppler cells filled: uint8 + where it came from.
-
-    gray: gray_of the crop box when the caller already has it (FrameCropper reads the box first)."""
+def _render(image: np.ndarray, layout: Layout, box: Box, crop_box: Box, spec: PreprocessSpec
+            ) -> tuple[np.ndarray, CropInfo]:
+    """Crop -> gray -> resize to size x size (spec.resize) -> Doppler cells filled: uint8 + where it came from."""
     x, y, w, h = crop_box
     roi = image[y:y + h, x:x + w]
-    small = resize_to_model(gray_of(roi) if gray is None else gray, spec.size, spec.resize)
+    small = resize_to_model(gray_of(roi), spec.size, spec.resize)
     mask = doppler_cells(roi, spec.size) if roi.ndim == 3 and spec.remove_doppler else None
     frac = 0.0 if mask is None else float(mask.mean())
     if mask is not None:
@@ -390,14 +388,9 @@ class FrameCropper:
     def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, CropInfo]:
         image = as_uint8(frame)
         cached = self.layout is not None and self.layout.frame_shape == image.shape[:2]
-        # The cached path reads the last crop box first, in one sequential pass: a decoded frame is not
-        # in the CPU cache, and the checks below then find most of their pixels there. That gray crop is
-        # used only if the crop box stays the same.
-        last_box = (self._crop_box if self.layout.square else self.layout.fov.box) if cached else None
-        gray = None
-        if last_box is not None:
-            x, y, w, h = last_box
-            gray = gray_of(image[y:y + h, x:x + w])
+        # The checks read a few sparse pixels first; the crop box is then known, and its pixels are read
+        # once (gray + resize). Reading the last crop box first instead (to warm the CPU cache for the
+        # checks) read it twice whenever the skin line moved the box, and measured no faster when it did not.
         # full check on a new layout; every 16th pixel on the cached path (a blank frame is blank anywhere)
         check_not_blank(grid_sample(image, 16) if cached else image)
         if not cached:
@@ -416,6 +409,6 @@ class FrameCropper:
             crop_box = self._crop_box
         else:
             crop_box = box
-        return _render(image, layout, box, crop_box, self.spec, gray=gray if crop_box == last_box else None)
+        return _render(image, layout, box, crop_box, self.spec)
 
     __call__ = prepare
