@@ -18,6 +18,8 @@ so its accuracy there is not what an AVX2-only CPU gets.
 user-mode emulation of that CPU (benchmarks/emulated_cpu.py; needs qemu-x86_64) and reports agreement
 and accuracy there: onnxruntime picks its int8 kernels from CPUID, so this is what an AVX2-only CPU
 computes, the saturation of the previous recipe included (numbers only, no timing).
+--emulate-cpu avx2-mask does the same natively: this CPU with AVX-512, VNNI and AMX hidden from CPUID
+(benchmarks/cpuid_mask.c; needs the cpuid_fault CPU flag and a C compiler).
 Writes benchmarks/results/export_int8[_<size>][_<tag>].json and .md.
 """
 
@@ -114,7 +116,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", default="", help="results file suffix (export_int8[_<size>][_<tag>])")
     ap.add_argument("--emulate-cpu", default="", help="also run every file under qemu-x86_64 -cpu MODEL "
-                                                     "(e.g. Haswell-v4: AVX2, no AVX-512/VNNI); numbers only")
+                                                     "(e.g. Haswell-v4: AVX2, no AVX-512/VNNI), or avx2-mask: "
+                                                     "natively with AVX-512/VNNI/AMX hidden from CPUID; numbers only")
     args = ap.parse_args()
 
     import torch
@@ -232,13 +235,18 @@ def main() -> None:
         seen = ", ".join(k for k, v in emulated["features_seen"].items() if v) or "none of " + ", ".join(
             emulated["features_seen"])
         native = emulated["fp32 emulated vs fp32 native"]
-        lines += ["", f"## On an emulated AVX2-class CPU: `qemu-x86_64 -cpu {emulated['cpu']}`", "",
-                  f"CPU features the emulated program saw (CPUID, numpy's probe): {seen}; absent: "
+        masked = emulated["cpu"] == "avx2-mask"
+        how = ("this CPU with AVX-512, VNNI and AMX hidden from CPUID (`benchmarks/cpuid_mask.c`, CPUID faulting; "
+               "the AVX2 kernels run natively)" if masked else f"`qemu-x86_64 -cpu {emulated['cpu']}`")
+        lines += ["", f"## On an {'' if masked else 'emulated '}AVX2-class CPU: {how}", "",
+                  f"CPU features the program saw (CPUID, numpy's probe): {seen}; absent: "
                   + ", ".join(k for k, v in emulated["features_seen"].items() if not v) + ". onnxruntime picks its "
-                  "kernels from CPUID, so these are the numbers such a CPU computes (1 thread; emulated, so no "
-                  f"timing). fp32 there vs fp32 here: max abs dp {native['max_abs_diff']:.2e}, top-1 "
+                  "kernels from CPUID, so these are the numbers such a CPU computes (1 thread; "
+                  + ("numbers only here: benchmarks/int8_engines.py times them" if masked else "emulated, so no timing")
+                  + f"). fp32 there vs fp32 here: max abs dp {native['max_abs_diff']:.2e}, top-1 "
                   f"{native['top1_agreement']:.3f}.", "",
-                  "| model | accuracy | top-1 agreement vs fp32 (emulated) | max abs dp vs fp32 (emulated) |",
+                  f"| model | accuracy | top-1 agreement vs fp32 ({'masked' if masked else 'emulated'}) | "
+                  f"max abs dp vs fp32 ({'masked' if masked else 'emulated'}) |",
                   "|---|---:|---:|---:|"]
         lines.append(f"| fp32 | {native['accuracy_b']:.3f} | | |")
         for k, q in emulated["quality_vs_fp32"].items():

@@ -13,13 +13,18 @@ onnxruntime fp32 measured in the same process in interleaved rounds (a loaded ma
                    AVX-512, no VNNI); the kernels actually chosen are read back from OpenVINO's runtime
                    graph (primitiveType of every convolution) so the emulation is checked, not assumed.
                    onnxruntime's MLAS picks kernels from CPUID with no documented switch to cap the ISA,
-                   so its rows run on the machine's own ISA (stated in the results).
+                   so its rows run on the machine's own ISA (stated in the results) unless
+    --mask-cpuid   adds rows for both engines in a process that sees this CPU without AVX-512, VNNI and
+                   AMX (benchmarks/cpuid_mask.c: CPUID faulting, on CPUs with the cpuid_fault flag): an
+                   AVX2-only CPU's kernel choice for onnxruntime too, run natively, so timed; its
+                   onnxruntime fp32 baseline runs masked as well. Each row records the CPU features its
+                   process saw (numpy's CPUID probe), so the masking is checked, not assumed.
 
-    nice -n 10 .venv/bin/python benchmarks/int8_engines.py --models /tmp/usedge-bench-stream/models224 --threads 2
+    nice -n 10 .venv/bin/python benchmarks/int8_engines.py --models /tmp/usedge-bench-stream/models224-halve-linear --threads 2
 
 Writes benchmarks/results/int8_engines.json and .md (int8_engines_<tag>.* with --tag; CPU model and flags,
 load average); `--caps AVX2,AVX512_CORE_VNNI` adds OpenVINO rows capped at each ISA. Each row
-runs in its own process (the ISA cap is read by oneDNN once, at start).
+runs in its own process (the ISA cap is read by oneDNN once, at start; CPUID is read once by each engine).
 """
 
 from __future__ import annotations
@@ -135,13 +140,16 @@ def row_main(spec: dict) -> dict:
         t = time.perf_counter(); base(x); tb.append(time.perf_counter() - t)
         t = time.perf_counter(); run(x); tr.append(time.perf_counter() - t)
     mb, mr = float(np.median(tb)) * 1e3, float(np.median(tr)) * 1e3
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    seen = {k: bool(__cpu_features__.get(k, False)) for k in ("AVX2", "AVX512F", "AVX512VNNI", "AVX512_SPR")}
     return {"ms": round(mr, 2), "ort_fp32_ms": round(mb, 2), "ratio": round(mr / mb, 3), "version": version,
-            "conv_kernels": kernels}
+            "conv_kernels": kernels, "cpu_features_seen": seen}
 
 
 # -- the driver --------------------------------------------------------------------------------------
-def run_row(spec: dict, env_extra: dict) -> dict:
-    env = {**os.environ, **env_extra, "PYTHONPATH": str(ROOT)}
+def run_row(spec: dict, env: dict) -> dict:
+    env = {**env, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True,
                          env=env, timeout=600)
     if res.returncode != 0:
@@ -168,16 +176,22 @@ def markdown(result: dict) -> str:
              "onnxruntime fp32 in the same process, round by round, and is the figure to read.", "",
              "ISA caps: `ONEDNN_MAX_CPU_ISA=<ISA column>` for OpenVINO (its oneDNN JIT kernels capped there, AVX2 "
              "emulating an AVX2-only CPU; the convolution kernels it chose are listed). onnxruntime has no switch "
-             "to cap its ISA: its rows use this CPU's own kernels (with VNNI when the flags list avx512_vnni).", "",
-             "| variant | engine | ISA | ms | ORT fp32 ms, same process | ratio vs ORT fp32 | convolution kernels (OpenVINO) |",
-             "|---|---|---|---:|---:|---:|---|"]
+             "to cap its ISA: its `native` rows use this CPU's own kernels (with VNNI when the flags list "
+             "avx512_vnni). `CPUID-masked AVX2` rows ran in a process that saw this CPU without AVX-512, VNNI and "
+             "AMX (`benchmarks/cpuid_mask.c`, CPUID faulting), so both engines and the ORT fp32 baseline chose an "
+             "AVX2-only CPU's kernels, run natively on this core; the last column lists what that process saw.", "",
+             "| variant | engine | ISA | ms | ORT fp32 ms, same process | ratio vs ORT fp32 | convolution kernels (OpenVINO) "
+             "| CPU features the process saw |",
+             "|---|---|---|---:|---:|---:|---|---|"]
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['engine']} | {r['isa']} | – | – | – | failed: {r['error']} |")
+            lines.append(f"| {r['variant']} | {r['engine']} | {r['isa']} | – | – | – | failed: {r['error']} | |")
             continue
         k = ", ".join(f"{n} x{c}" for n, c in sorted((r.get("conv_kernels") or {}).items())) or "–"
+        seen = r.get("cpu_features_seen") or {}
+        saw = ", ".join(f"{n} {'yes' if v else 'no'}" for n, v in seen.items()) or "–"
         lines.append(f"| {r['variant']} | {r['engine']} | {r['isa']} | {r['ms']:.2f} | {r['ort_fp32_ms']:.2f} | "
-                     f"{r['ratio']:.2f} | {k} |")
+                     f"{r['ratio']:.2f} | {k} | {saw} |")
     lines += ["", "Variants: " + "; ".join(f"`{n}` = {f} {a}x{w} {'per-channel' if pc else 'per-tensor'}"
                                            f"{', 7-bit weights' if rr else ''}"
                                            for n, (f, a, w, pc, rr) in VARIANTS.items()),
@@ -190,12 +204,15 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--row", help=argparse.SUPPRESS)
-    ap.add_argument("--models", type=Path, default=Path("/tmp/usedge-bench-stream/models224"))
+    ap.add_argument("--models", type=Path, default=Path("/tmp/usedge-bench-stream/models224-halve-linear"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--caps", default="AVX2", help="comma-separated ONEDNN_MAX_CPU_ISA values for OpenVINO rows "
                     "besides native (e.g. AVX2,AVX512_CORE_VNNI on an AMX CPU: without AMX)")
+    ap.add_argument("--mask-cpuid", action="store_true", help="add rows for both engines with AVX-512, VNNI and AMX "
+                    "hidden from CPUID (benchmarks/cpuid_mask.c; needs the cpuid_fault CPU flag and cc)")
+    ap.add_argument("--only-masked", action="store_true", help="with --mask-cpuid: only those rows")
     ap.add_argument("--tag", default="", help="write int8_engines_<tag>.json/.md (another CPU)")
     args = ap.parse_args()
     if args.row:
@@ -218,19 +235,29 @@ def main() -> None:
         models[name] = quantize(fp32, work / f"{name}.onnx", name, calib)
         print(f"quantised {name}", flush=True)
     caps = [c for c in args.caps.split(",") if c]
-    plan = [("fp32", "onnxruntime", "all", "native"), ("fp32", "openvino", None, "native"),
-            *[("fp32", "openvino", None, c) for c in caps]]
-    for name in VARIANTS:
-        plan += [(name, "onnxruntime", "all", "native"), (name, "openvino", None, "native"),
-                 *[(name, "openvino", None, c) for c in caps]]
-    plan += [("qdq_u8s8_pc_7bit", "onnxruntime", "extended", "native"),
-             ("qdq_u8s8_pc_7bit", "onnxruntime", "basic", "native")]
+    masked = "CPUID-masked AVX2"
+    envs = {"native": dict(os.environ), **{c: {**os.environ, "ONEDNN_MAX_CPU_ISA": c} for c in caps}}
+    plan = []
+    if not args.only_masked:
+        plan = [("fp32", "onnxruntime", "all", "native"), ("fp32", "openvino", None, "native"),
+                *[("fp32", "openvino", None, c) for c in caps]]
+        for name in VARIANTS:
+            plan += [(name, "onnxruntime", "all", "native"), (name, "openvino", None, "native"),
+                     *[(name, "openvino", None, c) for c in caps]]
+        plan += [("qdq_u8s8_pc_7bit", "onnxruntime", "extended", "native"),
+                 ("qdq_u8s8_pc_7bit", "onnxruntime", "basic", "native")]
+    if args.mask_cpuid:
+        from emulated_cpu import cpuid_mask_env
+
+        envs[masked] = cpuid_mask_env(work)
+        for name in ("fp32", *VARIANTS):
+            plan += [(name, "onnxruntime", "all", masked), (name, "openvino", None, masked)]
     rows = []
     for variant, engine, opt, isa in plan:
         spec = {"fp32": str(fp32), "model": str(models[variant]), "engine": engine, "opt": opt or "all",
                 "threads": args.threads, "rounds": args.rounds, "size": int(size),
                 "precision": "fp32" if variant == "fp32" else "int8"}
-        res = run_row(spec, {} if isa == "native" else {"ONEDNN_MAX_CPU_ISA": isa})
+        res = run_row(spec, envs[isa])
         row = {"variant": variant, "engine": engine + (f" (opt {opt})" if opt and opt != "all" else ""), "isa": isa,
                **res}
         rows.append(row)
@@ -240,6 +267,7 @@ def main() -> None:
               "rows": rows,
               "command": f"nice -n 10 .venv/bin/python benchmarks/int8_engines.py --models DIR --threads {args.threads} "
                          f"--rounds {args.rounds}" + (f" --caps {args.caps}" if caps != ["AVX2"] else "")
+                         + (" --mask-cpuid" if args.mask_cpuid else "") + (" --only-masked" if args.only_masked else "")
                          + (f" --tag {args.tag}" if args.tag else "")}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"int8_engines_{args.tag}" if args.tag else "int8_engines"

@@ -123,6 +123,59 @@ def test_int8_weights_are_saturation_free_on_avx2_without_vnni(tmp_path, tiny_on
     assert 2 * 255 * _max_abs_int8_weight(onnx.load(str(old))) > 32767
 
 
+def _load_benchmark(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _has_vnni() -> bool:
+    from usedge.bench.machine import cpu_model
+
+    return bool({"avx512_vnni", "avx_vnni"} & set(cpu_model()[1]))
+
+
+@pytest.mark.skipif(_load_benchmark("emulated_cpu").cpuid_mask_unavailable() is not None,
+                    reason="needs CPUID faulting (cpu flag cpuid_fault) and a C compiler to hide AVX-512/VNNI")
+def test_int8_on_an_avx2_only_cpus_kernels_computes_what_vnni_computes(tmp_path, tiny_export_checkpoint):
+    """The shipped INT8 file, run by onnxruntime in a process that sees this CPU without AVX-512, VNNI and
+    AMX (benchmarks/cpuid_mask.c: the AVX2 kernels an AVX2-only CPU runs, VPMADDUBSW), gives the same
+    probabilities as here. The model is made to saturate (conv1's taps all positive, bright images), and
+    the previous 8-bit recipe does change under the mask wherever this CPU has VNNI, so the masking
+    reaches onnxruntime's kernel choice and the test can fail."""
+    import torch
+
+    from usedge.export.int8 import quantize_int8
+    from usedge.export.onnx_export import export_onnx
+    from usedge.export.parity import ort_outputs
+    from usedge.runtime.preprocess import PreprocessSpec
+    from usedge.train.checkpoint import load_checkpoint
+
+    emulated = _load_benchmark("emulated_cpu")
+    model, meta = load_checkpoint(tiny_export_checkpoint)
+    conv1 = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        conv1.weight.abs_()
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    info = ModelInfo(class_names=meta["class_names"], input_size=spec.size, preprocess=spec, arch=meta["arch"],
+                     checkpoint_sha256=meta["sha256"])
+    x = np.random.default_rng(0).uniform(-1, 2.5, (8, 1, spec.size, spec.size)).astype(np.float32)
+    fp32 = export_onnx(model, tmp_path / "model.onnx", info)
+    paths = {"shipped": quantize_int8(fp32, tmp_path / "shipped.onnx", x),
+             "previous": quantize_int8(fp32, tmp_path / "previous.onnx", x, reduce_range=False)}
+    native = {k: ort_outputs(p, x, threads=1)["probs"] for k, p in paths.items()}
+    masked, seen = emulated.emulated_probs(emulated.MASK, paths, x, tmp_path)
+    assert seen["AVX2"] and not seen["AVX512F"] and not seen["AVX512VNNI"]
+    assert np.abs(masked["shipped"] - native["shipped"]).max() <= 1e-5
+    if _has_vnni():
+        assert np.abs(masked["previous"] - native["previous"]).max() > 1e-3
+
+
 def test_top1_aim_counts_only_images_that_are_not_near_ties():
     """A flip on an image whose reference top-2 margin is within 2 x the dp tolerance is rounding
     (it happens on some CPUs' kernels and not others); a flip on a decisive image fails the aim."""
