@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from pydicom.data import get_testdata_file
+
+from usedge.runtime.cpu import cpu_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -132,6 +135,11 @@ def test_doctor_reports_backends_and_reasons():
     for name in ("ort-cuda", "ort-trt", "tensorrt"):
         assert checks[("backends", name)]["detail"]
     assert ("packages", "onnxruntime") in checks and ("opencv", "--show window") in checks
+    assert checks[("system", "cpu")]["detail"].count("; ") == 2
+    if platform.machine() == "x86_64":       # what the CPU's flags mean for INT8 files
+        flags, detail = set(cpu_model()[1]), checks[("system", "int8 kernels")]["detail"]
+        expected = "VNNI:" if {"avx512_vnni", "avx_vnni"} & flags else "AVX2 without VNNI" if "avx2" in flags else "no AVX2"
+        assert detail.startswith(expected)
     res = usedge("doctor")
     assert res.returncode == 0 and "ort-cpu" in res.stdout
 

@@ -51,6 +51,25 @@ def _version(names: tuple[str, ...]) -> list[str]:
     return found
 
 
+def cpu_checks() -> list[Check]:
+    """The CPU's model and SIMD flags, and what they mean for INT8 models (see usedge.export.int8)."""
+    from usedge.runtime.cpu import cpu_model, usable_cores
+
+    name, flags = cpu_model()
+    out = [Check("system", "cpu", True, f"{name}; {usable_cores()} usable cores; flags: {', '.join(flags) or 'none listed'}")]
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return out
+    if {"avx512_vnni", "avx_vnni"} & set(flags):
+        why = "VNNI: onnxruntime's int8 kernels sum in int32, exact for any INT8 file"
+    elif "avx2" in flags:
+        why = ("AVX2 without VNNI: onnxruntime's int8 kernels add u8 x s8 pairs in saturating int16 (VPMADDUBSW); "
+               "usedge's INT8 exports keep weights within 7 bits, exact here; an INT8 file with full 8-bit weights "
+               "can saturate")
+    else:
+        why = "no AVX2: onnxruntime's int8 runs its SSE kernels, slower than on AVX2 CPUs"
+    return out + [Check("system", "int8 kernels", True, why)]
+
+
 def package_checks() -> list[Check]:
     out = []
     for names, why in PACKAGES:
@@ -164,5 +183,5 @@ def run_checks(model=None) -> list[Check]:
     """Everything `usedge doctor [MODEL]` prints, in order."""
     info = [Check("system", "python", True, f"{platform.python_version()} ({sys.executable})"),
             Check("system", "platform", True, f"{platform.platform()}, {os.cpu_count()} CPU cores")]
-    return (info + package_checks() + provider_checks() + backend_checks() + trial_checks() + gpu_checks()
+    return (info + cpu_checks() + package_checks() + provider_checks() + backend_checks() + trial_checks() + gpu_checks()
             + video_checks() + dicom_checks() + (model_checks(model) if model is not None else []))
