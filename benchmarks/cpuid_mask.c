@@ -9,14 +9,19 @@
  * registers back and steps over the instruction. Inherited by threads and fork(), reset by execve().
  * glibc's own dispatch (memcpy) ran before this constructor and keeps the real features.
  *
- * Build: cc -O2 -shared -fPIC -o cpuid_mask.so cpuid_mask.c
- * Use:   LD_PRELOAD=$PWD/cpuid_mask.so python ...   (stderr says so once; exit 3 when faulting is refused)
- * Not with a SIGSEGV handler installed later in the process (Python's faulthandler: leave
- * PYTHONFAULTHANDLER unset, and no pytest in-process).
+ * A program that installs its own SIGSEGV handler later (Python's faulthandler, pytest, gcc, torch)
+ * does not replace this one: sigaction() and signal() for SIGSEGV are intercepted, the program's
+ * handler is kept and called for every SIGSEGV that is not a CPUID (a real crash still reaches it).
+ * Code that installs handlers by raw syscall is not covered.
+ *
+ * Build: cc -O2 -shared -fPIC -o cpuid_mask.so cpuid_mask.c -ldl
+ * Use:   LD_PRELOAD=$PWD/cpuid_mask.so python ...   (stderr says so once unless CPUID_MASK_QUIET is set;
+ *        exit 3 when faulting is refused)
  */
 #define _GNU_SOURCE
 #include <asm/prctl.h>
 #include <cpuid.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -52,13 +57,40 @@ static void mask(uint32_t leaf, uint32_t sub, uint32_t *a, uint32_t *b, uint32_t
     (void)c;
 }
 
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+static sigaction_fn real_sigaction;
+static struct sigaction program_segv;     /* what the program asked for (SIG_DFL until it asks) */
+static volatile int installed;
+
+static sigaction_fn get_real_sigaction(void) {
+    if (!real_sigaction)
+        real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+    return real_sigaction;
+}
+
+static void pass_on(int sig, siginfo_t *info, void *ctx) {
+    /* not a CPUID: what the program's own handler (or the default) would have done */
+    if (program_segv.sa_flags & SA_SIGINFO) {
+        if (program_segv.sa_sigaction) { program_segv.sa_sigaction(sig, info, ctx); return; }
+    } else if (program_segv.sa_handler != SIG_DFL && program_segv.sa_handler != SIG_IGN) {
+        program_segv.sa_handler(sig);
+        return;
+    }
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    get_real_sigaction()(SIGSEGV, &dfl, NULL);
+    if (info->si_code <= 0)     /* sent (raise, kill): deliver it again, now to the default action */
+        raise(sig);
+    /* a fault: returning re-runs the faulting instruction, which now meets the default action */
+}
+
 static void on_segv(int sig, siginfo_t *info, void *vctx) {
     ucontext_t *uc = (ucontext_t *)vctx;
     greg_t *r = uc->uc_mcontext.gregs;
     const unsigned char *ip = (const unsigned char *)r[REG_RIP];
-    if (ip[0] != 0x0f || ip[1] != 0xa2) {            /* not CPUID: a real crash */
-        signal(SIGSEGV, SIG_DFL);
-        raise(SIGSEGV);
+    if (info->si_code != SI_KERNEL || ip[0] != 0x0f || ip[1] != 0xa2) {
+        pass_on(sig, info, vctx);
         return;
     }
     uint32_t leaf = (uint32_t)r[REG_RAX], sub = (uint32_t)r[REG_RCX], a, b, c, d;
@@ -68,7 +100,27 @@ static void on_segv(int sig, siginfo_t *info, void *vctx) {
     mask(leaf, sub, &a, &b, &c, &d);
     r[REG_RAX] = a; r[REG_RBX] = b; r[REG_RCX] = c; r[REG_RDX] = d;
     r[REG_RIP] += 2;
-    (void)sig; (void)info;
+}
+
+/* The program's SIGSEGV handler is recorded, not installed: on_segv stays first and passes other faults on. */
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    if (sig == SIGSEGV && installed) {
+        if (old) *old = program_segv;
+        if (act) program_segv = *act;
+        return 0;
+    }
+    return get_real_sigaction()(sig, act, old);
+}
+
+sighandler_t signal(int sig, sighandler_t handler) {
+    struct sigaction act, old;
+    memset(&act, 0, sizeof act);
+    act.sa_handler = handler;
+    act.sa_flags = SA_RESTART;
+    sigemptyset(&act.sa_mask);
+    if (sigaction(sig, &act, &old) != 0)
+        return SIG_ERR;
+    return old.sa_handler;
 }
 
 __attribute__((constructor)) static void install(void) {
@@ -77,7 +129,10 @@ __attribute__((constructor)) static void install(void) {
     sa.sa_sigaction = on_segv;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, NULL);
+    memset(&program_segv, 0, sizeof program_segv);
+    program_segv.sa_handler = SIG_DFL;
+    get_real_sigaction()(SIGSEGV, &sa, NULL);
+    installed = 1;
     if (set_faulting(1) != 0) {
         fprintf(stderr, "cpuid_mask: this kernel/CPU refuses CPUID faulting (no cpuid_fault flag): not masked\n");
         _exit(3);

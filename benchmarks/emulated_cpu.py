@@ -60,11 +60,12 @@ def cpuid_mask_env(work: Path) -> dict[str, str]:
     lib = Path(work) / f"cpuid_mask-{hashlib.sha256(source).hexdigest()[:12]}.so"
     if not lib.is_file():
         cc = shutil.which("cc") or shutil.which("gcc")
-        res = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(lib), str(MASK_SOURCE)],
-                             capture_output=True, text=True)
+        res = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(lib), str(MASK_SOURCE), "-ldl"],
+                             capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
         if res.returncode != 0:
             raise SystemExit(f"building {MASK_SOURCE.name} failed: {res.stderr.strip()[-300:]}")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}   # its SIGSEGV handler would win
+    env = dict(os.environ)
     env["LD_PRELOAD"] = " ".join(filter(None, [str(lib), env.get("LD_PRELOAD", "")]))
     env["CPUID_MASK_QUIET"] = "1"
     return env
