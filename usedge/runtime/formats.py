@@ -266,4 +266,6 @@ def drop_lesion_masks(items: list[str | Path], files: list[Path]) -> tuple[list[
         if found:
             masks |= found
             lines.append(f"{len(found)} lesion masks listed in {manifest} left out (they are not scans)")
+    if not masks:
+        return files, lines
     return [f for f in files if f.resolve() not in masks], lines
