@@ -37,12 +37,9 @@ MASK_SOURCE = Path(__file__).resolve().parent / "cpuid_mask.c"
 
 def cpuid_mask_unavailable() -> str | None:
     """Why this machine cannot hide CPU features by CPUID faulting, or None when it can."""
-    try:
-        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith("flags")), [])
-    except OSError:
-        flags = []
-    if "cpuid_fault" not in flags:
+    from usedge.runtime.cpu import cpu_flags
+
+    if "cpuid_fault" not in cpu_flags():
         return "this CPU (or its VM) offers no CPUID faulting (no cpuid_fault flag in /proc/cpuinfo)"
     if not (shutil.which("cc") or shutil.which("gcc")):
         return "no C compiler (cc) to build benchmarks/cpuid_mask.c"

@@ -138,12 +138,12 @@ def _has_vnni() -> bool:
     """Whether this process's own int8 kernels use VNNI (False where its CPUID is itself masked)."""
     from numpy._core._multiarray_umath import __cpu_features__
 
-    from usedge.bench.machine import cpu_model
+    from usedge.runtime.cpu import cpu_model, int8_kernels
 
-    flags = set(cpu_model()[1])
+    flags = cpu_model()[1]
     if "avx512f" in flags and not __cpu_features__.get("AVX512F", False):
         return False
-    return bool({"avx512_vnni", "avx_vnni"} & flags)
+    return int8_kernels(flags) == "vnni"
 
 
 @pytest.mark.skipif(_load_benchmark("emulated_cpu").cpuid_mask_unavailable() is not None,

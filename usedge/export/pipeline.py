@@ -258,12 +258,12 @@ def write_card(run: Run, built: list[tuple[Format, Path]], card: dict) -> Path:
 
 def cpu_note() -> str:
     """Which CPU the numerical checks ran on: int8 results differ between VNNI and AVX2-only CPUs."""
-    from usedge.bench.machine import cpu_model
+    from usedge.runtime.cpu import cpu_model, int8_kernels
 
     name, flags = cpu_model()
-    vnni = any("vnni" in f for f in flags)
     return (f"ran on {name} ({', '.join(flags) or 'no AVX2'}); "
-            + ("VNNI: u8 x s8 pairs widen to int32 here" if vnni else "no VNNI: u8 x s8 pairs add in int16 here"))
+            + ("VNNI: u8 x s8 pairs widen to int32 here" if int8_kernels(flags) == "vnni"
+               else "no VNNI: u8 x s8 pairs add in int16 here"))
 
 
 def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], None]) -> None:

@@ -12,9 +12,27 @@ import platform
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
 
 
+def cpu_flags() -> set[str]:
+    """Every flag /proc/cpuinfo lists for this CPU (empty where it cannot be read)."""
+    return _cpuinfo()[1]
+
+
 def cpu_model() -> tuple[str, list[str]]:
     """(CPU model name, the SIMD flags that matter to inference kernels) from /proc/cpuinfo."""
-    name, flags = platform.processor() or platform.machine(), []
+    name, have = _cpuinfo()
+    return name, [f for f in CPU_FLAGS if f in have]
+
+
+def int8_kernels(flags) -> str:
+    """Which onnxruntime u8 x s8 kernels these CPU flags get: 'vnni' (pairs widen to int32: exact),
+    'avx2' (VPMADDUBSW: pairs add in saturating int16) or 'sse'."""
+    if {"avx512_vnni", "avx_vnni"} & set(flags):
+        return "vnni"
+    return "avx2" if "avx2" in flags else "sse"
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    name, have = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -22,11 +40,10 @@ def cpu_model() -> tuple[str, list[str]]:
                     name = line.split(":", 1)[1].strip()
                 elif line.startswith("flags") and ":" in line:
                     have = set(line.split(":", 1)[1].split())
-                    flags = [f for f in CPU_FLAGS if f in have]
                     break
     except OSError:
         pass
-    return name, flags
+    return name, have
 
 
 def usable_cores() -> int:

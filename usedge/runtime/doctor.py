@@ -53,15 +53,16 @@ def _version(names: tuple[str, ...]) -> list[str]:
 
 def cpu_checks() -> list[Check]:
     """The CPU's model and SIMD flags, and what they mean for INT8 models (see usedge.export.int8)."""
-    from usedge.runtime.cpu import cpu_model, usable_cores
+    from usedge.runtime.cpu import cpu_model, int8_kernels, usable_cores
 
     name, flags = cpu_model()
     out = [Check("system", "cpu", True, f"{name}; {usable_cores()} usable cores; flags: {', '.join(flags) or 'none listed'}")]
     if platform.machine().lower() not in ("x86_64", "amd64") or not flags:
         return out              # the saturation below is an x86-64 matter; no flags: /proc/cpuinfo unreadable
-    if {"avx512_vnni", "avx_vnni"} & set(flags):
+    kernels = int8_kernels(flags)
+    if kernels == "vnni":
         why = "VNNI: onnxruntime's int8 kernels sum in int32, exact for any INT8 file"
-    elif "avx2" in flags:
+    elif kernels == "avx2":
         why = ("AVX2 without VNNI: onnxruntime's int8 kernels add u8 x s8 pairs in saturating int16 (VPMADDUBSW); "
                "usedge's INT8 exports keep weights within 7 bits, exact here; an INT8 file with full 8-bit weights "
                "can saturate")

@@ -252,6 +252,7 @@ def drop_lesion_masks(items: list[str | Path], files: list[Path]) -> tuple[list[
     a manifest.csv (or one without that column) removes nothing."""
     masks: set[Path] = set()
     lines: list[str] = []
+    resolved: dict[Path, Path] = {}          # each input file resolved once, and only when a manifest is read
     for item in map(Path, items):
         manifest = item / "manifest.csv"
         if not (item.is_dir() and manifest.is_file()):
@@ -262,10 +263,12 @@ def drop_lesion_masks(items: list[str | Path], files: list[Path]) -> tuple[list[
                           if (r.get("mask_path") or "").strip()}
         except (OSError, UnicodeDecodeError, csv.Error, AttributeError):
             continue                    # not a usedge manifest: every file stays an input
-        found = {f.resolve() for f in files} & listed
+        if not resolved:
+            resolved = {f: f.resolve() for f in files}
+        found = set(resolved.values()) & listed
         if found:
             masks |= found
             lines.append(f"{len(found)} lesion masks listed in {manifest} left out (they are not scans)")
     if not masks:
         return files, lines
-    return [f for f in files if f.resolve() not in masks], lines
+    return [f for f in files if resolved[f] not in masks], lines
