@@ -69,8 +69,8 @@ def _trickle(socks: list[socket.socket], payload: bytes) -> dict[socket.socket, 
             if s not in answers:
                 try:
                     s.send(payload)
-                except OSError:
-                    answers[s] = b""
+                except OSError:          # the server answered and closed in between: its answer is still queued
+                    answers[s] = _read_answer(s)
     return answers
 
 
