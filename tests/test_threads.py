@@ -48,6 +48,30 @@ def test_stream_runs_under_its_budget(runtime_model, runtime_video):
     assert any(line.strip().startswith("threads: model") for line in summary.lines())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_capture_thread_yields_a_shared_core_to_the_model(runtime_model, runtime_video):
+    """Where the capture thread shares a core with the model's threads it runs at the budget's nice
+    increment (and the loop thread, which runs the model, does not); with a core of its own it does not."""
+    import os
+    import threading
+
+    shared, spare = thread_budget(2, 1), thread_budget(8, 1, model_threads=2)
+    assert shared.decode_nice > 0 and spare.decode_nice == 0
+    assert "capture at nice +" in shared.line() and "nice" not in spare.line()
+    for budget in (shared, spare):
+        seen = []
+        with Classifier.load(runtime_model, backend="ort-cpu", threads=1) as clf:
+            runner = StreamRunner(FramePipeline(clf, stream=True), VideoFileReader(runtime_video), budget=budget)
+            runner.subscribe(lambda *_: seen.append(
+                (os.getpriority(os.PRIO_PROCESS, runner.capture.native_id) if runner.capture.is_alive() else None,
+                 os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))))
+            runner.run()
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        capture, loop = next(s for s in seen if s[0] is not None)
+        assert runner.capture.niced == (budget.decode_nice > 0)
+        assert capture == min(19, base + budget.decode_nice) and loop == base
+
+
 def test_default_load_sets_threads_explicitly(runtime_model):
     """threads=None is the budget's model threads, set explicitly (onnxruntime's 0 would pin its pool)."""
     with Classifier.load(runtime_model, backend="ort-cpu") as clf:

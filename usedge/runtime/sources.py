@@ -31,6 +31,7 @@ import numpy as np
 from usedge.errors import InputError, StreamError, Undecodable, UsedgeError
 from usedge.runtime.dicom import is_dicom, open_dicom
 from usedge.runtime.formats import VIDEO_SUFFIXES, read_bytes, read_image
+from usedge.runtime.threads import lower_this_thread
 
 DEFAULT_FPS = 30.0
 
@@ -504,12 +505,16 @@ class CaptureThread(threading.Thread):
     source waits for the loop (no drops) and a live source delivers as fast as it produces.
     reconnect: live sources that fail are reopened after 0.5, 1, 2, 4 ... `max_backoff_s` seconds,
     `max_reconnects` times at most (None: forever).
+    nice: raise this thread's nice value by that much before reading (the thread budget's `decode_nice`:
+    a decoder that shares a core with the model's threads yields it to them).
     """
 
     def __init__(self, reader: FrameReader, slot: LatestFrameSlot, *, realtime: bool = False,
                  fps: float | None = None, stop: threading.Event | None = None, max_frames: int | None = None,
-                 max_reconnects: int | None = None, max_backoff_s: float = 8.0) -> None:
+                 max_reconnects: int | None = None, max_backoff_s: float = 8.0, nice: int = 0) -> None:
         super().__init__(name="usedge-capture", daemon=True)
+        self.nice = nice
+        self.niced = False          # whether `nice` took effect (Linux only)
         self.reader, self.slot = reader, slot
         self.realtime, self.fps_override = realtime, fps
         self.stop_event = stop or threading.Event()
@@ -519,6 +524,7 @@ class CaptureThread(threading.Thread):
         self._attempts = 0          # reconnect attempts since the last frame that arrived
         self.opened = threading.Event()
         self.open_error: BaseException | None = None
+        self.t_start: float | None = None
 
     @property
     def fps(self) -> float:
@@ -543,6 +549,7 @@ class CaptureThread(threading.Thread):
         return False
 
     def run(self) -> None:
+        self.niced = lower_this_thread(self.nice)
         try:
             self.reader.open()
         except BaseException as exc:
@@ -553,7 +560,7 @@ class CaptureThread(threading.Thread):
         self.opened.set()
         block = not self.realtime and not self.reader.live and not isinstance(self.reader, WatchedFolderReader)
         period = 1.0 / self.fps
-        t_start = time.perf_counter()
+        t_start = self.t_start = time.perf_counter()    # frame k of a paced source is due at t_start + k * period
         index = 0  # the source's frame number (skipped frames included)
         try:
             while not self.stop_event.is_set():

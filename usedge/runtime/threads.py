@@ -15,6 +15,9 @@ thread each, so the other work is small and never a pool that competes with the 
     opencv_threads  1: crop and resize of one region of interest run inline, no pool to wake
     decode_threads  1 per capture thread (FFmpeg frame threading off: no extra threads, no frame delay)
     spinning        busy-waiting between ops only when a core is left over for the capture thread
+    decode_nice     the capture threads' nice increment (Linux, per thread) when they share a core with
+                    the model: the decoder then takes what the model leaves idle (the loop's crop, the gaps
+                    between operators) instead of a model worker's time slice
 
 `thread_budget()` computes it; `ThreadBudget.apply()` sets OpenCV's count for the process;
 `Classifier.load(threads=budget.model_threads)` and a reader's `decode_threads` take the rest.
@@ -23,9 +26,14 @@ The stream summary reports the budget it ran with.
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from dataclasses import asdict, dataclass
 
 from usedge.runtime.cpu import usable_cores
+
+DECODE_NICE = 10     # nice increment of a capture thread that shares a core with the model (weight 110 vs 1024)
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class ThreadBudget:
     opencv_threads: int
     decode_threads: int
     spinning: bool
+    decode_nice: int = 0
 
     def apply(self) -> None:
         """Set OpenCV's thread count for this process (`cv2.setNumThreads` is process-wide)."""
@@ -47,8 +56,9 @@ class ThreadBudget:
 
     def line(self) -> str:
         spin = ", spinning" if self.spinning else ""
+        nice = f" at nice +{self.decode_nice}" if self.decode_nice and self.capture_threads else ""
         return (f"threads: model {self.model_threads}, opencv {self.opencv_threads}, decode {self.decode_threads} "
-                f"x {self.capture_threads} capture{spin} on {self.cores} cores")
+                f"x {self.capture_threads} capture{nice}{spin} on {self.cores} cores")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,4 +76,18 @@ def thread_budget(cores: int | None = None, capture_threads: int = 0, *, model_t
     model_threads = max(1, int(model_threads))
     spare = cores - model_threads - capture_threads
     return ThreadBudget(cores=cores, capture_threads=capture_threads, model_threads=model_threads, opencv_threads=1,
-                        decode_threads=1, spinning=bool(spinning and (capture_threads == 0 or spare >= 1)))
+                        decode_threads=1, spinning=bool(spinning and (capture_threads == 0 or spare >= 1)),
+                        decode_nice=DECODE_NICE if capture_threads and spare < 0 else 0)
+
+
+def lower_this_thread(increment: int) -> bool:
+    """Raise the calling thread's nice value by `increment` (Linux: a thread's own priority; lowering a
+    priority needs no privilege). False where it did not apply: another OS, increment 0, refused."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return False
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(increment)))
+    except OSError:
+        return False
+    return True
