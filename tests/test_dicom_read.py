@@ -160,3 +160,41 @@ def test_monochrome_16_bit(tmp_path):
     assert frame.ndim == 2 and frame.dtype in (np.uint16, np.uint8)
     img, info = prepare_file(d.path)
     assert img.shape == (224, 224)
+
+
+def test_header_that_understates_the_pixel_data_is_refused(tmp_path):
+    """pydicom drops pixel bytes beyond the header's size as padding: Rows too small or SamplesPerPixel 1 on
+    colour data would give a cut or garbled image. Refused with the two sizes."""
+    for name, changes in (("rows.dcm", {"Rows": 100}),
+                          ("spp.dcm", {"SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2"})):
+        ds = pydicom.dcmread(pydicom_file("examples_rgb_color.dcm"))
+        for key, value in changes.items():
+            setattr(ds, key, value)
+        ds.save_as(tmp_path / name)
+        with pytest.raises(InputError, match="header and pixels disagree") as err:
+            open_dicom(tmp_path / name)
+        assert name in str(err.value) and "230400 bytes" in str(err.value)
+    open_dicom(pydicom_file("examples_rgb_color.dcm")).frame(0)     # the intact file reads
+
+
+def test_damaged_cine_frames_are_passed_over_and_named(tmp_path):
+    """Two damaged JPEG frames of a 30-frame cine: the other 28 are read, then one error names frames 3 and 5
+    as damaged data (not as a missing decoder)."""
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+
+    ds = pydicom.dcmread(pydicom_file("examples_ybr_color.dcm"))
+    frames = [b"".join(f) for f in generate_fragmented_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))]
+    bad = bytearray(frames[3])
+    for i in range(600, len(bad) - 10, 7):
+        bad[i] ^= 0xFF
+    frames[3], frames[5] = bytes(bad), b"\x00" * 100
+    ds.PixelData = encapsulate(frames)
+    ds.save_as(tmp_path / "cine.dcm")
+    d = open_dicom(tmp_path / "cine.dcm")
+    got = []
+    with pytest.raises(InputError) as err:
+        for i, _ in d.frames():
+            got.append(i)
+    assert got == [i for i in range(30) if i not in (3, 5)]
+    assert "2 of 30 frames could not be decoded (frame 3, 5" in str(err.value)
+    assert "damaged" in str(err.value) and "pip install" not in str(err.value)

@@ -4,6 +4,7 @@ export (synthetic tiny_cohort) and a real brief `cross_validate` run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from usedge.export.onnx_export import read_model_info
 from usedge.runtime.model_info import ModelInfo, model_card_line
@@ -51,4 +52,4 @@ def test_cv_table_and_data_root_from_a_real_training_run(tiny_train_run, tiny_co
     assert cv_table(tiny_train_run / "fold0" / "best.pt", names) == table
     # the one data-root field: extra.data in model.pt, the run's run.json for a fold's best.pt
     for ckpt in (tiny_train_run / "model.pt", tiny_train_run / "fold0" / "best.pt"):
-        assert recorded_data(read_checkpoint(ckpt), ckpt) == tiny_cohort
+        assert recorded_data(read_checkpoint(ckpt), ckpt) == Path(tiny_cohort).resolve()   # absolute: any cwd

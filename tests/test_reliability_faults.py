@@ -409,8 +409,9 @@ def test_ctrl_c_in_file_mode(runtime_model, tmp_path, blank_video, reliability_l
     proc = subprocess.Popen([sys.executable, "-m", "usedge", "infer", str(runtime_model), str(folder), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     end = time.monotonic() + 120
+    partial = tmp_path / "r.jsonl.partial"     # a batch writes here and renames at the end
     while time.monotonic() < end and proc.poll() is None:
-        if out.exists() and len(out.read_text().splitlines()) >= 3:
+        if partial.exists() and len(partial.read_text().splitlines()) >= 3:
             break
         time.sleep(0.1)
     assert proc.poll() is None
@@ -419,6 +420,7 @@ def test_ctrl_c_in_file_mode(runtime_model, tmp_path, blank_video, reliability_l
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert any("interrupted after" in line and "of 6 files" in line for line in err.splitlines()), err
+    assert not partial.exists()
     read_jsonl(out)
     reliability_ledger.add("faults_ctrl_c_files", processes_run=1, faults_injected=1, outputs_checked=2)
 

@@ -126,3 +126,32 @@ def test_replay_restarts_a_file(serve_video):
     finally:
         reader.close()
     assert all(f is not None for f in frames) and reader.replays == 1
+
+
+def test_a_source_that_stops_sending_is_stalled_not_live(serve_classifier, serve_images, tmp_path):
+    """A watched folder gets one scan, then nothing (like a cable pulled while the reader waits): after
+    STALLED_AFTER_S the stream state is "stalled", the result's age grows and the result rate falls toward 0,
+    so the page never shows the old answer as live."""
+    import shutil
+
+    from tests.fixtures.serve import run_uvicorn
+    from usedge.serve.app import create_app
+    from usedge.serve.live import STALLED_AFTER_S, start_stream
+
+    watched = tmp_path / "incoming"
+    watched.mkdir()
+    runner = start_stream(serve_classifier, f"watch:{watched}", replay=False, smooth_window=1)
+    try:
+        with run_uvicorn(create_app(serve_classifier, runner)) as base:
+            shutil.copy(serve_images[0], watched / "scan.png")
+            first = _wait_latest(base, -1)
+            assert first["state"] == "running" and first["age_s"] < STALLED_AFTER_S
+            time.sleep(STALLED_AFTER_S + 1.5)
+            later = httpx.get(f"{base}/v1/latest", timeout=5).json()
+            assert later["seq"] == first["seq"] and later["state"] == "stalled"
+            assert later["age_s"] > STALLED_AFTER_S
+            assert httpx.get(f"{base}/healthz").json()["stream"] == "stalled"
+            frame = httpx.get(f"{base}/v1/frame", params={"after": later["seq"]}, timeout=10)
+            assert frame.status_code == 204 and '"state": "stalled"' in frame.headers["X-Usedge-Result"]
+    finally:
+        runner.stop()

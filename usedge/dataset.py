@@ -7,16 +7,22 @@ manifest.csv columns (header required; paths relative to the manifest's folder):
     mask_path   optional: lesion mask (PNG, nonzero = lesion), same size as the image
     bbox        optional: lesion box "x,y,w,h" in image pixels
 Without a manifest, `<root>/<class>/**/<image>` is read and each image is its own patient.
+
+Refused with one line naming the manifest line: a row listed twice, labels that differ only in case or
+spaces (`Lipoma` beside `lipoma`: a typo, not a class), a patient_id empty on some rows but not others,
+a patient in two classes. `Dataset.notes` says what may mislead without being wrong (no patient ids,
+class folders the manifest leaves out); `usedge train` prints them.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from usedge.errors import DataError
 from usedge.runtime.formats import IMAGE_SUFFIXES, expand_inputs
+
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ["path", "label", "patient_id", "mask_path", "bbox"]
 
@@ -35,6 +41,7 @@ class Dataset:
     root: Path
     class_names: list[str]
     samples: list[Sample]
+    notes: list[str] = field(default_factory=list)    # warnings for the user (see the module docstring)
 
     @property
     def labels(self) -> list[int]:
@@ -46,6 +53,11 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def class_counts(self) -> list[tuple[str, int, int]]:
+        """(class name, images, patients) per class, in class order."""
+        return [(name, sum(s.label == i for s in self.samples), len({s.patient_id for s in self.samples if s.label == i}))
+                for i, name in enumerate(self.class_names)]
 
 
 def _parse_bbox(text: str, where: str) -> tuple[int, int, int, int] | None:
@@ -59,27 +71,73 @@ def _parse_bbox(text: str, where: str) -> tuple[int, int, int, int] | None:
     return (x, y, w, h)
 
 
+ONE_PATIENT_PER_IMAGE = ("each image counts as its own patient: images of one patient can land in a training and "
+                         "a test fold and overstate accuracy; add a manifest.csv with patient_id (docs/synth.md)")
+
+
+def _same_but_case(names) -> tuple[str, str] | None:
+    """Two names that differ only in case or spaces (a typo, not two classes), or None."""
+    seen: dict[str, str] = {}
+    for n in sorted(names):
+        key = "".join(n.split()).casefold()
+        if key in seen:
+            return seen[key], n
+        seen[key] = n
+    return None
+
+
+def _subfolders(root: Path) -> list[Path]:
+    try:
+        return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def _holds_images(folder: Path) -> bool:
+    try:
+        return any(f.suffix.lower() in IMAGE_SUFFIXES for f in folder.iterdir())
+    except OSError:
+        return False
+
+
 def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Dataset:
     root = manifest.parent
     try:
-        with open(manifest, newline="") as fh:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:   # -sig: Excel's "CSV UTF-8" starts with a BOM
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest ({exc})", path=manifest, hint="write a UTF-8 CSV with a header") from exc
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise DataError("manifest needs at least the columns path,label (and patient_id)", path=manifest,
                         hint=f"columns: {','.join(MANIFEST_COLUMNS)}")
+    for r in rows:
+        r["path"], r["label"] = (r.get("path") or "").strip(), (r.get("label") or "").strip()
     names = class_names or sorted({r["label"] for r in rows})
+    if class_names is None and (pair := _same_but_case(names)):
+        labels = [r["label"] for r in rows]
+        typo = min(pair, key=labels.count)          # the rarer spelling: the line to fix
+        line = 2 + labels.index(typo)
+        raise DataError(f"labels '{pair[0]}' and '{pair[1]}' differ only in case or spaces", path=f"{manifest}:{line}",
+                        hint="spell each class one way (a typo would train a class of its own)")
     index = {n: i for i, n in enumerate(names)}
+    has_pid = [bool((r.get("patient_id") or "").strip()) for r in rows]
+    if any(has_pid) and not all(has_pid):
+        line = 2 + has_pid.index(False)
+        raise DataError("patient_id is empty here but set on other rows", path=f"{manifest}:{line}",
+                        hint="give every row its patient_id (an image without one would count as a patient of its own)")
     patient_class: dict[str, str] = {}
+    first_line: dict[Path, int] = {}
     samples = []
     for line, r in enumerate(rows, start=2):
         where = f"{manifest}:{line}"
         if r["label"] not in index:
             raise DataError(f"unknown label '{r['label']}'", path=where, hint=f"use one of {', '.join(names)}")
         path = root / r["path"]
-        if not path.is_file():
+        if not r["path"] or not path.is_file():
             raise DataError("image file not found", path=where, hint=f"check the path {r['path']!r}")
+        if (earlier := first_line.setdefault(path.resolve(), line)) != line:
+            raise DataError(f"{r['path']} is listed twice (also on line {earlier})", path=where,
+                            hint="list each image once (a repeated image is trained and scored twice)")
         pid = (r.get("patient_id") or "").strip() or r["path"]
         if patient_class.setdefault(pid, r["label"]) != r["label"]:
             raise DataError(f"patient '{pid}' has images in two classes", path=where,
@@ -88,19 +146,28 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
         samples.append(Sample(path=path, label=index[r["label"]], patient_id=pid,
                               mask_path=root / mask if mask else None,
                               bbox=_parse_bbox(r.get("bbox", ""), where)))
-    return Dataset(root=root, class_names=list(names), samples=samples)
+    notes = [] if any(has_pid) else [f"{manifest.name} has no patient_id: {ONE_PATIENT_PER_IMAGE}"]
+    listed = {r["path"].replace("\\", "/").split("/")[0] for r in rows}
+    left_out = sorted(p.name for p in _subfolders(root) if p.name not in listed and p.name != "masks" and _holds_images(p))
+    if left_out:
+        notes.append(f"{manifest.name} lists no image in the folder(s) {', '.join(left_out)}: not part of this data set")
+    return Dataset(root=root, class_names=list(names), samples=samples, notes=notes)
 
 
 def scan_image_folder(root: Path) -> Dataset:
     # "masks" holds lesion masks beside the class folders (usedge synth cohort), never a class
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "masks")
+    if pair := _same_but_case(classes):
+        raise DataError(f"class folders '{pair[0]}' and '{pair[1]}' differ only in case or spaces", path=root,
+                        hint="put each class's images in one folder (two spellings would train two classes)")
     samples = []
     for i, name in enumerate(classes):
         files, notes = expand_inputs([root / name], IMAGE_SUFFIXES)
         if notes:
             raise DataError(notes[0], hint="make every image of the data set a readable file in a real folder")
         samples += [Sample(path=f, label=i, patient_id=str(f.relative_to(root))) for f in files]
-    return Dataset(root=root, class_names=classes, samples=samples)
+    return Dataset(root=root, class_names=classes, samples=samples,
+                   notes=[f"{root.name} has no {MANIFEST_NAME}: {ONE_PATIENT_PER_IMAGE}"] if samples else [])
 
 
 def load_dataset(source: str | Path, class_names: list[str] | None = None) -> Dataset:

@@ -79,5 +79,6 @@ def refuse_overwriting_inputs(out: str | Path, inputs: Iterable[str | Path], opt
     for path in inputs:
         path = Path(path).resolve()
         if path == target or (folder and path.parent == target):
-            raise OutputError(f"{option} would overwrite the input {path.name} (outputs are named after inputs)",
+            why = "" if path == target else " (outputs are named after inputs)"
+            raise OutputError(f"{option} would overwrite the input {path.name}{why}",
                               path=out, hint=f"choose an {option} location that holds no inputs")

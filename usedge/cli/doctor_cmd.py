@@ -15,15 +15,20 @@ def doctor(model: Optional[Path] = typer.Argument(None, help="Also load this mod
                                                   "provenance (training data, CV metrics, export checks)."),
            as_json: bool = typer.Option(False, "--json", help="print the checks as JSON"),
            quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the checks that fail.")) -> None:
-    """What is installed, which backends and providers work here, and why not; with MODEL, whether it runs."""
+    """What is installed, which backends and providers work here, and why not; with MODEL, whether it runs
+    (exit status 1 when MODEL does not load, for scripted pre-flight checks)."""
     import json
 
     from usedge.runtime.doctor import run_checks
 
-    checks = [c for c in run_checks(model) if not (quiet and c.ok)]
+    every = run_checks(model)
+    # optional parts (a GPU, OpenVINO, TensorRT) may be missing; a MODEL that does not load here is a failure
+    code = int(model is not None and any(c.section == "model" and c.name == Path(model).name and not c.ok
+                                         for c in every))
+    checks = [c for c in every if not (quiet and c.ok)]
     if as_json:
         print(json.dumps([c.to_dict() for c in checks], indent=2))
-        return
+        raise typer.Exit(code)
     from rich.console import Console
     from rich.table import Table
 
@@ -33,3 +38,4 @@ def doctor(model: Optional[Path] = typer.Argument(None, help="Also load this mod
     for c in checks:
         table.add_row(c.section, c.name, "[green]ok[/]" if c.ok else "[red]no[/]", c.detail)
     Console().print(table)
+    raise typer.Exit(code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=Console(stderr=True), transient=True,
                         disable=(quiet or out == "-" or not sys.stderr.isatty()))
-    with results_sink(out, fmt, clf.class_names) as sink, progress:
+    with results_sink(out, fmt, clf.class_names, atomic=True) as sink, progress:
         pipeline = FramePipeline(clf, [sink] + ([OverlayFolderSink(overlay_dir)] if overlay_dir else []), cam=cam,
                                  quality_gate=quality_gate)
         task = progress.add_task("classifying", total=len(files))
@@ -137,6 +138,17 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
     return 1 if summary.ended_by in ("source failed", "ended early") else 0
 
 
+def _refuse_overwriting_the_model(model: Path, stream: Optional[str], **outputs) -> None:
+    """An output file (--out, --jsonl, --summary, --record) that is the model or the streamed file is an error
+    before anything is opened: writing results there would destroy it."""
+    from usedge.fileio import refuse_overwriting_inputs
+
+    protected = [model] + ([Path(stream)] if stream is not None and Path(stream).is_file() else [])
+    for name, path in outputs.items():
+        if path is not None and str(path) != "-":
+            refuse_overwriting_inputs(path, protected, f"--{name}", folder=False)
+
+
 def _refuse_options_that_do_not_apply(streaming: bool, **given: bool) -> None:
     """An option that does nothing in this mode is an error naming it, never silently ignored."""
     from usedge.errors import ConfigError
@@ -169,7 +181,7 @@ def infer(
                                       "basic | extended | all"),
     opt_level: Optional[str] = typer.Option(None, "--opt-level", hidden=True, help="Deprecated: use --ort-opt-level."),
     realtime: bool = typer.Option(False, "--realtime", help="pace a file source at its own frame rate"),
-    fps: Optional[float] = typer.Option(None, "--fps", help="source frame rate when the file does not say"),
+    fps: Optional[float] = typer.Option(None, "--fps", help="the source's frame rate, used instead of what the file or camera says (pacing with --realtime, the recording)"),
     smooth: bool = typer.Option(False, "--smooth", help="average probabilities over the last --smooth-window results"),
     smooth_window: int = typer.Option(5, "--smooth-window", min=1),
     freeze: bool = typer.Option(True, "--freeze-detect/--no-freeze-detect", help="skip frozen (repeated) images"),
@@ -208,6 +220,9 @@ def infer(
                                       max_reconnects=max_reconnects is not None, idle_timeout=idle_timeout is not None,
                                       fps=fps is not None, status=status is not None)
     ort_opt_level = deprecated(ort_opt_level, opt_level, old="--opt-level", new="--ort-opt-level", default="all")
+    _refuse_overwriting_the_model(model, stream, out=out, jsonl=jsonl, summary=summary, record=record)
+    if fps is not None and not (math.isfinite(fps) and 0 < fps <= 1000):
+        raise ConfigError(f"--fps {fps} is not a frame rate", hint="give frames per second, e.g. --fps 30")
     budget = thread_budget(capture_threads=0 if stream is None else 1, model_threads=threads, spinning=spinning)
     clf = Classifier.load(model, backend, threads=budget.model_threads, spinning=budget.spinning,
                           opt_level=ort_opt_level, verify=verify)

@@ -85,8 +85,8 @@ def open_dataset(data: str | Path, class_names: list[str]) -> Dataset:
     return ds
 
 
-def recorded_data(meta: dict, checkpoint: Path) -> Path | None:
-    """The training data root the run recorded, if that folder still exists: the checkpoint's
+def recorded_data_path(meta: dict, checkpoint: Path) -> str | None:
+    """The training data root the run recorded (as recorded; it may no longer exist): the checkpoint's
     `extra.data` (what `usedge train` writes into model.pt), or for a fold's best.pt the run
     folder's run.json `data` (the fold checkpoints do not carry it)."""
     import json
@@ -97,7 +97,13 @@ def recorded_data(meta: dict, checkpoint: Path) -> Path | None:
             data = json.loads((Path(checkpoint).parent.parent / "run.json").read_text()).get("data")
         except (OSError, ValueError, AttributeError):
             data = None
-    return Path(data) if isinstance(data, str) and data and Path(data).exists() else None
+    return data if isinstance(data, str) and data else None
+
+
+def recorded_data(meta: dict, checkpoint: Path) -> Path | None:
+    """`recorded_data_path` if that folder exists from here."""
+    data = recorded_data_path(meta, checkpoint)
+    return Path(data) if data and Path(data).exists() else None
 
 
 def split_from_run(samples: list[Sample], root: Path, checkpoint: Path) -> tuple[list[Sample], list[Sample]] | None:

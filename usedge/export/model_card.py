@@ -21,14 +21,19 @@ from usedge.export.report import ExportReport
 from usedge.runtime.model_info import mean_sd
 
 CARD_NAME = "MODEL_CARD.md"
-INTENDED_USE = ("research and teaching: a second look at B-mode ultrasound of superficial skin tumours "
-                "(epidermal cyst, lipoma, pilomatricoma) beside the scanner; not a medical device, "
-                "not for diagnosis; a clinician decides")
-LIMITS = ["trained only on the data named here; images from other scanners, presets, body sites or "
-          "lesion types are outside what it has seen",
-          "three classes only: every image is forced into one of them, including normal skin and other tumours",
-          "a model trained on usedge's synthetic phantom has not seen a real patient",
-          "the class activation map shows what the network weighted, not where the lesion is"]
+def intended_use(class_names: list[str]) -> str:
+    return ("research and teaching: a second look at B-mode ultrasound of superficial skin tumours "
+            f"({', '.join(n.replace('_', ' ') for n in class_names)}) beside the scanner; not a medical device, "
+            "not for diagnosis; a clinician decides")
+
+
+def limits(class_names: list[str]) -> list[str]:
+    return ["trained only on the data named here; images from other scanners, presets, body sites or "
+            "lesion types are outside what it has seen",
+            f"{len(class_names)} classes only: every image is forced into one of them, including normal skin and "
+            "other tumours",
+            "a model trained on usedge's synthetic phantom has not seen a real patient",
+            "the class activation map shows what the network weighted, not where the lesion is"]
 
 
 def data_digest(samples, root: Path) -> str:
@@ -81,7 +86,7 @@ def build_card(checkpoint: Path, class_names: list[str], data: dict, report: Exp
                "figures": {k: v for k, v in c.figures.items() if isinstance(v, (int, float, str))}}
               for c in report.checks]
     return {"training_data": data, "cross_validation": cv_table(checkpoint, class_names), "checks": checks,
-            "intended_use": INTENDED_USE, "limits": LIMITS, "uncertain_margin": uncertain_margin,
+            "intended_use": intended_use(class_names), "limits": limits(class_names), "uncertain_margin": uncertain_margin,
             "checkpoint": checkpoint.name, "checkpoint_sha256": report.checkpoint_sha256,
             "usedge_version": report.usedge_version}
 

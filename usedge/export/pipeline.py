@@ -214,7 +214,7 @@ def plan(opts: ExportOptions, calib, report: ExportReport) -> list[Format]:
         formats.append(Format("fp16", _build_fp16, "fp16 vs fp32 (onnxruntime CPU)", "fp32", AIM_FP16,
                               "fp16 vs fp32 (onnx.reference)"))
     if opts.int8 and calib is None:
-        report.skipped[INT8_NAME] = "no calibration images: pass --data DIR"
+        report.skipped[INT8_NAME] = f"no calibration images ({report.data.get('why', 'no data set')}): pass --data DIR"
     elif opts.int8:
         formats.append(Format("int8", _build_int8, "int8 vs fp32 accuracy (held-out)", "fp32", AIM_INT8,
                               extra_checks=_saturation_check))
@@ -360,10 +360,12 @@ def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_nam
     if data is None:
         rng = np.random.default_rng(opts.seed)
         x = rng.uniform(-1, 1, size=(max(4, min(opts.parity_count, 16)), 1, spec.size, spec.size)).astype(np.float32)
-        report.data = {"source": "random", "note": "no data set given or recorded: parity on uniform noise, "
+        raw = image_data.recorded_data_path(meta, checkpoint)
+        why = (f"the training data folder the run recorded, {raw}, is not found from {Path.cwd()}" if raw
+               else "no data set given or recorded")
+        report.data = {"source": "random", "why": why, "note": f"{why}: parity on uniform noise, "
                        "no INT8 (calibration needs real images); pass --data DIR"}
-        return None, image_data.ImageSet(x=x, labels=np.array([], dtype=np.int64), paths=[]), {
-            "note": "no data set given or recorded"}
+        return None, image_data.ImageSet(x=x, labels=np.array([], dtype=np.int64), paths=[]), {"note": why}
     ds = image_data.open_dataset(data, class_names)
     split = image_data.split_from_run(ds.samples, ds.root, checkpoint)
     how = "the fold's train / test patients (folds.csv)" if split else "split by patient hash"

@@ -18,7 +18,7 @@ from usedge.runtime.dicom import is_dicom, open_dicom
 from usedge.runtime.formats import VIDEO_SUFFIXES, read_image
 from usedge.runtime.overlay import draw_crop
 from usedge.runtime.preprocess import PreprocessSpec
-from usedge.runtime.sinks import OutputNames, write_png
+from usedge.runtime.sinks import OutputNames, claim_output_folder, write_png
 from usedge.runtime.sources import iter_file_frames
 
 @dataclass
@@ -44,9 +44,9 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
                on_file: Callable[[], None] = lambda: None) -> CropRun:
     """Crop every file into `out` (<name>.png + crops.jsonl); overlays of the boxes into `overlay_dir`
     (named <name>.overlay.png when that is `out` itself). A single input that fails raises."""
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out, "--out", ours=("crops.jsonl",))
     if overlay_dir is not None:
-        overlay_dir.mkdir(parents=True, exist_ok=True)
+        claim_output_folder(overlay_dir, "--overlay", ours=("crops.jsonl",))
     overlay_suffix = ".overlay.png" if overlay_dir is not None and overlay_dir.resolve() == out.resolve() else ".png"
     names = OutputNames()
     run = CropRun(files=len(files))
@@ -58,7 +58,7 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
             return prepare_all(frame, spec, regions=regions, presets=presets)
         return [prepare(frame, spec, regions=regions, presets=presets)]
 
-    for src in files:
+    def crop_file(src):
         try:
             if src.is_file() and is_dicom(src):
                 d = open_dicom(src, allow_any_modality=allow_any_modality)
@@ -83,11 +83,19 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
                     run.lines.append({"input": str(src), "frame": i, "view": info.view, **info.to_dict(),
                                       "output": f"{name}.png"})
         except UsedgeError as exc:
-            if len(files) == 1:
-                raise
+            if exc.path is None:   # a frame-level error (blank frame, NaN pixels): name the file
+                exc.path = str(src)
             run.failed += 1
             run.lines.append({"input": str(src), "error": exc.one_line()})
+            if len(files) == 1:
+                raise
             on_error(exc.one_line())
         on_file()
-    write_text_atomic(out / "crops.jsonl", "".join(json.dumps(line) + "\n" for line in run.lines))
+
+    try:
+        for src in files:
+            crop_file(src)
+    finally:   # also on Ctrl-C or an output error: crops.jsonl lists every crop written so far
+        write_text_atomic(out / "crops.jsonl", "".join(json.dumps(line) + "\n" for line in run.lines))
     return run
+

@@ -127,10 +127,33 @@ class DicomFile:
         check_pixels("dicom", self.cols, self.rows, str(self.path), max_pixels)
         self.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
         self.transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        self._check_pixel_length()
         self.fps = self._frame_rate()
         self.all_regions = self._read_regions()
 
     # -- header facts
+    def _check_pixel_length(self) -> None:
+        """Native (not compressed) pixel data must be as long as the header says (Rows x Columns x
+        SamplesPerPixel x BitsAllocated x NumberOfFrames). pydicom drops any excess as padding, so a
+        header that understates the image (Rows too small, SamplesPerPixel 1 on colour data) would
+        give a cut or garbled image with a warning only: refused here when the excess is a frame or more."""
+        from pydicom.pixels.utils import get_expected_length
+        from pydicom.uid import UID
+
+        if "PixelData" not in self._ds or (self.transfer_syntax and UID(self.transfer_syntax).is_encapsulated):
+            return
+        try:
+            expected = int(get_expected_length(self._ds, "bytes"))
+            actual = len(self._ds.PixelData)
+        except Exception:  # noqa: BLE001 - a header pydicom cannot size: left to the decoder's own errors
+            return
+        frame = max(1, expected // self.n_frames)
+        if actual - expected >= frame:
+            raise Undecodable(f"pixel data is {actual} bytes but the header ({self.cols}x{self.rows}, "
+                              f"{self.samples} sample(s) of {self.bits_allocated} bits, {self.n_frames} frame(s)) "
+                              f"implies {expected}: header and pixels disagree", path=self.path,
+                              hint="the header was damaged or edited; export the file again from the scanner/PACS")
+
     def _truncated(self, size: int) -> bool:
         """The data ends inside the last element pydicom found (or before the first): a file cut short."""
         tags = list(self._ds.keys())
@@ -219,7 +242,12 @@ class DicomFile:
             # allow_excess_frames=False: pixel bytes beyond NumberOfFrames (padding, a bad header) are not frames
             arr = pixel_array(self._ds, index=index if self.n_frames > 1 else None, allow_excess_frames=False)
         except (RuntimeError, NotImplementedError) as exc:
-            if "missing" in str(exc) or "plugin" in str(exc) or "decod" in str(exc).lower():
+            text = str(exc)
+            if "raised by all available plugins" in text:   # a decoder is there and failed: damaged data
+                where = f"frame {index} of {self.n_frames}" if self.n_frames > 1 else "the pixel data"
+                raise Undecodable(f"cannot decode {where}: the compressed data is damaged", path=self.path,
+                                  hint="export the file again from the scanner/PACS") from exc
+            if "missing" in text or "plugin" in text or "decod" in text.lower():
                 raise UnsupportedInput("cannot decode the compressed pixel data", path=self.path,
                                        hint=_missing_decoder_hint(self.transfer_syntax, exc)) from exc
             raise Undecodable(f"cannot decode the pixel data ({type(exc).__name__})", path=self.path,
@@ -246,8 +274,23 @@ class DicomFile:
         return np.ascontiguousarray(arr)
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Every frame in order. A cine frame that cannot be decoded (damaged data) is passed over and the
+        next ones still come; after the last, one Undecodable names the frames that were passed over."""
+        bad: list[tuple[int, Undecodable]] = []
         for i in range(self.n_frames):
-            yield i, self.frame(i)
+            try:
+                frame = self.frame(i)
+            except Undecodable as exc:
+                if self.n_frames == 1:
+                    raise
+                bad.append((i, exc))
+                continue
+            yield i, frame
+        if bad:
+            first = bad[0][1]
+            which = ", ".join(str(i) for i, _ in bad[:10]) + (", ..." if len(bad) > 10 else "")
+            raise Undecodable(f"{len(bad)} of {self.n_frames} frames could not be decoded (frame {which}; the "
+                              f"others were read): {first.message}", path=self.path, hint=first.hint)
 
 
 def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int) -> int:

@@ -200,10 +200,7 @@ class FramePipeline:
         old, self._shape = self._shape, shape
         if old is None or old == shape:
             return
-        if self.cropper is not None:
-            self.cropper.reset()
-        if self.freeze is not None:
-            self.freeze.reset()
+        self.forget()     # a new screen: no smoothing across it, layout and freeze detection afresh
         line = (f"frame {index}: resolution changed {old[1]}x{old[0]} -> {shape[1]}x{shape[0]}; "
                 "layout re-detected")
         self.resolution_changes += 1
@@ -243,10 +240,14 @@ class FramePipeline:
         """The frame with the prediction drawn on it (and the result rate, for a stream)."""
         return draw_prediction(image, pred, fps=self.fps() if self.stream else None, cam=self.cam)
 
-    def fps(self) -> float:
-        """Results per second over the last 60."""
+    def fps(self, now: float | None = None) -> float:
+        """Results per second over the last 60, up to `now` (default: this moment): when results stop
+        (a stalled or unplugged source) it falls toward 0 instead of keeping the last rate."""
         t = list(self._result_times)
-        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+        if len(t) < 2 or t[-1] <= t[0]:
+            return 0.0
+        now = time.perf_counter() if now is None else now
+        return (len(t) - 1) / max(t[-1] - t[0], now - t[0])
 
     @property
     def quit(self) -> bool:

@@ -4,8 +4,10 @@ folder, an annotated video (H.264 .mp4 through PyAV), a window, a callback.
 Every sink has `write(pred, frame, overlay)`, `write_error(source, message)` and `close()`;
 `needs_overlay` asks the pipeline to draw the annotated frame (drawn once per frame, shared by every
 sink that wants it); `quit` set by a sink asks the live loop to stop. Streams (JSONL, CSV)
-are appended line by line so a crash loses at most the frame in flight; the video is written to a
-temporary file and renamed on close, so `out.mp4` is either complete or absent.
+are appended line by line so a crash loses at most the frame in flight; a batch of files
+(`results_sink(atomic=True)`) writes `<name>.partial` the same way and renames it at the end, so an
+earlier results file stays whole until the run ends; the video is written to a temporary file and
+renamed on close, so `out.mp4` is either complete or absent.
 """
 
 from __future__ import annotations
@@ -48,15 +50,35 @@ class Sink:
         self.close()
 
 
-def _open_text(path: str | Path):
+def _open_text(path: str | Path, atomic: bool = False):
+    """(file, whether we own it, the temporary file to rename to `path` at close or None). A name that
+    is not valid text (a non-UTF-8 file name, kept by Python as surrogates) is written with backslash
+    escapes instead of stopping the run."""
     if str(path) == "-":
-        return sys.stdout, False
+        return sys.stdout, False, None
     path = Path(path)
+    if path.is_dir():
+        raise OutputError("is a folder", path=path, hint="give a file name, e.g. results.jsonl")
+    tmp = path.with_name(path.name + ".partial") if atomic else None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "w", newline="", encoding="utf-8"), True
+        return open(tmp or path, "w", newline="", encoding="utf-8", errors="backslashreplace"), True, tmp
     except OSError as exc:
         raise OutputError(f"cannot write here ({exc.strerror})", path=path, hint="choose a writable file") from exc
+
+
+def _finish(fh, own: bool, tmp: Path | None, path) -> None:
+    """Close our file; an atomic one is renamed over `path` only now, so a run that dies leaves the
+    previous results file whole (and the lines so far in `<name>.partial`)."""
+    if not own:
+        return
+    _close_quietly(fh, own)
+    if tmp is not None and tmp.exists():
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputError(f"cannot write results ({exc.strerror})", path=path,
+                              hint=f"the results are in {tmp}") from exc
 
 
 @contextlib.contextmanager
@@ -80,9 +102,9 @@ def _close_quietly(fh, own: bool) -> None:
 class JsonlSink(Sink):
     """One JSON object per line (Prediction.to_record), flushed after each line. "-" is stdout."""
 
-    def __init__(self, path: str | Path, fsync: bool = False) -> None:
+    def __init__(self, path: str | Path, fsync: bool = False, atomic: bool = False) -> None:
         self.path = path
-        self.fh, self._own = _open_text(path)
+        self.fh, self._own, self._tmp = _open_text(path, atomic)
         self.fsync = fsync       # also survive power loss (slower: one disk sync per frame)
         self.count = 0
 
@@ -102,7 +124,7 @@ class JsonlSink(Sink):
         self.count += 1
 
     def close(self) -> None:
-        _close_quietly(self.fh, self._own)
+        _finish(self.fh, self._own, self._tmp, self.path)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -119,9 +141,9 @@ class CsvSink(Sink):
     """source, frame, label, p_<class>..., crop box, fov box, model sha256, latencies (ms), state, error;
     flushed per row. A `no_image` or `error` row has empty label and probability cells and its reason."""
 
-    def __init__(self, path: str | Path, class_names: list[str]) -> None:
+    def __init__(self, path: str | Path, class_names: list[str], atomic: bool = False) -> None:
         self.path = path
-        self.fh, self._own = _open_text(path)
+        self.fh, self._own, self._tmp = _open_text(path, atomic)
         self.class_names = list(class_names)
         self.stages = [*STAGES, "total"]
         self.columns = (["source", "frame", "label", *[f"p_{c}" for c in self.class_names],
@@ -129,9 +151,14 @@ class CsvSink(Sink):
                          "crop_method", "frozen", "model_sha256", *[f"ms_{s}" for s in self.stages], "state",
                          "error"])
         self.writer = csv.writer(self.fh)
-        self.writer.writerow(self.columns)
-        self.fh.flush()
         self.count = 0
+        try:
+            with _output_errors(self.path, self.count):
+                self.writer.writerow(self.columns)
+                self.fh.flush()
+        except OutputError:
+            _close_quietly(self.fh, self._own)
+            raise
 
     def write(self, pred, frame=None, overlay=None) -> None:
         with _output_errors(self.path, self.count):
@@ -152,12 +179,13 @@ class CsvSink(Sink):
             self.fh.flush()
 
     def close(self) -> None:
-        _close_quietly(self.fh, self._own)
+        _finish(self.fh, self._own, self._tmp, self.path)
 
 
-def results_sink(path: str | Path, fmt: str, class_names: list[str]) -> Sink:
-    """The results file of `usedge infer --out`: "jsonl" or "csv"."""
-    return JsonlSink(path) if fmt == "jsonl" else CsvSink(path, class_names)
+def results_sink(path: str | Path, fmt: str, class_names: list[str], atomic: bool = False) -> Sink:
+    """The results file of `usedge infer --out`: "jsonl" or "csv". atomic: written as `<name>.partial`
+    and renamed at close (a batch of files: an earlier results file stays whole until the run ends)."""
+    return JsonlSink(path, atomic=atomic) if fmt == "jsonl" else CsvSink(path, class_names, atomic=atomic)
 
 
 def _pyav():
@@ -284,6 +312,36 @@ def write_png(path: Path, image: np.ndarray) -> None:
     write_bytes_atomic(path, buf.tobytes())
 
 
+OUTPUT_MARK = ".usedge-output"     # in a folder usedge writes PNGs into: a later run may replace them
+
+
+def claim_output_folder(folder: str | Path, option: str, *, ours: tuple[str, ...] = ()) -> Path:
+    """Make `folder` ready for PNGs named after their inputs, or one-line OutputError: it is a file, it
+    cannot be created, or it already holds images, DICOM or videos that no usedge run wrote there (no
+    OUTPUT_MARK, nor any of `ours`, e.g. an older `usedge crop`'s crops.jsonl), which outputs named
+    after inputs could replace. Then marks it, so that the next run into it may replace our own PNGs."""
+    from usedge.fileio import write_text_atomic
+    from usedge.runtime.formats import INPUT_SUFFIXES
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{option} is a file, not a folder", path=folder, hint=f"give {option} a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not any((folder / name).is_file() for name in (OUTPUT_MARK, *ours)):
+            theirs = sorted(e.name for e in os.scandir(folder)
+                            if e.is_file() and Path(e.name).suffix.lower() in INPUT_SUFFIXES)
+            if theirs:
+                raise OutputError(f"{option} already holds {len(theirs)} images or videos that usedge did not "
+                                  f"write (e.g. {theirs[0]}); outputs named after inputs could replace them",
+                                  path=folder, hint=f"give {option} a new or empty folder")
+        write_text_atomic(folder / OUTPUT_MARK, "PNGs written by usedge; a later usedge run may replace them.\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write into {option} ({exc.strerror or exc})", path=folder,
+                          hint=f"give {option} a writable folder") from exc
+    return folder
+
+
 class OutputNames(set):
     """Unique output file names from input names: `stem`, `stem_f0003` (frame), `stem_v1` (view), and
     `_2`, `_3`... when two inputs in different folders share a name."""
@@ -302,7 +360,7 @@ class OverlayFolderSink(Sink):
     needs_overlay = True
 
     def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
+        self.folder = claim_output_folder(folder, "--overlay")
         self.names = OutputNames()
 
     def write(self, pred, frame=None, overlay=None) -> None:

@@ -17,6 +17,7 @@ leaves this module: only pixels and the frame rate are read.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import threading
@@ -71,6 +72,9 @@ def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False
                 i += 1
             if i == 0:
                 raise InputError("video has no readable frames", path=path, hint="check the codec (ffmpeg build)")
+            if reader.ended_early:      # the frames before were given; the file is still reported
+                raise Undecodable(reader.ended_early.removeprefix(f"{reader.name}: "), path=path,
+                                  hint="copy or export the video again; the frames before it were read")
         finally:
             reader.close()
         return
@@ -528,7 +532,12 @@ class CaptureThread(threading.Thread):
 
     @property
     def fps(self) -> float:
-        return self.fps_override or self.reader.fps or DEFAULT_FPS
+        """The override, else the source's own rate, else DEFAULT_FPS (a rate that is not a positive finite
+        number, e.g. from a damaged header, counts as none)."""
+        for rate in (self.fps_override, self.reader.fps):
+            if rate and math.isfinite(rate) and rate > 0:
+                return float(rate)
+        return DEFAULT_FPS
 
     def _reconnect(self) -> bool:
         """Reopen a failed live source; attempts count until a frame arrives again (a reopen that

@@ -254,6 +254,7 @@ class StreamRunner:
                 except UsedgeError as exc:
                     self._counts["errors"] += 1
                     self.last_error = exc.one_line()
+                    self.pipeline.write_error(f"{frame.source} frame {frame.index}", self.last_error)
                     continue
                 if self.pipeline.quit:
                     ended_by = "window closed"

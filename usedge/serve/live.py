@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_QUALITY = 20      # below this a B-mode image is not worth looking at: the size goes down instead
+STALLED_AFTER_S = 2.0  # a running stream with no result for this long is "stalled" (source stopped sending)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class LiveFeed:
         self._views: dict[bool, tuple[int, float, object, bytes]] = {}   # cam -> (seq, made at, pred, jpeg)
         self._lock = threading.Lock()
         self._seq = -1                       # results seen since the server started
+        self._t_result: float | None = None  # time.monotonic() of the newest result
         self._jpeg: tuple[int, bytes] | None = None
         self._jpeg_lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
@@ -81,6 +83,7 @@ class LiveFeed:
             self.observe(pred)
         with self._lock:
             self._seq += 1
+            self._t_result = time.monotonic()
             waiters = list(self._waiters)
         self._wake(waiters)
 
@@ -93,13 +96,21 @@ class LiveFeed:
                 pass
 
     # -- readers ---------------------------------------------------------------------------------
+    def age_s(self) -> float | None:
+        """Seconds since the newest result (None before the first)."""
+        with self._lock:
+            t = self._t_result
+        return None if t is None else round(time.monotonic() - t, 3)
+
     def state(self) -> str:
-        """starting | running | ended | failed."""
+        """starting | running | stalled (running, but no result for STALLED_AFTER_S: the source stopped
+        sending, e.g. a cable pulled while it reconnects; the newest result is old, not live) | ended | failed."""
         summary = getattr(self.runner, "summary", None)
         if summary is not None:
             return "failed" if summary.ended_by == "source failed" or summary.error and not summary.processed else "ended"
         if self.runner.running:
-            return "running"
+            age = self.age_s()
+            return "stalled" if age is not None and age > STALLED_AFTER_S else "running"
         return "starting"
 
     def latest(self):
@@ -118,7 +129,8 @@ class LiveFeed:
         no_image | error, null before the first), counters and the newest prediction (no overlay
         drawn; label and probs null unless live or frozen)."""
         seq, pred, _frame = self.latest()
-        return {"seq": seq, "state": self.state(), "image": pred.state if pred is not None else None,
+        return {"seq": seq, "state": self.state(), "age_s": self.age_s(),
+                "image": pred.state if pred is not None else None,
                 "stats": self.stats_json(), "prediction": pred.to_record(source=False) if pred is not None else None}
 
     def _jpeg_for(self) -> tuple[int, bytes] | None:

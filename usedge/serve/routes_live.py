@@ -71,7 +71,7 @@ async def frame(request: Request, after: int = Query(-1, ge=-1), cam: bool = Fal
     if st.feed is None:
         return _no_stream(st)
     got = await st.feed.next_view(after, cam, timeout=1.0)
-    head = {"state": st.feed.state(), "stats": st.feed.stats_json()}
+    head = {"state": st.feed.state(), "age_s": st.feed.age_s(), "stats": st.feed.stats_json()}
     if got is None:
         return Response(status_code=204, headers={"X-Usedge-Result": json.dumps(head)})
     seq, pred, jpeg = got

@@ -134,6 +134,17 @@ def _parse(body: bytes, header_length: str | None, input_name: str, size: int) -
     return req, np.ascontiguousarray(x.reshape(shape), dtype=np.float32)
 
 
+def _check_values(x: np.ndarray, mean: float, std: float) -> None:
+    """The input must be normalised pixels, (x/255 - mean)/std: NaN/Inf or values far outside that range
+    (more than one unit beyond it) would get a confident-looking answer from an int8 model."""
+    lo, hi = sorted(((0.0 - mean) / std, (1.0 - mean) / std))
+    if not np.all(np.isfinite(x)):
+        raise BadInferRequest("input contains NaN or Inf")
+    if float(x.min()) < lo - 1.0 or float(x.max()) > hi + 1.0:
+        raise BadInferRequest(f"input values span [{float(x.min()):.4g}, {float(x.max()):.4g}], outside the model's "
+                              f"normalised pixel range [{lo:.3f}, {hi:.3f}] ((pixel/255 - {mean}) / {std})")
+
+
 def _run(st: ServeState, x: np.ndarray) -> np.ndarray:
     """Worker thread: the model stage (one call at a time with uploads), softmax of logits, finite check."""
     with st.predict_lock:
@@ -167,6 +178,7 @@ async def infer(request: Request, name: str, version: str = "1"):
         body = await read_upload(request, st.max_upload_bytes)
         req, x = _parse(body, request.headers.get(HEADER_LENGTH), st.classifier.backend.input_name,
                         int(st.classifier.spec.size))
+        _check_values(x, float(st.classifier.spec.mean), float(st.classifier.spec.std))
         outs = req.get("outputs")
         if isinstance(outs, list) and any(not isinstance(o, dict) or o.get("name") != "probs" for o in outs):
             raise BadInferRequest("the only output is 'probs'")

@@ -51,7 +51,19 @@ def group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
 
     with warnings.catch_warnings():  # "least populated class has fewer members": expected on small sets
         warnings.simplefilter("ignore", UserWarning)
-        return [(np.sort(a), np.sort(b)) for a, b in splitter.split(dummy, labels, groups)]
+        try:
+            return [(np.sort(a), np.sort(b)) for a, b in splitter.split(dummy, labels, groups)]
+        except ValueError as exc:   # every class smaller than n_splits (scikit-learn's check)
+            largest = int(np.bincount(labels).max()) if len(labels) else 0
+            raise DataError(f"{what} splits in {n_splits} parts, but no class has {n_splits} images there "
+                            f"(largest: {largest})", path=where,
+                            hint="add images, or lower cv.folds / raise cv.inner_val_fraction") from exc
+
+
+def few_patient_notes(dataset: Dataset, folds: int) -> list[str]:
+    """One line per class with fewer patients than folds: some test folds hold none of it."""
+    return [f"{name} has {p} patients, fewer than the {folds} folds: some test folds hold none of it, and its "
+            f"per-fold figures are undefined there" for name, _, p in dataset.class_counts() if p < folds]
 
 
 def inner_split(train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
@@ -67,6 +79,10 @@ def make_splits(dataset: Dataset, folds: int = 5, inner_val_fraction: float = 0.
     """Outer folds by patient, stratified by class, each with its inner train/val split."""
     labels = np.asarray(dataset.labels)
     groups = np.asarray(dataset.groups)
+    for name, _, patients in dataset.class_counts():
+        if patients < 2:
+            raise DataError(f"class {name} has {patients} patient: a fold that tests on it would train without it",
+                            path=dataset.root, hint="cross-validation needs at least 2 patients per class; add patients")
     outer = group_kfold(labels, groups, folds, seed, f"{folds}-fold cross-validation", dataset.root)
     splits = []
     for k, (train_all, test) in enumerate(outer):

@@ -492,7 +492,7 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
     pools = {scope: sorted({str(groups[i]) for i in pool}) for scope, pool in scopes}
     meta = {
         "kind": "fast-autoaugment",
-        "data": str(dataset.root),
+        "data": str(dataset.root.resolve()),
         "data_fingerprint": data_fingerprint(dataset),
         "class_names": dataset.class_names,
         "config": cfg.to_dict(),

@@ -13,7 +13,9 @@ the same code; gradients are averaged with DDP (gloo on CPU, NCCL on CUDA) and o
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -32,7 +34,7 @@ from usedge.errors import ConfigError, ModelError
 from usedge.fileio import write_json_atomic, write_text_atomic
 from usedge.train.checkpoint import read_checkpoint, save_checkpoint
 from usedge.train.config import TrainConfig, dump_toml
-from usedge.train.cv import FoldSplit, final_split, make_splits, write_folds_csv
+from usedge.train.cv import FoldSplit, few_patient_notes, final_split, make_splits, write_folds_csv
 from usedge.train.data import LightAugment, TumorDataset, load_images, make_loader
 from usedge.train.distributed import Dist, convert_batchnorm, init_distributed
 from usedge.train.loss import build_loss, describe_alpha, resolve_alpha
@@ -300,16 +302,18 @@ def default_augmenter(cfg: TrainConfig, dataset=None) -> TrainAugmenter | None:
 
 
 def _write_predictions(path: Path, dataset: Dataset, idx: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> None:
-    lines = ["path,patient_id,label,predicted," + ",".join(f"p_{n}" for n in dataset.class_names)]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")      # quoted where needed: paths and patient ids may hold commas
+    w.writerow(["path", "patient_id", "label", "predicted", *[f"p_{n}" for n in dataset.class_names]])
     for i, p, y in zip(idx, probs, labels):
         s = dataset.samples[int(i)]
         try:
             rel = s.path.relative_to(dataset.root)
         except ValueError:
             rel = s.path
-        lines.append(f"{rel},{s.patient_id},{dataset.class_names[int(y)]},{dataset.class_names[int(p.argmax())]},"
-                     + ",".join(f"{v:.6f}" for v in p))
-    write_text_atomic(path, "\n".join(lines) + "\n")
+        w.writerow([rel, s.patient_id, dataset.class_names[int(y)], dataset.class_names[int(p.argmax())],
+                    *[f"{v:.6f}" for v in p]])
+    write_text_atomic(path, buf.getvalue())
 
 
 def _progress(enabled: bool):
@@ -395,7 +399,7 @@ def train_final(run: Run, split: FoldSplit, summary: dict | None, bar=None) -> N
     if run.dist.main:
         run.save(run.out_dir / "model.pt", model,
                  {"inner_val": fit_res.best_val, "cross_validation": _training_summary(summary) if summary else {}},
-                 {"best_epoch": fit_res.best_epoch, "data": str(run.dataset.root), "images": len(run.dataset)})
+                 {"best_epoch": fit_res.best_epoch, "data": str(run.dataset.root.resolve()), "images": len(run.dataset)})
         run.say(f"all-data model: best epoch {fit_res.best_epoch}; written to {run.out_dir / 'model.pt'}")
     run.dist.barrier()
 
@@ -416,7 +420,7 @@ def _start_run(out_dir: Path, cfg: TrainConfig, dataset: Dataset, dist: Dist, de
                                    "also needs --set data.resize=area) or another --out")
     dist.barrier()  # every process has checked the folder before rank 0 stamps it
     if dist.main:
-        write_json_atomic(stamp, {"config_hash": chash, "data": str(dataset.root), "images": len(dataset),
+        write_json_atomic(stamp, {"config_hash": chash, "data": str(dataset.root.resolve()), "images": len(dataset),
                                   "world_size": dist.world_size, "device": str(device)})
         write_text_atomic(out_dir / "config.toml", dump_toml(cfg))
     dist.barrier()
@@ -450,6 +454,9 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
     say(f"{len(dataset)} images, {len(set(dataset.groups))} patients, {cfg.cv.folds} folds by patient; "
         f"device {device}, {dist.world_size} process(es); augmentation {cfg.data.augment}, "
         f"{cfg.optim.schedule} schedule")
+    say("classes: " + "; ".join(f"{name} {n} images / {p} patients" for name, n, p in dataset.class_counts()))
+    for note in dataset.notes + few_patient_notes(dataset, cfg.cv.folds):
+        say(f"note: {note}")
     spec = cfg.preprocess_spec()
     t0 = time.perf_counter()
     if images is None:

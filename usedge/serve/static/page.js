@@ -85,7 +85,12 @@ function setImageState(image, p) {
 }
 
 function setStats(r) {
-  setStatus(r.state, r.state === "running" ? "ok" : (r.state === "failed" ? "bad" : ""));
+  setStatus(r.state, r.state === "running" ? "ok" : (r.state === "failed" || r.state === "stalled" ? "bad" : ""));
+  if (r.state === "stalled") {          // the source sends nothing: the last answer is old, never "live"
+    const s = $("image-state");
+    s.textContent = "no new frame for " + Math.round(r.age_s || 0) + " s";
+    s.className = "pill bad";
+  }
   const st = r.stats || {};
   if (st.fps !== undefined) $("fps").textContent = Number(st.fps).toFixed(1);
   if (st.dropped !== undefined) $("dropped").textContent = String(st.dropped);

@@ -1,0 +1,144 @@
+"""A user's data set (usedge.dataset, usedge.train.cv): what would silently mislead a training run is refused
+with one line naming the manifest line, or said in a note; a data set too small for its folds is one line."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from usedge.dataset import Dataset, Sample, load_dataset
+from usedge.errors import DataError
+from usedge.train.cv import few_patient_notes, make_splits
+
+
+def copy_cohort(tiny_cohort, tmp_path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cohort, data)
+    return data
+
+
+def rows_of(data: Path) -> tuple[list[str], list[dict]]:
+    with open(data / "manifest.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames), list(reader)
+
+
+def write_rows(data: Path, fields: list[str], rows: list[dict], *, encoding: str = "utf-8") -> None:
+    with open(data / "manifest.csv", "w", newline="", encoding=encoding) as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_manifest_from_excel_with_a_byte_order_mark_loads(tiny_cohort, tmp_path):
+    data = copy_cohort(tiny_cohort, tmp_path)
+    fields, rows = rows_of(data)
+    write_rows(data, fields, rows, encoding="utf-8-sig")
+    ds = load_dataset(data)
+    assert len(ds) == 24 and ds.notes == []
+
+
+def test_a_row_listed_twice_is_refused_with_both_lines(tiny_cohort, tmp_path):
+    data = copy_cohort(tiny_cohort, tmp_path)
+    fields, rows = rows_of(data)
+    write_rows(data, fields, rows + [dict(rows[3])])
+    with pytest.raises(DataError, match=r"manifest.csv:26: .* is listed twice \(also on line 5\)"):
+        load_dataset(data)
+
+
+@pytest.mark.parametrize("typo", ["Lipoma", "lipoma ", " lipoma"])
+def test_labels_that_differ_only_in_case_or_spaces_are_a_typo(tiny_cohort, tmp_path, typo):
+    data = copy_cohort(tiny_cohort, tmp_path)
+    fields, rows = rows_of(data)
+    k = next(i for i, r in enumerate(rows) if r["label"] == "lipoma")
+    rows[k]["label"] = typo
+    write_rows(data, fields, rows)
+    if typo.strip() == "lipoma":         # spaces around a label are not part of it
+        assert load_dataset(data).class_names == ["epidermal_cyst", "lipoma", "pilomatricoma"]
+        return
+    with pytest.raises(DataError, match=f"manifest.csv:{k + 2}: labels 'Lipoma' and 'lipoma' differ only in case"):
+        load_dataset(data)
+
+
+def test_class_folders_that_differ_only_in_case_are_refused(tiny_cohort, tmp_path):
+    data = copy_cohort(tiny_cohort, tmp_path)
+    (data / "manifest.csv").unlink()
+    shutil.rmtree(data / "masks")
+    (data / "Lipoma").mkdir()
+    shutil.copy(next((data / "lipoma").glob("*.png")), data / "Lipoma" / "extra.png")
+    with pytest.raises(DataError, match="class folders 'Lipoma' and 'lipoma' differ only in case"):
+        load_dataset(data)
+
+
+def test_patient_ids_empty_on_some_rows_are_refused_and_none_at_all_is_a_note(tiny_cohort, tmp_path):
+    data = copy_cohort(tiny_cohort, tmp_path)
+    fields, rows = rows_of(data)
+    rows[6]["patient_id"] = ""
+    write_rows(data, fields, rows)
+    with pytest.raises(DataError, match="manifest.csv:8: patient_id is empty here but set on other rows"):
+        load_dataset(data)
+    for r in rows:
+        r["patient_id"] = ""
+    write_rows(data, fields, rows)
+    ds = load_dataset(data)
+    assert len(set(ds.groups)) == 24 and any("own patient" in n for n in ds.notes)
+    (data / "manifest.csv").unlink()                      # a plain ImageFolder says the same
+    assert any("own patient" in n for n in load_dataset(data).notes)
+
+
+def test_a_class_folder_the_manifest_leaves_out_is_a_note(tiny_cohort, tmp_path):
+    data = copy_cohort(tiny_cohort, tmp_path)
+    fields, rows = rows_of(data)
+    write_rows(data, fields, [r for r in rows if r["label"] != "lipoma"])
+    ds = load_dataset(data)
+    assert ds.class_names == ["epidermal_cyst", "pilomatricoma"]
+    assert any("lists no image in the folder(s) lipoma" in n for n in ds.notes)
+
+
+def synthetic(counts: list[tuple[int, int]]) -> Dataset:
+    """A Dataset of (patients, images per patient) per class (paths are not read by the splits)."""
+    samples = [Sample(path=Path(f"c{c}/p{c}_{p}_{i}.png"), label=c, patient_id=f"p{c}_{p}")
+               for c, (patients, per) in enumerate(counts) for p in range(patients) for i in range(per)]
+    return Dataset(root=Path("data"), class_names=[f"c{c}" for c in range(len(counts))], samples=samples)
+
+
+def test_a_class_with_one_patient_is_refused():
+    with pytest.raises(DataError, match="class c2 has 1 patient: a fold that tests on it would train without it"):
+        make_splits(synthetic([(8, 2), (8, 2), (1, 4)]), folds=2)
+
+
+def test_a_data_set_too_small_for_the_inner_split_is_one_line_not_a_traceback():
+    """2 folds of 2 patients x 1 image per class: scikit-learn's ValueError (the inner split's 5 parts)
+    becomes a DataError that says what to change."""
+    with pytest.raises(DataError, match="inner validation split splits in 5 parts, but no class has 5 images"):
+        make_splits(synthetic([(4, 1), (4, 1), (4, 1)]), folds=2)
+
+
+def test_classes_with_fewer_patients_than_folds_get_a_note():
+    ds = synthetic([(8, 2), (8, 2), (3, 2)])
+    assert few_patient_notes(ds, 5) == ["c2 has 3 patients, fewer than the 5 folds: some test folds hold none of "
+                                        "it, and its per-fold figures are undefined there"]
+    assert few_patient_notes(ds, 3) == []
+    assert ds.class_counts() == [("c0", 16, 8), ("c1", 16, 8), ("c2", 6, 3)]
+
+
+def test_test_predictions_csv_quotes_paths_and_patient_ids_with_commas(tmp_path):
+    from usedge.train.trainer import _write_predictions
+
+    ds = Dataset(root=tmp_path, class_names=["a", "b"],
+                 samples=[Sample(path=tmp_path / "a" / "Doe, J 1.png", label=0, patient_id="MRN 1,p8")])
+    _write_predictions(tmp_path / "p.csv", ds, np.array([0]), np.array([[0.25, 0.75]]), np.array([0]))
+    row = next(csv.DictReader((tmp_path / "p.csv").open(newline="")))
+    assert row == {"path": "a/Doe, J 1.png", "patient_id": "MRN 1,p8", "label": "a", "predicted": "b",
+                   "p_a": "0.250000", "p_b": "0.750000"}
+
+
+def test_model_card_names_the_models_own_classes():
+    from usedge.export.model_card import intended_use, limits
+
+    assert "(epidermal cyst, lipoma) beside" in intended_use(["epidermal_cyst", "lipoma"])
+    assert limits(["a", "b"])[1].startswith("2 classes only")

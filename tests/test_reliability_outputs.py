@@ -1,0 +1,174 @@
+"""What usedge writes never destroys what was there: the model, scans beside the outputs, an earlier results
+file; odd names and bad output places get one line; a file that is only partly readable is a failure."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from usedge.runtime.sinks import OUTPUT_MARK, results_sink
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def usedge(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "usedge", *map(str, args)], capture_output=True, text=True,
+                          timeout=180, env=env, cwd=cwd)
+
+
+def no_traceback(res: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in res.stderr, res.stderr
+
+
+def test_out_never_overwrites_the_model(runtime_model, runtime_images, tmp_path):
+    model = shutil.copy(runtime_model, tmp_path / "v.onnx")
+    before = Path(model).read_bytes()
+    res = usedge("infer", model, runtime_images, "--out", model, "-q")
+    assert res.returncode == 1 and "would overwrite the input v.onnx" in res.stderr, res.stderr
+    no_traceback(res)
+    assert Path(model).read_bytes() == before
+
+
+def test_output_folders_never_replace_scans_usedge_did_not_write(runtime_model, runtime_images, tmp_path):
+    """`crop -o` / `--overlay` into a folder that holds the user's own scans (outputs are named after inputs,
+    so today/p1.png would replace scans/p1.png) is refused; a folder usedge wrote into may be reused."""
+    scans = tmp_path / "scans"
+    (scans / "today").mkdir(parents=True)
+    for p in sorted(runtime_images.glob("*.png")):
+        shutil.copy(p, scans / "today" / p.name)
+        shutil.copy(p, scans / p.name)
+    original = {p.name: p.read_bytes() for p in scans.glob("*.png")}
+    for args in (("crop", scans / "today", "-o", scans),
+                 ("crop", scans / "today", "-o", tmp_path / "c", "--overlay", scans),
+                 ("infer", runtime_model, scans / "today", "--overlay", scans, "-q")):
+        res = usedge(*args)
+        assert res.returncode == 1 and "already holds 3 images or videos that usedge did not write" in res.stderr, \
+            (args, res.stderr)
+        no_traceback(res)
+    assert {p.name: p.read_bytes() for p in scans.glob("*.png")} == original
+    for _ in range(2):         # a folder usedge made is marked: the second run replaces its own PNGs
+        res = usedge("crop", scans / "today", "-o", tmp_path / "crops")
+        assert res.returncode == 0, res.stderr
+        res = usedge("infer", runtime_model, scans / "today", "--overlay", tmp_path / "overlays", "-q")
+        assert res.returncode == 0, res.stderr
+    assert (tmp_path / "crops" / OUTPUT_MARK).is_file() and len(list((tmp_path / "overlays").glob("*.png"))) == 3
+
+
+def test_bad_output_places_are_one_line(runtime_images, tmp_path):
+    (tmp_path / "f").write_text("x")
+    res = usedge("crop", runtime_images, "-o", tmp_path / "f")
+    assert res.returncode == 1 and "--out is a file, not a folder" in res.stderr, res.stderr
+    no_traceback(res)
+    if os.geteuid() != 0:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        res = usedge("crop", runtime_images, "-o", tmp_path / "ro" / "x")
+        assert res.returncode == 1 and "cannot write into --out" in res.stderr, res.stderr
+        no_traceback(res)
+
+
+def test_crop_errors_name_the_file_and_crops_jsonl_lists_what_was_written(runtime_images, tmp_path):
+    data = tmp_path / "in"
+    shutil.copytree(runtime_images, data)
+    cv2.imwrite(str(data / "blank.png"), np.full((300, 300), 90, np.uint8))
+    res = usedge("crop", data, "-o", tmp_path / "out")
+    assert res.returncode == 1
+    assert any("blank.png" in line and "blank" in line.split("blank.png", 1)[1] for line in res.stderr.splitlines()), \
+        res.stderr
+    lines = [json.loads(x) for x in (tmp_path / "out" / "crops.jsonl").read_text().splitlines()]
+    assert sum("error" in x for x in lines) == 1 and sum("output" in x for x in lines) == 3
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse names that are not UTF-8")
+def test_csv_results_with_a_file_name_that_is_not_utf8(runtime_model, runtime_images, tmp_path):
+    """A name from an old Windows share (Latin-1 bytes) is written with a backslash escape; the batch goes on."""
+    data = tmp_path / "in"
+    data.mkdir()
+    src = sorted(runtime_images.glob("*.png"))[0]
+    shutil.copy(src, os.path.join(os.fsencode(data), b"caf\xe9.png"))
+    shutil.copy(src, data / "z.png")
+    res = usedge("infer", runtime_model, data, "--out", tmp_path / "r.csv", "-q")
+    no_traceback(res)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((tmp_path / "r.csv").open(encoding="utf-8")))
+    assert [r["state"] for r in rows] == ["live", "live"]
+    assert rows[0]["source"].endswith("caf\\udce9.png") and rows[1]["source"].endswith("z.png")
+
+
+def test_results_file_is_replaced_only_when_the_batch_ends(tmp_path):
+    """An earlier results file stays whole while a batch runs (lines go to <name>.partial, flushed), so a run
+    that dies leaves it intact; at the end the new file replaces it."""
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"yesterday": 1}\n')
+    sink = results_sink(out, "jsonl", ["a", "b"], atomic=True)
+    sink.write_error("x.png", "x.png: unreadable")
+    partial = tmp_path / "results.jsonl.partial"
+    assert out.read_text() == '{"yesterday": 1}\n'
+    assert json.loads(partial.read_text())["source"] == "x.png"       # flushed: a crash keeps it
+    sink.close()
+    assert not partial.exists() and json.loads(out.read_text())["source"] == "x.png"
+    with pytest.raises(Exception, match="is a folder"):
+        results_sink(tmp_path, "csv", ["a"], atomic=True)
+
+
+def test_truncated_video_is_a_failed_file_after_its_readable_frames(runtime_model, tmp_path):
+    """`usedge infer FILE` on a video cut short: the frames before are classified, then the file is a failure
+    (exit 1) with the line `--stream` gives, not a success."""
+    path = tmp_path / "cine.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        writer.write(rng.integers(0, 255, (240, 320, 3), np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    res = usedge("infer", runtime_model, path, "--out", tmp_path / "r.jsonl", "-q")
+    assert res.returncode == 1 and "video ended early, after" in res.stderr and "1 failed" in res.stderr, res.stderr
+    records = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len([r for r in records if "frame" in r]) >= 10 and "ended early" in records[-1]["error"]
+
+
+def test_doctor_exits_1_when_the_model_does_not_load(runtime_model, tmp_path):
+    bad = tmp_path / "zero.onnx"
+    bad.write_bytes(b"")
+    res = usedge("doctor", bad, "-q")
+    assert res.returncode == 1 and "zero.onnx" in res.stdout, res.stdout + res.stderr
+    res = usedge("doctor", runtime_model, "--json")
+    assert res.returncode == 0, res.stderr
+
+
+def test_stream_outputs_never_replace_the_streamed_file(runtime_model, runtime_video, tmp_path):
+    video = shutil.copy(runtime_video, tmp_path / "scan1.mp4")
+    before = Path(video).read_bytes()
+    for option in ("--out", "--jsonl", "--record", "--summary"):
+        res = usedge("infer", runtime_model, "--stream", video, option, video, "-q")
+        assert res.returncode == 1 and "would overwrite the input scan1.mp4" in res.stderr, (option, res.stderr)
+        no_traceback(res)
+    assert Path(video).read_bytes() == before
+
+
+def test_stream_frames_that_fail_are_written_and_a_bad_fps_is_one_line(runtime_model, tmp_path):
+    """Frames too small for an ultrasound image fail one by one: each is a line in --jsonl, as in file mode."""
+    path = tmp_path / "tiny.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (6, 6))
+    for _ in range(10):
+        writer.write(np.full((6, 6, 3), 128, np.uint8))
+    writer.release()
+    res = usedge("infer", runtime_model, "--stream", path, "--jsonl", tmp_path / "t.jsonl", "-q")
+    no_traceback(res)
+    records = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert len(records) == 10 and all("too small" in r["error"] for r in records), records[:2]
+    assert records[3]["source"].endswith("tiny.avi frame 3")
+    for bad in ("nan", "inf", "0", "-5"):
+        res = usedge("infer", runtime_model, "--stream", path, "--realtime", "--fps", bad, "-q")
+        assert res.returncode != 0 and f"--fps {float(bad)} is not a frame rate" in res.stderr, (bad, res.stderr)
+        no_traceback(res)
