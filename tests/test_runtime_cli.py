@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -125,6 +126,30 @@ def test_ctrl_c_ends_a_stream_cleanly_with_a_summary(runtime_model, runtime_vide
     assert "(interrupted)" in err
     lines = jsonl.read_text().splitlines()
     assert 2 <= len(lines) < 30 and all(json.loads(line) for line in lines)   # every line complete
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_does_not_cut_the_recording_short(runtime_model, runtime_video, tmp_path, sig):
+    """Ctrl-C twice (or docker stop, then its retry) 10 ms apart: the second arrives while the outputs close.
+    It is ignored: the recording is renamed into place and plays, the summary is written."""
+    jsonl, rec, summary = tmp_path / "s.jsonl", tmp_path / "s.mp4", tmp_path / "s.json"
+    proc = subprocess.Popen([sys.executable, "-m", "usedge", "infer", str(runtime_model), "--stream", str(runtime_video),
+                             "--realtime", "--fps", "10", "--jsonl", str(jsonl), "--record", str(rec), "--summary",
+                             str(summary), "--threads", "1", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (jsonl.exists() and jsonl.read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(summary.read_text())["ended_by"] == "interrupted"
+    cap = cv2.VideoCapture(str(rec))
+    ok, _ = cap.read()
+    cap.release()
+    assert ok, f"{rec} does not play; left: {sorted(p.name for p in tmp_path.iterdir())}"
 
 
 def test_doctor_reports_backends_and_reasons():

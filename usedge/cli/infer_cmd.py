@@ -14,7 +14,7 @@ import typer
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quality_gate_option, quiet_option
 from usedge.cli.terminal import say
-from usedge.runtime.interrupts import interrupt_between_frames
+from usedge.runtime.interrupts import finishing, interrupt_between_frames
 
 
 def _err(text: str) -> None:
@@ -106,7 +106,7 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
     from usedge.runtime.stream import StreamRunner
 
     reader = open_source(source, watch_idle_timeout_s=idle_timeout)
-    with contextlib.ExitStack() as stack:
+    with finishing(signal.SIGINT, signal.SIGTERM) as finish, contextlib.ExitStack() as stack:
         sinks = []
         if jsonl:
             sinks.append(stack.enter_context(JsonlSink(jsonl)))
@@ -128,10 +128,12 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
         # Ctrl-C, systemd / docker stop: end between frames (recording finalised, summary)
         with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):
             summary = runner.run()
-    for line in summary.lines()[:1] if quiet else summary.lines():
-        _err(line)
-    if summary_path is not None:
-        write_json_atomic(summary_path, summary.to_dict())
+        finish.hold()      # a second Ctrl-C / SIGTERM cannot cut the outputs' closing (the recording's moov)
+        stack.close()
+        for line in summary.lines()[:1] if quiet else summary.lines():
+            _err(line)
+        if summary_path is not None:
+            write_json_atomic(summary_path, summary.to_dict())
     if runner.all_failed:
         _err(f"usedge: every frame failed ({summary.errors}); last: {runner.last_error}")
         return 1
