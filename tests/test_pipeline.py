@@ -35,7 +35,7 @@ def test_files_go_through_run_frame_into_every_sink(clf, runtime_images, tmp_pat
     assert run.frames == len(files) and len(run.failed) == 1 == len(errors)
     assert [r["source"] for r in records] == [str(p) for p in files] + [str(bad)] and "error" in records[-1]
     assert {"label", "class_index", "probs", "latency_ms"} <= set(records[0])
-    assert sorted(p.name for p in (tmp_path / "ov").iterdir()) == sorted(p.name for p in files)
+    assert sorted(p.name for p in (tmp_path / "ov").glob("*.png")) == sorted(p.name for p in files)
 
 
 def test_smoothing_returns_a_new_prediction(clf, runtime_images):

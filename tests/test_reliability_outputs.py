@@ -172,3 +172,24 @@ def test_stream_frames_that_fail_are_written_and_a_bad_fps_is_one_line(runtime_m
         res = usedge("infer", runtime_model, "--stream", path, "--realtime", "--fps", bad, "-q")
         assert res.returncode != 0 and f"--fps {float(bad)} is not a frame rate" in res.stderr, (bad, res.stderr)
         no_traceback(res)
+
+
+def test_a_damaged_packet_mid_video_is_passed_over(runtime_model, tmp_path):
+    """One MJPG frame zeroed in the middle of a 60-frame AVI: the 59 others are classified (decoding goes on
+    past the damaged packet), and the file is still reported as damaged (exit 1)."""
+    pytest.importorskip("av", reason="packet-by-packet decoding is PyAV's")
+    path = tmp_path / "cine.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        writer.write(rng.integers(0, 255, (240, 320, 3), np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    data[starts[30]:starts[30] + 4000] = bytes(4000)
+    path.write_bytes(bytes(data))
+    res = usedge("infer", runtime_model, path, "--out", tmp_path / "r.jsonl", "-q")
+    no_traceback(res)
+    assert res.returncode == 1 and "1 damaged packet(s) could not be decoded" in res.stderr, res.stderr
+    records = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len([r for r in records if "frame" in r]) == 59

@@ -126,7 +126,9 @@ def test_frames_of_changing_size_and_type(clf, tmp_path, reliability_ledger):
     assert summary.ended_by == "end of source", summary
     assert summary.processed + summary.frozen_skipped + summary.no_image + summary.errors == len(frames), summary
     assert summary.errors >= 3 and summary.no_image >= 1 and summary.processed >= 12, summary  # 1x1, NaN, empty; blank
-    assert len(lines) == summary.processed + summary.frozen_skipped + summary.no_image   # no_image frames are written
+    # no_image frames are written, and so is each frame that failed (an error line naming the frame)
+    assert len(lines) == summary.processed + summary.frozen_skipped + summary.no_image + summary.errors
+    assert sum("error" in line for line in lines) == summary.errors
     assert "\n" not in runner.last_error
     reliability_ledger.add("stream.mixed_frames", inputs_tried=len(frames), faults_injected=len(frames) - 1,
                            outputs_checked=len(lines))

@@ -218,6 +218,41 @@ def test_watched_folder_classifies_new_files(clf, runtime_images, tmp_path):
     t.join()
     assert summary.processed == 2 and len(results) == 2
     assert [f for f, _ in reader.failed] == [str(watch / "broken.png")]
+    assert [p.source for p in results] == [str(watch / "new0.png"), str(watch / "new1.png")]   # each names its file
+    assert summary.errors == 1 and "broken.png" in runner.last_error
+
+
+def test_watched_folder_gives_every_frame_of_a_cine_and_writes_bad_files(clf, tmp_path):
+    """A scanner exports a 30-frame cine and a damaged PNG: all 30 frames are classified (none dropped while
+    the model is busy), each result names the cine, and the damaged file is an error line in the JSONL."""
+    import json
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from usedge.runtime.sinks import JsonlSink
+
+    watch = tmp_path / "incoming"
+    watch.mkdir()
+    stop = threading.Event()
+    reader = WatchedFolderReader(watch, poll_s=0.05, idle_timeout_s=2.0, stop=stop)
+    with JsonlSink(tmp_path / "r.jsonl") as sink:
+        runner = StreamRunner(FramePipeline(clf, [sink], stream=True, freeze=False), reader)
+
+        def export():
+            time.sleep(0.3)
+            shutil.copy(get_testdata_file("examples_ybr_color.dcm", download=False), watch / "cine.dcm")
+            time.sleep(0.3)
+            (watch / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+
+        t = threading.Thread(target=export)
+        t.start()
+        summary = runner.run()
+        t.join()
+    records = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    cine = [r for r in records if r.get("source") == str(watch / "cine.dcm")]
+    assert summary.dropped == 0 and len(cine) == 30
+    assert [r["source"] for r in records if "error" in r] == [str(watch / "broken.png")]
 
 
 def test_dicom_cine_streams_at_its_frame_rate(clf):

@@ -74,7 +74,7 @@ def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False
                 raise InputError("video has no readable frames", path=path, hint="check the codec (ffmpeg build)")
             if reader.ended_early:      # the frames before were given; the file is still reported
                 raise Undecodable(reader.ended_early.removeprefix(f"{reader.name}: "), path=path,
-                                  hint="copy or export the video again; the frames before it were read")
+                                  hint="copy or export the video again (the frames that could be read were used)")
         finally:
             reader.close()
         return
@@ -163,7 +163,8 @@ class VideoFileReader(FrameReader):
 
     `ended_early` (one line, else "") when decoding stopped before the frame count that the container
     declares (a truncated or damaged file): more than one frame short, since a count computed from
-    duration x frame rate may be off by one.
+    duration x frame rate may be off by one; or when damaged packets mid-file were passed over (PyAV
+    decodes packet by packet and goes on after one that fails).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -176,9 +177,10 @@ class VideoFileReader(FrameReader):
         self.declared = 0           # frames the container declares (0: unknown)
         self.position = 0           # frames read or skipped so far
         self.ended_early = ""
+        self.damaged = 0            # packets that failed to decode and were passed over (PyAV)
 
     def open(self) -> None:
-        self.position, self.ended_early = 0, ""
+        self.position, self.ended_early, self.damaged = 0, "", 0
         try:
             empty = self.path.stat().st_size == 0
         except OSError:
@@ -212,8 +214,24 @@ class VideoFileReader(FrameReader):
             seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
                        else container.duration / av.time_base if container.duration else 0.0)
             self.declared = int(seconds * self.fps + 0.5) if self.fps and 0 < seconds < 1e7 else 0
-        self._container, self._frames, self.backend = container, container.decode(stream), "pyav"
+        self._container, self._frames, self.backend = container, self._decoded(container, stream), "pyav"
         return True
+
+    def _decoded(self, container, stream):
+        """Decoded frames, packet by packet: a packet that fails to decode (damaged data mid-file) is passed
+        over and counted in `damaged`, and decoding goes on; the container failing to give packets (a cut
+        file) ends it."""
+        import av
+
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.EOFError:
+                return
+            except av.error.FFmpegError:
+                self.damaged += 1
+                continue
+            yield from frames
 
     def _open_opencv(self) -> None:
         params = [cv2.CAP_PROP_N_THREADS, int(self.decode_threads)] if self.decode_threads else []
@@ -248,9 +266,12 @@ class VideoFileReader(FrameReader):
     def _advanced(self, ok: bool) -> bool:
         if ok:
             self.position += 1
-        elif self.declared and self.position < self.declared - 1:
+        elif self.declared and self.position + self.damaged < self.declared - 1:
             self.ended_early = (f"{self.name}: video ended early, after {self.position} of the "
                                 f"{self.declared} frames its header declares (truncated or damaged file)")
+        elif self.damaged:
+            self.ended_early = (f"{self.name}: {self.damaged} damaged packet(s) could not be decoded and were "
+                                f"passed over; the other {self.position} frames were read")
         return ok
 
     def read(self) -> np.ndarray | None:
@@ -330,7 +351,9 @@ class WatchedFolderReader(FrameReader):
 
     A file is read once its size is stable across two polls (the writer has finished). Existing
     files are skipped unless `include_existing`. `idle_timeout_s`: end after that long without a
-    new file (None: watch until stopped).
+    new file (None: watch until stopped). Every frame of every file is given (a stream waits for the
+    loop, nothing is dropped); `frame_source` names the file of the frame just read, and a file that
+    cannot be read is appended to `failed` (the stream loop writes it as an error result).
     """
 
     live = False  # never "fails": it waits
@@ -343,8 +366,10 @@ class WatchedFolderReader(FrameReader):
         self.stop = stop or threading.Event()
         self._seen: set[str] = set()
         self._sizes: dict[str, int] = {}
-        self._pending: list[np.ndarray] = []
+        self._ready: list[Path] = []               # new files, complete, not read yet
+        self._frames = None                        # frames of the file being read (iter_file_frames)
         self.failed: list[tuple[str, str]] = []   # (file, one-line reason)
+        self.frame_source = ""                     # the file of the frame just read
 
     def open(self) -> None:
         if not self.folder.is_dir():
@@ -366,20 +391,35 @@ class WatchedFolderReader(FrameReader):
 
     def read(self) -> np.ndarray | None:
         idle_since = time.monotonic()
-        while not self._pending:
+        while True:
+            if self._frames is not None:     # the file being read, one frame at a time (a long cine stays small)
+                try:
+                    _, frame, _ = next(self._frames)
+                    return frame
+                except StopIteration:
+                    self._frames = None
+                except InputError as exc:   # frames read before a damaged part were given
+                    self.failed.append((self.frame_source, exc.one_line()))
+                    self._frames = None
+                continue
+            if self._ready:
+                path = self._ready.pop(0)
+                self.frame_source, self._frames = str(path), iter_file_frames(path)
+                idle_since = time.monotonic()
+                continue
             if self.stop.is_set():
                 return None
-            for path in self._new_files():
-                try:
-                    self._pending.extend(frame for _, frame, _ in iter_file_frames(path))
-                except InputError as exc:
-                    self.failed.append((str(path), exc.one_line()))
-            if self._pending:
-                break
+            self._ready.extend(self._new_files())
+            if self._ready:
+                continue
             if self.idle_timeout_s is not None and time.monotonic() - idle_since > self.idle_timeout_s:
                 return None
             self.stop.wait(self.poll_s)
-        return self._pending.pop(0)
+
+    def close(self) -> None:
+        if self._frames is not None:     # a video file left half-read: its decoder closes now
+            self._frames.close()
+            self._frames = None
 
 
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")   # greedy: up to the LAST '@' of the authority
@@ -567,7 +607,7 @@ class CaptureThread(threading.Thread):
             self.slot.close()
             return
         self.opened.set()
-        block = not self.realtime and not self.reader.live and not isinstance(self.reader, WatchedFolderReader)
+        block = not self.realtime and not self.reader.live      # a file or a watched folder: every frame
         period = 1.0 / self.fps
         t_start = self.t_start = time.perf_counter()    # frame k of a paced source is due at t_start + k * period
         index = 0  # the source's frame number (skipped frames included)
@@ -602,8 +642,8 @@ class CaptureThread(threading.Thread):
                     break
                 self._attempts = 0
                 self.stats.read += 1
-                self.slot.put(Frame(image, index, self.reader.name, time.perf_counter()), block=block,
-                              stop=self.stop_event)
+                source = getattr(self.reader, "frame_source", "") or self.reader.name
+                self.slot.put(Frame(image, index, source, time.perf_counter()), block=block, stop=self.stop_event)
                 index += 1
         finally:
             self.stats.ended_early = getattr(self.reader, "ended_early", "")

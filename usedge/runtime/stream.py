@@ -122,6 +122,7 @@ class StreamRunner:
         self._new_result = threading.Condition(self._lock)
         self._samples = {s: collections.deque(maxlen=MAX_SAMPLES) for s in STAGES}
         self._counts = {"processed": 0, "frozen": 0, "no_image": 0, "errors": 0}
+        self._failures_reported = 0
         self._t0: float | None = None
         self._thread: threading.Thread | None = None
         self.summary: StreamSummary | None = None
@@ -225,6 +226,19 @@ class StreamRunner:
             self._latest = [pred, frame, overlay]
             self._new_result.notify_all()
 
+    def _report_source_failures(self) -> None:
+        """Files a watched folder could not read (`reader.failed`, filled by the capture thread): each is an
+        error result in the sinks and a line through the pipeline's on_event, written from this loop thread."""
+        failed = getattr(self.reader, "failed", None)
+        while failed and self._failures_reported < len(failed):
+            source, line = failed[self._failures_reported]
+            self._failures_reported += 1
+            self._counts["errors"] += 1
+            self.last_error = line
+            self.pipeline.write_error(source, line)
+            if self.pipeline.on_event is not None:
+                self.pipeline.on_event(f"skipped {line}")
+
     def run(self) -> StreamSummary:
         """Blocking: run until the source ends, max_frames, stop(), a sink asks to quit, or Ctrl-C."""
         self.budget.apply()
@@ -242,8 +256,10 @@ class StreamRunner:
         try:
             while not self.stop_event.is_set():
                 frame = self.slot.get(timeout=0.5)
+                self._report_source_failures()
                 if frame is None:
                     if self.slot.closed:
+                        self._report_source_failures()
                         break
                     continue
                 try:
