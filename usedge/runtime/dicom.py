@@ -121,22 +121,29 @@ class DicomFile:
             self.bits_stored = int(ds.get("BitsStored", self.bits_allocated))
             self.signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
             self.n_frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise Undecodable("DICOM image header is incomplete (Rows/Columns)", path=self.path,
-                              hint="the file is damaged; export it again") from exc
+        except Exception as exc:  # noqa: BLE001 - a damaged element raises whatever pydicom's parser raises
+            raise Undecodable("DICOM image header is incomplete or damaged (Rows, Columns, pixel format)",
+                              path=self.path, hint="the file is damaged; export it again") from exc
         check_pixels("dicom", self.cols, self.rows, str(self.path), max_pixels)
-        self.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-        self.transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        try:
+            self.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+            self.transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+            self.fps = self._frame_rate()
+            self.all_regions = self._read_regions()
+        except Undecodable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise Undecodable(f"DICOM header is damaged ({type(exc).__name__})", path=self.path,
+                              hint="the file is damaged; export it again") from exc
         self._check_pixel_length()
-        self.fps = self._frame_rate()
-        self.all_regions = self._read_regions()
 
     # -- header facts
     def _check_pixel_length(self) -> None:
         """Native (not compressed) pixel data must be as long as the header says (Rows x Columns x
         SamplesPerPixel x BitsAllocated x NumberOfFrames). pydicom drops any excess as padding, so a
-        header that understates the image (Rows too small, SamplesPerPixel 1 on colour data) would
-        give a cut or garbled image with a warning only: refused here when the excess is a frame or more."""
+        header that understates the image (Rows too small, SamplesPerPixel 1 on colour data: a cut or
+        garbled image; or NumberOfFrames too small: the lengths cannot tell which) would be read with a
+        warning only: refused here when the excess is a frame or more."""
         from pydicom.pixels.utils import get_expected_length
         from pydicom.uid import UID
 
@@ -148,7 +155,7 @@ class DicomFile:
         except Exception:  # noqa: BLE001 - a header pydicom cannot size: left to the decoder's own errors
             return
         frame = max(1, expected // self.n_frames)
-        if actual - expected >= frame:
+        if actual - expected - expected % 2 >= frame:      # an odd length is padded by one byte (PS3.5 8.1.1)
             raise Undecodable(f"pixel data is {actual} bytes but the header ({self.cols}x{self.rows}, "
                               f"{self.samples} sample(s) of {self.bits_allocated} bits, {self.n_frames} frame(s)) "
                               f"implies {expected}: header and pixels disagree", path=self.path,
