@@ -26,6 +26,16 @@ def usedge(*args, cwd=None) -> subprocess.CompletedProcess:
                           timeout=180, env=env, cwd=cwd)
 
 
+def mjpg_avi(path: Path, frames: int = 60) -> Path:
+    """An MJPG AVI of random 320x240 frames (one JPEG per packet: easy to cut or damage)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (240, 320, 3), np.uint8))
+    writer.release()
+    return path
+
+
 def no_traceback(res: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in res.stderr, res.stderr
 
@@ -123,12 +133,7 @@ def test_results_file_is_replaced_only_when_the_batch_ends(tmp_path):
 def test_truncated_video_is_a_failed_file_after_its_readable_frames(runtime_model, tmp_path):
     """`usedge infer FILE` on a video cut short: the frames before are classified, then the file is a failure
     (exit 1) with the line `--stream` gives, not a success."""
-    path = tmp_path / "cine.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
-    rng = np.random.default_rng(0)
-    for _ in range(60):
-        writer.write(rng.integers(0, 255, (240, 320, 3), np.uint8))
-    writer.release()
+    path = mjpg_avi(tmp_path / "cine.avi")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     res = usedge("infer", runtime_model, path, "--out", tmp_path / "r.jsonl", "-q")
@@ -178,12 +183,7 @@ def test_a_damaged_packet_mid_video_is_passed_over(runtime_model, tmp_path):
     """One MJPG frame zeroed in the middle of a 60-frame AVI: the 59 others are classified (decoding goes on
     past the damaged packet), and the file is still reported as damaged (exit 1)."""
     pytest.importorskip("av", reason="packet-by-packet decoding is PyAV's")
-    path = tmp_path / "cine.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
-    rng = np.random.default_rng(0)
-    for _ in range(60):
-        writer.write(rng.integers(0, 255, (240, 320, 3), np.uint8))
-    writer.release()
+    path = mjpg_avi(tmp_path / "cine.avi")
     data = bytearray(path.read_bytes())
     starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
     data[starts[30]:starts[30] + 4000] = bytes(4000)
