@@ -55,9 +55,12 @@ def train_model(work: Path, train_dir: Path, args) -> tuple[Path, dict]:
     from usedge.train.model import build_model
     from usedge.train.trainer import fit, resolve_device, seed_everything
 
+    # the config the results file records (usedge's defaults when it ran): StepLR and the paper's focal alpha
+    # by class; pinned here so that a rerun trains the same model under today's defaults (cosine, balanced)
     cfg = load_config(None, {"data.image_size": args.size, "optim.epochs": args.epochs, "optim.lr": args.lr,
-                             "optim.step_size": max(args.epochs * 2 // 3, 1), "optim.batch_size": 16,
-                             "run.seed": 0, "run.threads": args.threads})
+                             "optim.schedule": "step", "optim.step_size": max(args.epochs * 2 // 3, 1),
+                             "loss.alpha": "epidermal_cyst=0.75,lipoma=0.75,pilomatricoma=0.25",
+                             "optim.batch_size": 16, "run.seed": 0, "run.threads": args.threads})
     seed_everything(0)
     ds = load_dataset(train_dir)
     # inner validation: 20% of the patients (the test cohort is separate patients altogether)
