@@ -159,6 +159,9 @@ def test_stream_outputs_never_replace_the_streamed_file(runtime_model, runtime_v
         assert res.returncode == 1 and "would overwrite the input scan1.mp4" in res.stderr, (option, res.stderr)
         no_traceback(res)
     assert Path(video).read_bytes() == before
+    res = usedge("infer", runtime_model, "--stream", video, "--summary", "/proc/usedge/s.json", "-q")
+    assert res.returncode == 1 and "cannot write into the folder of --summary" in res.stderr, res.stderr
+    assert "read" not in res.stderr          # refused before the stream ran (no summary line)
 
 
 def test_stream_frames_that_fail_are_written_and_a_bad_fps_is_one_line(runtime_model, tmp_path):

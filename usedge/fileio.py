@@ -82,3 +82,17 @@ def refuse_overwriting_inputs(out: str | Path, inputs: Iterable[str | Path], opt
             why = "" if path == target else " (outputs are named after inputs)"
             raise OutputError(f"{option} would overwrite the input {path.name}{why}",
                               path=out, hint=f"choose an {option} location that holds no inputs")
+
+
+def check_writable_folder(folder: str | Path, option: str) -> None:
+    """One-line OutputError now when a file cannot be written into `folder` (created if missing) later,
+    e.g. a summary written when a long stream ends. Tried with a temporary file, removed at once."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".usedge-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputError(f"cannot write into the folder of {option} ({exc.strerror or exc})", path=folder,
+                          hint=f"give {option} a path in a writable folder") from exc

@@ -225,6 +225,10 @@ def infer(
     _refuse_overwriting_the_model(model, stream, out=out, jsonl=jsonl, summary=summary, record=record)
     if fps is not None and not (math.isfinite(fps) and 0 < fps <= 1000):
         raise ConfigError(f"--fps {fps} is not a frame rate", hint="give frames per second, e.g. --fps 30")
+    if summary is not None:      # written at the end of the stream: a folder it cannot go into fails now
+        from usedge.fileio import check_writable_folder
+
+        check_writable_folder(Path(summary).parent, "--summary")
     budget = thread_budget(capture_threads=0 if stream is None else 1, model_threads=threads, spinning=spinning)
     clf = Classifier.load(model, backend, threads=budget.model_threads, spinning=budget.spinning,
                           opt_level=ort_opt_level, verify=verify)
