@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from usedge.errors import DataError
 from usedge.runtime.formats import IMAGE_SUFFIXES, expand_inputs
@@ -147,8 +147,11 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
                               mask_path=root / mask if mask else None,
                               bbox=_parse_bbox(r.get("bbox", ""), where)))
     notes = [] if any(has_pid) else [f"{manifest.name} has no patient_id: {ONE_PATIENT_PER_IMAGE}"]
-    listed = {r["path"].replace("\\", "/").split("/")[0] for r in rows}
-    left_out = sorted(p.name for p in _subfolders(root) if p.name not in listed and p.name != "masks" and _holds_images(p))
+    parts = [PurePosixPath(r["path"].replace("\\", "/")).parts for r in rows]
+    listed = {q[0] for q in parts if q}
+    within = all(len(q) > 1 and q[0] not in ("/", "..") for q in parts)     # every image in a subfolder of root
+    left_out = sorted(p.name for p in _subfolders(root)
+                      if within and p.name not in listed and p.name != "masks" and _holds_images(p))
     if left_out:
         notes.append(f"{manifest.name} lists no image in the folder(s) {', '.join(left_out)}: not part of this data set")
     return Dataset(root=root, class_names=list(names), samples=samples, notes=notes)
