@@ -113,7 +113,8 @@ class DicomFile:
         self.modality = str(ds.get("Modality", "") or "").strip().upper()
         if self.modality not in ("", "US") and not allow_any_modality:
             raise UnsupportedInput(f"DICOM Modality is {self.modality}, not US (ultrasound)", path=self.path,
-                                   hint="usedge classifies ultrasound; pass --any-modality to run it anyway")
+                                   hint="usedge classifies ultrasound; `usedge infer` and `usedge crop` take "
+                                        "--any-modality to run it anyway")
         try:
             self.rows, self.cols = int(ds.Rows), int(ds.Columns)
             self.samples = int(ds.get("SamplesPerPixel", 1))
