@@ -161,6 +161,7 @@ def test_server_survives_bad_uploads(client, image_bytes):
     for body in (b"x", b"\xff\xd8\xff" + b"\x00" * 50, b"BM" + b"\xff" * 40):
         assert client.post("/v1/predict", content=body, headers=AUTH).status_code in (400, 413, 415, 422)
     assert client.get("/healthz").json()["status"] == "ok"
+    assert client.head("/healthz").status_code == 200 and client.head("/").status_code in (200, 401)   # HEAD checks
     assert client.post("/v1/predict", content=image_bytes, headers=AUTH).status_code == 200
 
 

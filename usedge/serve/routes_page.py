@@ -13,7 +13,7 @@ from usedge.serve.state import TOKEN_COOKIE, state_of
 router = APIRouter()
 
 
-@router.get("/", include_in_schema=False)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
 def index(request: Request, token_param: str | None = Query(None, alias="token")):
     st = state_of(request)
     if st.token is not None and token_param is not None:
@@ -37,7 +37,7 @@ def static(request: Request, name: str):
     return Response(st.page[name], media_type=f"{media}; charset=utf-8")
 
 
-@router.get("/healthz")
+@router.api_route("/healthz", methods=["GET", "HEAD"])   # HEAD: load balancers' checks
 def healthz(request: Request):
     st = state_of(request)
     body = {"status": "ok", "model_sha256": st.classifier.model_sha256,
