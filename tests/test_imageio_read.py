@@ -135,3 +135,23 @@ def test_crop_cli_modes_and_errors(tmp_path, scanner_frames):
     assert "error" in lines[1] and "bad.png" in lines[1]["error"]
     r = runner.invoke(app, ["crop", str(tmp_path / "s.png"), "--out", str(out), "--crop", "preset:nope"])
     assert r.exit_code != 0 and "unknown crop preset" in str(r.exception)
+
+
+def test_damaged_jpeg_data_is_refused_not_classified(tmp_path, picture):
+    """A JPEG whose data is damaged mid-file still decodes in OpenCV and Pillow (a libjpeg warning on stderr,
+    the damaged part as gray blocks): usedge refuses it with libjpeg's own reason. The intact file reads."""
+    ok, buf = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    data = buf.tobytes()
+    half = len(data) // 2
+    zero_gap = data[:half] + bytes(len(data) - half - 2) + b"\xff\xd9"   # a zero-filled copy, end marker kept
+    flipped = bytearray(data)
+    for i in range(len(data) // 3, len(data) - 10, 97):
+        flipped[i] ^= 0x55
+    assert cv2.imdecode(np.frombuffer(zero_gap, np.uint8), cv2.IMREAD_UNCHANGED) is not None   # OpenCV lets it pass
+    for name, bad in (("gap.jpg", zero_gap), ("flipped.jpg", bytes(flipped))):
+        (tmp_path / name).write_bytes(bad)
+        with pytest.raises(InputError, match="damaged JPEG data") as err:
+            read_image(tmp_path / name)
+        assert name in str(err.value)
+    (tmp_path / "good.jpg").write_bytes(data)
+    assert read_image(tmp_path / "good.jpg").shape[:2] == picture.shape[:2]

@@ -170,6 +170,29 @@ def read_bytes(path: str | Path) -> bytes:
     return data
 
 
+# libjpeg's messages for damaged entropy-coded data (warnings that OpenCV and Pillow let pass)
+_JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end", "Bogus", "Unsupported marker", "Invalid", "Inconsistent",
+                "Huffman")
+
+
+def check_jpeg_data(data: bytes, name: str) -> None:
+    """Undecodable when libjpeg-turbo, decoding strictly (simplejpeg: its warnings raised), finds the JPEG's
+    data damaged. OpenCV and Pillow decode such a file with a warning on stderr only, the damaged part as
+    plausible gray blocks. Other refusals (e.g. 12-bit data it does not read) are left to OpenCV's decode;
+    without simplejpeg (a hand-trimmed install) nothing is checked."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, min_factor=8)
+    except ValueError as exc:
+        text = " ".join(str(exc).split())
+        if any(k in text for k in _JPEG_DAMAGE):
+            raise Undecodable(f"damaged JPEG data ({text})", path=name,
+                              hint="copy or export the image again") from exc
+
+
 def read_image_bytes(data: bytes, name: str = "upload", *, frame_index: int = 0, max_pixels: int = MAX_PIXELS,
                      allow_any_modality: bool = False) -> Decoded:
     """Bytes of one image or DICOM file -> one decoded frame (no temporary file). Typed InputError when unusable."""
@@ -188,6 +211,8 @@ def read_image_bytes(data: bytes, name: str = "upload", *, frame_index: int = 0,
     if (kind == "png" and b"IEND" not in data[-16:]) or (kind == "jpeg" and b"\xff\xd9" not in data[-64:]):
         raise Undecodable(f"truncated {kind.upper()} file (no end marker)", path=name,
                           hint="copy or export the image again")
+    if kind == "jpeg":
+        check_jpeg_data(data, name)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise Undecodable(f"cannot decode {kind.upper()} data (corrupt file?)", path=name,
