@@ -263,12 +263,13 @@ def test_cached_stream_path_gives_the_reference_model_input(probe, doppler, size
     Classifier's reused input buffer) feeds the model exactly what the reference path gives for the same
     crop box: prepare() of that box (and of the whole frame when it finds the same box), normalise()
     into a fresh array, and the quality gate's numpy.percentile definition."""
-    from usedge.runtime.quality import MIN_ECHO, MIN_RANGE, no_image_reason
+    from usedge.runtime.quality import FLAT_LEVELS, MAX_FLAT, MIN_ECHO, MIN_RANGE, no_image_reason
     from usedge.synth.scanner import ScannerScreen
 
     def reference_gate(px):
         lo, hi = (float(v) for v in np.percentile(px, [1, 99]))
-        return hi - lo < MIN_RANGE or float((px > lo + MIN_RANGE).mean()) < MIN_ECHO
+        flat = max(float((px == v).mean()) for v in range(FLAT_LEVELS[0], FLAT_LEVELS[1] + 1))
+        return hi - lo < MIN_RANGE or float((px > lo + MIN_RANGE).mean()) < MIN_ECHO or flat > MAX_FLAT
 
     rng = np.random.default_rng(len(probe) + doppler)
     bm = [bmode_image(s) for s in (20, 21, 22, 23)]
@@ -298,7 +299,7 @@ def test_cached_stream_path_gives_the_reference_model_input(probe, doppler, size
 
 def test_quality_gate_matches_numpy_percentile():
     """The histogram gate gives numpy.percentile's levels and the same decision and message."""
-    from usedge.runtime.quality import MIN_ECHO, MIN_RANGE, no_image_reason
+    from usedge.runtime.quality import FLAT_LEVELS, MAX_FLAT, MIN_ECHO, MIN_RANGE, no_image_reason
 
     def reference(px):
         lo, hi = (float(v) for v in np.percentile(px, [1, 99]))
@@ -307,6 +308,11 @@ def test_quality_gate_matches_numpy_percentile():
         echo = float((px > lo + MIN_RANGE).mean())
         if echo < MIN_ECHO:
             return f"almost no echoes ({echo:.0%} of the field of view; probe in air or lifted?)"
+        shares = [float((px == v).mean()) for v in range(FLAT_LEVELS[0], FLAT_LEVELS[1] + 1)]
+        level = FLAT_LEVELS[0] + int(np.argmax(shares))
+        if max(shares) > MAX_FLAT:
+            return (f"one flat grey level ({level}) covers {max(shares):.0%} of the image: a form, menu or "
+                    "drawing, not a scan")
         return None
 
     rng = np.random.default_rng(7)

@@ -168,8 +168,12 @@ def test_quality_gate_passes_real_screens_and_refuses_no_image(tmp_path, reliabi
     text = np.zeros((h, w, 3), np.uint8)
     cv2.putText(text, "FROZEN  GAIN 50  DEPTH 4cm", (20, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
     noisy_gray = (90 + np.random.default_rng(0).integers(0, 12, (h, w))).astype(np.uint8)   # a lit, empty screen
+    form = np.full((h, w, 3), 40, np.uint8)        # a patient form / lit menu: boxes and text on one grey
+    for k in range(4):
+        cv2.rectangle(form, (220, 30 + k * 80), (600, 70 + k * 80), (200, 200, 200), -1)
+        cv2.putText(form, "Field", (20, 60 + k * 80), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
     refused = {"gray": noisy_gray, "air": air,
-               "text": text}
+               "text": text, "form": form}
     for name, frame in refused.items():
         crop, _ = prepare(frame, PreprocessSpec(size=64))
         assert no_image_reason(crop), name

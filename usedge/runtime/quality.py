@@ -6,12 +6,15 @@ reverberation lines), or no B-mode field of view is found and the whole screen i
 text on black). Classifying such a frame gives a confident but meaningless label, so the pipeline
 gives it the state `no_image` (no label, no probabilities) instead.
 
-Measured on the uint8 model image (the crop, size x size, before normalisation), two criteria;
-either one means "no usable image":
+Measured on the uint8 model image (the crop, size x size, before normalisation), three criteria;
+any one means "no usable image":
 
     contrast   P99 - P1 of the pixel levels < MIN_RANGE levels           (a uniform field of view)
     echoes     fraction of pixels brighter than P1 + MIN_RANGE < MIN_ECHO  (dark: probe in air, or
                text and menus on black when no field of view is found and the whole screen is cropped)
+    flat       one grey level from FLAT_LEVELS covers more than MAX_FLAT of the image (a form, a
+               lit menu or a drawing: large areas of one exact value, which speckle never gives; black
+               and saturated white are left out, as gel, shadows and a high gain give them)
 
 Speckle texture (the step between neighbouring pixels) is not a criterion: a small field of view
 upsampled to 224 px is smooth (pydicom's examples_palette.dcm: mean step 0.94 levels at 224 px,
@@ -31,6 +34,8 @@ import numpy as np
 
 MIN_RANGE = 24          # levels (8 bit)
 MIN_ECHO = 0.10         # fraction of the model image
+MAX_FLAT = 0.30         # fraction of the model image at one grey level of FLAT_LEVELS
+FLAT_LEVELS = (16, 254)  # the levels that count (inclusive)
 
 
 def _percentile(cumulative: np.ndarray, q: float) -> float:
@@ -68,4 +73,9 @@ def no_image_reason(image: np.ndarray) -> str | None:
     echo = above / int(cumulative[-1])
     if echo < MIN_ECHO:
         return f"almost no echoes ({echo:.0%} of the field of view; probe in air or lifted?)"
+    a, b = FLAT_LEVELS
+    level = a + int(np.argmax(hist[a:b + 1]))
+    flat = int(hist[level]) / int(cumulative[-1])
+    if flat > MAX_FLAT:
+        return f"one flat grey level ({level}) covers {flat:.0%} of the image: a form, menu or drawing, not a scan"
     return None
