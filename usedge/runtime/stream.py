@@ -256,10 +256,9 @@ class StreamRunner:
         try:
             while not self.stop_event.is_set():
                 frame = self.slot.get(timeout=0.5)
-                self._report_source_failures()
+                self._report_source_failures()     # the reader records a failure before it closes the slot
                 if frame is None:
                     if self.slot.closed:
-                        self._report_source_failures()
                         break
                     continue
                 try:
