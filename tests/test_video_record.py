@@ -125,3 +125,45 @@ def test_without_pyav_one_line_and_an_mp4v_file(tmp_path):
     cap.release()
     with av.open(str(tmp_path / "rec.mp4")) as container:
         assert container.streams.video[0].codec_context.name == "mpeg4"      # MPEG-4 Part 2
+
+
+def _frames_of(path: Path) -> int:
+    return len(opencv_frames(path))
+
+
+def test_a_crash_mid_recording_leaves_a_playable_file_and_the_next_run_keeps_it(tmp_path, capfd):
+    """The process dies without closing (kill -9, power cut): the hidden partial file is a fragmented MP4
+    that plays up to its last fragment (a keyframe a second). The next recording to the same name keeps
+    it as rec.unfinished.mp4 instead of overwriting it."""
+    import subprocess
+    import sys
+
+    fps, n = 10, 75
+    code = ("import os, numpy as np\n"
+            "from usedge.runtime.sinks import VideoRecorderSink\n"
+            f"s = VideoRecorderSink({str(tmp_path / 'rec.mp4')!r}, fps={fps})\n"
+            f"for i in range({n}):\n"
+            "    s.write(None, np.full((96, 128, 3), (7 * i) % 256, np.uint8))\n"
+            "os._exit(9)\n")                                  # no close, no flush: as a crash
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 9, run.stderr
+    partial = tmp_path / ".rec.partial.mp4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]
+    survived = _frames_of(partial)
+    assert n - 3 * fps <= survived < n           # at most the last fragment(s) and the encoder's look-ahead are lost
+    _record(tmp_path / "rec.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.mp4", "rec.unfinished.mp4"]
+    assert _frames_of(tmp_path / "rec.unfinished.mp4") == survived
+    assert _frames_of(tmp_path / "rec.mp4") == FRAMES
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rec.unfinished.mp4" in err[0] and "did not finish" in err[0]
+
+
+def test_when_the_faststart_rewrite_fails_the_fragmented_recording_is_kept(tmp_path, capfd):
+    """The rewrite into an ordinary MP4 cannot write its file (here: a folder sits at its name): the
+    recording is not lost; the fragmented file becomes rec.mp4 and one line says so."""
+    (tmp_path / ".rec.partial.faststart.mp4").mkdir()
+    _record(tmp_path / "rec.mp4")
+    assert _frames_of(tmp_path / "rec.mp4") == FRAMES
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rec.mp4" in err[0] and "fragmented" in err[0]

@@ -6,8 +6,8 @@ Every sink has `write(pred, frame, overlay)`, `write_error(source, message)` and
 sink that wants it); `quit` set by a sink asks the live loop to stop. Streams (JSONL, CSV)
 are appended line by line so a crash loses at most the frame in flight; a batch of files
 (`results_sink(atomic=True)`) writes `<name>.partial` the same way and renames it at the end, so an
-earlier results file stays whole until the run ends; the video is written to a temporary file and
-renamed on close, so `out.mp4` is either complete or absent.
+earlier results file stays whole until the run ends; the video is written to a temporary file
+(a fragmented MP4 that plays up to a crash) and renamed on close, so `out.mp4` is either complete or absent.
 """
 
 from __future__ import annotations
@@ -206,6 +206,13 @@ class VideoRecorderSink(Sink):
     are padded by one edge pixel (yuv420p needs even sides); a frame of another size (a reconnected
     source) is resized to the first one. Written to a hidden `.<name>.partial<suffix>` beside the
     target and renamed on close, so `out.mp4` is either complete or absent.
+
+    A crash must not lose the recording: the partial .mp4 is a fragmented MP4 (a keyframe and a
+    fragment about every second, flushed per frame), which plays up to its last fragment if the
+    process dies (killed, power cut). A clean close remuxes it into an ordinary MP4 with its index
+    first (faststart), which browsers seek in and show the duration of; if that fails (disk full),
+    the fragmented file becomes `out.mp4`. A partial file that an earlier run left behind is kept
+    as `<name>.unfinished<suffix>` (one line says so), never overwritten.
     """
 
     needs_overlay = True
@@ -232,8 +239,25 @@ class VideoRecorderSink(Sink):
         except OSError as exc:
             raise OutputError(f"cannot write here ({exc.strerror})", path=self.path, hint="choose a writable folder") from exc
 
+    def _keep_unfinished(self) -> None:
+        """A partial file at our temporary name was left by a run that died: keep it under a visible name."""
+        if not self.tmp.exists():
+            return
+        for k in itertools.count(1):
+            keep = self.path.with_name(f"{self.path.stem}.unfinished{'' if k == 1 else k}{self.path.suffix}")
+            if not keep.exists():
+                break
+        try:
+            os.replace(self.tmp, keep)
+        except OSError as exc:
+            raise OutputError(f"cannot keep an earlier unfinished recording ({exc.strerror})", path=self.tmp,
+                              hint="move it away, or record to another name") from exc
+        print(f"usedge: an earlier run did not finish its recording; kept it as {keep.name} "
+              "(it plays up to where that run stopped)", file=sys.stderr, flush=True)
+
     def _open(self, w: int, h: int) -> None:
         self.size = (w + w % 2, h + h % 2)
+        self._keep_unfinished()
         if self.av is None:
             fourcc = cv2.VideoWriter_fourcc(*self.codec)
             self.writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, self.size)
@@ -243,14 +267,16 @@ class VideoRecorderSink(Sink):
         from fractions import Fraction
 
         try:
-            container = self.av.open(str(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
+            # fragmented and flushed per packet: what is on disk plays if the process dies (see the class)
+            container = self.av.open(str(self.tmp), mode="w", format="mp4", options={
+                "movflags": "+frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"})
         except (OSError, self.av.FFmpegError) as exc:
             raise OutputError(f"cannot write the video ({exc})", path=self.path,
                               hint="choose a writable folder") from exc
         stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
         stream.width, stream.height = self.size
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast"}
+        stream.options = {"crf": "20", "preset": "veryfast", "g": str(max(1, round(self.fps)))}  # a keyframe a second
         self.writer = (container, stream)
 
     @contextlib.contextmanager
@@ -299,9 +325,34 @@ class VideoRecorderSink(Sink):
                 finally:
                     container.close()
             if self.count:
+                if self.av is not None:
+                    self._faststart()
                 os.replace(self.tmp, self.path)
         with contextlib.suppress(OSError):
             self.tmp.unlink()
+
+    def _faststart(self) -> None:
+        """Remux the fragmented partial file into an ordinary MP4 with its index first, in place of it
+        (packets copied, nothing re-encoded). On failure the fragmented file stays, and says so."""
+        out = self.tmp.with_name(f"{self.tmp.stem}.faststart{self.tmp.suffix}")
+        try:
+            with self.av.open(str(self.tmp)) as src, \
+                    self.av.open(str(out), mode="w", format="mp4", options={"movflags": "+faststart"}) as dst:
+                video = src.streams.video[0]
+                copy = (dst.add_stream_from_template(video) if hasattr(dst, "add_stream_from_template")
+                        else dst.add_stream(template=video))          # PyAV < 14
+                for packet in src.demux(video):
+                    if packet.dts is None:          # the demuxer's end-of-stream marker
+                        continue
+                    packet.stream = copy
+                    dst.mux(packet)
+            os.replace(out, self.tmp)
+        except (OSError, self.av.FFmpegError) as exc:
+            print(f"usedge: {self.path.name}: kept as a fragmented MP4, which plays but may not seek in a browser "
+                  f"(could not rewrite it with its index first: {exc})", file=sys.stderr, flush=True)
+        finally:
+            with contextlib.suppress(OSError):
+                out.unlink()
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
