@@ -14,7 +14,7 @@ from usedge.runtime.classifier import Classifier
 from usedge.runtime.pipeline import FramePipeline, run_files
 from usedge.runtime.interrupts import _on_signal, interrupt_between_frames, whole_frame
 from usedge.runtime.sinks import JsonlSink, OverlayFolderSink, Sink
-from usedge.runtime.sources import read_image
+from usedge.runtime.formats import read_image
 
 
 @pytest.fixture(scope="module")

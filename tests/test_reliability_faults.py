@@ -433,7 +433,7 @@ def test_ctrl_c_in_file_mode(runtime_model, tmp_path, blank_video, reliability_l
 def test_shared_classifier_many_threads(runtime_model, runtime_images, reliability_ledger):
     """16 threads x 20 predictions on one Classifier: each result equals the single-threaded result for
     its own image (the old shared input buffer mixed images between threads)."""
-    from usedge.runtime.sources import read_image
+    from usedge.runtime.formats import read_image
 
     images = [read_image(p) for p in sorted(runtime_images.glob("*.png"))]
     clf = Classifier.load(runtime_model, threads=1)

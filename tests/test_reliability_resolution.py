@@ -180,7 +180,7 @@ def test_stream_cli_redetects_the_layout(two_size_ts, auto_crop_model, tmp_path,
 def test_a_new_size_is_never_a_frozen_repeat(auto_crop_model, runtime_images, reliability_ledger):
     """A frame one row shorter than the one before (its freeze sample has the same shape: 480 and 479
     rows both sample to 240) is a new screen: classified afresh, its crop inside the new frame."""
-    from usedge.runtime.sources import read_image
+    from usedge.runtime.formats import read_image
 
     frame = cv2.resize(read_image(sorted(runtime_images.glob("*.png"))[0]), (640, 480))
     with Classifier.load(auto_crop_model, threads=1) as clf:

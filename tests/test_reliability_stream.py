@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -251,10 +252,11 @@ def test_cli_stream_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, r
                            outputs_checked=len(lines) + 1)
 
 
-def test_cli_files_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, reliability_ledger):
+def test_cli_files_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, reliability_ledger, tmp_path):
     """Files mode with --out on the full tmpfs: exit 1 with one line, never a traceback."""
     out = small_tmpfs / "results.csv"
-    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), *[str(runtime_video)] * 3, "--format", "csv",
+    videos = [shutil.copy(runtime_video, tmp_path / f"scan{i}.mp4") for i in range(3)]   # one file named 3 times is read once
+    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), *map(str, videos), "--format", "csv",
                            "--out", str(out), "--backend", "ort-cpu", "--threads", "1"],
                           capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -48,7 +48,7 @@ def crop(
     from usedge.fileio import refuse_overwriting_inputs
     from usedge.runtime.batch import crop_files
     from usedge.runtime.crop import parse_crop
-    from usedge.runtime.formats import INPUT_SUFFIXES, drop_lesion_masks, expand_inputs
+    from usedge.runtime.formats import INPUT_SUFFIXES, drop_lesion_masks, drop_repeats, expand_inputs
     from usedge.runtime.preprocess import PreprocessSpec
 
     image_size = deprecated(image_size, size, old="--size", new="--image-size", default=224)
@@ -61,6 +61,8 @@ def crop(
     spec = PreprocessSpec(size=image_size, crop=crop_mode, remove_doppler=doppler, resize=resize)
     files, notes = expand_inputs(inputs, INPUT_SUFFIXES)
     files, left_out = drop_lesion_masks(inputs, files)
+    files, repeats = drop_repeats(files)
+    left_out += repeats
     for line in left_out:
         say(f"usedge: {line}")
     refuse_overwriting_inputs(out, files, "--out")

@@ -6,6 +6,7 @@ one crops.jsonl line per crop (and optional overlays of the boxes). Videos are r
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from usedge.errors import UsedgeError
 from usedge.fileio import write_text_atomic
 from usedge.runtime.crop import FrameCropper, prepare, prepare_all
 from usedge.runtime.dicom import is_dicom, open_dicom
-from usedge.runtime.formats import VIDEO_SUFFIXES, read_image
+from usedge.runtime.formats import VIDEO_SUFFIXES, read_pages
 from usedge.runtime.overlay import draw_crop
 from usedge.runtime.preprocess import PreprocessSpec
 from usedge.runtime.sinks import OutputNames, claim_output_folder, write_png
@@ -70,9 +71,11 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
             elif src.suffix.lower() in VIDEO_SUFFIXES:
                 regions, cropper, multi = None, None, True
                 frames = ((i, frame) for i, frame, _ in iter_file_frames(src) if i % every == 0)
-            else:
-                regions, cropper, multi = None, None, False
-                frames = iter([(0, read_image(src, allow_any_modality=allow_any_modality))])
+            else:      # a still; a multi-page TIFF is cropped like a cine (its pages with --all-frames)
+                pages = read_pages(src, every=every, allow_any_modality=allow_any_modality)
+                first = next(pages)
+                regions, cropper, multi = None, None, first.frames_in_file > 1
+                frames = itertools.chain([(0, first.frame)], ((d.frame_index, d.frame) for d in pages) if all_frames else ())
             for i, frame in frames:
                 results = crop_one(frame, regions, cropper)
                 for small, info in results:

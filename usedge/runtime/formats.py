@@ -5,8 +5,10 @@
     check_pixels(kind, w, h, name)    the ONE pixel limit (MAX_PIXELS per frame), checked before decoding
     expand_inputs(items)              -> (files, notes): files named and accepted files under folders
     drop_lesion_masks(items, files)   -> (files, lines): without the masks a data set's manifest.csv lists
+    drop_repeats(files)               -> (files, lines): each file once
     read_file(path) / read_image_bytes(data, name) -> Decoded (frame, kind, frames, index, DICOM regions)
     read_image(path)                  -> one frame (uint8/uint16; gray, BGR or BGRA as stored)
+    read_pages(path)                  -> each page of a still (a multi-page TIFF: one frame a page), lazily
 
 Every reader refuses a header that claims more than MAX_PIXELS pixels per frame before anything is
 decoded (a decompression bomb: a few KB of PNG can claim 10^10 pixels). DICOM headers are checked
@@ -21,6 +23,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -43,7 +46,7 @@ class Decoded:
 
     frame: np.ndarray           # H x W, H x W x 3 (BGR) or x 4 (BGRA); uint8/uint16
     kind: str                   # png | jpeg | bmp | tiff | webp | dicom
-    frames_in_file: int = 1     # DICOM cines hold several
+    frames_in_file: int = 1     # DICOM cines and multi-page TIFFs hold several
     frame_index: int = 0
     regions: list | None = None  # DICOM ultrasound region boxes (x, y, w, h), for the field of view
 
@@ -67,22 +70,64 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise ValueError("no SOF marker")
 
 
-def _tiff_size(data: bytes) -> tuple[int, int]:
+MAX_TIFF_PAGES = 100_000      # pages followed in a TIFF's chain of image directories (a loop stops earlier)
+MAX_TIFF_ENTRIES = 1 << 20    # directory entries read in all (about 0.5 s of parsing at worst)
+PAGES_AT_ONCE = 16            # later TIFF pages decoded together (StillPages._page)
+
+
+def _tiff_pages(data: bytes, limit: int = MAX_TIFF_PAGES) -> list[tuple[int, int, int]]:
+    """(directory index, width, height) of each full-resolution page of a TIFF, in file order (the
+    first `limit` of them).
+
+    Follows the chain of image file directories (IFDs); a directory marked as a reduced-resolution
+    copy (NewSubfileType bit 0: a thumbnail or preview) is not a page. The directory index is what
+    OpenCV counts pages by. ValueError when the first directory has no size; a damaged chain after a
+    good directory ends the list there (what OpenCV can decode of it). At most MAX_TIFF_ENTRIES
+    directory entries are read in all, so a hostile chain of overlapping directories stays cheap.
+    """
     end = "<" if data[:2] == b"II" else ">"
     big = data[2:4] == (b"\x2b\x00" if end == "<" else b"\x00\x2b")          # BigTIFF
     off = struct.unpack(end + ("Q" if big else "I"), data[8:16] if big else data[4:8])[0]
-    count = struct.unpack(end + ("Q" if big else "H"), data[off:off + (8 if big else 2)])[0]
-    base, entry, vals = off + (8 if big else 2), (20 if big else 12), {}
-    for k in range(min(count, 4096)):
-        e = base + k * entry
-        tag, typ = struct.unpack(end + "HH", data[e:e + 4])
-        if tag in (256, 257):
-            fmt = {3: "H", 4: "I", 16: "Q"}.get(typ, "I")
-            at = e + (12 if big else 8)
-            vals[tag] = struct.unpack(end + fmt, data[at:at + struct.calcsize(fmt)])[0]
-    if 256 not in vals or 257 not in vals:
-        raise ValueError("no ImageWidth/ImageLength tags")
-    return vals[256], vals[257]
+    pages, seen, budget = [], set(), MAX_TIFF_ENTRIES
+    for index in range(MAX_TIFF_PAGES):
+        if off == 0 or off in seen or len(pages) >= limit:
+            break
+        seen.add(off)
+        try:
+            count = struct.unpack(end + ("Q" if big else "H"), data[off:off + (8 if big else 2)])[0]
+            base, entry, vals = off + (8 if big else 2), (20 if big else 12), {}
+            budget -= min(count, 4096)
+            if budget < 0:
+                if not pages:
+                    raise ValueError("too many directory entries")
+                break
+            for k in range(min(count, 4096)):
+                e = base + k * entry
+                tag, typ = struct.unpack(end + "HH", data[e:e + 4])
+                if tag in (254, 256, 257):
+                    fmt = {3: "H", 4: "I", 16: "Q"}.get(typ, "I")
+                    at = e + (12 if big else 8)
+                    vals[tag] = struct.unpack(end + fmt, data[at:at + struct.calcsize(fmt)])[0]
+            link = base + min(count, 4096) * entry
+            off = struct.unpack(end + ("Q" if big else "I"), data[link:link + (8 if big else 4)])[0]
+        except struct.error:
+            if not pages:
+                raise
+            break
+        if 256 not in vals or 257 not in vals:
+            if not pages:
+                raise ValueError("no ImageWidth/ImageLength tags")
+            break
+        if not vals.get(254, 0) & 1:
+            pages.append((index, vals[256], vals[257]))
+    if not pages:
+        raise ValueError("no full-resolution page")
+    return pages
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    _, w, h = _tiff_pages(data, limit=1)[0]
+    return w, h
 
 
 def _webp_size(data: bytes) -> tuple[int, int]:
@@ -193,34 +238,71 @@ def check_jpeg_data(data: bytes, name: str) -> None:
                               hint="copy or export the image again") from exc
 
 
+class StillPages:
+    """The pages of one still image file's bytes: len() pages (several for a multi-page TIFF, else 1);
+    [i] -> Decoded, decoded when asked for (the header is parsed once). Typed InputError when unusable."""
+
+    def __init__(self, data: bytes, name: str = "upload", *, max_pixels: int = MAX_PIXELS) -> None:
+        if not data:
+            raise Undecodable("empty file (0 bytes)", path=name, hint="copy the file again")
+        self.data, self.name, self.max_pixels = data, name, max_pixels
+        self.kind, w, h = probe(data, name)
+        self.pages = _tiff_pages(data) if self.kind == "tiff" else [(0, w, h)]     # a multi-page TIFF: one frame a page
+        self._decoded: dict[int, np.ndarray] = {}      # later TIFF pages decoded ahead (_page)
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+    def __getitem__(self, frame_index: int) -> Decoded:
+        data, name, kind, n = self.data, self.name, self.kind, len(self.pages)
+        if not 0 <= frame_index < n:
+            raise NoSuchFrame(f"frame {frame_index} does not exist: this {kind.upper()} has {n} "
+                              f"{'page' if kind == 'tiff' else 'frame'}{'s' if n > 1 else ''}", path=name,
+                              hint=f"use a frame from 0 to {n - 1}")
+        directory, w, h = self.pages[frame_index]
+        check_pixels(kind, w, h, name, self.max_pixels)
+        if (kind == "png" and b"IEND" not in data[-16:]) or (kind == "jpeg" and b"\xff\xd9" not in data[-64:]):
+            raise Undecodable(f"truncated {kind.upper()} file (no end marker)", path=name,
+                              hint="copy or export the image again")
+        if kind == "jpeg":
+            check_jpeg_data(data, name)
+        if directory == 0:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        else:
+            image = self._page(frame_index)
+        if image is None or image.size == 0:
+            raise Undecodable(f"cannot decode {kind.upper()} data (corrupt file?)", path=name,
+                              hint="copy or export the image again")
+        if image.shape[:2] != (h, w):
+            raise Undecodable(f"{kind.upper()} decoded to {image.shape[1]}x{image.shape[0]}, header says {w}x{h}",
+                              path=name, hint="the file is damaged; re-export it")
+        return Decoded(image, kind, n, frame_index)
+
+    def _page(self, frame_index: int) -> np.ndarray | None:
+        """A later TIFF page. OpenCV finds page k by walking the k directories before it, so pages are
+        decoded a few at a time (up to PAGES_AT_ONCE consecutive ones of at most max_pixels each, about
+        64 Mpx in all) and kept until asked for: reading every page stays linear in their number."""
+        directory = self.pages[frame_index][0]
+        if directory not in self._decoded:
+            end, total = directory + 1, self.pages[frame_index][1] * self.pages[frame_index][2]
+            for d, w, h in self.pages[frame_index + 1:frame_index + PAGES_AT_ONCE]:
+                if d != end or w * h > self.max_pixels or total + w * h > 64_000_000:
+                    break
+                end, total = d + 1, total + w * h
+            ok, mats = cv2.imdecodemulti(np.frombuffer(self.data, np.uint8), cv2.IMREAD_UNCHANGED, range=(directory, end))
+            self._decoded = {directory + k: m for k, m in enumerate(mats)} if ok else {}
+        return self._decoded.pop(directory, None)
+
+
 def read_image_bytes(data: bytes, name: str = "upload", *, frame_index: int = 0, max_pixels: int = MAX_PIXELS,
                      allow_any_modality: bool = False) -> Decoded:
     """Bytes of one image or DICOM file -> one decoded frame (no temporary file). Typed InputError when unusable."""
-    if not data:
-        raise Undecodable("empty file (0 bytes)", path=name, hint="copy the file again")
-    kind, w, h = probe(data, name)
-    if kind == "dicom":
+    if data and sniff(data, name) == "dicom":
         from usedge.runtime.dicom import DicomFile
 
         d = DicomFile(data, name=name, max_pixels=max_pixels, allow_any_modality=allow_any_modality)
-        return Decoded(d.frame(frame_index), kind, d.n_frames, frame_index, d.raw_regions or None)
-    check_pixels(kind, w, h, name, max_pixels)
-    if frame_index != 0:
-        raise NoSuchFrame(f"frame {frame_index} does not exist: a {kind.upper()} has 1 frame", path=name,
-                          hint="use frame 0")
-    if (kind == "png" and b"IEND" not in data[-16:]) or (kind == "jpeg" and b"\xff\xd9" not in data[-64:]):
-        raise Undecodable(f"truncated {kind.upper()} file (no end marker)", path=name,
-                          hint="copy or export the image again")
-    if kind == "jpeg":
-        check_jpeg_data(data, name)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise Undecodable(f"cannot decode {kind.upper()} data (corrupt file?)", path=name,
-                          hint="copy or export the image again")
-    if image.shape[:2] != (h, w):
-        raise Undecodable(f"{kind.upper()} decoded to {image.shape[1]}x{image.shape[0]}, header says {w}x{h}",
-                          path=name, hint="the file is damaged; re-export it")
-    return Decoded(image, kind)
+        return Decoded(d.frame(frame_index), "dicom", d.n_frames, frame_index, d.raw_regions or None)
+    return StillPages(data, name, max_pixels=max_pixels)[frame_index]
 
 
 def read_file(path: str | Path, *, frame_index: int = 0, max_pixels: int = MAX_PIXELS,
@@ -228,6 +310,19 @@ def read_file(path: str | Path, *, frame_index: int = 0, max_pixels: int = MAX_P
     """An image or DICOM file -> one decoded frame and, for DICOM, its raw ultrasound region boxes."""
     return read_image_bytes(read_bytes(path), str(path), frame_index=frame_index, max_pixels=max_pixels,
                             allow_any_modality=allow_any_modality)
+
+
+def read_pages(path: str | Path, *, every: int = 1, allow_any_modality: bool = False) -> Iterator[Decoded]:
+    """Every `every`-th page of a still image file, lazily (a multi-page TIFF has several; other stills
+    one): the file is read once, each page decoded when it is asked for. A DICOM gives its first frame
+    (its frames: usedge.runtime.dicom)."""
+    data = read_bytes(path)
+    if sniff(data, str(path)) == "dicom":
+        yield read_image_bytes(data, str(path), allow_any_modality=allow_any_modality)
+        return
+    pages = StillPages(data, str(path))
+    for i in range(0, len(pages), every):
+        yield pages[i]
 
 
 def read_image(path: str | Path, *, frame_index: int = 0, allow_any_modality: bool = False) -> np.ndarray:
@@ -268,6 +363,25 @@ def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFF
                     found.append(p)
         files += sorted(found)
     return files, sorted(notes)
+
+
+def drop_repeats(files: list[Path]) -> tuple[list[Path], list[str]]:
+    """`files` with each file once (the same file named twice, through a folder and by name, or by
+    another path or link: the first stays), and one line per repeated file for the caller to print."""
+    first: dict[str, Path] = {}
+    times: dict[str, int] = {}
+    other: dict[str, list[str]] = {}
+    for f in files:
+        key = os.path.realpath(f)
+        if key in first:
+            times[key] += 1
+            if str(f) != str(first[key]) and str(f) not in other[key]:
+                other[key].append(str(f))
+        else:
+            first[key], times[key], other[key] = f, 1, []
+    lines = [f"{first[k]}: named {n} times in the inputs" + (f" (also as {', '.join(other[k])})" if other[k] else "")
+             + ": read once" for k, n in times.items() if n > 1]
+    return list(first.values()), lines
 
 
 def drop_lesion_masks(items: list[str | Path], files: list[Path]) -> tuple[list[Path], list[str]]:

@@ -31,7 +31,7 @@ import numpy as np
 
 from usedge.errors import InputError, StreamError, Undecodable, UsedgeError
 from usedge.runtime.dicom import is_dicom, open_dicom
-from usedge.runtime.formats import VIDEO_SUFFIXES, read_bytes, read_image
+from usedge.runtime.formats import VIDEO_SUFFIXES, StillPages, read_bytes, read_pages
 from usedge.runtime.threads import lower_this_thread
 
 DEFAULT_FPS = 30.0
@@ -78,7 +78,8 @@ def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False
         finally:
             reader.close()
         return
-    yield 0, read_image(path, allow_any_modality=allow_any_modality), None
+    for page in read_pages(path, allow_any_modality=allow_any_modality):     # a multi-page TIFF: each page
+        yield page.frame_index, page.frame, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,6 +128,20 @@ class ArrayReader(FrameReader):
     def skip(self) -> bool:
         self._i += 1
         return self._i <= len(self.frames)
+
+
+class _StillFrames:
+    """The pages of a still image file (one; each page of a multi-page TIFF) as ArrayReader's frames,
+    each decoded when it is read."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.pages = StillPages(read_bytes(path), str(path))
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.pages[i].frame
 
 
 class DicomCineReader(FrameReader):
@@ -463,7 +478,7 @@ def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_ti
         return DicomCineReader(path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoFileReader(path)
-    return ArrayReader([read_image(path)], str(path), None)
+    return ArrayReader(_StillFrames(path), str(path), None)
 
 
 # --------------------------------------------------------------------------------------------

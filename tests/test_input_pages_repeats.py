@@ -1,0 +1,119 @@
+"""A multi-page TIFF is read page by page (each page a frame, like a DICOM cine), never silently as its first
+page; a file named more than once among the inputs is read once, with one line saying so."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from usedge.errors import InputTooLarge, NoSuchFrame
+from usedge.runtime.formats import StillPages, drop_repeats, read_file, read_image_bytes, read_pages
+from usedge.runtime.sources import iter_file_frames, open_source
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def usedge(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "usedge", *map(str, args)], capture_output=True, text=True,
+                          timeout=180, env=env)
+
+
+def stack(path: Path, pages: list[np.ndarray]) -> Path:
+    assert cv2.imwritemulti(str(path), pages)
+    return path
+
+
+@pytest.fixture()
+def three_pages(runtime_images):
+    return [cv2.imread(str(p)) for p in sorted(Path(runtime_images).glob("*.png"))][:3]
+
+
+def test_each_page_is_a_frame(tmp_path):
+    pages = [np.full((40, 60), 30 * (i + 1), np.uint8) for i in range(3)] + [np.full((20, 30, 3), 200, np.uint8)]
+    path = stack(tmp_path / "s.tif", pages)
+    for i, page in enumerate(pages):
+        d = read_file(path, frame_index=i)
+        assert (d.kind, d.frames_in_file, d.frame_index) == ("tiff", 4, i)
+        assert np.array_equal(d.frame, page)                  # pages of other sizes and colours too
+    assert [int(d.frame.mean()) for d in read_pages(path)] == [30, 60, 90, 200]
+    assert [d.frame_index for d in read_pages(path, every=2)] == [0, 2]
+    assert [(i, int(f.mean())) for i, f, _ in iter_file_frames(path)] == [(0, 30), (1, 60), (2, 90), (3, 200)]
+    with pytest.raises(NoSuchFrame, match="4 pages") as err:
+        read_file(path, frame_index=4)
+    assert "s.tif" in str(err.value)
+    one = stack(tmp_path / "one.tif", pages[:1])
+    assert read_file(one).frames_in_file == 1
+    with pytest.raises(NoSuchFrame, match="1 page\\b"):
+        read_file(one, frame_index=1)
+    reader = open_source(str(path))                               # --stream stack.tif: every page, in order
+    reader.open()
+    assert [int(reader.read().mean()) for _ in range(4)] == [30, 60, 90, 200] and reader.read() is None
+
+
+def test_a_thumbnail_directory_is_not_a_page(tmp_path):
+    """A reduced-resolution copy (NewSubfileType 1: a preview some exporters add) is not a frame."""
+    from PIL import Image, TiffImagePlugin
+
+    path = tmp_path / "t.tif"
+    big, thumb = Image.fromarray(np.full((40, 60), 90, np.uint8)), Image.fromarray(np.full((10, 15), 5, np.uint8))
+    with TiffImagePlugin.AppendingTiffWriter(str(path), new=True) as tf:
+        for image, extra in ((big, {}), (thumb, {254: 1}), (big, {})):
+            image.save(tf, format="TIFF", tiffinfo=extra)
+            tf.newFrame()
+    assert cv2.imcount(str(path)) == 3                      # OpenCV counts the preview as a page
+    assert read_file(path).frames_in_file == 2
+    assert [(d.frame_index, d.frame.shape, int(d.frame.mean())) for d in read_pages(path)] == [(0, (40, 60), 90),
+                                                                                               (1, (40, 60), 90)]
+
+
+def test_a_bomb_on_a_later_page_is_refused_when_that_page_is_read(tmp_path):
+    path = stack(tmp_path / "b.tif", [np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)])
+    data = path.read_bytes()
+    assert read_image_bytes(data, "b.tif", frame_index=1).frame.shape == (8, 8)
+    with pytest.raises(InputTooLarge, match="Mpx"):
+        read_image_bytes(data, "b.tif", frame_index=1, max_pixels=32)
+    # pages are decoded a few at a time: never together with a later page over the limit
+    path = stack(tmp_path / "c.tif", [np.full((8, 8), 10 * i, np.uint8) for i in range(3)] + [np.zeros((16, 16), np.uint8)])
+    pages = StillPages(path.read_bytes(), "c.tif", max_pixels=100)
+    assert [int(pages[i].frame.mean()) for i in range(3)] == [0, 10, 20]
+    with pytest.raises(InputTooLarge, match="c.tif"):
+        pages[3]
+
+
+def test_infer_and_crop_read_every_page(tmp_path, runtime_model, three_pages):
+    path = stack(tmp_path / "loop.tif", three_pages)
+    res = usedge("infer", runtime_model, path, "--out", tmp_path / "r.jsonl", "-q")
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in lines] == [0, 1, 2] and all(r["label"] for r in lines)
+    res = usedge("crop", path, "--out", tmp_path / "crops", "--all-frames", "-q")
+    assert res.returncode == 0, res.stderr
+    crops = [json.loads(x) for x in (tmp_path / "crops" / "crops.jsonl").read_text().splitlines()]
+    assert [c["frame"] for c in crops] == [0, 1, 2]
+    res = usedge("crop", path, "--out", tmp_path / "first", "-q")          # as a cine without --all-frames: frame 0
+    assert res.returncode == 0, res.stderr
+    assert len((tmp_path / "first" / "crops.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_file_named_twice_is_read_once(tmp_path, runtime_model, runtime_images):
+    scans = tmp_path / "scans"
+    shutil.copytree(runtime_images, scans)
+    first = sorted(scans.glob("*.png"))[0]
+    (tmp_path / "link.png").symlink_to(first)
+    kept, lines = drop_repeats([first, scans / ".." / "scans" / first.name, first])
+    assert kept == [first] and lines == [f"{first}: named 3 times in the inputs (also as {scans}/../scans/{first.name}): read once"]
+    res = usedge("infer", runtime_model, scans, first, tmp_path / "link.png", "--out", tmp_path / "r.jsonl", "-q")
+    assert res.returncode == 0, res.stderr
+    n = len(list(scans.glob("*.png")))
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == n
+    notes = [line for line in res.stderr.splitlines() if "times in the inputs" in line]
+    assert len(notes) == 1 and "named 3 times" in notes[0] and "link.png" in notes[0] and "read once" in notes[0]
