@@ -1,5 +1,6 @@
-"""A multi-page TIFF is read page by page (each page a frame, like a DICOM cine), never silently as its first
-page; a file named more than once among the inputs is read once, with one line saying so."""
+"""Input files from the outside: a multi-page TIFF is read page by page (each page a frame, like a DICOM
+cine), never silently as its first page; a file named more than once among the inputs is read once, with
+one line saying so; a broken video gives usedge's one line, without OpenCV's or FFmpeg's own log lines."""
 
 from __future__ import annotations
 
@@ -117,3 +118,12 @@ def test_a_file_named_twice_is_read_once(tmp_path, runtime_model, runtime_images
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == n
     notes = [line for line in res.stderr.splitlines() if "times in the inputs" in line]
     assert len(notes) == 1 and "named 3 times" in notes[0] and "link.png" in notes[0] and "read once" in notes[0]
+
+
+def test_a_broken_video_gives_one_line_without_opencv_or_ffmpeg_log_lines(tmp_path, runtime_model, runtime_video):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(Path(runtime_video).read_bytes()[:600])          # no index (moov): cannot be opened
+    res = usedge("infer", runtime_model, "--stream", cut, "-q")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [f"usedge: {cut}: cannot open this video — check the file and that "
+                                               "FFmpeg (PyAV or OpenCV) can decode its codec"], res.stderr
