@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -198,3 +199,39 @@ def test_damaged_cine_frames_are_passed_over_and_named(tmp_path):
     assert got == [i for i in range(30) if i not in (3, 5)]
     assert "2 of 30 frames could not be decoded (frame 3, 5" in str(err.value)
     assert "damaged" in str(err.value) and "pip install" not in str(err.value)
+
+
+def test_a_damaged_jpeg_frame_is_refused_not_read_as_gray_blocks(tmp_path):
+    """A zero-filled gap in one frame's JPEG data (its end marker kept) decodes in pydicom without an error,
+    as gray blocks; it is refused like a damaged JPEG file, and the cine's other frames are still read."""
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+
+    ds = pydicom.dcmread(pydicom_file("examples_ybr_color.dcm"))
+    frames = [b"".join(f) for f in generate_fragmented_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))]
+    half = len(frames[7]) // 2
+    frames[7] = frames[7][:half] + bytes(len(frames[7]) - half - 2) + b"\xff\xd9"
+    ds.PixelData = encapsulate(frames)
+    ds.save_as(tmp_path / "gap.dcm")
+    from pydicom.pixels import pixel_array
+
+    assert pixel_array(pydicom.dcmread(tmp_path / "gap.dcm"), index=7).shape == (240, 320, 3)   # pydicom lets it pass
+    d = open_dicom(tmp_path / "gap.dcm")
+    with pytest.raises(InputError, match="frame 7 of 30: damaged JPEG data") as err:
+        d.frame(7)
+    assert "gap.dcm" in str(err.value)
+    got = []
+    with pytest.raises(InputError, match="1 of 30 frames could not be decoded \\(frame 7;"):
+        for i, _ in d.frames():
+            got.append(i)
+    assert got == [i for i in range(30) if i != 7]
+    assert np.array_equal(d.frame(6), open_dicom(pydicom_file("examples_ybr_color.dcm")).frame(6))
+
+
+def test_a_damaged_transfer_syntax_uid_is_one_line_naming_it(tmp_path):
+    """The file meta's TransferSyntaxUID damaged into a UID that is no transfer syntax (found by the
+    byte-mutation property test): one line that says so, not a ValueError from pydicom."""
+    data = Path(pydicom_file("examples_rgb_color.dcm")).read_bytes()
+    assert data.count(b"1.2.840.10008.1.2.1\x00") == 1
+    (tmp_path / "uid.dcm").write_bytes(data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.9.2.1\x00"))
+    with pytest.raises(InputError, match="uid.dcm.*'1.2.840.10008.9.2.1' is not a known one"):
+        open_dicom(tmp_path / "uid.dcm").frame(0)

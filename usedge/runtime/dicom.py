@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from usedge.errors import InputError, NoSuchFrame, Undecodable, UnsupportedInput
-from usedge.runtime.formats import DICOM_SUFFIXES, MAX_PIXELS, check_pixels, read_bytes
+from usedge.runtime.formats import DICOM_SUFFIXES, MAX_PIXELS, check_jpeg_data, check_pixels, read_bytes
 from usedge.runtime.pixels import standard_depth
 
 # transfer syntax UID -> (name, packages that decode it with pydicom 3)
@@ -39,6 +39,11 @@ _DECODERS = {
     "1.2.840.10008.1.2.4.203": ("HTJ2K", "pylibjpeg pylibjpeg-openjpeg", ""),
     "1.2.840.10008.1.2.5": ("RLE Lossless", "pylibjpeg pylibjpeg-rle", ""),
 }
+
+
+# JPEG Baseline and Extended: every frame's data is checked strictly by libjpeg-turbo first
+# (formats.check_jpeg_data; data it does not read, e.g. 12-bit, is left to pydicom's decoders)
+STRICT_JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -70,6 +75,10 @@ class UltrasoundRegion:
 
 
 def _missing_decoder_hint(uid: str, exc: Exception) -> str:
+    from pydicom.uid import UID
+
+    if uid and not UID(uid).is_transfer_syntax:
+        return f"transfer syntax {uid!r} is not a known one (a damaged header?): export the file again"
     name, first, other = _DECODERS.get(uid, (f"transfer syntax {uid}", "", ""))
     if first:
         return f"{name} pixel data needs a decoder: pip install {first}" + (f" (or: pip install {other})" if other else "")
@@ -148,7 +157,9 @@ class DicomFile:
         from pydicom.pixels.utils import get_expected_length
         from pydicom.uid import UID
 
-        if "PixelData" not in self._ds or (self.transfer_syntax and UID(self.transfer_syntax).is_encapsulated):
+        syntax = UID(self.transfer_syntax) if self.transfer_syntax else None
+        # compressed data has no fixed length; an unknown (damaged) syntax is left to the decoder's error
+        if "PixelData" not in self._ds or (syntax is not None and (not syntax.is_transfer_syntax or syntax.is_encapsulated)):
             return
         try:
             expected = int(get_expected_length(self._ds, "bytes"))
@@ -246,6 +257,8 @@ class DicomFile:
         if not 0 <= index < self.n_frames:
             raise NoSuchFrame(f"frame {index} does not exist: the file has {self.n_frames} frame(s)", path=self.path,
                               hint=f"use a frame index from 0 to {self.n_frames - 1}")
+        if self.transfer_syntax in STRICT_JPEG_SYNTAXES:
+            self._check_jpeg_frame(index)
         try:
             # allow_excess_frames=False: pixel bytes beyond NumberOfFrames (padding, a bad header) are not frames
             arr = pixel_array(self._ds, index=index if self.n_frames > 1 else None, allow_excess_frames=False)
@@ -280,6 +293,23 @@ class DicomFile:
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)  # pydicom gives RGB
         return np.ascontiguousarray(arr)
+
+    def _check_jpeg_frame(self, index: int) -> None:
+        """A JPEG frame whose data is damaged (a zero-filled gap, flipped bits) is refused, as a JPEG file
+        is (formats.check_jpeg_data): pydicom's decoders give such a frame as plausible gray blocks with
+        a warning at most. A frame that cannot even be found is left to the decode, which reports it."""
+        from pydicom.encaps import get_frame
+
+        try:
+            data = get_frame(self._ds.PixelData, index, number_of_frames=self.n_frames)
+        except Exception:  # noqa: BLE001 - a damaged encapsulation: pixel_array reports it
+            return
+        try:
+            check_jpeg_data(data, self.path)
+        except Undecodable as exc:
+            if self.n_frames == 1:
+                raise
+            raise Undecodable(f"frame {index} of {self.n_frames}: {exc.message}", path=exc.path, hint=exc.hint) from exc
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
         """Every frame in order. A cine frame that cannot be decoded (damaged data) is passed over and the
