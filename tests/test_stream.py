@@ -379,3 +379,49 @@ def test_url_source_reconnects_at_end_of_stream_and_gives_up_when_server_is_gone
     reader = open_source(url)
     with pytest.raises(StreamError, match="cannot open live source"):   # gone at start: one clear line
         _runner(clf, reader).run()
+
+def test_url_source_hands_over_each_frame_at_its_own_size(tmp_path):
+    """An MPEG-TS whose resolution changes half-way, behind a real HTTP server: the frames after the
+    change arrive at 640x480 (OpenCV's FFmpeg backend would scale them to the first 320x240)."""
+    import functools
+    import http.server
+    from fractions import Fraction
+
+    av = pytest.importorskip("av")
+    parts = []
+    for (w, h), level in (((320, 240), 60), ((640, 480), 120)):
+        path = tmp_path / f"{w}.ts"
+        with av.open(str(path), "w", format="mpegts") as c:
+            st = c.add_stream("libx264", rate=Fraction(30))
+            st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+            for i in range(15):
+                img = np.full((h, w, 3), level, np.uint8)
+                img[::8] = 255
+                for packet in st.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                    c.mux(packet)
+            for packet in st.encode():
+                c.mux(packet)
+        parts.append(path.read_bytes())
+    (tmp_path / "switch.ts").write_bytes(b"".join(parts))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reader = open_source(f"http://127.0.0.1:{server.server_address[1]}/switch.ts")
+        reader.open()
+        shapes = []
+        while (frame := reader.read()) is not None:
+            shapes.append(frame.shape[:2])
+        reader.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reader.live and shapes == [(240, 320)] * 15 + [(480, 640)] * 15
+
+
+def test_a_url_that_cannot_be_opened_is_one_line_without_its_secrets():
+    reader = open_source("rtsp://admin:SECRET@127.0.0.1:9/live?token=SECRET")
+    with pytest.raises(StreamError, match="cannot open live source") as err:
+        reader.open()
+    assert "SECRET" not in str(err.value) and "\n" not in str(err.value)

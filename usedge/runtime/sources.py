@@ -328,7 +328,7 @@ def _quiet_opencv():
 
 
 class CaptureReader(FrameReader):
-    """A live OpenCV capture: camera index, device path, URL (RTSP/HTTP) or GStreamer pipeline."""
+    """A live OpenCV capture: camera index, device path or GStreamer pipeline (URLs: NetworkStreamReader)."""
 
     live = True
 
@@ -359,6 +359,75 @@ class CaptureReader(FrameReader):
         if self.cap is not None:
             self.cap.release()
             self.cap = None
+
+
+class NetworkStreamReader(VideoFileReader):
+    """A live network stream (RTSP, HTTP(S), ...) decoded by PyAV (FFmpeg) at each frame's own size.
+
+    OpenCV's FFmpeg backend scales every frame to the size of the stream's first frame, so a source
+    whose resolution changes (an encoder box following the scanner's output, a scanner switching
+    presets) would reach the cropper squeezed and the resolution-change handling would never see it;
+    PyAV hands over each frame as decoded. Without PyAV, OpenCV reads it.
+    Reading fails (network gone, stream ended) -> None, and the capture thread reconnects.
+    """
+
+    live = True
+    OPEN_TIMEOUT_S = 10.0       # connecting and reading the stream's header
+    READ_TIMEOUT_S = 5.0        # no data for this long: the read fails (then reconnect)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+        self.name = redact_source(url)
+        self._why = ""
+
+    def open(self) -> None:
+        self.position, self.ended_early, self.damaged = 0, "", 0
+        try:
+            import av  # noqa: F401
+        except ImportError:
+            self._open_opencv()
+            return
+        if not self._open_pyav():       # not OpenCV as well: its FFmpeg would fail the same way, 30 s later
+            raise StreamError(f"cannot open live source ({self._why})", path=self.name,
+                              hint="check the URL, the network and the credentials")
+
+    def _open_pyav(self) -> bool:
+        import av
+
+        try:
+            container = av.open(self.url, timeout=(self.OPEN_TIMEOUT_S, self.READ_TIMEOUT_S))
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            self._why = redact_source(" ".join(str(getattr(exc, "strerror", "") or exc).split()))
+            return False
+        if not container.streams.video:
+            container.close()
+            self._why = "no video stream"
+            return False
+        stream = container.streams.video[0]
+        if self.decode_threads:
+            stream.codec_context.thread_count = int(self.decode_threads)
+        rate = stream.guessed_rate or stream.average_rate
+        self.fps = float(rate) if rate and 0 < rate < 1000 else None
+        self._container, self._frames, self.backend = container, self._decoded(container, stream), "pyav"
+        return True
+
+    def _open_opencv(self) -> None:
+        with _quiet_opencv():  # OpenCV's own open warnings would repeat on every reconnect attempt
+            self.cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG)
+        if not self.cap.isOpened():
+            self.cap.release()
+            self.cap = None
+            raise StreamError("cannot open live source", path=self.name,
+                              hint="check the URL, the network and the credentials")
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else None
+        self.backend = "opencv"
+
+    def _advanced(self, ok: bool) -> bool:     # a live stream declares no length: it does not end early
+        if ok:
+            self.position += 1
+        return ok
 
 
 class WatchedFolderReader(FrameReader):
@@ -463,7 +532,7 @@ def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_ti
     if "!" in spec and not Path(spec).exists():
         return CaptureReader(spec, cv2.CAP_GSTREAMER, name=redact_source("gstreamer:" + spec.split("!", 1)[0].strip()))
     if "://" in spec:
-        return CaptureReader(spec, cv2.CAP_FFMPEG)
+        return NetworkStreamReader(spec)
     if spec.startswith("watch:"):
         return WatchedFolderReader(spec[len("watch:"):], stop=stop, idle_timeout_s=watch_idle_timeout_s)
     path = Path(spec)
