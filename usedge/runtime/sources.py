@@ -17,6 +17,7 @@ leaves this module: only pixels and the frame rate are read.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import re
@@ -215,6 +216,20 @@ class VideoFileReader(FrameReader):
             container = av.open(str(self.path))
         except (av.error.FFmpegError, OSError, ValueError):
             return False
+        if not self._use(container):
+            return False
+        stream = container.streams.video[0]
+        if stream.frames:
+            self.declared = int(stream.frames)
+        else:    # as OpenCV does: duration x frame rate (a transport stream declares no count)
+            seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                       else container.duration / av.time_base if container.duration else 0.0)
+            self.declared = int(seconds * self.fps + 0.5) if self.fps and 0 < seconds < 1e7 else 0
+        return True
+
+    def _use(self, container) -> bool:
+        """Read frames from an open PyAV container: its first video stream, its rate, the decoder's
+        threads. False (the container closed) when it has no video stream."""
         if not container.streams.video:
             container.close()
             return False
@@ -223,12 +238,6 @@ class VideoFileReader(FrameReader):
             stream.codec_context.thread_count = int(self.decode_threads)
         rate = stream.guessed_rate or stream.average_rate
         self.fps = float(rate) if rate and 0 < rate < 1000 else None
-        if stream.frames:
-            self.declared = int(stream.frames)
-        else:    # as OpenCV does: duration x frame rate (a transport stream declares no count)
-            seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
-                       else container.duration / av.time_base if container.duration else 0.0)
-            self.declared = int(seconds * self.fps + 0.5) if self.fps and 0 < seconds < 1e7 else 0
         self._container, self._frames, self.backend = container, self._decoded(container, stream), "pyav"
         return True
 
@@ -367,7 +376,7 @@ class NetworkStreamReader(VideoFileReader):
     OpenCV's FFmpeg backend scales every frame to the size of the stream's first frame, so a source
     whose resolution changes (an encoder box following the scanner's output, a scanner switching
     presets) would reach the cropper squeezed and the resolution-change handling would never see it;
-    PyAV hands over each frame as decoded. Without PyAV, OpenCV reads it.
+    PyAV hands over each frame as decoded (without PyAV, `open_source` gives OpenCV's CaptureReader).
     Reading fails (network gone, stream ended) -> None, and the capture thread reconnects.
     """
 
@@ -379,50 +388,20 @@ class NetworkStreamReader(VideoFileReader):
         super().__init__(url)
         self.url = url
         self.name = redact_source(url)
-        self._why = ""
 
     def open(self) -> None:
-        self.position, self.ended_early, self.damaged = 0, "", 0
-        try:
-            import av  # noqa: F401
-        except ImportError:
-            self._open_opencv()
-            return
-        if not self._open_pyav():       # not OpenCV as well: its FFmpeg would fail the same way, 30 s later
-            raise StreamError(f"cannot open live source ({self._why})", path=self.name,
-                              hint="check the URL, the network and the credentials")
-
-    def _open_pyav(self) -> bool:
         import av
 
+        self.position, self.ended_early, self.damaged = 0, "", 0
         try:
             container = av.open(self.url, timeout=(self.OPEN_TIMEOUT_S, self.READ_TIMEOUT_S))
         except (av.error.FFmpegError, OSError, ValueError) as exc:
-            self._why = redact_source(" ".join(str(getattr(exc, "strerror", "") or exc).split()))
-            return False
-        if not container.streams.video:
-            container.close()
-            self._why = "no video stream"
-            return False
-        stream = container.streams.video[0]
-        if self.decode_threads:
-            stream.codec_context.thread_count = int(self.decode_threads)
-        rate = stream.guessed_rate or stream.average_rate
-        self.fps = float(rate) if rate and 0 < rate < 1000 else None
-        self._container, self._frames, self.backend = container, self._decoded(container, stream), "pyav"
-        return True
-
-    def _open_opencv(self) -> None:
-        with _quiet_opencv():  # OpenCV's own open warnings would repeat on every reconnect attempt
-            self.cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG)
-        if not self.cap.isOpened():
-            self.cap.release()
-            self.cap = None
-            raise StreamError("cannot open live source", path=self.name,
-                              hint="check the URL, the network and the credentials")
-        fps = self.cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if fps and 0 < fps < 1000 else None
-        self.backend = "opencv"
+            why = " ".join(str(getattr(exc, "strerror", "") or exc).split())
+            raise StreamError(f"cannot open live source ({redact_source(why)})", path=self.name,
+                              hint="check the URL, the network and the credentials") from None
+        if not self._use(container):
+            raise StreamError("cannot open live source (no video stream)", path=self.name,
+                              hint="check that the URL serves video")
 
     def _advanced(self, ok: bool) -> bool:     # a live stream declares no length: it does not end early
         if ok:
@@ -532,6 +511,8 @@ def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_ti
     if "!" in spec and not Path(spec).exists():
         return CaptureReader(spec, cv2.CAP_GSTREAMER, name=redact_source("gstreamer:" + spec.split("!", 1)[0].strip()))
     if "://" in spec:
+        if importlib.util.find_spec("av") is None:    # OpenCV's FFmpeg then (it squeezes a resolution change)
+            return CaptureReader(spec, cv2.CAP_FFMPEG)
         return NetworkStreamReader(spec)
     if spec.startswith("watch:"):
         return WatchedFolderReader(spec[len("watch:"):], stop=stop, idle_timeout_s=watch_idle_timeout_s)
