@@ -35,7 +35,7 @@ def _record(path: Path, shape=(121, 163, 3), fps: float = 24.0) -> list[np.ndarr
         for frame in frames:
             sink.write(None, frame)
         assert not path.exists()                        # still the hidden partial file
-        assert (path.parent / f".{path.stem}.partial.mp4").exists()
+        assert (path.parent / f".{path.stem}.partial{path.suffix}").exists()
     return frames
 
 
@@ -131,32 +131,33 @@ def _frames_of(path: Path) -> int:
     return len(opencv_frames(path))
 
 
-def test_a_crash_mid_recording_leaves_a_playable_file_and_the_next_run_keeps_it(tmp_path, capfd):
-    """The process dies without closing (kill -9, power cut): the hidden partial file is a fragmented MP4
-    that plays up to its last fragment (a keyframe a second). The next recording to the same name keeps
-    it as rec.unfinished.mp4 instead of overwriting it."""
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_a_crash_mid_recording_leaves_a_playable_file_and_the_next_run_keeps_it(tmp_path, capfd, suffix):
+    """The process dies without closing (kill -9, power cut): the hidden partial .mp4 is a fragmented MP4
+    that plays up to its last fragment (a keyframe a second), the partial .avi is flushed per frame. The
+    next recording to the same name keeps it as rec.unfinished.<suffix> instead of overwriting it."""
     import subprocess
     import sys
 
     fps, n = 10, 75
     code = ("import os, numpy as np\n"
             "from usedge.runtime.sinks import VideoRecorderSink\n"
-            f"s = VideoRecorderSink({str(tmp_path / 'rec.mp4')!r}, fps={fps})\n"
+            f"s = VideoRecorderSink({str(tmp_path / f'rec{suffix}')!r}, fps={fps})\n"
             f"for i in range({n}):\n"
             "    s.write(None, np.full((96, 128, 3), (7 * i) % 256, np.uint8))\n"
             "os._exit(9)\n")                                  # no close, no flush: as a crash
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 9, run.stderr
-    partial = tmp_path / ".rec.partial.mp4"
+    partial = tmp_path / f".rec.partial{suffix}"
     assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]
     survived = _frames_of(partial)
-    assert n - 3 * fps <= survived < n           # at most the last fragment(s) and the encoder's look-ahead are lost
-    _record(tmp_path / "rec.mp4")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.mp4", "rec.unfinished.mp4"]
-    assert _frames_of(tmp_path / "rec.unfinished.mp4") == survived
-    assert _frames_of(tmp_path / "rec.mp4") == FRAMES
+    assert n - 3 * fps <= survived <= n           # at most the last fragment(s) and the encoder's look-ahead are lost
+    _record(tmp_path / f"rec{suffix}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"rec{suffix}", f"rec.unfinished{suffix}"])
+    assert _frames_of(tmp_path / f"rec.unfinished{suffix}") == survived
+    assert _frames_of(tmp_path / f"rec{suffix}") == FRAMES
     err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "rec.unfinished.mp4" in err[0] and "did not finish" in err[0]
+    assert len(err) == 1 and f"rec.unfinished{suffix}" in err[0] and "did not finish" in err[0]
 
 
 def test_when_the_faststart_rewrite_fails_the_fragmented_recording_is_kept(tmp_path, capfd):

@@ -201,15 +201,17 @@ class VideoRecorderSink(Sink):
     """The annotated frames as a video at `fps`: H.264 (yuv420p, faststart) in .mp4, which browsers
     play; MJPG in .avi.
 
-    The .mp4 goes through PyAV and its bundled libx264. Without PyAV it falls back to OpenCV's mp4v
-    (MPEG-4 Part 2, which browsers do not play) and says so in one line on stderr. Odd frame sides
+    Both go through PyAV (the .mp4 through its bundled libx264). Without PyAV they fall back to
+    OpenCV: an .mp4 as mp4v (MPEG-4 Part 2, which browsers do not play; one line on stderr says so),
+    an .avi as MJPG that a crash leaves empty (OpenCV buffers it). Odd frame sides
     are padded by one edge pixel (yuv420p needs even sides); a frame of another size (a reconnected
     source) is resized to the first one. Written to a hidden `.<name>.partial<suffix>` beside the
     target and renamed on close, so `out.mp4` is either complete or absent.
 
     A crash must not lose the recording: the partial .mp4 is a fragmented MP4 (a keyframe and a
     fragment about every second, flushed per frame), which plays up to its last fragment if the
-    process dies (killed, power cut). A clean close remuxes it into an ordinary MP4 with its index
+    process dies (killed, power cut); the partial .avi is flushed per frame (an AVI without its
+    closing index plays in FFmpeg-based players and OpenCV). A clean close remuxes it into an ordinary MP4 with its index
     first (faststart), which browsers seek in and show the duration of; if that fails (disk full),
     the fragmented file becomes `out.mp4`. A partial file that an earlier run left behind is kept
     as `<name>.unfinished<suffix>` (one line says so), never overwritten.
@@ -226,8 +228,8 @@ class VideoRecorderSink(Sink):
             raise OutputError(f"cannot record a {suffix or 'suffix-less'} video", path=self.path,
                               hint="name it .mp4 (H.264, plays in browsers) or .avi (MJPG)")
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
-        self.av = _pyav() if suffix == ".mp4" else None
-        self.codec = "h264" if self.av else ("mp4v" if suffix == ".mp4" else "MJPG")
+        self.av = _pyav()
+        self.codec = ("h264" if suffix == ".mp4" else "mjpeg") if self.av else ("mp4v" if suffix == ".mp4" else "MJPG")
         if suffix == ".mp4" and self.av is None:
             print(f"usedge: PyAV is not installed: {self.path.name} is written as mp4v, which browsers do not play "
                   "(pip install av)", file=sys.stderr, flush=True)
@@ -266,17 +268,21 @@ class VideoRecorderSink(Sink):
             return
         from fractions import Fraction
 
+        mp4 = self.codec == "h264"
+        # flushed per packet, and an .mp4 fragmented: what is on disk plays if the process dies (see the class)
+        options = {"flush_packets": "1"} | ({"movflags": "+frag_keyframe+empty_moov+default_base_moof"} if mp4 else {})
         try:
-            # fragmented and flushed per packet: what is on disk plays if the process dies (see the class)
-            container = self.av.open(str(self.tmp), mode="w", format="mp4", options={
-                "movflags": "+frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"})
+            container = self.av.open(str(self.tmp), mode="w", format="mp4" if mp4 else "avi", options=options)
         except (OSError, self.av.FFmpegError) as exc:
             raise OutputError(f"cannot write the video ({exc})", path=self.path,
                               hint="choose a writable folder") from exc
-        stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        stream = container.add_stream("libx264" if mp4 else "mjpeg", rate=Fraction(self.fps).limit_denominator(1001))
         stream.width, stream.height = self.size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast", "g": str(max(1, round(self.fps)))}  # a keyframe a second
+        if mp4:
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "20", "preset": "veryfast", "g": str(max(1, round(self.fps)))}  # a keyframe a second
+        else:       # JPEG quality about OpenCV's MJPG default (95)
+            stream.pix_fmt, stream.options = "yuvj420p", {"qmin": "1", "qmax": "3"}
         self.writer = (container, stream)
 
     @contextlib.contextmanager
@@ -325,7 +331,7 @@ class VideoRecorderSink(Sink):
                 finally:
                     container.close()
             if self.count:
-                if self.av is not None:
+                if self.codec == "h264":
                     self._faststart()
                 os.replace(self.tmp, self.path)
         with contextlib.suppress(OSError):
