@@ -196,3 +196,24 @@ def test_a_damaged_packet_mid_video_is_passed_over(runtime_model, tmp_path):
     assert res.returncode == 1 and "1 damaged packet(s) could not be decoded" in res.stderr, res.stderr
     records = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len([r for r in records if "frame" in r]) == 59
+
+
+def test_two_outputs_naming_one_file_are_refused_before_the_run(runtime_model, runtime_video, tmp_path):
+    """--record and --jsonl (or --jsonl and --summary) naming one file: the last to write wiped the other."""
+    for a, b, name in (("--jsonl", "--record", "same.mp4"), ("--jsonl", "--summary", "s.json")):
+        res = usedge("infer", runtime_model, "--stream", runtime_video, a, tmp_path / name, b, tmp_path / name,
+                     "--max-frames", "5", "-q")
+        assert res.returncode == 1 and not (tmp_path / name).exists()
+        no_traceback(res)
+        assert res.stderr.strip().splitlines() == [f"usedge: {a} and {b} both name {tmp_path / name}: one would "
+                                                   "overwrite the other — give each output its own file name"]
+
+
+def test_record_into_a_folder_is_refused_before_the_run(runtime_model, runtime_video, tmp_path):
+    (tmp_path / "isdir.mp4").mkdir()
+    res = usedge("infer", runtime_model, "--stream", runtime_video, "--record", tmp_path / "isdir.mp4",
+                 "--jsonl", tmp_path / "r.jsonl", "--max-frames", "5")
+    assert res.returncode == 1 and not (tmp_path / "r.jsonl").exists()
+    no_traceback(res)
+    assert res.stderr.strip().splitlines() == [f"usedge: --record {tmp_path / 'isdir.mp4'} is a folder, not a file "
+                                               "— give --record a file name"]

@@ -252,6 +252,20 @@ def test_cli_stream_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, r
                            outputs_checked=len(lines) + 1)
 
 
+def test_cli_record_on_a_full_tmpfs_still_writes_the_summary(runtime_model, runtime_video, small_tmpfs, tmp_path):
+    """--record onto a full disk ends the stream; the summary is still printed and written (elsewhere),
+    and the last line says where the frames recorded so far are."""
+    out, summary = small_tmpfs / "rec.mp4", tmp_path / "summary.json"
+    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), "--stream", str(runtime_video), "--record", str(out),
+                           "--summary", str(summary), "--backend", "ort-cpu", "--threads", "1"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert str(out) in last and "No space left" in last and ".rec.partial.mp4" in last, proc.stderr
+    record = json.loads(summary.read_text())
+    assert record["ended_by"] == "output failed" and record["processed"] >= 1 and "No space left" in record["error"]
+
+
 def test_cli_files_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, reliability_ledger, tmp_path):
     """Files mode with --out on the full tmpfs: exit 1 with one line, never a traceback."""
     out = small_tmpfs / "results.csv"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -101,6 +102,7 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
                   max_frames: Optional[int], max_reconnects: Optional[int], idle_timeout: Optional[float],
                   cam: bool, summary_path: Optional[Path], quiet: bool, status: Optional[bool], budget,
                   quality_gate: bool = True) -> int:
+    from usedge.errors import OutputError
     from usedge.fileio import write_json_atomic
     from usedge.runtime.pipeline import FramePipeline
     from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, results_sink
@@ -128,14 +130,23 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
             runner.subscribe(line)
             stack.enter_context(line.live)
         # Ctrl-C, systemd / docker stop: end between frames (recording finalised, summary)
+        output_error = None     # an output that cannot be written (disk full) ends the stream: summarised, then said
         with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):
-            summary = runner.run()
+            try:
+                summary = runner.run()
+            except OutputError as exc:
+                summary, output_error = runner.summary, exc
         finish.hold()      # a second Ctrl-C / SIGTERM cannot cut the outputs' closing (the recording's moov)
-        stack.close()
+        try:
+            stack.close()
+        except OutputError as exc:
+            output_error = output_error or exc
         for line in summary.lines()[:1] if quiet else summary.lines():
             _err(line)
         if summary_path is not None:
             write_json_atomic(summary_path, summary.to_dict())
+        if output_error is not None:
+            raise output_error
     if runner.all_failed:
         _err(f"usedge: every frame failed ({summary.errors}); last: {runner.last_error}")
         return 1
@@ -147,10 +158,21 @@ def _refuse_overwriting_the_model(model: Path, stream: Optional[str], **outputs)
     before anything is opened: writing results there would destroy it."""
     from usedge.fileio import refuse_overwriting_inputs
 
+    from usedge.errors import ConfigError
+
     protected = [model] + ([Path(stream)] if stream is not None and Path(stream).is_file() else [])
-    for name, path in outputs.items():
-        if path is not None and str(path) != "-":
-            refuse_overwriting_inputs(path, protected, f"--{name}", folder=False)
+    given = {name: path for name, path in outputs.items() if path is not None and str(path) != "-"}
+    for name, path in given.items():
+        refuse_overwriting_inputs(path, protected, f"--{name}", folder=False)
+        if Path(path).is_dir():
+            raise ConfigError(f"--{name} {path} is a folder, not a file", hint=f"give --{name} a file name")
+    seen: dict[str, str] = {}
+    for name, path in given.items():     # two outputs in one file: the last to write would wipe the other
+        key = os.path.realpath(path)
+        if key in seen:
+            raise ConfigError(f"--{seen[key]} and --{name} both name {path}: one would overwrite the other",
+                              hint="give each output its own file name")
+        seen[key] = name
 
 
 def _refuse_options_that_do_not_apply(streaming: bool, **given: bool) -> None:

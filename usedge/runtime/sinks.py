@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import itertools
 import json
 import os
@@ -227,6 +228,8 @@ class VideoRecorderSink(Sink):
         if suffix not in self.SUFFIXES:
             raise OutputError(f"cannot record a {suffix or 'suffix-less'} video", path=self.path,
                               hint="name it .mp4 (H.264, plays in browsers) or .avi (MJPG)")
+        if self.path.is_dir():
+            raise OutputError("is a folder, not a video file", path=self.path, hint="give --record a file name, e.g. out.mp4")
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.av = _pyav()
         self.codec = ("h264" if suffix == ".mp4" else "mjpeg") if self.av else ("mp4v" if suffix == ".mp4" else "MJPG")
@@ -291,8 +294,10 @@ class VideoRecorderSink(Sink):
         try:
             yield
         except (OSError, self.av.FFmpegError) as exc:
+            where = ("choose a writable folder" if getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM)
+                     else "free disk space or choose another output")
             raise OutputError(f"cannot write the video ({exc}) after {self.count} frames", path=self.path,
-                              hint="free disk space or choose another output") from exc
+                              hint=f"{where}; the frames written so far are in {self.tmp}") from exc
 
     def write(self, pred, frame=None, overlay=None) -> None:
         image = overlay if overlay is not None else frame
@@ -333,7 +338,11 @@ class VideoRecorderSink(Sink):
             if self.count:
                 if self.codec == "h264":
                     self._faststart()
-                os.replace(self.tmp, self.path)
+                try:
+                    os.replace(self.tmp, self.path)
+                except OSError as exc:       # e.g. a folder created at that name meanwhile: the recording stays
+                    raise OutputError(f"cannot put the recording in place ({exc.strerror})", path=self.path,
+                                      hint=f"the {self.count} frames recorded are in {self.tmp}") from exc
         with contextlib.suppress(OSError):
             self.tmp.unlink()
 
