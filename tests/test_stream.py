@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.fixtures.runtime import FROZEN, VIDEO_FRAMES
+from tests.fixtures.runtime import FROZEN, VIDEO_FRAMES, opencv_frames
 from usedge.errors import InputError, StreamError
 from usedge.runtime.classifier import Classifier
 from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, display_available
@@ -342,36 +342,51 @@ def test_overlay_draws_on_a_copy(clf, runtime_images):
 
 @pytest.fixture()
 def http_video(runtime_video, tmp_path):
-    """The test video as MJPG AVI (readable without seeking) behind a real local HTTP server."""
-    import functools
+    """The test video behind a real local HTTP server, twice: /scan.avi, an MJPG AVI file (a file on a web
+    server), and /live.mjpg, its frames as an IP camera sends them (multipart/x-mixed-replace JPEGs, no
+    length; the server ends the stream after the last frame, as a camera that drops the connection)."""
     import http.server
 
-    cap = cv2.VideoCapture(str(runtime_video))
-    writer = None
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if writer is None:
-            writer = cv2.VideoWriter(str(tmp_path / "scan.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 30.0,
-                                     (frame.shape[1], frame.shape[0]))
+    frames = opencv_frames(runtime_video)
+    writer = cv2.VideoWriter(str(tmp_path / "scan.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 30.0,
+                             (frames[0].shape[1], frames[0].shape[0]))
+    for frame in frames:
         writer.write(frame)
     writer.release()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(tmp_path), **k)
+
+        def log_message(self, *a, **k):
+            pass
+
+        def do_GET(self):
+            if self.path != "/live.mjpg":
+                return super().do_GET()
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace;boundary=frame")
+            self.end_headers()
+            for jpeg in jpegs:
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                                 + jpeg + b"\r\n")
+            self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}/scan.avi"
+    yield server, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 
 
-def test_url_source_reconnects_at_end_of_stream_and_gives_up_when_server_is_gone(clf, http_video):
-    server, url = http_video
+def test_live_url_reconnects_at_end_of_stream_and_gives_up_when_server_is_gone(clf, http_video):
+    server, base = http_video
+    url = f"{base}/live.mjpg"
     reader = open_source(url)
-    assert reader.live and reader.name == url
     summary = _runner(clf, reader, max_frames=VIDEO_FRAMES + 10, max_reconnects=3).run()
+    assert reader.live and reader.name == url
     assert summary.frames_read == VIDEO_FRAMES + 10 and summary.reconnects >= 1   # the stream ended once: reopened
     assert summary.ended_by == "max frames"
     server.shutdown()
@@ -379,6 +394,17 @@ def test_url_source_reconnects_at_end_of_stream_and_gives_up_when_server_is_gone
     reader = open_source(url)
     with pytest.raises(StreamError, match="cannot open live source"):   # gone at start: one clear line
         _runner(clf, reader).run()
+
+
+def test_a_url_to_a_video_file_is_read_as_that_file(clf, http_video):
+    """A video file on a web server is not a live feed: every frame once, then the end of the source (it
+    used to reconnect at its end and replay it from the start forever)."""
+    _, base = http_video
+    reader = open_source(f"{base}/scan.avi")
+    summary = _runner(clf, reader, max_reconnects=3).run()
+    assert not reader.live
+    assert (summary.frames_read, summary.reconnects, summary.ended_by) == (VIDEO_FRAMES, 0, "end of source")
+
 
 def test_url_source_hands_over_each_frame_at_its_own_size(tmp_path):
     """An MPEG-TS whose resolution changes half-way, behind a real HTTP server: the frames after the
@@ -417,7 +443,7 @@ def test_url_source_hands_over_each_frame_at_its_own_size(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-    assert reader.live and shapes == [(240, 320)] * 15 + [(480, 640)] * 15
+    assert not reader.live and shapes == [(240, 320)] * 15 + [(480, 640)] * 15     # a file behind the URL
 
 
 def test_a_url_that_cannot_be_opened_is_one_line_without_its_secrets():

@@ -218,14 +218,20 @@ class VideoFileReader(FrameReader):
             return False
         if not self._use(container):
             return False
+        self.declared = self._declared(container)
+        return True
+
+    def _declared(self, container) -> int:
+        """The frame count the container declares (0: unknown): its count, else (as OpenCV does)
+        duration x frame rate (a transport stream declares no count)."""
+        import av
+
         stream = container.streams.video[0]
         if stream.frames:
-            self.declared = int(stream.frames)
-        else:    # as OpenCV does: duration x frame rate (a transport stream declares no count)
-            seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
-                       else container.duration / av.time_base if container.duration else 0.0)
-            self.declared = int(seconds * self.fps + 0.5) if self.fps and 0 < seconds < 1e7 else 0
-        return True
+            return int(stream.frames)
+        seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                   else container.duration / av.time_base if container.duration else 0.0)
+        return int(seconds * self.fps + 0.5) if self.fps and 0 < seconds < 1e7 else 0
 
     def _use(self, container) -> bool:
         """Read frames from an open PyAV container: its first video stream, its rate, the decoder's
@@ -378,6 +384,11 @@ class NetworkStreamReader(VideoFileReader):
     presets) would reach the cropper squeezed and the resolution-change handling would never see it;
     PyAV hands over each frame as decoded (without PyAV, `open_source` gives OpenCV's CaptureReader).
     Reading fails (network gone, stream ended) -> None, and the capture thread reconnects.
+
+    A URL that serves a file (its container declares a duration, or the server its length: an .mp4
+    or .ts on a web server; not a live HLS/DASH playlist or RTSP) is read like that file, not as a
+    live source: every frame, its end is the end of the source (no
+    reconnect, which would replay it from the start forever), and a file cut short is reported.
     """
 
     live = True
@@ -402,10 +413,20 @@ class NetworkStreamReader(VideoFileReader):
         if not self._use(container):
             raise StreamError("cannot open live source (no video stream)", path=self.name,
                               hint="check that the URL serves video")
+        size = getattr(container, "size", -1) or -1        # the resource's length (HTTP Content-Length), if known
+        streamed = set(container.format.name.split(",")) & {"hls", "dash", "rtsp", "rtp", "sdp"}
+        self.live = not (container.duration or (size > 0 and not streamed))     # a file behind the URL: read as it
+        self.declared = self._declared(container) if container.duration else 0
 
-    def _advanced(self, ok: bool) -> bool:     # a live stream declares no length: it does not end early
-        if ok:
-            self.position += 1
+    def _advanced(self, ok: bool) -> bool:
+        if self.live:                           # a live stream declares no length: it does not end early
+            self.position += ok
+            return ok
+        ok = super()._advanced(ok)
+        if not ok and self.position == 0 and self.ended_early:
+            self.ended_early = (f"{self.name}: no frame could be read from this video over the network (an MP4 whose "
+                                "index is at its end needs a server that answers byte ranges; or remux it with "
+                                "faststart)")
         return ok
 
 
