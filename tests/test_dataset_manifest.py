@@ -146,3 +146,42 @@ def test_model_card_names_the_models_own_classes():
 
     assert "(epidermal cyst, lipoma) beside" in intended_use(["epidermal_cyst", "lipoma"])
     assert limits(["a", "b"])[1].startswith("2 classes only")
+
+
+def test_an_empty_label_is_one_line_naming_it(tiny_cohort, tmp_path):
+    """An empty label cell used to make a class named '' (a 4th class, trained silently)."""
+    data = copy_cohort(tiny_cohort, tmp_path)
+    fields, rows = rows_of(data)
+    rows[6]["label"] = ""
+    write_rows(data, fields, rows)
+    with pytest.raises(DataError, match=rf"manifest.csv:8: empty label for {rows[6]['path']}"):
+        load_dataset(data)
+
+
+def test_blank_rows_and_windows_separators_are_read(tiny_cohort, tmp_path):
+    """Excel's trailing ',,,,' rows are not rows; a path written with backslashes names the same file."""
+    data = copy_cohort(tiny_cohort, tmp_path)
+    fields, rows = rows_of(data)
+    rows[0]["path"] = rows[0]["path"].replace("/", "\\")
+    write_rows(data, fields, rows + [{k: "" for k in fields}] * 2)
+    ds = load_dataset(data)
+    assert len(ds) == 24 and ds.samples[0].path == data / rows[0]["path"].replace("\\", "/")
+
+
+def test_image_folder_skips_hidden_files_and_run_folders_and_refuses_linked_repeats(tiny_cohort, tmp_path):
+    """A data set without a manifest: a Mac's ._name.png copies and a usedge run written into the data folder
+    (train DATA --out DATA/runs/r1, with its PNG plots) are not images of a class; an image linked under a
+    second name would be a patient of its own in another fold."""
+    data = copy_cohort(tiny_cohort, tmp_path)
+    (data / "manifest.csv").unlink()
+    first = sorted((data / "lipoma").rglob("*.png"))[0]
+    (first.parent / f"._{first.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    run = data / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    shutil.copy(first, run / "roc.png")
+    ds = load_dataset(data)
+    assert ds.class_names == ["epidermal_cyst", "lipoma", "pilomatricoma"] and len(ds) == 24
+    (data / "lipoma" / "link.png").symlink_to(first)
+    with pytest.raises(DataError, match=rf"lipoma/link.png and lipoma/{first.name} are one image file \(a link\)"):
+        load_dataset(data)

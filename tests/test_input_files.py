@@ -110,6 +110,8 @@ def test_a_file_named_twice_is_read_once(tmp_path, runtime_model, runtime_images
     shutil.copytree(runtime_images, scans)
     first = sorted(scans.glob("*.png"))[0]
     (tmp_path / "link.png").symlink_to(first)
+    os.link(first, tmp_path / "hard.png")
+    assert drop_repeats([first, tmp_path / "hard.png"])[0] == [first]          # a hard link is the same file too
     kept, lines = drop_repeats([first, scans / ".." / "scans" / first.name, first])
     assert kept == [first] and lines == [f"{first}: named 3 times in the inputs (also as {scans}/../scans/{first.name}): read once"]
     res = usedge("infer", runtime_model, scans, first, tmp_path / "link.png", "--out", tmp_path / "r.jsonl", "-q")

@@ -110,25 +110,31 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise DataError("manifest needs at least the columns path,label (and patient_id)", path=manifest,
                         hint=f"columns: {','.join(MANIFEST_COLUMNS)}")
-    for r in rows:
-        r["path"], r["label"] = (r.get("path") or "").strip(), (r.get("label") or "").strip()
+    lines = [line for line, r in enumerate(rows, start=2) if any((v or "").strip() for v in r.values() if isinstance(v, str))]
+    rows = [rows[line - 2] for line in lines]       # blank rows (",,,," as Excel leaves them) are not rows
+    for line, r in zip(lines, rows):
+        # Windows separators (epidermal_cyst\p1.png) are folders too
+        r["path"], r["label"] = (r.get("path") or "").strip().replace("\\", "/"), (r.get("label") or "").strip()
+        if not r["label"]:
+            raise DataError(f"empty label for {r['path'] or 'this row'}", path=f"{manifest}:{line}",
+                            hint="give every row its class in the label column")
     names = class_names or sorted({r["label"] for r in rows})
     if class_names is None and (pair := _same_but_case(names)):
         labels = [r["label"] for r in rows]
         typo = min(pair, key=labels.count)          # the rarer spelling: the line to fix
-        line = 2 + labels.index(typo)
+        line = lines[labels.index(typo)]
         raise DataError(f"labels '{pair[0]}' and '{pair[1]}' differ only in case or spaces", path=f"{manifest}:{line}",
                         hint="spell each class one way (a typo would train a class of its own)")
     index = {n: i for i, n in enumerate(names)}
     has_pid = [bool((r.get("patient_id") or "").strip()) for r in rows]
     if any(has_pid) and not all(has_pid):
-        line = 2 + has_pid.index(False)
+        line = lines[has_pid.index(False)]
         raise DataError("patient_id is empty here but set on other rows", path=f"{manifest}:{line}",
                         hint="give every row its patient_id (an image without one would count as a patient of its own)")
     patient_class: dict[str, str] = {}
     first_line: dict[Path, int] = {}
     samples = []
-    for line, r in enumerate(rows, start=2):
+    for line, r in zip(lines, rows):
         where = f"{manifest}:{line}"
         if r["label"] not in index:
             raise DataError(f"unknown label '{r['label']}'", path=where, hint=f"use one of {', '.join(names)}")
@@ -147,7 +153,7 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
                               mask_path=root / mask if mask else None,
                               bbox=_parse_bbox(r.get("bbox", ""), where)))
     notes = [] if any(has_pid) else [f"{manifest.name} has no patient_id: {ONE_PATIENT_PER_IMAGE}"]
-    parts = [PurePosixPath(r["path"].replace("\\", "/")).parts for r in rows]
+    parts = [PurePosixPath(r["path"]).parts for r in rows]
     listed = {q[0] for q in parts if q}
     within = all(len(q) > 1 and q[0] not in ("/", "..") for q in parts)     # every image in a subfolder of root
     left_out = sorted(p.name for p in _subfolders(root)
@@ -157,18 +163,34 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
     return Dataset(root=root, class_names=list(names), samples=samples, notes=notes)
 
 
+def _is_output_folder(folder: Path) -> bool:
+    """A folder a usedge run or export wrote (run.json, a model, an output mark): never a class of images."""
+    return any((folder / name).exists() for name in ("run.json", "model.pt", "model.onnx", ".usedge-output"))
+
+
 def scan_image_folder(root: Path) -> Dataset:
-    # "masks" holds lesion masks beside the class folders (usedge synth cohort), never a class
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "masks")
+    from usedge.runtime.formats import file_identity
+
+    # "masks" holds lesion masks beside the class folders (usedge synth cohort), never a class; nor does a
+    # folder holding usedge runs (train DATA --out DATA/runs/r1), at any depth
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "masks"
+                     and not _is_output_folder(p) and not any(_is_output_folder(q) for q in _subfolders(p)))
     if pair := _same_but_case(classes):
         raise DataError(f"class folders '{pair[0]}' and '{pair[1]}' differ only in case or spaces", path=root,
                         hint="put each class's images in one folder (two spellings would train two classes)")
-    samples = []
+    samples, named = [], []
     for i, name in enumerate(classes):
         files, notes = expand_inputs([root / name], IMAGE_SUFFIXES)
         if notes:
             raise DataError(notes[0], hint="make every image of the data set a readable file in a real folder")
+        files = [f for f in files if not f.name.startswith(".")]   # hidden: a Mac's ._name.png, not an image
+        named += files
         samples += [Sample(path=f, label=i, patient_id=str(f.relative_to(root))) for f in files]
+    seen: dict = {}
+    for f in named:     # a link to another image: the same pixels could land in a training and a test fold
+        if (other := seen.setdefault(file_identity(f), f)) != f:
+            raise DataError(f"{other.relative_to(root)} and {f.relative_to(root)} are one image file (a link)", path=root,
+                            hint="keep each image once in the data set (remove the link)")
     return Dataset(root=root, class_names=classes, samples=samples,
                    notes=[f"{root.name} has no {MANIFEST_NAME}: {ONE_PATIENT_PER_IMAGE}"] if samples else [])
 

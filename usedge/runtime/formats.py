@@ -365,14 +365,25 @@ def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFF
     return files, sorted(notes)
 
 
+def file_identity(path: str | Path) -> tuple[int, int] | str:
+    """What makes two names one file: its device and inode (a symbolic or hard link, another path to
+    it), or its real path when it cannot be read (a missing file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino)
+
+
 def drop_repeats(files: list[Path]) -> tuple[list[Path], list[str]]:
     """`files` with each file once (the same file named twice, through a folder and by name, or by
-    another path or link: the first stays), and one line per repeated file for the caller to print."""
-    first: dict[str, Path] = {}
-    times: dict[str, int] = {}
-    other: dict[str, list[str]] = {}
+    another path or a symbolic or hard link: the first stays), and one line per repeated file for the
+    caller to print."""
+    first: dict = {}
+    times: dict = {}
+    other: dict = {}
     for f in files:
-        key = os.path.realpath(f)
+        key = file_identity(f)
         if key in first:
             times[key] += 1
             if str(f) != str(first[key]) and str(f) not in other[key]:
