@@ -1,6 +1,7 @@
 """`usedge train` end to end on the tiny synthetic cohort, resume, and one-line errors."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -34,6 +35,13 @@ def test_usedge_train_writes_a_run_and_resumes(tiny_cohort, tmp_path):
     resumed = CliRunner().invoke(app, args + ["--resume"])       # finished fold is kept, not retrained
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((out / "metrics.json").read_text())["folds"][0]["history"] == metrics["folds"][0]["history"]
+    other = tmp_path / "other"                                   # --resume on another data set: refused, run unchanged
+    shutil.copytree(tiny_cohort, other)
+    (other / "lipoma" / sorted(p.name for p in (other / "lipoma").iterdir())[0]).unlink()
+    (other / "manifest.csv").unlink()
+    stamp = (out / "run.json").read_text()
+    mixed = CliRunner().invoke(app, [other.__fspath__() if a == str(tiny_cohort) else a for a in args] + ["--resume"])
+    assert mixed.exit_code != 0 and "data set differs" in str(mixed.exception) and (out / "run.json").read_text() == stamp
 
 
 def test_bad_option_is_a_config_error(tiny_cohort, tmp_path):

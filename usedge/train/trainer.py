@@ -282,6 +282,14 @@ def config_hash(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def data_hash(dataset: Dataset) -> str:
+    """Hash of what the data set is (each image's path under its root, class and patient; the class
+    names), to refuse resuming a run on other data: its folds, checkpoints and metrics would mix both."""
+    rows = sorted(f"{s.path.relative_to(dataset.root) if s.path.is_relative_to(dataset.root) else s.path}\t"
+                  f"{dataset.class_names[s.label]}\t{s.patient_id}" for s in dataset.samples)
+    return hashlib.sha256("\n".join(dataset.class_names + rows).encode()).hexdigest()[:16]
+
+
 def _make_model(cfg: TrainConfig, num_classes: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(cfg.model.arch, num_classes=num_classes, gate_norm=cfg.model.gate_norm)
@@ -407,7 +415,7 @@ def train_final(run: Run, split: FoldSplit, summary: dict | None, bar=None) -> N
 def _start_run(out_dir: Path, cfg: TrainConfig, dataset: Dataset, dist: Dist, device: torch.device,
                resume: bool) -> None:
     """Refuse a used folder (unless resuming the same config); stamp run.json and config.toml."""
-    chash = config_hash(cfg)
+    chash, dhash = config_hash(cfg), data_hash(dataset)
     stamp = out_dir / "run.json"
     if stamp.is_file():
         previous = json.loads(stamp.read_text())
@@ -418,9 +426,14 @@ def _start_run(out_dir: Path, cfg: TrainConfig, dataset: Dataset, dist: Dist, de
             raise ConfigError("cannot resume: the config differs from the interrupted run's", path=out_dir,
                               hint=f"use the run's own config ({out_dir / 'config.toml'}; one without data.resize "
                                    "also needs --set data.resize=area) or another --out")
+        if previous.get("data_hash", dhash) != dhash:      # runs stamped before the field: not checked
+            raise ConfigError(f"cannot resume: the data set differs from the run's ({previous.get('images')} images "
+                              f"in {previous.get('data')}; now {len(dataset)} in {dataset.root.resolve()})",
+                              path=out_dir, hint="resume with the run's own data set, or train into another --out")
     dist.barrier()  # every process has checked the folder before rank 0 stamps it
     if dist.main:
-        write_json_atomic(stamp, {"config_hash": chash, "data": str(dataset.root.resolve()), "images": len(dataset),
+        write_json_atomic(stamp, {"config_hash": chash, "data_hash": dhash, "data": str(dataset.root.resolve()),
+                                  "images": len(dataset),
                                   "world_size": dist.world_size, "device": str(device)})
         write_text_atomic(out_dir / "config.toml", dump_toml(cfg))
     dist.barrier()
