@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from usedge.errors import InputTooLarge, NoSuchFrame
+from usedge.errors import InputTooLarge, NoSuchFrame, Undecodable
 from usedge.runtime.formats import StillPages, drop_repeats, read_file, read_image_bytes, read_pages
 from usedge.runtime.sources import iter_file_frames, open_source
 
@@ -129,3 +129,25 @@ def test_a_broken_video_gives_one_line_without_opencv_or_ffmpeg_log_lines(tmp_pa
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [f"usedge: {cut}: cannot open this video — check the file and that "
                                                "FFmpeg (PyAV or OpenCV) can decode its codec"], res.stderr
+
+
+def test_a_tiff_cut_short_gives_its_pages_then_says_it_is_damaged(tmp_path, runtime_model, three_pages):
+    """The file's chain of pages breaks (cut short): the pages before are read, then one error says the TIFF
+    is damaged after them; it used to look like a shorter TIFF, its other pages silently lost."""
+    path = stack(tmp_path / "loop.tif", three_pages + three_pages[:1])
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    pages = StillPages(cut.read_bytes(), str(cut))
+    assert pages.damaged and 1 <= len(pages) < 4
+    got = []
+    with pytest.raises(Undecodable, match=rf"cut.tif: the TIFF is damaged after page {len(pages)}"):
+        for i, _, _ in iter_file_frames(cut):
+            got.append(i)
+    assert got == list(range(len(pages)))
+    with pytest.raises(Undecodable, match="frame 3 cannot be read: the TIFF is damaged"):
+        read_file(cut, frame_index=3)
+    res = usedge("infer", runtime_model, cut, "--out", tmp_path / "r.jsonl", "-q")
+    assert res.returncode == 1 and "damaged after page" in res.stderr and "Traceback" not in res.stderr
+    lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in lines if r.get("label")] == list(range(len(pages))) and "error" in lines[-1]

@@ -56,3 +56,24 @@ def test_server_process_with_token(serve_model, serve_images):
     assert token not in logs                    # the token is never printed
     assert "http://127.0.0.1:" in logs
     assert f"model card: {info['model_card']['line']}" in " ".join(logs.split())   # the startup line
+
+
+def test_a_client_that_leaves_mid_upload_is_no_server_error(serve_model):
+    """A cancelled browser upload (the connection closed before the body is complete) is not logged as an
+    internal error nor counted as a 500, which would set off alerts."""
+    import socket
+    import time
+
+    with cli_server(serve_model) as (base, proc):
+        host, port = base.rsplit("/", 1)[1].rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: " + f"{host}:{port}".encode()
+                      + b"\r\nContent-Length: 100000\r\n\r\n\x89PNG" + b"x" * 1000)
+            time.sleep(1.0)
+        deadline = time.time() + 10
+        while 'kind="client_closed"' not in (metrics := httpx.get(f"{base}/metrics", timeout=30).text):
+            assert time.time() < deadline, metrics[-2000:]
+            time.sleep(0.2)
+        assert 'status="500"' not in metrics and 'kind="internal"' not in metrics
+    logs = proc.stderr.read() + proc.stdout.read()
+    assert "predict failed" not in logs and "Traceback" not in logs

@@ -14,7 +14,7 @@ import traceback
 # can't be used to capture by name") would land between usedge's one-line errors, which say the same
 # in words. Read when cv2 loads and when its FFmpeg starts, so set before any import of cv2; a
 # variable the user set wins (OPENCV_FFMPEG_LOGLEVEL=16 OPENCV_LOG_LEVEL=INFO to see them again).
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")      # its ERROR lines too: usedge says why
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")       # AV_LOG_QUIET
 
 from usedge.cli.app import app, state

@@ -122,6 +122,8 @@ def serve(
     console = Console(stderr=True)
     logging.basicConfig(level=log_level.upper() if log_level.upper() in logging._nameToLevel else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the form parser's own warning on a malformed upload repeats the 400 answer that usedge logs and counts
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     _check_port_free(host, port)
     loopback = _is_loopback(host)
     if not loopback and not token:

@@ -75,31 +75,34 @@ MAX_TIFF_ENTRIES = 1 << 20    # directory entries read in all (about 0.5 s of pa
 PAGES_AT_ONCE = 16            # later TIFF pages decoded together (StillPages._page)
 
 
-def _tiff_pages(data: bytes, limit: int = MAX_TIFF_PAGES) -> list[tuple[int, int, int]]:
+def _tiff_pages(data: bytes, limit: int = MAX_TIFF_PAGES) -> tuple[list[tuple[int, int, int]], bool]:
     """(directory index, width, height) of each full-resolution page of a TIFF, in file order (the
-    first `limit` of them).
+    first `limit` of them), and whether the chain of directories is damaged after the last of them.
 
     Follows the chain of image file directories (IFDs); a directory marked as a reduced-resolution
     copy (NewSubfileType bit 0: a thumbnail or preview) is not a page. The directory index is what
-    OpenCV counts pages by. ValueError when the first directory has no size; a damaged chain after a
-    good directory ends the list there (what OpenCV can decode of it). At most MAX_TIFF_ENTRIES
+    OpenCV counts pages by. ValueError when the first directory has no size; a chain that breaks
+    after a good directory (a file cut short) ends the list there, flagged. At most MAX_TIFF_ENTRIES
     directory entries are read in all, so a hostile chain of overlapping directories stays cheap.
     """
     end = "<" if data[:2] == b"II" else ">"
     big = data[2:4] == (b"\x2b\x00" if end == "<" else b"\x00\x2b")          # BigTIFF
     off = struct.unpack(end + ("Q" if big else "I"), data[8:16] if big else data[4:8])[0]
-    pages, seen, budget = [], set(), MAX_TIFF_ENTRIES
+    pages, seen, budget, damaged = [], set(), MAX_TIFF_ENTRIES, False
     for index in range(MAX_TIFF_PAGES):
         if off == 0 or off in seen or len(pages) >= limit:
             break
         seen.add(off)
         try:
+            if off >= len(data):
+                raise struct.error("directory beyond the end of the file")
             count = struct.unpack(end + ("Q" if big else "H"), data[off:off + (8 if big else 2)])[0]
             base, entry, vals = off + (8 if big else 2), (20 if big else 12), {}
             budget -= min(count, 4096)
             if budget < 0:
                 if not pages:
                     raise ValueError("too many directory entries")
+                damaged = True
                 break
             for k in range(min(count, 4096)):
                 e = base + k * entry
@@ -113,20 +116,22 @@ def _tiff_pages(data: bytes, limit: int = MAX_TIFF_PAGES) -> list[tuple[int, int
         except struct.error:
             if not pages:
                 raise
+            damaged = True
             break
         if 256 not in vals or 257 not in vals:
             if not pages:
                 raise ValueError("no ImageWidth/ImageLength tags")
+            damaged = True
             break
         if not vals.get(254, 0) & 1:
             pages.append((index, vals[256], vals[257]))
     if not pages:
         raise ValueError("no full-resolution page")
-    return pages
+    return pages, damaged
 
 
 def _tiff_size(data: bytes) -> tuple[int, int]:
-    _, w, h = _tiff_pages(data, limit=1)[0]
+    _, w, h = _tiff_pages(data, limit=1)[0][0]
     return w, h
 
 
@@ -247,7 +252,8 @@ class StillPages:
             raise Undecodable("empty file (0 bytes)", path=name, hint="copy the file again")
         self.data, self.name, self.max_pixels = data, name, max_pixels
         self.kind, w, h = probe(data, name)
-        self.pages = _tiff_pages(data) if self.kind == "tiff" else [(0, w, h)]     # a multi-page TIFF: one frame a page
+        # a multi-page TIFF: one frame a page; `damaged`: its chain of pages breaks after the last one listed
+        self.pages, self.damaged = _tiff_pages(data) if self.kind == "tiff" else ([(0, w, h)], False)
         self._decoded: dict[int, np.ndarray] = {}      # later TIFF pages decoded ahead (_page)
 
     def __len__(self) -> int:
@@ -256,6 +262,9 @@ class StillPages:
     def __getitem__(self, frame_index: int) -> Decoded:
         data, name, kind, n = self.data, self.name, self.kind, len(self.pages)
         if not 0 <= frame_index < n:
+            if self.damaged and frame_index >= n:
+                raise Undecodable(f"frame {frame_index} cannot be read: {self.damage()}", path=name,
+                                  hint="copy or export the file again")
             raise NoSuchFrame(f"frame {frame_index} does not exist: this {kind.upper()} has {n} "
                               f"{'page' if kind == 'tiff' else 'frame'}{'s' if n > 1 else ''}", path=name,
                               hint=f"use a frame from 0 to {n - 1}")
@@ -271,12 +280,18 @@ class StillPages:
         else:
             image = self._page(frame_index)
         if image is None or image.size == 0:
-            raise Undecodable(f"cannot decode {kind.upper()} data (corrupt file?)", path=name,
+            page = f" of page {frame_index + 1} of {n}" if n > 1 or self.damaged else ""
+            raise Undecodable(f"cannot decode {kind.upper()} data{page} (corrupt file?)", path=name,
                               hint="copy or export the image again")
         if image.shape[:2] != (h, w):
             raise Undecodable(f"{kind.upper()} decoded to {image.shape[1]}x{image.shape[0]}, header says {w}x{h}",
                               path=name, hint="the file is damaged; re-export it")
         return Decoded(image, kind, n, frame_index)
+
+    def damage(self) -> str:
+        """What is wrong with a TIFF whose chain of pages breaks (`damaged`), in words."""
+        n = len(self.pages)
+        return f"the TIFF is damaged after page {n} (cut short?): its later pages cannot be found"
 
     def _page(self, frame_index: int) -> np.ndarray | None:
         """A later TIFF page. OpenCV finds page k by walking the k directories before it, so pages are
@@ -323,6 +338,8 @@ def read_pages(path: str | Path, *, every: int = 1, allow_any_modality: bool = F
     pages = StillPages(data, str(path))
     for i in range(0, len(pages), every):
         yield pages[i]
+    if pages.damaged:       # the pages before were given; the file is still reported, as a cut video is
+        raise Undecodable(f"{pages.damage()} ({len(pages)} read)", path=path, hint="copy or export the file again")
 
 
 def read_image(path: str | Path, *, frame_index: int = 0, allow_any_modality: bool = False) -> np.ndarray:

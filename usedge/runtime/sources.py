@@ -138,8 +138,8 @@ class _StillFrames:
     def __init__(self, path: str | Path) -> None:
         self.pages = StillPages(read_bytes(path), str(path))
 
-    def __len__(self) -> int:
-        return len(self.pages)
+    def __len__(self) -> int:       # a damaged TIFF: one more, whose read reports the damage
+        return len(self.pages) + self.pages.damaged
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.pages[i].frame

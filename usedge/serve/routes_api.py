@@ -9,6 +9,7 @@ import time
 
 import cv2
 from fastapi import APIRouter, Query, Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import Response
 
 from usedge.errors import InputError, ModelError, NoImage, UsedgeError
@@ -114,6 +115,8 @@ async def predict(request: Request, overlay: bool = False, cam: bool = True, fra
     except UploadRejected as exc:
         kind = {408: "body_timeout", 413: "too_large", 415: "unsupported_type"}.get(exc.status, "bad_upload")
         return st.error(exc.status, exc.one_line(), kind)
+    except ClientDisconnect:   # the client went away mid-upload (a cancelled browser upload): no one to answer
+        return st.error(499, "the client closed the connection during the upload", "client_closed")
     except NoImage as exc:     # decoded, but no usable image: state no_image, no label, no probabilities
         return st.error(422, f"upload: {exc.message} — {exc.hint}", "no_image",
                         extra={"state": "no_image", "reason": exc.message, "label": None, "probs": None})
