@@ -185,3 +185,19 @@ def test_image_folder_skips_hidden_files_and_run_folders_and_refuses_linked_repe
     (data / "lipoma" / "link.png").symlink_to(first)
     with pytest.raises(DataError, match=rf"lipoma/link.png and lipoma/{first.name} are one image file \(a link\)"):
         load_dataset(data)
+
+
+def test_a_blank_image_in_the_data_set_is_named(tiny_cohort, tmp_path):
+    """A constant image (blank export) stops training with the file's name; it said only 'frame is blank'."""
+    import cv2
+
+    from usedge.errors import InputError
+    from usedge.runtime.preprocess import PreprocessSpec
+    from usedge.train.data import load_images
+
+    data = copy_cohort(tiny_cohort, tmp_path)
+    ds = load_dataset(data)
+    blank = ds.samples[5].path
+    cv2.imwrite(str(blank), np.full((64, 64), 100, np.uint8))
+    with pytest.raises(InputError, match=rf"{blank.name}: frame is blank .* remove it from the data set"):
+        load_images(ds.samples, PreprocessSpec(size=32), progress=False)

@@ -82,3 +82,27 @@ def test_help_shows_defaults():
     assert result.exit_code == 0
     assert "--set" in result.output and "balanced" in result.output and "(30)" in result.output
     assert "--gate-norm" not in result.output    # old spellings are hidden
+
+
+def test_ctrl_c_says_how_to_resume(tiny_cohort, tmp_path):
+    """SIGINT while training: one line says the run was interrupted and how to continue it (it said nothing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "usedge", "train", str(tiny_cohort), "--out", str(out), "--image-size",
+                             "32", "--epochs", "200", "--folds", "3", "--set", "run.threads=1", "--quiet"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (out / "run.json").is_file():       # training has started
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "training interrupted" in err and "--resume" in err and "Traceback" not in err

@@ -118,6 +118,11 @@ def train(
     cfg = load_config(config, overrides)
     dataset = load_dataset(data)
     console = Console(stderr=True)
-    summary = cross_validate(dataset, cfg, out, resume=resume, progress=not quiet, log=console.print)
+    try:
+        summary = cross_validate(dataset, cfg, out, resume=resume, progress=not quiet, log=console.print)
+    except KeyboardInterrupt:
+        console.print(f"usedge: training interrupted; each fold's last finished epoch is saved in {out}: run the "
+                      "same command with --resume to continue from there")
+        raise typer.Exit(130) from None
     if summary:
         console.print(f"{summary_line(summary)}; report: {out / 'report.md'}")

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
 from usedge.dataset import Sample
+from usedge.errors import UsedgeError
 from usedge.runtime.crop import CropInfo, prepare_file
 from usedge.runtime.preprocess import PreprocessSpec, normalise
 
@@ -40,7 +41,12 @@ def load_images(samples: Sequence[Sample], spec: PreprocessSpec, progress: bool 
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(f"reading {len(samples)} images", total=len(samples))
         for i, sample in enumerate(samples):
-            out[i], info = prepare_file(Path(sample.path), spec)
+            try:
+                out[i], info = prepare_file(Path(sample.path), spec)
+            except UsedgeError as exc:
+                if exc.path is None:      # a frame-level refusal (a blank image): name the image of the data set
+                    exc = type(exc)(exc.message, path=sample.path, hint="remove it from the data set or replace it")
+                raise exc from None
             infos.append(info)
             bar.advance(task)
     return (out, infos) if return_info else out
