@@ -79,3 +79,19 @@ def test_export_rtx_refused_in_one_line_without_a_supported_gpu(tmp_path, tiny_e
     assert len(lines) == 1, run.stderr
     assert lines[0].startswith("usedge: --rtx: TensorRT for RTX cannot run here: ") and why in lines[0]
     assert not out.exists()
+
+
+def test_strict_fails_when_int8_cannot_be_built_and_quiet_says_why(tmp_path, tiny_export_checkpoint):
+    """No calibration images (the run's data folder moved): model.int8.onnx is not built. --quiet used to print
+    nothing about it and --strict exited 0, while parity had run on noise."""
+    import torch
+
+    payload = torch.load(tiny_export_checkpoint, map_location="cpu", weights_only=True)
+    payload["extra"] = {"data": str(tmp_path / "moved_away")}
+    torch.save(payload, tmp_path / "moved.pt")
+    args = ["export", str(tmp_path / "moved.pt"), "--out", str(tmp_path / "out"), "--no-fp16", "--parity-count", "2",
+            "--reference-count", "0", "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "model.int8.onnx not built" in result.output and "moved_away" in result.output
+    strict = CliRunner().invoke(app, args + ["--strict", "--overwrite"])
+    assert strict.exit_code == 2 and "model.int8.onnx not built" in strict.output

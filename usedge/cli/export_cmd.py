@@ -47,7 +47,7 @@ def export(
     triton_name: str = typer.Option("usedge", "--triton-name", help="Model name in the Triton repository."),
     triton_model: str = typer.Option("auto", "--triton-model", help="What Triton serves: auto (engine if built, else fp32) | fp32 | fp16 | int8 | engine."),
     uncertain_margin: float = typer.Option(0.2, "--uncertain-margin", help="Model card: call a result uncertain when its top two probabilities differ by less than this."),
-    strict: bool = typer.Option(False, "--strict", help="Exit with status 2 when a check misses its aim."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 2 when a check misses its aim, or model.int8.onnx could not be built (no calibration images)."),
     quiet: bool = quiet_option(),
 ) -> None:
     """Export a checkpoint to ONNX (+ FP16, INT8, TensorRT, Triton) and check every artifact."""
@@ -91,11 +91,15 @@ def export(
     out_console = Console()
     if rtx:
         out_console.print(f"TensorRT for RTX EP-context model: {ctx} (--backend ort-trt-rtx)", soft_wrap=True)
+    # --strict: a missed check, or an INT8 file asked for (the default) that could not be built
+    strict_fail = strict and (report.failed or (int8 and "model.int8.onnx" in report.skipped))
     if quiet:   # only what went wrong, then the final line
         for c in report.failed:
             out_console.print(f"[red]missed[/]: {escape(c.name)} ({escape(Path(c.artifact).name)}): {escape(c.aim)}")
+        for name, why in report.skipped.items():
+            out_console.print(f"[yellow]{escape(name)} not built[/]: {escape(why)}")
         out_console.print(f"report: {out / 'export_report.md'}", soft_wrap=True)
-        if strict and report.failed:
+        if strict_fail:
             raise typer.Exit(code=2)
         return
     table = Table(title=f"usedge export -> {out}", show_lines=False)
@@ -112,5 +116,5 @@ def export(
         out_console.print(f"  [yellow]{escape(name)} not built[/]: {escape(why)}")
     out_console.print(f"model card: {escape(model_card_line(read_model_info(out / 'model.onnx')))}", soft_wrap=True)
     out_console.print(f"report: {out / 'export_report.md'}", soft_wrap=True)
-    if strict and report.failed:
+    if strict_fail:
         raise typer.Exit(code=2)
