@@ -136,6 +136,13 @@ def test_mask_errors_and_bbox(tmp_path):
                          (20, 20))
     m, src = read_lesion_mask(Sample(path=tmp_path / "x.png", label=0, patient_id="p", bbox=(2, 3, 4, 5)), (20, 20))
     assert src == "bbox" and m.sum() == 20 and m[3:8, 2:6].all()
+    # boxes that used to pass silently: outside (no lesion at all), empty, or the whole image (a perfect score)
+    assert read_lesion_mask(Sample(path=tmp_path / "x.png", label=0, patient_id="p", bbox=(-1, 2, 6, 6)),
+                            (20, 20))[0].sum() == 5 * 6                  # a pixel over the edge: its part inside
+    for box, why in (((5000, 5000, 10, 10), "lies mostly outside the 20x20 image"), ((-15, -15, 20, 20), "outside"),
+                     ((10, 10, 0, 0), "is empty"), ((0, 0, 20, 20), "covers 100% of the image")):
+        with pytest.raises(DataError, match=rf"x.png: lesion bbox .* {why}"):
+            read_lesion_mask(Sample(path=tmp_path / "x.png", label=0, patient_id="p", bbox=box), (20, 20))
 
 
 def test_bad_config_is_a_config_error():

@@ -96,8 +96,17 @@ def read_lesion_mask(sample: Sample, frame_shape: tuple[int, int]) -> tuple[np.n
         return mask > 0, "mask"
     if sample.bbox is not None:
         x, y, bw, bh = sample.bbox
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + bw, w), min(y + bh, h)      # the part inside the image
+        inside = max(x1 - x0, 0) * max(y1 - y0, 0)
+        why = ("is empty" if bw <= 0 or bh <= 0 else
+               f"lies mostly outside the {w}x{h} image" if inside < 0.5 * bw * bh else
+               f"covers {inside / (w * h):.0%} of the image (a lesion's box would score perfectly by covering all)"
+               if inside > 0.9 * w * h else "")
+        if why:         # an empty box made the image lesion-free, a huge one inflated every score: both silent
+            raise DataError(f"lesion bbox {x},{y},{bw},{bh} {why}", path=sample.path,
+                            hint="fix the bbox (x,y,w,h in the image's pixels) in manifest.csv, or leave it empty")
         mask = np.zeros((h, w), dtype=bool)
-        mask[max(y, 0):max(y + bh, 0), max(x, 0):max(x + bw, 0)] = True
+        mask[y0:y1, x0:x1] = True           # a box a few pixels over the edge: its part inside
         return mask, "bbox"
     return None, ""
 
