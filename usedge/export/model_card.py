@@ -60,14 +60,21 @@ def describe_data(ds) -> dict:
             "generator": generator, "images": len(ds.samples), "class_counts": counts}
 
 
-def cv_table(checkpoint: Path, class_names: list[str]) -> dict:
-    """{"folds", "source", "rows": {row: {metric: [mean, sd]}}} from the run's metrics.json, or {}."""
+def cv_table(checkpoint: Path, class_names: list[str], carried: dict | None = None) -> dict:
+    """{"folds", "source", "rows": {row: {metric: [mean, sd]}}} from the run's metrics.json, or {}.
+
+    `carried`: the CV summary the checkpoint itself carries (an all-data model.pt): a metrics.json whose
+    folds or mean accuracy differ from it belongs to another run (a model copied between run folders)
+    and is not shown ({"other_run": its path})."""
     for run in (checkpoint.parent, checkpoint.parent.parent):
         path = run / "metrics.json"
         if not path.is_file():
             continue
         try:
             agg = json.loads(path.read_text())["aggregate"]
+            if carried and (carried.get("folds") != agg["folds"]
+                            or abs(carried.get("overall_accuracy_mean", -1) - agg["overall_accuracy"]["mean"]) > 1e-9):
+                return {"other_run": str(path)}
             pick = ("sensitivity", "specificity", "f1", "roc_auc")
             rows = {name: {m: [agg["per_class"][name][m]["mean"], agg["per_class"][name][m]["sd"]] for m in pick}
                     for name in class_names}
@@ -80,12 +87,12 @@ def cv_table(checkpoint: Path, class_names: list[str]) -> dict:
 
 
 def build_card(checkpoint: Path, class_names: list[str], data: dict, report: ExportReport,
-               uncertain_margin: float) -> dict:
+               uncertain_margin: float, carried_cv: dict | None = None) -> dict:
     """The card as a JSON-able dict (what goes into ModelInfo.model_card)."""
     checks = [{"check": c.name, "artifact": c.artifact, "passed": c.passed, "aim": c.aim, "note": c.note,
                "figures": {k: v for k, v in c.figures.items() if isinstance(v, (int, float, str))}}
               for c in report.checks]
-    return {"training_data": data, "cross_validation": cv_table(checkpoint, class_names), "checks": checks,
+    return {"training_data": data, "cross_validation": cv_table(checkpoint, class_names, carried_cv), "checks": checks,
             "intended_use": intended_use(class_names), "limits": limits(class_names), "uncertain_margin": uncertain_margin,
             "checkpoint": checkpoint.name, "checkpoint_sha256": report.checkpoint_sha256,
             "usedge_version": report.usedge_version}
@@ -106,7 +113,10 @@ def card_markdown(card: dict, line: str) -> str:
         out.append(f"- unknown: {d.get('note', 'no data set given or recorded')}")
     cv = card["cross_validation"]
     out += ["", "## Cross-validation", ""]
-    if cv:
+    if cv.get("other_run"):
+        out.append(f"`{cv['other_run']}` beside the checkpoint is another run's (its folds or mean accuracy differ "
+                   "from those the checkpoint carries): not shown.")
+    elif cv:
         metrics = sorted({m for row in cv["rows"].values() for m in row})
         out += [f"{cv['folds']} fold(s), mean ± SD (from `{cv['source']}`).", "",
                 "| | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]

@@ -417,8 +417,9 @@ def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = Ex
             built.append((fmt, files[0]))
             produced += files
         check_all(run, built, say)
+        carried = (meta.get("metrics") or {}).get("cross_validation") or None
         produced.append(write_card(run, built, build_card(checkpoint, info.class_names, provenance, report,
-                                                          opts.uncertain_margin)))
+                                                          opts.uncertain_margin, carried)))
         say("moving artifacts into place")
         for fmt, path in built:
             report.add_artifact(path, precision=fmt.precision)
