@@ -92,10 +92,15 @@ def test_a_bomb_on_a_later_page_is_refused_when_that_page_is_read(tmp_path):
 
 def test_infer_and_crop_read_every_page(tmp_path, runtime_model, three_pages):
     path = stack(tmp_path / "loop.tif", three_pages)
+    cv2.imwrite(str(tmp_path / "one.png"), three_pages[0])
     res = usedge("infer", runtime_model, path, "--out", tmp_path / "r.jsonl", "-q")
     assert res.returncode == 0, res.stderr
     lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in lines] == [0, 1, 2] and all(r["label"] for r in lines)
+    res = usedge("infer", runtime_model, path, tmp_path / "one.png", "--overlay", tmp_path / "ov", "-q")
+    assert res.returncode == 0, res.stderr                      # pages named by frame, as a cine's frames are
+    assert sorted(p.name for p in (tmp_path / "ov").glob("*.png")) == ["loop_f0000.png", "loop_f0001.png",
+                                                                       "loop_f0002.png", "one.png"]
     res = usedge("crop", path, "--out", tmp_path / "crops", "--all-frames", "-q")
     assert res.returncode == 0, res.stderr
     crops = [json.loads(x) for x in (tmp_path / "crops" / "crops.jsonl").read_text().splitlines()]

@@ -25,7 +25,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from usedge.errors import OutputError, StreamError
+from usedge.errors import InputError, OutputError, StreamError
 from usedge.fileio import write_bytes_atomic
 from usedge.runtime.classifier import STAGES, Prediction
 from usedge.runtime.formats import STILL_SUFFIXES
@@ -421,17 +421,33 @@ class OutputNames(set):
 
 class OverlayFolderSink(Sink):
     """One annotated PNG per result in a folder: `<stem>.png` for an image, `<stem>_f0003.png` for a frame
-    of a DICOM or video."""
+    of a DICOM, a video or a multi-page TIFF."""
 
     needs_overlay = True
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = claim_output_folder(folder, "--overlay")
         self.names = OutputNames()
+        self._pages: dict[str, int] = {}     # pages of each TIFF written so far
+
+    def _multi(self, source: str) -> bool:
+        """Named by frame: a DICOM or video, or a TIFF of several pages."""
+        suffix = Path(source).suffix.lower()
+        if suffix not in STILL_SUFFIXES:
+            return True
+        if suffix not in (".tif", ".tiff"):
+            return False
+        if source not in self._pages:
+            from usedge.runtime.formats import StillPages, read_bytes
+
+            try:
+                self._pages[source] = len(StillPages(read_bytes(source), source))
+            except InputError:
+                self._pages[source] = 1
+        return self._pages[source] > 1
 
     def write(self, pred, frame=None, overlay=None) -> None:
-        multi = Path(pred.source).suffix.lower() not in STILL_SUFFIXES   # DICOM, video: name by frame
-        name = self.names(pred.source, pred.frame_index if multi else None)
+        name = self.names(pred.source, pred.frame_index if self._multi(pred.source) else None)
         write_png(self.folder / f"{name}.png", overlay)
 
 
