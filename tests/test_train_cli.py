@@ -106,3 +106,8 @@ def test_ctrl_c_says_how_to_resume(tiny_cohort, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "training interrupted" in err and "--resume" in err and "Traceback" not in err
+
+
+def test_negative_threads_is_a_config_error(tiny_cohort, tmp_path):
+    result = CliRunner().invoke(app, ["train", str(tiny_cohort), "--out", str(tmp_path / "r"), "--set", "run.threads=-3"])
+    assert result.exit_code != 0 and "run.threads must be >= 0" in str(result.exception)

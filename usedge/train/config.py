@@ -200,6 +200,7 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         (cfg.cv.folds >= 2, "cv.folds must be at least 2"),
         (0.0 < cfg.cv.inner_val_fraction < 0.5, "cv.inner_val_fraction must be in (0, 0.5)"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (cfg.run.threads >= 0, "run.threads must be >= 0 (0: torch's default)"),
         (cfg.loss.gamma >= 0, "loss.gamma must be >= 0"),
     ]
     for ok, message in checks:
