@@ -201,3 +201,24 @@ def test_a_blank_image_in_the_data_set_is_named(tiny_cohort, tmp_path):
     cv2.imwrite(str(blank), np.full((64, 64), 100, np.uint8))
     with pytest.raises(InputError, match=rf"{blank.name}: frame is blank .* remove it from the data set"):
         load_images(ds.samples, PreprocessSpec(size=32), progress=False)
+
+
+def test_a_tinted_image_filled_as_doppler_gets_a_note(tiny_cohort, tmp_path):
+    """A B-mode image stored with a strong colour tint is more than half 'Doppler' and filled: training says
+    so and how to keep it (it trained silently on a near-black fill)."""
+    import cv2
+
+    from usedge.runtime.preprocess import PreprocessSpec
+    from usedge.train.data import load_images
+    from usedge.train.trainer import colour_note
+
+    data = copy_cohort(tiny_cohort, tmp_path)
+    ds = load_dataset(data)
+    tinted = ds.samples[2].path
+    g = cv2.imread(str(tinted), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(tinted), np.dstack([g, g // 2, g]))             # B = g, G = g/2, R = g: magenta-tinted B-mode
+    _, infos = load_images(ds.samples, PreprocessSpec(size=32), progress=False, return_info=True)
+    note = colour_note(ds.samples, infos)
+    assert note.startswith("1 image(s) are more than 50% colour") and str(tinted) in note
+    assert "data.remove_doppler=false" in note
+    assert colour_note(ds.samples[3:], infos[3:]) == ""

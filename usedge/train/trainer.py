@@ -290,6 +290,19 @@ def data_hash(dataset: Dataset) -> str:
     return hashlib.sha256("\n".join(dataset.class_names + rows).encode()).hexdigest()[:16]
 
 
+MOSTLY_COLOUR = 0.5     # a training image more than this fraction colour Doppler is worth a note
+
+
+def colour_note(samples, infos) -> str:
+    """A note when images are mostly colour and were filled as Doppler: a tinted B-mode map (a chroma or
+    sepia display) would train as a smooth fill, not as the scan; "" when none is."""
+    colour = [s.path for s, info in zip(samples, infos) if info.doppler_fraction > MOSTLY_COLOUR]
+    if not colour:
+        return ""
+    return (f"{len(colour)} image(s) are more than {MOSTLY_COLOUR:.0%} colour, filled as colour Doppler "
+            f"(e.g. {colour[0]}): if they are tinted B-mode, train with --set data.remove_doppler=false")
+
+
 def _make_model(cfg: TrainConfig, num_classes: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(cfg.model.arch, num_classes=num_classes, gate_norm=cfg.model.gate_norm)
@@ -473,7 +486,9 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
     spec = cfg.preprocess_spec()
     t0 = time.perf_counter()
     if images is None:
-        images = load_images(dataset.samples, spec, progress=progress and dist.main)
+        images, infos = load_images(dataset.samples, spec, progress=progress and dist.main, return_info=True)
+        if note := colour_note(dataset.samples, infos):
+            say(f"note: {note}")
     elif images.shape != (len(dataset), spec.size, spec.size):
         raise ValueError(f"images of shape {images.shape} do not fit {len(dataset)} samples at {spec.size} px")
     read_seconds = time.perf_counter() - t0
