@@ -387,7 +387,7 @@ class NetworkStreamReader(VideoFileReader):
 
     A URL that serves a file (its container declares a duration, or the server its length: an .mp4
     or .ts on a web server; not a live HLS/DASH playlist or RTSP) is read like that file, not as a
-    live source: every frame, its end is the end of the source (no
+    live source (`live` is set when opened): every frame, its end is the end of the source (no
     reconnect, which would replay it from the start forever), and a file cut short is reported.
     """
 
