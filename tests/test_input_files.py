@@ -1,6 +1,7 @@
 """Input files from the outside: a multi-page TIFF is read page by page (each page a frame, like a DICOM
 cine), never silently as its first page; a file named more than once among the inputs is read once, with
-one line saying so; a broken video gives usedge's one line, without OpenCV's or FFmpeg's own log lines."""
+one line saying so; a broken video gives usedge's one line (an MP4 cut before its index says so), without
+OpenCV's or FFmpeg's own log lines."""
 
 from __future__ import annotations
 
@@ -132,8 +133,12 @@ def test_a_broken_video_gives_one_line_without_opencv_or_ffmpeg_log_lines(tmp_pa
     cut.write_bytes(Path(runtime_video).read_bytes()[:600])          # no index (moov): cannot be opened
     res = usedge("infer", runtime_model, "--stream", cut, "-q")
     assert res.returncode == 1
-    assert res.stderr.strip().splitlines() == [f"usedge: {cut}: cannot open this video — check the file and that "
-                                               "FFmpeg (PyAV or OpenCV) can decode its codec"], res.stderr
+    assert res.stderr.strip().splitlines() == [f"usedge: {cut}: cannot open this video: its index (moov) is missing "
+                                               "— the file was cut short or is still being recorded; copy or export "
+                                               "it again"], res.stderr
+    (tmp_path / "noise.mp4").write_bytes(bytes(range(256)) * 8 + b"moov")   # not a video at all: the general line
+    res = usedge("infer", runtime_model, "--stream", tmp_path / "noise.mp4", "-q")
+    assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].endswith("can decode its codec"), res.stderr
 
 
 def test_a_tiff_cut_short_gives_its_pages_then_says_it_is_damaged(tmp_path, runtime_model, three_pages):

@@ -157,6 +157,16 @@ def test_blank_frame_and_form_without_file_are_4xx(client):
     assert r.status_code == 400 and "'file'" in r.json()["error"]
 
 
+def test_malformed_forms_say_what_is_wrong(client, image_bytes):
+    """Two files in one form, or the file sent as a text field (curl -F "file=<a.png"), were both only
+    'malformed multipart form'."""
+    r = client.post("/v1/predict", files=[("file", ("a.png", image_bytes, "image/png")),
+                                          ("file", ("b.png", image_bytes, "image/png"))], headers=AUTH)
+    assert r.status_code == 400 and "Too many files" in r.json()["error"] and "one file per upload" in r.json()["error"]
+    r = client.post("/v1/predict", files={"file": (None, "x" * 70_000)}, headers=AUTH)      # a part without a filename
+    assert r.status_code == 400 and "text field" in r.json()["error"] and "file=@frame.png" in r.json()["error"]
+
+
 def test_server_survives_bad_uploads(client, image_bytes):
     for body in (b"x", b"\xff\xd8\xff" + b"\x00" * 50, b"BM" + b"\xff" * 40):
         assert client.post("/v1/predict", content=body, headers=AUTH).status_code in (400, 413, 415, 422)

@@ -269,6 +269,9 @@ class VideoFileReader(FrameReader):
         if not self.cap.isOpened():
             self.cap.release()
             self.cap = None
+            if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") and b"moov" not in _head_and_tail(self.path):
+                raise Undecodable("cannot open this video: its index (moov) is missing", path=self.path,
+                                  hint="the file was cut short or is still being recorded; copy or export it again")
             raise InputError("cannot open this video", path=self.path,
                              hint="check the file and that FFmpeg (PyAV or OpenCV) can decode its codec")
         fps = self.cap.get(cv2.CAP_PROP_FPS)
@@ -326,6 +329,17 @@ class VideoFileReader(FrameReader):
         if self.cap is not None:
             self.cap.release()
             self.cap = None
+
+
+def _head_and_tail(path: Path, size: int = 8 << 20) -> bytes:
+    """The first and last `size` bytes of a file (an MP4 keeps its index, the moov box, at one end)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(size)
+            fh.seek(max(fh.seek(0, os.SEEK_END) - size, 0))
+            return head + fh.read(size)
+    except OSError:
+        return b""
 
 
 @contextlib.contextmanager

@@ -59,7 +59,12 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
     try:
         form = await request.form(max_files=1, max_fields=4, max_part_size=64 * 1024)
     except Exception as exc:
-        raise UploadRejected("malformed multipart form", status=400, hint=_FORM_HINT) from exc
+        reason = " ".join(str(exc).split()).rstrip(".")[:200]     # the form parser's own words
+        hint = ("send one file per upload" if "Too many files" in reason else
+                "the file came as a text field: send it as a file part (curl -F file=@frame.png, not file=<frame.png)"
+                if "exceeded maximum size" in reason else _FORM_HINT)
+        raise UploadRejected(f"malformed multipart form ({reason})" if reason else "malformed multipart form",
+                             status=400, hint=hint) from exc
     try:
         part = form.get("file")
         if part is None or isinstance(part, str):
