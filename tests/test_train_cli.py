@@ -111,3 +111,15 @@ def test_ctrl_c_says_how_to_resume(tiny_cohort, tmp_path):
 def test_negative_threads_is_a_config_error(tiny_cohort, tmp_path):
     result = CliRunner().invoke(app, ["train", str(tiny_cohort), "--out", str(tmp_path / "r"), "--set", "run.threads=-3"])
     assert result.exit_code != 0 and "run.threads must be >= 0" in str(result.exception)
+
+
+def test_a_resumed_fold_says_after_which_epoch(tiny_cohort, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", str(tiny_cohort), "--out", str(out), "--image-size", "32", "--epochs", "2", "--folds", "3",
+            "--set", "cv.max_folds=1", "--set", "cv.final_model=false", "--batch-size", "8", "--set", "run.threads=1",
+            "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (out / "fold0" / "result.json").unlink()          # as if stopped after its last epoch, before testing
+    resumed = CliRunner().invoke(app, args + ["--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "fold 0: resumed after epoch 2 of 2" in " ".join(resumed.output.split())

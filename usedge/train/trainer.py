@@ -381,6 +381,8 @@ def train_model(run: Run, split: FoldSplit, seed: int, out_dir: Path, bar, label
         train_set = run.augmenter(train_set)
     fit_res = fit(model, train_set, run.subset(split.val), run.cfg, run.device, class_names=names, out_dir=out_dir,
                   dist=run.dist, resume=run.resume, seed=seed, progress=bar, label=label, extra=extra, alpha=alpha)
+    if fit_res.resumed_from:
+        run.say(f"{label}: resumed after epoch {fit_res.resumed_from} of {run.cfg.optim.epochs} (from {out_dir / 'last.pt'})")
     return model, fit_res
 
 
