@@ -155,3 +155,20 @@ def test_damaged_jpeg_data_is_refused_not_classified(tmp_path, picture):
         assert name in str(err.value)
     (tmp_path / "good.jpg").write_bytes(data)
     assert read_image(tmp_path / "good.jpg").shape[:2] == picture.shape[:2]
+
+
+def test_crop_names_crops_that_are_mostly_colour(tmp_path):
+    """A strongly tinted B-mode image is more than half 'Doppler' and filled: the run's line says how many
+    and how to keep them (--keep-doppler)."""
+    from usedge.synth.phantom import render_view, sample_patient, sample_view
+
+    rng = np.random.default_rng(3)
+    p = sample_patient("T0", "lipoma", rng)
+    g = render_view(p, sample_view(p, rng), rng)[0]
+    cv2.imwrite(str(tmp_path / "tinted.png"), np.dstack([g, g // 2, g]))     # B = g, G = g/2, R = g
+    cv2.imwrite(str(tmp_path / "gray.png"), g)
+    r = runner.invoke(app, ["crop", str(tmp_path / "tinted.png"), str(tmp_path / "gray.png"), "--out", str(tmp_path / "o"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "1 crop(s) more than 50% colour were filled as colour Doppler" in " ".join(r.output.split())
+    r = runner.invoke(app, ["crop", str(tmp_path / "gray.png"), "--out", str(tmp_path / "o2"), "-q"])
+    assert r.exit_code == 0 and "colour" not in r.output

@@ -16,6 +16,7 @@ from usedge.errors import UsedgeError
 from usedge.fileio import write_text_atomic
 from usedge.runtime.crop import FrameCropper, prepare, prepare_all
 from usedge.runtime.dicom import is_dicom, open_dicom
+from usedge.runtime.doppler import MOSTLY_COLOUR
 from usedge.runtime.formats import VIDEO_SUFFIXES, read_pages
 from usedge.runtime.overlay import draw_crop
 from usedge.runtime.preprocess import PreprocessSpec
@@ -35,8 +36,11 @@ class CropRun:
                 methods[line["method"]] = methods.get(line["method"], 0) + 1
         crops = sum("error" not in line for line in self.lines)
         summary = ", ".join(f"{k} {v}" for k, v in sorted(methods.items()))
+        colour = sum(line.get("doppler_fraction", 0.0) > MOSTLY_COLOUR for line in self.lines)
+        note = (f"; {colour} crop(s) more than {MOSTLY_COLOUR:.0%} colour were filled as colour Doppler (tinted B-mode? "
+                "--keep-doppler keeps them)" if colour else "")
         return (f"wrote {crops} crops from {self.files - self.failed} of {self.files} files to {out} ({summary}); "
-                f"see {out / 'crops.jsonl'}")
+                f"see {out / 'crops.jsonl'}{note}")
 
 
 def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: Path | None = None,

@@ -14,6 +14,7 @@ from usedge.runtime.pixels import grid_sample
 
 DOPPLER_MIN_CHROMA = 40      # max(B,G,R) - min(B,G,R), 8-bit levels; JPEG chroma noise stays below
 DOPPLER_MIN_SATURATION = 0.35  # chroma / max: tinted B-mode maps (sepia, blue) stay below
+MOSTLY_COLOUR = 0.5          # a crop more than this fraction Doppler is worth a note: a strongly tinted B-mode map?
 
 
 # the two thresholds as one per-brightness threshold: chroma >= 40 and chroma * 100 >= max * 35

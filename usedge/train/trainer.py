@@ -290,12 +290,11 @@ def data_hash(dataset: Dataset) -> str:
     return hashlib.sha256("\n".join(dataset.class_names + rows).encode()).hexdigest()[:16]
 
 
-MOSTLY_COLOUR = 0.5     # a training image more than this fraction colour Doppler is worth a note
-
-
 def colour_note(samples, infos) -> str:
     """A note when images are mostly colour and were filled as Doppler: a tinted B-mode map (a chroma or
     sepia display) would train as a smooth fill, not as the scan; "" when none is."""
+    from usedge.runtime.doppler import MOSTLY_COLOUR
+
     colour = [s.path for s, info in zip(samples, infos) if info.doppler_fraction > MOSTLY_COLOUR]
     if not colour:
         return ""
