@@ -385,10 +385,14 @@ def test_live_url_reconnects_at_end_of_stream_and_gives_up_when_server_is_gone(c
     server, base = http_video
     url = f"{base}/live.mjpg"
     reader = open_source(url)
-    summary = _runner(clf, reader, max_frames=VIDEO_FRAMES + 10, max_reconnects=3).run()
+    events = []
+    runner = StreamRunner(FramePipeline(clf, stream=True, on_event=events.append), reader, max_frames=VIDEO_FRAMES + 10,
+                          max_reconnects=3)
+    summary = runner.run()
     assert reader.live and reader.name == url
     assert summary.frames_read == VIDEO_FRAMES + 10 and summary.reconnects >= 1   # the stream ended once: reopened
     assert summary.ended_by == "max frames"
+    assert events[:2] == ["source stopped (no frame); reconnecting", "source reopened (attempt 1)"]   # said, not silent
     server.shutdown()
     server.server_close()
     reader = open_source(url)

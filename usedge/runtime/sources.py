@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -655,8 +655,10 @@ class CaptureThread(threading.Thread):
 
     def __init__(self, reader: FrameReader, slot: LatestFrameSlot, *, realtime: bool = False,
                  fps: float | None = None, stop: threading.Event | None = None, max_frames: int | None = None,
-                 max_reconnects: int | None = None, max_backoff_s: float = 8.0, nice: int = 0) -> None:
+                 max_reconnects: int | None = None, max_backoff_s: float = 8.0, nice: int = 0,
+                 on_event: Callable[[str], None] | None = None) -> None:
         super().__init__(name="usedge-capture", daemon=True)
+        self.on_event = on_event    # one line when a live source stops and when it is reopened
         self.nice = nice
         self.niced = False          # whether `nice` took effect (Linux only)
         self.reader, self.slot = reader, slot
@@ -682,6 +684,9 @@ class CaptureThread(threading.Thread):
     def _reconnect(self) -> bool:
         """Reopen a failed live source; attempts count until a frame arrives again (a reopen that
         yields nothing is a failed attempt), with the back-off growing across them."""
+        if self._attempts == 0 and self.on_event is not None:       # it just stopped (not a failed reopen)
+            why = self.stats.error.removeprefix(f"{self.reader.name}: ") if self.stats.error else "no frame"
+            self.on_event(f"source stopped ({why}); reconnecting")
         while not self.stop_event.is_set():
             if self.max_reconnects is not None and self._attempts >= self.max_reconnects:
                 self.stats.error = f"{self.reader.name}: gave up after {self._attempts} reconnect attempts"
@@ -692,9 +697,11 @@ class CaptureThread(threading.Thread):
             try:
                 self.reader.close()
                 self.reader.open()
-                return True
             except Exception:
                 continue
+            if self.on_event is not None:
+                self.on_event(f"source reopened (attempt {self._attempts})")
+            return True
         return False
 
     def run(self) -> None:

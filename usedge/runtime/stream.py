@@ -245,7 +245,8 @@ class StreamRunner:
         self.reader.decode_threads = self.budget.decode_threads
         self.capture = CaptureThread(self.reader, self.slot, realtime=self.realtime, fps=self.fps,
                                      stop=self.stop_event, max_frames=self.max_frames,
-                                     max_reconnects=self.max_reconnects, nice=self.budget.decode_nice)
+                                     max_reconnects=self.max_reconnects, nice=self.budget.decode_nice,
+                                     on_event=self.pipeline.on_event)
         self.capture.start()
         self.capture.opened.wait()
         if self.capture.open_error is not None:

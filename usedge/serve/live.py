@@ -15,11 +15,14 @@ lowered until it fits), and at most `fps` views are made per second, so a viewer
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger("usedge.serve")
 
 MIN_QUALITY = 20      # below this a B-mode image is not worth looking at: the size goes down instead
 STALLED_AFTER_S = 2.0  # a running stream with no result for this long is "stalled" (source stopped sending)
@@ -240,8 +243,10 @@ def start_stream(classifier, source: str, *, replay: bool, smooth_window: int, o
     is_file = not reader.live and not source.startswith("watch:") and not Path(source).is_dir()
     if replay and is_file:
         reader = ReplayReader(reader)
+    # a source that stops and is reopened, a resolution change: one log line each
     pipeline = FramePipeline(classifier, stream=True, regions=reader.regions, freeze=True,
-                             smooth=smooth_window if smooth_window > 1 else None, cam=True, quality_gate=quality_gate)
+                             smooth=smooth_window if smooth_window > 1 else None, cam=True, quality_gate=quality_gate,
+                             on_event=lambda line: log.warning("%s: %s", reader.name, line))
     runner = StreamRunner(pipeline, reader, realtime=is_file)
     runner.start(open_timeout_s=open_timeout_s)
     return runner
