@@ -26,6 +26,15 @@ def _runner(clf, reader, sinks=(), *, freeze=True, smooth=None, cam=True, **kw) 
                                       cam=cam), reader, **kw)
 
 
+def _run_while(runner: StreamRunner, export) -> object:
+    """Run the stream while `export` (a scanner writing files into a watched folder) runs in a thread."""
+    t = threading.Thread(target=export)
+    t.start()
+    summary = runner.run()
+    t.join()
+    return summary
+
+
 @pytest.fixture(scope="module")
 def clf(runtime_model):
     c = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
@@ -212,10 +221,7 @@ def test_watched_folder_classifies_new_files(clf, runtime_images, tmp_path):
             time.sleep(0.2)
         (watch / "broken.png").write_bytes(b"garbage")
 
-    t = threading.Thread(target=export_two)
-    t.start()
-    summary = runner.run()
-    t.join()
+    summary = _run_while(runner, export_two)
     assert summary.processed == 2 and len(results) == 2
     assert [f for f, _ in reader.failed] == [str(watch / "broken.png")]
     assert [p.source for p in results] == [str(watch / "new0.png"), str(watch / "new1.png")]   # each names its file
@@ -245,10 +251,7 @@ def test_watched_folder_gives_every_frame_of_a_cine_and_writes_bad_files(clf, tm
             time.sleep(0.3)
             (watch / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
 
-        t = threading.Thread(target=export)
-        t.start()
-        summary = runner.run()
-        t.join()
+        summary = _run_while(runner, export)
     records = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     cine = [r for r in records if r.get("source") == str(watch / "cine.dcm")]
     assert summary.dropped == 0 and len(cine) == 30

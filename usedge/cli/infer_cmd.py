@@ -153,12 +153,12 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
     return 1 if summary.ended_by in ("source failed", "ended early") else 0
 
 
-def _refuse_overwriting_the_model(model: Path, stream: Optional[str], **outputs) -> None:
-    """An output file (--out, --jsonl, --summary, --record) that is the model or the streamed file is an error
-    before anything is opened: writing results there would destroy it."""
-    from usedge.fileio import refuse_overwriting_inputs
-
+def _check_outputs(model: Path, stream: Optional[str], **outputs) -> None:
+    """Output files (--out, --jsonl, --summary, --record) are errors before anything is opened when one is
+    the model or the streamed file (writing results there would destroy it), a folder, or when two name
+    one file (the last to write would wipe the other)."""
     from usedge.errors import ConfigError
+    from usedge.fileio import refuse_overwriting_inputs
 
     protected = [model] + ([Path(stream)] if stream is not None and Path(stream).is_file() else [])
     given = {name: path for name, path in outputs.items() if path is not None and str(path) != "-"}
@@ -246,7 +246,7 @@ def infer(
                                       max_reconnects=max_reconnects is not None, idle_timeout=idle_timeout is not None,
                                       fps=fps is not None, status=status is not None)
     ort_opt_level = deprecated(ort_opt_level, opt_level, old="--opt-level", new="--ort-opt-level", default="all")
-    _refuse_overwriting_the_model(model, stream, out=out, jsonl=jsonl, summary=summary, record=record)
+    _check_outputs(model, stream, out=out, jsonl=jsonl, summary=summary, record=record)
     if fps is not None and not (math.isfinite(fps) and 0 < fps <= 1000):
         raise ConfigError(f"--fps {fps} is not a frame rate", hint="give frames per second, e.g. --fps 30")
     if summary is not None:      # written at the end of the stream: a folder it cannot go into fails now
