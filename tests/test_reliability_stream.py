@@ -220,6 +220,34 @@ def test_sink_on_a_full_disk_failing_file_object(clf, tmp_path, reliability_ledg
     reliability_ledger.add("stream.sink_full_fileobj", faults_injected=1, outputs_checked=len(lines) + 1)
 
 
+def test_a_failing_output_is_dropped_and_the_stream_goes_on(clf, tmp_path, reliability_ledger):
+    """Two outputs, one on a disk that fills after ~5 lines: that one stops with its one line (kept in the
+    summary), the other gets every frame, and the stream runs to its end."""
+    full, good = tmp_path / "full.jsonl", tmp_path / "good.jsonl"
+    bad = JsonlSink(full)
+    bad.fh.close()
+    bad.fh = FullDiskFile(full, budget=2500)
+    events = []
+    with JsonlSink(good) as ok:
+        from usedge.runtime.pipeline import FramePipeline
+        from usedge.runtime.stream import StreamRunner
+
+        reader = ScriptedReader(frames_cycle(40))
+        pipeline = FramePipeline(clf, [bad, ok], stream=True, on_event=events.append)
+        summary = StreamRunner(pipeline, reader).run()
+    assert summary.ended_by == "end of source" and summary.processed == 40, summary
+    assert len(summary.failed_outputs) == 1 and str(full) in summary.failed_outputs[0]
+    assert "No space left" in summary.failed_outputs[0]
+    assert any(line.startswith("  output stopped: ") for line in summary.lines())
+    assert [e for e in events if e.startswith("output stopped, classification goes on: ")] == [
+        f"output stopped, classification goes on: {summary.failed_outputs[0]}"]
+    assert [r["frame"] for r in _jsonl_lines(good)[0]] == list(range(40))
+    kept, _ = _jsonl_lines(full)
+    assert 1 <= len(kept) < 40 and [r["frame"] for r in kept] == list(range(len(kept)))
+    assert bad not in pipeline.sinks
+    reliability_ledger.add("stream.one_output_full", faults_injected=1, outputs_checked=40 + len(kept) + 1)
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A real 8 KB tmpfs (needs root and mount); skipped where mount is not allowed."""
@@ -264,6 +292,25 @@ def test_cli_record_on_a_full_tmpfs_still_writes_the_summary(runtime_model, runt
     assert str(out) in last and "No space left" in last and ".rec.partial.mp4" in last, proc.stderr
     record = json.loads(summary.read_text())
     assert record["ended_by"] == "output failed" and record["processed"] >= 1 and "No space left" in record["error"]
+
+
+def test_cli_recording_on_a_full_tmpfs_stops_alone(runtime_model, runtime_video, small_tmpfs, tmp_path):
+    """--record onto a full disk beside --jsonl elsewhere: the recording stops with one line, the stream
+    goes on to the end of the video with every frame in the JSONL, and the exit code says something failed."""
+    out, jsonl, summary = small_tmpfs / "rec.mp4", tmp_path / "live.jsonl", tmp_path / "summary.json"
+    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), "--stream", str(runtime_video), "--record", str(out),
+                           "--jsonl", str(jsonl), "--summary", str(summary), "--no-freeze-detect",
+                           "--backend", "ort-cpu", "--threads", "1"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "output stopped, classification goes on: " in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("usedge: ") and str(out) in last and "No space left" in last, proc.stderr
+    record = json.loads(summary.read_text())
+    assert record["ended_by"] == "end of source" and len(record["failed_outputs"]) == 1, record
+    lines, _ = _jsonl_lines(jsonl)
+    assert len(lines) == record["processed"] + record["frozen_skipped"] + record["no_image"] == record["frames_read"]
+    assert not out.exists()      # never renamed into place: the partial file named in the line holds the frames
 
 
 def test_cli_files_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, reliability_ledger, tmp_path):

@@ -130,7 +130,9 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
             runner.subscribe(line)
             stack.enter_context(line.live)
         # Ctrl-C, systemd / docker stop: end between frames (recording finalised, summary)
-        output_error = None     # an output that cannot be written (disk full) ends the stream: summarised, then said
+        # an output that cannot be written (disk full) is dropped and the stream goes on with the others;
+        # when it was the last one, it ends the stream: summarised, then said
+        output_error = None
         with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):
             try:
                 summary = runner.run()
@@ -147,6 +149,9 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
             write_json_atomic(summary_path, summary.to_dict())
         if output_error is not None:
             raise output_error
+        if summary.failed_outputs:      # an output stopped mid-stream; classification went on without it
+            _err(f"usedge: {summary.failed_outputs[-1]}")
+            return 1
     if runner.all_failed:
         _err(f"usedge: every frame failed ({summary.errors}); last: {runner.last_error}")
         return 1

@@ -125,6 +125,10 @@ class FramePipeline:
         label, no probabilities); it resets freeze, smoothing and the crop layout.
     A model output that is not a probability distribution gives an `error` Prediction (no label), written
     to the sinks like any other result; it too resets freeze, smoothing and the crop layout.
+    A sink that cannot write (OutputError: disk full, device gone) ends a file run. In a stream it is
+    closed and left out, its one line kept in `failed_outputs` and passed to `on_event`, and the stream
+    goes on with the other outputs; when none is left (bookkeeping sinks do not count) the OutputError
+    ends the stream.
     """
 
     def __init__(self, classifier: Classifier, sinks: Iterable[Sink] = (), *, stream: bool = False,
@@ -140,6 +144,7 @@ class FramePipeline:
         self.cam = cam
         self.quality = (quality or no_image_reason) if quality_gate else None
         self.on_event = on_event
+        self.failed_outputs: list[str] = []                      # stream: outputs dropped after a write failure
         self.resolution_changes = 0                              # changes of frame size (stream)
         self.notes: list[str] = []                               # their lines, the first MAX_NOTES
         self._shape: tuple[int, int] | None = None
@@ -228,13 +233,37 @@ class FramePipeline:
         overlay = self.draw(pred, image) if any(s.needs_overlay for s in sinks) else None
         with whole_frame():
             for sink in sinks:
-                sink.write(pred, image, overlay)
+                try:
+                    sink.write(pred, image, overlay)
+                except OutputError as exc:
+                    self._output_failed(sink, exc)
 
     def write_error(self, source: str, message: str) -> None:
         """A file or frame that could not be classified: every sink records it its own way (all or none)."""
         with whole_frame():
             for sink in list(self.sinks):
-                sink.write_error(source, message)
+                try:
+                    sink.write_error(source, message)
+                except OutputError as exc:
+                    self._output_failed(sink, exc)
+
+    def _output_failed(self, sink: Sink, exc: OutputError) -> None:
+        """A sink could not write. Files: the run ends (re-raised). A stream goes on without that output
+        (closed, its line kept and reported) while another output is left; else the stream ends."""
+        if not self.stream:
+            raise exc
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+        try:
+            sink.close()            # keeps what it can (a recording: the frames so far, named in exc)
+        except OutputError:
+            pass                    # the same disk failing again: the first line says it
+        line = exc.one_line()
+        self.failed_outputs.append(line)
+        if not any(not s.bookkeeping for s in self.sinks):
+            raise exc
+        if self.on_event is not None:
+            self.on_event(f"output stopped, classification goes on: {line}")
 
     def draw(self, pred: Prediction, image: np.ndarray) -> np.ndarray:
         """The frame with the prediction drawn on it (and the result rate, for a stream)."""

@@ -34,6 +34,7 @@ from usedge.runtime.formats import STILL_SUFFIXES
 class Sink:
     needs_overlay = False
     quit = False
+    bookkeeping = False     # not an output the user asked for (a stream's counters): see FramePipeline
 
     def write(self, pred: Prediction, frame: np.ndarray | None = None, overlay: np.ndarray | None = None) -> None:
         raise NotImplementedError
@@ -239,6 +240,7 @@ class VideoRecorderSink(Sink):
         self.writer = None        # cv2.VideoWriter, or (container, stream) for PyAV
         self.size = None          # (w, h) of the first frame, even
         self.count = 0
+        self.failed = False       # a write failed: the partial file is left where the error says
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -294,6 +296,7 @@ class VideoRecorderSink(Sink):
         try:
             yield
         except (OSError, self.av.FFmpegError) as exc:
+            self.failed = True
             where = ("choose a writable folder" if getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM)
                      else "free disk space or choose another output")
             raise OutputError(f"cannot write the video ({exc}) after {self.count} frames", path=self.path,
@@ -329,12 +332,15 @@ class VideoRecorderSink(Sink):
                 writer.release()
             else:
                 container, stream = writer
-                try:
-                    with self._errors():
-                        for packet in stream.encode():      # flush the encoder's delayed frames
-                            container.mux(packet)
-                finally:
-                    container.close()
+                with self._errors():
+                    try:
+                        if not self.failed:
+                            for packet in stream.encode():      # flush the encoder's delayed frames
+                                container.mux(packet)
+                    finally:
+                        container.close()
+            if self.failed:         # the partial file stays where the write error said (it plays up to there)
+                return
             if self.count:
                 if self.codec == "h264":
                     self._faststart()

@@ -69,6 +69,7 @@ class StreamSummary:
     # end of source | ended early | max frames | interrupted | stopped | source failed | output failed
     ended_by: str = "end of source"
     error: str = ""
+    failed_outputs: list = field(default_factory=list)  # outputs that stopped mid-stream (disk full), one line each
     threads: dict = field(default_factory=dict)     # the ThreadBudget the run used (threads.py)
     backend_reason: str = ""                        # why this backend (auto: the measured trial)
 
@@ -92,6 +93,7 @@ class StreamSummary:
         if self.resolution_changes:
             out.append(f"  resolution changes: {self.resolution_changes} (layout re-detected each time)")
             out.extend(f"    {note}" for note in self.notes)
+        out.extend(f"  output stopped: {line}" for line in self.failed_outputs if line != self.error)
         if self.error:
             out.append(f"  error: {self.error}")
         return out
@@ -127,7 +129,9 @@ class StreamRunner:
         self._thread: threading.Thread | None = None
         self.summary: StreamSummary | None = None
         self.last_error = ""
-        self.pipeline.sinks.insert(0, CallbackSink(self._on_result))   # bookkeeping first, before any output
+        counters = CallbackSink(self._on_result)
+        counters.bookkeeping = True
+        self.pipeline.sinks.insert(0, counters)     # bookkeeping first, before any output
 
     # -- consumers ----------------------------------------------------------------------------
     def subscribe(self, fn: Callable[[Prediction, np.ndarray, np.ndarray | None], None],
@@ -319,6 +323,7 @@ class StreamRunner:
             source_fps=round(self.capture.fps, 2), latency_ms=lat,
             model_share=round(float(model / c2r), 4) if c2r == c2r and c2r > 0 else float("nan"),
             no_image=self._counts["no_image"],
-            ended_by=ended_by, error=cap.error or cap.ended_early or self.last_error, threads=self.budget.to_dict(),
+            ended_by=ended_by, error=cap.error or cap.ended_early or self.last_error,
+            failed_outputs=list(self.pipeline.failed_outputs), threads=self.budget.to_dict(),
             backend_reason=self.pipeline.classifier.backend_reason,
         )
