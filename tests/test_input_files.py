@@ -5,6 +5,7 @@ OpenCV's or FFmpeg's own log lines."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -161,3 +162,45 @@ def test_a_tiff_cut_short_gives_its_pages_then_says_it_is_damaged(tmp_path, runt
     assert res.returncode == 1 and "damaged after page" in res.stderr and "Traceback" not in res.stderr
     lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in lines if r.get("label")] == list(range(len(pages))) and "error" in lines[-1]
+
+
+def test_infer_says_when_frames_were_mostly_filled_as_doppler(tmp_path, runtime_model):
+    """A strongly tinted B-mode image is mostly 'Doppler' and filled before the model. Wholly tinted,
+    nothing is left to classify: its no-image reason says why. Tinted over 80 %, it is classified: each
+    result carries doppler_fraction, infer's last line counts such frames and says how to keep the
+    colour, and a stream says it once, on the first such frame. (The tiny test model keeps colour, so it
+    is loaded with remove_doppler switched on, as `usedge train` records by default.)"""
+    import dataclasses
+
+    from usedge.runtime.classifier import Classifier
+    from usedge.runtime.pipeline import FramePipeline, run_files
+    from usedge.runtime.sinks import CsvSink
+    from usedge.synth.phantom import render_view, sample_patient, sample_view
+
+    rng = np.random.default_rng(3)
+    p = sample_patient("T0", "lipoma", rng)
+    g = render_view(p, sample_view(p, rng), rng)[0]            # as in crop's test of the same note
+    tinted = np.dstack([g, g // 2, g])                          # B = g, G = g/2, R = g: magenta-tinted B-mode
+    part = np.dstack([g, g, g])
+    part[: int(0.8 * len(g))] = tinted[: int(0.8 * len(g))]
+    for name, image in (("tinted.png", tinted), ("part.png", part), ("gray.png", g)):
+        cv2.imwrite(str(tmp_path / name), image)
+    clf = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
+    clf.spec = dataclasses.replace(clf.spec, remove_doppler=True)
+    no_image = []
+    with CsvSink(tmp_path / "r.csv", clf.class_names) as sink:
+        run = run_files(FramePipeline(clf, [sink]), [tmp_path / n for n in ("tinted.png", "part.png", "gray.png")],
+                        on_no_image=no_image.append)
+    assert len(no_image) == 1 and "tinted.png" in no_image[0] and "the crop was more than 50% colour" in no_image[0]
+    assert run.mostly_colour == 1 and run.frames == 2
+    assert "; 1 frame(s) more than 50% colour, filled as colour Doppler" in run.line() and "remove_doppler=false" in run.line()
+    rows = {Path(r["source"]).name: r for r in csv.DictReader((tmp_path / "r.csv").open())}
+    assert float(rows["part.png"]["doppler_fraction"]) > 0.5 and float(rows["gray.png"]["doppler_fraction"]) == 0
+    res = usedge("infer", runtime_model, tmp_path / "gray.png", "-q")      # the JSON line carries it too
+    assert res.returncode == 0 and "colour" not in res.stderr, res.stderr
+    assert json.loads(res.stdout)["doppler_fraction"] == 0
+    events = []
+    pipeline = FramePipeline(clf, stream=True, on_event=events.append)
+    for i, frame in enumerate([part[::-1].copy(), part, part.copy(), part[::-1].copy()]):
+        pipeline.run_frame(frame, index=i)
+    assert [e for e in events if "colour" in e] == [events[0]] and events[0].startswith("frame 0 is more than 50% colour")

@@ -21,6 +21,7 @@ from usedge.fileio import sha256_file
 from usedge.runtime.backends import CPU_BACKENDS, Backend, candidate_backends, create_backend
 from usedge.runtime.backends.trial import choose_cpu_backend
 from usedge.runtime.crop import CropInfo, prepare
+from usedge.runtime.doppler import COLOUR_NOTE, MOSTLY_COLOUR
 from usedge.runtime.model_info import ModelInfo, model_info_from_metadata
 from usedge.runtime.preprocess import PreprocessSpec, normalise
 from usedge.runtime.threads import thread_budget
@@ -57,6 +58,7 @@ class Prediction:
     smoothed: bool = False                       # probs are a temporal average
     state: str = "live"                          # one of STATES
     reason: str = ""                             # why there is no label (no_image, error)
+    doppler_fraction: float = 0.0                # fraction of the model input filled as colour Doppler
 
     @classmethod
     def without_label(cls, state: str, reason: str, *, model_sha256: str, frame_index: int = 0, source: str = "",
@@ -67,7 +69,7 @@ class Prediction:
         return cls(label=None, class_index=None, probs={}, crop_box=box, fov_box=fov,
                    latency_ms=dict(latency_ms or {}), model_sha256=model_sha256, frame_index=frame_index,
                    source=source, crop_method=info.method if info is not None else "none", state=state,
-                   reason=" ".join(reason.split()))
+                   reason=" ".join(reason.split()), doppler_fraction=info.doppler_fraction if info is not None else 0.0)
 
     @property
     def has_label(self) -> bool:
@@ -89,6 +91,7 @@ class Prediction:
             "crop_box": list(self.crop_box),
             "fov_box": list(self.fov_box),
             "crop_method": self.crop_method,
+            "doppler_fraction": round(float(self.doppler_fraction), 4),
             "frozen": self.frozen,
             "smoothed": self.smoothed,
             "latency_ms": {k: round(float(v), 3) for k, v in self.latency_ms.items()},
@@ -315,7 +318,8 @@ class Classifier:
                 probs={n: float(p) for n, p in zip(self.class_names, probs[i])},
                 crop_box=tuple(int(v) for v in info.crop_box), fov_box=tuple(int(v) for v in info.fov_box),
                 latency_ms={}, model_sha256=self.model_sha256, cam=c,
-                frame_index=first_index + i, source=source, crop_method=info.method))
+                frame_index=first_index + i, source=source, crop_method=info.method,
+                doppler_fraction=info.doppler_fraction))
         return preds
 
     # -- public ---------------------------------------------------------------------------------
@@ -338,8 +342,10 @@ class Classifier:
         t = [time.perf_counter()]
         crops = [self.prepare(f, regions, cropper) for f in frames]
         if quality is not None:
-            for image, _ in crops:
+            for image, info in crops:
                 if reason := quality(image):
+                    if info.doppler_fraction > MOSTLY_COLOUR:    # what is left after the fill: say why
+                        reason += f"; the crop was {COLOUR_NOTE}"
                     raise NoImage(f"no usable image: {reason}", path=source or None,
                                   hint="the scanner shows no ultrasound image")
         t.append(time.perf_counter())

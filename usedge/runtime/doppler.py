@@ -15,6 +15,8 @@ from usedge.runtime.pixels import grid_sample
 DOPPLER_MIN_CHROMA = 40      # max(B,G,R) - min(B,G,R), 8-bit levels; JPEG chroma noise stays below
 DOPPLER_MIN_SATURATION = 0.35  # chroma / max: tinted B-mode maps (sepia, blue) stay below
 MOSTLY_COLOUR = 0.5          # a crop more than this fraction Doppler is worth a note: a strongly tinted B-mode map?
+COLOUR_NOTE = (f"more than {MOSTLY_COLOUR:.0%} colour, filled as colour Doppler before the model: a tinted B-mode "
+               "display? (a model trained with --set data.remove_doppler=false keeps the colour)")
 
 
 # the two thresholds as one per-brightness threshold: chroma >= 40 and chroma * 100 >= max * 35

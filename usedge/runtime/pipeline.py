@@ -22,6 +22,7 @@ from usedge.errors import NoImage, OutputError, UsedgeError
 from usedge.runtime.classifier import Classifier, Prediction
 from usedge.runtime.overlay import draw_prediction
 from usedge.runtime.crop import FrameCropper
+from usedge.runtime.doppler import COLOUR_NOTE, MOSTLY_COLOUR
 from usedge.runtime.interrupts import whole_frame
 from usedge.runtime.quality import no_image_reason
 from usedge.runtime.sinks import Sink
@@ -145,6 +146,7 @@ class FramePipeline:
         self.quality = (quality or no_image_reason) if quality_gate else None
         self.on_event = on_event
         self.failed_outputs: list[str] = []                      # stream: outputs dropped after a write failure
+        self._colour_noted = False                               # stream: the mostly-colour line said once
         self.resolution_changes = 0                              # changes of frame size (stream)
         self.notes: list[str] = []                               # their lines, the first MAX_NOTES
         self._shape: tuple[int, int] | None = None
@@ -166,6 +168,10 @@ class FramePipeline:
             pred.latency_ms["wait"] = (t_take - t_capture) * 1e3
             pred.latency_ms["capture_to_result"] = (t_done - t_capture) * 1e3
         self._result_times.append(t_done)
+        if self.stream and pred.doppler_fraction > MOSTLY_COLOUR and not self._colour_noted:
+            self._colour_noted = True
+            if self.on_event is not None:
+                self.on_event(f"frame {index} is {COLOUR_NOTE} (said once)")
         self.emit(pred, image)
         return pred
 
@@ -299,6 +305,7 @@ class FileRun:
     skipped: int = 0                   # inputs reported before the run (symlinked folders, FIFOs)
     done: int = 0                      # files finished (all of them unless interrupted)
     interrupted: bool = False          # Ctrl-C ended the run after `done` files
+    mostly_colour: int = 0             # frames whose model input was more than MOSTLY_COLOUR filled as Doppler
 
     def line(self, out: str = "-") -> str:
         if self.interrupted:
@@ -307,7 +314,8 @@ class FileRun:
         return (f"{self.files - len(self.failed)}/{self.files} files, {self.frames} frames classified"
                 + (f", {self.no_image} no image" if self.no_image else "")
                 + (f", {len(self.failed)} failed" if self.failed else "")
-                + (f", {self.skipped} skipped" if self.skipped else "") + (f" -> {out}" if out != "-" else ""))
+                + (f", {self.skipped} skipped" if self.skipped else "") + (f" -> {out}" if out != "-" else "")
+                + (f"; {self.mostly_colour} frame(s) {COLOUR_NOTE}" if self.mostly_colour else ""))
 
 
 def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: bool = False,
@@ -336,6 +344,7 @@ def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: b
                         first_empty = first_empty or (f" frame {index}" if index else "") + f": {pred.reason}"
                         continue
                     run.frames += 1
+                    run.mostly_colour += pred.doppler_fraction > MOSTLY_COLOUR
                     if pred.state == "error" and not bad:   # the sinks wrote it as an error result
                         bad = f"{path}" + (f" frame {index}" if index else "") + f": {pred.reason}"
             except OutputError:

@@ -150,8 +150,8 @@ class CsvSink(Sink):
         self.stages = [*STAGES, "total"]
         self.columns = (["source", "frame", "label", *[f"p_{c}" for c in self.class_names],
                          "crop_x", "crop_y", "crop_w", "crop_h", "fov_x", "fov_y", "fov_w", "fov_h",
-                         "crop_method", "frozen", "model_sha256", *[f"ms_{s}" for s in self.stages], "state",
-                         "error"])
+                         "crop_method", "doppler_fraction", "frozen", "model_sha256",
+                         *[f"ms_{s}" for s in self.stages], "state", "error"])
         self.writer = csv.writer(self.fh)
         self.count = 0
         try:
@@ -167,7 +167,8 @@ class CsvSink(Sink):
             self.writer.writerow([
                 csv_text(pred.source), pred.frame_index, csv_text(pred.label),
                 *[f"{pred.probs[c]:.6f}" if pred.has_label else "" for c in self.class_names],
-                *pred.crop_box, *pred.fov_box, csv_text(pred.crop_method), int(pred.frozen), pred.model_sha256,
+                *pred.crop_box, *pred.fov_box, csv_text(pred.crop_method), f"{pred.doppler_fraction:.4f}",
+                int(pred.frozen), pred.model_sha256,
                 *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], pred.state, csv_text(pred.reason),
             ])
             self.fh.flush()
