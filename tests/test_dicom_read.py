@@ -235,3 +235,47 @@ def test_a_damaged_transfer_syntax_uid_is_one_line_naming_it(tmp_path):
     (tmp_path / "uid.dcm").write_bytes(data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.9.2.1\x00"))
     with pytest.raises(InputError, match="uid.dcm.*'1.2.840.10008.9.2.1' is not a known one"):
         open_dicom(tmp_path / "uid.dcm").frame(0)
+
+
+def _grey_dicom(path, stored: np.ndarray, **attrs) -> Path:
+    """A US DICOM of a 16-bit grey frame (signed when `stored` is int16) with the given attributes."""
+    from tests.fixtures.badinput import make_dicom
+
+    make_dicom(path, stored.view(np.uint16), patient=False)
+    ds = pydicom.dcmread(path)
+    ds.PixelRepresentation = int(stored.dtype == np.int16)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+    return path
+
+
+def test_grey_levels_as_a_viewer_shows_them(tmp_path):
+    """Signed or rescaled grey pixels go through the Modality LUT (RescaleSlope / Intercept), then the
+    window (WindowCenter / Width), as a DICOM viewer shows them: a signed 16-bit file storing
+    gray * 4 - 512 with slope 0.25, intercept 128, window 128 / 256 reads back as the gray image (it read
+    mostly black: negative values clipped at 0). A narrower window stretches what it holds; a file without a
+    window spans its own value range; MONOCHROME1 is inverted last."""
+    g = ((np.indices((64, 96)).sum(axis=0) * 3) % 256).astype(np.uint8)
+    g[:8] = np.arange(96)[None] * 255 // 95                            # every level from 0 to 255 somewhere
+    stored = g.astype(np.int16) * 4 - 512
+    signed = dict(RescaleSlope=0.25, RescaleIntercept=128, WindowCenter=128, WindowWidth=256)
+    frame = open_dicom(_grey_dicom(tmp_path / "s.dcm", stored, **signed)).frame(0)
+    assert frame.dtype == np.uint8 and np.abs(frame.astype(int) - g).max() <= 1
+    narrow = open_dicom(_grey_dicom(tmp_path / "n.dcm", stored, **{**signed, "WindowWidth": 128})).frame(0)
+    inside = (g >= 72) & (g <= 183)
+    assert np.abs(narrow[inside].astype(int) - np.clip((g[inside].astype(int) - 128) * 2 + 128, 0, 255)).max() <= 2
+    assert (narrow[g < 60] == 0).all() and (narrow[g > 196] == 255).all()
+    auto = open_dicom(_grey_dicom(tmp_path / "a.dcm", stored, RescaleSlope=0.25, RescaleIntercept=128)).frame(0)
+    assert np.abs(auto.astype(int) - g).max() <= 1                     # 0..255 spanned: its own range is g's
+    mono1 = open_dicom(_grey_dicom(tmp_path / "m.dcm", stored, PhotometricInterpretation="MONOCHROME1",
+                                   **signed)).frame(0)
+    assert np.abs(mono1.astype(int) - (255 - g)).max() <= 1
+    bad = _grey_dicom(tmp_path / "bad.dcm", stored, **{**signed, "RescaleSlope": "0.25"})
+    bad.write_bytes(bad.read_bytes().replace(b"0.25", b"x.yz"))        # a damaged slope (DS text)
+    with pytest.raises(InputError, match="grey-level transform") as err:
+        open_dicom(bad).frame(0)
+    assert "bad.dcm" in str(err.value)
+    u12 = g.astype(np.uint16) << 4                                     # 12-bit unsigned, no rescale, no window
+    plain = _grey_dicom(tmp_path / "u12.dcm", u12, BitsStored=12, HighBit=11)
+    assert np.abs(open_dicom(plain).frame(0).astype(int) - g).max() <= 1   # unchanged path: scaled by its depth

@@ -282,17 +282,58 @@ class DicomFile:
             arr = apply_color_lut(arr, self._ds)
             if arr.dtype != np.uint8:  # 16-bit LUT entries
                 arr = (arr >> 8).astype(np.uint8) if int(arr.max()) > 255 else arr.astype(np.uint8)
-        if arr.dtype.kind in "if" and arr.dtype not in (np.uint8, np.uint16):
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise InputError("pixel data contains NaN or Inf", path=self.path, hint="export the image again")
-            arr = np.clip(arr, 0, 65535).astype(np.uint16)
-        if self.photometric != "PALETTE COLOR":     # a palette's colours are 8-bit already
-            # signed data (not ultrasound: CT, --any-modality) is clipped at 0, its depth taken from the values
-            stored = self.bits_allocated if self.signed else self.bits_stored
-            arr = to_uint8(arr, stored, self.bits_allocated, invert=self.photometric == "MONOCHROME1")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InputError("pixel data contains NaN or Inf", path=self.path, hint="export the image again")
+        if self._needs_grey_lut(arr):         # signed, rescaled or windowed grey: as a viewer shows it
+            arr = self._grey_lut(arr)
+        else:
+            if arr.dtype.kind in "if" and arr.dtype not in (np.uint8, np.uint16):
+                arr = np.clip(arr, 0, 65535).astype(np.uint16)
+            if self.photometric != "PALETTE COLOR":     # a palette's colours are 8-bit already
+                arr = to_uint8(arr, self.bits_stored, self.bits_allocated, invert=self.photometric == "MONOCHROME1")
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)  # pydicom gives RGB
         return np.ascontiguousarray(arr)
+
+    def _needs_grey_lut(self, arr: np.ndarray) -> bool:
+        """A monochrome frame whose stored values are not display values: signed, rescaled (Modality LUT) or,
+        deeper than 8 bits, with a display window (VOI). Unsigned 8-bit data is what the scanner showed."""
+        ds = self._ds
+        if arr.ndim != 2 or self.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            return False
+        try:
+            rescaled = "ModalityLUTSequence" in ds or any(
+                ds.get(k) is not None and float(ds.get(k)) != v for k, v in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)))
+            return self.signed or rescaled or (self.bits_stored > 8 and _voi(ds) is not None)
+        except Exception:  # noqa: BLE001 - a damaged element raises whatever pydicom's parser raises
+            return True             # _grey_lut reports it in one line
+
+    def _grey_lut(self, arr: np.ndarray) -> np.ndarray:
+        """Monochrome frame -> uint8 as a DICOM viewer shows it (PS3.3 C.11): the Modality LUT (RescaleSlope /
+        Intercept or a Modality LUT Sequence, pydicom's apply_modality_lut), then the first VOI window
+        (WindowCenter / Width, pydicom's apply_windowing onto 0..255) or VOI LUT Sequence; without either,
+        the frame's own value range onto 0..255. MONOCHROME1 is inverted last (bright is echogenic)."""
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+        ds = self._ds
+        try:
+            x = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+            kind = _voi(ds)
+            if kind == "window":
+                y = apply_voi_lut(x, _window_only(ds), index=0)         # onto 0..255 (BitsStored 8, unsigned)
+            elif kind == "lut":
+                y = np.asarray(apply_voi_lut(x, ds, index=0), dtype=np.float64)
+                bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+                y = y * 255.0 / ((1 << bits) - 1)
+            else:
+                lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+                y = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
+        except Exception as exc:  # noqa: BLE001 - a damaged LUT, window or rescale: pydicom raises many kinds
+            raise Undecodable(f"cannot apply the DICOM grey-level transform ({type(exc).__name__}: {exc})",
+                              path=self.path, hint="the Rescale / Window / LUT attributes are damaged; export again"
+                              ) from exc
+        out = np.clip(np.rint(y), 0, 255).astype(np.uint8)
+        return 255 - out if self.photometric == "MONOCHROME1" else out
 
     def _check_jpeg_frame(self, index: int) -> None:
         """A JPEG frame whose data is damaged (a zero-filled gap, flipped bits) is refused, as a JPEG file
@@ -329,6 +370,34 @@ class DicomFile:
             which = ", ".join(str(i) for i, _ in bad[:10]) + (", ..." if len(bad) > 10 else "")
             raise Undecodable(f"{len(bad)} of {self.n_frames} frames could not be decoded (frame {which}; the "
                               f"others were read): {first.message}", path=self.path, hint=first.hint)
+
+
+def _voi(ds) -> str | None:
+    """Which VOI transform a dataset gives: "window" (WindowCenter and WindowWidth, width >= 1), "lut"
+    (a VOI LUT Sequence) or None."""
+    from pydicom.multival import MultiValue
+
+    try:
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            width = ds.WindowWidth
+            if float(width[0] if isinstance(width, MultiValue) else width) >= 1:
+                return "window"
+    except (TypeError, ValueError, IndexError):
+        pass
+    return "lut" if "VOILUTSequence" in ds and len(ds.VOILUTSequence) else None
+
+
+def _window_only(ds):
+    """The window attributes of `ds` on an unsigned 8-bit dataset without a rescale: pydicom's
+    apply_windowing then maps the (already rescaled) values onto 0..255."""
+    from pydicom.dataset import Dataset
+
+    out = Dataset()
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
+        if keyword in ds:
+            setattr(out, keyword, ds[keyword].value)
+    out.BitsStored, out.PixelRepresentation, out.PhotometricInterpretation = 8, 0, "MONOCHROME2"
+    return out
 
 
 def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int) -> int:
