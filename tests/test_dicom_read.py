@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -279,3 +280,36 @@ def test_grey_levels_as_a_viewer_shows_them(tmp_path):
     u12 = g.astype(np.uint16) << 4                                     # 12-bit unsigned, no rescale, no window
     plain = _grey_dicom(tmp_path / "u12.dcm", u12, BitsStored=12, HighBit=11)
     assert np.abs(open_dicom(plain).frame(0).astype(int) - g).max() <= 1   # unchanged path: scaled by its depth
+
+
+def test_dicom_found_by_its_bytes_in_folders(tmp_path):
+    """A study folder as PACS tools write it: files named by their SOP Instance UID (whose 'suffix' is
+    '.1'), one without the preamble and 'DICM', and a DICOMDIR. The images are found and read (the UID-named
+    and preamble-less ones were silently left out); the DICOMDIR is left out of folders, and named on its own
+    it says what it is. Other files in the folder are not taken for DICOM."""
+    from pydicom.fileset import FileSet
+
+    from usedge.errors import InputError as Err
+    from usedge.runtime.formats import expand_inputs, read_file
+
+    study = tmp_path / "study"
+    study.mkdir()
+    source = pydicom_file("examples_rgb_color.dcm")
+    uid = study / "1.2.840.113619.2.55.3.604688119.969.1268071029.320.1"
+    shutil.copy(source, uid)
+    raw = study / "IM00002"
+    assert uid.read_bytes()[128:132] == b"DICM"
+    raw.write_bytes(uid.read_bytes()[132:])                            # no preamble, no 'DICM'
+    (study / "notes.txt").write_text("not an image\n" * 20)
+    (study / "data.bin").write_bytes(bytes(range(256)) * 4)
+    fs = FileSet()
+    fs.add(pydicom.dcmread(source))
+    fs.write(tmp_path / "cd")
+    files, notes = expand_inputs([study, tmp_path / "cd"])
+    assert not notes and sorted(p.name for p in files) == sorted([uid.name, "IM00002", "IM000000"]), files
+    for path in files:
+        assert read_file(path).frame.shape[:2] == read_file(uid).frame.shape[:2]
+    assert np.array_equal(read_file(raw).frame, read_file(uid).frame)
+    with pytest.raises(Err, match="a DICOMDIR") as err:
+        read_file(tmp_path / "cd" / "DICOMDIR")
+    assert "pass the folder" in str(err.value)

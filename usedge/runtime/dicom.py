@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from usedge.errors import InputError, NoSuchFrame, Undecodable, UnsupportedInput
-from usedge.runtime.formats import DICOM_SUFFIXES, MAX_PIXELS, check_jpeg_data, check_pixels, read_bytes
+from usedge.runtime.formats import (DICOM_SUFFIXES, MAX_PIXELS, check_jpeg_data, check_pixels, looks_like_dicom,
+                                    raw_dicom_dataset, read_bytes)
 from usedge.runtime.pixels import standard_depth
 
 # transfer syntax UID -> (name, packages that decode it with pydicom 3)
@@ -41,13 +42,16 @@ _DECODERS = {
 }
 
 
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"      # Media Storage Directory Storage: a DICOMDIR
+
 # JPEG Baseline and Extended: every frame's data is checked strictly by libjpeg-turbo first
 # (formats.check_jpeg_data; data it does not read, e.g. 12-bit, is left to pydicom's decoders)
 STRICT_JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"})
 
 
 def is_dicom(path: str | Path) -> bool:
-    """True for a .dcm/.dicom name or a regular file with the 'DICM' marker at byte 128 (a FIFO is never opened)."""
+    """True for a .dcm/.dicom name or a regular file whose first bytes are DICOM's (formats.looks_like_dicom:
+    the 'DICM' marker at byte 128, or a data set without the preamble); a FIFO is never opened."""
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
@@ -58,7 +62,7 @@ def is_dicom(path: str | Path) -> bool:
             head = fh.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return looks_like_dicom(head)
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,8 @@ class DicomFile:
         if not data:
             raise Undecodable("empty file (0 bytes)", path=self.path, hint="copy the DICOM file again")
         try:
-            self._ds = pydicom.dcmread(io.BytesIO(data))
+            # force: a data set written without the preamble and 'DICM' (formats.raw_dicom_dataset)
+            self._ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM" and raw_dicom_dataset(data))
         except InvalidDicomError as exc:
             raise Undecodable("not a DICOM file", path=self.path,
                               hint="pass a DICOM Part 10 file (.dcm), or convert it to PNG") from exc
@@ -113,6 +118,9 @@ class DicomFile:
             raise Undecodable(f"cannot read DICOM header ({type(exc).__name__})", path=self.path,
                               hint="the file is truncated or damaged; export it again from the scanner/PACS") from exc
         ds = self._ds
+        if str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
+            raise InputError("a DICOMDIR: the index of a DICOM export (CD, USB), not an image", path=self.path,
+                             hint="pass the folder that holds it: the images in it are read (the DICOMDIR is left out)")
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             if self._truncated(len(data)):
                 raise Undecodable("truncated DICOM file (it ends inside an element)", path=self.path,

@@ -148,6 +148,28 @@ def _webp_size(data: bytes) -> tuple[int, int]:
     raise ValueError("unknown WebP chunk")
 
 
+# the value representations a DICOM data element can have (PS3.5 6.2): how an explicit-VR data set starts
+_DICOM_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN "
+                       b"UR US UT UV".split())
+
+
+def raw_dicom_dataset(head: bytes) -> bool:
+    """A DICOM data set written without the 128-byte preamble and 'DICM' (older exports, some PACS tools):
+    it starts with a group 0002 or 0008 element (little endian), explicit VR (two VR letters) or implicit
+    VR (a short length)."""
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    if group not in (0x0002, 0x0008) or element > 0x00FF:
+        return False
+    return head[4:6] in _DICOM_VRS or struct.unpack("<I", head[4:8])[0] <= 1024
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """The first 132 bytes of a DICOM file: 'DICM' after the preamble, or a data set without one."""
+    return head[128:132] == b"DICM" or raw_dicom_dataset(head)
+
+
 def sniff(data: bytes, name: str = "") -> str | None:
     """File type from magic bytes (a .dcm/.dicom name also means DICOM): png | jpeg | ... | dicom, or None."""
     if data[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES:
@@ -162,6 +184,8 @@ def sniff(data: bytes, name: str = "") -> str | None:
         return "tiff"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
+    if raw_dicom_dataset(data):
+        return "dicom"
     return None
 
 
@@ -350,8 +374,8 @@ def read_image(path: str | Path, *, frame_index: int = 0, allow_any_modality: bo
 # --------------------------------------------------------------------------- inputs
 
 def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFFIXES) -> tuple[list[Path], list[str]]:
-    """Files named, and every regular file under folders named whose suffix is in `suffixes` (or a
-    suffix-less DICOM), recursive and sorted. `notes`: one line per thing skipped, for the caller to
+    """Files named, and every regular file under folders named whose suffix is in `suffixes` or whose
+    bytes are DICOM's (a file named by its UID, `IM00001`, a DICOMDIR), recursive and sorted. `notes`: one line per thing skipped, for the caller to
     print: a symlinked or unreadable folder, a FIFO/socket/device or broken link."""
     from usedge.runtime.dicom import is_dicom
 
@@ -371,12 +395,14 @@ def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFF
                 if os.path.islink(os.path.join(top, d)):
                     notes.append(f"{os.path.join(top, d)}: symlinked folder not followed: pass its real path")
             for n in names:
+                if n.upper() == "DICOMDIR":         # a CD/USB export's index of its files, not an image
+                    continue
                 p = Path(top, n)
                 wanted = p.suffix.lower() in suffixes
                 if not p.is_file():
                     if wanted:
                         notes.append(f"{p}: not a regular file (FIFO, socket, device or broken link): skipped")
-                elif wanted or (p.suffix == "" and is_dicom(p)):
+                elif wanted or is_dicom(p):     # DICOM by its bytes: PACS tools name files by UID (1.2.840...)
                     found.append(p)
         files += sorted(found)
     return files, sorted(notes)
