@@ -27,7 +27,7 @@ def _with_info(src, dst, edit) -> str:
 
 def _set(key, value, section=None):
     def edit(d):
-        (d[section] if section else d)[key] = value
+        (d.setdefault(section, {}) if section else d)[key] = value
     return edit
 
 
@@ -45,6 +45,18 @@ CASES = [
     ("bad_mean", _set("mean", "0.5", "preprocess"), "preprocess.mean must be a number"),
     ("bad_outputs", _set("outputs", ["cam"]), "outputs must list 'probs'"),
     ("unknown_resize", _set("resize", "bicubic", "preprocess"), "unknown preprocess.resize \"bicubic\""),
+    ("bad_crop", _set("crop", "garbage", "preprocess"), "preprocess.crop \"garbage\": bad crop"),
+    ("bad_crop_box", _set("crop", "0,0,-5,0", "preprocess"), "preprocess.crop \"0,0,-5,0\": bad crop"),
+    # the model card: read by doctor / infer / serve for the provenance line and the uncertainty margin
+    ("card_checks_text", _set("checks", "oops", "model_card"), "model_card.checks must be a list"),
+    ("card_checks_numbers", _set("checks", [1, 2], "model_card"), "model_card.checks must be a list of objects"),
+    ("card_cv_list", _set("cross_validation", [1, 2], "model_card"), "model_card.cross_validation must be an object"),
+    ("card_cv_rows", _set("cross_validation", {"rows": {"a": 1}}, "model_card"), "cross_validation.rows must be"),
+    ("card_data_text", _set("training_data", "synthetic", "model_card"), "model_card.training_data must be an object"),
+    ("card_margin_nan", _set("uncertain_margin", float("nan"), "model_card"), "uncertain_margin must be a number in 0..1"),
+    ("card_margin_true", _set("uncertain_margin", True, "model_card"), "uncertain_margin must be a number in 0..1"),
+    ("card_margin_negative", _set("uncertain_margin", -1, "model_card"), "uncertain_margin must be a number in 0..1"),
+    ("card_margin_text", _set("uncertain_margin", "0.2", "model_card"), "uncertain_margin must be a number in 0..1"),
 ]
 
 
@@ -115,3 +127,22 @@ def test_exported_file_carries_schema_version_and_digest(runtime_model):
     import hashlib
 
     assert info.weights_sha256 == hashlib.sha256(onnx.load(str(runtime_model)).graph.SerializeToString()).hexdigest()
+
+
+def test_a_user_preset_is_checked_when_used_not_at_load(tmp_path, runtime_model):
+    """preset:NAME may name a preset of the user's own file (--presets): accepted at load."""
+    path = _with_info(runtime_model, tmp_path / "preset.onnx", _set("crop", "preset:my_scanner", "preprocess"))
+    assert Classifier.load(path, backend="ort-cpu", threads=1).spec.crop == "preset:my_scanner"
+
+
+def test_a_fixed_batch_other_than_one_is_refused_at_load(tmp_path, runtime_model):
+    """A graph whose input has a fixed batch of 4 loads in onnxruntime but fails on every frame: refused at
+    load, in one line, with what usedge runs."""
+    model = onnx.load(str(runtime_model))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_value = 4
+    onnx.save(model, str(tmp_path / "batch4.onnx"))
+    with pytest.raises(ModelError, match="fixed batch of 4") as err:
+        Classifier.load(tmp_path / "batch4.onnx", backend="ort-cpu", threads=1, verify=False)   # the graph is edited
+    assert "batch 1 or dynamic" in err.value.one_line()

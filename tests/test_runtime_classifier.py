@@ -111,17 +111,43 @@ def test_cli_no_verify(tmp_path, runtime_model, runtime_images):
     assert "usedge: model card: fp32 model " in allowed.output and "SYNTHETIC data" in allowed.output
 
 
-def test_looks_like_probs_is_allclose_written_out():
-    """The per-frame logits-or-probabilities test gives numpy.allclose's answer, at its tolerance edges too."""
-    from usedge.runtime.classifier import looks_like_probs
+def test_logits_are_an_error_not_guessed_into_probabilities(runtime_model):
+    """`probs` must be probabilities: logits, or per-class sigmoids (each in 0..1, not summing to 1), give an
+    `error` result with the reason; they were softmaxed by guessing, and logits that happened to look like
+    probabilities passed as they were."""
+    from usedge.runtime.crop import CropInfo
 
-    def reference(p):
-        return bool(np.all(p >= -1e-4) and np.all(p <= 1 + 1e-4) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-2))
+    clf = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
+    info = CropInfo(frame_shape=(64, 64), fov_box=(0, 0, 64, 64), crop_box=(0, 0, 64, 64))
+    for row in ([2.0, -1.0, 0.5], [0.51, 0.525, 0.539]):
+        (pred,) = clf.post({"probs": np.array([row], np.float32)}, [info])
+        assert pred.state == "error" and not pred.has_label and "'probs' must be probabilities" in pred.reason
+    (pred,) = clf.post({"probs": np.array([[0.2, 0.3, 0.5]], np.float32)}, [info])
+    assert pred.state == "live" and pred.probs[pred.label] == pytest.approx(0.5)
 
-    rng = np.random.default_rng(3)
-    cases = [np.array([[0.5, 0.5 + d]], np.float32) for d in np.linspace(-0.0102, 0.0102, 409, dtype=np.float32)]
-    cases += [rng.dirichlet(np.ones(3), 2).astype(np.float32) * np.float32(s) for s in (1, 0.99, 1.0099, 1.02)]
-    cases += [np.array([[-1e-4, 0.5, 0.5]], np.float32), np.array([[-2e-4, 0.5, 0.5]], np.float32),
-              np.array([[np.nan, 0.5, 0.5]], np.float32), (rng.normal(size=(2, 3)) * 3).astype(np.float32)]
-    for p in cases:
-        assert looks_like_probs(p) == reference(p), p
+
+def test_a_result_below_the_card_margin_is_uncertain_everywhere(runtime_model, tmp_path):
+    """The model card's uncertain_margin qualifies every result the same way: `margin` and `uncertain` in
+    the prediction JSON (infer's JSONL, serve), in the CSV, and the overlay says "uncertain (label?)"."""
+    import csv
+
+    from usedge.runtime.crop import CropInfo
+    from usedge.runtime.overlay import draw_prediction
+    from usedge.runtime.sinks import CsvSink
+
+    clf = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
+    clf.uncertain_margin = 0.2
+    info = CropInfo(frame_shape=(96, 96), fov_box=(0, 0, 96, 96), crop_box=(0, 0, 96, 96))
+    close, clear = clf.post({"probs": np.array([[0.493, 0.462, 0.045], [0.1, 0.8, 0.1]], np.float32)}, [info, info])
+    assert close.to_record()["margin"] == pytest.approx(0.031, abs=1e-6) and close.to_record()["uncertain"] is True
+    assert clear.to_record()["margin"] == pytest.approx(0.7, abs=1e-6) and clear.to_record()["uncertain"] is False
+    clf.uncertain_margin = None
+    (unknown,) = clf.post({"probs": np.array([[0.493, 0.462, 0.045]], np.float32)}, [info])
+    assert unknown.to_record()["uncertain"] is None and unknown.to_record()["margin"] == pytest.approx(0.031, abs=1e-6)
+    with CsvSink(tmp_path / "r.csv", clf.class_names) as sink:
+        sink.write(close)
+        sink.write(clear)
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [r["uncertain"] for r in rows] == ["1", "0"] and float(rows[0]["margin"]) == pytest.approx(0.031, abs=1e-6)
+    frame = np.full((96, 96), 90, np.uint8)
+    assert not np.array_equal(draw_prediction(frame, close), draw_prediction(frame, unknown))   # the tag differs

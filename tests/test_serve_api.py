@@ -78,6 +78,8 @@ def test_raw_body_jpeg_and_overlay(client, serve_images):
     r = client.post("/v1/predict?format=png", content=jpeg, headers=AUTH)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert r.headers["x-usedge-label"] == d["label"]
+    assert r.headers["x-usedge-margin"] == f"{d['margin']:.6f}"                # the verdict travels with the PNG
+    assert r.headers["x-usedge-uncertain"] == str(d["uncertain"]).lower() and d["uncertain"] is not None
     assert cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR).shape[:2] == image.shape[:2]
 
 

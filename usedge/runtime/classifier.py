@@ -59,6 +59,20 @@ class Prediction:
     state: str = "live"                          # one of STATES
     reason: str = ""                             # why there is no label (no_image, error)
     doppler_fraction: float = 0.0                # fraction of the model input filled as colour Doppler
+    uncertain_margin: float | None = None        # the model card's: a top-2 margin below it is `uncertain`
+
+    @property
+    def margin(self) -> float | None:
+        """Top probability minus the second (None without a label)."""
+        return probability_margin(self.probs) if self.has_label else None
+
+    @property
+    def uncertain(self) -> bool | None:
+        """The margin is below the model card's `uncertain_margin`: to be shown as uncertain, not as a
+        diagnosis (None without a label or without a margin in the card)."""
+        if self.margin is None or self.uncertain_margin is None:
+            return None
+        return self.margin < self.uncertain_margin
 
     @classmethod
     def without_label(cls, state: str, reason: str, *, model_sha256: str, frame_index: int = 0, source: str = "",
@@ -90,6 +104,8 @@ class Prediction:
             **({"reason": self.reason} if self.reason else {}),
             "crop_box": list(self.crop_box),
             "fov_box": list(self.fov_box),
+            "margin": None if self.margin is None else round(self.margin, 6),
+            "uncertain": self.uncertain,
             "crop_method": self.crop_method,
             "doppler_fraction": round(float(self.doppler_fraction), 4),
             "frozen": self.frozen,
@@ -99,10 +115,10 @@ class Prediction:
         }
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+def probability_margin(probs: dict) -> float:
+    """Top probability minus the second (the top one alone for a single class), 6 decimals."""
+    top = sorted((float(v) for v in probs.values()), reverse=True) + [0.0]
+    return round(top[0] - top[1], 6)
 
 
 #: the stages of one model call, in order: the keys of Prediction.latency_ms (plus "total"), of the
@@ -121,25 +137,24 @@ def output_problem(p: np.ndarray) -> str:
         return "model output is not finite (NaN or Inf: FP16 overflow or damaged weights?)"
     total = float(p.sum(dtype=np.float64))
     if abs(total - 1.0) > PROB_SUM_TOLERANCE or np.any(p < -PROB_SUM_TOLERANCE):
-        return f"model output is not a probability distribution (sums to {total:.4g})"
+        return (f"model output is not a probability distribution (sums to {total:.4g}): 'probs' must be "
+                "probabilities (a model that outputs logits must end in softmax)")
     return ""
 
 
-def looks_like_probs(p: np.ndarray) -> bool:
-    """Whether rows of model output are already probabilities: in [0, 1] and summing to 1 within 1e-2
-    (numpy.allclose(sums, 1, atol=1e-2) written out: the same test, a tenth of the calls, once per frame)."""
-    return p.size == 0 or bool(p.min() >= -1e-4 and p.max() <= 1 + 1e-4
-                               and np.all(np.abs(p.sum(axis=-1) - 1.0) <= 1e-2 + 1e-5))
-
-
 def _check_io_shapes(engine: Backend, info: ModelInfo, path: Path) -> None:
-    """ModelError unless the declared input is N x 1 x size x size and probs has one
+    """ModelError unless the declared input is float32 N x 1 x size x size (N dynamic or 1) and probs has one
     column per class name; symbolic (dynamic) dimensions pass. Every backend declares its I/O tensors."""
     want_in = [None, 1, info.preprocess.size, info.preprocess.size]
     shape_in = list(engine.inputs[0].shape)
+    dtype_in = str(engine.inputs[0].dtype or "float32")
     probs_shape = next((o.shape for o in engine.outputs if o.name == "probs"), None)
     problem = ""
-    if (len(shape_in) != 4 or any(
+    if dtype_in != "float32":
+        problem = f"input is {dtype_in}; usedge feeds float32 (an FP16 model keeps float32 inputs and outputs)"
+    elif len(shape_in) == 4 and isinstance(shape_in[0], int) and shape_in[0] != 1:
+        problem = f"input has a fixed batch of {shape_in[0]}; usedge runs one frame at a time (batch 1 or dynamic)"
+    elif (len(shape_in) != 4 or any(
             isinstance(got, int) and want is not None and got != want for got, want in zip(shape_in, want_in))):
         problem = f"input shape {shape_in} does not fit N x 1 x {info.preprocess.size} x {info.preprocess.size}"
     elif probs_shape and isinstance(probs_shape[-1], int) and probs_shape[-1] != len(info.class_names):
@@ -163,6 +178,8 @@ class Classifier:
         self.class_names = list(info.class_names)
         self.model_sha256 = model_sha256
         self.backend_reason = backend_reason
+        margin = info.model_card.get("uncertain_margin")     # checked at load (model_info.validate)
+        self.uncertain_margin: float | None = float(margin) if margin is not None else None
         self.has_cam = "cam" in backend.output_names
         self._load_options = load_options or {}
         self._buffers = threading.local()          # per-thread reused 1 x 1 x size x size model input
@@ -291,13 +308,12 @@ class Classifier:
 
     def post(self, outputs: dict[str, np.ndarray], infos: Sequence[CropInfo], *, first_index: int = 0,
              source: str = "") -> list[Prediction]:
-        """Model outputs -> one Prediction per crop (softmax when the model gave logits, CAM of the top class).
+        """Model outputs -> one Prediction per crop (CAM of the top class).
 
-        A row that is not finite or does not sum to 1 (PROB_SUM_TOLERANCE) gives an `error` Prediction
-        with the reason and no label."""
+        `probs` must be probabilities (usedge's export ends in softmax): a row that is not finite, has a
+        negative value or does not sum to 1 (PROB_SUM_TOLERANCE) gives an `error` Prediction with the
+        reason and no label. Logits or per-class sigmoids are never turned into probabilities by guessing."""
         probs = np.asarray(outputs["probs"], dtype=np.float32).reshape(-1, len(self.class_names))
-        if np.all(np.isfinite(probs)) and not looks_like_probs(probs):  # a model exported with logits
-            probs = softmax(probs)
         cam = outputs.get("cam")
         cam = np.asarray(cam, dtype=np.float32) if cam is not None else None
         preds = []
@@ -319,7 +335,7 @@ class Classifier:
                 crop_box=tuple(int(v) for v in info.crop_box), fov_box=tuple(int(v) for v in info.fov_box),
                 latency_ms={}, model_sha256=self.model_sha256, cam=c,
                 frame_index=first_index + i, source=source, crop_method=info.method,
-                doppler_fraction=info.doppler_fraction))
+                doppler_fraction=info.doppler_fraction, uncertain_margin=self.uncertain_margin))
         return preds
 
     # -- public ---------------------------------------------------------------------------------

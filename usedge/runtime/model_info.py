@@ -117,6 +117,14 @@ def _check_preprocess(p) -> None:
             raise ValueError(f"preprocess.{key} must be a number in {lo:g}..{hi:g}, got {json.dumps(p[key])[:40]}")
     if "crop" in p and not (isinstance(p["crop"], str) and p["crop"]):
         raise ValueError(f"preprocess.crop must be a non-empty string, got {json.dumps(p['crop'])[:40]}")
+    if "crop" in p and not p["crop"].strip().lower().startswith("preset:"):   # a preset may be the user's (--presets)
+        from usedge.errors import ConfigError
+        from usedge.runtime.crop import parse_crop
+
+        try:
+            parse_crop(p["crop"])
+        except ConfigError as exc:
+            raise ValueError(f"preprocess.crop {json.dumps(p['crop'])[:40]}: {exc.message}") from exc
     if "resize" in p and p["resize"] not in RESIZE_METHODS:
         raise ValueError(f"unknown preprocess.resize {json.dumps(p['resize'])[:40]} (from a newer usedge?; this usedge "
                          f"knows {', '.join(RESIZE_METHODS)}): it would prepare the pixels differently")
@@ -128,7 +136,7 @@ def _check_version(v) -> None:
     if not isinstance(v, str) or len(v.split(".")) != 2 or not all(x.isdigit() for x in v.split(".")):
         raise ValueError(f"schema_version must be 'MAJOR.MINOR', got {json.dumps(v)[:40]}")
     if int(v.split(".")[0]) > int(SCHEMA_VERSION.split(".")[0]):
-        raise ValueError(f"metadata schema {v} is newer than this usedge reads ({SCHEMA_VERSION}): upgrade usedge")
+        raise ValueError(f"metadata schema {v} is newer than this usedge reads ({SCHEMA_VERSION})")
 
 
 def validate(d) -> None:
@@ -167,6 +175,27 @@ def validate(d) -> None:
     for key in ("training", "export", "model_card"):
         if key in d and not isinstance(d[key], dict):
             raise ValueError(f"{key} must be an object, got {type(d[key]).__name__}")
+    _check_model_card(d.get("model_card", {}))
+
+
+def _check_model_card(card: dict) -> None:
+    """The model card fields the runtime reads (provenance line, uncertainty margin): of the right type."""
+    def kind(key, types, what):
+        if key in card and card[key] is not None and not isinstance(card[key], types):
+            raise ValueError(f"model_card.{key} must be {what}, got {json.dumps(card[key])[:40]}")
+
+    kind("training_data", dict, "an object")
+    kind("cross_validation", dict, "an object")
+    kind("checks", list, "a list")
+    kind("localisation", (dict, str), "an object or a string")
+    if not all(isinstance(c, dict) for c in card.get("checks") or []):
+        raise ValueError("model_card.checks must be a list of objects")
+    rows = (card.get("cross_validation") or {}).get("rows")
+    if rows is not None and not (isinstance(rows, dict) and all(isinstance(r, dict) for r in rows.values())):
+        raise ValueError("model_card.cross_validation.rows must be an object of objects")
+    margin = card.get("uncertain_margin")
+    if margin is not None and not (_is_number(margin) and 0.0 <= margin < 1.0):
+        raise ValueError(f"model_card.uncertain_margin must be a number in 0..1, got {json.dumps(margin)[:40]}")
 
 
 def model_info_from_metadata(metadata: dict[str, str], path: str | Path | None, *, verify: bool = False) -> ModelInfo:

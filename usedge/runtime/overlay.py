@@ -66,6 +66,8 @@ def draw_prediction(frame: np.ndarray, pred: Prediction, *, fps: float | None = 
     panel = out[0:min(panel_h, h), 0:min(panel_w, w)]
     cv2.addWeighted(panel, 0.35, np.zeros_like(panel), 0.65, 0.0, dst=panel)
     tag = f"{pred.label} {pred.probs[pred.label]:.0%}"
+    if pred.uncertain:       # below the model card's margin: not to be read as a diagnosis
+        tag = f"uncertain ({pred.label}? {pred.probs[pred.label]:.0%})"
     if pred.frozen:
         tag += "  [FROZEN]"
     cv2.putText(out, tag, (8, line), cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, colour, thick, cv2.LINE_AA)

@@ -148,7 +148,7 @@ class CsvSink(Sink):
         self.fh, self._own, self._tmp = _open_text(path, atomic)
         self.class_names = list(class_names)
         self.stages = [*STAGES, "total"]
-        self.columns = (["source", "frame", "label", *[f"p_{c}" for c in self.class_names],
+        self.columns = (["source", "frame", "label", *[f"p_{c}" for c in self.class_names], "margin", "uncertain",
                          "crop_x", "crop_y", "crop_w", "crop_h", "fov_x", "fov_y", "fov_w", "fov_h",
                          "crop_method", "doppler_fraction", "frozen", "model_sha256",
                          *[f"ms_{s}" for s in self.stages], "state", "error"])
@@ -167,6 +167,7 @@ class CsvSink(Sink):
             self.writer.writerow([
                 csv_text(pred.source), pred.frame_index, csv_text(pred.label),
                 *[f"{pred.probs[c]:.6f}" if pred.has_label else "" for c in self.class_names],
+                "" if pred.margin is None else f"{pred.margin:.6f}", "" if pred.uncertain is None else int(pred.uncertain),
                 *pred.crop_box, *pred.fov_box, csv_text(pred.crop_method), f"{pred.doppler_fraction:.4f}",
                 int(pred.frozen), pred.model_sha256,
                 *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], pred.state, csv_text(pred.reason),

@@ -147,7 +147,9 @@ async def predict(request: Request, overlay: bool = False, cam: bool = True, fra
         if png is None:
             return st.error(500, "cannot encode the overlay PNG", "internal")
         return Response(png, media_type="image/png",
-                        headers={"X-Usedge-Label": result["label"], "X-Usedge-Model-Sha256": st.classifier.model_sha256})
+                        headers={"X-Usedge-Label": result["label"], "X-Usedge-Model-Sha256": st.classifier.model_sha256,
+                                 "X-Usedge-Margin": "" if result["margin"] is None else f"{result['margin']:.6f}",
+                                 "X-Usedge-Uncertain": {True: "true", False: "false"}.get(result["uncertain"], "")})
     if overlay and png is not None:
         result["overlay_png"] = base64.b64encode(png).decode("ascii")
     return result

@@ -11,9 +11,8 @@ The model's name is `MODEL_NAME` ("usedge", as in the Triton repository `usedge 
 writes); a `/versions/{v}` segment is accepted. Input: the model's input tensor (the output of
 `usedge.runtime.preprocess.normalise`, i.e. crop and normalisation done by the client, as a Triton
 server would expect) as JSON `data` or with the binary tensor extension (`binary_data_size`,
-`Inference-Header-Content-Length`); output `probs` (N x classes, FP32; softmax applied when the model
-gives logits, as `usedge infer` does), as JSON or binary as requested. A row that is not a probability
-distribution (NaN, Inf) answers 500 with the reason, never numbers. Errors: `{"error": message}`.
+`Inference-Header-Content-Length`); output `probs` (N x classes, FP32, as the model gives them), as JSON or binary as requested. A row
+that is not a probability distribution (NaN, Inf, logits) answers 500 with the reason, never numbers. Errors: `{"error": message}`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 
 import usedge
 from usedge.errors import ModelError, UsedgeError
-from usedge.runtime.classifier import looks_like_probs, output_problem, softmax
+from usedge.runtime.classifier import output_problem
 from usedge.serve.routes_api import read_upload
 from usedge.serve.state import ServeState, state_of
 from usedge.serve.uploads import UploadRejected
@@ -146,12 +145,10 @@ def _check_values(x: np.ndarray, mean: float, std: float) -> None:
 
 
 def _run(st: ServeState, x: np.ndarray) -> np.ndarray:
-    """Worker thread: the model stage (one call at a time with uploads), softmax of logits, finite check."""
+    """Worker thread: the model stage (one call at a time with uploads), then each row checked as probabilities."""
     with st.predict_lock:
         outputs = st.classifier.run_model(x)
     probs = np.asarray(outputs["probs"], dtype=np.float32).reshape(x.shape[0], -1)
-    if np.all(np.isfinite(probs)) and not looks_like_probs(probs):
-        probs = softmax(probs)
     for i, row in enumerate(probs):
         if problem := output_problem(row):
             raise ModelError(f"row {i}: {problem}")

@@ -41,12 +41,13 @@ class ServeState:
     def verdict(self, probs: dict | None) -> dict:
         """margin (top probability minus the second) and uncertain (margin below the model card's
         `uncertain_margin`; null when the card states none): how the page and the API qualify a label."""
-        threshold = self.classifier.info.model_card.get("uncertain_margin")
+        from usedge.runtime.classifier import probability_margin
+
+        threshold = self.classifier.uncertain_margin
         if not probs:
             return {"margin": None, "uncertain": None, "uncertain_margin": threshold}
-        top = sorted((float(v) for v in probs.values()), reverse=True) + [0.0]
-        margin = round(top[0] - top[1], 6)
-        return {"margin": margin, "uncertain": (margin < threshold) if isinstance(threshold, (int, float)) else None,
+        margin = probability_margin(probs)
+        return {"margin": margin, "uncertain": (margin < threshold) if threshold is not None else None,
                 "uncertain_margin": threshold}
 
     def card(self) -> dict:
