@@ -200,6 +200,19 @@ def test_damaged_cine_frames_are_passed_over_and_named(tmp_path):
     assert got == [i for i in range(30) if i not in (3, 5)]
     assert "2 of 30 frames could not be decoded (frame 3, 5" in str(err.value)
     assert "damaged" in str(err.value) and "pip install" not in str(err.value)
+    # as a live source (`--stream cine.dcm`): the damaged frames are error results, the stream goes on to the end
+    from usedge.runtime.sources import CaptureThread, LatestFrameSlot, open_source
+
+    reader, slot = open_source(str(tmp_path / "cine.dcm")), LatestFrameSlot()
+    capture = CaptureThread(reader, slot)
+    capture.start()
+    indices = []
+    while (frame := slot.get(timeout=5)) is not None:
+        indices.append(frame.index)
+    capture.join(5)
+    assert indices == got and not capture.stats.error          # each frame keeps its own number
+    assert [src for src, _ in reader.failed] == [f"{tmp_path / 'cine.dcm'} frame {i}" for i in (3, 5)]
+    assert all("damaged" in line for _, line in reader.failed)
 
 
 def test_a_damaged_jpeg_frame_is_refused_not_read_as_gray_blocks(tmp_path):

@@ -43,6 +43,10 @@ def test_non_ultrasound_dicom_refused_unless_allowed(tmp_path):
     assert res.returncode == 1 and "Modality is CT" in res.stderr and "--any-modality" in res.stderr
     res = usedge_cli("crop", ct, "--out", tmp_path / "b", "-q", "--any-modality")
     assert res.returncode == 0, res.stderr
+    from usedge.runtime.sources import open_source       # --stream takes it too (it was refused there)
+    with pytest.raises(UnsupportedInput, match="Modality is CT"):
+        open_source(str(ct))
+    assert open_source(str(ct), allow_any_modality=True).read().ndim == 2
 
 
 def test_dicom_region_on_a_text_corner_is_not_trusted(scanner_frames):

@@ -101,7 +101,7 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
                   freeze: bool, record: Optional[Path], show: bool, jsonl: Optional[str], fmt: str, out: Optional[str],
                   max_frames: Optional[int], max_reconnects: Optional[int], idle_timeout: Optional[float],
                   cam: bool, summary_path: Optional[Path], quiet: bool, status: Optional[bool], budget,
-                  quality_gate: bool = True) -> int:
+                  quality_gate: bool = True, any_modality: bool = False) -> int:
     from usedge.errors import OutputError
     from usedge.fileio import write_json_atomic
     from usedge.runtime.pipeline import FramePipeline
@@ -109,7 +109,7 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
     from usedge.runtime.sources import open_source
     from usedge.runtime.stream import StreamRunner
 
-    reader = open_source(source, watch_idle_timeout_s=idle_timeout)
+    reader = open_source(source, watch_idle_timeout_s=idle_timeout, allow_any_modality=any_modality)
     with finishing(signal.SIGINT, signal.SIGTERM) as finish, contextlib.ExitStack() as stack:
         sinks = []
         if jsonl:
@@ -274,7 +274,7 @@ def infer(
                                  freeze=freeze, record=record, show=show, jsonl=jsonl, fmt=fmt, out=out,
                                  max_frames=max_frames, max_reconnects=max_reconnects, idle_timeout=idle_timeout,
                                  cam=cam, summary_path=summary, quiet=quiet, status=status, budget=budget,
-                                 quality_gate=quality_gate)
+                                 quality_gate=quality_gate, any_modality=any_modality)
     finally:
         clf.close()
     if code:

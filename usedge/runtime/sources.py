@@ -146,12 +146,19 @@ class _StillFrames:
 
 
 class DicomCineReader(FrameReader):
-    """A multi-frame DICOM (cine loop), decoded one frame at a time, at its own frame rate."""
+    """A multi-frame DICOM (cine loop), decoded one frame at a time, at its own frame rate.
 
-    def __init__(self, path: str | Path) -> None:
-        self.dcm = open_dicom(path)
+    Its frames are independent (`pass_over_damaged`): a frame that cannot be decoded (damaged data) is
+    passed over by the capture thread, recorded in `failed` (the stream loop writes it as an error
+    result), and the next frame is read, as `usedge infer` on the file does."""
+
+    pass_over_damaged = True
+
+    def __init__(self, path: str | Path, *, allow_any_modality: bool = False) -> None:
+        self.dcm = open_dicom(path, allow_any_modality=allow_any_modality)
         self.name, self.fps = str(path), self.dcm.fps
         self.regions = self.dcm.regions or None
+        self.failed: list[tuple[str, str]] = []   # (frame, one-line reason)
         self._i = 0
 
     def open(self) -> None:
@@ -160,9 +167,8 @@ class DicomCineReader(FrameReader):
     def read(self) -> np.ndarray | None:
         if self._i >= self.dcm.n_frames:
             return None
-        frame = self.dcm.frame(self._i)
         self._i += 1
-        return frame
+        return self.dcm.frame(self._i - 1)
 
     def skip(self) -> bool:  # no decoding
         self._i += 1
@@ -457,8 +463,10 @@ class WatchedFolderReader(FrameReader):
     live = False  # never "fails": it waits
 
     def __init__(self, folder: str | Path, poll_s: float = 0.2, include_existing: bool = False,
-                 idle_timeout_s: float | None = None, stop: threading.Event | None = None) -> None:
+                 idle_timeout_s: float | None = None, stop: threading.Event | None = None,
+                 allow_any_modality: bool = False) -> None:
         self.folder = Path(folder)
+        self.allow_any_modality = allow_any_modality
         self.name = f"watch:{folder}"
         self.poll_s, self.include_existing, self.idle_timeout_s = poll_s, include_existing, idle_timeout_s
         self.stop = stop or threading.Event()
@@ -502,7 +510,8 @@ class WatchedFolderReader(FrameReader):
                 continue
             if self._ready:
                 path = self._ready.pop(0)
-                self.frame_source, self._frames = str(path), iter_file_frames(path)
+                self.frame_source = str(path)
+                self._frames = iter_file_frames(path, allow_any_modality=self.allow_any_modality)
                 idle_since = time.monotonic()
                 continue
             if self.stop.is_set():
@@ -533,8 +542,9 @@ def redact_source(name: str) -> str:
     return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", str(name)))
 
 
-def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_timeout_s: float | None = None) -> FrameReader:
-    """Parse a --stream SOURCE into a reader (not yet opened).
+def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_timeout_s: float | None = None,
+                allow_any_modality: bool = False) -> FrameReader:
+    """Parse a --stream SOURCE into a reader (not yet opened). allow_any_modality: DICOM of any Modality.
 
     "0", "1": camera index; "/dev/videoN": capture device; "rtsp://", "http(s)://": network stream;
     a string with " ! ": GStreamer pipeline; "watch:DIR" or an existing folder: watched folder;
@@ -550,17 +560,19 @@ def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_ti
             return CaptureReader(spec, cv2.CAP_FFMPEG)
         return NetworkStreamReader(spec)
     if spec.startswith("watch:"):
-        return WatchedFolderReader(spec[len("watch:"):], stop=stop, idle_timeout_s=watch_idle_timeout_s)
+        return WatchedFolderReader(spec[len("watch:"):], stop=stop, idle_timeout_s=watch_idle_timeout_s,
+                                   allow_any_modality=allow_any_modality)
     path = Path(spec)
     if spec.startswith("/dev/"):
         return CaptureReader(spec, cv2.CAP_V4L2 if hasattr(cv2, "CAP_V4L2") else cv2.CAP_ANY, name=redact_source(spec))
     if path.is_dir():
-        return WatchedFolderReader(path, stop=stop, idle_timeout_s=watch_idle_timeout_s)
+        return WatchedFolderReader(path, stop=stop, idle_timeout_s=watch_idle_timeout_s,
+                                   allow_any_modality=allow_any_modality)
     if not path.exists():
         raise StreamError("source not found", path=redact_source(spec),
                           hint="give a camera index, /dev/videoN, a URL, a GStreamer pipeline, a file or a folder")
     if is_dicom(path):
-        return DicomCineReader(path)
+        return DicomCineReader(path, allow_any_modality=allow_any_modality)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return VideoFileReader(path)
     return ArrayReader(_StillFrames(path), str(path), None)
@@ -736,6 +748,13 @@ class CaptureThread(threading.Thread):
                         break       # stopped while waiting: no further frame is read
                 try:
                     image = self.reader.read()
+                except Undecodable as exc:
+                    if getattr(self.reader, "pass_over_damaged", False):    # a cine's damaged frame: the next one
+                        self.reader.failed.append((f"{self.reader.name} frame {index}", exc.one_line()))
+                        index += 1
+                        continue
+                    self.stats.error = exc.one_line()
+                    image = None
                 except UsedgeError as exc:
                     self.stats.error = exc.one_line()
                     image = None
