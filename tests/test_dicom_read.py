@@ -87,6 +87,16 @@ def test_regions_that_fit_are_used(tmp_path):
     assert info.method == "dicom-regions" and info.crop_box == (8, 54, 305, 115)
 
 
+def test_a_colour_flow_box_inside_the_image_is_not_a_view(tmp_path):
+    """Scanners declare the colour-flow box as a region inside the B-mode region: it is part of that
+    image, not a second view (crop --views all wrote it as an extra 94 px training image). Two regions
+    side by side (a dual-view screen) stay two views."""
+    d = open_dicom(_write_with_regions(tmp_path, [(100, 60, 40, 40), (8, 54, 305, 115)]))
+    assert d.regions == [(8, 54, 305, 115)] and d.raw_regions == [(8, 54, 305, 115)]
+    d = open_dicom(_write_with_regions(tmp_path, [(8, 54, 150, 115), (160, 54, 150, 115)]))
+    assert d.regions == [(8, 54, 150, 115), (160, 54, 150, 115)]
+
+
 def test_no_patient_data_anywhere(tmp_path):
     path = _write_with_regions(tmp_path, [(8, 54, 305, 115)])
     secrets = patient_strings(path) + ["DOE", "JANE", "ID-778899", "19700101"]

@@ -236,13 +236,14 @@ class DicomFile:
         """
         from usedge.runtime.fov import validate_regions
 
-        boxes = [r.box for r in self.all_regions if r.is_image]
-        return validate_regions(boxes, self.shape) or []
+        return validate_regions(self.raw_regions, self.shape) or []
 
     @property
     def raw_regions(self) -> list[tuple[int, int, int, int]]:
-        """Every B-mode region box as written in the file, checked or not."""
-        return [r.box for r in self.all_regions if r.is_image]
+        """Every B-mode region box as written in the file, checked or not; a box inside another (the colour
+        flow box a scanner declares within its B-mode image) is part of that image, not a view of its own."""
+        boxes = [r.box for r in self.all_regions if r.is_image]
+        return [b for b in boxes if not any(o != b and _inside(b, o) for o in boxes)]
 
     def describe(self) -> dict:
         """Technical facts safe to print or log (no patient, study or institution data)."""
@@ -378,6 +379,13 @@ class DicomFile:
             which = ", ".join(str(i) for i, _ in bad[:10]) + (", ..." if len(bad) > 10 else "")
             raise Undecodable(f"{len(bad)} of {self.n_frames} frames could not be decoded (frame {which}; the "
                               f"others were read): {first.message}", path=self.path, hint=first.hint)
+
+
+def _inside(box: tuple[int, int, int, int], outer: tuple[int, int, int, int]) -> bool:
+    """Whether (x, y, w, h) `box` lies within `outer`."""
+    x, y, w, h = box
+    ox, oy, ow, oh = outer
+    return ox <= x and oy <= y and x + w <= ox + ow and y + h <= oy + oh
 
 
 def _voi(ds) -> str | None:
