@@ -204,3 +204,32 @@ def test_infer_says_when_frames_were_mostly_filled_as_doppler(tmp_path, runtime_
     for i, frame in enumerate([part[::-1].copy(), part, part.copy(), part[::-1].copy()]):
         pipeline.run_frame(frame, index=i)
     assert [e for e in events if "colour" in e] == [events[0]] and events[0].startswith("frame 0 is more than 50% colour")
+
+
+def test_a_phone_recording_is_read_the_way_players_show_it(tmp_path):
+    """A video whose track says "turn 90 degrees" (a phone's display matrix) is read turned, as players and
+    OpenCV show it: the model saw the stored, sideways pixels."""
+    import struct
+
+    import av
+
+    frame = np.zeros((120, 160, 3), np.uint8)
+    frame[:40, :] = 255                                           # a white band at the top
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for _ in range(3):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        out.mux(stream.encode())
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd") + 4 + 4 + 4 * 5 + 8 + 8                # the track header's display matrix
+    data[at:at + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)   # 90 degrees
+    path.write_bytes(bytes(data))
+    frames = [f for _, f, _ in iter_file_frames(path)]
+    assert len(frames) == 3 and frames[0].shape == (160, 120, 3)   # turned: 120 wide, 160 high
+    cap = cv2.VideoCapture(str(path))
+    ok, shown = cap.read()
+    cap.release()
+    assert ok and shown.shape == frames[0].shape and np.abs(shown.astype(int) - frames[0]).mean() < 3
+    assert frames[0][:, -40:].mean() > 200 and frames[0][:, :80].mean() < 60    # the band is now on the right

@@ -316,7 +316,7 @@ class VideoFileReader(FrameReader):
     def read(self) -> np.ndarray | None:
         if self._frames is not None:
             frame = self._next_av()
-            image = frame.to_ndarray(format="bgr24") if frame is not None else None
+            image = as_shown(frame) if frame is not None else None
             return image if self._advanced(image is not None) else None
         if self.cap is None:
             return None
@@ -335,6 +335,14 @@ class VideoFileReader(FrameReader):
         if self.cap is not None:
             self.cap.release()
             self.cap = None
+
+
+def as_shown(frame) -> np.ndarray:
+    """A PyAV frame as BGR, turned as players show it: a phone recording carries its rotation (90, 180 or
+    270 degrees) in a display matrix, not in its pixels (OpenCV's FFmpeg backend turns it the same way)."""
+    image = frame.to_ndarray(format="bgr24")
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def _head_and_tail(path: Path, size: int = 8 << 20) -> bytes:
