@@ -336,3 +336,14 @@ def test_dicom_found_by_its_bytes_in_folders(tmp_path):
     with pytest.raises(Err, match="a DICOMDIR") as err:
         read_file(tmp_path / "cd" / "DICOMDIR")
     assert "pass the folder" in str(err.value)
+
+
+def test_an_implausible_cine_frame_rate_is_not_used(tmp_path):
+    """FrameTime 0.001 ms (a million fps) or 100 s per frame is a wrong header: pacing by it would skip every
+    frame or wait minutes per frame, so the cine gets no rate from it (the stream's default then)."""
+    from tests.fixtures.badinput import make_dicom
+
+    frames = np.zeros((3, 32, 32), np.uint8)
+    for ms, fps in ((0.001, None), (100000, None), (40, 25.0)):
+        path = make_dicom(tmp_path / f"ft{ms}.dcm", frames, frames=3, frame_time_ms=ms, patient=False)
+        assert open_dicom(path).fps == (pytest.approx(fps) if fps else None)

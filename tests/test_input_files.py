@@ -233,3 +233,27 @@ def test_a_phone_recording_is_read_the_way_players_show_it(tmp_path):
     cap.release()
     assert ok and shown.shape == frames[0].shape and np.abs(shown.astype(int) - frames[0]).mean() < 3
     assert frames[0][:, -40:].mean() > 200 and frames[0][:, :80].mean() < 60    # the band is now on the right
+
+
+def test_a_file_without_video_says_so(tmp_path, runtime_model):
+    """An audio-only .mp4 opens fine: it has no video stream, which is what the line says (it said "check
+    that FFmpeg can decode its codec")."""
+    import av
+
+    path = tmp_path / "voice.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=8000)
+        samples = np.zeros((1, 8000), np.float32)
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        out.mux(stream.encode(None))
+    res = usedge("infer", runtime_model, path, "-q")
+    assert res.returncode == 1 and "has no video stream (audio only)" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_stream_limits_must_not_be_negative(runtime_model, runtime_video):
+    for option in ("--max-reconnects", "--idle-timeout"):
+        res = usedge("infer", runtime_model, "--stream", runtime_video, option, "-1", "-q")
+        assert res.returncode != 0 and f"{option} -1" in res.stderr and "is negative" in res.stderr, res.stderr

@@ -254,6 +254,9 @@ def infer(
     _check_outputs(model, stream, out=out, jsonl=jsonl, summary=summary, record=record)
     if fps is not None and not (math.isfinite(fps) and 0 < fps <= 1000):
         raise ConfigError(f"--fps {fps} is not a frame rate", hint="give frames per second, e.g. --fps 30")
+    for name, value in (("--max-frames", max_frames), ("--max-reconnects", max_reconnects), ("--idle-timeout", idle_timeout)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} {value} is negative", hint=f"give {name} 0 or more (leave it out for no limit)")
     if summary is not None:      # written at the end of the stream: a folder it cannot go into fails now
         from usedge.fileio import check_writable_folder
 

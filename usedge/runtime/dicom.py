@@ -43,6 +43,7 @@ _DECODERS = {
 
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"      # Media Storage Directory Storage: a DICOMDIR
+MIN_FPS, MAX_FPS = 0.5, 500.0                     # a cine's header rate outside these is not used
 
 # JPEG Baseline and Extended: every frame's data is checked strictly by libjpeg-turbo first
 # (formats.check_jpeg_data; data it does not read, e.g. 12-bit, is left to pydicom's decoders)
@@ -191,6 +192,13 @@ class DicomFile:
         return getattr(raw, "value_tell", 0) + (0 if length == 0xFFFFFFFF else length) > size
 
     def _frame_rate(self) -> float | None:
+        """Frames per second from FrameTime, FrameTimeVector, CineRate or RecommendedDisplayFrameRate; None
+        when none gives a plausible rate (MIN_FPS..MAX_FPS: a FrameTime of 0.001 ms or 100 s is a damaged or
+        wrong header, and pacing by it would skip every frame or wait minutes per frame)."""
+        fps = self._header_rate()
+        return fps if fps is not None and MIN_FPS <= fps <= MAX_FPS else None
+
+    def _header_rate(self) -> float | None:
         ds = self._ds
         try:
             if ds.get("FrameTime"):

@@ -222,6 +222,11 @@ class VideoFileReader(FrameReader):
             container = av.open(str(self.path))
         except (av.error.FFmpegError, OSError, ValueError):
             return False
+        if not container.streams.video:
+            kinds = sorted({str(s.type) for s in container.streams})
+            container.close()
+            raise InputError(f"has no video stream ({' and '.join(kinds) + ' only' if kinds else 'no streams at all'})",
+                             path=self.path, hint="pass a video recording of the scanner's screen")
         if not self._use(container):
             return False
         self.declared = self._declared(container)
