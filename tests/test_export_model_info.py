@@ -146,3 +146,20 @@ def test_a_fixed_batch_other_than_one_is_refused_at_load(tmp_path, runtime_model
     with pytest.raises(ModelError, match="fixed batch of 4") as err:
         Classifier.load(tmp_path / "batch4.onnx", backend="ort-cpu", threads=1, verify=False)   # the graph is edited
     assert "batch 1 or dynamic" in err.value.one_line()
+
+
+def test_files_onnxruntime_cannot_load_say_what_they_are(tmp_path, runtime_model):
+    """A PyTorch checkpoint passed as the model says so and how to export it; an ONNX whose external
+    weights file is missing names that file (the message was cut mid-sentence, with an fp16 hint)."""
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"PK\x03\x04" + bytes(200))                   # torch.save writes a zip archive
+    with pytest.raises(ModelError, match="this is a PyTorch checkpoint, not an ONNX model") as err:
+        Classifier.load(ckpt, backend="ort-cpu", threads=1)
+    assert f"usedge export {ckpt}" in err.value.one_line() and "fp16" not in err.value.one_line()
+    model = onnx.load(str(runtime_model))
+    onnx.save(model, str(tmp_path / "split.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="split.onnx.data", size_threshold=0)
+    (tmp_path / "split.onnx.data").unlink()
+    with pytest.raises(ModelError, match=r"separate file that is missing \(split.onnx.data\)") as err:
+        Classifier.load(tmp_path / "split.onnx", backend="ort-cpu", threads=1, verify=False)
+    assert "fp16" not in err.value.one_line()

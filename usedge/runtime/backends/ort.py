@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,34 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, _NUMPY_TYPES.get(arg.type, arg.type), tuple(arg.shape))
 
 
+_EXTERNAL = re.compile(rb"\x0a\x08location\x12([\x01-\x7f])")      # an external-data entry: key "location"
+
+
+def _load_failure(path: Path, error: str) -> tuple[str, str]:
+    """What a file onnxruntime cannot load most likely is, and the fix: (message or "", hint)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError:
+        head = b""
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or path.suffix.lower() in (".pt", ".pth", ".ckpt"):
+        return ("this is a PyTorch checkpoint, not an ONNX model",
+                f"export it first: usedge export {path} --out DIR, then pass DIR/model.onnx")
+    if "external" in error.lower():
+        names = sorted({head[m.end():m.end() + m.group(1)[0]].decode("utf-8", "replace")
+                        for m in _EXTERNAL.finditer(head)})
+        outside = [n for n in names if Path(n).is_absolute() or ".." in Path(n).parts]
+        if outside or "escapes" in error or "absolute path" in error.lower():
+            return (f"its weights file path escapes the model's folder ({', '.join(outside) or error}): refused",
+                    "a model's external weights must sit beside it; re-export it with `usedge export`")
+        missing = [n for n in names if not (path.parent / n).exists()] or names
+        which = ", ".join(missing) if missing else "its external data file"
+        return (f"its weights are stored in a separate file that is missing ({which})",
+                "keep the weights file(s) beside the model, under the name it was exported with")
+    fp16 = "fp16" in path.name.lower() or "float16" in error.lower()
+    return "", "re-export it with `usedge export`" + ("; an fp16 model needs a GPU backend" if fp16 else "")
+
+
 class OrtBackend(Backend):
     """onnxruntime with one execution provider (plus CPU for the ops it lacks)."""
 
@@ -168,9 +197,10 @@ class OrtBackend(Backend):
             self.session = ort.InferenceSession(str(self.path), sess_options=self.session_options(),
                                                 **({} if providers is None else {"providers": providers}))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"onnxruntime cannot load this model ({first})", path=self.path,
-                             hint="re-export it with `usedge export`; an fp16 model needs a GPU backend") from exc
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            what, hint = _load_failure(self.path, first)
+            raise ModelError(what or f"onnxruntime cannot load this model ({first})", path=self.path,
+                             hint=hint) from exc
         self.providers = self.session.get_providers()
         if self.row.provider not in self.providers:
             raise BackendUnavailable(f"{self.row.provider} did not start (onnxruntime fell back to {self.providers})",
