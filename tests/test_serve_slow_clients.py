@@ -106,8 +106,18 @@ def test_trickling_uploads_do_not_lock_out_others(guarded_server, serve_images):
     assert r.status_code == 200, r.text
 
 
+def _refusals(base: str) -> dict[str, float]:
+    """/metrics: connections refused before any route (status -> count)."""
+    out = {}
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith('usedge_http_requests_total{route="(connection)"'):
+            out[line.split('status="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def test_half_open_headers_are_closed_and_capped(guarded_server, serve_images):
     base = guarded_server
+    before = _refusals(base)
     socks = []
     for _ in range(10):                        # more than max_client_connections (6)
         s = _connect(base)
@@ -127,6 +137,9 @@ def test_half_open_headers_are_closed_and_capped(guarded_server, serve_images):
     assert statuses.count(429) >= 10 - LIMITS["max_client_connections"]
     assert statuses.count(408) >= 1
     assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+    after = _refusals(base)            # /metrics counts what was refused before any route saw it
+    for status in ("429", "408"):
+        assert after.get(status, 0) - before.get(status, 0) == statuses.count(int(status)), (before, after)
 
 
 def test_keep_alive_connection_gets_a_new_header_deadline(guarded_server):

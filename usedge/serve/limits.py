@@ -51,9 +51,11 @@ def _refusal(status: int, message: str) -> bytes:
             f"connection: close\r\n\r\n").encode() + body
 
 
-def guarded_h11(limits: ServeLimits):
+def guarded_h11(limits: ServeLimits, on_refused=None):
     """A uvicorn `http=` protocol class (h11) with the header deadline and the per-client connection cap;
-    one class per server (its connection counts are shared by that server's connections only)."""
+    one class per server (its connection counts are shared by that server's connections only).
+    on_refused(kind, status): called for each refusal here ("client_connections" 429, "header_timeout"
+    408), which never reach the app: /metrics counts them."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     open_per_client: Counter[str] = Counter()
@@ -69,6 +71,8 @@ def guarded_h11(limits: ServeLimits):
                 transport.write(_refusal(429, f"more than {limits.max_client_connections} open connections "
                                               "from this client"))
                 transport.close()
+                if on_refused is not None:
+                    on_refused("client_connections", 429)
                 return
             open_per_client[ip] += 1
             self._counted = ip
@@ -92,6 +96,8 @@ def guarded_h11(limits: ServeLimits):
                 self.transport.write(_refusal(408, f"request headers not received within "
                                                    f"{limits.header_timeout_s:g} s"))
                 self.transport.close()
+                if on_refused is not None:
+                    on_refused("header_timeout", 408)
 
         def data_received(self, data: bytes) -> None:
             if self._waiting_for_headers() and self._header_timer is None:
@@ -116,8 +122,10 @@ def uvicorn_config(app, host: str, port: int, limits: ServeLimits, **kwargs):
     """The uvicorn.Config of `usedge serve` (and of the tests' servers): guarded h11 protocol, keep-alive."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, http=guarded_h11(limits), timeout_keep_alive=limits.keep_alive_s,
-                          **kwargs)
+    st = getattr(getattr(app, "state", None), "usedge", None)       # the app's metrics count connection refusals
+    on_refused = st.metrics.connection_refused if st is not None else None
+    return uvicorn.Config(app, host=host, port=port, http=guarded_h11(limits, on_refused),
+                          timeout_keep_alive=limits.keep_alive_s, **kwargs)
 
 
 class ClientLimits:

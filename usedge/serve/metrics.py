@@ -86,5 +86,11 @@ class ServeMetrics:
             except (TypeError, ValueError):
                 continue
 
+    def connection_refused(self, kind: str, status: int) -> None:
+        """A connection refused before any route saw it (too many open connections from one client, no
+        headers in time): counted under route "(connection)" and as an error of that kind."""
+        self.requests.labels(route="(connection)", status=str(status)).inc()
+        self.errors.labels(kind=kind).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
