@@ -38,6 +38,7 @@ CASES = [
     ("size_huge", _set("input_size", 100000), "input_size 100000 is outside 16..2048"),
     ("preprocess_size_huge", _set("size", 100000, "preprocess"), "preprocess.size 100000 is outside"),
     ("duplicate_classes", _set("class_names", ["lipoma", "lipoma", "pilomatricoma"]), "duplicate class name"),
+    ("class_newline", _set("class_names", ["epidermal\ncyst", "lipoma", "pilomatricoma"]), "has a control character"),
     ("future_preprocess_field", _set("gamma_correction", 2.2, "preprocess"),
      "unknown preprocessing field.*gamma_correction"),
     ("future_field", _set("tokenizer", "x"), "unknown field.*tokenizer"),

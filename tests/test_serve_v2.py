@@ -102,6 +102,9 @@ def test_bad_requests_are_one_line_errors(v2_server, serve_classifier):
     assert r.status_code == 400 and "needs" in r.json()["error"]
     r = httpx.post(url, json={"inputs": [{"name": name, "datatype": "INT8", "shape": [1, 1, s, s], "data": []}]})
     assert r.status_code == 400
+    for data in (["0"] * (s * s), [True] * (s * s)):         # numpy would cast these; they are not FP32 data
+        r = httpx.post(url, json={"inputs": [{"name": name, "datatype": "FP32", "shape": [1, 1, s, s], "data": data}]})
+        assert r.status_code == 400 and "must be numbers" in r.json()["error"]
     for value, why in ((float("nan"), "NaN or Inf"), (1e30, "outside the model's normalised pixel range")):
         x = np.full((1, 1, s, s), value, np.float32)      # binary: JSON has no NaN
         inp = tritonhttp.InferInput(name, [1, 1, s, s], "FP32")

@@ -156,6 +156,9 @@ def validate(d) -> None:
         raise ValueError(f"class_names must be a non-empty list of names, got {json.dumps(names)[:60]}")
     if len(names) > MAX_CLASSES:
         raise ValueError(f"{len(names)} class names (at most {MAX_CLASSES})")
+    if any(not n.isprintable() for n in names):   # a newline would split a CSV header or a log line
+        raise ValueError(f"class name {json.dumps(next(n for n in names if not n.isprintable()))[:40]} has a control "
+                         "character (newline, tab ...)")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"duplicate class name(s) {', '.join(dup)}: their probabilities would collapse")

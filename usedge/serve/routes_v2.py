@@ -125,9 +125,12 @@ def _parse(body: bytes, header_length: str | None, input_name: str, size: int) -
         x = np.frombuffer(raw, dtype="<f4")
     else:
         try:
-            x = np.asarray(inp.get("data"), dtype=np.float32).reshape(-1)
+            data = np.asarray(inp.get("data"))
         except (TypeError, ValueError) as exc:
             raise BadInferRequest("input data must be numbers") from exc
+        if data.dtype.kind not in "iuf":       # strings ("0") or booleans are not FP32 data, though numpy casts them
+            raise BadInferRequest("input data must be numbers")
+        x = data.astype(np.float32).reshape(-1)
         if x.size != count:
             raise BadInferRequest(f"input has {x.size} values; shape {shape} needs {count}")
     return req, np.ascontiguousarray(x.reshape(shape), dtype=np.float32)
