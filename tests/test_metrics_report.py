@@ -119,3 +119,31 @@ def test_report_shows_headline_and_flag(tmp_path):
     assert "Warning:** pilomatricoma" in report and "pooled over fold models" in report
     assert doc["low_sensitivity"]["pilomatricoma"]["sensitivity"] == pytest.approx(0.125)
     assert summary_line(json.loads((tmp_path / "metrics.json").read_text())) == doc["headline"]
+
+
+def test_class_names_the_plot_font_cannot_draw(tmp_path):
+    """CJK class names: matplotlib's default font has no such glyphs (empty boxes and a warning per glyph).
+    An installed font that has them is used; without one the plots say `class 0` ... and report.md maps
+    them back. Either way, no glyph warning."""
+    import warnings
+
+    from usedge.train.config import load_config
+    from usedge.train.report import plot_font, write_report
+
+    names = ["表皮囊肿", "脂肪瘤", "毛母质瘤"]
+    labels = [0] * 4 + [1] * 4 + [2] * 4
+    p = _probs([0] * 4 + [1] * 4 + [2, 0, 0, 1])
+    results = [{"fold": 0, "labels": labels, "probs": p.tolist(), "metrics": classification_metrics(labels, p, names),
+                "sizes": {"train": 8, "val": 2, "test": 12}, "best_epoch": 1, "inner_val": {"loss": 1.0},
+                "history": [], "alpha": {n: 1.0 for n in names}}]
+    drawn, family = plot_font(names)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Gg]lyph")   # "Glyph ... missing from font" would raise
+        write_report(tmp_path, names, results, load_config())
+    report = (tmp_path / "report.md").read_text()
+    if family is None:
+        assert drawn == ["class 0", "class 1", "class 2"] and "`class 1` = 脂肪瘤" in report
+    else:
+        assert drawn == names and "No installed font" not in report
+    assert plot_font(NAMES) == (list(NAMES), None)
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("roc.png", "confusion.png", "curves.png"))

@@ -135,7 +135,35 @@ def _save_fig(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_roc(path: Path, fold_results: list[dict], class_names: list[str]) -> None:
+def plot_font(class_names: list[str]) -> tuple[list[str], str | None]:
+    """How the plots can draw the class names: (labels, font family to use or None for the default).
+
+    Matplotlib's default font has no CJK, Arabic, ... glyphs: such names would be drawn as empty boxes,
+    with a warning per glyph. An installed font that has every character is used instead; when there is
+    none, the plots say `class 0`, `class 1` ... (the order of metrics.json's class_names)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import font_manager, ft2font
+
+    chars = {ord(ch) for name in class_names for ch in name if not ch.isspace()}
+
+    def covers(fname: str) -> bool:
+        try:
+            return chars <= set(ft2font.FT2Font(fname).get_charmap())
+        except (OSError, RuntimeError, ValueError):
+            return False
+
+    default = font_manager.findfont(font_manager.FontProperties(family=matplotlib.rcParams["font.family"]))
+    if covers(default):
+        return list(class_names), None
+    for entry in font_manager.fontManager.ttflist:     # "Last Resort" maps every character to a placeholder box
+        if "last resort" not in entry.name.lower() and covers(entry.fname):
+            return list(class_names), entry.name
+    return [f"class {i}" for i in range(len(class_names))], None
+
+
+def plot_roc(path: Path, fold_results: list[dict], class_names: list[str], labels: list[str] | None = None) -> None:
     """One panel per class, one ROC curve per fold with its AUC (the paper's Fig. 4)."""
     import matplotlib
 
@@ -143,13 +171,13 @@ def plot_roc(path: Path, fold_results: list[dict], class_names: list[str]) -> No
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(class_names), figsize=(4.2 * len(class_names), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], class_names):
+    for ax, name, label in zip(axes[0], class_names, labels or class_names):
         for r in fold_results:
             curve = r.get("roc", {}).get(name)
             if curve:
                 ax.plot(curve["fpr"], curve["tpr"], lw=1.2, label=f"fold {r['fold']} (AUC {curve['auc']:.3f})")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set(title=name, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+        ax.set(title=label, xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
         if ax.get_legend_handles_labels()[0]:   # a class absent from every test fold has no curve
             ax.legend(loc="lower right", fontsize=8)
     _save_fig(fig, path)
@@ -215,8 +243,16 @@ def write_report(out_dir: str | Path, class_names: list[str], fold_results: list
         "config": cfg.to_dict(),
     }
     write_json_atomic(out_dir / "metrics.json", doc)
-    write_text_atomic(out_dir / "report.md", report_markdown(class_names, fold_results, summary, cfg, extra))
-    plot_roc(out_dir / "roc.png", fold_results, class_names)
-    plot_confusion(out_dir / "confusion.png", summary["pooled"]["confusion_matrix"], class_names)
-    plot_curves(out_dir / "curves.png", fold_results)
+    labels, family = plot_font(class_names)
+    report = report_markdown(class_names, fold_results, summary, cfg, extra)
+    if labels != class_names:
+        report += ("\nNo installed font draws these class names, so the plots call them "
+                   + ", ".join(f"`{label}` = {name}" for label, name in zip(labels, class_names)) + ".\n")
+    write_text_atomic(out_dir / "report.md", report)
+    import matplotlib
+
+    with matplotlib.rc_context({"font.family": [family, *matplotlib.rcParams["font.family"]]} if family else {}):
+        plot_roc(out_dir / "roc.png", fold_results, class_names, labels)
+        plot_confusion(out_dir / "confusion.png", summary["pooled"]["confusion_matrix"], labels)
+        plot_curves(out_dir / "curves.png", fold_results)
     return doc
