@@ -167,6 +167,9 @@ def test_malformed_forms_say_what_is_wrong(client, image_bytes):
     assert r.status_code == 400 and "Too many files" in r.json()["error"] and "one file per upload" in r.json()["error"]
     r = client.post("/v1/predict", files={"file": (None, "x" * 70_000)}, headers=AUTH)      # a part without a filename
     assert r.status_code == 400 and "text field" in r.json()["error"] and "file=@frame.png" in r.json()["error"]
+    r = client.post("/v1/predict", files={"file": ("a" * 5000 + ".png", image_bytes, "image/png")}, headers=AUTH)
+    assert r.status_code == 400 and "Maximum header size exceeded" in r.json()["error"]   # not just "Invalid multipart data"
+    assert "shorter file name" in r.json()["error"]
 
 
 def test_server_survives_bad_uploads(client, image_bytes):

@@ -59,10 +59,17 @@ async def read_upload(request: Request, max_bytes: int) -> bytes:
     try:
         form = await request.form(max_files=1, max_fields=4, max_part_size=64 * 1024)
     except Exception as exc:
-        reason = " ".join(str(exc).split()).rstrip(".")[:200]     # the form parser's own words
+        words, inner, depth = str(exc), exc.__cause__ or exc.__context__, 0
+        while inner is not None and depth < 4:                   # starlette's "Invalid multipart data" wraps the parser's
+            if str(inner) and str(inner).rstrip(".") not in words:
+                words += f": {inner}"
+            inner, depth = inner.__cause__ or inner.__context__, depth + 1
+        reason = " ".join(words.split()).rstrip(".")[:200]       # the form parser's own words
         hint = ("send one file per upload" if "Too many files" in reason else
                 "the file came as a text field: send it as a file part (curl -F file=@frame.png, not file=<frame.png)"
-                if "exceeded maximum size" in reason else _FORM_HINT)
+                if "exceeded maximum size" in reason else
+                "a part's header is over the parser's limit: send the file under a shorter file name"
+                if "header size" in reason.lower() else _FORM_HINT)
         raise UploadRejected(f"malformed multipart form ({reason})" if reason else "malformed multipart form",
                              status=400, hint=hint) from exc
     try:
