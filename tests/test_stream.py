@@ -413,6 +413,29 @@ def test_a_url_to_a_video_file_is_read_as_that_file(clf, http_video):
     assert (summary.frames_read, summary.reconnects, summary.ended_by) == (VIDEO_FRAMES, 0, "end of source")
 
 
+def test_serve_paces_and_replays_a_url_only_when_it_serves_a_file(clf, http_video):
+    """serve --stream URL: whether a URL serves a file is known once it is open. A video file on a web
+    server is paced at its frame rate and replayed like a scanner (it was read as fast as the model, once);
+    a camera's MJPEG stream stays live (not paced, reconnected rather than replayed)."""
+    from usedge.serve.live import start_stream
+
+    _, base = http_video
+    runner = start_stream(clf, f"{base}/scan.avi", replay=True, smooth_window=1)
+    try:
+        deadline = time.monotonic() + 30
+        while runner.reader.replays < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert runner.capture.realtime is True and not runner.reader.live
+        assert runner.reader.replays >= 1                 # restarted at its end, like a scanner
+    finally:
+        runner.stop()
+    runner = start_stream(clf, f"{base}/live.mjpg", replay=True, smooth_window=1)
+    try:
+        assert runner.capture.realtime is False and runner.reader.live
+    finally:
+        runner.stop()
+
+
 def test_url_source_hands_over_each_frame_at_its_own_size(tmp_path):
     """An MPEG-TS whose resolution changes half-way, behind a real HTTP server: the frames after the
     change arrive at 640x480 (OpenCV's FFmpeg backend would scale them to the first 320x240)."""

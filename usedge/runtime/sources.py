@@ -668,7 +668,8 @@ class CaptureThread(threading.Thread):
     """Reads a FrameReader into a LatestFrameSlot until the source ends or `stop` is set.
 
     realtime: pace the source at its frame rate (a file behaves like a live scanner; frames the loop
-    has not taken in time are dropped). Each frame is read (decoded) at its due time, never ahead,
+    has not taken in time are dropped); None: decide once the source is open (paced unless it is live: a
+    URL is known to serve a file only then). Each frame is read (decoded) at its due time, never ahead,
     as a live source delivers it: decoding ahead ran the next frame's decode beside the model's
     threads and slowed the model on 2 cores (docs/runtime.md, Measured). Without realtime, a file
     source waits for the loop (no drops) and a live source delivers as fast as it produces.
@@ -678,7 +679,7 @@ class CaptureThread(threading.Thread):
     a decoder that shares a core with the model's threads yields it to them).
     """
 
-    def __init__(self, reader: FrameReader, slot: LatestFrameSlot, *, realtime: bool = False,
+    def __init__(self, reader: FrameReader, slot: LatestFrameSlot, *, realtime: bool | None = False,
                  fps: float | None = None, stop: threading.Event | None = None, max_frames: int | None = None,
                  max_reconnects: int | None = None, max_backoff_s: float = 8.0, nice: int = 0,
                  on_event: Callable[[str], None] | None = None) -> None:
@@ -738,6 +739,8 @@ class CaptureThread(threading.Thread):
             self.opened.set()
             self.slot.close()
             return
+        if self.realtime is None:
+            self.realtime = not self.reader.live
         self.opened.set()
         block = not self.realtime and not self.reader.live      # a file or a watched folder: every frame
         period = 1.0 / self.fps

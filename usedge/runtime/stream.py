@@ -102,12 +102,13 @@ class StreamSummary:
 class StreamRunner:
     """Runs one live source through one FramePipeline (built by the caller), in the latest-frame loop.
 
-    realtime: pace a file source at its frame rate (frames the model cannot keep up with are dropped).
+    realtime: pace a file source at its frame rate (frames the model cannot keep up with are dropped);
+        None: decide when the source is open (paced unless it is live; CaptureThread).
     budget: the thread budget (threads.py); default: one capture thread beside the model's threads as the
         classifier was loaded. `run` applies it (OpenCV's thread count, the reader's decoder threads).
     """
 
-    def __init__(self, pipeline: FramePipeline, reader: FrameReader, *, realtime: bool = False,
+    def __init__(self, pipeline: FramePipeline, reader: FrameReader, *, realtime: bool | None = False,
                  fps: float | None = None, max_frames: int | None = None, max_reconnects: int | None = None,
                  budget: ThreadBudget | None = None) -> None:
         self.pipeline = pipeline

@@ -240,13 +240,14 @@ def start_stream(classifier, source: str, *, replay: bool, smooth_window: int, o
     from usedge.serve.replay import ReplayReader
 
     reader = open_source(source)
-    is_file = not reader.live and not source.startswith("watch:") and not Path(source).is_dir()
-    if replay and is_file:
+    # a file (or a URL: whether it serves a file is known once open) is paced and replayed like a scanner
+    paced = (not reader.live or "://" in source) and not source.startswith("watch:") and not Path(source).is_dir()
+    if replay and paced:
         reader = ReplayReader(reader)
     # a source that stops and is reopened, a resolution change: one log line each
     pipeline = FramePipeline(classifier, stream=True, regions=reader.regions, freeze=True,
                              smooth=smooth_window if smooth_window > 1 else None, cam=True, quality_gate=quality_gate,
                              on_event=lambda line: log.warning("%s: %s", reader.name, line))
-    runner = StreamRunner(pipeline, reader, realtime=is_file)
+    runner = StreamRunner(pipeline, reader, realtime=None if paced else False)     # None: unless live once open
     runner.start(open_timeout_s=open_timeout_s)
     return runner

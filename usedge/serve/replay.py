@@ -13,14 +13,18 @@ from usedge.runtime.sources import FrameReader
 
 
 class ReplayReader(FrameReader):
-    """FrameReader that restarts `reader` when it ends; stops only when a restart yields no frame."""
-
-    live = False
+    """FrameReader that restarts `reader` when it ends; stops only when a restart yields no frame. A source
+    that turns out live once open (a URL of a camera, not of a file) is not replayed: it reconnects as
+    live sources do."""
 
     def __init__(self, reader) -> None:
         self.reader = reader
         self.name = reader.name
         self.replays = 0          # times the source was restarted
+
+    @property
+    def live(self) -> bool:
+        return bool(self.reader.live)
 
     @property
     def fps(self) -> float | None:
@@ -35,7 +39,7 @@ class ReplayReader(FrameReader):
 
     def read(self) -> np.ndarray | None:
         frame = self.reader.read()
-        if frame is None:
+        if frame is None and not self.reader.live:
             self.reader.close()
             self.reader.open()
             self.replays += 1
