@@ -311,6 +311,7 @@ def test_cli_recording_on_a_full_tmpfs_stops_alone(runtime_model, runtime_video,
     lines, _ = _jsonl_lines(jsonl)
     assert len(lines) == record["processed"] + record["frozen_skipped"] + record["no_image"] == record["frames_read"]
     assert not out.exists()      # never renamed into place: the partial file named in the line holds the frames
+    assert (small_tmpfs / ".rec.partial.mp4").stat().st_size > 0 and ".rec.partial.mp4" in last    # ... and stays
 
 
 def test_cli_files_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, reliability_ledger, tmp_path):

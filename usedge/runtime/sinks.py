@@ -328,6 +328,8 @@ class VideoRecorderSink(Sink):
         self.count += 1
 
     def close(self) -> None:
+        if self.failed and self.writer is None:     # closed after its write failed: the partial file stays
+            return
         if self.writer is not None:
             writer, self.writer = self.writer, None
             if self.av is None:
