@@ -221,8 +221,8 @@ def test_damaged_cine_frames_are_passed_over_and_named(tmp_path):
         indices.append(frame.index)
     capture.join(5)
     assert indices == got and not capture.stats.error          # each frame keeps its own number
-    assert [src for src, _ in reader.failed] == [f"{tmp_path / 'cine.dcm'} frame {i}" for i in (3, 5)]
-    assert all("damaged" in line for _, line in reader.failed)
+    assert [(src, i) for src, _, i in reader.failed] == [(str(tmp_path / "cine.dcm"), i) for i in (3, 5)]
+    assert all("damaged" in line for _, line, _ in reader.failed)
 
 
 def test_a_damaged_jpeg_frame_is_refused_not_read_as_gray_blocks(tmp_path):
@@ -347,3 +347,29 @@ def test_an_implausible_cine_frame_rate_is_not_used(tmp_path):
     for ms, fps in ((0.001, None), (100000, None), (40, 25.0)):
         path = make_dicom(tmp_path / f"ft{ms}.dcm", frames, frames=3, frame_time_ms=ms, patient=False)
         assert open_dicom(path).fps == (pytest.approx(fps) if fps else None)
+
+
+def test_stream_of_a_cine_with_a_damaged_frame(tmp_path, runtime_model):
+    """`usedge infer --stream cine.dcm`: the damaged frame is an error line with its frame number (the source
+    stays the file's path), every other frame is classified, and the exit status says something failed, as
+    `usedge infer cine.dcm` does."""
+    import subprocess
+    import sys
+
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+
+    ds = pydicom.dcmread(pydicom_file("examples_ybr_color.dcm"))
+    frames = [b"".join(f) for f in generate_fragmented_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))]
+    frames[3] = b"\x00" * 100
+    ds.PixelData = encapsulate(frames)
+    ds.save_as(tmp_path / "cine.dcm")
+    out = tmp_path / "s.jsonl"
+    res = subprocess.run([sys.executable, "-m", "usedge", "infer", str(runtime_model), "--stream", str(tmp_path / "cine.dcm"),
+                          "--jsonl", str(out), "-q"], capture_output=True, text=True, timeout=180,
+                         env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "1 frame(s) or file(s) could not be classified" in res.stderr.strip().splitlines()[-1]
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    errors = [r for r in records if "error" in r]
+    assert [(r["source"], r["frame"]) for r in errors] == [(str(tmp_path / "cine.dcm"), 3)]
+    assert sorted(r["frame"] for r in records if "error" not in r) == [i for i in range(30) if i != 3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -256,6 +257,41 @@ def test_watched_folder_gives_every_frame_of_a_cine_and_writes_bad_files(clf, tm
     cine = [r for r in records if r.get("source") == str(watch / "cine.dcm")]
     assert summary.dropped == 0 and len(cine) == 30
     assert [r["source"] for r in records if "error" in r] == [str(watch / "broken.png")]
+
+
+def test_watched_folder_numbers_frames_per_file_and_never_repeats_across_files(clf, runtime_images, tmp_path):
+    """Two files with the same pixels, then a cine, into a watched folder with freeze detection on: each file
+    is classified as its own (the second was a 'frozen' repeat credited to the first), and frames are
+    numbered within their file, as `usedge infer` on the file numbers them (they counted across the stream)."""
+    import json
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from usedge.runtime.sinks import JsonlSink
+
+    watch = tmp_path / "incoming"
+    watch.mkdir()
+    image = sorted(runtime_images.glob("*.png"))[0]
+    reader = WatchedFolderReader(watch, poll_s=0.05, idle_timeout_s=2.0)
+    with JsonlSink(tmp_path / "r.jsonl") as sink:
+        runner = StreamRunner(FramePipeline(clf, [sink], stream=True, freeze=True), reader)
+
+        def export():
+            for name in ("first.png", "second.png"):
+                time.sleep(0.3)
+                shutil.copy(image, watch / name)
+            time.sleep(0.3)
+            shutil.copy(get_testdata_file("examples_ybr_color.dcm", download=False), watch / "cine.dcm")
+
+        _run_while(runner, export)
+    records = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    by_file = {}
+    for r in records:
+        by_file.setdefault(Path(r["source"]).name, []).append(r)
+    assert [(r["frame"], r["state"]) for r in by_file["first.png"]] == [(0, "live")]
+    assert [(r["frame"], r["state"]) for r in by_file["second.png"]] == [(0, "live")]
+    assert [r["frame"] for r in by_file["cine.dcm"]] == list(range(30))
 
 
 def test_dicom_cine_streams_at_its_frame_rate(clf):

@@ -155,6 +155,10 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
     if runner.all_failed:
         _err(f"usedge: every frame failed ({summary.errors}); last: {runner.last_error}")
         return 1
+    if summary.errors:     # as a batch of files: an input (here: frames) that could not be classified is a failure
+        _err(f"usedge: {summary.errors} frame(s) or file(s) could not be classified (error lines in the results); "
+             f"last: {runner.last_error}")
+        return 1
     return 1 if summary.ended_by in ("source failed", "ended early") else 0
 
 

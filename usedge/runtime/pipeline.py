@@ -147,6 +147,7 @@ class FramePipeline:
         self.on_event = on_event
         self.failed_outputs: list[str] = []                      # stream: outputs dropped after a write failure
         self._colour_noted = False                               # stream: the mostly-colour line said once
+        self._source: str | None = None                          # stream: the source of the frame before
         self.resolution_changes = 0                              # changes of frame size (stream)
         self.notes: list[str] = []                               # their lines, the first MAX_NOTES
         self._shape: tuple[int, int] | None = None
@@ -180,6 +181,9 @@ class FramePipeline:
         """freeze -> prepare -> quality -> normalise -> model -> post: the Prediction, written nowhere."""
         t0 = time.perf_counter()
         if self.stream:
+            if self._source is not None and source != self._source:
+                self.forget()          # a new file in a watched folder: not a frozen repeat, no smoothing across files
+            self._source = source
             self._check_resolution(image, index)
         if self.freeze is not None and self.last is not None and self.freeze.is_frozen(image):
             return dataclasses.replace(self.last, frozen=True, state="frozen", frame_index=index,
@@ -244,12 +248,12 @@ class FramePipeline:
                 except OutputError as exc:
                     self._output_failed(sink, exc)
 
-    def write_error(self, source: str, message: str) -> None:
-        """A file or frame that could not be classified: every sink records it its own way (all or none)."""
+    def write_error(self, source: str, message: str, frame: int | None = None) -> None:
+        """A file, or a frame of it, that could not be classified: every sink records it its own way (all or none)."""
         with whole_frame():
             for sink in list(self.sinks):
                 try:
-                    sink.write_error(source, message)
+                    sink.write_error(source, message, frame)
                 except OutputError as exc:
                     self._output_failed(sink, exc)
 

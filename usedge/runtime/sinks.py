@@ -1,7 +1,7 @@
 """Where predictions go (the pipeline's last stage): JSONL (flushed per line), CSV, overlay PNGs in a
 folder, an annotated video (H.264 .mp4 through PyAV), a window, a callback.
 
-Every sink has `write(pred, frame, overlay)`, `write_error(source, message)` and `close()`;
+Every sink has `write(pred, frame, overlay)`, `write_error(source, message, frame=None)` and `close()`;
 `needs_overlay` asks the pipeline to draw the annotated frame (drawn once per frame, shared by every
 sink that wants it); `quit` set by a sink asks the live loop to stop. Streams (JSONL, CSV)
 are appended line by line so a crash loses at most the frame in flight; a batch of files
@@ -39,8 +39,8 @@ class Sink:
     def write(self, pred: Prediction, frame: np.ndarray | None = None, overlay: np.ndarray | None = None) -> None:
         raise NotImplementedError
 
-    def write_error(self, source: str, message: str) -> None:
-        """A file or frame that could not be classified (default: not recorded)."""
+    def write_error(self, source: str, message: str, frame: int | None = None) -> None:
+        """A file, or a frame of it (`frame`: its number), that could not be classified (default: not recorded)."""
 
     def close(self) -> None:
         pass
@@ -113,8 +113,8 @@ class JsonlSink(Sink):
     def write(self, pred, frame=None, overlay=None) -> None:
         self.write_record(pred.to_record())
 
-    def write_error(self, source: str, message: str) -> None:
-        self.write_record({"source": source, "error": message})
+    def write_error(self, source: str, message: str, frame: int | None = None) -> None:
+        self.write_record({"source": source, **({"frame": frame} if frame is not None else {}), "error": message})
 
     def write_record(self, record: dict) -> None:
         """Any JSON-safe dict."""
@@ -175,9 +175,11 @@ class CsvSink(Sink):
             self.fh.flush()
         self.count += 1
 
-    def write_error(self, source: str, message: str) -> None:
+    def write_error(self, source: str, message: str, frame: int | None = None) -> None:
         row = [""] * len(self.columns)
         row[0], row[-2], row[-1] = csv_text(source), "error", csv_text(message)
+        if frame is not None:
+            row[1] = frame
         with _output_errors(self.path, self.count):
             self.writer.writerow(row)
             self.fh.flush()

@@ -469,7 +469,8 @@ class WatchedFolderReader(FrameReader):
     A file is read once its size is stable across two polls (the writer has finished). Existing
     files are skipped unless `include_existing`. `idle_timeout_s`: end after that long without a
     new file (None: watch until stopped). Every frame of every file is given (a stream waits for the
-    loop, nothing is dropped); `frame_source` names the file of the frame just read, and a file that
+    loop, nothing is dropped); `frame_source` names the file of the frame just read (`frame_number`: its
+    number in that file, as `usedge infer` on the file numbers it), and a file that
     cannot be read is appended to `failed` (the stream loop writes it as an error result).
     """
 
@@ -489,6 +490,7 @@ class WatchedFolderReader(FrameReader):
         self._frames = None                        # frames of the file being read (iter_file_frames)
         self.failed: list[tuple[str, str]] = []   # (file, one-line reason)
         self.frame_source = ""                     # the file of the frame just read
+        self.frame_number = 0                      # ... and its number in that file (a cine's frame, a TIFF page)
 
     def open(self) -> None:
         if not self.folder.is_dir():
@@ -513,7 +515,7 @@ class WatchedFolderReader(FrameReader):
         while True:
             if self._frames is not None:     # the file being read, one frame at a time (a long cine stays small)
                 try:
-                    _, frame, _ = next(self._frames)
+                    self.frame_number, frame, _ = next(self._frames)
                     return frame
                 except StopIteration:
                     self._frames = None
@@ -766,7 +768,7 @@ class CaptureThread(threading.Thread):
                     image = self.reader.read()
                 except Undecodable as exc:
                     if getattr(self.reader, "pass_over_damaged", False):    # a cine's damaged frame: the next one
-                        self.reader.failed.append((f"{self.reader.name} frame {index}", exc.one_line()))
+                        self.reader.failed.append((self.reader.name, exc.one_line(), index))
                         index += 1
                         continue
                     self.stats.error = exc.one_line()
@@ -785,7 +787,9 @@ class CaptureThread(threading.Thread):
                 self._attempts = 0
                 self.stats.read += 1
                 source = getattr(self.reader, "frame_source", "") or self.reader.name
-                self.slot.put(Frame(image, index, source, time.perf_counter()), block=block, stop=self.stop_event)
+                number = getattr(self.reader, "frame_number", None)      # a watched folder numbers frames per file
+                self.slot.put(Frame(image, index if number is None else number, source, time.perf_counter()),
+                              block=block, stop=self.stop_event)
                 index += 1
         finally:
             self.stats.ended_early = getattr(self.reader, "ended_early", "")

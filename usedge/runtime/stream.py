@@ -236,11 +236,11 @@ class StreamRunner:
         error result in the sinks and a line through the pipeline's on_event, written from this loop thread."""
         failed = getattr(self.reader, "failed", None)
         while failed and self._failures_reported < len(failed):
-            source, line = failed[self._failures_reported]
+            source, line, *frame = failed[self._failures_reported]     # (file, line) or (file, line, frame)
             self._failures_reported += 1
             self._counts["errors"] += 1
             self.last_error = line
-            self.pipeline.write_error(source, line)
+            self.pipeline.write_error(source, line, frame[0] if frame else None)
             if self.pipeline.on_event is not None:
                 self.pipeline.on_event(f"skipped {line}")
 
@@ -275,7 +275,7 @@ class StreamRunner:
                 except UsedgeError as exc:
                     self._counts["errors"] += 1
                     self.last_error = exc.one_line()
-                    self.pipeline.write_error(f"{frame.source} frame {frame.index}", self.last_error)
+                    self.pipeline.write_error(frame.source, self.last_error, frame.index)
                     continue
                 if self.pipeline.quit:
                     ended_by = "window closed"
