@@ -323,19 +323,27 @@ def test_dicom_found_by_its_bytes_in_folders(tmp_path):
     raw = study / "IM00002"
     assert uid.read_bytes()[128:132] == b"DICM"
     raw.write_bytes(uid.read_bytes()[132:])                            # no preamble, no 'DICM'
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    bare = DicomBytesIO()                                              # no file meta at all: implicit VR, from (0008,...)
+    bare.is_little_endian, bare.is_implicit_VR = True, True
+    write_dataset(bare, pydicom.dcmread(source))
+    (study / "IM00003").write_bytes(bare.getvalue())
     (study / "notes.txt").write_text("not an image\n" * 20)
     (study / "data.bin").write_bytes(bytes(range(256)) * 4)
     fs = FileSet()
     fs.add(pydicom.dcmread(source))
     fs.write(tmp_path / "cd")
     files, notes = expand_inputs([study, tmp_path / "cd"])
-    assert not notes and sorted(p.name for p in files) == sorted([uid.name, "IM00002", "IM000000"]), files
+    assert not notes and sorted(p.name for p in files) == sorted([uid.name, "IM00002", "IM00003", "IM000000"]), files
     for path in files:
         assert read_file(path).frame.shape[:2] == read_file(uid).frame.shape[:2]
     assert np.array_equal(read_file(raw).frame, read_file(uid).frame)
+    assert np.array_equal(read_file(study / "IM00003").frame, read_file(uid).frame)   # its encoding, as read
     with pytest.raises(Err, match="a DICOMDIR") as err:
         read_file(tmp_path / "cd" / "DICOMDIR")
-    assert "pass the folder" in str(err.value)
+    assert "pass the images it lists" in str(err.value)
 
 
 def test_an_implausible_cine_frame_rate_is_not_used(tmp_path):

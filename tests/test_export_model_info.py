@@ -164,3 +164,18 @@ def test_files_onnxruntime_cannot_load_say_what_they_are(tmp_path, runtime_model
     with pytest.raises(ModelError, match=r"separate file that is missing \(split.onnx.data\)") as err:
         Classifier.load(tmp_path / "split.onnx", backend="ort-cpu", threads=1, verify=False)
     assert "fp16" not in err.value.one_line()
+
+
+@pytest.mark.parametrize("card", [{"checks": None}, {"cross_validation": {"rows": {"overall accuracy": {"accuracy": "0.718"}}}},
+                                  {"cross_validation": {"rows": {"overall accuracy": {"accuracy": ["0.7", "0.1"]}}}},
+                                  {"training_data": {"sha256": 5, "images": None}}])
+def test_an_odd_model_card_still_gives_one_provenance_line(tmp_path, runtime_model, card):
+    """Card values of an unexpected kind (null checks, accuracies as text) load and give a provenance line
+    with n/a, never a traceback in infer / doctor / serve."""
+    from usedge.runtime.model_info import model_card_line
+
+    def edit(d):
+        d.setdefault("model_card", {}).update(card)
+    path = _with_info(runtime_model, tmp_path / "card.onnx", edit)
+    line = model_card_line(Classifier.load(path, backend="ort-cpu", threads=1).info)
+    assert "\n" not in line and "uncertain below margin" in line

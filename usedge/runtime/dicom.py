@@ -119,9 +119,19 @@ class DicomFile:
             raise Undecodable(f"cannot read DICOM header ({type(exc).__name__})", path=self.path,
                               hint="the file is truncated or damaged; export it again from the scanner/PACS") from exc
         ds = self._ds
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}) and getattr(ds, "original_encoding", None):
+            # a data set without its file meta (no preamble, no group 0002): the encoding pydicom read it in
+            from pydicom.dataset import FileMetaDataset
+            from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+            implicit, little = ds.original_encoding
+            if not hasattr(ds, "file_meta"):
+                ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
         if str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS:
             raise InputError("a DICOMDIR: the index of a DICOM export (CD, USB), not an image", path=self.path,
-                             hint="pass the folder that holds it: the images in it are read (the DICOMDIR is left out)")
+                             hint="pass the images it lists (or the folder that holds it: the DICOMDIR is left out)")
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             if self._truncated(len(data)):
                 raise Undecodable("truncated DICOM file (it ends inside an element)", path=self.path,
@@ -339,7 +349,7 @@ class DicomFile:
             if kind == "window":
                 y = apply_voi_lut(x, _window_only(ds), index=0)         # onto 0..255 (BitsStored 8, unsigned)
             elif kind == "lut":
-                y = np.asarray(apply_voi_lut(x, ds, index=0), dtype=np.float64)
+                y = np.asarray(apply_voi_lut(np.rint(x).astype(np.int64), ds, index=0), dtype=np.float64)  # LUT indices
                 bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
                 y = y * 255.0 / ((1 << bits) - 1)
             else:

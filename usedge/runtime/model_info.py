@@ -291,10 +291,11 @@ def verify_weights(path: str | Path, metadata: dict, info: ModelInfo) -> None:
 
 
 def mean_sd(cell) -> str:
-    """[mean, sd] -> '0.912 ± 0.031'; n/a for a value the training report left undefined (an SD from one fold)."""
-    if not cell:
+    """[mean, sd] -> '0.912 ± 0.031'; n/a for a value the training report left undefined (an SD from one fold)
+    or that is not a number (a hand-edited card)."""
+    if not isinstance(cell, (list, tuple)) or not cell:
         return ""
-    return " ± ".join("n/a" if v is None else f"{v:.3f}" for v in cell[:2])
+    return " ± ".join(f"{v:.3f}" if _is_number(v) else "n/a" for v in cell[:2])
 
 
 def model_card_line(info: ModelInfo) -> str:
@@ -311,7 +312,7 @@ def model_card_line(info: ModelInfo) -> str:
     cv = card.get("cross_validation") or {}
     acc = (cv.get("rows") or {}).get("overall accuracy", {}).get("accuracy")
     scored = f"CV accuracy {mean_sd(acc)} over {cv.get('folds')} fold(s)" if acc else "no CV metrics"
-    missed = [c.get("check", "?") for c in card.get("checks", []) if not c.get("passed", True)]
+    missed = [str(c.get("check", "?")) for c in card.get("checks") or [] if not c.get("passed", True)]
     checks = f"{len(missed)} export check(s) MISSED ({missed[0]})" if missed else "export checks ok"
     return (f"{info.precision} model {info.weights_sha256[:12] or '?'}: {trained}; {scored}; {checks}; "
             f"uncertain below margin {card.get('uncertain_margin', '?')}")
