@@ -214,3 +214,12 @@ def test_explain_keeps_the_test_fold_of_a_fold_checkpoint(tiny_model, tiny_maske
         run_explain(run / "model.pt", tiny_masked_data, tmp_path / "c", cfg)
     # a checkpoint with no run around it explains every image
     assert run_explain(tmp_path / "elsewhere.pt", tiny_masked_data, tmp_path / "d", cfg)["data"]["n_images"] == 9
+    # a copy of the run's data set is still its patients (matched by ID): the fold's test part only, the
+    # all-data model refused (a copied folder was explained whole, training patients included)
+    import shutil
+
+    copy = shutil.copytree(tiny_masked_data, tmp_path / "copy")
+    s = run_explain(run / "fold0" / "best.pt", copy, tmp_path / "e", cfg)
+    assert s["data"]["n_images"] == 4 and "matched by ID" in s["data"]["images"]
+    with pytest.raises(DataError, match="every patient"):
+        run_explain(run / "model.pt", copy, tmp_path / "f", cfg)

@@ -12,9 +12,9 @@ writes under `out`:
 Maps are computed at the model input (spec.size x spec.size, after the ONE preprocessing). Masks go
 through the same crop (CropInfo.crop_box) and resize, so map and mask share one pixel grid.
 
-When the checkpoint comes from a `usedge train` run (folds.csv beside it) and `data` is that run's data
-set, only the images of patients the checkpoint never trained or validated on are explained (a fold
-model: its test fold), unless ExplainConfig.images = "all". Localisation statistics take the patient as
+When the checkpoint comes from a `usedge train` run (folds.csv beside it), only the images of patients
+the checkpoint never trained or validated on are explained (a fold model: its test fold; patients matched
+by ID, so a copied or moved data set counts too), unless ExplainConfig.images = "all". Localisation statistics take the patient as
 the unit and every reported p-value is Holm-adjusted (usedge.train.localisation).
 """
 
@@ -123,9 +123,9 @@ def unseen_samples(checkpoint: str | Path, meta: dict, ds, images: str = "test")
     folds_csv, run_json = run_dir / "folds.csv", run_dir / "run.json"
     if not (folds_csv.is_file() and run_json.is_file()):
         return list(ds.samples), "every image (no usedge train run with folds.csv beside the checkpoint)"
+    # by patient ID, whatever the folder is called: a copied or moved data set is still the run's patients
     run_data = json.loads(run_json.read_text()).get("data")
-    if not run_data or Path(run_data).resolve() != Path(ds.root).resolve():
-        return list(ds.samples), f"every image (not the data set of the checkpoint's run, {run_data})"
+    elsewhere = not run_data or Path(run_data).resolve() != Path(ds.root).resolve()
     column = "final" if fold is None else f"fold{fold}"
     with open(folds_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -138,7 +138,8 @@ def unseen_samples(checkpoint: str | Path, meta: dict, ds, images: str = "test")
         raise DataError("the checkpoint trained or validated on every patient of this data set", path=ckpt,
                         hint="explain a fold checkpoint (RUN/fold0/best.pt) on its test fold, or pass --images all")
     which = f"fold {fold}'s test part" if fold is not None else "patients outside the run"
-    return keep, f"the {len(keep)} images of patients the checkpoint never saw ({which}, from {folds_csv})"
+    moved = f"; this folder is not the run's ({run_data}), patients matched by ID" if elsewhere else ""
+    return keep, f"the {len(keep)} images of patients the checkpoint never saw ({which}, from {folds_csv}{moved})"
 
 
 # ------------------------------------------------------------------------------------------ drawing
