@@ -212,3 +212,39 @@ def test_cli_search_and_preview(tiny_cohort, tmp_path):
     import cv2
 
     assert cv2.imread(str(grid), cv2.IMREAD_GRAYSCALE).shape == (2 * 36, 3 * 36)
+
+
+def test_a_search_rerun_never_reuses_children_or_trials_of_other_patients_or_settings(tiny_cohort, tmp_path):
+    """The same storage and child cache, re-used by a search with another seed (other outer and inner
+    splits: another fold's test patients in each pool), other child settings, or images changed in place
+    under the same names: nothing is reused. They were: the seed-1 policy carried seed 0's sub-policies
+    under seed 1's digests, and a changed child setting relabelled the old trials."""
+    import shutil
+
+    import cv2
+
+    data = shutil.copytree(tiny_cohort, tmp_path / "data")
+    storage, cache = f"sqlite:///{tmp_path / 'search.db'}", tmp_path / "children"
+    run = dict(storage=storage, cache_dir=cache, show_progress=False)
+    first = search(load_dataset(data), _cfg(trials=2, top=1), **run)
+    again = search(load_dataset(data), _cfg(trials=2, top=1), **run)         # the same search resumes
+    assert all(s["child_from_cache"] for s in again.meta["splits"])
+    assert [s.describe() for s in again.sub_policies] == [s.describe() for s in first.sub_policies]
+    import optuna
+
+    def studies() -> int:
+        return len(optuna.get_all_study_names(storage))
+
+    assert studies() == 2
+    for changed in (_cfg(trials=2, top=1, seed=1), _cfg(trials=2, top=1, heldout="augmented+original")):
+        before = studies()
+        other = search(load_dataset(data), changed, **run)
+        assert studies() == before + 2 and [s["trials"] for s in other.meta["splits"]] == [2, 2]  # its own studies
+        if changed.seed != 0:
+            assert not any(s["child_from_cache"] for s in other.meta["splits"])
+    for png in sorted(data.rglob("*.png"))[:3]:                            # re-cropped in place, same names
+        image = cv2.imread(str(png))
+        cv2.imwrite(str(png), image[:, ::-1])
+    moved = search(load_dataset(data), _cfg(trials=2, top=1), **run)
+    assert moved.meta["data_fingerprint"] != first.meta["data_fingerprint"]
+    assert not any(s["child_from_cache"] for s in moved.meta["splits"])

@@ -31,6 +31,7 @@ import numpy as np
 
 from usedge.dataset import Dataset
 from usedge.errors import ConfigError, DataError
+from usedge.fileio import sha256_file
 from usedge.train.augment import OpSpec, Policy, SubPolicy, image_rng, patients_digest, resolve_ops
 from usedge.train.config import DataConfig, ModelConfig, TrainConfig
 
@@ -181,12 +182,31 @@ def search_scopes(dataset: Dataset, cfg: SearchConfig) -> list[tuple[str, np.nda
 
 
 def data_fingerprint(dataset: Dataset) -> str:
-    """Short hash of the sample list (paths, labels, patients): names studies so another data set never
-    resumes this one's search."""
+    """Short hash of the samples (file names, labels, patients) and of every image file's bytes: names
+    studies so another data set never resumes this one's search, and lets `usedge train` refuse a policy
+    searched on other data. Contents count: images re-cropped or anonymised in place under the same
+    names are another data set."""
     h = hashlib.sha256()
     for s in dataset.samples:
-        h.update(f"{s.path.name}|{s.label}|{s.patient_id}\n".encode())
+        h.update(f"{s.path.name}|{s.label}|{s.patient_id}|".encode())
+        try:
+            h.update(sha256_file(s.path).encode())
+        except OSError:
+            h.update(b"unreadable")          # reported where the image is read
+        h.update(b"\n")
     return h.hexdigest()[:12]
+
+
+def split_keys(prefix: str, name: str, cfg: "SearchConfig", train_patients, heldout_patients, seed: int) -> tuple[str, str]:
+    """(child cache name, optuna study name) of one inner split: they change with everything the child's
+    weights (its training patients, seed and settings) and the trials' scores (the held-out patients, the
+    objective and held-out mode) depend on, so a search re-run with another seed, fold count or setting
+    never reuses a child trained, or trials scored, on other patients (a fold's test patients included)."""
+    child = hashlib.sha256(f"{prefix}|{name}|{_child_key(cfg)}|{patients_digest(train_patients)}|{seed}"
+                           .encode()).hexdigest()[:10]
+    study = hashlib.sha256(f"{child}|{patients_digest(heldout_patients)}|{cfg.heldout}|{cfg.objective}"
+                           .encode()).hexdigest()[:10]
+    return f"{prefix}-{name}-{child}", f"{prefix}/{name}-{study}"
 
 
 # --- the child model (torch, imported lazily) ----------------------------------------------------
@@ -395,10 +415,11 @@ class SplitResult:
     best: list[SubPolicy]
 
 
-def search_split(name: str, study_prefix: str, train_images, train_labels, held_images, held_labels,
+def search_split(name: str, keys: tuple[str, str], train_images, train_labels, held_images, held_labels,
                  num_classes: int, cfg: SearchConfig, storage: str | None, cache: Path | None, seed: int,
                  progress=None) -> SplitResult:
-    """One inner split: the child (cached), then TPE trials until the study holds `cfg.trials` complete ones."""
+    """One inner split: the child (cached), then TPE trials until the study holds `cfg.trials` complete ones.
+    keys: (child cache name, study name), from `split_keys`."""
     import optuna
     import torch
 
@@ -406,10 +427,10 @@ def search_split(name: str, study_prefix: str, train_images, train_labels, held_
         torch.set_num_threads(cfg.child.threads)
     t0 = time.perf_counter()
     ops = resolve_ops(cfg.ops)
-    child, cached = get_child(cache, f"{study_prefix}-{name}-{_child_key(cfg)}", train_images, train_labels,
-                              num_classes, cfg.child, seed)
+    child_name, study_name = keys
+    child, cached = get_child(cache, child_name, train_images, train_labels, num_classes, cfg.child, seed)
     base_loss, base_acc = evaluate_child(child, held_images, held_labels, cfg.child)
-    study = _study(f"{study_prefix}/{name}", storage, cfg, seed, ops)
+    study = _study(study_name, storage, cfg, seed, ops)
 
     def objective(trial) -> float:
         sub = suggest_sub_policy(trial, ops, cfg.ops_per_sub_policy)
@@ -428,7 +449,7 @@ def search_split(name: str, study_prefix: str, train_images, train_labels, held_
         callbacks.append(lambda s, t: progress(1) if t.state == optuna.trial.TrialState.COMPLETE else None)
     if done < cfg.trials:
         study.optimize(objective, n_trials=cfg.trials - done, callbacks=callbacks, gc_after_trial=False)
-    best = top_sub_policies(study, cfg.top, cfg.ops_per_sub_policy, f"{study_prefix}/{name}", cfg.objective)
+    best = top_sub_policies(study, cfg.top, cfg.ops_per_sub_policy, study_name.rsplit("-", 1)[0], cfg.objective)
     return SplitResult(name, len(train_images), len(held_images), base_loss, base_acc, cached,
                        len(_completed(study)), time.perf_counter() - t0, best)
 
@@ -458,7 +479,8 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
     t0 = time.perf_counter()
     labels = np.asarray(dataset.labels)
     groups = np.asarray(dataset.groups)
-    prefix = study_name or f"usedge-augment-{data_fingerprint(dataset)}"
+    fingerprint = data_fingerprint(dataset)
+    prefix = study_name or f"usedge-augment-{fingerprint}"
     cache = Path(cache_dir) if cache_dir else None
     scopes = search_scopes(dataset, cfg)
     n_splits_total = len(scopes) * cfg.inner_splits
@@ -477,8 +499,9 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
                                                       cfg.seed + 17, dataset.root)):
                 name = f"{'all' if scope == 'all' else 'fold' + scope}-split{s}"
                 trial_task = bar.add_task(f"  {name}: child + {cfg.trials} trials", total=cfg.trials)
+                keys = split_keys(prefix, name, cfg, set(groups[tr].tolist()), set(groups[ho].tolist()), cfg.seed + s)
                 res = search_split(
-                    name, prefix,
+                    name, keys,
                     np.stack([cached[int(i)] for i in tr]), labels[tr],
                     np.stack([cached[int(i)] for i in ho]), labels[ho],
                     len(dataset.class_names), cfg, storage, cache, cfg.seed + s,
@@ -493,7 +516,7 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
     meta = {
         "kind": "fast-autoaugment",
         "data": str(dataset.root.resolve()),
-        "data_fingerprint": data_fingerprint(dataset),
+        "data_fingerprint": fingerprint,
         "class_names": dataset.class_names,
         "config": cfg.to_dict(),
         "search": {"preset": cfg.preset, "seed": cfg.seed, "folds": cfg.folds, "max_folds": cfg.max_folds,
