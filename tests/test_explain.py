@@ -136,6 +136,18 @@ def test_mask_errors_and_bbox(tmp_path):
                          (20, 20))
     m, src = read_lesion_mask(Sample(path=tmp_path / "x.png", label=0, patient_id="p", bbox=(2, 3, 4, 5)), (20, 20))
     assert src == "bbox" and m.sum() == 20 and m[3:8, 2:6].all()
+    # a 16-bit 0/1 mask (read as 8-bit gray it was all zeros: "no lesion masks") and a colour one are read as drawn
+    for name, drawn in (("m16.png", np.uint16), ("rgb.png", np.uint8)):
+        mask = np.zeros((20, 20, 3) if name == "rgb.png" else (20, 20), drawn)
+        mask[4:9, 5:10] = 1
+        cv2.imwrite(str(tmp_path / name), mask)
+        m, src = read_lesion_mask(Sample(path=tmp_path / "x.png", label=0, patient_id="p", mask_path=tmp_path / name),
+                                  (20, 20))
+        assert src == "mask" and m.sum() == 25 and m[4:9, 5:10].all()
+    cv2.imwrite(str(tmp_path / "empty.png"), np.zeros((20, 20), np.uint8))   # it dropped the image from the tests silently
+    with pytest.raises(DataError, match="empty.png: lesion mask is empty"):
+        read_lesion_mask(Sample(path=tmp_path / "x.png", label=0, patient_id="p", mask_path=tmp_path / "empty.png"),
+                         (20, 20))
     # boxes that used to pass silently: outside (no lesion at all), empty, or the whole image (a perfect score)
     assert read_lesion_mask(Sample(path=tmp_path / "x.png", label=0, patient_id="p", bbox=(-1, 2, 6, 6)),
                             (20, 20))[0].sum() == 5 * 6                  # a pixel over the edge: its part inside

@@ -86,14 +86,19 @@ def read_lesion_mask(sample: Sample, frame_shape: tuple[int, int]) -> tuple[np.n
     """The lesion as a frame-sized bool mask: from mask_path, else from bbox, else None."""
     h, w = frame_shape
     if sample.mask_path is not None:
-        mask = cv2.imread(str(sample.mask_path), cv2.IMREAD_GRAYSCALE)
+        # unchanged: a 16-bit mask of 0/1 read as 8-bit gray would be scaled to all zeros
+        mask = cv2.imread(str(sample.mask_path), cv2.IMREAD_UNCHANGED)
         if mask is None:
             raise DataError("cannot read lesion mask", path=sample.mask_path,
                             hint="masks are PNGs, nonzero = lesion; fix or remove mask_path in manifest.csv")
-        if mask.shape != (h, w):
+        if mask.shape[:2] != (h, w):
             raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {w}x{h}",
                             path=sample.mask_path, hint="a mask must have its image's size")
-        return mask > 0, "mask"
+        lesion = (mask > 0).any(axis=2) if mask.ndim == 3 else mask > 0
+        if not lesion.any():
+            raise DataError("lesion mask is empty (no nonzero pixel)", path=sample.mask_path,
+                            hint="fix the mask, or remove its mask_path from manifest.csv")
+        return lesion, "mask"
     if sample.bbox is not None:
         x, y, bw, bh = sample.bbox
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + bw, w), min(y + bh, h)      # the part inside the image
