@@ -127,3 +127,24 @@ def test_policy_apply_and_expand_on_arrays():
     assert all(c.shape == IMG.shape and c.dtype == np.uint8 for c in copies)
     a = pol.apply(IMG, np.random.default_rng(3))
     assert np.array_equal(a, pol.apply(IMG, np.random.default_rng(3)))
+
+
+def test_every_scope_of_a_policy_is_checked_when_it_is_loaded(tmp_path):
+    """A bad op, a bad score or an empty list in one fold's scope is refused at load, naming the file: it
+    was found only when that fold started training (after the folds before it had trained), and an empty
+    scope trained its fold without augmentation."""
+    import json
+
+    from usedge.errors import ConfigError
+
+    good = _policy(3)
+    for name, scopes, why in (("op.json", {"0": [good.sub_policies[0].to_dict()], "1": [{"ops": [{"op": "Gian",
+                              "probability": 0.5, "magnitude": 0.5}]}]}, "unknown op 'Gian'"),
+                              ("empty.json", {"0": [good.sub_policies[0].to_dict()], "1": []}, "scope 1 has no sub-policies"),
+                              ("score.json", {"0": [{**good.sub_policies[0].to_dict(), "score": "n/a"}]}, "score 'n/a'")):
+        d = good.to_dict()
+        d["meta"] = {"scopes": scopes}
+        (tmp_path / name).write_text(json.dumps(d))
+        with pytest.raises(ConfigError, match=why) as err:
+            Policy.load(tmp_path / name)
+        assert name in err.value.one_line()

@@ -74,3 +74,11 @@ def test_bad_toml_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(path) in str(err.value)
+
+
+def test_a_policy_that_would_be_ignored_is_refused():
+    """--policy with data.augment=light (or none) trained unaugmented by FAA and recorded the policy anyway."""
+    for augment in ("light", "none"):
+        with pytest.raises(ConfigError, match=f"data.augment={augment} does not use it"):
+            load_config(None, {"data.policy": "policy.json", "data.augment": augment})
+    assert load_config(None, {"data.policy": "policy.json", "data.augment": "random"}).data.policy == "policy.json"

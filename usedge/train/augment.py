@@ -365,7 +365,12 @@ class SubPolicy:
                 raise ConfigError(f"op {o.op}: probability and magnitude must lie in [0, 1]", path=where,
                                   hint="fix the numbers in the policy file")
         score = d.get("score")
-        return cls(ops=ops, score=None if score is None else float(score), source=str(d.get("source", "")))
+        try:
+            score = None if score is None else float(score)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"sub-policy score {str(score)[:20]!r} is not a number", path=where,
+                              hint="fix or remove the score in the policy file") from exc
+        return cls(ops=ops, score=score, source=str(d.get("source", "")))
 
 
 @dataclass
@@ -399,12 +404,31 @@ class Policy:
         if not isinstance(d, dict) or d.get("format") != POLICY_FORMAT:
             raise ConfigError("not a usedge augmentation policy", path=where,
                               hint="pass a policy.json written by usedge augment search")
-        if int(d.get("format_version", 0)) > POLICY_VERSION:
+        version = d.get("format_version", 0)
+        if not (isinstance(version, int) and not isinstance(version, bool)):
+            raise ConfigError(f"policy format_version {str(version)[:20]!r} is not a whole number", path=where,
+                              hint=f"a policy written by usedge has format_version {POLICY_VERSION}")
+        if version > POLICY_VERSION:
             raise ConfigError("policy format is newer than this usedge reads", path=where, hint="upgrade usedge")
-        subs = [SubPolicy.from_dict(s, where) for s in d.get("sub_policies", [])]
+        meta = d.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ConfigError("policy meta must be an object", path=where, hint="fix or remove 'meta' in the policy file")
+        entries = d.get("sub_policies", [])
+        if not isinstance(entries, list):
+            raise ConfigError("policy sub_policies must be a list", path=where, hint="re-run usedge augment search")
+        subs = [SubPolicy.from_dict(s, where) for s in entries]
         if not subs:
             raise ConfigError("policy has no sub-policies", path=where, hint="re-run usedge augment search")
-        return cls(sub_policies=subs, meta=dict(d.get("meta", {})))
+        scopes = meta.get("scopes") or {}
+        if not isinstance(scopes, dict):
+            raise ConfigError("policy meta.scopes must be an object", path=where, hint="re-run usedge augment search")
+        for scope, scoped in scopes.items():   # every fold's list checked now, not when that fold starts training
+            if not isinstance(scoped, list) or not scoped:
+                raise ConfigError(f"policy scope {scope} has no sub-policies", path=where,
+                                  hint="re-run usedge augment search (a fold without sub-policies would train unaugmented)")
+            for entry in scoped:
+                SubPolicy.from_dict(entry, f"{where} (scope {scope})")
+        return cls(sub_policies=subs, meta=dict(meta))
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":

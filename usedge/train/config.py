@@ -210,6 +210,9 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
     if cfg.data.augment in ("expand", "random") and not cfg.data.policy:
         raise ConfigError(f"data.augment={cfg.data.augment} needs a policy file", path=where,
                           hint="pass --policy policy.json (from `usedge augment search`)")
+    if cfg.data.policy and cfg.data.augment not in ("expand", "random"):   # it would be ignored, yet recorded
+        raise ConfigError(f"a policy ({cfg.data.policy}) is given but data.augment={cfg.data.augment} does not use it",
+                          path=where, hint="drop --policy, or --set data.augment=expand (or random)")
     return cfg
 
 
