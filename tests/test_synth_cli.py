@@ -54,3 +54,18 @@ def test_synth_video_cli(tmp_path):
 def test_bad_option_is_a_config_error(tmp_path):
     r = runner.invoke(app, ["synth", "cohort", str(tmp_path / "x"), "--patients", "1,2"])
     assert r.exit_code != 0 and isinstance(r.exception, ConfigError)
+
+
+def test_synth_cohort_options_at_their_edges(tmp_path):
+    """A frequency or depth the phantom's physics cannot take (0, NaN, 1000 MHz) is one line, not a
+    ZeroDivisionError or a white image; a negative seed is refused; without --images the count follows
+    --patients (698 / 255 per patient) instead of failing for every smaller cohort."""
+    for option, value, why in (("--freq-mhz", "0,0", "outside 2..50 MHz"), ("--freq-mhz", "nan,nan", "outside 2..50 MHz"),
+                               ("--freq-mhz", "1000,2000", "outside 2..50 MHz"), ("--depth-mm", "0,0", "outside 5..100 mm")):
+        r = runner.invoke(app, ["synth", "cohort", str(tmp_path / "x"), "--patients", "2,2,2", "-q", option, value])
+        assert r.exit_code != 0 and isinstance(r.exception, ConfigError) and why in str(r.exception), r.output
+    r = runner.invoke(app, ["synth", "cohort", str(tmp_path / "x"), "--patients", "2,2,2", "-q", "--seed", "-5"])
+    assert r.exit_code == 2
+    r = runner.invoke(app, ["synth", "cohort", str(tmp_path / "c"), "--patients", "2,2,2", "-q"])
+    assert r.exit_code == 0, r.output
+    assert len(load_dataset(tmp_path / "c")) == round(6 * 698 / 255)

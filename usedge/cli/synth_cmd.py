@@ -25,6 +25,10 @@ def _ints(text: str, n: int | None, what: str, sep: str = ",") -> tuple[int, ...
     return vals
 
 
+# what the phantom's physics (bmode.py) is meant for: skin probes and depths
+PLAUSIBLE = {"frequency": (2.0, 50.0, "MHz"), "depth": (5.0, 100.0, "mm")}
+
+
 def _range(text: str | None, what: str) -> tuple[float, float] | None:
     if text is None:
         return None
@@ -32,6 +36,10 @@ def _range(text: str | None, what: str) -> tuple[float, float] | None:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError as exc:
         raise ConfigError(f"cannot read {what} range {text!r}", hint="write LOW,HIGH, e.g. 12,22") from exc
+    low, high, unit = PLAUSIBLE[what]
+    if not (low <= lo <= high and low <= hi <= high):       # also NaN and infinities
+        raise ConfigError(f"{what} range {text!r} is outside {low:g}..{high:g} {unit}",
+                          hint=f"write LOW,HIGH within {low:g}..{high:g} {unit}")
     if lo > hi:
         raise ConfigError(f"{what} range {text!r} is reversed", hint="write LOW,HIGH")
     return lo, hi
@@ -40,12 +48,14 @@ def _range(text: str | None, what: str) -> tuple[float, float] | None:
 @synth_app.command("cohort")
 def cohort(
     out: Path = typer.Argument(..., help="Output folder (new or empty)."),
-    seed: int = typer.Option(0, help="Random seed; the same seed gives the same bytes."),
+    seed: int = typer.Option(0, min=0, help="Random seed; the same seed gives the same bytes."),
     difficulty: float = typer.Option(0.5, help="Class overlap, 0 (textbook) .. 1 (much overlap)."),
     patients: str = typer.Option("149,74,32", help="Patients per class: epidermal_cyst,lipoma,pilomatricoma."),
-    images: int = typer.Option(698, help="Total images (1-5 per patient)."),
+    images: int = typer.Option(None, help="Total images, 1-5 per patient (default: 698 for the default patients, "
+                               "the paper's cohort; else the same 698/255 images per patient)."),
     freq_mhz: str = typer.Option(None, "--freq-mhz", help="Probe frequency range LOW,HIGH in MHz (default 12,22)."),
-    depth_mm: str = typer.Option(None, "--depth-mm", help="Imaging depth range LOW,HIGH in mm (default 15,26)."),
+    depth_mm: str = typer.Option(None, "--depth-mm", help="Imaging depth range LOW,HIGH in mm (default 15,26; "
+                                 "raised for a patient whose lesion would not fit, 3 mm below it)."),
     overwrite: bool = typer.Option(False, help="Replace a cohort previously generated in OUT."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -54,8 +64,11 @@ def cohort(
 
     opts = {k: v for k, v in (("freq_mhz", _range(freq_mhz, "frequency")), ("depth_mm", _range(depth_mm, "depth")))
             if v is not None}
+    per_class = _ints(patients, 3, "--patients")
+    if images is None:
+        images = max(sum(per_class), round(sum(per_class) * 698 / 255))
     t0 = time.perf_counter()
-    manifest = make_cohort(out, seed=seed, patients=_ints(patients, 3, "--patients"), images=images,
+    manifest = make_cohort(out, seed=seed, patients=per_class, images=images,
                            difficulty=difficulty, progress=not quiet, overwrite=overwrite, **opts)
     typer.echo(f"wrote {images} images to {out} in {time.perf_counter() - t0:.1f} s; manifest: {manifest}")
 
@@ -64,7 +77,7 @@ def cohort(
 def frames(
     out: Path = typer.Argument(..., help="Output folder: frames/frame_NNNNN.png, masks/ (Doppler and fan masks), truth.jsonl."),
     count: int = typer.Option(20, help="Number of scanner screens."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, min=0, help="Random seed."),
     doppler_fraction: float = typer.Option(0.3, help="Share of frames with a colour Doppler box."),
     curved_fraction: float = typer.Option(0.1, help="Share of frames from a curved probe (fan-shaped view)."),
     dual_fraction: float = typer.Option(0.1, help="Share of frames with two views side by side."),
@@ -89,7 +102,7 @@ def video(
     frames: int = typer.Option(None, help="Exact number of frames."),
     fps: float = typer.Option(30.0, help="Frames per second."),
     size: str = typer.Option("1920x1080", help="Screen size WxH."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, min=0, help="Random seed."),
     label: str = typer.Option(None, help="Lesion class (default: drawn from the seed)."),
     doppler: bool = typer.Option(False, help="Show a colour Doppler box."),
     probe: str = typer.Option("linear", help="linear or curved."),
