@@ -217,3 +217,17 @@ def test_record_into_a_folder_is_refused_before_the_run(runtime_model, runtime_v
     no_traceback(res)
     assert res.stderr.strip().splitlines() == [f"usedge: --record {tmp_path / 'isdir.mp4'} is a folder, not a file "
                                                "— give --record a file name"]
+
+
+def test_a_closed_pipe_is_not_blamed_on_the_disk(runtime_model, runtime_video, tmp_path):
+    """`usedge infer ... | head -1`: the reader closed the pipe; the line said "free disk space"."""
+    videos = [str(shutil.copy(runtime_video, tmp_path / f"v{i}.mp4")) for i in range(8)]   # far more than a pipe holds
+    proc = subprocess.Popen([sys.executable, "-m", "usedge", "infer", str(runtime_model), *videos],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc.stdout.readline()
+    proc.stdout.close()                       # as `head -1` does
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert "closed the pipe" in err.strip().splitlines()[-1] and "disk" not in err.strip().splitlines()[-1]

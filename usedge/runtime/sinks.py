@@ -89,6 +89,10 @@ def _output_errors(path, written: int):
     try:
         yield
     except OSError as exc:
+        if exc.errno == errno.EPIPE:     # `usedge infer ... | head`: the reader stopped reading, not a disk problem
+            raise OutputError(f"the program reading the results closed the pipe after {written} complete lines",
+                              path="stdout" if str(path) == "-" else path,
+                              hint="the results stop here (as expected after `| head`)") from exc
         raise OutputError(f"cannot write results ({exc.strerror or exc}) after {written} complete lines",
                           path=path, hint="free disk space or choose another output; the lines before are intact"
                           ) from exc
