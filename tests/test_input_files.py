@@ -257,3 +257,14 @@ def test_stream_limits_must_not_be_negative(runtime_model, runtime_video):
     for option in ("--max-reconnects", "--idle-timeout"):
         res = usedge("infer", runtime_model, "--stream", runtime_video, option, "-1", "-q")
         assert res.returncode != 0 and f"{option} -1" in res.stderr and "is negative" in res.stderr, res.stderr
+
+
+def test_output_names_keep_a_uid_named_files_last_part():
+    """Files named by their UID (1.2.840...12345.1, .2, .3): the last part is not a suffix to drop (they came
+    out as 12345.png, 12345_2.png, 12345_3.png, numbered unlike their UIDs)."""
+    from usedge.runtime.sinks import OutputNames
+
+    names = OutputNames()
+    got = [names(p) for p in ("s/1.2.840.9.12345.1", "s/1.2.840.9.12345.2", "a/scan.png", "b/scan.png", "c/IM00001")]
+    assert got == ["1.2.840.9.12345.1", "1.2.840.9.12345.2", "scan", "scan_2", "IM00001"]
+    assert names("c/cine.dcm", frame=3) == "cine_f0003"

@@ -28,7 +28,7 @@ import numpy as np
 from usedge.errors import InputError, OutputError, StreamError
 from usedge.fileio import write_bytes_atomic
 from usedge.runtime.classifier import STAGES, Prediction
-from usedge.runtime.formats import STILL_SUFFIXES
+from usedge.runtime.formats import INPUT_SUFFIXES, STILL_SUFFIXES
 
 
 class Sink:
@@ -403,7 +403,6 @@ def claim_output_folder(folder: str | Path, option: str, *, ours: tuple[str, ...
     OUTPUT_MARK, nor any of `ours`, e.g. an older `usedge crop`'s crops.jsonl), which outputs named
     after inputs could replace. Then marks it, so that the next run into it may replace our own PNGs."""
     from usedge.fileio import write_text_atomic
-    from usedge.runtime.formats import INPUT_SUFFIXES
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -429,7 +428,10 @@ class OutputNames(set):
     `_2`, `_3`... when two inputs in different folders share a name."""
 
     def __call__(self, src: str | Path, frame: int | None = None, view: int | None = None) -> str:
-        base = Path(src).stem + (f"_f{frame:04d}" if frame is not None else "") + (f"_v{view}" if view is not None else "")
+        src = Path(src)
+        # a known suffix goes; any other stays: a DICOM named by its UID (1.2.840...1234.7) keeps its last part
+        stem = src.stem if src.suffix.lower() in INPUT_SUFFIXES else src.name
+        base = stem + (f"_f{frame:04d}" if frame is not None else "") + (f"_v{view}" if view is not None else "")
         name = next(n for n in itertools.chain([base], (f"{base}_{k}" for k in itertools.count(2))) if n not in self)
         self.add(name)
         return name
