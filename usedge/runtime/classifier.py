@@ -19,6 +19,7 @@ import numpy as np
 from usedge.errors import BackendUnavailable, ModelError, NoImage, UsedgeError
 from usedge.fileio import sha256_file
 from usedge.runtime.backends import CPU_BACKENDS, Backend, candidate_backends, create_backend
+from usedge.runtime.backends.ort import is_torch_checkpoint
 from usedge.runtime.backends.trial import choose_cpu_backend
 from usedge.runtime.crop import CropInfo, prepare
 from usedge.runtime.doppler import COLOUR_NOTE, MOSTLY_COLOUR
@@ -208,6 +209,10 @@ class Classifier:
                              hint=f"pass one of its files: {', '.join(inside)}" if inside else which)
         if not path.is_file():
             raise ModelError("model file not found", path=path, hint=which)
+        # a checkpoint is refused before any engine tries it (OpenVINO floods stderr parsing one)
+        if path.suffix.lower() != ".engine" and is_torch_checkpoint(path):
+            raise ModelError("this is a PyTorch checkpoint, not an ONNX model", path=path,
+                             hint=f"export it first: usedge export {path} --out DIR, then pass DIR/model.onnx")
         if threads is None:
             threads = thread_budget().model_threads
         options = {"threads": threads, "spinning": spinning, "opt_level": opt_level, "device_id": device_id}

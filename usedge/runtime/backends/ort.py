@@ -123,6 +123,18 @@ def _spec(arg) -> TensorSpec:
 _EXTERNAL = re.compile(rb"\x0a\x08location\x12([\x01-\x7f])")      # an external-data entry: key "location"
 
 
+def is_torch_checkpoint(path: Path) -> bool:
+    """A file torch.save wrote (a zip archive, or a legacy pickle) or named like one (.pt, .pth, .ckpt)."""
+    if path.suffix.lower() in (".pt", ".pth", ".ckpt"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def _load_failure(path: Path, error: str) -> tuple[str, str]:
     """What a file onnxruntime cannot load most likely is, and the fix: (message or "", hint)."""
     try:
@@ -130,7 +142,7 @@ def _load_failure(path: Path, error: str) -> tuple[str, str]:
             head = fh.read(1 << 20)
     except OSError:
         head = b""
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or path.suffix.lower() in (".pt", ".pth", ".ckpt"):
+    if is_torch_checkpoint(path):
         return ("this is a PyTorch checkpoint, not an ONNX model",
                 f"export it first: usedge export {path} --out DIR, then pass DIR/model.onnx")
     if "external" in error.lower():
