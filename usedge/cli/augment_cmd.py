@@ -107,9 +107,9 @@ def preview_cmd(
     out: Path = typer.Option(Path("augment_preview.png"), "--out", "-o", help="PNG grid to write."),
     policy: Optional[Path] = typer.Option(None, help="Policy JSON; without it every op is shown at "
                                           "magnitudes 0, 0.25, 0.5, 0.75, 1."),
-    images: int = typer.Option(4, help="Rows (images) when previewing a policy."),
-    columns: int = typer.Option(6, help="Tiles per row (the first is the original)."),
-    size: int = typer.Option(128, help="Tile side, pixels."),
+    images: int = typer.Option(4, min=1, help="Rows (images) when previewing a policy."),
+    columns: int = typer.Option(6, min=2, help="Tiles per row (the first is the original)."),
+    size: int = typer.Option(128, min=16, max=1024, help="Tile side, pixels."),
     seed: int = typer.Option(0),
 ) -> None:
     """Write a grid of augmented examples to eyeball a policy or the operations."""

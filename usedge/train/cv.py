@@ -38,13 +38,15 @@ class FoldSplit:
         return roles
 
 
-def group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, what: str, where):
+def group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, what: str, where,
+                fewer: str = "lower cv.folds / raise cv.inner_val_fraction"):
+    """Stratified group K-fold; `fewer`: the option that asks for fewer splits (for the hint)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     n_groups = len(np.unique(groups))
     if n_groups < n_splits:
         raise DataError(f"{what} needs at least {n_splits} patients, found {n_groups}", path=where,
-                        hint="add images from more patients, or lower cv.folds / raise cv.inner_val_fraction")
+                        hint=f"add images from more patients, or {fewer}")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     dummy = np.zeros((len(labels), 1))
     import warnings
@@ -57,7 +59,7 @@ def group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
             largest = int(np.bincount(labels).max()) if len(labels) else 0
             raise DataError(f"{what} splits in {n_splits} parts, but no class has {n_splits} images there "
                             f"(largest: {largest})", path=where,
-                            hint="add images, or lower cv.folds / raise cv.inner_val_fraction") from exc
+                            hint=f"add images, or {fewer}") from exc
 
 
 def few_patient_notes(dataset: Dataset, folds: int) -> list[str]:

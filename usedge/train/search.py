@@ -162,7 +162,8 @@ def inner_splits(labels: np.ndarray, groups: np.ndarray, pool: np.ndarray, k: in
     """K (train, held-out) index pairs of `pool`, by patient, class-stratified."""
     from usedge.train.cv import group_kfold
 
-    parts = group_kfold(labels[pool], groups[pool], k, seed, "the augmentation search's inner splits", where)
+    parts = group_kfold(labels[pool], groups[pool], k, seed, "the augmentation search's inner splits", where,
+                        fewer="lower --inner-splits")
     return [(pool[a], pool[b]) for a, b in parts]
 
 
@@ -466,6 +467,13 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     cfg.validate()
+    if len(dataset.class_names) < 2:
+        raise DataError("the search needs at least two classes", path=dataset.root, hint="add images of another class")
+    labels = np.asarray(dataset.labels)
+    groups = np.asarray(dataset.groups)
+    scopes = search_scopes(dataset, cfg)
+    for _, pool in scopes:      # splits that cannot be made fail before the storage file is created
+        inner_splits(labels, groups, pool, cfg.inner_splits, cfg.seed + 17, dataset.root)
     if storage:  # fail before any child is trained
         import optuna
 
@@ -474,15 +482,10 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
         except Exception as exc:
             raise ConfigError(f"cannot open optuna storage ({type(exc).__name__})", path=_redact(storage),
                               hint="pass --storage sqlite:///search.db or a reachable RDB URL") from exc
-    if len(dataset.class_names) < 2:
-        raise DataError("the search needs at least two classes", path=dataset.root, hint="add images of another class")
     t0 = time.perf_counter()
-    labels = np.asarray(dataset.labels)
-    groups = np.asarray(dataset.groups)
     fingerprint = data_fingerprint(dataset)
     prefix = study_name or f"usedge-augment-{fingerprint}"
     cache = Path(cache_dir) if cache_dir else None
-    scopes = search_scopes(dataset, cfg)
     n_splits_total = len(scopes) * cfg.inner_splits
 
     results: dict[str, list[SplitResult]] = {}
