@@ -375,7 +375,8 @@ def read_image(path: str | Path, *, frame_index: int = 0, allow_any_modality: bo
 
 def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFFIXES) -> tuple[list[Path], list[str]]:
     """Files named, and every regular file under folders named whose suffix is in `suffixes` or whose
-    bytes are DICOM's (a file named by its UID, `IM00001`, a DICOMDIR), recursive and sorted. `notes`: one line per thing skipped, for the caller to
+    bytes are DICOM's (a file named by its UID or `IM00001`; a DICOMDIR is left out), recursive and
+    sorted. `notes`: one line per thing skipped, for the caller to
     print: a symlinked or unreadable folder, a FIFO/socket/device or broken link."""
     from usedge.runtime.dicom import is_dicom
 

@@ -158,7 +158,7 @@ class DicomCineReader(FrameReader):
         self.dcm = open_dicom(path, allow_any_modality=allow_any_modality)
         self.name, self.fps = str(path), self.dcm.fps
         self.regions = self.dcm.regions or None
-        self.failed: list[tuple[str, str]] = []   # (frame, one-line reason)
+        self.failed: list[tuple[str, str, int]] = []   # (file, one-line reason, frame number)
         self._i = 0
 
     def open(self) -> None:
