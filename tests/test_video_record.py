@@ -168,3 +168,31 @@ def test_when_the_faststart_rewrite_fails_the_fragmented_recording_is_kept(tmp_p
     assert _frames_of(tmp_path / "rec.mp4") == FRAMES
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "rec.mp4" in err[0] and "fragmented" in err[0]
+
+
+def test_a_recording_keeps_the_videos_own_frame_rate(tmp_path, runtime_model):
+    """`--stream clip.mp4 --record r.mp4` on a 15 fps clip: the recording is 15 fps (it was always 30, the
+    video's rate not being known yet when the recorder was made: twice as fast as the scan)."""
+    import os
+    import subprocess
+    import sys
+
+    import av
+
+    clip = tmp_path / "clip15.mp4"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rng.integers(0, 255, (240, 320, 3), np.uint8), format="bgr24")))
+        out.mux(stream.encode())
+    rec = tmp_path / "r.mp4"
+    res = subprocess.run([sys.executable, "-m", "usedge", "infer", str(runtime_model), "--stream", str(clip),
+                          "--record", str(rec), "-q", "--no-freeze-detect"], capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    with av.open(str(rec)) as got:
+        video = got.streams.video[0]
+        assert float(video.average_rate) == pytest.approx(15, abs=0.01)
+        assert sum(1 for _ in got.decode(video)) == 20

@@ -117,7 +117,8 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
         if out:
             sinks.append(stack.enter_context(results_sink(out, fmt, clf.class_names)))
         if record is not None:
-            sinks.append(stack.enter_context(VideoRecorderSink(record, fps=fps or reader.fps or 30.0)))
+            # the source's rate as the capture thread knows it once the source is open (a video: its container's)
+            sinks.append(stack.enter_context(VideoRecorderSink(record, fps=lambda: runner.capture.fps)))
         if show:
             sinks.append(stack.enter_context(ShowSink()))
         pipeline = FramePipeline(clf, sinks, stream=True, regions=reader.regions, freeze=freeze,

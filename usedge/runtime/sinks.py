@@ -17,6 +17,7 @@ import csv
 import errno
 import itertools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -230,9 +231,11 @@ class VideoRecorderSink(Sink):
     needs_overlay = True
     SUFFIXES = (".mp4", ".avi")
 
-    def __init__(self, path: str | Path, fps: float = 30.0) -> None:
+    def __init__(self, path: str | Path, fps: float | Callable[[], float] = 30.0) -> None:
         self.path = Path(path)
-        self.fps = float(fps) if fps and fps > 0 else 30.0
+        # a callable is asked at the first frame: a video's rate is known only once its reader is open
+        self._fps = fps
+        self.fps = 30.0
         suffix = self.path.suffix.lower()
         if suffix not in self.SUFFIXES:
             raise OutputError(f"cannot record a {suffix or 'suffix-less'} video", path=self.path,
@@ -271,6 +274,8 @@ class VideoRecorderSink(Sink):
               "(it plays up to where that run stopped)", file=sys.stderr, flush=True)
 
     def _open(self, w: int, h: int) -> None:
+        rate = self._fps() if callable(self._fps) else self._fps
+        self.fps = float(rate) if rate and math.isfinite(rate) and rate > 0 else 30.0
         self.size = (w + w % 2, h + h % 2)
         self._keep_unfinished()
         if self.av is None:
