@@ -517,3 +517,50 @@ def test_a_url_that_cannot_be_opened_is_one_line_without_its_secrets():
     with pytest.raises(StreamError, match="cannot open live source") as err:
         reader.open()
     assert "SECRET" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_watched_folder_waits_for_a_paused_copy_rereads_a_new_export_and_looks_in_subfolders(clf, runtime_images,
+                                                                                             tmp_path):
+    """A copy over a network share that pauses half-way is not read half-written (it was, after 0.2 s of the
+    same size: 'damaged', then the complete file was never read because its name had been seen); a file
+    exported again under the same name is read again; a study subfolder is watched (it was ignored)."""
+    import json
+
+    from usedge.runtime.sinks import JsonlSink
+
+    watch = tmp_path / "incoming"
+    watch.mkdir()
+    data = sorted(runtime_images.glob("*.png"))[0].read_bytes()
+    other = sorted(runtime_images.glob("*.png"))[1].read_bytes()
+    reader = WatchedFolderReader(watch, poll_s=0.05, idle_timeout_s=2.5, settle_s=1.0)
+    with JsonlSink(tmp_path / "r.jsonl") as sink:
+        runner = StreamRunner(FramePipeline(clf, [sink], stream=True, freeze=False), reader)
+
+        def export():
+            time.sleep(0.3)
+            with open(watch / "slow.png", "wb") as fh:     # half, a pause longer than a poll, then the rest
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                time.sleep(0.6)
+                fh.write(data[len(data) // 2:])
+            (watch / "study1").mkdir()
+            (watch / "study1" / "x.png").write_bytes(other)
+            time.sleep(2.0)
+            (watch / "slow.png").write_bytes(other)          # exported again under the same name
+
+        summary = _run_while(runner, export)
+    records = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert not [r for r in records if "error" in r] and summary.errors == 0, records
+    assert sorted(Path(r["source"]).relative_to(watch).as_posix() for r in records) == ["slow.png", "slow.png",
+                                                                                      "study1/x.png"]
+
+
+def test_ctrl_c_ends_an_idle_watched_folder_at_once(clf, tmp_path):
+    """stop() (what Ctrl-C does) ends a stream waiting on an empty folder without the capture thread's 5 s
+    join timeout (the reader waited on its own stop event)."""
+    (tmp_path / "w").mkdir()
+    runner = StreamRunner(FramePipeline(clf, stream=True), open_source(f"watch:{tmp_path / 'w'}"))
+    threading.Timer(0.5, runner.stop_event.set).start()
+    t0 = time.monotonic()
+    runner.run()
+    assert time.monotonic() - t0 < 3.0

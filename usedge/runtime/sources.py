@@ -21,6 +21,7 @@ import importlib.util
 import math
 import os
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -466,9 +467,12 @@ class NetworkStreamReader(VideoFileReader):
 class WatchedFolderReader(FrameReader):
     """New image/DICOM files appearing in a folder (a scanner exporting to a share), oldest first.
 
-    A file is read once its size is stable across two polls (the writer has finished). Existing
-    files are skipped unless `include_existing`. `idle_timeout_s`: end after that long without a
-    new file (None: watch until stopped). Every frame of every file is given (a stream waits for the
+    Subfolders are watched too (a scanner exporting one folder per study), except hidden ones and
+    folders usedge writes into. A file is read once its size and modification time have not changed for
+    `settle_s` (the writer has finished: a copy over a network share may pause for a moment), and read
+    again when it changes later (exported again: the complete copy of a file first read half-written).
+    Existing files are skipped unless `include_existing`. `idle_timeout_s`: end after that long without a
+    new file (None: watch until stopped; `stop` ends it at once). Every frame of every file is given (a stream waits for the
     loop, nothing is dropped); `frame_source` names the file of the frame just read (`frame_number`: its
     number in that file, as `usedge infer` on the file numbers it), and a file that
     cannot be read is appended to `failed` (the stream loop writes it as an error result).
@@ -478,14 +482,15 @@ class WatchedFolderReader(FrameReader):
 
     def __init__(self, folder: str | Path, poll_s: float = 0.2, include_existing: bool = False,
                  idle_timeout_s: float | None = None, stop: threading.Event | None = None,
-                 allow_any_modality: bool = False) -> None:
+                 allow_any_modality: bool = False, settle_s: float = 1.0) -> None:
         self.folder = Path(folder)
         self.allow_any_modality = allow_any_modality
         self.name = f"watch:{folder}"
         self.poll_s, self.include_existing, self.idle_timeout_s = poll_s, include_existing, idle_timeout_s
+        self.settle_s = settle_s
         self.stop = stop or threading.Event()
-        self._seen: set[str] = set()
-        self._sizes: dict[str, int] = {}
+        self._seen: dict[str, tuple[int, int]] = {}                 # path -> (size, mtime) of the version read
+        self._pending: dict[str, tuple[tuple[int, int], float]] = {}  # path -> (size, mtime), since when unchanged
         self._ready: list[Path] = []               # new files, complete, not read yet
         self._frames = None                        # frames of the file being read (iter_file_frames)
         self.failed: list[tuple[str, str]] = []   # (file, one-line reason)
@@ -496,19 +501,40 @@ class WatchedFolderReader(FrameReader):
         if not self.folder.is_dir():
             raise StreamError("watched folder does not exist", path=self.folder, hint="create it or fix the path")
         if not self.include_existing:
-            self._seen = {e.name for e in os.scandir(self.folder)}
+            self._seen = dict(self._files())
+
+    def _files(self):
+        """(path, (size, mtime_ns)) of every regular, non-hidden file under the folder (not in hidden folders
+        nor in folders usedge writes into)."""
+        from usedge.runtime.sinks import OUTPUT_MARK
+
+        for top, dirs, names in os.walk(self.folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and not os.path.exists(os.path.join(top, d, OUTPUT_MARK))]
+            for n in names:
+                if n.startswith("."):
+                    continue
+                path = os.path.join(top, n)
+                try:
+                    st = os.stat(path)
+                except OSError:          # gone meanwhile
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield path, (st.st_size, st.st_mtime_ns)
 
     def _new_files(self) -> list[Path]:
-        ready = []
-        entries = sorted((e for e in os.scandir(self.folder) if e.is_file() and e.name not in self._seen
-                          and not e.name.startswith(".")), key=lambda e: (e.stat().st_mtime, e.name))
-        for e in entries:
-            size = e.stat().st_size
-            if size > 0 and self._sizes.get(e.name) == size:
-                ready.append(Path(e.path))
-                self._seen.add(e.name)
-            self._sizes[e.name] = size
-        return ready
+        """Files new or changed since read, unchanged for settle_s: oldest first."""
+        now, ready = time.monotonic(), []
+        for path, sig in self._files():
+            if sig[0] == 0 or self._seen.get(path) == sig:
+                continue
+            seen_sig, since = self._pending.get(path, (None, now))
+            if seen_sig != sig:
+                self._pending[path] = (sig, now)      # new, or still being written: the clock starts again
+            elif now - since >= self.settle_s:
+                ready.append((sig[1], path))
+                self._seen[path] = sig
+                del self._pending[path]
+        return [Path(path) for _, path in sorted(ready)]
 
     def read(self) -> np.ndarray | None:
         idle_since = time.monotonic()
@@ -534,6 +560,8 @@ class WatchedFolderReader(FrameReader):
             self._ready.extend(self._new_files())
             if self._ready:
                 continue
+            if self._pending:               # a file is arriving (still being written): not idle
+                idle_since = time.monotonic()
             if self.idle_timeout_s is not None and time.monotonic() - idle_since > self.idle_timeout_s:
                 return None
             self.stop.wait(self.poll_s)

@@ -248,6 +248,8 @@ class StreamRunner:
         """Blocking: run until the source ends, max_frames, stop(), a sink asks to quit, or Ctrl-C."""
         self.budget.apply()
         self.reader.decode_threads = self.budget.decode_threads
+        if isinstance(getattr(self.reader, "stop", None), threading.Event):
+            self.reader.stop = self.stop_event      # a watched folder waiting for files ends at Ctrl-C / stop()
         self.capture = CaptureThread(self.reader, self.slot, realtime=self.realtime, fps=self.fps,
                                      stop=self.stop_event, max_frames=self.max_frames,
                                      max_reconnects=self.max_reconnects, nice=self.budget.decode_nice,
