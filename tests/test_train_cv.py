@@ -81,3 +81,18 @@ def test_check_splits_raises_without_assert():
              FoldSplit(1, np.array([0, 1]), np.array([2]), np.array([3]))]
     with pytest.raises(DataError, match="two test folds"):
         check_splits(twice, groups)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_fold_trains_on_every_class_its_pool_holds(seed):
+    """20/3/2 patients: a pilomatricoma patient in the outer test fold and the other in the inner validation
+    part left a fold training without pilomatricoma, silently (its sensitivity then 0 in the report). The
+    training part keeps every class of the pool, with every patient still in one role."""
+    ds = _dataset(patients=(20, 3, 2), rng_seed=seed)
+    labels, groups = np.asarray(ds.labels), np.asarray(ds.groups)
+    for s in make_splits(ds, folds=5, inner_val_fraction=0.2, seed=seed):
+        pool = set(labels[np.concatenate([s.train, s.val])].tolist())
+        assert set(labels[s.train].tolist()) == pool == {0, 1, 2}, (s.fold, np.bincount(labels[s.train], minlength=3))
+        assert not set(groups[s.train]) & set(groups[s.val])
+    final = final_split(ds, 0.2, seed)
+    assert set(labels[final.train].tolist()) == {0, 1, 2}

@@ -70,11 +70,22 @@ def few_patient_notes(dataset: Dataset, folds: int) -> list[str]:
 
 def inner_split(train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
                 where=None) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into (train, val) by patient, stratified; val is about `fraction` of the images."""
+    """Split indices into (train, val) by patient, stratified; val is about `fraction` of the images.
+
+    The training part keeps every class the pool holds: the first of the group folds that does, else the
+    first with the validation patients of the classes it lacks moved back into training (a class of two
+    patients, one in the outer test fold, would otherwise train its fold without that class)."""
     n_splits = max(2, int(round(1.0 / fraction)))
     parts = group_kfold(labels[train_idx], groups[train_idx], n_splits, seed, "the inner validation split", where)
+    present = set(labels[train_idx].tolist())
+    for tr, va in parts:
+        if set(labels[train_idx[tr]].tolist()) == present:
+            return train_idx[tr], train_idx[va]
     tr, va = parts[0]
-    return train_idx[tr], train_idx[va]
+    missing = present - set(labels[train_idx[tr]].tolist())
+    val_groups = groups[train_idx[va]]
+    back = np.isin(val_groups, val_groups[np.isin(labels[train_idx[va]], list(missing))])
+    return np.sort(train_idx[np.concatenate([tr, va[back]])]), train_idx[va[~back]]
 
 
 def make_splits(dataset: Dataset, folds: int = 5, inner_val_fraction: float = 0.2, seed: int = 0) -> list[FoldSplit]:
@@ -88,6 +99,11 @@ def make_splits(dataset: Dataset, folds: int = 5, inner_val_fraction: float = 0.
     outer = group_kfold(labels, groups, folds, seed, f"{folds}-fold cross-validation", dataset.root)
     splits = []
     for k, (train_all, test) in enumerate(outer):
+        absent = sorted(set(labels.tolist()) - set(labels[train_all].tolist()))
+        if absent:        # every patient of a class in one test fold: that fold would train without it
+            raise DataError(f"fold {k} holds every patient of {', '.join(dataset.class_names[a] for a in absent)} in its "
+                            "test part: it would train without that class", path=dataset.root,
+                            hint="add patients of that class, or lower cv.folds")
         tr, va = inner_split(train_all, labels, groups, inner_val_fraction, seed + 1 + k, dataset.root)
         splits.append(FoldSplit(fold=k, train=tr, val=va, test=test))
     check_splits(splits, groups)
