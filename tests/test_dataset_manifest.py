@@ -222,3 +222,33 @@ def test_a_tinted_image_filled_as_doppler_gets_a_note(tiny_cohort, tmp_path):
     assert note.startswith("1 image(s) are more than 50% colour") and str(tinted) in note
     assert "data.remove_doppler=false" in note
     assert colour_note(ds.samples[3:], infos[3:]) == ""
+
+
+def test_labels_in_two_unicode_forms_copies_under_two_patients_and_case_only_patient_ids(tmp_path):
+    """`lipöm` typed as NFC and as NFD trained two classes of one name; a byte-identical copy of an image under
+    another patient trained on one and tested on the other; patient IDs p0006 / P0006 split one patient."""
+    import shutil
+    import unicodedata
+
+    import cv2
+    import numpy as np
+
+    from usedge.dataset import check_no_shared_images, load_dataset
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"i{i}.png"), rng.integers(0, 255, (40, 40), np.uint8))
+    nfc, nfd = unicodedata.normalize("NFC", "lipöm"), unicodedata.normalize("NFD", "lipöm")
+    rows = ["path,label,patient_id", f"i0.png,{nfc},a", f"i1.png,{nfd},b", "i2.png,cyst,c", "i3.png,cyst,d"]
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="differ only in case, spaces or Unicode form"):
+        load_dataset(tmp_path / "manifest.csv")
+    shutil.copy(tmp_path / "i2.png", tmp_path / "copy.png")
+    rows = ["path,label,patient_id", "i0.png,lipoma,a", "i1.png,lipoma,b", "i2.png,cyst,c", "copy.png,cyst,d",
+            "i4.png,cyst,P0006", "i5.png,cyst,p0006"]
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    ds = load_dataset(tmp_path / "manifest.csv")
+    assert any("'P0006' and 'p0006' differ only in case" in n for n in ds.notes)
+    with pytest.raises(DataError, match="are the same image") as err:
+        check_no_shared_images(ds)
+    assert "i2.png" in str(err.value) and "copy.png" in str(err.value)

@@ -17,6 +17,7 @@ class folders the manifest leaves out); `usedge train` prints them.
 from __future__ import annotations
 
 import csv
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -75,11 +76,38 @@ ONE_PATIENT_PER_IMAGE = ("each image counts as its own patient: images of one pa
                          "a test fold and overstate accuracy; add a manifest.csv with patient_id (docs/synth.md)")
 
 
+def check_no_shared_images(dataset: "Dataset") -> None:
+    """DataError when two files hold the same bytes under two patients: a copy of an image filed under
+    another patient would land in a training and a test fold. Only files of equal size are hashed."""
+    import hashlib
+
+    by_size: dict[int, list[Sample]] = {}
+    for sample in dataset.samples:
+        try:
+            by_size.setdefault(sample.path.stat().st_size, []).append(sample)
+        except OSError:
+            continue            # reported where the image is read
+    for same_size in (group for group in by_size.values() if len({s.patient_id for s in group}) > 1):
+        owner: dict[str, Sample] = {}
+        for sample in same_size:
+            try:
+                digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
+            except OSError:
+                continue
+            first = owner.setdefault(digest, sample)
+            if first.patient_id != sample.patient_id:
+                raise DataError(f"{first.path} (patient {first.patient_id}) and {sample.path} (patient "
+                                f"{sample.patient_id}) are the same image", path=dataset.root,
+                                hint="remove the copy, or give both one patient_id (else one copy can be trained "
+                                     "on and the other tested)")
+
+
 def _same_but_case(names) -> tuple[str, str] | None:
-    """Two names that differ only in case or spaces (a typo, not two classes), or None."""
+    """Two names that differ only in case, spaces or Unicode form (NFC / NFD: a typo or another keyboard,
+    not two classes), or None."""
     seen: dict[str, str] = {}
     for n in sorted(names):
-        key = "".join(n.split()).casefold()
+        key = unicodedata.normalize("NFKC", "".join(n.split())).casefold()
         if key in seen:
             return seen[key], n
         seen[key] = n
@@ -123,7 +151,8 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
         labels = [r["label"] for r in rows]
         typo = min(pair, key=labels.count)          # the rarer spelling: the line to fix
         line = lines[labels.index(typo)]
-        raise DataError(f"labels '{pair[0]}' and '{pair[1]}' differ only in case or spaces", path=f"{manifest}:{line}",
+        raise DataError(f"labels '{pair[0]}' and '{pair[1]}' differ only in case, spaces or Unicode form",
+                        path=f"{manifest}:{line}",
                         hint="spell each class one way (a typo would train a class of its own)")
     index = {n: i for i, n in enumerate(names)}
     has_pid = [bool((r.get("patient_id") or "").strip()) for r in rows]
@@ -153,6 +182,9 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
                               mask_path=root / mask if mask else None,
                               bbox=_parse_bbox(r.get("bbox", ""), where)))
     notes = [] if any(has_pid) else [f"{manifest.name} has no patient_id: {ONE_PATIENT_PER_IMAGE}"]
+    if any(has_pid) and (pair := _same_but_case({s.patient_id for s in samples})):
+        notes.append(f"patient IDs '{pair[0]}' and '{pair[1]}' differ only in case, spaces or Unicode form: if they "
+                     "are one patient, write them one way (else their images can land in a training and a test fold)")
     parts = [PurePosixPath(r["path"]).parts for r in rows]
     listed = {q[0] for q in parts if q}
     within = all(len(q) > 1 and q[0] not in ("/", "..") for q in parts)     # every image in a subfolder of root
@@ -176,7 +208,8 @@ def scan_image_folder(root: Path) -> Dataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "masks"
                      and not _is_output_folder(p) and not any(_is_output_folder(q) for q in _subfolders(p)))
     if pair := _same_but_case(classes):
-        raise DataError(f"class folders '{pair[0]}' and '{pair[1]}' differ only in case or spaces", path=root,
+        raise DataError(f"class folders '{pair[0]}' and '{pair[1]}' differ only in case, spaces or Unicode form",
+                        path=root,
                         hint="put each class's images in one folder (two spellings would train two classes)")
     samples, named = [], []
     for i, name in enumerate(classes):

@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from usedge.dataset import Dataset
+from usedge.dataset import Dataset, check_no_shared_images
 from usedge.errors import ConfigError, DataError
 from usedge.fileio import sha256_file
 from usedge.train.augment import OpSpec, Policy, SubPolicy, image_rng, patients_digest, resolve_ops
@@ -467,6 +467,7 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     cfg.validate()
+    check_no_shared_images(dataset)
     if len(dataset.class_names) < 2:
         raise DataError("the search needs at least two classes", path=dataset.root, hint="add images of another class")
     labels = np.asarray(dataset.labels)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from usedge.dataset import Dataset
+from usedge.dataset import Dataset, check_no_shared_images
 from usedge.errors import ConfigError, ModelError
 from usedge.fileio import write_json_atomic, write_text_atomic
 from usedge.train.checkpoint import read_checkpoint, save_checkpoint
@@ -472,6 +472,7 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     say = (log or print) if dist.main else (lambda _m: None)
+    check_no_shared_images(dataset)            # before anything is written: a copy under two patients leaks
     _start_run(out_dir, cfg, dataset, dist, device, resume)
 
     splits = make_splits(dataset, cfg.cv.folds, cfg.cv.inner_val_fraction, cfg.run.seed)
