@@ -138,7 +138,7 @@ def test_test_predictions_csv_quotes_paths_and_patient_ids_with_commas(tmp_path)
     _write_predictions(tmp_path / "p.csv", ds, np.array([0]), np.array([[0.25, 0.75]]), np.array([0]))
     row = next(csv.DictReader((tmp_path / "p.csv").open(newline="")))
     assert row == {"path": "a/Doe, J 1.png", "patient_id": "MRN 1,p8", "label": "a", "predicted": "b",
-                   "p_a": "0.250000", "p_b": "0.750000"}
+                   "p_a": "0.25", "p_b": "0.75"}
 
 
 def test_model_card_names_the_models_own_classes():
@@ -252,3 +252,39 @@ def test_labels_in_two_unicode_forms_copies_under_two_patients_and_case_only_pat
     with pytest.raises(DataError, match="are the same image") as err:
         check_no_shared_images(ds)
     assert "i2.png" in str(err.value) and "copy.png" in str(err.value)
+
+
+def test_resume_and_export_with_a_manifest_of_absolute_paths(tmp_path, monkeypatch):
+    """A manifest listing absolute paths: the data hash is the same whether the folder is named relative or
+    absolute (--resume said 'the data set differs' for the same data), the model card's digest does not crash
+    on images outside the folder, and a fold's export finds its test images in folds.csv."""
+    import cv2
+    import numpy as np
+
+    from usedge.dataset import load_dataset
+    from usedge.export.images import split_from_run
+    from usedge.export.model_card import data_digest
+    from usedge.train.cv import folds_csv_text, make_splits
+    from usedge.train.trainer import data_hash
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir()
+    elsewhere.mkdir()
+    rng = np.random.default_rng(1)
+    rows = ["path,label,patient_id"]
+    for i in range(30):
+        where = elsewhere if i % 3 == 0 else data
+        cv2.imwrite(str(where / f"i{i}.png"), rng.integers(0, 255, (30, 30), np.uint8))
+        rows.append(f"{where / f'i{i}.png'},{'ab'[i % 2]},p{i}")
+    (data / "manifest.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = load_dataset(Path("data")), load_dataset(data)
+    assert data_hash(relative) == data_hash(absolute)
+    assert len(data_digest(absolute.samples, absolute.root)) == 64
+    splits = make_splits(relative, folds=3, seed=0)
+    run = tmp_path / "run"
+    (run / "fold0").mkdir(parents=True)
+    (run / "folds.csv").write_text(folds_csv_text(relative, splits))
+    train, test = split_from_run(absolute.samples, absolute.root, run / "fold0" / "best.pt")
+    assert sorted(str(s.path) for s in test) == sorted(str(absolute.samples[i].path) for i in splits[0].test)
+    assert len(train) + len(test) == len(absolute)

@@ -137,6 +137,14 @@ def test_run_artifacts_of_tiny_cohort(tiny_train_run, tiny_checkpoint, tiny_coho
         assert (tiny_train_run / f"fold{k}" / "best.pt").is_file()
         preds = list(csv.DictReader((tiny_train_run / f"fold{k}" / "test_predictions.csv").open()))
         assert {r["path"] for r in preds} == {r["path"] for r in rows if r[f"fold{k}"] == "test"}
+        # the report's AUCs recompute from this file (probabilities written with every digit, not 6 decimals)
+        from sklearn.metrics import roc_auc_score
+
+        for name in NAMES:
+            truth = [r["label"] == name for r in preds]
+            if 0 < sum(truth) < len(truth):
+                got = roc_auc_score(truth, [float(r[f"p_{name}"]) for r in preds])
+                assert got == metrics["folds"][k]["metrics"]["per_class"][name]["roc_auc"]
     model, meta = load_checkpoint(tiny_checkpoint)   # torch.load(weights_only=True) inside
     assert meta["class_names"] == NAMES and meta["preprocess"]["size"] == 64
     assert meta["config"]["optim"]["epochs"] == 3 and "cross_validation" in meta["metrics"]

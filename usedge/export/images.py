@@ -9,6 +9,7 @@ into a calibration part and a held-out part: INT8 is calibrated on one and judge
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,16 +119,13 @@ def split_from_run(samples: list[Sample], root: Path, checkpoint: Path) -> tuple
     folds_csv = checkpoint.parent.parent / "folds.csv"
     if not fold.startswith("fold") or not folds_csv.is_file():
         return None
-    try:
+    try:        # paths as folds.csv writes them: relative to the data root, or absolute (a manifest's own)
         with open(folds_csv, newline="") as fh:
-            roles = {row["path"]: row.get(fold, "") for row in csv.DictReader(fh)}
-    except (OSError, KeyError, csv.Error):
+            roles = {os.path.abspath(root / row["path"]): row.get(fold, "") for row in csv.DictReader(fh)}
+    except (OSError, KeyError, TypeError, csv.Error):
         return None
     train, test = [], []
     for s in samples:
-        try:
-            role = roles.get(Path(s.path).relative_to(root).as_posix(), "")
-        except ValueError:
-            role = ""
+        role = roles.get(os.path.abspath(s.path), "")
         (train if role in ("train", "val") else test if role == "test" else []).append(s)
     return (train, test) if train and test else None

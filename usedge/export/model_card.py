@@ -40,7 +40,11 @@ def data_digest(samples, root: Path) -> str:
     """sha256 over the data set's images: sorted `relative path, label, sha256 of the file` lines."""
     from usedge.fileio import sha256_file
 
-    lines = sorted(f"{Path(s.path).relative_to(root).as_posix()}\t{s.label}\t{sha256_file(s.path)}" for s in samples)
+    def name(path: Path) -> str:      # under the root: relative (the digest survives moving the folder)
+        path = Path(path)
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+    lines = sorted(f"{name(s.path)}\t{s.label}\t{sha256_file(s.path)}" for s in samples)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 

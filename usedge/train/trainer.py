@@ -285,8 +285,13 @@ def config_hash(cfg: TrainConfig) -> str:
 def data_hash(dataset: Dataset) -> str:
     """Hash of what the data set is (each image's path under its root, class and patient; the class
     names), to refuse resuming a run on other data: its folds, checkpoints and metrics would mix both."""
-    rows = sorted(f"{s.path.relative_to(dataset.root) if s.path.is_relative_to(dataset.root) else s.path}\t"
-                  f"{dataset.class_names[s.label]}\t{s.patient_id}" for s in dataset.samples)
+    root = Path(os.path.abspath(dataset.root))       # the same rows whether the folder was named relative or absolute
+
+    def name(path: Path) -> Path:
+        path = Path(os.path.abspath(path))
+        return path.relative_to(root) if path.is_relative_to(root) else path
+
+    rows = sorted(f"{name(s.path)}\t{dataset.class_names[s.label]}\t{s.patient_id}" for s in dataset.samples)
     return hashlib.sha256("\n".join(dataset.class_names + rows).encode()).hexdigest()[:16]
 
 
@@ -332,7 +337,7 @@ def _write_predictions(path: Path, dataset: Dataset, idx: np.ndarray, probs: np.
         except ValueError:
             rel = s.path
         w.writerow([rel, s.patient_id, dataset.class_names[int(y)], dataset.class_names[int(p.argmax())],
-                    *[f"{v:.6f}" for v in p]])
+                    *[repr(float(v)) for v in p]])     # every digit: the report's AUCs recompute from this file
     write_text_atomic(path, buf.getvalue())
 
 
