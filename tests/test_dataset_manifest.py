@@ -288,3 +288,25 @@ def test_resume_and_export_with_a_manifest_of_absolute_paths(tmp_path, monkeypat
     train, test = split_from_run(absolute.samples, absolute.root, run / "fold0" / "best.pt")
     assert sorted(str(s.path) for s in test) == sorted(str(absolute.samples[i].path) for i in splits[0].test)
     assert len(train) + len(test) == len(absolute)
+
+
+def test_manifest_separators_and_header_spelling(tmp_path):
+    """A manifest saved by a European Excel (';'), a tab-separated one, and headers typed as 'Path, Label'
+    read as the same data set (they were refused with a hint that did not say why)."""
+    import cv2
+    import numpy as np
+
+    from usedge.dataset import load_dataset
+
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"i{i}.png"), rng.integers(0, 255, (20, 20), np.uint8))
+    rows = [("i0.png", "a", "p0"), ("i1.png", "a", "p1"), ("i2.png", "b", "p2"), ("i3.png", "b", "p3")]
+    for name, sep, header in (("semi", ";", "path;label;patient_id"), ("tab", "\t", "path\tlabel\tpatient_id"),
+                              ("caps", ",", "Path, Label ,Patient_ID")):
+        (tmp_path / f"{name}.csv").write_text("\n".join([header] + [sep.join(r) for r in rows]) + "\n")
+        ds = load_dataset(tmp_path / f"{name}.csv")
+        assert [s.patient_id for s in ds.samples] == ["p0", "p1", "p2", "p3"] and ds.class_names == ["a", "b"]
+    (tmp_path / "bad.csv").write_text("file,class\ni0.png,a\n")
+    with pytest.raises(DataError, match="its header reads: file,class"):
+        load_dataset(tmp_path / "bad.csv")

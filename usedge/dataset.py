@@ -132,12 +132,20 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
     root = manifest.parent
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as fh:   # -sig: Excel's "CSV UTF-8" starts with a BOM
-            rows = list(csv.DictReader(fh))
+            header = fh.readline()
+            # a European Excel writes ';' between columns, some tools a tab: the header says which
+            sep = next((c for c in (",", ";", "\t") if c in header), ",")
+            fh.seek(0)
+            reader = csv.DictReader(fh, delimiter=sep)
+            # column names as people type them: "Path", " label ", "Patient_ID"
+            reader.fieldnames = [(f or "").strip().lower() for f in (reader.fieldnames or [])]
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest ({exc})", path=manifest, hint="write a UTF-8 CSV with a header") from exc
     if not rows or not {"path", "label"} <= set(rows[0]):
-        raise DataError("manifest needs at least the columns path,label (and patient_id)", path=manifest,
-                        hint=f"columns: {','.join(MANIFEST_COLUMNS)}")
+        got = ",".join(reader.fieldnames or []) if rows else "no rows"
+        raise DataError(f"manifest needs at least the columns path,label (and patient_id); its header reads: {got[:120]}",
+                        path=manifest, hint=f"columns: {','.join(MANIFEST_COLUMNS)}")
     lines = [line for line, r in enumerate(rows, start=2) if any((v or "").strip() for v in r.values() if isinstance(v, str))]
     rows = [rows[line - 2] for line in lines]       # blank rows (",,,," as Excel leaves them) are not rows
     for line, r in zip(lines, rows):
