@@ -155,3 +155,29 @@ def test_a_source_that_stops_sending_is_stalled_not_live(serve_classifier, serve
             assert frame.status_code == 204 and '"state": "stalled"' in frame.headers["X-Usedge-Result"]
     finally:
         runner.stop()
+
+
+def test_a_stream_that_ends_says_why(serve_classifier, serve_video, tmp_path, caplog):
+    """serve --stream without replay: the end is one log line with how and why, and /v1/latest carries the
+    error; a source from which no frame was read is 'failed', not 'ended' (it logged nothing and /healthz
+    said ok)."""
+    import logging
+
+    from usedge.serve.live import LiveFeed, start_stream
+
+    caplog.set_level(logging.WARNING, logger="usedge.serve")
+    runner = start_stream(serve_classifier, str(serve_video), replay=False, smooth_window=1)
+    runner._thread.join(60)
+    assert runner.summary is not None and runner.summary.ended_by == "end of source"
+    assert any("stream ended (end of source" in r.getMessage() for r in caplog.records), caplog.text
+    feed = LiveFeed(runner)
+    assert feed.state() == "ended" and feed.latest_json()["error"] is None
+    empty = tmp_path / "empty.avi"                       # opens, holds no frame
+    writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 64))
+    writer.release()
+    try:
+        runner = start_stream(serve_classifier, str(empty), replay=False, smooth_window=1)
+    except Exception:                                    # refused at open: also a clear failure
+        return
+    runner._thread.join(60)
+    assert LiveFeed(runner).state() == "failed"

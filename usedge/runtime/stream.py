@@ -211,6 +211,11 @@ class StreamRunner:
             self.last_error = exc.one_line()
         except Exception as exc:  # noqa: BLE001 - reported through last_error, not a thread traceback
             self.last_error = f"stream loop stopped ({type(exc).__name__})"
+        ended = self.summary.ended_by if self.summary is not None else "failed"
+        if self.pipeline.on_event is not None and ended != "stopped":     # a server says why its stream ended
+            why = (self.summary.error if self.summary is not None else "") or self.last_error
+            self.pipeline.on_event(f"stream ended ({ended}, {self.summary.frames_read if self.summary else 0} frames "
+                                   f"read){': ' + why if why else ''}")
 
     def stop(self, join: bool = True, timeout: float = 5.0) -> None:
         self.stop_event.set()

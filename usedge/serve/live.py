@@ -109,8 +109,9 @@ class LiveFeed:
         """starting | running | stalled (running, but no result for STALLED_AFTER_S: the source stopped
         sending, e.g. a cable pulled while it reconnects; the newest result is old, not live) | ended | failed."""
         summary = getattr(self.runner, "summary", None)
-        if summary is not None:
-            return "failed" if summary.ended_by == "source failed" or summary.error and not summary.processed else "ended"
+        if summary is not None:      # failed: the source failed, or nothing could be classified (not a frame read)
+            return ("failed" if summary.ended_by == "source failed" or summary.error and not summary.processed
+                    or not summary.frames_read else "ended")
         if self.runner.running:
             age = self.age_s()
             return "stalled" if age is not None and age > STALLED_AFTER_S else "running"
@@ -132,7 +133,9 @@ class LiveFeed:
         no_image | error, null before the first), counters and the newest prediction (no overlay
         drawn; label and probs null unless live or frozen)."""
         seq, pred, _frame = self.latest()
-        return {"seq": seq, "state": self.state(), "age_s": self.age_s(),
+        summary = getattr(self.runner, "summary", None)
+        error = (summary.error if summary is not None else "") or getattr(self.runner, "last_error", "")
+        return {"seq": seq, "state": self.state(), "age_s": self.age_s(), "error": error or None,
                 "image": pred.state if pred is not None else None,
                 "stats": self.stats_json(), "prediction": pred.to_record(source=False) if pred is not None else None}
 
