@@ -77,3 +77,33 @@ def test_a_client_that_leaves_mid_upload_is_no_server_error(serve_model):
         assert 'status="500"' not in metrics and 'kind="internal"' not in metrics
     logs = proc.stderr.read() + proc.stdout.read()
     assert "predict failed" not in logs and "Traceback" not in logs
+
+
+def test_ctrl_c_with_a_live_viewer_ends_cleanly(serve_model, serve_video):
+    """Ctrl-C while a browser holds the MJPEG view (/v1/live): the server ends at once, without the
+    CancelledError traceback uvicorn printed after its graceful timeout, and says nothing about the stream
+    having ended by itself."""
+    import threading
+    import time
+
+    got = []
+
+    def view(base):
+        try:
+            with httpx.stream("GET", f"{base}/v1/live", timeout=30) as r:
+                for chunk in r.iter_bytes():
+                    got.append(len(chunk))
+        except httpx.HTTPError:
+            pass
+
+    with cli_server(serve_model, "--stream", str(serve_video)) as (base, proc):
+        viewer = threading.Thread(target=view, args=(base,), daemon=True)
+        viewer.start()
+        deadline = time.monotonic() + 20
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert got                                  # the view is flowing
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 3.0 and proc.returncode in (0, 130)
+    logs = proc.stderr.read() + proc.stdout.read()
+    assert "Traceback" not in logs and "CancelledError" not in logs and "stream ended" not in logs, logs[-2000:]

@@ -64,6 +64,23 @@ def _serve_packages():
     return uvicorn
 
 
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, ending the open MJPEG responses (/v1/live) as soon as Ctrl-C or SIGTERM comes:
+        uvicorn waits for open responses before the app's shutdown, so a viewer kept it past its graceful
+        timeout, and it then printed a CancelledError traceback."""
+
+        def handle_exit(self, sig, frame) -> None:
+            st = getattr(self.config.app.state, "usedge", None) if hasattr(self.config.app, "state") else None
+            if st is not None and st.feed is not None:
+                st.feed.close()
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
 @app.command()
 def serve(
     model: Path = typer.Argument(..., help="model.onnx / model.int8.onnx / model.fp16.onnx or a TensorRT .engine"),
@@ -147,7 +164,7 @@ def serve(
                                            mbps=view_mbps))
         config = uvicorn_config(web, host, port, limits, log_level=log_level, access_log=False,
                                 timeout_graceful_shutdown=3, server_header=False, lifespan="on")
-        server = uvicorn.Server(config)
+        server = _server_class()(config)
         shown = f"[{host}]" if ":" in host else host
         if not quiet:
             console.print(f"usedge serve: http://{shown}:{port}/  — {classifier.describe()}"

@@ -130,6 +130,7 @@ class StreamRunner:
         self._thread: threading.Thread | None = None
         self.summary: StreamSummary | None = None
         self.last_error = ""
+        self._stop_requested = False
         counters = CallbackSink(self._on_result)
         counters.bookkeeping = True
         self.pipeline.sinks.insert(0, counters)     # bookkeeping first, before any output
@@ -218,6 +219,7 @@ class StreamRunner:
                                    f"read){': ' + why if why else ''}")
 
     def stop(self, join: bool = True, timeout: float = 5.0) -> None:
+        self._stop_requested = True
         self.stop_event.set()
         self.slot.close()
         if join and self._thread is not None and self._thread is not threading.current_thread():
@@ -301,6 +303,8 @@ class StreamRunner:
             with self._lock:
                 self._new_result.notify_all()
         cap = self.capture.stats
+        if ended_by == "end of source" and self._stop_requested:     # stop() closed the slot: not the source's end
+            ended_by = "stopped"
         if ended_by == "end of source":
             if cap.error:
                 ended_by = "source failed"
