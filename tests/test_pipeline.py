@@ -98,3 +98,20 @@ def test_outside_a_frame_an_interrupt_is_raised_at_once():
         _signal_main_thread(signal.SIGINT)
     with whole_frame():                             # no handler installed: a plain block
         pass
+
+
+def test_the_result_rate_restarts_after_a_stall():
+    """After a source's outage the rate counts only the results since it came back (it averaged over the
+    last 60 results, outage included, and read 4 fps for a 10 fps source for a while)."""
+    import collections
+
+    from usedge.runtime.pipeline import FramePipeline
+
+    pipeline = FramePipeline.__new__(FramePipeline)       # the rate alone: no model needed
+    pipeline._result_times = collections.deque(maxlen=60)
+    for k in range(30):                       # 10 fps, then 5 s of nothing, then 10 fps again
+        pipeline._result_times.append(k * 0.1)
+    for k in range(11):
+        pipeline._result_times.append(8.0 + k * 0.1)
+    assert pipeline.fps(now=9.0) == pytest.approx(10.0, rel=0.01)
+    assert pipeline.fps(now=12.0) < 3.0        # stalled again: it falls toward 0

@@ -395,8 +395,9 @@ class DicomFile:
         if bad:
             first = bad[0][1]
             which = ", ".join(str(i) for i, _ in bad[:10]) + (", ..." if len(bad) > 10 else "")
-            raise Undecodable(f"{len(bad)} of {self.n_frames} frames could not be decoded (frame {which}; the "
-                              f"others were read): {first.message}", path=self.path, hint=first.hint)
+            others = "; the others were read" if len(bad) < self.n_frames else ""
+            raise Undecodable(f"{len(bad)} of {self.n_frames} frames could not be decoded (frame {which}{others}): "
+                              f"{first.message}", path=self.path, hint=first.hint)
 
 
 def _inside(box: tuple[int, int, int, int], outer: tuple[int, int, int, int]) -> bool:

@@ -29,6 +29,7 @@ from usedge.runtime.sinks import Sink
 from usedge.runtime.sources import iter_file_frames
 
 FREEZE_SAMPLES = 240         # frames are compared on about this many columns (every n-th pixel, no averaging)
+FPS_GAP_S = 2.0              # a pause between results longer than this (a stalled source) restarts the rate
 MAX_NOTES = 20               # resolution-change lines a pipeline keeps for its summary
 FREEZE_MAD = 0.05            # mean absolute difference (8-bit levels) below which two frames are "the same"
 
@@ -281,8 +282,12 @@ class FramePipeline:
 
     def fps(self, now: float | None = None) -> float:
         """Results per second over the last 60, up to `now` (default: this moment): when results stop
-        (a stalled or unplugged source) it falls toward 0 instead of keeping the last rate."""
+        (a stalled or unplugged source) it falls toward 0 instead of keeping the last rate; once they come
+        again, only the results since the gap count (a gap of more than FPS_GAP_S)."""
         t = list(self._result_times)
+        gaps = [i for i in range(1, len(t)) if t[i] - t[i - 1] > FPS_GAP_S]
+        if gaps:
+            t = t[gaps[-1]:]
         if len(t) < 2 or t[-1] <= t[0]:
             return 0.0
         now = time.perf_counter() if now is None else now
