@@ -147,3 +147,17 @@ def test_class_names_the_plot_font_cannot_draw(tmp_path):
         assert drawn == names and "No installed font" not in report
     assert plot_font(NAMES) == (list(NAMES), None)
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("roc.png", "confusion.png", "curves.png"))
+
+
+def test_a_macro_average_over_fewer_classes_says_so_per_fold():
+    """Folds whose macro covers 2 of 4 classes while the pooled one covers 3 were labelled from the pooled
+    coverage alone (or not at all), and the headline's macro AUC mixed 4-, 3- and 3-class means silently."""
+    from usedge.train.report import macro_coverage, summary_line
+
+    agg = {"per_class": {n: {"sensitivity": {"mean": 0.5}} for n in "abcd"}, "macro_classes_pooled": {"roc_auc": 3, "f1": 4},
+           "macro_classes_folds": {"roc_auc": [4, 3, 3], "f1": [4, 4, 4]},
+           "balanced_accuracy": {"mean": 0.5, "sd": 0.1}, "overall_accuracy": {"mean": 0.5, "sd": 0.1},
+           "macro": {"roc_auc": {"mean": 0.7, "sd": 0.1}}, "folds": 3}
+    assert macro_coverage(agg, "roc_auc", 4) == " (3-4 of 4 classes per fold, 3 pooled)"
+    assert macro_coverage(agg, "f1", 4) == ""
+    assert "macro AUC (3-4 of 4 classes per fold, 3 pooled) 70.0" in summary_line({"aggregate": agg})

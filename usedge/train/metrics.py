@@ -113,7 +113,9 @@ def aggregate(fold_metrics: list[dict], pooled: dict, class_names: list[str]) ->
     scalars = {k: {**stat([f[k] for f in fold_metrics]), "pooled": pooled[k]}
                for k in ("overall_accuracy", "balanced_accuracy")}
     return _clean({"folds": len(fold_metrics), "per_class": per_class, "macro": macro,
-                   "macro_classes_pooled": pooled["macro_classes"], **scalars,
+                   "macro_classes_pooled": pooled["macro_classes"],
+                   "macro_classes_folds": {m: [f["macro_classes"][m] for f in fold_metrics] for m in PER_CLASS},
+                   **scalars,
                    "confusion_matrix_pooled": pooled["confusion_matrix"]})
 
 

@@ -51,11 +51,27 @@ def _mean_sd(d: dict) -> str:
     return f"{100 * d['mean']:.1f} ± {sd}"
 
 
+def macro_coverage(agg: dict, metric: str, n_classes: int) -> str:
+    """'' when a macro average covers every class in every fold and pooled; else ' (k of N classes ...)': a
+    metric undefined for a class (no test image of it in a fold, nothing predicted as it) leaves it out."""
+    folds = [n for n in agg.get("macro_classes_folds", {}).get(metric, []) if n is not None]
+    pooled = agg.get("macro_classes_pooled", {}).get(metric, n_classes)
+    if all(n == n_classes for n in folds) and pooled == n_classes:
+        return ""
+    if not folds:
+        return f" ({pooled} of {n_classes} classes)"
+    lo, hi = min(folds), max(folds)
+    span = str(lo) if lo == hi else f"{lo}-{hi}"
+    return f" ({span} of {n_classes} classes per fold, {pooled} pooled)"
+
+
 def summary_line(metrics: dict) -> str:
     """The headline of a run (metrics.json content): balanced accuracy, macro AUC and overall accuracy,
     mean ± sd over folds, plus any class whose mean sensitivity is below half the others'."""
     agg = metrics["aggregate"]
-    line = (f"balanced accuracy {_mean_sd(agg['balanced_accuracy'])} %, macro AUC {_mean_sd(agg['macro']['roc_auc'])} %, "
+    n_classes = len(agg["per_class"])
+    line = (f"balanced accuracy {_mean_sd(agg['balanced_accuracy'])} %, macro AUC{macro_coverage(agg, 'roc_auc', n_classes)} "
+            f"{_mean_sd(agg['macro']['roc_auc'])} %, "
             f"overall accuracy {_mean_sd(agg['overall_accuracy'])} % over {agg['folds']} folds")
     return line + "".join(f"; LOW SENSITIVITY: {name} {100 * v:.1f} % vs {100 * o:.1f} % for the other classes"
                           for name, (v, o) in flagged_classes(agg).items())
@@ -97,10 +113,8 @@ def report_markdown(class_names: list[str], fold_results: list[dict], summary: d
             paper = PAPER.get(name, {}).get(m)
             lines.append(f"| {name} | {m} | {_mean_sd(agg['per_class'][name][m])} | "
                          f"{_fmt(agg['per_class'][name][m]['pooled'])} | {_fmt(paper)} |")
-    covered = agg.get("macro_classes_pooled", {})
     for m in PER_CLASS:
-        n = covered.get(m, len(class_names))
-        label = "macro" if n == len(class_names) else f"macro ({n} of {len(class_names)} classes)"
+        label = "macro" + macro_coverage(agg, m, len(class_names))
         lines.append(f"| {label} | {m} | {_mean_sd(agg['macro'][m])} | {_fmt(agg['macro'][m]['pooled'])} | "
                      f"{_fmt(PAPER['mean'].get(m))} |")
     for key in ("balanced_accuracy", "overall_accuracy"):
