@@ -20,6 +20,7 @@ test fold's model: a pooled AUC ranks the scores of different models together).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -69,10 +70,13 @@ def classification_metrics(labels, probs, class_names: list[str]) -> dict:
         values = [v for v in (per_class[n][m] for n in class_names) if not math.isnan(v)]
         macro[m] = float(np.mean(values)) if values else float("nan")
         macro_classes[m] = len(values)
+    with warnings.catch_warnings():     # a fold without test images of a predicted class: expected, averaged
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")   # over the true ones
+        balanced = balanced_accuracy_score(labels, preds) if len(labels) else float("nan")
     out = {
         "n": int(len(labels)),
         "overall_accuracy": accuracy_score(labels, preds),
-        "balanced_accuracy": balanced_accuracy_score(labels, preds) if len(labels) else float("nan"),
+        "balanced_accuracy": balanced,
         "per_class": per_class,
         "macro": macro,
         "macro_classes": macro_classes,
