@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from usedge.errors import InputError, NoSuchFrame, Undecodable, UnsupportedInput
+from usedge.fileio import read_head
 from usedge.runtime.formats import (DICOM_SUFFIXES, MAX_PIXELS, check_jpeg_data, check_pixels, looks_like_dicom,
                                     raw_dicom_dataset, read_bytes)
 from usedge.runtime.pixels import standard_depth
@@ -56,14 +57,7 @@ def is_dicom(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
-    if not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return looks_like_dicom(head)
+    return path.is_file() and looks_like_dicom(read_head(path, 132))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from usedge.errors import BackendUnavailable, ModelError
+from usedge.fileio import read_head
 from usedge.runtime.backends.base import Backend, TensorSpec
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -127,21 +128,13 @@ def is_torch_checkpoint(path: Path) -> bool:
     """A file torch.save wrote (a zip archive, or a legacy pickle) or named like one (.pt, .pth, .ckpt)."""
     if path.suffix.lower() in (".pt", ".pth", ".ckpt"):
         return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError:
-        return False
+    head = read_head(path, 4)
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _load_failure(path: Path, error: str) -> tuple[str, str]:
     """What a file onnxruntime cannot load most likely is, and the fix: (message or "", hint)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(1 << 20)
-    except OSError:
-        head = b""
+    head = read_head(path, 1 << 20)
     if is_torch_checkpoint(path):
         return ("this is a PyTorch checkpoint, not an ONNX model",
                 f"export it first: usedge export {path} --out DIR, then pass DIR/model.onnx")
