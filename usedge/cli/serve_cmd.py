@@ -64,9 +64,7 @@ def _serve_packages():
     return uvicorn
 
 
-def _server_class():
-    import uvicorn
-
+def _server_class(uvicorn):
     class Server(uvicorn.Server):
         """uvicorn's server, ending the open MJPEG responses (/v1/live) as soon as Ctrl-C or SIGTERM comes:
         uvicorn waits for open responses before the app's shutdown, so a viewer kept it past its graceful
@@ -164,7 +162,7 @@ def serve(
                                            mbps=view_mbps))
         config = uvicorn_config(web, host, port, limits, log_level=log_level, access_log=False,
                                 timeout_graceful_shutdown=3, server_header=False, lifespan="on")
-        server = _server_class()(config)
+        server = _server_class(uvicorn)(config)
         shown = f"[{host}]" if ":" in host else host
         if not quiet:
             console.print(f"usedge serve: http://{shown}:{port}/  — {classifier.describe()}"
