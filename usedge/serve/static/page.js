@@ -90,6 +90,11 @@ function setStats(r) {
     const s = $("image-state");
     s.textContent = "no new frame for " + Math.round(r.age_s || 0) + " s";
     s.className = "pill bad";
+  } else if (r.state === "ended" || r.state === "failed") {   // the last answer stays, but it is not live
+    const s = $("image-state");
+    s.textContent = "stream " + r.state;
+    s.className = "pill bad";
+    s.title = r.error || "";
   }
   const st = r.stats || {};
   if (st.fps !== undefined) $("fps").textContent = Number(st.fps).toFixed(1);
