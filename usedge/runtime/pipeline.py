@@ -103,8 +103,9 @@ class Smoother:
         """A new Prediction with the averaged probabilities and the label they give (pred is unchanged)."""
         probs = self(pred.probs)
         k = int(np.argmax(list(probs.values())))
-        return dataclasses.replace(pred, probs=probs, smoothed=True, class_index=k, label=list(probs)[k],
-                                   latency_ms=dict(pred.latency_ms))
+        # smoothed: averaged with earlier results (the first after a reset is the frame's own answer)
+        return dataclasses.replace(pred, probs=probs, smoothed=len(self._hist) > 1, class_index=k,
+                                   label=list(probs)[k], latency_ms=dict(pred.latency_ms))
 
     def reset(self) -> None:
         self._hist.clear()
