@@ -79,7 +79,7 @@ ONE_PATIENT_PER_IMAGE = ("each image counts as its own patient: images of one pa
 def check_no_shared_images(dataset: "Dataset") -> None:
     """DataError when two files hold the same bytes under two patients: a copy of an image filed under
     another patient would land in a training and a test fold. Only files of equal size are hashed."""
-    import hashlib
+    from usedge.fileio import sha256_file
 
     by_size: dict[int, list[Sample]] = {}
     for sample in dataset.samples:
@@ -91,7 +91,7 @@ def check_no_shared_images(dataset: "Dataset") -> None:
         owner: dict[str, Sample] = {}
         for sample in same_size:
             try:
-                digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
+                digest = sha256_file(sample.path)
             except OSError:
                 continue
             first = owner.setdefault(digest, sample)

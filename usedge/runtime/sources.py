@@ -472,9 +472,9 @@ class WatchedFolderReader(FrameReader):
     `settle_s` (the writer has finished: a copy over a network share may pause for a moment), and read
     again when it changes later (exported again: the complete copy of a file first read half-written).
     Existing files are skipped unless `include_existing`. `idle_timeout_s`: end after that long without a
-    new file (None: watch until stopped; `stop` ends it at once). Every frame of every file is given (a stream waits for the
-    loop, nothing is dropped); `frame_source` names the file of the frame just read (`frame_number`: its
-    number in that file, as `usedge infer` on the file numbers it), and a file that
+    new file (None: watch until stopped; `stop` ends it at once). Every frame of every file is given (a
+    stream waits for the loop, nothing is dropped); `frame_source` names the file of the frame just read
+    (`frame_number`: its number in that file, as `usedge infer` on the file numbers it), and a file that
     cannot be read is appended to `failed` (the stream loop writes it as an error result).
     """
 

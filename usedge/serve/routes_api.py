@@ -98,7 +98,7 @@ def classify(st: ServeState, data: bytes, frame_index: int | None, overlay: bool
         raise ModelError(pred.reason)
     st.metrics.observe_stages("upload", pred.latency_ms)
     out = pred.to_record(source=False)
-    out.update(st.verdict(out["probs"]))
+    out.update(st.verdict(pred))
     h, w = decoded.frame.shape[:2]
     out["input"] = {"kind": decoded.kind, "width": int(w), "height": int(h),
                     "frames_in_file": decoded.frames_in_file, "frame_index": decoded.frame_index}

@@ -77,5 +77,5 @@ async def frame(request: Request, after: int = Query(-1, ge=-1), cam: bool = Fal
     seq, pred, jpeg = got
     record = pred.to_record(source=False)
     result = {**head, "seq": seq, "image": pred.state, "prediction": record, "cam": bool(cam),
-              **st.verdict(record["probs"])}
+              **st.verdict(pred)}
     return Response(jpeg, media_type="image/jpeg", headers={"X-Usedge-Result": json.dumps(result)})

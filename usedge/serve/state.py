@@ -38,17 +38,11 @@ class ServeState:
     page: dict[str, bytes] = field(default_factory=lambda: {
         n: resources.files("usedge.serve").joinpath("static", n).read_bytes() for n in ("index.html", "page.js", "page.css")})
 
-    def verdict(self, probs: dict | None) -> dict:
+    def verdict(self, pred) -> dict:
         """margin (top probability minus the second) and uncertain (margin below the model card's
-        `uncertain_margin`; null when the card states none): how the page and the API qualify a label."""
-        from usedge.runtime.classifier import probability_margin
-
-        threshold = self.classifier.uncertain_margin
-        if not probs:
-            return {"margin": None, "uncertain": None, "uncertain_margin": threshold}
-        margin = probability_margin(probs)
-        return {"margin": margin, "uncertain": (margin < threshold) if threshold is not None else None,
-                "uncertain_margin": threshold}
+        `uncertain_margin`; null when the card states none), as the Prediction carries them, and that
+        threshold: how the page and the API qualify a label."""
+        return {"margin": pred.margin, "uncertain": pred.uncertain, "uncertain_margin": self.classifier.uncertain_margin}
 
     def card(self) -> dict:
         """What the page shows about the model's provenance (`usedge export`'s model card): the one line,
