@@ -14,8 +14,8 @@ through the same crop (CropInfo.crop_box) and resize, so map and mask share one 
 
 When the checkpoint comes from a `usedge train` run (folds.csv beside it), only the images of patients
 the checkpoint never trained or validated on are explained (a fold model: its test fold; patients matched
-by ID, so a copied or moved data set counts too), unless ExplainConfig.images = "all". Localisation statistics take the patient as
-the unit and every reported p-value is Holm-adjusted (usedge.train.localisation).
+by ID, so a copied or moved data set counts too), unless ExplainConfig.images = "all". Localisation
+statistics take the patient as the unit and every reported p-value is Holm-adjusted (usedge.train.localisation).
 """
 
 from __future__ import annotations
