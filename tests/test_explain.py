@@ -235,3 +235,25 @@ def test_explain_keeps_the_test_fold_of_a_fold_checkpoint(tiny_model, tiny_maske
     assert s["data"]["n_images"] == 4 and "matched by ID" in s["data"]["images"]
     with pytest.raises(DataError, match="every patient"):
         run_explain(run / "model.pt", copy, tmp_path / "f", cfg)
+
+
+def test_a_map_too_coarse_to_localise_is_named_and_a_flat_one_is_not_scored(tiny_masked_data, tmp_path):
+    """At a 32 px input Grad-CAM (layer4, H/32) is a 1x1 map: flat once resized, so scoring it would
+    report a flat map's localisation as the model's. It is left out with a note; coarse maps get a note."""
+    import torch
+
+    from usedge.train.checkpoint import save_checkpoint
+    from usedge.train.model import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "m32.pt"
+    save_checkpoint(path, build_model("ag_resnet18"), class_names=CLASSES, preprocess=PreprocessSpec(size=32))
+    out = tmp_path / "out"
+    summary = run_explain(path, tiny_masked_data, out, ExplainConfig(progress=False, overlays="none", n_boot=50))
+    assert summary["method"]["map_grids"] == {"cam": "4x4", "gradcam": "1x1", "att1": "4x4", "att2": "2x2"}
+    assert set(summary["localisation"]) == {"cam", "att1", "att2"}
+    notes = " | ".join(summary["notes"])
+    assert "Grad-CAM is a 1x1 map" in notes and "not measured" in notes and "attention 2 is a 2x2 map" in notes
+    assert "CAM is a 4x4" not in notes
+    md = (out / "explain.md").read_text()
+    assert "Grad-CAM is a 1x1 map" in md and "| Grad-CAM |" not in md

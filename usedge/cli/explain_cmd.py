@@ -40,6 +40,8 @@ def explain(
     d = summary["data"]
     console.print(f"explained {d['images']}: {d['n_images']} images ({d['n_with_lesion']} with a lesion, "
                   f"{d['n_patients_with_lesion']} patients) -> {out}")
+    for note in summary["notes"]:
+        console.print(f"  note: {note}")
     for name, res in summary["localisation"].items():
         parts = []
         for s, t in res["tests"]["others"].items():

@@ -231,6 +231,38 @@ def compute_maps(model, x, maps: tuple[str, ...], target: int | None, weighting:
     return out, probs.numpy(), cls, ms
 
 
+def map_grids(model, x, maps: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """The grid each map is computed on before it is resized to the input (rows, columns): CAM on the
+    H/8 grid (usedge.train.cam.cam_grid_size), Grad-CAM on layer4 (H/32), the attention maps on their
+    gates' grids. A 1 x 1 grid is a flat map once resized: it cannot localise anything."""
+    import torch
+
+    from usedge.train import cam as camlib
+
+    with torch.no_grad():
+        f = model.forward_features(x)
+    source = {"cam": camlib.cam_grid_size(f), "gradcam": tuple(f["g"].shape[-2:])}
+    source |= {m: tuple(f[k].shape[-2:]) for m, k in (("att1", "a1"), ("att2", "a2")) if k in f}
+    return {m: (int(source[m][0]), int(source[m][1])) for m in maps if m in source}
+
+
+COARSE_GRID = 4     # a map grid with fewer cells per side tells only halves or thirds of the image apart
+
+
+def grid_notes(grids: dict[str, tuple[int, int]], size: int) -> tuple[list[str], set[str]]:
+    """Notes on maps too coarse to localise, and the maps whose localisation is not measured (1 x 1 grid)."""
+    notes, flat = [], set()
+    for m, (h, w) in grids.items():
+        if min(h, w) <= 1:
+            flat.add(m)
+            notes.append(f"{MAP_LABELS[m]} is a {h}x{w} map at a {size} px input: flat once resized, so its "
+                         "localisation is not measured (train at a larger --image-size, e.g. 96 or 224)")
+        elif min(h, w) < COARSE_GRID:
+            notes.append(f"{MAP_LABELS[m]} is a {h}x{w} map at a {size} px input: each cell spans "
+                         f"1/{min(h, w)} of the image side, so its localisation scores are coarse")
+    return notes, flat
+
+
 # --------------------------------------------------------------------------------------------- job
 def _summary_stats(values: list[float]) -> dict:
     v = sorted(values)
@@ -273,9 +305,12 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
     rows, kept_maps, kept_masks, mask_rows, kept_patients = [], {m: [] for m in maps_wanted}, [], [], []
     sheet_strips: dict[str, list[np.ndarray]] = {n: [] for n in class_names}
     timings: dict[str, list[float]] = {}
+    grids: dict[str, tuple[int, int]] = {}
     if samples:  # warm-up (first-call allocations), not timed
         warm = torch.from_numpy(normalise(prepare_file(Path(samples[0].path), spec)[0], spec))
         compute_maps(model, warm, maps_wanted, None, config.weighting)
+        grids = map_grids(model, warm, maps_wanted)
+    notes, flat_maps = grid_notes(grids, spec.size)
     with Progress(transient=True, disable=not config.progress) as bar:
         task = bar.add_task(f"explaining {len(samples)} images", total=len(samples))
         for sample in samples:
@@ -316,7 +351,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
 
     localisation = {}
     if len(kept_masks) >= 2:
-        for m in maps_wanted:
+        for m in (m for m in maps_wanted if m not in flat_maps):
             res = loc.compare_to_baselines(kept_maps[m], kept_masks, kept_patients, k=topk,
                                            sigma_fraction=config.sigma_fraction, n_boot=config.n_boot,
                                            seed=config.seed)
@@ -345,6 +380,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
             "explained_class": config.target,
             "cam_weighting": config.weighting,
             "grid": f"{spec.size}x{spec.size} model input; masks cropped with the image's crop_box and resized",
+            "map_grids": {m: f"{h}x{w}" for m, (h, w) in grids.items()},
             "scores": {"energy_inside": "share of the min-max normalised map's sum inside the lesion",
                        "topk_iou": f"IoU of the top-{'lesion-area' if topk == 'mask' else topk} pixels with the lesion",
                        "pointing_game": "1 if the map's maximum is in the lesion (ties: fraction of maxima inside)",
@@ -361,6 +397,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
         "timing_note": f"CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch 1; "
                        "cam/att: extra after the forward pass; gradcam: its own forward + backward",
         "localisation": localisation,
+        "notes": notes,
     }
     out.mkdir(parents=True, exist_ok=True)
     _write_rows(out / "per_image.csv", rows)
@@ -415,6 +452,7 @@ def render_markdown(summary: dict) -> str:
         f"CAM weighting `{m['cam_weighting']}`; {m['grid']}.",
         "",
     ]
+    lines += [f"**Note:** {n}." for n in summary.get("notes", [])] + ([""] if summary.get("notes") else [])
     if summary["localisation"]:
         lines += [
             "## Localisation",
@@ -440,8 +478,10 @@ def render_markdown(summary: dict) -> str:
         lines += ["", "Scores: " + "; ".join(f"{SCORE_LABELS[k]}: {v}" for k, v in m["scores"].items()) + ".",
                   "Baselines: " + "; ".join(f"{k}: {v}" for k, v in m["baselines"].items()) + ".",
                   f"Test: {m['test']}.", ""]
-    else:
+    elif summary["data"]["n_with_lesion"] == 0:
         lines += ["No lesion masks (manifest `mask_path` or `bbox`): localisation not measured.", ""]
+    elif summary["data"]["n_with_lesion"] == 1:
+        lines += ["One image with a lesion mask: localisation not measured (it needs at least 2).", ""]
     lines += ["## Cost per image", "", "| step | median ms | mean ms | p90 ms |", "|---|---|---|---|"]
     for k, st in summary["timing_ms"].items():
         if st.get("n"):
