@@ -196,3 +196,18 @@ def test_a_new_size_is_never_a_frozen_repeat(auto_crop_model, runtime_images, re
     assert pipeline.notes == ["frame 2: resolution changed 640x480 -> 640x479; layout re-detected"]
     assert pipeline.layout_detections == 2
     reliability_ledger.add("resolution_freeze", inputs_tried=3, outputs_checked=3)
+
+
+def test_a_resolution_change_between_files_of_a_watched_folder_names_the_file(auto_crop_model, runtime_images):
+    """In a watched folder every file is a source of its own, numbered from frame 0: the line names the
+    file whose size differs from the file before (the frame number alone does not say which)."""
+    from usedge.runtime.formats import read_image
+
+    frame = cv2.resize(read_image(sorted(runtime_images.glob("*.png"))[0]), (640, 480))
+    with Classifier.load(auto_crop_model, threads=1) as clf:
+        pipeline = FramePipeline(clf, stream=True)
+        pipeline.process(frame, index=0, source="watch/a.png")
+        pipeline.process(np.ascontiguousarray(frame[:400]), index=0, source="watch/b.png")
+        pipeline.process(np.ascontiguousarray(frame[:300]), index=1, source="watch/b.png")
+    assert pipeline.notes == ["watch/b.png, frame 0: resolution changed 640x480 -> 640x400; layout re-detected",
+                              "frame 1: resolution changed 640x400 -> 640x300; layout re-detected"]
