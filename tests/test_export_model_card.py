@@ -38,6 +38,17 @@ def test_card_line(tiny_onnx_dir):
     assert model_card_line(bare).startswith("no model card")
 
 
+def test_card_line_leads_with_balanced_accuracy():
+    """Overall accuracy flatters a model that favours the largest class: the headline is balanced
+    accuracy, overall accuracy beside it; a card from before the balanced row keeps `CV accuracy`."""
+    rows = {"overall accuracy": {"accuracy": [0.718, 0.056]}, "balanced accuracy": {"accuracy": [0.744, 0.095]}}
+    card = ModelInfo.from_dict({"class_names": ["a", "b"], "input_size": 64,
+                                "model_card": {"cross_validation": {"folds": 5, "rows": rows}}})
+    assert "CV balanced accuracy 0.744 ± 0.095 (accuracy 0.718 ± 0.056) over 5 fold(s)" in model_card_line(card)
+    del rows["balanced accuracy"]
+    assert "CV accuracy 0.718 ± 0.056 over 5 fold(s)" in model_card_line(card)
+
+
 def test_cv_table_and_data_root_from_a_real_training_run(tiny_train_run, tiny_cohort):
     from usedge.export.images import recorded_data
     from usedge.export.model_card import cv_table
@@ -48,6 +59,8 @@ def test_cv_table_and_data_root_from_a_real_training_run(tiny_train_run, tiny_co
     agg = json.loads((tiny_train_run / "metrics.json").read_text())["aggregate"]
     assert table["folds"] == agg["folds"] == 3
     assert table["rows"]["overall accuracy"]["accuracy"][0] == agg["overall_accuracy"]["mean"]
+    assert table["rows"]["balanced accuracy"]["accuracy"] == [agg["balanced_accuracy"]["mean"],
+                                                              agg["balanced_accuracy"]["sd"]]
     assert table["rows"]["lipoma"]["sensitivity"][0] == agg["per_class"]["lipoma"]["sensitivity"]["mean"]
     assert cv_table(tiny_train_run / "fold0" / "best.pt", names) == table
     carried = read_checkpoint(tiny_train_run / "model.pt")["metrics"]["cross_validation"]

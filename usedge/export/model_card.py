@@ -83,6 +83,8 @@ def cv_table(checkpoint: Path, class_names: list[str], carried: dict | None = No
             rows = {name: {m: [agg["per_class"][name][m]["mean"], agg["per_class"][name][m]["sd"]] for m in pick}
                     for name in class_names}
             rows["macro"] = {m: [agg["macro"][m]["mean"], agg["macro"][m]["sd"]] for m in pick}
+            if "balanced_accuracy" in agg:      # the headline: class-balanced (older runs lack it)
+                rows["balanced accuracy"] = {"accuracy": [agg["balanced_accuracy"]["mean"], agg["balanced_accuracy"]["sd"]]}
             rows["overall accuracy"] = {"accuracy": [agg["overall_accuracy"]["mean"], agg["overall_accuracy"]["sd"]]}
             return {"folds": agg["folds"], "source": str(path), "rows": rows}
         except (OSError, ValueError, KeyError, TypeError):

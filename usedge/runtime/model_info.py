@@ -310,8 +310,14 @@ def model_card_line(info: ModelInfo) -> str:
     else:
         trained = "training data unknown"
     cv = card.get("cross_validation") or {}
-    acc = (cv.get("rows") or {}).get("overall accuracy", {}).get("accuracy")
-    scored = f"CV accuracy {mean_sd(acc)} over {cv.get('folds')} fold(s)" if acc else "no CV metrics"
+    rows = cv.get("rows") or {}
+    acc = (rows.get("overall accuracy") or {}).get("accuracy")
+    bal = (rows.get("balanced accuracy") or {}).get("accuracy")
+    if bal:      # class-balanced first: overall accuracy flatters a model that favours the largest class
+        scored = f"CV balanced accuracy {mean_sd(bal)}" + (f" (accuracy {mean_sd(acc)})" if acc else "")
+    else:
+        scored = f"CV accuracy {mean_sd(acc)}" if acc else ""
+    scored = f"{scored} over {cv.get('folds')} fold(s)" if scored else "no CV metrics"
     missed = [str(c.get("check", "?")) for c in card.get("checks") or [] if not c.get("passed", True)]
     checks = f"{len(missed)} export check(s) MISSED ({missed[0]})" if missed else "export checks ok"
     return (f"{info.precision} model {info.weights_sha256[:12] or '?'}: {trained}; {scored}; {checks}; "
