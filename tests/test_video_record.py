@@ -196,3 +196,28 @@ def test_a_recording_keeps_the_videos_own_frame_rate(tmp_path, runtime_model):
         video = got.streams.video[0]
         assert float(video.average_rate) == pytest.approx(15, abs=0.01)
         assert sum(1 for _ in got.decode(video)) == 20
+
+
+def test_a_frame_of_another_size_is_fitted_not_stretched(tmp_path):
+    """A source that changes resolution mid-recording (a scanner preset, a reconnect): a smaller frame is
+    centred at its own size on black, a larger or wider one is scaled down with its aspect ratio kept."""
+    from usedge.runtime.sinks import fit_into
+
+    small = np.full((60, 80, 3), 200, np.uint8)
+    out = fit_into(small, (160, 120))
+    assert out.shape == (120, 160, 3) and (out[30:90, 40:120] == 200).all()
+    assert out[:30].max() == 0 and out[:, :40].max() == 0                   # black around, not stretched
+    wide = np.full((100, 400, 3), 200, np.uint8)                            # 4:1 into 4:3
+    out = fit_into(wide, (160, 120))
+    rows = np.nonzero(out[:, 80, 0])[0]
+    assert out.shape == (120, 160, 3) and (out[:, :, 0] > 0).any(axis=0).all() and len(rows) == 40
+    path = tmp_path / "rec.mp4"
+    with VideoRecorderSink(path, fps=10) as sink:
+        sink.write(None, np.full((120, 160, 3), 90, np.uint8))
+        sink.write(None, small)
+    cap = cv2.VideoCapture(str(path))
+    frames = [cap.read()[1] for _ in range(2)]
+    cap.release()
+    second = frames[1].astype(int)
+    assert second.shape == (120, 160, 3)
+    assert abs(second[60, 80].mean() - 200) < 12 and second[5, 5].mean() < 12   # centred at its size, black border

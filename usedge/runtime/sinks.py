@@ -208,6 +208,21 @@ def _pyav():
     return av
 
 
+def fit_into(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A BGR image placed in the middle of a black (w, h) = size canvas: at its own size when it fits (its
+    overlay text keeps its drawn size), else scaled down to fit with its aspect ratio kept (never stretched)."""
+    W, H = size
+    h, w = image.shape[:2]
+    if w > W or h > H:
+        s = min(W / w, H / h)
+        w, h = max(1, min(W, round(w * s))), max(1, min(H, round(h * s)))
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    canvas = np.zeros((H, W, 3), np.uint8)
+    x, y = (W - w) // 2, (H - h) // 2
+    canvas[y:y + h, x:x + w] = image
+    return canvas
+
+
 class VideoRecorderSink(Sink):
     """The annotated frames as a video at `fps`: H.264 (yuv420p, faststart) in .mp4, which browsers
     play; MJPG in .avi.
@@ -216,7 +231,8 @@ class VideoRecorderSink(Sink):
     OpenCV: an .mp4 as mp4v (MPEG-4 Part 2, which browsers do not play; one line on stderr says so),
     an .avi as MJPG that a crash leaves empty (OpenCV buffers it). Odd frame sides
     are padded by one edge pixel (yuv420p needs even sides); a frame of another size (a reconnected
-    source) is resized to the first one. Written to a hidden `.<name>.partial<suffix>` beside the
+    source, a scanner preset) is fitted into the first one by `fit_into`: centred at its own size when it
+    fits, else scaled down with its aspect ratio kept, on black. Written to a hidden `.<name>.partial<suffix>` beside the
     target and renamed on close, so `out.mp4` is either complete or absent.
 
     A crash must not lose the recording: the partial .mp4 is a fragmented MP4 (a keyframe and a
@@ -325,7 +341,7 @@ class VideoRecorderSink(Sink):
         if self.writer is None:
             self._open(w, h)
         if (w + w % 2, h + h % 2) != self.size:
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+            image = fit_into(image, self.size)
         elif (w, h) != self.size:
             image = cv2.copyMakeBorder(image, 0, self.size[1] - h, 0, self.size[0] - w, cv2.BORDER_REPLICATE)
         if self.av is None:
