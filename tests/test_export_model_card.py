@@ -62,7 +62,11 @@ def test_cv_table_and_data_root_from_a_real_training_run(tiny_train_run, tiny_co
     assert table["rows"]["balanced accuracy"]["accuracy"] == [agg["balanced_accuracy"]["mean"],
                                                               agg["balanced_accuracy"]["sd"]]
     assert table["rows"]["lipoma"]["sensitivity"][0] == agg["per_class"]["lipoma"]["sensitivity"]["mean"]
-    assert cv_table(tiny_train_run / "fold0" / "best.pt", names) == table
+    fold_table = cv_table(tiny_train_run / "fold0" / "best.pt", names)
+    assert {k: v for k, v in fold_table.items() if k != "this_fold"} == table and "this_fold" not in table
+    own = json.loads((tiny_train_run / "metrics.json").read_text())["folds"][0]["metrics"]
+    assert fold_table["this_fold"] == {"name": "fold0", "test_images": own["n"], "accuracy": own["overall_accuracy"],
+                                       "balanced_accuracy": own["balanced_accuracy"]}
     carried = read_checkpoint(tiny_train_run / "model.pt")["metrics"]["cross_validation"]
     assert carried["overall_accuracy_mean"] == agg["overall_accuracy"]["mean"]
     assert cv_table(tiny_train_run / "model.pt", names, carried) == table            # its own run's table
@@ -71,3 +75,27 @@ def test_cv_table_and_data_root_from_a_real_training_run(tiny_train_run, tiny_co
     # the one data-root field: extra.data in model.pt, the run's run.json for a fold's best.pt
     for ckpt in (tiny_train_run / "model.pt", tiny_train_run / "fold0" / "best.pt"):
         assert recorded_data(read_checkpoint(ckpt), ckpt) == Path(tiny_cohort).resolve()   # absolute: any cwd
+
+
+def test_a_fold_models_card_describes_what_it_trained_on(tiny_train_run, tiny_cohort):
+    """A fold's best.pt trained on its fold's training and validation patients, not on the whole folder:
+    its card counts those images, names the fold, and gives the fold's own test figures beside the run's."""
+    from usedge.export.images import open_dataset, split_from_run
+    from usedge.export.model_card import card_markdown, cv_table, describe_data
+
+    names = ["epidermal_cyst", "lipoma", "pilomatricoma"]
+    ckpt = tiny_train_run / "fold0" / "best.pt"
+    ds = open_dataset(tiny_cohort, names)
+    train, test = split_from_run(ds.samples, ds.root, ckpt)
+    whole, fold = describe_data(ds), describe_data(ds, "fold0", train)
+    assert fold["images"] == len(train) < whole["images"] == fold["data_set_images"] == len(ds.samples)
+    assert fold["sha256"] == whole["sha256"] and "fold" not in whole
+    assert sum(c["images"] for c in fold["class_counts"].values()) == len(train)
+    assert not {s.patient_id for s in train} & {s.patient_id for s in test}
+    card = {"training_data": fold, "cross_validation": cv_table(ckpt, names), "checks": [],
+            "intended_use": "x", "limits": [], "uncertain_margin": 0.2}
+    text = card_markdown(card, "line")
+    assert f"fold0 of a cross-validation run: trained on {len(train)} of the folder's {len(ds.samples)} images" in text
+    assert "This model is fold0's: on its own test fold" in text and "the table above is the whole run's" in text
+    line = model_card_line(ModelInfo.from_dict({"class_names": names, "input_size": 64, "model_card": card}))
+    assert f"({len(train)} images of fold0's training patients, sha256" in line

@@ -48,8 +48,12 @@ def data_digest(samples, root: Path) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def describe_data(ds) -> dict:
-    """Provenance of a usedge Dataset: digest, synthetic or not, images and patients per class."""
+def describe_data(ds, fold: str | None = None, trained: list | None = None) -> dict:
+    """Provenance of a usedge Dataset: digest, synthetic or not, images and patients per class.
+
+    A fold model (`fold`, with the samples it `trained` on: its fold's training and validation
+    patients) is described by those samples; the digest stays the data set's (which folder), and
+    `data_set_images` gives its size."""
     cohort = Path(ds.root) / "cohort.json"
     generator = ""
     if cohort.is_file():
@@ -57,11 +61,15 @@ def describe_data(ds) -> dict:
             generator = str(json.loads(cohort.read_text()).get("generator", ""))
         except (OSError, ValueError, AttributeError):
             generator = ""
-    counts = {name: {"images": sum(s.label == k for s in ds.samples),
-                     "patients": len({s.patient_id for s in ds.samples if s.label == k})}
+    samples = ds.samples if trained is None else trained
+    counts = {name: {"images": sum(s.label == k for s in samples),
+                     "patients": len({s.patient_id for s in samples if s.label == k})}
               for k, name in enumerate(ds.class_names)}
-    return {"path": str(ds.root), "sha256": data_digest(ds.samples, Path(ds.root)), "synthetic": "synth" in generator,
-            "generator": generator, "images": len(ds.samples), "class_counts": counts}
+    out = {"path": str(ds.root), "sha256": data_digest(ds.samples, Path(ds.root)), "synthetic": "synth" in generator,
+           "generator": generator, "images": len(samples), "class_counts": counts}
+    if fold is not None and trained is not None:
+        out |= {"fold": fold, "data_set_images": len(ds.samples)}
+    return out
 
 
 def cv_table(checkpoint: Path, class_names: list[str], carried: dict | None = None) -> dict:
@@ -86,9 +94,22 @@ def cv_table(checkpoint: Path, class_names: list[str], carried: dict | None = No
             if "balanced_accuracy" in agg:      # the headline: class-balanced (older runs lack it)
                 rows["balanced accuracy"] = {"accuracy": [agg["balanced_accuracy"]["mean"], agg["balanced_accuracy"]["sd"]]}
             rows["overall accuracy"] = {"accuracy": [agg["overall_accuracy"]["mean"], agg["overall_accuracy"]["sd"]]}
-            return {"folds": agg["folds"], "source": str(path), "rows": rows}
+            table = {"folds": agg["folds"], "source": str(path), "rows": rows}
+            if run == checkpoint.parent.parent and checkpoint.parent.name.startswith("fold"):   # a fold's model
+                table["this_fold"] = own_fold(json.loads(path.read_text()), checkpoint.parent.name)
+            return table
         except (OSError, ValueError, KeyError, TypeError):
             continue
+    return {}
+
+
+def own_fold(metrics: dict, name: str) -> dict:
+    """A fold model's own test-fold figures from the run's metrics.json ({} when not there)."""
+    for f in metrics.get("folds") or []:
+        if f"fold{f.get('fold')}" == name:
+            m = f.get("metrics") or {}
+            return {"name": name, "test_images": m.get("n"), "balanced_accuracy": m.get("balanced_accuracy"),
+                    "accuracy": m.get("overall_accuracy")}
     return {}
 
 
@@ -111,8 +132,14 @@ def card_markdown(card: dict, line: str) -> str:
            "## Training data", ""]
     if d.get("sha256"):
         kind = f"synthetic ({d['generator']})" if d["synthetic"] else "not usedge's synthetic phantom"
-        out += [f"- folder `{d['path']}` (named by {d.get('named_by', '?')}), {d['images']} images, {kind}",
-                f"- sha256 of the images `{d['sha256']}`",
+        if d.get("fold"):
+            out += [f"- {d['fold']} of a cross-validation run: trained on {d['images']} of the folder's "
+                    f"{d.get('data_set_images', '?')} images (its fold's training and validation patients; the "
+                    "table counts them), never on its test patients",
+                    f"- folder `{d['path']}` (named by {d.get('named_by', '?')}), {kind}"]
+        else:
+            out += [f"- folder `{d['path']}` (named by {d.get('named_by', '?')}), {d['images']} images, {kind}"]
+        out += [f"- sha256 of the folder's images `{d['sha256']}`",
                 "", "| class | images | patients |", "|---|---:|---:|"]
         out += [f"| {name} | {c['images']} | {c['patients']} |" for name, c in d["class_counts"].items()]
     else:
@@ -128,6 +155,12 @@ def card_markdown(card: dict, line: str) -> str:
                 "| | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
         out += [f"| {name} | " + " | ".join(mean_sd(row.get(m)) for m in metrics) + " |"
                 for name, row in cv["rows"].items()]
+        own = cv.get("this_fold") or {}
+        if own:
+            fig = " and ".join(f"{k.replace('_', ' ')} {own[k]:.3f}" for k in ("balanced_accuracy", "accuracy")
+                               if isinstance(own.get(k), (int, float)))
+            out += ["", f"This model is {own['name']}'s: on its own test fold ({own.get('test_images', '?')} images) "
+                        f"{fig or 'no figures'}; the table above is the whole run's."]
     else:
         out.append("No metrics.json of the training run beside the checkpoint: not evaluated here.")
     out += ["", "## Export checks", "", "| check | file | result | aim | note |", "|---|---|---|---|---|"]

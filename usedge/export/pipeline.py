@@ -377,7 +377,9 @@ def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_nam
     held = image_data.spread(held, opts.parity_count)
     report.data = {"source": str(data), "images": len(ds), "calibration": len(calib), "held_out": len(held),
                    "split": how, "note": f"{len(calib)} calibration / {len(held)} held-out images, {how}"}
-    provenance = {**describe_data(ds), "named_by": "--data at export" if opts.data else "the checkpoint"}
+    fold = checkpoint.parent.name if split else None       # a fold model: described by what it trained on
+    provenance = {**describe_data(ds, fold, split[0] if split else None),
+                  "named_by": "--data at export" if opts.data else "the checkpoint"}
     return image_data.load_images(calib, spec), image_data.load_images(held, spec), provenance
 
 

@@ -306,7 +306,8 @@ def model_card_line(info: ModelInfo) -> str:
     data = card.get("training_data") or {}
     if data.get("sha256"):
         kind = "SYNTHETIC data" if data.get("synthetic") else "data"
-        trained = f"trained on {kind} ({data.get('images', '?')} images, sha256 {str(data['sha256'])[:12]})"
+        part = f" of {data['fold']}'s training patients" if data.get("fold") else ""
+        trained = f"trained on {kind} ({data.get('images', '?')} images{part}, sha256 {str(data['sha256'])[:12]})"
     else:
         trained = "training data unknown"
     cv = card.get("cross_validation") or {}
