@@ -217,3 +217,27 @@ def test_serve_upload_without_an_image(serve_classifier, serve_images, reliabili
         r = client.post("/v1/predict", content=cv2.imencode(".png", empty["gray.png"])[1].tobytes())
         assert r.status_code == 200 and r.json()["label"], r.text
     reliability_ledger.add("gate_serve_uploads", inputs_tried=5, outputs_checked=answers + 3)
+
+
+def test_a_thumbnail_is_too_small_to_classify(runtime_model, runtime_images, monkeypatch):
+    """A crop upscaled more than MAX_UPSCALE times to the model input (a 16 x 12 thumbnail for a 224 px
+    model) is `no_image` with the reason, not a confident label from a few pixels; --no-quality-gate
+    classifies it anyway."""
+    from usedge.runtime import quality
+    from usedge.runtime.classifier import Classifier
+    from usedge.runtime.formats import read_image
+    from usedge.runtime.pipeline import FramePipeline
+
+    assert quality.too_small_reason(16, 12, 224) is not None and "16x12 px, upscaled 19x" in quality.too_small_reason(16, 12, 224)
+    assert quality.too_small_reason(28, 40, 224) is None and quality.too_small_reason(12, 12, 96) is None
+    assert quality.too_small_reason(11, 11, 96) is not None
+    image = read_image(sorted(runtime_images.glob("*.png"))[0])
+    with Classifier.load(runtime_model, threads=1) as clf:
+        size = clf.spec.size
+        monkeypatch.setattr(quality, "MAX_UPSCALE", 2)        # the test model is small (64 px): scale the rule
+        small = cv2.resize(image, (size // 2 - 4, size // 2 - 4), interpolation=cv2.INTER_AREA)
+        ok = cv2.resize(image, (size // 2 + 8, size // 2 + 8), interpolation=cv2.INTER_AREA)
+        refused = FramePipeline(clf).process(small)
+        assert refused.state == "no_image" and refused.label is None and "upscaled" in refused.reason
+        assert FramePipeline(clf).process(ok).state == "live"
+        assert FramePipeline(clf, quality_gate=False).process(small).state == "live"

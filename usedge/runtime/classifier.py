@@ -25,6 +25,7 @@ from usedge.runtime.crop import CropInfo, prepare
 from usedge.runtime.doppler import COLOUR_NOTE, MOSTLY_COLOUR
 from usedge.runtime.model_info import ModelInfo, model_info_from_metadata
 from usedge.runtime.preprocess import PreprocessSpec, normalise
+from usedge.runtime.quality import too_small_reason
 from usedge.runtime.threads import thread_budget
 
 #: frame (H x W or H x W x C, any dtype) -> (uint8 size x size model image, where it came from)
@@ -364,7 +365,7 @@ class Classifier:
         crops = [self.prepare(f, regions, cropper) for f in frames]
         if quality is not None:
             for image, info in crops:
-                if reason := quality(image):
+                if reason := too_small_reason(info.crop_box[2], info.crop_box[3], self.spec.size) or quality(image):
                     if info.doppler_fraction > MOSTLY_COLOUR:    # what is left after the fill: say why
                         reason += f"; the crop was {COLOUR_NOTE}"
                     raise NoImage(f"no usable image: {reason}", path=source or None,

@@ -20,6 +20,10 @@ Speckle texture (the step between neighbouring pixels) is not a criterion: a sma
 upsampled to 224 px is smooth (pydicom's examples_palette.dcm: mean step 0.94 levels at 224 px,
 2.9 at 64 px), so it would refuse real images.
 
+A crop too small for the model is refused too (`too_small_reason`, on the crop box before the resize):
+its shorter side under 1/MAX_UPSCALE of the model input (28 px at 224 px) is upscaled more than
+MAX_UPSCALE times, a thumbnail with no detail at the model's scale.
+
 A frame whose every pixel has one value is refused before cropping (`pixels.check_not_blank`).
 The thresholds are far from what real screens give: usedge's synthetic scanner screens and
 pydicom's ultrasound test files (examples_jpeg2k, _rgb_color, _ybr_color, _palette) show a
@@ -36,6 +40,16 @@ MIN_RANGE = 24          # levels (8 bit)
 MIN_ECHO = 0.10         # fraction of the model image
 MAX_FLAT = 0.30         # fraction of the model image at one grey level of FLAT_LEVELS
 FLAT_LEVELS = (16, 254)  # the levels that count (inclusive)
+MAX_UPSCALE = 8         # a crop upscaled more than this to the model input is too small to classify
+
+
+def too_small_reason(crop_w: int, crop_h: int, size: int) -> str | None:
+    """Why a crop of crop_w x crop_h frame pixels is too small for a size x size model input, or None."""
+    side = min(crop_w, crop_h)
+    if side * MAX_UPSCALE >= size:
+        return None
+    return (f"the image crop is {crop_w}x{crop_h} px, upscaled {size / max(side, 1):.0f}x to the model's {size} px "
+            f"(more than {MAX_UPSCALE}x): a thumbnail? classify the full-resolution image")
 
 
 def _percentile(cumulative: np.ndarray, q: float) -> float:
