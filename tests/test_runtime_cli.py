@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -285,3 +286,18 @@ def test_train_help_shows_defaults():
                          timeout=120, env={**ENV, "COLUMNS": "200"})
     epochs = next(line for line in res.stdout.splitlines() if "--epochs" in line)
     assert res.returncode == 0 and "[default: (30)]" in epochs
+
+
+def test_crop_refuses_an_input_size_that_would_take_gigabytes(runtime_images, tmp_path):
+    """`--image-size 100000` made one 10 GB crop per image (an outside tester's run reached 10 GB RSS):
+    refused before any file is read, in one line; the library call too."""
+    from usedge.errors import InputError
+    from usedge.runtime.crop import prepare
+    from usedge.runtime.preprocess import PreprocessSpec
+
+    image = sorted(runtime_images.glob("*.png"))[0]
+    res = usedge("crop", image, "--out", tmp_path / "c", "--image-size", "100000", "-q")
+    assert res.returncode != 0 and "--image-size 100000 is too large" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(InputError, match="too large"):
+        prepare(np.zeros((64, 64), np.uint8), PreprocessSpec(size=4096))

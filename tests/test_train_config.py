@@ -62,6 +62,7 @@ def test_effective_config_round_trips_through_toml(tmp_path):
     ({"optim.schedule": "linear"}, "schedule"),
     ({"run.amp": "maybe"}, "bad value"),
     ({"data.resize": "bicubic"}, "'data.resize' is 'bicubic'.*use one of area, halve-linear"),
+    ({"data.image_size": 100000}, "data.image_size must be at most 2048"),
 ])
 def test_bad_values_are_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -10,7 +10,7 @@ import typer
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quiet_option
 from usedge.cli.terminal import say, terminal_safe
-from usedge.runtime.preprocess import RESIZE_FOR_NEW_MODELS
+from usedge.runtime.preprocess import MAX_INPUT_SIZE, RESIZE_FOR_NEW_MODELS
 
 
 @app.command()
@@ -56,8 +56,9 @@ def crop(
     if views not in ("all", "largest"):
         raise ConfigError(f"--views {views!r}", hint="use all or largest")
     parse_crop(crop_mode, presets)                 # ConfigError on a bad presets file, malformed --crop, unknown preset
-    if image_size < 8:
-        raise ConfigError(f"--image-size {image_size} is too small", hint="use at least 8 (224 for the paper's model)")
+    if not 8 <= image_size <= MAX_INPUT_SIZE:
+        raise ConfigError(f"--image-size {image_size} is too {'small' if image_size < 8 else 'large'}",
+                          hint=f"use 8 to {MAX_INPUT_SIZE} (224 for the paper's model)")
     spec = PreprocessSpec(size=image_size, crop=crop_mode, remove_doppler=doppler, resize=resize)
     files, notes = expand_inputs(inputs, INPUT_SUFFIXES)
     files, left_out = drop_lesion_masks(inputs, files)

@@ -35,7 +35,7 @@ from usedge.errors import ConfigError, InputError
 from usedge.runtime.doppler import doppler_cells, fill_from_surroundings
 from usedge.runtime.fov import FieldOfView, crop_field_of_view, find_skin_line, skin_centred_square, validate_regions
 from usedge.runtime.pixels import Box, as_uint8, background_colour, check_not_blank, clip_box, gray_of, grid_sample
-from usedge.runtime.preprocess import PreprocessSpec
+from usedge.runtime.preprocess import MAX_INPUT_SIZE, PreprocessSpec
 
 
 # --------------------------------------------------------------------------- crop specs and presets
@@ -232,6 +232,9 @@ def _render(image: np.ndarray, layout: Layout, box: Box, crop_box: Box, spec: Pr
 def _check_size(spec: PreprocessSpec) -> None:
     if not isinstance(spec.size, int) or spec.size < 8:
         raise InputError(f"model input size {spec.size!r} is too small", hint="use a size of at least 8 pixels (224 by default)")
+    if spec.size > MAX_INPUT_SIZE:
+        raise InputError(f"model input size {spec.size} is too large",
+                         hint=f"use at most {MAX_INPUT_SIZE} pixels (224 by default)")
 
 
 # --------------------------------------------------------------------------- public entry points

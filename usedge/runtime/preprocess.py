@@ -25,6 +25,7 @@ from usedge.errors import ConfigError
 
 RESIZE_METHODS = ("area", "halve-linear")   # PreprocessSpec.resize values (crop.resize_to_model)
 RESIZE_FOR_NEW_MODELS = "halve-linear"      # what training records for a new model (usedge/train/defaults.toml)
+MAX_INPUT_SIZE = 2048    # model input side, pixels: beyond it one crop takes gigabytes (100000 px: 10 GB per image)
 
 
 @dataclass(frozen=True)

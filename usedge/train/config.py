@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from usedge.errors import ConfigError
-from usedge.runtime.preprocess import RESIZE_FOR_NEW_MODELS, RESIZE_METHODS, PreprocessSpec
+from usedge.runtime.preprocess import MAX_INPUT_SIZE, RESIZE_FOR_NEW_MODELS, RESIZE_METHODS, PreprocessSpec
 
 
 @dataclass
@@ -192,6 +192,7 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
             raise ConfigError(f"'{key}' is {flat[key]!r}", path=where, hint=f"use one of {', '.join(choices)}")
     checks = [
         (cfg.data.image_size >= 32, "data.image_size must be at least 32 pixels"),
+        (cfg.data.image_size <= MAX_INPUT_SIZE, f"data.image_size must be at most {MAX_INPUT_SIZE} pixels"),
         (cfg.optim.epochs >= 1, "optim.epochs must be at least 1"),
         (cfg.optim.batch_size >= 1, "optim.batch_size must be at least 1"),
         (cfg.optim.lr > 0, "optim.lr must be positive"),
