@@ -76,3 +76,35 @@ def test_infer_image_and_stream_without_torch(torchless_env, runtime_model, runt
     ran = json.loads(summary.read_text())
     assert ran["frames_read"] == 6
     assert ran["backend_reason"].startswith("ort-cpu: the only CPU backend")   # auto without openvino installed
+
+
+@pytest.fixture(scope="module")
+def missing_extras_env(tmp_path_factory) -> dict:
+    """PYTHONPATH where torch, onnx and sklearn are missing as on a base install: importing them raises
+    ModuleNotFoundError naming the module, as Python does for a package that is not there."""
+    block = tmp_path_factory.mktemp("no_extras")
+    for name in ("torch", "torchvision", "onnx", "sklearn", "openvino"):
+        (block / name).mkdir()
+        (block / name / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{name}'\", name='{name}')\n")
+    path = os.pathsep.join([str(block), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize("args, package, extra", [
+    (["train", "{data}", "--out", "{tmp}/run"], "torch", "train"),
+    (["explain", "{tmp}/m.pt", "{data}", "--out", "{tmp}/e"], "torch", "train"),
+    (["export", "{tmp}/m.pt", "--out", "{tmp}/x"], "onnx", "export"),
+    (["augment", "search", "{data}", "--out", "{tmp}/p.json"], "scikit-learn", "train"),
+])
+def test_a_command_whose_extra_is_missing_says_which_extra_in_one_line(missing_extras_env, tiny_cohort, tmp_path,
+                                                                        args, package, extra):
+    """On the base install `usedge train` (and the other torch commands) ended in a ModuleNotFoundError
+    traceback (outside audit); now one line names the extra, as `usedge demo` and `usedge serve` did."""
+    (tmp_path / "m.pt").write_bytes(b"x")
+    argv = [a.format(data=tiny_cohort, tmp=tmp_path) for a in args]
+    res = subprocess.run([sys.executable, "-m", "usedge", *argv], capture_output=True, text=True,
+                         env=missing_extras_env, timeout=120)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    command = " ".join(["usedge", *args[:2 if args[0] == "augment" else 1]])
+    assert f"usedge: {command} needs the package '{package}', which is not installed" in res.stderr
+    assert f"pip install 'usedge[{extra}]'" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

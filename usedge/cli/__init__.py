@@ -37,9 +37,40 @@ from usedge.cli import (  # noqa: E402,F401
 )
 
 
+#: optional packages -> the extra that installs them (pyproject.toml); a command that needs one and
+#: finds it missing ends with one line naming the extra, not a ModuleNotFoundError traceback
+EXTRA_OF = {"torch": "train", "torchvision": "train", "sklearn": "train", "scipy": "train", "optuna": "train",
+            "matplotlib": "train", "onnx": "export", "onnxscript": "export", "onnxconverter_common": "export",
+            "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
+            "prometheus_client": "serve", "openvino": "openvino"}
+PACKAGE_NAME = {"sklearn": "scikit-learn", "onnxconverter_common": "onnxconverter-common",
+                "multipart": "python-multipart", "python_multipart": "python-multipart",
+                "prometheus_client": "prometheus-client"}
+
+
+def missing_extra(exc: ModuleNotFoundError, argv: list[str]) -> UsedgeError | None:
+    """A ModuleNotFoundError for an optional package -> MissingDependency naming the extra, else None."""
+    from usedge.errors import MissingDependency
+
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRA_OF:
+        return None
+    words = [a for a in argv if not a.startswith("-")]
+    groups = {g.name for g in app.registered_groups}          # `usedge augment search`: a command of a group
+    words = words[:2] if words and words[0] in groups else words[:1]
+    command = " ".join(["usedge", *words])
+    return MissingDependency(PACKAGE_NAME.get(top, top), command, extra=EXTRA_OF[top])
+
+
 def main() -> None:
     try:
-        app()
+        try:
+            app()
+        except ModuleNotFoundError as exc:
+            missing = missing_extra(exc, sys.argv[1:])
+            if missing is None:
+                raise
+            raise missing from exc
     except UsedgeError as exc:
         if state["debug"]:
             traceback.print_exc()
