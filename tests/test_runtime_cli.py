@@ -23,9 +23,9 @@ from usedge.runtime.cpu import cpu_model
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def usedge(*args, timeout=120) -> subprocess.CompletedProcess:
+def usedge(*args, timeout=120, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "usedge", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
+                          timeout=timeout, env={**ENV, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +167,12 @@ def test_doctor_reports_backends_and_reasons():
         detail = checks[("system", "int8 kernels")]["detail"]
         expected = "VNNI:" if {"avx512_vnni", "avx_vnni"} & flags else "AVX2 without VNNI" if "avx2" in flags else "no AVX2"
         assert detail.startswith(expected)
-    res = usedge("doctor")
+    res = usedge("doctor", env={"COLUMNS": "400"})
     assert res.returncode == 0 and "ort-cpu" in res.stdout
+    hints = [c["detail"] for c in checks.values() if "usedge[" in c["detail"]]   # e.g. pip install 'usedge[rtx]'
+    extras = {"usedge[" + h.split("usedge[")[1].split("]")[0] + "]" for h in hints}
+    assert extras and all(e in res.stdout for e in extras), res.stdout       # not eaten as Rich markup
+    assert "'usedge'" not in res.stdout
 
 
 def test_doctor_model_shows_its_card_and_decoders_agree(runtime_model, tmp_path):

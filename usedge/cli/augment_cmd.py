@@ -96,9 +96,9 @@ def search_cmd(
     console = Console(stderr=True)
     scopes = ", ".join(f"{k}: {len(v)}" for k, v in policy.meta["scopes"].items())
     console.print(f"wrote {out}: sub-policies per scope ({scopes}), search {policy.meta['search_minutes']} min; "
-                  f"storage {policy.meta['storage']}")
+                  f"storage {policy.meta['storage']}", markup=False)
     for sub in policy.sub_policies[: min(5, len(policy))]:
-        console.print(f"  {sub.score:.4f}  {sub.describe()}")
+        console.print(f"  {sub.score:.4f}  {sub.describe()}", markup=False)
 
 
 @augment_app.command("preview")

@@ -77,5 +77,5 @@ def demo(
     for line in d.failed_lines():
         console.print(f"[bold red]usedge demo: check failed:[/] {line}", highlight=False, soft_wrap=True)
     if d.overlay_note():
-        console.print(f"usedge demo: {d.overlay_note()}", highlight=False, soft_wrap=True)
-    console.print(f"report: {report}", highlight=False, soft_wrap=True)
+        console.print(f"usedge demo: {d.overlay_note()}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"report: {report}", highlight=False, soft_wrap=True, markup=False)

@@ -30,12 +30,13 @@ def doctor(model: Optional[Path] = typer.Argument(None, help="Also load this mod
         print(json.dumps([c.to_dict() for c in checks], indent=2))
         raise typer.Exit(code)
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="usedge doctor", show_lines=False)
     for col in ("section", "check", "", "detail"):
         table.add_column(col)
     for c in checks:
-        table.add_row(c.section, c.name, "[green]ok[/]" if c.ok else "[red]no[/]", c.detail)
+        table.add_row(escape(c.section), escape(c.name), "[green]ok[/]" if c.ok else "[red]no[/]", escape(c.detail))
     Console().print(table)
     raise typer.Exit(code)

@@ -39,13 +39,13 @@ def explain(
     console = Console()
     d = summary["data"]
     console.print(f"explained {d['images']}: {d['n_images']} images ({d['n_with_lesion']} with a lesion, "
-                  f"{d['n_patients_with_lesion']} patients) -> {out}")
+                  f"{d['n_patients_with_lesion']} patients) -> {out}", markup=False)
     for note in summary["notes"]:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False)
     for name, res in summary["localisation"].items():
         parts = []
         for s, t in res["tests"]["others"].items():
             parts.append(f"{s} {t['mean_map']:.3f} (other images {t['mean_baseline']:.3f}, "
                          f"Holm p={t['p_holm']:.2g})")
-        console.print(f"  {name}, by patient: " + "; ".join(parts))
-    console.print(f"  report: {out / 'explain.md'}")
+        console.print(f"  {name}, by patient: " + "; ".join(parts), markup=False)
+    console.print(f"  report: {out / 'explain.md'}", markup=False)

@@ -90,7 +90,7 @@ def export(
 
     out_console = Console()
     if rtx:
-        out_console.print(f"TensorRT for RTX EP-context model: {ctx} (--backend ort-trt-rtx)", soft_wrap=True)
+        out_console.print(f"TensorRT for RTX EP-context model: {ctx} (--backend ort-trt-rtx)", soft_wrap=True, markup=False)
     # --strict: a missed check, or an INT8 file asked for (the default) that could not be built
     strict_fail = strict and (report.failed or (int8 and "model.int8.onnx" in report.skipped))
     if quiet:   # only what went wrong, then the final line
@@ -98,7 +98,7 @@ def export(
             out_console.print(f"[red]missed[/]: {escape(c.name)} ({escape(Path(c.artifact).name)}): {escape(c.aim)}")
         for name, why in report.skipped.items():
             out_console.print(f"[yellow]{escape(name)} not built[/]: {escape(why)}")
-        out_console.print(f"report: {out / 'export_report.md'}", soft_wrap=True)
+        out_console.print(f"report: {out / 'export_report.md'}", soft_wrap=True, markup=False)
         if strict_fail:
             raise typer.Exit(code=2)
         return
@@ -111,10 +111,10 @@ def export(
         table.add_row(escape(c.name), escape(Path(c.artifact).name), result, escape(figs))
     out_console.print(table)
     for name, a in report.artifacts.items():
-        out_console.print(f"  {name}  {a.get('precision', '')}  {a['bytes']} bytes  sha256 {a['sha256'][:12]}")
+        out_console.print(f"  {name}  {a.get('precision', '')}  {a['bytes']} bytes  sha256 {a['sha256'][:12]}", markup=False)
     for name, why in report.skipped.items():
         out_console.print(f"  [yellow]{escape(name)} not built[/]: {escape(why)}")
     out_console.print(f"model card: {escape(model_card_line(read_model_info(out / 'model.onnx')))}", soft_wrap=True)
-    out_console.print(f"report: {out / 'export_report.md'}", soft_wrap=True)
+    out_console.print(f"report: {out / 'export_report.md'}", soft_wrap=True, markup=False)
     if strict_fail:
         raise typer.Exit(code=2)

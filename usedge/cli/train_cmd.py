@@ -122,7 +122,7 @@ def train(
         summary = cross_validate(dataset, cfg, out, resume=resume, progress=not quiet, log=console.print)
     except KeyboardInterrupt:
         console.print(f"usedge: training interrupted; each fold's last finished epoch is saved in {out}: run the "
-                      "same command with --resume to continue from there")
+                      "same command with --resume to continue from there", markup=False)
         raise typer.Exit(130) from None
     if summary:
-        console.print(f"{summary_line(summary)}; report: {out / 'report.md'}")
+        console.print(f"{summary_line(summary)}; report: {out / 'report.md'}", markup=False)
