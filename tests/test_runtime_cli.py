@@ -305,3 +305,16 @@ def test_crop_refuses_an_input_size_that_would_take_gigabytes(runtime_images, tm
     assert not (tmp_path / "c").exists()
     with pytest.raises(InputError, match="too large"):
         prepare(np.zeros((64, 64), np.uint8), PreprocessSpec(size=4096))
+
+
+def test_threads_out_of_range_are_refused_before_anything_starts(runtime_model, runtime_images):
+    """`--threads 100000` started 32000 threads and took the machine's process limit (outside audit);
+    0 and negative counts were accepted silently. Both are usage errors now, before the model loads."""
+    from usedge.runtime.threads import MAX_THREADS
+
+    image = sorted(runtime_images.glob("*.png"))[0]
+    for value, words in ((str(MAX_THREADS + 1), f"less than or equal to {MAX_THREADS}"), ("0", "greater than or equal to 1"),
+                         ("-3", "greater than or equal to 1")):
+        res = usedge("infer", runtime_model, image, "--threads", value)
+        assert res.returncode == 2 and "--threads" in res.stderr and words in res.stderr, res.stderr
+        assert not res.stdout

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from usedge.cli.app import app
+from usedge.runtime.threads import MAX_THREADS
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:
@@ -28,7 +29,7 @@ def bench(
     out: Path = typer.Option(Path("bench"), "--out", "-o", help="Where bench.json, bench.md and the PNGs go."),
     quick: bool = typer.Option(False, "--quick", help="Short run (tens of seconds): few iterations, small GEMM, 6 video frames."),
     batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes for the throughput table."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of every CPU row (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS, help="Intra-op threads of every CPU row (default: all cores)."),
     iters: int = typer.Option(100, "--iters", help="Timed batch-1 calls per row."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed batch-1 calls per row first."),
     rounds: int = typer.Option(5, "--rounds", help="Interleaving rounds (rows take turns, so bursts of other work hit all alike)."),

@@ -8,6 +8,7 @@ import typer
 
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, force_alias, overwrite_option, quiet_option
+from usedge.runtime.threads import MAX_THREADS
 
 
 @app.command()
@@ -22,7 +23,7 @@ def demo(
     video_seconds: float = typer.Option(10.0, "--video-seconds", help="Length of the synthetic 1080p scanner video, seconds."),
     images: int = typer.Option(698, "--images", help="Images in the synthetic cohort (paper: 698)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data, splits and training."),
-    threads: int = typer.Option(0, "--threads", help="torch / onnxruntime threads (0 = all cores)."),
+    threads: int = typer.Option(0, "--threads", min=0, max=MAX_THREADS, help="torch / onnxruntime threads (0 = all cores)."),
     quiet: bool = quiet_option(),
 ) -> None:
     """Synthetic cohort -> 5-fold training -> CAMs -> fp32/int8 ONNX -> 1080p stream, scored -> report folder.

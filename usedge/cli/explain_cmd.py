@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from usedge.cli.app import app
+from usedge.runtime.threads import MAX_THREADS
 
 
 @app.command()
@@ -24,7 +25,7 @@ def explain(
                                "data set (its folds.csv; a fold model: its test fold) | all: every image."),
     limit: int = typer.Option(0, help="Use only the first N images (0 = all)."),
     seed: int = typer.Option(0, help="Seed of the patient bootstrap (confidence intervals)."),
-    threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
+    threads: int = typer.Option(0, min=0, max=MAX_THREADS, help="Torch CPU threads (0 = default)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Explanation maps (CAM, Grad-CAM, attention) per image, contact sheets, and measured localisation."""

@@ -12,6 +12,7 @@ import typer
 
 from usedge.cli.app import app
 from usedge.cli.options import quality_gate_option, quiet_option
+from usedge.runtime.threads import MAX_THREADS
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
 
@@ -92,7 +93,7 @@ def serve(
                                              "once). Prefer the environment variable: a flag shows up in `ps`."),
     backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | "
                                  "ort-trt-rtx (TensorRT for RTX, pip extra rtx) | tensorrt"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime intra-op threads (default: all cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS, help="onnxruntime intra-op threads (default: all cores)."),
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Replay a file --stream forever, like a scanner."),
     smooth_window: int = typer.Option(5, "--smooth-window", min=1, help="Live probabilities: moving average over "
                                       "this many frames (1: off)."),

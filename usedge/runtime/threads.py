@@ -64,6 +64,11 @@ class ThreadBudget:
         return asdict(self)
 
 
+#: the most threads --threads accepts: a few per core at most (100000 started 32000 threads and took the
+#: machine's process limit; outside audit)
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+
+
 def thread_budget(cores: int | None = None, capture_threads: int = 0, *, model_threads: int | None = None,
                   spinning: bool = False) -> ThreadBudget:
     """The budget for `cores` (default: this process's usable cores) with `capture_threads` decoding beside
