@@ -187,7 +187,7 @@ class FramePipeline:
             if new_source:
                 self.forget()          # a new file in a watched folder: not a frozen repeat, no smoothing across files
             self._source = source
-            self._check_resolution(image, index, source if new_source else None)
+            self._check_resolution(image, index, quiet=new_source)
         if self.freeze is not None and self.last is not None and self.freeze.is_frozen(image):
             return dataclasses.replace(self.last, frozen=True, state="frozen", frame_index=index,
                                        latency_ms={"total": (time.perf_counter() - t0) * 1e3})
@@ -212,16 +212,15 @@ class FramePipeline:
             self.freeze.keep(image)
         return pred
 
-    def _check_resolution(self, image: np.ndarray, index: int, new_source: str | None = None) -> None:
-        """A frame whose size differs from the one before: detect the layout afresh and say so (naming
-        the file when it comes from another file than the frame before: a watched folder)."""
+    def _check_resolution(self, image: np.ndarray, index: int, quiet: bool = False) -> None:
+        """A frame whose size differs from the one before: detect the layout afresh and say so. `quiet`:
+        the frame opens another file (a watched folder), a new image whose size is its own: nothing to say."""
         shape = tuple(int(v) for v in np.shape(image)[:2])
         old, self._shape = self._shape, shape
-        if old is None or old == shape:
+        if old is None or old == shape or quiet:
             return
         self.forget()     # a new screen: no smoothing across it, layout and freeze detection afresh
-        where = f"{new_source}, frame {index}" if new_source else f"frame {index}"
-        line = (f"{where}: resolution changed {old[1]}x{old[0]} -> {shape[1]}x{shape[0]}; "
+        line = (f"frame {index}: resolution changed {old[1]}x{old[0]} -> {shape[1]}x{shape[0]}; "
                 "layout re-detected")
         self.resolution_changes += 1
         if len(self.notes) < MAX_NOTES:
