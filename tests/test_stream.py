@@ -564,3 +564,14 @@ def test_ctrl_c_ends_an_idle_watched_folder_at_once(clf, tmp_path):
     t0 = time.monotonic()
     runner.run()
     assert time.monotonic() - t0 < 3.0
+
+
+def test_a_watched_folder_of_many_files_is_polled_less_often(tmp_path):
+    """Idle polling costs a full scan each time (15000 files took a quarter of a core at 0.2 s; outside
+    audit): the wait after a scan grows with the scan so polling stays under SCAN_SHARE of a core."""
+    from usedge.runtime.sources import WatchedFolderReader
+
+    r = WatchedFolderReader(tmp_path, poll_s=0.2)
+    assert r.wait_after(0.001) == 0.2                       # a small folder: every poll_s
+    share = 0.05 / (0.05 + r.wait_after(0.05))              # a scan of 50 ms: waits 0.95 s
+    assert r.wait_after(0.05) > 0.2 and share == pytest.approx(r.SCAN_SHARE)
