@@ -401,7 +401,9 @@ def test_runtime_failure_one_line_per_file(failing_model, runtime_images, reliab
 
 
 def test_ctrl_c_in_file_mode(runtime_model, tmp_path, blank_video, reliability_ledger):
-    """SIGINT during a batch of files: "interrupted after N of M", exit 130, the lines before intact."""
+    """SIGINT during a batch of files: "interrupted after N of M", exit 130, the lines before intact in
+    <name>.partial; an earlier complete results file is not replaced by the part (outside audit: a routine
+    Ctrl-C used to put 43 lines in place of yesterday's 250)."""
     import shutil
 
     folder = tmp_path / "videos"
@@ -409,6 +411,7 @@ def test_ctrl_c_in_file_mode(runtime_model, tmp_path, blank_video, reliability_l
     for i in range(6):
         shutil.copy(blank_video, folder / f"v{i}.avi")
     out = tmp_path / "r.jsonl"
+    out.write_text('{"yesterday": 1}\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "usedge", "infer", str(runtime_model), str(folder), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -424,8 +427,8 @@ def test_ctrl_c_in_file_mode(runtime_model, tmp_path, blank_video, reliability_l
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert any("interrupted after" in line and "of 6 files" in line for line in err.splitlines()), err
-    assert not partial.exists()
-    read_jsonl(out)
+    assert f"the results so far are in {partial}; {out} is the earlier run's, unchanged" in err, err
+    assert out.read_text() == '{"yesterday": 1}\n' and len(read_jsonl(partial)) >= 3
     reliability_ledger.add("faults_ctrl_c_files", processes_run=1, faults_injected=1, outputs_checked=2)
 
 

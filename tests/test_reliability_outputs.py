@@ -130,6 +130,24 @@ def test_results_file_is_replaced_only_when_the_batch_ends(tmp_path):
         results_sink(tmp_path, "csv", ["a"], atomic=True)
 
 
+def test_a_killed_batchs_partial_results_are_kept_by_the_next_run(tmp_path, capfd):
+    """A run killed mid-batch leaves its lines in <name>.partial; the next run used to overwrite them
+    without a word (outside audit). They are kept as <stem>.unfinished<suffix>, said in one line."""
+    out = tmp_path / "r.csv"
+    sink = results_sink(out, "csv", ["a", "b"], atomic=True)
+    sink.write_error("x.png", "x.png: unreadable")           # then the process dies: no close
+    sink.fh.close()
+    left = (tmp_path / "r.csv.partial").read_text()
+    again = results_sink(out, "csv", ["a", "b"], atomic=True)
+    again.close()
+    assert (tmp_path / "r.unfinished.csv").read_text() == left and "x.png" in left
+    assert "an earlier run did not finish its results file; kept it as r.unfinished.csv" in capfd.readouterr().err
+    interrupted = results_sink(out, "csv", ["a", "b"], atomic=True)
+    interrupted.keep_partial = True                           # Ctrl-C: the part stays beside the complete file
+    interrupted.close()
+    assert (tmp_path / "r.csv.partial").exists() and out.exists()
+
+
 def test_truncated_video_is_a_failed_file_after_its_readable_frames(runtime_model, tmp_path):
     """`usedge infer FILE` on a video cut short: the frames before are classified, then the file is a failure
     (exit 1) with the line `--stream` gives, not a success."""

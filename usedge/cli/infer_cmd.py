@@ -61,9 +61,13 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
                             on_error=lambda line: _err(f"usedge: skipped {line}"),
                             on_no_image=lambda line: _err(f"usedge: no image: {line}"),
                             on_file=lambda: progress.advance(task))
+        sink.keep_partial = run.interrupted     # a part never replaces an earlier complete results file
     run.skipped = len(notes)
     _err(f"usedge: {run.line(out)}")
     if run.interrupted:
+        if out != "-":
+            _err(f"usedge: the results so far are in {out}.partial; "
+                 + (f"{out} is the earlier run's, unchanged" if Path(out).exists() else f"{out} was not written"))
         return 130
     return 1 if run.failed or notes else 0
 

@@ -53,6 +53,24 @@ class Sink:
         self.close()
 
 
+def keep_unfinished(tmp: Path, path: Path, what: str, note: str) -> None:
+    """A partial file at our temporary name `tmp` was left by a run that died: keep it beside `path` as
+    `<stem>.unfinished[N]<suffix>` (never overwritten by the new run) and say so in one line."""
+    if not tmp.exists():
+        return
+    for k in itertools.count(1):
+        keep = path.with_name(f"{path.stem}.unfinished{'' if k == 1 else k}{path.suffix}")
+        if not keep.exists():
+            break
+    try:
+        os.replace(tmp, keep)
+    except OSError as exc:
+        raise OutputError(f"cannot keep an earlier unfinished {what} ({exc.strerror})", path=tmp,
+                          hint=f"move it away, or write the {what} to another name") from exc
+    print(f"usedge: an earlier run did not finish its {what}; kept it as {keep.name} ({note})",
+          file=sys.stderr, flush=True)
+
+
 def _open_text(path: str | Path, atomic: bool = False):
     """(file, whether we own it, the temporary file to rename to `path` at close or None). A name that
     is not valid text (a non-UTF-8 file name, kept by Python as surrogates) is written with backslash
@@ -63,6 +81,8 @@ def _open_text(path: str | Path, atomic: bool = False):
     if path.is_dir():
         raise OutputError("is a folder", path=path, hint="give a file name, e.g. results.jsonl")
     tmp = path.with_name(path.name + ".partial") if atomic else None
+    if tmp is not None:
+        keep_unfinished(tmp, path, "results file", "its lines up to where that run stopped")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return open(tmp or path, "w", newline="", encoding="utf-8", errors="backslashreplace"), True, tmp
@@ -70,13 +90,14 @@ def _open_text(path: str | Path, atomic: bool = False):
         raise OutputError(f"cannot write here ({exc.strerror})", path=path, hint="choose a writable file") from exc
 
 
-def _finish(fh, own: bool, tmp: Path | None, path) -> None:
+def _finish(fh, own: bool, tmp: Path | None, path, keep_partial: bool = False) -> None:
     """Close our file; an atomic one is renamed over `path` only now, so a run that dies leaves the
-    previous results file whole (and the lines so far in `<name>.partial`)."""
+    previous results file whole (and the lines so far in `<name>.partial`). keep_partial: an interrupted
+    batch, whose lines stay in `<name>.partial` (a complete earlier file is not replaced by a part)."""
     if not own:
         return
     _close_quietly(fh, own)
-    if tmp is not None and tmp.exists():
+    if tmp is not None and tmp.exists() and not keep_partial:
         try:
             os.replace(tmp, path)
         except OSError as exc:
@@ -112,6 +133,7 @@ class JsonlSink(Sink):
     def __init__(self, path: str | Path, fsync: bool = False, atomic: bool = False) -> None:
         self.path = path
         self.fh, self._own, self._tmp = _open_text(path, atomic)
+        self.keep_partial = False     # set for an interrupted batch: close leaves the lines in <name>.partial
         self.fsync = fsync       # also survive power loss (slower: one disk sync per frame)
         self.count = 0
 
@@ -131,7 +153,7 @@ class JsonlSink(Sink):
         self.count += 1
 
     def close(self) -> None:
-        _finish(self.fh, self._own, self._tmp, self.path)
+        _finish(self.fh, self._own, self._tmp, self.path, self.keep_partial)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -151,6 +173,7 @@ class CsvSink(Sink):
     def __init__(self, path: str | Path, class_names: list[str], atomic: bool = False) -> None:
         self.path = path
         self.fh, self._own, self._tmp = _open_text(path, atomic)
+        self.keep_partial = False     # set for an interrupted batch: close leaves the lines in <name>.partial
         self.class_names = list(class_names)
         self.stages = [*STAGES, "total"]
         self.columns = (["source", "frame", "label", *[f"p_{c}" for c in self.class_names], "margin", "uncertain",
@@ -190,12 +213,14 @@ class CsvSink(Sink):
             self.fh.flush()
 
     def close(self) -> None:
-        _finish(self.fh, self._own, self._tmp, self.path)
+        _finish(self.fh, self._own, self._tmp, self.path, self.keep_partial)
 
 
 def results_sink(path: str | Path, fmt: str, class_names: list[str], atomic: bool = False) -> Sink:
     """The results file of `usedge infer --out`: "jsonl" or "csv". atomic: written as `<name>.partial`
-    and renamed at close (a batch of files: an earlier results file stays whole until the run ends)."""
+    and renamed at close (a batch of files: an earlier results file stays whole until the run ends; with
+    `keep_partial` set, an interrupted batch, it is not renamed). A `<name>.partial` that a killed run left
+    is kept as `<stem>.unfinished<suffix>` first."""
     return JsonlSink(path, atomic=atomic) if fmt == "jsonl" else CsvSink(path, class_names, atomic=atomic)
 
 
@@ -274,20 +299,7 @@ class VideoRecorderSink(Sink):
             raise OutputError(f"cannot write here ({exc.strerror})", path=self.path, hint="choose a writable folder") from exc
 
     def _keep_unfinished(self) -> None:
-        """A partial file at our temporary name was left by a run that died: keep it under a visible name."""
-        if not self.tmp.exists():
-            return
-        for k in itertools.count(1):
-            keep = self.path.with_name(f"{self.path.stem}.unfinished{'' if k == 1 else k}{self.path.suffix}")
-            if not keep.exists():
-                break
-        try:
-            os.replace(self.tmp, keep)
-        except OSError as exc:
-            raise OutputError(f"cannot keep an earlier unfinished recording ({exc.strerror})", path=self.tmp,
-                              hint="move it away, or record to another name") from exc
-        print(f"usedge: an earlier run did not finish its recording; kept it as {keep.name} "
-              "(it plays up to where that run stopped)", file=sys.stderr, flush=True)
+        keep_unfinished(self.tmp, self.path, "recording", "it plays up to where that run stopped")
 
     def _open(self, w: int, h: int) -> None:
         rate = self._fps() if callable(self._fps) else self._fps
