@@ -172,3 +172,41 @@ def test_crop_names_crops_that_are_mostly_colour(tmp_path):
     assert "1 crop(s) more than 50% colour were filled as colour Doppler" in " ".join(r.output.split())
     r = runner.invoke(app, ["crop", str(tmp_path / "gray.png"), "--out", str(tmp_path / "o2"), "-q"])
     assert r.exit_code == 0 and "colour" not in r.output
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path, orientation):
+    """A phone or scanner JPEG stored sideways with an EXIF Orientation was classified as stored, its crop
+    boxes in the stored coordinates (outside audit); it is read as cv2.imread and viewers show it."""
+    import io
+
+    from PIL import Image
+
+    from usedge.runtime.formats import read_image, read_image_bytes
+
+    rng = np.random.default_rng(orientation)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (40, 60, 3)).astype(np.uint8), (5, 5), 0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(base[:, :, ::-1]).save(buf, format="JPEG", exif=exif.tobytes(), quality=95)
+    path = tmp_path / "o.jpg"
+    path.write_bytes(buf.getvalue())
+    assert np.array_equal(read_image(path), cv2.imread(str(path)))
+    assert np.array_equal(read_image_bytes(buf.getvalue()).frame, cv2.imread(str(path)))    # uploads too
+    assert read_image(path).shape[:2] == ((40, 60) if orientation <= 4 else (60, 40))
+
+
+def test_a_complete_png_with_bytes_after_its_end_is_read(tmp_path):
+    """A PNG padded after its IEND chunk (a transfer tool) was refused as "truncated (no end marker)";
+    a PNG cut short still is."""
+    from usedge.errors import InputError
+    from usedge.runtime.formats import read_image
+
+    image = np.random.default_rng(0).integers(0, 255, (30, 40), dtype=np.uint8)
+    data = cv2.imencode(".png", image)[1].tobytes()
+    (tmp_path / "pad.png").write_bytes(data + b"\0" * 16)
+    assert np.array_equal(read_image(tmp_path / "pad.png"), image)
+    (tmp_path / "cut.png").write_bytes(data[:-20])
+    with pytest.raises(InputError, match="truncated PNG"):
+        read_image(tmp_path / "cut.png")

@@ -267,6 +267,45 @@ def check_jpeg_data(data: bytes, name: str) -> None:
                               hint="copy or export the image again") from exc
 
 
+# the IEND chunk whole (length 0, type, its fixed CRC): a PNG is complete when it holds it, even with
+# bytes after it (a file padded by a transfer tool); 12 bytes do not occur in compressed data by chance
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF Orientation (1-8; 1 = as stored) of a JPEG's bytes, 1 when it has none or it is unreadable."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = im.getexif().get(0x0112, 1)
+    except Exception:          # noqa: BLE001 - a damaged EXIF block: the image is shown as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """An image turned as its EXIF Orientation says a viewer shows it (what cv2.imread does): 2 mirror,
+    3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise."""
+    if orientation == 2:
+        return cv2.flip(image, 1)
+    if orientation == 3:
+        return cv2.rotate(image, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(image, 0)
+    if orientation == 5:
+        return cv2.transpose(image)
+    if orientation == 6:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.transpose(image), -1)
+    if orientation == 8:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return image
+
+
 class StillPages:
     """The pages of one still image file's bytes: len() pages (several for a multi-page TIFF, else 1);
     [i] -> Decoded, decoded when asked for (the header is parsed once). Typed InputError when unusable."""
@@ -294,7 +333,7 @@ class StillPages:
                               hint=f"use a frame from 0 to {n - 1}")
         directory, w, h = self.pages[frame_index]
         check_pixels(kind, w, h, name, self.max_pixels)
-        if (kind == "png" and b"IEND" not in data[-16:]) or (kind == "jpeg" and b"\xff\xd9" not in data[-64:]):
+        if (kind == "png" and PNG_END not in data) or (kind == "jpeg" and b"\xff\xd9" not in data[-64:]):
             raise Undecodable(f"truncated {kind.upper()} file (no end marker)", path=name,
                               hint="copy or export the image again")
         if kind == "jpeg":
@@ -310,6 +349,8 @@ class StillPages:
         if image.shape[:2] != (h, w):
             raise Undecodable(f"{kind.upper()} decoded to {image.shape[1]}x{image.shape[0]}, header says {w}x{h}",
                               path=name, hint="the file is damaged; re-export it")
+        if kind == "jpeg":
+            image = upright(image, exif_orientation(data))
         return Decoded(image, kind, n, frame_index)
 
     def damage(self) -> str:
