@@ -210,3 +210,43 @@ def test_a_complete_png_with_bytes_after_its_end_is_read(tmp_path):
     (tmp_path / "cut.png").write_bytes(data[:-20])
     with pytest.raises(InputError, match="truncated PNG"):
         read_image(tmp_path / "cut.png")
+
+
+def test_a_hot_pixel_or_a_white_label_does_not_set_the_bit_depth():
+    """16-bit and float frames were scaled by their brightest pixel: one pixel at 256 in 8-bit data
+    darkened the whole image 4x and flipped its label; a 12-bit scan with a label at 65535 was read as
+    16-bit and judged empty; a float image in [0, 1] with one pixel at 1.001 read as black (outside
+    audit). The depth holds all but 0.5 % of the pixels; those above it are clipped to white."""
+    from usedge.runtime.pixels import as_uint8
+
+    g = np.random.default_rng(0).integers(0, 256, (100, 120)).astype(np.uint16)
+    hot = g.copy()
+    hot[0, 0] = 256
+    assert np.array_equal(as_uint8(hot)[1:], g[1:].astype(np.uint8)) and as_uint8(hot)[0, 0] == 255
+    labelled = g * 16                          # 12-bit data ...
+    labelled[:2, :10] = 65535                  # ... with a label at full white on 0.17 % of the pixels
+    assert np.array_equal(as_uint8(labelled)[2:], g[2:].astype(np.uint8))
+    full = (g.astype(np.uint32) * 257).astype(np.uint16)      # true 16-bit data keeps its scale
+    assert np.array_equal(as_uint8(full), (full >> 8).astype(np.uint8))
+    f = g.astype(np.float32) / 255
+    f[0, 0] = 1.001
+    assert np.array_equal(as_uint8(f)[1:], g[1:].astype(np.uint8))
+
+
+def test_transparent_pixels_are_background():
+    """A PNG whose right half is transparent (white underneath) was classified with the white half in the
+    crop (outside audit): alpha is composited over black, the screen's background."""
+    from usedge.runtime.pixels import as_uint8
+
+    rng = np.random.default_rng(1)
+    scan = cv2.GaussianBlur(rng.integers(0, 255, (240, 160), dtype=np.uint8), (3, 3), 0)
+    rgba = np.full((240, 320, 4), 255, np.uint8)
+    rgba[:, :160, :3] = scan[:, :, None]
+    rgba[:, 160:, 3] = 0                                     # transparent, white underneath
+    out = as_uint8(rgba)
+    assert out.shape == (240, 320, 3) and out[:, 160:].max() == 0 and np.array_equal(out[:, :160, 0], scan)
+    half = rgba.copy()
+    half[..., 3] = 128
+    assert abs(int(as_uint8(half)[0, 200, 0]) - 128) <= 1    # half transparent white over black
+    gray_alpha = np.dstack([scan, np.full_like(scan, 255)])
+    assert np.array_equal(as_uint8(gray_alpha), scan)

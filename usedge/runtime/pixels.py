@@ -20,13 +20,43 @@ def standard_depth(top: int) -> int | None:
     return next((b for b in (8, 10, 12, 14, 16) if top < (1 << b)), None)
 
 
+OUTLIERS = 0.005    # the share of pixels the depth guess may leave above it (clipped to white)
+
+
+def _alpha_over_black(frame: np.ndarray) -> np.ndarray:
+    """BGRA or gray + alpha -> its colour channels composited over black (transparent = black, the
+    screen's background; an opaque frame is just its colour channels)."""
+    colour, alpha = frame[:, :, :-1], frame[:, :, -1]
+    full = 1.0 if np.issubdtype(frame.dtype, np.floating) else np.iinfo(frame.dtype).max
+    if not np.issubdtype(frame.dtype, np.floating) and int(alpha.min()) == full:
+        return colour[:, :, 0] if colour.shape[2] == 1 else colour
+    a = np.clip(alpha.astype(np.float32) / np.float32(full), 0, 1)[:, :, None]
+    out = colour.astype(np.float32) * a
+    if not np.issubdtype(frame.dtype, np.floating):
+        out = (out + 0.5).astype(frame.dtype)
+    return out[:, :, 0] if out.shape[2] == 1 else out
+
+
+def _depth(frame: np.ndarray) -> int:
+    """The bit depth to scale an integer frame by: the smallest of 8, 10, 12, 14, 16 (or more) that holds
+    all but OUTLIERS of its pixels, so one hot pixel or a burned-in label at full white does not darken
+    the whole image (they are clipped to white instead)."""
+    allowed = int(OUTLIERS * frame.size)
+    for bits in (8, 10, 12, 14, 16):
+        if np.count_nonzero(frame >= (1 << bits)) <= allowed:
+            return bits
+    return int(frame.max()).bit_length()
+
+
 def as_uint8(frame: np.ndarray) -> np.ndarray:
     """Gray, BGR, BGRA; uint8, uint16, other ints or float -> uint8 H x W or H x W x 3 (BGR).
 
-    uint16 (and other ints) above 255 are scaled by their bit depth, guessed from the maximum and
-    rounded up to 10, 12, 14 or 16 bits (a 12-bit frame keeps its contrast, and frames of one
-    source keep one scale);
-    float frames in [0, 1] are scaled by 255, others clipped to [0, 255]. NaN/Inf -> InputError.
+    Alpha: the colour composited over black (transparent pixels are screen background).
+    uint16 (and other ints) above 255 are scaled by their bit depth: the smallest standard depth
+    (8, 10, 12, 14 or 16 bits) holding all but OUTLIERS (0.5 %) of the pixels, which are clipped to
+    white (a 12-bit frame keeps its contrast with a burned-in label at 65535 or a hot pixel);
+    float frames are scaled by 255 when all but OUTLIERS of their values lie in [0, 1], else clipped
+    to [0, 255]. NaN/Inf -> InputError.
     """
     if not isinstance(frame, np.ndarray):
         raise InputError(f"frame is a {type(frame).__name__}, not an image array",
@@ -35,10 +65,9 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
         raise InputError(f"empty frame (shape {frame.shape})", hint="check the source delivers images")
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
-    if frame.ndim == 3 and frame.shape[2] == 4:
-        frame = frame[:, :, :3]          # BGRA: alpha carries no image
-    if frame.ndim == 3 and frame.shape[2] == 2:
-        frame = frame[:, :, 0]           # gray + alpha
+    if frame.ndim == 3 and frame.shape[2] in (2, 4):       # BGRA, gray + alpha
+        frame = _alpha_over_black(frame) if np.issubdtype(frame.dtype, np.number) else frame[:, :, :-1].squeeze(2) \
+            if frame.shape[2] == 2 else frame[:, :, :3]
     if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3):
         raise InputError(f"frame of shape {frame.shape} is not an image", hint="pass H x W, H x W x 3 or H x W x 4")
     h, w = frame.shape[:2]
@@ -53,15 +82,15 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
         f = frame.astype(np.float32, copy=False)
         if not np.isfinite(f).all():
             raise InputError("frame contains NaN or Inf", hint="check the source's pixel data")
-        scale = 255.0 if float(f.max()) <= 1.0 else 1.0
+        scale = 255.0 if np.count_nonzero(f > 1.0) <= int(OUTLIERS * f.size) else 1.0
         return np.clip(f * scale + 0.5, 0, 255).astype(np.uint8)
     if np.issubdtype(frame.dtype, np.integer):
         top = int(frame.max())
         if top <= 255:
             return np.clip(frame, 0, 255).astype(np.uint8)
-        # the stored bit depth, rounded up to a standard one so that frames of one source whose
-        # maxima differ a little get the same scale; an integer shift: 12-bit >> 4, 16-bit >> 8
-        bits = standard_depth(top) or top.bit_length()
+        # a standard depth, so that frames of one source whose maxima differ a little get the same scale;
+        # an integer shift: 12-bit >> 4, 16-bit >> 8; the outliers above it clipped to 255
+        bits = _depth(frame)
         return np.minimum(np.clip(frame, 0, None) >> (bits - 8), 255).astype(np.uint8)
     raise InputError(f"frame of dtype {frame.dtype} is not an image", hint="pass uint8, uint16 or float pixels")
 
