@@ -251,3 +251,17 @@ def test_compressed_and_noisy_captures(scanner_frames):
         noisy = np.clip(image.astype(np.int16) + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
         assert iou(crop_field_of_view(jpeg).box, ref) > 0.9
         assert iou(crop_field_of_view(noisy).box, ref) > 0.9
+
+
+def test_a_manual_box_outside_the_frame_is_refused():
+    """`--crop 5000,5000,50,50` on a 296x248 image became a 1x1 crop upscaled to the model size, exit 0
+    (outside audit): a box that leaves less than 8 x 8 pixels inside the frame is an error naming both."""
+    from usedge.errors import InputError
+    from usedge.runtime.crop import prepare
+    from usedge.runtime.preprocess import PreprocessSpec
+
+    frame = np.random.default_rng(0).integers(0, 255, (248, 296), dtype=np.uint8)
+    with pytest.raises(InputError, match=r"crop box \[5000, 5000, 50, 50\] lies outside the 296x248 frame"):
+        prepare(frame, PreprocessSpec(size=64, crop="5000,5000,50,50"))
+    small, info = prepare(frame, PreprocessSpec(size=64, crop="280,10,50,50"))      # partly inside: clipped, noted
+    assert info.crop_box == (280, 10, 16, 50) and "clipped" in info.notes[0]

@@ -268,3 +268,21 @@ def test_output_names_keep_a_uid_named_files_last_part():
     got = [names(p) for p in ("s/1.2.840.9.12345.1", "s/1.2.840.9.12345.2", "a/scan.png", "b/scan.png", "c/IM00001")]
     assert got == ["1.2.840.9.12345.1", "1.2.840.9.12345.2", "scan", "scan_2", "IM00001"]
     assert names("c/cine.dcm", frame=3) == "cine_f0003"
+
+
+def test_hidden_files_and_folders_are_left_out_of_a_folder(tmp_path):
+    """A USB stick's macOS `._x.png` (AppleDouble metadata, not a PNG) failed the batch (exit 1), and a
+    hidden folder was walked (outside audit). Folder walks leave both out; a file named directly is read."""
+    import cv2
+    import numpy as np
+
+    from usedge.runtime.formats import expand_inputs
+
+    image = np.random.default_rng(0).integers(0, 255, (32, 32), dtype=np.uint8)
+    (tmp_path / ".hid").mkdir()
+    for p in (tmp_path / "ok.png", tmp_path / ".hid" / "y.png", tmp_path / ".shown.png"):
+        cv2.imwrite(str(p), image)
+    (tmp_path / "._ok.png").write_bytes(b"\x00\x05\x16\x07Mac OS X        ")
+    files, notes = expand_inputs([tmp_path])
+    assert files == [tmp_path / "ok.png"] and notes == []
+    assert expand_inputs([tmp_path / ".shown.png"])[0] == [tmp_path / ".shown.png"]

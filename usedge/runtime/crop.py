@@ -34,7 +34,7 @@ import numpy as np
 from usedge.errors import ConfigError, InputError
 from usedge.runtime.doppler import doppler_cells, fill_from_surroundings
 from usedge.runtime.fov import FieldOfView, crop_field_of_view, find_skin_line, skin_centred_square, validate_regions
-from usedge.runtime.pixels import Box, as_uint8, background_colour, check_not_blank, clip_box, gray_of, grid_sample
+from usedge.runtime.pixels import MIN_SIDE, Box, as_uint8, background_colour, check_not_blank, clip_box, gray_of, grid_sample
 from usedge.runtime.preprocess import MAX_INPUT_SIZE, PreprocessSpec
 
 
@@ -159,6 +159,10 @@ def detect_layout(image: np.ndarray, mode: CropMode, regions: list[Box] | None =
     elif mode.kind in ("manual", "preset"):
         box = _scale_box(mode.box, mode.frame_size, shape)
         clipped = clip_box(box, shape)
+        if min(clipped[2], clipped[3]) < MIN_SIDE:
+            raise InputError(f"crop box {list(box)} lies outside the {w}x{h} frame (clipped to {list(clipped)})",
+                             hint="give a box inside the frame (--crop x,y,w,h in its pixels), or a preset's "
+                                  "frame_size for frames of another size")
         notes = [] if clipped == tuple(box) else [f"box {list(box)} clipped to the frame: {list(clipped)}"]
         fov = FieldOfView(box=clipped, boxes=[clipped], method=mode.kind, notes=notes)
     else:

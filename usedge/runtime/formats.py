@@ -416,8 +416,8 @@ def read_image(path: str | Path, *, frame_index: int = 0, allow_any_modality: bo
 
 def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFFIXES) -> tuple[list[Path], list[str]]:
     """Files named, and every regular file under folders named whose suffix is in `suffixes` or whose
-    bytes are DICOM's (a file named by its UID or `IM00001`; a DICOMDIR is left out), recursive and
-    sorted. `notes`: one line per thing skipped, for the caller to
+    bytes are DICOM's (a file named by its UID or `IM00001`; a DICOMDIR, hidden files and hidden
+    folders are left out), recursive and sorted. `notes`: one line per thing skipped, for the caller to
     print: a symlinked or unreadable folder, a FIFO/socket/device or broken link."""
     from usedge.runtime.dicom import is_dicom
 
@@ -433,11 +433,14 @@ def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFF
         found = []
         for top, dirs, names in os.walk(item, onerror=lambda e: notes.append(
                 f"{e.filename}: unreadable folder skipped ({e.strerror})")):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]    # hidden: .git, .Trash, a tool's own
             for d in dirs:
                 if os.path.islink(os.path.join(top, d)):
                     notes.append(f"{os.path.join(top, d)}: symlinked folder not followed: pass its real path")
             for n in names:
-                if n.upper() == "DICOMDIR":         # a CD/USB export's index of its files, not an image
+                # a CD/USB export's index of its files (DICOMDIR), hidden files (macOS `._x.png` copies of a
+                # file's metadata on a USB stick, `.DS_Store`): not images
+                if n.upper() == "DICOMDIR" or n.startswith("."):
                     continue
                 p = Path(top, n)
                 wanted = p.suffix.lower() in suffixes
