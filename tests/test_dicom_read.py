@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -381,3 +383,25 @@ def test_stream_of_a_cine_with_a_damaged_frame(tmp_path, runtime_model):
     errors = [r for r in records if "error" in r]
     assert [(r["source"], r["frame"]) for r in errors] == [(str(tmp_path / "cine.dcm"), 3)]
     assert sorted(r["frame"] for r in records if "error" not in r) == [i for i in range(30) if i != 3]
+
+
+def test_a_jpeg_named_dcm_is_read_as_the_jpeg_it_is(tmp_path, runtime_model):
+    """A PNG named .jpg and a DICOM named .png were read by their bytes, but a JPEG named .dcm was refused
+    as "not a DICOM file" (outside audit). Its bytes decide; a damaged file named .dcm still gets the DICOM
+    reader's message."""
+    import cv2
+
+    from usedge.runtime.dicom import is_dicom
+    from usedge.runtime.formats import read_image
+
+    image = np.random.default_rng(0).integers(0, 255, (48, 64), dtype=np.uint8)
+    jpeg = tmp_path / "j.dcm"
+    jpeg.write_bytes(cv2.imencode(".jpg", image)[1].tobytes())
+    assert not is_dicom(jpeg) and read_image(jpeg).shape == (48, 64)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x01\x02" * 200)
+    assert is_dicom(junk) and is_dicom(tmp_path / "missing.dcm")
+    res = subprocess.run([sys.executable, "-m", "usedge", "infer", str(runtime_model), str(jpeg), str(junk), "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert json.loads(res.stdout.splitlines()[0])["source"] == str(jpeg)
+    assert "junk.dcm" in res.stderr and "DICOM" in res.stderr and res.returncode == 1, res.stderr

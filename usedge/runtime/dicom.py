@@ -22,8 +22,8 @@ import numpy as np
 
 from usedge.errors import InputError, NoSuchFrame, Undecodable, UnsupportedInput
 from usedge.fileio import read_head
-from usedge.runtime.formats import (DICOM_SUFFIXES, MAX_PIXELS, check_jpeg_data, check_pixels, looks_like_dicom,
-                                    raw_dicom_dataset, read_bytes)
+from usedge.runtime.formats import (DICOM_SUFFIXES, MAX_PIXELS, check_jpeg_data, check_pixels,
+                                    raw_dicom_dataset, read_bytes, sniff)
 from usedge.runtime.pixels import standard_depth
 
 # transfer syntax UID -> (name, packages that decode it with pydicom 3)
@@ -52,12 +52,13 @@ STRICT_JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4
 
 
 def is_dicom(path: str | Path) -> bool:
-    """True for a .dcm/.dicom name or a regular file whose first bytes are DICOM's (formats.looks_like_dicom:
-    the 'DICM' marker at byte 128, or a data set without the preamble); a FIFO is never opened."""
+    """True for a regular file whose first bytes are DICOM's (the 'DICM' marker at byte 128, or a data set
+    without the preamble), or a .dcm/.dicom name whose bytes are no image's (formats.sniff: a JPEG named
+    .dcm is an image); a missing .dcm file too (its reader says it is missing); a FIFO is never opened."""
     path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    return path.is_file() and looks_like_dicom(read_head(path, 132))
+    if not path.is_file():
+        return path.suffix.lower() in DICOM_SUFFIXES and not path.exists()
+    return sniff(read_head(path, 132), path.name) == "dicom"
 
 
 @dataclass(frozen=True)

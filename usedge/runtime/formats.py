@@ -165,14 +165,10 @@ def raw_dicom_dataset(head: bytes) -> bool:
     return head[4:6] in _DICOM_VRS or struct.unpack("<I", head[4:8])[0] <= 1024
 
 
-def looks_like_dicom(head: bytes) -> bool:
-    """The first 132 bytes of a DICOM file: 'DICM' after the preamble, or a data set without one."""
-    return head[128:132] == b"DICM" or raw_dicom_dataset(head)
-
-
 def sniff(data: bytes, name: str = "") -> str | None:
-    """File type from magic bytes (a .dcm/.dicom name also means DICOM): png | jpeg | ... | dicom, or None."""
-    if data[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES:
+    """File type from magic bytes: png | jpeg | ... | dicom, or None. A .dcm/.dicom name means DICOM when
+    the bytes are no image's (a damaged DICOM gets the DICOM reader's message; a JPEG named .dcm is read)."""
+    if data[128:132] == b"DICM":
         return "dicom"                  # first: a DICOM preamble may hold a TIFF header
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
@@ -184,7 +180,7 @@ def sniff(data: bytes, name: str = "") -> str | None:
         return "tiff"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
-    if raw_dicom_dataset(data):
+    if raw_dicom_dataset(data) or Path(name).suffix.lower() in DICOM_SUFFIXES:
         return "dicom"
     return None
 
