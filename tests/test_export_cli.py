@@ -55,6 +55,15 @@ def test_export_cam_weighting_quiet_and_deprecated_opt_level(tmp_path, tiny_expo
     cams = [ort.InferenceSession(str(p / "model.onnx"), providers=["CPUExecutionProvider"]).run(["cam"], {"image": x})[0]
             for p in (out, tiny_onnx_dir)]
     assert not np.allclose(cams[0], cams[1])
+    # an int8 file of the same checkpoint and outputs but the other CAM weighting (an earlier export) must
+    # not stay beside the new fp32 one: `infer model.int8.onnx --cam` would draw the other map (outside audit)
+    shutil.copy(tiny_onnx_dir / "model.int8.onnx", out / "model.int8.onnx")
+    again = CliRunner().invoke(app, ["export", str(tiny_export_checkpoint), "-o", str(out), "--no-fp16", "--no-int8",
+                                     "--cam", "--cam-weighting", "paper", "--parity-count", "2",
+                                     "--reference-count", "0", "--overwrite", "-q"])
+    assert again.exit_code == 0, again.output
+    assert not (out / "model.int8.onnx").exists()
+    assert json.loads((out / "export_report.json").read_text())["removed_stale"] == ["model.int8.onnx"]
 
 
 def test_export_rtx_refused_in_one_line_without_a_supported_gpu(tmp_path, tiny_export_checkpoint):

@@ -438,16 +438,18 @@ def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = Ex
 
 
 def _describes(other: ModelInfo | None, info: ModelInfo) -> bool:
-    """True when an artifact's ModelInfo names the same checkpoint, outputs and input size."""
-    return other is not None and (other.checkpoint_sha256, other.outputs, other.input_size) == (
-        info.checkpoint_sha256, info.outputs, info.input_size)
+    """True when an artifact's ModelInfo names the same checkpoint, outputs, input size and CAM weighting."""
+    def key(i: ModelInfo) -> tuple:
+        return i.checkpoint_sha256, i.outputs, i.input_size, (i.export or {}).get("cam_weighting")
+    return other is not None and key(other) == key(info)
 
 
 def remove_stale(out: Path, produced: list[str], info: ModelInfo) -> list[str]:
-    """Delete artifacts an earlier export left in `out` that do not describe the model just exported
-    (another checkpoint, other outputs or input size): FP16/INT8 files this run did not write and
-    TensorRT engines (+ sidecars). Returns the deleted names."""
-    from usedge.export.onnx_export import read_model_info
+    """Delete artifacts an earlier export left in `out` that this export did not write: every FP16/INT8
+    ONNX (an int8 file of other settings, e.g. another CAM weighting, would sit beside the new fp32 one),
+    and TensorRT engines (+ sidecars) that do not describe the model just exported (another checkpoint,
+    outputs, input size or CAM weighting; an engine built from it on the GPU machine stays). Returns
+    the deleted names."""
     from usedge.runtime.engine_sidecar import read_sidecar, sidecar_path
     from usedge.runtime.model_info import model_info_from_metadata
 
@@ -457,8 +459,7 @@ def remove_stale(out: Path, produced: list[str], info: ModelInfo) -> list[str]:
         except Exception:  # unreadable leftovers are stale too
             return None
 
-    stale = [out / name for name in (FP16_NAME, INT8_NAME) if name not in produced and (out / name).exists()
-             and not _describes(info_of(lambda: read_model_info(out / name)), info)]
+    stale = [out / name for name in (FP16_NAME, INT8_NAME) if name not in produced and (out / name).exists()]
     for engine in out.glob("*.engine"):
         if engine.name not in produced and not _describes(info_of(
                 lambda: model_info_from_metadata({"model_info": read_sidecar(engine).model_info}, engine)), info):
