@@ -99,3 +99,26 @@ def test_a_fold_models_card_describes_what_it_trained_on(tiny_train_run, tiny_co
     assert "This model is fold0's: on its own test fold" in text and "the table above is the whole run's" in text
     line = model_card_line(ModelInfo.from_dict({"class_names": names, "input_size": 64, "model_card": card}))
     assert f"({len(train)} images of fold0's training patients, sha256" in line
+
+
+def test_data_given_at_export_that_is_not_the_training_data_is_not_called_so(tiny_export_checkpoint, tiny_cohort,
+                                                                             tmp_path):
+    """`usedge export model.pt --data OTHER`: the card said the model was trained on OTHER, and the report
+    that its accuracy there was training accuracy (outside audit). The card describes the data the checkpoint
+    recorded and names OTHER as the checks' images."""
+    import shutil
+
+    from usedge.export.pipeline import ExportOptions, run_export
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_cohort, other)
+    rows = (other / "manifest.csv").read_text().splitlines()     # other images: a different data set
+    (other / "manifest.csv").write_text("\n".join(rows[:-1]) + "\n")
+    opts = dict(fp16=False, int8=False, parity_count=4, reference_count=0)
+    report = run_export(tiny_export_checkpoint, tmp_path / "m", ExportOptions(data=other, **opts))
+    card = read_model_info(tmp_path / "m" / "model.onnx").model_card["training_data"]
+    assert card["path"] == str(tiny_cohort) and card["named_by"] == "the checkpoint"
+    assert str(other) in card["checks_data"] and "not the training data" in card["checks_data"]
+    assert "not the data set the checkpoint was trained on" in report.data["split"]
+    text = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    assert f"the export checks ran on {other}" in text

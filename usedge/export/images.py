@@ -101,6 +101,32 @@ def recorded_data_path(meta: dict, checkpoint: Path) -> str | None:
     return data if isinstance(data, str) and data else None
 
 
+def is_training_data(ds: Dataset, meta: dict, checkpoint: Path) -> bool:
+    """Whether a data set given at export is the one the checkpoint was trained on: the folder the run
+    recorded (the same folder, by its inode), or the same images, classes and patients (the run stamp's
+    data_hash: a copy or a moved folder). False when neither says so (another data set, or a checkpoint
+    whose run recorded nothing)."""
+    import json
+
+    from usedge.train.trainer import data_hash
+
+    raw = recorded_data_path(meta, checkpoint)
+    if raw and Path(raw).exists():
+        try:
+            if os.path.samefile(raw, ds.root):
+                return True
+        except OSError:
+            pass
+    for stamp in (Path(checkpoint).parent / "run.json", Path(checkpoint).parent.parent / "run.json"):
+        try:
+            recorded_hash = json.loads(stamp.read_text()).get("data_hash")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if recorded_hash:
+            return recorded_hash == data_hash(ds)
+    return False
+
+
 def recorded_data(meta: dict, checkpoint: Path) -> Path | None:
     """`recorded_data_path` if that folder exists from here."""
     data = recorded_data_path(meta, checkpoint)

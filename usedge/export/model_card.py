@@ -144,6 +144,8 @@ def card_markdown(card: dict, line: str) -> str:
         out += [f"| {name} | {c['images']} | {c['patients']} |" for name, c in d["class_counts"].items()]
     else:
         out.append(f"- unknown: {d.get('note', 'no data set given or recorded')}")
+    if d.get("checks_data"):
+        out.append(f"- the export checks ran on {d['checks_data']}")
     cv = card["cross_validation"]
     out += ["", "## Cross-validation", ""]
     if cv.get("other_run"):

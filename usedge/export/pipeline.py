@@ -367,9 +367,12 @@ def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_nam
                        "no INT8 (calibration needs real images); pass --data DIR"}
         return None, image_data.ImageSet(x=x, labels=np.array([], dtype=np.int64), paths=[]), {"note": why}
     ds = image_data.open_dataset(data, class_names)
-    split = image_data.split_from_run(ds.samples, ds.root, checkpoint)
+    trained_here = opts.data is None or image_data.is_training_data(ds, meta, checkpoint)
+    split = image_data.split_from_run(ds.samples, ds.root, checkpoint) if trained_here else None
     how = "the fold's train / test patients (folds.csv)" if split else "split by patient hash"
-    if not split and (checkpoint.parent / "folds.csv").is_file():   # a run's all-data model.pt
+    if not trained_here:
+        how += "; not the data set the checkpoint was trained on: the checks' images only"
+    elif not split and (checkpoint.parent / "folds.csv").is_file():   # a run's all-data model.pt
         how += ("; this model was trained on all of them, so its accuracy here is training accuracy: "
                 "read the int8 row as fp32/int8 agreement, and the run's report.md for generalisation")
     calib, held = split or image_data.split_by_patient(ds.samples)
@@ -378,8 +381,16 @@ def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_nam
     report.data = {"source": str(data), "images": len(ds), "calibration": len(calib), "held_out": len(held),
                    "split": how, "note": f"{len(calib)} calibration / {len(held)} held-out images, {how}"}
     fold = checkpoint.parent.name if split else None       # a fold model: described by what it trained on
-    provenance = {**describe_data(ds, fold, split[0] if split else None),
-                  "named_by": "--data at export" if opts.data else "the checkpoint"}
+    if trained_here:
+        provenance = {**describe_data(ds, fold, split[0] if split else None),
+                      "named_by": "--data at export" if opts.data else "the checkpoint"}
+    else:       # --data names other images: the card describes the recorded training data, if it is here
+        recorded = image_data.recorded_data(meta, checkpoint)
+        raw = image_data.recorded_data_path(meta, checkpoint)
+        provenance = ({**describe_data(image_data.open_dataset(recorded, class_names)), "named_by": "the checkpoint"}
+                      if recorded is not None else
+                      {"note": f"the run recorded {raw}, not found from here" if raw else "not recorded"})
+        provenance["checks_data"] = f"{data} (--data: the export checks' images, not the training data)"
     return image_data.load_images(calib, spec), image_data.load_images(held, spec), provenance
 
 
