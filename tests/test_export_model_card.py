@@ -72,6 +72,9 @@ def test_cv_table_and_data_root_from_a_real_training_run(tiny_train_run, tiny_co
     assert cv_table(tiny_train_run / "model.pt", names, carried) == table            # its own run's table
     other = dict(carried, overall_accuracy_mean=carried["overall_accuracy_mean"] + 0.1)   # a model copied from another run
     assert cv_table(tiny_train_run / "model.pt", names, other) == {"other_run": str(tiny_train_run / "metrics.json")}
+    # another run with the same folds and mean accuracy (k/n on small test sets: common) but another AUC
+    same_accuracy = dict(carried, macro_roc_auc_mean=carried["macro_roc_auc_mean"] + 0.06)
+    assert cv_table(tiny_train_run / "model.pt", names, same_accuracy) == {"other_run": str(tiny_train_run / "metrics.json")}
     # the one data-root field: extra.data in model.pt, the run's run.json for a fold's best.pt
     for ckpt in (tiny_train_run / "model.pt", tiny_train_run / "fold0" / "best.pt"):
         assert recorded_data(read_checkpoint(ckpt), ckpt) == Path(tiny_cohort).resolve()   # absolute: any cwd

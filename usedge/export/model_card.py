@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from usedge.export.report import ExportReport
@@ -72,6 +73,24 @@ def describe_data(ds, fold: str | None = None, trained: list | None = None) -> d
     return out
 
 
+def same_run(carried: dict, agg: dict) -> bool:
+    """Whether a metrics.json aggregate is the run whose CV summary a model.pt carries: same folds and every
+    carried mean (accuracy alone is k/n on small test sets, so two runs often share it; the AUC rarely)."""
+    if carried.get("folds") != agg.get("folds"):
+        return False
+    pairs = [("overall_accuracy_mean", agg.get("overall_accuracy")), ("balanced_accuracy_mean", agg.get("balanced_accuracy"))]
+    pairs += [(f"macro_{m}_mean", (agg.get("macro") or {}).get(m)) for m in ("sensitivity", "specificity", "roc_auc")]
+    for key, cell in pairs:
+        if key not in carried:
+            continue
+        a, b = carried[key], (cell or {}).get("mean")
+        if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            return False
+        if not (math.isnan(a) and math.isnan(b)) and not abs(a - b) <= 1e-9:
+            return False
+    return True
+
+
 def cv_table(checkpoint: Path, class_names: list[str], carried: dict | None = None) -> dict:
     """{"folds", "source", "rows": {row: {metric: [mean, sd]}}} from the run's metrics.json, or {}.
 
@@ -84,8 +103,7 @@ def cv_table(checkpoint: Path, class_names: list[str], carried: dict | None = No
             continue
         try:
             agg = json.loads(path.read_text())["aggregate"]
-            if carried and (carried.get("folds") != agg["folds"]
-                            or abs(carried.get("overall_accuracy_mean", -1) - agg["overall_accuracy"]["mean"]) > 1e-9):
+            if carried and not same_run(carried, agg):
                 return {"other_run": str(path)}
             pick = ("sensitivity", "specificity", "f1", "roc_auc")
             rows = {name: {m: [agg["per_class"][name][m]["mean"], agg["per_class"][name][m]["sd"]] for m in pick}
