@@ -104,3 +104,29 @@ def test_strict_fails_when_int8_cannot_be_built_and_quiet_says_why(tmp_path, tin
     assert result.exit_code == 0 and "model.int8.onnx not built" in result.output and "moved_away" in result.output
     strict = CliRunner().invoke(app, args + ["--strict", "--overwrite"])
     assert strict.exit_code == 2 and "model.int8.onnx not built" in strict.output
+
+
+def test_export_refusals_leave_nothing_behind(tmp_path, tiny_export_checkpoint):
+    """Outside audit: a failed export left an empty --out folder; a folder given as the checkpoint was "not
+    found"; --max-batch 0 without --triton and --trt-opt-level 9 passed; opset 22 blamed the dynamo exporter's
+    floor; the Triton message named a --triton-max-batch that does not exist; --triton replaced another model."""
+    def run(*args):
+        res = CliRunner().invoke(app, ["export", *map(str, args)])
+        return res.exit_code, str(res.exception) if res.exception else res.output
+
+    code, msg = run(tmp_path / "missing.pt", "--out", tmp_path / "o1")
+    assert code != 0 and "checkpoint not found" in msg and not (tmp_path / "o1").exists()
+    code, msg = run(tiny_export_checkpoint.parent, "--out", tmp_path / "o2")
+    assert code != 0 and "is a folder, not a checkpoint" in msg and str(tiny_export_checkpoint) in msg
+    assert not (tmp_path / "o2").exists()
+    for args, words in ((["--max-batch", "0"], "--max-batch 0 is below 1"),
+                        (["--trt-opt-level", "9"], "--trt-opt-level 9 is outside 0..5"),
+                        (["--opset", "22"], "opsets above 21 are not tested")):
+        code, msg = run(tiny_export_checkpoint, "--out", tmp_path / "o3", *args)
+        assert code != 0 and words in msg, msg
+        assert not (tmp_path / "o3").exists()
+    (tmp_path / "tri" / "usedge").mkdir(parents=True)
+    (tmp_path / "tri" / "usedge" / "config.pbtxt").write_text('name: "usedge"\n')
+    code, msg = run(tiny_export_checkpoint, "--out", tmp_path / "o4", "--triton", tmp_path / "tri")
+    assert code != 0 and "already holds a model named 'usedge'" in msg and "--overwrite" in msg
+    assert (tmp_path / "tri" / "usedge" / "config.pbtxt").read_text() == 'name: "usedge"\n'

@@ -72,8 +72,9 @@ def export_onnx(
     full onnx.checker check.
     """
     if not DEFAULT_OPSET <= opset <= MAX_OPSET:
-        raise ConfigError(f"opset {opset} is not supported",
-                          hint=f"use {DEFAULT_OPSET}..{MAX_OPSET}: the dynamo exporter cannot go below 18")
+        why = ("the dynamo exporter cannot go below 18" if opset < DEFAULT_OPSET
+               else f"opsets above {MAX_OPSET} are not tested with this torch and onnxruntime")
+        raise ConfigError(f"opset {opset} is not supported", hint=f"use {DEFAULT_OPSET}..{MAX_OPSET}: {why}")
     wrapped = ExportModel(model, with_cam=with_cam, cam_weighting=cam_weighting).eval().cpu()
     size = int(info.input_size)
     example = torch.zeros(2, 1, size, size)   # batch 2: a batch of 1 would be specialised away

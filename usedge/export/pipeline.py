@@ -12,6 +12,7 @@ of half-written files; a staging folder left by a killed export is removed by th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -80,6 +81,10 @@ class ExportOptions:
         if not 0.0 <= self.uncertain_margin < 1.0:
             raise ConfigError(f"--uncertain-margin {self.uncertain_margin:g} is outside 0..1",
                               hint="pass a probability margin such as 0.2")
+        if self.max_batch < 1:
+            raise ConfigError(f"--max-batch {self.max_batch} is below 1", hint="pass --max-batch >= 1 (default 8)")
+        if not 0 <= self.optimization_level <= 5:
+            raise ConfigError(f"--trt-opt-level {self.optimization_level} is outside 0..5", hint="use 0..5 (default 3)")
         if self.cam_weighting not in CAM_WEIGHTINGS:
             raise ConfigError(f"unknown --cam-weighting '{self.cam_weighting}'", hint=f"use {', '.join(CAM_WEIGHTINGS)}")
 
@@ -397,12 +402,27 @@ def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_nam
 def run_export(checkpoint: str | Path, out: str | Path, opts: ExportOptions = ExportOptions(),
                progress: Callable[[str], None] | None = None) -> ExportReport:
     """Export a checkpoint into `out`; returns the report (also written as export_report.json/.md)."""
-    import torch
-
     say = progress or (lambda _msg: None)
     checkpoint, out = Path(checkpoint), Path(out)
     opts.check()
+    created = not out.exists()
+    try:
+        return _export(checkpoint, out, opts, say)
+    except BaseException:
+        if created:      # a failed export leaves no empty --out folder behind (nothing of it was kept)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _export(checkpoint: Path, out: Path, opts: ExportOptions, say: Callable[[str], None]) -> ExportReport:
+    import torch
+
     check_writable(out, opts.overwrite)
+    if opts.triton is not None and (Path(opts.triton) / opts.triton_name / "config.pbtxt").exists() and not opts.overwrite:
+        raise OutputError(f"the Triton repository already holds a model named {opts.triton_name!r}",
+                          path=Path(opts.triton) / opts.triton_name,
+                          hint="pass --overwrite to replace it, or another --triton-name")
     say("loading checkpoint")
     model, meta = load_for_export(checkpoint)
     spec = PreprocessSpec.from_dict(meta.get("preprocess") or {})

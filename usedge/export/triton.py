@@ -73,7 +73,7 @@ def _onnx_io(path: Path) -> tuple[list[tuple[str, list[int]]], list[tuple[str, l
 def config_text(settings: TritonSettings, platform: str, inputs, outputs, info: ModelInfo) -> str:
     """config.pbtxt contents for one model (all tensors FP32, batch dimension implicit)."""
     if settings.max_batch_size < 1:
-        raise ConfigError("Triton max batch size must be at least 1", hint="pass --triton-max-batch >= 1")
+        raise ConfigError("Triton max batch size must be at least 1", hint="pass --max-batch >= 1")
     preferred = sorted({b for b in settings.preferred_batch_sizes if 1 <= b <= settings.max_batch_size})
     lines = [f"name: {_quote(settings.name)}", f"platform: {_quote(platform)}",
              f"max_batch_size: {settings.max_batch_size}", "input ["]
@@ -109,7 +109,7 @@ def write_model_repository(repo: str | Path, model_path: str | Path, settings: T
         raise ConfigError("a TensorRT plan needs the ONNX it was built from", hint="pass onnx_for_io")
     if is_plan and engine_max_batch is not None and settings.max_batch_size > engine_max_batch:
         raise ConfigError(f"Triton max batch {settings.max_batch_size} exceeds the engine's profile maximum "
-                          f"{engine_max_batch}", hint="lower --triton-max-batch or rebuild with a larger --max-batch")
+                          f"{engine_max_batch}", hint="lower --max-batch (it sets both: rebuild the engine with it)")
     inputs, outputs, info = _onnx_io(io_source)
     platform = "tensorrt_plan" if is_plan else "onnxruntime_onnx"
     text = config_text(settings, platform, inputs, outputs, info)

@@ -54,6 +54,10 @@ def save_checkpoint(
 def read_checkpoint(path: str | Path) -> dict:
     """Load and validate a usedge checkpoint dict (weights_only: no code from the file runs)."""
     path = Path(path)
+    if path.is_dir():
+        found = [p for p in ("model.pt", "fold0/best.pt") if (path / p).is_file()]
+        raise ModelError("is a folder, not a checkpoint", path=path,
+                         hint=f"pass {path / found[0]}" if found else "pass the .pt written by usedge train")
     if not path.is_file():
         raise ModelError("checkpoint not found", path=path, hint="pass the .pt written by usedge train")
     try:
