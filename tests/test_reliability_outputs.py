@@ -249,3 +249,23 @@ def test_a_closed_pipe_is_not_blamed_on_the_disk(runtime_model, runtime_video, t
     proc.wait(timeout=120)
     assert proc.returncode == 1 and "Traceback" not in err, err
     assert "closed the pipe" in err.strip().splitlines()[-1] and "disk" not in err.strip().splitlines()[-1]
+
+
+def test_the_csv_has_every_field_of_the_json_record(runtime_model, runtime_images, tmp_path):
+    """docs/runtime.md: "The CSV has the same fields flattened" — it lacked class_index and smoothed
+    (outside audit). Every JSON key is a column (probs, boxes and latencies flattened), values alike."""
+    import csv
+
+    image = sorted(runtime_images.glob("*.png"))[0]
+    for fmt, out in (("jsonl", tmp_path / "r.jsonl"), ("csv", tmp_path / "r.csv")):
+        res = usedge("infer", runtime_model, image, "--format", fmt, "--out", out, "-q")
+        assert res.returncode == 0, res.stderr
+    record = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    with open(tmp_path / "r.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    flattened = {"probs": "p_", "crop_box": "crop_", "fov_box": "fov_", "latency_ms": "ms_", "frame": "frame",
+                 "reason": "error"}
+    for key in record:
+        prefix = flattened.get(key)
+        assert (key in row) if prefix is None else any(c.startswith(prefix) for c in row), key
+    assert int(row["class_index"]) == record["class_index"] and row["smoothed"] == str(int(record["smoothed"]))
