@@ -286,3 +286,19 @@ def test_hidden_files_and_folders_are_left_out_of_a_folder(tmp_path):
     files, notes = expand_inputs([tmp_path])
     assert files == [tmp_path / "ok.png"] and notes == []
     assert expand_inputs([tmp_path / ".shown.png"])[0] == [tmp_path / ".shown.png"]
+
+
+def test_files_of_other_types_in_a_folder_are_counted_in_one_line(tmp_path, runtime_model, runtime_images):
+    """A folder of 25 files with a GIF and text files reported "18/24 files" and nothing about the rest
+    (outside audit): one line counts them by suffix; the exit status stays 0 (they are not failures)."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(sorted(runtime_images.glob("*.png"))[0], tmp_path / "a.png")
+    for name in ("notes.txt", "b.gif", "c.txt"):
+        (tmp_path / name).write_text("x")
+    res = subprocess.run([sys.executable, "-m", "usedge", "infer", str(runtime_model), str(tmp_path), "-q"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "usedge: left out 3 file(s) of other types in the folders (.txt 2, .gif 1)" in res.stderr

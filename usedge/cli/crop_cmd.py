@@ -48,7 +48,7 @@ def crop(
     from usedge.fileio import refuse_overwriting_inputs
     from usedge.runtime.batch import crop_files
     from usedge.runtime.crop import parse_crop
-    from usedge.runtime.formats import INPUT_SUFFIXES, drop_lesion_masks, drop_repeats, expand_inputs
+    from usedge.runtime.formats import INPUT_SUFFIXES, drop_lesion_masks, drop_repeats, expand_inputs, other_types
     from usedge.runtime.preprocess import PreprocessSpec
 
     image_size = deprecated(image_size, size, old="--size", new="--image-size", default=224)
@@ -60,10 +60,11 @@ def crop(
         raise ConfigError(f"--image-size {image_size} is too {'small' if image_size < 8 else 'large'}",
                           hint=f"use 8 to {MAX_INPUT_SIZE} (224 for the paper's model)")
     spec = PreprocessSpec(size=image_size, crop=crop_mode, remove_doppler=doppler, resize=resize)
-    files, notes = expand_inputs(inputs, INPUT_SUFFIXES)
+    ignored: list[Path] = []
+    files, notes = expand_inputs(inputs, INPUT_SUFFIXES, ignored=ignored)
     files, left_out = drop_lesion_masks(inputs, files)
     files, repeats = drop_repeats(files)
-    left_out += repeats
+    left_out += repeats + other_types(ignored)
     for line in left_out:
         say(f"usedge: {line}")
     refuse_overwriting_inputs(out, files, "--out")

@@ -30,13 +30,14 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
 
     from usedge.runtime.pipeline import FramePipeline, run_files
     from usedge.runtime.sinks import OverlayFolderSink, results_sink
-    from usedge.runtime.formats import drop_lesion_masks, drop_repeats, expand_inputs
+    from usedge.runtime.formats import drop_lesion_masks, drop_repeats, expand_inputs, other_types
     from usedge.fileio import refuse_overwriting_inputs
 
-    files, notes = expand_inputs(inputs)     # notes: symlinked/unreadable folders, FIFOs: reported, exit 1
+    ignored: list[Path] = []
+    files, notes = expand_inputs(inputs, ignored=ignored)     # notes: symlinked/unreadable folders, FIFOs: reported, exit 1
     files, left_out = drop_lesion_masks(inputs, files)
     files, repeats = drop_repeats(files)
-    left_out += repeats
+    left_out += repeats + other_types(ignored)
     for line in left_out:
         _err(f"usedge: {line}")
     if out != "-":

@@ -410,11 +410,13 @@ def read_image(path: str | Path, *, frame_index: int = 0, allow_any_modality: bo
 
 # --------------------------------------------------------------------------- inputs
 
-def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFFIXES) -> tuple[list[Path], list[str]]:
+def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFFIXES,
+                  ignored: list[Path] | None = None) -> tuple[list[Path], list[str]]:
     """Files named, and every regular file under folders named whose suffix is in `suffixes` or whose
     bytes are DICOM's (a file named by its UID or `IM00001`; a DICOMDIR, hidden files and hidden
     folders are left out), recursive and sorted. `notes`: one line per thing skipped, for the caller to
-    print: a symlinked or unreadable folder, a FIFO/socket/device or broken link."""
+    print: a symlinked or unreadable folder, a FIFO/socket/device or broken link. `ignored`: gets the
+    regular files under the folders left out for their type (other_types says them in one line)."""
     from usedge.runtime.dicom import is_dicom
 
     files: list[Path] = []
@@ -445,8 +447,21 @@ def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFF
                         notes.append(f"{p}: not a regular file (FIFO, socket, device or broken link): skipped")
                 elif wanted or is_dicom(p):     # DICOM by its bytes: PACS tools name files by UID (1.2.840...)
                     found.append(p)
+                elif ignored is not None:
+                    ignored.append(p)
         files += sorted(found)
     return files, sorted(notes)
+
+
+def other_types(ignored: list[Path]) -> list[str]:
+    """One line for the files of other types left out of folders (by suffix, most first), or none."""
+    if not ignored:
+        return []
+    counts: dict[str, int] = {}
+    for p in ignored:
+        counts[p.suffix.lower() or "no suffix"] = counts.get(p.suffix.lower() or "no suffix", 0) + 1
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return [f"left out {len(ignored)} file(s) of other types in the folders ({kinds}); name a file to try it"]
 
 
 def file_identity(path: str | Path) -> tuple[int, int] | str:
