@@ -69,7 +69,7 @@ def test_symlinked_and_unreadable_folders_are_reported(tmp_path, scanner_frames)
     (data / "linked").symlink_to(other, target_is_directory=True)
     files, notes = expand_inputs([data])
     assert files == [data / "locked" / "scan.png", data / "scan.png"]
-    assert len(notes) == 1 and "linked" in notes[0] and "symlinked folder" in notes[0]
+    assert len(notes) == 1 and "linked" in str(notes[0]) and "symlinked folder" in str(notes[0])
     (data / "locked").chmod(0)
     try:
         res = usedge_cli("crop", data, "--out", tmp_path / "out", "-q", unprivileged=True)
@@ -83,9 +83,9 @@ def test_fifo_named_png_is_skipped_not_waited_on(tmp_path):
     fifo = tmp_path / "x.png"
     os.mkfifo(fifo)
     files, notes = expand_inputs([tmp_path])
-    assert files == [] and len(notes) == 1 and "not a regular file" in notes[0]
+    assert files == [] and len(notes) == 1 and "not a regular file" in str(notes[0])
     files, notes = expand_inputs([fifo])
-    assert files == [] and "not a regular file" in notes[0]
+    assert files == [] and "not a regular file" in str(notes[0])
     code = ("from usedge.runtime.sources import iter_file_frames\n"
             "from usedge.errors import InputError\n"
             f"try:\n    next(iter(iter_file_frames({str(fifo)!r})))\n"
@@ -109,3 +109,25 @@ def test_errors_name_the_real_cause(tmp_path):
     res = usedge_cli("crop", tmp_path / "in", "--out", tmp_path / "out", "-q", unprivileged=True)
     assert res.returncode == 1 and "permission denied" in res.stderr
     assert "truncated" not in res.stderr and "damaged" not in res.stderr
+
+
+def test_a_broken_link_in_a_folder_is_an_error_line_in_the_results(tmp_path, runtime_model, runtime_images):
+    """Skipped entries set exit status 1 but left no line in the results file, and the stderr line said
+    "skipped" twice with no fix (outside audit). The results name it too, with what to do."""
+    import json
+    import shutil
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    shutil.copy(sorted(runtime_images.glob("*.png"))[0], folder / "a.png")
+    (folder / "broken.png").symlink_to(tmp_path / "nonexistent.png")
+    out = tmp_path / "r.jsonl"
+    res = subprocess.run([sys.executable, "-m", "usedge", "infer", str(runtime_model), str(folder), "--out", str(out),
+                          "-q"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    line = next(x for x in res.stderr.splitlines() if "broken.png" in x)
+    assert line.count("skipped") == 1 and "fix or remove the link" in line, line
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    errors = [r for r in rows if "error" in r]
+    assert len(rows) == 2 and errors[0]["source"] == str(folder / "broken.png")
+    assert "not a regular file" in errors[0]["error"]

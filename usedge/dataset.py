@@ -223,7 +223,7 @@ def scan_image_folder(root: Path) -> Dataset:
     for i, name in enumerate(classes):
         files, notes = expand_inputs([root / name], IMAGE_SUFFIXES)
         if notes:
-            raise DataError(notes[0], hint="make every image of the data set a readable file in a real folder")
+            raise DataError(str(notes[0]), hint="make every image of the data set a readable file in a real folder")
         files = [f for f in files if not f.name.startswith(".")]   # hidden: a Mac's ._name.png, not an image
         named += files
         samples += [Sample(path=f, label=i, patient_id=str(f.relative_to(root))) for f in files]

@@ -55,6 +55,8 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
     with results_sink(out, fmt, clf.class_names, atomic=True) as sink, progress:
         pipeline = FramePipeline(clf, [sink] + ([OverlayFolderSink(overlay_dir)] if overlay_dir else []), cam=cam,
                                  quality_gate=quality_gate)
+        for note in notes:       # what was skipped is in the results too, as an error line naming it
+            pipeline.write_error(note.path, str(note))
         task = progress.add_task("classifying", total=len(files))
         # each failure at once: a long run shows failures as they come
         with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):   # docker stop: end like Ctrl-C

@@ -23,7 +23,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -410,8 +410,18 @@ def read_image(path: str | Path, *, frame_index: int = 0, allow_any_modality: bo
 
 # --------------------------------------------------------------------------- inputs
 
+class Skipped(NamedTuple):
+    """A thing under the inputs that is not read: where, and why (with what to do); str() is one line."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
 def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFFIXES,
-                  ignored: list[Path] | None = None) -> tuple[list[Path], list[str]]:
+                  ignored: list[Path] | None = None) -> tuple[list[Path], list[Skipped]]:
     """Files named, and every regular file under folders named whose suffix is in `suffixes` or whose
     bytes are DICOM's (a file named by its UID or `IM00001`; a DICOMDIR, hidden files and hidden
     folders are left out), recursive and sorted. `notes`: one line per thing skipped, for the caller to
@@ -420,21 +430,21 @@ def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFF
     from usedge.runtime.dicom import is_dicom
 
     files: list[Path] = []
-    notes: list[str] = []
+    notes: list[Skipped] = []
     for item in map(Path, items):
         if not item.is_dir():
             if item.exists() and not item.is_file():
-                notes.append(f"{item}: not a regular file (FIFO, socket or device): skipped")
+                notes.append(Skipped(str(item), "not a regular file (FIFO, socket or device): pass an image file"))
             else:
                 files.append(item)          # a missing file is reported when read
             continue
         found = []
         for top, dirs, names in os.walk(item, onerror=lambda e: notes.append(
-                f"{e.filename}: unreadable folder skipped ({e.strerror})")):
+                Skipped(str(e.filename), f"unreadable folder ({e.strerror}): check its permissions"))):
             dirs[:] = [d for d in dirs if not d.startswith(".")]    # hidden: .git, .Trash, a tool's own
             for d in dirs:
                 if os.path.islink(os.path.join(top, d)):
-                    notes.append(f"{os.path.join(top, d)}: symlinked folder not followed: pass its real path")
+                    notes.append(Skipped(os.path.join(top, d), "symlinked folder not followed: pass its real path"))
             for n in names:
                 # a CD/USB export's index of its files (DICOMDIR), hidden files (macOS `._x.png` copies of a
                 # file's metadata on a USB stick, `.DS_Store`): not images
@@ -444,7 +454,8 @@ def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFF
                 wanted = p.suffix.lower() in suffixes
                 if not p.is_file():
                     if wanted:
-                        notes.append(f"{p}: not a regular file (FIFO, socket, device or broken link): skipped")
+                        notes.append(Skipped(str(p), "not a regular file (FIFO, socket, device or broken link): "
+                                                     "fix or remove the link"))
                 elif wanted or is_dicom(p):     # DICOM by its bytes: PACS tools name files by UID (1.2.840...)
                     found.append(p)
                 elif ignored is not None:
