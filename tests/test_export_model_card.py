@@ -125,3 +125,16 @@ def test_data_given_at_export_that_is_not_the_training_data_is_not_called_so(tin
     assert "not the data set the checkpoint was trained on" in report.data["split"]
     text = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     assert f"the export checks ran on {other}" in text
+
+
+def test_a_macro_mean_over_fewer_classes_says_so_in_the_card():
+    """The run's report says "macro (1 of 3 classes per fold, 2 pooled)"; the card showed the bare mean
+    (outside audit). The card's macro cells carry the same words."""
+    from usedge.export.model_card import card_markdown
+
+    cv = {"folds": 2, "source": "metrics.json", "rows": {"macro": {"f1": [0.497, 0.089], "roc_auc": [0.6, 0.1]}},
+          "macro_coverage": {"f1": "1 of 3 classes per fold, 2 pooled"}}
+    card = {"training_data": {"note": "x"}, "cross_validation": cv, "checks": [], "intended_use": "x", "limits": [],
+            "uncertain_margin": 0.2}
+    text = card_markdown(card, "line")
+    assert "| macro | 0.497 ± 0.089 (1 of 3 classes per fold, 2 pooled) | 0.600 ± 0.100 |" in text

@@ -113,6 +113,11 @@ def cv_table(checkpoint: Path, class_names: list[str], carried: dict | None = No
                 rows["balanced accuracy"] = {"accuracy": [agg["balanced_accuracy"]["mean"], agg["balanced_accuracy"]["sd"]]}
             rows["overall accuracy"] = {"accuracy": [agg["overall_accuracy"]["mean"], agg["overall_accuracy"]["sd"]]}
             table = {"folds": agg["folds"], "source": str(path), "rows": rows}
+            from usedge.train.report import macro_coverage    # a macro mean over fewer classes says so
+
+            partial = {m: macro_coverage(agg, m, len(class_names)).strip(" ()") for m in pick}
+            if any(partial.values()):
+                table["macro_coverage"] = {m: v for m, v in partial.items() if v}
             if run == checkpoint.parent.parent and checkpoint.parent.name.startswith("fold"):   # a fold's model
                 table["this_fold"] = own_fold(json.loads(path.read_text()), checkpoint.parent.name)
             return table
@@ -173,7 +178,12 @@ def card_markdown(card: dict, line: str) -> str:
         metrics = sorted({m for row in cv["rows"].values() for m in row})
         out += [f"{cv['folds']} fold(s), mean ± SD (from `{cv['source']}`).", "",
                 "| | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
-        out += [f"| {name} | " + " | ".join(mean_sd(row.get(m)) for m in metrics) + " |"
+        cover = cv.get("macro_coverage") or {}
+
+        def cell(name: str, row: dict, m: str) -> str:
+            text = mean_sd(row.get(m))
+            return f"{text} ({cover[m]})" if name == "macro" and text and m in cover else text
+        out += [f"| {name} | " + " | ".join(cell(name, row, m) for m in metrics) + " |"
                 for name, row in cv["rows"].items()]
         own = cv.get("this_fold") or {}
         if own:
