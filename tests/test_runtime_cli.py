@@ -318,3 +318,10 @@ def test_threads_out_of_range_are_refused_before_anything_starts(runtime_model, 
         res = usedge("infer", runtime_model, image, "--threads", value)
         assert res.returncode == 2 and "--threads" in res.stderr and words in res.stderr, res.stderr
         assert not res.stdout
+
+
+def test_cam_without_an_annotated_output_is_refused(runtime_model, runtime_images):
+    """`--cam` alone did nothing, silently (outside audit): the heatmap needs --overlay, --record or --show."""
+    image = sorted(runtime_images.glob("*.png"))[0]
+    res = usedge("infer", runtime_model, image, "--cam")
+    assert res.returncode != 0 and "--cam draws the heatmap on annotated images" in res.stderr and not res.stdout

@@ -25,7 +25,7 @@ def crop(
     resize: str = typer.Option(RESIZE_FOR_NEW_MODELS, help="Crop -> model size: halve-linear (what usedge train "
                                "uses) | area (models trained before usedge had this choice): use your model's."),
     presets: Optional[Path] = typer.Option(None, help="Your presets TOML (a table preset.NAME with box = x, y, w, h), added to the built-in ones."),
-    all_frames: bool = typer.Option(False, "--all-frames", help="Every frame of multi-frame DICOM (default: the first)."),
+    all_frames: bool = typer.Option(False, "--all-frames", help="Every frame of a multi-frame DICOM, every page of a multi-page TIFF (default: the first)."),
     every: int = typer.Option(1, "--every", min=1, help="Only every N-th frame of a video (and of a multi-frame DICOM "
                               "with --all-frames); a video's frames are all cropped by default."),
     views: str = typer.Option("all", help="Dual-view screens: 'all' writes one crop per view, 'largest' one."),

@@ -263,6 +263,11 @@ def infer(
                                       summary=summary is not None, max_frames=max_frames is not None,
                                       max_reconnects=max_reconnects is not None, idle_timeout=idle_timeout is not None,
                                       fps=fps is not None, status=status is not None)
+    if cam and overlay is None and record is None and not show:
+        from usedge.errors import ConfigError
+
+        raise ConfigError("--cam draws the heatmap on annotated images, and none is asked for",
+                          hint="add --overlay DIR (files) or --record out.mp4 / --show (--stream)")
     ort_opt_level = deprecated(ort_opt_level, opt_level, old="--opt-level", new="--ort-opt-level", default="all")
     _check_outputs(model, stream, out=out, jsonl=jsonl, summary=summary, record=record)
     if fps is not None and not (math.isfinite(fps) and 0 < fps <= 1000):
