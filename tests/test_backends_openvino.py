@@ -134,3 +134,25 @@ except KeyboardInterrupt:
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "interrupted", (p.returncode, p.stderr[-2000:])
+
+
+def test_the_trial_cache_keeps_the_newest_trials_and_doctor_shows_a_few(tmp_path, monkeypatch):
+    """The cache grew by one entry per model file for ever, and `doctor` listed every one (about 1000
+    lines on a busy machine; outside audit): it keeps the newest MAX_ENTRIES, doctor the newest few."""
+    from usedge.runtime.backends import trial
+    from usedge.runtime.cpu import machine_key
+    from usedge.runtime.doctor import SHOW_TRIALS, trial_checks
+
+    monkeypatch.setenv("USEDGE_CACHE_DIR", str(tmp_path))
+    here = machine_key()
+    for i in range(trial.MAX_ENTRIES + 10):
+        trial._write_cache(f"m{i:03d} | {here} | threads 1 | x", {"backend": "ort-cpu", "medians_ms": {"ort-cpu": 1.0},
+                                                                 "model_sha256": f"m{i:03d}", "when": str(i)})
+    entries = read_cache()
+    assert len(entries) == trial.MAX_ENTRIES and next(iter(entries)).startswith("m010")   # the oldest went
+    trial._write_cache(f"m020 | {here} | threads 1 | x", {"backend": "openvino", "medians_ms": {"openvino": 1.0},
+                                                         "model_sha256": "m020", "when": "again"})
+    assert list(read_cache())[-1].startswith("m020")                                       # a re-trial is newest
+    checks = trial_checks()
+    assert len(checks) == SHOW_TRIALS + 1 and f"{trial.MAX_ENTRIES} trials on this machine" in checks[0].detail
+    assert checks[-1].name == "model m020"

@@ -94,9 +94,17 @@ def trial_checks() -> list[Check]:
     entries = [e for k, e in read_cache().items() if f" | {here} | " in k]
     if not entries:
         return [Check("auto backend", "CPU trial cache", True, f"no trial on this machine yet ({cache_path()})")]
-    return [Check("auto backend", f"model {e.get('model_sha256', '?')[:12]}", True,
-                  f"{e['backend']} ({', '.join(f'{n} {m:.2f} ms' for n, m in e['medians_ms'].items())}; {e.get('when', '')})")
-            for e in entries]
+    shown = entries[-SHOW_TRIALS:]      # the newest (the cache keeps its entries newest last)
+    checks = [Check("auto backend", f"model {e.get('model_sha256', '?')[:12]}", True,
+                    f"{e['backend']} ({', '.join(f'{n} {m:.2f} ms' for n, m in e['medians_ms'].items())}; {e.get('when', '')})")
+              for e in shown]
+    if len(entries) > len(shown):
+        checks.insert(0, Check("auto backend", "CPU trial cache", True,
+                               f"{len(entries)} trials on this machine, the newest {len(shown)} below ({cache_path()})"))
+    return checks
+
+
+SHOW_TRIALS = 8
 
 
 def provider_checks() -> list[Check]:

@@ -52,9 +52,14 @@ def read_cache() -> dict:
     return data["entries"]
 
 
+MAX_ENTRIES = 64         # the newest trials kept: one per model file and machine, and models come and go
+
+
 def _write_cache(key: str, entry: dict) -> None:
     entries = read_cache()
-    entries[key] = entry
+    entries.pop(key, None)
+    entries[key] = entry            # newest last
+    entries = dict(list(entries.items())[-MAX_ENTRIES:])
     try:
         write_json_atomic(cache_path(), {"version": CACHE_VERSION, "entries": entries})
     except (OSError, UsedgeError):
