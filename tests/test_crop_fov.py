@@ -263,5 +263,10 @@ def test_a_manual_box_outside_the_frame_is_refused():
     frame = np.random.default_rng(0).integers(0, 255, (248, 296), dtype=np.uint8)
     with pytest.raises(InputError, match=r"crop box \[5000, 5000, 50, 50\] lies outside the 296x248 frame"):
         prepare(frame, PreprocessSpec(size=64, crop="5000,5000,50,50"))
+    with pytest.raises(InputError, match=r"crop box \[10, 10, 5, 5\] is smaller than 8x8 pixels"):
+        prepare(frame, PreprocessSpec(size=64, crop="10,10,5,5"))
+    with pytest.raises(ConfigError, match="whole pixels"):
+        parse_crop("1.5,2,3,4")
+    assert parse_crop("10.0,20,30,40").box == (10, 20, 30, 40)
     small, info = prepare(frame, PreprocessSpec(size=64, crop="280,10,50,50"))      # partly inside: clipped, noted
     assert info.crop_box == (280, 10, 16, 50) and "clipped" in info.notes[0]

@@ -212,22 +212,26 @@ def test_a_complete_png_with_bytes_after_its_end_is_read(tmp_path):
         read_image(tmp_path / "cut.png")
 
 
-def test_a_hot_pixel_or_a_white_label_does_not_set_the_bit_depth():
-    """16-bit and float frames were scaled by their brightest pixel: one pixel at 256 in 8-bit data
-    darkened the whole image 4x and flipped its label; a 12-bit scan with a label at 65535 was read as
-    16-bit and judged empty; a float image in [0, 1] with one pixel at 1.001 read as black (outside
-    audit). The depth holds all but 0.5 % of the pixels; those above it are clipped to white."""
+def test_a_white_label_does_not_set_the_bit_depth_but_bright_echoes_do():
+    """16-bit frames were scaled by their brightest pixel: a 12-bit scan with a label burned in at 65535
+    was read as 16-bit and judged empty; a float image in [0, 1] with one pixel at 1.001 read as black
+    (outside audit). Up to 0.5 % of pixels at the container's full white are left out of the depth (and
+    clipped); other bright pixels count: a dark 12-bit scan with 0.4 % saturated reflectors stays 12-bit
+    (a percentile rule read it as 10-bit, 4x brighter, and changed its label; second outside audit)."""
     from usedge.runtime.pixels import as_uint8
 
     g = np.random.default_rng(0).integers(0, 256, (100, 120)).astype(np.uint16)
-    hot = g.copy()
-    hot[0, 0] = 256
-    assert np.array_equal(as_uint8(hot)[1:], g[1:].astype(np.uint8)) and as_uint8(hot)[0, 0] == 255
     labelled = g * 16                          # 12-bit data ...
     labelled[:2, :10] = 65535                  # ... with a label at full white on 0.17 % of the pixels
-    assert np.array_equal(as_uint8(labelled)[2:], g[2:].astype(np.uint8))
+    assert np.array_equal(as_uint8(labelled)[2:], g[2:].astype(np.uint8)) and as_uint8(labelled)[0, 0] == 255
+    dark = (g // 5) * 16                       # a dark 12-bit scan ...
+    dark.flat[np.random.default_rng(1).choice(dark.size, 48, replace=False)] = 4080     # ... 0.4 % reflectors
+    assert np.array_equal(as_uint8(dark), (dark >> 4).astype(np.uint8))
     full = (g.astype(np.uint32) * 257).astype(np.uint16)      # true 16-bit data keeps its scale
     assert np.array_equal(as_uint8(full), (full >> 8).astype(np.uint8))
+    white = g.copy()
+    white[:30] = 65535                         # 25 % at full white: that is the image, 16-bit
+    assert as_uint8(white)[50].max() == 0
     f = g.astype(np.float32) / 255
     f[0, 0] = 1.001
     assert np.array_equal(as_uint8(f)[1:], g[1:].astype(np.uint8))

@@ -133,3 +133,24 @@ def test_the_source_distribution_holds_what_make_test_needs(tmp_path):
                    "usedge/serve/static/index.html"):
         assert needed in names, needed
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_doctor_says_when_an_installed_package_does_not_import(missing_extras_env):
+    """`usedge doctor` read torch's version from its metadata and said ok while `usedge train` could not
+    import it (outside audit): an installed package that does not import is a failed check with the reason."""
+    res = subprocess.run([sys.executable, "-m", "usedge", "doctor", "--json"], capture_output=True, text=True,
+                         env=missing_extras_env, timeout=180)
+    assert res.returncode == 0, res.stderr
+    torch_check = next(c for c in json.loads(res.stdout) if c["name"] == "torch")
+    assert not torch_check["ok"] and "does not import (ModuleNotFoundError" in torch_check["detail"]
+    assert next(c for c in json.loads(res.stdout) if c["name"] == "numpy")["ok"]
+
+
+def test_export_without_torch_names_the_export_extra():
+    """`usedge export` without torch said pip install 'usedge[train]', which lacks onnx (outside audit)."""
+    from usedge.cli import missing_extra
+
+    exc = ModuleNotFoundError("No module named 'torch'", name="torch")
+    assert "pip install 'usedge[export]'" in missing_extra(exc, ["export", "m.pt", "--out", "x"]).one_line()
+    assert "pip install 'usedge[train]'" in missing_extra(exc, ["train", "data"]).one_line()
+    assert missing_extra(ModuleNotFoundError("x", name="yaml"), ["train"]) is None

@@ -239,5 +239,6 @@ def test_a_thumbnail_is_too_small_to_classify(runtime_model, runtime_images, mon
         ok = cv2.resize(image, (size // 2 + 8, size // 2 + 8), interpolation=cv2.INTER_AREA)
         refused = FramePipeline(clf).process(small)
         assert refused.state == "no_image" and refused.label is None and "upscaled" in refused.reason
+        assert refused.crop_box[2] > 0 and refused.fov_box[2] > 0          # the boxes the reason speaks of
         assert FramePipeline(clf).process(ok).state == "live"
         assert FramePipeline(clf, quality_gate=False).process(small).state == "live"

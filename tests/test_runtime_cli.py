@@ -325,3 +325,11 @@ def test_cam_without_an_annotated_output_is_refused(runtime_model, runtime_image
     image = sorted(runtime_images.glob("*.png"))[0]
     res = usedge("infer", runtime_model, image, "--cam")
     assert res.returncode != 0 and "--cam draws the heatmap on annotated images" in res.stderr and not res.stdout
+
+
+def test_an_old_and_a_new_spelling_that_disagree_are_refused(runtime_images, tmp_path):
+    """`crop --size 64 --image-size 32` printed --size's deprecation line and silently used 32 (outside audit)."""
+    image = sorted(runtime_images.glob("*.png"))[0]
+    res = usedge("crop", image, "--out", tmp_path / "c", "--size", "64", "--image-size", "32", "-q")
+    assert res.returncode != 0 and "--size 64 and --image-size 32 disagree" in res.stderr, res.stderr
+    assert not (tmp_path / "c").exists()

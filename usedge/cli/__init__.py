@@ -59,7 +59,8 @@ def missing_extra(exc: ModuleNotFoundError, argv: list[str]) -> UsedgeError | No
     groups = {g.name for g in app.registered_groups}          # `usedge augment search`: a command of a group
     words = words[:2] if words and words[0] in groups else words[:1]
     command = " ".join(["usedge", *words])
-    return MissingDependency(PACKAGE_NAME.get(top, top), command, extra=EXTRA_OF[top])
+    extra = "export" if words[:1] == ["export"] else EXTRA_OF[top]     # export's torch comes with its own extra
+    return MissingDependency(PACKAGE_NAME.get(top, top), command, extra=extra)
 
 
 def main() -> None:

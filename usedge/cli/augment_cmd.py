@@ -75,6 +75,10 @@ def search_cmd(
     CPU-sized command."""
     from rich.console import Console
 
+    import optuna  # noqa: F401  - the search's own packages, before minutes of image loading
+    import sklearn  # noqa: F401
+    import torch  # noqa: F401
+
     from usedge.dataset import load_dataset
     from usedge.train.config import load_config
     from usedge.train.search import SearchConfig, default_storage, search

@@ -24,6 +24,10 @@ def deprecated(new_value: T, old_value: T | None, *, old: str, new: str, default
     """
     if old_value is None or old_value == default:
         return new_value
+    if new_value is not None and new_value != default and new_value != old_value:
+        from usedge.errors import ConfigError
+
+        raise ConfigError(f"{old} {old_value} and {new} {new_value} disagree", hint=f"give {new} only ({old} is its old spelling)")
     if old not in _warned:
         _warned.add(old)
         print(f"usedge: {old} is deprecated; use {new}", file=sys.stderr)

@@ -368,8 +368,10 @@ class Classifier:
                 if reason := too_small_reason(info.crop_box[2], info.crop_box[3], self.spec.size) or quality(image):
                     if info.doppler_fraction > MOSTLY_COLOUR:    # what is left after the fill: say why
                         reason += f"; the crop was {COLOUR_NOTE}"
-                    raise NoImage(f"no usable image: {reason}", path=source or None,
+                    exc = NoImage(f"no usable image: {reason}", path=source or None,
                                   hint="the scanner shows no ultrasound image")
+                    exc.info = info          # where the crop was: the no_image result keeps its boxes
+                    raise exc
         t.append(time.perf_counter())
         batch = self.normalise(crops[0][0] if len(crops) == 1 else [image for image, _ in crops])
         t.append(time.perf_counter())

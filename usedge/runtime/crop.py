@@ -23,6 +23,7 @@ resized without keeping the aspect ratio, like torchvision's Resize((224, 224)) 
 from __future__ import annotations
 
 import functools
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -102,9 +103,12 @@ def parse_crop(text: str, presets_path: str | Path | None = None) -> CropMode:
         return CropMode(kind="preset", box=tuple(p["box"]), square=bool(p.get("square", False)),
                         frame_size=tuple(fs) if fs else None)
     try:
-        vals = [int(round(float(v))) for v in t.replace(" ", "").split(",")]
+        floats = [float(v) for v in t.replace(" ", "").split(",")]
     except ValueError:
-        vals = []
+        floats = []
+    if floats and not all(math.isfinite(v) and v.is_integer() for v in floats):
+        raise ConfigError(f"bad crop '{text}': x,y,w,h are whole pixels", hint="e.g. --crop 100,80,640,480")
+    vals = [int(v) for v in floats]
     if len(vals) != 4 or vals[0] < 0 or vals[1] < 0 or vals[2] <= 0 or vals[3] <= 0:
         raise ConfigError(f"bad crop '{text}'", hint="use auto, fov, none, x,y,w,h (pixels) or preset:NAME")
     return CropMode(kind="manual", box=tuple(vals), square=False)
@@ -160,7 +164,9 @@ def detect_layout(image: np.ndarray, mode: CropMode, regions: list[Box] | None =
         box = _scale_box(mode.box, mode.frame_size, shape)
         clipped = clip_box(box, shape)
         if min(clipped[2], clipped[3]) < MIN_SIDE:
-            raise InputError(f"crop box {list(box)} lies outside the {w}x{h} frame (clipped to {list(clipped)})",
+            where = ("is smaller than" if clipped == tuple(box) else
+                     f"lies outside the {w}x{h} frame (clipped to {list(clipped)}), leaving less than")
+            raise InputError(f"crop box {list(box)} {where} {MIN_SIDE}x{MIN_SIDE} pixels",
                              hint="give a box inside the frame (--crop x,y,w,h in its pixels), or a preset's "
                                   "frame_size for frames of another size")
         notes = [] if clipped == tuple(box) else [f"box {list(box)} clipped to the frame: {list(clipped)}"]

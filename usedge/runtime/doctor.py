@@ -13,21 +13,36 @@ import platform
 import sys
 from dataclasses import asdict, dataclass
 
-PACKAGES = [  # (distribution names to try, what it is for)
-    (("numpy",), "arrays (base)"),
-    (("opencv-python-headless", "opencv-python", "opencv-contrib-python"), "images, video, capture (base)"),
-    (("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"), "ONNX inference (base)"),
-    (("pydicom",), "DICOM (base)"),
-    (("typer",), "command line (base)"),
-    (("rich",), "progress and tables (base)"),
-    (("av",), "H.264 video for --record and the demo (base)"),
-    (("tensorrt", "tensorrt-cu12", "tensorrt-cu13"), "native TensorRT (gpu)"),
+PACKAGES = [  # (distribution names to try, what it is for, the module to import)
+    (("numpy",), "arrays (base)", "numpy"),
+    (("opencv-python-headless", "opencv-python", "opencv-contrib-python"), "images, video, capture (base)", "cv2"),
+    (("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"), "ONNX inference (base)", "onnxruntime"),
+    (("pydicom",), "DICOM (base)", "pydicom"),
+    (("typer",), "command line (base)", "typer"),
+    (("rich",), "progress and tables (base)", "rich"),
+    (("av",), "H.264 video for --record and the demo (base)", "av"),
+    (("tensorrt", "tensorrt-cu12", "tensorrt-cu13"), "native TensorRT (gpu)", "tensorrt"),
     (("onnxruntime-ep-nv-tensorrt-rtx-cu13", "onnxruntime-ep-nv-tensorrt-rtx-cu12"),
-     "TensorRT for RTX plugin for the plain onnxruntime (rtx)"),
-    (("cuda-python", "cuda-bindings"), "CUDA buffers/streams for TensorRT (gpu)"),
-    (("openvino",), "OpenVINO CPU backend (openvino)"),
-    (("torch",), "training/export only: never imported by the runtime"),
+     "TensorRT for RTX plugin for the plain onnxruntime (rtx)", None),
+    (("cuda-python", "cuda-bindings"), "CUDA buffers/streams for TensorRT (gpu)", None),
+    (("openvino",), "OpenVINO CPU backend (openvino)", "openvino"),
+    (("torch",), "training/export only: never imported by the runtime", "torch"),
 ]
+
+
+def import_failures(modules: list[str]) -> dict[str, str]:
+    """{module: why} for the modules that do not import, tried in a child process (a broken or shadowed
+    install is found without loading torch into this one)."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, sys\nfor m in sys.argv[1:]:\n    try:\n        importlib.import_module(m)\n"
+            "    except Exception as e:\n        print(m + '\\t' + (type(e).__name__ + ': ' + str(e)).splitlines()[0][:160])\n")
+    try:
+        res = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(line.split("\t", 1) for line in res.stdout.splitlines() if "\t" in line)
 
 
 @dataclass
@@ -72,10 +87,19 @@ def cpu_checks() -> list[Check]:
 
 
 def package_checks() -> list[Check]:
+    """Each package: installed (its version) and, when installed, importable (checked in a child process)."""
+    import sys
+
+    found = {names: _version(names) for names, _, _ in PACKAGES}
+    failed = import_failures([m for names, _, m in PACKAGES if m and found[names] and m not in sys.modules])
     out = []
-    for names, why in PACKAGES:
-        found = _version(names)
-        out.append(Check("packages", names[0], bool(found), f"{', '.join(found) or 'not installed'} — {why}"))
+    for names, why, module in PACKAGES:
+        if module in failed:
+            out.append(Check("packages", names[0], False, f"{', '.join(found[names])} installed but does not import "
+                             f"({failed[module]}) — {why}; reinstall it"))
+        else:
+            out.append(Check("packages", names[0], bool(found[names]),
+                             f"{', '.join(found[names]) or 'not installed'} — {why}"))
     return out
 
 

@@ -197,7 +197,7 @@ class FramePipeline:
         except NoImage as exc:
             self.forget()
             return Prediction.without_label("no_image", exc.message, model_sha256=self.classifier.model_sha256,
-                                            frame_index=index, source=source,
+                                            frame_index=index, source=source, info=getattr(exc, "info", None),
                                             latency_ms={"total": (time.perf_counter() - t0) * 1e3})
         except UsedgeError:
             self.forget()

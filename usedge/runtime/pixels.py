@@ -20,7 +20,7 @@ def standard_depth(top: int) -> int | None:
     return next((b for b in (8, 10, 12, 14, 16) if top < (1 << b)), None)
 
 
-OUTLIERS = 0.005    # the share of pixels the depth guess may leave above it (clipped to white)
+OUTLIERS = 0.005    # the share of full-white pixels (labels, markers) the depth guess may leave above it
 
 
 def _alpha_over_black(frame: np.ndarray) -> np.ndarray:
@@ -37,15 +37,16 @@ def _alpha_over_black(frame: np.ndarray) -> np.ndarray:
     return out[:, :, 0] if out.shape[2] == 1 else out
 
 
-def _depth(frame: np.ndarray) -> int:
-    """The bit depth to scale an integer frame by: the smallest of 8, 10, 12, 14, 16 (or more) that holds
-    all but OUTLIERS of its pixels, so one hot pixel or a burned-in label at full white does not darken
-    the whole image (they are clipped to white instead)."""
-    allowed = int(OUTLIERS * frame.size)
-    for bits in (8, 10, 12, 14, 16):
-        if np.count_nonzero(frame >= (1 << bits)) <= allowed:
-            return bits
-    return int(frame.max()).bit_length()
+def _depth(frame: np.ndarray, top: int) -> int:
+    """The bit depth to scale an integer frame by: the smallest standard one (8, 10, 12, 14, 16) holding its
+    maximum `top`, leaving out pixels at the container's full white (65535 for uint16: a label or marker
+    burned in at full scale) when they are at most OUTLIERS of the frame, so a 12-bit scan with a white
+    label is not read as 16-bit and darkened 16x. Other bright pixels always count (a dark 12-bit scan
+    with a few saturated reflectors at 4095 is still 12-bit)."""
+    full = int(np.iinfo(frame.dtype).max)
+    if top == full and 0 < (n := np.count_nonzero(frame == full)) <= OUTLIERS * frame.size and n < frame.size:
+        top = int(frame[frame < full].max())
+    return standard_depth(max(top, 1)) or top.bit_length()
 
 
 def as_uint8(frame: np.ndarray) -> np.ndarray:
@@ -53,8 +54,9 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
 
     Alpha: the colour composited over black (transparent pixels are screen background).
     uint16 (and other ints) above 255 are scaled by their bit depth: the smallest standard depth
-    (8, 10, 12, 14 or 16 bits) holding all but OUTLIERS (0.5 %) of the pixels, which are clipped to
-    white (a 12-bit frame keeps its contrast with a burned-in label at 65535 or a hot pixel);
+    (8, 10, 12, 14 or 16 bits) holding the maximum, not counting up to OUTLIERS (0.5 %) of pixels at the
+    container's full white, which are clipped to 255 (a 12-bit frame keeps its contrast with a label
+    burned in at 65535);
     float frames are scaled by 255 when all but OUTLIERS of their values lie in [0, 1], else clipped
     to [0, 255]. NaN/Inf -> InputError.
     """
@@ -89,8 +91,8 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
         if top <= 255:
             return np.clip(frame, 0, 255).astype(np.uint8)
         # a standard depth, so that frames of one source whose maxima differ a little get the same scale;
-        # an integer shift: 12-bit >> 4, 16-bit >> 8; the outliers above it clipped to 255
-        bits = _depth(frame)
+        # an integer shift: 12-bit >> 4, 16-bit >> 8; a full-white label above it clipped to 255
+        bits = max(8, _depth(frame, top))
         return np.minimum(np.clip(frame, 0, None) >> (bits - 8), 255).astype(np.uint8)
     raise InputError(f"frame of dtype {frame.dtype} is not an image", hint="pass uint8, uint16 or float pixels")
 
