@@ -53,6 +53,10 @@ def test_infer_folder_jsonl_overlay_and_failed_exit_code(runtime_model, mixed_fo
     assert {"source", "frame", "label", "probs", "crop_box", "model_sha256", "latency_ms"} <= set(ok[0])
     assert len({r["model_sha256"] for r in ok}) == 1
     assert len(list(overlays.glob("*.png"))) == 35 and (overlays / "cine_f0029.png").is_file()
+    # which scan each overlay is: same-named inputs in two folders get _2 names, the index says whose
+    index = [json.loads(line) for line in (overlays / "overlays.jsonl").read_text().splitlines()]
+    assert len(index) == 35 and {r["overlay"] for r in index} == {p.name for p in overlays.glob("*.png")}
+    assert {(r["source"], r["frame"]) for r in index} == {(r["source"], r["frame"]) for r in ok}
 
 
 def test_no_patient_data_in_any_output(runtime_model, mixed_folder, tmp_path):

@@ -52,8 +52,9 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=Console(stderr=True), transient=True,
                         disable=(quiet or out == "-" or not sys.stderr.isatty()))
-    with results_sink(out, fmt, clf.class_names, atomic=True) as sink, progress:
-        pipeline = FramePipeline(clf, [sink] + ([OverlayFolderSink(overlay_dir)] if overlay_dir else []), cam=cam,
+    with results_sink(out, fmt, clf.class_names, atomic=True) as sink, progress, \
+            (OverlayFolderSink(overlay_dir) if overlay_dir else contextlib.nullcontext()) as overlays:
+        pipeline = FramePipeline(clf, [sink] + ([overlays] if overlays is not None else []), cam=cam,
                                  quality_gate=quality_gate)
         for note in notes:       # what was skipped is in the results too, as an error line naming it
             pipeline.write_error(note.path, str(note))

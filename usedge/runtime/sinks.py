@@ -474,14 +474,17 @@ class OutputNames(set):
 
 class OverlayFolderSink(Sink):
     """One annotated PNG per result in a folder: `<stem>.png` for an image, `<stem>_f0003.png` for a frame
-    of a DICOM, a video or a multi-page TIFF."""
+    of a DICOM, a video or a multi-page TIFF (`_2`, `_3`... for inputs of one name in other folders), and
+    at close `overlays.jsonl`: one line per PNG with its source file and frame (which scan each PNG is)."""
 
     needs_overlay = True
+    INDEX = "overlays.jsonl"
 
     def __init__(self, folder: str | Path) -> None:
-        self.folder = claim_output_folder(folder, "--overlay")
+        self.folder = claim_output_folder(folder, "--overlay", ours=(self.INDEX,))
         self.names = OutputNames()
         self._pages: dict[str, int] = {}     # pages of each TIFF written so far
+        self._index: list[dict] = []
 
     def _multi(self, source: str) -> bool:
         """Named by frame: a DICOM or video, or a TIFF of several pages."""
@@ -502,6 +505,13 @@ class OverlayFolderSink(Sink):
     def write(self, pred, frame=None, overlay=None) -> None:
         name = self.names(pred.source, pred.frame_index if self._multi(pred.source) else None)
         write_png(self.folder / f"{name}.png", overlay)
+        self._index.append({"overlay": f"{name}.png", "source": pred.source, "frame": pred.frame_index})
+
+    def close(self) -> None:
+        from usedge.fileio import write_text_atomic
+
+        if self._index:
+            write_text_atomic(self.folder / self.INDEX, "".join(json.dumps(r) + "\n" for r in self._index))
 
 
 def display_available() -> tuple[bool, str]:
