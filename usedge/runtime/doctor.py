@@ -34,7 +34,6 @@ def import_failures(modules: list[str]) -> dict[str, str]:
     """{module: why} for the modules that do not import, tried in a child process (a broken or shadowed
     install is found without loading torch into this one)."""
     import subprocess
-    import sys
 
     code = ("import importlib, sys\nfor m in sys.argv[1:]:\n    try:\n        importlib.import_module(m)\n"
             "    except Exception as e:\n        print(m + '\\t' + (type(e).__name__ + ': ' + str(e)).splitlines()[0][:160])\n")
@@ -88,8 +87,6 @@ def cpu_checks() -> list[Check]:
 
 def package_checks() -> list[Check]:
     """Each package: installed (its version) and, when installed, importable (checked in a child process)."""
-    import sys
-
     found = {names: _version(names) for names, _, _ in PACKAGES}
     failed = import_failures([m for names, _, m in PACKAGES if m and found[names] and m not in sys.modules])
     out = []
@@ -109,6 +106,9 @@ def backend_checks() -> list[Check]:
     return [Check("backends", name, ok, why) for name, (ok, why) in availability().items()]
 
 
+SHOW_TRIALS = 8      # the newest cached backend trials doctor lists
+
+
 def trial_checks() -> list[Check]:
     """`--backend auto`'s cached CPU trials for this machine (backends/trial.py): which model ran fastest where."""
     from usedge.runtime.backends.trial import cache_path, read_cache
@@ -126,9 +126,6 @@ def trial_checks() -> list[Check]:
         checks.insert(0, Check("auto backend", "CPU trial cache", True,
                                f"{len(entries)} trials on this machine, the newest {len(shown)} below ({cache_path()})"))
     return checks
-
-
-SHOW_TRIALS = 8
 
 
 def provider_checks() -> list[Check]:

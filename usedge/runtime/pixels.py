@@ -68,8 +68,10 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     if frame.ndim == 3 and frame.shape[2] in (2, 4):       # BGRA, gray + alpha
-        frame = _alpha_over_black(frame) if np.issubdtype(frame.dtype, np.number) else frame[:, :, :-1].squeeze(2) \
-            if frame.shape[2] == 2 else frame[:, :, :3]
+        if np.issubdtype(frame.dtype, np.number):
+            frame = _alpha_over_black(frame)
+        else:                                               # bool: no alpha scale, the colour channels only
+            frame = frame[:, :, 0] if frame.shape[2] == 2 else frame[:, :, :3]
     if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3):
         raise InputError(f"frame of shape {frame.shape} is not an image", hint="pass H x W, H x W x 3 or H x W x 4")
     h, w = frame.shape[:2]
