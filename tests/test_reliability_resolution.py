@@ -212,3 +212,24 @@ def test_a_new_file_of_a_watched_folder_is_not_a_resolution_change(auto_crop_mod
         pipeline.process(np.ascontiguousarray(frame[:300]), index=1, source="watch/b.png")
     assert pipeline.notes == ["frame 1: resolution changed 640x400 -> 640x300; layout re-detected"]
     assert pipeline.resolution_changes == 1
+
+
+def test_infer_says_when_it_classified_one_of_two_views_or_the_whole_frame(auto_crop_model, tmp_path):
+    """A dual-view screen classified its largest view and a screen without an image region was classified
+    whole, with nothing in the output saying so (outside audit): `views` in every record, and one note per file
+    (a fallback crop is noted the same way, by pipeline.crop_note)."""
+    from tests.fixtures.crop import bmode_image
+
+    view = bmode_image(seed=3)
+    h, w = view.shape[:2]
+    dual = np.zeros((h + 80, 2 * w + 160, 3), np.uint8)
+    dual[40:40 + h, 40:40 + w] = view if view.ndim == 3 else view[..., None]
+    dual[40:40 + h, 120 + w:120 + 2 * w] = view if view.ndim == 3 else view[..., None]
+    cv2.imwrite(str(tmp_path / "dual.png"), dual)
+    out = tmp_path / "r.jsonl"
+    res = subprocess.run([sys.executable, "-m", "usedge", "infer", str(auto_crop_model), str(tmp_path / "dual.png"),
+                          "--out", str(out), "-q"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    record = json.loads(out.read_text().splitlines()[0])
+    assert record["views"] == 2 and record["state"] == "live"
+    assert "dual.png: 2 image regions (dual view): the largest was classified" in res.stderr

@@ -337,3 +337,4 @@ def test_an_old_and_a_new_spelling_that_disagree_are_refused(runtime_images, tmp
     res = usedge("crop", image, "--out", tmp_path / "c", "--size", "64", "--image-size", "32", "-q")
     assert res.returncode != 0 and "--size 64 and --image-size 32 disagree" in res.stderr, res.stderr
     assert not (tmp_path / "c").exists()
+

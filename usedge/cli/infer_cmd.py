@@ -64,6 +64,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
             run = run_files(pipeline, files, allow_any_modality=any_modality,
                             on_error=lambda line: _err(f"usedge: skipped {line}"),
                             on_no_image=lambda line: _err(f"usedge: no image: {line}"),
+                            on_note=lambda line: _err(f"usedge: note: {line}"),
                             on_file=lambda: progress.advance(task))
         sink.keep_partial = run.interrupted     # a part never replaces an earlier complete results file
     run.skipped = len(notes)

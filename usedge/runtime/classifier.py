@@ -62,6 +62,7 @@ class Prediction:
     reason: str = ""                             # why there is no label (no_image, error)
     doppler_fraction: float = 0.0                # fraction of the model input filled as colour Doppler
     uncertain_margin: float | None = None        # the model card's: a top-2 margin below it is `uncertain`
+    views: int = 1                               # image regions found on the frame (2: a dual view, the largest classified)
 
     @property
     def margin(self) -> float | None:
@@ -85,7 +86,8 @@ class Prediction:
         return cls(label=None, class_index=None, probs={}, crop_box=box, fov_box=fov,
                    latency_ms=dict(latency_ms or {}), model_sha256=model_sha256, frame_index=frame_index,
                    source=source, crop_method=info.method if info is not None else "none", state=state,
-                   reason=" ".join(reason.split()), doppler_fraction=info.doppler_fraction if info is not None else 0.0)
+                   reason=" ".join(reason.split()), doppler_fraction=info.doppler_fraction if info is not None else 0.0,
+                   views=max(1, len(info.fov_boxes)) if info is not None else 1)
 
     @property
     def has_label(self) -> bool:
@@ -109,6 +111,7 @@ class Prediction:
             "margin": None if self.margin is None else round(self.margin, 6),
             "uncertain": self.uncertain,
             "crop_method": self.crop_method,
+            "views": self.views,
             "doppler_fraction": round(float(self.doppler_fraction), 4),
             "frozen": self.frozen,
             "smoothed": self.smoothed,
@@ -341,7 +344,8 @@ class Classifier:
                 crop_box=tuple(int(v) for v in info.crop_box), fov_box=tuple(int(v) for v in info.fov_box),
                 latency_ms={}, model_sha256=self.model_sha256, cam=c,
                 frame_index=first_index + i, source=source, crop_method=info.method,
-                doppler_fraction=info.doppler_fraction, uncertain_margin=self.uncertain_margin))
+                doppler_fraction=info.doppler_fraction, uncertain_margin=self.uncertain_margin,
+                views=max(1, len(info.fov_boxes))))
         return preds
 
     # -- public ---------------------------------------------------------------------------------

@@ -135,6 +135,26 @@ def _refine(box: Box, core: np.ndarray, not_bg: np.ndarray, nb_labels: np.ndarra
     return (left, top, max(1, right - left), max(1, bottom - top))
 
 
+def _screen_inside_bars(image: np.ndarray, bg: np.ndarray, tol: int) -> Box | None:
+    """The scanner screen inside the bars of a letterboxed or pillarboxed capture (a 4:3 screen in a
+    16:9 video), when its background is another flat colour than the bars': the box of everything that
+    differs from the bars, if it leaves bars on at least one side and its own border is a flat colour of
+    its own. None otherwise (no bars, or bars of the screen's own background)."""
+    diff = np.abs(image.astype(np.int16) - bg)
+    differs = (diff.max(axis=2) if diff.ndim == 3 else diff) > max(tol, GROW_MIN_LEVEL)
+    pts = cv2.findNonZero(differs.view(np.uint8))
+    if pts is None:
+        return None
+    x, y, w, h = cv2.boundingRect(pts)
+    H, W = differs.shape
+    if w * h < 0.3 * W * H or (w >= W - 4 and h >= H - 4) or min(w, h) < 32:
+        return None
+    inner_bg, inner_flat, inner_tol = background_colour(image[y:y + h, x:x + w])
+    if inner_flat < 0.6 or int(np.abs(inner_bg - bg).max()) <= max(tol, inner_tol, GROW_MIN_LEVEL):
+        return None
+    return (x, y, w, h)
+
+
 def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
     """Find the B-mode image region(s) in a scanner screen (linear and sector/curved probes).
 
@@ -173,6 +193,15 @@ def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
     if flat < 0.5:     # speckle, not a flat screen, along most of the border: a pre-cropped image
         return FieldOfView(box=(0, 0, W, H), boxes=[(0, 0, W, H)], method="detection",
                            notes=["no screen background around the image: the frame is all image"])
+    inner = _screen_inside_bars(image, bg if image.ndim == 3 else bg[:1], tol)
+    if inner is not None:      # detect on the screen itself, whose background is not the bars' colour
+        ix, iy, iw, ih = inner
+        sub = crop_field_of_view(image[iy:iy + ih, ix:ix + iw])
+        if sub.method != "fallback":
+            def shift(b: Box) -> Box:
+                return (b[0] + ix, b[1] + iy, b[2], b[3])
+            return FieldOfView(box=shift(sub.box), boxes=[shift(b) for b in sub.boxes], method=sub.method,
+                               notes=[f"screen inside bars: {list(inner)}", *sub.notes])
     diff = np.abs(strided.astype(np.int16) - bg)
     bg_b = int(bg.max())
     p99 = int(np.percentile(small, 99))

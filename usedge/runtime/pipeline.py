@@ -330,22 +330,34 @@ class FileRun:
                 + (f"; {self.mostly_colour} frame(s) {COLOUR_NOTE}" if self.mostly_colour else ""))
 
 
+def crop_note(pred: Prediction) -> str:
+    """What a user should know about where a result's crop came from, or "": a dual view (one of the
+    images classified) or no image region found (the whole frame classified)."""
+    if pred.crop_method == "fallback":
+        return "no ultrasound image region found: the whole frame was classified (check the crop: usedge crop --overlay)"
+    if pred.views > 1:
+        return (f"{pred.views} image regions (dual view): the largest was classified; usedge crop --views all "
+                "writes each")
+    return ""
+
+
 def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: bool = False,
               on_error: Callable[[str], None] = lambda line: None, on_no_image: Callable[[str], None] = lambda line: None,
-              on_file: Callable[[], None] = lambda: None) -> FileRun:
+              on_file: Callable[[], None] = lambda: None, on_note: Callable[[str], None] = lambda line: None) -> FileRun:
     """Every frame of every file (images, DICOM, videos; lazily) through `pipeline.run_frame`.
 
     A file that cannot be read or classified (or whose model output is not valid on a frame) is
     recorded in every sink and reported through `on_error` at once; an OutputError (a sink cannot
     write) ends the run. A frame without a usable image is a `no_image` result in the sinks (no
-    label), counted, and reported once per file through `on_no_image`; it is not a failure. `on_file`
-    after each file. Ctrl-C ends the run between frames: `FileRun.interrupted` is set and `done`
+    label), counted, and reported once per file through `on_no_image`; it is not a failure. `on_note`:
+    once per file whose crop found two image regions (a dual view: the largest is classified) or none
+    (the whole frame is classified). `on_file` after each file. Ctrl-C ends the run between frames: `FileRun.interrupted` is set and `done`
     says how many files were finished.
     """
     run = FileRun(files=len(files))
     try:
         for path in files:
-            bad, empty, first_empty, seen = "", 0, "", 0
+            bad, empty, first_empty, seen, noted = "", 0, "", 0, False
             try:
                 # lazily: a long video stays small
                 for index, frame, regions in iter_file_frames(path, allow_any_modality=allow_any_modality):
@@ -357,6 +369,9 @@ def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: b
                         continue
                     run.frames += 1
                     run.mostly_colour += pred.doppler_fraction > MOSTLY_COLOUR
+                    if not noted and (note := crop_note(pred)):
+                        noted = True
+                        on_note(f"{path}" + (f" frame {index}" if index else "") + f": {note}")
                     if pred.state == "error" and not bad:   # the sinks wrote it as an error result
                         bad = f"{path}" + (f" frame {index}" if index else "") + f": {pred.reason}"
             except OutputError:

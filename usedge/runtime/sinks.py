@@ -168,7 +168,7 @@ def csv_text(value) -> str:
 
 class CsvSink(Sink):
     """source, frame, label, class_index, p_<class>..., margin, uncertain, crop box, fov box, crop method,
-    Doppler fraction, frozen, smoothed, model sha256, latencies (ms), state, error;
+    views, Doppler fraction, frozen, smoothed, model sha256, latencies (ms), state, error;
     flushed per row. A `no_image` or `error` row has empty label and probability cells and its reason."""
 
     def __init__(self, path: str | Path, class_names: list[str], atomic: bool = False) -> None:
@@ -179,7 +179,7 @@ class CsvSink(Sink):
         self.stages = [*STAGES, "total"]
         self.columns = (["source", "frame", "label", "class_index", *[f"p_{c}" for c in self.class_names], "margin",
                          "uncertain", "crop_x", "crop_y", "crop_w", "crop_h", "fov_x", "fov_y", "fov_w", "fov_h",
-                         "crop_method", "doppler_fraction", "frozen", "smoothed", "model_sha256",
+                         "crop_method", "views", "doppler_fraction", "frozen", "smoothed", "model_sha256",
                          *[f"ms_{s}" for s in self.stages], "state", "error"])
         self.writer = csv.writer(self.fh)
         self.count = 0
@@ -198,7 +198,7 @@ class CsvSink(Sink):
                 "" if pred.class_index is None else pred.class_index,
                 *[f"{pred.probs[c]:.6f}" if pred.has_label else "" for c in self.class_names],
                 "" if pred.margin is None else f"{pred.margin:.6f}", "" if pred.uncertain is None else int(pred.uncertain),
-                *pred.crop_box, *pred.fov_box, csv_text(pred.crop_method), f"{pred.doppler_fraction:.4f}",
+                *pred.crop_box, *pred.fov_box, csv_text(pred.crop_method), pred.views, f"{pred.doppler_fraction:.4f}",
                 int(pred.frozen), int(pred.smoothed), pred.model_sha256,
                 *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], pred.state, csv_text(pred.reason),
             ])
