@@ -270,3 +270,22 @@ def test_a_manual_box_outside_the_frame_is_refused():
     assert parse_crop("10.0,20,30,40").box == (10, 20, 30, 40)
     small, info = prepare(frame, PreprocessSpec(size=64, crop="280,10,50,50"))      # partly inside: clipped, noted
     assert info.crop_box == (280, 10, 16, 50) and "clipped" in info.notes[0]
+
+
+@pytest.mark.parametrize("screen_bg, bars", [(30, 0), (0, 40), ((90, 40, 10), 0), (0, 0)])
+def test_a_screen_inside_bars_of_another_colour_is_cropped_to_its_image(screen_bg, bars):
+    """A 4:3 scanner screen pillarboxed in a 16:9 video: with bars of another colour than the screen's
+    background, the whole screen (menus, header) was taken for the image (outside audit)."""
+    from usedge.runtime.fov import crop_field_of_view, iou
+
+    view = bmode_image(seed=2)
+    screen = np.full((768, 1024, 3), screen_bg, np.uint8)
+    screen[150:610, 300:900] = cv2.resize(view, (600, 460))[..., None]
+    cv2.putText(screen, "ACME L12-5 MSK  MI 0.8", (10, 30), 0, 0.8, (220, 220, 220), 2)
+    for k in range(6):
+        cv2.rectangle(screen, (10, 90 + 70 * k), (190, 140 + 70 * k), (120, 60, 20), -1)
+        cv2.putText(screen, "Gain 52", (20, 125 + 70 * k), 0, 0.8, (255, 255, 255), 2)
+    frame = np.full((1080, 1920, 3), bars, np.uint8)
+    frame[:, 240:1680] = cv2.resize(screen, (1440, 1080))
+    fov = crop_field_of_view(frame)
+    assert fov.method == "detection" and iou(fov.box, (661, 210, 843, 646)) > 0.9, (fov.box, fov.notes)
