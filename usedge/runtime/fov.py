@@ -140,12 +140,12 @@ def _screen_inside_bars(image: np.ndarray, bg: np.ndarray, tol: int) -> Box | No
     16:9 video), when its background is another flat colour than the bars': the box of everything that
     differs from the bars, if it leaves bars on at least one side and its own border is a flat colour of
     its own. None otherwise (no bars, or bars of the screen's own background)."""
-    diff = np.abs(image.astype(np.int16) - bg)
-    differs = (diff.max(axis=2) if diff.ndim == 3 else diff) > max(tol, GROW_MIN_LEVEL)
-    pts = cv2.findNonZero(differs.view(np.uint8))
-    if pts is None:
+    t = max(tol, GROW_MIN_LEVEL)
+    lo, hi = (np.clip(np.asarray(bg, np.int16) + d, 0, 255).astype(np.uint8) for d in (-t, t))
+    differs = cv2.bitwise_not(cv2.inRange(image, lo, hi))        # not the bars' colour (any channel)
+    x, y, w, h = cv2.boundingRect(differs)
+    if w == 0 or h == 0:
         return None
-    x, y, w, h = cv2.boundingRect(pts)
     H, W = differs.shape
     if w * h < 0.3 * W * H or (w >= W - 4 and h >= H - 4) or min(w, h) < 32:
         return None
@@ -193,9 +193,14 @@ def crop_field_of_view(frame: np.ndarray) -> FieldOfView:
     if flat < 0.5:     # speckle, not a flat screen, along most of the border: a pre-cropped image
         return FieldOfView(box=(0, 0, W, H), boxes=[(0, 0, W, H)], method="detection",
                            notes=["no screen background around the image: the frame is all image"])
-    inner = _screen_inside_bars(image, bg if image.ndim == 3 else bg[:1], tol)
+    inner = _screen_inside_bars(strided, bg if strided.ndim == 3 else bg[:1], tol)
     if inner is not None:      # detect on the screen itself, whose background is not the bars' colour
-        ix, iy, iw, ih = inner
+        # to frame pixels, a working pixel (and one more) inside each side: the screen's own border only
+        m = int(math.ceil(1 / scale)) + 1
+        ix, iy = round(inner[0] / scale) + m, round(inner[1] / scale) + m
+        iw = min(W, round((inner[0] + inner[2]) / scale)) - m - ix
+        ih = min(H, round((inner[1] + inner[3]) / scale)) - m - iy
+        inner = (ix, iy, iw, ih)
         sub = crop_field_of_view(image[iy:iy + ih, ix:ix + iw])
         if sub.method != "fallback":
             def shift(b: Box) -> Box:
