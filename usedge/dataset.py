@@ -221,10 +221,9 @@ def scan_image_folder(root: Path) -> Dataset:
                         hint="put each class's images in one folder (two spellings would train two classes)")
     samples, named = [], []
     for i, name in enumerate(classes):
-        files, notes = expand_inputs([root / name], IMAGE_SUFFIXES)
+        files, notes = expand_inputs([root / name], IMAGE_SUFFIXES)     # hidden files (a Mac's ._name.png) left out
         if notes:
             raise DataError(str(notes[0]), hint="make every image of the data set a readable file in a real folder")
-        files = [f for f in files if not f.name.startswith(".")]   # hidden: a Mac's ._name.png, not an image
         named += files
         samples += [Sample(path=f, label=i, patient_id=str(f.relative_to(root))) for f in files]
     seen: dict = {}

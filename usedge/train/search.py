@@ -473,8 +473,9 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
     labels = np.asarray(dataset.labels)
     groups = np.asarray(dataset.groups)
     scopes = search_scopes(dataset, cfg)
-    for _, pool in scopes:      # splits that cannot be made fail before the storage file is created
-        inner_splits(labels, groups, pool, cfg.inner_splits, cfg.seed + 17, dataset.root)
+    # every scope's splits now: splits that cannot be made fail before the storage file is created
+    splits = {scope: inner_splits(labels, groups, pool, cfg.inner_splits, cfg.seed + 17, dataset.root)
+              for scope, pool in scopes}
     if storage:  # fail before any child is trained
         import optuna
 
@@ -497,10 +498,9 @@ def search(dataset: Dataset, cfg: SearchConfig, storage: str | None = None, cach
         cached = dict(zip(need.tolist(), load_images(dataset, need, cfg.child.image_size, cfg.crop,
                                                      cfg.remove_doppler, cfg.resize, lambda k: bar.advance(task, k))))
         overall = bar.add_task(f"inner splits ({len(scopes)} scope(s) x {cfg.inner_splits})", total=n_splits_total)
-        for scope, pool in scopes:
+        for scope in splits:
             results[scope] = []
-            for s, (tr, ho) in enumerate(inner_splits(labels, groups, pool, cfg.inner_splits,
-                                                      cfg.seed + 17, dataset.root)):
+            for s, (tr, ho) in enumerate(splits[scope]):
                 name = f"{'all' if scope == 'all' else 'fold' + scope}-split{s}"
                 trial_task = bar.add_task(f"  {name}: child + {cfg.trials} trials", total=cfg.trials)
                 keys = split_keys(prefix, name, cfg, set(groups[tr].tolist()), set(groups[ho].tolist()), cfg.seed + s)
