@@ -85,3 +85,17 @@ def test_infer_escapes_terminal_codes_in_file_names(serve_model, tmp_path):
     assert proc.returncode == 1
     assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr and "\x9b" not in proc.stderr
     assert "\\x1b]0;pwned\\x07" in proc.stderr          # shown, visibly escaped
+
+
+def test_library_messages_print_as_plain_one_line_text():
+    """The CLI's Rich consoles never hard-wrap a message, and library messages are never read as Rich
+    markup: a path such as `scans/[old]/x.png` kept its brackets only by luck, `[/x]` raised."""
+    import io
+
+    from usedge.cli.terminal import line_printer, rich_console
+
+    buf = io.StringIO()
+    log = line_printer(rich_console(file=buf, width=80))
+    message = "note: scans/[old]/x.png and scans/[/x]/y.png " + "z" * 120 + " \x1b[2J"
+    log(message)
+    assert buf.getvalue() == message.replace("\x1b", "\\x1b") + "\n"

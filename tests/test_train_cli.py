@@ -114,7 +114,9 @@ def test_negative_threads_is_a_config_error(tiny_cohort, tmp_path):
 
 
 def test_a_resumed_fold_says_after_which_epoch(tiny_cohort, tmp_path):
-    out = tmp_path / "run"
+    # a long run folder with [brackets]: each message stays one line (Rich wraps at 80 columns when it sees
+    # no terminal) and the brackets print as they are (they were read as Rich markup and vanished)
+    out = tmp_path / ("[old] runs " + "r" * 70)
     args = ["train", str(tiny_cohort), "--out", str(out), "--image-size", "32", "--epochs", "2", "--folds", "3",
             "--set", "cv.max_folds=1", "--set", "cv.final_model=false", "--batch-size", "8", "--set", "run.threads=1",
             "--quiet"]
@@ -122,4 +124,4 @@ def test_a_resumed_fold_says_after_which_epoch(tiny_cohort, tmp_path):
     (out / "fold0" / "result.json").unlink()          # as if stopped after its last epoch, before testing
     resumed = CliRunner().invoke(app, args + ["--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert "fold 0: resumed after epoch 2 of 2" in " ".join(resumed.output.split())
+    assert f"fold 0: resumed after epoch 2 of 2 (from {out / 'fold0' / 'last.pt'})" in resumed.output.splitlines()

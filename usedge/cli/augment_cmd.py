@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from usedge.cli.app import app
+from usedge.cli.terminal import rich_console
 
 augment_app = typer.Typer(help="Fast AutoAugment: search augmentation policies, preview them, list the ops.",
                           no_args_is_help=True)
@@ -73,7 +74,6 @@ def search_cmd(
     The defaults (5 folds + all data, 4 inner splits, 100 trials, 224 px children) are a GPU job: an
     estimated ~9 CPU-hours on a ~700-image cohort (~18 with --preset authors); docs/augment.md gives a
     CPU-sized command."""
-    from rich.console import Console
 
     import optuna  # noqa: F401  - the search's own packages, before minutes of image loading
     import sklearn  # noqa: F401
@@ -97,7 +97,7 @@ def search_cmd(
     cache = cache_dir or out.with_suffix(".children")
     policy = search(dataset, cfg, storage=storage, cache_dir=cache, study_name=study_name, show_progress=not quiet)
     policy.save(out)
-    console = Console(stderr=True)
+    console = rich_console(stderr=True)
     scopes = ", ".join(f"{k}: {len(v)}" for k, v in policy.meta["scopes"].items())
     console.print(f"wrote {out}: sub-policies per scope ({scopes}), search {policy.meta['search_minutes']} min; "
                   f"storage {policy.meta['storage']}", markup=False)
@@ -154,7 +154,6 @@ def preview_cmd(
 @augment_app.command("ops")
 def ops_cmd() -> None:
     """List the operations, their magnitude mapping, and whether magnitude 0 is the identity."""
-    from rich.console import Console
     from rich.table import Table
 
     from usedge.train.augment import OP_SETS, OPS, magnitude_table
@@ -164,4 +163,4 @@ def ops_cmd() -> None:
         o = OPS[name]
         table.add_row(name, doc, "yes" if o.identity_at_zero else "-", "yes" if o.ultrasound_safe else "-",
                       "yes" if name in OP_SETS["paper"] else "-")
-    Console().print(table)
+    rich_console().print(table)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from usedge.cli.app import app
+from usedge.cli.terminal import rich_console
 from usedge.runtime.threads import MAX_THREADS
 
 
@@ -43,7 +44,6 @@ def bench(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no table."),
 ) -> None:
     """Batch-1 latency (min/mean/median/p90/p95/p99/max), throughput, stage breakdown and the GEMM limit."""
-    from rich.console import Console
 
     from usedge.bench import BenchOptions, run_bench
     from usedge.errors import ConfigError
@@ -54,7 +54,7 @@ def bench(
                            warmup=warmup, rounds=rounds, max_cell_s=max_cell_s,
                            rows=tuple(r.strip() for r in rows.split(",") if r.strip()) if rows else (),
                            stages=stages, stage_frames=frames, paced_seconds=paced_seconds, plots=plots)
-    console = Console(stderr=True)
+    console = rich_console(stderr=True)
     result = run_bench(model_dir, options, out, progress=not quiet)
     if not quiet:
         from rich.table import Table

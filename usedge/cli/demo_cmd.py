@@ -8,6 +8,7 @@ import typer
 
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, force_alias, overwrite_option, quiet_option
+from usedge.cli.terminal import line_printer
 from usedge.runtime.threads import MAX_THREADS
 
 
@@ -34,6 +35,7 @@ def demo(
     import time
 
     from rich import get_console
+    from rich.markup import escape
     from rich.table import Table
 
     from usedge.demo import MODELS, Demo, DemoConfig
@@ -47,10 +49,11 @@ def demo(
     # the demo's progress bars (its own and each step's) and its log share one console, so log lines
     # print above the bars instead of over them
     console = get_console()
+    console.soft_wrap = True     # one line per message in logs and pipes (rich_console's rule)
     cfg = DemoConfig(out=out, overwrite=overwrite, image_size=image_size, epochs=epochs, lr=lr, folds=folds,
                      video_seconds=video_seconds, images=images, seed=seed, threads=threads, progress=not quiet)
     start = time.perf_counter()
-    d = Demo(cfg, log=(lambda _m: None) if quiet else (lambda m: console.print(m, soft_wrap=True)), console=console)
+    d = Demo(cfg, log=(lambda _m: None) if quiet else line_printer(console), console=console)
     report = d.run()
     if not quiet:
         steps = Table(title=f"usedge demo — this run {time.perf_counter() - start:.0f} s")
@@ -76,7 +79,7 @@ def demo(
                 results.add_row(f"stream {tag}: label changes per minute", f"{score['changes_per_minute']:.0f}")
         console.print(results)
     for line in d.failed_lines():
-        console.print(f"[bold red]usedge demo: check failed:[/] {line}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]usedge demo: check failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if d.overlay_note():
         console.print(f"usedge demo: {d.overlay_note()}", highlight=False, soft_wrap=True, markup=False)
     console.print(f"report: {report}", highlight=False, soft_wrap=True, markup=False)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from usedge.cli.app import app
+from usedge.cli.terminal import rich_console
 
 
 @app.command()
@@ -29,7 +30,6 @@ def doctor(model: Optional[Path] = typer.Argument(None, help="Also load this mod
     if as_json:
         print(json.dumps([c.to_dict() for c in checks], indent=2))
         raise typer.Exit(code)
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -38,5 +38,5 @@ def doctor(model: Optional[Path] = typer.Argument(None, help="Also load this mod
         table.add_column(col)
     for c in checks:
         table.add_row(escape(c.section), escape(c.name), "[green]ok[/]" if c.ok else "[red]no[/]", escape(c.detail))
-    Console().print(table)
+    rich_console().print(table)
     raise typer.Exit(code)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from usedge.cli.app import app
+from usedge.cli.terminal import rich_console
 from usedge.runtime.threads import MAX_THREADS
 
 
@@ -29,7 +30,6 @@ def explain(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Explanation maps (CAM, Grad-CAM, attention) per image, contact sheets, and measured localisation."""
-    from rich.console import Console
 
     from usedge.train.explain import ExplainConfig, run_explain
 
@@ -37,7 +37,7 @@ def explain(
                         weighting=weighting, topk=topk, overlays=overlays, sheet_rows=sheet_rows,
                         images=images, limit=limit, seed=seed, threads=threads, progress=not quiet)
     summary = run_explain(model, data, out, cfg)
-    console = Console()
+    console = rich_console()
     d = summary["data"]
     console.print(f"explained {d['images']}: {d['n_images']} images ({d['n_with_lesion']} with a lesion, "
                   f"{d['n_patients_with_lesion']} patients) -> {out}", markup=False)

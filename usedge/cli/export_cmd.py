@@ -16,6 +16,7 @@ import typer
 
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, overwrite_option, quiet_option
+from usedge.cli.terminal import rich_console
 
 
 @app.command()
@@ -51,7 +52,6 @@ def export(
     quiet: bool = quiet_option(),
 ) -> None:
     """Export a checkpoint to ONNX (+ FP16, INT8, TensorRT, Triton) and check every artifact."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -60,7 +60,7 @@ def export(
     from usedge.export.pipeline import ExportOptions, run_export
     from usedge.runtime.model_info import model_card_line
 
-    console = Console(stderr=True, quiet=quiet)
+    console = rich_console(stderr=True, quiet=quiet)
     if rtx:   # refuse before the export, not after minutes of it
         from usedge.errors import BackendUnavailable
         from usedge.runtime.backends.rtx import availability
@@ -88,7 +88,7 @@ def export(
             fp16_model = out / "model.fp16.onnx"
             ctx = write_ep_context(fp16_model if fp16_model.is_file() else out / "model.onnx")
 
-    out_console = Console()
+    out_console = rich_console()
     if rtx:
         out_console.print(f"TensorRT for RTX EP-context model: {ctx} (--backend ort-trt-rtx)", soft_wrap=True, markup=False)
     # --strict: a missed check, or an INT8 file asked for (the default) that could not be built

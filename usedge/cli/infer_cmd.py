@@ -14,7 +14,7 @@ import typer
 
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quality_gate_option, quiet_option
-from usedge.cli.terminal import say
+from usedge.cli.terminal import rich_console, say
 from usedge.runtime.interrupts import finishing, interrupt_between_frames
 from usedge.runtime.threads import MAX_THREADS
 
@@ -25,7 +25,6 @@ def _err(text: str) -> None:
 
 def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Optional[Path], cam: bool,
                  quiet: bool, any_modality: bool, quality_gate: bool) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from usedge.runtime.pipeline import FramePipeline, run_files
@@ -50,7 +49,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
         _err("usedge: no image, DICOM or video file found in the inputs")
         return 1
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                        TimeElapsedColumn(), console=rich_console(stderr=True), transient=True,
                         disable=(quiet or out == "-" or not sys.stderr.isatty()))
     with results_sink(out, fmt, clf.class_names, atomic=True) as sink, progress, \
             (OverlayFolderSink(overlay_dir) if overlay_dir else contextlib.nullcontext()) as overlays:
@@ -82,11 +81,10 @@ class _StatusLine:
     second from the loop thread; cleared when the stream ends, before the summary."""
 
     def __init__(self, runner, force: bool) -> None:
-        from rich.console import Console
         from rich.live import Live
 
         self.runner, self.next_at = runner, 0.0
-        console = Console(stderr=True, force_terminal=True if force else None)
+        console = rich_console(stderr=True, force_terminal=True if force else None)
         self.live = Live("", console=console, transient=True, auto_refresh=False)
 
     def __call__(self, pred, frame, overlay) -> None:

@@ -12,6 +12,7 @@ import typer
 
 from usedge.cli.app import app
 from usedge.cli.options import quality_gate_option, quiet_option
+from usedge.cli.terminal import rich_console
 from usedge.runtime.threads import MAX_THREADS
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
@@ -122,7 +123,6 @@ def serve(
     quiet: bool = quiet_option(),
 ) -> None:
     """Serve MODEL over HTTP: a web page (live view, probabilities, upload), /v1/predict, /metrics."""
-    from rich.console import Console
     from rich.markup import escape
 
     from usedge.cli.terminal import terminal_safe
@@ -135,7 +135,7 @@ def serve(
     from usedge.serve.limits import ServeLimits, uvicorn_config
     from usedge.serve.live import ViewSettings, start_stream
 
-    console = Console(stderr=True)
+    console = rich_console(stderr=True)
     logging.basicConfig(level=log_level.upper() if log_level.upper() in logging._nameToLevel else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # the form parser's own warning on a malformed upload repeats the 400 answer that usedge logs and counts

@@ -21,3 +21,19 @@ def terminal_safe(text: str) -> str:
 def say(text: str, *, file=None) -> None:
     """Print one line to stderr (or `file`), control characters escaped."""
     print(terminal_safe(text), file=file or sys.stderr, flush=True)
+
+
+def rich_console(**kwargs):
+    """A rich Console whose printed lines are never hard-wrapped: a one-line error or note stays one
+    line in logs, pipes and narrow terminals (Rich wraps at 80 columns when it cannot see a terminal).
+    Tables still fit the width."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True, **kwargs)
+
+
+def line_printer(to):
+    """A `log` callable for library code: each message printed on `to` (a rich Console) as plain text,
+    control characters escaped; never read as Rich markup (a path such as `scans/[old]/x.png` prints
+    as it is, instead of losing `[old]` or raising on `[/x]`)."""
+    return lambda message: to.print(terminal_safe(message), markup=False, highlight=False)

@@ -17,6 +17,7 @@ import typer
 
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quiet_option
+from usedge.cli.terminal import line_printer, rich_console
 from usedge.errors import ConfigError
 # --help shows the shipped defaults.toml (== TrainConfig's defaults, tested), read as a file so that
 # importing the CLI (serve, infer) never imports the training package.
@@ -94,7 +95,6 @@ def train(
     sync_bn: Optional[bool] = _old("--sync-bn/--no-sync-bn"),
 ) -> None:
     """Cross-validate a classifier by patient and write the metrics report (usedge defaults, or --config paper)."""
-    from rich.console import Console
 
     from usedge.dataset import load_dataset
     from usedge.train.config import load_config
@@ -117,9 +117,9 @@ def train(
         overrides["data.augment"] = "expand"   # a policy means Fast AutoAugment: the paper's 21x expansion
     cfg = load_config(config, overrides)
     dataset = load_dataset(data)
-    console = Console(stderr=True)
+    console = rich_console(stderr=True)
     try:
-        summary = cross_validate(dataset, cfg, out, resume=resume, progress=not quiet, log=console.print)
+        summary = cross_validate(dataset, cfg, out, resume=resume, progress=not quiet, log=line_printer(console))
     except KeyboardInterrupt:
         console.print(f"usedge: training interrupted; each fold's last finished epoch is saved in {out}: run the "
                       "same command with --resume to continue from there", markup=False)
