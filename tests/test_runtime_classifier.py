@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -151,3 +152,22 @@ def test_a_result_below_the_card_margin_is_uncertain_everywhere(runtime_model, t
     assert [r["uncertain"] for r in rows] == ["1", "0"] and float(rows[0]["margin"]) == pytest.approx(0.031, abs=1e-6)
     frame = np.full((96, 96), 90, np.uint8)
     assert not np.array_equal(draw_prediction(frame, close), draw_prediction(frame, unknown))   # the tag differs
+
+
+def test_the_overlay_shows_the_pixels_that_were_classified():
+    """A float image in [0, 1], a 12-bit one and a BGRA one are drawn as the crop read them (the float one
+    was drawn black, the 12-bit one with other contrast); the caller's frame is never drawn on."""
+    from usedge.runtime.overlay import to_bgr
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(30, 220, (64, 80), dtype=np.uint8)
+    want = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    bgra = np.dstack([want, np.full((64, 80), 255, np.uint8)])
+    for frame in (gray.astype(np.float32) / 255, gray.astype(np.uint16) << 4, bgra, want):
+        before = frame.copy()
+        out = to_bgr(frame)
+        assert out.dtype == np.uint8 and np.array_equal(out, want)
+        out[:] = 0
+        assert np.array_equal(frame, before)
+    nan = np.full((64, 80), np.nan, np.float32)         # a frame the crop refused still draws (black)
+    assert to_bgr(nan).shape == (64, 80, 3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from usedge.errors import InputError
 from usedge.runtime.classifier import Prediction
 from usedge.runtime.pixels import as_uint8
 
@@ -18,12 +19,19 @@ CLASS_COLOURS = [(80, 200, 255), (120, 230, 120), (255, 160, 90), (200, 120, 255
 
 
 def to_bgr(frame: np.ndarray) -> np.ndarray:
-    """A BGR uint8 copy of a gray, BGR or BGRA frame (never the frame itself: callers draw on it)."""
-    if frame.ndim == 2:
-        return cv2.cvtColor(frame if frame.dtype == np.uint8 else frame.astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    if frame.shape[2] == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    return frame.copy() if frame.dtype == np.uint8 else np.clip(frame, 0, 255).astype(np.uint8)
+    """A BGR uint8 copy of a frame as the crop read it (never the frame itself: callers draw on it):
+    as_uint8's conversion, so the picture shown with a result is the one classified (a float image in
+    [0, 1] or a 12-bit one drawn as it was scaled, transparent pixels black). A frame the crop refused
+    (NaN, too small, ...) is drawn with its values clipped to 0..255, as far as it has pixels."""
+    try:
+        vis = as_uint8(frame)
+    except InputError:
+        f = np.nan_to_num(np.asarray(frame, dtype=np.float32))
+        f = f[:, :, :3] if f.ndim == 3 and f.shape[2] >= 3 else f[:, :, 0] if f.ndim == 3 else f
+        vis = np.clip(f, 0, 255).astype(np.uint8) if f.ndim == 2 or f.ndim == 3 else np.zeros((8, 8), np.uint8)
+    if vis.ndim == 2:
+        return cv2.cvtColor(vis, cv2.COLOR_GRAY2BGR)
+    return vis.copy() if np.may_share_memory(vis, frame) else vis
 
 
 def blend_cam(image: np.ndarray, cam: np.ndarray, box: tuple[int, int, int, int], alpha: float = 0.4) -> None:
