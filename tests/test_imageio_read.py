@@ -237,6 +237,26 @@ def test_a_white_label_does_not_set_the_bit_depth_but_bright_echoes_do():
     assert np.array_equal(as_uint8(f)[1:], g[1:].astype(np.uint8))
 
 
+def test_frames_that_are_not_display_values_are_refused_and_float_overshoot_is_kept():
+    """A boolean mask got a confident label; a zero-centred float frame (x/255 - 0.5) or signed data had its
+    negative half clipped to black and got a label; a [0, 1] frame with 1 % of pixels at 1.001 (a cubic
+    resize's overshoot) was read as 0..255 and refused as blank (outside audit of the library API)."""
+    from usedge.errors import InputError
+    from usedge.runtime.pixels import as_uint8
+
+    g = np.random.default_rng(0).integers(0, 256, (100, 120)).astype(np.uint8)
+    for bad, words in ((g > 128, "boolean"), (g / 255.0 - 0.5, "negative"), (g.astype(np.int16) - 128, "negative"),
+                       (np.full((20, 20), 1e300), "float32's range"), (g.ravel(), "1-D array")):
+        with pytest.raises(InputError, match=words):
+            as_uint8(bad)
+    f = g.astype(np.float32) / 255
+    f.flat[::100] = 1.001                      # 1 % overshoot, more than the 0.5 % the [0, 1] rule allows
+    assert np.array_equal(as_uint8(f).ravel()[1::100], g.ravel()[1::100])
+    under = g.astype(np.float32) / 255
+    under[0, :5] = -0.002                      # a resampling undershoot on a few pixels: clipped, not refused
+    assert as_uint8(under)[0, :5].max() == 0 and np.array_equal(as_uint8(under)[1:], g[1:])
+
+
 def test_transparent_pixels_are_background():
     """A PNG whose right half is transparent (white underneath) was classified with the white half in the
     crop (outside audit): alpha is composited over black, the screen's background."""

@@ -49,6 +49,15 @@ def _depth(frame: np.ndarray, top: int) -> int:
     return standard_depth(max(top, 1)) or top.bit_length()
 
 
+def _refuse_negative(frame: np.ndarray) -> None:
+    """InputError when more than OUTLIERS of a frame's pixels are below 0: not display values."""
+    negative = np.count_nonzero(frame < 0)
+    if negative > int(OUTLIERS * frame.size):
+        raise InputError(f"{negative / frame.size:.0%} of the frame's pixels are negative: not display values "
+                         "(a zero-centred or normalised tensor, or signed data without its window?)",
+                         hint="pass the image as displayed: 0..255, 0..1 or unsigned 10-16-bit values")
+
+
 def as_uint8(frame: np.ndarray) -> np.ndarray:
     """Gray, BGR, BGRA; uint8, uint16, other ints or float -> uint8 H x W or H x W x 3 (BGR).
 
@@ -57,38 +66,47 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
     (8, 10, 12, 14 or 16 bits) holding the maximum, not counting up to OUTLIERS (0.5 %) of pixels at the
     container's full white, which are clipped to 255 (a 12-bit frame keeps its contrast with a label
     burned in at 65535);
-    float frames are scaled by 255 when all but OUTLIERS of their values lie in [0, 1], else clipped
-    to [0, 255]. NaN/Inf -> InputError.
+    float frames are scaled by 255 when all but OUTLIERS of their values lie in [0, 1] or none exceeds 2
+    (a 0..255 image that dark would be blank anyway: a [0, 1] image with an overshoot stays one), else
+    clipped to [0, 255]. NaN/Inf, a boolean array (a mask, not an image) and more than OUTLIERS of
+    pixels below 0 (a zero-centred, normalised tensor or signed data without its window) -> InputError;
+    fewer negative pixels (resampling undershoot) are clipped to 0.
     """
     if not isinstance(frame, np.ndarray):
         raise InputError(f"frame is a {type(frame).__name__}, not an image array",
                          hint="pass a numpy array H x W or H x W x C")
-    if frame.size == 0 or frame.ndim < 2:
+    if frame.size == 0:
         raise InputError(f"empty frame (shape {frame.shape})", hint="check the source delivers images")
+    if frame.ndim < 2:
+        raise InputError(f"a {frame.ndim}-D array (shape {frame.shape}) is not an image",
+                         hint="pass H x W, H x W x 3 (BGR) or H x W x 4 (BGRA): reshape a flat buffer first")
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
-    if frame.ndim == 3 and frame.shape[2] in (2, 4):       # BGRA, gray + alpha
-        if np.issubdtype(frame.dtype, np.number):
-            frame = _alpha_over_black(frame)
-        else:                                               # bool: no alpha scale, the colour channels only
-            frame = frame[:, :, 0] if frame.shape[2] == 2 else frame[:, :, :3]
+    if frame.dtype == np.bool_:
+        raise InputError("frame is a boolean array (a mask?), not an image",
+                         hint="pass the image's pixels (uint8, uint16 or float)")
+    if frame.ndim == 3 and frame.shape[2] in (2, 4) and np.issubdtype(frame.dtype, np.number):   # BGRA, gray + alpha
+        frame = _alpha_over_black(frame)
     if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] != 3):
-        raise InputError(f"frame of shape {frame.shape} is not an image", hint="pass H x W, H x W x 3 or H x W x 4")
+        raise InputError(f"frame of shape {frame.shape} is not an image", hint="pass H x W, H x W x 3 (BGR), H x W x 4 (BGRA) or H x W x 2 (gray + alpha)")
     h, w = frame.shape[:2]
     if h < MIN_SIDE or w < MIN_SIDE:
         raise InputError(f"frame of {w}x{h} pixels is too small for an ultrasound image",
                          hint=f"frames need at least {MIN_SIDE}x{MIN_SIDE} pixels")
     if frame.dtype == np.uint8:
         return np.ascontiguousarray(frame)
-    if frame.dtype == np.bool_:
-        return frame.astype(np.uint8) * 255
     if np.issubdtype(frame.dtype, np.floating):
-        f = frame.astype(np.float32, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):     # a finite float64 beyond float32 is refused below
+            f = frame.astype(np.float32, copy=False)
         if not np.isfinite(f).all():
-            raise InputError("frame contains NaN or Inf", hint="check the source's pixel data")
-        scale = 255.0 if np.count_nonzero(f > 1.0) <= int(OUTLIERS * f.size) else 1.0
+            what = "NaN or Inf" if not np.isfinite(frame).all() else "values beyond float32's range"
+            raise InputError(f"frame contains {what}", hint="check the source's pixel data")
+        _refuse_negative(f)
+        scale = 255.0 if float(f.max()) <= 2.0 or np.count_nonzero(f > 1.0) <= int(OUTLIERS * f.size) else 1.0
         return np.clip(f * scale + 0.5, 0, 255).astype(np.uint8)
     if np.issubdtype(frame.dtype, np.integer):
+        if np.issubdtype(frame.dtype, np.signedinteger):
+            _refuse_negative(frame)
         top = int(frame.max())
         if top <= 255:
             return np.clip(frame, 0, 255).astype(np.uint8)
