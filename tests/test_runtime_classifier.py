@@ -171,3 +171,18 @@ def test_the_overlay_shows_the_pixels_that_were_classified():
         assert np.array_equal(frame, before)
     nan = np.full((64, 80), np.nan, np.float32)         # a frame the crop refused still draws (black)
     assert to_bgr(nan).shape == (64, 80, 3)
+
+
+def test_predict_runs_the_quality_gate_unless_told_not_to(runtime_model):
+    """Classifier.predict, the README's API, labelled a lit empty screen (and thumbnails) that files,
+    streams and uploads answer with no_image (outside audit of the library API)."""
+    from usedge.errors import NoImage
+
+    clf = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
+    rng = np.random.default_rng(1)
+    empty = np.clip(128 + rng.normal(0, 3, (480, 640)), 0, 255).astype(np.uint8)
+    with pytest.raises(NoImage, match="uniform"):
+        clf.predict(empty)
+    with pytest.raises(NoImage, match="uniform"):
+        clf.predict_batch([empty])
+    assert clf.predict(empty, quality=None).has_label      # the gate off: what the model says

@@ -25,7 +25,7 @@ from usedge.runtime.crop import CropInfo, prepare
 from usedge.runtime.doppler import COLOUR_NOTE, MOSTLY_COLOUR
 from usedge.runtime.model_info import ModelInfo, model_info_from_metadata
 from usedge.runtime.preprocess import PreprocessSpec, normalise
-from usedge.runtime.quality import too_small_reason
+from usedge.runtime.quality import no_image_reason, too_small_reason
 from usedge.runtime.threads import thread_budget
 
 #: frame (H x W or H x W x C, any dtype) -> (uint8 size x size model image, where it came from)
@@ -351,18 +351,21 @@ class Classifier:
     # -- public ---------------------------------------------------------------------------------
     def predict(self, frame: np.ndarray, *, frame_index: int = 0, source: str = "",
                 regions: list | None = None, cropper: Cropper | None = None,
-                quality: Callable[[np.ndarray], str | None] | None = None) -> Prediction:
-        """One frame -> Prediction; latency_ms has crop, normalise, model, post, total."""
+                quality: Callable[[np.ndarray], str | None] | None = no_image_reason) -> Prediction:
+        """One frame -> Prediction; latency_ms has crop, normalise, model, post, total. NoImage when the
+        frame shows no usable ultrasound image (see predict_batch's `quality`)."""
         return self.predict_batch([frame], first_index=frame_index, source=source, regions=regions,
                                   cropper=cropper, quality=quality)[0]
 
     def predict_batch(self, frames: Sequence[np.ndarray], *, first_index: int = 0, source: str = "",
                       regions: list | None = None, cropper: Cropper | None = None,
-                      quality: Callable[[np.ndarray], str | None] | None = None) -> list[Prediction]:
+                      quality: Callable[[np.ndarray], str | None] | None = no_image_reason) -> list[Prediction]:
         """Several frames in one model call; per-frame latency is the batch's time divided by N.
 
-        quality: the frame-quality gate (usedge.runtime.quality.no_image_reason) on each cropped model
-        image: NoImage (nothing run) for a crop it refuses."""
+        quality: the frame-quality gate on each cropped model image, the one streams, files and uploads
+        use (usedge.runtime.quality.no_image_reason; a crop upscaled more than 8x is refused with it):
+        NoImage (nothing run) for a crop it refuses (a lit empty screen, a probe in air, a thumbnail).
+        None turns it off (a blank frame is still refused)."""
         if not len(frames):
             return []
         t = [time.perf_counter()]
