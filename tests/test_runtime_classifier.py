@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -186,3 +187,46 @@ def test_predict_runs_the_quality_gate_unless_told_not_to(runtime_model):
     with pytest.raises(NoImage, match="uniform"):
         clf.predict_batch([empty])
     assert clf.predict(empty, quality=None).has_label      # the gate off: what the model says
+
+
+def test_a_closed_classifier_and_bad_load_options_say_so(runtime_model, runtime_images):
+    """A closed Classifier blamed the model file ("failed to run on this frame ... AttributeError");
+    threads=1000 started 1000 threads, threads=0 gave onnxruntime's pinned default; run_files with one
+    path as a str walked its characters (outside audit of the library API)."""
+    from usedge.errors import ConfigError
+    from usedge.runtime.pipeline import FramePipeline, run_files
+
+    for threads in (0, -1, 1000, 2.5, "2", True):
+        with pytest.raises(ConfigError, match="threads must be"):
+            Classifier.load(runtime_model, backend="ort-cpu", threads=threads)
+    clf = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
+    one = str(sorted(Path(runtime_images).rglob("*.png"))[0])
+    run = run_files(FramePipeline(clf), one)
+    assert run.files == 1 and run.frames + run.no_image == 1 and not run.failed, run.line()
+    clf.close()
+    with pytest.raises(ModelError, match="was closed"):
+        clf.predict(read_image(one))
+
+
+def test_the_api_names_a_wrongly_formed_argument_in_one_line(runtime_model, frame):
+    """Raw ValueError / TypeError / IndexError from the public entry points, or a frame's rows taken as a
+    batch (outside audit of the library API): each is an InputError now, or is accepted as meant."""
+    from usedge.errors import InputError, NoImage
+    from usedge.runtime.formats import read_image_bytes
+
+    clf = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
+    for regions, words in (([(1, 2, 3)],), "is not one"), ((10, 10, 200, 200), "one box"), \
+            ([(float("nan"), 10, 200, 200)], "is not one"):
+        with pytest.raises(InputError, match=words):
+            clf.predict(frame, regions=regions)
+    with pytest.raises(InputError, match="normalise takes"):
+        clf.normalise(np.zeros((50, 50), np.uint8))
+    with pytest.raises(InputError, match="one frame"):
+        clf.predict_batch(frame)
+    assert [p.label for p in clf.predict_batch(f for f in [frame, frame])] == [clf.predict(frame).label] * 2
+    with pytest.raises(NoImage, match="frame 1 of the batch"):
+        clf.predict_batch([frame, np.zeros_like(frame)])
+    ok, png = cv2.imencode(".png", frame)
+    assert read_image_bytes(memoryview(png.tobytes())).frame.shape[:2] == frame.shape[:2]
+    with pytest.raises(InputError, match="not bytes"):
+        read_image_bytes("scan.png")

@@ -164,6 +164,31 @@ def test_background_runner_latest_stats_and_stop(clf, runtime_video):
     assert not runner.stats()["running"]
 
 
+def test_a_runner_runs_once_gives_opencv_its_thread_count_back_and_checks_its_settings(clf, runtime_video):
+    """A second start() began a second loop on the same reader (frames twice, processed > read); the
+    run left cv2.setNumThreads(1) set for the host application; nan / negative settings silently turned
+    freeze detection off or read no frame (outside audit of the library API)."""
+    from usedge.errors import ConfigError
+
+    cv2.setNumThreads(3)
+    runner = _runner(clf, open_source(str(runtime_video)), max_frames=5)
+    runner.start()
+    with pytest.raises(StreamError, match="already run"):
+        runner.start()
+    runner.stop()
+    with pytest.raises(StreamError, match="already run"):
+        runner.run()
+    assert cv2.getNumThreads() == 3
+    done = _runner(clf, open_source(str(runtime_video)), max_frames=5)
+    assert done.run().processed > 0 and cv2.getNumThreads() == 3
+    for bad in ({"freeze_threshold": float("nan")}, {"freeze_threshold": -1}, {"smooth": -1}, {"smooth": 2.5}):
+        with pytest.raises(ConfigError):
+            FramePipeline(clf, stream=True, freeze=True, **bad)
+    for bad in ({"max_frames": -1}, {"max_reconnects": 1.5}, {"fps": 0.0}):
+        with pytest.raises(ConfigError):
+            StreamRunner(FramePipeline(clf, stream=True), open_source(str(runtime_video)), **bad)
+
+
 class FlakyLiveReader(VideoFileReader):
     """A live source whose link drops after 5 frames, twice (stands in for a capture card cable)."""
 

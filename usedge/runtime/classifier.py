@@ -8,6 +8,7 @@ it (quality, freeze, smoothing, sinks) is `usedge.runtime.pipeline`.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from usedge.errors import BackendUnavailable, ModelError, NoImage, UsedgeError
+from usedge.errors import BackendUnavailable, InputError, ModelError, NoImage, UsedgeError
 from usedge.fileio import sha256_file
 from usedge.runtime.backends import CPU_BACKENDS, Backend, candidate_backends, create_backend
 from usedge.runtime.backends.ort import is_torch_checkpoint
@@ -26,7 +27,7 @@ from usedge.runtime.doppler import COLOUR_NOTE, MOSTLY_COLOUR
 from usedge.runtime.model_info import ModelInfo, model_info_from_metadata
 from usedge.runtime.preprocess import PreprocessSpec, normalise
 from usedge.runtime.quality import no_image_reason, too_small_reason
-from usedge.runtime.threads import thread_budget
+from usedge.runtime.threads import check_threads, thread_budget
 
 #: frame (H x W or H x W x C, any dtype) -> (uint8 size x size model image, where it came from)
 Cropper = Callable[[np.ndarray], tuple[np.ndarray, CropInfo]]
@@ -202,6 +203,9 @@ class Classifier:
         explicitly so onnxruntime never pins its pool); spinning: busy-wait between ops.
         verify: refuse a file whose weights digest (engine: sha256 in its sidecar) does not match.
         """
+        check_threads(threads)
+        if not isinstance(path, (str, os.PathLike)):
+            raise ModelError(f"the model path is a {type(path).__name__}", hint="pass a str or pathlib.Path")
         path = Path(path)
         which = "pass model.onnx, model.int8.onnx, model.fp16.onnx or a .engine from `usedge export`"
         if path.is_dir():
@@ -289,7 +293,13 @@ class Classifier:
 
     def normalise(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """uint8 image(s) -> float32 N x 1 x size x size model input (preprocess.normalise); one image is
-        written into this thread's reused buffer."""
+        written into this thread's reused buffer (the next call on this thread overwrites it: copy it to keep it)."""
+        side = (self.spec.size, self.spec.size)
+        for image in [images] if isinstance(images, np.ndarray) else images:
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != side:
+                got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+                raise InputError(f"normalise takes the uint8 {side[0]}x{side[1]} model image that prepare() gives, "
+                                 f"got {got}", hint="pass prepare(frame)[0], or call predict(frame)")
         if isinstance(images, np.ndarray):
             buf = getattr(self._buffers, "input", None)
             if buf is None:
@@ -302,6 +312,8 @@ class Classifier:
 
     def run_model(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """The model stage: the backend's outputs by name (one call at a time unless the backend is thread_safe)."""
+        if self.backend.closed:
+            raise ModelError("this Classifier was closed", hint="load the model again: Classifier.load(path)")
         try:
             if self.backend.thread_safe:
                 return self.backend.infer(batch)
@@ -310,6 +322,8 @@ class Classifier:
         except UsedgeError:
             raise
         except Exception as exc:   # a foreign model that loads but fails at run time (onnxruntime's own error)
+            if self.backend.closed:        # closed by another thread while this call ran
+                raise ModelError("this Classifier was closed", hint="load the model again: Classifier.load(path)") from exc
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             model = Path(self._load_options.get("path", "model")).name
             raise ModelError(f"the model {model} failed to run on this frame ({type(exc).__name__}: {first})",
@@ -366,10 +380,23 @@ class Classifier:
         use (usedge.runtime.quality.no_image_reason; a crop upscaled more than 8x is refused with it):
         NoImage (nothing run) for a crop it refuses (a lit empty screen, a probe in air, a thumbnail).
         None turns it off (a blank frame is still refused)."""
+        if isinstance(frames, np.ndarray) and (frames.ndim == 2 or frames.ndim == 3 and frames.shape[2] <= 4):
+            raise InputError(f"predict_batch takes a list of frames (or an N x H x W[ x C] array), got what looks like one frame "
+                             f"{frames.shape}", hint="pass [frame], or call predict(frame)")
+        if not isinstance(frames, (Sequence, np.ndarray)):
+            frames = list(frames)          # a generator of frames
         if not len(frames):
             return []
         t = [time.perf_counter()]
-        crops = [self.prepare(f, regions, cropper) for f in frames]
+        crops = []
+        for i, f in enumerate(frames):
+            try:
+                crops.append(self.prepare(f, regions, cropper))
+            except UsedgeError as exc:
+                if len(frames) > 1:          # which frame of the batch
+                    exc.message = f"frame {i} of the batch: {exc.message}"
+                    exc.args = (exc.one_line(),)
+                raise
         if quality is not None:
             for image, info in crops:
                 if reason := too_small_reason(info.crop_box[2], info.crop_box[3], self.spec.size) or quality(image):

@@ -331,6 +331,29 @@ def _line_pixels(shape: tuple[int, int], box: Box) -> tuple[np.ndarray, ...]:
     return rows_a, cols_a, rows_a * w + cols_a, np.asarray(present, bool), starts, lengths_a
 
 
+def _checked_regions(regions) -> list[Box] | None:
+    """DICOM-style region boxes as given by a caller: a list of (x, y, w, h) with finite numbers, or None.
+    (Whether they fit the frame is fov.validate_regions' question; this is about their form.)"""
+    if regions is None:
+        return None
+    form = "regions must be a list of (x, y, w, h) boxes"
+    if isinstance(regions, (str, bytes)) or not hasattr(regions, "__iter__"):
+        raise InputError(f"{form}, got a {type(regions).__name__}", hint="e.g. regions=[(10, 40, 600, 400)], or None")
+    boxes = list(regions)
+    if len(boxes) == 4 and all(isinstance(v, (int, float, np.number)) for v in boxes):
+        raise InputError(f"{form}, got one box {tuple(boxes)}", hint="wrap it in a list: regions=[(x, y, w, h)]")
+    out = []
+    for box in boxes:
+        try:
+            values = [float(v) for v in box]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 4 or not all(math.isfinite(v) for v in values):
+            raise InputError(f"{form}; {box!r} is not one", hint="four finite numbers per box, in frame pixels")
+        out.append(tuple(int(v) for v in values))
+    return out
+
+
 class FrameCropper:
     """`prepare` for a stream of frames from one scanner: same bytes as `prepare` on the first frame.
 
@@ -348,7 +371,7 @@ class FrameCropper:
         _check_size(spec)
         self.spec = spec
         self.mode = parse_crop(spec.crop, presets)
-        self.regions = regions
+        self.regions = _checked_regions(regions)
         self.layout: Layout | None = None
         self.detections = 0          # how many full detections ran (1 for a static layout)
         self._ref: np.ndarray | None = None

@@ -11,6 +11,8 @@ summary) is `usedge.runtime.stream`; the file loop is `run_files` below.
 from __future__ import annotations
 
 import collections
+import math
+import os
 import dataclasses
 import time
 from typing import Callable, Iterable, Sequence
@@ -18,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from usedge.errors import NoImage, OutputError, UsedgeError
+from usedge.errors import ConfigError, NoImage, OutputError, UsedgeError
 from usedge.runtime.classifier import Classifier, Prediction
 from usedge.runtime.overlay import draw_prediction
 from usedge.runtime.crop import FrameCropper
@@ -91,7 +93,10 @@ class Smoother:
     """Moving average of the last `window` class-probability vectors (frozen frames excluded)."""
 
     def __init__(self, window: int = 5) -> None:
-        self.window = max(1, int(window))
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ConfigError(f"the smoothing window must be a whole number of results >= 1, got {window!r}",
+                              hint="e.g. smooth=5; None turns smoothing off")
+        self.window = window
         self._hist: collections.deque = collections.deque(maxlen=self.window)
 
     def __call__(self, probs: dict[str, float]) -> dict[str, float]:
@@ -138,6 +143,9 @@ class FramePipeline:
                  regions: list | None = None, freeze: bool = False, freeze_threshold: float = FREEZE_MAD,
                  smooth: int | None = None, cam: bool = True, quality: QualityGate | None = None,
                  quality_gate: bool = True, on_event: Callable[[str], None] | None = None) -> None:
+        if not (isinstance(freeze_threshold, (int, float)) and math.isfinite(freeze_threshold) and freeze_threshold >= 0):
+            raise ConfigError(f"freeze_threshold must be a finite number >= 0, got {freeze_threshold!r}",
+                              hint=f"the default is {FREEZE_MAD} (mean absolute difference, grey levels)")
         self.classifier = classifier
         self.sinks: list[Sink] = list(sinks)
         self.stream = stream
@@ -354,6 +362,8 @@ def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: b
     (the whole frame is classified). `on_file` after each file. Ctrl-C ends the run between frames: `FileRun.interrupted` is set and `done`
     says how many files were finished.
     """
+    if isinstance(files, (str, bytes, os.PathLike)):      # one file, not a sequence of its characters
+        files = [files]
     run = FileRun(files=len(files))
     try:
         for path in files:

@@ -14,6 +14,7 @@ model, post, total (crop..post) and capture_to_result (captured -> result ready,
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from usedge.errors import OutputError, StreamError, UsedgeError
+from usedge.errors import ConfigError, OutputError, StreamError, UsedgeError
 from usedge.runtime.classifier import STAGES as MODEL_STAGES, Prediction
 from usedge.runtime.pipeline import FramePipeline
 from usedge.runtime.sinks import CallbackSink
@@ -111,6 +112,12 @@ class StreamRunner:
     def __init__(self, pipeline: FramePipeline, reader: FrameReader, *, realtime: bool | None = False,
                  fps: float | None = None, max_frames: int | None = None, max_reconnects: int | None = None,
                  budget: ThreadBudget | None = None) -> None:
+        for name, value in (("max_frames", max_frames), ("max_reconnects", max_reconnects)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"{name} must be None or a whole number >= 0, got {value!r}",
+                                  hint="None: no limit")
+        if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise ConfigError(f"fps must be None or a number > 0, got {fps!r}", hint="None: the source's own rate")
         self.pipeline = pipeline
         self.reader = reader
         self.budget = budget or thread_budget(capture_threads=1, model_threads=pipeline.classifier.threads)
@@ -131,6 +138,7 @@ class StreamRunner:
         self.summary: StreamSummary | None = None
         self.last_error = ""
         self._stop_requested = False
+        self._claimed = False          # a runner runs once: start() or run()
         counters = CallbackSink(self._on_result)
         counters.bookkeeping = True
         self.pipeline.sinks.insert(0, counters)     # bookkeeping first, before any output
@@ -188,6 +196,7 @@ class StreamRunner:
         open_timeout_s: wait this long for the source to open; StreamError (loop stopped) if it does not.
         An error that ends the loop later is kept in `last_error`, not raised in the thread.
         """
+        self._claim()
         self._thread = threading.Thread(target=self._run_quietly, name="usedge-stream", daemon=True)
         self._thread.start()
         if open_timeout_s is not None:
@@ -205,9 +214,18 @@ class StreamRunner:
                 raise _open_error(cap.open_error, self.reader.name, type(cap.open_error).__name__)
         return self._thread
 
+    def _claim(self) -> None:
+        """A runner runs once: a second start() or run() would start a second loop on the same reader
+        (frames delivered twice, counters that contradict each other)."""
+        with self._lock:
+            if self._claimed:
+                raise StreamError("this StreamRunner has already run (or is running)", path=self.reader.name,
+                                  hint="make a new StreamRunner, with a newly opened source, for another run")
+            self._claimed = True
+
     def _run_quietly(self) -> None:
         try:
-            self.run()
+            self._run()
         except UsedgeError as exc:
             self.last_error = exc.one_line()
         except Exception as exc:  # noqa: BLE001 - reported through last_error, not a thread traceback
@@ -252,8 +270,21 @@ class StreamRunner:
                 self.pipeline.on_event(f"skipped {line}")
 
     def run(self) -> StreamSummary:
-        """Blocking: run until the source ends, max_frames, stop(), a sink asks to quit, or Ctrl-C."""
-        self.budget.apply()
+        """Blocking: run until the source ends, max_frames, stop(), a sink asks to quit, or Ctrl-C.
+        Once per runner (StreamError on a second start() or run())."""
+        self._claim()
+        return self._run()
+
+    def _run(self) -> StreamSummary:
+        import cv2
+
+        opencv_threads = self.budget.apply()
+        try:
+            return self._loop()
+        finally:
+            cv2.setNumThreads(opencv_threads)     # the host application's setting back
+
+    def _loop(self) -> StreamSummary:
         self.reader.decode_threads = self.budget.decode_threads
         if isinstance(getattr(self.reader, "stop", None), threading.Event):
             self.reader.stop = self.stop_event      # a watched folder waiting for files ends at Ctrl-C / stop()

@@ -48,11 +48,14 @@ class ThreadBudget:
     spinning: bool
     decode_nice: int = 0
 
-    def apply(self) -> None:
-        """Set OpenCV's thread count for this process (`cv2.setNumThreads` is process-wide)."""
+    def apply(self) -> int:
+        """Set OpenCV's thread count for this process (`cv2.setNumThreads` is process-wide); returns the
+        count it replaced, for the caller to restore (`cv2.setNumThreads(previous)`) when it is done."""
         import cv2
 
+        previous = cv2.getNumThreads()
         cv2.setNumThreads(self.opencv_threads)
+        return previous
 
     def line(self) -> str:
         spin = ", spinning" if self.spinning else ""
@@ -67,6 +70,16 @@ class ThreadBudget:
 #: the most threads --threads accepts: a few per core at most (100000 started 32000 threads and took the
 #: machine's process limit; outside audit)
 MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+
+
+def check_threads(threads, what: str = "threads") -> None:
+    """ConfigError unless `threads` is None or a whole number from 1 to MAX_THREADS."""
+    from usedge.errors import ConfigError
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise ConfigError(f"{what} must be a whole number from 1 to {MAX_THREADS}, got {threads!r}",
+                          hint="None lets usedge choose (every usable core)")
 
 
 def thread_budget(cores: int | None = None, capture_threads: int = 0, *, model_threads: int | None = None,

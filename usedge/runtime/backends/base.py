@@ -71,6 +71,11 @@ class Backend:
     def release(self) -> None:
         """Free sessions and device memory (called once, by close)."""
 
+    @property
+    def closed(self) -> bool:
+        """close() was called: the engine is gone."""
+        return self._closed
+
     def close(self) -> None:
         """Release sessions and device memory; safe to call twice."""
         if not self._closed:
