@@ -172,6 +172,7 @@ def test_infer_files_gives_no_image_results(batch, runtime_model, tmp_path, reli
     for name in empty:
         assert cells[name]["state"] == "no_image" and cells[name]["label"] == ""
         assert all(v == "" for k, v in cells[name].items() if k.startswith("p_"))
+        assert cells[name]["ms_model"] == "" and cells[name]["ms_total"] != ""   # the model did not run (was 0.000)
     reliability_ledger.add("gate_infer_files", inputs_tried=2 * len(rows), processes_run=2,
                            outputs_checked=len(rows) + len(cells) + len(no_image_lines) + 1)
 

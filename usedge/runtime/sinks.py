@@ -169,7 +169,8 @@ def csv_text(value) -> str:
 class CsvSink(Sink):
     """source, frame, label, class_index, p_<class>..., margin, uncertain, crop box, fov box, crop method,
     views, Doppler fraction, frozen, smoothed, model sha256, latencies (ms), state, error;
-    flushed per row. A `no_image` or `error` row has empty label and probability cells and its reason."""
+    flushed per row. A `no_image` or `error` row has empty label and probability cells and its reason;
+    a stage that did not run has an empty latency cell (as JSONL leaves it out), never 0.000."""
 
     def __init__(self, path: str | Path, class_names: list[str], atomic: bool = False) -> None:
         self.path = path
@@ -200,7 +201,8 @@ class CsvSink(Sink):
                 "" if pred.margin is None else f"{pred.margin:.6f}", "" if pred.uncertain is None else int(pred.uncertain),
                 *pred.crop_box, *pred.fov_box, csv_text(pred.crop_method), pred.views, f"{pred.doppler_fraction:.4f}",
                 int(pred.frozen), int(pred.smoothed), pred.model_sha256,
-                *[f"{pred.latency_ms.get(s, 0.0):.3f}" for s in self.stages], pred.state, csv_text(pred.reason),
+                *[f"{pred.latency_ms[s]:.3f}" if s in pred.latency_ms else "" for s in self.stages],   # empty: did not run
+                pred.state, csv_text(pred.reason),
             ])
             self.fh.flush()
         self.count += 1
