@@ -19,8 +19,9 @@ def test_train_cli_with_expand_policy(tiny_cohort, tmp_path):
 
     policy = Policy([SubPolicy((OpSpec("Gain", 0.8, 0.5), OpSpec("FlipLR", 0.5, 0.0)))] * 3).save(tmp_path / "p.json")
     out = tmp_path / "run"
+    # --policy alone trains the expanded set (docs/train.md; the default augment=light refused it)
     res = CliRunner().invoke(app, ["train", str(tiny_cohort), "--out", str(out), "--policy", str(policy),
-                                   "--augment", mode, "--epochs", "1", "--image-size", "32", "--arch", "resnet18",
+                                   "--epochs", "1", "--image-size", "32", "--arch", "resnet18",
                                    "--folds", "2", "--max-folds", "1", "--no-final-model", "--threads", "1", "-q"])
     assert res.exit_code == 0, res.output
     result = json.loads((out / "fold0" / "result.json").read_text())
@@ -28,7 +29,7 @@ def test_train_cli_with_expand_policy(tiny_cohort, tmp_path):
     seen = round(epoch["images_per_second"] * epoch["seconds"])
     n = result["sizes"]["train"] * copies
     assert n - 1 <= seen <= n  # a last batch of one image is dropped (BatchNorm)
-    assert "policy" in (out / "config.toml").read_text()
+    assert "policy" in (out / "config.toml").read_text() and f'augment = "{mode}"' in (out / "config.toml").read_text()
 
 
 def test_train_cli_refuses_augment_without_policy(tiny_cohort, tmp_path):

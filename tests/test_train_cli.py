@@ -125,3 +125,16 @@ def test_a_resumed_fold_says_after_which_epoch(tiny_cohort, tmp_path):
     resumed = CliRunner().invoke(app, args + ["--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert f"fold 0: resumed after epoch 2 of 2 (from {out / 'fold0' / 'last.pt'})" in resumed.output.splitlines()
+
+
+def test_a_class_name_typed_wrong_leaves_the_out_folder_usable(tiny_cohort, tmp_path):
+    """--alpha with a name that is no class stamped --out first: the corrected command was then refused
+    (\"already holds a run\"), and with --resume too (\"the config differs\") (outside audit of the docs)."""
+    out = tmp_path / "run"
+    args = ["train", str(tiny_cohort), "--out", str(out), "--image-size", "32", "--epochs", "1", "--folds", "3",
+            "--set", "cv.max_folds=1", "--set", "cv.final_model=false", "--batch-size", "8", "--set", "run.threads=1",
+            "--quiet"]
+    typo = CliRunner().invoke(app, args + ["--alpha", "lipoma=0.5,lipomma=1"])
+    assert typo.exit_code != 0 and "lipomma" in str(typo.exception)
+    assert not (out / "run.json").exists()
+    assert CliRunner().invoke(app, args + ["--alpha", "lipoma=0.5"]).exit_code == 0

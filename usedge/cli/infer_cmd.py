@@ -242,7 +242,8 @@ def infer(
     any_modality: bool = typer.Option(False, "--any-modality", help="classify DICOM of any Modality (default: US only)"),
     quality_gate: bool = quality_gate_option(),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Refuse a model whose weights digest does not match (--no-verify: load a damaged or hand-edited file anyway)."),
-    quiet: bool = quiet_option(),
+    quiet: bool = quiet_option("No model line, progress bar or status line; errors, `no image` lines and the "
+                               "final line stay."),
 ) -> None:
     """Classify images/folders/DICOM/videos, or a live scanner with --stream. Results: JSONL or CSV."""
     from usedge.errors import ConfigError

@@ -34,8 +34,8 @@ def deprecated(new_value: T, old_value: T | None, *, old: str, new: str, default
     return old_value if new_value == default or new_value is None else new_value
 
 
-def quiet_option() -> bool:
-    return typer.Option(False, "--quiet", "-q", help="Print only errors and the final line.")
+def quiet_option(help: str = "Print only errors and the final line.") -> bool:
+    return typer.Option(False, "--quiet", "-q", help=help)
 
 
 def quality_gate_option() -> bool:

@@ -81,7 +81,7 @@ def train(
         help="Any other config key, repeatable, e.g. --set optim.schedule=step --set model.gate_norm=paper. "
              f"Keys: {', '.join(known_keys())}."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out (same config)."),
-    quiet: bool = quiet_option(),
+    quiet: bool = quiet_option("No progress bars (the run's lines, notes and errors are still printed)."),
     # previous release's spellings (hidden; one deprecation line each)
     arch: Optional[str] = _old("--arch"), gate_norm: Optional[str] = _old("--gate-norm"),
     crop: Optional[str] = _old("--crop"), remove_doppler: Optional[bool] = _old("--remove-doppler/--keep-doppler"),
@@ -113,8 +113,11 @@ def train(
         "data.policy": str(policy) if policy else None, "model.pretrained": pretrained,
     })
     overrides.update(parse_sets(set_ or []))
-    if policy and "data.augment" not in overrides and load_config(config, overrides).data.augment not in ("expand", "random"):
-        overrides["data.augment"] = "expand"   # a policy means Fast AutoAugment: the paper's 21x expansion
+    # a policy means Fast AutoAugment: the paper's 21x expansion, unless the config or --set chose random
+    # (the config is read without the policy here: with it, augment=light is refused as not using it)
+    without_policy = {k: v for k, v in overrides.items() if k != "data.policy"}
+    if policy and "data.augment" not in overrides and load_config(config, without_policy).data.augment not in ("expand", "random"):
+        overrides["data.augment"] = "expand"
     cfg = load_config(config, overrides)
     dataset = load_dataset(data)
     console = rich_console(stderr=True)

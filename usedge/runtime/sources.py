@@ -70,7 +70,7 @@ def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False
         try:
             i = 0
             while (frame := reader.read()) is not None:
-                yield i, frame, None
+                yield (i if reader.frame_number is None else reader.frame_number), frame, None
                 i += 1
             if i == 0:
                 raise InputError("video has no readable frames", path=path, hint="check the codec (ffmpeg build)")
@@ -176,6 +176,13 @@ class DicomCineReader(FrameReader):
         return self._i <= self.dcm.n_frames
 
 
+def _attached_pic() -> int:
+    """PyAV's disposition flag of a cover-art picture stored as a video track."""
+    from av.stream import Disposition
+
+    return int(Disposition.attached_pic)
+
+
 class VideoFileReader(FrameReader):
     """A video file, decoded by PyAV (FFmpeg) at each frame's own size; fps from the container.
 
@@ -184,10 +191,18 @@ class VideoFileReader(FrameReader):
     reach the cropper squeezed; PyAV hands over each frame as decoded. A file PyAV cannot open (or
     without a video stream) is read through OpenCV instead (`backend` says which one reads it).
 
-    `ended_early` (one line, else "") when decoding stopped before the frame count that the container
-    declares (a truncated or damaged file): more than one frame short, since a count computed from
-    duration x frame rate may be off by one; or when damaged packets mid-file were passed over (PyAV
-    decodes packet by packet and goes on after one that fails).
+    The main video track is read: never an attached picture (cover art), else the track with the most
+    frames, then the largest picture (a thumbnail track first in the file is not the video).
+
+    `ended_early` (one line, else "") when decoding stopped before the end the file declares (a
+    truncated or damaged file): more than one frame short of the frame count the container stores,
+    or, without a count, the last frame's time short of the video track's own duration (never the
+    container's, which an audio track may lengthen; a transport stream declares neither, so it is not
+    judged); when damaged packets mid-file were passed over (PyAV decodes packet by packet and goes on
+    after one that fails); or when the file grew while it was read (a recording still being written).
+    After a damaged packet the frames up to the next key frame (decoded from missing data) and any frame
+    the decoder marks corrupt are left out and counted in `concealed`, and `frame_number` follows the
+    frames' timestamps, so every later frame keeps its own number in the video.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -201,11 +216,19 @@ class VideoFileReader(FrameReader):
         self.position = 0           # frames read or skipped so far
         self.ended_early = ""
         self.damaged = 0            # packets that failed to decode and were passed over (PyAV)
+        self.concealed = 0          # frames left out after damage (decoded from missing data, or marked corrupt)
+        self.frame_number: int | None = None   # the last frame's number in the video (PyAV: timestamps after damage)
+        self._stream = None         # PyAV's video stream being read
+        self._seconds = 0.0         # the video track's own duration (0: not declared)
+        self._last_time: float | None = None   # the last frame's time, seconds from the track's start
+        self._size = -1             # the file's size when opened (a recording still being written grows)
 
     def open(self) -> None:
-        self.position, self.ended_early, self.damaged = 0, "", 0
+        self.position, self.ended_early, self.damaged, self.concealed = 0, "", 0, 0
+        self.frame_number, self._last_time = None, None
         try:
-            empty = self.path.stat().st_size == 0
+            self._size = self.path.stat().st_size
+            empty = self._size == 0
         except OSError:
             empty = False     # a device or a missing path: the decoders say why
         if empty:
@@ -230,28 +253,35 @@ class VideoFileReader(FrameReader):
                              path=self.path, hint="pass a video recording of the scanner's screen")
         if not self._use(container):
             return False
-        self.declared = self._declared(container)
+        self.declared = self._declared(self._stream)
         return True
 
-    def _declared(self, container) -> int:
-        """The frame count the container declares (0: unknown): its count, else (as OpenCV does)
-        duration x frame rate (a transport stream declares no count)."""
-        import av
+    def _declared(self, stream) -> int:
+        """The frame count the container stores for the video track (0: none stored). Without it, the
+        track's own duration (`_seconds`) is what the last frame's time is checked against."""
+        seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+        self._seconds = seconds if 0 < seconds < 1e7 else 0.0
+        return int(stream.frames) if stream.frames and stream.frames > 0 else 0
 
-        stream = container.streams.video[0]
-        if stream.frames:
-            return int(stream.frames)
-        seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
-                   else container.duration / av.time_base if container.duration else 0.0)
-        return int(seconds * self.fps + 0.5) if self.fps and 0 < seconds < 1e7 else 0
+    @staticmethod
+    def _main_stream(container):
+        """The video track to read: not an attached picture, then the most frames, then the largest picture."""
+        def key(stream):
+            cover = bool(int(stream.disposition) & int(_attached_pic()))
+            seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+            rate = float(stream.guessed_rate or stream.average_rate or 0)
+            frames = stream.frames or int(seconds * rate)
+            ctx = stream.codec_context
+            return (not cover, frames, (ctx.width or 0) * (ctx.height or 0), -stream.index)
+        return max(container.streams.video, key=key)
 
     def _use(self, container) -> bool:
-        """Read frames from an open PyAV container: its first video stream, its rate, the decoder's
+        """Read frames from an open PyAV container: its main video track, its rate, the decoder's
         threads. False (the container closed) when it has no video stream."""
         if not container.streams.video:
             container.close()
             return False
-        stream = container.streams.video[0]
+        stream = self._stream = self._main_stream(container)
         if self.decode_threads:
             stream.codec_context.thread_count = int(self.decode_threads)
         rate = stream.guessed_rate or stream.average_rate
@@ -265,6 +295,8 @@ class VideoFileReader(FrameReader):
         file) ends it."""
         import av
 
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+        after_damage = False       # frames up to the next key frame were decoded from missing data
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
@@ -272,8 +304,24 @@ class VideoFileReader(FrameReader):
                 return
             except av.error.FFmpegError:
                 self.damaged += 1
+                after_damage = True
                 continue
-            yield from frames
+            for frame in frames:
+                t = (frame.time - start) if frame.time is not None else None
+                if after_damage and frame.key_frame and not frame.is_corrupt:
+                    after_damage = False
+                if after_damage or frame.is_corrupt:
+                    self.concealed += 1
+                    continue
+                if self.frame_number is None:
+                    self.frame_number = 0
+                elif (self.damaged or self.concealed) and t is not None and self._last_time is not None and self.fps:
+                    # after damage, a frame's number follows its timestamp: the frames lost leave a gap
+                    self.frame_number += max(1, round((t - self._last_time) * self.fps))
+                else:
+                    self.frame_number += 1
+                self._last_time = t
+                yield frame
 
     def _open_opencv(self) -> None:
         params = [cv2.CAP_PROP_N_THREADS, int(self.decode_threads)] if self.decode_threads else []
@@ -296,7 +344,7 @@ class VideoFileReader(FrameReader):
     def threads_in_use(self) -> int | None:
         """The decoder's thread count as set (None before open)."""
         if self._container is not None:
-            return int(self._container.streams.video[0].codec_context.thread_count)
+            return int(self._stream.codec_context.thread_count)
         return int(self.cap.get(cv2.CAP_PROP_N_THREADS)) if self.cap is not None else None
 
     def _next_av(self):
@@ -311,12 +359,27 @@ class VideoFileReader(FrameReader):
     def _advanced(self, ok: bool) -> bool:
         if ok:
             self.position += 1
-        elif self.declared and self.position + self.damaged < self.declared - 1:
+            if self.cap is not None:
+                self.frame_number = self.position - 1
+            return ok
+        try:
+            grew = self._size >= 0 and self.path.stat().st_size > self._size
+        except OSError:
+            grew = False
+        left_out = f", {self.concealed} frame(s) decoded from damaged data left out" if self.concealed else ""
+        if grew:
+            self.ended_early = (f"{self.name}: the file grew while it was read (still being recorded?): "
+                                f"{self.position} frames read up to its end at that moment")
+        elif self.declared and self.position + self.damaged + self.concealed < self.declared - 1:
             self.ended_early = (f"{self.name}: video ended early, after {self.position} of the "
                                 f"{self.declared} frames its header declares (truncated or damaged file)")
         elif self.damaged:
             self.ended_early = (f"{self.name}: {self.damaged} damaged packet(s) could not be decoded and were "
-                                f"passed over; the other {self.position} frames were read")
+                                f"passed over{left_out}; the other {self.position} frames were read")
+        elif (not self.declared and self._seconds and self.fps and self._last_time is not None
+              and self._last_time + 1.0 / self.fps < self._seconds - max(2.0 / self.fps, 0.1)):
+            self.ended_early = (f"{self.name}: video ended early, at {self._last_time + 1.0 / self.fps:.2f} s of the "
+                                f"{self._seconds:.2f} s its header declares (truncated or damaged file)")
         return ok
 
     def read(self) -> np.ndarray | None:
@@ -437,7 +500,8 @@ class NetworkStreamReader(VideoFileReader):
     def open(self) -> None:
         import av
 
-        self.position, self.ended_early, self.damaged = 0, "", 0
+        self.position, self.ended_early, self.damaged, self.concealed = 0, "", 0, 0
+        self.frame_number, self._last_time = None, None
         try:
             container = av.open(self.url, timeout=(self.OPEN_TIMEOUT_S, self.READ_TIMEOUT_S))
         except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -450,7 +514,7 @@ class NetworkStreamReader(VideoFileReader):
         size = getattr(container, "size", -1) or -1        # the resource's length (HTTP Content-Length), if known
         streamed = set(container.format.name.split(",")) & {"hls", "dash", "rtsp", "rtp", "sdp"}
         self.live = not (container.duration or (size > 0 and not streamed))     # a file behind the URL: read as it
-        self.declared = self._declared(container) if container.duration else 0
+        self.declared = self._declared(self._stream) if container.duration else 0
 
     def _advanced(self, ok: bool) -> bool:
         if self.live:                           # a live stream declares no length: it does not end early

@@ -478,6 +478,8 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
         torch.set_num_threads(cfg.run.threads)
     say = (log or print) if dist.main else (lambda _m: None)
     check_no_shared_images(dataset)            # before anything is written: a copy under two patients leaks
+    resolve_alpha(cfg.loss.alpha, dataset.class_names, dataset.labels)   # a class name typed wrong, before the
+    # folder is stamped (a stamped folder refused the corrected command without --resume, and --resume for its config)
     _start_run(out_dir, cfg, dataset, dist, device, resume)
 
     splits = make_splits(dataset, cfg.cv.folds, cfg.cv.inner_val_fraction, cfg.run.seed)

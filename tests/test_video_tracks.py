@@ -1,0 +1,95 @@
+"""Video files as recorders write them: the main track among several, variable frame rate, damaged data
+(outside audit of streams, 2026-12-02). PyAV writes every file here."""
+
+from __future__ import annotations
+
+import fractions
+
+import numpy as np
+import pytest
+
+from usedge.runtime.sources import VideoFileReader, iter_file_frames
+
+av = pytest.importorskip("av")
+
+
+def _frames(n: int, w: int = 160, h: int = 128) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (h, w), dtype=np.uint8)
+    out = []
+    for i in range(n):                 # a moving texture with a frame number burned in as a bar
+        f = np.roll(base, 3 * i, axis=1).copy()
+        f[:8, : 4 + i] = 255
+        out.append(np.dstack([f, f, f]))
+    return out
+
+
+def _write(path, frames, *, pts=None, thumbnail=False, keyint=10) -> None:
+    tb = fractions.Fraction(1, 1000)
+    with av.open(str(path), "w") as c:
+        t = c.add_stream("mjpeg", rate=1) if thumbnail else None   # a 1-frame picture track first in the file
+        if t is not None:
+            t.width, t.height, t.pix_fmt = 48, 32, "yuvj420p"
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        s.options = {"bf": "0", "g": str(keyint), "keyint_min": str(keyint)}
+        if t is not None:
+            for p in [*t.encode(av.VideoFrame.from_ndarray(np.zeros((32, 48, 3), np.uint8), format="bgr24")),
+                      *t.encode()]:
+                c.mux(p)
+        for i, a in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(a, format="bgr24")
+            if pts is not None:                 # variable frame rate: the given times (ms)
+                vf.pts, vf.time_base = pts[i], tb
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def _read(path) -> tuple[list[tuple[int, np.ndarray]], VideoFileReader]:
+    r = VideoFileReader(path)
+    r.open()
+    out = []
+    while (image := r.read()) is not None:
+        out.append((r.frame_number, image))
+    r.close()
+    return out, r
+
+
+def test_the_main_video_track_is_read_not_a_thumbnail_track_first_in_the_file(tmp_path):
+    path = tmp_path / "twotrack.mkv"
+    _write(path, _frames(30), thumbnail=True)
+    got, r = _read(path)
+    assert len(got) == 30 and got[0][1].shape[:2] == (128, 160) and not r.ended_early
+
+
+def test_a_variable_frame_rate_file_is_complete_not_ended_early(tmp_path):
+    """30 frames, a 2 s pause, 30 frames: duration x rate "declared" 120 frames and called it truncated."""
+    path = tmp_path / "vfr.mkv"
+    pts = [round(i * 1000 / 30) for i in range(30)] + [3000 + round(i * 1000 / 30) for i in range(30)]
+    _write(path, _frames(60), pts=pts)
+    got, r = _read(path)
+    assert len(got) == 60 and r.ended_early == "", r.ended_early
+    assert [n for n, _ in got] == list(range(60))          # no damage: frames numbered as read
+
+
+def test_frames_after_damaged_data_are_left_out_and_the_rest_keep_their_numbers(tmp_path):
+    """Damaged bytes mid-file: the frames decoded from missing data were classified as live, and every later
+    frame was credited to another frame's number."""
+    clean, damaged = tmp_path / "clean.mp4", tmp_path / "damaged.mp4"
+    _write(clean, _frames(90))
+    data = bytearray(clean.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 20000] = np.random.default_rng(1).integers(0, 256, 20000, dtype=np.uint8).tobytes()
+    damaged.write_bytes(bytes(data))
+    reference = dict(_read(clean)[0])
+    got, r = _read(damaged)
+    numbers = [n for n, _ in got]
+    assert 0 < len(got) < 90 and numbers == sorted(set(numbers)) and "damaged" in r.ended_early, r.ended_early
+    assert r.concealed > 0 and "decoded from damaged data left out" in r.ended_early
+    gap = next(a for a, b in zip(numbers, numbers[1:]) if b != a + 1)
+    after = [(n, image) for n, image in got if n > gap]
+    assert after and all(np.array_equal(image, reference[n]) for n, image in after)   # each is the frame its number names
+    with pytest.raises(Exception, match="damaged"):
+        list(iter_file_frames(damaged))
