@@ -10,7 +10,7 @@ from tests.fixtures.crop import bmode_image
 from usedge.errors import ConfigError, InputError
 from usedge.runtime.crop import parse_crop, prepare
 from usedge.runtime.doppler import DOPPLER_MIN_CHROMA, DOPPLER_MIN_SATURATION, detect_doppler, fill_from_surroundings
-from usedge.runtime.fov import (crop_field_of_view, find_skin_line, iou, percentile90, skin_centred_square,
+from usedge.runtime.fov import (FieldOfView, crop_field_of_view, find_skin_line, iou, percentile90, skin_centred_square,
                                 validate_regions)
 from usedge.runtime.pixels import as_uint8
 from usedge.runtime.preprocess import PreprocessSpec
@@ -214,6 +214,12 @@ def test_validate_regions():
     assert validate_regions([(10, 10, 100, 80), (0, 0, 400, 10)], (200, 300)) is None
     assert validate_regions([(0, 0, 2, 2)], (200, 300)) is None               # too small
     assert validate_regions([], (200, 300)) is None
+    # a dual view of two equal views: the regions match the detected views even when detection's crop
+    # box is the other view (both exact regions were thrown away as "do not fit"; outside audit)
+    left, right = (198, 228, 436, 364), (682, 228, 436, 364)
+    detected = FieldOfView(box=right, boxes=[left, right], method="detection")
+    assert validate_regions([left, right], (1080, 1920), detected) == [left, right]
+    assert validate_regions([(10, 900, 436, 150)], (1080, 1920), detected) is None      # off the image: refused
 
 
 def test_parse_crop_modes(tmp_path):

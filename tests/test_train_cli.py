@@ -137,4 +137,9 @@ def test_a_class_name_typed_wrong_leaves_the_out_folder_usable(tiny_cohort, tmp_
     typo = CliRunner().invoke(app, args + ["--alpha", "lipoma=0.5,lipomma=1"])
     assert typo.exit_code != 0 and "lipomma" in str(typo.exception)
     assert not (out / "run.json").exists()
+    folds = CliRunner().invoke(app, [a if a != "3" else "10" for a in args])       # 4 patients a class
+    assert folds.exit_code != 0 and "patients" in str(folds.exception) and "inner_val" not in str(folds.exception)
+    crop = CliRunner().invoke(app, args + ["--set", "data.crop=bogus"])            # was blamed on an image
+    assert crop.exit_code != 0 and "data.crop" in str(crop.exception) and ".png" not in str(crop.exception)
+    assert not (out / "run.json").exists()
     assert CliRunner().invoke(app, args + ["--alpha", "lipoma=0.5"]).exit_code == 0

@@ -279,7 +279,7 @@ def validate_regions(boxes: list[Box] | None, shape: tuple[int, int], fov: Field
     Real files carry boxes measured on the scanner's screen before it was downscaled: any box that
     leaves the frame, is empty or smaller than `min_fraction` of the frame makes the whole set
     untrustworthy -> None (the caller falls back to detection). With `fov` (the detected field of
-    view), the largest box must also overlap its box by at least `min_iou` (intersection over
+    view), the largest box must also overlap one of its boxes by at least `min_iou` (intersection over
     union): a box that fits the frame but lies on text or a ruler is not trusted either.
     """
     if not boxes:
@@ -292,7 +292,10 @@ def validate_regions(boxes: list[Box] | None, shape: tuple[int, int], fov: Field
         if bw * bh < min_fraction * w * h or bw < MIN_SIDE or bh < MIN_SIDE:
             return None
         good.append((int(x), int(y), int(bw), int(bh)))
-    if fov is not None and fov.method == "detection" and iou(max(good, key=lambda b: b[2] * b[3]), fov.box) < min_iou:
+    # the largest region must lie on a detected image region: any of them (on a dual-view screen the two
+    # views may be the same size, and detection's largest may be the other one)
+    largest = max(good, key=lambda b: b[2] * b[3])
+    if fov is not None and fov.method == "detection" and max(iou(largest, b) for b in (fov.boxes or [fov.box])) < min_iou:
         return None
     return sorted(good, key=lambda b: b[0])
 

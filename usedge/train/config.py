@@ -15,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from usedge.errors import ConfigError
+from usedge.errors import ConfigError, UsedgeError
+from usedge.runtime.crop import parse_crop
 from usedge.runtime.preprocess import MAX_INPUT_SIZE, RESIZE_FOR_NEW_MODELS, RESIZE_METHODS, PreprocessSpec
 
 
@@ -208,6 +209,11 @@ def validate(cfg: TrainConfig, where: str = "config") -> TrainConfig:
         if not ok:
             raise ConfigError(message, path=where, hint="fix the TOML value or flag")
     parse_alpha(cfg.loss.alpha, where)
+    try:
+        parse_crop(cfg.data.crop)          # checked here: a bad crop was blamed on the first image it met
+    except UsedgeError as exc:
+        raise ConfigError(f"data.crop is {cfg.data.crop!r}: {exc.message}", path=where,
+                          hint="use auto | fov | none | x,y,w,h | preset:NAME") from None
     if cfg.data.augment in ("expand", "random") and not cfg.data.policy:
         raise ConfigError(f"data.augment={cfg.data.augment} needs a policy file", path=where,
                           hint="pass --policy policy.json (from `usedge augment search`)")

@@ -57,9 +57,10 @@ def group_kfold(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
             return [(np.sort(a), np.sort(b)) for a, b in splitter.split(dummy, labels, groups)]
         except ValueError as exc:   # every class smaller than n_splits (scikit-learn's check)
             largest = int(np.bincount(labels).max()) if len(labels) else 0
+            patients = max((len(np.unique(groups[labels == c])) for c in np.unique(labels)), default=0)
             raise DataError(f"{what} splits in {n_splits} parts, but no class has {n_splits} images there "
-                            f"(largest: {largest})", path=where,
-                            hint=f"add images, or {fewer}") from exc
+                            f"(largest: {largest} images of {patients} patients)", path=where,
+                            hint=f"add patients, or {fewer}") from exc
 
 
 def few_patient_notes(dataset: Dataset, folds: int) -> list[str]:
@@ -76,7 +77,8 @@ def inner_split(train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, f
     first with the validation patients of the classes it lacks moved back into training (a class of two
     patients, one in the outer test fold, would otherwise train its fold without that class)."""
     n_splits = max(2, int(round(1.0 / fraction)))
-    parts = group_kfold(labels[train_idx], groups[train_idx], n_splits, seed, "the inner validation split", where)
+    parts = group_kfold(labels[train_idx], groups[train_idx], n_splits, seed, "the inner validation split", where,
+                        fewer="raise cv.inner_val_fraction (fewer inner parts), or lower cv.folds")
     present = set(labels[train_idx].tolist())
     for tr, va in parts:
         if set(labels[train_idx[tr]].tolist()) == present:
@@ -96,7 +98,8 @@ def make_splits(dataset: Dataset, folds: int = 5, inner_val_fraction: float = 0.
         if patients < 2:
             raise DataError(f"class {name} has {patients} patient: a fold that tests on it would train without it",
                             path=dataset.root, hint="cross-validation needs at least 2 patients per class; add patients")
-    outer = group_kfold(labels, groups, folds, seed, f"{folds}-fold cross-validation", dataset.root)
+    outer = group_kfold(labels, groups, folds, seed, f"{folds}-fold cross-validation", dataset.root,
+                        fewer="lower cv.folds (--folds)")
     splits = []
     for k, (train_all, test) in enumerate(outer):
         absent = sorted(set(labels.tolist()) - set(labels[train_all].tolist()))

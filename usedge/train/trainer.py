@@ -480,10 +480,11 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
     check_no_shared_images(dataset)            # before anything is written: a copy under two patients leaks
     resolve_alpha(cfg.loss.alpha, dataset.class_names, dataset.labels)   # a class name typed wrong, before the
     # folder is stamped (a stamped folder refused the corrected command without --resume, and --resume for its config)
-    _start_run(out_dir, cfg, dataset, dist, device, resume)
-
+    # the splits too, before the folder is stamped: too many folds, or too small an inner split, is refused
+    # while --out can still take the corrected command
     splits = make_splits(dataset, cfg.cv.folds, cfg.cv.inner_val_fraction, cfg.run.seed)
     final = final_split(dataset, cfg.cv.inner_val_fraction, cfg.run.seed) if cfg.cv.final_model else None
+    _start_run(out_dir, cfg, dataset, dist, device, resume)
     if dist.main:
         write_folds_csv(out_dir / "folds.csv", dataset, splits, final)
     say(f"{len(dataset)} images, {len(set(dataset.groups))} patients, {cfg.cv.folds} folds by patient; "
