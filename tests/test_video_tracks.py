@@ -93,3 +93,21 @@ def test_frames_after_damaged_data_are_left_out_and_the_rest_keep_their_numbers(
     assert after and all(np.array_equal(image, reference[n]) for n, image in after)   # each is the frame its number names
     with pytest.raises(Exception, match="damaged"):
         list(iter_file_frames(damaged))
+
+
+def test_a_video_is_read_whatever_its_name(tmp_path):
+    """An MP4 named IM0001 or clip.dat was refused as "not a supported image type ... pass PNG, JPEG" (a
+    video's fix is not an image); in a folder it was left out as another type."""
+    from usedge.runtime.formats import expand_inputs, video_container
+
+    src = tmp_path / "clip.mp4"
+    _write(src, _frames(12))
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name in ("IM0001", "clip.dat"):
+        (folder / name).write_bytes(src.read_bytes())
+        assert len(list(iter_file_frames(folder / name))) == 12
+    (folder / "notes.txt").write_text("not a video")
+    files, _ = expand_inputs([folder])
+    assert sorted(p.name for p in files) == ["IM0001", "clip.dat"]
+    assert video_container(b"\x89PNG\r\n\x1a\n" + bytes(600)) is None and video_container(b"\xff\xd8\xff\xe0" + bytes(600)) is None

@@ -17,7 +17,7 @@ from usedge.fileio import write_text_atomic
 from usedge.runtime.crop import FrameCropper, prepare, prepare_all
 from usedge.runtime.dicom import is_dicom, open_dicom
 from usedge.runtime.doppler import MOSTLY_COLOUR
-from usedge.runtime.formats import VIDEO_SUFFIXES, read_pages
+from usedge.runtime.formats import is_video, read_pages
 from usedge.runtime.overlay import draw_crop
 from usedge.runtime.preprocess import PreprocessSpec
 from usedge.runtime.sinks import OutputNames, claim_output_folder, write_png
@@ -72,7 +72,7 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
                            if all_frames and d.n_frames > 1 and views == "largest" else None)
                 frames = ((i, d.frame(i)) for i in (range(0, d.n_frames, every) if all_frames else range(1)))
                 multi = d.n_frames > 1
-            elif src.suffix.lower() in VIDEO_SUFFIXES:
+            elif is_video(src):
                 regions, cropper, multi = None, None, True
                 frames = ((i, frame) for i, frame, _ in iter_file_frames(src) if i % every == 0)
             else:      # a still; a multi-page TIFF is cropped like a cine (its pages with --all-frames)

@@ -185,6 +185,40 @@ def sniff(data: bytes, name: str = "") -> str | None:
     return None
 
 
+def video_container(head: bytes) -> str | None:
+    """The video container a file's first bytes say it is (mp4 | mkv | avi | mpegts | mpegps | flv | ogg |
+    asf), or None: a video is read whatever its name (`clip.3gp`, `IM0001`, a recorder's `.dat`)."""
+    if head[4:8] == b"ftyp" or head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
+        return "mp4"                   # MP4, MOV, 3GP, M4V (QuickTime atoms)
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "mkv"                   # Matroska, WebM
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:
+        return "mpegts"
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return "mpegps"
+    if head.startswith(b"FLV\x01"):
+        return "flv"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return "asf"                   # WMV
+    return None
+
+
+def is_video(path: str | Path) -> bool:
+    """A video file: by its name (VIDEO_SUFFIXES), else by its first bytes (`video_container`)."""
+    path = Path(path)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return video_container(fh.read(512)) is not None
+    except OSError:
+        return False
+
+
 def probe(data: bytes, name: str = "") -> tuple[str, int, int]:
     """(kind, width, height) from a file's first bytes; DICOM gives (dicom, 0, 0) (its reader checks it).
 
@@ -461,7 +495,8 @@ def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFF
                     if wanted:
                         notes.append(Skipped(str(p), "not a regular file (FIFO, socket, device or broken link): "
                                                      "fix or remove the link"))
-                elif wanted or is_dicom(p):     # DICOM by its bytes: PACS tools name files by UID (1.2.840...)
+                elif wanted or is_dicom(p) or is_video(p):     # DICOM and video by their bytes too: PACS
+                    # tools name files by UID (1.2.840...), recorders use their own extensions
                     found.append(p)
                 elif ignored is not None:
                     ignored.append(p)

@@ -328,9 +328,8 @@ class FileRun:
     mostly_colour: int = 0             # frames whose model input was more than MOSTLY_COLOUR filled as Doppler
 
     def line(self, out: str = "-") -> str:
-        if self.interrupted:
-            return f"interrupted after {self.done} of {self.files} files ({self.frames} frames classified)" + (
-                f" -> {out}" if out != "-" else "")
+        if self.interrupted:     # where the part went is the caller's line (<out>.partial, never `out`)
+            return f"interrupted after {self.done} of {self.files} files ({self.frames} frames classified)"
         return (f"{self.files - len(self.failed)}/{self.files} files, {self.frames} frames classified"
                 + (f", {self.no_image} no image" if self.no_image else "")
                 + (f", {len(self.failed)} failed" if self.failed else "")

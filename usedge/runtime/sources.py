@@ -33,7 +33,7 @@ import numpy as np
 
 from usedge.errors import InputError, StreamError, Undecodable, UsedgeError
 from usedge.runtime.dicom import is_dicom, open_dicom
-from usedge.runtime.formats import VIDEO_SUFFIXES, StillPages, read_bytes, read_pages
+from usedge.runtime.formats import StillPages, is_video, read_bytes, read_pages
 from usedge.runtime.threads import lower_this_thread
 
 DEFAULT_FPS = 30.0
@@ -64,7 +64,7 @@ def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False
         for i, frame in dcm.frames():
             yield i, frame, regions
         return
-    if path.suffix.lower() in VIDEO_SUFFIXES:
+    if is_video(path):
         reader = VideoFileReader(path)
         reader.open()
         try:
@@ -691,7 +691,7 @@ def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_ti
                           hint="give a camera index, /dev/videoN, a URL, a GStreamer pipeline, a file or a folder")
     if is_dicom(path):
         return DicomCineReader(path, allow_any_modality=allow_any_modality)
-    if path.suffix.lower() in VIDEO_SUFFIXES:
+    if is_video(path):
         return VideoFileReader(path)
     return ArrayReader(_StillFrames(path), str(path), None)
 
