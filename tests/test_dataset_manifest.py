@@ -101,6 +101,16 @@ def test_a_class_folder_the_manifest_leaves_out_is_a_note(tiny_cohort, tmp_path)
         r["path"] = "./" + r["path"]
     write_rows(data, fields, rows)
     assert not any("lists no image" in n for n in load_dataset(data).notes)
+    assert not any("not listed" in n for n in load_dataset(data).notes)
+
+
+def test_images_in_the_manifests_folders_that_it_does_not_list_are_a_note(tiny_cohort, tmp_path):
+    """New scans copied into a class folder without a manifest row were left out without a word (outside audit)."""
+    data = copy_cohort(tiny_cohort, tmp_path)
+    fields, rows = rows_of(data)
+    write_rows(data, fields, rows[2:])
+    notes = load_dataset(data).notes
+    assert any(n.startswith("2 image file(s) in the folders manifest.csv uses are not listed in it") for n in notes), notes
 
 
 def synthetic(counts: list[tuple[int, int]]) -> Dataset:

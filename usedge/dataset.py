@@ -200,7 +200,21 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
                       if within and p.name not in listed and p.name != "masks" and _holds_images(p))
     if left_out:
         notes.append(f"{manifest.name} lists no image in the folder(s) {', '.join(left_out)}: not part of this data set")
+    if unlisted := _unlisted_images(root, listed if within else set(), {x.resolve() for s in samples for x in (s.path, s.mask_path) if x}):
+        notes.append(f"{len(unlisted)} image file(s) in the folders {manifest.name} uses are not listed in it "
+                     f"(e.g. {unlisted[0]}): not part of this data set; add them to {manifest.name} to train on them")
     return Dataset(root=root, class_names=list(names), samples=samples, notes=notes)
+
+
+def _unlisted_images(root: Path, folders: set[str], listed: set[Path]) -> list[str]:
+    """Image files under the manifest's folders (not masks/) that it does not list, relative to root: new
+    scans copied into the class folders and not added to the manifest would silently stay out."""
+    out = []
+    for name in sorted(folders - {"masks"}):
+        if (root / name).is_dir():
+            files, _ = expand_inputs([root / name], IMAGE_SUFFIXES)
+            out += [f.relative_to(root).as_posix() for f in files if f.resolve() not in listed]
+    return out
 
 
 def _is_output_folder(folder: Path) -> bool:
