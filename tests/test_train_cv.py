@@ -96,3 +96,17 @@ def test_every_fold_trains_on_every_class_its_pool_holds(seed):
         assert not set(groups[s.train]) & set(groups[s.val])
     final = final_split(ds, 0.2, seed)
     assert set(labels[final.train].tolist()) == {0, 1, 2}
+
+
+def test_a_fold_whose_inner_validation_lacks_a_class_is_a_note(tiny_cohort):
+    """The split that picks each fold's checkpoint held no image of some classes, without a word (outside
+    audit): 4 patients a class and 3 folds leave 1-2 validation patients a fold."""
+    from usedge.dataset import load_dataset
+    from usedge.train.cv import inner_validation_notes
+
+    ds = load_dataset(tiny_cohort)
+    splits = make_splits(ds, 3)
+    notes = inner_validation_notes(ds, splits)
+    labels = np.asarray(ds.labels)
+    lacking = [s.fold for s in splits if set(labels[s.val].tolist()) != set(labels[s.train].tolist())]
+    assert lacking and [int(n.split()[1].split("'")[0]) for n in notes] == lacking

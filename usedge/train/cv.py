@@ -69,6 +69,21 @@ def few_patient_notes(dataset: Dataset, folds: int) -> list[str]:
             f"per-fold figures are undefined there" for name, _, p in dataset.class_counts() if p < folds]
 
 
+def inner_validation_notes(dataset: Dataset, splits: list[FoldSplit]) -> list[str]:
+    """One line per fold whose inner validation part (which picks the checkpoint) holds no image of some
+    class: its epoch is chosen without that class (too few patients for the split to hold every class)."""
+    labels = np.asarray(dataset.labels)
+    out = []
+    for s in splits:
+        missing = sorted(set(labels[s.train].tolist()) - set(labels[s.val].tolist()))
+        if missing:
+            names = ", ".join(dataset.class_names[m] for m in missing)
+            out.append(f"fold {s.fold}'s inner validation holds no image of {names}: its checkpoint is chosen without "
+                       f"{'that class' if len(missing) == 1 else 'those classes'} (more patients, or a larger "
+                       "cv.inner_val_fraction)")
+    return out
+
+
 def inner_split(train_idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
                 where=None) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (train, val) by patient, stratified; val is about `fraction` of the images.

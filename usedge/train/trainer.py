@@ -34,7 +34,8 @@ from usedge.errors import ConfigError, ModelError
 from usedge.fileio import write_json_atomic, write_text_atomic
 from usedge.train.checkpoint import read_checkpoint, save_checkpoint
 from usedge.train.config import TrainConfig, dump_toml
-from usedge.train.cv import FoldSplit, few_patient_notes, final_split, make_splits, write_folds_csv
+from usedge.train.cv import (FoldSplit, few_patient_notes, final_split, inner_validation_notes, make_splits,
+                             write_folds_csv)
 from usedge.train.data import LightAugment, TumorDataset, load_images, make_loader
 from usedge.train.distributed import Dist, convert_batchnorm, init_distributed
 from usedge.train.loss import build_loss, describe_alpha, resolve_alpha
@@ -491,7 +492,7 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
         f"device {device}, {dist.world_size} process(es); augmentation {cfg.data.augment}, "
         f"{cfg.optim.schedule} schedule")
     say("classes: " + "; ".join(f"{name} {n} images / {p} patients" for name, n, p in dataset.class_counts()))
-    for note in dataset.notes + few_patient_notes(dataset, cfg.cv.folds):
+    for note in dataset.notes + few_patient_notes(dataset, cfg.cv.folds) + inner_validation_notes(dataset, splits):
         say(f"note: {note}")
     spec = cfg.preprocess_spec()
     t0 = time.perf_counter()
