@@ -101,7 +101,7 @@ def test_a_fold_models_card_describes_what_it_trained_on(tiny_train_run, tiny_co
     assert f"fold0 of a cross-validation run: trained on {len(train)} of the folder's {len(ds.samples)} images" in text
     assert "This model is fold0's: on its own test fold" in text and "the table above is the whole run's" in text
     line = model_card_line(ModelInfo.from_dict({"class_names": names, "input_size": 64, "model_card": card}))
-    assert f"({len(train)} images of fold0's training patients, sha256" in line
+    assert f"({len(train)} images of fold0's training patients; data set sha256" in line
 
 
 def test_data_given_at_export_that_is_not_the_training_data_is_not_called_so(tiny_export_checkpoint, tiny_cohort,
@@ -138,3 +138,20 @@ def test_a_macro_mean_over_fewer_classes_says_so_in_the_card():
             "uncertain_margin": 0.2}
     text = card_markdown(card, "line")
     assert "| macro | 0.497 ± 0.089 (1 of 3 classes per fold, 2 pooled) | 0.600 ± 0.100 |" in text
+
+
+def test_card_of_real_data_and_its_accuracy_line():
+    """A card for data that is not the phantom said the model "has not seen a real patient"; the card's table
+    had an accuracy column empty on every class row (outside audit)."""
+    from usedge.export.model_card import card_markdown, limits
+
+    assert not any("synthetic" in x for x in limits(["a", "b"], synthetic=False))
+    assert any("synthetic" in x for x in limits(["a", "b"], synthetic=True))
+    assert any("synthetic" in x for x in limits(["a", "b"]))                 # data unknown: kept
+    cv = {"folds": 3, "source": "m.json", "rows": {
+        "a": {"sensitivity": [0.5, 0.1], "roc_auc": [0.7, 0.1]}, "b": {"sensitivity": [0.6, 0.1], "roc_auc": [0.8, 0.1]},
+        "balanced accuracy": {"accuracy": [0.55, 0.05]}, "overall accuracy": {"accuracy": [0.56, 0.04]}}}
+    text = card_markdown({"training_data": {"note": "x"}, "cross_validation": cv, "checks": [], "intended_use": "x",
+                          "limits": [], "uncertain_margin": 0.2}, "line")
+    assert "| | roc_auc | sensitivity |" in text and "| a | 0.700 ± 0.100 | 0.500 ± 0.100 |" in text
+    assert "Balanced accuracy 0.550 ± 0.050; overall accuracy 0.560 ± 0.040." in text

@@ -28,12 +28,13 @@ def intended_use(class_names: list[str]) -> str:
             "not for diagnosis; a clinician decides")
 
 
-def limits(class_names: list[str]) -> list[str]:
+def limits(class_names: list[str], synthetic: bool | None = None) -> list[str]:
+    """The card's limits; the synthetic-phantom line when the data is synthetic or unknown (None)."""
     return ["trained only on the data named here; images from other scanners, presets, body sites or "
             "lesion types are outside what it has seen",
             f"{len(class_names)} classes only: every image is forced into one of them, including normal skin and "
             "other tumours",
-            "a model trained on usedge's synthetic phantom has not seen a real patient",
+            *(["a model trained on usedge's synthetic phantom has not seen a real patient"] if synthetic is not False else []),
             "the class activation map shows what the network weighted, not where the lesion is"]
 
 
@@ -143,7 +144,9 @@ def build_card(checkpoint: Path, class_names: list[str], data: dict, report: Exp
                "figures": {k: v for k, v in c.figures.items() if isinstance(v, (int, float, str))}}
               for c in report.checks]
     return {"training_data": data, "cross_validation": cv_table(checkpoint, class_names, carried_cv), "checks": checks,
-            "intended_use": intended_use(class_names), "limits": limits(class_names), "uncertain_margin": uncertain_margin,
+            "intended_use": intended_use(class_names),
+            "limits": limits(class_names, data.get("synthetic") if data.get("sha256") else None),
+            "uncertain_margin": uncertain_margin,
             "checkpoint": checkpoint.name, "checkpoint_sha256": report.checkpoint_sha256,
             "usedge_version": report.usedge_version}
 
@@ -162,7 +165,7 @@ def card_markdown(card: dict, line: str) -> str:
                     f"- folder `{d['path']}` (named by {d.get('named_by', '?')}), {kind}"]
         else:
             out += [f"- folder `{d['path']}` (named by {d.get('named_by', '?')}), {d['images']} images, {kind}"]
-        out += [f"- sha256 of the folder's images `{d['sha256']}`",
+        out += [f"- sha256 of the folder's images `{d['sha256']}`" + (" (the whole data set's)" if d.get("fold") else ""),
                 "", "| class | images | patients |", "|---|---:|---:|"]
         out += [f"| {name} | {c['images']} | {c['patients']} |" for name, c in d["class_counts"].items()]
     else:
@@ -175,7 +178,9 @@ def card_markdown(card: dict, line: str) -> str:
         out.append(f"`{cv['other_run']}` beside the checkpoint is another run's (its folds or mean accuracy differ "
                    "from those the checkpoint carries): not shown.")
     elif cv:
-        metrics = sorted({m for row in cv["rows"].values() for m in row})
+        # the per-class metrics in a table; the accuracies (one figure each, no per-class cells) in a line
+        table = {name: row for name, row in cv["rows"].items() if "accuracy" not in row}
+        metrics = sorted({m for row in table.values() for m in row})
         out += [f"{cv['folds']} fold(s), mean ± SD (from `{cv['source']}`).", "",
                 "| | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
         cover = cv.get("macro_coverage") or {}
@@ -183,8 +188,10 @@ def card_markdown(card: dict, line: str) -> str:
         def cell(name: str, row: dict, m: str) -> str:
             text = mean_sd(row.get(m))
             return f"{text} ({cover[m]})" if name == "macro" and text and m in cover else text
-        out += [f"| {name} | " + " | ".join(cell(name, row, m) for m in metrics) + " |"
-                for name, row in cv["rows"].items()]
+        out += [f"| {name} | " + " | ".join(cell(name, row, m) for m in metrics) + " |" for name, row in table.items()]
+        accuracies = [f"{name} {mean_sd(row['accuracy'])}" for name, row in cv["rows"].items() if "accuracy" in row]
+        if accuracies:
+            out += ["", "; ".join(accuracies).capitalize() + "."]
         own = cv.get("this_fold") or {}
         if own:
             fig = " and ".join(f"{k.replace('_', ' ')} {own[k]:.3f}" for k in ("balanced_accuracy", "accuracy")

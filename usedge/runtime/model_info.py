@@ -307,7 +307,7 @@ def model_card_line(info: ModelInfo) -> str:
     if data.get("sha256"):
         kind = "SYNTHETIC data" if data.get("synthetic") else "data"
         part = f" of {data['fold']}'s training patients" if data.get("fold") else ""
-        trained = f"trained on {kind} ({data.get('images', '?')} images{part}, sha256 {str(data['sha256'])[:12]})"
+        trained = f"trained on {kind} ({data.get('images', '?')} images{part}; data set sha256 {str(data['sha256'])[:12]})"
     else:
         trained = "training data unknown"
     cv = card.get("cross_validation") or {}
@@ -321,5 +321,7 @@ def model_card_line(info: ModelInfo) -> str:
     scored = f"{scored} over {cv.get('folds')} fold(s)" if scored else "no CV metrics"
     missed = [str(c.get("check", "?")) for c in card.get("checks") or [] if not c.get("passed", True)]
     checks = f"{len(missed)} export check(s) MISSED ({missed[0]})" if missed else "export checks ok"
-    return (f"{info.precision} model {info.weights_sha256[:12] or '?'}: {trained}; {scored}; {checks}; "
+    # the weights digest, not the file's sha256 that results carry as model_sha256 (an int8 and an fp32 file of
+    # one model differ in both; the card belongs to the weights)
+    return (f"{info.precision} model {info.weights_sha256[:12] or '?'} (weights digest): {trained}; {scored}; {checks}; "
             f"uncertain below margin {card.get('uncertain_margin', '?')}")
