@@ -119,6 +119,17 @@ def test_report_shows_headline_and_flag(tmp_path):
     assert "Warning:** pilomatricoma" in report and "pooled over fold models" in report
     assert doc["low_sensitivity"]["pilomatricoma"]["sensitivity"] == pytest.approx(0.125)
     assert summary_line(json.loads((tmp_path / "metrics.json").read_text())) == doc["headline"]
+    assert "| macro | sensitivity |" in report and report.count("| 90.1 |") == 1      # the paper's 3-class macro
+    two = ["cyst", "solid"]                      # another class set: the paper's macro compares nothing (outside audit)
+    p = _probs([0] * 4 + [1] * 4 + [1] * 4)[:, :2]
+    p = p / p.sum(axis=1, keepdims=True)
+    labels2 = [0] * 6 + [1] * 6
+    res2 = [{"fold": 0, "labels": labels2, "probs": p.tolist(), "metrics": classification_metrics(labels2, p, two),
+             "sizes": {"train": 8, "val": 2, "test": 12}, "best_epoch": 1, "inner_val": {"loss": 1.0},
+             "history": [], "alpha": {n: 1.0 for n in two}}]
+    write_report(tmp_path / "two", two, res2, load_config())
+    macro = [line for line in (tmp_path / "two" / "report.md").read_text().splitlines() if line.startswith("| macro")]
+    assert macro and all(line.endswith("| – |") for line in macro)
 
 
 def test_class_names_the_plot_font_cannot_draw(tmp_path):
