@@ -115,6 +115,9 @@ def test_dual_view_prepare_all(scanner_frames):
     assert all(img.shape == (224, 224) for img, _ in results)
     one, info = prepare(frame)
     assert any(one.tobytes() == img.tobytes() for img, _ in results)
+    assert any("cropping the largest" in n for n in info.notes)            # prepare crops one view ...
+    assert all(not any("cropping the largest" in n for n in i.notes) and any("each cropped" in n for n in i.notes)
+               for _, i in results)                                         # ... prepare_all each
 
 
 def test_dicom_regions_used_when_they_fit(scanner_frames):

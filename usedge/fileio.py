@@ -90,7 +90,7 @@ def refuse_overwriting_inputs(out: str | Path, inputs: Iterable[str | Path], opt
         if path == target or (folder and path.parent == target):
             why = "" if path == target else " (outputs are named after inputs)"
             raise OutputError(f"{option} would overwrite the input {path.name}{why}",
-                              path=out, hint=f"choose an {option} location that holds no inputs")
+                              path=out, hint=f"give {option} a location that holds no inputs")
 
 
 def check_writable_folder(folder: str | Path, option: str) -> None:

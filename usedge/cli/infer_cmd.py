@@ -13,10 +13,9 @@ from typing import List, Optional
 import typer
 
 from usedge.cli.app import app
-from usedge.cli.options import deprecated, quality_gate_option, quiet_option
+from usedge.cli.options import backend_option, deprecated, quality_gate_option, quiet_option, threads_option
 from usedge.cli.terminal import rich_console, say
 from usedge.runtime.interrupts import finishing, interrupt_between_frames
-from usedge.runtime.threads import MAX_THREADS
 
 
 def _err(text: str) -> None:
@@ -217,9 +216,8 @@ def infer(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="results file ('-' = stdout, the default for files)"),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="save annotated images in this folder"),
     cam: bool = typer.Option(False, "--cam", help="draw the class activation map (models exported with CAM)"),
-    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | openvino | ort-cuda | ort-trt | "
-                                 "ort-trt-rtx (TensorRT for RTX, pip extra rtx) | tensorrt"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS, help="model engine intra-op threads (default: the thread budget, see docs/runtime.md)"),
+    backend: str = backend_option(),
+    threads: Optional[int] = threads_option(),
     spinning: bool = typer.Option(False, "--spinning/--no-spinning", help="onnxruntime busy-waits between ops"),
     ort_opt_level: str = typer.Option("all", "--ort-opt-level", help="onnxruntime graph optimisation: disable | "
                                       "basic | extended | all"),

@@ -69,3 +69,17 @@ def rewrite_old_switches(argv: list[str]) -> list[str]:
         if hidden and (i + 1 == len(out) or out[i + 1].startswith("-")):
             out[i] = hidden
     return out
+
+
+def backend_option() -> str:
+    """infer and serve: the engine (usedge.runtime.backends.BACKEND_NAMES)."""
+    return typer.Option("auto", "--backend", help="auto | ort-cpu | openvino | ort-cuda | ort-trt | "
+                        "ort-trt-rtx (TensorRT for RTX, pip extra rtx) | tensorrt")
+
+
+def threads_option():
+    """infer and serve: the model engine's intra-op threads."""
+    from usedge.runtime.threads import MAX_THREADS
+
+    return typer.Option(None, "--threads", min=1, max=MAX_THREADS,
+                        help="model engine intra-op threads (default: the thread budget, see docs/runtime.md)")

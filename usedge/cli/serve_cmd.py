@@ -11,9 +11,8 @@ from typing import Optional
 import typer
 
 from usedge.cli.app import app
-from usedge.cli.options import quality_gate_option, quiet_option
+from usedge.cli.options import backend_option, quality_gate_option, quiet_option, threads_option
 from usedge.cli.terminal import rich_console
-from usedge.runtime.threads import MAX_THREADS
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
 
@@ -92,9 +91,8 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", envvar="USEDGE_TOKEN", show_envvar=True,
                                         help="Require 'Authorization: Bearer TOKEN' (browser: open /?token=TOKEN "
                                              "once). Prefer the environment variable: a flag shows up in `ps`."),
-    backend: str = typer.Option("auto", "--backend", help="auto | ort-cpu | ort-cuda | ort-trt | "
-                                 "ort-trt-rtx (TensorRT for RTX, pip extra rtx) | tensorrt"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS, help="onnxruntime intra-op threads (default: all cores)."),
+    backend: str = backend_option(),
+    threads: Optional[int] = threads_option(),
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Replay a file --stream forever, like a scanner."),
     smooth_window: int = typer.Option(5, "--smooth-window", min=1, help="Live probabilities: moving average over "
                                       "this many frames (1: off)."),

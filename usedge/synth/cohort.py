@@ -58,7 +58,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite or not (out / COHORT_JSON).is_file():
             raise OutputError("output folder is not empty", path=out,
-                              hint="choose a new folder, or pass overwrite=True (--overwrite) to replace a cohort")
+                              hint="choose a new folder, or pass --overwrite (overwrite=True in Python) to replace a cohort")
         for name in [*CLASSES, "masks"]:  # only what a previous cohort wrote
             for f in sorted((out / name).rglob("*.png")) if (out / name).is_dir() else []:
                 f.unlink()
