@@ -236,8 +236,8 @@ def test_watched_folder_classifies_new_files(clf, runtime_images, tmp_path):
     shutil.copy(sorted(runtime_images.glob("*.png"))[0], watch / "old.png")   # present before: ignored
     stop = threading.Event()
     reader = WatchedFolderReader(watch, poll_s=0.05, idle_timeout_s=1.5, stop=stop)
-    results = []
-    runner = _runner(clf, reader, freeze=False)
+    results, events = [], []
+    runner = StreamRunner(FramePipeline(clf, stream=True, on_event=events.append), reader)
     runner.subscribe(lambda p, f, o: results.append(p))
 
     def export_two():
@@ -252,6 +252,8 @@ def test_watched_folder_classifies_new_files(clf, runtime_images, tmp_path):
     assert [f for f, _ in reader.failed] == [str(watch / "broken.png")]
     assert [p.source for p in results] == [str(watch / "new0.png"), str(watch / "new1.png")]   # each names its file
     assert summary.errors == 1 and "broken.png" in runner.last_error
+    # the file already there is said once (a folder full of scans read as a dead stream; outside audit)
+    assert sum("1 file(s) already in" in e and "are not read" in e for e in events) == 1, events
 
 
 def test_watched_folder_gives_every_frame_of_a_cine_and_writes_bad_files(clf, tmp_path):

@@ -95,6 +95,7 @@ class FrameReader:
     fps: float | None = None
     regions: list | None = None     # DICOM ultrasound region boxes, when the source has them
     decode_threads: int | None = None   # decoder threads (a video file's FFmpeg); None: the decoder's default
+    open_notice = ""                    # a line to say once the source is open (the capture thread's on_event)
 
     def open(self) -> None:
         raise NotImplementedError
@@ -569,6 +570,9 @@ class WatchedFolderReader(FrameReader):
             raise StreamError("watched folder does not exist", path=self.folder, hint="create it or fix the path")
         if not self.include_existing:
             self._seen = dict(self._files())
+            if self._seen:       # said once (CaptureThread): a folder already full of scans otherwise reads as dead
+                self.open_notice = (f"{len(self._seen)} file(s) already in {self.folder} are not read: only files "
+                                    "that arrive from now on are classified (`usedge infer` on the folder reads those)")
 
     def _files(self):
         """(path, (size, mtime_ns)) of every regular, non-hidden file under the folder (not in hidden folders
@@ -846,6 +850,8 @@ class CaptureThread(threading.Thread):
             return
         if self.realtime is None:
             self.realtime = not self.reader.live
+        if (notice := getattr(self.reader, "open_notice", "")) and self.on_event is not None:
+            self.on_event(notice)
         self.opened.set()
         block = not self.realtime and not self.reader.live      # a file or a watched folder: every frame
         period = 1.0 / self.fps
