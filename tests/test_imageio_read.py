@@ -274,3 +274,23 @@ def test_transparent_pixels_are_background():
     assert abs(int(as_uint8(half)[0, 200, 0]) - 128) <= 1    # half transparent white over black
     gray_alpha = np.dstack([scan, np.full_like(scan, 255)])
     assert np.array_equal(as_uint8(gray_alpha), scan)
+
+
+def test_every_frame_of_an_animated_webp_is_read(tmp_path):
+    """An animated WebP was read as its first frame only, and serve said it had one frame (outside audit)."""
+    import io
+
+    from PIL import Image
+
+    from usedge.runtime.formats import read_image_bytes, read_pages
+    from usedge.runtime.sources import iter_file_frames
+
+    frames = [Image.fromarray(np.full((64, 80, 3), 40 * i + 20, np.uint8)) for i in range(5)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    path = tmp_path / "anim.webp"
+    path.write_bytes(buf.getvalue())
+    pages = list(read_pages(path))
+    assert [int(p.frame[..., 0].mean()) for p in pages] == [20, 60, 100, 140, 180]
+    assert [i for i, _, _ in iter_file_frames(path)] == [0, 1, 2, 3, 4]
+    assert read_image_bytes(buf.getvalue(), frame_index=3).frame[..., 0].mean() == 140

@@ -19,6 +19,7 @@ by usedge.runtime.dicom through `check_pixels` (frames decode one at a time). Er
 from __future__ import annotations
 
 import csv
+import io
 import os
 import struct
 from dataclasses import dataclass
@@ -146,6 +147,30 @@ def _webp_size(data: bytes) -> tuple[int, int]:
     if chunk == b"VP8X":
         return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
     raise ValueError("unknown WebP chunk")
+
+
+def _webp_frames(data: bytes, name: str) -> int:
+    """How many frames an animated WebP holds (Pillow counts them); Undecodable when it cannot."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return max(1, int(getattr(im, "n_frames", 1)))
+    except (OSError, ValueError) as exc:
+        raise Undecodable(f"cannot read this animated WebP ({exc})", path=name, hint="export the image again") from exc
+
+
+def _webp_frame(data: bytes, index: int) -> np.ndarray | None:
+    """Frame `index` of an animated WebP as shown (composited on its canvas), BGR or BGRA; None when broken."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.seek(index)
+            rgba = np.asarray(im.convert("RGBA"))
+    except (OSError, ValueError, EOFError):
+        return None
+    return cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA)
 
 
 # the value representations a DICOM data element can have (PS3.5 6.2): how an explicit-VR data set starts
@@ -304,8 +329,6 @@ PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 def exif_orientation(data: bytes) -> int:
     """The EXIF Orientation (1-8; 1 = as stored) of a JPEG's bytes, 1 when it has none or it is unreadable."""
-    import io
-
     from PIL import Image
 
     try:
@@ -347,6 +370,9 @@ class StillPages:
         self.kind, w, h = probe(data, name)
         # a multi-page TIFF: one frame a page; `damaged`: its chain of pages breaks after the last one listed
         self.pages, self.damaged = _tiff_pages(data) if self.kind == "tiff" else ([(0, w, h)], False)
+        self.animated = self.kind == "webp" and data[12:16] == b"VP8X" and bool(data[20] & 0x02)   # VP8X animation flag
+        if self.animated:           # an animated WebP: one frame a frame (OpenCV reads only the first)
+            self.pages = [(i, w, h) for i in range(_webp_frames(data, name))]
         self._decoded: dict[int, np.ndarray] = {}      # later TIFF pages decoded ahead (_page)
 
     def __len__(self) -> int:
@@ -368,7 +394,9 @@ class StillPages:
                               hint="copy or export the image again")
         if kind == "jpeg":
             check_jpeg_data(data, name)
-        if directory == 0:
+        if self.animated:
+            image = _webp_frame(data, frame_index)
+        elif directory == 0:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         else:
             image = self._page(frame_index)
