@@ -181,6 +181,8 @@ def test_a_runner_runs_once_gives_opencv_its_thread_count_back_and_checks_its_se
     assert cv2.getNumThreads() == 3
     done = _runner(clf, open_source(str(runtime_video)), max_frames=5)
     assert done.run().processed > 0 and cv2.getNumThreads() == 3
+    time.sleep(0.3)
+    assert done.stats()["fps"] == done.summary.fps and not done.stats()["running"]   # kept falling after the end
     for bad in ({"freeze_threshold": float("nan")}, {"freeze_threshold": -1}, {"smooth": -1}, {"smooth": 2.5}):
         with pytest.raises(ConfigError):
             FramePipeline(clf, stream=True, freeze=True, **bad)

@@ -176,7 +176,10 @@ class StreamRunner:
         """Live counters for dashboards/metrics: frames, dropped, frozen, no_image, errors, fps, read."""
         cap = self.capture.stats if self.capture else None
         return {"frames": self._counts["processed"], "dropped": self.slot.dropped, "frozen": self._counts["frozen"],
-                "no_image": self._counts["no_image"], "errors": self._counts["errors"], "fps": self.pipeline.fps(), "read": cap.read if cap else 0,
+                "no_image": self._counts["no_image"], "errors": self._counts["errors"],
+                # an ended run: its own rate (the live rate decays toward 0 once results stop, as it should
+                # for a stalled source, not for one that ended)
+                "fps": self.summary.fps if self.summary is not None else self.pipeline.fps(), "read": cap.read if cap else 0,
                 "late_skipped": cap.late if cap else 0,
                 "reconnects": cap.reconnects if cap else 0, "running": self.running}
 

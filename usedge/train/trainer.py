@@ -447,8 +447,9 @@ def _start_run(out_dir: Path, cfg: TrainConfig, dataset: Dataset, dist: Dist, de
                               hint=f"use the run's own config ({out_dir / 'config.toml'}; one without data.resize "
                                    "also needs --set data.resize=area) or another --out")
         if previous.get("data_hash", dhash) != dhash:      # runs stamped before the field: not checked
-            raise ConfigError(f"cannot resume: the data set differs from the run's ({previous.get('images')} images "
-                              f"in {previous.get('data')}; now {len(dataset)} in {dataset.root.resolve()})",
+            raise ConfigError(f"cannot resume: the data set differs from the run's in its images' paths, classes or "
+                              f"patients ({previous.get('images')} images in {previous.get('data')}; now "
+                              f"{len(dataset)} in {dataset.root.resolve()})",
                               path=out_dir, hint="resume with the run's own data set, or train into another --out")
     dist.barrier()  # every process has checked the folder before rank 0 stamps it
     if dist.main:
