@@ -111,3 +111,15 @@ def test_a_video_is_read_whatever_its_name(tmp_path):
     files, _ = expand_inputs([folder])
     assert sorted(p.name for p in files) == ["IM0001", "clip.dat"]
     assert video_container(b"\x89PNG\r\n\x1a\n" + bytes(600)) is None and video_container(b"\xff\xd8\xff\xe0" + bytes(600)) is None
+
+
+def test_a_cut_single_track_file_without_a_frame_count_is_ended_early(tmp_path):
+    """Matroska stores no frame count: a cut file is judged by its duration against its last frame's time."""
+    whole, cut = tmp_path / "whole.mkv", tmp_path / "cut.mkv"
+    _write(whole, _frames(60))
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    got, r = _read(whole)
+    assert len(got) == 60 and r.ended_early == ""
+    got, r = _read(cut)
+    assert 0 < len(got) < 60 and "ended early" in r.ended_early, r.ended_early

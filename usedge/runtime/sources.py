@@ -197,9 +197,10 @@ class VideoFileReader(FrameReader):
 
     `ended_early` (one line, else "") when decoding stopped before the end the file declares (a
     truncated or damaged file): more than one frame short of the frame count the container stores,
-    or, without a count, the last frame's time short of the video track's own duration (never the
-    container's, which an audio track may lengthen; a transport stream declares neither, so it is not
-    judged); when damaged packets mid-file were passed over (PyAV decodes packet by packet and goes on
+    or, without a count, the last frame's time short of the video track's own duration (the
+    container's only when the video is its one stream: an audio track may be longer; a transport
+    stream's duration is FFmpeg's estimate from the file itself, so a cut one is not noticed);
+    when damaged packets mid-file were passed over (PyAV decodes packet by packet and goes on
     after one that fails); or when the file grew while it was read (a recording still being written).
     After a damaged packet the frames up to the next key frame (decoded from missing data) and any frame
     the decoder marks corrupt are left out and counted in `concealed`, and `frame_number` follows the
@@ -259,8 +260,14 @@ class VideoFileReader(FrameReader):
 
     def _declared(self, stream) -> int:
         """The frame count the container stores for the video track (0: none stored). Without it, the
-        track's own duration (`_seconds`) is what the last frame's time is checked against."""
-        seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+        track's own duration (`_seconds`) is what the last frame's time is checked against; the
+        container's duration only when the video is its one stream (an audio track may be longer)."""
+        import av
+
+        container = stream.container
+        seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                   else container.duration / av.time_base if container.duration and len(container.streams) == 1
+                   else 0.0)
         self._seconds = seconds if 0 < seconds < 1e7 else 0.0
         return int(stream.frames) if stream.frames and stream.frames > 0 else 0
 
