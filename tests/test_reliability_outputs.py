@@ -194,7 +194,7 @@ def test_stream_frames_that_fail_are_written_and_a_bad_fps_is_one_line(runtime_m
     records = [json.loads(x) for x in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert len(records) == 10 and all("too small" in r["error"] for r in records), records[:2]
     assert records[3]["source"].endswith("tiny.avi") and records[3]["frame"] == 3      # the frame as its own key
-    for bad in ("nan", "inf", "0", "-5"):
+    for bad in ("nan", "inf", "0", "-5", "1e-9"):      # 1e-9: a frame every 31 years
         res = usedge("infer", runtime_model, "--stream", path, "--realtime", "--fps", bad, "-q")
         assert res.returncode != 0 and f"--fps {float(bad)} is not a frame rate" in res.stderr, (bad, res.stderr)
         no_traceback(res)

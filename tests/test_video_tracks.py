@@ -123,3 +123,20 @@ def test_a_cut_single_track_file_without_a_frame_count_is_ended_early(tmp_path):
     assert len(got) == 60 and r.ended_early == ""
     got, r = _read(cut)
     assert 0 < len(got) < 60 and "ended early" in r.ended_early, r.ended_early
+
+
+def test_a_file_that_grows_while_it_is_read_says_so(tmp_path):
+    """A recording still being written was read to its current end and reported as a complete run (exit 0)."""
+    path = tmp_path / "rec.ts"
+    frames = _frames(30)
+    _write(path, frames)
+    r = VideoFileReader(path)
+    r.open()
+    first = r.read()
+    with open(path, "ab") as fh:            # the recorder writes on while usedge reads
+        fh.write(bytes(188 * 50))
+    n = 1
+    while r.read() is not None:
+        n += 1
+    r.close()
+    assert first is not None and n == 30 and "grew while it was read" in r.ended_early, r.ended_early
