@@ -255,6 +255,12 @@ def test_frames_that_are_not_display_values_are_refused_and_float_overshoot_is_k
     under = g.astype(np.float32) / 255
     under[0, :5] = -0.002                      # a resampling undershoot on a few pixels: clipped, not refused
     assert as_uint8(under)[0, :5].max() == 0 and np.array_equal(as_uint8(under)[1:], g[1:])
+    rng = np.random.default_rng(2)             # 0..255 floats that are dark stay dark (a "max <= 2" rule
+    black = rng.uniform(0, 2, (100, 120)).astype(np.float32)    # stretched this black screen to a scan; regression round)
+    assert as_uint8(black).max() <= 2
+    dark = rng.uniform(0, 1, (100, 120)).astype(np.float32)
+    dark.flat[:40] = 200.0                     # 0.3 % bright pixels: 0..255 values, not a [0, 1] image's overshoot
+    assert as_uint8(dark).mean() < 2
 
 
 def test_transparent_pixels_are_background():

@@ -142,4 +142,6 @@ def test_a_class_name_typed_wrong_leaves_the_out_folder_usable(tiny_cohort, tmp_
     crop = CliRunner().invoke(app, args + ["--set", "data.crop=bogus"])            # was blamed on an image
     assert crop.exit_code != 0 and "data.crop" in str(crop.exception) and ".png" not in str(crop.exception)
     assert not (out / "run.json").exists()
-    assert CliRunner().invoke(app, args + ["--alpha", "lipoma=0.5"]).exit_code == 0
+    outside = CliRunner().invoke(app, args + ["--set", "data.crop=5000,5000,10,10"])  # fails on the first image,
+    assert outside.exit_code != 0 and "outside" in str(outside.exception)          # after the folder is stamped:
+    assert CliRunner().invoke(app, args + ["--alpha", "lipoma=0.5"]).exit_code == 0  # a run of no epoch is no run

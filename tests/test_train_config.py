@@ -59,6 +59,8 @@ def test_effective_config_round_trips_through_toml(tmp_path):
     ({"data.augment": "random"}, "policy"),
     ({"loss.alpha": "0.75,0.75,0.25"}, "class_name=positive_weight"),   # by index: no longer accepted
     ({"loss.alpha": [0.75, 0.75, 0.25]}, "by class name"),             # an old config.toml's list
+    ({"loss.alpha": "lipoma=inf"}, "class_name=positive_weight"),      # trained on NaN losses after stamping --out
+    ({"data.crop": "bogus"}, "data.crop"),
     ({"optim.schedule": "linear"}, "schedule"),
     ({"run.amp": "maybe"}, "bad value"),
     ({"data.resize": "bicubic"}, "'data.resize' is 'bicubic'.*use one of area, halve-linear"),

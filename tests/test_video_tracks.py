@@ -24,12 +24,12 @@ def _frames(n: int, w: int = 160, h: int = 128) -> list[np.ndarray]:
     return out
 
 
-def _write(path, frames, *, pts=None, thumbnail=False, keyint=10) -> None:
+def _write(path, frames, *, pts=None, thumbnail="", keyint=10) -> None:
     tb = fractions.Fraction(1, 1000)
     with av.open(str(path), "w") as c:
-        t = c.add_stream("mjpeg", rate=1) if thumbnail else None   # a 1-frame picture track first in the file
+        t = c.add_stream(thumbnail, rate=1) if thumbnail else None   # a 1-frame picture track first in the file
         if t is not None:
-            t.width, t.height, t.pix_fmt = 48, 32, "yuvj420p"
+            t.width, t.height, t.pix_fmt = 48, 32, "yuvj420p" if thumbnail == "mjpeg" else "yuv420p"
         s = c.add_stream("libx264", rate=30)
         s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
         s.options = {"bf": "0", "g": str(keyint), "keyint_min": str(keyint)}
@@ -57,9 +57,10 @@ def _read(path) -> tuple[list[tuple[int, np.ndarray]], VideoFileReader]:
     return out, r
 
 
-def test_the_main_video_track_is_read_not_a_thumbnail_track_first_in_the_file(tmp_path):
+@pytest.mark.parametrize("codec", ["mjpeg", "libx264"])     # an H.264 thumbnail track declares a duration
+def test_the_main_video_track_is_read_not_a_thumbnail_track_first_in_the_file(tmp_path, codec):
     path = tmp_path / "twotrack.mkv"
-    _write(path, _frames(30), thumbnail=True)
+    _write(path, _frames(30), thumbnail=codec)
     got, r = _read(path)
     assert len(got) == 30 and got[0][1].shape[:2] == (128, 160) and not r.ended_early
 

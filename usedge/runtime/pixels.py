@@ -21,6 +21,7 @@ def standard_depth(top: int) -> int | None:
 
 
 OUTLIERS = 0.005    # the share of full-white pixels (labels, markers) the depth guess may leave above it
+FLOAT_OVERSHOOT = 1.1   # a float frame whose values all stay below this is a [0, 1] image (a resize overshoots 1)
 
 
 def _alpha_over_black(frame: np.ndarray) -> np.ndarray:
@@ -53,7 +54,7 @@ def _refuse_negative(frame: np.ndarray) -> None:
     """InputError when more than OUTLIERS of a frame's pixels are below 0: not display values."""
     negative = np.count_nonzero(frame < 0)
     if negative > int(OUTLIERS * frame.size):
-        raise InputError(f"{negative / frame.size:.0%} of the frame's pixels are negative: not display values "
+        raise InputError(f"{negative / frame.size:.1%} of the frame's pixels are negative: not display values "
                          "(a zero-centred or normalised tensor, or signed data without its window?)",
                          hint="pass the image as displayed: 0..255, 0..1 or unsigned 10-16-bit values")
 
@@ -66,9 +67,10 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
     (8, 10, 12, 14 or 16 bits) holding the maximum, not counting up to OUTLIERS (0.5 %) of pixels at the
     container's full white, which are clipped to 255 (a 12-bit frame keeps its contrast with a label
     burned in at 65535);
-    float frames are scaled by 255 when all but OUTLIERS of their values lie in [0, 1] or none exceeds 2
-    (a 0..255 image that dark would be blank anyway: a [0, 1] image with an overshoot stays one), else
-    clipped to [0, 255]. NaN/Inf, a boolean array (a mask, not an image) and more than OUTLIERS of
+    float frames are scaled by 255 as [0, 1] images when none exceeds FLOAT_OVERSHOOT (1.1: a resize's
+    overshoot), or none exceeds 2 and at most OUTLIERS of them exceed 1; else they are 0..255 values,
+    clipped (a black 0..255 frame with noise up to 2 stays black; one bright pixel at 200 in a dark
+    0..255 frame keeps it dark). NaN/Inf, a boolean array (a mask, not an image) and more than OUTLIERS of
     pixels below 0 (a zero-centred, normalised tensor or signed data without its window) -> InputError;
     fewer negative pixels (resampling undershoot) are clipped to 0.
     """
@@ -102,8 +104,9 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
             what = "NaN or Inf" if not np.isfinite(frame).all() else "values beyond float32's range"
             raise InputError(f"frame contains {what}", hint="check the source's pixel data")
         _refuse_negative(f)
-        scale = 255.0 if float(f.max()) <= 2.0 or np.count_nonzero(f > 1.0) <= int(OUTLIERS * f.size) else 1.0
-        return np.clip(f * scale + 0.5, 0, 255).astype(np.uint8)
+        top = float(f.max())
+        unit = top <= FLOAT_OVERSHOOT or (top <= 2.0 and np.count_nonzero(f > 1.0) <= int(OUTLIERS * f.size))
+        return np.clip(f * (255.0 if unit else 1.0) + 0.5, 0, 255).astype(np.uint8)
     if np.issubdtype(frame.dtype, np.integer):
         if np.issubdtype(frame.dtype, np.signedinteger):
             _refuse_negative(frame)

@@ -274,9 +274,13 @@ class VideoFileReader(FrameReader):
     @staticmethod
     def _main_stream(container):
         """The video track to read: not an attached picture, then the most frames, then the largest picture."""
-        def key(stream):
+        import av
+
+        whole = container.duration / av.time_base if container.duration else 0.0
+
+        def key(stream):      # frames: stored, else duration (the track's own, else the file's) x rate
             cover = bool(int(stream.disposition) & int(_attached_pic()))
-            seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+            seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else whole
             rate = float(stream.guessed_rate or stream.average_rate or 0)
             frames = stream.frames or int(seconds * rate)
             ctx = stream.codec_context

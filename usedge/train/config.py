@@ -159,7 +159,7 @@ def parse_alpha(spec: str, where: str = "config") -> str | dict[str, float]:
             weight = float(value)
         except ValueError:
             weight = -1.0
-        if not sep or not name.strip() or not weight > 0:
+        if not sep or not name.strip() or not 0 < weight < float("inf"):     # inf trained on NaN losses
             raise ConfigError(f"bad loss.alpha entry {item!r} (wanted class_name=positive_weight)", path=where,
                               hint='use balanced, sqrt, uniform or e.g. --alpha "lipoma=0.5,epidermal_cyst=1.0"')
         weights[name.strip()] = weight

@@ -437,7 +437,10 @@ def _start_run(out_dir: Path, cfg: TrainConfig, dataset: Dataset, dist: Dist, de
     """Refuse a used folder (unless resuming the same config); stamp run.json and config.toml."""
     chash, dhash = config_hash(cfg), data_hash(dataset)
     stamp = out_dir / "run.json"
-    if stamp.is_file():
+    # a run that never finished an epoch (it failed on its first image, or was stopped at once) holds nothing
+    # to keep or resume: started afresh, so the corrected command works in the same --out
+    trained = any(out_dir.glob("fold*/last.pt")) or (out_dir / "model.pt").exists()
+    if stamp.is_file() and trained:
         previous = json.loads(stamp.read_text())
         if not resume:
             raise ConfigError("output folder already holds a run", path=out_dir,
