@@ -99,3 +99,21 @@ def test_library_messages_print_as_plain_one_line_text():
     message = "note: scans/[old]/x.png and scans/[/x]/y.png " + "z" * 120 + " \x1b[2J"
     log(message)
     assert buf.getvalue() == message.replace("\x1b", "\\x1b") + "\n"
+
+
+def test_a_table_in_a_pipe_is_not_cut_to_80_columns(monkeypatch):
+    """`usedge export > log` cut its check table's cells to 80 columns (`max_abs_diff=0.00…`; regression round)."""
+    import io
+
+    from rich.table import Table
+
+    from usedge.cli.terminal import rich_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    table = Table()
+    for col in ("check", "figures"):
+        table.add_column(col)
+    table.add_row("int8 vs fp32 accuracy (held-out)", "max_abs_diff=0.0123 decisive_top1_agreement=1.0 top1_agreement=1.0")
+    buf = io.StringIO()
+    rich_console(file=buf).print(table)
+    assert "top1_agreement=1.0" in buf.getvalue() and "…" not in buf.getvalue()

@@ -199,10 +199,13 @@ def test_a_closed_classifier_and_bad_load_options_say_so(runtime_model, runtime_
     for threads in (0, -1, 1000, 2.5, "2", True):
         with pytest.raises(ConfigError, match="threads must be"):
             Classifier.load(runtime_model, backend="ort-cpu", threads=threads)
-    clf = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
+    clf = Classifier.load(runtime_model, backend="ort-cpu", threads=np.int64(1))      # a numpy int is a number
+    assert clf.threads == 1 and type(clf.threads) is int
     one = str(sorted(Path(runtime_images).rglob("*.png"))[0])
     run = run_files(FramePipeline(clf), one)
     assert run.files == 1 and run.frames + run.no_image == 1 and not run.failed, run.line()
+    run = run_files(FramePipeline(clf), (p for p in [one, one.encode()]))            # a generator, a bytes path
+    assert run.files == 2 and not run.failed, run.line()
     clf.close()
     with pytest.raises(ModelError, match="was closed"):
         clf.predict(read_image(one))
@@ -228,5 +231,9 @@ def test_the_api_names_a_wrongly_formed_argument_in_one_line(runtime_model, fram
         clf.predict_batch([frame, np.zeros_like(frame)])
     ok, png = cv2.imencode(".png", frame)
     assert read_image_bytes(memoryview(png.tobytes())).frame.shape[:2] == frame.shape[:2]
+    assert read_image_bytes(png).frame.shape[:2] == frame.shape[:2]          # a numpy buffer
+    from usedge.errors import ConfigError
+    with pytest.raises(ConfigError, match="quality must be"):
+        clf.predict(frame, quality=True)
     with pytest.raises(InputError, match="not bytes"):
         read_image_bytes("scan.png")

@@ -186,9 +186,14 @@ def test_a_runner_runs_once_gives_opencv_its_thread_count_back_and_checks_its_se
     for bad in ({"freeze_threshold": float("nan")}, {"freeze_threshold": -1}, {"smooth": -1}, {"smooth": 2.5}):
         with pytest.raises(ConfigError):
             FramePipeline(clf, stream=True, freeze=True, **bad)
-    for bad in ({"max_frames": -1}, {"max_reconnects": 1.5}, {"fps": 0.0}):
+    for bad in ({"max_frames": -1}, {"max_reconnects": 1.5}, {"fps": 0.0}, {"fps": 0.05}, {"fps": 5000}):
         with pytest.raises(ConfigError):
             StreamRunner(FramePipeline(clf, stream=True), open_source(str(runtime_video)), **bad)
+    with pytest.raises(ConfigError):
+        FramePipeline(clf, stream=True, freeze=True, freeze_threshold=True)
+    # numpy numbers are numbers (np.int64 was refused; regression round)
+    FramePipeline(clf, stream=True, smooth=np.int64(3), freeze_threshold=np.float64(0.05))
+    StreamRunner(FramePipeline(clf, stream=True), open_source(str(runtime_video)), max_frames=np.int64(3))
 
 
 class FlakyLiveReader(VideoFileReader):

@@ -6,11 +6,13 @@ user's terminal. `terminal_safe` shows every control character as a visible esca
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
 # C0 controls except tab and newline, DEL, and the C1 controls (0x80-0x9f; U+009B is a one-byte CSI)
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+PIPE_WIDTH = 200    # columns a table may take when the output is not a terminal
 
 
 def terminal_safe(text: str) -> str:
@@ -26,10 +28,13 @@ def say(text: str, *, file=None) -> None:
 def rich_console(**kwargs):
     """A rich Console whose printed lines are never hard-wrapped: a one-line error or note stays one
     line in logs, pipes and narrow terminals (Rich wraps at 80 columns when it cannot see a terminal).
-    Tables still fit the width."""
+    Tables fit the width: the terminal's, else PIPE_WIDTH (COLUMNS when set)."""
     from rich.console import Console
 
-    return Console(soft_wrap=True, **kwargs)
+    console = Console(soft_wrap=True, **kwargs)
+    if not console.is_terminal and "width" not in kwargs and not os.environ.get("COLUMNS"):
+        console.width = PIPE_WIDTH      # a table in a log or a pipe is not cut to 80 columns either
+    return console
 
 
 def line_printer(to):

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from usedge.errors import BackendUnavailable, InputError, ModelError, NoImage, UsedgeError
+from usedge.errors import BackendUnavailable, ConfigError, InputError, ModelError, NoImage, UsedgeError
 from usedge.fileio import sha256_file
 from usedge.runtime.backends import CPU_BACKENDS, Backend, candidate_backends, create_backend
 from usedge.runtime.backends.ort import is_torch_checkpoint
@@ -204,6 +204,7 @@ class Classifier:
         verify: refuse a file whose weights digest (engine: sha256 in its sidecar) does not match.
         """
         check_threads(threads)
+        threads = None if threads is None else int(threads)
         if not isinstance(path, (str, os.PathLike)):
             raise ModelError(f"the model path is a {type(path).__name__}", hint="pass a str or pathlib.Path")
         path = Path(path)
@@ -385,6 +386,9 @@ class Classifier:
                              f"{frames.shape}", hint="pass [frame], or call predict(frame)")
         if not isinstance(frames, (Sequence, np.ndarray)):
             frames = list(frames)          # a generator of frames
+        if quality is not None and not callable(quality):
+            raise ConfigError(f"quality must be a gate (frame -> reason or None) or None, got {quality!r}",
+                              hint="leave it out for the default gate (usedge.runtime.quality.no_image_reason)")
         if not len(frames):
             return []
         t = [time.perf_counter()]

@@ -435,11 +435,12 @@ class StillPages:
 def read_image_bytes(data: bytes, name: str = "upload", *, frame_index: int = 0, max_pixels: int = MAX_PIXELS,
                      allow_any_modality: bool = False) -> Decoded:
     """Bytes of one image or DICOM file -> one decoded frame (no temporary file). Typed InputError when unusable."""
-    if isinstance(data, (bytearray, memoryview)):
-        data = bytes(data)
     if not isinstance(data, bytes):
-        raise InputError(f"image data is a {type(data).__name__}, not bytes", path=name,
-                         hint="pass the file's bytes (open(path, 'rb').read()), or use read_image(path)")
+        try:                        # bytearray, memoryview, a numpy buffer: any bytes-like object
+            data = memoryview(data).cast("B").tobytes()
+        except TypeError:
+            raise InputError(f"image data is a {type(data).__name__}, not bytes", path=name,
+                             hint="pass the file's bytes (open(path, 'rb').read()), or use read_image(path)") from None
     if data and sniff(data, name) == "dicom":
         from usedge.runtime.dicom import DicomFile
 

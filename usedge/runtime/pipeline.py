@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import math
+import numbers
 import os
 import dataclasses
 import time
@@ -93,10 +94,10 @@ class Smoother:
     """Moving average of the last `window` class-probability vectors (frozen frames excluded)."""
 
     def __init__(self, window: int = 5) -> None:
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
             raise ConfigError(f"the smoothing window must be a whole number of results >= 1, got {window!r}",
-                              hint="e.g. smooth=5; None turns smoothing off")
-        self.window = window
+                              hint="e.g. smooth=5; None (or 0, in FramePipeline) turns smoothing off")
+        self.window = int(window)
         self._hist: collections.deque = collections.deque(maxlen=self.window)
 
     def __call__(self, probs: dict[str, float]) -> dict[str, float]:
@@ -143,7 +144,8 @@ class FramePipeline:
                  regions: list | None = None, freeze: bool = False, freeze_threshold: float = FREEZE_MAD,
                  smooth: int | None = None, cam: bool = True, quality: QualityGate | None = None,
                  quality_gate: bool = True, on_event: Callable[[str], None] | None = None) -> None:
-        if not (isinstance(freeze_threshold, (int, float)) and math.isfinite(freeze_threshold) and freeze_threshold >= 0):
+        if isinstance(freeze_threshold, bool) or not (isinstance(freeze_threshold, numbers.Real)
+                                                      and math.isfinite(freeze_threshold) and freeze_threshold >= 0):
             raise ConfigError(f"freeze_threshold must be a finite number >= 0, got {freeze_threshold!r}",
                               hint=f"the default is {FREEZE_MAD} (mean absolute difference, grey levels)")
         self.classifier = classifier
@@ -204,9 +206,10 @@ class FramePipeline:
                                            cropper=self.cropper, quality=self.quality)
         except NoImage as exc:
             self.forget()
+            spent = (time.perf_counter() - t0) * 1e3       # the crop stage (crop and gate) is what ran
             return Prediction.without_label("no_image", exc.message, model_sha256=self.classifier.model_sha256,
                                             frame_index=index, source=source, info=getattr(exc, "info", None),
-                                            latency_ms={"total": (time.perf_counter() - t0) * 1e3})
+                                            latency_ms={"crop": spent, "total": spent})
         except UsedgeError:
             self.forget()
             raise
@@ -363,6 +366,7 @@ def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: b
     """
     if isinstance(files, (str, bytes, os.PathLike)):      # one file, not a sequence of its characters
         files = [files]
+    files = [os.fsdecode(f) if isinstance(f, bytes) else f for f in files]    # a generator, bytes paths
     run = FileRun(files=len(files))
     try:
         for path in files:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import math
+import numbers
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -113,11 +114,12 @@ class StreamRunner:
                  fps: float | None = None, max_frames: int | None = None, max_reconnects: int | None = None,
                  budget: ThreadBudget | None = None) -> None:
         for name, value in (("max_frames", max_frames), ("max_reconnects", max_reconnects)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
                 raise ConfigError(f"{name} must be None or a whole number >= 0, got {value!r}",
                                   hint="None: no limit")
-        if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-            raise ConfigError(f"fps must be None or a number > 0, got {fps!r}", hint="None: the source's own rate")
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0.1 <= fps <= 1000):
+            raise ConfigError(f"fps must be None or a frame rate from 0.1 to 1000, got {fps!r}",
+                              hint="None: the source's own rate")
         self.pipeline = pipeline
         self.reader = reader
         self.budget = budget or thread_budget(capture_threads=1, model_threads=pipeline.classifier.threads)

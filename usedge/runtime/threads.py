@@ -76,7 +76,9 @@ def check_threads(threads, what: str = "threads") -> None:
     """ConfigError unless `threads` is None or a whole number from 1 to MAX_THREADS."""
     from usedge.errors import ConfigError
 
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+    import numbers
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
                                 or not 1 <= threads <= MAX_THREADS):
         raise ConfigError(f"{what} must be a whole number from 1 to {MAX_THREADS}, got {threads!r}",
                           hint="None lets usedge choose (every usable core)")
