@@ -128,8 +128,9 @@ def test_report_shows_headline_and_flag(tmp_path):
              "sizes": {"train": 8, "val": 2, "test": 12}, "best_epoch": 1, "inner_val": {"loss": 1.0},
              "history": [], "alpha": {n: 1.0 for n in two}}]
     write_report(tmp_path / "two", two, res2, load_config())
-    macro = [line for line in (tmp_path / "two" / "report.md").read_text().splitlines() if line.startswith("| macro")]
-    assert macro and all(line.endswith("| – |") for line in macro)
+    text2 = (tmp_path / "two" / "report.md").read_text()
+    macro = [line for line in text2.splitlines() if line.startswith("| macro")]
+    assert macro and all(line.count("|") == 5 for line in macro) and "paper" not in text2.split("## Per fold")[0]
 
 
 def test_class_names_the_plot_font_cannot_draw(tmp_path):
