@@ -232,9 +232,23 @@ def test_explain_keeps_the_test_fold_of_a_fold_checkpoint(tiny_model, tiny_maske
 
     copy = shutil.copytree(tiny_masked_data, tmp_path / "copy")
     s = run_explain(run / "fold0" / "best.pt", copy, tmp_path / "e", cfg)
-    assert s["data"]["n_images"] == 4 and "matched by ID" in s["data"]["images"]
+    assert s["data"]["n_images"] == 4 and "matched by patient ID and by image" in s["data"]["images"]
     with pytest.raises(DataError, match="every patient"):
         run_explain(run / "model.pt", copy, tmp_path / "f", cfg)
+    # a copy without its manifest: each image its own patient, so no ID matches the run's; the images are
+    # still the run's, by path and by bytes (every image was explained as "never seen"; outside audit)
+    (copy / "manifest.csv").unlink()
+    for mask in copy.rglob("*_mask.png"):          # (a plain folder would take them for images)
+        mask.unlink()
+    s = run_explain(run / "fold0" / "best.pt", copy, tmp_path / "g", cfg)
+    assert s["data"]["n_images"] == 4
+    renamed = tmp_path / "renamed"
+    for i, src in enumerate(sorted(copy.rglob("*.png"))):
+        (renamed / src.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, renamed / src.parent.name / f"scan{i}.png")
+    assert run_explain(run / "fold0" / "best.pt", renamed, tmp_path / "h", cfg)["data"]["n_images"] == 4
+    with pytest.raises(DataError, match="every patient"):
+        run_explain(run / "model.pt", renamed, tmp_path / "i", cfg)
 
 
 def test_a_map_too_coarse_to_localise_is_named_and_a_flat_one_is_not_scored(tiny_masked_data, tmp_path):

@@ -34,7 +34,7 @@ import numpy as np
 
 from usedge.dataset import Sample, load_dataset
 from usedge.errors import ConfigError, DataError, InputError
-from usedge.fileio import atomic_write, write_bytes_atomic, write_json_atomic, write_text_atomic
+from usedge.fileio import atomic_write, sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic
 from usedge.runtime.crop import crop_mask, prepare_file
 from usedge.runtime.preprocess import PreprocessSpec, normalise
 from usedge.train import localisation as loc
@@ -137,13 +137,20 @@ def unseen_samples(checkpoint: str | Path, meta: dict, ds, images: str = "test")
     if not rows or column not in rows[0]:
         raise DataError(f"folds.csv has no column {column} for this checkpoint", path=folds_csv,
                         hint="pass --images all to explain every image anyway")
-    seen = {r["patient_id"] for r in rows if r[column] in ("train", "val")}
-    keep = [s for s in ds.samples if s.patient_id not in seen]
+    seen_rows = [r for r in rows if r[column] in ("train", "val")]
+    seen = {r["patient_id"] for r in seen_rows}
+    # and by image: a copy of the run's images without its manifest makes each image its own patient
+    # (p0000_0.png, not p0000), so IDs never match; their paths under the folder, or their bytes, do
+    seen_paths = {r["path"] for r in seen_rows}
+    keep = [s for s in ds.samples if s.patient_id not in seen and _relative(s.path, ds.root) not in seen_paths]
+    if elsewhere and run_data and Path(run_data).is_dir():
+        seen_bytes = {sha256_file(Path(run_data) / r["path"]) for r in seen_rows if (Path(run_data) / r["path"]).is_file()}
+        keep = [s for s in keep if sha256_file(s.path) not in seen_bytes]
     if not keep:
         raise DataError("the checkpoint trained or validated on every patient of this data set", path=ckpt,
                         hint="explain a fold checkpoint (RUN/fold0/best.pt) on its test fold, or pass --images all")
     which = f"fold {fold}'s test part" if fold is not None else "patients outside the run"
-    moved = f"; this folder is not the run's ({run_data}), patients matched by ID" if elsewhere else ""
+    moved = f"; this folder is not the run's ({run_data}), matched by patient ID and by image" if elsewhere else ""
     return keep, f"the {len(keep)} images of patients the checkpoint never saw ({which}, from {folds_csv}{moved})"
 
 
