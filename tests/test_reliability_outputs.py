@@ -98,6 +98,28 @@ def test_crop_errors_name_the_file_and_crops_jsonl_lists_what_was_written(runtim
     assert sum("error" in x for x in lines) == 1 and sum("output" in x for x in lines) == 3
 
 
+def test_a_crop_rerun_leaves_no_earlier_crops_and_an_interrupted_one_lists_what_it_wrote(runtime_images, tmp_path):
+    """A rerun into the same --out replaced crops.jsonl but left the earlier run's PNGs beside the new ones;
+    a Ctrl-C could leave a PNG crops.jsonl did not list (outside audit)."""
+    from usedge.runtime.batch import crop_files
+    from usedge.runtime.preprocess import PreprocessSpec
+
+    files = sorted(runtime_images.glob("*.png"))
+    out, ovl = tmp_path / "crops", tmp_path / "ovl"
+    crop_files(files, PreprocessSpec(size=64), out, overlay_dir=ovl)
+    assert len(list(out.glob("*.png"))) == len(files) == len(list(ovl.glob("*.png")))
+    crop_files(files[:1], PreprocessSpec(size=64), out, overlay_dir=ovl)          # the rerun, on one file
+    listed = {json.loads(x)["output"] for x in (out / "crops.jsonl").read_text().splitlines()}
+    assert {p.name for p in out.glob("*.png")} == listed == {files[0].name} and len(list(ovl.glob("*.png"))) == 1
+
+    def stop():
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        crop_files(files, PreprocessSpec(size=64), out, on_file=stop)
+    listed = {json.loads(x)["output"] for x in (out / "crops.jsonl").read_text().splitlines()}
+    assert {p.name for p in out.glob("*.png")} == listed == {files[0].name}
+
+
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse names that are not UTF-8")
 def test_csv_results_with_a_file_name_that_is_not_utf8(runtime_model, runtime_images, tmp_path):
     """A name from an old Windows share (Latin-1 bytes) is written with a backslash escape; the batch goes on."""

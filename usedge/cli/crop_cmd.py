@@ -78,9 +78,15 @@ def crop(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=quiet, transient=True) as progress:
         task = progress.add_task("cropping", total=len(files))
-        run = crop_files(files, spec, out, presets=presets, all_frames=all_frames, every=every, views=views, overlay_dir=overlay,
-                         allow_any_modality=any_modality, on_error=lambda line: say(f"usedge: {line}"),
-                         on_file=lambda: progress.advance(task))
+        done = []
+        try:
+            run = crop_files(files, spec, out, presets=presets, all_frames=all_frames, every=every, views=views,
+                             overlay_dir=overlay, allow_any_modality=any_modality,
+                             on_error=lambda line: say(f"usedge: {line}"), on_file=lambda: (progress.advance(task), done.append(1)))
+        except KeyboardInterrupt:
+            say(f"usedge: crop interrupted after {len(done)} of {len(files)} files; {out / 'crops.jsonl'} lists every "
+                "crop written")
+            raise typer.Exit(130) from None
     typer.echo(terminal_safe(run.line(out)))
     if run.failed or notes:
         raise typer.Exit(1)

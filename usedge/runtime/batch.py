@@ -53,6 +53,7 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
     if overlay_dir is not None:
         claim_output_folder(overlay_dir, "--overlay", ours=("crops.jsonl",))
     overlay_suffix = ".overlay.png" if overlay_dir is not None and overlay_dir.resolve() == out.resolve() else ".png"
+    _remove_earlier_crops(out, overlay_dir, overlay_suffix)
     names = OutputNames()
     run = CropRun(files=len(files))
 
@@ -84,11 +85,13 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
                 results = crop_one(frame, regions, cropper)
                 for small, info in results:
                     name = names(src, i if multi else None, info.view if len(results) > 1 else None)
+                    # listed first, written then: a Ctrl-C between the two leaves no crop unlisted (crops.jsonl
+                    # keeps only the lines whose PNG exists)
+                    run.lines.append({"input": str(src), "frame": i, "view": info.view, **info.to_dict(),
+                                      "output": f"{name}.png"})
                     write_png(out / f"{name}.png", small)
                     if overlay_dir is not None:
                         write_png(overlay_dir / f"{name}{overlay_suffix}", draw_crop(frame, info))
-                    run.lines.append({"input": str(src), "frame": i, "view": info.view, **info.to_dict(),
-                                      "output": f"{name}.png"})
         except UsedgeError as exc:
             if exc.path is None:   # a frame-level error (blank frame, NaN pixels): name the file
                 exc.path = str(src)
@@ -103,6 +106,24 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
         for src in files:
             crop_file(src)
     finally:   # also on Ctrl-C or an output error: crops.jsonl lists every crop written so far
+        run.lines = [line for line in run.lines if "output" not in line or (out / line["output"]).is_file()]
         write_text_atomic(out / "crops.jsonl", "".join(json.dumps(line) + "\n" for line in run.lines))
     return run
+
+
+def _remove_earlier_crops(out: Path, overlay_dir: Path | None, overlay_suffix: str) -> None:
+    """The PNGs (and overlays) an earlier `usedge crop` into this folder listed in its crops.jsonl: a rerun
+    replaces crops.jsonl, and its old crops left beside the new ones would be taken for this run's by
+    anything that reads crops/*.png."""
+    try:
+        lines = [json.loads(x) for x in (out / "crops.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return
+    for line in lines:
+        name = line.get("output") if isinstance(line, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
+            continue         # only plain names in the folder, never a path elsewhere
+        (out / name).unlink(missing_ok=True)
+        if overlay_dir is not None:
+            (overlay_dir / f"{name[:-4]}{overlay_suffix}").unlink(missing_ok=True)
 
