@@ -200,7 +200,8 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
                       if within and p.name not in listed and p.name != "masks" and _holds_images(p))
     if left_out:
         notes.append(f"{manifest.name} lists no image in the folder(s) {', '.join(left_out)}: not part of this data set")
-    if unlisted := _unlisted_images(root, listed if within else set(), {x.resolve() for s in samples for x in (s.path, s.mask_path) if x}):
+    in_manifest = {x.resolve() for s in samples for x in (s.path, s.mask_path) if x}
+    if unlisted := _unlisted_images(root, listed if within else set(), in_manifest):
         notes.append(f"{len(unlisted)} image file(s) in the folders {manifest.name} uses are not listed in it "
                      f"(e.g. {unlisted[0]}): not part of this data set; add them to {manifest.name} to train on them")
     return Dataset(root=root, class_names=list(names), samples=samples, notes=notes)

@@ -82,7 +82,8 @@ def crop(
         try:
             run = crop_files(files, spec, out, presets=presets, all_frames=all_frames, every=every, views=views,
                              overlay_dir=overlay, allow_any_modality=any_modality,
-                             on_error=lambda line: say(f"usedge: {line}"), on_file=lambda: (progress.advance(task), done.append(1)))
+                             on_error=lambda line: say(f"usedge: {line}"),
+                             on_file=lambda: (progress.advance(task), done.append(1)))
         except KeyboardInterrupt:
             say(f"usedge: crop interrupted after {len(done)} of {len(files)} files; {out / 'crops.jsonl'} lists every "
                 "crop written")

@@ -324,7 +324,8 @@ class Classifier:
             raise
         except Exception as exc:   # a foreign model that loads but fails at run time (onnxruntime's own error)
             if self.backend.closed:        # closed by another thread while this call ran
-                raise ModelError("this Classifier was closed", hint="load the model again: Classifier.load(path)") from exc
+                raise ModelError("this Classifier was closed",
+                                 hint="load the model again: Classifier.load(path)") from exc
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             model = Path(self._load_options.get("path", "model")).name
             raise ModelError(f"the model {model} failed to run on this frame ({type(exc).__name__}: {first})",
@@ -382,8 +383,8 @@ class Classifier:
         NoImage (nothing run) for a crop it refuses (a lit empty screen, a probe in air, a thumbnail).
         None turns it off (a blank frame is still refused)."""
         if isinstance(frames, np.ndarray) and (frames.ndim == 2 or frames.ndim == 3 and frames.shape[2] <= 4):
-            raise InputError(f"predict_batch takes a list of frames (or an N x H x W[ x C] array), got what looks like one frame "
-                             f"{frames.shape}", hint="pass [frame], or call predict(frame)")
+            raise InputError(f"predict_batch takes a list of frames (or an N x H x W[ x C] array), got what looks "
+                             f"like one frame {frames.shape}", hint="pass [frame], or call predict(frame)")
         if not isinstance(frames, (Sequence, np.ndarray)):
             frames = list(frames)          # a generator of frames
         if quality is not None and not callable(quality):

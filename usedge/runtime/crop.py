@@ -266,7 +266,8 @@ def prepare_all(frame: np.ndarray, spec: PreprocessSpec = PreprocessSpec(), *, r
     image = as_uint8(frame)
     check_not_blank(image)
     layout = detect_layout(image, parse_crop(spec.crop, presets), regions)
-    out = [_render(image, layout, box, _square(image, layout, box, spec), spec) for box in layout.fov.boxes or [layout.fov.box]]
+    out = [_render(image, layout, box, _square(image, layout, box, spec), spec)
+           for box in layout.fov.boxes or [layout.fov.box]]
     for _, info in out:     # every view is cropped here: not "cropping the largest"
         info.notes = [n.replace("; cropping the largest", "; each cropped") if n.startswith("dual view") else n
                       for n in info.notes]

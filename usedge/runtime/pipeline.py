@@ -11,10 +11,10 @@ summary) is `usedge.runtime.stream`; the file loop is `run_files` below.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import numbers
 import os
-import dataclasses
 import time
 from typing import Callable, Iterable, Sequence
 

@@ -144,7 +144,8 @@ def unseen_samples(checkpoint: str | Path, meta: dict, ds, images: str = "test")
     seen_paths = {r["path"] for r in seen_rows}
     keep = [s for s in ds.samples if s.patient_id not in seen and _relative(s.path, ds.root) not in seen_paths]
     if elsewhere and run_data and Path(run_data).is_dir():
-        seen_bytes = {sha256_file(Path(run_data) / r["path"]) for r in seen_rows if (Path(run_data) / r["path"]).is_file()}
+        seen_bytes = {sha256_file(Path(run_data) / r["path"]) for r in seen_rows
+                      if (Path(run_data) / r["path"]).is_file()}
         keep = [s for s in keep if sha256_file(s.path) not in seen_bytes]
     if not keep:
         raise DataError("the checkpoint trained or validated on every patient of this data set", path=ckpt,
