@@ -907,7 +907,9 @@ class CaptureThread(threading.Thread):
                 self._attempts = 0
                 self.stats.read += 1
                 source = getattr(self.reader, "frame_source", "") or self.reader.name
-                number = getattr(self.reader, "frame_number", None)      # a watched folder numbers frames per file
+                # a watched folder numbers frames per file, a video file by its timestamps after damage; a live
+                # source is numbered here, across its reconnects (its reader starts again at 0)
+                number = None if self.reader.live else getattr(self.reader, "frame_number", None)
                 self.slot.put(Frame(image, index if number is None else number, source, time.perf_counter()),
                               block=block, stop=self.stop_event)
                 index += 1
