@@ -269,8 +269,11 @@ def infer(
                           hint="add --overlay DIR (files) or --record out.mp4 / --show (--stream)")
     ort_opt_level = deprecated(ort_opt_level, opt_level, old="--opt-level", new="--ort-opt-level", default="all")
     _check_outputs(model, stream, out=out, jsonl=jsonl, summary=summary, record=record)
-    if fps is not None and not (math.isfinite(fps) and 0.1 <= fps <= 1000):      # 1e-9 sat for 31 years a frame
-        raise ConfigError(f"--fps {fps} is not a frame rate", hint="give frames per second from 0.1 to 1000, e.g. --fps 30")
+    from usedge.runtime.stream import FPS_RANGE
+
+    if fps is not None and not (math.isfinite(fps) and FPS_RANGE[0] <= fps <= FPS_RANGE[1]):
+        raise ConfigError(f"--fps {fps} is not a frame rate",
+                          hint=f"give frames per second from {FPS_RANGE[0]:g} to {FPS_RANGE[1]:g}, e.g. --fps 30")
     for name, value in (("--max-frames", max_frames), ("--max-reconnects", max_reconnects), ("--idle-timeout", idle_timeout)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{name} {value} is negative", hint=f"give {name} 0 or more (leave it out for no limit)")

@@ -14,7 +14,6 @@ model, post, total (crop..post) and capture_to_result (captured -> result ready,
 from __future__ import annotations
 
 import collections
-import math
 import numbers
 import threading
 import time
@@ -29,6 +28,8 @@ from usedge.runtime.pipeline import FramePipeline
 from usedge.runtime.sinks import CallbackSink
 from usedge.runtime.sources import CaptureThread, FrameReader, LatestFrameSlot
 from usedge.runtime.threads import ThreadBudget, thread_budget
+
+FPS_RANGE = (0.1, 1000.0)   # frames per second a stream may be paced at (StreamRunner, --fps): 1e-9 waited years a frame
 
 STAGES = ("wait", *MODEL_STAGES, "total", "capture_to_result")
 MAX_SAMPLES = 200_000        # latency samples kept per stage (about 2 h at 30 fps)
@@ -117,8 +118,9 @@ class StreamRunner:
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
                 raise ConfigError(f"{name} must be None or a whole number >= 0, got {value!r}",
                                   hint="None: no limit")
-        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0.1 <= fps <= 1000):
-            raise ConfigError(f"fps must be None or a frame rate from 0.1 to 1000, got {fps!r}",
+        lo, hi = FPS_RANGE
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not lo <= fps <= hi):
+            raise ConfigError(f"fps must be None or a frame rate from {lo:g} to {hi:g}, got {fps!r}",
                               hint="None: the source's own rate")
         self.pipeline = pipeline
         self.reader = reader
