@@ -271,3 +271,18 @@ def test_a_map_too_coarse_to_localise_is_named_and_a_flat_one_is_not_scored(tiny
     assert "CAM is a 4x4" not in notes
     md = (out / "explain.md").read_text()
     assert "Grad-CAM is a 1x1 map" in md and "| Grad-CAM |" not in md
+
+
+def test_limit_takes_the_classes_in_turn_not_the_first_class():
+    """`--limit N` kept the first N images: a data set listing its classes one after another gave one class."""
+    from pathlib import Path
+
+    from usedge.train.explain import spread_over_classes
+
+    samples = [Sample(Path(f"{c}{i}.png"), label=c, patient_id=f"{c}-{i}") for c in (0, 1, 2) for i in range(5)]
+    got = spread_over_classes(samples, 7)
+    assert [s.label for s in got] == [0, 0, 0, 1, 1, 2, 2]          # 3 rounds over 3 classes, in data order
+    assert [s.path.name for s in got] == ["00.png", "01.png", "02.png", "10.png", "11.png", "20.png", "21.png"]
+    uneven = samples[:1] + samples[5:]                                  # one image of class 0
+    assert [s.label for s in spread_over_classes(uneven, 5)] == [0, 1, 1, 2, 2]
+    assert spread_over_classes(samples, 100) == samples and spread_over_classes([], 3) == []

@@ -24,7 +24,7 @@ def explain(
     sheet_rows: int = typer.Option(12, help="Images per class on a contact sheet."),
     images: str = typer.Option("test", help="test: only patients the checkpoint never saw, when DATA is its run's "
                                "data set (its folds.csv; a fold model: its test fold) | all: every image."),
-    limit: int = typer.Option(0, help="Use only the first N images (0 = all)."),
+    limit: int = typer.Option(0, help="Use at most N images, taken from the classes in turn (0 = all)."),
     seed: int = typer.Option(0, help="Seed of the patient bootstrap (confidence intervals)."),
     threads: int = typer.Option(0, min=0, max=MAX_THREADS, help="Torch CPU threads (0 = default)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

@@ -54,7 +54,7 @@ class ExplainConfig:
     sigma_fraction: float = 0.25    # centre prior's sigma, fraction of the input side
     overlays: str = "all"           # all | sheets | none
     sheet_rows: int = 12            # images per class on a contact sheet
-    limit: int = 0                  # use only the first N images (0 = all)
+    limit: int = 0                  # at most N images, from the classes in turn (0 = all)
     images: str = "test"            # test: only patients the checkpoint never saw (needs its run's folds.csv) | all
     n_boot: int = 2000              # patient bootstrap resamples for the confidence intervals
     seed: int = 0                   # the bootstrap's seed
@@ -280,6 +280,26 @@ def _summary_stats(values: list[float]) -> dict:
             "p90": v[min(len(v) - 1, int(math.ceil(0.9 * len(v))) - 1)]}
 
 
+def spread_over_classes(samples: list, n: int) -> list:
+    """At most n samples taken from the classes in turn (each class's first images, in data order), so a
+    limit is not one class when the data set lists its classes one after the other; kept in data order."""
+    by_class: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_class.setdefault(s.label, []).append(i)
+    queues = [iter(v) for _, v in sorted(by_class.items())]
+    chosen: list[int] = []
+    while queues and len(chosen) < n:
+        for q in list(queues):
+            if len(chosen) == n:
+                break
+            i = next(q, None)
+            if i is None:
+                queues.remove(q)
+            else:
+                chosen.append(i)
+    return [samples[i] for i in sorted(chosen)]
+
+
 def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
                 config: ExplainConfig = ExplainConfig()) -> dict:
     """Explain every image of `data` with the model in `checkpoint`; write the artifacts to `out`.
@@ -303,7 +323,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
         raise DataError(f"data set classes {ds.class_names} differ from the model's {class_names}",
                         path=data, hint="explain a data set with the classes the model was trained on")
     samples, images_note = unseen_samples(checkpoint, meta, ds, config.images)
-    samples = samples[: config.limit] if config.limit > 0 else samples
+    samples = spread_over_classes(samples, config.limit) if config.limit > 0 else samples
     maps_wanted = tuple(m for m in config.maps if not (m.startswith("att") and not hasattr(model, "gate1")))
     if not maps_wanted:
         raise ConfigError(f"a {meta.get('arch')} model has no attention gates", path=checkpoint,
