@@ -298,5 +298,5 @@ def test_every_frame_of_an_animated_webp_is_read(tmp_path):
     path.write_bytes(buf.getvalue())
     pages = list(read_pages(path))
     assert [int(p.frame[..., 0].mean()) for p in pages] == [20, 60, 100, 140, 180]
-    assert [i for i, _, _ in iter_file_frames(path)] == [0, 1, 2, 3, 4]
+    assert [f.index for f in iter_file_frames(path)] == [0, 1, 2, 3, 4]
     assert read_image_bytes(buf.getvalue(), frame_index=3).frame[..., 0].mean() == 140

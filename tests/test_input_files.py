@@ -49,7 +49,7 @@ def test_each_page_is_a_frame(tmp_path):
         assert np.array_equal(d.frame, page)                  # pages of other sizes and colours too
     assert [int(d.frame.mean()) for d in read_pages(path)] == [30, 60, 90, 200]
     assert [d.frame_index for d in read_pages(path, every=2)] == [0, 2]
-    assert [(i, int(f.mean())) for i, f, _ in iter_file_frames(path)] == [(0, 30), (1, 60), (2, 90), (3, 200)]
+    assert [(i, int(f.mean())) for i, f, _, _ in iter_file_frames(path)] == [(0, 30), (1, 60), (2, 90), (3, 200)]
     with pytest.raises(NoSuchFrame, match="4 pages") as err:
         read_file(path, frame_index=4)
     assert "s.tif" in str(err.value)
@@ -153,7 +153,7 @@ def test_a_tiff_cut_short_gives_its_pages_then_says_it_is_damaged(tmp_path, runt
     assert pages.damaged and 1 <= len(pages) < 4
     got = []
     with pytest.raises(Undecodable, match=rf"cut.tif: the TIFF is damaged after page {len(pages)}"):
-        for i, _, _ in iter_file_frames(cut):
+        for i, *_ in iter_file_frames(cut):
             got.append(i)
     assert got == list(range(len(pages)))
     with pytest.raises(Undecodable, match="frame 3 cannot be read: the TIFF is damaged"):
@@ -226,7 +226,7 @@ def test_a_phone_recording_is_read_the_way_players_show_it(tmp_path):
     at = data.find(b"tkhd") + 4 + 4 + 4 * 5 + 8 + 8                # the track header's display matrix
     data[at:at + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)   # 90 degrees
     path.write_bytes(bytes(data))
-    frames = [f for _, f, _ in iter_file_frames(path)]
+    frames = [f.image for f in iter_file_frames(path)]
     assert len(frames) == 3 and frames[0].shape == (160, 120, 3)   # turned: 120 wide, 160 high
     cap = cv2.VideoCapture(str(path))
     ok, shown = cap.read()

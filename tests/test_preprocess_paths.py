@@ -25,7 +25,7 @@ def runtime_inputs(path, spec):
     """What `usedge infer` feeds the model: sources.iter_file_frames -> FrameCropper -> normalise."""
     from usedge.runtime.sources import iter_file_frames
 
-    _, frame, regions = next(iter(iter_file_frames(path)))
+    _, frame, regions, _ = next(iter(iter_file_frames(path)))
     image, _ = FrameCropper(spec, regions=regions)(frame)
     return normalise(image, spec)
 

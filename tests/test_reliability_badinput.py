@@ -36,7 +36,7 @@ def test_frame_corpus_through_the_classifier(bad_frames, bad_frames_dir, runtime
         path = bad_frames_dir / item.name
         try:
             n = 0
-            for index, frame, regions in iter_file_frames(path):
+            for index, frame, regions, _ in iter_file_frames(path):
                 pred = clf.predict(frame, frame_index=index, source=str(path), regions=regions)
                 assert abs(sum(pred.probs.values()) - 1) < 1e-3
                 n += 1

@@ -75,7 +75,7 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
                 multi = d.n_frames > 1
             elif is_video(src):
                 regions, cropper, multi = None, None, True
-                frames = ((i, frame) for i, frame, _ in iter_file_frames(src) if i % every == 0)
+                frames = ((f.index, f.image) for f in iter_file_frames(src) if f.index % every == 0)
             else:      # a still; a multi-page TIFF is cropped like a cine (its pages with --all-frames)
                 pages = read_pages(src, every=every, allow_any_modality=allow_any_modality)
                 first = next(pages)

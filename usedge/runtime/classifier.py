@@ -64,6 +64,7 @@ class Prediction:
     doppler_fraction: float = 0.0                # fraction of the model input filled as colour Doppler
     uncertain_margin: float | None = None        # the model card's: a top-2 margin below it is `uncertain`
     views: int = 1                               # image regions found on the frame (2: a dual view, the largest classified)
+    time_s: float | None = None                  # the frame's time in its file (video timestamp, cine frame time)
 
     @property
     def margin(self) -> float | None:
@@ -102,6 +103,7 @@ class Prediction:
         return {
             **({"source": self.source} if source else {}),
             "frame": self.frame_index,
+            "time_s": None if self.time_s is None else round(float(self.time_s), 6),
             "state": self.state,
             "label": self.label,
             "class_index": self.class_index,

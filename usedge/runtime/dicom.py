@@ -12,6 +12,8 @@ dates, institution): the dataset is kept private and only the technical attribut
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,7 @@ class DicomFile:
             self.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
             self.transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
             self.fps = self._frame_rate()
+            self._times: list[float] | None = None     # frame_time_s, from FrameTimeVector
             self.all_regions = self._read_regions()
         except Undecodable:
             raise
@@ -222,6 +225,22 @@ class DicomFile:
         except (TypeError, ValueError):
             return None
         return None
+
+    def frame_time_s(self, index: int) -> float | None:
+        """Seconds from the cine's first frame to frame `index`: the FrameTimeVector's running sum when it
+        has one entry per frame (a variable rate), else index / fps; None for a single frame or a cine
+        without a plausible rate (`fps` None)."""
+        if self.n_frames == 1 or self.fps is None:
+            return None
+        if self._times is None:
+            self._times = []
+            try:
+                v = [float(t) for t in self._ds.get("FrameTimeVector") or []]
+            except (TypeError, ValueError):
+                v = []
+            if len(v) == self.n_frames and all(math.isfinite(t) and t >= 0 for t in v):
+                self._times = [t / 1000.0 for t in itertools.accumulate(v[1:], initial=0.0)]
+        return self._times[index] if self._times else index / self.fps
 
     def _read_regions(self) -> list[UltrasoundRegion]:
         out = []

@@ -168,14 +168,16 @@ class FramePipeline:
 
     # -- the chain ------------------------------------------------------------------------------
     def run_frame(self, image: np.ndarray, *, index: int = 0, source: str = "", regions: list | None = None,
-                  t_capture: float | None = None) -> Prediction:
+                  t_capture: float | None = None, time_s: float | None = None) -> Prediction:
         """The whole chain for one frame: freeze -> prepare -> quality -> model -> post -> sinks.
 
         t_capture: when the frame was captured (perf_counter s): adds the `wait` and
-        `capture_to_result` stages. Raises UsedgeError for a frame that cannot be classified.
+        `capture_to_result` stages. time_s: the frame's time in its file (Prediction.time_s).
+        Raises UsedgeError for a frame that cannot be classified.
         """
         t_take = time.perf_counter()
         pred = self.process(image, index=index, source=source, regions=regions)
+        pred.time_s = time_s
         t_done = time.perf_counter()
         if t_capture is not None:
             pred.latency_ms["wait"] = (t_take - t_capture) * 1e3
@@ -373,8 +375,8 @@ def run_files(pipeline: FramePipeline, files: Sequence, *, allow_any_modality: b
             bad, empty, first_empty, seen, noted = "", 0, "", 0, False
             try:
                 # lazily: a long video stays small
-                for index, frame, regions in iter_file_frames(path, allow_any_modality=allow_any_modality):
-                    pred = pipeline.run_frame(frame, index=index, source=str(path), regions=regions)
+                for index, frame, regions, time_s in iter_file_frames(path, allow_any_modality=allow_any_modality):
+                    pred = pipeline.run_frame(frame, index=index, source=str(path), regions=regions, time_s=time_s)
                     seen += 1
                     if pred.state == "no_image":
                         empty += 1

@@ -167,7 +167,7 @@ def csv_text(value) -> str:
 
 
 class CsvSink(Sink):
-    """source, frame, label, class_index, p_<class>..., margin, uncertain, crop box, fov box, crop method,
+    """source, frame, time_s, label, class_index, p_<class>..., margin, uncertain, crop box, fov box, crop method,
     views, Doppler fraction, frozen, smoothed, model sha256, latencies (ms), state, error;
     flushed per row. A `no_image` or `error` row has empty label and probability cells and its reason;
     a stage that did not run has an empty latency cell (as JSONL leaves it out), never 0.000."""
@@ -178,7 +178,7 @@ class CsvSink(Sink):
         self.keep_partial = False     # set for an interrupted batch: close leaves the lines in <name>.partial
         self.class_names = list(class_names)
         self.stages = [*STAGES, "total"]
-        self.columns = (["source", "frame", "label", "class_index", *[f"p_{c}" for c in self.class_names], "margin",
+        self.columns = (["source", "frame", "time_s", "label", "class_index", *[f"p_{c}" for c in self.class_names], "margin",
                          "uncertain", "crop_x", "crop_y", "crop_w", "crop_h", "fov_x", "fov_y", "fov_w", "fov_h",
                          "crop_method", "views", "doppler_fraction", "frozen", "smoothed", "model_sha256",
                          *[f"ms_{s}" for s in self.stages], "state", "error"])
@@ -195,7 +195,8 @@ class CsvSink(Sink):
     def write(self, pred, frame=None, overlay=None) -> None:
         with _output_errors(self.path, self.count):
             self.writer.writerow([
-                csv_text(pred.source), pred.frame_index, csv_text(pred.label),
+                csv_text(pred.source), pred.frame_index, "" if pred.time_s is None else f"{pred.time_s:.6f}",
+                csv_text(pred.label),
                 "" if pred.class_index is None else pred.class_index,
                 *[f"{pred.probs[c]:.6f}" if pred.has_label else "" for c in self.class_names],
                 "" if pred.margin is None else f"{pred.margin:.6f}", "" if pred.uncertain is None else int(pred.uncertain),

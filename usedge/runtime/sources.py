@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -47,14 +47,24 @@ class Frame:
     index: int            # frame number in the source, from 0, counting frames read (dropped too)
     source: str           # display name: a path, "camera:0", a URL (never patient data)
     t_capture: float
+    time_s: float | None = None   # the frame's time in its file (a video's timestamp, a cine's frame time)
+
+
+class FileFrame(NamedTuple):
+    """One frame of a file, as `iter_file_frames` gives it."""
+
+    index: int                    # its number in the file (a cine's frame, a TIFF page, a video's frame)
+    image: np.ndarray
+    regions: list | None          # DICOM ultrasound region boxes, or None
+    time_s: float | None          # seconds from the file's first frame (a video's presentation timestamp,
+                                  # a DICOM cine's frame time); None for a still image or without a rate
 
 
 # --------------------------------------------------------------------------------------------
 # Reading files (images, DICOM, video). DICOM goes through usedge.runtime.dicom (patient-data-free).
 # --------------------------------------------------------------------------------------------
-def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False
-                     ) -> Iterator[tuple[int, np.ndarray, list | None]]:
-    """(frame index, image, DICOM region boxes or None) for every frame of an image, DICOM or video."""
+def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False) -> Iterator[FileFrame]:
+    """FileFrame(index, image, DICOM region boxes or None, time_s) for every frame of an image, DICOM or video."""
     path = Path(path)
     if not path.is_file():
         read_bytes(path)            # InputError: missing, or not a regular file (a FIFO would hang)
@@ -62,7 +72,7 @@ def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False
         dcm = open_dicom(path, allow_any_modality=allow_any_modality)
         regions = dcm.regions or None
         for i, frame in dcm.frames():
-            yield i, frame, regions
+            yield FileFrame(i, frame, regions, dcm.frame_time_s(i))
         return
     if is_video(path):
         reader = VideoFileReader(path)
@@ -70,7 +80,7 @@ def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False
         try:
             i = 0
             while (frame := reader.read()) is not None:
-                yield (i if reader.frame_number is None else reader.frame_number), frame, None
+                yield FileFrame(i if reader.frame_number is None else reader.frame_number, frame, None, reader.time_s)
                 i += 1
             if i == 0:
                 raise InputError("video has no readable frames", path=path, hint="check the codec (ffmpeg build)")
@@ -81,7 +91,7 @@ def iter_file_frames(path: str | Path, *, allow_any_modality: bool = False
             reader.close()
         return
     for page in read_pages(path, allow_any_modality=allow_any_modality):     # a multi-page TIFF: each page
-        yield page.frame_index, page.frame, None
+        yield FileFrame(page.frame_index, page.frame, None, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,6 +106,7 @@ class FrameReader:
     regions: list | None = None     # DICOM ultrasound region boxes, when the source has them
     decode_threads: int | None = None   # decoder threads (a video file's FFmpeg); None: the decoder's default
     open_notice = ""                    # a line to say once the source is open (the capture thread's on_event)
+    time_s: float | None = None         # the last frame's time in its file (None: a still image, a live source)
 
     def open(self) -> None:
         raise NotImplementedError
@@ -170,6 +181,7 @@ class DicomCineReader(FrameReader):
         if self._i >= self.dcm.n_frames:
             return None
         self._i += 1
+        self.time_s = self.dcm.frame_time_s(self._i - 1)
         return self.dcm.frame(self._i - 1)
 
     def skip(self) -> bool:  # no decoding
@@ -220,6 +232,7 @@ class VideoFileReader(FrameReader):
         self.damaged = 0            # packets that failed to decode and were passed over (PyAV)
         self.concealed = 0          # frames left out after damage (decoded from missing data, or marked corrupt)
         self.frame_number: int | None = None   # the last frame's number in the video (PyAV: timestamps after damage)
+        self.time_s: float | None = None       # the last frame's presentation time, seconds from the track's start
         self._stream = None         # PyAV's video stream being read
         self._seconds = 0.0         # the video track's own duration (0: not declared)
         self._last_time: float | None = None   # the last frame's time, seconds from the track's start
@@ -227,7 +240,7 @@ class VideoFileReader(FrameReader):
 
     def open(self) -> None:
         self.position, self.ended_early, self.damaged, self.concealed = 0, "", 0, 0
-        self.frame_number, self._last_time = None, None
+        self.frame_number, self._last_time, self.time_s = None, None, None
         try:
             self._size = self.path.stat().st_size
             empty = self._size == 0
@@ -332,7 +345,7 @@ class VideoFileReader(FrameReader):
                     self.frame_number += max(1, round((t - self._last_time) * self.fps))
                 else:
                     self.frame_number += 1
-                self._last_time = t
+                self._last_time = self.time_s = t
                 yield frame
 
     def _open_opencv(self) -> None:
@@ -373,6 +386,8 @@ class VideoFileReader(FrameReader):
             self.position += 1
             if self.cap is not None:
                 self.frame_number = self.position - 1
+                msec = self.cap.get(cv2.CAP_PROP_POS_MSEC)
+                self.time_s = msec / 1000.0 if msec is not None and math.isfinite(msec) and msec >= 0 else None
             return ok
         try:
             grew = self._size >= 0 and self.path.stat().st_size > self._size
@@ -513,7 +528,7 @@ class NetworkStreamReader(VideoFileReader):
         import av
 
         self.position, self.ended_early, self.damaged, self.concealed = 0, "", 0, 0
-        self.frame_number, self._last_time = None, None
+        self.frame_number, self._last_time, self.time_s = None, None, None
         try:
             container = av.open(self.url, timeout=(self.OPEN_TIMEOUT_S, self.READ_TIMEOUT_S))
         except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -623,7 +638,7 @@ class WatchedFolderReader(FrameReader):
         while True:
             if self._frames is not None:     # the file being read, one frame at a time (a long cine stays small)
                 try:
-                    self.frame_number, frame, _ = next(self._frames)
+                    self.frame_number, frame, _, self.time_s = next(self._frames)
                     return frame
                 except StopIteration:
                     self._frames = None
@@ -910,7 +925,8 @@ class CaptureThread(threading.Thread):
                 # a watched folder numbers frames per file, a video file by its timestamps after damage; a live
                 # source is numbered here, across its reconnects (its reader starts again at 0)
                 number = None if self.reader.live else getattr(self.reader, "frame_number", None)
-                self.slot.put(Frame(image, index if number is None else number, source, time.perf_counter()),
+                at = None if self.reader.live else getattr(self.reader, "time_s", None)
+                self.slot.put(Frame(image, index if number is None else number, source, time.perf_counter(), at),
                               block=block, stop=self.stop_event)
                 index += 1
         finally:

@@ -316,7 +316,7 @@ class StreamRunner:
                     continue
                 try:
                     self.pipeline.run_frame(frame.image, index=frame.index, source=frame.source,
-                                            t_capture=frame.t_capture)
+                                            t_capture=frame.t_capture, time_s=frame.time_s)
                 except OutputError:
                     raise
                 except UsedgeError as exc:
