@@ -132,6 +132,42 @@ def test_replay_restarts_a_file(serve_video):
     assert all(f is not None for f in frames) and reader.replays == 1
 
 
+def test_a_replayed_cine_keeps_its_own_frame_numbers_and_times_and_passes_over_a_damaged_frame(serve_classifier, tmp_path):
+    """`usedge serve --stream cine.dcm` replays the cine: its results were numbered by a running count (30,
+    31, ... on the second pass) and a damaged frame ended the stream. Now each pass numbers the cine's own
+    frames (0..29, with their frame times) and the damaged one is an error result, as `usedge infer` gives."""
+    import json
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+
+    from usedge.runtime.pipeline import FramePipeline
+    from usedge.runtime.sinks import JsonlSink
+    from usedge.runtime.sources import open_source
+    from usedge.runtime.stream import StreamRunner
+    from usedge.serve.replay import ReplayReader
+
+    ds = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm", download=False))
+    n = int(ds.NumberOfFrames)
+    frames = [b"".join(f) for f in generate_fragmented_frames(ds.PixelData, number_of_frames=n)]
+    frames[3] = b"\x00" * 100
+    ds.PixelData = encapsulate(frames)
+    ds.save_as(tmp_path / "cine.dcm")
+    reader = ReplayReader(open_source(str(tmp_path / "cine.dcm")))
+    period = 1.0 / reader.fps
+    with JsonlSink(tmp_path / "s.jsonl") as sink:
+        summary = StreamRunner(FramePipeline(serve_classifier, [sink], stream=True, freeze=False), reader,
+                               realtime=False, max_frames=n + 10).run()
+    records = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert summary.ended_by == "end of source" and reader.replays == 1
+    # the error line for frame 3 may come just before frame 2's result (the loop reports the source's failures
+    # when it takes a frame): compared without order
+    assert sorted(r["frame"] for r in records) == sorted([*range(n), *range(10)])
+    assert [r["frame"] for r in records if "error" in r] == [3, 3]
+    assert all(r["time_s"] == pytest.approx(r["frame"] * period, abs=1e-6) for r in records if "error" not in r)
+
+
 def test_a_source_that_stops_sending_is_stalled_not_live(serve_classifier, serve_images, tmp_path):
     """A watched folder gets one scan, then nothing (like a cable pulled while the reader waits): after
     STALLED_AFTER_S the stream state is "stalled", the result's age grows and the result rate falls toward 0,

@@ -128,6 +128,7 @@ class ArrayReader(FrameReader):
     def __init__(self, frames, name: str, fps: float | None = None) -> None:
         self.frames, self.name, self.fps = frames, name, fps
         self._i = 0
+        self.frame_number: int | None = None    # the last frame's number (a page of a multi-page TIFF)
 
     def open(self) -> None:
         self._i = 0
@@ -136,6 +137,7 @@ class ArrayReader(FrameReader):
         if self._i >= len(self.frames):
             return None
         frame = self.frames[self._i]
+        self.frame_number = self._i
         self._i += 1
         return frame
 
@@ -172,6 +174,7 @@ class DicomCineReader(FrameReader):
         self.name, self.fps = str(path), self.dcm.fps
         self.regions = self.dcm.regions or None
         self.failed: list[tuple[str, str, int]] = []   # (file, one-line reason, frame number)
+        self.frame_number: int | None = None           # the last frame's number in the cine
         self._i = 0
 
     def open(self) -> None:
@@ -181,7 +184,7 @@ class DicomCineReader(FrameReader):
         if self._i >= self.dcm.n_frames:
             return None
         self._i += 1
-        self.time_s = self.dcm.frame_time_s(self._i - 1)
+        self.frame_number, self.time_s = self._i - 1, self.dcm.frame_time_s(self._i - 1)
         return self.dcm.frame(self._i - 1)
 
     def skip(self) -> bool:  # no decoding
@@ -903,7 +906,8 @@ class CaptureThread(threading.Thread):
                     image = self.reader.read()
                 except Undecodable as exc:
                     if getattr(self.reader, "pass_over_damaged", False):    # a cine's damaged frame: the next one
-                        self.reader.failed.append((self.reader.name, exc.one_line(), index))
+                        number = getattr(self.reader, "frame_number", None)
+                        self.reader.failed.append((self.reader.name, exc.one_line(), index if number is None else number))
                         index += 1
                         continue
                     self.stats.error = exc.one_line()

@@ -34,6 +34,24 @@ class ReplayReader(FrameReader):
     def regions(self):
         return getattr(self.reader, "regions", None)
 
+    @property
+    def frame_number(self) -> int | None:
+        """The frame's number in the file (from 0 again after each restart), as `usedge infer` on it numbers it."""
+        return getattr(self.reader, "frame_number", None)
+
+    @property
+    def time_s(self) -> float | None:
+        return getattr(self.reader, "time_s", None)
+
+    @property
+    def pass_over_damaged(self) -> bool:
+        """A cine's damaged frame is passed over (and listed in `failed`), replayed or not."""
+        return bool(getattr(self.reader, "pass_over_damaged", False))
+
+    @property
+    def failed(self) -> list:
+        return getattr(self.reader, "failed", [])
+
     def open(self) -> None:
         self.reader.open()
 
