@@ -66,7 +66,8 @@ def test_cv_table_and_data_root_from_a_real_training_run(tiny_train_run, tiny_co
     assert {k: v for k, v in fold_table.items() if k != "this_fold"} == table and "this_fold" not in table
     own = json.loads((tiny_train_run / "metrics.json").read_text())["folds"][0]["metrics"]
     assert fold_table["this_fold"] == {"name": "fold0", "test_images": own["n"], "accuracy": own["overall_accuracy"],
-                                       "balanced_accuracy": own["balanced_accuracy"]}
+                                       "balanced_accuracy": own["balanced_accuracy"], "classes": 3,
+                                       "balanced_classes": own["macro_classes"]["sensitivity"]}
     carried = read_checkpoint(tiny_train_run / "model.pt")["metrics"]["cross_validation"]
     assert carried["overall_accuracy_mean"] == agg["overall_accuracy"]["mean"]
     assert cv_table(tiny_train_run / "model.pt", names, carried) == table            # its own run's table

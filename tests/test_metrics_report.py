@@ -85,12 +85,19 @@ def test_sd_is_none_when_one_fold_defines_a_metric():
     assert _mean_sd(sens) == "100.0 ± n/a"
 
 
-def test_undefined_precision_leaves_f1_undefined_and_macro_says_how_many_classes():
-    # nothing is predicted pilomatricoma: its precision (0/0) and F1 are undefined, not 0
-    m = classification_metrics([0, 1, 2, 2], _probs([0, 1, 0, 1]), NAMES)
-    assert m["per_class"]["pilomatricoma"]["precision"] is None and m["per_class"]["pilomatricoma"]["f1"] is None
-    assert m["macro_classes"]["f1"] == 2 and m["macro_classes"]["sensitivity"] == 3
-    assert m["macro"]["f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+def test_a_class_never_predicted_has_f1_0_and_undefined_precision_and_macro_says_how_many_classes():
+    # nothing is predicted pilomatricoma: its precision (0/0) is undefined, but F1 = 2TP/(2TP+FP+FN) = 0: its
+    # two images were missed (left out, the class's and the macro F1 read higher: outside audit of 2026-12-02)
+    from sklearn.metrics import f1_score
+
+    labels, preds = [0, 1, 2, 2], [0, 1, 0, 1]
+    m = classification_metrics(labels, _probs(preds), NAMES)
+    assert m["per_class"]["pilomatricoma"]["precision"] is None and m["per_class"]["pilomatricoma"]["f1"] == 0.0
+    assert m["macro_classes"]["f1"] == 3 and m["macro_classes"]["precision"] == 2 and m["macro_classes"]["sensitivity"] == 3
+    assert m["macro"]["f1"] == pytest.approx(f1_score(labels, preds, average="macro")) == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    # undefined only when the class has no images and was not predicted either
+    m = classification_metrics([0, 1, 1], _probs([0, 1, 0]), NAMES)
+    assert m["per_class"]["pilomatricoma"]["f1"] is None and m["macro_classes"]["f1"] == 2
 
 
 def test_low_sensitivity_flag():
@@ -173,3 +180,43 @@ def test_a_macro_average_over_fewer_classes_says_so_per_fold():
     assert macro_coverage(agg, "roc_auc", 4) == " (3-4 of 4 classes per fold, 3 pooled)"
     assert macro_coverage(agg, "f1", 4) == ""
     assert "macro AUC (3-4 of 4 classes per fold, 3 pooled) 70.0" in summary_line({"aggregate": agg})
+
+
+def test_a_report_says_how_many_folds_and_classes_a_figure_covers_and_when_images_are_patients(tmp_path):
+    """Outside audit of 2026-12-02: per-class means over the folds that define them, and a balanced accuracy
+    over the classes a fold has, were shown bare; a run without patient IDs said "90 images, 90 patients"."""
+    from usedge.export.model_card import card_markdown, cv_table
+    from usedge.runtime.model_info import ModelInfo, model_card_line
+    from usedge.train.config import load_config
+    from usedge.train.report import write_report
+
+    full, part = [0] * 4 + [1] * 4 + [2] * 4, [0] * 4 + [1] * 4           # fold 1: no pilomatricoma test image
+    results = []
+    for k, (labels, preds) in enumerate([(full, [0] * 4 + [1] * 4 + [2, 2, 0, 1]), (part, [0, 0, 1, 1] + [1] * 4)]):
+        p = _probs(preds)
+        results.append({"fold": k, "labels": labels, "probs": p.tolist(), "metrics": classification_metrics(labels, p, NAMES),
+                        "sizes": {"train": 8, "val": 2, "test": len(labels)}, "best_epoch": 1, "inner_val": {"loss": 1.0},
+                        "history": [], "alpha": {n: 1.0 for n in NAMES}})
+    doc = write_report(tmp_path, NAMES, results, load_config(), extra={"images": 20, "patients": 20, "patient_ids": False})
+    report = (tmp_path / "report.md").read_text()
+    assert "| pilomatricoma | sensitivity | 50.0 ± n/a (1 of 2 folds) |" in report
+    assert "| epidermal_cyst | sensitivity | 75.0 ± 35.4 |" in report                # both folds: no count
+    assert "| all (2-3 of 3 classes per fold, 3 pooled) | balanced accuracy |" in report
+    assert doc["headline"].startswith("balanced accuracy (2-3 of 3 classes per fold, 3 pooled) ")
+    assert "20 images, no patient IDs (each image counted as its own patient" in report and "folds by image" in report
+    write_report(tmp_path / "ids", NAMES, results, load_config(), extra={"images": 20, "patients": 7, "patient_ids": True})
+    assert "20 images, 7 patients; 2 of 5 outer folds by patient" in (tmp_path / "ids" / "report.md").read_text()
+
+    (tmp_path / "fold1").mkdir()
+    cv = cv_table(tmp_path / "fold1" / "best.pt", NAMES)
+    assert cv["coverage"]["pilomatricoma"]["sensitivity"] == "1 of 2 folds"
+    assert cv["coverage"]["balanced accuracy"]["accuracy"] == "2-3 of 3 classes per fold, 3 pooled"
+    card = {"training_data": {"note": "x"}, "cross_validation": cv, "checks": [], "intended_use": "x", "limits": [],
+            "uncertain_margin": 0.2}
+    text = card_markdown(card, "line")
+    assert "0.500 ± n/a (1 of 2 folds)" in text
+    assert "Balanced accuracy 0.792 ± 0.059 (2-3 of 3 classes per fold, 3 pooled)" in text
+    assert "on its own test fold (8 images) balanced accuracy 0.750 (over 2 of 3 classes" in text
+    info = ModelInfo.__new__(ModelInfo)
+    info.model_card, info.precision, info.weights_sha256 = card, "fp32", "ab" * 32
+    assert "CV balanced accuracy 0.792 ± 0.059 (2-3 of 3 classes per fold, 3 pooled)" in model_card_line(info)

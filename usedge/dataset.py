@@ -52,6 +52,12 @@ class Dataset:
     def groups(self) -> list[str]:
         return [s.patient_id for s in self.samples]
 
+    @property
+    def has_patient_ids(self) -> bool:
+        """False when the data set names no patients (no manifest, or one without patient_id): each image
+        then counts as its own patient (its notes say so)."""
+        return not any(ONE_PATIENT_PER_IMAGE in n for n in self.notes)
+
     def __len__(self) -> int:
         return len(self.samples)
 

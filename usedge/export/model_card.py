@@ -119,6 +119,18 @@ def cv_table(checkpoint: Path, class_names: list[str], carried: dict | None = No
             partial = {m: macro_coverage(agg, m, len(class_names)).strip(" ()") for m in pick}
             if any(partial.values()):
                 table["macro_coverage"] = {m: v for m, v in partial.items() if v}
+            # a mean over fewer folds than the run's (a metric some folds leave undefined), and a balanced accuracy
+            # over fewer classes than the model's (a fold without test images of a class): said beside the figure
+            coverage: dict[str, dict[str, str]] = {}
+            for name in class_names:
+                for m in pick:
+                    n = agg["per_class"][name][m].get("n")
+                    if n is not None and n < agg["folds"]:
+                        coverage.setdefault(name, {})[m] = f"{n} of {agg['folds']} folds"
+            if "balanced_accuracy" in agg and (bal := macro_coverage(agg, "sensitivity", len(class_names)).strip(" ()")):
+                coverage["balanced accuracy"] = {"accuracy": bal}
+            if coverage:
+                table["coverage"] = coverage
             if run == checkpoint.parent.parent and checkpoint.parent.name.startswith("fold"):   # a fold's model
                 table["this_fold"] = own_fold(json.loads(path.read_text()), checkpoint.parent.name)
             return table
@@ -133,7 +145,9 @@ def own_fold(metrics: dict, name: str) -> dict:
         if f"fold{f.get('fold')}" == name:
             m = f.get("metrics") or {}
             return {"name": name, "test_images": m.get("n"), "balanced_accuracy": m.get("balanced_accuracy"),
-                    "accuracy": m.get("overall_accuracy")}
+                    "accuracy": m.get("overall_accuracy"),
+                    "classes": len(metrics.get("class_names") or []) or None,
+                    "balanced_classes": (m.get("macro_classes") or {}).get("sensitivity")}
     return {}
 
 
@@ -184,18 +198,24 @@ def card_markdown(card: dict, line: str) -> str:
         out += [f"{cv['folds']} fold(s), mean ± SD (from `{cv['source']}`).", "",
                 "| | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
         cover = cv.get("macro_coverage") or {}
+        partial = cv.get("coverage") or {}
 
         def cell(name: str, row: dict, m: str) -> str:
             text = mean_sd(row.get(m))
-            return f"{text} ({cover[m]})" if name == "macro" and text and m in cover else text
+            if name == "macro" and text and m in cover:
+                return f"{text} ({cover[m]})"
+            return f"{text} ({partial[name][m]})" if text and m in partial.get(name, {}) else text
         out += [f"| {name} | " + " | ".join(cell(name, row, m) for m in metrics) + " |" for name, row in table.items()]
-        accuracies = [f"{name} {mean_sd(row['accuracy'])}" for name, row in cv["rows"].items() if "accuracy" in row]
+        accuracies = [f"{name} {cell(name, row, 'accuracy')}" for name, row in cv["rows"].items() if "accuracy" in row]
         if accuracies:
             out += ["", "; ".join(accuracies).capitalize() + "."]
         own = cv.get("this_fold") or {}
         if own:
-            fig = " and ".join(f"{k.replace('_', ' ')} {own[k]:.3f}" for k in ("balanced_accuracy", "accuracy")
-                               if isinstance(own.get(k), (int, float)))
+            few = own.get("balanced_classes")
+            over = (f" (over {few} of {own['classes']} classes: the fold has no test image of the others)"
+                    if isinstance(few, int) and isinstance(own.get("classes"), int) and few < own["classes"] else "")
+            fig = " and ".join(f"{k.replace('_', ' ')} {own[k]:.3f}" + (over if k == "balanced_accuracy" else "")
+                               for k in ("balanced_accuracy", "accuracy") if isinstance(own.get(k), (int, float)))
             out += ["", f"This model is {own['name']}'s: on its own test fold ({own.get('test_images', '?')} images) "
                         f"{fig or 'no figures'}; the table above is the whole run's."]
     else:

@@ -315,7 +315,9 @@ def model_card_line(info: ModelInfo) -> str:
     acc = (rows.get("overall accuracy") or {}).get("accuracy")
     bal = (rows.get("balanced accuracy") or {}).get("accuracy")
     if bal:      # class-balanced first: overall accuracy flatters a model that favours the largest class
-        scored = f"CV balanced accuracy {mean_sd(bal)}" + (f" (accuracy {mean_sd(acc)})" if acc else "")
+        few = ((cv.get("coverage") or {}).get("balanced accuracy") or {}).get("accuracy")   # over fewer classes
+        scored = (f"CV balanced accuracy {mean_sd(bal)}" + (f" ({few})" if isinstance(few, str) else "")
+                  + (f" (accuracy {mean_sd(acc)})" if acc else ""))
     else:
         scored = f"CV accuracy {mean_sd(acc)}" if acc else ""
     scored = f"{scored} over {cv.get('folds')} fold(s)" if scored else "no CV metrics"

@@ -6,7 +6,8 @@ argmax(probs):
     sensitivity = TP / (TP + FN)      (recall)
     specificity = TN / (TN + FP)
     precision   = TP / (TP + FP)
-    f1          = 2 TP / (2 TP + FP + FN), undefined where precision or sensitivity is
+    f1          = 2 TP / (2 TP + FP + FN): 0 for a class never predicted (its images all missed), undefined
+                  only when the class neither has images nor was predicted
     roc_auc     = area under the ROC of probs[:, c] (NaN -> null when a fold lacks a class)
 Undefined values (a zero denominator) are NaN, written as null. macro_<m> = unweighted mean of <m>
 over the classes where it is defined; `macro_classes[m]` says how many classes that is.
@@ -63,8 +64,7 @@ def classification_metrics(labels, probs, class_names: list[str]) -> dict:
             "roc_auc": auc,
             "support": int(truth.sum()),
         }
-        defined = not (math.isnan(per_class[name]["precision"]) or math.isnan(per_class[name]["sensitivity"]))
-        per_class[name]["f1"] = f1_score(truth, pred) if defined else float("nan")
+        per_class[name]["f1"] = f1_score(truth, pred) if truth.any() or pred.any() else float("nan")
     macro, macro_classes = {}, {}
     for m in PER_CLASS:
         values = [v for v in (per_class[n][m] for n in class_names) if not math.isnan(v)]

@@ -18,10 +18,11 @@ HOW_AVERAGED = (
     "tested exactly once, by the model of its own test fold): a pooled AUC is pooled over the fold models, "
     "ranking scores of different models together, not the AUC of any one model. 'macro' is the unweighted "
     "mean over the classes where the metric is defined (of each fold's per class values, then over folds; "
-    "or of the pooled per class values); a macro row says when it covers fewer classes. Undefined "
-    "precision (no image predicted as the class) leaves F1 undefined too. 'overall accuracy' is the "
-    "multi-class accuracy; 'balanced accuracy' the mean of the per-class sensitivities (the headline for "
-    "imbalanced classes). A class is flagged when its sensitivity is below half the mean of the other "
+    "or of the pooled per class values); a macro row says when it covers fewer classes, and a row whose metric some folds leave undefined "
+    "says how many folds its mean covers. Undefined precision (no image predicted as the class) is left out; "
+    "F1 = 2TP / (2TP + FP + FN) is 0 for a class never predicted in a fold that has its images (all missed). "
+    "'overall accuracy' is the multi-class accuracy; 'balanced accuracy' the mean of the per-class "
+    "sensitivities of the classes a fold has test images of (the headline for imbalanced classes). A class is flagged when its sensitivity is below half the mean of the other "
     "classes'. The paper's numbers are from its own private data set (698 images, 255 "
     "patients) and protocol (checkpoint chosen on the test fold): they are printed for reference only "
     "and are not comparable with numbers on other data."
@@ -44,11 +45,14 @@ def _fmt(v, pct: bool = True) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.3f}"
 
 
-def _mean_sd(d: dict) -> str:
+def _mean_sd(d: dict, folds: int | None = None) -> str:
+    """'mean ± sd' in %; with `folds`, ' (k of N folds)' when only k folds define the value."""
     if d["mean"] is None:
         return "–"
     sd = "n/a" if d.get("sd") is None else f"{100 * d['sd']:.1f}"
-    return f"{100 * d['mean']:.1f} ± {sd}"
+    n = d.get("n")
+    part = f" ({n} of {folds} folds)" if folds and n is not None and n < folds else ""
+    return f"{100 * d['mean']:.1f} ± {sd}{part}"
 
 
 def macro_coverage(agg: dict, metric: str, n_classes: int) -> str:
@@ -70,7 +74,8 @@ def summary_line(metrics: dict) -> str:
     mean ± sd over folds, plus any class whose mean sensitivity is below half the others'."""
     agg = metrics["aggregate"]
     n_classes = len(agg["per_class"])
-    line = (f"balanced accuracy {_mean_sd(agg['balanced_accuracy'])} %, macro AUC{macro_coverage(agg, 'roc_auc', n_classes)} "
+    line = (f"balanced accuracy{macro_coverage(agg, 'sensitivity', n_classes)} {_mean_sd(agg['balanced_accuracy'])} %, "
+            f"macro AUC{macro_coverage(agg, 'roc_auc', n_classes)} "
             f"{_mean_sd(agg['macro']['roc_auc'])} %, "
             f"overall accuracy {_mean_sd(agg['overall_accuracy'])} % over {agg['folds']} folds")
     return line + "".join(f"; LOW SENSITIVITY: {name} {100 * v:.1f} % vs {100 * o:.1f} % for the other classes"
@@ -98,8 +103,11 @@ def report_markdown(class_names: list[str], fold_results: list[dict], summary: d
                       + ", ".join(f"{n} {w:.3g}" for n, w in alphas[0].items()) + ").")
     schedule = (f"cosine after {cfg.optim.warmup_epochs} warm-up epoch(s)" if cfg.optim.schedule == "cosine"
                 else f"StepLR {cfg.optim.step_size}/{cfg.optim.step_gamma:g}")
-    lines += [f"Data: {extra.get('images', '?')} images, {extra.get('patients', '?')} patients; "
-              f"{len(fold_results)} of {cfg.cv.folds} outer folds by patient (stratified by class); "
+    by_image = extra.get("patient_ids") is False      # no patient IDs: each image its own patient
+    who = ("no patient IDs (each image counted as its own patient: one patient's images may be in a training and "
+           "a test fold, which overstates accuracy)" if by_image else f"{extra.get('patients', '?')} patients")
+    lines += [f"Data: {extra.get('images', '?')} images, {who}; "
+              f"{len(fold_results)} of {cfg.cv.folds} outer folds by {'image' if by_image else 'patient'} (stratified by class); "
               f"checkpoint chosen on an inner validation split by patient ({cfg.cv.inner_val_fraction:.0%} of each "
               f"training part, on {cfg.cv.select_on}). {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
               f"{cfg.data.image_size} px, Adam lr {cfg.optim.lr:g}, {schedule}, augmentation {cfg.data.augment}, "
@@ -111,13 +119,14 @@ def report_markdown(class_names: list[str], fold_results: list[dict], summary: d
     rows = []
     for name in class_names:
         for m in PER_CLASS:
-            rows.append([name, m, _mean_sd(agg['per_class'][name][m]), _fmt(agg['per_class'][name][m]['pooled']),
+            rows.append([name, m, _mean_sd(agg['per_class'][name][m], agg['folds']), _fmt(agg['per_class'][name][m]['pooled']),
                          _fmt(PAPER.get(name, {}).get(m))])
     for m in PER_CLASS:
-        rows.append(["macro" + macro_coverage(agg, m, len(class_names)), m, _mean_sd(agg['macro'][m]),
+        rows.append(["macro" + macro_coverage(agg, m, len(class_names)), m, _mean_sd(agg['macro'][m], agg['folds']),
                      _fmt(agg['macro'][m]['pooled']), _fmt(PAPER['mean'].get(m)) if paper_macro else "–"])
     for key in ("balanced_accuracy", "overall_accuracy"):
-        rows.append(["all", key.replace('_', ' '), _mean_sd(agg[key]), _fmt(agg[key]['pooled']), "–"])
+        cover = macro_coverage(agg, "sensitivity", len(class_names)) if key == "balanced_accuracy" else ""
+        rows.append(["all" + cover, key.replace('_', ' '), _mean_sd(agg[key], agg['folds']), _fmt(agg[key]['pooled']), "–"])
     lines += ["All numbers in %. **ours** = this run" + ("; **paper** = Sensors 2023, 23(17):7374 on its own private "
               "data — a different data set, shown for the layout only." if shown else "."), ""]
     head = ["class", "metric", "ours mean ± sd over folds", "ours pooled over fold models"] + (["paper"] if shown else [])

@@ -515,6 +515,7 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
         if dist.main:
             summary = write_report(out_dir, dataset.class_names, fold_results, cfg,
                                    extra={"images": len(dataset), "patients": len(set(dataset.groups)),
+                                          "patient_ids": dataset.has_patient_ids,
                                           "world_size": dist.world_size, "device": str(device),
                                           "read_seconds": read_seconds})
         if final is not None:
