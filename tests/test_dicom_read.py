@@ -139,7 +139,7 @@ def test_missing_decoder_names_the_package():
 
 
 def test_truncated_pixel_data():
-    with pytest.raises(InputError, match="truncated or damaged"):
+    with pytest.raises(InputError, match="less than expected.*truncated"):
         open_dicom(pydicom_file("MR_truncated.dcm"), allow_any_modality=True).frame(0)
 
 
@@ -405,3 +405,114 @@ def test_a_jpeg_named_dcm_is_read_as_the_jpeg_it_is(tmp_path, runtime_model):
                          capture_output=True, text=True, timeout=120)
     assert json.loads(res.stdout.splitlines()[0])["source"] == str(jpeg)
     assert "junk.dcm" in res.stderr and "DICOM" in res.stderr and res.returncode == 1, res.stderr
+
+
+# ------------------------------------------------------------------ outside audit of DICOM pixels, 2026-12-02
+def _grey(tmp_path, name, pixels, *, bits_allocated=None, bits_stored=None, photometric="MONOCHROME2", **tags):
+    """A native little-endian US DICOM of `pixels` (uint32, float32 or uint8 gray; RGB when H x W x 3)."""
+    from tests.fixtures.badinput import make_dicom
+
+    path = make_dicom(tmp_path / name, np.zeros(pixels.shape[:2], np.uint8), patient=False)
+    ds = pydicom.dcmread(path)
+    if pixels.ndim == 3:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "RGB"
+    else:
+        ds.PhotometricInterpretation = photometric
+    if pixels.dtype.kind == "f":
+        ds.BitsAllocated = 32
+        del ds.PixelData, ds.BitsStored, ds.HighBit, ds.PixelRepresentation
+        ds.FloatPixelData = pixels.astype("<f4").tobytes()
+    else:
+        ds.BitsAllocated = bits_allocated or pixels.dtype.itemsize * 8
+        ds.BitsStored = bits_stored or ds.BitsAllocated
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    ds.save_as(path)
+    return path
+
+
+def test_32_bit_grey_is_scaled_by_the_bits_its_values_use_not_wrapped_to_16(tmp_path):
+    """Values up to ~1.04 M (20 bits) in a 32-bit container were masked to their low 16 bits (correlation 0.74
+    with a viewer); now shifted from the 20 bits they use, or from BitsStored when it names fewer bits."""
+    g = np.tile(np.arange(256, dtype=np.uint32), (64, 1))
+    got = open_dicom(_grey(tmp_path, "u32.dcm", g * 4096)).frame()
+    assert np.array_equal(got, g.astype(np.uint8))
+    got = open_dicom(_grey(tmp_path, "u32_bs24.dcm", g * 4096, bits_stored=24)).frame()
+    assert np.array_equal(got, (g * 4096 >> 16).astype(np.uint8))
+
+
+def test_float_pixel_data_is_shown_by_its_value_range_not_called_blank(tmp_path):
+    """Float data in [0, 1] or around 0 was cut to integers and refused as "blank"."""
+    g = np.tile(np.linspace(0, 1, 200, dtype=np.float32), (64, 1))
+    for name, x in (("unit.dcm", g), ("centred.dcm", g - 0.5), ("wide.dcm", g * 1000 - 300)):
+        got = open_dicom(_grey(tmp_path, name, x)).frame().astype(int)
+        assert got.min() == 0 and got.max() == 255 and np.abs(got - np.rint(g * 255)).max() <= 1, name
+
+
+def test_a_palette_without_its_colour_table_is_one_line_and_a_batch_goes_on(tmp_path):
+    """A PALETTE COLOR file without (or with a damaged) lookup table raised pydicom's ValueError as a traceback
+    and ended the batch."""
+    bad = _grey(tmp_path, "pal.dcm", np.full((64, 64), 7, np.uint8), photometric="PALETTE COLOR")
+    with pytest.raises(InputError, match="palette colour table is missing or damaged") as err:
+        open_dicom(bad).frame()
+    assert "\n" not in err.value.one_line()
+    good = _grey(tmp_path, "good.dcm", np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)))
+    res = CliRunner().invoke(__import__("usedge.cli", fromlist=["app"]).app, ["crop", str(bad), str(good), "--out", str(tmp_path / "o"), "--crop", "none", "-q"])
+    assert "Traceback" not in res.output and "palette colour table" in res.output
+    assert (tmp_path / "o" / "good.png").exists()
+
+
+def test_rgb_without_planar_configuration_is_read_pixel_by_pixel(tmp_path):
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 200, 50                      # R 200, B 50
+    path = _grey(tmp_path, "rgb.dcm", rgb)                 # written without PlanarConfiguration
+    assert "PlanarConfiguration" not in pydicom.dcmread(path)
+    got = open_dicom(path).frame()
+    assert got.shape == (64, 64, 3) and tuple(got[0, 0]) == (50, 0, 200)       # BGR
+
+
+def test_a_decoder_that_cannot_read_12_bit_jpeg_names_what_to_install_not_damage():
+    from usedge.errors import UnsupportedInput
+
+    with pytest.raises(UnsupportedInput) as err:
+        open_dicom(pydicom_file("JPGExtended.dcm"), allow_any_modality=True).frame()
+    assert "damaged" not in err.value.one_line() and "pip install pylibjpeg" in err.value.one_line()
+
+
+def test_crop_all_frames_passes_over_a_damaged_cine_frame_as_infer_does(tmp_path):
+    """`usedge crop --all-frames` stopped at the first damaged cine frame (the later frames were never
+    cropped) while `usedge infer` passed over it."""
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+
+    from usedge.runtime.batch import crop_files
+
+    ds = pydicom.dcmread(pydicom_file("examples_ybr_color.dcm"))
+    n = int(ds.NumberOfFrames)
+    frames = [b"".join(f) for f in generate_fragmented_frames(ds.PixelData, number_of_frames=n)]
+    frames[0] = frames[3] = b"\x00" * 100
+    ds.PixelData = encapsulate(frames)
+    ds.save_as(tmp_path / "cine.dcm")
+    errors = []
+    run = crop_files([tmp_path / "cine.dcm", tmp_path / "cine.dcm"], PreprocessSpec(size=64), tmp_path / "o",
+                     all_frames=True, every=3, on_error=errors.append)
+    lines = [json.loads(x) for x in (tmp_path / "o" / "crops.jsonl").read_text().splitlines()]
+    cropped = sorted({x["frame"] for x in lines if "output" in x})
+    assert cropped == [f for f in range(0, n, 3) if f not in (0, 3)]             # every frame but the damaged ones
+    assert len(errors) == 2 and "2 of 10 frames could not be decoded (frame 0, 3; the others were read)" in errors[0]
+    assert run.failed == 2
+
+
+def test_pydicom_warnings_do_not_reach_stderr_unless_debug(tmp_path):
+    """A non-conformant header (NumberOfFrames 0) printed two two-line Python warnings with pydicom's source
+    paths beside usedge's own lines; --debug still shows them."""
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    ds.NumberOfFrames, ds.Modality = 0, "US"
+    ds.save_as(tmp_path / "nof0.dcm")
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "usedge", "crop", str(tmp_path / "nof0.dcm"), "--out", str(tmp_path / "o"), "-q"]
+    quiet = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert quiet.returncode == 0 and "Warning" not in quiet.stderr, quiet.stderr
+    debug = subprocess.run([cmd[0], "-m", "usedge", "--debug", *cmd[3:]], capture_output=True, text=True, timeout=120, env=env)
+    assert "UserWarning" in debug.stderr

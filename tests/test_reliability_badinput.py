@@ -64,7 +64,7 @@ def test_cli_batch_goes_on_past_every_bad_file(bad_frames, bad_frames_dir, runti
     by_source: dict[str, list[dict]] = {}
     for r in records:
         by_source.setdefault(Path(r["source"]).name, []).append(r)
-    skipped = [ln for ln in proc.stderr.splitlines() if ln.startswith("usedge: skipped ")]
+    skipped = [ln for ln in proc.stderr.splitlines() if ln.startswith("usedge: failed: ")]
     for item in bad_frames:
         recs = by_source.get(item.name)
         assert recs, f"{item.name}: no JSONL line at all"

@@ -37,3 +37,7 @@ state = {"debug": False}
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
     state["debug"] = debug
+    if not debug:   # pydicom's non-conformance warnings (two lines each, with its source path): usedge reads such
+        import warnings     # files or refuses them in its own one line; --debug shows them
+
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")

@@ -60,7 +60,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
         # each failure at once: a long run shows failures as they come
         with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):   # docker stop: end like Ctrl-C
             run = run_files(pipeline, files, allow_any_modality=any_modality,
-                            on_error=lambda line: _err(f"usedge: skipped {line}"),
+                            on_error=lambda line: _err(f"usedge: failed: {line}"),   # whole or in part
                             on_no_image=lambda line: _err(f"usedge: no image: {line}"),
                             on_note=lambda line: _err(f"usedge: note: {line}"),
                             on_file=lambda: progress.advance(task))

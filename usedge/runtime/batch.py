@@ -71,7 +71,8 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
                 regions = d.raw_regions or None
                 cropper = (FrameCropper(spec, regions=regions, presets=presets)
                            if all_frames and d.n_frames > 1 and views == "largest" else None)
-                frames = ((i, d.frame(i)) for i in (range(0, d.n_frames, every) if all_frames else range(1)))
+                # a damaged cine frame is passed over (named at the end, as `usedge infer` does)
+                frames = d.frames(range(0, d.n_frames, every) if all_frames else range(1))
                 multi = d.n_frames > 1
             elif is_video(src):
                 regions, cropper, multi = None, None, True

@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -153,6 +153,8 @@ class DicomFile:
         check_pixels("dicom", self.cols, self.rows, str(self.path), max_pixels)
         try:
             self.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+            if self.samples > 1 and "PlanarConfiguration" not in ds:
+                ds.PlanarConfiguration = 0      # colour pixel by pixel, as viewers assume when a writer left it out
             self.transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
             self.fps = self._frame_rate()
             self._times: list[float] | None = None     # frame_time_s, from FrameTimeVector
@@ -305,6 +307,12 @@ class DicomFile:
             arr = pixel_array(self._ds, index=index if self.n_frames > 1 else None, allow_excess_frames=False)
         except (RuntimeError, NotImplementedError) as exc:
             text = str(exc)
+            if "not support" in text and self.transfer_syntax in _DECODERS:   # a decoder is there, but not for
+                name, _, other = _DECODERS[self.transfer_syntax]                 # this variant (Pillow: 12-bit JPEG)
+                raise UnsupportedInput(f"cannot decode the compressed pixel data ({_reason(exc)})", path=self.path,
+                                       hint=f"the installed decoder cannot read this {name} data"
+                                            + (f": pip install {other}" if other else ": convert the file to an "
+                                               "uncompressed transfer syntax")) from exc
             if "raised by all available plugins" in text:   # a decoder is there and failed: damaged data
                 where = f"frame {index} of {self.n_frames}" if self.n_frames > 1 else "the pixel data"
                 raise Undecodable(f"cannot decode {where}: the compressed data is damaged", path=self.path,
@@ -315,12 +323,17 @@ class DicomFile:
             raise Undecodable(f"cannot decode the pixel data ({type(exc).__name__})", path=self.path,
                               hint="the file is damaged or uses an unsupported encoding; export it again") from exc
         except Exception as exc:  # noqa: BLE001 - truncated data raises ValueError, bad headers others
-            raise Undecodable(f"cannot decode the pixel data ({type(exc).__name__}: truncated or damaged?)",
-                              path=self.path, hint="export the file again from the scanner/PACS") from exc
+            raise Undecodable(f"cannot decode the pixel data ({_reason(exc)})",
+                              path=self.path, hint="the file is truncated or its pixel description is damaged; "
+                                                   "export it again from the scanner/PACS") from exc
         if arr.ndim == 4:              # a decoder that ignored index
             arr = arr[index]
         if self.photometric == "PALETTE COLOR":
-            arr = apply_color_lut(arr, self._ds)
+            try:
+                arr = apply_color_lut(arr, self._ds)
+            except Exception as exc:  # noqa: BLE001 - a missing or damaged table: pydicom raises many kinds
+                raise Undecodable(f"the palette colour table is missing or damaged ({_reason(exc)})", path=self.path,
+                                  hint="export the file again (or as RGB) from the scanner/PACS") from exc
             if arr.dtype != np.uint8:  # 16-bit LUT entries
                 arr = (arr >> 8).astype(np.uint8) if int(arr.max()) > 255 else arr.astype(np.uint8)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -342,6 +355,8 @@ class DicomFile:
         ds = self._ds
         if arr.ndim != 2 or self.photometric not in ("MONOCHROME1", "MONOCHROME2"):
             return False
+        if arr.dtype.kind == "f":     # float pixel data: no bit depth; its window, else its value range
+            return True
         try:
             rescaled = "ModalityLUTSequence" in ds or any(
                 ds.get(k) is not None and float(ds.get(k)) != v for k, v in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)))
@@ -393,11 +408,13 @@ class DicomFile:
                 raise
             raise Undecodable(f"frame {index} of {self.n_frames}: {exc.message}", path=exc.path, hint=exc.hint) from exc
 
-    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Every frame in order. A cine frame that cannot be decoded (damaged data) is passed over and the
-        next ones still come; after the last, one Undecodable names the frames that were passed over."""
+    def frames(self, indices: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Every frame (or those of `indices`) in order. A cine frame that cannot be decoded (damaged data) is
+        passed over and the next ones still come; after the last, one Undecodable names the frames that
+        were passed over."""
+        indices = range(self.n_frames) if indices is None else indices
         bad: list[tuple[int, Undecodable]] = []
-        for i in range(self.n_frames):
+        for i in indices:
             try:
                 frame = self.frame(i)
             except Undecodable as exc:
@@ -409,8 +426,8 @@ class DicomFile:
         if bad:
             first = bad[0][1]
             which = ", ".join(str(i) for i, _ in bad[:10]) + (", ..." if len(bad) > 10 else "")
-            others = "; the others were read" if len(bad) < self.n_frames else ""
-            raise Undecodable(f"{len(bad)} of {self.n_frames} frames could not be decoded (frame {which}{others}): "
+            others = "; the others were read" if len(bad) < len(indices) else ""
+            raise Undecodable(f"{len(bad)} of {len(indices)} frames could not be decoded (frame {which}{others}): "
                               f"{first.message}", path=self.path, hint=first.hint)
 
 
@@ -456,9 +473,20 @@ def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int) -> int:
     need, rounded up to 8, 10, 12, 14 or 16 bits (`pixels.standard_depth`, as `pixels.as_uint8` does),
     so that 12-bit values in a file that says 16 keep their contrast instead of landing in the lowest
     16th of the range."""
-    if 1 <= bits_stored < bits_allocated and bits_stored <= 16:
+    if 1 <= bits_stored < bits_allocated and bits_stored <= 32:
         return bits_stored
-    return standard_depth(int(arr.max(initial=0))) or 16
+    top = int(arr.max(initial=0))
+    return standard_depth(top) or top.bit_length()      # 32-bit data beyond 16 bits: the bits its values use
+
+
+def _reason(exc: BaseException) -> str:
+    """A library exception as a short clause: its type and its first line (pydicom names the bad element)."""
+    first = (str(exc).strip().splitlines() or [""])[0].strip()
+    if "raised by all available plugins" in first:        # pydicom: the plugins' own reasons follow
+        rest = [x.strip() for x in str(exc).strip().splitlines()[1:] if x.strip()]
+        first = rest[0] if rest else first
+    first = first[:160] + ("…" if len(first) > 160 else "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def to_uint8(arr: np.ndarray, bits_stored: int, bits_allocated: int, *, invert: bool = False) -> np.ndarray:
