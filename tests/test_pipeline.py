@@ -116,3 +116,10 @@ def test_the_result_rate_restarts_after_a_stall():
         pipeline._result_times.append(8.0 + k * 0.1)
     assert pipeline.fps(now=9.0) == pytest.approx(10.0, rel=0.01)
     assert pipeline.fps(now=12.0) < 3.0        # stalled again: it falls toward 0
+
+
+def test_a_blank_frame_has_no_views_and_no_boxes(clf):
+    """A blank frame is refused before any image region is looked for: it said `views` 1 (outside audit)."""
+    pred = FramePipeline(clf).process(np.zeros((120, 160), np.uint8))
+    assert pred.state == "no_image" and pred.views == 0 and pred.crop_box == (0, 0, 0, 0)
+    assert pred.to_record()["views"] == 0 and pred.crop_method == "none"

@@ -89,7 +89,7 @@ class Prediction:
                    latency_ms=dict(latency_ms or {}), model_sha256=model_sha256, frame_index=frame_index,
                    source=source, crop_method=info.method if info is not None else "none", state=state,
                    reason=" ".join(reason.split()), doppler_fraction=info.doppler_fraction if info is not None else 0.0,
-                   views=max(1, len(info.fov_boxes)) if info is not None else 1)
+                   views=max(1, len(info.fov_boxes)) if info is not None else 0)   # 0: refused before any region was looked for
 
     @property
     def has_label(self) -> bool:
