@@ -286,3 +286,39 @@ def test_limit_takes_the_classes_in_turn_not_the_first_class():
     uneven = samples[:1] + samples[5:]                                  # one image of class 0
     assert [s.label for s in spread_over_classes(uneven, 5)] == [0, 1, 1, 2, 2]
     assert spread_over_classes(samples, 100) == samples and spread_over_classes([], 3) == []
+
+
+def test_an_image_whose_map_is_flat_is_not_scored_and_not_drawn_hot(tiny_masked_data, tmp_path, monkeypatch):
+    """A Grad-CAM that is one value everywhere (all gradients negative: zero after its ReLU) was scored (energy
+    inside = the lesion's area fraction, a pointing game of the same) and drawn as solid red (outside audit).
+    The model runs as is; only its Grad-CAM of the first two images is replaced by a flat map."""
+    import torch
+
+    import usedge.train.explain as ex
+    from usedge.train.checkpoint import save_checkpoint
+    from usedge.train.localisation import is_flat
+    from usedge.train.model import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_model("ag_resnet18"), class_names=CLASSES, preprocess=PreprocessSpec(size=64))
+    real, calls = ex.compute_maps, []
+
+    def first_two_flat(model, x, maps, target, weighting):
+        out = real(model, x, maps, target, weighting)
+        calls.append(1)
+        if len(calls) in (2, 3):                      # call 1 is the warm-up
+            out[0]["gradcam"] = np.zeros_like(out[0]["gradcam"])
+        return out
+    monkeypatch.setattr(ex, "compute_maps", first_two_flat)
+    summary = run_explain(path, tiny_masked_data, tmp_path / "o", ExplainConfig(progress=False, overlays="none",
+                                                                                  maps=("cam", "gradcam"), n_boot=50))
+    n = summary["data"]["n_with_lesion"]
+    assert summary["localisation"]["gradcam"]["flat_images"] == 2 and summary["localisation"]["gradcam"]["images"] == n - 2
+    assert summary["localisation"]["cam"]["flat_images"] == 0
+    assert any("Grad-CAM: 2 of" in note and "flat" in note for note in summary["notes"])
+    rows = list(__import__("csv").DictReader((tmp_path / "o" / "per_image.csv").open()))
+    assert [r["gradcam_energy_inside"] == "" for r in rows[:2]] == [True, True] and rows[2]["gradcam_energy_inside"]
+    assert is_flat(np.zeros((4, 4))) and not is_flat(np.eye(4))
+    assert ex.colourise(np.zeros((4, 4))).tolist() == ex.colourise(np.full((4, 4), 0.0)).tolist()
+    assert (ex.colourise(np.full((4, 4), 3.0)) == cv2.applyColorMap(np.zeros((4, 4), np.uint8), cv2.COLORMAP_JET)).all()

@@ -213,3 +213,16 @@ def test_int8_aim_is_one_point_and_says_when_the_images_cannot_resolve_it(n, err
     check = AIM_INT8.judge("int8", "m.int8.onnx", ref, got, labels)
     assert check.passed is passed and check.figures["accuracy_drop"] == pytest.approx(errors / n)
     assert ("one image is 1.6 points" in check.note) is (n < 100)
+    if n < 100:      # the advice is the data set's limit when it holds no more held-out images (outside audit)
+        assert "--parity-count 100 or more" in check.note
+        fewer = AIM_INT8.judge("int8", "m.int8.onnx", ref, got, labels, more_images=False)
+        assert "--parity-count" not in fewer.note and "no more held-out images" in fewer.note
+
+
+def test_an_all_data_models_int8_row_says_its_accuracies_are_training_accuracies(tiny_train_run, tmp_path):
+    from usedge.export.pipeline import ExportOptions, run_export
+
+    report = run_export(tiny_train_run / "model.pt", tmp_path / "m",
+                        ExportOptions(fp16=False, parity_count=8, calib_count=8, reference_count=0))
+    int8 = [c for c in report.checks if c.name.startswith("int8 vs fp32 accuracy")]
+    assert report.data["trained_on_checks"] is True and "training accuracies" in int8[0].note

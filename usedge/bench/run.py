@@ -138,6 +138,11 @@ def _ratio(a, b):
     return round(a / b, 4) if a and b and np.isfinite(a) and np.isfinite(b) else None
 
 
+def _fixed(v) -> str:
+    """An accuracy as 0.377 (3 decimals), or what it is when not a number."""
+    return f"{v:.3f}" if isinstance(v, (int, float)) and np.isfinite(v) else str(v)
+
+
 def _export_accuracy(model_dir: Path) -> dict | None:
     """fp32 vs int8 accuracy on held-out images from the export report beside the models, if any."""
     import json
@@ -156,7 +161,8 @@ def _export_accuracy(model_dir: Path) -> dict | None:
             return {"source": str(path), "n": f.get("n"), "accuracy_fp32": f.get("accuracy_a"),
                     "accuracy_int8": f.get("accuracy_b"), "top1_agreement": f.get("top1_agreement"),
                     "drop_points": round(100 * drop, 3) if drop is not None else None,
-                    "labelled": report.get("data", {}).get("source") is not None}
+                    "labelled": report.get("data", {}).get("source") is not None,
+                    "trained_on": bool(report.get("data", {}).get("trained_on_checks"))}
     return {"source": str(path), "drop_points": None}
 
 
@@ -303,8 +309,9 @@ def evaluate_targets(result: dict) -> list[dict]:
     acc = result.get("accuracy") or {}
     drop = acc.get("drop_points")
     add("int8 accuracy drop (points, export report)", drop, TARGETS["int8_accuracy_drop_points"], "lower",
-        f"fp32 {acc.get('accuracy_fp32')} -> int8 {acc.get('accuracy_int8')} on {acc.get('n')} held-out images"
-        if drop is not None else "no export report with an int8 accuracy check beside the models")
+        (f"fp32 {_fixed(acc.get('accuracy_fp32'))} -> int8 {_fixed(acc.get('accuracy_int8'))} on {acc.get('n')} "
+         + ("images the model trained on (training accuracy; read it as agreement)" if acc.get("trained_on")
+            else "held-out images")) if drop is not None else "no export report with an int8 accuracy check beside the models")
     alone = {"model.onnx": ort, "model.int8.onnx": int8}
     for name, m in (result.get("stages") or {}).get("models", {}).items():
         share = m["stream"]["outside_model_share"]

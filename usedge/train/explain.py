@@ -157,8 +157,9 @@ def unseen_samples(checkpoint: str | Path, meta: dict, ds, images: str = "test")
 
 # ------------------------------------------------------------------------------------------ drawing
 def colourise(sal: np.ndarray) -> np.ndarray:
-    """Map (any scale) -> BGR uint8 heat map (min-max normalised, JET)."""
-    m = (loc.display_normalise(sal) * 255).round().astype(np.uint8)
+    """Map (any scale) -> BGR uint8 heat map (min-max normalised, JET; a flat map, no signal, as the coldest
+    colour: not as the hottest, which min-max would make it)."""
+    m = (np.zeros(np.shape(sal)) if loc.is_flat(sal) else loc.display_normalise(sal) * 255).round().astype(np.uint8)
     return cv2.applyColorMap(m, cv2.COLORMAP_JET)
 
 
@@ -380,17 +381,28 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
     localisation = {}
     if len(kept_masks) >= 2:
         for m in (m for m in maps_wanted if m not in flat_maps):
-            res = loc.compare_to_baselines(kept_maps[m], kept_masks, kept_patients, k=topk,
+            # an image whose map is flat (one value: no signal) has no score: min-max would make it "all hot",
+            # and its energy inside would be the lesion's area fraction, scored as if the map pointed somewhere
+            keep = [j for j, sal in enumerate(kept_maps[m]) if not loc.is_flat(sal)]
+            if len(keep) < len(kept_maps[m]):
+                notes.append(f"{MAP_LABELS[m]}: {len(kept_maps[m]) - len(keep)} of {len(kept_maps[m])} maps are flat "
+                             "(one value everywhere: no signal to localise); they are left out of its scores and drawn "
+                             "as the coldest colour")
+            if len(keep) < 2:
+                continue
+            res = loc.compare_to_baselines([kept_maps[m][j] for j in keep], [kept_masks[j] for j in keep],
+                                           [kept_patients[j] for j in keep], k=topk,
                                            sigma_fraction=config.sigma_fraction, n_boot=config.n_boot,
                                            seed=config.seed)
             localisation[m] = {"scores": {s: _summary_stats(v) for s, v in res["scores"].items()},
-                               "tests": res["tests"]}
+                               "tests": res["tests"], "images": len(keep), "flat_images": len(kept_maps[m]) - len(keep)}
+            rows_kept = [mask_rows[j] for j in keep]
             for s, values in res["scores"].items():
-                for j, r in enumerate(mask_rows):
+                for j, r in enumerate(rows_kept):
                     rows[r][f"{m}_{s}"] = values[j]
             for b, scores in res["baselines"].items():
                 for s, values in scores.items():
-                    for j, r in enumerate(mask_rows):
+                    for j, r in enumerate(rows_kept):
                         rows[r][f"{b}:{m}_{s}"] = values[j]
         loc.holm_adjust([t for res in localisation.values() for per_b in res["tests"].values() for t in per_b.values()])
 

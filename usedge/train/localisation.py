@@ -34,8 +34,17 @@ SCORES = ("energy_inside", "topk_iou", "pointing_game", "energy_below")
 BASELINES = ("centre", "others")
 
 
+def is_flat(sal: np.ndarray) -> bool:
+    """One value everywhere (to rounding): a map with no signal to localise (a Grad-CAM whose gradients were
+    all negative is all zeros after its ReLU)."""
+    sal = np.asarray(sal, dtype=np.float64)
+    lo, hi = float(sal.min()), float(sal.max())
+    return bool(np.isfinite(lo) and np.isfinite(hi) and hi - lo <= 1e-12 * max(1.0, abs(hi)))
+
+
 def display_normalise(sal: np.ndarray) -> np.ndarray:
-    """Min-max to [0, 1] (float64), as the overlay shows it; a constant map becomes all ones."""
+    """Min-max to [0, 1] (float64), as the overlay shows it; a constant map becomes all ones (the scores leave
+    such maps out: `is_flat`)."""
     sal = np.asarray(sal, dtype=np.float64)
     lo, hi = float(sal.min()), float(sal.max())
     if not np.isfinite(lo) or not np.isfinite(hi):
