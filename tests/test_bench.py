@@ -152,9 +152,11 @@ def test_cli_quick_without_torch(tmp_path, tiny_onnx_dir):
     (block / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed (blocked)')\n")
     env = {**os.environ, "PYTHONPATH": str(block), "OMP_NUM_THREADS": "1"}
     res = _usedge(["bench", str(tiny_onnx_dir), "--quick", "--threads", "1", "--no-stages", "--no-plots",
-                   "--rows", "torch,ort-cpu/int8", "--batch", "1", "--out", str(tmp_path / "o"), "-q"], env)
+                   "--rows", "torch,ort-cpu/int8", "--batch", "1", "--iters", "3", "--out", str(tmp_path / "o"), "-q"], env)
     assert res.returncode == 0, res.stderr
     data = json.loads((tmp_path / "o" / "bench.json").read_text())
+    # --quick shrinks what was not given; an explicit option keeps its value (it was overridden: outside audit)
+    assert data["options"]["iters"] == 3 and data["options"]["rounds"] == 2 and data["options"]["warmup"] == 2
     rows = {r["key"]: r for r in data["rows"]}
     assert "torch is not installed" in rows["torch-eager/fp32"]["skipped"]
     assert rows["ort-cpu/int8"]["latency_ms"]["n"] >= 1

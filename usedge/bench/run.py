@@ -54,13 +54,17 @@ class BenchOptions:
     gemm_reps: int = 5
     plots: bool = True
     work_dir: Path | None = None          # where the 1080p video is made (default: a temporary folder)
+    explicit: tuple[str, ...] = ()        # fields the user set (the CLI's own options): `quick` leaves them
+
+    QUICK = {"warmup": 2, "iters": 10, "rounds": 2, "throughput_iters": 2, "max_cell_s": 5.0, "stage_frames": 6,
+             "paced_seconds": 1.0}
 
     def __post_init__(self) -> None:
         if self.quick:
-            self.warmup, self.iters, self.rounds = min(self.warmup, 2), min(self.iters, 10), min(self.rounds, 2)
-            self.throughput_iters, self.max_cell_s = min(self.throughput_iters, 2), min(self.max_cell_s, 5.0)
-            self.stage_frames, self.gemm_sizes, self.gemm_reps = min(self.stage_frames, 6), (512,), 3
-            self.paced_seconds = min(self.paced_seconds, 1.0)
+            for name, cap in self.QUICK.items():
+                if name not in self.explicit:
+                    setattr(self, name, min(getattr(self, name), cap))
+            self.gemm_sizes, self.gemm_reps = (512,), 3
         if any(b < 1 for b in self.batches) or not self.batches:
             raise ConfigError(f"batch sizes must be >= 1, got {self.batches}", hint="e.g. --batch 1,8,32")
         if self.iters < 1 or self.rounds < 1 or self.warmup < 0:

@@ -26,9 +26,10 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     model_dir: Path = typer.Argument(..., help="Folder written by `usedge export` (model.onnx, model.int8.onnx, ...)."),
     out: Path = typer.Option(Path("bench"), "--out", "-o", help="Where bench.json, bench.md and the PNGs go."),
-    quick: bool = typer.Option(False, "--quick", help="Short run (tens of seconds): few iterations, small GEMM, 6 video frames."),
+    quick: bool = typer.Option(False, "--quick", help="Short run (tens of seconds): few iterations, small GEMM, 6 video frames, 1 s paced streams; options given explicitly keep their values."),
     batch: str = typer.Option("1,8,32", "--batch", help="Batch sizes for the throughput table."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=MAX_THREADS, help="Intra-op threads of every CPU row (default: all cores)."),
     iters: int = typer.Option(100, "--iters", help="Timed batch-1 calls per row."),
@@ -50,10 +51,14 @@ def bench(
 
     if frames < 3:
         raise ConfigError(f"--frames must be >= 3, got {frames}", hint="e.g. --frames 40")
+    # options given on the command line (typer's own click reports where each value came from): --quick leaves them
+    given = {name for name in ("iters", "warmup", "rounds", "max_cell_s", "frames", "paced_seconds")
+             if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"}
     options = BenchOptions(quick=quick, batches=_int_list(batch, "--batch"), threads=threads, iters=iters,
                            warmup=warmup, rounds=rounds, max_cell_s=max_cell_s,
                            rows=tuple(r.strip() for r in rows.split(",") if r.strip()) if rows else (),
-                           stages=stages, stage_frames=frames, paced_seconds=paced_seconds, plots=plots)
+                           stages=stages, stage_frames=frames, paced_seconds=paced_seconds, plots=plots,
+                           explicit=tuple("stage_frames" if n == "frames" else n for n in given))
     console = rich_console(stderr=True)
     result = run_bench(model_dir, options, out, progress=not quiet)
     if not quiet:

@@ -31,7 +31,7 @@ def export(
     triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton Inference Server model repository here."),
     overwrite: bool = overwrite_option("Replace the export already in --out (its model files and report)."),
     cam: bool = typer.Option(False, "--cam", help="Add the multi-branch CAM as a second output `cam` (N x C x H/8 x W/8)."),
-    cam_weighting: str = typer.Option("exact", "--cam-weighting", help="CAM branch weights: exact (final layer folded in; points at the lesion) | paper."),
+    cam_weighting: str = typer.Option("exact", "--cam-weighting", help="CAM branch weights: exact (final layer folded in: the CAM of the output logits) | paper (the paper's per-branch weights)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Images for parity checks and INT8 calibration (default: the data path the checkpoint recorded)."),
     calib_count: int = typer.Option(64, "--calib-count", help="INT8 calibration images (training part, split by patient)."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="INT8 calibration: minmax | entropy | percentile."),

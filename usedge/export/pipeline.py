@@ -46,7 +46,7 @@ class ExportOptions:
     engine: bool = False
     triton: Path | None = None
     cam: bool = False
-    cam_weighting: str = "exact"        # exact | paper (usedge.train.cam); exact points at the lesion
+    cam_weighting: str = "exact"        # exact | paper (usedge.train.cam); exact: the CAM of the output logits
     data: Path | None = None            # images for parity + calibration (default: recorded in the checkpoint)
     calib_count: int = 64               # INT8 calibration images
     calib_method: str = "minmax"        # minmax | entropy | percentile

@@ -5,8 +5,8 @@
 
 The CAM is the multi-branch CAM of every class (usedge.train.cam.multi_branch_cam), raw; the runtime
 normalises it for display. cam_weighting "exact" (default: folds the final layer into the branch
-weights, the map that points at the lesion in benchmarks/explain_localisation.py) or "paper" (the
-paper's per-branch weights).
+weights: the CAM of the logits the model outputs) or "paper" (the paper's per-branch weights). Neither
+localised the lesion better than a centred Gaussian in benchmarks/explain_localisation.py.
 """
 
 from __future__ import annotations
