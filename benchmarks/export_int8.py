@@ -205,7 +205,7 @@ def main() -> None:
              + (" (VNNI: the previous recipe's int16 saturation cannot show here)"
                 if any('vnni' in f for f in result['machine_info']['cpu_flags']) else " (no VNNI)") + ".", "",
              "| model | accuracy | top-1 agreement vs fp32 | max abs dp vs fp32 | MB | median ms (min) | "
-             "speed-up vs fp32 (wall) | CPU ms | speed-up vs fp32 (CPU time) |",
+             "speed-up vs fp32 (wall; median of per-round ratios) | CPU ms | speed-up vs fp32 (CPU time; same) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k in paths:
         q = quality["fp32 vs torch"] if k == "fp32" else quality[k]

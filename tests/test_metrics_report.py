@@ -220,3 +220,20 @@ def test_a_report_says_how_many_folds_and_classes_a_figure_covers_and_when_image
     info = ModelInfo.__new__(ModelInfo)
     info.model_card, info.precision, info.weights_sha256 = card, "fp32", "ab" * 32
     assert "CV balanced accuracy 0.792 ± 0.059 (2-3 of 3 classes per fold, 3 pooled)" in model_card_line(info)
+
+
+def test_the_per_fold_table_shows_what_the_best_epoch_was_chosen_on(tmp_path):
+    """With cv.select_on=accuracy the table and the fold line showed the inner validation loss only."""
+    from usedge.train.config import load_config
+    from usedge.train.report import write_report
+
+    labels = [0] * 4 + [1] * 4 + [2] * 4
+    p = _probs(labels)
+    res = [{"fold": 0, "labels": labels, "probs": p.tolist(), "metrics": classification_metrics(labels, p, NAMES),
+            "sizes": {"train": 8, "val": 2, "test": 12}, "best_epoch": 3, "inner_val": {"loss": 0.5, "accuracy": 0.75},
+            "history": [], "alpha": {n: 1.0 for n in NAMES}}]
+    write_report(tmp_path / "acc", NAMES, res, load_config(overrides={"cv.select_on": "accuracy"}))
+    text = (tmp_path / "acc" / "report.md").read_text()
+    assert "| inner val accuracy (chosen on) | inner val loss |" in text and "| 3 | 75.0 | 0.5000 |" in text
+    write_report(tmp_path / "loss", NAMES, res, load_config())
+    assert "| 3 | 0.5000 | 100.0 |" in (tmp_path / "loss" / "report.md").read_text()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -278,7 +277,7 @@ def _summary_stats(values: list[float]) -> dict:
     if not v:
         return {"n": 0}
     return {"n": len(v), "median": statistics.median(v), "mean": statistics.fmean(v),
-            "p90": v[min(len(v) - 1, int(math.ceil(0.9 * len(v))) - 1)]}
+            "p90": float(np.percentile(v, 90))}      # interpolated, as the stream's and bench's percentiles
 
 
 def spread_over_classes(samples: list, n: int) -> list:

@@ -132,13 +132,17 @@ def report_markdown(class_names: list[str], fold_results: list[dict], summary: d
     head = ["class", "metric", "ours mean ± sd over folds", "ours pooled over fold models"] + (["paper"] if shown else [])
     lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     lines += ["| " + " | ".join(r if shown else r[:4]) + " |" for r in rows]
+    on_accuracy = cfg.cv.select_on == "accuracy"      # the column the best epoch was chosen on comes first
     lines += ["", "## Per fold", "",
-              "| fold | train/val/test images | best epoch | inner val loss | test acc | balanced acc | macro sens | macro spec | macro AUC |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| fold | train/val/test images | best epoch | inner val " + ("accuracy (chosen on) | inner val loss"
+              if on_accuracy else "loss (chosen on)") + " | test acc | balanced acc | macro sens | macro spec | macro AUC |",
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if on_accuracy else "")]
     for r in fold_results:
         m, s = r["metrics"], r["sizes"]
+        val = r["inner_val"]
+        chosen = (f"{_fmt(val.get('accuracy'))} | {val['loss']:.4f}" if on_accuracy else f"{val['loss']:.4f}")
         lines.append(f"| {r['fold']} | {s['train']}/{s['val']}/{s['test']} | {r['best_epoch']} | "
-                     f"{r['inner_val']['loss']:.4f} | {_fmt(m['overall_accuracy'])} | {_fmt(m['balanced_accuracy'])} | "
+                     f"{chosen} | {_fmt(m['overall_accuracy'])} | {_fmt(m['balanced_accuracy'])} | "
                      f"{_fmt(m['macro']['sensitivity'])} | "
                      f"{_fmt(m['macro']['specificity'])} | {_fmt(m['macro']['roc_auc'])} |")
     lines += ["", "## Confusion matrix, pooled (rows true, columns predicted)", "",

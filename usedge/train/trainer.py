@@ -415,7 +415,9 @@ def run_fold(run: Run, split: FoldSplit, bar=None) -> dict:
                  {"fold": split.fold, "best_epoch": fit_res.best_epoch})
         write_json_atomic(result_path, result)
     run.dist.barrier()
-    run.say(f"fold {split.fold}: best epoch {fit_res.best_epoch} (inner val loss {fit_res.best_val['loss']:.4f}); "
+    chosen = (f"inner val accuracy {fit_res.best_val['accuracy']:.3f}, loss {fit_res.best_val['loss']:.4f}"
+              if run.cfg.cv.select_on == "accuracy" else f"inner val loss {fit_res.best_val['loss']:.4f}")
+    run.say(f"fold {split.fold}: best epoch {fit_res.best_epoch} ({chosen}); "
             f"test {headline(metrics)}")
     return result
 
