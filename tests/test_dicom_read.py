@@ -516,3 +516,20 @@ def test_pydicom_warnings_do_not_reach_stderr_unless_debug(tmp_path):
     assert quiet.returncode == 0 and "Warning" not in quiet.stderr, quiet.stderr
     debug = subprocess.run([cmd[0], "-m", "usedge", "--debug", *cmd[3:]], capture_output=True, text=True, timeout=120, env=env)
     assert "UserWarning" in debug.stderr
+
+
+def test_a_16_bit_cine_is_scaled_by_one_depth_for_all_its_frames(tmp_path):
+    """Frames of one cine (BitsStored = BitsAllocated = 16) holding values up to 1020 and up to 4080 came out
+    identical: the depth was guessed per frame, so the scanner's gain changed from frame to frame."""
+    from tests.fixtures.badinput import make_dicom
+
+    ramp = np.tile(np.arange(256, dtype=np.uint16), (32, 1))
+    px = np.stack([ramp * 4, ramp * 16])                       # up to 1020 (10 bits) and 4080 (12 bits)
+    path = make_dicom(tmp_path / "cine16.dcm", px, frames=2, patient=False)
+    d = open_dicom(path)
+    assert d.bits_stored == d.bits_allocated == 16
+    dark, bright = d.frame(0), d.frame(1)
+    assert np.array_equal(bright, (ramp * 16 >> 4).astype(np.uint8))          # 12 bits: the cine's depth
+    assert np.array_equal(dark, (ramp * 4 >> 4).astype(np.uint8))             # the same depth: 4x darker
+    single = make_dicom(tmp_path / "one.dcm", px[0], patient=False)           # a still keeps its own depth
+    assert np.array_equal(open_dicom(single).frame(), (ramp * 4 >> 2).astype(np.uint8))

@@ -158,6 +158,7 @@ class DicomFile:
             self.transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
             self.fps = self._frame_rate()
             self._times: list[float] | None = None     # frame_time_s, from FrameTimeVector
+            self._top: int | None = None               # _cine_top, found once
             self.all_regions = self._read_regions()
         except Undecodable:
             raise
@@ -344,10 +345,30 @@ class DicomFile:
             if arr.dtype.kind in "if" and arr.dtype not in (np.uint8, np.uint16):
                 arr = np.clip(arr, 0, 65535).astype(np.uint16)
             if self.photometric != "PALETTE COLOR":     # a palette's colours are 8-bit already
-                arr = to_uint8(arr, self.bits_stored, self.bits_allocated, invert=self.photometric == "MONOCHROME1")
+                arr = to_uint8(arr, self.bits_stored, self.bits_allocated, invert=self.photometric == "MONOCHROME1",
+                               top=self._cine_top(arr))
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2BGR)  # pydicom gives RGB
         return np.ascontiguousarray(arr)
+
+    def _cine_top(self, arr: np.ndarray) -> int | None:
+        """The largest value of every frame of a cine whose depth the header leaves open (BitsStored =
+        BitsAllocated > 8), so that one depth scales the whole loop (a dark frame stays darker than a
+        bright one, as the scanner showed them); None for a still, or a header that names the depth.
+        Found once, decoding each frame (frames that cannot be decoded are left out)."""
+        from pydicom.pixels import pixel_array
+
+        if self.n_frames == 1 or arr.dtype.kind != "u" or arr.dtype.itemsize == 1 or self.bits_stored < self.bits_allocated:
+            return None
+        if self._top is None:
+            top = int(arr.max(initial=0))
+            for i in range(self.n_frames):
+                try:
+                    top = max(top, int(pixel_array(self._ds, index=i, allow_excess_frames=False).max(initial=0)))
+                except Exception:  # noqa: BLE001 - a damaged frame: its own decode reports it
+                    continue
+            self._top = top
+        return self._top
 
     def _needs_grey_lut(self, arr: np.ndarray) -> bool:
         """A monochrome frame whose stored values are not display values: signed, rescaled (Modality LUT) or,
@@ -466,7 +487,7 @@ def _window_only(ds):
     return out
 
 
-def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int) -> int:
+def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int, top: int | None = None) -> int:
     """The bit depth a frame's values span: BitsStored when the header names a depth below its
     container (12 bits stored in 16 allocated: the usual way to write 10-, 12- and 14-bit data);
     else (BitsStored = BitsAllocated, which many writers fill in for any data) the depth the values
@@ -475,7 +496,7 @@ def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int) -> int:
     16th of the range."""
     if 1 <= bits_stored < bits_allocated and bits_stored <= 32:
         return bits_stored
-    top = int(arr.max(initial=0))
+    top = int(arr.max(initial=0)) if top is None else top     # `top`: the largest value of the whole cine
     return standard_depth(top) or top.bit_length()      # 32-bit data beyond 16 bits: the bits its values use
 
 
@@ -489,11 +510,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def to_uint8(arr: np.ndarray, bits_stored: int, bits_allocated: int, *, invert: bool = False) -> np.ndarray:
+def to_uint8(arr: np.ndarray, bits_stored: int, bits_allocated: int, *, invert: bool = False,
+             top: int | None = None) -> np.ndarray:
     """Unsigned DICOM pixels -> uint8 by their depth (`pixel_depth`): values above the depth are not
     pixel data (masked), then a shift to 8 bits; `invert` (MONOCHROME1, where 0 is white) flips the
     values within that depth first, so bright is echogenic."""
-    depth = pixel_depth(arr, bits_stored, bits_allocated)
+    depth = pixel_depth(arr, bits_stored, bits_allocated, top)
     if arr.dtype == np.uint8 and depth == 8 and not invert:
         return arr
     top = (1 << depth) - 1
