@@ -138,9 +138,24 @@ def test_missing_decoder_names_the_package():
     assert "JPEGLSNearLossless_08.dcm" in str(err.value)
 
 
-def test_truncated_pixel_data():
-    with pytest.raises(InputError, match="less than expected.*truncated"):
+def test_truncated_pixel_data(tmp_path):
+    with pytest.raises(InputError, match="8130 bytes, less than the 8192 the header implies.*truncated"):
         open_dicom(pydicom_file("MR_truncated.dcm"), allow_any_modality=True).frame(0)
+    # a cine declaring 5 frames with data for 3: said at once, with what is there (it was "5 of 5 frames could
+    # not be decoded (ValueError: truncated or damaged?)"); a NumberOfFrames below 1 is not "-614400 bytes"
+    from tests.fixtures.badinput import make_dicom
+
+    path = make_dicom(tmp_path / "short.dcm", np.zeros((3, 16, 16), np.uint8), frames=3, patient=False)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 5
+    ds.save_as(path)
+    with pytest.raises(InputError, match=r"3 whole frame\(s\) of the 5 it declares"):
+        open_dicom(path)
+    ds.NumberOfFrames = -3
+    ds.save_as(path)
+    with pytest.raises(InputError) as err:
+        open_dicom(path)
+    assert "is not a size (16x16, NumberOfFrames -3)" in err.value.message and "bytes" not in err.value.message
 
 
 def test_not_dicom_and_empty(tmp_path):

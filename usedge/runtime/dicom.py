@@ -186,7 +186,16 @@ class DicomFile:
             actual = len(self._ds.PixelData)
         except Exception:  # noqa: BLE001 - a header pydicom cannot size: left to the decoder's own errors
             return
+        if expected <= 0:       # NumberOfFrames (or Rows, Columns) below 1
+            raise Undecodable(f"the header's image size is not a size ({self.cols}x{self.rows}, NumberOfFrames "
+                              f"{self._ds.get('NumberOfFrames', 1)!s})", path=self.path,
+                              hint="the header was damaged or edited; export the file again from the scanner/PACS")
         frame = max(1, expected // self.n_frames)
+        if actual < expected:
+            whole = f"{actual // frame} whole frame(s) of the {self.n_frames} it declares" if self.n_frames > 1 else "part of the image"
+            raise Undecodable(f"pixel data is {actual} bytes, less than the {expected} the header implies ({whole}): "
+                              "the file is truncated or its header is wrong", path=self.path,
+                              hint="copy or export the file again from the scanner/PACS")
         if actual - expected - expected % 2 >= frame:      # an odd length is padded by one byte (PS3.5 8.1.1)
             raise Undecodable(f"pixel data is {actual} bytes but the header ({self.cols}x{self.rows}, "
                               f"{self.samples} sample(s) of {self.bits_allocated} bits, {self.n_frames} frame(s)) "
