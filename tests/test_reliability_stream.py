@@ -4,6 +4,7 @@ file object always). No deadlock, no queue, a clear one-line message, the JSONL 
 
 from __future__ import annotations
 
+import csv
 import errno
 import io
 import json
@@ -315,14 +316,55 @@ def test_cli_recording_on_a_full_tmpfs_stops_alone(runtime_model, runtime_video,
 
 
 def test_cli_files_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, reliability_ledger, tmp_path):
-    """Files mode with --out on the full tmpfs: exit 1 with one line, never a traceback."""
+    """Files mode with --out on the full tmpfs: exit 1 with one line, never a traceback; the earlier complete
+    results file stays as it was (the part was renamed over it, a torn last line included: outside audit of
+    2026-12-02) and the complete lines stay in <out>.partial."""
     out = small_tmpfs / "results.csv"
+    out.write_text("earlier complete results\n")
     videos = [shutil.copy(runtime_video, tmp_path / f"scan{i}.mp4") for i in range(3)]   # one file named 3 times is read once
     proc = subprocess.run([*USEDGE, "infer", str(runtime_model), *map(str, videos), "--format", "csv",
                            "--out", str(out), "--backend", "ort-cpu", "--threads", "1"],
                           capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert str(out) in proc.stderr.strip().splitlines()[-1]
-    rows = out.read_text().splitlines()
-    assert rows[0].startswith("source,frame,label") and len(rows) >= 5
+    last = proc.stderr.strip().splitlines()[-1]
+    assert str(out) in last and "results.csv.partial" in last and "left as it was" in last, last
+    assert out.read_text() == "earlier complete results\n"
+    text = (small_tmpfs / "results.csv.partial").read_text()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert text.endswith("\n") and rows[0][:4] == ["source", "frame", "time_s", "label"] and len(rows) >= 5
+    assert {len(r) for r in rows} == {len(rows[0])}                  # no torn last line
     reliability_ledger.add("stream.files_full_tmpfs", faults_injected=1, processes_run=1, outputs_checked=1)
+
+
+def test_cli_overlays_on_a_full_tmpfs_keep_the_earlier_results(runtime_model, runtime_images, small_tmpfs, tmp_path):
+    """--overlay onto a full disk: a 55-line traceback, and the earlier results file replaced by the part
+    (outside audit of 2026-12-02). Now one line naming the overlay and where the results so far are."""
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"earlier": 1}\n')
+    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), str(runtime_images), "--out", str(out),
+                           "--overlay", str(small_tmpfs / "ov"), "--backend", "ort-cpu", "--threads", "1"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "cannot write an overlay" in last and "r.jsonl.partial" in last, last
+    assert out.read_text() == '{"earlier": 1}\n'
+
+
+def test_a_second_run_into_the_same_results_file_is_refused_while_the_first_writes(tmp_path):
+    """Two batches into one --out: the second took the first's live <out>.partial for a dead run's, moved it
+    away, and the first reported success with the second's results in its file. The file is locked while
+    written; a dead run's (no lock) is still kept as .unfinished."""
+    from usedge.errors import OutputError
+    from usedge.runtime.sinks import JsonlSink
+
+    out = tmp_path / "r.jsonl"
+    first = JsonlSink(out, atomic=True)
+    first.write_record({"a": 1})
+    with pytest.raises(OutputError, match="another usedge run is writing this results file"):
+        JsonlSink(out, atomic=True)
+    first.close()
+    assert out.read_text() == '{"a":1}\n'
+    dead = tmp_path / "r.jsonl.partial"
+    dead.write_text('{"b":2}\n')                       # left by a killed run: nobody holds it
+    JsonlSink(out, atomic=True).close()
+    assert (tmp_path / "r.unfinished.jsonl").read_text() == '{"b":2}\n'

@@ -26,6 +26,7 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
                  quiet: bool, any_modality: bool, quality_gate: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from usedge.errors import UsedgeError
     from usedge.runtime.pipeline import FramePipeline, run_files
     from usedge.runtime.sinks import OverlayFolderSink, results_sink
     from usedge.runtime.formats import drop_lesion_masks, drop_repeats, expand_inputs, other_types
@@ -58,12 +59,19 @@ def _infer_files(clf, inputs: list[str], fmt: str, out: str, overlay_dir: Option
             pipeline.write_error(note.path, str(note))
         task = progress.add_task("classifying", total=len(files))
         # each failure at once: a long run shows failures as they come
-        with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):   # docker stop: end like Ctrl-C
-            run = run_files(pipeline, files, allow_any_modality=any_modality,
-                            on_error=lambda line: _err(f"usedge: failed: {line}"),   # whole or in part
-                            on_no_image=lambda line: _err(f"usedge: no image: {line}"),
-                            on_note=lambda line: _err(f"usedge: note: {line}"),
-                            on_file=lambda: progress.advance(task))
+        try:
+            with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):   # docker stop: end like Ctrl-C
+                run = run_files(pipeline, files, allow_any_modality=any_modality,
+                                on_error=lambda line: _err(f"usedge: failed: {line}"),   # whole or in part
+                                on_no_image=lambda line: _err(f"usedge: no image: {line}"),
+                                on_note=lambda line: _err(f"usedge: note: {line}"),
+                                on_file=lambda: progress.advance(task))
+        except BaseException as exc:  # an output that failed (the overlay folder's disk full), or anything else:
+            sink.keep_partial = True     # the part stays in <out>.partial, an earlier results file as it was
+            tmp = getattr(sink, "_tmp", None)
+            if isinstance(exc, UsedgeError) and tmp is not None and str(tmp) not in (exc.hint or ""):
+                exc.hint = f"{exc.hint}; the results so far are in {tmp}" if exc.hint else f"the results so far are in {tmp}"
+            raise
         sink.keep_partial = run.interrupted     # a part never replaces an earlier complete results file
     run.skipped = len(notes)
     _err(f"usedge: {run.line(out)}")

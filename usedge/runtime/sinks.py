@@ -71,32 +71,84 @@ def keep_unfinished(tmp: Path, path: Path, what: str, note: str) -> None:
           file=sys.stderr, flush=True)
 
 
+def _lock(fh) -> bool:
+    """Hold an exclusive lock on an open file for as long as it is open (POSIX flock; True where there is
+    none): a second run finds the lock held and does not take the file for a dead run's."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _refuse_if_in_use(tmp: Path, path: Path) -> None:
+    """OutputError when another live run holds `tmp` (its results file being written)."""
+    try:
+        with open(tmp, "rb") as other:
+            if not _lock(other):
+                raise OutputError(f"another usedge run is writing this results file now (into {tmp.name})", path=path,
+                                  hint="wait until it ends, or write to another --out")
+    except OSError:
+        return          # gone meanwhile, or unreadable: the open for writing says why
+
+
 def _open_text(path: str | Path, atomic: bool = False):
     """(file, whether we own it, the temporary file to rename to `path` at close or None). A name that
     is not valid text (a non-UTF-8 file name, kept by Python as surrogates) is written with backslash
-    escapes instead of stopping the run."""
+    escapes instead of stopping the run. The temporary file is locked while it is written: a second run
+    into the same file is refused instead of taking it for a dead run's."""
     if str(path) == "-":
         return sys.stdout, False, None
     path = Path(path)
     if path.is_dir():
         raise OutputError("is a folder", path=path, hint="give a file name, e.g. results.jsonl")
     tmp = path.with_name(path.name + ".partial") if atomic else None
-    if tmp is not None:
+    if tmp is not None and tmp.exists():
+        _refuse_if_in_use(tmp, path)
         keep_unfinished(tmp, path, "results file", "its lines up to where that run stopped")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(tmp or path, "w", newline="", encoding="utf-8", errors="backslashreplace"), True, tmp
+        fh = open(tmp or path, "w", newline="", encoding="utf-8", errors="backslashreplace")
     except OSError as exc:
         raise OutputError(f"cannot write here ({exc.strerror})", path=path, hint="choose a writable file") from exc
+    if tmp is not None:
+        _lock(fh)
+    return fh, True, tmp
 
 
-def _finish(fh, own: bool, tmp: Path | None, path, keep_partial: bool = False) -> None:
+def _trim_torn_line(path: Path) -> None:
+    """Cut a text file after its last complete line (a write that failed half-way through a line)."""
+    try:
+        with open(path, "r+b") as f:
+            end = pos = f.seek(0, os.SEEK_END)
+            while pos > 0:
+                step = min(1 << 16, pos)
+                f.seek(pos - step)
+                i = f.read(step).rfind(b"\n")
+                if i >= 0:
+                    if pos - step + i + 1 < end:
+                        f.truncate(pos - step + i + 1)
+                    return
+                pos -= step
+            f.truncate(0)
+    except OSError:
+        pass
+
+
+def _finish(fh, own: bool, tmp: Path | None, path, keep_partial: bool = False, broken: bool = False) -> None:
     """Close our file; an atomic one is renamed over `path` only now, so a run that dies leaves the
     previous results file whole (and the lines so far in `<name>.partial`). keep_partial: an interrupted
-    batch, whose lines stay in `<name>.partial` (a complete earlier file is not replaced by a part)."""
+    batch, or one whose writes failed, whose lines stay in `<name>.partial` (a complete earlier file is not
+    replaced by a part). broken: a write failed: the file ends at its last complete line."""
     if not own:
         return
     _close_quietly(fh, own)
+    if broken:
+        _trim_torn_line(tmp if tmp is not None else Path(path))
     if tmp is not None and tmp.exists() and not keep_partial:
         try:
             os.replace(tmp, path)
@@ -106,8 +158,10 @@ def _finish(fh, own: bool, tmp: Path | None, path, keep_partial: bool = False) -
 
 
 @contextlib.contextmanager
-def _output_errors(path, written: int):
-    """OSError while writing (disk full, device gone) -> one-line OutputError; lines before it stay intact."""
+def _output_errors(path, written: int, sink=None):
+    """OSError while writing (disk full, device gone) -> one-line OutputError; lines before it stay intact.
+    `sink`: its file is marked broken (closed at its last complete line, and an atomic one left in
+    `<name>.partial`: the earlier complete results file is not replaced by a part)."""
     try:
         yield
     except OSError as exc:
@@ -115,9 +169,13 @@ def _output_errors(path, written: int):
             raise OutputError(f"the program reading the results closed the pipe after {written} complete lines",
                               path="stdout" if str(path) == "-" else path,
                               hint="the results stop here (as expected after `| head`)") from exc
+        tmp = getattr(sink, "_tmp", None)
+        if sink is not None:
+            sink.keep_partial = sink.broken = True
+        where = (f"the {written} complete lines are in {tmp}, and an earlier {Path(path).name} is left as it was"
+                 if tmp is not None else "the lines before are intact")
         raise OutputError(f"cannot write results ({exc.strerror or exc}) after {written} complete lines",
-                          path=path, hint="free disk space or choose another output; the lines before are intact"
-                          ) from exc
+                          path=path, hint=f"free disk space or choose another output; {where}") from exc
 
 
 def _close_quietly(fh, own: bool) -> None:
@@ -134,6 +192,7 @@ class JsonlSink(Sink):
         self.path = path
         self.fh, self._own, self._tmp = _open_text(path, atomic)
         self.keep_partial = False     # set for an interrupted batch: close leaves the lines in <name>.partial
+        self.broken = False           # a write failed (disk full): the file ends at its last complete line
         self.fsync = fsync       # also survive power loss (slower: one disk sync per frame)
         self.count = 0
 
@@ -145,7 +204,7 @@ class JsonlSink(Sink):
 
     def write_record(self, record: dict) -> None:
         """Any JSON-safe dict."""
-        with _output_errors(self.path, self.count):
+        with _output_errors(self.path, self.count, self):
             self.fh.write(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
             self.fh.flush()
             if self.fsync and self._own:
@@ -153,7 +212,7 @@ class JsonlSink(Sink):
         self.count += 1
 
     def close(self) -> None:
-        _finish(self.fh, self._own, self._tmp, self.path, self.keep_partial)
+        _finish(self.fh, self._own, self._tmp, self.path, self.keep_partial, self.broken)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -176,6 +235,7 @@ class CsvSink(Sink):
         self.path = path
         self.fh, self._own, self._tmp = _open_text(path, atomic)
         self.keep_partial = False     # set for an interrupted batch: close leaves the lines in <name>.partial
+        self.broken = False           # a write failed (disk full): the file ends at its last complete line
         self.class_names = list(class_names)
         self.stages = [*STAGES, "total"]
         self.columns = (["source", "frame", "time_s", "label", "class_index", *[f"p_{c}" for c in self.class_names], "margin",
@@ -185,7 +245,7 @@ class CsvSink(Sink):
         self.writer = csv.writer(self.fh)
         self.count = 0
         try:
-            with _output_errors(self.path, self.count):
+            with _output_errors(self.path, self.count, self):
                 self.writer.writerow(self.columns)
                 self.fh.flush()
         except OutputError:
@@ -193,7 +253,7 @@ class CsvSink(Sink):
             raise
 
     def write(self, pred, frame=None, overlay=None) -> None:
-        with _output_errors(self.path, self.count):
+        with _output_errors(self.path, self.count, self):
             self.writer.writerow([
                 csv_text(pred.source), pred.frame_index, "" if pred.time_s is None else f"{pred.time_s:.6f}",
                 csv_text(pred.label),
@@ -213,12 +273,12 @@ class CsvSink(Sink):
         row[0], row[-2], row[-1] = csv_text(source), "error", csv_text(message)
         if frame is not None:
             row[1] = frame
-        with _output_errors(self.path, self.count):
+        with _output_errors(self.path, self.count, self):
             self.writer.writerow(row)
             self.fh.flush()
 
     def close(self) -> None:
-        _finish(self.fh, self._own, self._tmp, self.path, self.keep_partial)
+        _finish(self.fh, self._own, self._tmp, self.path, self.keep_partial, self.broken)
 
 
 def results_sink(path: str | Path, fmt: str, class_names: list[str], atomic: bool = False) -> Sink:
@@ -506,15 +566,41 @@ class OverlayFolderSink(Sink):
         return self._pages[source] > 1
 
     def write(self, pred, frame=None, overlay=None) -> None:
-        name = self.names(pred.source, pred.frame_index if self._multi(pred.source) else None)
-        write_png(self.folder / f"{name}.png", overlay)
+        name = short_name(self.names(pred.source, pred.frame_index if self._multi(pred.source) else None))
+        try:
+            write_png(self.folder / f"{name}.png", overlay)
+        except OSError as exc:
+            raise OutputError(f"cannot write an overlay ({exc.strerror or exc}) after {len(self._index)} overlays",
+                              path=self.folder / f"{name}.png",
+                              hint=f"free disk space or choose another --overlay folder; {self.INDEX} lists those written"
+                              ) from exc
         self._index.append({"overlay": f"{name}.png", "source": pred.source, "frame": pred.frame_index})
 
     def close(self) -> None:
         from usedge.fileio import write_text_atomic
 
-        if self._index:
-            write_text_atomic(self.folder / self.INDEX, "".join(json.dumps(r) + "\n" for r in self._index))
+        index = [r for r in self._index if (self.folder / r["overlay"]).is_file()]   # the folder may have gone
+        if index:
+            try:
+                write_text_atomic(self.folder / self.INDEX, "".join(json.dumps(r) + "\n" for r in index))
+            except OSError as exc:
+                raise OutputError(f"cannot write {self.INDEX} ({exc.strerror or exc})", path=self.folder,
+                                  hint="free disk space; the overlays written are in the folder") from exc
+
+
+MAX_NAME_BYTES = 200   # an output name (before its suffix): file systems allow 255 bytes, with room for a temp prefix
+
+
+def short_name(name: str) -> str:
+    """An output file name (no suffix) within MAX_NAME_BYTES: a longer one (an input named near the file
+    system's 255-byte limit) is cut and given 8 hex digits of its hash, so two cut names still differ."""
+    raw = os.fsencode(name)
+    if len(raw) <= MAX_NAME_BYTES:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    return os.fsdecode(raw[:MAX_NAME_BYTES - 9]).encode("utf-8", "ignore").decode("utf-8", "ignore") + "_" + digest
 
 
 def display_available() -> tuple[bool, str]:
