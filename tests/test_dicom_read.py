@@ -548,3 +548,30 @@ def test_a_16_bit_cine_is_scaled_by_one_depth_for_all_its_frames(tmp_path):
     assert np.array_equal(dark, (ramp * 4 >> 4).astype(np.uint8))             # the same depth: 4x darker
     single = make_dicom(tmp_path / "one.dcm", px[0], patient=False)           # a still keeps its own depth
     assert np.array_equal(open_dicom(single).frame(), (ramp * 4 >> 2).astype(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_a_white_label_on_one_frame_does_not_darken_the_cine_or_a_still(tmp_path, dtype):
+    """A 4x10 px label at full white (65535) on one frame of a cine of 12-bit echoes made the one depth for
+    the whole cine 16 bits: every frame 16x too dark (regression round of 2026-12-02). A label at full white,
+    up to 0.5 % of a frame, is left out of the depth, as for images; it stays white."""
+    from tests.fixtures.badinput import make_dicom
+
+    ramp = np.tile(np.arange(0, 4096, 16, dtype=dtype), (64, 1))           # 12-bit echoes, 64 x 256
+    labelled = ramp.copy()
+    labelled[2:6, 2:12] = 65535
+    path = make_dicom(tmp_path / "cine.dcm", np.zeros((3, 64, 256), np.uint16), frames=3, patient=False)
+    ds = pydicom.dcmread(path)
+    bits = np.dtype(dtype).itemsize * 8
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelData = np.stack([ramp, labelled, ramp]).astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+    ds.save_as(path)
+    d = open_dicom(path)
+    want = (ramp >> 4).astype(np.uint8)
+    assert np.array_equal(d.frame(0), want) and np.array_equal(d.frame(2), want)
+    got = d.frame(1)
+    assert (got[2:6, 2:12] == 255).all() and np.array_equal(got[10:], want[10:])
+    ds.NumberOfFrames, ds.PixelData = 1, labelled.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+    ds.save_as(tmp_path / "still.dcm")
+    assert np.array_equal(open_dicom(tmp_path / "still.dcm").frame()[10:], want[10:])

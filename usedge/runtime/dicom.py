@@ -26,7 +26,7 @@ from usedge.errors import InputError, NoSuchFrame, Undecodable, UnsupportedInput
 from usedge.fileio import read_head
 from usedge.runtime.formats import (DICOM_SUFFIXES, MAX_PIXELS, check_jpeg_data, check_pixels,
                                     raw_dicom_dataset, read_bytes, sniff)
-from usedge.runtime.pixels import standard_depth
+from usedge.runtime.pixels import OUTLIERS, standard_depth
 
 # transfer syntax UID -> (name, packages that decode it with pydicom 3)
 _DECODERS = {
@@ -370,10 +370,10 @@ class DicomFile:
         if self.n_frames == 1 or arr.dtype.kind != "u" or arr.dtype.itemsize == 1 or self.bits_stored < self.bits_allocated:
             return None
         if self._top is None:
-            top = int(arr.max(initial=0))
+            top = depth_top(arr, self.bits_stored)
             for i in range(self.n_frames):
                 try:
-                    top = max(top, int(pixel_array(self._ds, index=i, allow_excess_frames=False).max(initial=0)))
+                    top = max(top, depth_top(pixel_array(self._ds, index=i, allow_excess_frames=False), self.bits_stored))
                 except Exception:  # noqa: BLE001 - a damaged frame: its own decode reports it
                     continue
             self._top = top
@@ -496,6 +496,19 @@ def _window_only(ds):
     return out
 
 
+def depth_top(arr: np.ndarray, bits_stored: int) -> int:
+    """The largest value of a frame that counts for its bit depth: its maximum, leaving out pixels at a full
+    white (65535, 2**32 - 1 or 2**BitsStored - 1: a label or marker burned in at full scale) when they are at
+    most OUTLIERS of the frame, as `pixels.as_uint8` does for images (a 12-bit scan with a white label is not
+    read as 16-bit and darkened 16x)."""
+    top = int(arr.max(initial=0))
+    if top > 255 and top in {(1 << 16) - 1, (1 << 32) - 1, (1 << bits_stored) - 1}:
+        n = int(np.count_nonzero(arr == top))
+        if 0 < n <= OUTLIERS * arr.size and n < arr.size:
+            top = int(arr[arr < top].max())
+    return top
+
+
 def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int, top: int | None = None) -> int:
     """The bit depth a frame's values span: BitsStored when the header names a depth below its
     container (12 bits stored in 16 allocated: the usual way to write 10-, 12- and 14-bit data);
@@ -505,7 +518,7 @@ def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int, top: int
     16th of the range."""
     if 1 <= bits_stored < bits_allocated and bits_stored <= 32:
         return bits_stored
-    top = int(arr.max(initial=0)) if top is None else top     # `top`: the largest value of the whole cine
+    top = depth_top(arr, bits_stored) if top is None else top     # `top`: the largest value of the whole cine
     return standard_depth(top) or top.bit_length()      # 32-bit data beyond 16 bits: the bits its values use
 
 
