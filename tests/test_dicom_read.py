@@ -461,7 +461,8 @@ def test_32_bit_grey_is_scaled_by_the_bits_its_values_use_not_wrapped_to_16(tmp_
 def test_float_pixel_data_is_shown_by_its_value_range_not_called_blank(tmp_path):
     """Float data in [0, 1] or around 0 was cut to integers and refused as "blank"."""
     g = np.tile(np.linspace(0, 1, 200, dtype=np.float32), (64, 1))
-    for name, x in (("unit.dcm", g), ("centred.dcm", g - 0.5), ("wide.dcm", g * 1000 - 300)):
+    for name, x in (("unit.dcm", g), ("centred.dcm", g - 0.5), ("wide.dcm", g * 1000 - 300),
+                    ("narrow.dcm", g * 0.5 + 0.25)):       # min..max, not 0..max (regression round)
         got = open_dicom(_grey(tmp_path, name, x)).frame().astype(int)
         assert got.min() == 0 and got.max() == 255 and np.abs(got - np.rint(g * 255)).max() <= 1, name
 

@@ -87,3 +87,31 @@ def test_the_stream_loop_carries_the_time_through(clf, vfr, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert [(r["frame"], r["time_s"]) for r in records] == [(i, pytest.approx(t / 1000, abs=1e-6))
                                                             for i, t in enumerate(PTS_MS)]
+
+
+def test_a_cine_is_timed_by_the_tag_its_frame_increment_pointer_names_and_never_by_invented_times(tmp_path):
+    """FrameIncrementPointer names which tag times the frames: a cine naming FrameTime (50 ms) that also
+    carried a 10 ms FrameTimeVector got the vector's times; a vector with a negative entry, or 2 entries for
+    4 frames, got evenly spaced times from its mean (regression round of 2026-12-02)."""
+    import pydicom
+    from pydicom.tag import Tag
+
+    px = np.stack([np.full((64, 64), 40 * (k + 1), np.uint8) for k in range(4)])
+
+    def cine(name, **tags):
+        path = make_dicom(tmp_path / name, px, frames=4, frame_time_ms=50.0)
+        ds = pydicom.dcmread(path)
+        for k, v in tags.items():
+            if v is None:
+                delattr(ds, k)
+            else:
+                setattr(ds, k, v)
+        ds.save_as(path)
+        return [f.time_s for f in iter_file_frames(path)]
+
+    assert cine("ft.dcm", FrameIncrementPointer=Tag("FrameTime"), FrameTimeVector=[0, 10, 10, 10]) == \
+        pytest.approx([0.0, 0.05, 0.10, 0.15])
+    assert cine("ftv.dcm", FrameIncrementPointer=Tag("FrameTimeVector"), FrameTimeVector=[0, 10, 20, 10]) == \
+        pytest.approx([0.0, 0.01, 0.03, 0.04])
+    assert cine("neg.dcm", FrameTime=None, FrameTimeVector=[0, 20, -5, 25]) == [None] * 4
+    assert cine("short.dcm", FrameTime=None, FrameTimeVector=[0, 40]) == [None] * 4

@@ -221,7 +221,7 @@ class DicomFile:
     def _header_rate(self) -> float | None:
         ds = self._ds
         try:
-            if ds.get("FrameTime"):
+            if ds.get("FrameTime") and not _timed_by_vector(ds):
                 ft = float(ds.FrameTime)            # ms between frames
                 if ft > 0:
                     return 1000.0 / ft
@@ -239,18 +239,23 @@ class DicomFile:
         return None
 
     def frame_time_s(self, index: int) -> float | None:
-        """Seconds from the cine's first frame to frame `index`: the FrameTimeVector's running sum when it
-        has one entry per frame (a variable rate), else index / fps; None for a single frame or a cine
-        without a plausible rate (`fps` None)."""
+        """Seconds from the cine's first frame to frame `index`: the FrameTimeVector's running sum when the
+        header times its frames by it (FrameIncrementPointer names it, or it is there without FrameTime),
+        else index / fps; None for a single frame, a cine without a plausible rate (`fps` None), or a
+        vector that is the timing but not one non-negative increment per frame (no times are invented)."""
         if self.n_frames == 1 or self.fps is None:
             return None
         if self._times is None:
             self._times = []
-            try:
-                v = [float(t) for t in self._ds.get("FrameTimeVector") or []]
-            except (TypeError, ValueError):
-                v = []
-            if len(v) == self.n_frames and all(math.isfinite(t) and t >= 0 for t in v):
+            ds = self._ds
+            if _timed_by_vector(ds):
+                try:
+                    v = [float(t) for t in ds.FrameTimeVector]
+                except (TypeError, ValueError):
+                    v = []
+                if len(v) != self.n_frames or not all(math.isfinite(t) and t >= 0 for t in v):
+                    self._times = None
+                    return None
                 self._times = [t / 1000.0 for t in itertools.accumulate(v[1:], initial=0.0)]
         return self._times[index] if self._times else index / self.fps
 
@@ -412,7 +417,7 @@ class DicomFile:
                 bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
                 y = y * 255.0 / ((1 << bits) - 1)
             else:
-                lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+                lo, hi = float(x.min()), float(x.max())     # its own value range (a frame is never empty)
                 y = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
         except Exception as exc:  # noqa: BLE001 - a damaged LUT, window or rescale: pydicom raises many kinds
             raise Undecodable(f"cannot apply the DICOM grey-level transform ({type(exc).__name__}: {exc})",
@@ -494,6 +499,23 @@ def _window_only(ds):
             setattr(out, keyword, ds[keyword].value)
     out.BitsStored, out.PixelRepresentation, out.PhotometricInterpretation = 8, 0, "MONOCHROME2"
     return out
+
+
+FRAME_TIME, FRAME_TIME_VECTOR = 0x00181063, 0x00181065
+
+
+def _timed_by_vector(ds) -> bool:
+    """Whether a cine's frame times are its FrameTimeVector: FrameIncrementPointer names it, or the vector is
+    there and FrameTime is neither named nor present."""
+    if "FrameTimeVector" not in ds:
+        return False
+    try:
+        fip = ds.get("FrameIncrementPointer")
+        pointers = [] if fip is None else [int(t) for t in (fip if isinstance(fip, (list, tuple)) or type(fip).__name__ ==
+                                                            "MultiValue" else [fip])]
+    except (TypeError, ValueError):
+        pointers = []
+    return FRAME_TIME_VECTOR in pointers or (FRAME_TIME not in pointers and not ds.get("FrameTime"))
 
 
 def depth_top(arr: np.ndarray, bits_stored: int) -> int:
