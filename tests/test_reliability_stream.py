@@ -368,3 +368,25 @@ def test_a_second_run_into_the_same_results_file_is_refused_while_the_first_writ
     dead.write_text('{"b":2}\n')                       # left by a killed run: nobody holds it
     JsonlSink(out, atomic=True).close()
     assert (tmp_path / "r.unfinished.jsonl").read_text() == '{"b":2}\n'
+
+
+def test_a_watched_folder_does_not_read_the_results_written_into_it(runtime_model, runtime_images, tmp_path):
+    """`--stream watch:wd --jsonl wd/live.jsonl`: each error line changed live.jsonl, so it was read again as
+    "not a supported image type", forever (432 lines in 11 minutes; --idle-timeout never fired: outside audit
+    of 2026-12-02). The stream's own outputs are never read, and a file of another type is reported once."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    proc = subprocess.Popen([*USEDGE, "infer", str(runtime_model), "--stream", f"watch:{wd}", "--jsonl",
+                             str(wd / "live.jsonl"), "--idle-timeout", "4", "--backend", "ort-cpu", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    time.sleep(3)
+    shutil.copy(sorted(runtime_images.glob("*.png"))[0], wd / "scan.png")
+    (wd / "notes.txt").write_text("a scanner's log\n")
+    time.sleep(2)
+    with open(wd / "notes.txt", "a") as fh:          # the log grows: it is not read (nor reported) again
+        fh.write("another line\n")
+    _, err = proc.communicate(timeout=120)
+    records = [json.loads(x) for x in (wd / "live.jsonl").read_text().splitlines()]
+    sources = sorted(Path(r["source"]).name for r in records)
+    assert sources == ["notes.txt", "scan.png"], (sources, err[-2000:])
+    assert "Traceback" not in err and "live.jsonl" not in " ".join(r.get("error", "") for r in records)

@@ -125,6 +125,8 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
     from usedge.runtime.stream import StreamRunner
 
     reader = open_source(source, watch_idle_timeout_s=idle_timeout, allow_any_modality=any_modality)
+    if hasattr(reader, "ignore_outputs"):      # a watched folder never reads the results it is given to write
+        reader.ignore_outputs([jsonl, out, record, summary_path])
     with finishing(signal.SIGINT, signal.SIGTERM) as finish, contextlib.ExitStack() as stack:
         sinks = []
         if jsonl:

@@ -31,7 +31,7 @@ from typing import Callable, Iterator, NamedTuple
 import cv2
 import numpy as np
 
-from usedge.errors import InputError, StreamError, Undecodable, UsedgeError
+from usedge.errors import InputError, StreamError, Undecodable, UnsupportedInput, UsedgeError
 from usedge.runtime.dicom import is_dicom, open_dicom
 from usedge.runtime.formats import StillPages, is_video, read_bytes, read_pages
 from usedge.runtime.threads import lower_this_thread
@@ -593,6 +593,17 @@ class WatchedFolderReader(FrameReader):
         self.failed: list[tuple[str, str]] = []   # (file, one-line reason)
         self.frame_source = ""                     # the file of the frame just read
         self.frame_number = 0                      # ... and its number in that file (a cine's frame, a TIFF page)
+        self.ignore: set[str] = set()              # absolute paths never read: the stream's own outputs
+        self._refused: set[str] = set()            # files of a type usedge does not read: reported once
+
+    def ignore_outputs(self, paths) -> None:
+        """Never read these files (the stream's own results, recording, summary written into the folder),
+        nor their temporary names: each line written would change the file and have it read again."""
+        for p in paths:
+            if p is None or str(p) == "-":
+                continue
+            p = Path(os.path.abspath(p))
+            self.ignore |= {str(p), str(p.with_name(p.name + ".partial")), str(p.with_name(f".{p.stem}.partial{p.suffix}"))}
 
     def open(self) -> None:
         if not self.folder.is_dir():
@@ -614,6 +625,9 @@ class WatchedFolderReader(FrameReader):
                 if n.startswith("."):
                     continue
                 path = os.path.join(top, n)
+                if (self._refused and os.path.normpath(path) in self._refused) or (
+                        self.ignore and os.path.abspath(path) in self.ignore):
+                    continue
                 try:
                     st = os.stat(path)
                 except OSError:          # gone meanwhile
@@ -647,6 +661,8 @@ class WatchedFolderReader(FrameReader):
                     self._frames = None
                 except InputError as exc:   # frames read before a damaged part were given
                     self.failed.append((self.frame_source, exc.one_line()))
+                    if isinstance(exc, UnsupportedInput):     # not a type usedge reads (a log, a report): once
+                        self._refused.add(os.path.normpath(self.frame_source))
                     self._frames = None
                 continue
             if self._ready:
