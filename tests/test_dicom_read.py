@@ -576,3 +576,23 @@ def test_a_white_label_on_one_frame_does_not_darken_the_cine_or_a_still(tmp_path
     ds.NumberOfFrames, ds.PixelData = 1, labelled.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
     ds.save_as(tmp_path / "still.dcm")
     assert np.array_equal(open_dicom(tmp_path / "still.dcm").frame()[10:], want[10:])
+
+
+def test_crop_all_frames_goes_on_after_a_blank_cine_frame_and_counts_the_files_it_cropped(tmp_path):
+    """A blank middle frame ended `crop --all-frames` for the whole file (frame 2 never cropped, the error not
+    naming the frame), and the last line counted files with any error as not cropped (regression round)."""
+    from tests.fixtures.badinput import make_dicom
+    from usedge.runtime.batch import crop_files
+
+    rng = np.random.default_rng(0)
+    px = rng.integers(20, 200, (3, 96, 128), dtype=np.uint8)
+    px[1] = 0
+    path = make_dicom(tmp_path / "blank_middle.dcm", px, frames=3, patient=False)
+    still = make_dicom(tmp_path / "still.dcm", px[0], patient=False)
+    errors = []
+    run = crop_files([path, still], PreprocessSpec(size=64, crop="none"), tmp_path / "o", all_frames=True,
+                     on_error=errors.append)
+    lines = [json.loads(x) for x in (tmp_path / "o" / "crops.jsonl").read_text().splitlines()]
+    assert [(x["input"], x["frame"]) for x in lines if "output" in x] == [(str(path), 0), (str(path), 2), (str(still), 0)]
+    assert len(errors) == 1 and "frame 1" in errors[0] and "blank" in errors[0]
+    assert "wrote 3 crops from 2 of 2 files" in run.line(tmp_path / "o") and "1 with errors (1 of them in part)" in run.line(tmp_path / "o")

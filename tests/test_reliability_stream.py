@@ -390,3 +390,66 @@ def test_a_watched_folder_does_not_read_the_results_written_into_it(runtime_mode
     sources = sorted(Path(r["source"]).name for r in records)
     assert sources == ["notes.txt", "scan.png"], (sources, err[-2000:])
     assert "Traceback" not in err and "live.jsonl" not in " ".join(r.get("error", "") for r in records)
+
+
+def test_crop_on_a_full_disk_is_one_line_and_its_list_matches_the_folder(runtime_images, tmp_path):
+    """`usedge crop` onto a full disk: three chained tracebacks, new crops unlisted and the old list naming
+    crops already deleted (outside audit of 2026-12-02). Now one line, and crops.jsonl lists exactly the PNGs
+    in the folder."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True,
+                       capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here ({type(exc).__name__})")
+    try:
+        many = tmp_path / "many"
+        many.mkdir()
+        for i, src in enumerate(sorted(runtime_images.glob("*.png")) * 20):
+            shutil.copy(src, many / f"s{i:03d}.png")
+        out = mnt / "c"
+        first = subprocess.run([*USEDGE, "crop", *map(str, sorted(runtime_images.glob("*.png"))[:2]), "--out", str(out),
+                                "--image-size", "96", "-q"], capture_output=True, text=True, env=ENV, timeout=120)
+        assert first.returncode == 0, first.stderr
+        proc = subprocess.run([*USEDGE, "crop", str(many), "--out", str(out), "--image-size", "96", "-q"],
+                              capture_output=True, text=True, env=ENV, timeout=300)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        last = proc.stderr.strip().splitlines()[-1]
+        assert "No space left" in last and "crops.jsonl" in last, last
+        listed = {json.loads(x)["output"] for x in (out / "crops.jsonl").read_text().splitlines()
+                  if '"output"' in x}
+        assert listed == {p.name for p in out.glob("*.png")} and listed
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
+
+
+def test_crop_stopped_by_sigterm_lists_its_crops_and_a_killed_ones_are_removed_by_the_next_run(runtime_images, tmp_path):
+    """SIGTERM (docker stop) ended `usedge crop` with no line and no crops.jsonl; after SIGKILL the next run
+    into the folder kept the dead run's 66 crops beside its own, unlisted (outside audit). crops.jsonl is now
+    appended per crop, and SIGTERM ends the run as Ctrl-C does."""
+    import signal
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i, src in enumerate(sorted(runtime_images.glob("*.png")) * 60):
+        shutil.copy(src, many / f"s{i:03d}.png")
+    out = tmp_path / "c"
+    for sig, code in ((signal.SIGTERM, 130), (signal.SIGKILL, -9)):
+        proc = subprocess.Popen([*USEDGE, "crop", str(many), "--out", str(out), "--image-size", "64", "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(out.glob("*.png"))) < 5:
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code and "Traceback" not in err, err[-2000:]
+        lines = [json.loads(x) for x in (out / "crops.jsonl").read_text().splitlines()]
+        written = {p.name for p in out.glob("*.png")}
+        assert written and written <= {x["output"] for x in lines if "output" in x}     # every crop is listed
+        if sig == signal.SIGTERM:
+            assert "interrupted" in err.strip().splitlines()[-1]
+    rerun = subprocess.run([*USEDGE, "crop", *map(str, sorted(many.glob("*.png"))[:2]), "--out", str(out),
+                            "--image-size", "64", "-q"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert {p.name for p in out.glob("*.png")} == {"s000.png", "s001.png"}          # the killed run's crops are gone

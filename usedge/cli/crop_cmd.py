@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,6 +11,7 @@ import typer
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quiet_option
 from usedge.cli.terminal import say, terminal_safe
+from usedge.runtime.interrupts import interrupt_between_frames
 from usedge.runtime.preprocess import MAX_INPUT_SIZE, RESIZE_FOR_NEW_MODELS
 
 
@@ -80,10 +82,11 @@ def crop(
         task = progress.add_task("cropping", total=len(files))
         done = []
         try:
-            run = crop_files(files, spec, out, presets=presets, all_frames=all_frames, every=every, views=views,
-                             overlay_dir=overlay, allow_any_modality=any_modality,
-                             on_error=lambda line: say(f"usedge: {line}"),
-                             on_file=lambda: (progress.advance(task), done.append(1)))
+            with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):   # docker stop / systemd: as Ctrl-C
+                run = crop_files(files, spec, out, presets=presets, all_frames=all_frames, every=every, views=views,
+                                 overlay_dir=overlay, allow_any_modality=any_modality,
+                                 on_error=lambda line: say(f"usedge: {line}"),
+                                 on_file=lambda: (progress.advance(task), done.append(1)))
         except KeyboardInterrupt:
             say(f"usedge: crop interrupted after {len(done)} of {len(files)} files; {out / 'crops.jsonl'} lists every "
                 "crop written")

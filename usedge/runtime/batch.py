@@ -6,13 +6,15 @@ one crops.jsonl line per crop (and optional overlays of the boxes). Videos are r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from usedge.errors import UsedgeError
+from usedge.errors import OutputError, UsedgeError
 from usedge.fileio import write_text_atomic
 from usedge.runtime.crop import FrameCropper, prepare, prepare_all
 from usedge.runtime.dicom import is_dicom, open_dicom
@@ -20,7 +22,7 @@ from usedge.runtime.doppler import MOSTLY_COLOUR
 from usedge.runtime.formats import is_video, read_pages
 from usedge.runtime.overlay import draw_crop
 from usedge.runtime.preprocess import PreprocessSpec
-from usedge.runtime.sinks import OutputNames, claim_output_folder, write_png
+from usedge.runtime.sinks import OutputNames, _trim_torn_line, claim_output_folder, write_png
 from usedge.runtime.sources import iter_file_frames
 
 @dataclass
@@ -34,13 +36,16 @@ class CropRun:
         for line in self.lines:
             if "method" in line:
                 methods[line["method"]] = methods.get(line["method"], 0) + 1
-        crops = sum("error" not in line for line in self.lines)
+        crops = sum("output" in line for line in self.lines)
         summary = ", ".join(f"{k} {v}" for k, v in sorted(methods.items()))
         colour = sum(line.get("doppler_fraction", 0.0) > MOSTLY_COLOUR for line in self.lines)
         note = (f"; {colour} crop(s) more than {MOSTLY_COLOUR:.0%} colour were filled as colour Doppler (tinted B-mode? "
                 "--keep-doppler keeps them)" if colour else "")
-        return (f"wrote {crops} crops from {self.files - self.failed} of {self.files} files to {out} ({summary}); "
-                f"see {out / 'crops.jsonl'}{note}")
+        cropped = len({line["input"] for line in self.lines if "output" in line})
+        part = self.failed - (self.files - cropped) if self.failed else 0     # failed files that gave crops too
+        return (f"wrote {crops} crops from {cropped} of {self.files} files to {out} ({summary})"
+                + (f", {self.failed} with errors" + (f" ({part} of them in part)" if part > 0 else "") if self.failed else "")
+                + f"; see {out / 'crops.jsonl'}{note}")
 
 
 def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: Path | None = None,
@@ -48,7 +53,13 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
                allow_any_modality: bool = False, on_error: Callable[[str], None] = lambda line: None,
                on_file: Callable[[], None] = lambda: None) -> CropRun:
     """Crop every file into `out` (<name>.png + crops.jsonl); overlays of the boxes into `overlay_dir`
-    (named <name>.overlay.png when that is `out` itself). A single input that fails raises."""
+    (named <name>.overlay.png when that is `out` itself). A single input that fails raises.
+
+    crops.jsonl is appended line by line as the crops are written (a run that is killed leaves the list
+    of what it wrote, which the next run into `out` removes) and rewritten at the end with the crops that
+    exist. A frame of a cine or video that cannot be cropped (a blank frame) is an error line naming the
+    frame, and the next frames go on. A crop that cannot be written (disk full) ends the run with one
+    OutputError line."""
     claim_output_folder(out, "--out", ours=("crops.jsonl",))
     if overlay_dir is not None:
         claim_output_folder(overlay_dir, "--overlay", ours=("crops.jsonl",))
@@ -56,6 +67,38 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
     _remove_earlier_crops(out, overlay_dir, overlay_suffix)
     names = OutputNames()
     run = CropRun(files=len(files))
+    listing = out / "crops.jsonl"
+    try:
+        log = open(listing, "w", encoding="utf-8", errors="backslashreplace")
+    except OSError as exc:
+        raise OutputError(f"cannot write crops.jsonl ({exc.strerror or exc})", path=listing,
+                          hint="choose a writable --out folder") from exc
+
+    def listed(line: dict) -> int:
+        """Append a line to crops.jsonl; the file's length before it (to take it back)."""
+        run.lines.append(line)
+        try:
+            at = log.tell()
+            log.write(json.dumps(line) + "\n")
+            log.flush()
+            return at
+        except OSError as exc:
+            raise OutputError(f"cannot write crops.jsonl ({exc.strerror or exc})", path=listing,
+                              hint="free disk space or choose another --out; it lists the crops written") from exc
+
+    def written(path: Path, image, listed_at: int | None = None) -> None:
+        try:
+            write_png(path, image)
+        except OSError as exc:
+            if listed_at is not None:      # the crop is not there: its line goes too
+                run.lines.pop()
+                with contextlib.suppress(OSError):
+                    log.seek(listed_at)
+                    log.truncate()
+            n = sum("output" in line for line in run.lines)
+            raise OutputError(f"cannot write a crop ({exc.strerror or exc}) after {n} crops", path=path,
+                              hint="free disk space or choose another --out; crops.jsonl lists the crops written"
+                              ) from exc
 
     def crop_one(frame, regions, cropper):
         if cropper is not None:
@@ -65,6 +108,7 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
         return [prepare(frame, spec, regions=regions, presets=presets)]
 
     def crop_file(src):
+        failed = False
         try:
             if src.is_file() and is_dicom(src):
                 d = open_dicom(src, allow_any_modality=allow_any_modality)
@@ -83,32 +127,57 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
                 regions, cropper, multi = None, None, first.frames_in_file > 1
                 frames = itertools.chain([(0, first.frame)], ((d.frame_index, d.frame) for d in pages) if all_frames else ())
             for i, frame in frames:
-                results = crop_one(frame, regions, cropper)
+                try:
+                    results = crop_one(frame, regions, cropper)
+                except OutputError:
+                    raise
+                except UsedgeError as exc:
+                    if not multi:
+                        raise
+                    # one frame of a cine or video (a blank one): named, and the next frames go on
+                    if exc.path is None:
+                        exc.path = str(src)
+                    line = f"{exc.path} frame {i}: {exc.message}" + (f" — {exc.hint}" if exc.hint else "")
+                    listed({"input": str(src), "frame": i, "error": line})
+                    on_error(line)
+                    failed = True
+                    continue
                 for small, info in results:
                     name = names(src, i if multi else None, info.view if len(results) > 1 else None)
                     # listed first, written then: a Ctrl-C between the two leaves no crop unlisted (crops.jsonl
                     # keeps only the lines whose PNG exists)
-                    run.lines.append({"input": str(src), "frame": i, "view": info.view, **info.to_dict(),
-                                      "output": f"{name}.png"})
-                    write_png(out / f"{name}.png", small)
+                    at = listed({"input": str(src), "frame": i, "view": info.view, **info.to_dict(),
+                                 "output": f"{name}.png"})
+                    written(out / f"{name}.png", small, at)
                     if overlay_dir is not None:
-                        write_png(overlay_dir / f"{name}{overlay_suffix}", draw_crop(frame, info))
+                        written(overlay_dir / f"{name}{overlay_suffix}", draw_crop(frame, info))
+        except OutputError:
+            raise
         except UsedgeError as exc:
             if exc.path is None:   # a frame-level error (blank frame, NaN pixels): name the file
                 exc.path = str(src)
-            run.failed += 1
-            run.lines.append({"input": str(src), "error": exc.one_line()})
-            if len(files) == 1:
+            failed = True
+            listed({"input": str(src), "error": exc.one_line()})
+            if len(files) == 1 and not run.lines[:-1]:
                 raise
             on_error(exc.one_line())
+        run.failed += failed
         on_file()
 
     try:
         for src in files:
             crop_file(src)
     finally:   # also on Ctrl-C or an output error: crops.jsonl lists every crop written so far
+        with contextlib.suppress(OSError):
+            log.close()
         run.lines = [line for line in run.lines if "output" not in line or (out / line["output"]).is_file()]
-        write_text_atomic(out / "crops.jsonl", "".join(json.dumps(line) + "\n" for line in run.lines))
+        try:
+            write_text_atomic(listing, "".join(json.dumps(line) + "\n" for line in run.lines))
+        except OSError as exc:          # the appended list stays (cut at its last complete line)
+            _trim_torn_line(listing)
+            if sys.exc_info()[0] is None:
+                raise OutputError(f"cannot rewrite crops.jsonl ({exc.strerror or exc})", path=listing,
+                                  hint="free disk space; it lists the crops written, line by line") from exc
     return run
 
 
