@@ -453,3 +453,29 @@ def test_crop_stopped_by_sigterm_lists_its_crops_and_a_killed_ones_are_removed_b
                             "--image-size", "64", "-q"], capture_output=True, text=True, env=ENV, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert {p.name for p in out.glob("*.png")} == {"s000.png", "s001.png"}          # the killed run's crops are gone
+
+
+def test_a_batch_runs_when_stderr_cannot_be_written(runtime_model, runtime_images, tmp_path):
+    """`usedge infer ... 2>/dev/full` (a full log disk) or with stderr closed: the run died on its first
+    information line and classified nothing (outside audit of 2026-12-02). Its lines are lost, not the run."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    out = tmp_path / "r.jsonl"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([*USEDGE, "infer", str(runtime_model), str(runtime_images), "--out", str(out),
+                               "--backend", "ort-cpu", "--threads", "1"], stdout=subprocess.PIPE, stderr=full,
+                              env=ENV, timeout=120)
+    assert proc.returncode == 0
+    assert len(out.read_text().splitlines()) == len(list(runtime_images.glob("*.png")))
+
+
+def test_a_summary_on_a_full_disk_is_one_line(runtime_model, runtime_video, small_tmpfs, tmp_path):
+    """--summary onto a full disk gave two chained tracebacks (outside audit); the JSONL elsewhere is whole."""
+    (small_tmpfs / "filler").write_bytes(b"x" * 7000)
+    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), "--stream", str(runtime_video), "--jsonl",
+                           str(tmp_path / "s.jsonl"), "--summary", str(small_tmpfs / "sum.json"), "--backend", "ort-cpu",
+                           "--threads", "1"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "cannot write" in last and "No space left" in last, last
+    assert len((tmp_path / "s.jsonl").read_text().splitlines()) > 5

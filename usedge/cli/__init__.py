@@ -6,6 +6,7 @@ command, so `usedge infer` runs on the lean base install.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -78,8 +79,23 @@ def main() -> None:
         say(f"usedge: {exc.one_line()}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        print("usedge: interrupted", file=sys.stderr)
+        say("usedge: interrupted")
         sys.exit(130)
+    except OSError as exc:
+        # a write that no command turned into its own line (a full disk, a read-only or vanished folder):
+        # one line, never a traceback (--debug shows it)
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        if state["debug"]:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        say(f"usedge: {where}cannot write ({exc.strerror or exc}) — free disk space or choose another output "
+            "(files written before this are kept)")
+        sys.exit(1)
+
+
+#: errors of writing output (disk full, quota, read-only file system, file too large, I/O error)
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
 
 
 __all__ = ["app", "main"]

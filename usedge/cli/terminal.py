@@ -21,8 +21,15 @@ def terminal_safe(text: str) -> str:
 
 
 def say(text: str, *, file=None) -> None:
-    """Print one line to stderr (or `file`), control characters escaped."""
-    print(terminal_safe(text), file=file or sys.stderr, flush=True)
+    """Print one line to stderr (or `file`), control characters escaped. A stream that cannot be written
+    (stderr closed, or on a full disk) loses the line, not the run: the results files are what matters."""
+    stream = file or sys.stderr
+    if stream is None:
+        return
+    try:
+        print(terminal_safe(text), file=stream, flush=True)
+    except (OSError, ValueError):     # ENOSPC on a full log disk, a closed file
+        pass
 
 
 def rich_console(**kwargs):
