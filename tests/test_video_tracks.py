@@ -141,3 +141,48 @@ def test_a_file_that_grows_while_it_is_read_says_so(tmp_path):
         n += 1
     r.close()
     assert first is not None and n == 30 and "grew while it was read" in r.ended_early, r.ended_early
+
+
+def _mjpeg_mkv(path, pts_ms: list[int]) -> list[tuple[int, int]]:
+    """An MJPEG Matroska file with the given frame times (ms); returns each packet's (pos, size)."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mjpeg", rate=25)
+        s.width, s.height, s.pix_fmt = 160, 128, "yuvj420p"
+        for i, a in enumerate(_frames(len(pts_ms))):
+            vf = av.VideoFrame.from_ndarray(a, format="bgr24")
+            vf.pts, vf.time_base = pts_ms[i], fractions.Fraction(1, 1000)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(str(path)) as c:
+        return [(p.pos, p.size) for p in c.demux(video=0) if p.size]
+
+
+def test_after_damage_in_a_variable_rate_file_frames_keep_their_place_in_the_file(tmp_path):
+    """A damaged frame right after a 2 s pause: later frames were numbered by timestamp x nominal rate
+    (54, 55, ... in a 12-frame file: regression round of 2026-12-02). A frame's number is now its place among
+    the file's packets, the damaged one included."""
+    pts = [0, 40, 80, 120, 2120, 2160, 2200, 2240, 2280, 2320, 2360, 2400]
+    path = tmp_path / "vfr.mkv"
+    pos, size = _mjpeg_mkv(path, pts)[4]
+    data = bytearray(path.read_bytes())
+    data[pos + 40:pos + size - 40] = bytes(size - 80)          # the JPEG data of frame 4 zeroed
+    (tmp_path / "damaged.mkv").write_bytes(bytes(data))
+    r = VideoFileReader(tmp_path / "damaged.mkv")
+    r.open()
+    got = []
+    while r.read() is not None:
+        got.append((r.frame_number, round(r.time_s, 3)))
+    r.close()
+    assert got == [(i, t / 1000) for i, t in enumerate(pts) if i != 4], got
+    assert "1 damaged packet" in r.ended_early
+
+
+def test_a_matroska_file_starting_after_0_s_is_complete(tmp_path):
+    """Matroska's duration is its end's timestamp: a complete file whose first frame is at 2 s was reported
+    as "ended early, at 0.39 s of the 2.39 s" (regression round)."""
+    path = tmp_path / "late.mkv"
+    _mjpeg_mkv(path, [2000 + 40 * i for i in range(10)])
+    got, r = _read(path)
+    assert len(got) == 10 and r.ended_early == "" and [n for n, _ in got] == list(range(10))

@@ -16,6 +16,7 @@ leaves this module: only pixels and the frame rate are read.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import importlib.util
 import math
@@ -218,8 +219,9 @@ class VideoFileReader(FrameReader):
     when damaged packets mid-file were passed over (PyAV decodes packet by packet and goes on
     after one that fails); or when the file grew while it was read (a recording still being written).
     After a damaged packet the frames up to the next key frame (decoded from missing data) and any frame
-    the decoder marks corrupt are left out and counted in `concealed`, and `frame_number` follows the
-    frames' timestamps, so every later frame keeps its own number in the video.
+    the decoder marks corrupt are left out and counted in `concealed`, and `frame_number` is a frame's place
+    among the file's packets (a damaged one included), so every later frame keeps its own number in the
+    video, at any frame rate; a packet the decoder gives no picture for without an error is counted in `lost`.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -234,15 +236,17 @@ class VideoFileReader(FrameReader):
         self.ended_early = ""
         self.damaged = 0            # packets that failed to decode and were passed over (PyAV)
         self.concealed = 0          # frames left out after damage (decoded from missing data, or marked corrupt)
-        self.frame_number: int | None = None   # the last frame's number in the video (PyAV: timestamps after damage)
+        self.lost = 0               # packets the decoder gave no picture for, without an error (PyAV)
+        self.frame_number: int | None = None   # the last frame's number in the video (PyAV: its place among the packets)
         self.time_s: float | None = None       # the last frame's presentation time, seconds from the track's start
         self._stream = None         # PyAV's video stream being read
         self._seconds = 0.0         # the video track's own duration (0: not declared)
         self._last_time: float | None = None   # the last frame's time, seconds from the track's start
+        self._start = 0.0                      # the track's start time, seconds
         self._size = -1             # the file's size when opened (a recording still being written grows)
 
     def open(self) -> None:
-        self.position, self.ended_early, self.damaged, self.concealed = 0, "", 0, 0
+        self.position, self.ended_early, self.damaged, self.concealed, self.lost = 0, "", 0, 0, 0
         self.frame_number, self._last_time, self.time_s = None, None, None
         try:
             self._size = self.path.stat().st_size
@@ -324,14 +328,21 @@ class VideoFileReader(FrameReader):
         import av
 
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+        self._start = start
         after_damage = False       # frames up to the next key frame were decoded from missing data
+        packet_pts: list[int] = []  # every packet's timestamp so far, damaged ones too, sorted: a frame's rank is its place
+        first_rank: int | None = None   # the first frame's rank (packets before it that give no picture: not frames)
+        passed = 0                 # frames passed over (damaged packets, concealed frames) since the last one given
         for packet in container.demux(stream):
+            if packet.pts is not None:
+                bisect.insort(packet_pts, packet.pts)
             try:
                 frames = packet.decode()
             except av.error.EOFError:
                 return
             except av.error.FFmpegError:
                 self.damaged += 1
+                passed += 1
                 after_damage = True
                 continue
             for frame in frames:
@@ -340,14 +351,21 @@ class VideoFileReader(FrameReader):
                     after_damage = False
                 if after_damage or frame.is_corrupt:
                     self.concealed += 1
+                    passed += 1
                     continue
-                if self.frame_number is None:
-                    self.frame_number = 0
-                elif (self.damaged or self.concealed) and t is not None and self._last_time is not None and self.fps:
-                    # after damage, a frame's number follows its timestamp: the frames lost leave a gap
-                    self.frame_number += max(1, round((t - self._last_time) * self.fps))
+                following = 0 if self.frame_number is None else self.frame_number + 1
+                if frame.pts is not None and packet_pts:
+                    # a frame's number is its place among the file's packets (those lost included), whatever the
+                    # frame rate: frames lost leave a gap in the numbers, and a gap nobody reported (a packet the
+                    # decoder gave no picture for, without an error) is counted in `lost`
+                    rank = bisect.bisect_left(packet_pts, frame.pts)
+                    first_rank = rank if first_rank is None else first_rank
+                    number = max(rank - first_rank, following)
+                    self.lost += max(0, number - following - passed)
+                    self.frame_number = number
                 else:
-                    self.frame_number += 1
+                    self.frame_number = following
+                passed = 0
                 self._last_time = self.time_s = t
                 yield frame
 
@@ -400,14 +418,18 @@ class VideoFileReader(FrameReader):
         if grew:
             self.ended_early = (f"{self.name}: the file grew while it was read (still being recorded?): "
                                 f"{self.position} frames read up to its end at that moment")
-        elif self.declared and self.position + self.damaged + self.concealed < self.declared - 1:
+        elif self.declared and self.position + self.damaged + self.concealed + self.lost < self.declared - 1:
             self.ended_early = (f"{self.name}: video ended early, after {self.position} of the "
                                 f"{self.declared} frames its header declares (truncated or damaged file)")
         elif self.damaged:
             self.ended_early = (f"{self.name}: {self.damaged} damaged packet(s) could not be decoded and were "
                                 f"passed over{left_out}; the other {self.position} frames were read")
+        elif self.lost:
+            self.ended_early = (f"{self.name}: the decoder gave no picture for {self.lost} frame(s) (damaged data?), "
+                                f"left out{left_out}; the other {self.position} frames were read")
         elif (not self.declared and self._seconds and self.fps and self._last_time is not None
-              and self._last_time + 1.0 / self.fps < self._seconds - max(2.0 / self.fps, 0.1)):
+              # a Matroska duration is the end's timestamp, not the span: a file starting at 2 s is measured so
+              and self._last_time + max(self._start, 0.0) + 1.0 / self.fps < self._seconds - max(2.0 / self.fps, 0.1)):
             self.ended_early = (f"{self.name}: video ended early, at {self._last_time + 1.0 / self.fps:.2f} s of the "
                                 f"{self._seconds:.2f} s its header declares (truncated or damaged file)")
         return ok
@@ -530,7 +552,7 @@ class NetworkStreamReader(VideoFileReader):
     def open(self) -> None:
         import av
 
-        self.position, self.ended_early, self.damaged, self.concealed = 0, "", 0, 0
+        self.position, self.ended_early, self.damaged, self.concealed, self.lost = 0, "", 0, 0, 0
         self.frame_number, self._last_time, self.time_s = None, None, None
         try:
             container = av.open(self.url, timeout=(self.OPEN_TIMEOUT_S, self.READ_TIMEOUT_S))
@@ -942,7 +964,7 @@ class CaptureThread(threading.Thread):
                 self._attempts = 0
                 self.stats.read += 1
                 source = getattr(self.reader, "frame_source", "") or self.reader.name
-                # a watched folder numbers frames per file, a video file by its timestamps after damage; a live
+                # a watched folder numbers frames per file, a video file by its place among the packets; a live
                 # source is numbered here, across its reconnects (its reader starts again at 0)
                 number = None if self.reader.live else getattr(self.reader, "frame_number", None)
                 at = None if self.reader.live else getattr(self.reader, "time_s", None)
