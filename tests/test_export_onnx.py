@@ -215,8 +215,10 @@ def test_int8_aim_is_one_point_and_says_when_the_images_cannot_resolve_it(n, err
     assert ("one image is 1.6 points" in check.note) is (n < 100)
     if n < 100:      # the advice is the data set's limit when it holds no more held-out images (outside audit)
         assert "--parity-count 100 or more" in check.note
-        fewer = AIM_INT8.judge("int8", "m.int8.onnx", ref, got, labels, more_images=False)
+        fewer = AIM_INT8.judge("int8", "m.int8.onnx", ref, got, labels, available=n)
         assert "--parity-count" not in fewer.note and "no more held-out images" in fewer.note
+        some = AIM_INT8.judge("int8", "m.int8.onnx", ref, got, labels, available=n + 10)      # 30 of a fold, say
+        assert f"--parity-count {n + 10} uses every held-out image" in some.note
 
 
 def test_an_all_data_models_int8_row_says_its_accuracies_are_training_accuracies(tiny_train_run, tmp_path):

@@ -204,6 +204,7 @@ def test_a_report_says_how_many_folds_and_classes_a_figure_covers_and_when_image
     assert "| all (2-3 of 3 classes per fold, 3 pooled) | balanced accuracy |" in report
     assert doc["headline"].startswith("balanced accuracy (2-3 of 3 classes per fold, 3 pooled) ")
     assert "20 images, no patient IDs (each image counted as its own patient" in report and "folds by image" in report
+    assert "inner validation split by image" in report
     write_report(tmp_path / "ids", NAMES, results, load_config(), extra={"images": 20, "patients": 7, "patient_ids": True})
     assert "20 images, 7 patients; 2 of 5 outer folds by patient" in (tmp_path / "ids" / "report.md").read_text()
 
@@ -217,6 +218,10 @@ def test_a_report_says_how_many_folds_and_classes_a_figure_covers_and_when_image
     assert "0.500 ± n/a (1 of 2 folds)" in text
     assert "Balanced accuracy 0.792 ± 0.059 (2-3 of 3 classes per fold, 3 pooled)" in text
     assert "on its own test fold (8 images) balanced accuracy 0.750 (over 2 of 3 classes" in text
+    unnamed = {"sha256": "ab" * 32, "synthetic": False, "path": "d", "images": 4, "patient_ids": False,
+               "class_counts": {"a": {"images": 2, "patients": 2}, "b": {"images": 2, "patients": 2}}}
+    text2 = card_markdown({**card, "training_data": unnamed}, "line")
+    assert "| a | 2 | unknown |" in text2 and "no patient IDs" in text2
     info = ModelInfo.__new__(ModelInfo)
     info.model_card, info.precision, info.weights_sha256 = card, "fp32", "ab" * 32
     assert "CV balanced accuracy 0.792 ± 0.059 (2-3 of 3 classes per fold, 3 pooled)" in model_card_line(info)

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from usedge.cli.app import app
+from usedge.cli.app import app, state
 from usedge.cli.options import backend_option, quality_gate_option, quiet_option, threads_option
 from usedge.cli.terminal import rich_console
 
@@ -138,6 +138,10 @@ def serve(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # the form parser's own warning on a malformed upload repeats the 400 answer that usedge logs and counts
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
+    # pydicom's notes on a non-conformant upload (a VR mismatch): the upload is read or refused in usedge's own
+    # line; `usedge --debug serve` shows them
+    if not state["debug"]:
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
     _check_port_free(host, port)
     loopback = _is_loopback(host)
     if not loopback and not token:

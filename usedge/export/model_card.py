@@ -68,7 +68,8 @@ def describe_data(ds, fold: str | None = None, trained: list | None = None) -> d
                      "patients": len({s.patient_id for s in samples if s.label == k})}
               for k, name in enumerate(ds.class_names)}
     out = {"path": str(ds.root), "sha256": data_digest(ds.samples, Path(ds.root)), "synthetic": "synth" in generator,
-           "generator": generator, "images": len(samples), "class_counts": counts}
+           "generator": generator, "images": len(samples), "class_counts": counts,
+           "patient_ids": bool(getattr(ds, "has_patient_ids", True))}
     if fold is not None and trained is not None:
         out |= {"fold": fold, "data_set_images": len(ds.samples)}
     return out
@@ -181,7 +182,11 @@ def card_markdown(card: dict, line: str) -> str:
             out += [f"- folder `{d['path']}` (named by {d.get('named_by', '?')}), {d['images']} images, {kind}"]
         out += [f"- sha256 of the folder's images `{d['sha256']}`" + (" (the whole data set's)" if d.get("fold") else ""),
                 "", "| class | images | patients |", "|---|---:|---:|"]
-        out += [f"| {name} | {c['images']} | {c['patients']} |" for name, c in d["class_counts"].items()]
+        ids = d.get("patient_ids", True)      # without patient IDs each image counted as a patient: not a count
+        out += [f"| {name} | {c['images']} | {c['patients'] if ids else 'unknown'} |" for name, c in d["class_counts"].items()]
+        if not ids:
+            out.append("\nThe data set names no patients (no patient IDs): each image was counted as its own patient, "
+                       "and the folds were made by image.")
     else:
         out.append(f"- unknown: {d.get('note', 'no data set given or recorded')}")
     if d.get("checks_data"):

@@ -105,9 +105,9 @@ class Aim:
         return 2 * self.max_abs_diff if self.accuracy_drop is None else 0.0
 
     def judge(self, name: str, artifact: str, ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None = None,
-              note: str = "", more_images: bool = True) -> Check:
+              note: str = "", available: int | None = None) -> Check:
         """Compare `got` with the reference probabilities `ref` (near ties by this aim's margin) and judge it.
-        `more_images`: the data set holds more held-out images than were used (--parity-count would add them)."""
+        `available`: the held-out images the data set has (None: unknown), which --parity-count can use."""
         a = parity.compare(ref, got, labels, tie_margin=self.tie_margin)
         if self.accuracy_drop is None:
             return Check(name, artifact, a.max_abs_diff <= self.max_abs_diff and a.decisive_top1_agreement >= self.top1,
@@ -118,8 +118,10 @@ class Aim:
         drop = a.accuracy_a - a.accuracy_b if a.accuracy_a is not None else 0.0
         # one image is 100/n points: below 1/accuracy_drop images the aim cannot allow a single flip
         coarse = a.n and 1.0 / a.n > self.accuracy_drop
-        more = (f"--parity-count {int(round(1 / self.accuracy_drop))} or more resolves 1 point" if more_images
-                else "the data set has no more held-out images: a larger one resolves finer")
+        needed = int(round(1 / self.accuracy_drop))
+        more = (f"--parity-count {needed} or more resolves 1 point" if available is None or available >= needed
+                else f"--parity-count {available} uses every held-out image, still coarser than 1 point"
+                if available > a.n else "the data set has no more held-out images: a larger one resolves finer")
         note = "; ".join(filter(None, [note, coarse and (
             f"{a.n} held-out images: one image is {100 / a.n:.2g} points, so one more error misses the aim ({more})")]))
         return Check(name, artifact, drop <= self.accuracy_drop + 1e-9,
@@ -288,10 +290,10 @@ def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], N
         ref = outputs[fmt.reference]["probs"]
         note = cpu_note() if fmt.precision == "int8" else ""
         if fmt.precision == "int8" and run.report.data.get("trained_on_checks"):
-            note += ("; the model trained on these images: its accuracies here are training accuracies (read the "
+            note += ("; the model trained (or chose its best epoch) on these images: its accuracies here are training accuracies (read the "
                      "row as fp32/int8 agreement, the run's report.md for generalisation)")
         run.report.add_check(fmt.aim.judge(fmt.check, path.name, ref, outputs[fmt.precision]["probs"], labels, note,
-                                           more_images=run.report.data.get("held_out_available", 0) > len(x)))
+                                           available=run.report.data.get("held_out_available")))
         if fmt.cross_check and k:
             got = parity.reference_outputs(path, x[:k])["probs"]
             run.report.add_check(fmt.aim.judge(fmt.cross_check, path.name, ref[:k], got))
@@ -384,7 +386,7 @@ def _choose_images(checkpoint: Path, meta: dict, spec: PreprocessSpec, class_nam
     if not trained_here:
         how += "; not the data set the checkpoint was trained on: the checks' images only"
     elif not split and (checkpoint.parent / "folds.csv").is_file():   # a run's all-data model.pt
-        how += ("; this model was trained on all of them, so its accuracy here is training accuracy: "
+        how += ("; this model was trained (or chose its best epoch) on all of them, so its accuracy here is training accuracy: "
                 "read the int8 row as fp32/int8 agreement, and the run's report.md for generalisation")
     calib, held = split or image_data.split_by_patient(ds.samples)
     available = len(held)

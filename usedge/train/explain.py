@@ -388,6 +388,8 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
                              "(one value everywhere: no signal to localise); they are left out of its scores and drawn "
                              "as the coldest colour")
             if len(keep) < 2:
+                notes.append(f"{MAP_LABELS[m]}: {len(keep)} map(s) left to score, so its localisation is not measured "
+                             "(it needs at least 2)")
                 continue
             res = loc.compare_to_baselines([kept_maps[m][j] for j in keep], [kept_masks[j] for j in keep],
                                            [kept_patients[j] for j in keep], k=topk,

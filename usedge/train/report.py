@@ -108,7 +108,8 @@ def report_markdown(class_names: list[str], fold_results: list[dict], summary: d
            "a test fold, which overstates accuracy)" if by_image else f"{extra.get('patients', '?')} patients")
     lines += [f"Data: {extra.get('images', '?')} images, {who}; "
               f"{len(fold_results)} of {cfg.cv.folds} outer folds by {'image' if by_image else 'patient'} (stratified by class); "
-              f"checkpoint chosen on an inner validation split by patient ({cfg.cv.inner_val_fraction:.0%} of each "
+              f"checkpoint chosen on an inner validation split by {'image' if by_image else 'patient'} "
+              f"({cfg.cv.inner_val_fraction:.0%} of each "
               f"training part, on {cfg.cv.select_on}). {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
               f"{cfg.data.image_size} px, Adam lr {cfg.optim.lr:g}, {schedule}, augmentation {cfg.data.augment}, "
               f"seed {cfg.run.seed}, device {extra.get('device', '?')}.{alpha_text}", ""]

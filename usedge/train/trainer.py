@@ -494,7 +494,9 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
     _start_run(out_dir, cfg, dataset, dist, device, resume)
     if dist.main:
         write_folds_csv(out_dir / "folds.csv", dataset, splits, final)
-    say(f"{len(dataset)} images, {len(set(dataset.groups))} patients, {cfg.cv.folds} folds by patient; "
+    unit = "patient" if dataset.has_patient_ids else "image (no patient IDs)"
+    say(f"{len(dataset)} images, " + (f"{len(set(dataset.groups))} patients, " if dataset.has_patient_ids else "")
+        + f"{cfg.cv.folds} folds by {unit}; "
         f"device {device}, {dist.world_size} process(es); augmentation {cfg.data.augment}, "
         f"{cfg.optim.schedule} schedule")
     say("classes: " + "; ".join(f"{name} {n} images / {p} patients" for name, n, p in dataset.class_counts()))
