@@ -81,8 +81,8 @@ def _lock(fh) -> bool:
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    except OSError:
-        return False
+    except OSError as exc:      # held by another process; a file system without locks (ENOLCK) counts as free
+        return exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
 
 
 def _refuse_if_in_use(tmp: Path, path: Path) -> None:
