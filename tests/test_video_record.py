@@ -221,3 +221,14 @@ def test_a_frame_of_another_size_is_fitted_not_stretched(tmp_path):
     second = frames[1].astype(int)
     assert second.shape == (120, 160, 3)
     assert abs(second[60, 80].mean() - 200) < 12 and second[5, 5].mean() < 12   # centred at its size, black border
+
+
+def test_a_recording_that_gets_no_frame_leaves_an_earlier_runs_partial_file(tmp_path):
+    """A run that recorded no frame (a watched folder where nothing arrived) deleted a killed run's
+    unfinished recording at close, silently (regression round of 2026-12-02)."""
+    from usedge.runtime.sinks import VideoRecorderSink
+
+    dead = tmp_path / ".rec.partial.mp4"
+    dead.write_bytes(b"frames a killed run recorded")
+    VideoRecorderSink(tmp_path / "rec.mp4").close()
+    assert dead.read_bytes() == b"frames a killed run recorded"

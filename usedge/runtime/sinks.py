@@ -432,8 +432,8 @@ class VideoRecorderSink(Sink):
         self.count += 1
 
     def close(self) -> None:
-        if self.failed and self.writer is None:     # closed after its write failed: the partial file stays
-            return
+        if self.writer is None:     # never opened (no frame came; an earlier run's partial file is not ours to
+            return                  # remove), or closed after its write failed: the partial file stays
         if self.writer is not None:
             writer, self.writer = self.writer, None
             if self.av is None:
