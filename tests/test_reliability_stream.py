@@ -368,16 +368,31 @@ def test_a_second_run_into_the_same_results_file_is_refused_while_the_first_writ
     dead.write_text('{"b":2}\n')                       # left by a killed run: nobody holds it
     JsonlSink(out, atomic=True).close()
     assert (tmp_path / "r.unfinished.jsonl").read_text() == '{"b":2}\n'
+    # a stream writing the file directly (its --jsonl), and a batch or another stream after it: refused both
+    # ways (the second truncated the first's lines, or renamed its results over them: regression round)
+    stream = JsonlSink(out)
+    stream.write_record({"s": 1})
+    for atomic in (False, True):
+        with pytest.raises(OutputError, match="another usedge run is writing this results file"):
+            JsonlSink(out, atomic=atomic)
+    stream.close()
+    batch = JsonlSink(out, atomic=True)
+    with pytest.raises(OutputError, match="another usedge run is writing this results file"):
+        JsonlSink(out)
+    batch.close()
 
 
-def test_a_watched_folder_does_not_read_the_results_written_into_it(runtime_model, runtime_images, tmp_path):
+def test_a_watched_folder_does_not_read_the_results_written_into_it(runtime_model, runtime_images, runtime_video, tmp_path):
     """`--stream watch:wd --jsonl wd/live.jsonl`: each error line changed live.jsonl, so it was read again as
     "not a supported image type", forever (432 lines in 11 minutes; --idle-timeout never fired: outside audit
     of 2026-12-02). The stream's own outputs are never read, and a file of another type is reported once."""
     wd = tmp_path / "wd"
     wd.mkdir()
+    # a killed run's recording, which this run keeps as rec.unfinished.mp4 in the folder: not read either
+    shutil.copy(runtime_video, wd / ".rec.partial.mp4")
     proc = subprocess.Popen([*USEDGE, "infer", str(runtime_model), "--stream", f"watch:{wd}", "--jsonl",
-                             str(wd / "live.jsonl"), "--idle-timeout", "4", "--backend", "ort-cpu", "--threads", "1"],
+                             str(wd / "live.jsonl"), "--record", str(wd / "rec.mp4"), "--idle-timeout", "4",
+                             "--backend", "ort-cpu", "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     time.sleep(3)
     shutil.copy(sorted(runtime_images.glob("*.png"))[0], wd / "scan.png")
@@ -389,6 +404,7 @@ def test_a_watched_folder_does_not_read_the_results_written_into_it(runtime_mode
     records = [json.loads(x) for x in (wd / "live.jsonl").read_text().splitlines()]
     sources = sorted(Path(r["source"]).name for r in records)
     assert sources == ["notes.txt", "scan.png"], (sources, err[-2000:])
+    assert (wd / "rec.unfinished.mp4").stat().st_size > 0 and "kept it as rec.unfinished.mp4" in err
     assert "Traceback" not in err and "live.jsonl" not in " ".join(r.get("error", "") for r in records)
 
 

@@ -91,7 +91,7 @@ def _refuse_if_in_use(tmp: Path, path: Path) -> None:
         with open(tmp, "rb") as other:
             if not _lock(other):
                 raise OutputError(f"another usedge run is writing this results file now (into {tmp.name})", path=path,
-                                  hint="wait until it ends, or write to another --out")
+                                  hint="wait until it ends, or write to another file")
     except OSError:
         return          # gone meanwhile, or unreadable: the open for writing says why
 
@@ -102,21 +102,26 @@ def _open_text(path: str | Path, atomic: bool = False):
     escapes instead of stopping the run. The temporary file is locked while it is written: a second run
     into the same file is refused instead of taking it for a dead run's."""
     if str(path) == "-":
+        if sys.stdout is None:
+            raise OutputError("stdout is closed", path="stdout", hint="pass --out FILE for the results")
         return sys.stdout, False, None
     path = Path(path)
     if path.is_dir():
         raise OutputError("is a folder", path=path, hint="give a file name, e.g. results.jsonl")
-    tmp = path.with_name(path.name + ".partial") if atomic else None
+    if path.exists():           # a stream writing it directly (its --jsonl) holds it locked
+        _refuse_if_in_use(path, path)
+    partial = path.with_name(path.name + ".partial")       # a batch writing this file holds it locked
+    if partial.exists():
+        _refuse_if_in_use(partial, path)
+    tmp = partial if atomic else None
     if tmp is not None and tmp.exists():
-        _refuse_if_in_use(tmp, path)
         keep_unfinished(tmp, path, "results file", "its lines up to where that run stopped")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(tmp or path, "w", newline="", encoding="utf-8", errors="backslashreplace")
     except OSError as exc:
         raise OutputError(f"cannot write here ({exc.strerror})", path=path, hint="choose a writable file") from exc
-    if tmp is not None:
-        _lock(fh)
+    _lock(fh)
     return fh, True, tmp
 
 

@@ -616,16 +616,19 @@ class WatchedFolderReader(FrameReader):
         self.frame_source = ""                     # the file of the frame just read
         self.frame_number = 0                      # ... and its number in that file (a cine's frame, a TIFF page)
         self.ignore: set[str] = set()              # absolute paths never read: the stream's own outputs
+        self._ignore_kept: set[tuple[str, str, str]] = set()   # (folder, stem, suffix) of their kept .unfinished copies
         self._refused: set[str] = set()            # files of a type usedge does not read: reported once
 
     def ignore_outputs(self, paths) -> None:
         """Never read these files (the stream's own results, recording, summary written into the folder),
-        nor their temporary names: each line written would change the file and have it read again."""
+        nor their temporary names, nor an earlier run's unfinished copy the run keeps beside them
+        (`<stem>.unfinished[N]<suffix>`): each line written would change the file and have it read again."""
         for p in paths:
             if p is None or str(p) == "-":
                 continue
             p = Path(os.path.abspath(p))
             self.ignore |= {str(p), str(p.with_name(p.name + ".partial")), str(p.with_name(f".{p.stem}.partial{p.suffix}"))}
+            self._ignore_kept.add((str(p.parent), f"{p.stem}.unfinished", p.suffix))
 
     def open(self) -> None:
         if not self.folder.is_dir():
@@ -648,7 +651,7 @@ class WatchedFolderReader(FrameReader):
                     continue
                 path = os.path.join(top, n)
                 if (self._refused and os.path.normpath(path) in self._refused) or (
-                        self.ignore and os.path.abspath(path) in self.ignore):
+                        self.ignore and self._is_output(os.path.abspath(path))):
                     continue
                 try:
                     st = os.stat(path)
@@ -656,6 +659,12 @@ class WatchedFolderReader(FrameReader):
                     continue
                 if stat.S_ISREG(st.st_mode):
                     yield path, (st.st_size, st.st_mtime_ns)
+
+    def _is_output(self, path: str) -> bool:
+        if path in self.ignore:
+            return True
+        folder, name = os.path.split(path)
+        return any(folder == d and name.startswith(stem) and name.endswith(suffix) for d, stem, suffix in self._ignore_kept)
 
     def _new_files(self) -> list[Path]:
         """Files new or changed since read, unchanged for settle_s: oldest first."""
