@@ -596,3 +596,17 @@ def test_crop_all_frames_goes_on_after_a_blank_cine_frame_and_counts_the_files_i
     assert [(x["input"], x["frame"]) for x in lines if "output" in x] == [(str(path), 0), (str(path), 2), (str(still), 0)]
     assert len(errors) == 1 and "frame 1" in errors[0] and "blank" in errors[0]
     assert "wrote 3 crops from 2 of 2 files" in run.line(tmp_path / "o") and "1 with errors (1 of them in part)" in run.line(tmp_path / "o")
+
+
+def test_a_float_cine_without_a_window_is_stretched_over_the_whole_loop(tmp_path):
+    """Float and rescaled cines were stretched frame by frame: a near-black frame (noise 0..3 of 255) came out
+    at full contrast and got a label, a dim frame as bright as the others (regression round). One range now."""
+    g = np.tile(np.linspace(0, 1, 128, dtype=np.float32), (32, 1))
+    frames = np.stack([g * 0.25, g, g * 3 / 255])          # dim, full, near black
+    path = _grey(tmp_path, "cine.dcm", frames.reshape(-1, 128))
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.NumberOfFrames = 32, 3
+    ds.save_as(path)
+    d = open_dicom(path)
+    full = d.frame(1).astype(int)
+    assert full.max() == 255 and abs(int(d.frame(0).max()) - 64) <= 1 and d.frame(2).max() <= 3

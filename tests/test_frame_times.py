@@ -115,3 +115,17 @@ def test_a_cine_is_timed_by_the_tag_its_frame_increment_pointer_names_and_never_
         pytest.approx([0.0, 0.01, 0.03, 0.04])
     assert cine("neg.dcm", FrameTime=None, FrameTimeVector=[0, 20, -5, 25]) == [None] * 4
     assert cine("short.dcm", FrameTime=None, FrameTimeVector=[0, 40]) == [None] * 4
+
+
+def test_a_stream_of_a_complete_file_with_damage_ends_at_its_end_with_the_damage_as_its_error(clf, tmp_path):
+    """A complete file with one damaged packet was "ended early" in a stream (regression round)."""
+    from tests.test_video_tracks import _mjpeg_mkv
+
+    pts = [40 * i for i in range(12)]
+    path = tmp_path / "v.mkv"
+    pos, size = _mjpeg_mkv(path, pts)[4]
+    data = bytearray(path.read_bytes())
+    data[pos + 40:pos + size - 40] = bytes(size - 80)
+    path.write_bytes(bytes(data))
+    summary = StreamRunner(FramePipeline(clf, [], stream=True), open_source(str(path)), realtime=False).run()
+    assert summary.ended_by == "end of source" and "1 damaged packet" in summary.error, summary

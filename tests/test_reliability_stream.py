@@ -493,5 +493,5 @@ def test_a_summary_on_a_full_disk_is_one_line(runtime_model, runtime_video, smal
                            "--threads", "1"], capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert "cannot write" in last and "No space left" in last, last
+    assert "cannot write the summary" in last and "No space left" in last and "sum.json" in last, last
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) > 5

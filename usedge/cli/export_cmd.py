@@ -80,7 +80,13 @@ def export(
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("exporting", total=None)
-        report = run_export(checkpoint, out, opts, progress=lambda msg: bar.update(task, description=msg))
+        try:
+            report = run_export(checkpoint, out, opts, progress=lambda msg: bar.update(task, description=msg))
+        except OSError as exc:     # a full disk mid-export: the files of an earlier export stay (atomic writes)
+            from usedge.errors import OutputError
+
+            raise OutputError(f"cannot write the export ({exc.strerror or exc})", path=exc.filename or out,
+                              hint="free disk space or choose another --out; an earlier export there is kept") from exc
         if rtx:
             from usedge.export.rtx import write_ep_context
 

@@ -164,7 +164,11 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
         for line in summary.lines()[:1] if quiet else summary.lines():
             _err(line)
         if summary_path is not None:
-            write_json_atomic(summary_path, summary.to_dict())
+            try:
+                write_json_atomic(summary_path, summary.to_dict())
+            except OSError as exc:
+                raise OutputError(f"cannot write the summary ({exc.strerror or exc})", path=summary_path,
+                                  hint="free disk space or choose another --summary; it was printed above") from exc
         if output_error is not None:
             raise output_error
         if summary.failed_outputs:      # an output stopped mid-stream; classification went on without it
@@ -177,7 +181,8 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
         _err(f"usedge: {summary.errors} frame(s) or file(s) could not be classified (error lines in the results); "
              f"last: {runner.last_error}")
         return 1
-    return 1 if summary.ended_by in ("source failed", "ended early") else 0
+    # a file whose damaged data was passed over ends at its end, with the damage as its error: a failure too
+    return 1 if summary.ended_by in ("source failed", "ended early") or (summary.error and summary.ended_by == "end of source") else 0
 
 
 def _check_outputs(model: Path, stream: Optional[str], **outputs) -> None:

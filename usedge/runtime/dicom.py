@@ -159,6 +159,7 @@ class DicomFile:
             self.fps = self._frame_rate()
             self._times: list[float] | None = None     # frame_time_s, from FrameTimeVector
             self._top: int | None = None               # _cine_top, found once
+            self._range: tuple[float, float] | None = None   # _value_range of a cine, found once
             self.all_regions = self._read_regions()
         except Undecodable:
             raise
@@ -384,6 +385,25 @@ class DicomFile:
             self._top = top
         return self._top
 
+    def _value_range(self, x: np.ndarray) -> tuple[float, float]:
+        """(min, max) of a frame after its Modality LUT, for a frame without a window; of every frame of a
+        cine (found once), so a dim frame stays dimmer than a bright one, as the scanner showed them."""
+        from pydicom.pixels import apply_modality_lut, pixel_array
+
+        lo, hi = float(x.min()), float(x.max())
+        if self.n_frames == 1:
+            return lo, hi
+        if self._range is None:
+            for i in range(self.n_frames):
+                try:
+                    y = np.asarray(apply_modality_lut(pixel_array(self._ds, index=i, allow_excess_frames=False), self._ds))
+                except Exception:  # noqa: BLE001 - a damaged frame: its own decode reports it
+                    continue
+                if np.isfinite(y).all():
+                    lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
+            self._range = (lo, hi)
+        return self._range
+
     def _needs_grey_lut(self, arr: np.ndarray) -> bool:
         """A monochrome frame whose stored values are not display values: signed, rescaled (Modality LUT) or,
         deeper than 8 bits, with a display window (VOI). Unsigned 8-bit data is what the scanner showed."""
@@ -417,7 +437,7 @@ class DicomFile:
                 bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
                 y = y * 255.0 / ((1 << bits) - 1)
             else:
-                lo, hi = float(x.min()), float(x.max())     # its own value range (a frame is never empty)
+                lo, hi = self._value_range(x)       # the frame's, or the whole cine's: one scale for the loop
                 y = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
         except Exception as exc:  # noqa: BLE001 - a damaged LUT, window or rescale: pydicom raises many kinds
             raise Undecodable(f"cannot apply the DICOM grey-level transform ({type(exc).__name__}: {exc})",

@@ -234,6 +234,7 @@ class VideoFileReader(FrameReader):
         self.declared = 0           # frames the container declares (0: unknown)
         self.position = 0           # frames read or skipped so far
         self.ended_early = ""
+        self.truncated = False      # ended_early says the file ended early (cut, still growing), not damage passed over
         self.damaged = 0            # packets that failed to decode and were passed over (PyAV)
         self.concealed = 0          # frames left out after damage (decoded from missing data, or marked corrupt)
         self.lost = 0               # packets the decoder gave no picture for, without an error (PyAV)
@@ -415,10 +416,13 @@ class VideoFileReader(FrameReader):
         except OSError:
             grew = False
         left_out = f", {self.concealed} frame(s) decoded from damaged data left out" if self.concealed else ""
+        self.truncated = False      # damage passed over (below) is not an early end
         if grew:
+            self.truncated = True
             self.ended_early = (f"{self.name}: the file grew while it was read (still being recorded?): "
                                 f"{self.position} frames read up to its end at that moment")
         elif self.declared and self.position + self.damaged + self.concealed + self.lost < self.declared - 1:
+            self.truncated = True
             self.ended_early = (f"{self.name}: video ended early, after {self.position} of the "
                                 f"{self.declared} frames its header declares (truncated or damaged file)")
         elif self.damaged:
@@ -430,6 +434,7 @@ class VideoFileReader(FrameReader):
         elif (not self.declared and self._seconds and self.fps and self._last_time is not None
               # a Matroska duration is the end's timestamp, not the span: a file starting at 2 s is measured so
               and self._last_time + max(self._start, 0.0) + 1.0 / self.fps < self._seconds - max(2.0 / self.fps, 0.1)):
+            self.truncated = True
             self.ended_early = (f"{self.name}: video ended early, at {self._last_time + 1.0 / self.fps:.2f} s of the "
                                 f"{self._seconds:.2f} s its header declares (truncated or damaged file)")
         return ok
@@ -841,7 +846,8 @@ class CaptureStats:
     late: int = 0          # realtime: frames the source moved past while decoding lagged (skipped, never decoded)
     reconnects: int = 0
     error: str = ""        # why the source ended early (a live source gave up, a file failed mid-way), one line
-    ended_early: str = ""  # a file that ended before the frame count its header declares, one line
+    ended_early: str = ""  # a file that ended before the frame count its header declares, one line (or damage)
+    truncated: bool = False  # ended_early says the file ended early (cut, still growing), not damage passed over
 
     @property
     def source_frames(self) -> int:
@@ -982,5 +988,6 @@ class CaptureThread(threading.Thread):
                 index += 1
         finally:
             self.stats.ended_early = getattr(self.reader, "ended_early", "")
+            self.stats.truncated = bool(self.stats.ended_early) and bool(getattr(self.reader, "truncated", True))
             self.reader.close()
             self.slot.close()

@@ -346,7 +346,7 @@ class StreamRunner:
         if ended_by == "end of source":
             if cap.error:
                 ended_by = "source failed"
-            elif cap.ended_early:
+            elif cap.ended_early and cap.truncated:     # damage passed over is the error below, not an early end
                 ended_by = "ended early"
             elif self.max_frames is not None and cap.source_frames >= self.max_frames:
                 ended_by = "max frames"
