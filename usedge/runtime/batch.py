@@ -43,7 +43,7 @@ class CropRun:
                 "--keep-doppler keeps them)" if colour else "")
         cropped = len({line["input"] for line in self.lines if "output" in line})
         part = self.failed - (self.files - cropped) if self.failed else 0     # failed files that gave crops too
-        return (f"wrote {crops} crops from {cropped} of {self.files} files to {out} ({summary})"
+        return (f"wrote {crops} crops from {cropped} of {self.files} files to {out}" + (f" ({summary})" if summary else "")
                 + (f", {self.failed} with errors" + (f" ({part} of them in part)" if part > 0 else "") if self.failed else "")
                 + f"; see {out / 'crops.jsonl'}{note}")
 

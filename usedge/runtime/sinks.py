@@ -177,8 +177,8 @@ def _output_errors(path, written: int, sink=None):
         tmp = getattr(sink, "_tmp", None)
         if sink is not None:
             sink.keep_partial = sink.broken = True
-        where = (f"the {written} complete lines are in {tmp}, and an earlier {Path(path).name} is left as it was"
-                 if tmp is not None else "the lines before are intact")
+        earlier = f", and the earlier {Path(path).name} is left as it was" if Path(path).exists() else ""
+        where = (f"the {written} complete lines are in {tmp}{earlier}" if tmp is not None else "the lines before are intact")
         raise OutputError(f"cannot write results ({exc.strerror or exc}) after {written} complete lines",
                           path=path, hint=f"free disk space or choose another output; {where}") from exc
 
@@ -577,7 +577,8 @@ class OverlayFolderSink(Sink):
         except OSError as exc:
             raise OutputError(f"cannot write an overlay ({exc.strerror or exc}) after {len(self._index)} overlays",
                               path=self.folder / f"{name}.png",
-                              hint=f"free disk space or choose another --overlay folder; {self.INDEX} lists those written"
+                              hint="free disk space or choose another --overlay folder; "
+                                   + (f"{self.INDEX} lists those written" if self._index else "no overlay was written")
                               ) from exc
         self._index.append({"overlay": f"{name}.png", "source": pred.source, "frame": pred.frame_index})
 

@@ -499,7 +499,8 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
         + f"{cfg.cv.folds} folds by {unit}; "
         f"device {device}, {dist.world_size} process(es); augmentation {cfg.data.augment}, "
         f"{cfg.optim.schedule} schedule")
-    say("classes: " + "; ".join(f"{name} {n} images / {p} patients" for name, n, p in dataset.class_counts()))
+    say("classes: " + "; ".join(f"{name} {n} images" + (f" / {p} patients" if dataset.has_patient_ids else "")
+                                for name, n, p in dataset.class_counts()))
     for note in dataset.notes + few_patient_notes(dataset, cfg.cv.folds) + inner_validation_notes(dataset, splits):
         say(f"note: {note}")
     spec = cfg.preprocess_spec()
