@@ -4,6 +4,7 @@ file object always). No deadlock, no queue, a clear one-line message, the JSONL 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -249,13 +250,12 @@ def test_a_failing_output_is_dropped_and_the_stream_goes_on(clf, tmp_path, relia
     reliability_ledger.add("stream.one_output_full", faults_injected=1, outputs_checked=40 + len(kept) + 1)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A real 8 KB tmpfs (needs root and mount); skipped where mount is not allowed."""
-    mnt = tmp_path / "small"
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, size: str):
+    """A real tmpfs of `size` at `mnt` (needs root and mount); the test is skipped where mount is not allowed."""
     mnt.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mnt)], check=True,
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True,
                        capture_output=True, timeout=20)
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"cannot mount a tmpfs here ({type(exc).__name__}); the failing-file-object test covers it")
@@ -263,6 +263,13 @@ def small_tmpfs(tmp_path):
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 8 KB tmpfs."""
+    with _tmpfs(tmp_path / "small", "8k") as mnt:
+        yield mnt
 
 
 def test_cli_stream_on_a_full_tmpfs(runtime_model, runtime_video, small_tmpfs, reliability_ledger):
@@ -412,14 +419,7 @@ def test_crop_on_a_full_disk_is_one_line_and_its_list_matches_the_folder(runtime
     """`usedge crop` onto a full disk: three chained tracebacks, new crops unlisted and the old list naming
     crops already deleted (outside audit of 2026-12-02). Now one line, and crops.jsonl lists exactly the PNGs
     in the folder."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True,
-                       capture_output=True, timeout=20)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({type(exc).__name__})")
-    try:
+    with _tmpfs(tmp_path / "small", "64k") as mnt:
         many = tmp_path / "many"
         many.mkdir()
         for i, src in enumerate(sorted(runtime_images.glob("*.png")) * 20):
@@ -436,8 +436,6 @@ def test_crop_on_a_full_disk_is_one_line_and_its_list_matches_the_folder(runtime
         listed = {json.loads(x)["output"] for x in (out / "crops.jsonl").read_text().splitlines()
                   if '"output"' in x}
         assert listed == {p.name for p in out.glob("*.png")} and listed
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
 
 
 def test_crop_stopped_by_sigterm_lists_its_crops_and_a_killed_ones_are_removed_by_the_next_run(runtime_images, tmp_path):

@@ -439,29 +439,28 @@ class VideoRecorderSink(Sink):
     def close(self) -> None:
         if self.writer is None:     # never opened (no frame came; an earlier run's partial file is not ours to
             return                  # remove), or closed after its write failed: the partial file stays
-        if self.writer is not None:
-            writer, self.writer = self.writer, None
-            if self.av is None:
-                writer.release()
-            else:
-                container, stream = writer
-                with self._errors():
-                    try:
-                        if not self.failed:
-                            for packet in stream.encode():      # flush the encoder's delayed frames
-                                container.mux(packet)
-                    finally:
-                        container.close()
-            if self.failed:         # the partial file stays where the write error said (it plays up to there)
-                return
-            if self.count:
-                if self.codec == "h264":
-                    self._faststart()
+        writer, self.writer = self.writer, None
+        if self.av is None:
+            writer.release()
+        else:
+            container, stream = writer
+            with self._errors():
                 try:
-                    os.replace(self.tmp, self.path)
-                except OSError as exc:       # e.g. a folder created at that name meanwhile: the recording stays
-                    raise OutputError(f"cannot put the recording in place ({exc.strerror})", path=self.path,
-                                      hint=f"the {self.count} frames recorded are in {self.tmp}") from exc
+                    if not self.failed:
+                        for packet in stream.encode():      # flush the encoder's delayed frames
+                            container.mux(packet)
+                finally:
+                    container.close()
+        if self.failed:         # the partial file stays where the write error said (it plays up to there)
+            return
+        if self.count:
+            if self.codec == "h264":
+                self._faststart()
+            try:
+                os.replace(self.tmp, self.path)
+            except OSError as exc:       # e.g. a folder created at that name meanwhile: the recording stays
+                raise OutputError(f"cannot put the recording in place ({exc.strerror})", path=self.path,
+                                  hint=f"the {self.count} frames recorded are in {self.tmp}") from exc
         with contextlib.suppress(OSError):
             self.tmp.unlink()
 
