@@ -22,7 +22,7 @@ from usedge.runtime.doppler import MOSTLY_COLOUR
 from usedge.runtime.formats import is_video, read_pages
 from usedge.runtime.overlay import draw_crop
 from usedge.runtime.preprocess import PreprocessSpec
-from usedge.runtime.sinks import OutputNames, _trim_torn_line, claim_output_folder, write_png
+from usedge.runtime.sinks import OutputNames, claim_output_folder, trim_torn_line, write_png
 from usedge.runtime.sources import iter_file_frames
 
 @dataclass
@@ -174,7 +174,7 @@ def crop_files(files: list[Path], spec: PreprocessSpec, out: Path, *, presets: P
         try:
             write_text_atomic(listing, "".join(json.dumps(line) + "\n" for line in run.lines))
         except OSError as exc:          # the appended list stays (cut at its last complete line)
-            _trim_torn_line(listing)
+            trim_torn_line(listing)
             if sys.exc_info()[0] is None:
                 raise OutputError(f"cannot rewrite crops.jsonl ({exc.strerror or exc})", path=listing,
                                   hint="free disk space; it lists the crops written, line by line") from exc

@@ -26,7 +26,7 @@ from usedge.errors import InputError, NoSuchFrame, Undecodable, UnsupportedInput
 from usedge.fileio import read_head
 from usedge.runtime.formats import (DICOM_SUFFIXES, MAX_PIXELS, check_jpeg_data, check_pixels,
                                     raw_dicom_dataset, read_bytes, sniff)
-from usedge.runtime.pixels import OUTLIERS, standard_depth
+from usedge.runtime.pixels import label_free_top, standard_depth
 
 # transfer syntax UID -> (name, packages that decode it with pydicom 3)
 _DECODERS = {
@@ -371,33 +371,37 @@ class DicomFile:
         BitsAllocated > 8), so that one depth scales the whole loop (a dark frame stays darker than a
         bright one, as the scanner showed them); None for a still, or a header that names the depth.
         Found once, decoding each frame (frames that cannot be decoded are left out)."""
-        from pydicom.pixels import pixel_array
-
         if self.n_frames == 1 or arr.dtype.kind != "u" or arr.dtype.itemsize == 1 or self.bits_stored < self.bits_allocated:
             return None
         if self._top is None:
-            top = depth_top(arr, self.bits_stored)
-            for i in range(self.n_frames):
-                try:
-                    top = max(top, depth_top(pixel_array(self._ds, index=i, allow_excess_frames=False), self.bits_stored))
-                except Exception:  # noqa: BLE001 - a damaged frame: its own decode reports it
-                    continue
-            self._top = top
+            self._top = max([depth_top(arr, self.bits_stored)]
+                            + [depth_top(raw, self.bits_stored) for raw in self._raw_frames()])
         return self._top
+
+    def _raw_frames(self) -> Iterator[np.ndarray]:
+        """Every frame's stored values as pydicom decodes them (no LUT, no scaling), frames that cannot be
+        decoded left out (their own decode reports them): what a cine-wide scale is found from, once."""
+        from pydicom.pixels import pixel_array
+
+        for i in range(self.n_frames):
+            try:
+                yield pixel_array(self._ds, index=i, allow_excess_frames=False)
+            except Exception:  # noqa: BLE001 - a damaged frame: its own decode reports it
+                continue
 
     def _value_range(self, x: np.ndarray) -> tuple[float, float]:
         """(min, max) of a frame after its Modality LUT, for a frame without a window; of every frame of a
         cine (found once), so a dim frame stays dimmer than a bright one, as the scanner showed them."""
-        from pydicom.pixels import apply_modality_lut, pixel_array
+        from pydicom.pixels import apply_modality_lut
 
         lo, hi = float(x.min()), float(x.max())
         if self.n_frames == 1:
             return lo, hi
         if self._range is None:
-            for i in range(self.n_frames):
+            for raw in self._raw_frames():
                 try:
-                    y = np.asarray(apply_modality_lut(pixel_array(self._ds, index=i, allow_excess_frames=False), self._ds))
-                except Exception:  # noqa: BLE001 - a damaged frame: its own decode reports it
+                    y = np.asarray(apply_modality_lut(raw, self._ds))
+                except Exception:  # noqa: BLE001 - a damaged LUT: this frame's own transform reports it
                     continue
                 if np.isfinite(y).all():
                     lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
@@ -529,26 +533,18 @@ def _timed_by_vector(ds) -> bool:
     there and FrameTime is neither named nor present."""
     if "FrameTimeVector" not in ds:
         return False
+    fip = ds.get("FrameIncrementPointer")      # one tag (an int), or several (pydicom's MultiValue)
     try:
-        fip = ds.get("FrameIncrementPointer")
-        pointers = [] if fip is None else [int(t) for t in (fip if isinstance(fip, (list, tuple)) or type(fip).__name__ ==
-                                                            "MultiValue" else [fip])]
+        pointers = [] if fip is None else [int(fip)] if isinstance(fip, int) else [int(t) for t in fip]
     except (TypeError, ValueError):
         pointers = []
     return FRAME_TIME_VECTOR in pointers or (FRAME_TIME not in pointers and not ds.get("FrameTime"))
 
 
 def depth_top(arr: np.ndarray, bits_stored: int) -> int:
-    """The largest value of a frame that counts for its bit depth: its maximum, leaving out pixels at a full
-    white (65535, 2**32 - 1 or 2**BitsStored - 1: a label or marker burned in at full scale) when they are at
-    most OUTLIERS of the frame, as `pixels.as_uint8` does for images (a 12-bit scan with a white label is not
-    read as 16-bit and darkened 16x)."""
-    top = int(arr.max(initial=0))
-    if top > 255 and top in {(1 << 16) - 1, (1 << 32) - 1, (1 << bits_stored) - 1}:
-        n = int(np.count_nonzero(arr == top))
-        if 0 < n <= OUTLIERS * arr.size and n < arr.size:
-            top = int(arr[arr < top].max())
-    return top
+    """The largest value of a frame that counts for its bit depth (`pixels.label_free_top`): a full white of
+    65535, 2**32 - 1 or 2**BitsStored - 1 (a label burned in at full scale) is left out, as for images."""
+    return label_free_top(arr, {(1 << 16) - 1, (1 << 32) - 1, (1 << bits_stored) - 1})
 
 
 def pixel_depth(arr: np.ndarray, bits_stored: int, bits_allocated: int, top: int | None = None) -> int:

@@ -38,15 +38,23 @@ def _alpha_over_black(frame: np.ndarray) -> np.ndarray:
     return out[:, :, 0] if out.shape[2] == 1 else out
 
 
-def _depth(frame: np.ndarray, top: int) -> int:
-    """The bit depth to scale an integer frame by: the smallest standard one (8, 10, 12, 14, 16) holding its
-    maximum `top`, leaving out pixels at the container's full white (65535 for uint16: a label or marker
-    burned in at full scale) when they are at most OUTLIERS of the frame, so a 12-bit scan with a white
-    label is not read as 16-bit and darkened 16x. Other bright pixels always count (a dark 12-bit scan
-    with a few saturated reflectors at 4095 is still 12-bit)."""
-    full = int(np.iinfo(frame.dtype).max)
-    if top == full and 0 < (n := np.count_nonzero(frame == full)) <= OUTLIERS * frame.size and n < frame.size:
-        top = int(frame[frame < full].max())
+def label_free_top(frame: np.ndarray, full_whites) -> int:
+    """The largest value of an integer frame that counts for its bit depth: its maximum, leaving out pixels
+    at a full white (one of `full_whites`, above 255: a label or marker burned in at full scale) when they
+    are at most OUTLIERS of the frame, so a 12-bit scan with a white label is not read as 16-bit and
+    darkened 16x. Other bright pixels always count (a dark 12-bit scan with a few saturated reflectors at
+    4095 is still 12-bit)."""
+    top = int(frame.max(initial=0))
+    if top > 255 and top in full_whites and 0 < (n := np.count_nonzero(frame == top)) <= OUTLIERS * frame.size \
+            and n < frame.size:
+        top = int(frame[frame < top].max())
+    return top
+
+
+def _depth(frame: np.ndarray) -> int:
+    """The bit depth to scale an integer frame by: the smallest standard one (8, 10, 12, 14, 16) holding
+    `label_free_top` (the container's full white, 65535 for uint16, as the label's value)."""
+    top = label_free_top(frame, {int(np.iinfo(frame.dtype).max)})
     return standard_depth(max(top, 1)) or top.bit_length()
 
 
@@ -115,7 +123,7 @@ def as_uint8(frame: np.ndarray) -> np.ndarray:
             return np.clip(frame, 0, 255).astype(np.uint8)
         # a standard depth, so that frames of one source whose maxima differ a little get the same scale;
         # an integer shift: 12-bit >> 4, 16-bit >> 8; a full-white label above it clipped to 255
-        bits = max(8, _depth(frame, top))
+        bits = max(8, _depth(frame))
         return np.minimum(np.clip(frame, 0, None) >> (bits - 8), 255).astype(np.uint8)
     raise InputError(f"frame of dtype {frame.dtype} is not an image", hint="pass uint8, uint16 or float pixels")
 

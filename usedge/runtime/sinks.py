@@ -125,7 +125,7 @@ def _open_text(path: str | Path, atomic: bool = False):
     return fh, True, tmp
 
 
-def _trim_torn_line(path: Path) -> None:
+def trim_torn_line(path: Path) -> None:
     """Cut a text file after its last complete line (a write that failed half-way through a line)."""
     try:
         with open(path, "r+b") as f:
@@ -153,7 +153,7 @@ def _finish(fh, own: bool, tmp: Path | None, path, keep_partial: bool = False, b
         return
     _close_quietly(fh, own)
     if broken:
-        _trim_torn_line(tmp if tmp is not None else Path(path))
+        trim_torn_line(tmp if tmp is not None else Path(path))
     if tmp is not None and tmp.exists() and not keep_partial:
         try:
             os.replace(tmp, path)

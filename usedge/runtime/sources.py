@@ -242,13 +242,12 @@ class VideoFileReader(FrameReader):
         self.time_s: float | None = None       # the last frame's presentation time, seconds from the track's start
         self._stream = None         # PyAV's video stream being read
         self._seconds = 0.0         # the video track's own duration (0: not declared)
-        self._last_time: float | None = None   # the last frame's time, seconds from the track's start
         self._start = 0.0                      # the track's start time, seconds
         self._size = -1             # the file's size when opened (a recording still being written grows)
 
     def open(self) -> None:
         self.position, self.ended_early, self.damaged, self.concealed, self.lost = 0, "", 0, 0, 0
-        self.frame_number, self._last_time, self.time_s = None, None, None
+        self.frame_number, self.time_s = None, None
         try:
             self._size = self.path.stat().st_size
             empty = self._size == 0
@@ -367,7 +366,7 @@ class VideoFileReader(FrameReader):
                 else:
                     self.frame_number = following
                 passed = 0
-                self._last_time = self.time_s = t
+                self.time_s = t
                 yield frame
 
     def _open_opencv(self) -> None:
@@ -431,11 +430,11 @@ class VideoFileReader(FrameReader):
         elif self.lost:
             self.ended_early = (f"{self.name}: the decoder gave no picture for {self.lost} frame(s) (damaged data?), "
                                 f"left out{left_out}; the other {self.position} frames were read")
-        elif (not self.declared and self._seconds and self.fps and self._last_time is not None
+        elif (not self.declared and self._seconds and self.fps and self.time_s is not None
               # a Matroska duration is the end's timestamp, not the span: a file starting at 2 s is measured so
-              and self._last_time + max(self._start, 0.0) + 1.0 / self.fps < self._seconds - max(2.0 / self.fps, 0.1)):
+              and self.time_s + max(self._start, 0.0) + 1.0 / self.fps < self._seconds - max(2.0 / self.fps, 0.1)):
             self.truncated = True
-            self.ended_early = (f"{self.name}: video ended early, at {self._last_time + 1.0 / self.fps:.2f} s of the "
+            self.ended_early = (f"{self.name}: video ended early, at {self.time_s + 1.0 / self.fps:.2f} s of the "
                                 f"{self._seconds:.2f} s its header declares (truncated or damaged file)")
         return ok
 
@@ -558,7 +557,7 @@ class NetworkStreamReader(VideoFileReader):
         import av
 
         self.position, self.ended_early, self.damaged, self.concealed, self.lost = 0, "", 0, 0, 0
-        self.frame_number, self._last_time, self.time_s = None, None, None
+        self.frame_number, self.time_s = None, None
         try:
             container = av.open(self.url, timeout=(self.OPEN_TIMEOUT_S, self.READ_TIMEOUT_S))
         except (av.error.FFmpegError, OSError, ValueError) as exc:
