@@ -13,7 +13,6 @@ import pytest
 
 from tests.fixtures.badinput import make_dicom
 from tests.test_video_tracks import _frames, _write
-from usedge.runtime.classifier import Classifier
 from usedge.runtime.pipeline import FramePipeline, run_files
 from usedge.runtime.sinks import CsvSink, JsonlSink
 from usedge.runtime.sources import VideoFileReader, iter_file_frames, open_source
@@ -27,13 +26,6 @@ def vfr(tmp_path_factory):
     path = tmp_path_factory.mktemp("vfr") / "vfr.mkv"
     _write(path, _frames(len(PTS_MS)), pts=PTS_MS)
     return path
-
-
-@pytest.fixture(scope="module")
-def clf(runtime_model):
-    c = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
-    yield c
-    c.close()
 
 
 def test_a_video_frame_carries_its_timestamp_with_either_decoder(vfr):

@@ -10,17 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from usedge.runtime.classifier import Classifier
 from usedge.runtime.pipeline import FramePipeline, run_files
 from usedge.runtime.interrupts import _on_signal, interrupt_between_frames, whole_frame
 from usedge.runtime.sinks import JsonlSink, OverlayFolderSink, Sink
 from usedge.runtime.formats import read_image
-
-
-@pytest.fixture(scope="module")
-def clf(runtime_model):
-    with Classifier.load(runtime_model, backend="ort-cpu", threads=1) as c:
-        yield c
 
 
 def test_files_go_through_run_frame_into_every_sink(clf, runtime_images, tmp_path):

@@ -29,15 +29,6 @@ USEDGE = [sys.executable, "-m", "usedge"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-@pytest.fixture(scope="module")
-def clf(runtime_model):
-    from usedge.runtime.classifier import Classifier
-
-    c = Classifier.load(runtime_model, "ort-cpu", threads=1)
-    yield c
-    c.close()
-
-
 def frames_cycle(n: int, h: int = 120, w: int = 160) -> list[np.ndarray]:
     """n frames, each different (fresh speckle): nothing looks frozen."""
     return [scan_like(h, w, seed=i) for i in range(n)]

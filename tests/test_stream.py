@@ -13,7 +13,6 @@ import pytest
 
 from tests.fixtures.runtime import FROZEN, VIDEO_FRAMES, opencv_frames
 from usedge.errors import InputError, StreamError
-from usedge.runtime.classifier import Classifier
 from usedge.runtime.sinks import JsonlSink, ShowSink, VideoRecorderSink, display_available
 from usedge.runtime.sources import (ArrayReader, CaptureThread, Frame, LatestFrameSlot, VideoFileReader, WatchedFolderReader,
                                     open_source)
@@ -34,13 +33,6 @@ def _run_while(runner: StreamRunner, export) -> object:
     summary = runner.run()
     t.join()
     return summary
-
-
-@pytest.fixture(scope="module")
-def clf(runtime_model):
-    c = Classifier.load(runtime_model, backend="ort-cpu", threads=1)
-    yield c
-    c.close()
 
 
 def _frame(i: int) -> Frame:
