@@ -113,6 +113,19 @@ def test_data_without_masks_skips_localisation(tiny_model, tmp_path):
     assert "not measured" in (tmp_path / "out" / "explain.md").read_text()
 
 
+def test_an_empty_or_broken_mask_explains_that_image_without_a_lesion_and_goes_on(tiny_model, tmp_path):
+    """BUSI's `normal` images have all-black masks, and one broken mask file in a thousand ended the whole run."""
+    data = _make_data(tmp_path / "data", n=4)
+    cv2.imwrite(str(data / "lipoma" / "img1_mask.png"), np.zeros((90, 120), np.uint8))
+    (data / "epidermal_cyst" / "img3_mask.png").write_bytes(b"not a png")
+    summary = run_explain(tiny_model, data, tmp_path / "out", ExplainConfig(progress=False, overlays="none",
+                                                                           maps=("cam",)))
+    assert summary["data"]["n_images"] == 4 and summary["data"]["n_with_lesion"] == 2
+    note = next(n for n in summary["notes"] if "without a lesion" in n)
+    assert note.startswith("2 image(s) explained without a lesion, as their mask or box could not be used (first: ")
+    assert "img1_mask.png: lesion mask is empty" in note
+
+
 def test_mask_follows_the_image_crop():
     mask = np.zeros((100, 200), bool)
     mask[40:60, 120:160] = True                      # lesion in frame pixels

@@ -17,6 +17,7 @@ class folders the manifest leaves out); `usedge train` prints them.
 from __future__ import annotations
 
 import csv
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -120,11 +121,67 @@ def _same_but_case(names) -> tuple[str, str] | None:
     return None
 
 
+# folders an unzip or a Windows drive leaves beside the class folders: never a class of images
+# ("masks" holds lesion masks beside the class folders, as `usedge synth cohort` writes them)
+NOT_CLASSES = frozenset({"masks", "__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
+# folder names of a data set shipped in splits (train/<class>, test/<class>): never classes
+SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev", "holdout"})
+# a lesion mask saved beside its image, as public data sets do: BUSI `benign (1)_mask.png`, `..._mask_1.png`;
+# the ultrasound nerve set `1_1_mask.tif`; others `_seg`, `-gt`, `_label`, `_annotation`
+MASK_NAME = re.compile(r"(?P<stem>.+?)[ _-](?:mask|seg|segmentation|gt|label|annotation)(?:[ _-]?\d+)?", re.IGNORECASE)
+
+
 def _subfolders(root: Path) -> list[Path]:
     try:
         return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     except OSError:
         return []
+
+
+def split_masks(files: list[Path]) -> tuple[list[Path], dict[Path, list[Path]]]:
+    """Images and the masks beside them: a file named `<stem>_mask.<ext>` (MASK_NAME) next to an image
+    `<stem>.<any ext>` in the same folder is that image's lesion mask, not an image. Returns (images,
+    {image: its masks, sorted}). A mask-like name without its image stays an image."""
+    stems: dict[tuple[Path, str], Path] = {}
+    for f in files:
+        stems.setdefault((f.parent, f.stem), f)
+    masks: dict[Path, list[Path]] = {}
+    for f in files:
+        m = MASK_NAME.fullmatch(f.stem)
+        image = stems.get((f.parent, m["stem"])) if m else None
+        if image is not None and image != f:
+            masks.setdefault(image, []).append(f)
+    taken = {x for group in masks.values() for x in group}
+    return [f for f in files if f not in taken], {k: sorted(v) for k, v in masks.items()}
+
+
+def _mask_note(root: Path, masks: dict[Path, list[Path]]) -> list[str]:
+    if not masks:
+        return []
+    n = sum(len(v) for v in masks.values())
+    image, first = next(iter(masks.items()))
+    extra = sum(len(v) - 1 for v in masks.values())
+    more = f"; {extra} image(s) have more than one, and only the first is used (by explain)" if extra else ""
+    return [f"{n} file(s) named like their image plus _mask (e.g. {first[0].relative_to(root).as_posix()} beside "
+            f"{image.name}) are read as lesion masks, not trained as images{more}"]
+
+
+def _splits_error(root: Path, folders: list[Path]) -> DataError | None:
+    """A data set shipped in splits (train/<class>, test/<class>) or one folder too high (DATA/set/<class>):
+    its top folders are not classes."""
+    nested = {p.name: sorted(q.name for q in _subfolders(p) if _holds_images(q)) for p in folders}
+    splits = [n for n in nested if n.casefold() in SPLIT_NAMES and nested[n]]
+    if splits:
+        inner = sorted({c for n in splits for c in nested[n]})
+        return DataError(f"{', '.join(splits)} look like the splits of a data set (holding the class folders "
+                         f"{', '.join(inner[:6])}), not classes", path=root,
+                         hint="put each class's images from every split into one folder per class "
+                              "(usedge makes its own folds by patient), or pass one split's folder")
+    if len(folders) == 1 and nested[folders[0].name] and not _holds_images(folders[0]):
+        return DataError(f"the only folder, {folders[0].name}, holds the class folders "
+                         f"({', '.join(nested[folders[0].name][:6])})", path=root,
+                         hint=f"pass {root / folders[0].name} as the data set")
+    return None
 
 
 def _holds_images(folder: Path) -> bool:
@@ -203,7 +260,7 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
     listed = {q[0] for q in parts if q}
     within = all(len(q) > 1 and q[0] not in ("/", "..") for q in parts)     # every image in a subfolder of root
     left_out = sorted(p.name for p in _subfolders(root)
-                      if within and p.name not in listed and p.name != "masks" and _holds_images(p))
+                      if within and p.name not in listed and p.name not in NOT_CLASSES and _holds_images(p))
     if left_out:
         notes.append(f"{manifest.name} lists no image in the folder(s) {', '.join(left_out)}: not part of this data set")
     in_manifest = {x.resolve() for s in samples for x in (s.path, s.mask_path) if x}
@@ -217,10 +274,11 @@ def _unlisted_images(root: Path, folders: set[str], listed: set[Path]) -> list[s
     """Image files under the manifest's folders (not masks/) that it does not list, relative to root: new
     scans copied into the class folders and not added to the manifest would silently stay out."""
     out = []
-    for name in sorted(folders - {"masks"}):
+    for name in sorted(folders - NOT_CLASSES):
         if (root / name).is_dir():
             files, _ = expand_inputs([root / name], IMAGE_SUFFIXES)
-            out += [f.relative_to(root).as_posix() for f in files if f.resolve() not in listed]
+            images, _ = split_masks(files)      # a BUSI-style mask beside its image is not a new scan
+            out += [f.relative_to(root).as_posix() for f in images if f.resolve() not in listed]
     return out
 
 
@@ -232,28 +290,34 @@ def _is_output_folder(folder: Path) -> bool:
 def scan_image_folder(root: Path) -> Dataset:
     from usedge.runtime.formats import file_identity
 
-    # "masks" holds lesion masks beside the class folders (usedge synth cohort), never a class; nor does a
-    # folder holding usedge runs (train DATA --out DATA/runs/r1), at any depth
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "masks"
-                     and not _is_output_folder(p) and not any(_is_output_folder(q) for q in _subfolders(p)))
+    # NOT_CLASSES (masks/, an unzip's __MACOSX/) are never classes; nor is a folder holding usedge runs
+    # (train DATA --out DATA/runs/r1), at any depth
+    folders = sorted((p for p in _subfolders(root) if p.name not in NOT_CLASSES and not _is_output_folder(p)
+                      and not any(_is_output_folder(q) for q in _subfolders(p))), key=lambda p: p.name)
+    if err := _splits_error(root, folders):
+        raise err
+    classes = [p.name for p in folders]
     if pair := _same_but_case(classes):
         raise DataError(f"class folders '{pair[0]}' and '{pair[1]}' differ only in case, spaces or Unicode form",
                         path=root,
                         hint="put each class's images in one folder (two spellings would train two classes)")
-    samples, named = [], []
+    samples, named, all_masks = [], [], {}
     for i, name in enumerate(classes):
         files, notes = expand_inputs([root / name], IMAGE_SUFFIXES)     # hidden files (a Mac's ._name.png) left out
         if notes:
             raise DataError(str(notes[0]), hint="make every image of the data set a readable file in a real folder")
+        files, masks = split_masks(files)
+        all_masks |= masks
         named += files
-        samples += [Sample(path=f, label=i, patient_id=str(f.relative_to(root))) for f in files]
+        samples += [Sample(path=f, label=i, patient_id=str(f.relative_to(root)), mask_path=masks.get(f, [None])[0])
+                    for f in files]
     seen: dict = {}
     for f in named:     # a link to another image: the same pixels could land in a training and a test fold
         if (other := seen.setdefault(file_identity(f), f)) != f:
             raise DataError(f"{other.relative_to(root)} and {f.relative_to(root)} are one image file (a link)", path=root,
                             hint="keep each image once in the data set (remove the link)")
-    return Dataset(root=root, class_names=classes, samples=samples,
-                   notes=[f"{root.name} has no {MANIFEST_NAME}: {ONE_PATIENT_PER_IMAGE}"] if samples else [])
+    notes = [f"{root.name} has no {MANIFEST_NAME}: {ONE_PATIENT_PER_IMAGE}"] if samples else []
+    return Dataset(root=root, class_names=classes, samples=samples, notes=notes + _mask_note(root, all_masks))
 
 
 def load_dataset(source: str | Path, class_names: list[str] | None = None) -> Dataset:
@@ -274,6 +338,9 @@ def load_dataset(source: str | Path, class_names: list[str] | None = None) -> Da
     if empty:
         raise DataError(f"no images for class(es) {', '.join(empty)}", path=source,
                         hint="every class needs images")
+    if class_names is None and len(ds.class_names) < 2:
+        raise DataError(f"one class ({ds.class_names[0]}): a classifier needs images of at least two", path=source,
+                        hint="add a folder (or manifest label) per class")
     return ds
 
 

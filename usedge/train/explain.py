@@ -339,6 +339,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
         compute_maps(model, warm, maps_wanted, None, config.weighting)
         grids = map_grids(model, warm, maps_wanted)
     notes, flat_maps = grid_notes(grids, spec.size)
+    mask_errors: list[str] = []
     with Progress(transient=True, disable=not config.progress) as bar:
         task = bar.add_task(f"explaining {len(samples)} images", total=len(samples))
         for sample in samples:
@@ -348,7 +349,11 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
             maps, probs, cls, ms = compute_maps(model, x, maps_wanted, target, config.weighting)
             for k, v in ms.items():
                 timings.setdefault(k, []).append(v)
-            lesion, lesion_source = read_lesion_mask(sample, info.frame_shape)
+            try:
+                lesion, lesion_source = read_lesion_mask(sample, info.frame_shape)
+            except DataError as exc:    # one bad mask (or an empty one: BUSI's normal images) ends nothing
+                lesion, lesion_source = None, ""
+                mask_errors.append(str(exc))
             mask = crop_mask(lesion, info, spec.size, spec.resize) > 0 if lesion is not None else None
             rel = _relative(sample.path, ds.root)
             row = {"image": rel, "label": class_names[sample.label], "pred": class_names[int(probs.argmax())],
@@ -377,6 +382,9 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
             if strips:
                 write_png(out / "sheets" / f"{name}.png", np.concatenate(strips, axis=0))
 
+    if mask_errors:
+        notes.append(f"{len(mask_errors)} image(s) explained without a lesion, as their mask or box could not be used "
+                     f"(first: {mask_errors[0]})")
     localisation = {}
     if len(kept_masks) >= 2:
         for m in (m for m in maps_wanted if m not in flat_maps):
