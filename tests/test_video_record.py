@@ -232,3 +232,24 @@ def test_a_recording_that_gets_no_frame_leaves_an_earlier_runs_partial_file(tmp_
     dead.write_bytes(b"frames a killed run recorded")
     VideoRecorderSink(tmp_path / "rec.mp4").close()
     assert dead.read_bytes() == b"frames a killed run recorded"
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_a_second_recording_into_the_same_file_is_refused_while_the_first_records(tmp_path, suffix):
+    """Two runs with one --record name: the second took the first's live partial file for a dead run's, moved it
+    to .unfinished, and at the end each renamed the other's frames into place (limit of the third audit)."""
+    path = tmp_path / f"rec{suffix}"
+    first = VideoRecorderSink(path, fps=10)
+    first.write(None, np.full((96, 128, 3), 50, np.uint8))
+    with pytest.raises(OutputError, match=rf"another usedge run is writing this recording now \(into "
+                                          rf"\.rec\.partial{suffix}\)"):
+        VideoRecorderSink(path, fps=10)
+    late = VideoRecorderSink(tmp_path / "other.mp4")       # a name no one records to: set up fine
+    late.tmp = first.tmp                                    # as if it had started before the first wrote a frame
+    with pytest.raises(OutputError, match="another usedge run is writing this recording now"):
+        late.write(None, np.zeros((96, 128, 3), np.uint8))
+    for i in range(1, 5):
+        first.write(None, np.full((96, 128, 3), 50 + 10 * i, np.uint8))
+    first.close()
+    assert _frames_of(path) == 5 and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    VideoRecorderSink(path, fps=10).close()                # the lock went with the first run

@@ -85,12 +85,12 @@ def _lock(fh) -> bool:
         return exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES)
 
 
-def _refuse_if_in_use(tmp: Path, path: Path) -> None:
-    """OutputError when another live run holds `tmp` (its results file being written)."""
+def _refuse_if_in_use(tmp: Path, path: Path, what: str = "results file") -> None:
+    """OutputError when another live run holds `tmp` (its results file or recording being written)."""
     try:
         with open(tmp, "rb") as other:
             if not _lock(other):
-                raise OutputError(f"another usedge run is writing this results file now (into {tmp.name})", path=path,
+                raise OutputError(f"another usedge run is writing this {what} now (into {tmp.name})", path=path,
                                   hint="wait until it ends, or write to another file")
     except OSError:
         return          # gone meanwhile, or unreadable: the open for writing says why
@@ -363,6 +363,9 @@ class VideoRecorderSink(Sink):
         self.size = None          # (w, h) of the first frame, even
         self.count = 0
         self.failed = False       # a write failed: the partial file is left where the error says
+        self._hold = None         # the partial file, open and locked while we write it: a second run is refused
+        if self.tmp.exists():
+            _refuse_if_in_use(self.tmp, self.path, "recording")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -375,11 +378,15 @@ class VideoRecorderSink(Sink):
         rate = self._fps() if callable(self._fps) else self._fps
         self.fps = float(rate) if rate and math.isfinite(rate) and rate > 0 else 30.0
         self.size = (w + w % 2, h + h % 2)
+        if self.tmp.exists():       # a run started since ours was set up
+            _refuse_if_in_use(self.tmp, self.path, "recording")
         self._keep_unfinished()
+        self._hold_partial()
         if self.av is None:
             fourcc = cv2.VideoWriter_fourcc(*self.codec)
             self.writer = cv2.VideoWriter(str(self.tmp), fourcc, self.fps, self.size)
             if not self.writer.isOpened():
+                self._drop_partial()
                 raise OutputError("OpenCV cannot write this video", path=self.path, hint="use a .mp4 or .avi name")
             return
         from fractions import Fraction
@@ -390,6 +397,7 @@ class VideoRecorderSink(Sink):
         try:
             container = self.av.open(str(self.tmp), mode="w", format="mp4" if mp4 else "avi", options=options)
         except (OSError, self.av.FFmpegError) as exc:
+            self._drop_partial()
             raise OutputError(f"cannot write the video ({exc})", path=self.path,
                               hint="choose a writable folder") from exc
         stream = container.add_stream("libx264" if mp4 else "mjpeg", rate=Fraction(self.fps).limit_denominator(1001))
@@ -400,6 +408,26 @@ class VideoRecorderSink(Sink):
         else:       # JPEG quality about OpenCV's MJPG default (95)
             stream.pix_fmt, stream.options = "yuvj420p", {"qmin": "1", "qmax": "3"}
         self.writer = (container, stream)
+
+    def _hold_partial(self) -> None:
+        """Create the partial file and lock it while this run writes it (the encoder opens it again, the
+        same file, and writes it from its start)."""
+        with contextlib.suppress(OSError):
+            self._hold = open(self.tmp, "ab")
+            _lock(self._hold)
+
+    def _drop_partial(self) -> None:
+        """The writer could not open: remove the empty partial file this run created (no frame in it)."""
+        self._release()
+        with contextlib.suppress(OSError):
+            if self.tmp.stat().st_size == 0:
+                self.tmp.unlink()
+
+    def _release(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            with contextlib.suppress(OSError):
+                hold.close()
 
     @contextlib.contextmanager
     def _errors(self):
@@ -437,6 +465,12 @@ class VideoRecorderSink(Sink):
         self.count += 1
 
     def close(self) -> None:
+        try:
+            self._close()
+        finally:
+            self._release()
+
+    def _close(self) -> None:
         if self.writer is None:     # never opened (no frame came; an earlier run's partial file is not ours to
             return                  # remove), or closed after its write failed: the partial file stays
         writer, self.writer = self.writer, None
