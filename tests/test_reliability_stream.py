@@ -380,6 +380,36 @@ def test_a_second_run_into_the_same_results_file_is_refused_while_the_first_writ
     batch.close()
 
 
+def test_a_stream_keeps_an_earlier_runs_results_file_instead_of_emptying_it(runtime_model, runtime_video, tmp_path):
+    """A stream writes its --jsonl/--out in place from its start: yesterday's session's file at that name was
+    emptied the moment the next stream began (limit of the third audit). It is kept as <stem>.earlier[N]<suffix>."""
+    from usedge.runtime.sinks import CsvSink, JsonlSink
+
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"yesterday": 1}\n')
+    with JsonlSink(out, earlier=True) as sink:
+        sink.write_record({"today": 1})
+    assert (tmp_path / "r.earlier.jsonl").read_text() == '{"yesterday": 1}\n' and out.read_text() == '{"today":1}\n'
+    CsvSink(out, ["a", "b"], earlier=True).close()          # and again: the one kept before stays too
+    assert (tmp_path / "r.earlier2.jsonl").read_text() == '{"today":1}\n'
+    empty = tmp_path / "e.jsonl"
+    empty.touch()
+    JsonlSink(empty, earlier=True).close()                  # nothing to keep in an empty file
+    assert not (tmp_path / "e.earlier.jsonl").exists()
+    jsonl, csv_out = tmp_path / "live.jsonl", tmp_path / "live.csv"
+    for path in (jsonl, csv_out):
+        path.write_text("earlier session\n")
+    proc = subprocess.run([*USEDGE, "infer", str(runtime_model), "--stream", str(runtime_video), "--jsonl", str(jsonl),
+                           "--out", str(csv_out), "--format", "csv", "--max-frames", "3", "-q"],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for path in (jsonl, csv_out):
+        kept = path.with_name(f"live.earlier{path.suffix}")
+        assert kept.read_text() == "earlier session\n"
+        assert f"usedge: kept the earlier {path.name} as {kept.name}" in proc.stderr
+    assert len(jsonl.read_text().splitlines()) == 3
+
+
 def test_a_watched_folder_does_not_read_the_results_written_into_it(runtime_model, runtime_images, runtime_video, tmp_path):
     """`--stream watch:wd --jsonl wd/live.jsonl`: each error line changed live.jsonl, so it was read again as
     "not a supported image type", forever (432 lines in 11 minutes; --idle-timeout never fired: outside audit

@@ -130,9 +130,9 @@ def _infer_stream(clf, source: str, *, realtime: bool, fps: Optional[float], smo
     with finishing(signal.SIGINT, signal.SIGTERM) as finish, contextlib.ExitStack() as stack:
         sinks = []
         if jsonl:
-            sinks.append(stack.enter_context(JsonlSink(jsonl)))
+            sinks.append(stack.enter_context(JsonlSink(jsonl, earlier=True)))
         if out:
-            sinks.append(stack.enter_context(results_sink(out, fmt, clf.class_names)))
+            sinks.append(stack.enter_context(results_sink(out, fmt, clf.class_names, earlier=True)))
         if record is not None:
             # the source's rate as the capture thread knows it once the source is open (a video: its container's)
             sinks.append(stack.enter_context(VideoRecorderSink(record, fps=lambda: runner.capture.fps)))

@@ -53,15 +53,36 @@ class Sink:
         self.close()
 
 
+def _free_name(path: Path, tag: str) -> Path:
+    """`<stem>.<tag><suffix>`, or `<stem>.<tag>N<suffix>` with the first N from 2 that no file has."""
+    for k in itertools.count(1):
+        keep = path.with_name(f"{path.stem}.{tag}{'' if k == 1 else k}{path.suffix}")
+        if not keep.exists():
+            return keep
+    raise AssertionError("unreachable")
+
+
+def keep_earlier(path: Path, what: str = "results") -> None:
+    """A stream writes its file from the start: an earlier run's file at `path` (yesterday's session) is
+    kept beside it as `<stem>.earlier[N]<suffix>`, never overwritten, and one line says so."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        keep = _free_name(path, "earlier")
+        os.replace(path, keep)
+    except OSError as exc:
+        raise OutputError(f"cannot keep the earlier {what} before this stream writes its own ({exc.strerror})",
+                          path=path, hint="move it away, or write to another file") from exc
+    print(f"usedge: kept the earlier {path.name} as {keep.name} (this stream writes its {what} from the start)",
+          file=sys.stderr, flush=True)
+
+
 def keep_unfinished(tmp: Path, path: Path, what: str, note: str) -> None:
     """A partial file at our temporary name `tmp` was left by a run that died: keep it beside `path` as
     `<stem>.unfinished[N]<suffix>` (never overwritten by the new run) and say so in one line."""
     if not tmp.exists():
         return
-    for k in itertools.count(1):
-        keep = path.with_name(f"{path.stem}.unfinished{'' if k == 1 else k}{path.suffix}")
-        if not keep.exists():
-            break
+    keep = _free_name(path, "unfinished")
     try:
         os.replace(tmp, keep)
     except OSError as exc:
@@ -96,11 +117,12 @@ def _refuse_if_in_use(tmp: Path, path: Path, what: str = "results file") -> None
         return          # gone meanwhile, or unreadable: the open for writing says why
 
 
-def _open_text(path: str | Path, atomic: bool = False):
+def _open_text(path: str | Path, atomic: bool = False, earlier: bool = False):
     """(file, whether we own it, the temporary file to rename to `path` at close or None). A name that
     is not valid text (a non-UTF-8 file name, kept by Python as surrogates) is written with backslash
     escapes instead of stopping the run. The temporary file is locked while it is written: a second run
-    into the same file is refused instead of taking it for a dead run's."""
+    into the same file is refused instead of taking it for a dead run's. earlier (a stream, written in
+    place): an earlier run's file at `path` is kept as `<stem>.earlier<suffix>` (keep_earlier)."""
     if str(path) == "-":
         if sys.stdout is None:
             raise OutputError("stdout is closed", path="stdout", hint="pass --out FILE for the results")
@@ -116,6 +138,8 @@ def _open_text(path: str | Path, atomic: bool = False):
     tmp = partial if atomic else None
     if tmp is not None and tmp.exists():
         keep_unfinished(tmp, path, "results file", "its lines up to where that run stopped")
+    if earlier and tmp is None:
+        keep_earlier(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(tmp or path, "w", newline="", encoding="utf-8", errors="backslashreplace")
@@ -193,9 +217,9 @@ def _close_quietly(fh, own: bool) -> None:
 class JsonlSink(Sink):
     """One JSON object per line (Prediction.to_record), flushed after each line. "-" is stdout."""
 
-    def __init__(self, path: str | Path, fsync: bool = False, atomic: bool = False) -> None:
+    def __init__(self, path: str | Path, fsync: bool = False, atomic: bool = False, earlier: bool = False) -> None:
         self.path = path
-        self.fh, self._own, self._tmp = _open_text(path, atomic)
+        self.fh, self._own, self._tmp = _open_text(path, atomic, earlier)
         self.keep_partial = False     # set for an interrupted batch: close leaves the lines in <name>.partial
         self.broken = False           # a write failed (disk full): the file ends at its last complete line
         self.fsync = fsync       # also survive power loss (slower: one disk sync per frame)
@@ -236,9 +260,9 @@ class CsvSink(Sink):
     flushed per row. A `no_image` or `error` row has empty label and probability cells and its reason;
     a stage that did not run has an empty latency cell (as JSONL leaves it out), never 0.000."""
 
-    def __init__(self, path: str | Path, class_names: list[str], atomic: bool = False) -> None:
+    def __init__(self, path: str | Path, class_names: list[str], atomic: bool = False, earlier: bool = False) -> None:
         self.path = path
-        self.fh, self._own, self._tmp = _open_text(path, atomic)
+        self.fh, self._own, self._tmp = _open_text(path, atomic, earlier)
         self.keep_partial = False     # set for an interrupted batch: close leaves the lines in <name>.partial
         self.broken = False           # a write failed (disk full): the file ends at its last complete line
         self.class_names = list(class_names)
@@ -286,12 +310,16 @@ class CsvSink(Sink):
         _finish(self.fh, self._own, self._tmp, self.path, self.keep_partial, self.broken)
 
 
-def results_sink(path: str | Path, fmt: str, class_names: list[str], atomic: bool = False) -> Sink:
+def results_sink(path: str | Path, fmt: str, class_names: list[str], atomic: bool = False,
+                 earlier: bool = False) -> Sink:
     """The results file of `usedge infer --out`: "jsonl" or "csv". atomic: written as `<name>.partial`
     and renamed at close (a batch of files: an earlier results file stays whole until the run ends; with
     `keep_partial` set, an interrupted batch, it is not renamed). A `<name>.partial` that a killed run left
-    is kept as `<stem>.unfinished<suffix>` first."""
-    return JsonlSink(path, atomic=atomic) if fmt == "jsonl" else CsvSink(path, class_names, atomic=atomic)
+    is kept as `<stem>.unfinished<suffix>` first. earlier (a stream, written in place from its start): an
+    earlier run's file at `path` is kept as `<stem>.earlier<suffix>`."""
+    if fmt == "jsonl":
+        return JsonlSink(path, atomic=atomic, earlier=earlier)
+    return CsvSink(path, class_names, atomic=atomic, earlier=earlier)
 
 
 def _pyav():

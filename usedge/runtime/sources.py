@@ -625,14 +625,15 @@ class WatchedFolderReader(FrameReader):
 
     def ignore_outputs(self, paths) -> None:
         """Never read these files (the stream's own results, recording, summary written into the folder),
-        nor their temporary names, nor an earlier run's unfinished copy the run keeps beside them
-        (`<stem>.unfinished[N]<suffix>`): each line written would change the file and have it read again."""
+        nor their temporary names, nor an earlier run's unfinished or complete copy the run keeps beside
+        them (`<stem>.unfinished[N]<suffix>`, `<stem>.earlier[N]<suffix>`): each line written would change
+        the file and have it read again."""
         for p in paths:
             if p is None or str(p) == "-":
                 continue
             p = Path(os.path.abspath(p))
             self.ignore |= {str(p), str(p.with_name(p.name + ".partial")), str(p.with_name(f".{p.stem}.partial{p.suffix}"))}
-            self._ignore_kept.add((str(p.parent), f"{p.stem}.unfinished", p.suffix))
+            self._ignore_kept |= {(str(p.parent), f"{p.stem}.{tag}", p.suffix) for tag in ("unfinished", "earlier")}
 
     def open(self) -> None:
         if not self.folder.is_dir():
