@@ -84,8 +84,10 @@ def test_help_shows_defaults():
     assert "--gate-norm" not in result.output    # old spellings are hidden
 
 
-def test_ctrl_c_says_how_to_resume(tiny_cohort, tmp_path):
-    """SIGINT while training: one line says the run was interrupted and how to continue it (it said nothing)."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_says_how_to_resume(tiny_cohort, tmp_path, sig):
+    """SIGINT while training: one line says the run was interrupted and how to continue it (it said nothing).
+    SIGTERM (a scheduler's stop, `kill`) the same: it exited 143 without a line (third audit's limit)."""
     import os
     import signal
     import subprocess
@@ -102,10 +104,20 @@ def test_ctrl_c_says_how_to_resume(tiny_cohort, tmp_path):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.2)
     time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "training interrupted" in err and "--resume" in err and "Traceback" not in err
+
+
+def test_out_naming_a_file_says_so(tiny_cohort, tmp_path):
+    """It blamed "File exists" on afile/run.json (third audit's limit); export did the same."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for args in (["train", str(tiny_cohort)], ["export", str(tmp_path / "model.pt")]):
+        result = CliRunner().invoke(app, [*args, "--out", str(afile)])
+        assert result.exit_code != 0 and "--out is a file, not a folder" in str(result.exception), result.output
+    assert afile.read_text() == "mine"
 
 
 def test_negative_threads_is_a_config_error(tiny_cohort, tmp_path):

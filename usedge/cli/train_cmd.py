@@ -9,6 +9,7 @@ A few common flags; every other config key through the repeatable `--set section
 
 from __future__ import annotations
 
+import signal
 import tomllib
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,7 @@ import typer
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quiet_option
 from usedge.cli.terminal import line_printer, rich_console
-from usedge.errors import ConfigError
+from usedge.errors import ConfigError, OutputError
 # --help shows the shipped defaults.toml (== TrainConfig's defaults, tested), read as a file so that
 # importing the CLI (serve, infer) never imports the training package.
 _D = tomllib.loads((Path(__file__).parent.parent / "train" / "defaults.toml").read_text())
@@ -97,6 +98,7 @@ def train(
     """Cross-validate a classifier by patient and write the metrics report (usedge defaults, or --config paper)."""
 
     from usedge.dataset import load_dataset
+    from usedge.runtime.interrupts import interrupt_between_frames
     from usedge.train.config import load_config
     from usedge.train.report import summary_line
     from usedge.train.trainer import cross_validate
@@ -119,10 +121,14 @@ def train(
     if policy and "data.augment" not in overrides and load_config(config, without_policy).data.augment not in ("expand", "random"):
         overrides["data.augment"] = "expand"
     cfg = load_config(config, overrides)
+    if out.exists() and not out.is_dir():
+        raise OutputError("--out is a file, not a folder", path=out, hint="pass --out a folder for the run")
     dataset = load_dataset(data)
     console = rich_console(stderr=True)
     try:
-        summary = cross_validate(dataset, cfg, out, resume=resume, progress=not quiet, log=line_printer(console))
+        # SIGTERM (a scheduler's stop, `kill`, torchrun stopping its workers) ends it as Ctrl-C does: one line
+        with interrupt_between_frames(signal.SIGINT, signal.SIGTERM):
+            summary = cross_validate(dataset, cfg, out, resume=resume, progress=not quiet, log=line_printer(console))
     except KeyboardInterrupt:
         console.print(f"usedge: training interrupted; each fold's last finished epoch is saved in {out}: run the "
                       "same command with --resume to continue from there", markup=False)

@@ -312,6 +312,8 @@ def check_writable(out: Path, overwrite: bool = True) -> None:
     if earlier and not overwrite:
         raise OutputError(f"output folder already holds an export ({', '.join(earlier)})", path=out,
                           hint="pass --overwrite to replace it, or another --out")
+    if out.exists() and not out.is_dir():
+        raise OutputError("--out is a file, not a folder", path=out, hint="pass --out a folder (new or earlier export)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".usedge-probe-"):
