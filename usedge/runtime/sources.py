@@ -751,7 +751,8 @@ def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_ti
 
     "0", "1": camera index; "/dev/videoN": capture device; "rtsp://", "http(s)://": network stream;
     a string with " ! ": GStreamer pipeline; "watch:DIR" or an existing folder: watched folder;
-    a .dcm: DICOM cine; a video file; an image file (one frame).
+    a named pipe (FIFO): live video another program writes into it; a .dcm: DICOM cine; a video file;
+    an image file (one frame).
     """
     spec = str(spec).strip()
     if spec.isdigit():
@@ -774,6 +775,12 @@ def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_ti
     if not path.exists():
         raise StreamError("source not found", path=redact_source(spec),
                           hint="give a camera index, /dev/videoN, a URL, a GStreamer pipeline, a file or a folder")
+    if stat.S_ISFIFO(path.stat().st_mode):
+        # a named pipe another program writes video into (`ffmpeg ... -f mpegts PIPE`): a live source, read
+        # as it comes (it was read as an empty file); its writer closing ends it like a dropped connection
+        if importlib.util.find_spec("av") is None:
+            return CaptureReader(spec, cv2.CAP_FFMPEG, name=str(path))
+        return NetworkStreamReader(spec)
     if is_dicom(path):
         return DicomCineReader(path, allow_any_modality=allow_any_modality)
     if is_video(path):
