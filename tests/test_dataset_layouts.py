@@ -74,3 +74,14 @@ def test_one_class_is_refused_and_an_unzips_macosx_folder_is_not_a_class(tmp_pat
         load_dataset(tmp_path)
     _image(tmp_path / "cyst" / "b.png", 2)
     assert load_dataset(tmp_path).class_names == ["cyst", "lipoma"]
+
+
+def test_per_patient_subfolders_get_a_note_that_they_are_not_read_as_patients(tmp_path):
+    """`<class>/<patient>/<image>` (a hospital export): each image is still its own patient, so one patient's
+    images can be split between training and test; the note says how to group them."""
+    for k, (c, p) in enumerate([("cyst", "P001"), ("cyst", "P001"), ("lipoma", "P002"), ("lipoma", "P003")]):
+        _image(tmp_path / c / p / f"{k}.png", k)
+    ds = load_dataset(tmp_path)
+    assert len({s.patient_id for s in ds.samples}) == 4
+    note = next(n for n in ds.notes if "subfolders of their class folder" in n)
+    assert note.startswith("4 image(s) lie in subfolders of their class folder (e.g. cyst/P001/0.png): if a subfolder")

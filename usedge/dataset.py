@@ -317,6 +317,11 @@ def scan_image_folder(root: Path) -> Dataset:
             raise DataError(f"{other.relative_to(root)} and {f.relative_to(root)} are one image file (a link)", path=root,
                             hint="keep each image once in the data set (remove the link)")
     notes = [f"{root.name} has no {MANIFEST_NAME}: {ONE_PATIENT_PER_IMAGE}"] if samples else []
+    nested = [s.path.relative_to(root) for s in samples if len(s.path.relative_to(root).parts) > 2]
+    if nested:      # <class>/<patient>/<image>, as many hospital exports are: the folders are not read as patients
+        notes.append(f"{len(nested)} image(s) lie in subfolders of their class folder (e.g. {nested[0].as_posix()}): "
+                     f"if a subfolder holds one patient's images, give them that patient_id in a {MANIFEST_NAME} "
+                     "(docs/synth.md); without one, each image still counts as its own patient")
     return Dataset(root=root, class_names=classes, samples=samples, notes=notes + _mask_note(root, all_masks))
 
 
