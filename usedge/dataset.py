@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from usedge.errors import DataError
-from usedge.runtime.formats import IMAGE_SUFFIXES, expand_inputs
+from usedge.runtime.formats import IMAGE_SUFFIXES, LITTER_FOLDERS, expand_inputs, other_types
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ["path", "label", "patient_id", "mask_path", "bbox"]
@@ -80,7 +80,12 @@ def _parse_bbox(text: str, where: str) -> tuple[int, int, int, int] | None:
 
 
 ONE_PATIENT_PER_IMAGE = ("each image counts as its own patient: images of one patient can land in a training and "
-                         "a test fold and overstate accuracy; add a manifest.csv with patient_id (docs/synth.md)")
+                         "a test fold and overstate accuracy")
+# columns that name a patient (or a lesion) under another name than patient_id (normalised: lower case, _ for
+# spaces and -): a manifest with one of them but no patient_id column is told which to rename
+PATIENT_LIKE = frozenset({"patient", "patients", "patient_no", "patient_number", "subject", "subject_id", "subjectid",
+                          "case", "case_id", "caseid", "lesion_id", "lesionid", "lesion", "mrn", "study_id", "studyid",
+                          "participant", "participant_id", "pid"})
 
 
 def check_no_shared_images(dataset: "Dataset") -> None:
@@ -102,6 +107,11 @@ def check_no_shared_images(dataset: "Dataset") -> None:
             except OSError:
                 continue
             first = owner.setdefault(digest, sample)
+            if first.label != sample.label:     # one patient_id would not do: a patient has one class
+                names = dataset.class_names
+                raise DataError(f"{first.path} ({names[first.label]}) and {sample.path} ({names[sample.label]}) are the "
+                                "same image under two classes", path=dataset.root,
+                                hint="keep the copy in its right class only (one of the labels is wrong)")
             if first.patient_id != sample.patient_id:
                 raise DataError(f"{first.path} (patient {first.patient_id}) and {sample.path} (patient "
                                 f"{sample.patient_id}) are the same image", path=dataset.root,
@@ -121,9 +131,14 @@ def _same_but_case(names) -> tuple[str, str] | None:
     return None
 
 
-# folders an unzip or a Windows drive leaves beside the class folders: never a class of images
-# ("masks" holds lesion masks beside the class folders, as `usedge synth cohort` writes them)
-NOT_CLASSES = frozenset({"masks", "__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
+# folders of lesion masks (casefolded): `usedge synth cohort` writes masks/ beside the class folders, public
+# sets masks/, GT/, ground_truth/ beside them or inside each class (BUSI-like <class>/images + <class>/masks)
+MASK_FOLDERS = frozenset({"masks", "mask", "gt", "groundtruth", "ground_truth", "ground truth", "annotations",
+                          "annotation", "segmentations", "segmentation", "labels"})
+# never a class of images (casefolded): mask folders, and what NAS boxes, unzips and Windows drives leave
+NOT_CLASSES = MASK_FOLDERS | LITTER_FOLDERS
+# a class's images in a subfolder beside its masks (<class>/images): not a patient's folder
+IMAGE_FOLDERS = frozenset({"images", "image", "imgs", "img", "original", "originals", "scans"})
 # folder names of a data set shipped in splits (train/<class>, test/<class>): never classes
 SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev", "holdout"})
 # a lesion mask saved beside its image, as public data sets do: BUSI `benign (1)_mask.png`, `..._mask_1.png`;
@@ -155,6 +170,26 @@ def split_masks(files: list[Path]) -> tuple[list[Path], dict[Path, list[Path]]]:
     return [f for f in files if f not in taken], {k: sorted(v) for k, v in masks.items()}
 
 
+def split_mask_folders(files: list[Path], class_root: Path) -> tuple[list[Path], dict[Path, list[Path]], list[Path]]:
+    """Images, and the files in mask folders (MASK_FOLDERS, at any depth under `class_root`): those are masks,
+    not images; a mask whose name is one image's of the class (`images/3.png`, `masks/3.png`) is its mask.
+    Returns (images, {image: its masks}, every file of the mask folders)."""
+    def in_mask_folder(f: Path) -> bool:
+        return any(part.casefold() in MASK_FOLDERS for part in f.relative_to(class_root).parts[:-1])
+
+    found = [f for f in files if in_mask_folder(f)]
+    images = [f for f in files if not in_mask_folder(f)]
+    by_stem: dict[str, list[Path]] = {}
+    for f in images:
+        by_stem.setdefault(f.stem, []).append(f)
+    masks: dict[Path, list[Path]] = {}
+    for f in found:
+        stem = m["stem"] if (m := MASK_NAME.fullmatch(f.stem)) and m["stem"] in by_stem else f.stem
+        if len(by_stem.get(stem, [])) == 1:
+            masks.setdefault(by_stem[stem][0], []).append(f)
+    return images, {k: sorted(v) for k, v in masks.items()}, found
+
+
 def _mask_note(root: Path, masks: dict[Path, list[Path]]) -> list[str]:
     if not masks:
         return []
@@ -166,11 +201,21 @@ def _mask_note(root: Path, masks: dict[Path, list[Path]]) -> list[str]:
             f"{image.name}) are read as lesion masks, not trained as images{more}"]
 
 
+def _mask_folder_note(root: Path, found: list[Path], matched: int) -> list[str]:
+    if not found:
+        return []
+    folders = sorted({f.parent.relative_to(root).as_posix() for f in found})
+    return [f"{len(found)} file(s) in mask folders ({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}) are "
+            f"not trained as images; {matched} of them named like an image of their class are read as its lesion mask"]
+
+
 def _splits_error(root: Path, folders: list[Path]) -> DataError | None:
     """A data set shipped in splits (train/<class>, test/<class>) or one folder too high (DATA/set/<class>):
     its top folders are not classes."""
     nested = {p.name: sorted(q.name for q in _subfolders(p) if _holds_images(q)) for p in folders}
     splits = [n for n in nested if n.casefold() in SPLIT_NAMES and nested[n]]
+    # a folder of one class's images and its masks (<class>/images, <class>/masks) is a class, not a data set
+    nested = {n: [c for c in subs if c.casefold() not in NOT_CLASSES] for n, subs in nested.items()}
     if splits:
         inner = sorted({c for n in splits for c in nested[n]})
         return DataError(f"{', '.join(splits)} look like the splits of a data set (holding the class folders "
@@ -191,6 +236,12 @@ def _holds_images(folder: Path) -> bool:
         return False
 
 
+def _column(name: str | None) -> str:
+    """A manifest column name as meant: lower case, `_` for spaces and hyphens; PatientID is patient_id."""
+    key = re.sub(r"[\s-]+", "_", (name or "").strip().lower())
+    return {"patientid": "patient_id", "maskpath": "mask_path"}.get(key, key)
+
+
 def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Dataset:
     root = manifest.parent
     try:
@@ -200,8 +251,8 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
             sep = next((c for c in (",", ";", "\t") if c in header), ",")
             fh.seek(0)
             reader = csv.DictReader(fh, delimiter=sep)
-            # column names as people type them: "Path", " label ", "Patient_ID"
-            reader.fieldnames = [(f or "").strip().lower() for f in (reader.fieldnames or [])]
+            # column names as people type them: "Path", " label ", "Patient_ID", "PatientID", "patient id"
+            reader.fieldnames = [_column(f) for f in (reader.fieldnames or [])]
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read manifest ({exc})", path=manifest, hint="write a UTF-8 CSV with a header") from exc
@@ -252,7 +303,10 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
         samples.append(Sample(path=path, label=index[r["label"]], patient_id=pid,
                               mask_path=root / mask if mask else None,
                               bbox=_parse_bbox(r.get("bbox", ""), where)))
-    notes = [] if any(has_pid) else [f"{manifest.name} has no patient_id: {ONE_PATIENT_PER_IMAGE}"]
+    like = [c for c in reader.fieldnames or [] if c in PATIENT_LIKE]
+    unused = (f" (its column '{like[0]}' is not read: if it identifies patients, name it patient_id)" if like
+              else "; add a patient_id column")
+    notes = [] if any(has_pid) else [f"{manifest.name} has no patient_id: {ONE_PATIENT_PER_IMAGE}{unused}"]
     if any(has_pid) and (pair := _same_but_case({s.patient_id for s in samples})):
         notes.append(f"patient IDs '{pair[0]}' and '{pair[1]}' differ only in case, spaces or Unicode form: if they "
                      "are one patient, write them one way (else their images can land in a training and a test fold)")
@@ -260,7 +314,8 @@ def read_manifest(manifest: Path, class_names: list[str] | None = None) -> Datas
     listed = {q[0] for q in parts if q}
     within = all(len(q) > 1 and q[0] not in ("/", "..") for q in parts)     # every image in a subfolder of root
     left_out = sorted(p.name for p in _subfolders(root)
-                      if within and p.name not in listed and p.name not in NOT_CLASSES and _holds_images(p))
+                      if within and p.name not in listed and p.name.casefold() not in NOT_CLASSES
+                      and _holds_images(p))
     if left_out:
         notes.append(f"{manifest.name} lists no image in the folder(s) {', '.join(left_out)}: not part of this data set")
     in_manifest = {x.resolve() for s in samples for x in (s.path, s.mask_path) if x}
@@ -274,7 +329,7 @@ def _unlisted_images(root: Path, folders: set[str], listed: set[Path]) -> list[s
     """Image files under the manifest's folders (not masks/) that it does not list, relative to root: new
     scans copied into the class folders and not added to the manifest would silently stay out."""
     out = []
-    for name in sorted(folders - NOT_CLASSES):
+    for name in sorted(f for f in folders if f.casefold() not in NOT_CLASSES):
         if (root / name).is_dir():
             files, _ = expand_inputs([root / name], IMAGE_SUFFIXES)
             images, _ = split_masks(files)      # a BUSI-style mask beside its image is not a new scan
@@ -292,7 +347,7 @@ def scan_image_folder(root: Path) -> Dataset:
 
     # NOT_CLASSES (masks/, an unzip's __MACOSX/) are never classes; nor is a folder holding usedge runs
     # (train DATA --out DATA/runs/r1), at any depth
-    folders = sorted((p for p in _subfolders(root) if p.name not in NOT_CLASSES and not _is_output_folder(p)
+    folders = sorted((p for p in _subfolders(root) if p.name.casefold() not in NOT_CLASSES and not _is_output_folder(p)
                       and not any(_is_output_folder(q) for q in _subfolders(p))), key=lambda p: p.name)
     if err := _splits_error(root, folders):
         raise err
@@ -301,28 +356,43 @@ def scan_image_folder(root: Path) -> Dataset:
         raise DataError(f"class folders '{pair[0]}' and '{pair[1]}' differ only in case, spaces or Unicode form",
                         path=root,
                         hint="put each class's images in one folder (two spellings would train two classes)")
-    samples, named, all_masks = [], [], {}
+    samples, named, all_masks, in_mask_folders, matched, ignored = [], [], {}, [], 0, []
     for i, name in enumerate(classes):
-        files, notes = expand_inputs([root / name], IMAGE_SUFFIXES)     # hidden files (a Mac's ._name.png) left out
+        # hidden files (a Mac's ._name.png) and NAS/unzip litter folders left out
+        files, notes = expand_inputs([root / name], IMAGE_SUFFIXES, ignored=ignored)
         if notes:
             raise DataError(str(notes[0]), hint="make every image of the data set a readable file in a real folder")
+        files, folder_masks, found = split_mask_folders(files, root / name)
+        in_mask_folders += found
+        matched += sum(len(v) for v in folder_masks.values())
         files, masks = split_masks(files)
         all_masks |= masks
         named += files
-        samples += [Sample(path=f, label=i, patient_id=str(f.relative_to(root)), mask_path=masks.get(f, [None])[0])
-                    for f in files]
+        samples += [Sample(path=f, label=i, patient_id=str(f.relative_to(root)),
+                           mask_path=(masks.get(f) or folder_masks.get(f) or [None])[0]) for f in files]
     seen: dict = {}
     for f in named:     # a link to another image: the same pixels could land in a training and a test fold
         if (other := seen.setdefault(file_identity(f), f)) != f:
             raise DataError(f"{other.relative_to(root)} and {f.relative_to(root)} are one image file (a link)", path=root,
                             hint="keep each image once in the data set (remove the link)")
-    notes = [f"{root.name} has no {MANIFEST_NAME}: {ONE_PATIENT_PER_IMAGE}"] if samples else []
-    nested = [s.path.relative_to(root) for s in samples if len(s.path.relative_to(root).parts) > 2]
+    notes = ([f"{root.name} has no {MANIFEST_NAME}: {ONE_PATIENT_PER_IMAGE}; add a {MANIFEST_NAME} with patient_id "
+              "(docs/synth.md)"] if samples else [])
+    nested = [rel for s in samples if len(rel := s.path.relative_to(root).parts) > 2 and rel[1].casefold() not in IMAGE_FOLDERS]
     if nested:      # <class>/<patient>/<image>, as many hospital exports are: the folders are not read as patients
-        notes.append(f"{len(nested)} image(s) lie in subfolders of their class folder (e.g. {nested[0].as_posix()}): "
+        notes.append(f"{len(nested)} image(s) lie in subfolders of their class folder (e.g. {'/'.join(nested[0])}): "
                      f"if a subfolder holds one patient's images, give them that patient_id in a {MANIFEST_NAME} "
                      "(docs/synth.md); without one, each image still counts as its own patient")
-    return Dataset(root=root, class_names=classes, samples=samples, notes=notes + _mask_note(root, all_masks))
+    tables = sorted(p.name for p in root.glob("*") if p.suffix.lower() in (".csv", ".tsv", ".xlsx", ".xls") and p.is_file())
+    if tables:      # HAM10000: the labels are in HAM10000_metadata.csv, the folders are the download's parts
+        notes.append(f"{root.name} holds {', '.join(tables[:3])} but no {MANIFEST_NAME}: the class folders are the classes "
+                     f"({', '.join(classes[:4])}); if the labels or patients are in that table, write a {MANIFEST_NAME} "
+                     "(path,label,patient_id) from it")
+    if all(c.isdigit() for c in classes) and classes != (by_number := sorted(classes, key=int)):
+        k, name = next((classes.index(c), c) for i, c in enumerate(by_number) if classes[i] != c)
+        notes.append(f"class folders sort as text, as in ImageFolder: {', '.join(classes[:6])}"
+                     f"{', ...' if len(classes) > 6 else ''} (class_index {k} is folder {name})")
+    notes += _mask_note(root, all_masks) + _mask_folder_note(root, in_mask_folders, matched) + other_types(ignored)
+    return Dataset(root=root, class_names=classes, samples=samples, notes=[n for n in notes if n])
 
 
 def load_dataset(source: str | Path, class_names: list[str] | None = None) -> Dataset:
@@ -337,6 +407,11 @@ def load_dataset(source: str | Path, class_names: list[str] | None = None) -> Da
         raise DataError("data set not found", path=source,
                         hint="pass a folder of <class>/<image> (optionally with manifest.csv) or a manifest .csv")
     if not ds.samples:
+        loose = [f for f in source.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES] if source.is_dir() else []
+        if loose:       # a flat folder of scans: "no images found" read as if the images were not there
+            raise DataError(f"no class folders: {len(loose)} image(s) lie directly in the folder (e.g. {loose[0].name})",
+                            path=source, hint=f"put each class's images in a folder named for the class, or write a "
+                                              f"{MANIFEST_NAME} (path,label,patient_id)")
         raise DataError("no images found", path=source,
                         hint="expected <class>/<image>.png folders or a manifest.csv")
     empty = [n for i, n in enumerate(ds.class_names) if i not in set(ds.labels)]

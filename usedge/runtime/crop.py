@@ -276,11 +276,15 @@ def prepare_all(frame: np.ndarray, spec: PreprocessSpec = PreprocessSpec(), *, r
 
 def prepare_file(path: str | Path, spec: PreprocessSpec = PreprocessSpec(), *, frame_index: int = 0
                  ) -> tuple[np.ndarray, CropInfo]:
-    """Read an image or DICOM file (its ultrasound regions included) and prepare one frame of it."""
+    """Read an image or DICOM file (its ultrasound regions included) and prepare one frame of it (a file of
+    several frames says which in its CropInfo's notes: "frame 1 of 30")."""
     from usedge.runtime.formats import read_file
 
     d = read_file(path, frame_index=frame_index)
-    return prepare(d.frame, spec, regions=d.regions)
+    small, info = prepare(d.frame, spec, regions=d.regions)
+    if d.frames_in_file > 1:        # a cine or a multi-page TIFF: one of its frames only
+        info.notes.append(f"frame {d.frame_index + 1} of {d.frames_in_file}")
+    return small, info
 
 
 def crop_mask(mask: np.ndarray, info: CropInfo, size: int, resize: str = "area") -> np.ndarray:

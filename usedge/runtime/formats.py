@@ -31,7 +31,8 @@ import numpy as np
 
 from usedge.errors import InputError, InputTooLarge, NoSuchFrame, Undecodable, UnsupportedInput
 
-STILL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+STILL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".bmp", ".tif", ".tiff",
+                            ".webp"})   # .jfif, .jpe: JPEGs as Windows browsers save them
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm",
                             ".ts", ".m2ts", ".mts"})   # MPEG transport streams: what recorders and grabbers write
@@ -488,11 +489,16 @@ class Skipped(NamedTuple):
         return f"{self.path}: {self.reason}"
 
 
+#: folders that hold no scans of their own (casefolded): NAS thumbnails and recycle bins, a Mac unzip's metadata
+LITTER_FOLDERS = frozenset({"@eadir", "@recycle", "#recycle", "#snapshot", "@recently-snapshot", "__macosx",
+                            "$recycle.bin", "system volume information"})
+
+
 def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFFIXES,
                   ignored: list[Path] | None = None) -> tuple[list[Path], list[Skipped]]:
     """Files named, and every regular file under folders named whose suffix is in `suffixes` or whose
-    bytes are DICOM's (a file named by its UID or `IM00001`; a DICOMDIR, hidden files and hidden
-    folders are left out), recursive and sorted. `notes`: one line per thing skipped, for the caller to
+    bytes are DICOM's (a file named by its UID or `IM00001`; a DICOMDIR, hidden files, hidden folders
+    and LITTER_FOLDERS are left out), recursive and sorted. `notes`: one line per thing skipped, for the caller to
     print: a symlinked or unreadable folder, a FIFO/socket/device or broken link. `ignored`: gets the
     regular files under the folders left out for their type (other_types says them in one line)."""
     from usedge.runtime.dicom import is_dicom
@@ -509,7 +515,9 @@ def expand_inputs(items: list[str | Path], suffixes: frozenset[str] = INPUT_SUFF
         found = []
         for top, dirs, names in os.walk(item, onerror=lambda e: notes.append(
                 Skipped(str(e.filename), f"unreadable folder ({e.strerror}): check its permissions"))):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]    # hidden: .git, .Trash, a tool's own
+            # hidden (.git, .Trash, a tool's own), and what NAS boxes, unzips and Windows drives add: a Synology
+            # @eaDir holds shrunken copies of each image (a test image's copy would be trained on)
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d.casefold() not in LITTER_FOLDERS]
             for d in dirs:
                 if os.path.islink(os.path.join(top, d)):
                     notes.append(Skipped(os.path.join(top, d), "symlinked folder not followed: pass its real path"))

@@ -34,7 +34,7 @@ import numpy as np
 
 from usedge.errors import InputError, StreamError, Undecodable, UnsupportedInput, UsedgeError
 from usedge.runtime.dicom import is_dicom, open_dicom
-from usedge.runtime.formats import StillPages, is_video, read_bytes, read_pages
+from usedge.runtime.formats import LITTER_FOLDERS, StillPages, is_video, read_bytes, read_pages
 from usedge.runtime.threads import lower_this_thread
 
 DEFAULT_FPS = 30.0
@@ -650,7 +650,8 @@ class WatchedFolderReader(FrameReader):
         from usedge.runtime.sinks import OUTPUT_MARK
 
         for top, dirs, names in os.walk(self.folder):
-            dirs[:] = [d for d in dirs if not d.startswith(".") and not os.path.exists(os.path.join(top, d, OUTPUT_MARK))]
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d.casefold() not in LITTER_FOLDERS
+                       and not os.path.exists(os.path.join(top, d, OUTPUT_MARK))]      # a NAS's @eaDir thumbnails
             for n in names:
                 if n.startswith("."):
                     continue

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from usedge.dataset import Dataset, check_no_shared_images
-from usedge.errors import ConfigError, ModelError
+from usedge.errors import ConfigError, DataError, ModelError
 from usedge.fileio import write_json_atomic, write_text_atomic
 from usedge.train.checkpoint import read_checkpoint, save_checkpoint
 from usedge.train.config import TrainConfig, dump_toml
@@ -308,6 +308,34 @@ def colour_note(samples, infos) -> str:
             f"(e.g. {colour[0]}): if they are tinted B-mode, train with --set data.remove_doppler=false")
 
 
+def frames_note(samples, infos) -> str:
+    """A note when files of several frames (DICOM cines, multi-page TIFFs) are in the data set: training reads
+    the first frame of each; "" when none is."""
+    several = [(s.path, n) for s, info in zip(samples, infos) for n in info.notes if n.startswith("frame 1 of ")]
+    if not several:
+        return ""
+    return (f"{len(several)} file(s) hold several frames (e.g. {several[0][0]}: {several[0][1]}): training reads the "
+            "first frame of each; export the frames you want as images to train on them")
+
+
+def check_no_repeated_inputs(dataset, images: np.ndarray) -> None:
+    """DataError when two images of two patients give the same model input: one scan stored twice in other files
+    (a PNG saved again as BMP or lossless TIFF: other bytes, the same pixels), which could land in a training and
+    a test fold, or under two classes. The byte check (dataset.check_no_shared_images) runs before reading."""
+    import hashlib
+
+    seen: dict[bytes, int] = {}
+    for i, sample in enumerate(dataset.samples):
+        j = seen.setdefault(hashlib.blake2b(images[i].tobytes(), digest_size=16).digest(), i)
+        other = dataset.samples[j]
+        if j != i and (other.patient_id != sample.patient_id or other.label != sample.label):
+            names = dataset.class_names
+            where = (f"under two classes ({names[other.label]}, {names[sample.label]})" if other.label != sample.label
+                     else f"under two patients ({other.patient_id}, {sample.patient_id})")
+            raise DataError(f"{other.path} and {sample.path} give the same model input: one scan stored twice {where}",
+                            path=dataset.root, hint="keep one copy (in its right class and patient)")
+
+
 def _make_model(cfg: TrainConfig, num_classes: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(cfg.model.arch, num_classes=num_classes, gate_norm=cfg.model.gate_norm)
@@ -507,8 +535,10 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
     t0 = time.perf_counter()
     if images is None:
         images, infos = load_images(dataset.samples, spec, progress=progress and dist.main, return_info=True)
-        if note := colour_note(dataset.samples, infos):
-            say(f"note: {note}")
+        check_no_repeated_inputs(dataset, images)
+        for note in (colour_note(dataset.samples, infos), frames_note(dataset.samples, infos)):
+            if note:
+                say(f"note: {note}")
     elif images.shape != (len(dataset), spec.size, spec.size):
         raise ValueError(f"images of shape {images.shape} do not fit {len(dataset)} samples at {spec.size} px")
     read_seconds = time.perf_counter() - t0
