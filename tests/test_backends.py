@@ -132,3 +132,20 @@ def test_a_backend_never_closed_warns(runtime_model):
     with create_backend("ort-cpu", threads=1).load(runtime_model) as closed:   # closed: no warning
         pass
     closed.close()
+
+
+def test_a_device_as_model_and_a_relative_xdg_cache_home(monkeypatch, tmp_path):
+    """`infer /dev/zero` said "model file not found" of a path that exists; a relative XDG_CACHE_HOME put the trial
+    cache under whatever folder usedge ran from (the XDG spec says to ignore it) (outside audit of backends)."""
+    from usedge.errors import ModelError
+    from usedge.runtime.backends.trial import cache_path
+    from usedge.runtime.classifier import Classifier
+
+    with pytest.raises(ModelError, match="not a regular file"):
+        Classifier.load("/dev/zero")
+    monkeypatch.delenv("USEDGE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert cache_path() == tmp_path / ".cache" / "usedge" / "backend_choice.json"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_path() == tmp_path / "xdg" / "usedge" / "backend_choice.json"

@@ -156,3 +156,74 @@ def test_the_trial_cache_keeps_the_newest_trials_and_doctor_shows_a_few(tmp_path
     checks = trial_checks()
     assert len(checks) == SHOW_TRIALS + 1 and f"{trial.MAX_ENTRIES} trials on this machine" in checks[0].detail
     assert checks[-1].name == "model m020"
+
+
+def test_an_fp16_model_runs_on_openvino_under_its_own_output_names(runtime_model, frames):
+    """OpenVINO named the FP16 export's output `node_softmax_output_cast_0` (a second name compiling gave it): auto
+    timed it fastest, cached it, and every later load failed with "expected 'probs'" (outside audit of backends)."""
+    fp16 = runtime_model.with_name("model.fp16.onnx")
+    with Classifier.load(fp16, "openvino", threads=1) as ov, Classifier.load(fp16, "ort-cpu", threads=1) as ort:
+        assert ov.backend.output_names == ort.backend.output_names == ["probs", "cam"]
+        a, b = ov.predict(frames[0]), ort.predict(frames[0])
+        assert a.label == b.label and max(abs(a.probs[k] - b.probs[k]) for k in a.probs) < 1e-2
+
+
+def _damaged_copy(runtime_model, folder):
+    """The model with one weight changed: its recorded weights digest no longer matches."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(runtime_model))
+    init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] += 1.0
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    path = folder / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_auto_checks_the_model_before_timing_it_and_caches_nothing_for_a_refused_one(runtime_model, tmp_path,
+                                                                                      monkeypatch):
+    """A damaged model was run 25 times on each engine and its choice cached before the digest check refused it;
+    doctor then listed that choice as ok. (A model declaring a 100000 x 100000 input died in the trial's input
+    allocation with a traceback: the same order.)"""
+    from usedge.errors import ModelError
+    from usedge.runtime.backends import trial
+
+    monkeypatch.setenv("USEDGE_CACHE_DIR", str(tmp_path))
+    timed = []
+    monkeypatch.setattr(trial, "_trial_input", lambda engine: timed.append(engine) or np.zeros((1, 1, 64, 64), np.float32))
+    bad = _damaged_copy(runtime_model, tmp_path)
+    with pytest.raises(ModelError, match="weights digest .* does not match"):
+        Classifier.load(bad, "auto", threads=1)
+    assert timed == [] and read_cache() == {}
+    with Classifier.load(bad, "auto", threads=1, verify=False) as clf:      # told not to verify: runs, is timed
+        assert "timed trial" in clf.backend_reason and len(timed) == 1
+
+
+def test_the_trial_cache_is_keyed_by_the_options_that_change_speed_and_ignores_malformed_entries(runtime_model, tmp_path,
+                                                                                                  monkeypatch):
+    """`--ort-opt-level disable` reused the default level's cached choice and printed its timings; a cached median
+    that was text or null crashed infer and doctor with a traceback on every run (outside audit of backends)."""
+    from usedge.runtime.doctor import trial_checks
+
+    monkeypatch.setenv("USEDGE_CACHE_DIR", str(tmp_path))
+    with Classifier.load(runtime_model, "auto", threads=1):
+        pass
+    with Classifier.load(runtime_model, "auto", threads=1, opt_level="disable") as other:
+        assert "cached" not in other.backend_reason
+    with Classifier.load(runtime_model, "auto", threads=1, spinning=True) as spinning:
+        assert "cached" not in spinning.backend_reason
+    keys = list(read_cache())
+    assert len(keys) == 3 and any("opt disable" in k for k in keys) and any("spinning True" in k for k in keys)
+    data = json.loads(cache_path().read_text())
+    for k, medians in zip(keys, ({"ort-cpu": "fast", "openvino": 2}, None, {"ort-cpu": -1.0, "openvino": 1.0})):
+        data["entries"][k]["medians_ms"] = medians
+    cache_path().write_text(json.dumps(data))
+    assert "no trial on this machine yet" in trial_checks()[0].detail          # malformed entries are not shown
+    with Classifier.load(runtime_model, "auto", threads=1) as again:
+        assert "timed trial" in again.backend_reason                           # measured afresh, rewritten
+    assert any(c.name.startswith("model ") for c in trial_checks())
+    cache_path().write_text("garbage{")
+    assert "cannot be read" in trial_checks()[0].detail

@@ -183,6 +183,26 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert res.returncode == 1 and "--batch" in res.stderr
 
 
+def test_cli_options_that_would_waste_or_lose_a_run_are_refused_before_measuring(tmp_path, tiny_onnx_dir):
+    """A 10-million batch died in a 153 GiB allocation with a traceback; `--rows ort_cpu` (a typo) measured nothing and
+    exited 0; -1 s limits were stored; an --out that is a file was found after the whole run, losing it (outside
+    audit of backends)."""
+    from usedge.bench import BenchOptions
+    from usedge.errors import ConfigError
+
+    for bad in ({"batches": (1, 10_000_000)}, {"max_cell_s": -1.0}, {"paced_seconds": -1.0}):
+        with pytest.raises(ConfigError):
+            BenchOptions(**bad)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for args, said in ((["--rows", "ort_cpu", "--out", str(tmp_path / "o")], "--rows ort_cpu names no row of this "
+                        "model folder — the rows here: "),
+                       (["--out", str(afile)], "--out is a file, not a folder")):
+        res = _usedge(["bench", str(tiny_onnx_dir), "--quick", "--threads", "1", "--no-stages", "--no-plots", *args])
+        assert res.returncode == 1 and said in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert afile.read_text() == "mine" and not (tmp_path / "o" / "bench.json").exists()
+
+
 def test_import_bench_is_lean():
     code = "import sys, usedge.bench, usedge.cli.bench_cmd; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

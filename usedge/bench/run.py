@@ -34,6 +34,10 @@ TARGETS = {  # the issue's aims, as ratios measured in one run
 }
 
 
+MAX_BATCH = 512          # a throughput batch larger allocates tens of GiB of activations at 224 px
+MAX_PACED_S = 3600.0     # an hour of paced stream
+
+
 @dataclass
 class BenchOptions:
     """What to measure. `quick` shrinks every count for a smoke run (tens of seconds)."""
@@ -65,8 +69,13 @@ class BenchOptions:
                 if name not in self.explicit:
                     setattr(self, name, min(getattr(self, name), cap))
             self.gemm_sizes, self.gemm_reps = (512,), 3
-        if any(b < 1 for b in self.batches) or not self.batches:
-            raise ConfigError(f"batch sizes must be >= 1, got {self.batches}", hint="e.g. --batch 1,8,32")
+        if any(not 1 <= b <= MAX_BATCH for b in self.batches) or not self.batches:
+            raise ConfigError(f"batch sizes must be 1..{MAX_BATCH}, got {self.batches}", hint="e.g. --batch 1,8,32")
+        if not 0 < self.max_cell_s < float("inf"):
+            raise ConfigError(f"max_cell_s must be > 0 seconds, got {self.max_cell_s}", hint="e.g. --max-cell-s 20")
+        if not 0 <= self.paced_seconds <= MAX_PACED_S:
+            raise ConfigError(f"paced_seconds must be 0..{MAX_PACED_S:.0f} s (0 skips the paced streams), got "
+                              f"{self.paced_seconds}", hint="e.g. --paced-seconds 10")
         if self.iters < 1 or self.rounds < 1 or self.warmup < 0:
             raise ConfigError("iters and rounds must be >= 1, warmup >= 0", hint="e.g. --iters 100 --rounds 5")
         if self.threads is not None and self.threads < 1:
@@ -200,11 +209,15 @@ def run_bench(model_dir: str | Path, options: BenchOptions | None = None, out_di
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), disable=not progress, transient=True)
+    specs = list(engine_specs(model_dir, info, threads))
+    if opt.rows and not any(spec.key.startswith(r) for spec, _ in specs for r in opt.rows):
+        raise ConfigError(f"--rows {','.join(opt.rows)} names no row of this model folder",
+                          hint=f"the rows here: {', '.join(spec.key for spec, _ in specs)}")
     with bar:
         gemm_before = gemm_limit(threads, opt.gemm_sizes, opt.gemm_reps)
 
         rows, runners = [], {}
-        for spec, why in engine_specs(model_dir, info, threads):
+        for spec, why in specs:
             if opt.rows and not any(spec.key.startswith(r) for r in opt.rows):
                 continue
             row = {"key": spec.key, "backend": spec.backend, "precision": spec.precision, "device": spec.device,
@@ -295,6 +308,7 @@ def evaluate_targets(result: dict) -> list[dict]:
 
     def add(name, value, aim, better, note=""):
         passed = None if value is None else (value <= aim if better == "lower" else value >= aim)
+        note = "" if value is None else note        # "CPU-time ratio None" beside a row that was not measured
         out.append({"target": name, "value": value, "aim": aim, "better": better, "passed": passed, "note": note})
 
     ort = _row(result, "ort-cpu/fp32")

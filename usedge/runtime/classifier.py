@@ -218,6 +218,8 @@ class Classifier:
                 inside = []
             raise ModelError("is a folder, not a model file", path=path,
                              hint=f"pass one of its files: {', '.join(inside)}" if inside else which)
+        if path.exists() and not path.is_file():
+            raise ModelError("not a regular file (a device, FIFO or socket)", path=path, hint=which)
         if not path.is_file():
             raise ModelError("model file not found", path=path, hint=which)
         # a checkpoint is refused before any engine tries it (OpenVINO floods stderr parsing one)
@@ -246,24 +248,33 @@ class Classifier:
                 if backend != "auto" or not isinstance(exc, BackendUnavailable):
                     raise
                 failed.append(f"{name} failed to start ({exc.message})")  # e.g. the TensorRT EP without its libraries
-        if engine is None and cpu:
-            digest = sha256_file(path)
-            choice = choose_cpu_backend(path, cpu, digest, options)
-            engine, name, reason = choice.engine, choice.engine.name, choice.reason
-        if engine is None:
-            raise BackendUnavailable(f"no backend could run this model: {'; '.join(failed)}", path=path,
-                                     hint="see `usedge doctor`")
-        if failed:
-            reason += f"; {'; '.join(failed)}"
-        try:
+        def contract(engine: Backend) -> ModelInfo:
+            """The model as this engine sees it is a usedge classifier: metadata (weights digest when verify),
+            a 'probs' output, I/O shapes; ModelError otherwise."""
             info = model_info_from_metadata(engine.metadata, path, verify=verify)
             if "probs" not in engine.output_names:
                 raise ModelError(f"model outputs {engine.output_names}, expected 'probs'", path=path,
                                  hint="export with `usedge export`")
             _check_io_shapes(engine, info, path)
-        except ModelError:
-            engine.close()
-            raise
+            return info
+
+        info = None
+        if engine is None and cpu:
+            digest = sha256_file(path)
+            # each engine is checked before it is timed: a refused model never runs, a failing engine never wins
+            choice = choose_cpu_backend(path, cpu, digest, options, check=contract)
+            engine, name, reason, info = choice.engine, choice.engine.name, choice.reason, choice.checked
+        if engine is None:
+            raise BackendUnavailable(f"no backend could run this model: {'; '.join(failed)}", path=path,
+                                     hint="see `usedge doctor`")
+        if failed:
+            reason += f"; {'; '.join(failed)}"
+        if info is None:
+            try:
+                info = contract(engine)
+            except ModelError:
+                engine.close()
+                raise
         return cls(engine, info, digest or sha256_file(path), reason if backend == "auto" else "asked for",
                    {"path": path, "backend": name, "verify": verify, **options})
 

@@ -70,7 +70,7 @@ def cpu_checks() -> list[Check]:
     from usedge.runtime.cpu import cpu_model, int8_kernels, usable_cores
 
     name, flags = cpu_model()
-    out = [Check("system", "cpu", True, f"{name}; {usable_cores()} usable cores; flags: {', '.join(flags) or 'none listed'}")]
+    out = [Check("system", "cpu", True, f"{name}; {usable_cores()} usable core{'' if usable_cores() == 1 else 's'}; flags: {', '.join(flags) or 'none listed'}")]
     if platform.machine().lower() not in ("x86_64", "amd64") or not flags:
         return out              # the saturation below is an x86-64 matter; no flags: /proc/cpuinfo unreadable
     kernels = int8_kernels(flags)
@@ -111,13 +111,19 @@ SHOW_TRIALS = 8      # the newest cached backend trials doctor lists
 
 def trial_checks() -> list[Check]:
     """`--backend auto`'s cached CPU trials for this machine (backends/trial.py): which model ran fastest where."""
-    from usedge.runtime.backends.trial import cache_path, read_cache
+    from usedge.runtime.backends import CPU_BACKENDS
+    from usedge.runtime.backends.trial import valid_entry, cache_path, read_cache
     from usedge.runtime.cpu import machine_key
 
     here = machine_key()
-    entries = [e for k, e in read_cache().items() if f" | {here} | " in k]
+    cache = read_cache()
+    # an entry this code did not write (a malformed median) is not shown: the next load measures afresh
+    entries = [e for k, e in cache.items() if f" | {here} | " in k and valid_entry(e, list(CPU_BACKENDS))]
     if not entries:
-        return [Check("auto backend", "CPU trial cache", True, f"no trial on this machine yet ({cache_path()})")]
+        unreadable = not cache and cache_path().is_file() and cache_path().stat().st_size > 0
+        return [Check("auto backend", "CPU trial cache", True,
+                      f"the cache file cannot be read (damaged, or from another usedge): the next trial replaces it "
+                      f"({cache_path()})" if unreadable else f"no trial on this machine yet ({cache_path()})")]
     shown = entries[-SHOW_TRIALS:]      # the newest (the cache keeps its entries newest last)
     checks = [Check("auto backend", f"model {e.get('model_sha256', '?')[:12]}", True,
                     f"{e['backend']} ({', '.join(f'{n} {m:.2f} ms' for n, m in e['medians_ms'].items())}; {e.get('when', '')})")

@@ -51,9 +51,12 @@ def core():
         return _CORE
 
 
-def _spec(port) -> TensorSpec:
+def _spec(port, names: frozenset = frozenset()) -> TensorSpec:
+    """A port's spec under the model file's own tensor name: compiling can give a port a second name (an FP16
+    model's `probs` also became `node_softmax_output_cast_0`), and get_any_name may pick either."""
     shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
-    return TensorSpec(port.get_any_name(), np.dtype(port.get_element_type().to_dtype()).name, shape)
+    name = min((n for n in port.get_names() if n in names), default=port.get_any_name())
+    return TensorSpec(name, np.dtype(port.get_element_type().to_dtype()).name, shape)
 
 
 class OpenVINOBackend(Backend):
@@ -103,11 +106,16 @@ class OpenVINOBackend(Backend):
         except BackendUnavailable:
             raise
         except Exception as exc:  # OpenVINO raises RuntimeError/GeneralFailure with multi-line text
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            # its first line is often only "Exception from src/inference/src/cpp/core.cpp:84:": take the first
+            # line that says something
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            first = next((ln for ln in lines if not (ln.startswith("Exception from ") and ln.endswith(":"))),
+                         lines[0] if lines else type(exc).__name__)[:200]
             raise ModelError(f"OpenVINO cannot load this model ({first})", path=self.path,
                              hint="re-export it with `usedge export`, or use --backend ort-cpu") from exc
-        self.inputs = [_spec(p) for p in self.compiled.inputs]
-        self.outputs = [_spec(p) for p in self.compiled.outputs]
+        declared = frozenset(n for port in (*model.inputs, *model.outputs) for n in port.get_names())
+        self.inputs = [_spec(p, declared) for p in self.compiled.inputs]
+        self.outputs = [_spec(p, declared) for p in self.compiled.outputs]
         if len(self.inputs) != 1:
             raise ModelError(f"model has {len(self.inputs)} inputs, expected 1", path=self.path,
                              hint="export with `usedge export`")

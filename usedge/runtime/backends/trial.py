@@ -7,7 +7,10 @@ runs the model on one input in interleaved rounds for at most `TRIAL_S` seconds 
 included; at least `MIN_RUNS`, at most `MAX_RUNS` timed runs each), keeps the one with the lowest median and closes the
 others. The choice is stored in a small JSON file in the user cache folder
 (`$USEDGE_CACHE_DIR`, else `$XDG_CACHE_HOME/usedge`, else `~/.cache/usedge`), keyed by the model's
-sha256, the machine (CPU model, SIMD flags, cores), the intra-op threads and the engines' versions;
+sha256, the machine (CPU model, SIMD flags, cores), the load options that change an engine's speed
+(intra-op threads, spinning, onnxruntime's optimisation level) and the engines' versions; an entry this
+code did not write (a malformed median) counts as missing. Each engine is checked against the model's
+contract (`check`: metadata, weights digest, I/O) before it is timed: one that fails takes no part;
 the next load with the same key reads the cache and loads only the winner. `--backend NAME`
 bypasses all of this.
 """
@@ -19,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -38,6 +42,8 @@ def cache_path() -> Path:
     if base:
         return Path(base) / CACHE_FILE
     xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and not os.path.isabs(xdg):      # the XDG spec: a relative path is invalid and ignored
+        xdg = None
     return Path(xdg or Path.home() / ".cache") / "usedge" / CACHE_FILE
 
 
@@ -66,12 +72,25 @@ def _write_cache(key: str, entry: dict) -> None:
         pass     # a read-only home: the trial simply runs again next time
 
 
-def trial_key(model_sha256: str, names: list[str], threads: int | None) -> str:
+def trial_key(model_sha256: str, names: list[str], options: dict) -> str:
+    """What the trial's outcome depends on: the model, the machine, the engines' versions and every load option
+    that changes an engine's speed (threads, spinning, onnxruntime's graph optimisation level)."""
     from usedge.runtime.backends import BACKENDS
     from usedge.runtime.cpu import machine_key
 
     engines = ", ".join(f"{n}: {BACKENDS[n].available()[1]}" for n in names)
-    return f"{model_sha256} | {machine_key()} | threads {threads} | {engines}"
+    return (f"{model_sha256} | {machine_key()} | threads {options.get('threads')} | spinning "
+            f"{bool(options.get('spinning'))} | opt {options.get('opt_level', 'all')} | {engines}")
+
+
+def valid_entry(entry, names: list[str]) -> bool:
+    """A cache entry this code wrote: a backend of `names` and a finite positive median per backend timed."""
+    if not isinstance(entry, dict) or entry.get("backend") not in names:
+        return False
+    medians = entry.get("medians_ms")
+    return (isinstance(medians, dict) and entry["backend"] in medians and all(
+        n in names and isinstance(m, (int, float)) and not isinstance(m, bool) and 0 < m < float("inf")
+        for n, m in medians.items()))
 
 
 @dataclass
@@ -81,6 +100,7 @@ class Choice:
     engine: object
     reason: str
     medians_ms: dict
+    checked: object = None          # what the contract check returned for the engine (the model's ModelInfo)
 
 
 def _trial_input(engine) -> np.ndarray:
@@ -104,23 +124,51 @@ def _load(name: str, path: Path, options: dict):
         raise
 
 
-def choose_cpu_backend(path: Path, names: list[str], model_sha256: str, options: dict) -> Choice:
-    """Load the fastest of the CPU backends `names` (each available here) for the model at `path`."""
+def _checked(engine, check) -> object:
+    """`check(engine)` (the model's contract: metadata, weights digest, I/O names and shapes); the engine is
+    closed when it fails."""
+    try:
+        return check(engine)
+    except BaseException:
+        engine.close()
+        raise
+
+
+def choose_cpu_backend(path: Path, names: list[str], model_sha256: str, options: dict,
+                       check: Callable[[object], object] = lambda engine: None) -> Choice:
+    """Load the fastest of the CPU backends `names` (each available here) for the model at `path`.
+
+    check: the model's contract, run on each engine as loaded and before any timed run (it raises a
+    UsedgeError, e.g. ModelError, when the engine's view of the model breaks it); its result is the Choice's
+    `checked`. An engine that fails it takes no part in the trial, so a model that is refused (damaged, or
+    declaring a 100000 x 100000 input) is never run, and an engine that renames the outputs never wins."""
     if len(names) == 1:
-        return Choice(_load(names[0], path, options), f"{names[0]}: the only CPU backend here", {})
-    key = trial_key(model_sha256, names, options.get("threads"))
+        engine = _load(names[0], path, options)
+        return Choice(engine, f"{names[0]}: the only CPU backend here", {}, _checked(engine, check))
+    key = trial_key(model_sha256, names, options)
     cached = read_cache().get(key)
-    if cached and cached.get("backend") in names:
+    if valid_entry(cached, names):
         engine = _load(cached["backend"], path, options)
+        checked = _checked(engine, check)
         return Choice(engine, f"{cached['backend']}: fastest in a cached trial ({_summary(cached['medians_ms'])}; "
-                              f"{cache_path()})", cached["medians_ms"])
+                              f"{cache_path()})", cached["medians_ms"], checked)
     t_end = time.perf_counter() + TRIAL_S
-    engines, failed = {}, []
+    engines, failed, refusals, checked = {}, [], [], {}
     for name in names:
         try:
-            engines[name] = _load(name, path, options)
+            engine = _load(name, path, options)
         except UsedgeError as exc:
             failed.append(f"{name} failed to start ({exc.message})")
+            continue
+        try:
+            checked[name] = _checked(engine, check)
+        except UsedgeError as exc:
+            refusals.append(exc)
+            failed.append(f"{name} cannot run it as a usedge model ({exc.message})")
+            continue
+        engines[name] = engine
+    if not engines and refusals:
+        raise refusals[0]           # the model's own problem (damaged, not a usedge export): as one engine says it
     if not engines:
         raise BackendUnavailable(f"no CPU backend could run this model: {'; '.join(failed)}", path=path,
                                  hint="see `usedge doctor`")
@@ -139,7 +187,7 @@ def choose_cpu_backend(path: Path, names: list[str], model_sha256: str, options:
         for name, engine in engines.items():
             if name != first:
                 engine.close()
-        return Choice(engines[first], f"{first}: first CPU backend ({'; '.join(failed)})", {})
+        return Choice(engines[first], f"{first}: first CPU backend ({'; '.join(failed)})", {}, checked[first])
     while True:                                             # interleaved rounds: load drifts hit all alike
         for name in times:
             t0 = time.perf_counter()
@@ -159,4 +207,4 @@ def choose_cpu_backend(path: Path, names: list[str], model_sha256: str, options:
     reason = f"{best}: fastest in a timed trial ({_summary(medians)}, {runs} runs each)"
     if failed:
         reason += f"; {'; '.join(failed)}"
-    return Choice(engines[best], reason, medians)
+    return Choice(engines[best], reason, medians, checked[best])
