@@ -16,6 +16,22 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def writable_folder(out: str | Path, option: str = "--out", what: str = "its outputs") -> Path:
+    """Create the output folder `out` and prove a file can be written there, before a long run writes into it;
+    OutputError (one line naming `option`) when it is a file or cannot be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{option} is a file, not a folder", path=out, hint=f"pass {option} a folder for {what}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".usedge-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output folder is not writable ({exc.strerror})", path=out,
+                          hint=f"pass {option} a folder you can write") from exc
+    return out
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync and rename it over `path`.

@@ -24,21 +24,6 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def _check_out(out: Path) -> None:
-    import tempfile
-
-    from usedge.errors import OutputError
-
-    if out.exists() and not out.is_dir():
-        raise OutputError("--out is a file, not a folder", path=out, hint="pass --out a folder for bench.json and bench.md")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".usedge-probe-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write here ({exc.strerror})", path=out, hint="pass --out a writable folder") from exc
-
-
 @app.command()
 def bench(
     ctx: typer.Context,
@@ -63,6 +48,7 @@ def bench(
 
     from usedge.bench import BenchOptions, run_bench
     from usedge.errors import ConfigError
+    from usedge.fileio import writable_folder
 
     if frames < 3:
         raise ConfigError(f"--frames must be >= 3, got {frames}", hint="e.g. --frames 40")
@@ -75,7 +61,7 @@ def bench(
                            stages=stages, stage_frames=frames, paced_seconds=paced_seconds, plots=plots,
                            explicit=tuple("stage_frames" if n == "frames" else n for n in given))
     console = rich_console(stderr=True)
-    _check_out(out)         # before minutes of measuring: a results folder that cannot be written loses them all
+    writable_folder(out, "--out", "bench.json and bench.md")   # before minutes of measuring, not after
     result = run_bench(model_dir, options, out, progress=not quiet)
     if not quiet:
         from rich.table import Table

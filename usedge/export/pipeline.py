@@ -29,7 +29,7 @@ from usedge.export import images as image_data
 from usedge.export import parity
 from usedge.export.model_card import build_card
 from usedge.export.report import Check, ExportReport
-from usedge.fileio import sha256_file
+from usedge.fileio import sha256_file, writable_folder
 from usedge.runtime.model_info import ModelInfo
 from usedge.runtime.preprocess import PreprocessSpec
 
@@ -312,15 +312,7 @@ def check_writable(out: Path, overwrite: bool = True) -> None:
     if earlier and not overwrite:
         raise OutputError(f"output folder already holds an export ({', '.join(earlier)})", path=out,
                           hint="pass --overwrite to replace it, or another --out")
-    if out.exists() and not out.is_dir():
-        raise OutputError("--out is a file, not a folder", path=out, hint="pass --out a folder (new or earlier export)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".usedge-probe-"):
-            pass
-    except OSError as exc:
-        raise OutputError(f"output folder is not writable ({exc.strerror})", path=out,
-                          hint="pass --out to a folder you can write") from exc
+    writable_folder(out, "--out", "the export (new or earlier)")
 
 
 def _alive(pid: int) -> bool:
