@@ -41,7 +41,7 @@ def test_busi_style_masks_beside_their_images_are_masks_not_images(tmp_path):
     assert masks["benign (2).png"] == "benign (2)_mask.png" and masks["scan7.JPG"] == "scan7_seg.png"
     assert masks["lonely_mask.png"] is None
     note = next(n for n in ds.notes if "lesion masks" in n)
-    assert note.startswith("8 file(s) named like their image plus _mask") and "1 image(s) have more than one" in note
+    assert note.startswith("8 file(s) named like their image plus a mask suffix") and "1 image(s) have more than one" in note
 
 
 def test_split_masks_keeps_a_mask_like_name_without_its_image_and_one_folder_only(tmp_path):
@@ -190,3 +190,18 @@ def test_a_cine_in_a_data_set_is_said_to_train_on_its_first_frame(tmp_path):
     assert "frame 1 of 3" in infos[1].notes and not any(n.startswith("frame") for n in infos[0].notes)
     assert frames_note(ds.samples, infos).startswith(f"1 file(s) hold several frames (e.g. {path}: frame 1 of 3): "
                                                      "training reads the first frame of each")
+
+
+def test_scans_in_a_mask_named_folder_and_grey_level_twins_stay_images(tmp_path):
+    """Patient folders named GT or Labels (initials), extra scans in <class>/labels, and `case0-annotation.png`
+    grey-level copies beside their scans were dropped as masks (regression round): a folder's first file
+    decides by its pixels (a mask: nearly all at its lowest or highest value)."""
+    for c, k in (("a", 0), ("b", 10)):
+        for i in range(2):
+            _image(tmp_path / c / "GT" / f"{i}.png", k + i)                # scans of a patient with initials GT
+            _image(tmp_path / c / "labels" / f"x{i}.png", k + 5 + i)       # extra scans
+            _image(tmp_path / c / f"case{i}.png", k + 7 + i)
+            _image(tmp_path / c / f"case{i}-annotation.png", k + 70 + i)   # a grey-level copy, not a mask
+    ds = load_dataset(tmp_path)
+    assert len(ds.samples) == 16 and all(s.mask_path is None for s in ds.samples)
+    assert not any("lesion masks" in n or "mask folders" in n for n in ds.notes), ds.notes

@@ -121,9 +121,11 @@ def test_an_empty_or_broken_mask_explains_that_image_without_a_lesion_and_goes_o
     summary = run_explain(tiny_model, data, tmp_path / "out", ExplainConfig(progress=False, overlays="none",
                                                                            maps=("cam",)))
     assert summary["data"]["n_images"] == 4 and summary["data"]["n_with_lesion"] == 2
+    assert "1 image(s) have an empty lesion mask (no lesion, as BUSI's normal images have; e.g. lipoma/img1_mask.png): " \
+           "explained, not scored" in summary["notes"]
     note = next(n for n in summary["notes"] if "without a lesion" in n)
-    assert note.startswith("2 image(s) explained without a lesion, as their mask or box could not be used (first: ")
-    assert "img1_mask.png: lesion mask is empty" in note
+    assert note.startswith("1 image(s) explained without a lesion, as their mask or box could not be used (first: ")
+    assert "img3_mask.png: cannot read lesion mask" in note
 
 
 def test_mask_follows_the_image_crop():

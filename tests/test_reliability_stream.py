@@ -520,7 +520,7 @@ def test_a_named_pipe_is_read_as_a_live_source(tmp_path):
     """`ffmpeg ... -f mpegts PIPE` then `usedge infer --stream PIPE`: the FIFO was refused as an empty file (third
     audit's limit). It is a live source: frames as the writer sends them; its writer closing ends the read."""
     av = pytest.importorskip("av")
-    from usedge.runtime.sources import NetworkStreamReader, open_source
+    from usedge.runtime.sources import PipeReader, open_source
 
     buf = io.BytesIO()
     with av.open(buf, "w", format="mpegts") as container:
@@ -537,7 +537,7 @@ def test_a_named_pipe_is_read_as_a_live_source(tmp_path):
     writer = threading.Thread(target=lambda: pipe.write_bytes(buf.getvalue()), daemon=True)
     writer.start()                        # blocks in open() until the reader opens the pipe
     reader = open_source(str(pipe))
-    assert isinstance(reader, NetworkStreamReader) and reader.name == str(pipe)
+    assert isinstance(reader, PipeReader) and reader.name == str(pipe)
     reader.open()
     levels = []
     while (frame := reader.read()) is not None:
@@ -545,3 +545,29 @@ def test_a_named_pipe_is_read_as_a_live_source(tmp_path):
     writer.join(timeout=30)
     assert reader.live and len(levels) == 12
     assert all(b > a for a, b in zip(levels, levels[1:])), levels      # in order, each frame once
+
+
+def test_results_into_a_named_pipe_a_consumer_reads_are_written_there(tmp_path):
+    """`mkfifo live; cat live & usedge infer ... --jsonl live` hung for ever: the check for another run's lock
+    opened the pipe for reading. And a batch's `-o /dev/null` renamed its `.partial` over /dev/null (as root: the
+    device was gone). A pipe or a device is written directly: nothing to lock, keep or rename over."""
+    from usedge.fileio import write_json_atomic
+
+    fifo = tmp_path / "live"
+    os.mkfifo(fifo)
+    for atomic in (False, True):            # a stream, and a batch of files
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(open(fifo).read().splitlines()), daemon=True)
+        reader.start()
+        with JsonlSink(fifo, atomic=atomic, earlier=True) as sink:
+            sink.write_record({"frame": 0})
+            sink.write_record({"frame": 1})
+        reader.join(timeout=30)
+        assert got == ['{"frame":0}', '{"frame":1}'] and fifo.is_fifo(), atomic
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()), daemon=True)
+    reader.start()
+    write_json_atomic(fifo, {"summary": 1})     # `--summary PIPE`: the same
+    reader.join(timeout=30)
+    assert '"summary": 1' in got[0] and fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["live"]

@@ -153,19 +153,51 @@ def _subfolders(root: Path) -> list[Path]:
         return []
 
 
+def looks_like_mask(path: Path) -> bool:
+    """Whether an image file holds a mask's pixels: at least 98 % of them at its lowest or highest value (a
+    binary mask, anti-aliased at its edges), not a grey-level scan (an annotated copy of the image)."""
+    import cv2
+    import numpy as np
+
+    from usedge.runtime.formats import read_image
+
+    try:
+        px = np.asarray(read_image(path))
+    except Exception:  # noqa: BLE001 - unreadable: not taken for a mask (the image reader says why, as an image)
+        return False
+    if px.ndim == 3:
+        px = cv2.cvtColor(px[..., :3], cv2.COLOR_BGR2GRAY)
+    lo, hi = px.min(), px.max()
+    return bool(np.count_nonzero((px == lo) | (px == hi)) >= 0.98 * px.size)
+
+
+def _mask_folders_checked(candidates: dict[Path, Path]) -> dict[Path, Path]:
+    """The (mask -> image) candidates of the folders whose first candidate holds a mask's pixels: a folder of
+    `<image>-annotation.png` grey-level copies keeps them as images."""
+    first: dict[Path, bool] = {}
+    for mask in sorted(candidates):
+        if mask.parent not in first:
+            first[mask.parent] = looks_like_mask(mask)
+    return {m: i for m, i in candidates.items() if first[m.parent]}
+
+
 def split_masks(files: list[Path]) -> tuple[list[Path], dict[Path, list[Path]]]:
     """Images and the masks beside them: a file named `<stem>_mask.<ext>` (MASK_NAME) next to an image
-    `<stem>.<any ext>` in the same folder is that image's lesion mask, not an image. Returns (images,
-    {image: its masks, sorted}). A mask-like name without its image stays an image."""
+    `<stem>.<any ext>` in the same folder is that image's lesion mask, not an image, when the folder's first
+    such file holds a mask's pixels (looks_like_mask). Returns (images, {image: its masks, sorted}). A
+    mask-like name without its image stays an image."""
     stems: dict[tuple[Path, str], Path] = {}
     for f in files:
         stems.setdefault((f.parent, f.stem), f)
-    masks: dict[Path, list[Path]] = {}
+    candidates: dict[Path, Path] = {}
     for f in files:
         m = MASK_NAME.fullmatch(f.stem)
         image = stems.get((f.parent, m["stem"])) if m else None
         if image is not None and image != f:
-            masks.setdefault(image, []).append(f)
+            candidates[f] = image
+    masks: dict[Path, list[Path]] = {}
+    for f, image in _mask_folders_checked(candidates).items():
+        masks.setdefault(image, []).append(f)
     taken = {x for group in masks.values() for x in group}
     return [f for f in files if f not in taken], {k: sorted(v) for k, v in masks.items()}
 
@@ -178,7 +210,14 @@ def split_mask_folders(files: list[Path], class_root: Path) -> tuple[list[Path],
         return any(part.casefold() in MASK_FOLDERS for part in f.relative_to(class_root).parts[:-1])
 
     found = [f for f in files if in_mask_folder(f)]
-    images = [f for f in files if not in_mask_folder(f)]
+    # a folder named like masks whose files are grey-level scans (a patient's initials "GT", extra scans in
+    # labels/) holds images: judged by its first file's pixels
+    first: dict[Path, Path] = {}
+    for f in sorted(found):
+        first.setdefault(f.parent, f)
+    scans = {folder for folder, f in first.items() if not looks_like_mask(f)}
+    found = [f for f in found if f.parent not in scans]
+    images = [f for f in files if f not in set(found)]
     by_stem: dict[str, list[Path]] = {}
     for f in images:
         by_stem.setdefault(f.stem, []).append(f)
@@ -197,8 +236,9 @@ def _mask_note(root: Path, masks: dict[Path, list[Path]]) -> list[str]:
     image, first = next(iter(masks.items()))
     extra = sum(len(v) - 1 for v in masks.values())
     more = f"; {extra} image(s) have more than one, and only the first is used (by explain)" if extra else ""
-    return [f"{n} file(s) named like their image plus _mask (e.g. {first[0].relative_to(root).as_posix()} beside "
-            f"{image.name}) are read as lesion masks, not trained as images{more}"]
+    return [f"{n} file(s) named like their image plus a mask suffix (_mask, _seg, _gt, ...; e.g. "
+            f"{first[0].relative_to(root).as_posix()} beside {image.name}) are read as lesion masks, not trained as "
+            f"images{more}"]
 
 
 def _mask_folder_note(root: Path, found: list[Path], matched: int) -> list[str]:

@@ -39,6 +39,16 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     On any exception the temporary file is removed and `path` is left untouched.
     """
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # a named pipe or a device (`--summary /dev/null`): written directly; a rename over it replaced the
+        # device itself with a regular file when run as root
+        try:
+            fh = open(path, mode)
+        except OSError as exc:
+            raise OutputError(f"cannot write here ({exc.strerror})", path=path, hint="choose a writable file") from exc
+        with fh:
+            yield fh
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

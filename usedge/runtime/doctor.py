@@ -118,12 +118,17 @@ def trial_checks() -> list[Check]:
     here = machine_key()
     cache = read_cache()
     # an entry this code did not write (a malformed median) is not shown: the next load measures afresh
-    entries = [e for k, e in cache.items() if f" | {here} | " in k and valid_entry(e, list(CPU_BACKENDS))]
+    mine = [e for k, e in cache.items() if f" | {here} | " in k]
+    entries = [e for e in mine if valid_entry(e, list(CPU_BACKENDS))]
+    damaged = ([Check("auto backend", "CPU trial cache", True, f"{len(mine) - len(entries)} cached trial(s) for this "
+                      f"machine are malformed: measured again at the next load ({cache_path()})")]
+               if len(entries) < len(mine) else [])
     if not entries:
         unreadable = not cache and cache_path().is_file() and cache_path().stat().st_size > 0
-        return [Check("auto backend", "CPU trial cache", True,
-                      f"the cache file cannot be read (damaged, or from another usedge): the next trial replaces it "
-                      f"({cache_path()})" if unreadable else f"no trial on this machine yet ({cache_path()})")]
+        return damaged or [Check("auto backend", "CPU trial cache", True,
+                                 f"the cache file cannot be read (damaged, or from another usedge): the next trial "
+                                 f"replaces it ({cache_path()})" if unreadable
+                                 else f"no trial on this machine yet ({cache_path()})")]
     shown = entries[-SHOW_TRIALS:]      # the newest (the cache keeps its entries newest last)
     checks = [Check("auto backend", f"model {e.get('model_sha256', '?')[:12]}", True,
                     f"{e['backend']} ({', '.join(f'{n} {m:.2f} ms' for n, m in e['medians_ms'].items())}; {e.get('when', '')})")
@@ -131,7 +136,7 @@ def trial_checks() -> list[Check]:
     if len(entries) > len(shown):
         checks.insert(0, Check("auto backend", "CPU trial cache", True,
                                f"{len(entries)} trials on this machine, the newest {len(shown)} below ({cache_path()})"))
-    return checks
+    return damaged + checks
 
 
 def provider_checks() -> list[Check]:

@@ -130,6 +130,13 @@ def _open_text(path: str | Path, atomic: bool = False, earlier: bool = False):
     path = Path(path)
     if path.is_dir():
         raise OutputError("is a folder", path=path, hint="give a file name, e.g. results.jsonl")
+    if path.exists() and not path.is_file():
+        # a named pipe a consumer reads, a terminal, /dev/null: written directly (nothing to lock, keep or
+        # rename over; opening a pipe to test its lock waited for a writer forever)
+        try:
+            return open(path, "w", newline="", encoding="utf-8", errors="backslashreplace"), True, None
+        except OSError as exc:
+            raise OutputError(f"cannot write here ({exc.strerror})", path=path, hint="choose a writable file") from exc
     if path.exists():           # a stream writing it directly (its --jsonl) holds it locked
         _refuse_if_in_use(path, path)
     partial = path.with_name(path.name + ".partial")       # a batch writing this file holds it locked

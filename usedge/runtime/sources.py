@@ -547,6 +547,7 @@ class NetworkStreamReader(VideoFileReader):
     live = True
     OPEN_TIMEOUT_S = 10.0       # connecting and reading the stream's header
     READ_TIMEOUT_S = 5.0        # no data for this long: the read fails (then reconnect)
+    OPTIONS: dict = {}          # FFmpeg's options for the input (PipeReader: a short probe)
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -559,7 +560,7 @@ class NetworkStreamReader(VideoFileReader):
         self.position, self.ended_early, self.damaged, self.concealed, self.lost = 0, "", 0, 0, 0
         self.frame_number, self.time_s = None, None
         try:
-            container = av.open(self.url, timeout=(self.OPEN_TIMEOUT_S, self.READ_TIMEOUT_S))
+            container = av.open(self.url, timeout=(self.OPEN_TIMEOUT_S, self.READ_TIMEOUT_S), options=self.OPTIONS)
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             why = " ".join(str(getattr(exc, "strerror", "") or exc).split())
             raise StreamError(f"cannot open live source ({redact_source(why)})", path=self.name,
@@ -582,6 +583,20 @@ class NetworkStreamReader(VideoFileReader):
                                 "index is at its end needs a server that answers byte ranges; or remux it with "
                                 "faststart)")
         return ok
+
+
+class PipeReader(NetworkStreamReader):
+    """A named pipe (FIFO) another program writes video into (MPEG-TS, Matroska), read as it comes.
+    FFmpeg's default probe reads 5 MB or 5 s of input before the first frame is given: at a pipe's bit
+    rate that held the first 5-6 s of frames back, which then arrived at once and were dropped as stale.
+    A 64 KB / 1 s probe gives the first result about 1-2 s after the writer starts. A raw MJPEG pipe is
+    still given only when its writer closes (FFmpeg's raw demuxer): wrap MJPEG in Matroska."""
+
+    OPTIONS = {"probesize": "65536", "analyzeduration": "1000000"}
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.name = str(path)
 
 
 class WatchedFolderReader(FrameReader):
@@ -781,7 +796,7 @@ def open_source(spec: str, *, stop: threading.Event | None = None, watch_idle_ti
         # as it comes (it was read as an empty file); its writer closing ends it like a dropped connection
         if importlib.util.find_spec("av") is None:
             return CaptureReader(spec, cv2.CAP_FFMPEG, name=str(path))
-        return NetworkStreamReader(spec)
+        return PipeReader(spec)
     if is_dicom(path):
         return DicomCineReader(path, allow_any_modality=allow_any_modality)
     if is_video(path):

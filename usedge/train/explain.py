@@ -340,6 +340,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
         grids = map_grids(model, warm, maps_wanted)
     notes, flat_maps = grid_notes(grids, spec.size)
     mask_errors: list[str] = []
+    empty_masks: list[str] = []
     with Progress(transient=True, disable=not config.progress) as bar:
         task = bar.add_task(f"explaining {len(samples)} images", total=len(samples))
         for sample in samples:
@@ -353,7 +354,10 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
                 lesion, lesion_source = read_lesion_mask(sample, info.frame_shape)
             except DataError as exc:    # one bad mask (or an empty one: BUSI's normal images) ends nothing
                 lesion, lesion_source = None, ""
-                mask_errors.append(str(exc))
+                if exc.message.startswith("lesion mask is empty"):      # no lesion: not an error to fix
+                    empty_masks.append(_relative(sample.mask_path, ds.root))
+                else:
+                    mask_errors.append(str(exc))
             mask = crop_mask(lesion, info, spec.size, spec.resize) > 0 if lesion is not None else None
             rel = _relative(sample.path, ds.root)
             row = {"image": rel, "label": class_names[sample.label], "pred": class_names[int(probs.argmax())],
@@ -382,6 +386,9 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
             if strips:
                 write_png(out / "sheets" / f"{name}.png", np.concatenate(strips, axis=0))
 
+    if empty_masks:
+        notes.append(f"{len(empty_masks)} image(s) have an empty lesion mask (no lesion, as BUSI's normal images have; "
+                     f"e.g. {empty_masks[0]}): explained, not scored")
     if mask_errors:
         notes.append(f"{len(mask_errors)} image(s) explained without a lesion, as their mask or box could not be used "
                      f"(first: {mask_errors[0]})")
