@@ -217,7 +217,8 @@ def split_mask_folders(files: list[Path], class_root: Path) -> tuple[list[Path],
         first.setdefault(f.parent, f)
     scans = {folder for folder, f in first.items() if not looks_like_mask(f)}
     found = [f for f in found if f.parent not in scans]
-    images = [f for f in files if f not in set(found)]
+    taken = set(found)
+    images = [f for f in files if f not in taken]
     by_stem: dict[str, list[Path]] = {}
     for f in images:
         by_stem.setdefault(f.stem, []).append(f)
@@ -447,7 +448,7 @@ def load_dataset(source: str | Path, class_names: list[str] | None = None) -> Da
         raise DataError("data set not found", path=source,
                         hint="pass a folder of <class>/<image> (optionally with manifest.csv) or a manifest .csv")
     if not ds.samples:
-        loose = [f for f in source.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES] if source.is_dir() else []
+        loose = sorted(f for f in source.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) if source.is_dir() else []
         if loose:       # a flat folder of scans: "no images found" read as if the images were not there
             raise DataError(f"no class folders: {len(loose)} image(s) lie directly in the folder (e.g. {loose[0].name})",
                             path=source, hint=f"put each class's images in a folder named for the class, or write a "
