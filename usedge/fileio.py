@@ -16,12 +16,25 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def writable_folder(out: str | Path, option: str = "--out", what: str = "its outputs") -> Path:
-    """Create the output folder `out` and prove a file can be written there, before a long run writes into it;
-    OutputError (one line naming `option`) when it is a file or cannot be written."""
+def in_place(path: str | Path) -> bool:
+    """Whether `path` is a named pipe or a device (`/dev/null`, a pipe a consumer reads): an output written
+    directly, never locked, kept aside or renamed over (a rename replaced the device itself when run as root)."""
+    path = Path(path)
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
+def not_a_file(out: str | Path, option: str = "--out", what: str = "its outputs") -> Path:
+    """OutputError (one line naming `option`) when the output folder `out` is a file."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{option} is a file, not a folder", path=out, hint=f"pass {option} a folder for {what}")
+    return out
+
+
+def writable_folder(out: str | Path, option: str = "--out", what: str = "its outputs") -> Path:
+    """Create the output folder `out` and prove a file can be written there, before a long run writes into it;
+    OutputError (one line naming `option`) when it is a file or cannot be written."""
+    out = not_a_file(out, option, what)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".usedge-probe-"):
@@ -39,9 +52,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     On any exception the temporary file is removed and `path` is left untouched.
     """
     path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():
-        # a named pipe or a device (`--summary /dev/null`): written directly; a rename over it replaced the
-        # device itself with a regular file when run as root
+    if in_place(path):      # `--summary /dev/null`, a named pipe: written directly
         try:
             fh = open(path, mode)
         except OSError as exc:

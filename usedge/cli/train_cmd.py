@@ -19,7 +19,8 @@ import typer
 from usedge.cli.app import app
 from usedge.cli.options import deprecated, quiet_option
 from usedge.cli.terminal import line_printer, rich_console
-from usedge.errors import ConfigError, OutputError
+from usedge.errors import ConfigError
+from usedge.fileio import not_a_file
 # --help shows the shipped defaults.toml (== TrainConfig's defaults, tested), read as a file so that
 # importing the CLI (serve, infer) never imports the training package.
 _D = tomllib.loads((Path(__file__).parent.parent / "train" / "defaults.toml").read_text())
@@ -121,8 +122,7 @@ def train(
     if policy and "data.augment" not in overrides and load_config(config, without_policy).data.augment not in ("expand", "random"):
         overrides["data.augment"] = "expand"
     cfg = load_config(config, overrides)
-    if out.exists() and not out.is_dir():
-        raise OutputError("--out is a file, not a folder", path=out, hint="pass --out a folder for the run")
+    not_a_file(out, "--out", "the run")
     dataset = load_dataset(data)
     console = rich_console(stderr=True)
     try:

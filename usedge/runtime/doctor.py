@@ -70,7 +70,8 @@ def cpu_checks() -> list[Check]:
     from usedge.runtime.cpu import cpu_model, int8_kernels, usable_cores
 
     name, flags = cpu_model()
-    out = [Check("system", "cpu", True, f"{name}; {usable_cores()} usable core{'' if usable_cores() == 1 else 's'}; flags: {', '.join(flags) or 'none listed'}")]
+    cores = usable_cores()
+    out = [Check("system", "cpu", True, f"{name}; {cores} usable core{'' if cores == 1 else 's'}; flags: {', '.join(flags) or 'none listed'}")]
     if platform.machine().lower() not in ("x86_64", "amd64") or not flags:
         return out              # the saturation below is an x86-64 matter; no flags: /proc/cpuinfo unreadable
     kernels = int8_kernels(flags)

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from usedge.errors import InputError, OutputError, StreamError
-from usedge.fileio import write_bytes_atomic
+from usedge.fileio import in_place, write_bytes_atomic
 from usedge.runtime.classifier import STAGES, Prediction
 from usedge.runtime.formats import INPUT_SUFFIXES, STILL_SUFFIXES
 
@@ -53,6 +53,19 @@ class Sink:
         self.close()
 
 
+KEPT_TAGS = ("unfinished", "earlier")   # `<stem>.<tag>[N]<suffix>`: a dead run's partial file, an earlier stream's
+
+
+def results_partial(path: Path) -> Path:
+    """Where a batch writes the results file `path` until it ends."""
+    return path.with_name(path.name + ".partial")
+
+
+def recording_partial(path: Path) -> Path:
+    """Where a recording to `path` is written until it is closed (hidden)."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
 def _free_name(path: Path, tag: str) -> Path:
     """`<stem>.<tag><suffix>`, or `<stem>.<tag>N<suffix>` with the first N from 2 that no file has."""
     for k in itertools.count(1):
@@ -68,7 +81,7 @@ def keep_earlier(path: Path, what: str = "results") -> None:
     try:
         if not path.is_file() or path.stat().st_size == 0:
             return
-        keep = _free_name(path, "earlier")
+        keep = _free_name(path, KEPT_TAGS[1])
         os.replace(path, keep)
     except OSError as exc:
         raise OutputError(f"cannot keep the earlier {what} before this stream writes its own ({exc.strerror})",
@@ -82,7 +95,7 @@ def keep_unfinished(tmp: Path, path: Path, what: str, note: str) -> None:
     `<stem>.unfinished[N]<suffix>` (never overwritten by the new run) and say so in one line."""
     if not tmp.exists():
         return
-    keep = _free_name(path, "unfinished")
+    keep = _free_name(path, KEPT_TAGS[0])
     try:
         os.replace(tmp, keep)
     except OSError as exc:
@@ -130,23 +143,20 @@ def _open_text(path: str | Path, atomic: bool = False, earlier: bool = False):
     path = Path(path)
     if path.is_dir():
         raise OutputError("is a folder", path=path, hint="give a file name, e.g. results.jsonl")
-    if path.exists() and not path.is_file():
-        # a named pipe a consumer reads, a terminal, /dev/null: written directly (nothing to lock, keep or
-        # rename over; opening a pipe to test its lock waited for a writer forever)
-        try:
-            return open(path, "w", newline="", encoding="utf-8", errors="backslashreplace"), True, None
-        except OSError as exc:
-            raise OutputError(f"cannot write here ({exc.strerror})", path=path, hint="choose a writable file") from exc
-    if path.exists():           # a stream writing it directly (its --jsonl) holds it locked
-        _refuse_if_in_use(path, path)
-    partial = path.with_name(path.name + ".partial")       # a batch writing this file holds it locked
-    if partial.exists():
-        _refuse_if_in_use(partial, path)
-    tmp = partial if atomic else None
-    if tmp is not None and tmp.exists():
-        keep_unfinished(tmp, path, "results file", "its lines up to where that run stopped")
-    if earlier and tmp is None:
-        keep_earlier(path)
+    tmp = None
+    # a named pipe a consumer reads, /dev/null: written directly, nothing to lock, keep or rename over (opening a
+    # pipe to test its lock waited for a writer forever)
+    if not in_place(path):
+        if path.exists():           # a stream writing it directly (its --jsonl) holds it locked
+            _refuse_if_in_use(path, path)
+        partial = results_partial(path)     # a batch writing this file holds it locked
+        if partial.exists():
+            _refuse_if_in_use(partial, path)
+        tmp = partial if atomic else None
+        if tmp is not None and tmp.exists():
+            keep_unfinished(tmp, path, "results file", "its lines up to where that run stopped")
+        if earlier and tmp is None:
+            keep_earlier(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(tmp or path, "w", newline="", encoding="utf-8", errors="backslashreplace")
@@ -388,7 +398,7 @@ class VideoRecorderSink(Sink):
                               hint="name it .mp4 (H.264, plays in browsers) or .avi (MJPG)")
         if self.path.is_dir():
             raise OutputError("is a folder, not a video file", path=self.path, hint="give --record a file name, e.g. out.mp4")
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.tmp = recording_partial(self.path)
         self.av = _pyav()
         self.codec = ("h264" if suffix == ".mp4" else "mjpeg") if self.av else ("mp4v" if suffix == ".mp4" else "MJPG")
         if suffix == ".mp4" and self.av is None:

@@ -643,12 +643,14 @@ class WatchedFolderReader(FrameReader):
         nor their temporary names, nor an earlier run's unfinished or complete copy the run keeps beside
         them (`<stem>.unfinished[N]<suffix>`, `<stem>.earlier[N]<suffix>`): each line written would change
         the file and have it read again."""
+        from usedge.runtime.sinks import KEPT_TAGS, recording_partial, results_partial
+
         for p in paths:
             if p is None or str(p) == "-":
                 continue
             p = Path(os.path.abspath(p))
-            self.ignore |= {str(p), str(p.with_name(p.name + ".partial")), str(p.with_name(f".{p.stem}.partial{p.suffix}"))}
-            self._ignore_kept |= {(str(p.parent), f"{p.stem}.{tag}", p.suffix) for tag in ("unfinished", "earlier")}
+            self.ignore |= {str(p), str(results_partial(p)), str(recording_partial(p))}
+            self._ignore_kept |= {(str(p.parent), f"{p.stem}.{tag}", p.suffix) for tag in KEPT_TAGS}
 
     def open(self) -> None:
         if not self.folder.is_dir():

@@ -81,6 +81,9 @@ class ExplainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- I/O
+EMPTY_MASK = "lesion mask is empty (no nonzero pixel)"     # read_lesion_mask's line: the image has no lesion
+
+
 def read_lesion_mask(sample: Sample, frame_shape: tuple[int, int]) -> tuple[np.ndarray | None, str]:
     """The lesion as a frame-sized bool mask: from mask_path, else from bbox, else None."""
     h, w = frame_shape
@@ -95,7 +98,7 @@ def read_lesion_mask(sample: Sample, frame_shape: tuple[int, int]) -> tuple[np.n
                             path=sample.mask_path, hint="a mask must have its image's size")
         lesion = (mask > 0).any(axis=2) if mask.ndim == 3 else mask > 0
         if not lesion.any():
-            raise DataError("lesion mask is empty (no nonzero pixel)", path=sample.mask_path,
+            raise DataError(EMPTY_MASK, path=sample.mask_path,
                             hint="fix the mask, or remove its mask_path from manifest.csv")
         return lesion, "mask"
     if sample.bbox is not None:
@@ -354,7 +357,7 @@ def run_explain(checkpoint: str | Path, data: str | Path, out: str | Path,
                 lesion, lesion_source = read_lesion_mask(sample, info.frame_shape)
             except DataError as exc:    # one bad mask (or an empty one: BUSI's normal images) ends nothing
                 lesion, lesion_source = None, ""
-                if exc.message.startswith("lesion mask is empty"):      # no lesion: not an error to fix
+                if exc.message == EMPTY_MASK:      # no lesion: not an error to fix
                     empty_masks.append(_relative(sample.mask_path, ds.root))
                 else:
                     mask_errors.append(str(exc))
