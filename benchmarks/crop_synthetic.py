@@ -6,7 +6,9 @@ For each frame: a synthetic B-mode image (usedge.synth.phantom) placed in a rand
 (usedge.synth.scanner.render_scanner_frame: random size 1280x720..1920x1080, linear or curved
 probe, single or dual view, with or without a colour Doppler box). Measured:
   fov IoU           detected box vs truth fov_box (dual: the detected view that best matches each truth view)
-  doppler left      truth Doppler pixels inside the crop that the Doppler mask missed, / crop pixels
+  doppler left      truth Doppler pixels inside the crop that the Doppler mask missed, / crop pixels:
+                    for resize=area and halve-linear (Doppler found on the crop's pixels) and for
+                    colour-halve-linear (found on the halved colour crop; the default for new models)
   dual found        dual screens where both views were found
   degraded          IoU again on the same screen saved as JPEG quality 70 and with Gaussian noise (sigma 3)
 Writes benchmarks/results/crop_synthetic.json and .md.
@@ -29,10 +31,10 @@ import numpy as np  # noqa: E402
 cv2.setNumThreads(1)
 
 from usedge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from usedge.runtime.crop import prepare_all  # noqa: E402
+from usedge.runtime.crop import model_image, prepare_all  # noqa: E402
 from usedge.runtime.doppler import doppler_cells  # noqa: E402
 from usedge.runtime.fov import crop_field_of_view  # noqa: E402
-from usedge.runtime.preprocess import PreprocessSpec  # noqa: E402
+from usedge.runtime.preprocess import RESIZE_FOR_NEW_MODELS, PreprocessSpec  # noqa: E402
 from usedge.synth.phantom import render_view, sample_patient, sample_view  # noqa: E402
 from usedge.synth.scanner import render_scanner_frame  # noqa: E402
 
@@ -71,7 +73,7 @@ def doppler_left(frame, truth, spec) -> float | None:
         if not truth_crop.any():
             continue
         # the runtime fills Doppler on the model grid: a crop pixel is removed when its cell is
-        ours = doppler_cells(frame[y:y + h, x:x + w], spec.size)
+        ours = doppler_cells(model_image(frame[y:y + h, x:x + w], spec)[1], spec.size)
         if ours is None:
             worst = max(worst, float(truth_crop.sum()) / (w * h))
             continue
@@ -90,6 +92,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     spec = PreprocessSpec()
+    spec_new = PreprocessSpec(resize=RESIZE_FOR_NEW_MODELS)
     rows = []
     t_start = time.time()
     for i in range(args.frames):
@@ -103,7 +106,8 @@ def main(argv=None) -> int:
                     for name, img in (("iou_jpeg70", jpeg), ("iou_noise3", noisy))}
         rows.append({"i": i, "probe": probe, "dual": dual, "doppler": doppler, "size": truth["frame_size"],
                      "iou": min(ious), **degraded, "views_found": len(fov.boxes), "method": fov.method,
-                     "doppler_left": doppler_left(frame, truth, spec)})
+                     "doppler_left": doppler_left(frame, truth, spec),
+                     "doppler_left_new": doppler_left(frame, truth, spec_new)})
         if (i + 1) % 50 == 0:
             print(f"{i + 1}/{args.frames} frames, {time.time() - t_start:.0f} s", file=sys.stderr)
 
@@ -112,7 +116,11 @@ def main(argv=None) -> int:
         return {"n": len(sel), "iou_median": float(np.median(v)), "iou_p5": float(np.percentile(v, 5)),
                 "iou_min": float(v.min())}
 
-    dl = np.array([r["doppler_left"] for r in rows if r["doppler_left"] is not None])
+    def left(key):
+        dl = np.array([r[key] for r in rows if r[key] is not None])
+        return {"n": int(dl.size), "median": float(np.median(dl)) if dl.size else None,
+                "p95": float(np.percentile(dl, 95)) if dl.size else None, "max": float(dl.max()) if dl.size else None}
+
     groups = {
         "all": rows,
         "linear": [r for r in rows if r["probe"] == "linear"],
@@ -129,9 +137,8 @@ def main(argv=None) -> int:
         "frames": args.frames, "seed": args.seed,
         "fov": summary,
         "dual_both_views_found": sum(r["views_found"] >= 2 for r in duals), "dual_frames": len(duals),
-        "doppler_left_fraction": {"n": int(dl.size), "median": float(np.median(dl)) if dl.size else None,
-                                  "p95": float(np.percentile(dl, 95)) if dl.size else None,
-                                  "max": float(dl.max()) if dl.size else None},
+        "doppler_left_fraction": left("doppler_left"),
+        f"doppler_left_fraction_{RESIZE_FOR_NEW_MODELS}": left("doppler_left_new"),
         "fallbacks": sum(r["method"] == "fallback" for r in rows),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work)",
         "rows": rows,
@@ -143,11 +150,15 @@ def main(argv=None) -> int:
           "| frames | n | IoU median | IoU p5 | IoU min |", "|---|---|---|---|---|"]
     for name, s in summary.items():
         md.append(f"| {name} | {s['n']} | {s['iou_median']:.3f} | {s['iou_p5']:.3f} | {s['iou_min']:.3f} |")
-    d = result["doppler_left_fraction"]
     md += ["", f"Dual screens with both views found: {result['dual_both_views_found']} / {result['dual_frames']}.",
-           f"Fallbacks (no image found): {result['fallbacks']}.", "",
-           f"Doppler pixels left inside the crop (fraction of crop pixels, {d['n']} frames with Doppler): "
-           f"median {d['median']:.2e}, p95 {d['p95']:.2e}, max {d['max']:.2e}." if d["n"] else "No Doppler frames."]
+           f"Fallbacks (no image found): {result['fallbacks']}.", ""]
+    for key, how in (("doppler_left_fraction", "resize=area or halve-linear: found on the crop's pixels"),
+                     (f"doppler_left_fraction_{RESIZE_FOR_NEW_MODELS}",
+                      f"resize={RESIZE_FOR_NEW_MODELS}: found on the halved colour crop")):
+        d = result[key]
+        md.append(f"Doppler pixels left inside the crop ({how}; fraction of crop pixels, {d['n']} frames with "
+                  f"Doppler): median {d['median']:.2e}, p95 {d['p95']:.2e}, max {d['max']:.2e}." if d["n"]
+                  else "No Doppler frames.")
     write_text_atomic(args.out / "crop_synthetic.md", "\n".join(md) + "\n")
     print("\n".join(md))
     return 0

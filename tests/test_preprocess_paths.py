@@ -183,6 +183,40 @@ def test_halve_linear_definition_and_anti_aliasing():
         cv2.resize(small, (224, 224), interpolation=cv2.INTER_LINEAR_EXACT).tobytes()
 
 
+def test_colour_halve_linear_definition(scanner_frames):
+    """colour-halve-linear: halve-linear's box halvings on the colour crop, then gray, then bit-exact
+    bilinear (spelled out here with OpenCV calls); on gray pixels (B = G = R) the same bytes as halve-linear."""
+    rng = np.random.default_rng(5)
+    colour = rng.integers(0, 256, (901, 450, 3), dtype=np.uint8)   # 901 -> 4 (trim 1: row 0 kept), 450 -> 2
+    x = cv2.resize(colour[0:900], (225, 450), interpolation=cv2.INTER_AREA)
+    x = cv2.resize(x, (225, 225), interpolation=cv2.INTER_AREA)
+    want = cv2.resize(cv2.cvtColor(x, cv2.COLOR_BGR2GRAY), (225, 225), interpolation=cv2.INTER_LINEAR_EXACT)
+    assert resize_to_model(colour, 225, "colour-halve-linear").tobytes() == want.tobytes()
+    gray = rng.integers(0, 256, (744, 894), dtype=np.uint8)
+    assert resize_to_model(gray, 224, "colour-halve-linear").tobytes() == \
+        resize_to_model(gray, 224, "halve-linear").tobytes()
+    assert resize_to_model(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), 224, "colour-halve-linear").tobytes() == \
+        resize_to_model(gray, 224, "halve-linear").tobytes()
+    frame, _ = scanner_frames["linear"]        # a B-mode screen: gray image, coloured UI around it
+    new, info = prepare(frame, PreprocessSpec(resize="colour-halve-linear"))
+    old, old_info = prepare(frame, PreprocessSpec(resize="halve-linear"))
+    assert info.crop_box == old_info.crop_box and new.tobytes() == old.tobytes()
+
+
+@pytest.mark.parametrize("resize", RESIZE_METHODS)
+def test_doppler_removed_by_every_resize_method(scanner_frames, resize):
+    """Doppler is found on the crop (colour-halve-linear: on the halved colour crop) and filled: what is
+    left of the colour box in the model input is what the fill leaves, whatever the method."""
+    frame, truth = scanner_frames["doppler"]
+    img, info = prepare(frame, PreprocessSpec(crop="fov", resize=resize))
+    x, y, w, h = info.crop_box
+    cells = cv2.resize(truth["doppler_mask"][y:y + h, x:x + w].astype(np.float32), img.shape[::-1],
+                       interpolation=cv2.INTER_AREA) > 0
+    assert cells.mean() > 0.005 and info.doppler_fraction >= cells.mean()
+    kept, _ = prepare(frame, PreprocessSpec(crop="fov", remove_doppler=False, resize=resize))
+    assert np.abs(img.astype(int) - kept)[cells].mean() > 5        # the colour pixels' gray was replaced
+
+
 def test_unknown_resize_method_is_refused():
     with pytest.raises(ConfigError, match="unknown resize method 'bicubic'") as err:
         PreprocessSpec(resize="bicubic")

@@ -111,11 +111,11 @@ def test_train_refuses_a_policy_searched_for_another_run(tiny_cohort, fold_polic
         make_train_augmenter(fold_policy, "expand", run=(ds, _run_config(**{"cv.folds": 4})))
     with pytest.raises(ConfigError, match="crop=auto .* this run uses crop=none"):
         make_train_augmenter(fold_policy, "expand", run=(ds, _run_config(**{"data.crop": "none"})))
-    with pytest.raises(ConfigError, match="resize=halve-linear, this run uses .* resize=area.* --resize area"):
+    with pytest.raises(ConfigError, match="resize=colour-halve-linear, this run uses .* resize=area.* --resize area"):
         make_train_augmenter(fold_policy, "expand", run=(ds, _run_config(**{"data.resize": "area"})))
     old = Policy.load(fold_policy)                  # searched before resize existed: searched with area
     del old.meta["search"]["preprocess"]["resize"]
-    with pytest.raises(ConfigError, match="resize=area, this run uses .* resize=halve-linear .*--set data.resize=area"):
+    with pytest.raises(ConfigError, match="resize=area, this run uses .* resize=colour-halve-linear .*--set data.resize=area"):
         make_train_augmenter(old, "expand", run=(ds, _run_config()))
     make_train_augmenter(old, "expand", run=(ds, _run_config(**{"data.resize": "area"})))
     with pytest.raises(ConfigError, match="needs the training run"):  # a per-fold policy never falls back
@@ -160,11 +160,11 @@ def test_search_prepares_images_with_the_runs_crop(tiny_cohort):
     cfg = SearchConfig.for_run(_run_config(**{"data.crop": "fov", "data.remove_doppler": False}), "usedge",
                                folds=0, inner_splits=2, trials=1, top=1, child_arch="resnet18",
                                child_image_size=32, child_epochs=1, child_threads=1)
-    assert (cfg.crop, cfg.remove_doppler, cfg.resize, cfg.seed) == ("fov", False, "halve-linear", 0)
+    assert (cfg.crop, cfg.remove_doppler, cfg.resize, cfg.seed) == ("fov", False, "colour-halve-linear", 0)
     pol = search(ds, cfg, storage=None, show_progress=False)
-    assert pol.meta["search"]["preprocess"] == {"crop": "fov", "remove_doppler": False, "resize": "halve-linear"}
+    assert pol.meta["search"]["preprocess"] == {"crop": "fov", "remove_doppler": False, "resize": "colour-halve-linear"}
     idx = np.arange(4)
-    for resize in ("area", "halve-linear"):
+    for resize in ("area", "halve-linear", "colour-halve-linear"):
         spec = PreprocessSpec(size=32, crop="fov", remove_doppler=False, resize=resize)
         want = train_images(ds.samples[:4], spec, progress=False)
         assert np.array_equal(load_images(ds, idx, 32, "fov", False, resize), want)

@@ -13,7 +13,7 @@ def test_usedge_defaults():
     assert (cfg.data.augment, cfg.optim.schedule, cfg.optim.warmup_epochs, cfg.optim.lr) == ("light", "cosine", 1, 3e-4)
     assert (cfg.data.image_size, cfg.optim.epochs, cfg.cv.folds, cfg.cv.select_on) == (224, 30, 5, "loss")
     assert cfg.to_dict() == TrainConfig().to_dict()   # dataclass defaults == shipped defaults.toml
-    assert cfg.data.resize == cfg.preprocess_spec().resize == "halve-linear"   # new models: the fast resize
+    assert cfg.data.resize == cfg.preprocess_spec().resize == "colour-halve-linear"   # new models: the fast resize
     assert load_config(overrides={"data.resize": "area"}).preprocess_spec().resize == "area"
 
 
@@ -33,7 +33,7 @@ def test_paper_preset_is_the_papers_protocol(tmp_path):
     assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.step_size, cfg.optim.step_gamma, cfg.optim.epochs,
             cfg.optim.batch_size) == (1e-4, "step", 7, 0.1, 30, 16)
     assert (cfg.cv.folds, cfg.cv.select_on) == (5, "accuracy")
-    assert cfg.data.resize == "halve-linear"        # the paper does not specify the resize (docs/train.md)
+    assert cfg.data.resize == "colour-halve-linear"   # the paper does not specify the resize (docs/train.md)
 
 
 def test_toml_then_flags_override(tmp_path):

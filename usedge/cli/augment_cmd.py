@@ -45,7 +45,7 @@ def search_cmd(
     crop: Optional[str] = typer.Option(None, help="The run's crop (default: the run's config)."),
     remove_doppler: Optional[bool] = typer.Option(None, "--remove-doppler/--keep-doppler",
                                                   help="The run's Doppler removal (default: the run's config)."),
-    resize: Optional[str] = typer.Option(None, help="The run's resize: halve-linear | area (default: the run's config)."),
+    resize: Optional[str] = typer.Option(None, help="The run's resize: colour-halve-linear | halve-linear | area (default: the run's config)."),
     max_folds: Optional[int] = typer.Option(None, help="Search only the first N outer folds (0 = all)."),
     inner_splits: Optional[int] = typer.Option(None, help="Inner splits (by patient) per scope [4]."),
     trials: Optional[int] = typer.Option(None, help="TPE trials per inner split [100]."),

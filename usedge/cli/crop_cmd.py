@@ -24,8 +24,9 @@ def crop(
     image_size: int = typer.Option(224, "--image-size", help="Output side in pixels (the model input size)."),
     size: Optional[int] = typer.Option(None, "--size", hidden=True, help="Deprecated: use --image-size."),
     doppler: bool = typer.Option(True, "--remove-doppler/--keep-doppler", help="Fill colour Doppler pixels from the B-mode around them."),
-    resize: str = typer.Option(RESIZE_FOR_NEW_MODELS, help="Crop -> model size: halve-linear (what usedge train "
-                               "uses) | area (models trained before usedge had this choice): use your model's."),
+    resize: str = typer.Option(RESIZE_FOR_NEW_MODELS, help="Crop -> model size: colour-halve-linear (what usedge "
+                               "train uses) | halve-linear (the previous default) | area (models trained "
+                               "before usedge had this choice): use your model's."),
     presets: Optional[Path] = typer.Option(None, help="Your presets TOML (a table preset.NAME with box = x, y, w, h), added to the built-in ones."),
     all_frames: bool = typer.Option(False, "--all-frames", help="Every frame of a multi-frame DICOM, every page of a multi-page TIFF (default: the first)."),
     every: int = typer.Option(1, "--every", min=1, help="Only every N-th frame of a video (and of a multi-frame DICOM "

@@ -5,7 +5,10 @@
     FrameCropper(spec)                 the same as `prepare` for a stream: detects the layout once,
                                        re-checks it cheaply per frame, re-detects when it changes
     prepare_file(path, spec)           read_image(path) (+ its DICOM regions) -> prepare
-    resize_to_model(gray, size, method) the resize step, by PreprocessSpec.resize (area | halve-linear)
+    resize_to_model(crop, size, method) the resize step, by PreprocessSpec.resize (area | halve-linear |
+                                       colour-halve-linear)
+    model_image(crop, spec)            -> (gray model image before the Doppler fill, the colour pixels
+                                       Doppler is found on)
     parse_crop(text) / load_presets()  'auto' | 'fov' | 'none' | 'x,y,w,h' | 'preset:NAME'
 
 `regions` are DICOM SequenceOfUltrasoundRegions boxes (x, y, w, h, frame pixels); they are used with
@@ -15,8 +18,9 @@ else detection runs.
 
 Order of work (per frame): to uint8 (channels kept) -> field of view (DICOM regions | preset |
 manual box | detection) -> skin-centred square inside it (crop=auto) -> gray, resized to spec.size by
-spec.resize (`resize_to_model`: area | halve-linear) -> Doppler pixels (found on the crop's colour
-pixels) filled from the surrounding B-mode. Non-square boxes (fov, none, manual, presets without square) are
+spec.resize (`resize_to_model`: area | halve-linear; colour-halve-linear halves the colour crop before
+the gray) -> Doppler pixels (found on the crop's colour pixels; for colour-halve-linear on the halved
+colour crop) filled from the surrounding B-mode. Non-square boxes (fov, none, manual, presets without square) are
 resized without keeping the aspect ratio, like torchvision's Resize((224, 224)) of the paper.
 """
 
@@ -197,21 +201,10 @@ def _halvings(side: int, size: int) -> int:
     return k
 
 
-def resize_to_model(image: np.ndarray, size: int, method: str) -> np.ndarray:
-    """A gray crop (uint8; or a float32 mask) -> size x size by a PreprocessSpec.resize method.
-
-    area:         one cv2.resize INTER_AREA (exact pixel-area averages; slow at a non-integer factor).
-    halve-linear: per axis, k = the largest power of two with side // k >= size; the side is trimmed
-                  to a multiple of k (the remainder, under k pixels, split between both ends), halved
-                  by 2x2 (or 2x1) box averages log2(k) times (INTER_AREA at exactly 1/2: OpenCV's
-                  integer fast path, rounded), then resized by bit-exact bilinear (INTER_LINEAR_EXACT)
-                  at a remaining factor under 2. Anti-aliased by the box steps; a side under twice
-                  `size` gets the bilinear step only.
-    """
-    if method == "area":
-        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    if method != "halve-linear":
-        raise ConfigError(f"unknown resize method {method!r}", hint="use area or halve-linear")
+def _halve(image: np.ndarray, size: int) -> np.ndarray:
+    """The box-halving steps of halve-linear (any number of channels): per axis, the side trimmed to a
+    multiple of k = _halvings(side, size) (the remainder split between both ends), then 2x2 (or 2x1)
+    box averages log2(k) times (INTER_AREA at exactly 1/2: OpenCV's integer fast path, rounded)."""
     h, w = image.shape[:2]
     ky, kx = _halvings(h, size), _halvings(w, size)
     y0, x0 = (h % ky) // 2, (w % kx) // 2
@@ -220,7 +213,44 @@ def resize_to_model(image: np.ndarray, size: int, method: str) -> np.ndarray:
         fy, fx = min(ky, 2), min(kx, 2)
         x = cv2.resize(x, (x.shape[1] // fx, x.shape[0] // fy), interpolation=cv2.INTER_AREA)
         ky, kx = ky // fy, kx // fx
-    return cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR_EXACT)
+    return x
+
+
+def resize_to_model(image: np.ndarray, size: int, method: str) -> np.ndarray:
+    """A crop (uint8 gray, or BGR for colour-halve-linear; or a float32 mask) -> gray size x size by a
+    PreprocessSpec.resize method.
+
+    area:         one cv2.resize INTER_AREA (exact pixel-area averages; slow at a non-integer factor).
+    halve-linear: per axis, k = the largest power of two with side // k >= size; the side is trimmed
+                  to a multiple of k (the remainder, under k pixels, split between both ends), halved
+                  by 2x2 (or 2x1) box averages log2(k) times (INTER_AREA at exactly 1/2: OpenCV's
+                  integer fast path, rounded), then resized by bit-exact bilinear (INTER_LINEAR_EXACT)
+                  at a remaining factor under 2. Anti-aliased by the box steps; a side under twice
+                  `size` gets the bilinear step only.
+    colour-halve-linear: the same steps with the box halvings on the colour crop and the gray
+                  conversion after them (so a colour crop's pixels are read once, by the first
+                  halving); on a gray crop, or gray pixels of a colour one (B = G = R), the same bytes
+                  as halve-linear. _render also finds Doppler on the halved colour crop.
+    """
+    if method == "area":
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    if method not in ("halve-linear", "colour-halve-linear"):
+        raise ConfigError(f"unknown resize method {method!r}", hint="use area, halve-linear or colour-halve-linear")
+    return _linear(gray_of(_halve(image, size)), size)
+
+
+def _linear(image: np.ndarray, size: int) -> np.ndarray:
+    """The last step of halve-linear: bit-exact bilinear to size x size."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR_EXACT)
+
+
+def model_image(roi: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A crop -> (uint8 gray spec.size x spec.size, the colour pixels Doppler is looked for on): the crop
+    itself, or for colour-halve-linear the halved colour crop (already read, at about the model's grid)."""
+    if spec.resize == "colour-halve-linear" and roi.ndim == 3:
+        halved = _halve(roi, spec.size)
+        return _linear(gray_of(halved), spec.size), halved
+    return resize_to_model(gray_of(roi), spec.size, spec.resize), roi
 
 
 def _render(image: np.ndarray, layout: Layout, box: Box, crop_box: Box, spec: PreprocessSpec
@@ -228,8 +258,8 @@ def _render(image: np.ndarray, layout: Layout, box: Box, crop_box: Box, spec: Pr
     """Crop -> gray -> resize to size x size (spec.resize) -> Doppler cells filled: uint8 + where it came from."""
     x, y, w, h = crop_box
     roi = image[y:y + h, x:x + w]
-    small = resize_to_model(gray_of(roi), spec.size, spec.resize)
-    mask = doppler_cells(roi, spec.size) if roi.ndim == 3 and spec.remove_doppler else None
+    small, colour = model_image(roi, spec)
+    mask = doppler_cells(colour, spec.size) if roi.ndim == 3 and spec.remove_doppler else None
     frac = 0.0 if mask is None else float(mask.mean())
     if mask is not None:
         small = fill_from_surroundings(small, mask)

@@ -8,11 +8,14 @@ Training augments the uint8 output of `prepare` and then calls `normalise`; `use
 identical bytes for the same file (tests/test_preprocess_paths.py). `PreprocessSpec` says how, and
 travels with the model (checkpoint and ONNX metadata).
 
-`PreprocessSpec.resize` names how the gray crop is brought to spec.size (crop.resize_to_model):
-"area" (one INTER_AREA resize; what a spec without the field means, so every model trained before
-the field existed keeps its exact bytes) or "halve-linear" (2x2 box averages while the side stays at
-least twice the model size, then bit-exact bilinear: cheaper on a 1080p screen's crop; what
-`usedge train` uses for new models). docs/crop.md gives both definitions and their measured difference.
+`PreprocessSpec.resize` names how the crop is brought to spec.size (crop.resize_to_model):
+"area" (one INTER_AREA resize of the gray crop; what a spec without the field means, so every model
+trained before the field existed keeps its exact bytes), "halve-linear" (the gray crop: 2x2 box
+averages while the side stays at least twice the model size, then bit-exact bilinear: cheaper on a
+1080p screen's crop) or "colour-halve-linear" (the same box averages on the colour crop, before the
+gray conversion, and Doppler found on the halved colour pixels: the crop's pixels are read once;
+what `usedge train` uses for new models; on gray pixels, B = G = R, the same bytes as halve-linear).
+docs/crop.md gives the definitions and their measured differences.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import numpy as np
 
 from usedge.errors import ConfigError
 
-RESIZE_METHODS = ("area", "halve-linear")   # PreprocessSpec.resize values (crop.resize_to_model)
-RESIZE_FOR_NEW_MODELS = "halve-linear"      # what training records for a new model (usedge/train/defaults.toml)
+RESIZE_METHODS = ("area", "halve-linear", "colour-halve-linear")   # PreprocessSpec.resize (crop.resize_to_model)
+RESIZE_FOR_NEW_MODELS = "colour-halve-linear"   # what training records for a new model (usedge/train/defaults.toml)
 MAX_INPUT_SIZE = 2048    # model input side, pixels: beyond it one crop takes gigabytes (100000 px: 10 GB per image)
 
 
@@ -38,7 +41,7 @@ class PreprocessSpec:
     crop: str = "auto"              # auto | fov | none | x,y,w,h | preset:NAME
     remove_doppler: bool = True
     skin_margin: float = 0.02       # fraction of the FOV height kept above the skin line (crop=auto)
-    resize: str = "area"            # area | halve-linear (RESIZE_METHODS); "area" = a spec without the field
+    resize: str = "area"            # area | halve-linear | colour-halve-linear (RESIZE_METHODS); "area" = no field
 
     def __post_init__(self):
         if self.resize not in RESIZE_METHODS:

@@ -33,7 +33,7 @@ class DataConfig:
     image_size: int = 224          # pixels
     crop: str = "auto"
     remove_doppler: bool = True
-    resize: str = RESIZE_FOR_NEW_MODELS   # crop -> model size: halve-linear | area (PreprocessSpec.resize)
+    resize: str = RESIZE_FOR_NEW_MODELS   # crop -> model size: colour-halve-linear | halve-linear | area (PreprocessSpec.resize)
     num_workers: int = 0
     augment: str = "light"         # light (data.LightAugment) | none | expand | random (FAA, need policy)
     policy: str = ""
