@@ -6,7 +6,9 @@ manifest.csv columns (header required; paths relative to the manifest's folder):
     patient_id  any string; every image of one patient stays in one fold
     mask_path   optional: lesion mask (PNG, nonzero = lesion), same size as the image
     bbox        optional: lesion box "x,y,w,h" in image pixels
-Without a manifest, `<root>/<class>/**/<image>` is read and each image is its own patient.
+Without a manifest, `<root>/<class>/**/<image>` is read: a DICOM image's patient is its PatientID (as a
+pseudonym, usedge.runtime.dicom.patient_key), unless that PatientID is on images of two classes (an
+anonymiser's "ANON": no patient); every other image is its own patient.
 
 Refused with one line naming the manifest line: a row listed twice, labels that differ only in case or
 spaces (`Lipoma` beside `lipoma`: a typo, not a class), a patient_id empty on some rows but not others,
@@ -19,7 +21,7 @@ from __future__ import annotations
 import csv
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from usedge.errors import DataError
@@ -55,9 +57,10 @@ class Dataset:
 
     @property
     def has_patient_ids(self) -> bool:
-        """False when the data set names no patients (no manifest, or one without patient_id): each image
-        then counts as its own patient (its notes say so)."""
-        return not any(ONE_PATIENT_PER_IMAGE in n for n in self.notes)
+        """False when the data set does not name every image's patient (a manifest without patient_id, a folder
+        without one whose images are not all DICOMs with a PatientID): those images count as their own
+        patient (its notes say so)."""
+        return not any(UNNAMED_PATIENTS in n for n in self.notes)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -79,8 +82,8 @@ def _parse_bbox(text: str, where: str) -> tuple[int, int, int, int] | None:
     return (x, y, w, h)
 
 
-ONE_PATIENT_PER_IMAGE = ("each image counts as its own patient: images of one patient can land in a training and "
-                         "a test fold and overstate accuracy")
+UNNAMED_PATIENTS = "images of one patient can land in a training and a test fold and overstate accuracy"
+ONE_PATIENT_PER_IMAGE = f"each image counts as its own patient: {UNNAMED_PATIENTS}"
 # columns that name a patient (or a lesion) under another name than patient_id (normalised: lower case, _ for
 # spaces and -): a manifest with one of them but no patient_id column is told which to rename
 PATIENT_LIKE = frozenset({"patient", "patients", "patient_no", "patient_number", "subject", "subject_id", "subjectid",
@@ -378,6 +381,48 @@ def _unlisted_images(root: Path, folders: set[str], listed: set[Path]) -> list[s
     return out
 
 
+def _dicom_patients(root: Path, classes: list[str], samples: list[Sample]) -> tuple[list[Sample], list[str]]:
+    """A folder without a manifest: a DICOM image's patient is its PatientID, as a pseudonym (dicom:<hash>,
+    usedge.runtime.dicom.patient_key: the header alone is read, and the ID is never shown). The other images,
+    DICOMs without a readable PatientID, and DICOMs whose PatientID is on images of two or more classes (an
+    anonymiser's placeholder such as ANON or 0, or a wrong label: not one patient) stay their own patient.
+    Returns the samples and the notes that say which images are grouped and which are not."""
+    from usedge.runtime.dicom import PATIENT_PREFIX, is_dicom, patient_key
+
+    if not samples:
+        return samples, []
+    keys = {s.path: patient_key(s.path) for s in samples if is_dicom(s.path)}
+    by_key: dict[str, list[Sample]] = {}
+    for s in samples:
+        if keys.get(s.path):
+            by_key.setdefault(keys[s.path], []).append(s)
+    shared = {k: v for k, v in by_key.items() if len({s.label for s in v}) > 1}
+    named = {s.path: k for k, v in by_key.items() if k not in shared for s in v}
+    samples = [replace(s, patient_id=named[s.path]) if s.path in named else s for s in samples]
+    others = ", ".join(f"{n} {what}" for n, what in (
+        (len(samples) - len(keys), "not DICOM"), (sum(k is None for k in keys.values()), "DICOM without a readable PatientID"),
+        (sum(map(len, shared.values())), "DICOM whose PatientID is on two or more classes")) if n)
+    add = f"; add a {MANIFEST_NAME} with patient_id (docs/synth.md)"
+    if not named:       # no DICOM names a patient: as before
+        notes = [f"{root.name} has no {MANIFEST_NAME}{f' and no image names a patient ({others})' if keys else ''}: "
+                 f"{ONE_PATIENT_PER_IMAGE}{add}"]
+    else:
+        unnamed = len(samples) - len(named)
+        notes = [f"{root.name} has no {MANIFEST_NAME}: {len(named)} DICOM image(s) are grouped by their PatientID into "
+                 f"{len(set(named.values()))} patient(s) (named {PATIENT_PREFIX}<hash of the ID>; the ID is not shown)"
+                 + (f"; the {unnamed} other image(s) ({others}) name no patient, and each of them counts as its own "
+                    f"patient: {UNNAMED_PATIENTS}{add}" if unnamed else "")]
+    if shared:
+        worst = sorted(shared.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        listed = "; ".join(f"{k} on {len(v)} images of {', '.join(classes[i] for i in sorted({s.label for s in v})[:4])} "
+                           f"(e.g. {min(s.path for s in v).relative_to(root).as_posix()})" for k, v in worst[:3])
+        notes.append(f"{len(shared)} PatientID(s) on images of two or more classes taken for an anonymiser's placeholder "
+                     f"(ANON, 0) or a wrong label, not a patient (one patient has one lesion type): {listed}"
+                     f"{'; ...' if len(shared) > 3 else ''}; their images are not grouped, each counts as its own patient; "
+                     f"if such an ID names a patient, write a {MANIFEST_NAME} with patient_id (docs/synth.md)")
+    return samples, notes
+
+
 def _is_output_folder(folder: Path) -> bool:
     """A folder a usedge run or export wrote (run.json, a model, an output mark): never a class of images."""
     return any((folder / name).exists() for name in ("run.json", "model.pt", "model.onnx", ".usedge-output"))
@@ -416,9 +461,9 @@ def scan_image_folder(root: Path) -> Dataset:
         if (other := seen.setdefault(file_identity(f), f)) != f:
             raise DataError(f"{other.relative_to(root)} and {f.relative_to(root)} are one image file (a link)", path=root,
                             hint="keep each image once in the data set (remove the link)")
-    notes = ([f"{root.name} has no {MANIFEST_NAME}: {ONE_PATIENT_PER_IMAGE}; add a {MANIFEST_NAME} with patient_id "
-              "(docs/synth.md)"] if samples else [])
-    nested = [rel for s in samples if len(rel := s.path.relative_to(root).parts) > 2 and rel[1].casefold() not in IMAGE_FOLDERS]
+    samples, notes = _dicom_patients(root, classes, samples)
+    nested = [rel for s in samples if len(rel := s.path.relative_to(root).parts) > 2 and rel[1].casefold() not in IMAGE_FOLDERS
+              and s.patient_id == str(s.path.relative_to(root))]
     if nested:      # <class>/<patient>/<image>, as many hospital exports are: the folders are not read as patients
         notes.append(f"{len(nested)} image(s) lie in subfolders of their class folder (e.g. {'/'.join(nested[0])}): "
                      f"if a subfolder holds one patient's images, give them that patient_id in a {MANIFEST_NAME} "

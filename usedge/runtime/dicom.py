@@ -4,10 +4,12 @@
     d.n_frames, d.fps, d.shape, d.regions          # technical facts only
     d.frame(i)  -> uint8 H x W (gray) or H x W x 3 (BGR, like OpenCV), scaled by its bit depth
     d.frames()  -> iterator of (index, frame)
+    patient_key(path) -> "dicom:<12 hex>" | None    a pseudonym of the PatientID (a data set's patients)
 
 Nothing a DicomFile returns, logs or raises carries patient data (names, IDs, birth dates, study
 dates, institution): the dataset is kept private and only the technical attributes listed in
-`DicomFile.describe()` are read out. Pixel data is decoded one frame at a time.
+`DicomFile.describe()` are read out; patient_key gives a hash of the PatientID, never the ID. Pixel
+data is decoded one frame at a time.
 """
 
 from __future__ import annotations
@@ -61,6 +63,37 @@ def is_dicom(path: str | Path) -> bool:
     if not path.is_file():
         return path.suffix.lower() in DICOM_SUFFIXES and not path.exists()
     return sniff(read_head(path, 132), path.name) == "dicom"
+
+
+PATIENT_ID = 0x00100020          # (0010,0020) PatientID
+PATIENT_PREFIX = "dicom:"        # a patient named by patient_key (a data set's other patient names are paths)
+
+
+def patient_key(path: str | Path) -> str | None:
+    """The patient a DICOM file names, as a pseudonym: PATIENT_PREFIX + 12 hex digits of a SHA-256 of its
+    PatientID (0010,0020), so that one patient's files can be grouped while the ID itself is never
+    returned, printed or written (a data set's patient names go into folds.csv and notes). The header is
+    read up to PatientID only (never the pixel data). None for an empty or missing PatientID, and for a
+    header that cannot be read (a truncated or damaged file: the image's reader reports it later)."""
+    import hashlib
+    import warnings
+
+    from pydicom.filereader import read_partial
+
+    try:
+        with open(path, "rb") as fh, warnings.catch_warnings():     # pydicom's value warnings can quote the value
+            warnings.simplefilter("ignore")
+            head = fh.read(132)
+            fh.seek(0)
+            # parsed up to PatientID (group 0010 comes early): not to the pixel data, which may be far behind
+            ds = read_partial(fh, stop_when=lambda tag, vr, length: tag > PATIENT_ID, specific_tags=[PATIENT_ID],
+                              force=head[128:132] != b"DICM" and raw_dicom_dataset(head))
+            value = str(ds.get("PatientID", "") or "").strip()
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds on damaged files: no PatientID read
+        return None
+    if not value:
+        return None
+    return PATIENT_PREFIX + hashlib.sha256(f"usedge PatientID\0{value}".encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
