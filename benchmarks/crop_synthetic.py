@@ -8,7 +8,7 @@ probe, single or dual view, with or without a colour Doppler box). Measured:
   fov IoU           detected box vs truth fov_box (dual: the detected view that best matches each truth view)
   doppler left      truth Doppler pixels inside the crop that the Doppler mask missed, / crop pixels:
                     for resize=area and halve-linear (Doppler found on the crop's pixels) and for
-                    colour-halve-linear (found on the halved colour crop; the default for new models)
+                    colour-halve-linear (found on the halved colour crop at the model grid; the default for new models)
   dual found        dual screens where both views were found
   degraded          IoU again on the same screen saved as JPEG quality 70 and with Gaussian noise (sigma 3)
 Writes benchmarks/results/crop_synthetic.json and .md.
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
            f"Fallbacks (no image found): {result['fallbacks']}.", ""]
     for key, how in (("doppler_left_fraction", "resize=area or halve-linear: found on the crop's pixels"),
                      (f"doppler_left_fraction_{RESIZE_FOR_NEW_MODELS}",
-                      f"resize={RESIZE_FOR_NEW_MODELS}: found on the halved colour crop")):
+                      f"resize={RESIZE_FOR_NEW_MODELS}: found on the halved colour crop at the model grid")):
         d = result[key]
         md.append(f"Doppler pixels left inside the crop ({how}; fraction of crop pixels, {d['n']} frames with "
                   f"Doppler): median {d['median']:.2e}, p95 {d['p95']:.2e}, max {d['max']:.2e}." if d["n"]

@@ -228,7 +228,7 @@ frames {kinds['B-mode']['measured_ms']:.2f} ms ({'met' if kinds['B-mode']['met']
 {kinds['colour-Doppler']['measured_ms']:.2f} ms ({'met' if kinds['colour-Doppler']['met'] else 'not met'}: the colour mask and its fill). What is left besides the
 resize ({alone[FAST]['cpu_ms_median']:.2f} ms) already works on the region of interest or a sampled view of it:
 the blank check on every 16th pixel, the layout re-check on eight short strided lines, the skin line
-on a grid of the field of view, Doppler on the halved colour crop (already read by the first halving),
+on a grid of the field of view, Doppler on the halved colour crop (already read by the first halving) at the model grid,
 the quality gate from the model image's histogram, and normalise into the Classifier's reused float32
 buffer.
 

@@ -230,7 +230,8 @@ def resize_to_model(image: np.ndarray, size: int, method: str) -> np.ndarray:
     colour-halve-linear: the same steps with the box halvings on the colour crop and the gray
                   conversion after them (so a colour crop's pixels are read once, by the first
                   halving); on a gray crop, or gray pixels of a colour one (B = G = R), the same bytes
-                  as halve-linear. _render also finds Doppler on the halved colour crop.
+                  as halve-linear. _render also finds Doppler on the halved colour crop, sampled at
+                  the model grid (model_image).
     """
     if method == "area":
         return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
@@ -246,10 +247,12 @@ def _linear(image: np.ndarray, size: int) -> np.ndarray:
 
 def model_image(roi: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
     """A crop -> (uint8 gray spec.size x spec.size, the colour pixels Doppler is looked for on): the crop
-    itself, or for colour-halve-linear the halved colour crop (already read, at about the model's grid)."""
+    itself (doppler_cells samples it at about the model's resolution), or for colour-halve-linear the
+    halved colour crop (already read) sampled at the model grid, size x size by nearest neighbour."""
     if spec.resize == "colour-halve-linear" and roi.ndim == 3:
         halved = _halve(roi, spec.size)
-        return _linear(gray_of(halved), spec.size), halved
+        grid = cv2.resize(halved, (spec.size, spec.size), interpolation=cv2.INTER_NEAREST)
+        return _linear(gray_of(halved), spec.size), grid
     return resize_to_model(gray_of(roi), spec.size, spec.resize), roi
 
 
