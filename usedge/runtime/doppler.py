@@ -87,9 +87,9 @@ def doppler_cells(roi: np.ndarray, size: int) -> np.ndarray | None:
     """Colour-flow pixels of a crop (uint8 BGR) on the size x size model grid, or None when there are none.
 
     Doppler is found on the crop's pixels sampled every `side // size` pixels (about the model's
-    resolution; every pixel of a crop already sampled at the model grid, as colour-halve-linear passes), mapped to the model grid (any touched cell counts) and dilated by one cell, so
-    the colour rim that the resize (either PreprocessSpec.resize method) blends into neighbours is
-    covered too.
+    resolution; every pixel of a crop already sampled at the model grid, as colour-halve-linear
+    passes), mapped to the model grid (any touched cell counts) and dilated by one cell, so the
+    colour rim that the resize (any PreprocessSpec.resize method) blends into neighbours is covered too.
     """
     h, w = roi.shape[:2]
     step = max(1, min(w, h) // size)

@@ -14,8 +14,8 @@ trained before the field existed keeps its exact bytes), "halve-linear" (the gra
 averages while the side stays at least twice the model size, then bit-exact bilinear: cheaper on a
 1080p screen's crop) or "colour-halve-linear" (the same box averages on the colour crop, before the
 gray conversion, and Doppler found on the halved colour crop at the model grid: the crop's pixels are
-read once;
-what `usedge train` uses for new models; on gray pixels, B = G = R, the same bytes as halve-linear).
+read once; what `usedge train` uses for new models; on gray pixels, B = G = R, the same bytes as
+halve-linear).
 docs/crop.md gives the definitions and their measured differences.
 """
 
