@@ -9,9 +9,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from tests.fixtures.badinput import PLANTED_ID, make_dicom, scan_like
 from usedge.dataset import ONE_PATIENT_PER_IMAGE, load_dataset
+from usedge.errors import DataError
 from usedge.train.cv import check_splits, folds_csv_text, make_splits
 
 LEAK = "images of one patient can land in a training and a test fold and overstate accuracy"
@@ -170,3 +172,56 @@ def test_a_truncated_or_empty_dicom_loads_as_its_own_patient_without_a_traceback
     assert names["cyst/pixels_cut.dcm"] == names[files["cyst", "P1"][0]]        # P1's header: P1's patient
     assert len(set(ds.groups)) == 4 + 3 and not ds.has_patient_ids
     assert "the 3 other image(s) (3 DICOM without a readable PatientID) name no patient" in ds.notes[0]
+
+
+def _no_image(path: Path, patient_id: str, keyword: str, value: str) -> None:
+    """A DICOM without Image Pixel module, with one of its own attributes after it (group 0040 or 0070)."""
+    import pydicom
+
+    make_dicom(path, None, patient_id=patient_id)
+    ds = pydicom.dcmread(path)
+    setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_reports_and_presentation_states_of_a_pacs_export_are_left_out(tmp_path):
+    """A structured report or presentation state (no Rows/Columns) beside the images, without a suffix as PACS
+    exports write them: it was an image of its class, counted as grouped, and `usedge train` stopped at the first
+    one ("DICOM file has no image"), the next run at the next (outside audit)."""
+    for cls, pids in (("cyst", ("P1", "P2")), ("lipoma", ("P3", "P4"))):
+        for k, pid in enumerate(pids):
+            for i in range(2):
+                _dicom(tmp_path / cls / pid / "ST1" / f"IM{i:04d}", pid, 10 * k + i)
+            _no_image(tmp_path / cls / pid / "ST1" / "SR0001", pid, "ValueType", "CONTAINER")   # a report's content
+    _no_image(tmp_path / "cyst" / "P1" / "PR0001", "P1", "ContentLabel", "ANNOTATION")      # a presentation state
+    ds = load_dataset(tmp_path)
+    assert len(ds) == 8 and not [s for s in ds.samples if s.path.name.startswith(("SR", "PR"))]
+    assert ds.notes[0].endswith("8 DICOM image(s) are grouped by their PatientID into 4 patient(s) (named "
+                                "dicom:<hash of the ID>; the ID is not shown)")
+    assert ds.notes[1].startswith("5 DICOM file(s) hold no image (a structured report, presentation state or "
+                                  "key-object note: no Rows/Columns) and are not read (e.g. cyst/P1/PR0001)")
+    assert ds.has_patient_ids and len(set(ds.groups)) == 4
+
+
+def test_ids_differing_only_in_case_and_one_id_over_several_patient_folders_are_named(tmp_path):
+    """`ab123XQ` beside `AB123XQ` (one patient typed two ways) was split over two folds without a word; one
+    `ANONYMOUS` over four patient folders of a class was one patient without a word, and a class of it alone
+    was told "add patients" (outside audit). Both are named by their pseudonyms; the IDs never show."""
+    for pid, folder, n in (("ab123XQ", "a", 2), ("AB123XQ", "b", 2), ("P2", "c", 2)):
+        for i in range(n):
+            _dicom(tmp_path / "cyst" / folder / f"IM{i}", pid, i)
+    for k in range(4):
+        for i in range(3):
+            _dicom(tmp_path / "lipoma" / f"patient{k}" / f"IM{i}", "ANONYMOUS", 10 * k + i)
+    ds = load_dataset(tmp_path)
+    names = _by_name(ds)
+    case = next(n for n in ds.notes if "differ only in case" in n)
+    assert names["cyst/a/IM0"] != names["cyst/b/IM0"] and names["cyst/a/IM0"] in case and names["cyst/b/IM0"] in case
+    spread = next(n for n in ds.notes if "subfolders of its class" in n)
+    anon = names["lipoma/patient0/IM0"]
+    assert spread.startswith(f"PatientID {anon} is on images in 4 subfolders of its class (e.g. patient0, patient1, "
+                             "patient2)") and "manifest.csv" in spread
+    with pytest.raises(DataError, match=f"class lipoma has 1 patient \\(its 12 images share one DICOM PatientID, "
+                                        f"{anon}: an anonymiser's placeholder"):
+        make_splits(ds, folds=2, seed=0)
+    _no_id_shown(ds, "ab123XQ", "AB123XQ", "ANONYMOUS")

@@ -190,6 +190,8 @@ def test_doctor_model_shows_its_card_and_decoders_agree(runtime_model, tmp_path)
     with Classifier.load(runtime_model, "ort-cpu") as clf:
         line = model_card_line(clf.info)
     assert rows[("model", "model.onnx")]["ok"] and rows[("model", "model card")]["detail"] == line
+    sp = clf.spec          # what `usedge crop` needs to give this model's inputs
+    assert rows[("model", "preprocessing")]["detail"].startswith(f"{sp.size} px, crop {sp.crop}, resize {sp.resize}, ")
     assert line.startswith("fp32 model ") and "trained on SYNTHETIC data" in line
     # each decoder is one row under one name: no "pylibjpeg ok" in one section and "no" in another
     names = [c["name"] for c in checks]
@@ -309,6 +311,19 @@ def test_crop_refuses_an_input_size_that_would_take_gigabytes(runtime_images, tm
     assert not (tmp_path / "c").exists()
     with pytest.raises(InputError, match="too large"):
         prepare(np.zeros((64, 64), np.uint8), PreprocessSpec(size=4096))
+
+
+def test_a_resize_typo_names_the_option_and_suggests_the_spelling(runtime_images, tmp_path):
+    """`--resize color-halve-linear` was "unknown resize method (from a newer usedge?) ... upgrade usedge", the
+    wording for a model's metadata (outside audit): the option is named, and the spelling suggested."""
+    image = sorted(runtime_images.glob("*.png"))[0]
+    res = usedge("crop", image, "--out", tmp_path / "c", "--resize", "color-halve-linear", "-q")
+    assert res.returncode != 0 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "--resize 'color-halve-linear' is not a resize method" in res.stderr
+    assert "did you mean colour-halve-linear?" in res.stderr and "newer usedge" not in res.stderr
+    assert not (tmp_path / "c").exists()
+    res = usedge("crop", image, "--out", tmp_path / "c", "--resize", "bicubic", "-q")
+    assert res.returncode != 0 and "did you mean" not in res.stderr and "area, halve-linear, colour-halve-linear" in res.stderr
 
 
 def test_threads_out_of_range_are_refused_before_anything_starts(runtime_model, runtime_images):

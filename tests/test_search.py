@@ -102,7 +102,7 @@ def test_no_fold_ever_uses_a_sub_policy_searched_with_its_test_patients(tiny_coh
         assert len(used) < sum(len(v) for k, v in pol.meta["scopes"].items() if k != "all")
 
 
-def test_train_refuses_a_policy_searched_for_another_run(tiny_cohort, fold_policy):
+def test_train_refuses_a_policy_searched_for_another_run(tiny_cohort, fold_policy, tmp_path):
     ds = load_dataset(tiny_cohort)
     with pytest.raises(ConfigError, match=r"--folds 3 --seed 0; this run is --folds 3 --seed 1 .*usedge augment "
                                           r"search .* --folds 3 --seed 1"):
@@ -118,6 +118,15 @@ def test_train_refuses_a_policy_searched_for_another_run(tiny_cohort, fold_polic
     with pytest.raises(ConfigError, match="resize=area, this run uses .* resize=colour-halve-linear .*--set data.resize=area"):
         make_train_augmenter(old, "expand", run=(ds, _run_config()))
     make_train_augmenter(old, "expand", run=(ds, _run_config(**{"data.resize": "area"})))
+    # through training: refused before the run folder is stamped (it was left with config.toml, folds.csv and
+    # run.json, outside audit), so the corrected command can use the same --out
+    from usedge.train.trainer import cross_validate
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="resize=colour-halve-linear, this run uses .* resize=area"):
+        cross_validate(ds, _run_config(**{"data.resize": "area", "data.policy": str(fold_policy),
+                                          "data.augment": "expand"}), out)
+    assert not out.exists() or not any(out.iterdir())
     with pytest.raises(ConfigError, match="needs the training run"):  # a per-fold policy never falls back
         make_train_augmenter(fold_policy, "expand")
     # a policy without the all-data search: the final model is refused, --no-final-model accepted

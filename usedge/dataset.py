@@ -7,7 +7,7 @@ manifest.csv columns (header required; paths relative to the manifest's folder):
     mask_path   optional: lesion mask (PNG, nonzero = lesion), same size as the image
     bbox        optional: lesion box "x,y,w,h" in image pixels
 Without a manifest, `<root>/<class>/**/<image>` is read: a DICOM image's patient is its PatientID (as a
-pseudonym, usedge.runtime.dicom.patient_key), unless that PatientID is on images of two classes (an
+pseudonym, usedge.runtime.dicom.patient_head), unless that PatientID is on images of two classes (an
 anonymiser's "ANON": no patient); every other image is its own patient.
 
 Refused with one line naming the manifest line: a row listed twice, labels that differ only in case or
@@ -383,15 +383,24 @@ def _unlisted_images(root: Path, folders: set[str], listed: set[Path]) -> list[s
 
 def _dicom_patients(root: Path, classes: list[str], samples: list[Sample]) -> tuple[list[Sample], list[str]]:
     """A folder without a manifest: a DICOM image's patient is its PatientID, as a pseudonym (dicom:<hash>,
-    usedge.runtime.dicom.patient_key: the header alone is read, and the ID is never shown). The other images,
+    usedge.runtime.dicom.patient_head: the header alone is read, and the ID is never shown). The other images,
     DICOMs without a readable PatientID, and DICOMs whose PatientID is on images of two or more classes (an
     anonymiser's placeholder such as ANON or 0, or a wrong label: not one patient) stay their own patient.
-    Returns the samples and the notes that say which images are grouped and which are not."""
-    from usedge.runtime.dicom import PATIENT_PREFIX, is_dicom, patient_key
+    DICOMs that hold no image (a structured report, a presentation state, a key-object note beside the
+    images of a PACS export) are left out. Returns the samples and the notes that say which images are
+    grouped, which are not, which were left out, and which groups look wrong (one PatientID written in two
+    cases; one PatientID over several patient folders)."""
+    from usedge.runtime.dicom import PATIENT_PREFIX, is_dicom, patient_head
 
     if not samples:
         return samples, []
-    keys = {s.path: patient_key(s.path) for s in samples if is_dicom(s.path)}
+    heads = {s.path: patient_head(s.path) for s in samples if is_dicom(s.path)}
+    no_image = sorted(p for p, h in heads.items() if not h.image)
+    notes = ([f"{len(no_image)} DICOM file(s) hold no image (a structured report, presentation state or key-object "
+              f"note: no Rows/Columns) and are not read (e.g. {no_image[0].relative_to(root).as_posix()})"]
+             if no_image else [])
+    samples = [s for s in samples if s.path not in no_image]
+    keys = {p: h.key for p, h in heads.items() if h.image}
     by_key: dict[str, list[Sample]] = {}
     for s in samples:
         if keys.get(s.path):
@@ -404,14 +413,14 @@ def _dicom_patients(root: Path, classes: list[str], samples: list[Sample]) -> tu
         (sum(map(len, shared.values())), "DICOM whose PatientID is on two or more classes")) if n)
     add = f"; add a {MANIFEST_NAME} with patient_id (docs/synth.md)"
     if not named:       # no DICOM names a patient: as before
-        notes = [f"{root.name} has no {MANIFEST_NAME}{f' and no image names a patient ({others})' if keys else ''}: "
-                 f"{ONE_PATIENT_PER_IMAGE}{add}"]
+        notes.insert(0, f"{root.name} has no {MANIFEST_NAME}{f' and no image names a patient ({others})' if keys else ''}: "
+                        f"{ONE_PATIENT_PER_IMAGE}{add}")
     else:
         unnamed = len(samples) - len(named)
-        notes = [f"{root.name} has no {MANIFEST_NAME}: {len(named)} DICOM image(s) are grouped by their PatientID into "
-                 f"{len(set(named.values()))} patient(s) (named {PATIENT_PREFIX}<hash of the ID>; the ID is not shown)"
-                 + (f"; the {unnamed} other image(s) ({others}) name no patient, and each of them counts as its own "
-                    f"patient: {UNNAMED_PATIENTS}{add}" if unnamed else "")]
+        notes.insert(0, f"{root.name} has no {MANIFEST_NAME}: {len(named)} DICOM image(s) are grouped by their PatientID "
+                        f"into {len(set(named.values()))} patient(s) (named {PATIENT_PREFIX}<hash of the ID>; the ID is not "
+                        "shown)" + (f"; the {unnamed} other image(s) ({others}) name no patient, and each of them counts "
+                                    f"as its own patient: {UNNAMED_PATIENTS}{add}" if unnamed else ""))
     if shared:
         worst = sorted(shared.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         listed = "; ".join(f"{k} on {len(v)} images of {', '.join(classes[i] for i in sorted({s.label for s in v})[:4])} "
@@ -420,6 +429,22 @@ def _dicom_patients(root: Path, classes: list[str], samples: list[Sample]) -> tu
                      f"(ANON, 0) or a wrong label, not a patient (one patient has one lesion type): {listed}"
                      f"{'; ...' if len(shared) > 3 else ''}; their images are not grouped, each counts as its own patient; "
                      f"if such an ID names a patient, write a {MANIFEST_NAME} with patient_id (docs/synth.md)")
+    folded: dict[str, set[str]] = {}
+    for p, key in named.items():
+        folded.setdefault(heads[p].folded, set()).add(key)
+    if pairs := sorted(sorted(v) for v in folded.values() if len(v) > 1):
+        notes.append(f"PatientIDs {' and '.join(pairs[0][:2])} differ only in case or Unicode form"
+                     f"{f' (and {len(pairs) - 1} more such group(s))' if len(pairs) > 1 else ''}: if they are one patient, "
+                     f"write them one way, or give them one patient_id in a {MANIFEST_NAME} (else their images can land "
+                     "in a training and a test fold)")
+    folders = {k: {s.path.relative_to(root).parts[1] for s in v if len(s.path.relative_to(root).parts) > 2}
+               for k, v in by_key.items() if k not in shared}
+    if spread := sorted((k for k, f in folders.items() if len(f) > 1), key=lambda k: (-len(folders[k]), k)):
+        k = spread[0]
+        notes.append(f"PatientID {k} is on images in {len(folders[k])} subfolders of its class (e.g. "
+                     f"{', '.join(sorted(folders[k])[:3])}){f', and {len(spread) - 1} more such ID(s)' if len(spread) > 1 else ''}: "
+                     f"one patient for usedge; if those folders are patients (an anonymiser's placeholder such as ANON), "
+                     f"write a {MANIFEST_NAME} with their patient_id")
     return samples, notes
 
 

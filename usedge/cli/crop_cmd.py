@@ -12,7 +12,7 @@ from usedge.cli.app import app
 from usedge.cli.options import deprecated, quiet_option
 from usedge.cli.terminal import say, terminal_safe
 from usedge.runtime.interrupts import interrupt_between_frames
-from usedge.runtime.preprocess import MAX_INPUT_SIZE, RESIZE_FOR_NEW_MODELS
+from usedge.runtime.preprocess import MAX_INPUT_SIZE, RESIZE_FOR_NEW_MODELS, RESIZE_METHODS
 
 
 @app.command()
@@ -62,6 +62,11 @@ def crop(
     if not 8 <= image_size <= MAX_INPUT_SIZE:
         raise ConfigError(f"--image-size {image_size} is too {'small' if image_size < 8 else 'large'}",
                           hint=f"use 8 to {MAX_INPUT_SIZE} (224 for the paper's model)")
+    if resize not in RESIZE_METHODS:       # a typo here, not a model's metadata from a newer usedge
+        guess = resize.strip().lower().replace("color", "colour")
+        raise ConfigError(f"--resize {resize!r} is not a resize method",
+                          hint=(f"did you mean {guess}? " if guess in RESIZE_METHODS else "")
+                          + f"use one of {', '.join(RESIZE_METHODS)}: your model's (usedge doctor MODEL prints it)")
     spec = PreprocessSpec(size=image_size, crop=crop_mode, remove_doppler=doppler, resize=resize)
     ignored: list[Path] = []
     files, notes = expand_inputs(inputs, INPUT_SUFFIXES, ignored=ignored)

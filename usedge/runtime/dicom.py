@@ -4,11 +4,12 @@
     d.n_frames, d.fps, d.shape, d.regions          # technical facts only
     d.frame(i)  -> uint8 H x W (gray) or H x W x 3 (BGR, like OpenCV), scaled by its bit depth
     d.frames()  -> iterator of (index, frame)
-    patient_key(path) -> "dicom:<12 hex>" | None    a pseudonym of the PatientID (a data set's patients)
+    patient_head(path) -> PatientHead               a pseudonym of the PatientID and whether the file holds an
+                                                    image (a data set's patients; reports left out)
 
 Nothing a DicomFile returns, logs or raises carries patient data (names, IDs, birth dates, study
 dates, institution): the dataset is kept private and only the technical attributes listed in
-`DicomFile.describe()` are read out; patient_key gives a hash of the PatientID, never the ID. Pixel
+`DicomFile.describe()` are read out; patient_head gives a hash of the PatientID, never the ID. Pixel
 data is decoded one frame at a time.
 """
 
@@ -66,16 +67,33 @@ def is_dicom(path: str | Path) -> bool:
 
 
 PATIENT_ID = 0x00100020          # (0010,0020) PatientID
-PATIENT_PREFIX = "dicom:"        # a patient named by patient_key (a data set's other patient names are paths)
+ROWS, COLUMNS = 0x00280010, 0x00280011   # Image Pixel module: a DICOM without them holds no image
+PATIENT_PREFIX = "dicom:"        # a patient named by patient_head (a data set's other patient names are paths)
 
 
-def patient_key(path: str | Path) -> str | None:
-    """The patient a DICOM file names, as a pseudonym: PATIENT_PREFIX + 12 hex digits of a SHA-256 of its
-    PatientID (0010,0020), so that one patient's files can be grouped while the ID itself is never
-    returned, printed or written (a data set's patient names go into folds.csv and notes). The header is
-    read up to PatientID only (never the pixel data). None for an empty or missing PatientID, and for a
-    header that cannot be read (a truncated or damaged file: the image's reader reports it later)."""
+def pseudonym(value: str) -> str:
+    """PATIENT_PREFIX + the first 12 hex digits of SHA-256("usedge PatientID" + NUL + value) (UTF-8)."""
     import hashlib
+
+    return PATIENT_PREFIX + hashlib.sha256(f"usedge PatientID\0{value}".encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class PatientHead:
+    """What a data set needs from a DICOM file's header: whose it is, and whether it holds an image."""
+
+    key: str | None = None      # pseudonym(PatientID stripped); None: empty, missing or unreadable
+    folded: str | None = None   # pseudonym of the same ID in one case and Unicode form (NFKC, casefold)
+    image: bool = True          # False: no Rows/Columns (a structured report, presentation state, key-object note)
+
+
+def patient_head(path: str | Path) -> PatientHead:
+    """Read a DICOM file's header up to its Image Pixel module (never the pixel data): the patient it names,
+    as a pseudonym (so one patient's files can be grouped while the ID itself is never returned, printed or
+    written: a data set's patient names go into folds.csv and notes), and whether it holds an image. A
+    header that cannot be read (a truncated or damaged file) gives PatientHead(): no patient, and taken for
+    an image, whose reader reports the damage later."""
+    import unicodedata
     import warnings
 
     from pydicom.filereader import read_partial
@@ -85,15 +103,23 @@ def patient_key(path: str | Path) -> str | None:
             warnings.simplefilter("ignore")
             head = fh.read(132)
             fh.seek(0)
-            # parsed up to PatientID (group 0010 comes early): not to the pixel data, which may be far behind
-            ds = read_partial(fh, stop_when=lambda tag, vr, length: tag > PATIENT_ID, specific_tags=[PATIENT_ID],
+            past = []       # a tag after Columns was reached: the header is whole up to the Image Pixel module
+
+            def stop(tag, vr, length) -> bool:
+                past.append(tag > COLUMNS)
+                return past[-1]
+
+            ds = read_partial(fh, stop_when=stop, specific_tags=[PATIENT_ID, ROWS, COLUMNS],
                               force=head[128:132] != b"DICM" and raw_dicom_dataset(head))
             value = str(ds.get("PatientID", "") or "").strip()
-    except Exception:  # noqa: BLE001 - pydicom raises many kinds on damaged files: no PatientID read
-        return None
+            # no Rows/Columns in a header read past them: no image; a header cut short: unknown, read as an image
+            image = ("Rows" in ds and "Columns" in ds) or not (past and past[-1])
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds on damaged files: nothing read
+        return PatientHead()
     if not value:
-        return None
-    return PATIENT_PREFIX + hashlib.sha256(f"usedge PatientID\0{value}".encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        return PatientHead(image=image)
+    return PatientHead(key=pseudonym(value), folded=pseudonym(unicodedata.normalize("NFKC", value).casefold()),
+                       image=image)
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,11 @@ def model_checks(path) -> list[Check]:
     except UsedgeError as exc:
         return [Check("model", name, False, exc.one_line())]
     try:
+        sp = clf.spec       # what `usedge crop` needs to give this model's inputs (--crop, --resize, ...)
+        how = (f"{sp.size} px, crop {sp.crop}, resize {sp.resize}, Doppler "
+               f"{'removed' if sp.remove_doppler else 'kept'}, (x/255 - {sp.mean:g}) / {sp.std:g}")
         return [Check("model", name, True, f"{clf.describe()}; classes {', '.join(clf.class_names)}"),
+                Check("model", "preprocessing", True, how),
                 Check("model", "model card", bool(clf.info.model_card), model_card_line(clf.info))]
     finally:
         clf.close()

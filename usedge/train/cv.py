@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from usedge.dataset import Dataset
+from usedge.dataset import MANIFEST_NAME, Dataset
 from usedge.errors import DataError
 from usedge.fileio import write_text_atomic
+from usedge.runtime.dicom import PATIENT_PREFIX
 
 ROLES = ("train", "val", "test")
 
@@ -109,9 +110,13 @@ def make_splits(dataset: Dataset, folds: int = 5, inner_val_fraction: float = 0.
     """Outer folds by patient, stratified by class, each with its inner train/val split."""
     labels = np.asarray(dataset.labels)
     groups = np.asarray(dataset.groups)
-    for name, _, patients in dataset.class_counts():
+    for i, (name, images, patients) in enumerate(dataset.class_counts()):
         if patients < 2:
-            raise DataError(f"class {name} has {patients} patient: a fold that tests on it would train without it",
+            only = {s.patient_id for s in dataset.samples if s.label == i}
+            dicom = (f" (its {images} images share one DICOM PatientID, {next(iter(only))}: an anonymiser's placeholder? "
+                     f"give the patients their patient_id in a {MANIFEST_NAME})"
+                     if images > 1 and all(p.startswith(PATIENT_PREFIX) for p in only) else "")
+            raise DataError(f"class {name} has {patients} patient{dicom}: a fold that tests on it would train without it",
                             path=dataset.root, hint="cross-validation needs at least 2 patients per class; add patients")
     outer = group_kfold(labels, groups, folds, seed, f"{folds}-fold cross-validation", dataset.root,
                         fewer="lower cv.folds (--folds)")

@@ -519,6 +519,7 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
     # while --out can still take the corrected command
     splits = make_splits(dataset, cfg.cv.folds, cfg.cv.inner_val_fraction, cfg.run.seed)
     final = final_split(dataset, cfg.cv.inner_val_fraction, cfg.run.seed) if cfg.cv.final_model else None
+    augmenter = augmenter or default_augmenter(cfg, dataset)    # a policy searched for another run: refused here
     _start_run(out_dir, cfg, dataset, dist, device, resume)
     if dist.main:
         write_folds_csv(out_dir / "folds.csv", dataset, splits, final)
@@ -542,7 +543,7 @@ def cross_validate(dataset: Dataset, cfg: TrainConfig, out_dir: str | Path, *, r
     elif images.shape != (len(dataset), spec.size, spec.size):
         raise ValueError(f"images of shape {images.shape} do not fit {len(dataset)} samples at {spec.size} px")
     read_seconds = time.perf_counter() - t0
-    run = Run(dataset, cfg, out_dir, images, device, dist, augmenter or default_augmenter(cfg, dataset), resume, say)
+    run = Run(dataset, cfg, out_dir, images, device, dist, augmenter, resume, say)
 
     with _progress(progress and dist.main) as bar:
         fold_results = [run_fold(run, split, bar) for split in splits[:cfg.cv.max_folds or None]]
