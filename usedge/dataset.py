@@ -122,12 +122,17 @@ def check_no_shared_images(dataset: "Dataset") -> None:
                                      "on and the other tested)")
 
 
+def name_key(name: str) -> str:
+    """What two spellings of one name share: without spaces, in NFKC form and case-folded."""
+    return unicodedata.normalize("NFKC", "".join(name.split())).casefold()
+
+
 def _same_but_case(names) -> tuple[str, str] | None:
     """Two names that differ only in case, spaces or Unicode form (NFC / NFD: a typo or another keyboard,
     not two classes), or None."""
     seen: dict[str, str] = {}
     for n in sorted(names):
-        key = unicodedata.normalize("NFKC", "".join(n.split())).casefold()
+        key = name_key(n)
         if key in seen:
             return seen[key], n
         seen[key] = n
@@ -394,10 +399,10 @@ def _dicom_patients(root: Path, classes: list[str], samples: list[Sample]) -> tu
 
     if not samples:
         return samples, []
-    heads = {s.path: patient_head(s.path) for s in samples if is_dicom(s.path)}
-    no_image = sorted(p for p, h in heads.items() if not h.image)
+    heads = {s.path: patient_head(s.path, fold=name_key) for s in samples if is_dicom(s.path)}
+    no_image = {p for p, h in heads.items() if not h.image}
     notes = ([f"{len(no_image)} DICOM file(s) hold no image (a structured report, presentation state or key-object "
-              f"note: no Rows/Columns) and are not read (e.g. {no_image[0].relative_to(root).as_posix()})"]
+              f"note: no Rows/Columns) and are not read (e.g. {min(no_image).relative_to(root).as_posix()})"]
              if no_image else [])
     samples = [s for s in samples if s.path not in no_image]
     keys = {p: h.key for p, h in heads.items() if h.image}
@@ -433,7 +438,7 @@ def _dicom_patients(root: Path, classes: list[str], samples: list[Sample]) -> tu
     for p, key in named.items():
         folded.setdefault(heads[p].folded, set()).add(key)
     if pairs := sorted(sorted(v) for v in folded.values() if len(v) > 1):
-        notes.append(f"PatientIDs {' and '.join(pairs[0][:2])} differ only in case or Unicode form"
+        notes.append(f"PatientIDs {' and '.join(pairs[0][:2])} differ only in case, spaces or Unicode form"
                      f"{f' (and {len(pairs) - 1} more such group(s))' if len(pairs) > 1 else ''}: if they are one patient, "
                      f"write them one way, or give them one patient_id in a {MANIFEST_NAME} (else their images can land "
                      "in a training and a test fold)")

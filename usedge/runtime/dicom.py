@@ -20,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -83,17 +83,17 @@ class PatientHead:
     """What a data set needs from a DICOM file's header: whose it is, and whether it holds an image."""
 
     key: str | None = None      # pseudonym(PatientID stripped); None: empty, missing or unreadable
-    folded: str | None = None   # pseudonym of the same ID in one case and Unicode form (NFKC, casefold)
+    folded: str | None = None   # pseudonym of fold(PatientID): spellings of one ID share it (patient_head)
     image: bool = True          # False: no Rows/Columns (a structured report, presentation state, key-object note)
 
 
-def patient_head(path: str | Path) -> PatientHead:
+def patient_head(path: str | Path, fold: Callable[[str], str] = str.casefold) -> PatientHead:
     """Read a DICOM file's header up to its Image Pixel module (never the pixel data): the patient it names,
     as a pseudonym (so one patient's files can be grouped while the ID itself is never returned, printed or
-    written: a data set's patient names go into folds.csv and notes), and whether it holds an image. A
+    written: a data set's patient names go into folds.csv and notes), the pseudonym of `fold(ID)` (the data
+    set's own name comparison: two spellings of one ID), and whether it holds an image. A
     header that cannot be read (a truncated or damaged file) gives PatientHead(): no patient, and taken for
     an image, whose reader reports the damage later."""
-    import unicodedata
     import warnings
 
     from pydicom.filereader import read_partial
@@ -118,8 +118,7 @@ def patient_head(path: str | Path) -> PatientHead:
         return PatientHead()
     if not value:
         return PatientHead(image=image)
-    return PatientHead(key=pseudonym(value), folded=pseudonym(unicodedata.normalize("NFKC", value).casefold()),
-                       image=image)
+    return PatientHead(key=pseudonym(value), folded=pseudonym(fold(value)), image=image)
 
 
 @dataclass(frozen=True)
