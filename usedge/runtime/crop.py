@@ -248,10 +248,12 @@ def _linear(image: np.ndarray, size: int) -> np.ndarray:
 def model_image(roi: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
     """A crop -> (uint8 gray spec.size x spec.size, the colour pixels Doppler is looked for on): the crop
     itself (doppler_cells samples it at about the model's resolution), or for colour-halve-linear the
-    halved colour crop (already read) sampled at the model grid, size x size by nearest neighbour."""
+    halved colour crop (already read) sampled at the model grid, size x size by nearest neighbour (not
+    sampled for a spec that keeps Doppler: the halved crop itself)."""
     if spec.resize == "colour-halve-linear" and roi.ndim == 3:
         halved = _halve(roi, spec.size)
-        grid = cv2.resize(halved, (spec.size, spec.size), interpolation=cv2.INTER_NEAREST)
+        grid = (cv2.resize(halved, (spec.size, spec.size), interpolation=cv2.INTER_NEAREST)
+                if spec.remove_doppler else halved)
         return _linear(gray_of(halved), spec.size), grid
     return resize_to_model(gray_of(roi), spec.size, spec.resize), roi
 
