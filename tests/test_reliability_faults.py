@@ -206,6 +206,9 @@ def test_blank_screen_stream_cli(runtime_model, blank_video, tmp_path, reliabili
         assert all(v == "" for k, v in row.items() if k.startswith("p_"))
     s = json.loads(summary.read_text())
     assert s["no_image"] == BLACK and s["processed"] + s["frozen_skipped"] == 2 * SCAN and s["errors"] == 0
+    # every result, no_image included, names the engine the stream ran (the summary's backend)
+    engines = {r["engine"] for r in rows} | {row["engine"] for row in table}
+    assert len(engines) == 1 and s["backend"].startswith(engines.pop())
     assert f"{BLACK} no image" in p.stderr
     assert video_frames(rec) == 2 * SCAN + BLACK
     reliability_ledger.add("faults_blank_screen_cli", inputs_tried=len(rows), processes_run=1,

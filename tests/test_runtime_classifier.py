@@ -39,6 +39,7 @@ def test_predict_every_artifact(tiny_onnx_dir, frame, name):
     record = pred.to_record()
     json.dumps(record)
     assert record["frame"] == 3 and record["source"] == "x.png" and "cam" not in record
+    assert pred.engine == record["engine"] == "ort-cpu"      # results name the backend that ran the model
 
 
 def test_model_input_is_the_one_preprocessing_bit_for_bit(runtime_model, frame):

@@ -52,6 +52,8 @@ def test_infer_folder_jsonl_overlay_and_failed_exit_code(runtime_model, mixed_fo
     assert len(ok) == 35
     assert {"source", "frame", "label", "probs", "crop_box", "model_sha256", "latency_ms"} <= set(ok[0])
     assert len({r["model_sha256"] for r in ok}) == 1
+    engines = {r["engine"] for r in ok}       # the backend --backend auto chose, as the printed line names it
+    assert len(engines) == 1 and f" on {engines.pop()}" in res.stderr
     assert len(list(overlays.glob("*.png"))) == 35 and (overlays / "cine_f0029.png").is_file()
     # which scan each overlay is: same-named inputs in two folders get _2 names, the index says whose
     index = [json.loads(line) for line in (overlays / "overlays.jsonl").read_text().splitlines()]
@@ -207,6 +209,7 @@ def test_infer_video_file_classifies_every_frame(runtime_model, runtime_video, t
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(out.open()))
     assert [int(r["frame"]) for r in rows] == list(range(30)) and all(r["model_sha256"] for r in rows)
+    assert len({r["engine"] for r in rows}) == 1 and f" on {rows[0]['engine']}" in res.stderr
 
 
 def test_a_data_set_folder_classifies_its_scans_not_its_lesion_masks(runtime_model, tiny_cohort, tmp_path):

@@ -65,6 +65,7 @@ class Prediction:
     uncertain_margin: float | None = None        # the model card's: a top-2 margin below it is `uncertain`
     views: int = 1                               # image regions found on the frame (2: a dual view, the largest classified)
     time_s: float | None = None                  # the frame's time in its file (video timestamp, cine frame time)
+    engine: str = ""                             # the backend that ran the model (ort-cpu, openvino, ...: what auto chose)
 
     @property
     def margin(self) -> float | None:
@@ -81,7 +82,7 @@ class Prediction:
 
     @classmethod
     def without_label(cls, state: str, reason: str, *, model_sha256: str, frame_index: int = 0, source: str = "",
-                      latency_ms: dict | None = None, info: "CropInfo | None" = None) -> "Prediction":
+                      latency_ms: dict | None = None, info: "CropInfo | None" = None, engine: str = "") -> "Prediction":
         """A `no_image` or `error` result: no label, no probabilities, the reason in one line."""
         box = tuple(int(v) for v in info.crop_box) if info is not None else (0, 0, 0, 0)
         fov = tuple(int(v) for v in info.fov_box) if info is not None else (0, 0, 0, 0)
@@ -89,7 +90,8 @@ class Prediction:
                    latency_ms=dict(latency_ms or {}), model_sha256=model_sha256, frame_index=frame_index,
                    source=source, crop_method=info.method if info is not None else "none", state=state,
                    reason=" ".join(reason.split()), doppler_fraction=info.doppler_fraction if info is not None else 0.0,
-                   views=max(1, len(info.fov_boxes)) if info is not None else 0)   # 0: refused before any region was looked for
+                   views=max(1, len(info.fov_boxes)) if info is not None else 0,   # 0: refused before any region was looked for
+                   engine=engine)
 
     @property
     def has_label(self) -> bool:
@@ -120,6 +122,7 @@ class Prediction:
             "smoothed": self.smoothed,
             "latency_ms": {k: round(float(v), 3) for k, v in self.latency_ms.items()},
             "model_sha256": self.model_sha256,
+            "engine": self.engine,
         }
 
 
@@ -358,7 +361,8 @@ class Classifier:
         for i, info in enumerate(infos):
             if problem := output_problem(probs[i]):
                 preds.append(Prediction.without_label("error", problem, model_sha256=self.model_sha256,
-                                                      frame_index=first_index + i, source=source, info=info))
+                                                      frame_index=first_index + i, source=source, info=info,
+                                                      engine=self.backend.name))
                 continue
             k = int(np.argmax(probs[i]))
             c = None
@@ -374,7 +378,7 @@ class Classifier:
                 latency_ms={}, model_sha256=self.model_sha256, cam=c,
                 frame_index=first_index + i, source=source, crop_method=info.method,
                 doppler_fraction=info.doppler_fraction, uncertain_margin=self.uncertain_margin,
-                views=max(1, len(info.fov_boxes))))
+                views=max(1, len(info.fov_boxes)), engine=self.backend.name))
         return preds
 
     # -- public ---------------------------------------------------------------------------------

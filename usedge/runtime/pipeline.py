@@ -211,7 +211,8 @@ class FramePipeline:
             spent = (time.perf_counter() - t0) * 1e3       # the crop stage (crop and gate) is what ran
             return Prediction.without_label("no_image", exc.message, model_sha256=self.classifier.model_sha256,
                                             frame_index=index, source=source, info=getattr(exc, "info", None),
-                                            latency_ms={"crop": spent, "total": spent})
+                                            latency_ms={"crop": spent, "total": spent},
+                                            engine=self.classifier.backend.name)
         except UsedgeError:
             self.forget()
             raise

@@ -273,7 +273,7 @@ def csv_text(value) -> str:
 
 class CsvSink(Sink):
     """source, frame, time_s, label, class_index, p_<class>..., margin, uncertain, crop box, fov box, crop method,
-    views, Doppler fraction, frozen, smoothed, model sha256, latencies (ms), state, error;
+    views, Doppler fraction, frozen, smoothed, model sha256, engine (backend), latencies (ms), state, error;
     flushed per row. A `no_image` or `error` row has empty label and probability cells and its reason;
     a stage that did not run has an empty latency cell (as JSONL leaves it out), never 0.000."""
 
@@ -286,7 +286,7 @@ class CsvSink(Sink):
         self.stages = [*STAGES, "total"]
         self.columns = (["source", "frame", "time_s", "label", "class_index", *[f"p_{c}" for c in self.class_names], "margin",
                          "uncertain", "crop_x", "crop_y", "crop_w", "crop_h", "fov_x", "fov_y", "fov_w", "fov_h",
-                         "crop_method", "views", "doppler_fraction", "frozen", "smoothed", "model_sha256",
+                         "crop_method", "views", "doppler_fraction", "frozen", "smoothed", "model_sha256", "engine",
                          *[f"ms_{s}" for s in self.stages], "state", "error"])
         self.writer = csv.writer(self.fh)
         self.count = 0
@@ -307,7 +307,7 @@ class CsvSink(Sink):
                 *[f"{pred.probs[c]:.6f}" if pred.has_label else "" for c in self.class_names],
                 "" if pred.margin is None else f"{pred.margin:.6f}", "" if pred.uncertain is None else int(pred.uncertain),
                 *pred.crop_box, *pred.fov_box, csv_text(pred.crop_method), pred.views, f"{pred.doppler_fraction:.4f}",
-                int(pred.frozen), int(pred.smoothed), pred.model_sha256,
+                int(pred.frozen), int(pred.smoothed), pred.model_sha256, csv_text(pred.engine),
                 *[f"{pred.latency_ms[s]:.3f}" if s in pred.latency_ms else "" for s in self.stages],   # empty: did not run
                 pred.state, csv_text(pred.reason),
             ])
