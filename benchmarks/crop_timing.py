@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 cv2.setNumThreads(1)
 
 from usedge.bench.machine import cpu_model  # noqa: E402
-from usedge.bench.stats import load_average  # noqa: E402
+from usedge.bench.stats import cpu_counters, load_average, steal_since  # noqa: E402
 from usedge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from usedge.runtime.crop import FrameCropper, model_image, prepare, resize_to_model  # noqa: E402
 from usedge.runtime.preprocess import RESIZE_FOR_NEW_MODELS, RESIZE_METHODS, PreprocessSpec, normalise  # noqa: E402
@@ -298,6 +298,7 @@ def main(argv=None) -> int:
     detections, sides, screen_diffs, previous_diffs = 0, [], [], []
     buf = np.empty((1, 1, size, size), np.float32)
     load_start = load_average() or [float("nan")] * 3
+    counters = cpu_counters()
 
     def loop_stages(cropper, frame):   # Classifier.predict's crop stage (cropper + quality gate) and normalise
         image, _ = cropper(frame)
@@ -345,6 +346,7 @@ def main(argv=None) -> int:
                       "cpu_ratio_to_detection": float(np.median(cpu)) / medians["detection"][1],
                       "wall_ratio_to_baseline": float(np.median(wall)) / medians["baseline"][0]}
     load_end = load_average() or [float("nan")] * 3
+    steal = steal_since(counters)
     cpu, flags = cpu_model()
     stage = summary[f"cached crop + normalise ({FAST})"]
     target = {"what": f"cached crop + normalise (resize={FAST}), CPU ms median per 1920x1080 frame",
@@ -361,8 +363,10 @@ def main(argv=None) -> int:
               "resize_ratio_fast_to_area": ratio("resize alone"),
               "fidelity": fidelity, "fidelity_against_previous": against_previous, "aliasing_spread": aliasing(sides, size), "target": target,
               "opencv_threads": cv2.getNumThreads(), "load_average_start": load_start, "load_average_end": load_end,
+              "cpu_steal": steal,
               "machine": f"{cpu} ({', '.join(flags) or 'no AVX2'}), {os.cpu_count()} cores, one OpenCV thread; "
                          f"load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end"
+                         + (f"; CPU steal {steal:.1%} (the VM host's other guests)" if steal is not None else "")
                          + (" (other work ran concurrently)" if max(load_start[0], load_end[0]) >= 0.5 * (os.cpu_count() or 1)
                             else "")}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from crop_timing import screens  # noqa: E402
 from stream_realtime import build_models  # noqa: E402
 
 from usedge.bench.machine import cpu_model, library_versions  # noqa: E402
-from usedge.bench.stats import load_average  # noqa: E402
+from usedge.bench.stats import cpu_counters, load_average, steal_since  # noqa: E402
 from usedge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from usedge.runtime.classifier import Classifier  # noqa: E402
 from usedge.runtime.crop import FrameCropper, _halve  # noqa: E402
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     load_start = load_average() or [float("nan")] * 3
+    counters = cpu_counters()
     models = build_models(args.work, 224)
     frames = next(screens(1, 8, 0))          # one B-mode layout (no Doppler box), 8 different frames
     with Classifier.load(models / "model.int8.onnx", backend="ort-cpu", threads=args.threads) as clf:
@@ -102,19 +103,21 @@ def main(argv=None) -> int:
     floor = med["read the crop box"] + refill
     cpu, flags = cpu_model()
     load_end = load_average() or [float("nan")] * 3
+    steal = steal_since(counters)
     result = {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "threads": threads, "rounds": args.rounds,
               "model": "model.int8.onnx (random init, 224 px, training default resize)",
               "crop_box": [x, y, w, h], "frame_size": [1920, 1080], "median_ms": med,
               "budget_at_aim_ms": budget, "refill_after_model_ms": refill, "floor_ms": floor,
               "floor_share_of_budget": floor / budget, "aim": AIM, "libraries": library_versions(),
-              "load_average_start": load_start, "load_average_end": load_end}
+              "load_average_start": load_start, "load_average_end": load_end, "cpu_steal": steal}
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"loop_floor_{args.tag}" if args.tag else "loop_floor"
     write_json_atomic(args.out / f"{name}.json", result)
     md = ["# The floor under the stream loop's stages outside the model", "",
           f"`{COMMAND} --rounds {args.rounds} --threads {args.threads}{f' --tag {args.tag}' if args.tag else ''}`", "",
           f"{cpu} ({', '.join(flags) or 'no AVX2'}), {os.cpu_count()} cores; onnxruntime at {threads} threads, one "
-          f"OpenCV thread; load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end. Crop box "
+          f"OpenCV thread; load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end"
+          + (f"; CPU steal {steal:.1%} (the VM host's other guests)" if steal is not None else "") + ". Crop box "
           f"{w}x{h} px of a 1920x1080 synthetic scanner screen.", "",
           "| what | median ms |", "|---|---:|"]
     md += [f"| {k} | {v:.3f} |" for k, v in med.items()]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,20 @@ def test_latency_stats_like_trtexec():
     assert latency_stats([])["n"] == 0
 
 
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="/proc/stat is Linux's")
+def test_cpu_steal_is_a_fraction_of_the_cpu_time_that_passed():
+    from usedge.bench.stats import cpu_counters, steal_since
+
+    start = cpu_counters()
+    assert start is not None and 0 <= start[0] <= start[1]
+    deadline = time.perf_counter() + 0.2
+    while time.perf_counter() < deadline:     # let the counters move (100 ticks a second)
+        pass
+    steal = steal_since(start)
+    assert steal is not None and 0.0 <= steal <= 1.0
+    assert steal_since(None) is None and steal_since((0, 10 ** 18)) is None    # no start, or counters behind it
+
+
 @pytest.fixture(scope="module")
 def quick_bench(tmp_path_factory, tiny_onnx_dir):
     from usedge.bench import BenchOptions, run_bench
@@ -124,6 +139,9 @@ def test_quick_bench_writes_valid_json_md_png(quick_bench):
         assert paced["threads"]["model_threads"] == 1 and paced["threads"]["opencv_threads"] == 1
     md = (out / "bench.md").read_text()
     assert "| ort-cpu/int8 |" in md and "p99" in md and "Stage breakdown" in md
+    steal = data["machine"]["cpu_steal"]      # every results file says how much of the run the VM host took
+    if Path("/proc/stat").is_file():
+        assert 0.0 <= steal <= 1.0 and f"CPU steal {steal:.1%}" in md
     try:
         import matplotlib  # noqa: F401  (the train extra)
     except ImportError:

@@ -28,7 +28,10 @@ def markdown(result: dict) -> str:
              f"{', '.join(m['cpu_flags'])}){'; GPU ' + m['gpu'] if m.get('gpu') else '; no GPU'}; "
              f"{m['platform']}, Python {m['python']}. {lib}.", "",
              f"Threads per CPU row: {opt['threads_used']}. Load average at start {m.get('load_average_start')}, "
-             f"at end {m.get('load_average_end')} (other programs shared the CPU when it exceeds the core count: "
+             f"at end {m.get('load_average_end')}"
+             + (f"; CPU steal {m['cpu_steal']:.1%} of the run's CPU time (the VM host ran other guests)"
+                if m.get("cpu_steal") is not None else "")
+             + " (other programs shared the CPU when the load exceeds the core count: "
              "compare the ratios, which come from one run with interleaved rounds, not absolute times)."
              + (" Quick run." if opt.get("quick") else ""), "",
              "## Batch-1 latency (ms, wall clock, as trtexec reports it)", "",

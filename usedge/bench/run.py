@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from usedge.bench.engines import engine_specs, make_runner, read_model_info
-from usedge.bench.stats import latency_stats, load_average, time_calls
+from usedge.bench.stats import cpu_counters, latency_stats, load_average, steal_since, time_calls
 from usedge.errors import ConfigError, ModelError
 from usedge.runtime.threads import ThreadBudget
 
@@ -197,6 +197,7 @@ def run_bench(model_dir: str | Path, options: BenchOptions | None = None, out_di
                     "options": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                                 for k, v in asdict(opt).items()} | {"threads_used": threads},
                     "machine": machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    counters = cpu_counters()
 
     flops_src = model_dir / "model.onnx" if (model_dir / "model.onnx").is_file() else info_path
     try:
@@ -291,6 +292,7 @@ def run_bench(model_dir: str | Path, options: BenchOptions | None = None, out_di
     result["accuracy"] = _export_accuracy(model_dir)
     result["targets"] = evaluate_targets(result)
     result["machine"]["load_average_end"] = load_average()
+    result["machine"]["cpu_steal"] = steal_since(counters)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if out_dir is not None:
         from usedge.bench.report import write_results

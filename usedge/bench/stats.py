@@ -36,6 +36,30 @@ def time_calls(fn: Callable[[], object], iters: int) -> tuple[list[float], list[
     return wall, cpu
 
 
+def cpu_counters() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs since boot, from /proc/stat's first line (Linux; None
+    elsewhere). Steal is the time a virtual machine's CPUs were runnable but the host ran something else."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(v) for v in fields[1:9]]      # user nice system idle iowait irq softirq steal (guest is in user)
+    return ticks[7], sum(ticks)
+
+
+def steal_since(start: tuple[int, int] | None) -> float | None:
+    """The fraction of all CPU time since `start` (cpu_counters()) that the host took from this VM
+    (0 on a machine of its own), None where it cannot be read. A benchmark states it: on a shared host
+    a slow run is told apart from slow code by it."""
+    now = cpu_counters()
+    if start is None or now is None or now[1] <= start[1]:
+        return None
+    return round((now[0] - start[0]) / (now[1] - start[1]), 4)
+
+
 def load_average() -> list[float] | None:
     """The 1/5/15-minute load average (None where the OS has none)."""
     try:
