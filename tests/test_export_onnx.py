@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -77,6 +79,16 @@ def test_report_lists_every_artifact_and_check(tiny_onnx_dir):
     assert names["torch vs onnxruntime (cam)"]["passed"]
     assert names["fp16 vs fp32 (onnxruntime CPU)"]["figures"]["max_abs_diff"] <= 1e-2
     assert "int8 vs fp32 accuracy (held-out)" in names
+    from usedge.runtime.backends.openvino import OpenVINOBackend
+
+    if OpenVINOBackend.available()[0]:      # --backend auto may run the files on OpenVINO: checked on it too
+        ov = names["torch vs OpenVINO"]
+        assert ov["passed"] and ov["figures"]["max_abs_diff"] <= 1e-4 and ov["artifact"] == "model.onnx"
+        ov8 = names["int8 on OpenVINO vs fp32 accuracy (held-out)"]
+        assert ov8["artifact"] == "model.int8.onnx" and ov8["figures"]["n"] == names["int8 vs fp32 accuracy (held-out)"]["figures"]["n"]
+        assert ov8["note"].startswith("ran on ")
+    else:
+        assert "OpenVINO checks" in report["not_run"]
     assert report["data"]["calibration"] >= 1 and report["data"]["held_out"] >= 1
     assert (tiny_onnx_dir / "export_report.md").read_text().startswith("# usedge export report")
     assert not list(tiny_onnx_dir.glob(".usedge-export-*")), "staging folder left behind"
@@ -219,6 +231,21 @@ def test_int8_aim_is_one_point_and_says_when_the_images_cannot_resolve_it(n, err
         assert "--parity-count" not in fewer.note and "no more held-out images" in fewer.note
         some = AIM_INT8.judge("int8", "m.int8.onnx", ref, got, labels, available=n + 10)      # 30 of a fold, say
         assert f"--parity-count {n + 10} uses every held-out image" in some.note
+
+
+def test_without_openvino_the_report_says_its_checks_did_not_run(tiny_export_checkpoint, tiny_cohort, tmp_path):
+    """An install without the openvino extra: the export runs, and its report names the checks it could not run."""
+    code = ("import sys; sys.modules['openvino'] = None\n"       # import openvino -> ImportError, as where it is absent
+            "from pathlib import Path\nfrom usedge.export.pipeline import ExportOptions, run_export\n"
+            f"r = run_export(Path({str(tiny_export_checkpoint)!r}), Path({str(tmp_path / 'm')!r}), ExportOptions("
+            f"fp16=False, data=Path({str(tiny_cohort)!r}), calib_count=4, parity_count=4, reference_count=0))\n"
+            "print(r.not_run)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "m" / "export_report.json").read_text())
+    assert "openvino is not installed" in report["not_run"]["OpenVINO checks"]
+    assert not any("OpenVINO" in c["name"] for c in report["checks"])
+    assert "| OpenVINO checks | | not run | openvino is not installed" in (tmp_path / "m" / "export_report.md").read_text()
 
 
 def test_an_all_data_models_int8_row_says_its_accuracies_are_training_accuracies(tiny_train_run, tmp_path):

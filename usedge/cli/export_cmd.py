@@ -120,6 +120,8 @@ def export(
         out_console.print(f"  {name}  {a.get('precision', '')}  {a['bytes']} bytes  sha256 {a['sha256'][:12]}", markup=False)
     for name, why in report.skipped.items():
         out_console.print(f"  [yellow]{escape(name)} not built[/]: {escape(why)}")
+    for name, why in report.not_run.items():
+        out_console.print(f"  {escape(name)} not run: {escape(why)}")
     out_console.print(f"model card: {escape(model_card_line(read_model_info(out / 'model.onnx')))}", soft_wrap=True)
     out_console.print(f"report: {out / 'export_report.md'}", soft_wrap=True, markup=False)
     if strict_fail:

@@ -94,6 +94,15 @@ def ort_outputs(path_or_session, x: np.ndarray, batch: int = 16, threads: int = 
     return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
 
 
+def openvino_outputs(path: str | Path, x: np.ndarray, batch: int = 16, threads: int = 2) -> dict[str, np.ndarray]:
+    """OpenVINO (CPU plugin, as `--backend openvino` runs it) outputs of an ONNX file for x, by name."""
+    from usedge.runtime.backends.openvino import OpenVINOBackend
+
+    with OpenVINOBackend(threads=threads).load(path) as backend:
+        parts = [backend.infer(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def reference_outputs(path: str | Path, x: np.ndarray) -> dict[str, np.ndarray]:
     """onnx.reference.ReferenceEvaluator outputs (pure numpy; slow: pass a few images)."""
     import onnx

@@ -159,6 +159,7 @@ class Format:
     aim: Aim | None = None
     cross_check: str = ""                # report name of the same comparison run by onnx.reference
     extra_checks: Callable[[Run, Path, dict], list[Check]] | None = None
+    openvino_check: str = ""             # report name of the same comparison run by OpenVINO (when installed)
 
 
 # --------------------------------------------------------------------------- builds
@@ -218,7 +219,7 @@ def _saturation_check(run: Run, path: Path, outputs: dict) -> list[Check]:
 def plan(opts: ExportOptions, calib, report: ExportReport) -> list[Format]:
     """The formats this export builds, in build order (each later one may read an earlier file)."""
     formats = [Format("fp32", _build_fp32, "torch vs onnxruntime", "torch", AIM_FP32, "torch vs onnx.reference",
-                      _cam_check)]
+                      _cam_check, openvino_check="torch vs OpenVINO")]
     if opts.fp16 or opts.engine:
         formats.append(Format("fp16", _build_fp16, "fp16 vs fp32 (onnxruntime CPU)", "fp32", AIM_FP16,
                               "fp16 vs fp32 (onnx.reference)"))
@@ -226,7 +227,7 @@ def plan(opts: ExportOptions, calib, report: ExportReport) -> list[Format]:
         report.skipped[INT8_NAME] = f"no calibration images ({report.data.get('why', 'no data set')}): pass --data DIR"
     elif opts.int8:
         formats.append(Format("int8", _build_int8, "int8 vs fp32 accuracy (held-out)", "fp32", AIM_INT8,
-                              extra_checks=_saturation_check))
+                              extra_checks=_saturation_check, openvino_check="int8 on OpenVINO vs fp32 accuracy (held-out)"))
     if opts.engine:
         from usedge.export.tensorrt import BUILD_ELSEWHERE, tensorrt_available
 
@@ -282,6 +283,12 @@ def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], N
     say("running torch on the held-out images")
     outputs = {"torch": parity.torch_outputs(run.model, x, with_cam=run.opts.cam, cam_weighting=run.opts.cam_weighting)}
     k = min(run.opts.reference_count, len(x))
+    # `--backend auto` may run the files on OpenVINO: where it is installed, they are checked on it too
+    from usedge.runtime.backends.openvino import OpenVINOBackend
+
+    openvino, why = OpenVINOBackend.available()
+    if not openvino and any(fmt.openvino_check for fmt, _ in built):
+        run.report.not_run["OpenVINO checks"] = why
     for fmt, path in built:
         if not fmt.check:
             continue
@@ -299,6 +306,11 @@ def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], N
             run.report.add_check(fmt.aim.judge(fmt.cross_check, path.name, ref[:k], got))
         for check in fmt.extra_checks(run, path, outputs) if fmt.extra_checks else []:
             run.report.add_check(check)
+        if fmt.openvino_check and openvino:
+            say(f"checking {path.name} on OpenVINO")
+            got = parity.openvino_outputs(path, x)["probs"]
+            run.report.add_check(fmt.aim.judge(fmt.openvino_check, path.name, ref, got, labels, note,
+                                               available=run.report.data.get("held_out_available")))
 
 
 # --------------------------------------------------------------------------- the command

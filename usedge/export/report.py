@@ -38,6 +38,7 @@ class ExportReport:
     artifacts: dict = field(default_factory=dict)     # file name -> {sha256, bytes, precision, ...}
     checks: list[Check] = field(default_factory=list)
     skipped: dict = field(default_factory=dict)       # artifact -> why it was not built
+    not_run: dict = field(default_factory=dict)       # checks -> why they did not run (OpenVINO not installed)
     timings_s: dict = field(default_factory=dict)     # stage -> seconds (wall clock, this machine)
     removed_stale: list = field(default_factory=list)  # older artifacts that no longer matched, deleted
 
@@ -75,6 +76,8 @@ class ExportReport:
             figs = ", ".join(f"{k}={_fmt(v)}" for k, v in c.figures.items())
             note = f" ({c.note})" if c.note else ""
             lines.append(f"| {c.name} | {c.artifact} | {'ok' if c.passed else 'MISSED'} | {figs}{note} | {c.aim} |")
+        for name, why in self.not_run.items():
+            lines.append(f"| {name} | | not run | {why} | |")
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: str | Path) -> Path:
