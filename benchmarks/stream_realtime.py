@@ -163,7 +163,7 @@ def freeze_accuracy(video: Path, truth: dict) -> dict:
             "live_mad_min": round(min(live_mad), 4), "frozen_mad_max": round(max(frozen_mad), 4) if frozen_mad else None}
 
 
-def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool, fps: float,
+def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool | None, fps: float,
             budget: bool = True) -> dict:
     """One paced run. budget=False: the libraries' own thread counts (OpenCV's default pool, FFmpeg's
     default decoder threads) beside the same model threads, for the comparison."""
@@ -178,7 +178,7 @@ def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool
 
     plan = thread_budget(capture_threads=1, model_threads=threads, spinning=spinning)
     if not budget:   # OpenCV's default (-1: one worker per core), FFmpeg's default decoder threads (0)
-        plan = ThreadBudget(plan.cores, 1, plan.model_threads, opencv_threads=-1, decode_threads=0, spinning=spinning)
+        plan = ThreadBudget(plan.cores, 1, plan.model_threads, opencv_threads=-1, decode_threads=0, spinning=plan.spinning)
     with Classifier.load(model, backend="ort-cpu", threads=plan.model_threads, spinning=plan.spinning) as clf:
         counters = cpu_counters()
         baseline, paced = model_only(clf), model_only(clf, repeats=PACED_REPEATS, fps=fps)
@@ -201,7 +201,7 @@ def run_one(model: Path, video: Path, threads: int, freeze: bool, spinning: bool
     c2r, mdl = lat["capture_to_result"], lat["model"]
     return {
         "model": model.name, "precision": "int8" if "int8" in model.name else "fp32", "freeze_detect": freeze,
-        "threads": threads, "spinning": spinning, "paced_fps": fps, "thread_budget": budget,
+        "threads": threads, "spinning": plan.spinning, "paced_fps": fps, "thread_budget": budget,
         "budget": s.threads, "opencv_threads_seen": opencv_threads_seen, "seconds": s.duration_s,
         "missed": s.dropped + s.late_skipped, "os_threads_max": max(os_threads, default=None),
         "model_in_loop_vs_alone_p50": round(mdl["p50"] / baseline["p50"], 3),
@@ -255,7 +255,7 @@ def markdown(rows: list[dict], meta: dict, cpu: dict, freeze: dict) -> str:
             lines += ["", f"{r['model']} at {r['paced_fps']:g} fps (freeze detection {'on' if r['freeze_detect'] else 'off'}), "
                           f"not met: capture→result p99 {c:.1f} ms; the model alone, paced at the same rate with nothing "
                           f"else in the process, has p99 {a:.1f} ms over {PACED_REPEATS} calls (this machine's own tail for "
-                          f"this model), so the pipeline's crop, hand-over and post took {c - a:.1f} ms of the p99."]
+                          f"this model): the stream's p99 is {c - a:+.1f} ms from it (crop, hand-over and post, and sampling)."]
     lines += ["", "model alone = the backend on a fixed input, back to back; model alone paced = the same, called "
               "once per frame period with the CPU idle in between (as in the paced stream). in loop / paced alone "
               "is the pipeline's own cost on the model; in loop / alone adds what idle gaps cost on this machine.",
@@ -328,7 +328,7 @@ def main() -> None:
         plan += [("model.int8.onnx", True, 30.0, True), ("model.onnx", True, 15.0, True)]
     load_start = [round(v, 2) for v in os.getloadavg()]
     for name, freeze, fps, budget in plan:
-        row = run_one(Path(models) / name, video, args.threads, freeze, spinning=False, fps=fps, budget=budget)
+        row = run_one(Path(models) / name, video, args.threads, freeze, spinning=None, fps=fps, budget=budget)
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("model", "freeze_detect", "paced_fps", "thread_budget", "frames_read",
                                               "late_skipped", "processed", "dropped", "frozen_skipped",

@@ -214,10 +214,10 @@ def test_the_trial_cache_is_keyed_by_the_options_that_change_speed_and_ignores_m
         pass
     with Classifier.load(runtime_model, "auto", threads=1, opt_level="disable") as other:
         assert "cached" not in other.backend_reason
-    with Classifier.load(runtime_model, "auto", threads=1, spinning=True) as spinning:
-        assert "cached" not in spinning.backend_reason
+    with Classifier.load(runtime_model, "auto", threads=1, spinning=False) as asleep:     # spinning is on by default
+        assert "cached" not in asleep.backend_reason
     keys = list(read_cache())
-    assert len(keys) == 3 and any("opt disable" in k for k in keys) and any("spinning True" in k for k in keys)
+    assert len(keys) == 3 and any("opt disable" in k for k in keys) and any("spinning False" in k for k in keys)
     data = json.loads(cache_path().read_text())
     for k, medians in zip(keys, ({"ort-cpu": "fast", "openvino": 2}, None, {"ort-cpu": -1.0, "openvino": 1.0})):
         data["entries"][k]["medians_ms"] = medians

@@ -14,7 +14,7 @@ from usedge.runtime.cpu import usable_cores
 from usedge.runtime.pipeline import FramePipeline
 from usedge.runtime.sources import VideoFileReader
 from usedge.runtime.stream import StreamRunner
-from usedge.runtime.threads import ThreadBudget, thread_budget
+from usedge.runtime.threads import SPIN_US, ThreadBudget, thread_budget
 
 
 @pytest.mark.parametrize("cores, capture, model", [(1, 1, 1), (2, 1, 2), (2, 0, 2), (3, 1, 2), (8, 1, 7), (8, 0, 8)])
@@ -23,11 +23,13 @@ def test_model_gets_every_core_it_can_use(cores, capture, model):
     assert (b.model_threads, b.opencv_threads, b.decode_threads) == (model, 1, 1)
 
 
-def test_explicit_threads_and_spinning_only_with_a_spare_core():
+def test_explicit_threads_and_bounded_spinning_by_default():
     assert thread_budget(2, 1, model_threads=1).model_threads == 1
-    assert not thread_budget(2, 1, spinning=True).spinning          # both cores go to the model
+    assert thread_budget(2, 1).spinning and thread_budget(8, 0).spinning    # bounded: on, spare core or not
+    assert not thread_budget(2, 1, spinning=False).spinning               # --no-spinning
     assert thread_budget(8, 1, model_threads=6, spinning=True).spinning
     assert thread_budget(None).cores == usable_cores()
+    assert f"spinning <= {SPIN_US / 1000:g} ms" in thread_budget(2, 1).line()
 
 
 def test_stream_runs_under_its_budget(runtime_model, runtime_video):
@@ -43,6 +45,12 @@ def test_stream_runs_under_its_budget(runtime_model, runtime_video):
         opts = clf.backend.session.get_session_options()
     assert opts.intra_op_num_threads == budget.model_threads
     assert opts.inter_op_num_threads == 1
+    # spinning by default, bounded: the workers sleep SPIN_US after a run, not through the idle frame period
+    assert budget.spinning and opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert opts.get_session_config_entry("session.intra_op.spin_duration_us") == str(SPIN_US)
+    with Classifier.load(runtime_model, backend="ort-cpu", threads=1, spinning=False) as quiet:     # --no-spinning
+        assert quiet.backend.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning") == "0"
     assert seen and seen[0] == (budget.opencv_threads, budget.decode_threads)
     assert summary.threads == budget.to_dict()
     assert any(line.strip().startswith("threads: model") for line in summary.lines())

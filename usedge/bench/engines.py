@@ -52,6 +52,9 @@ def read_model_info(onnx_path: Path) -> ModelInfo:
 def _ort_runner(name: str, path: Path, threads: int | None) -> Runner:
     from usedge.runtime.backends import create_backend
 
+    # not spinning, unlike the runtime's default: the rows run in interleaved rounds, and a spinning session's
+    # workers would busy-wait into the next row's calls (measured: the OpenVINO rows slowed beside it);
+    # back to back, the spin changes little (benchmarks/spin_paced.py)
     backend = create_backend(name, threads=threads, spinning=False, opt_level="all")
     backend.load(path)
     return Runner(backend.infer, backend.close, backend.describe())

@@ -197,7 +197,7 @@ class Classifier:
         self._model_lock = threading.Lock()        # the model stage, for backends not declared thread_safe
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto", *, threads: int | None = None, spinning: bool = False,
+    def load(cls, path: str | Path, backend: str = "auto", *, threads: int | None = None, spinning: bool | None = None,
              opt_level: str = "all", device_id: int = 0, verify: bool = True) -> "Classifier":
         """Load model.onnx / model.int8.onnx / model.fp16.onnx or a TensorRT engine (with sidecar).
 
@@ -205,7 +205,8 @@ class Classifier:
         else the fastest CPU backend by a short timed trial cached per model and machine (backends/trial.py);
         `backend_reason` says which and why.
         threads: the engine's intra-op threads (None: `thread_budget().model_threads`, every usable core, set
-        explicitly so onnxruntime never pins its pool); spinning: busy-wait between ops.
+        explicitly so onnxruntime never pins its pool); spinning: busy-wait between ops, at most
+        usedge.runtime.threads.SPIN_US after the last (None: `thread_budget().spinning`, on).
         verify: refuse a file whose weights digest (engine: sha256 in its sidecar) does not match.
         """
         check_threads(threads)
@@ -231,6 +232,8 @@ class Classifier:
                              hint=f"export it first: usedge export {path} --out DIR, then pass DIR/model.onnx")
         if threads is None:
             threads = thread_budget().model_threads
+        if spinning is None:
+            spinning = thread_budget().spinning
         options = {"threads": threads, "spinning": spinning, "opt_level": opt_level, "device_id": device_id}
         digest = ""
         candidates = candidate_backends(path, backend)

@@ -14,7 +14,13 @@ thread each, so the other work is small and never a pool that competes with the 
                     else every core (2 cores: both, the decoder's ~2 ms per frame interleaves)
     opencv_threads  1: crop and resize of one region of interest run inline, no pool to wake
     decode_threads  1 per capture thread (FFmpeg frame threading off: no extra threads, no frame delay)
-    spinning        busy-waiting between ops only when a core is left over for the capture thread
+    spinning        on: onnxruntime's workers busy-wait for the next op, for at most SPIN_US, then sleep.
+                    Workers asleep between ops cost a paced stream dearly on a virtual machine (each op
+                    wakes a worker whose idle vCPU the host has parked: the int8 model ran well above its
+                    back-to-back time at 30 fps on the 2-core VM); onnxruntime's own spin duration kept
+                    a core busy through the idle frame period, which the decoder needs. The bound keeps
+                    the workers awake through a run and lets them sleep a few ms after it
+                    (benchmarks/spin_paced.py measures the three settings)
     decode_nice     the capture threads' nice increment (Linux, per thread) when they share a core with
                     the model: the decoder then takes what the model leaves idle (the loop's crop, the gaps
                     between operators) instead of a model worker's time slice
@@ -34,6 +40,7 @@ from dataclasses import asdict, dataclass
 from usedge.runtime.cpu import usable_cores
 
 DECODE_NICE = 10     # nice increment of a capture thread that shares a core with the model (weight 110 vs 1024)
+SPIN_US = 5000       # how long onnxruntime's idle workers busy-wait for the next op before they sleep (µs)
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,7 @@ class ThreadBudget:
         return previous
 
     def line(self) -> str:
-        spin = ", spinning" if self.spinning else ""
+        spin = f", spinning <= {SPIN_US / 1000:g} ms" if self.spinning else ""
         nice = f" at nice +{self.decode_nice}" if self.decode_nice and self.capture_threads else ""
         return (f"threads: model {self.model_threads}, opencv {self.opencv_threads}, decode {self.decode_threads} "
                 f"x {self.capture_threads} capture{nice}{spin} on {self.cores} cores")
@@ -85,10 +92,10 @@ def check_threads(threads, what: str = "threads") -> None:
 
 
 def thread_budget(cores: int | None = None, capture_threads: int = 0, *, model_threads: int | None = None,
-                  spinning: bool = False) -> ThreadBudget:
+                  spinning: bool | None = None) -> ThreadBudget:
     """The budget for `cores` (default: this process's usable cores) with `capture_threads` decoding beside
-    the model. model_threads: an explicit choice (--threads) instead of the rule; spinning: asked for, and
-    granted only when a core is left for the capture threads."""
+    the model. model_threads: an explicit choice (--threads) instead of the rule; spinning: an explicit
+    choice (--spinning/--no-spinning), else on (bounded by SPIN_US, see the module's docstring)."""
     cores = max(1, int(cores or usable_cores()))
     capture_threads = max(0, int(capture_threads))
     if model_threads is None:
@@ -96,7 +103,7 @@ def thread_budget(cores: int | None = None, capture_threads: int = 0, *, model_t
     model_threads = max(1, int(model_threads))
     spare = cores - model_threads - capture_threads
     return ThreadBudget(cores=cores, capture_threads=capture_threads, model_threads=model_threads, opencv_threads=1,
-                        decode_threads=1, spinning=bool(spinning and (capture_threads == 0 or spare >= 1)),
+                        decode_threads=1, spinning=True if spinning is None else bool(spinning),
                         decode_nice=DECODE_NICE if capture_threads and spare < 0 else 0)
 
 

@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from usedge.errors import BackendUnavailable, ModelError
+from usedge.runtime.threads import SPIN_US
 from usedge.fileio import read_head
 from usedge.runtime.backends.base import Backend, TensorSpec
 
@@ -164,7 +165,7 @@ class OrtBackend(Backend):
         self.row = row
         self.name, self.thread_safe = row.name, row.thread_safe
         self.threads = threads              # intra-op threads; None: onnxruntime's choice (all cores)
-        self.spinning = spinning            # busy-wait between ops: lower latency, burns a core
+        self.spinning = spinning            # busy-wait between ops (at most SPIN_US after the last): lower latency
         self.opt_level = opt_level
         self.device_id = device_id
         self.cache_dir = cache_dir
@@ -185,6 +186,8 @@ class OrtBackend(Backend):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        if self.spinning:       # awake through a run, asleep SPIN_US after it (usedge.runtime.threads)
+            so.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_US))
         so.log_severity_level = 3
         if self.row.configure is not None:
             self.row.configure(self, so)

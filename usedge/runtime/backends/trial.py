@@ -190,6 +190,9 @@ def choose_cpu_backend(path: Path, names: list[str], model_sha256: str, options:
         return Choice(engines[first], f"{first}: first CPU backend ({'; '.join(failed)})", {}, checked[first])
     while True:                                             # interleaved rounds: load drifts hit all alike
         for name in times:
+            # one untimed call first: the engine before it may still be busy-waiting for its next op (onnxruntime's
+            # bounded spin, usedge.runtime.threads.SPIN_US; OpenVINO's pool), which would slow this one's first call
+            engines[name].infer(x)
             t0 = time.perf_counter()
             engines[name].infer(x)
             times[name].append((time.perf_counter() - t0) * 1e3)
