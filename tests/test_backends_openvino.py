@@ -226,5 +226,7 @@ def test_the_trial_cache_is_keyed_by_the_options_that_change_speed_and_ignores_m
     with Classifier.load(runtime_model, "auto", threads=1) as again:
         assert "timed trial" in again.backend_reason                           # measured afresh, rewritten
     assert any(c.name.startswith("model ") for c in trial_checks())
+    # trials of one model with other load options are told apart (outside audit: two rows looked alike)
+    assert any("threads 1, spinning True, opt all; " in c.detail for c in trial_checks() if c.name.startswith("model "))
     cache_path().write_text("garbage{")
     assert "cannot be read" in trial_checks()[0].detail

@@ -209,6 +209,8 @@ def test_serve_upload_without_an_image(serve_classifier, serve_images, reliabili
             d = r.json()
             assert r.status_code == 422 and d["state"] == "no_image", (name, r.text)
             assert d["label"] is None and d["probs"] is None and d["reason"] and d["error"].startswith("upload: ")
+            # as infer's no_image lines: which model and engine answered
+            assert d["engine"] == serve_classifier.backend.name and d["model_sha256"] == serve_classifier.model_sha256
             answers += 1
         metrics = client.get("/metrics").text
         assert 'kind="no_image"} 3.0' in metrics, [m for m in metrics.splitlines() if "no_image" in m]

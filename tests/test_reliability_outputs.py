@@ -136,6 +136,20 @@ def test_csv_results_with_a_file_name_that_is_not_utf8(runtime_model, runtime_im
     assert rows[0]["source"].endswith("caf\\udce9.png") and rows[1]["source"].endswith("z.png")
 
 
+def test_an_error_row_names_the_runs_model_and_engine(tmp_path):
+    """A file that could not be classified: its JSONL line and CSV row carry model_sha256 and engine (outside audit:
+    they were missing, so a results file's error rows could not be traced to the run's engine)."""
+    import csv
+
+    for fmt in ("jsonl", "csv"):
+        out = tmp_path / f"r.{fmt}"
+        with results_sink(out, fmt, ["a", "b"]) as sink:
+            sink.write_error("x.png", "x.png: unreadable", model_sha256="ab" * 32, engine="openvino")
+        row = json.loads(out.read_text()) if fmt == "jsonl" else next(csv.DictReader(out.open(newline="")))
+        assert (row["source"], row["model_sha256"], row["engine"]) == ("x.png", "ab" * 32, "openvino")
+        assert row["error"] == "x.png: unreadable"
+
+
 def test_results_file_is_replaced_only_when_the_batch_ends(tmp_path):
     """An earlier results file stays whole while a batch runs (lines go to <name>.partial, flushed), so a run
     that dies leaves it intact; at the end the new file replaces it."""

@@ -49,6 +49,8 @@ def test_infer_folder_jsonl_overlay_and_failed_exit_code(runtime_model, mixed_fo
     errors = [r for r in records if "error" in r]
     assert len(errors) == 1 and errors[0]["source"].endswith("broken.png")
     ok = [r for r in records if "error" not in r]
+    # the unreadable file's line names the run's model and engine too
+    assert (errors[0]["model_sha256"], errors[0]["engine"]) == (ok[0]["model_sha256"], ok[0]["engine"])
     assert len(ok) == 35
     assert {"source", "frame", "label", "probs", "crop_box", "model_sha256", "latency_ms"} <= set(ok[0])
     assert len({r["model_sha256"] for r in ok}) == 1

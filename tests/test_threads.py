@@ -96,3 +96,18 @@ def test_cli_stream_summary_reports_the_budget(runtime_model, runtime_video, tmp
     assert res.returncode == 0, res.stderr
     threads = json.loads(out.read_text())["threads"]
     assert ThreadBudget(**threads) == thread_budget(capture_threads=1)
+
+
+def test_the_summary_reports_spinning_as_the_engine_runs_it(runtime_model, runtime_video):
+    """OpenVINO has no spinning option, and a classifier loaded with spinning=False does not spin: the stream
+    summary says so, whatever the budget asked for (outside audit: it said `spinning <= 5 ms` on OpenVINO)."""
+    from usedge.runtime.backends.openvino import OpenVINOBackend
+
+    engines = [("ort-cpu", False)] + ([("openvino", None)] if OpenVINOBackend.available()[0] else [])
+    for backend, spinning in engines:
+        with Classifier.load(runtime_model, backend=backend, threads=1, spinning=spinning) as clf:
+            runner = StreamRunner(FramePipeline(clf, stream=True), VideoFileReader(runtime_video),
+                                  budget=thread_budget(capture_threads=1), max_frames=3)
+            summary = runner.run()
+        assert summary.threads["spinning"] is False, backend
+        assert not any("spinning" in line for line in summary.lines()), backend

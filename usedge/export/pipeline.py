@@ -266,14 +266,17 @@ def write_card(run: Run, built: list[tuple[Format, Path]], card: dict) -> Path:
     return write_text_atomic(run.stage / CARD_NAME, card_markdown(card, model_card_line(run.info)))
 
 
-def cpu_note() -> str:
-    """Which CPU the numerical checks ran on: int8 results differ between VNNI and AVX2-only CPUs."""
+def cpu_note(onnxruntime: bool = True) -> str:
+    """Which CPU the numerical checks ran on: int8 results differ between VNNI and AVX2-only CPUs (with
+    onnxruntime: how its u8 x s8 kernels add up on this CPU; OpenVINO's kernels are its own)."""
     from usedge.runtime.cpu import cpu_model, int8_kernels
 
     name, flags = cpu_model()
-    return (f"ran on {name} ({', '.join(flags) or 'no AVX2'}); "
-            + ("VNNI: u8 x s8 pairs widen to int32 here" if int8_kernels(flags) == "vnni"
-               else "no VNNI: u8 x s8 pairs add in int16 here"))
+    where = f"ran on {name} ({', '.join(flags) or 'no AVX2'})"
+    if not onnxruntime:
+        return where
+    return where + ("; VNNI: u8 x s8 pairs widen to int32 here" if int8_kernels(flags) == "vnni"
+                    else "; no VNNI: u8 x s8 pairs add in int16 here")
 
 
 def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], None]) -> None:
@@ -309,7 +312,8 @@ def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], N
         if fmt.openvino_check and openvino:
             say(f"checking {path.name} on OpenVINO")
             got = parity.openvino_outputs(path, x)["probs"]
-            run.report.add_check(fmt.aim.judge(fmt.openvino_check, path.name, ref, got, labels, note,
+            ov_note = note.replace(cpu_note(), cpu_note(onnxruntime=False)) if note else ""
+            run.report.add_check(fmt.aim.judge(fmt.openvino_check, path.name, ref, got, labels, ov_note,
                                                available=run.report.data.get("held_out_available")))
 
 

@@ -10,6 +10,7 @@ import importlib.metadata as md
 import importlib.util
 import os
 import platform
+import re
 import sys
 from dataclasses import asdict, dataclass
 
@@ -119,8 +120,8 @@ def trial_checks() -> list[Check]:
     here = machine_key()
     cache = read_cache()
     # an entry this code did not write (a malformed median) is not shown: the next load measures afresh
-    mine = [e for k, e in cache.items() if f" | {here} | " in k]
-    entries = [e for e in mine if valid_entry(e, list(CPU_BACKENDS))]
+    mine = [(k, e) for k, e in cache.items() if f" | {here} | " in k]
+    entries = [(k, e) for k, e in mine if valid_entry(e, list(CPU_BACKENDS))]
     damaged = ([Check("auto backend", "CPU trial cache", True, f"{len(mine) - len(entries)} cached trial(s) for this "
                       f"machine are malformed: measured again at the next load ({cache_path()})")]
                if len(entries) < len(mine) else [])
@@ -132,12 +133,20 @@ def trial_checks() -> list[Check]:
                                  else f"no trial on this machine yet ({cache_path()})")]
     shown = entries[-SHOW_TRIALS:]      # the newest (the cache keeps its entries newest last)
     checks = [Check("auto backend", f"model {e.get('model_sha256', '?')[:12]}", True,
-                    f"{e['backend']} ({', '.join(f'{n} {m:.2f} ms' for n, m in e['medians_ms'].items())}; {e.get('when', '')})")
-              for e in shown]
+                    f"{e['backend']} ({', '.join(f'{n} {m:.2f} ms' for n, m in e['medians_ms'].items())}; "
+                    f"{_load_options(k)}{e.get('when', '')})")
+              for k, e in shown]
     if len(entries) > len(shown):
         checks.insert(0, Check("auto backend", "CPU trial cache", True,
                                f"{len(entries)} trials on this machine, the newest {len(shown)} below ({cache_path()})"))
     return damaged + checks
+
+
+def _load_options(key: str) -> str:
+    """The load options a trial was keyed by (backends.trial.trial_key), as `threads 2, spinning True, opt all; `:
+    two trials of one model with other options are told apart."""
+    found = re.search(r"threads (\S+) \| spinning (\S+) \| opt (\S+)", key)
+    return f"threads {found[1]}, spinning {found[2]}, opt {found[3]}; " if found else ""
 
 
 def provider_checks() -> list[Check]:

@@ -271,7 +271,8 @@ class FramePipeline:
         with whole_frame():
             for sink in list(self.sinks):
                 try:
-                    sink.write_error(source, message, frame)
+                    sink.write_error(source, message, frame, model_sha256=self.classifier.model_sha256,
+                                     engine=self.classifier.backend.name)
                 except OutputError as exc:
                     self._output_failed(sink, exc)
 

@@ -40,8 +40,10 @@ class Sink:
     def write(self, pred: Prediction, frame: np.ndarray | None = None, overlay: np.ndarray | None = None) -> None:
         raise NotImplementedError
 
-    def write_error(self, source: str, message: str, frame: int | None = None) -> None:
-        """A file, or a frame of it (`frame`: its number), that could not be classified (default: not recorded)."""
+    def write_error(self, source: str, message: str, frame: int | None = None, *, model_sha256: str = "",
+                    engine: str = "") -> None:
+        """A file, or a frame of it (`frame`: its number), that could not be classified (default: not recorded);
+        model_sha256 and engine: the model and backend of the run, as its results carry them."""
 
     def close(self) -> None:
         pass
@@ -245,8 +247,10 @@ class JsonlSink(Sink):
     def write(self, pred, frame=None, overlay=None) -> None:
         self.write_record(pred.to_record())
 
-    def write_error(self, source: str, message: str, frame: int | None = None) -> None:
-        self.write_record({"source": source, **({"frame": frame} if frame is not None else {}), "error": message})
+    def write_error(self, source: str, message: str, frame: int | None = None, *, model_sha256: str = "",
+                    engine: str = "") -> None:
+        self.write_record({"source": source, **({"frame": frame} if frame is not None else {}), "error": message,
+                           "model_sha256": model_sha256, "engine": engine})
 
     def write_record(self, record: dict) -> None:
         """Any JSON-safe dict."""
@@ -314,9 +318,11 @@ class CsvSink(Sink):
             self.fh.flush()
         self.count += 1
 
-    def write_error(self, source: str, message: str, frame: int | None = None) -> None:
+    def write_error(self, source: str, message: str, frame: int | None = None, *, model_sha256: str = "",
+                    engine: str = "") -> None:
         row = [""] * len(self.columns)
         row[0], row[-2], row[-1] = csv_text(source), "error", csv_text(message)
+        row[self.columns.index("model_sha256")], row[self.columns.index("engine")] = model_sha256, csv_text(engine)
         if frame is not None:
             row[1] = frame
         with _output_errors(self.path, self.count, self):

@@ -17,7 +17,7 @@ import collections
 import numbers
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -124,7 +124,10 @@ class StreamRunner:
                               hint="None: the source's own rate")
         self.pipeline = pipeline
         self.reader = reader
-        self.budget = budget or thread_budget(capture_threads=1, model_threads=pipeline.classifier.threads)
+        budget = budget or thread_budget(capture_threads=1, model_threads=pipeline.classifier.threads)
+        # spinning as the engine runs it: onnxruntime's option (OpenVINO and TensorRT have none; a classifier
+        # loaded with spinning=False does not spin whatever the budget says)
+        self.budget = replace(budget, spinning=bool(getattr(pipeline.classifier.backend, "spinning", False)))
         self.realtime, self.fps = realtime, fps
         self.max_frames = max_frames
         self.max_reconnects = max_reconnects

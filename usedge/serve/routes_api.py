@@ -131,7 +131,8 @@ async def predict(request: Request, overlay: bool = False, cam: bool = True, fra
         return st.error(499, "the client closed the connection during the upload", "client_closed")
     except NoImage as exc:     # decoded, but no usable image: state no_image, no label, no probabilities
         return st.error(422, f"upload: {exc.message} — {exc.hint}", "no_image",
-                        extra={"state": "no_image", "reason": exc.message, "label": None, "probs": None})
+                        extra={"state": "no_image", "reason": exc.message, "label": None, "probs": None,
+                               "model_sha256": st.classifier.model_sha256, "engine": st.classifier.backend.name})
     except InputError as exc:  # the frame decoded but cannot be classified (e.g. no image region)
         return st.error(422, f"upload: {exc.message}" + (f" — {exc.hint}" if exc.hint else ""), "bad_upload")
     except ModelError as exc:  # the model ran but gave no valid answer (NaN output), or failed to run

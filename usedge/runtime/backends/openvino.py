@@ -77,12 +77,13 @@ class OpenVINOBackend(Backend):
         try:
             ov = _ov()
         except BackendUnavailable as exc:
-            return False, f"{exc.message} (install {PACKAGE})"
+            return False, f"{exc.message}: pip install 'usedge[openvino]'"
         try:
             if "CPU" not in core().available_devices:
                 return False, f"openvino {ov.__version__} sees no CPU device"
-        except Exception as exc:  # a broken plugin install
-            return False, f"openvino {ov.__version__} cannot start ({type(exc).__name__})"
+        except Exception as exc:  # a broken plugin install: its first line says what
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:160]
+            return False, f"openvino {ov.__version__} cannot start ({type(exc).__name__}{': ' + first if first else ''})"
         return True, f"openvino {ov.__version__} CPU"
 
     def config(self, precision: str) -> dict:
