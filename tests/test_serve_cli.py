@@ -24,7 +24,7 @@ def _usedge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def test_help_lists_the_options():
     out = _usedge("serve", "--help")
     assert out.returncode == 0
-    for option in ("--stream", "--host", "--port", "--token", "USEDGE_TOKEN", "--max-upload-mb"):
+    for option in ("--stream", "--host", "--port", "--token", "USEDGE_TOKEN", "--max-upload-mb", "--no-spinning"):
         assert option in out.stdout
 
 

@@ -13,10 +13,10 @@ from typing import List, Optional
 import typer
 
 from usedge.cli.app import app
-from usedge.cli.options import backend_option, deprecated, quality_gate_option, quiet_option, threads_option
+from usedge.cli.options import (backend_option, deprecated, quality_gate_option, quiet_option, spinning_option,
+                                threads_option)
 from usedge.cli.terminal import rich_console, say
 from usedge.runtime.interrupts import finishing, interrupt_between_frames
-from usedge.runtime.threads import SPIN_US
 
 
 def _err(text: str) -> None:
@@ -234,9 +234,7 @@ def infer(
     cam: bool = typer.Option(False, "--cam", help="draw the class activation map (models exported with CAM)"),
     backend: str = backend_option(),
     threads: Optional[int] = threads_option(),
-    spinning: Optional[bool] = typer.Option(None, "--spinning/--no-spinning",
-                                            help=f"onnxruntime's workers busy-wait between ops, at most {SPIN_US / 1000:g} ms after a "
-                                                 "run (default: on)"),
+    spinning: Optional[bool] = spinning_option(),
     ort_opt_level: str = typer.Option("all", "--ort-opt-level", help="onnxruntime graph optimisation: disable | "
                                       "basic | extended | all"),
     opt_level: Optional[str] = typer.Option(None, "--opt-level", hidden=True, help="Deprecated: use --ort-opt-level."),

@@ -77,6 +77,15 @@ def backend_option() -> str:
                         "ort-trt-rtx (TensorRT for RTX, pip extra rtx) | tensorrt")
 
 
+def spinning_option():
+    """infer and serve: onnxruntime's bounded spinning (usedge.runtime.threads)."""
+    from usedge.runtime.threads import SPIN_US
+
+    return typer.Option(None, "--spinning/--no-spinning",
+                        help=f"onnxruntime's workers busy-wait between ops, at most {SPIN_US / 1000:g} ms after a run "
+                             "(default: on; --no-spinning on a machine shared with other work)")
+
+
 def threads_option():
     """infer and serve: the model engine's intra-op threads."""
     from usedge.runtime.threads import MAX_THREADS

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from usedge.cli.app import app, state
-from usedge.cli.options import backend_option, quality_gate_option, quiet_option, threads_option
+from usedge.cli.options import backend_option, quality_gate_option, quiet_option, spinning_option, threads_option
 from usedge.cli.terminal import rich_console
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
@@ -93,6 +93,7 @@ def serve(
                                              "once). Prefer the environment variable: a flag shows up in `ps`."),
     backend: str = backend_option(),
     threads: Optional[int] = threads_option(),
+    spinning: Optional[bool] = spinning_option(),
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Replay a file --stream forever, like a scanner."),
     smooth_window: int = typer.Option(5, "--smooth-window", min=1, help="Live probabilities: moving average over "
                                       "this many frames (1: off)."),
@@ -147,7 +148,7 @@ def serve(
     if not loopback and not token:
         console.print(f"[yellow]warning:[/] binding {host} without a token: anyone on the network can use "
                       "this server — set USEDGE_TOKEN")
-    classifier = Classifier.load(model, backend=backend, threads=threads)
+    classifier = Classifier.load(model, backend=backend, threads=threads, spinning=spinning)
     runner = None
     live_classifier = classifier
     try:
