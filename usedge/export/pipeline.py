@@ -289,7 +289,8 @@ def check_all(run: Run, built: list[tuple[Format, Path]], say: Callable[[str], N
     # `--backend auto` may run the files on OpenVINO: where it is installed, they are checked on it too
     from usedge.runtime.backends.openvino import OpenVINOBackend
 
-    openvino, why = OpenVINOBackend.available()
+    openvino, why = (OpenVINOBackend.available() if any(fmt.openvino_check for fmt, _ in built)
+                     else (False, "no file to check on it"))
     if not openvino and any(fmt.openvino_check for fmt, _ in built):
         run.report.not_run["OpenVINO checks"] = why
     for fmt, path in built:

@@ -25,9 +25,9 @@ from typing import Callable
 import numpy as np
 
 from usedge.errors import BackendUnavailable, ModelError
-from usedge.runtime.threads import SPIN_US
 from usedge.fileio import read_head
 from usedge.runtime.backends.base import Backend, TensorSpec
+from usedge.runtime.threads import SPIN_US
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 
