@@ -395,11 +395,11 @@ def _dicom_patients(root: Path, classes: list[str], samples: list[Sample]) -> tu
     images of a PACS export) are left out. Returns the samples and the notes that say which images are
     grouped, which are not, which were left out, and which groups look wrong (one PatientID written in two
     cases; one PatientID over several patient folders)."""
-    from usedge.runtime.dicom import PATIENT_PREFIX, is_dicom, patient_head
+    from usedge.runtime.dicom import PATIENT_PREFIX, patient_head
 
     if not samples:
         return samples, []
-    heads = {s.path: patient_head(s.path, fold=name_key) for s in samples if is_dicom(s.path)}
+    heads = {s.path: h for s in samples if (h := patient_head(s.path, fold=name_key)) is not None}   # DICOMs
     no_image = {p for p, h in heads.items() if not h.image}
     notes = ([f"{len(no_image)} DICOM file(s) hold no image (a structured report, presentation state or key-object "
               f"note: no Rows/Columns) and are not read (e.g. {min(no_image).relative_to(root).as_posix()})"]

@@ -87,8 +87,9 @@ class PatientHead:
     image: bool = True          # False: no Rows/Columns (a structured report, presentation state, key-object note)
 
 
-def patient_head(path: str | Path, fold: Callable[[str], str] = str.casefold) -> PatientHead:
-    """Read a DICOM file's header up to its Image Pixel module (never the pixel data): the patient it names,
+def patient_head(path: str | Path, fold: Callable[[str], str] = str.casefold) -> PatientHead | None:
+    """None for a file that is not DICOM (is_dicom, from the same open). Else read the header up to its Image
+    Pixel module (never the pixel data): the patient it names,
     as a pseudonym (so one patient's files can be grouped while the ID itself is never returned, printed or
     written: a data set's patient names go into folds.csv and notes), the pseudonym of `fold(ID)` (the data
     set's own name comparison: two spellings of one ID), and whether it holds an image. A
@@ -98,10 +99,17 @@ def patient_head(path: str | Path, fold: Callable[[str], str] = str.casefold) ->
 
     from pydicom.filereader import read_partial
 
+    path = Path(path)
     try:
-        with open(path, "rb") as fh, warnings.catch_warnings():     # pydicom's value warnings can quote the value
+        fh = open(path, "rb")
+    except OSError:     # as is_dicom: unreadable, so DICOM only by its name
+        return PatientHead() if sniff(b"", path.name) == "dicom" else None
+    try:
+        with fh, warnings.catch_warnings():     # pydicom's value warnings can quote the value
             warnings.simplefilter("ignore")
             head = fh.read(132)
+            if sniff(head, path.name) != "dicom":
+                return None
             fh.seek(0)
             past = []       # a tag after Columns was reached: the header is whole up to the Image Pixel module
 
